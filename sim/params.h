@@ -1,0 +1,206 @@
+// Declaring parameters once.
+//
+// Every configurable component has a parameter struct with a single member
+// template `visit` that names each parameter exactly once, with its key,
+// default, unit, constraints and a description that cites where the default
+// comes from:
+//
+//   struct CacheParams {
+//     std::uint64_t size;
+//     std::uint32_t ways;
+//     template <class V> void visit(V& v) {
+//       v.param(size, "size", "32KiB", cfg::Spec(cfg::Unit::Bytes).power_of_two(),
+//               "Capacity. Default: 32 KiB L1D of Intel Skylake (Intel Optimization Manual, 2.2).");
+//       v.param(ways, "ways", "8", cfg::Spec().at_least(1), "Associativity.");
+//     }
+//   };
+//
+// Visitors then give defaults (cfg::defaults<T>()), read and validate YAML
+// (sim/config.h), write the fully resolved config, and generate the parameter
+// reference, all from that one declaration. Nested structs are
+//   v.section(member, "key", "description");
+// lists of structs are
+//   v.list(std::vector<T>& member, "key", "description", min_items);
+// and a struct whose fields depend on a "type" key is
+//   v.variant(type_string_member, "type", "description",
+//             cfg::alt("stream", stream_params), cfg::alt("compute", compute_params));
+// where the chosen alternative's parameters sit beside the "type" key.
+//
+// Member types: bool, std::uint32_t, std::uint64_t, std::int64_t, double,
+// std::string. Bytes are stored in bytes, times in picoseconds, frequencies
+// in hertz (sim/units.h).
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "sim/units.h"
+
+namespace vmx::cfg {
+
+/// Unit and constraints of one parameter.
+struct Spec {
+  Unit unit = Unit::Count;
+  std::optional<double> min;
+  std::optional<double> max;
+  bool pow2 = false;
+  std::vector<std::string> choices;  // for Unit::Text: the allowed values, if any
+
+  Spec() = default;
+  explicit Spec(Unit u) : unit(u) {}
+  Spec& at_least(double v) { min = v; return *this; }
+  Spec& at_most(double v) { max = v; return *this; }
+  Spec& power_of_two() { pow2 = true; return *this; }
+  Spec& one_of(std::vector<std::string> c) { unit = Unit::Text; choices = std::move(c); return *this; }
+};
+
+/// One alternative of a variant: its name and the parameter struct it selects.
+template <class T>
+struct Alt {
+  const char* name;
+  T& params;
+};
+template <class T>
+Alt<T> alt(const char* name, T& params) { return Alt<T>{name, params}; }
+
+/// Thrown when a declared default does not parse: a bug in the declaration.
+class DeclarationError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+/// Converts text to a member of type T according to the unit. Returns an
+/// error description ("expected a size such as 64KiB") or empty on success.
+/// Constraints in Spec are checked too.
+template <class T>
+std::string convert(std::string_view text, const Spec& spec, T& out);
+
+/// Canonical text of a value (used for the resolved config and the docs).
+template <class T>
+std::string to_text(const T& value, const Spec& spec);
+
+/// Sets every parameter to its declared default.
+class DefaultsVisitor {
+ public:
+  template <class T>
+  void param(T& member, const char* key, const char* def, const Spec& spec, const char* /*desc*/) {
+    std::string err = convert(def, spec, member);
+    if (!err.empty())
+      throw DeclarationError(std::string("default of '") + key + "' (" + def + "): " + err);
+  }
+  template <class T>
+  void section(T& member, const char* /*key*/, const char* /*desc*/) { member.visit(*this); }
+  template <class T>
+  void list(std::vector<T>& member, const char* /*key*/, const char* /*desc*/, std::size_t /*min_items*/ = 0) {
+    member.clear();
+  }
+  template <class... Ts>
+  void variant(std::string& member, const char* /*key*/, const char* /*desc*/, Alt<Ts>... alts) {
+    member = first_name(alts...);
+    (alts.params.visit(*this), ...);
+  }
+
+ private:
+  template <class A, class... Rest>
+  static const char* first_name(const A& a, const Rest&...) { return a.name; }
+};
+
+template <class P>
+P defaults() {
+  P p{};
+  DefaultsVisitor v;
+  p.visit(v);
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+// Implementation of convert / to_text.
+
+std::string check_range(double value, const Spec& spec);
+
+template <class T>
+std::string convert(std::string_view text, const Spec& spec, T& out) {
+  if constexpr (std::is_same_v<T, bool>) {
+    auto v = parse_flag(text);
+    if (!v) return "expected true or false";
+    out = *v;
+    return {};
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    if (!spec.choices.empty()) {
+      bool ok = false;
+      for (const auto& c : spec.choices) ok = ok || c == text;
+      if (!ok) {
+        std::string list;
+        for (const auto& c : spec.choices) list += (list.empty() ? "" : ", ") + c;
+        return "expected one of: " + list;
+      }
+    }
+    out = std::string(text);
+    return {};
+  } else if constexpr (std::is_same_v<T, double>) {
+    auto v = parse_real(text);
+    if (!v) return "expected a number";
+    std::string e = check_range(*v, spec);
+    if (!e.empty()) return e;
+    out = *v;
+    return {};
+  } else if constexpr (std::is_integral_v<T>) {
+    std::optional<std::uint64_t> u;
+    const char* what = "expected a whole number";
+    switch (spec.unit) {
+      case Unit::Bytes: u = parse_bytes(text); what = "expected a size such as 4096, 64KiB or 2MiB"; break;
+      case Unit::Time: u = parse_time_ps(text); what = "expected a time such as 10ms, 5us or 100ns"; break;
+      case Unit::Frequency: u = parse_frequency_hz(text); what = "expected a frequency such as 3GHz"; break;
+      default:
+        if constexpr (std::is_signed_v<T>) {
+          auto s = parse_int(text);
+          if (!s) return what;
+          std::string e = check_range(static_cast<double>(*s), spec);
+          if (!e.empty()) return e;
+          out = static_cast<T>(*s);
+          return {};
+        } else {
+          u = parse_uint(text);
+        }
+    }
+    if (!u) return what;
+    if (*u > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return "value too large";
+    std::string e = check_range(static_cast<double>(*u), spec);
+    if (!e.empty()) return e;
+    if (spec.pow2 && (*u == 0 || (*u & (*u - 1)) != 0)) return "must be a power of two";
+    out = static_cast<T>(*u);
+    return {};
+  } else {
+    static_assert(sizeof(T) == 0, "unsupported parameter type");
+  }
+}
+
+template <class T>
+std::string to_text(const T& value, const Spec& spec) {
+  if constexpr (std::is_same_v<T, bool>) {
+    return value ? "true" : "false";
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return value;
+  } else if constexpr (std::is_same_v<T, double>) {
+    std::string s = std::to_string(value);
+    while (s.size() > 1 && s.back() == '0') s.pop_back();
+    if (!s.empty() && s.back() == '.') s.push_back('0');
+    return s;
+  } else {
+    switch (spec.unit) {
+      case Unit::Bytes: return format_bytes(static_cast<std::uint64_t>(value));
+      case Unit::Time: return format_time_ps(static_cast<std::uint64_t>(value));
+      case Unit::Frequency: return format_frequency_hz(static_cast<std::uint64_t>(value));
+      default: return std::to_string(value);
+    }
+  }
+}
+
+}  // namespace vmx::cfg
