@@ -31,6 +31,7 @@
 // in hertz (sim/units.h).
 #pragma once
 
+#include <charconv>
 #include <cstdint>
 #include <limits>
 #include <optional>
@@ -189,9 +190,12 @@ std::string to_text(const T& value, const Spec& spec) {
   } else if constexpr (std::is_same_v<T, std::string>) {
     return value;
   } else if constexpr (std::is_same_v<T, double>) {
-    std::string s = std::to_string(value);
-    while (s.size() > 1 && s.back() == '0') s.pop_back();
-    if (!s.empty() && s.back() == '.') s.push_back('0');
+    // Shortest text that reads back as the same double ("0.1", "1e-09");
+    // whole numbers keep a ".0" so they read as reals.
+    char buf[32];
+    auto res = std::to_chars(buf, buf + sizeof buf, value);
+    std::string s(buf, res.ptr);
+    if (s.find_first_of(".en") == std::string::npos) s += ".0";
     return s;
   } else {
     switch (spec.unit) {

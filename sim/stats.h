@@ -29,8 +29,9 @@ class Visitor;
 /// Base of every statistic: a name in its group, a unit and a description.
 class Stat {
  public:
+  /// Registers with parent (if not null), which lists it until either dies.
   Stat(Group* parent, std::string name, std::string unit, std::string desc);
-  virtual ~Stat() = default;
+  virtual ~Stat();
   Stat(const Stat&) = delete;
   Stat& operator=(const Stat&) = delete;
 
@@ -41,7 +42,9 @@ class Stat {
   virtual void accept(Visitor& v) const = 0;
 
  private:
+  friend class Group;
   std::string m_name, m_unit, m_desc;
+  Group* m_parent = nullptr;  // cleared when the group dies first
 };
 
 /// A monotonically counted quantity (events, cycles, bytes).
@@ -114,9 +117,10 @@ class Histogram final : public Stat {
   double mean() const { return m_count ? static_cast<double>(m_sum) / static_cast<double>(m_count) : 0.0; }
   /// p in [0, 100]. The value below which p percent of the samples fall,
   /// resolved to the bucket and clamped to [min, max] (exact when all samples
-  /// are equal).
+  /// are equal). Returns the highest value of the bucket holding the sample of
+  /// rank ceil(p/100 * count), so p100 is max and p <= 0 is min; 0 when empty.
   std::uint64_t percentile(double p) const;
-  /// Non-empty buckets as (lowest value, highest value, count).
+  /// Non-empty buckets as (lowest value, highest value, count), ascending.
   struct Bucket { std::uint64_t lo, hi, count; };
   std::vector<Bucket> buckets() const;
 
@@ -166,13 +170,26 @@ class Group {
     return ref;
   }
 
+  /// Owns a child group of a derived type created at run time (e.g. one per
+  /// VM or per exit reason); G's constructor takes (Group* parent, args...).
+  template <class G, class... Args>
+  G& make_group(Args&&... args) {
+    auto g = std::make_unique<G>(this, std::forward<Args>(args)...);
+    G& ref = *g;
+    m_owned_groups.push_back(std::move(g));
+    return ref;
+  }
+
   /// Resets every statistic below this group (warm-up boundary).
   void reset();
+  /// begin_group(*this), own stats in registration order, then child groups
+  /// in registration order (recursively), end_group(*this).
   void accept(Visitor& v) const;
 
   const std::vector<Stat*>& stats() const { return m_stats; }
   const std::vector<Group*>& children() const { return m_children; }
-  /// The statistic or group at a dotted path below this group, or nullptr.
+  /// The statistic or group at a dotted path below this group, or nullptr
+  /// (first match in registration order; find_group("") is this group).
   const Stat* find(const std::string& dotted) const;
   const Group* find_group(const std::string& dotted) const;
 
@@ -181,6 +198,7 @@ class Group {
   void add_stat(Stat* s) { m_stats.push_back(s); }
   void add_child(Group* g) { m_children.push_back(g); }
   void remove_child(Group* g);
+  void remove_stat(Stat* s);
 
   std::string m_name, m_desc;
   Group* m_parent = nullptr;
@@ -205,10 +223,15 @@ class Visitor {
 /// The whole tree as a JSON document (deterministic: registration order,
 /// integers exact, reals in shortest round-trip form). Histograms become
 /// objects with count, sum, mean, min, max, p50, p90, p99, p999, buckets.
+/// The document is the object of `root` itself (its name is not a key); each
+/// group lists its stats first, then its child groups. Non-finite reals are
+/// null. Pretty-printed with two-space indentation, ending with a newline.
 std::string to_json(const Group& root);
 
 /// Every scalar as (dotted path, value): counters, gauges, ratios, and for
-/// histograms path.count, path.mean, path.p50, path.p99, path.max.
+/// histograms path.count, path.mean, path.p50, path.p99, path.max. Paths are
+/// full paths from the tree's root (as Group::path()), even when `root` is a
+/// subtree; order as in to_json.
 std::vector<std::pair<std::string, double>> flatten(const Group& root);
 
 }  // namespace vmx::stats

@@ -1,0 +1,1137 @@
+#include "cpu/core.h"
+
+#include <cstring>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "models/io_bus.h"
+#include "models/mem_hierarchy.h"
+#include "models/phys_mem.h"
+
+namespace vmx::cpu {
+
+using mmu::AccessType;
+namespace crb = mmu::crbits;
+
+namespace {
+constexpr std::uint64_t kLine = 64;
+constexpr std::uint64_t kRflagsIf = 1ull << 9;
+constexpr std::uint64_t kRflagsFixed = 1ull << 1;
+thread_local Core* t_current = nullptr;
+}  // namespace
+
+Core& Core::current() {
+  if (!t_current) throw SimulationError("no core is executing software");
+  return *t_current;
+}
+
+// ---------------------------------------------------------------------------
+// Per-vCPU observation.
+
+VcpuObserver::VcpuObserver(stats::Group* parent, const std::string& name) : stats::Group(parent, name) {}
+
+VcpuObserver::Reason& VcpuObserver::reason(unsigned r) {
+  if (r >= kMaxExitReason) r = kMaxExitReason - 1;
+  if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(exit_reason_name(r));
+  return *m_reasons[r];
+}
+
+// ---------------------------------------------------------------------------
+// Construction and the SystemC thread.
+
+Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
+           stats::Group* stats_parent)
+    : sc_module(name),
+      m_id(id),
+      m_p(params),
+      m_w(wiring),
+      m_cpi_q8(static_cast<std::uint32_t>(params.cpi * 256.0 + 0.5)),
+      m_stats(stats_parent, std::string(basename())),
+      m_walk_stats(&m_stats),
+      m_walker(*this, m_walk_stats),
+      m_tlb_group(&m_stats, "tlb"),
+      m_dtlb(params.dtlb, 12, &m_tlb_group, "dtlb"),
+      m_itlb(params.itlb, 12, &m_tlb_group, "itlb"),
+      m_stlb(params.stlb, 12, &m_tlb_group, "stlb"),
+      m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
+  if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
+    throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
+  SC_THREAD(run);
+}
+
+Core::~Core() = default;
+
+sc_core::sc_time Core::time_of(std::uint64_t cycles) const {
+  unsigned __int128 ps = static_cast<unsigned __int128>(cycles) * cfg::kPsPerSecond / m_w.frequency_hz;
+  return sc_core::sc_time::from_value(static_cast<sc_dt::uint64>(ps));
+}
+
+std::uint64_t Core::cycles_of(const sc_core::sc_time& t) const {
+  unsigned __int128 c = static_cast<unsigned __int128>(t.value()) * m_w.frequency_hz;
+  // Round up so that a core woken at time t never runs "before" t.
+  return static_cast<std::uint64_t>((c + cfg::kPsPerSecond - 1) / cfg::kPsPerSecond);
+}
+
+void Core::run() {
+  m_kernel_fiber = std::make_unique<sim::Fiber>(std::string(name()) + ".kernel");
+  if (!m_reset_fiber) {
+    // No software on this core: it stays halted with interrupts disabled.
+    return;
+  }
+  m_current = m_reset_fiber;
+  m_sync_at = m_now + m_w.quantum_cycles;
+  recompute_next_event();
+  for (;;) {
+    m_current->set_exit_target(m_kernel_fiber.get());
+    t_current = this;
+    sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
+    if (m_current->finished()) {
+      if (m_current->error()) std::rethrow_exception(m_current->error());
+      throw SimulationError(fmt::format("{}: software context '{}' returned; simulated software must not "
+                                        "return from its entry point",
+                                        name(), m_current->name()));
+    }
+    ++m_stats.syncs;
+    sc_core::sc_time local = time_of(m_now);
+    if (local > sc_core::sc_time_stamp()) sc_core::wait(local - sc_core::sc_time_stamp());
+    if (m_yield == Yield::Halt) {
+      // HLT: sleep until an interrupt is requested (timer or IPI).
+      std::uint64_t halted_from = m_now;
+      while (!m_lapic.any_requested()) {
+        std::uint64_t dl = m_lapic.deadline();
+        if (dl != models::Lapic::kNoDeadline) {
+          sc_core::sc_time when = time_of(dl);
+          sc_core::sc_time now = sc_core::sc_time_stamp();
+          sc_core::wait(when > now ? when - now : sc_core::SC_ZERO_TIME, m_wake);
+        } else {
+          sc_core::wait(m_wake);
+        }
+        std::uint64_t t = cycles_of(sc_core::sc_time_stamp());
+        if (t > m_now) m_now = t;
+        m_lapic.tick(m_now);
+      }
+      m_stats.halted_cycles += m_now - halted_from;
+    }
+    m_sync_at = m_now + m_w.quantum_cycles;
+    recompute_next_event();
+  }
+}
+
+void Core::yield(Yield why) {
+  m_yield = why;
+  sim::Fiber::switch_to(*m_current, *m_kernel_fiber);
+}
+
+void Core::switch_fiber(sim::Fiber& to) {
+  sim::Fiber* from = m_current;
+  m_current = &to;
+  to.set_exit_target(m_kernel_fiber.get());
+  t_current = this;
+  sim::Fiber::switch_to(*from, to);
+}
+
+void Core::switch_context(sim::Fiber& to) { switch_fiber(to); }
+
+void Core::post_interrupt(std::uint8_t vector) {
+  m_lapic.raise(vector);
+  m_next_event = 0;
+  m_wake.notify(sc_core::SC_ZERO_TIME);
+}
+
+void Core::recompute_next_event() {
+  std::uint64_t next = m_sync_at;
+  if (m_lapic.deadline() < next) next = m_lapic.deadline();
+  if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
+  if (m_event_pending || m_lapic.any_requested()) next = 0;
+  m_next_event = next;
+}
+
+// Interrupts, injected events and timers are recognized here, between
+// operations (SDM Vol. 3A, 6.9: at instruction boundaries). The quantum bounds
+// how late: an event raised by another core is seen at most one quantum
+// after the time it was raised.
+void Core::slow_boundary() {
+  if (m_now >= m_sync_at) yield(Yield::Sync);
+  m_lapic.tick(m_now);
+
+  if (m_non_root && m_pending_injection) {
+    // Event injection (SDM Vol. 3C, 26.6): delivered through the guest IDT
+    // as the first thing after VM entry.
+    std::uint32_t info = m_pending_injection;
+    std::uint32_t err = m_pending_injection_error;
+    m_pending_injection = 0;
+    m_event_pending = false;
+    std::uint32_t type = info & (7u << 8);
+    deliver(m_idt, type == intr::kTypeHardwareException, static_cast<std::uint8_t>(info & 0xFF), err);
+  }
+  m_event_pending = false;
+
+  if (m_non_root && (m_pin & pin::kPreemptionTimer) && m_now >= m_preempt_deadline) {
+    m_preempt_deadline = UINT64_MAX;
+    vm_exit(ExitReason::PreemptionTimer, 0);
+  }
+  take_pending_interrupt();
+  if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) vm_exit(ExitReason::InterruptWindow, 0);
+  recompute_next_event();
+}
+
+void Core::take_pending_interrupt() {
+  int v = m_lapic.deliverable();
+  if (v < 0) return;
+  if (m_non_root && (m_pin & pin::kExternalInterruptExiting)) {
+    // External-interrupt exiting: the exit happens regardless of the guest's
+    // RFLAGS.IF (SDM Vol. 3C, 26.2). With "acknowledge interrupt on exit"
+    // the vector is reported in the exit-interruption information.
+    std::uint32_t info = 0;
+    if (m_vmcs->get(field::kExitControls) & exitctl::kAckInterruptOnExit) {
+      m_lapic.acknowledge(static_cast<std::uint8_t>(v));
+      info = intr::info(static_cast<std::uint8_t>(v), intr::kTypeExternal);
+    }
+    vm_exit(ExitReason::ExternalInterrupt, 0, 0, 0, info);
+    return;
+  }
+  if (!m_if) return;
+  m_lapic.acknowledge(static_cast<std::uint8_t>(v));
+  deliver(m_idt, false, static_cast<std::uint8_t>(v), 0);
+}
+
+void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code) {
+  if (!h) {
+    if (m_non_root) {
+      // No IDT: the guest cannot deliver the event; a real processor would
+      // escalate to a triple fault (SDM Vol. 3A, 6.15, #DF).
+      vm_exit(ExitReason::TripleFault, 0);
+      return;
+    }
+    throw SimulationError(fmt::format("{}: {} {} in VMX root operation with no handler installed", name(),
+                                      exception ? "exception" : "interrupt", vector));
+  }
+  charge(m_p.exception_latency);
+  if (exception) ++m_stats.exceptions; else ++m_stats.interrupts;
+  std::uint8_t saved_cpl = m_cpl;
+  bool saved_if = m_if;
+  m_cpl = 0;
+  m_if = false;
+  update_context();
+  if (exception) h->exception(*this, vector, error_code);
+  else h->interrupt(*this, vector);
+  m_cpl = saved_cpl;
+  m_if = saved_if;
+  update_context();
+  recompute_next_event();
+}
+
+void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error) {
+  if (m_non_root) {
+    // Exception bitmap (SDM Vol. 3C, 25.6.3); for #PF the error-code
+    // mask/match pair decides together with bit 14.
+    bool exits = (m_exc_bitmap >> vector) & 1u;
+    if (vector == vec::kPageFault) {
+      std::uint32_t mask = static_cast<std::uint32_t>(m_vmcs->get(field::kPfErrorCodeMask));
+      std::uint32_t match = static_cast<std::uint32_t>(m_vmcs->get(field::kPfErrorCodeMatch));
+      bool matches = (error_code & mask) == match;
+      exits = exits == matches;
+    }
+    if (exits) {
+      vm_exit(ExitReason::ExceptionOrNmi, vector == vec::kPageFault ? m_cr2 : 0, 0, 0,
+              intr::info(vector, intr::kTypeHardwareException, has_error), error_code);
+      return;
+    }
+  }
+  deliver(m_idt, true, vector, error_code);
+}
+
+// ---------------------------------------------------------------------------
+// Compute, memory and translation.
+
+void Core::retire(std::uint64_t n) {
+  std::uint64_t q = n * m_cpi_q8 + m_cpi_frac;
+  m_now += q >> 8;
+  m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
+  m_stats.instructions += n;
+  if (m_non_root) {
+    m_stats.guest_instructions += n;
+    if (m_obs) m_obs->guest_instructions += n;
+  }
+}
+
+void Core::compute(std::uint64_t instructions) {
+  boundary();
+  retire(instructions);
+}
+
+void Core::update_context() {
+  bool paging = m_cr0 & crb::kCr0Pg;
+  m_translate = paging || (m_non_root && m_ept);
+  m_tag.vpid = m_non_root ? m_vpid : 0;
+  m_tag.pcid = (paging && (m_cr4 & crb::kCr4Pcide)) ? static_cast<std::uint16_t>(m_cr3 & crb::kCr3PcidMask) : 0;
+  m_tag.ep4ta = (m_non_root && m_ept) ? (m_eptp & mmu::ept::kAddrMask) : 0;
+}
+
+mmu::WalkRequest Core::walk_request(std::uint64_t va, AccessType type) const {
+  mmu::WalkRequest r;
+  r.la = va;
+  r.type = type;
+  r.user = m_cpl == 3;
+  r.paging = m_cr0 & crb::kCr0Pg;
+  r.cr3 = m_cr3;
+  r.mode.levels = (m_cr4 & crb::kCr4La57) ? 5 : 4;
+  r.mode.largest_leaf = 3;
+  r.wp = m_cr0 & crb::kCr0Wp;
+  r.nxe = m_efer & crb::kEferNxe;
+  r.smep = m_cr4 & crb::kCr4Smep;
+  r.smap = m_cr4 & crb::kCr4Smap;
+  r.ept = m_non_root && m_ept;
+  r.eptp = m_eptp;
+  r.ept_mode.levels = static_cast<std::uint8_t>(mmu::ept::eptp_levels(m_eptp));
+  r.ept_mode.largest_leaf = 3;
+  return r;
+}
+
+bool Core::tlb_permits(std::uint8_t perms, AccessType type) const {
+  // A cached translation is used only when it certainly permits the access;
+  // anything else walks, and the walk decides (and sets the dirty bit).
+  using namespace mmu::perm;
+  bool user = m_cpl == 3;
+  switch (type) {
+    case AccessType::Read:
+      return (perms & kEptRead) && (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
+    case AccessType::Write:
+      return (perms & kEptWrite) && (perms & kWritable) && (perms & kDirty) &&
+             (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
+    case AccessType::Execute:
+      return (perms & kEptExecute) && (perms & kExecutable) &&
+             (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smep)));
+  }
+  return false;
+}
+
+bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
+  if (!m_translate) {
+    pa = va;
+    return true;
+  }
+  mmu::Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+  if (const mmu::TlbEntry* e = l1.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
+    pa = l1.translate(*e, va);
+    return true;
+  }
+  charge(m_stlb.latency());
+  if (const mmu::TlbEntry* e = m_stlb.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
+    pa = m_stlb.translate(*e, va);
+    l1.insert(va, pa & ~0xFFFull, e->perms, e->global, m_tag);
+    return true;
+  }
+  return walk_and_fill(va, type, pa);
+}
+
+bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
+  mmu::WalkResult r = m_walker.translate(walk_request(va, type));
+  charge(r.cycles);
+  if (m_non_root && m_obs) {
+    ++m_obs->walks;
+    m_obs->walk_refs += r.refs;
+    m_obs->walk_cycles += r.cycles;
+  }
+  switch (r.status) {
+    case mmu::WalkResult::Status::Ok: {
+      // Large pages are held as their 4 KiB piece until per-size TLBs exist.
+      std::uint64_t page_pa = r.pa & ~0xFFFull;
+      mmu::Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+      m_stlb.insert(va, page_pa, r.perms, r.global, m_tag);
+      l1.insert(va, page_pa, r.perms, r.global, m_tag);
+      pa = r.pa;
+      return true;
+    }
+    case mmu::WalkResult::Status::PageFault:
+      m_cr2 = va;
+      raise_exception(vec::kPageFault, r.error_code, true);
+      return false;
+    case mmu::WalkResult::Status::EptViolation:
+      vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
+      return false;
+    case mmu::WalkResult::Status::EptMisconfig:
+      vm_exit(ExitReason::EptMisconfig, 0, 0, r.fault_gpa);
+      return false;
+  }
+  return false;
+}
+
+std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
+  if (!m_w.mem->contains(pa, 8)) return 0;  // beyond memory: reads as not present
+  cycles += m_w.caches->access(pa, models::AccessKind::Walk);
+  return m_w.mem->read(pa, 8);
+}
+
+void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) {
+  if (!m_w.mem->contains(pa, 8)) return;
+  cycles += m_w.caches->access(pa, models::AccessKind::Write);
+  m_w.mem->write(pa, value, 8);
+}
+
+std::uint64_t Core::load(std::uint64_t va, unsigned size) {
+  boundary();
+  retire(1);
+  ++m_stats.loads;
+  if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
+  std::uint64_t pa;
+  while (!translate(va, AccessType::Read, pa)) boundary();
+  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory", name(), pa));
+  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  return m_w.mem->read(pa, size);
+}
+
+void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
+  boundary();
+  retire(1);
+  ++m_stats.stores;
+  if (((va & 0xFFF) + size) > 0x1000) {
+    access_slow(va, size, true, value);
+    return;
+  }
+  std::uint64_t pa;
+  while (!translate(va, AccessType::Write, pa)) boundary();
+  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory", name(), pa));
+  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  m_w.mem->write(pa, value, size);
+}
+
+// An access that crosses a page boundary: both pages are translated (and may
+// fault) before any byte is written, as on x86.
+std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value) {
+  std::uint64_t second_va = (va | 0xFFF) + 1;
+  unsigned first_len = static_cast<unsigned>(second_va - va);
+  std::uint64_t pa1, pa2;
+  AccessType t = write ? AccessType::Write : AccessType::Read;
+  for (;;) {
+    if (translate(va, t, pa1) && translate(second_va, t, pa2)) break;
+    boundary();
+  }
+  auto kind = write ? models::AccessKind::Write : models::AccessKind::Read;
+  charge(m_w.caches->access(pa1, kind));
+  charge(m_w.caches->access(pa2, kind));
+  std::uint8_t bytes[8] = {};
+  if (write) {
+    std::memcpy(bytes, &value, 8);
+    m_w.mem->write_bytes(pa1, bytes, first_len);
+    m_w.mem->write_bytes(pa2, bytes + first_len, size - first_len);
+    return 0;
+  }
+  m_w.mem->read_bytes(pa1, bytes, first_len);
+  m_w.mem->read_bytes(pa2, bytes + first_len, size - first_len);
+  std::uint64_t v = 0;
+  std::memcpy(&v, bytes, 8);
+  return size == 8 ? v : v & ((1ull << (8 * size)) - 1);
+}
+
+void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
+  boundary();
+  std::uint64_t end = va + bytes;
+  for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
+    std::uint64_t pa;
+    while (!translate(line, AccessType::Execute, pa)) boundary();
+    ++m_stats.fetch_lines;
+    charge(m_w.caches->access(pa, models::AccessKind::Fetch));
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Control registers, MSRs, CPUID, I/O, HLT.
+
+std::uint64_t Core::read_cr(unsigned cr) {
+  boundary();
+  retire(1);
+  charge(m_p.cr_latency);
+  if (m_non_root) {
+    if (cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
+      vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
+      return m_regs[Regs::rax];
+    }
+    // Bits owned by the host read from the read shadow (SDM Vol. 3C, 25.6.6).
+    if (cr == 0) {
+      std::uint64_t mask = m_vmcs->get(field::kCr0GuestHostMask);
+      return (m_cr0 & ~mask) | (m_vmcs->get(field::kCr0ReadShadow) & mask);
+    }
+    if (cr == 4) {
+      std::uint64_t mask = m_vmcs->get(field::kCr4GuestHostMask);
+      return (m_cr4 & ~mask) | (m_vmcs->get(field::kCr4ReadShadow) & mask);
+    }
+  }
+  switch (cr) {
+    case 0: return m_cr0;
+    case 2: return m_cr2;
+    case 3: return m_cr3;
+    case 4: return m_cr4;
+    default: raise_exception(vec::kInvalidOpcode, 0, false); return 0;
+  }
+}
+
+void Core::write_cr(unsigned cr, std::uint64_t value) {
+  boundary();
+  retire(1);
+  charge(m_p.cr_latency);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  if (m_non_root) {
+    bool exits = false;
+    if (cr == 3) exits = m_proc & proc::kCr3LoadExiting;
+    if (cr == 0 || cr == 4) {
+      std::uint64_t mask = m_vmcs->get(cr == 0 ? field::kCr0GuestHostMask : field::kCr4GuestHostMask);
+      std::uint64_t shadow = m_vmcs->get(cr == 0 ? field::kCr0ReadShadow : field::kCr4ReadShadow);
+      exits = ((value ^ shadow) & mask) != 0;
+    }
+    if (exits) {
+      m_regs[Regs::rax] = value;
+      vm_exit(ExitReason::CrAccess, qual::cr_access(cr, qual::kCrMovTo, Regs::rax));
+      return;
+    }
+  }
+  switch (cr) {
+    case 0:
+      m_cr0 = value;
+      break;
+    case 2:
+      m_cr2 = value;
+      break;
+    case 3: {
+      // MOV to CR3 (SDM Vol. 3A, 4.10.4.1): without PCIDs, or with bit 63
+      // clear, non-global translations of the current (VPID, PCID) go.
+      bool pcide = m_cr4 & crb::kCr4Pcide;
+      bool keep = pcide && (value & crb::kCr3NoFlush);
+      m_cr3 = value & ~crb::kCr3NoFlush;
+      update_context();
+      if (!keep) {
+        if (pcide) {
+          m_dtlb.flush_pcid(m_tag.vpid, m_tag.pcid);
+          m_itlb.flush_pcid(m_tag.vpid, m_tag.pcid);
+          m_stlb.flush_pcid(m_tag.vpid, m_tag.pcid);
+        } else {
+          m_dtlb.flush_non_global(m_tag.vpid);
+          m_itlb.flush_non_global(m_tag.vpid);
+          m_stlb.flush_non_global(m_tag.vpid);
+        }
+      }
+      break;
+    }
+    case 4: {
+      bool flush = ((m_cr4 ^ value) & (crb::kCr4Pge | crb::kCr4Pcide | crb::kCr4Smep | crb::kCr4La57)) != 0;
+      m_cr4 = value;
+      if (flush) {
+        m_dtlb.flush_vpid(m_tag.vpid);
+        m_itlb.flush_vpid(m_tag.vpid);
+        m_stlb.flush_vpid(m_tag.vpid);
+      }
+      break;
+    }
+    default:
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+  }
+  update_context();
+}
+
+bool Core::bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit) {
+  std::uint64_t pa = bitmap_pa + bit / 8;
+  if (!m_w.mem->contains(pa)) return true;
+  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  return (m_w.mem->read(pa, 1) >> (bit % 8)) & 1;
+}
+
+std::uint64_t Core::msr_root_read(std::uint32_t msr, bool& ok) {
+  ok = true;
+  switch (msr) {
+    case 0x10: return m_now;  // IA32_TIME_STAMP_COUNTER
+    case msr::kIa32TscDeadline: return m_lapic.deadline_msr();
+    case msr::kIa32Efer: return m_efer;
+    case msr::kIa32VmxBasic: return kVmcsRevision | (4096ull << 32);
+    case msr::kX2ApicId: return m_id;
+    case msr::kX2ApicLvtTimer: return m_lapic.lvt_timer();
+    default: ok = false; return 0;
+  }
+}
+
+void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
+  switch (msr) {
+    case msr::kIa32TscDeadline:
+      m_lapic.set_deadline(value);
+      recompute_next_event();
+      return;
+    case msr::kIa32Efer:
+      m_efer = value;
+      update_context();
+      return;
+    case msr::kX2ApicEoi:
+      m_lapic.eoi();
+      recompute_next_event();
+      return;
+    case msr::kX2ApicLvtTimer:
+      m_lapic.set_lvt_timer(static_cast<std::uint32_t>(value));
+      return;
+    case msr::kX2ApicIcr:
+      // Fixed delivery, physical destination in bits 63:32 (x2APIC ICR).
+      if (m_w.send_ipi) m_w.send_ipi(static_cast<std::uint32_t>(value >> 32), static_cast<std::uint8_t>(value & 0xFF));
+      return;
+    default:
+      raise_exception(vec::kGeneralProtection, 0, true);
+  }
+}
+
+std::uint64_t Core::rdmsr(std::uint32_t msr) {
+  boundary();
+  retire(1);
+  charge(m_p.msr_latency);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return 0;
+  }
+  if (m_non_root) {
+    // MSR bitmaps, SDM Vol. 3C, 25.6.9: read-low at 0, read-high at 1024.
+    bool exits = true;
+    if (m_proc & proc::kUseMsrBitmaps) {
+      std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
+      if (msr <= 0x1FFF) exits = bitmap_bit(bm, msr);
+      else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 1024 * 8 + (msr - 0xC0000000u));
+    }
+    if (exits) {
+      m_regs[Regs::rcx] = msr;
+      vm_exit(ExitReason::Rdmsr, 0);
+      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+    }
+  }
+  bool ok = false;
+  std::uint64_t v = msr_root_read(msr, ok);
+  if (!ok) raise_exception(vec::kGeneralProtection, 0, true);
+  return v;
+}
+
+void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
+  boundary();
+  retire(1);
+  charge(m_p.msr_latency);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  if (m_non_root) {
+    // Write-low bitmap at 2048, write-high at 3072.
+    bool exits = true;
+    if (m_proc & proc::kUseMsrBitmaps) {
+      std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
+      if (msr <= 0x1FFF) exits = bitmap_bit(bm, 2048 * 8 + msr);
+      else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 3072 * 8 + (msr - 0xC0000000u));
+    }
+    if (exits) {
+      m_regs[Regs::rcx] = msr;
+      m_regs[Regs::rax] = value & 0xFFFFFFFF;
+      m_regs[Regs::rdx] = value >> 32;
+      vm_exit(ExitReason::Wrmsr, 0);
+      return;
+    }
+  }
+  msr_root_write(msr, value);
+}
+
+CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    // CPUID always exits in VMX non-root operation (SDM Vol. 3C, 26.1.2).
+    m_regs[Regs::rax] = leaf;
+    m_regs[Regs::rcx] = subleaf;
+    vm_exit(ExitReason::Cpuid, 0);
+    return {static_cast<std::uint32_t>(m_regs[Regs::rax]), static_cast<std::uint32_t>(m_regs[Regs::rbx]),
+            static_cast<std::uint32_t>(m_regs[Regs::rcx]), static_cast<std::uint32_t>(m_regs[Regs::rdx])};
+  }
+  charge(m_p.cpuid_latency);
+  CpuidResult r;
+  switch (leaf) {
+    case 0:  // highest leaf and vendor "vmxsimCPU..."
+      r = {0x1, 0x73786d76, 0x2e2e2e55, 0x436d6973};
+      break;
+    case 1:
+      // Family 6; ECX: VMX (bit 5), x2APIC (21), TSC-deadline (24);
+      // EDX: TSC (4), MSR (5), PAE (6), APIC (9), PGE (13).
+      r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 21) | (1u << 24),
+           (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
+      break;
+    default:
+      break;
+  }
+  return r;
+}
+
+std::uint32_t Core::in(std::uint16_t port, unsigned size) {
+  boundary();
+  retire(1);
+  charge(m_p.io_latency);
+  if (m_non_root) {
+    bool exits = m_proc & proc::kUnconditionalIoExiting;
+    if (m_proc & proc::kUseIoBitmaps) {
+      exits = port < 0x8000 ? bitmap_bit(m_vmcs->get(field::kIoBitmapA), port)
+                            : bitmap_bit(m_vmcs->get(field::kIoBitmapB), port - 0x8000u);
+    }
+    if (exits) {
+      vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
+      std::uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
+      return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
+    }
+  }
+  std::uint32_t cycles = 0;
+  std::uint32_t v = m_w.io->in(port, size, cycles);
+  charge(cycles);
+  return v;
+}
+
+void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
+  boundary();
+  retire(1);
+  charge(m_p.io_latency);
+  if (m_non_root) {
+    bool exits = m_proc & proc::kUnconditionalIoExiting;
+    if (m_proc & proc::kUseIoBitmaps) {
+      exits = port < 0x8000 ? bitmap_bit(m_vmcs->get(field::kIoBitmapA), port)
+                            : bitmap_bit(m_vmcs->get(field::kIoBitmapB), port - 0x8000u);
+    }
+    if (exits) {
+      m_regs[Regs::rax] = value;
+      vm_exit(ExitReason::IoInstruction, qual::io(size, false, port));
+      return;
+    }
+  }
+  std::uint32_t cycles = 0;
+  m_w.io->out(port, value, size, cycles);
+  charge(cycles);
+}
+
+void Core::hlt() {
+  boundary();
+  retire(1);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  if (m_non_root && (m_proc & proc::kHltExiting)) {
+    vm_exit(ExitReason::Hlt, 0);
+    return;
+  }
+  // Halt until an interrupt is requested; then it is taken (if enabled) at
+  // this boundary and execution continues after HLT.
+  yield(Yield::Halt);
+  slow_boundary();
+}
+
+void Core::sti() {
+  boundary();
+  retire(1);
+  m_if = true;
+  recompute_next_event();
+}
+
+void Core::cli() {
+  boundary();
+  retire(1);
+  m_if = false;
+}
+
+std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1, std::uint64_t a2) {
+  boundary();
+  retire(1);
+  if (!m_non_root) {
+    // Outside non-root operation VMCALL is #UD unless in VMX root with a
+    // dual-monitor treatment, which is not modelled (SDM Vol. 3C, 31.3).
+    if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
+    else vm_fail_invalid();
+    return 0;
+  }
+  m_regs[Regs::rax] = nr;
+  m_regs[Regs::rbx] = a0;
+  m_regs[Regs::rcx] = a1;
+  m_regs[Regs::rdx] = a2;
+  vm_exit(ExitReason::Vmcall, 0);
+  return m_regs[Regs::rax];
+}
+
+void Core::invlpg(std::uint64_t va) {
+  boundary();
+  retire(1);
+  charge(m_p.invlpg_latency);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
+    vm_exit(ExitReason::Invlpg, va);
+    return;
+  }
+  m_dtlb.flush_address(va, m_tag.vpid);
+  m_itlb.flush_address(va, m_tag.vpid);
+  m_stlb.flush_address(va, m_tag.vpid);
+}
+
+std::uint64_t Core::rdtsc() {
+  boundary();
+  retire(1);
+  charge(m_p.rdtsc_latency);
+  if (m_non_root) {
+    if (m_proc & proc::kRdtscExiting) {
+      vm_exit(ExitReason::Rdtsc, 0);
+      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+    }
+    if (m_proc & proc::kUseTscOffsetting) return m_now + m_vmcs->get(field::kTscOffset);
+  }
+  return m_now;
+}
+
+void Core::lidt(InterruptHandler* handler) {
+  boundary();
+  retire(1);
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  m_idt = handler;
+}
+
+// ---------------------------------------------------------------------------
+// VMX root operation.
+
+VmxStatus Core::vm_fail_invalid() {
+  ++m_stats.vm_fails;
+  return VmxStatus::FailInvalid;
+}
+
+VmxStatus Core::vm_fail(std::uint32_t error) {
+  ++m_stats.vm_fails;
+  if (!m_vmcs) return VmxStatus::FailInvalid;
+  m_vmcs->set(field::kVmInstructionError, error);
+  return VmxStatus::FailValid;
+}
+
+void Core::require_vmx_root() {
+  // VMX instructions outside VMX operation are #UD; in non-root operation
+  // they exit (SDM Vol. 3C, 26.1.2), which callers handle before this.
+  if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
+}
+
+VmxStatus Core::vmxon(std::uint64_t region_pa) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(ExitReason::Vmxon, 0);
+    return VmxStatus::Succeed;
+  }
+  if (!(m_cr4 & crb::kCr4Vmxe) || m_cpl != 0) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return VmxStatus::FailInvalid;
+  }
+  if (m_vmxon) return vm_fail(vmerr::kVmxonInVmxRoot);
+  charge(m_p.vmxon_latency);
+  if ((region_pa & 0xFFF) || !m_w.mem->contains(region_pa, 4096) ||
+      (m_w.mem->read(region_pa, 4) & 0x7FFFFFFF) != kVmcsRevision)
+    return vm_fail_invalid();
+  m_vmxon = true;
+  m_vmxon_region = region_pa;
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::vmptrld(std::uint64_t pa) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(ExitReason::Vmptrld, 0);
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  charge(m_p.vmptrld_latency);
+  if ((pa & 0xFFF) || !m_w.mem->contains(pa, 4096)) return vm_fail(vmerr::kVmptrldInvalidAddress);
+  if (pa == m_vmxon_region) return vm_fail(vmerr::kVmptrldVmxonPointer);
+  if ((m_w.mem->read(pa, 4) & 0x7FFFFFFF) != kVmcsRevision) return vm_fail(vmerr::kVmptrldWrongRevision);
+  m_vmcs = &m_w.vmcs_store->at(pa);
+  m_vmcs_pa = pa;
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::vmclear(std::uint64_t pa) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(ExitReason::Vmclear, 0);
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  charge(m_p.vmptrld_latency);
+  if ((pa & 0xFFF) || !m_w.mem->contains(pa, 4096)) return vm_fail(vmerr::kVmptrldInvalidAddress);
+  m_w.vmcs_store->at(pa).set_launched(false);
+  if (pa == m_vmcs_pa) {
+    m_vmcs = nullptr;
+    m_vmcs_pa = ~0ull;
+  }
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    m_regs[Regs::rdx] = enc;
+    vm_exit(ExitReason::Vmread, 0);
+    value = m_regs[Regs::rax];
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmcs) return vm_fail_invalid();
+  charge(m_p.vmread_latency);
+  if (m_vmcs->read(enc, value) != Vmcs::Access::Ok) return vm_fail(vmerr::kUnsupportedVmcsComponent);
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    m_regs[Regs::rdx] = enc;
+    m_regs[Regs::rax] = value;
+    vm_exit(ExitReason::Vmwrite, 0);
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmcs) return vm_fail_invalid();
+  charge(m_p.vmwrite_latency);
+  switch (m_vmcs->write(enc, value)) {
+    case Vmcs::Access::Ok: return VmxStatus::Succeed;
+    case Vmcs::Access::ReadOnly: return vm_fail(vmerr::kVmwriteReadOnly);
+    case Vmcs::Access::Unsupported: return vm_fail(vmerr::kUnsupportedVmcsComponent);
+  }
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::invept(unsigned type, std::uint64_t eptp) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(ExitReason::Invept, 0);
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  charge(m_p.invept_latency);
+  // SDM Vol. 3C, 29.4.3.1: type 1 single-context, type 2 all-context.
+  if (type == 1) {
+    std::uint64_t ep4ta = eptp & mmu::ept::kAddrMask;
+    m_dtlb.flush_ep4ta(ep4ta);
+    m_itlb.flush_ep4ta(ep4ta);
+    m_stlb.flush_ep4ta(ep4ta);
+  } else if (type == 2) {
+    m_dtlb.flush_all();
+    m_itlb.flush_all();
+    m_stlb.flush_all();
+  } else {
+    return vm_fail(vmerr::kInvalidOperandInvept);
+  }
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(ExitReason::Invvpid, 0);
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  charge(m_p.invept_latency);
+  // SDM Vol. 3C, 31.3 INVVPID: 0 individual address, 1 single context,
+  // 2 all contexts, 3 single context retaining globals.
+  switch (type) {
+    case 0:
+      m_dtlb.flush_address(la, vpid);
+      m_itlb.flush_address(la, vpid);
+      m_stlb.flush_address(la, vpid);
+      break;
+    case 1:
+      m_dtlb.flush_vpid(vpid);
+      m_itlb.flush_vpid(vpid);
+      m_stlb.flush_vpid(vpid);
+      break;
+    case 2:
+      m_dtlb.flush_all();
+      m_itlb.flush_all();
+      m_stlb.flush_all();
+      break;
+    case 3:
+      m_dtlb.flush_non_global(vpid);
+      m_itlb.flush_non_global(vpid);
+      m_stlb.flush_non_global(vpid);
+      break;
+    default:
+      return vm_fail(vmerr::kInvalidOperandInvept);
+  }
+  return VmxStatus::Succeed;
+}
+
+VmExit Core::vmlaunch() { return vm_entry(true); }
+VmExit Core::vmresume() { return vm_entry(false); }
+
+void Core::flush_vpid_on_transition() {
+  // Without VPIDs, every VM entry and exit invalidates the mappings of
+  // VPID 0 (SDM Vol. 3C, 28.3.3.3).
+  if (!(m_proc2 & proc2::kEnableVpid) || !(m_proc & proc::kActivateSecondaryControls)) {
+    m_dtlb.flush_vpid(0);
+    m_itlb.flush_vpid(0);
+    m_stlb.flush_vpid(0);
+  }
+}
+
+VmExit Core::vm_entry(bool launch) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vm_exit(launch ? ExitReason::Vmlaunch : ExitReason::Vmresume, 0);
+    return {};
+  }
+  require_vmx_root();
+  if (!m_vmxon || !m_vmcs) return {vm_fail_invalid(), 0};
+  if (launch && m_vmcs->launched()) return {vm_fail(vmerr::kVmlaunchNonClear), 0};
+  if (!launch && !m_vmcs->launched()) return {vm_fail(vmerr::kVmresumeNonLaunched), 0};
+
+  // Checks on controls and host state (SDM Vol. 3C, 27.2), as far as the
+  // model relies on them.
+  Vmcs& v = *m_vmcs;
+  std::uint32_t proc_ctl = static_cast<std::uint32_t>(v.get(field::kProcBasedControls));
+  std::uint32_t proc2_ctl = (proc_ctl & proc::kActivateSecondaryControls)
+                                ? static_cast<std::uint32_t>(v.get(field::kSecondaryControls))
+                                : 0;
+  std::uint64_t eptp = v.get(field::kEptPointer);
+  if ((proc2_ctl & proc2::kEnableEpt) &&
+      (((eptp & 7) != mmu::ept::kEptpWb) || (mmu::ept::eptp_levels(eptp) != 4 && mmu::ept::eptp_levels(eptp) != 5) ||
+       !m_w.mem->contains(eptp & mmu::ept::kAddrMask, 4096)))
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  if (!v.get(field::kHostRip)) return {vm_fail(vmerr::kEntryInvalidHostState), 0};
+  auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kGuestRip)));
+  if (!guest || guest->finished()) {
+    // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
+    v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
+    return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};
+  }
+
+  charge(m_p.vm_entry_latency);
+  // Save the host state this model switches and load the guest's.
+  v.set(field::kHostCr0, m_cr0);
+  v.set(field::kHostCr3, m_cr3);
+  v.set(field::kHostCr4, m_cr4);
+  v.set(field::kHostIdtrBase, code_address(m_idt));
+  m_pin = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
+  m_proc = proc_ctl;
+  m_proc2 = proc2_ctl;
+  m_exc_bitmap = static_cast<std::uint32_t>(v.get(field::kExceptionBitmap));
+  m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
+  m_ept = m_proc2 & proc2::kEnableEpt;
+  m_eptp = eptp;
+  flush_vpid_on_transition();
+  m_cr0 = v.get(field::kGuestCr0);
+  m_cr3 = v.get(field::kGuestCr3);
+  m_cr4 = v.get(field::kGuestCr4);
+  m_efer = v.get(field::kGuestIa32Efer);
+  m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kGuestIdtrBase)));
+  m_if = v.get(field::kGuestRflags) & kRflagsIf;
+  m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
+  m_non_root = true;
+  update_context();
+  if (launch) v.set_launched(true);
+
+  std::uint32_t inj = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
+  if (inj & intr::kValid) {
+    m_pending_injection = inj;
+    m_pending_injection_error = static_cast<std::uint32_t>(v.get(field::kEntryExceptionErrorCode));
+    m_event_pending = true;
+    v.set(field::kEntryIntrInfo, inj & ~intr::kValid);  // cleared by a successful entry (SDM 27.2... 26.6)
+  }
+  m_preempt_deadline = (m_pin & pin::kPreemptionTimer) ? m_now + v.get(field::kPreemptionTimerValue) : UINT64_MAX;
+  m_obs = v.observer();
+  ++m_stats.vm_entries;
+  if (m_obs) {
+    ++m_obs->entries;
+    if (m_obs->pending) {
+      m_obs->reason(m_obs->pending_reason).cycles.sample(m_now - m_obs->pending_since);
+      m_obs->pending = false;
+    }
+    m_obs->entered_at = m_now;
+  }
+  recompute_next_event();
+
+  switch_fiber(*guest);
+
+  // Back in the hypervisor's context after a VM exit.
+  return {VmxStatus::Succeed, static_cast<std::uint16_t>(v.get(field::kExitReason) & 0xFFFF)};
+}
+
+void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t gla, std::uint64_t gpa,
+                   std::uint32_t intr_info, std::uint32_t intr_error) {
+  Vmcs& v = *m_vmcs;
+  auto r = static_cast<unsigned>(reason);
+  ++m_stats.vm_exits;
+  if (!m_exit_counters[r])
+    m_exit_counters[r] = &m_exit_group->make<stats::Counter>(exit_reason_name(r), "exits", "VM exits for this reason");
+  ++*m_exit_counters[r];
+  if (m_obs) {
+    ++m_obs->exits;
+    m_obs->guest_cycles += m_now - m_obs->entered_at;
+    m_obs->pending = true;
+    m_obs->pending_reason = r;
+    m_obs->pending_since = m_now;
+  }
+
+  // Exit information (SDM Vol. 3C, 28.2).
+  v.set(field::kExitReason, r);
+  v.set(field::kExitQualification, qualification);
+  v.set(field::kGuestLinearAddress, gla);
+  v.set(field::kGuestPhysicalAddress, gpa);
+  v.set(field::kExitIntrInfo, intr_info);
+  v.set(field::kExitIntrErrorCode, intr_error);
+  v.set(field::kExitInstructionLength, 1);
+  // Guest state (SDM Vol. 3C, 28.3). RIP designates the guest context that
+  // resumes where the exiting operation left off.
+  v.set(field::kGuestCr0, m_cr0);
+  v.set(field::kGuestCr3, m_cr3);
+  v.set(field::kGuestCr4, m_cr4);
+  v.set(field::kGuestIa32Efer, m_efer);
+  v.set(field::kGuestIdtrBase, code_address(m_idt));
+  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0));
+  v.set(field::kGuestSsAccessRights, (v.get(field::kGuestSsAccessRights) & ~0x60ull) | (std::uint64_t{m_cpl} << 5));
+  v.set(field::kGuestRip, code_address(m_current));
+  if (m_pin & pin::kPreemptionTimer)
+    v.set(field::kPreemptionTimerValue, m_preempt_deadline > m_now ? m_preempt_deadline - m_now : 0);
+
+  charge(m_p.vm_exit_latency);
+  // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
+  // interrupts are off in the hypervisor until it enables them.
+  m_non_root = false;
+  flush_vpid_on_transition();
+  m_cr0 = v.get(field::kHostCr0);
+  m_cr3 = v.get(field::kHostCr3);
+  m_cr4 = v.get(field::kHostCr4);
+  m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kHostIdtrBase)));
+  m_cpl = 0;
+  m_if = false;
+  m_obs = nullptr;
+  m_preempt_deadline = UINT64_MAX;
+  update_context();
+  recompute_next_event();
+
+  auto* host = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kHostRip)));
+  switch_fiber(*host);
+  // Resumed by a later VM entry: pending injected events are delivered at
+  // the next boundary, then the interrupted operation retries.
+}
+
+void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
+
+}  // namespace vmx::cpu

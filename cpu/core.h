@@ -1,0 +1,364 @@
+// A processor core with VMX root and non-root operation.
+//
+// Simulated software (hypervisor, guest kernel, guest programs) runs on fibers
+// and reaches the machine only through the operations below: the model's
+// instruction set (ARCHITECTURE.md, "The rule that makes the numbers honest").
+// Each operation charges its cost to the core's local clock; interrupts and
+// timer events are taken at operation boundaries. The SystemC thread of the
+// core only synchronizes: it runs the current fiber until the fiber's local
+// time is a quantum ahead of SystemC time, or until the core halts.
+#pragma once
+
+#include <systemc>
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "cpu/vmcs.h"
+#include "cpu/vmx.h"
+#include "mmu/paging.h"
+#include "mmu/tlb.h"
+#include "mmu/walker.h"
+#include "models/lapic.h"
+#include "sim/fiber.h"
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::models {
+class PhysMem;
+class MemHierarchy;
+class IoBus;
+}  // namespace vmx::models
+
+namespace vmx::cpu {
+
+class Core;
+
+/// What IDTR designates: the software that receives interrupts and
+/// exceptions on this core in the current mode. Handlers run on the
+/// interrupted fiber with interrupts disabled and CPL 0; returning from the
+/// handler is IRET (the previous CPL and interrupt flag are restored).
+class InterruptHandler {
+ public:
+  virtual ~InterruptHandler() = default;
+  virtual void interrupt(Core& cpu, std::uint8_t vector) = 0;
+  virtual void exception(Core& cpu, std::uint8_t vector, std::uint32_t error_code) = 0;
+};
+
+/// Encodes a fiber or handler as the "address" software writes into RIP or
+/// IDTR fields of the VMCS.
+inline std::uint64_t code_address(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+
+/// General-purpose registers. They are not switched by VM entry or exit
+/// (SDM Vol. 3C, 27.5): the hypervisor saves and restores the guest's.
+struct Regs {
+  enum : unsigned { rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, r8, r9, r10, r11, r12, r13, r14, r15 };
+  std::array<std::uint64_t, 16> r{};
+  std::uint64_t& operator[](unsigned i) { return r[i]; }
+  std::uint64_t operator[](unsigned i) const { return r[i]; }
+};
+
+/// Outcome of a VMX instruction (SDM Vol. 3C, 31.2).
+enum class VmxStatus : std::uint8_t { Succeed, FailInvalid, FailValid };
+
+/// What VMLAUNCH / VMRESUME return to the hypervisor: whether the entry
+/// happened and, if so, the basic exit reason of the exit that ended it.
+struct VmExit {
+  VmxStatus status = VmxStatus::Succeed;
+  std::uint16_t reason = 0;
+  bool entered() const { return status == VmxStatus::Succeed; }
+};
+
+struct CpuidResult {
+  std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
+};
+
+/// Core timing parameters. Latencies are in core cycles.
+struct CoreParams {
+  double cpi;
+  std::uint32_t cpuid_latency, msr_latency, cr_latency, io_latency, invlpg_latency, rdtsc_latency,
+      exception_latency;
+  std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
+      vmxon_latency, invept_latency;
+  mmu::DtlbParams dtlb;
+  mmu::ItlbParams itlb;
+  mmu::StlbParams stlb;
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(cpi, "cpi", "1.0", Spec(Unit::Ratio).at_least(0.1),
+            "Cycles per instruction charged by compute operations (a sustained IPC of 1, "
+            "a common figure for server code on an out-of-order core; an assumption).");
+    v.param(cpuid_latency, "cpuid_latency", "100", Spec(Unit::Cycles),
+            "Native CPUID (Agner Fog, Instruction Tables: 100-250 cycles on Intel cores).");
+    v.param(msr_latency, "msr_latency", "60", Spec(Unit::Cycles),
+            "Native RDMSR/WRMSR of an architectural MSR (Agner Fog, Instruction Tables: tens to "
+            "over a hundred cycles).");
+    v.param(cr_latency, "cr_latency", "20", Spec(Unit::Cycles), "MOV to/from a control register (assumption).");
+    v.param(io_latency, "io_latency", "100", Spec(Unit::Cycles),
+            "IN/OUT instruction overhead before the device's own latency (assumption).");
+    v.param(invlpg_latency, "invlpg_latency", "50", Spec(Unit::Cycles), "INVLPG (assumption).");
+    v.param(rdtsc_latency, "rdtsc_latency", "25", Spec(Unit::Cycles),
+            "RDTSC (Agner Fog, Instruction Tables: about 25 cycles on Skylake).");
+    v.param(exception_latency, "exception_latency", "100", Spec(Unit::Cycles),
+            "Delivering an exception or interrupt through the IDT and returning with IRET (assumption).");
+    v.param(vm_exit_latency, "vm_exit_latency", "500", Spec(Unit::Cycles),
+            "Hardware part of a VM exit: saving guest state, loading host state. Agesen et al., "
+            "'Software Techniques for Avoiding Hardware Virtualization Exits', USENIX ATC 2012, "
+            "report exit+entry round trips of several hundred cycles on recent Intel cores.");
+    v.param(vm_entry_latency, "vm_entry_latency", "400", Spec(Unit::Cycles),
+            "Hardware part of VMLAUNCH/VMRESUME (see vm_exit_latency).");
+    v.param(vmread_latency, "vmread_latency", "10", Spec(Unit::Cycles), "VMREAD of a cached VMCS (assumption).");
+    v.param(vmwrite_latency, "vmwrite_latency", "10", Spec(Unit::Cycles), "VMWRITE of a cached VMCS (assumption).");
+    v.param(vmptrld_latency, "vmptrld_latency", "200", Spec(Unit::Cycles),
+            "VMPTRLD, including loading the VMCS into the processor (assumption).");
+    v.param(vmxon_latency, "vmxon_latency", "1000", Spec(Unit::Cycles), "VMXON (assumption).");
+    v.param(invept_latency, "invept_latency", "200", Spec(Unit::Cycles), "INVEPT / INVVPID (assumption).");
+    v.section(dtlb, "dtlb", "First-level data TLB (4 KiB pages).");
+    v.section(itlb, "itlb", "First-level instruction TLB (4 KiB pages).");
+    v.section(stlb, "stlb", "Second-level unified TLB.");
+  }
+};
+
+/// What the core needs from the platform around it.
+struct CoreWiring {
+  models::PhysMem* mem = nullptr;
+  models::MemHierarchy* caches = nullptr;
+  models::IoBus* io = nullptr;
+  VmcsStore* vmcs_store = nullptr;
+  std::uint64_t frequency_hz = 0;
+  std::uint64_t quantum_cycles = 0;
+  /// Sends a fixed interrupt to the core with this APIC ID (IPI via the ICR).
+  std::function<void(std::uint32_t dest, std::uint8_t vector)> send_ipi;
+};
+
+/// Per-vCPU statistics the core keeps for the VMCS they are attached to
+/// (ObservedVcpu). Counting is simulator observation, not architectural state.
+struct VcpuObserver : stats::Group {
+  VcpuObserver(stats::Group* parent, const std::string& name);
+  stats::Counter guest_instructions{this, "instructions", "instructions", "instructions retired in the guest"};
+  stats::Counter guest_cycles{this, "guest_cycles", "cycles", "cycles in VMX non-root operation"};
+  stats::Counter exits{this, "exits", "exits", "VM exits"};
+  stats::Counter entries{this, "entries", "entries", "VM entries"};
+  stats::Counter walks{this, "walks", "walks", "page walks on TLB misses in the guest"};
+  stats::Counter walk_refs{this, "walk_refs", "references", "paging-structure references of those walks"};
+  stats::Counter walk_cycles{this, "walk_cycles", "cycles", "cycles of those walks"};
+  stats::Ratio mean_walk_refs{this, "mean_walk_refs", "references", "mean references per walk", walk_refs, walks};
+  stats::Ratio mean_walk_cycles{this, "mean_walk_cycles", "cycles", "mean cycles per walk", walk_cycles, walks};
+  /// Per exit reason: count and round-trip cycles from the exit to the next
+  /// completed VM entry of this vCPU.
+  struct Reason : stats::Group {
+    Reason(stats::Group* p, const std::string& n) : Group(p, n) {}
+    stats::Histogram cycles{this, "cycles", "cycles", "exit-to-reentry cycles"};
+  };
+  Reason& reason(unsigned r);
+
+  // Open exit, waiting for the next entry.
+  unsigned pending_reason = 0;
+  std::uint64_t pending_since = 0;
+  bool pending = false;
+  std::uint64_t entered_at = 0;
+
+ private:
+  stats::Group* m_by_reason = &subgroup("exit_reasons", "VM exits by basic exit reason");
+  std::array<Reason*, kMaxExitReason> m_reasons{};
+};
+
+class Core : public sc_core::sc_module, private mmu::TableMemory {
+ public:
+  SC_HAS_PROCESS(Core);
+  Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
+       stats::Group* stats_parent);
+  ~Core() override;
+
+  unsigned id() const { return m_id; }
+  /// The core whose software is executing now (software that can move
+  /// between cores, such as a guest thread on a vCPU, asks each time).
+  static Core& current();
+  /// The fiber that runs when the core comes out of reset.
+  void set_reset_fiber(sim::Fiber* f) { m_reset_fiber = f; }
+
+  // ---- Architectural operations ------------------------------------------
+  void compute(std::uint64_t instructions);
+  std::uint64_t load(std::uint64_t va, unsigned size = 8);
+  void store(std::uint64_t va, std::uint64_t value, unsigned size = 8);
+  /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
+  /// software path); the instructions themselves are charged by compute.
+  void fetch(std::uint64_t va, std::uint64_t bytes);
+  std::uint64_t read_cr(unsigned cr);
+  void write_cr(unsigned cr, std::uint64_t value);
+  std::uint64_t rdmsr(std::uint32_t msr);
+  void wrmsr(std::uint32_t msr, std::uint64_t value);
+  CpuidResult cpuid(std::uint32_t leaf, std::uint32_t subleaf = 0);
+  std::uint32_t in(std::uint16_t port, unsigned size = 1);
+  void out(std::uint16_t port, std::uint32_t value, unsigned size = 1);
+  void hlt();
+  void sti();
+  void cli();
+  bool interrupts_enabled() const { return m_if; }
+  /// VMCALL: number and arguments in RAX, RBX, RCX, RDX; result in RAX.
+  std::uint64_t vmcall(std::uint64_t nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t a2 = 0);
+  void invlpg(std::uint64_t va);
+  std::uint64_t rdtsc();
+  /// LIDT: where interrupts and exceptions go in the current mode.
+  void lidt(InterruptHandler* handler);
+  /// Switching the stack pointer to another software context (guest threads,
+  /// the hypervisor's per-vCPU contexts). Free: software charges its own cost.
+  void switch_context(sim::Fiber& to);
+  /// Leaves the kernel for user mode (SYSRET/IRET to CPL 3) and back (the
+  /// entry of a system call). Costs are charged by software.
+  void set_user_mode(bool user) { m_cpl = user ? 3 : 0; update_context(); }
+  std::uint8_t cpl() const { return m_cpl; }
+
+  // VMX root operation (SDM Vol. 3C, ch. 31).
+  VmxStatus vmxon(std::uint64_t region_pa);
+  VmxStatus vmptrld(std::uint64_t vmcs_pa);
+  VmxStatus vmclear(std::uint64_t vmcs_pa);
+  VmxStatus vmread(std::uint32_t encoding, std::uint64_t& value);
+  VmxStatus vmwrite(std::uint32_t encoding, std::uint64_t value);
+  VmExit vmlaunch();
+  VmExit vmresume();
+  VmxStatus invept(unsigned type, std::uint64_t eptp);
+  VmxStatus invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la = 0);
+
+  /// Architectural registers (the GPR file is shared by root and non-root).
+  Regs& regs() { return m_regs; }
+  bool in_vmx_non_root() const { return m_non_root; }
+
+  // ---- Simulator annotations (no cost, no architectural effect) -----------
+  /// Attaches per-vCPU statistics to the VMCS at `vmcs_pa`.
+  void observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs);
+  std::uint64_t now() const { return m_now; }
+  models::Lapic& lapic() { return m_lapic; }
+  /// Delivers an IPI from another core (the platform calls this).
+  void post_interrupt(std::uint8_t vector);
+
+  struct Stats : stats::Group {
+    explicit Stats(stats::Group* p, const std::string& name) : Group(p, name) {}
+    stats::Counter instructions{this, "instructions", "instructions", "instructions retired"};
+    stats::Counter guest_instructions{this, "guest_instructions", "instructions", "of those, in VMX non-root operation"};
+    stats::Counter loads{this, "loads", "operations", "load operations"};
+    stats::Counter stores{this, "stores", "operations", "store operations"};
+    stats::Counter fetch_lines{this, "fetch_lines", "lines", "instruction-cache lines fetched"};
+    stats::Counter busy_cycles{this, "busy_cycles", "cycles", "cycles executing (not halted)"};
+    stats::Counter halted_cycles{this, "halted_cycles", "cycles", "cycles halted"};
+    stats::Counter interrupts{this, "interrupts", "events", "interrupts delivered through the IDT"};
+    stats::Counter exceptions{this, "exceptions", "events", "exceptions delivered through the IDT"};
+    stats::Counter vm_entries{this, "vm_entries", "entries", "VM entries"};
+    stats::Counter vm_exits{this, "vm_exits", "exits", "VM exits"};
+    stats::Counter vm_fails{this, "vm_fails", "events", "VMX instructions that failed (VMfail)"};
+    stats::Counter syncs{this, "syncs", "events", "synchronizations with SystemC time"};
+  };
+  const Stats& stats() const { return m_stats; }
+
+ private:
+  enum class Yield : std::uint8_t { Sync, Halt };
+
+  void run();                    // the SystemC thread
+  void yield(Yield why);         // from a software fiber back to run()
+  void boundary() {
+    if (m_now >= m_next_event) slow_boundary();
+  }
+  void slow_boundary();
+  void recompute_next_event();
+  void retire(std::uint64_t instructions);
+  void charge(std::uint64_t cycles) { m_now += cycles; }
+
+  // Translation and memory.
+  bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  bool walk_and_fill(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  bool tlb_permits(std::uint8_t perms, mmu::AccessType type) const;
+  std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
+  void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
+  std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
+  void update_context();         // recompute TLB tag and walk parameters
+  mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
+
+  // Events.
+  void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error);
+  void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code);
+  void take_pending_interrupt();
+
+  // VMX.
+  void vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t gla = 0, std::uint64_t gpa = 0,
+               std::uint32_t intr_info = 0, std::uint32_t intr_error = 0);
+  VmExit vm_entry(bool launch);
+  VmxStatus vm_fail(std::uint32_t error);
+  VmxStatus vm_fail_invalid();
+  bool bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit);
+  void msr_root_write(std::uint32_t msr, std::uint64_t value);
+  std::uint64_t msr_root_read(std::uint32_t msr, bool& ok);
+  void require_vmx_root();
+  void flush_vpid_on_transition();
+
+  void switch_fiber(sim::Fiber& to);
+  sc_core::sc_time time_of(std::uint64_t cycles) const;
+  std::uint64_t cycles_of(const sc_core::sc_time& t) const;
+
+  // Configuration and wiring.
+  unsigned m_id;
+  CoreParams m_p;
+  CoreWiring m_w;
+  std::uint32_t m_cpi_q8;        // cycles per instruction in 1/256
+  std::uint32_t m_cpi_frac = 0;
+
+  // Time.
+  std::uint64_t m_now = 0;          // local clock, cycles since reset
+  std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
+  std::uint64_t m_sync_at = 0;      // next quantum end
+  bool m_event_pending = false;     // an injected event or IPI awaits delivery
+  sc_core::sc_event m_wake;
+
+  // Software contexts.
+  sim::Fiber* m_reset_fiber = nullptr;
+  sim::Fiber* m_current = nullptr;
+  std::unique_ptr<sim::Fiber> m_kernel_fiber;  // wraps the SystemC thread
+  Yield m_yield = Yield::Sync;
+
+  // Architectural state.
+  Regs m_regs;
+  std::uint8_t m_cpl = 0;
+  bool m_if = false;
+  std::uint64_t m_cr0 = 0, m_cr2 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0;
+  InterruptHandler* m_idt = nullptr;
+  bool m_vmxon = false;
+  std::uint64_t m_vmxon_region = 0;
+  bool m_non_root = false;
+  Vmcs* m_vmcs = nullptr;           // current VMCS
+  std::uint64_t m_vmcs_pa = ~0ull;
+  // VM-execution controls cached at VM entry.
+  std::uint32_t m_pin = 0, m_proc = 0, m_proc2 = 0, m_exc_bitmap = 0;
+  std::uint16_t m_vpid = 0;
+  bool m_ept = false;
+  std::uint64_t m_eptp = 0;
+  std::uint32_t m_pending_injection = 0;  // VM-entry interruption information
+  std::uint32_t m_pending_injection_error = 0;
+  std::uint64_t m_preempt_deadline = UINT64_MAX;
+  VcpuObserver* m_obs = nullptr;
+
+  // Statistics and translation structures.
+  Stats m_stats;
+  mmu::TlbTag m_tag{};
+  bool m_translate = false;  // paging or EPT is on
+  mmu::WalkStats m_walk_stats;
+  mmu::Walker m_walker;
+  stats::Group m_tlb_group;
+  mmu::Tlb m_dtlb, m_itlb, m_stlb;
+  models::Lapic m_lapic;
+  std::array<stats::Counter*, kMaxExitReason> m_exit_counters{};
+  stats::Group* m_exit_group;
+};
+
+/// Raised for errors of the simulator or of the simulated hypervisor (which
+/// is part of vmxsim), never for guest misbehaviour: guests get faults.
+class SimulationError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace vmx::cpu

@@ -1,0 +1,234 @@
+// VMX architectural constants: VMCS field encodings, VM-execution control
+// bits, exit reasons and exit-qualification layouts, numbered as in the
+// Intel 64 and IA-32 Architectures Software Developer's Manual (SDM),
+// Volume 3C, Appendices B (field encodings) and C (basic exit reasons), and
+// Chapters 25 (VM-execution controls) and 28 (VM exits).
+#pragma once
+
+#include <cstdint>
+
+namespace vmx::cpu {
+
+// --- VMCS field encodings (SDM Vol. 3C, Appendix B) -------------------------
+namespace field {
+// 16-bit control
+constexpr std::uint32_t kVpid = 0x0000;
+constexpr std::uint32_t kPostedIntrNv = 0x0002;
+// 64-bit control
+constexpr std::uint32_t kIoBitmapA = 0x2000;
+constexpr std::uint32_t kIoBitmapB = 0x2002;
+constexpr std::uint32_t kMsrBitmap = 0x2004;
+constexpr std::uint32_t kTscOffset = 0x2010;
+constexpr std::uint32_t kEptPointer = 0x201A;
+// 64-bit read-only data
+constexpr std::uint32_t kGuestPhysicalAddress = 0x2400;
+// 64-bit guest state
+constexpr std::uint32_t kVmcsLinkPointer = 0x2800;
+constexpr std::uint32_t kGuestIa32Efer = 0x2806;
+// 32-bit control
+constexpr std::uint32_t kPinBasedControls = 0x4000;
+constexpr std::uint32_t kProcBasedControls = 0x4002;
+constexpr std::uint32_t kExceptionBitmap = 0x4004;
+constexpr std::uint32_t kPfErrorCodeMask = 0x4006;
+constexpr std::uint32_t kPfErrorCodeMatch = 0x4008;
+constexpr std::uint32_t kCr3TargetCount = 0x400A;
+constexpr std::uint32_t kExitControls = 0x400C;
+constexpr std::uint32_t kEntryControls = 0x4012;
+constexpr std::uint32_t kEntryIntrInfo = 0x4016;
+constexpr std::uint32_t kEntryExceptionErrorCode = 0x4018;
+constexpr std::uint32_t kEntryInstructionLength = 0x401A;
+constexpr std::uint32_t kSecondaryControls = 0x401E;
+// 32-bit read-only data
+constexpr std::uint32_t kVmInstructionError = 0x4400;
+constexpr std::uint32_t kExitReason = 0x4402;
+constexpr std::uint32_t kExitIntrInfo = 0x4404;
+constexpr std::uint32_t kExitIntrErrorCode = 0x4406;
+constexpr std::uint32_t kIdtVectoringInfo = 0x4408;
+constexpr std::uint32_t kIdtVectoringErrorCode = 0x440A;
+constexpr std::uint32_t kExitInstructionLength = 0x440C;
+constexpr std::uint32_t kVmxInstructionInfo = 0x440E;
+// 32-bit guest state
+constexpr std::uint32_t kGuestSsAccessRights = 0x4818;  // DPL in bits 6:5 is the CPL
+constexpr std::uint32_t kGuestInterruptibility = 0x4824;
+constexpr std::uint32_t kGuestActivityState = 0x4826;
+constexpr std::uint32_t kPreemptionTimerValue = 0x482E;
+// natural-width control
+constexpr std::uint32_t kCr0GuestHostMask = 0x6000;
+constexpr std::uint32_t kCr4GuestHostMask = 0x6002;
+constexpr std::uint32_t kCr0ReadShadow = 0x6004;
+constexpr std::uint32_t kCr4ReadShadow = 0x6006;
+// natural-width read-only data
+constexpr std::uint32_t kExitQualification = 0x6400;
+constexpr std::uint32_t kGuestLinearAddress = 0x640A;
+// natural-width guest state
+constexpr std::uint32_t kGuestCr0 = 0x6800;
+constexpr std::uint32_t kGuestCr3 = 0x6802;
+constexpr std::uint32_t kGuestCr4 = 0x6804;
+constexpr std::uint32_t kGuestIdtrBase = 0x6818;
+constexpr std::uint32_t kGuestRsp = 0x681C;
+constexpr std::uint32_t kGuestRip = 0x681E;
+constexpr std::uint32_t kGuestRflags = 0x6820;
+// natural-width host state
+constexpr std::uint32_t kHostCr0 = 0x6C00;
+constexpr std::uint32_t kHostCr3 = 0x6C02;
+constexpr std::uint32_t kHostCr4 = 0x6C04;
+constexpr std::uint32_t kHostIdtrBase = 0x6C0E;
+constexpr std::uint32_t kHostRsp = 0x6C14;
+constexpr std::uint32_t kHostRip = 0x6C16;
+}  // namespace field
+
+// --- VM-execution controls (SDM Vol. 3C, 25.6) ------------------------------
+namespace pin {  // Table 25-5
+constexpr std::uint32_t kExternalInterruptExiting = 1u << 0;
+constexpr std::uint32_t kNmiExiting = 1u << 3;
+constexpr std::uint32_t kVirtualNmis = 1u << 5;
+constexpr std::uint32_t kPreemptionTimer = 1u << 6;
+constexpr std::uint32_t kPostedInterrupts = 1u << 7;
+}  // namespace pin
+namespace proc {  // Table 25-6
+constexpr std::uint32_t kInterruptWindowExiting = 1u << 2;
+constexpr std::uint32_t kUseTscOffsetting = 1u << 3;
+constexpr std::uint32_t kHltExiting = 1u << 7;
+constexpr std::uint32_t kInvlpgExiting = 1u << 9;
+constexpr std::uint32_t kMwaitExiting = 1u << 10;
+constexpr std::uint32_t kRdpmcExiting = 1u << 11;
+constexpr std::uint32_t kRdtscExiting = 1u << 12;
+constexpr std::uint32_t kCr3LoadExiting = 1u << 15;
+constexpr std::uint32_t kCr3StoreExiting = 1u << 16;
+constexpr std::uint32_t kCr8LoadExiting = 1u << 19;
+constexpr std::uint32_t kCr8StoreExiting = 1u << 20;
+constexpr std::uint32_t kUnconditionalIoExiting = 1u << 24;
+constexpr std::uint32_t kUseIoBitmaps = 1u << 25;
+constexpr std::uint32_t kUseMsrBitmaps = 1u << 28;
+constexpr std::uint32_t kActivateSecondaryControls = 1u << 31;
+}  // namespace proc
+namespace proc2 {  // Table 25-7
+constexpr std::uint32_t kVirtualizeApicAccesses = 1u << 0;
+constexpr std::uint32_t kEnableEpt = 1u << 1;
+constexpr std::uint32_t kEnableRdtscp = 1u << 3;
+constexpr std::uint32_t kEnableVpid = 1u << 5;
+constexpr std::uint32_t kUnrestrictedGuest = 1u << 7;
+constexpr std::uint32_t kEnableInvpcid = 1u << 12;
+constexpr std::uint32_t kEnablePml = 1u << 17;
+constexpr std::uint32_t kModeBasedExecute = 1u << 22;
+}  // namespace proc2
+namespace exitctl {  // Table 25-13
+constexpr std::uint32_t kHostAddressSpaceSize = 1u << 9;
+constexpr std::uint32_t kAckInterruptOnExit = 1u << 15;
+}  // namespace exitctl
+namespace entryctl {  // Table 25-15
+constexpr std::uint32_t kIa32eModeGuest = 1u << 9;
+}  // namespace entryctl
+
+// --- Basic exit reasons (SDM Vol. 3C, Appendix C) ---------------------------
+enum class ExitReason : std::uint16_t {
+  ExceptionOrNmi = 0,
+  ExternalInterrupt = 1,
+  TripleFault = 2,
+  InterruptWindow = 7,
+  Cpuid = 10,
+  Hlt = 12,
+  Invlpg = 14,
+  Rdpmc = 15,
+  Rdtsc = 16,
+  Vmcall = 18,
+  Vmclear = 19,
+  Vmlaunch = 20,
+  Vmptrld = 21,
+  Vmptrst = 22,
+  Vmread = 23,
+  Vmresume = 24,
+  Vmwrite = 25,
+  Vmxoff = 26,
+  Vmxon = 27,
+  CrAccess = 28,
+  IoInstruction = 30,
+  Rdmsr = 31,
+  Wrmsr = 32,
+  EntryFailGuestState = 33,
+  EptViolation = 48,
+  EptMisconfig = 49,
+  Invept = 50,
+  PreemptionTimer = 52,
+  Invvpid = 53,
+  Invpcid = 58,
+};
+constexpr unsigned kMaxExitReason = 70;
+/// The SDM's name of an exit reason ("EPT_VIOLATION"), or "REASON_<n>".
+const char* exit_reason_name(unsigned reason);
+
+// --- Exit qualifications (SDM Vol. 3C, 28.2.1) ------------------------------
+namespace qual {
+// Control-register accesses, Table 28-3.
+constexpr std::uint64_t cr_access(unsigned cr, unsigned type, unsigned gpr) {
+  return (cr & 0xF) | ((type & 3u) << 4) | ((gpr & 0xF) << 8);
+}
+constexpr unsigned kCrMovTo = 0, kCrMovFrom = 1;
+// I/O instructions, Table 28-5.
+constexpr std::uint64_t io(unsigned size_bytes, bool in, std::uint16_t port) {
+  return ((size_bytes - 1) & 7) | (in ? 1u << 3 : 0) | (std::uint64_t{port} << 16);
+}
+// EPT violations, Table 28-7.
+constexpr std::uint64_t kEptRead = 1u << 0;
+constexpr std::uint64_t kEptWrite = 1u << 1;
+constexpr std::uint64_t kEptFetch = 1u << 2;
+constexpr std::uint64_t kEptReadable = 1u << 3;
+constexpr std::uint64_t kEptWritable = 1u << 4;
+constexpr std::uint64_t kEptExecutable = 1u << 5;
+constexpr std::uint64_t kEptUserExecutable = 1u << 6;
+constexpr std::uint64_t kEptGlaValid = 1u << 7;
+constexpr std::uint64_t kEptGlaTranslation = 1u << 8;  // else: paging-structure access
+}  // namespace qual
+
+// --- Event-injection / exit-interruption information (SDM 25.8.3, 28.2.2) ---
+namespace intr {
+constexpr std::uint32_t kValid = 1u << 31;
+constexpr std::uint32_t kDeliverErrorCode = 1u << 11;
+constexpr std::uint32_t kTypeExternal = 0u << 8;
+constexpr std::uint32_t kTypeNmi = 2u << 8;
+constexpr std::uint32_t kTypeHardwareException = 3u << 8;
+constexpr std::uint32_t kTypeSoftwareInterrupt = 4u << 8;
+constexpr std::uint32_t info(std::uint8_t vector, std::uint32_t type, bool error_code = false) {
+  return kValid | type | vector | (error_code ? kDeliverErrorCode : 0);
+}
+}  // namespace intr
+
+// --- VM-instruction error numbers (SDM Vol. 3C, 31.4) -----------------------
+namespace vmerr {
+constexpr std::uint32_t kVmlaunchNonClear = 4;
+constexpr std::uint32_t kVmresumeNonLaunched = 5;
+constexpr std::uint32_t kEntryInvalidControls = 7;
+constexpr std::uint32_t kEntryInvalidHostState = 8;
+constexpr std::uint32_t kVmptrldInvalidAddress = 9;
+constexpr std::uint32_t kVmptrldVmxonPointer = 10;
+constexpr std::uint32_t kVmptrldWrongRevision = 11;
+constexpr std::uint32_t kUnsupportedVmcsComponent = 12;
+constexpr std::uint32_t kVmwriteReadOnly = 13;
+constexpr std::uint32_t kVmxonInVmxRoot = 15;
+constexpr std::uint32_t kInvalidOperandInvept = 28;
+}  // namespace vmerr
+
+// --- Exception vectors (SDM Vol. 3A, Table 6-1) -----------------------------
+namespace vec {
+constexpr std::uint8_t kDivide = 0, kInvalidOpcode = 6, kDoubleFault = 8, kGeneralProtection = 13,
+                       kPageFault = 14;
+}
+
+// --- Model-specific registers used by the model (SDM Vol. 4) ----------------
+namespace msr {
+constexpr std::uint32_t kIa32TscDeadline = 0x6E0;
+constexpr std::uint32_t kIa32Efer = 0xC0000080;
+constexpr std::uint32_t kIa32VmxBasic = 0x480;
+constexpr std::uint32_t kX2ApicId = 0x802;
+constexpr std::uint32_t kX2ApicEoi = 0x80B;
+constexpr std::uint32_t kX2ApicIcr = 0x830;
+constexpr std::uint32_t kX2ApicLvtTimer = 0x832;
+/// KVM's paravirtual steal-time MSR (Linux Documentation/virt/kvm/x86/msr.rst).
+constexpr std::uint32_t kKvmStealTime = 0x4b564d03;
+}  // namespace msr
+
+/// VMCS revision identifier reported in IA32_VMX_BASIC[30:0] and expected in
+/// the first dword of every VMXON and VMCS region (SDM Vol. 3C, 25.2, A.1).
+constexpr std::uint32_t kVmcsRevision = 0x12;
+
+}  // namespace vmx::cpu

@@ -1,0 +1,618 @@
+#include "hypervisor/hypervisor.h"
+
+#include <algorithm>
+#include <bitset>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "mmu/paging.h"
+
+namespace vmx::hv {
+
+using cpu::Core;
+using cpu::ExitReason;
+using cpu::Regs;
+namespace field = cpu::field;
+
+namespace {
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kLine = 64;
+constexpr std::uint8_t kHostTimerVector = models::Lapic::kDefaultTimerVector;
+constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
+constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
+// Offsets of the handlers in the hypervisor's text, so that each handler
+// fetches its own code lines.
+enum CodeOffset : std::uint64_t {
+  kCodeDispatch = 0x0000,
+  kCodeCpuid = 0x1000,
+  kCodeHlt = 0x2000,
+  kCodeVmcall = 0x3000,
+  kCodeIo = 0x4000,
+  kCodeCr = 0x5000,
+  kCodeMsr = 0x6000,
+  kCodeEpt = 0x7000,
+  kCodeIrq = 0x8000,
+  kCodeWindow = 0x9000,
+  kCodeInject = 0xA000,
+  kCodeSchedule = 0xB000,
+};
+}  // namespace
+
+struct Hypervisor::Vm {
+  std::string name;
+  unsigned id = 0;
+  std::uint64_t memory = 0;
+  GuestImage* image = nullptr;
+  std::uint64_t ept_root = 0;
+  std::uint64_t eptp = 0;
+  bool crashed = false;
+  std::string crash;
+  stats::Group* group = nullptr;
+  std::vector<std::unique_ptr<Vcpu>> vcpus;
+};
+
+struct Hypervisor::Vcpu {
+  Vm* vm = nullptr;
+  unsigned index = 0;
+  unsigned core = 0;
+  std::uint64_t vmcs_pa = 0;
+  std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
+  std::uint16_t vpid = 0;
+  Regs regs;
+  enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
+  bool launched = false;
+  bool vmcs_ready = false;
+  bool in_runq = false;
+  std::bitset<256> virr;              // virtual interrupts requested
+  std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
+  std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
+  std::unique_ptr<cpu::VcpuObserver> obs;
+};
+
+struct Hypervisor::PerCore : cpu::InterruptHandler {
+  Hypervisor* hv = nullptr;
+  unsigned id = 0;
+  Core* core = nullptr;
+  std::unique_ptr<sim::Fiber> fiber;
+  std::deque<Vcpu*> runq;
+  std::vector<Vcpu*> assigned;
+  Vcpu* loaded = nullptr;   // whose VMCS is current
+  std::uint64_t vmxon_region = 0;
+  std::uint64_t slice_end = 0;
+
+  void interrupt(Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
+  void exception(Core& c, std::uint8_t vector, std::uint32_t error_code) override {
+    throw cpu::SimulationError(fmt::format("{}: hypervisor took exception {} (error code {:#x})", c.name(), vector,
+                                           error_code));
+  }
+};
+
+Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores, std::uint64_t host_memory,
+                       std::uint64_t tsc_hz, stats::Group* stats_parent)
+    : m_p(params),
+      m_cores(std::move(cores)),
+      m_host_memory(host_memory),
+      m_slice_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.timeslice) * tsc_hz /
+                                                cfg::kPsPerSecond)),
+      m_stats(stats_parent, "hypervisor") {
+  if (m_p.reserved_memory >= m_host_memory)
+    throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
+  // Host-physical layout: the first MiB is left alone (as on a PC), the
+  // hypervisor's text follows, then its data; guest frames come from above
+  // reserved_memory.
+  m_text = 0x100000;
+  m_next_host_frame = 0x200000;
+  m_next_guest_frame = (m_p.reserved_memory + kPage - 1) & ~(kPage - 1);
+  m_msr_bitmap = alloc_host_frame();
+  m_io_bitmap_a = alloc_host_frame();
+  m_io_bitmap_b = alloc_host_frame();
+  for (unsigned i = 0; i < m_cores.size(); ++i) {
+    auto pc = std::make_unique<PerCore>();
+    pc->hv = this;
+    pc->id = i;
+    pc->core = m_cores[i];
+    pc->vmxon_region = alloc_host_frame();
+    PerCore* raw = pc.get();
+    pc->fiber = std::make_unique<sim::Fiber>(fmt::format("hv.core{}", i), [this, raw] { core_main(*raw); });
+    m_percore.push_back(std::move(pc));
+  }
+}
+
+Hypervisor::~Hypervisor() = default;
+
+sim::Fiber& Hypervisor::core_fiber(unsigned core) { return *m_percore.at(core)->fiber; }
+unsigned Hypervisor::vm_count() const { return static_cast<unsigned>(m_vms.size()); }
+const std::string& Hypervisor::vm_name(unsigned i) const { return m_vms.at(i)->name; }
+const std::string& Hypervisor::vm_crash(unsigned i) const { return m_vms.at(i)->crash; }
+
+std::uint64_t Hypervisor::alloc_host_frame() {
+  std::uint64_t f = m_next_host_frame;
+  if (f + kPage > m_p.reserved_memory)
+    throw cpu::SimulationError("hypervisor: reserved_memory exhausted (raise hypervisor.reserved_memory)");
+  m_next_host_frame += kPage;
+  return f;
+}
+
+std::uint64_t Hypervisor::alloc_guest_frame() {
+  std::uint64_t f = m_next_guest_frame;
+  if (f + kPage > m_host_memory) return 0;
+  m_next_guest_frame += kPage;
+  ++m_totals.guest_frames;
+  return f;
+}
+
+void Hypervisor::add_vm(const VmSpec& spec) {
+  auto vm = std::make_unique<Vm>();
+  vm->name = spec.name;
+  vm->id = static_cast<unsigned>(m_vms.size());
+  vm->memory = spec.memory;
+  vm->image = spec.image;
+  vm->ept_root = alloc_host_frame();
+  vm->eptp = mmu::ept::eptp(vm->ept_root, 4, false);
+  vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
+  for (unsigned i = 0; i < spec.vcpus; ++i) {
+    auto v = std::make_unique<Vcpu>();
+    v->vm = vm.get();
+    v->index = i;
+    v->core = m_next_core++ % static_cast<unsigned>(m_cores.size());
+    v->vmcs_pa = alloc_host_frame();
+    v->save_area = alloc_host_frame();
+    v->vpid = m_p.vpid ? m_next_vpid++ : 0;
+    v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
+    PerCore& pc = *m_percore[v->core];
+    pc.assigned.push_back(v.get());
+    pc.runq.push_back(v.get());
+    v->in_runq = true;
+    vm->vcpus.push_back(std::move(v));
+  }
+  m_vms.push_back(std::move(vm));
+}
+
+// ---------------------------------------------------------------------------
+// Helpers that turn the hypervisor's work into operations.
+
+void Hypervisor::charge(Core& c, std::uint64_t instructions, std::uint64_t code_offset) {
+  c.fetch(m_text + code_offset, m_p.costs.code_bytes);
+  c.compute(instructions);
+}
+
+void Hypervisor::touch_vcpu_state(Core& c, const Vcpu& v) {
+  for (std::uint64_t i = 0; i < m_p.costs.vcpu_state_lines; ++i) c.load(v.save_area + 2 * kLine + i * kLine);
+}
+
+void Hypervisor::vmw(Core& c, std::uint32_t enc, std::uint64_t v) {
+  if (c.vmwrite(enc, v) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError(fmt::format("hypervisor: VMWRITE {:#x} failed", enc));
+}
+
+std::uint64_t Hypervisor::vmr(Core& c, std::uint32_t enc) {
+  std::uint64_t v = 0;
+  if (c.vmread(enc, v) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError(fmt::format("hypervisor: VMREAD {:#x} failed", enc));
+  return v;
+}
+
+// ---------------------------------------------------------------------------
+// Per-core main loop.
+
+void Hypervisor::core_main(PerCore& pc) {
+  Core& c = *pc.core;
+  // Enter VMX operation (SDM Vol. 3C, 24.7): CR4.VMXE, a VMXON region with
+  // the revision identifier, VMXON.
+  c.write_cr(4, c.read_cr(4) | mmu::crbits::kCr4Vmxe);
+  c.store(pc.vmxon_region, cpu::kVmcsRevision, 4);
+  if (c.vmxon(pc.vmxon_region) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError(fmt::format("{}: VMXON failed", c.name()));
+  c.lidt(&pc);
+  if (pc.id == 0) {
+    // The bitmaps: every port and every MSR exits.
+    for (std::uint64_t off = 0; off < kPage; off += 8) {
+      c.store(m_msr_bitmap + off, ~0ull);
+      c.store(m_io_bitmap_a + off, ~0ull);
+      c.store(m_io_bitmap_b + off, ~0ull);
+    }
+  }
+  pc.slice_end = c.rdtsc() + m_slice_cycles;
+  for (;;) {
+    // Pick the next runnable vCPU (round robin within the core).
+    c.fetch(m_text + kCodeSchedule, m_p.costs.code_bytes);
+    c.compute(m_p.costs.schedule);
+    while (!pc.runq.empty() && pc.runq.front()->state != Vcpu::State::Runnable) {
+      pc.runq.front()->in_runq = false;
+      pc.runq.pop_front();
+    }
+    if (pc.runq.empty()) {
+      ++m_totals.idle_halts;
+      program_timer(pc);
+      c.sti();
+      c.hlt();
+      c.cli();
+      continue;
+    }
+    Vcpu& v = *pc.runq.front();
+    run_vcpu(pc, v);
+  }
+}
+
+void Hypervisor::program_timer(PerCore& pc) {
+  Core& c = *pc.core;
+  std::uint64_t next = 0;
+  auto consider = [&next](std::uint64_t t) {
+    if (t && (!next || t < next)) next = t;
+  };
+  std::size_t runnable = 0;
+  for (Vcpu* v : pc.assigned) {
+    if (v->state == Vcpu::State::Dead) continue;
+    consider(v->vtimer_deadline);
+    if (v->state == Vcpu::State::Runnable) ++runnable;
+  }
+  if (runnable > 1) consider(pc.slice_end);
+  c.wrmsr(cpu::msr::kIa32TscDeadline, next);
+}
+
+void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
+  // A fresh VMCS (SDM Vol. 3C, 25.11.3): revision identifier, VMCLEAR, VMPTRLD.
+  c.store(v.vmcs_pa, cpu::kVmcsRevision, 4);
+  c.vmclear(v.vmcs_pa);
+  if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD of a new VMCS failed");
+  using namespace cpu;
+  vmw(c, field::kPinBasedControls, pin::kExternalInterruptExiting);
+  vmw(c, field::kProcBasedControls,
+      proc::kHltExiting | proc::kUseIoBitmaps | proc::kUseMsrBitmaps | proc::kActivateSecondaryControls);
+  vmw(c, field::kSecondaryControls, proc2::kEnableEpt | (v.vpid ? proc2::kEnableVpid : 0));
+  vmw(c, field::kExitControls, exitctl::kHostAddressSpaceSize | exitctl::kAckInterruptOnExit);
+  vmw(c, field::kEntryControls, entryctl::kIa32eModeGuest);
+  vmw(c, field::kExceptionBitmap, 0);
+  vmw(c, field::kEptPointer, v.vm->eptp);
+  vmw(c, field::kVpid, v.vpid);
+  vmw(c, field::kMsrBitmap, m_msr_bitmap);
+  vmw(c, field::kIoBitmapA, m_io_bitmap_a);
+  vmw(c, field::kIoBitmapB, m_io_bitmap_b);
+  vmw(c, field::kCr0GuestHostMask, 0);
+  vmw(c, field::kCr4GuestHostMask, mmu::crbits::kCr4Vmxe);  // the guest may not turn on VMX
+  vmw(c, field::kCr4ReadShadow, 0);
+  vmw(c, field::kGuestCr0, mmu::crbits::kCr0Pe);
+  vmw(c, field::kGuestCr3, 0);
+  vmw(c, field::kGuestCr4, 0);
+  vmw(c, field::kGuestRflags, 0x2);
+  vmw(c, field::kGuestSsAccessRights, 0);
+  vmw(c, field::kGuestRip, code_address(&v.vm->image->vcpu_entry(v.index)));
+  vmw(c, field::kHostRip, code_address(m_percore[v.core]->fiber.get()));
+  vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
+  c.observe_vmcs(v.vmcs_pa, v.obs.get());
+  v.vmcs_ready = true;
+}
+
+void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  if (!v.vmcs_ready) {
+    setup_vmcs(c, v);
+    pc.loaded = &v;
+  } else if (pc.loaded != &v) {
+    ++m_totals.vcpu_switches;
+    if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+      throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+    pc.loaded = &v;
+  }
+  // Virtual interrupt delivery: inject when the guest can take it, else ask
+  // for an interrupt-window exit (SDM Vol. 3C, 26.6, 25.6.2).
+  if (v.virr.any()) {
+    charge(c, m_p.costs.inject, kCodeInject);
+    int vec = 255;
+    while (vec >= 0 && !v.virr.test(static_cast<std::size_t>(vec))) --vec;
+    std::uint64_t rflags = vmr(c, field::kGuestRflags);
+    std::uint64_t procctl = vmr(c, field::kProcBasedControls);
+    if (rflags & (1u << 9)) {
+      vmw(c, field::kEntryIntrInfo, cpu::intr::info(static_cast<std::uint8_t>(vec), cpu::intr::kTypeExternal));
+      v.virr.reset(static_cast<std::size_t>(vec));
+      ++m_totals.injections;
+      if (procctl & cpu::proc::kInterruptWindowExiting)
+        vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
+    } else if (!(procctl & cpu::proc::kInterruptWindowExiting)) {
+      vmw(c, field::kProcBasedControls, procctl | cpu::proc::kInterruptWindowExiting);
+    }
+  }
+  // Restore the guest's registers from the save area.
+  for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
+  c.regs() = v.regs;
+
+  cpu::VmExit ex = v.launched ? c.vmresume() : c.vmlaunch();
+  if (!ex.entered()) {
+    std::uint64_t err = 0;
+    c.vmread(field::kVmInstructionError, err);
+    crash_vm(*v.vm, fmt::format("VM entry failed (VM-instruction error {})", err));
+    return;
+  }
+  v.launched = true;
+  // Save the guest's registers.
+  v.regs = c.regs();
+  for (unsigned i = 0; i < kSavedGprs; ++i) c.store(v.save_area + 8 * i, v.regs[i]);
+  handle_exit(pc, v, ex.reason);
+}
+
+void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
+  Core& c = *pc.core;
+  ++m_totals.exits;
+  charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
+  touch_vcpu_state(c, v);
+  switch (static_cast<ExitReason>(reason)) {
+    case ExitReason::Cpuid:
+      handle_cpuid(c, v);
+      break;
+    case ExitReason::Hlt:
+      charge(c, m_p.costs.hlt, kCodeHlt);
+      if (!v.virr.any()) {
+        v.state = Vcpu::State::Blocked;
+        program_timer(pc);
+      }
+      break;
+    case ExitReason::Vmcall:
+      handle_vmcall(c, v);
+      break;
+    case ExitReason::IoInstruction:
+      handle_io(c, v);
+      break;
+    case ExitReason::CrAccess:
+      handle_cr(c, v);
+      break;
+    case ExitReason::Rdmsr:
+      handle_msr(c, v, false);
+      break;
+    case ExitReason::Wrmsr:
+      handle_msr(c, v, true);
+      break;
+    case ExitReason::EptViolation:
+      handle_ept_violation(c, v);
+      break;
+    case ExitReason::ExternalInterrupt: {
+      charge(c, m_p.costs.external_interrupt, kCodeIrq);
+      std::uint64_t info = vmr(c, field::kExitIntrInfo);
+      if (info & cpu::intr::kValid) host_interrupt(pc, static_cast<std::uint8_t>(info & 0xFF));
+      break;
+    }
+    case ExitReason::InterruptWindow: {
+      charge(c, m_p.costs.interrupt_window, kCodeWindow);
+      std::uint64_t procctl = vmr(c, field::kProcBasedControls);
+      vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
+      break;
+    }
+    case ExitReason::TripleFault:
+      crash_vm(*v.vm, fmt::format("triple fault on vCPU {}", v.index));
+      break;
+    case ExitReason::EntryFailGuestState:
+      crash_vm(*v.vm, fmt::format("VM entry failed: invalid guest state on vCPU {}", v.index));
+      break;
+    case ExitReason::EptMisconfig:
+      crash_vm(*v.vm, fmt::format("EPT misconfiguration at guest-physical {:#x}", vmr(c, field::kGuestPhysicalAddress)));
+      break;
+    default:
+      // VMX instructions and anything else the hypervisor does not emulate:
+      // the guest gets #UD, as KVM without nested virtualization does.
+      inject_exception(c, cpu::vec::kInvalidOpcode, false, 0);
+      break;
+  }
+}
+
+void Hypervisor::inject_exception(Core& c, std::uint8_t vector, bool error_code, std::uint32_t code) {
+  vmw(c, field::kEntryIntrInfo, cpu::intr::info(vector, cpu::intr::kTypeHardwareException, error_code));
+  if (error_code) vmw(c, field::kEntryExceptionErrorCode, code);
+}
+
+void Hypervisor::handle_cpuid(Core& c, Vcpu& v) {
+  charge(c, m_p.costs.cpuid, kCodeCpuid);
+  std::uint32_t leaf = static_cast<std::uint32_t>(v.regs[Regs::rax]);
+  cpu::CpuidResult r;
+  if (leaf == 0x40000000u) {
+    // Hypervisor vendor leaf: "vmxsimHV    ".
+    r = {0x40000001u, 0x73786d76, 0x56486d69, 0x20202020};
+  } else {
+    // Start from the host's answer; hide VMX and announce a hypervisor
+    // (CPUID.1:ECX bit 31), as KVM does.
+    r = c.cpuid(leaf, static_cast<std::uint32_t>(v.regs[Regs::rcx]));
+    if (leaf == 1) r.ecx = (r.ecx & ~(1u << 5)) | (1u << 31);
+  }
+  v.regs[Regs::rax] = r.eax;
+  v.regs[Regs::rbx] = r.ebx;
+  v.regs[Regs::rcx] = r.ecx;
+  v.regs[Regs::rdx] = r.edx;
+}
+
+void Hypervisor::handle_vmcall(Core& c, Vcpu& v) {
+  charge(c, m_p.costs.vmcall, kCodeVmcall);
+  v.regs[Regs::rax] = v.regs[Regs::rax] == hypercall::kNop ? 0 : hypercall::kUnknownResult;
+}
+
+void Hypervisor::handle_io(Core& c, Vcpu& v) {
+  charge(c, m_p.costs.io, kCodeIo);
+  std::uint64_t q = vmr(c, field::kExitQualification);
+  unsigned size = static_cast<unsigned>(q & 7) + 1;
+  bool in = q & (1u << 3);
+  auto port = static_cast<std::uint16_t>(q >> 16);
+  // Emulated devices: the debug console is forwarded to the platform's; any
+  // other port behaves as an empty ISA slot.
+  if (port == 0xE9) {
+    if (in) v.regs[Regs::rax] = c.in(port, size);
+    else c.out(port, static_cast<std::uint32_t>(v.regs[Regs::rax]), size);
+  } else if (in) {
+    v.regs[Regs::rax] = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
+  }
+}
+
+void Hypervisor::handle_cr(Core& c, Vcpu& v) {
+  charge(c, m_p.costs.cr_access, kCodeCr);
+  std::uint64_t q = vmr(c, field::kExitQualification);
+  unsigned cr = q & 0xF, type = (q >> 4) & 3, gpr = (q >> 8) & 0xF;
+  if (cr == 3 && type == cpu::qual::kCrMovFrom) {
+    v.regs[gpr] = vmr(c, field::kGuestCr3);
+  } else if (cr == 3 && type == cpu::qual::kCrMovTo) {
+    vmw(c, field::kGuestCr3, v.regs[gpr]);
+    if (v.vpid) c.invvpid(3, v.vpid);
+  } else if (cr == 4 && type == cpu::qual::kCrMovTo) {
+    if (v.regs[gpr] & mmu::crbits::kCr4Vmxe) {
+      inject_exception(c, cpu::vec::kGeneralProtection, true, 0);  // no nested VMX here
+      return;
+    }
+    vmw(c, field::kGuestCr4, v.regs[gpr]);
+  } else if (cr == 0 && type == cpu::qual::kCrMovTo) {
+    vmw(c, field::kGuestCr0, v.regs[gpr]);
+  } else {
+    inject_exception(c, cpu::vec::kGeneralProtection, true, 0);
+  }
+}
+
+void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
+  charge(c, m_p.costs.msr, kCodeMsr);
+  auto msr = static_cast<std::uint32_t>(v.regs[Regs::rcx]);
+  std::uint64_t value = (v.regs[Regs::rdx] << 32) | (v.regs[Regs::rax] & 0xFFFFFFFF);
+  PerCore& pc = *m_percore[v.core];
+  std::uint64_t result = 0;
+  bool ok = true;
+  switch (msr) {
+    case cpu::msr::kIa32TscDeadline:  // the virtual LAPIC timer
+      if (write) {
+        v.vtimer_deadline = value;
+        program_timer(pc);
+      } else {
+        result = v.vtimer_deadline;
+      }
+      break;
+    case cpu::msr::kX2ApicEoi:
+      break;  // the virtual ISR is not modelled: EOI only costs the exit
+    case cpu::msr::kX2ApicLvtTimer:
+      if (write) v.vlvt_timer = static_cast<std::uint32_t>(value);
+      else result = v.vlvt_timer;
+      break;
+    case cpu::msr::kX2ApicId:
+      if (write) ok = false;
+      else result = v.index;
+      break;
+    case cpu::msr::kX2ApicIcr:
+      if (write) {
+        // A virtual IPI to another vCPU of the same VM (fixed delivery).
+        auto dest = static_cast<std::uint32_t>(value >> 32);
+        if (dest < v.vm->vcpus.size()) {
+          Vcpu& t = *v.vm->vcpus[dest];
+          t.virr.set(value & 0xFF);
+          wake(t);
+        }
+      } else {
+        ok = false;
+      }
+      break;
+    case cpu::msr::kIa32Efer:
+      if (write) vmw(c, field::kGuestIa32Efer, value);
+      else result = vmr(c, field::kGuestIa32Efer);
+      break;
+    case 0x10:  // IA32_TIME_STAMP_COUNTER
+      if (write) ok = false;
+      else result = c.rdtsc();
+      break;
+    default:
+      ok = false;
+  }
+  if (!ok) {
+    inject_exception(c, cpu::vec::kGeneralProtection, true, 0);
+    return;
+  }
+  if (!write) {
+    v.regs[Regs::rax] = result & 0xFFFFFFFF;
+    v.regs[Regs::rdx] = result >> 32;
+  }
+}
+
+bool Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) {
+  // Walk the VM's EPT in memory, allocating tables (SDM Vol. 3C, 29.3.2).
+  std::uint64_t table = vm.ept_root;
+  for (unsigned level = 4; level > 1; --level) {
+    std::uint64_t entry_pa = table + mmu::table_index(gpa, level) * 8;
+    std::uint64_t e = c.load(entry_pa);
+    if (!(e & mmu::ept::kPermMask)) {
+      std::uint64_t t = alloc_host_frame();
+      ++m_totals.ept_tables;
+      // A fresh frame of the hypervisor's is still zero; clearing it costs
+      // one store per line.
+      for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(t + off, 0);
+      e = t | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute;
+      c.store(entry_pa, e);
+    }
+    table = e & mmu::ept::kAddrMask;
+  }
+  std::uint64_t pte_pa = table + mmu::table_index(gpa, 1) * 8;
+  c.store(pte_pa, (hpa & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute |
+                      mmu::ept::kMemTypeWb);
+  return true;
+}
+
+void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
+  charge(c, m_p.costs.ept_violation, kCodeEpt);
+  std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
+  Vm& vm = *v.vm;
+  if (gpa >= vm.memory) {
+    crash_vm(vm, fmt::format("vCPU {} accessed guest-physical {:#x}, beyond the VM's {} bytes of memory "
+                             "(no device is emulated there)",
+                             v.index, gpa, vm.memory));
+    return;
+  }
+  std::uint64_t hpa = alloc_guest_frame();
+  if (!hpa) {
+    crash_vm(vm, "host memory exhausted while backing guest memory");
+    return;
+  }
+  if (m_p.zero_pages)
+    for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(hpa + off, 0);
+  ept_map(c, vm, gpa & ~(kPage - 1), hpa);
+  // A not-present EPT entry is never cached, so no INVEPT is needed
+  // (SDM Vol. 3C, 29.4.3.2).
+}
+
+void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
+  Core& c = *pc.core;
+  if (vector == kHostTimerVector) handle_timer(pc);
+  c.wrmsr(cpu::msr::kX2ApicEoi, 0);
+}
+
+void Hypervisor::handle_timer(PerCore& pc) {
+  Core& c = *pc.core;
+  std::uint64_t now = c.rdtsc();
+  for (Vcpu* v : pc.assigned) {
+    if (v->state == Vcpu::State::Dead) continue;
+    if (v->vtimer_deadline && now >= v->vtimer_deadline) {
+      v->vtimer_deadline = 0;
+      if (!(v->vlvt_timer & (1u << 16))) v->virr.set(v->vlvt_timer & 0xFF);
+      wake(*v);
+    }
+  }
+  if (now >= pc.slice_end) {
+    // Time slice over: the running vCPU goes to the back of the queue.
+    if (!pc.runq.empty()) {
+      Vcpu* front = pc.runq.front();
+      pc.runq.pop_front();
+      pc.runq.push_back(front);
+    }
+    pc.slice_end = now + m_slice_cycles;
+  }
+  program_timer(pc);
+}
+
+void Hypervisor::wake(Vcpu& v) {
+  if (v.state == Vcpu::State::Dead) return;
+  PerCore& target = *m_percore[v.core];
+  if (v.state == Vcpu::State::Blocked) v.state = Vcpu::State::Runnable;
+  if (!v.in_runq) {
+    target.runq.push_back(&v);
+    v.in_runq = true;
+  }
+  Core& self = Core::current();
+  if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
+}
+
+void Hypervisor::crash_vm(Vm& vm, const std::string& why) {
+  if (vm.crashed) return;
+  vm.crashed = true;
+  vm.crash = why;
+  for (auto& v : vm.vcpus) v->state = Vcpu::State::Dead;
+}
+
+}  // namespace vmx::hv

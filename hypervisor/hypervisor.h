@@ -1,0 +1,181 @@
+// A type-1 hypervisor that runs as simulated software on the cores in VMX
+// root operation. It reaches the machine only through core operations: its
+// data structures (VMXON and VMCS regions, bitmaps, EPT tables, per-vCPU
+// register save areas) live in host-physical memory, and every handler
+// charges its work as instructions, memory touches and code fetches whose
+// sizes are the named parameters in HvCosts.
+//
+// The per-core run loop reads like a real one: pick a runnable vCPU, load its
+// VMCS, restore its registers, inject a pending interrupt, VMRESUME, save the
+// registers, handle the exit.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/core.h"
+#include "sim/fiber.h"
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::hv {
+
+/// Path lengths of the hypervisor's software, in instructions, and the data
+/// it touches, in cache lines. Defaults are assumptions of the order of
+/// KVM's exit handlers (see docs/hypervisor.md for the calibration).
+struct HvCosts {
+  std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
+      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines;
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(exit_dispatch, "exit_dispatch", "150", Spec(Unit::Instructions),
+            "Common exit path: reading the exit reason, dispatching, bookkeeping (assumption, order of "
+            "KVM's vmx_handle_exit path).");
+    v.param(cpuid, "cpuid", "120", Spec(Unit::Instructions), "CPUID emulation (assumption).");
+    v.param(hlt, "hlt", "250", Spec(Unit::Instructions), "HLT: blocking the vCPU (assumption).");
+    v.param(vmcall, "vmcall", "100", Spec(Unit::Instructions), "Hypercall dispatch (assumption).");
+    v.param(io, "io", "400", Spec(Unit::Instructions), "Port-I/O emulation (assumption).");
+    v.param(cr_access, "cr_access", "200", Spec(Unit::Instructions), "Control-register access emulation (assumption).");
+    v.param(msr, "msr", "150", Spec(Unit::Instructions), "RDMSR/WRMSR emulation (assumption).");
+    v.param(ept_violation, "ept_violation", "1500", Spec(Unit::Instructions),
+            "EPT violation: finding the backing page and updating EPT, besides the charged memory "
+            "traffic of zeroing and table writes (assumption).");
+    v.param(external_interrupt, "external_interrupt", "300", Spec(Unit::Instructions),
+            "Host interrupt taken on exit (assumption).");
+    v.param(interrupt_window, "interrupt_window", "80", Spec(Unit::Instructions), "Interrupt-window exit (assumption).");
+    v.param(inject, "inject", "50", Spec(Unit::Instructions), "Preparing a virtual interrupt for injection (assumption).");
+    v.param(schedule, "schedule", "400", Spec(Unit::Instructions), "Picking the next vCPU (assumption).");
+    v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
+            "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
+    v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
+            "Cache lines of per-vCPU state each exit touches besides the register save area (assumption).");
+  }
+};
+
+struct HypervisorParams {
+  std::uint64_t timeslice;       // ps
+  std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
+  bool vpid;
+  bool zero_pages;
+  HvCosts costs;
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(timeslice, "timeslice", "3ms", Spec(Unit::Time).at_least(1e6),
+            "Time a vCPU runs before another runnable vCPU on its core gets the core (assumption, "
+            "of the order of Linux CFS's default latency for a few tasks).");
+    v.param(reserved_memory, "reserved_memory", "64MiB", Spec(Unit::Bytes).at_least(4 * 1024 * 1024),
+            "Host-physical memory kept for the hypervisor's own structures (VMCSs, bitmaps, EPT tables); "
+            "the rest backs guest memory.");
+    v.param(vpid, "vpid", "true", Spec(Unit::Flag),
+            "Tag guest translations with a VPID; off, every VM entry and exit flushes the TLBs.");
+    v.param(zero_pages, "zero_pages", "true", Spec(Unit::Flag),
+            "Zero each host page before mapping it into a guest (stores charged to the EPT-violation handler).");
+    v.section(costs, "costs", "Software path lengths of the hypervisor.");
+  }
+};
+
+/// What the hypervisor needs to know about a VM's guest software: where its
+/// vCPUs start and its name. The guest kernel provides this.
+class GuestImage {
+ public:
+  virtual ~GuestImage() = default;
+  /// The fiber on which vCPU `index` starts executing at VMLAUNCH.
+  virtual sim::Fiber& vcpu_entry(unsigned index) = 0;
+};
+
+struct VmSpec {
+  std::string name;
+  unsigned vcpus = 1;
+  std::uint64_t memory = 0;
+  GuestImage* image = nullptr;
+};
+
+class Hypervisor {
+ public:
+  /// tsc_hz is the TSC frequency the platform reports (time slices and
+  /// timer deadlines are in TSC ticks).
+  Hypervisor(const HypervisorParams& params, std::vector<cpu::Core*> cores, std::uint64_t host_memory,
+             std::uint64_t tsc_hz, stats::Group* stats_parent);
+  ~Hypervisor();
+
+  /// Adds a VM before the simulation starts; its vCPUs are spread over the
+  /// cores in order of creation.
+  void add_vm(const VmSpec& spec);
+  /// Per-core entry fibers, to be installed as the cores' reset fibers.
+  sim::Fiber& core_fiber(unsigned core);
+
+  struct Vcpu;
+  struct Vm;
+  struct PerCore;
+
+  unsigned vm_count() const;
+  /// The VM by index: its name and whether it has crashed (and why).
+  const std::string& vm_name(unsigned i) const;
+  const std::string& vm_crash(unsigned i) const;
+
+ private:
+  void core_main(PerCore& pc);
+  void run_vcpu(PerCore& pc, Vcpu& v);
+  void handle_exit(PerCore& pc, Vcpu& v, unsigned reason);
+  void handle_cpuid(cpu::Core& c, Vcpu& v);
+  void handle_io(cpu::Core& c, Vcpu& v);
+  void handle_msr(cpu::Core& c, Vcpu& v, bool write);
+  void handle_cr(cpu::Core& c, Vcpu& v);
+  void handle_ept_violation(cpu::Core& c, Vcpu& v);
+  void handle_vmcall(cpu::Core& c, Vcpu& v);
+  void handle_timer(PerCore& pc);
+  void host_interrupt(PerCore& pc, std::uint8_t vector);
+  void crash_vm(Vm& vm, const std::string& why);
+  void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
+  void wake(Vcpu& v);
+  void program_timer(PerCore& pc);
+  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+  void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
+  std::uint64_t alloc_host_frame();      // hypervisor memory
+  std::uint64_t alloc_guest_frame();     // guest backing memory
+  bool ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
+  std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
+  void setup_vmcs(cpu::Core& c, Vcpu& v);
+
+  HypervisorParams m_p;
+  std::vector<cpu::Core*> m_cores;
+  std::uint64_t m_host_memory;
+  std::uint64_t m_slice_cycles;
+  stats::Group m_stats;
+  std::vector<std::unique_ptr<PerCore>> m_percore;
+  std::vector<std::unique_ptr<Vm>> m_vms;
+  std::uint64_t m_next_host_frame;
+  std::uint64_t m_next_guest_frame;
+  std::uint64_t m_msr_bitmap = 0, m_io_bitmap_a = 0, m_io_bitmap_b = 0;
+  std::uint64_t m_text = 0;
+  unsigned m_next_core = 0;
+  std::uint16_t m_next_vpid = 1;
+
+  struct Stats : stats::Group {
+    explicit Stats(stats::Group* p) : Group(p, "totals") {}
+    stats::Counter exits{this, "exits", "exits", "VM exits handled"};
+    stats::Counter guest_frames{this, "guest_frames", "frames", "host frames given to guests"};
+    stats::Counter ept_tables{this, "ept_tables", "frames", "EPT paging-structure frames allocated"};
+    stats::Counter injections{this, "injections", "events", "virtual interrupts injected"};
+    stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
+    stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
+  } m_totals{&m_stats};
+};
+
+/// Hypercall numbers the hypervisor implements (VMCALL with the number in RAX).
+namespace hypercall {
+constexpr std::uint64_t kNop = 0;            // returns 0: measures the round trip
+constexpr std::uint64_t kUnknownResult = static_cast<std::uint64_t>(-1000);  // -KVM_ENOSYS
+}  // namespace hypercall
+
+}  // namespace vmx::hv

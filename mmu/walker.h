@@ -1,0 +1,111 @@
+// The page walker: one loop for each dimension, driven by a PagingMode.
+//
+// A guest (or host) linear address is translated by walking the IA-32e
+// paging structures; when EPT is on, every guest paging-structure address and
+// the final guest-physical address are themselves translated by the EPT walk
+// (SDM Vol. 3C, 29.3.2), so a 4-level guest over 4-level EPT makes
+// 4 x (4 + 1) + 4 = 24 references with nothing cached. Each reference goes
+// through TableMemory, which the core backs with the cache hierarchy, and its
+// latency is added to the walk. The walker has no SystemC dependency.
+#pragma once
+
+#include <array>
+#include <cstdint>
+
+#include "mmu/paging.h"
+#include "sim/stats.h"
+
+namespace vmx::mmu {
+
+/// Physical memory as the walker reaches it: every call is one timed reference.
+class TableMemory {
+ public:
+  virtual ~TableMemory() = default;
+  virtual std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) = 0;
+  virtual void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) = 0;
+};
+
+/// Permission summary of a completed translation, as cached in TLB entries.
+/// The low four bits match mmu::TlbPerm; the EPT bits are the AND over the
+/// EPT entries that mapped the final guest-physical address.
+namespace perm {
+constexpr std::uint8_t kWritable = 1, kUser = 2, kExecutable = 4, kDirty = 8;
+constexpr std::uint8_t kEptRead = 16, kEptWrite = 32, kEptExecute = 64;
+constexpr std::uint8_t kAllEpt = kEptRead | kEptWrite | kEptExecute;
+}  // namespace perm
+
+struct WalkStats : stats::Group {
+  explicit WalkStats(stats::Group* parent, const std::string& name = "walker");
+  stats::Counter walks{this, "walks", "walks", "linear-address translations walked (TLB misses)"};
+  stats::Counter ept_only_walks{this, "ept_only_walks", "walks",
+                                "guest-physical translations walked with paging off in the guest"};
+  stats::Counter refs{this, "refs", "references", "paging-structure references, both dimensions"};
+  stats::Counter guest_refs_total{this, "guest_refs", "references", "guest-dimension references"};
+  stats::Counter ept_refs_total{this, "ept_refs", "references", "EPT-dimension references"};
+  std::array<stats::Counter*, 6> guest_refs{};  // index = level 1..5
+  std::array<stats::Counter*, 6> ept_refs{};
+  stats::Counter page_faults{this, "page_faults", "walks", "walks ending in a guest page fault"};
+  stats::Counter ept_violations{this, "ept_violations", "walks", "walks ending in an EPT violation"};
+  stats::Counter ept_misconfigs{this, "ept_misconfigs", "walks", "walks ending in an EPT misconfiguration"};
+  stats::Counter ad_updates{this, "ad_updates", "writes", "accessed/dirty-bit writes to paging structures"};
+  stats::Histogram cycles{this, "cycles", "cycles", "cycles per walk"};
+  stats::Histogram refs_per_walk{this, "refs_per_walk", "references", "references per walk"};
+  stats::Ratio mean_refs{this, "mean_refs", "references", "mean references per walk", refs, walks};
+};
+
+/// What the core asks of the walker.
+struct WalkRequest {
+  std::uint64_t la = 0;             // linear address (guest-physical when !paging)
+  AccessType type = AccessType::Read;
+  bool user = false;                // CPL 3
+  bool paging = true;               // CR0.PG
+  std::uint64_t cr3 = 0;
+  PagingMode mode{};
+  bool wp = true, nxe = true, smep = false, smap = false;
+  bool ept = false;                 // translate guest-physical through EPT
+  std::uint64_t eptp = 0;
+  PagingMode ept_mode{};
+};
+
+struct WalkResult {
+  enum class Status : std::uint8_t { Ok, PageFault, EptViolation, EptMisconfig };
+  Status status = Status::Ok;
+  std::uint8_t page_shift = 12;     // effective page size: the smaller of both dimensions
+  std::uint8_t perms = 0;           // perm:: bits
+  bool global = false;
+  std::uint64_t pa = 0;             // host-physical address of the access
+  std::uint64_t gpa = 0;            // guest-physical address (== pa without EPT)
+  std::uint32_t error_code = 0;     // page-fault error code
+  std::uint64_t exit_qualification = 0;  // EPT violation qualification
+  std::uint64_t fault_gpa = 0;      // guest-physical address that EPT could not translate
+  std::uint32_t cycles = 0;
+  std::uint16_t refs = 0;
+};
+
+class Walker {
+ public:
+  Walker(TableMemory& mem, WalkStats& stats) : m_mem(mem), m_stats(stats) {}
+
+  /// Translates one access. Sets accessed and dirty bits in guest paging
+  /// structures as the hardware does (SDM Vol. 3A, 4.8); those writes are
+  /// translated through EPT as writes.
+  WalkResult translate(const WalkRequest& req);
+
+ private:
+  struct EptStep {
+    WalkResult::Status status;
+    std::uint64_t hpa;
+    std::uint8_t perms;   // EPT R/W/X AND over the walk (bits 0..2)
+    std::uint8_t page_shift;
+  };
+  EptStep ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
+  void ept_fault(const WalkRequest& req, const EptStep& e, std::uint64_t gpa, AccessType type,
+                 bool final_translation, WalkResult& r);
+  std::uint64_t read(std::uint64_t pa, WalkResult& r);
+  void finish(WalkResult& r);
+
+  TableMemory& m_mem;
+  WalkStats& m_stats;
+};
+
+}  // namespace vmx::mmu

@@ -1,0 +1,163 @@
+// A set-associative cache timing model: tags, true LRU, write-back
+// write-allocate with dirty bits. Data lives in models::PhysMem; the cache
+// only decides hit or miss and which line is replaced.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::models {
+
+/// The defaults of one cache level and where they come from. Each level's
+/// defaults are written once, in its descriptor below; CacheParams::visit_with
+/// declares the parameters from a descriptor.
+struct CacheLevelDefaults {
+  const char* size;
+  const char* size_desc;
+  const char* ways;
+  const char* ways_desc;
+  const char* line;
+  const char* line_desc;
+  const char* latency;
+  const char* latency_desc;
+};
+
+/// Geometry and hit latency of one cache. No member defaults: they come from
+/// the level's descriptor through visit (cfg::defaults<L1dParams>() etc.).
+struct CacheParams {
+  std::uint64_t size;     // bytes
+  std::uint32_t ways;
+  std::uint32_t line;     // bytes
+  std::uint32_t latency;  // core cycles, load-to-use of a hit in this level
+
+  template <class V>
+  void visit_with(V& v, const CacheLevelDefaults& d) {
+    v.param(size, "size", d.size, cfg::Spec(cfg::Unit::Bytes).at_least(1), d.size_desc);
+    v.param(ways, "ways", d.ways, cfg::Spec().at_least(1), d.ways_desc);
+    v.param(line, "line", d.line, cfg::Spec(cfg::Unit::Bytes).at_least(4).power_of_two(), d.line_desc);
+    v.param(latency, "latency", d.latency, cfg::Spec(cfg::Unit::Cycles).at_least(1), d.latency_desc);
+  }
+};
+
+/// CacheParams whose visit declares the defaults of descriptor D.
+template <const CacheLevelDefaults& D>
+struct CacheLevelParams : CacheParams {
+  template <class V>
+  void visit(V& v) { visit_with(v, D); }
+};
+
+// Skylake figures. L1 and L2 latencies are load-to-use cycles counted from the
+// core, as the Optimization Reference Manual and 7-cpu.com quote them.
+inline constexpr CacheLevelDefaults kL1iDefaults{
+    "32KiB", "Capacity. Default: 32 KiB L1 instruction cache of Intel Skylake (Intel 64 and IA-32 "
+             "Architectures Optimization Reference Manual, Skylake microarchitecture, cache parameters table).",
+    "8", "Associativity. Default: 8-way (Skylake L1I, Optimization Reference Manual, same table).",
+    "64B", "Line size. Default: 64 B, the line size of every Intel 64 cache level (Optimization Reference Manual).",
+    "4", "Hit latency in core cycles. Default: 4, the Skylake L1 load-to-use latency (Optimization Reference "
+         "Manual, cache parameters table); the same figure is used for fetch."};
+
+inline constexpr CacheLevelDefaults kL1dDefaults{
+    "32KiB", "Capacity. Default: 32 KiB L1 data cache of Intel Skylake (Intel 64 and IA-32 Architectures "
+             "Optimization Reference Manual, Skylake microarchitecture, cache parameters table).",
+    "8", "Associativity. Default: 8-way (Skylake L1D, Optimization Reference Manual, same table).",
+    "64B", "Line size. Default: 64 B, the line size of every Intel 64 cache level (Optimization Reference Manual).",
+    "4", "Load-to-use hit latency in core cycles. Default: 4, Skylake L1D (Optimization Reference Manual, "
+         "cache parameters table; 7-cpu.com measures 4 cycles for simple addressing)."};
+
+inline constexpr CacheLevelDefaults kL2Defaults{
+    "1MiB", "Capacity. Default: 1 MiB private L2 of Intel Skylake-SP (Optimization Reference Manual, Skylake "
+            "Server microarchitecture, cache comparison with Broadwell server).",
+    "16", "Associativity. Default: 16-way (Skylake-SP L2, Optimization Reference Manual, same table).",
+    "64B", "Line size. Default: 64 B, the line size of every Intel 64 cache level (Optimization Reference Manual).",
+    "14", "Load-to-use hit latency in core cycles, counted from the core. Default: 14, Skylake-SP L2 "
+          "(Optimization Reference Manual, Skylake Server cache comparison table)."};
+
+inline constexpr CacheLevelDefaults kLlcDefaults{
+    "8MiB", "Capacity of the shared last-level cache. Default: 8 MiB, the L3 of the Intel Skylake client "
+            "i7-6700 measured by 7-cpu.com.",
+    "16", "Associativity. Default: 16-way (Skylake i7-6700 L3, 7-cpu.com).",
+    "64B", "Line size. Default: 64 B, the line size of every Intel 64 cache level (Optimization Reference Manual).",
+    "42", "Load-to-use hit latency in core cycles, counted from the core. Default: 42, Skylake i7-6700 L3 "
+          "measured by 7-cpu.com."};
+
+using L1iParams = CacheLevelParams<kL1iDefaults>;
+using L1dParams = CacheLevelParams<kL1dDefaults>;
+using L2Params = CacheLevelParams<kL2Defaults>;
+using LlcParams = CacheLevelParams<kLlcDefaults>;
+
+struct CacheStats : stats::Group {
+  CacheStats(stats::Group* parent, const std::string& name);
+  stats::Counter accesses{this, "accesses", "accesses", "demand accesses (fetches, loads, stores, walk references)"};
+  stats::Counter hits{this, "hits", "accesses", "demand accesses that found the line"};
+  stats::Counter misses{this, "misses", "accesses", "demand accesses that did not; each fills the line"};
+  stats::Counter evictions{this, "evictions", "lines", "valid lines replaced to make room for a fill"};
+  stats::Counter writebacks{this, "writebacks", "lines", "dirty lines evicted, written back to the next level"};
+  stats::Counter writebacks_received{this, "writebacks_received", "lines",
+                                     "dirty lines written back into this cache by the level above"};
+  stats::Ratio miss_rate{this, "miss_rate", "ratio", "misses per demand access", misses, accesses};
+};
+
+class Cache {
+ public:
+  /// Value of a writeback out-parameter when no dirty line was evicted.
+  static constexpr std::uint64_t kNoWriteback = ~0ull;
+
+  /// Throws std::invalid_argument naming the cache and the parameter unless
+  /// ways, line and size are non-zero, line is a power of two, and
+  /// size / (ways * line) is a whole power-of-two number of sets.
+  Cache(const CacheParams& params, stats::Group* parent, const std::string& name);
+
+  /// A demand access. Returns true on a hit. A hit makes the line most
+  /// recently used; a miss fills it (write-allocate), replacing the least
+  /// recently used way. A write marks the line dirty (write-back). If a
+  /// dirty line is evicted and writeback is non-null, *writeback receives its
+  /// line address, else kNoWriteback.
+  bool access(std::uint64_t pa, bool write, std::uint64_t* writeback = nullptr);
+
+  /// A dirty line written back into this cache by the level above: marks the
+  /// line dirty if present (its LRU position is unchanged: the core did not
+  /// use it), else allocates it dirty, which may evict a line as access does.
+  void receive_writeback(std::uint64_t pa, std::uint64_t* writeback = nullptr);
+
+  /// True if the line holding pa is present. Changes nothing.
+  bool probe(std::uint64_t pa) const;
+  /// True if the line holding pa is present and dirty. Changes nothing.
+  bool probe_dirty(std::uint64_t pa) const;
+
+  /// Drops every line (INVD-like; contents are in PhysMem, so nothing is
+  /// lost, and no writeback is counted).
+  void invalidate_all();
+
+  std::uint32_t latency() const { return m_params.latency; }
+  const CacheParams& params() const { return m_params; }
+  std::uint32_t sets() const { return m_sets; }
+  const CacheStats& stats() const { return m_stats; }
+
+ private:
+  struct Line {
+    std::uint64_t tag;    // line address (pa >> line shift)
+    std::uint64_t stamp;  // value of m_clock at the last use: true LRU
+    bool valid;
+    bool dirty;
+  };
+
+  Line* set_of(std::uint64_t line_addr) { return &m_lines[(line_addr & m_set_mask) * m_params.ways]; }
+  const Line* find(std::uint64_t line_addr) const;
+  /// Picks a way for line_addr in its set (an invalid way, else the LRU
+  /// one), evicting its line; reports a dirty victim through writeback.
+  Line& allocate(std::uint64_t line_addr, std::uint64_t* writeback);
+
+  CacheParams m_params;
+  CacheStats m_stats;
+  unsigned m_line_shift = 0;
+  std::uint32_t m_sets = 0;
+  std::uint64_t m_set_mask = 0;
+  std::uint64_t m_clock = 0;
+  std::vector<Line> m_lines;  // sets x ways, allocated once
+};
+
+}  // namespace vmx::models

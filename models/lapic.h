@@ -1,0 +1,70 @@
+// Local interrupt controller of one core, x2APIC-style (SDM Vol. 3A, ch. 10
+// and 11 in recent editions): interrupt request and in-service registers,
+// fixed-priority selection by vector class, EOI, and the TSC-deadline timer.
+// Plain C++; the core polls it at operation boundaries.
+#pragma once
+
+#include <bitset>
+#include <cstdint>
+
+namespace vmx::models {
+
+class Lapic {
+ public:
+  /// Vector the timer raises unless software programs the LVT timer entry.
+  /// Linux's LOCAL_TIMER_VECTOR (arch/x86/include/asm/irq_vectors.h).
+  static constexpr std::uint8_t kDefaultTimerVector = 0xEC;
+  static constexpr std::uint64_t kNoDeadline = UINT64_MAX;
+
+  /// A device, timer or IPI requests `vector`.
+  void raise(std::uint8_t vector) { m_irr.set(vector); }
+
+  /// Highest-priority requested vector that may interrupt what is in
+  /// service (its priority class above that of the highest in-service
+  /// vector), or -1.
+  int deliverable() const {
+    int req = highest(m_irr);
+    if (req < 0) return -1;
+    int svc = highest(m_isr);
+    if (svc >= 0 && (req >> 4) <= (svc >> 4)) return -1;
+    return req;
+  }
+  bool any_requested() const { return m_irr.any(); }
+  /// INTA: the vector moves from requested to in service.
+  void acknowledge(std::uint8_t vector) {
+    m_irr.reset(vector);
+    m_isr.set(vector);
+  }
+  /// EOI: the highest in-service vector is done.
+  void eoi() {
+    int svc = highest(m_isr);
+    if (svc >= 0) m_isr.reset(static_cast<std::size_t>(svc));
+  }
+
+  // TSC-deadline timer (SDM Vol. 3A, 10.5.4.1): armed by writing a nonzero
+  // deadline to IA32_TSC_DEADLINE, disarmed by writing zero or by firing.
+  void set_deadline(std::uint64_t tsc) { m_deadline = tsc ? tsc : kNoDeadline; }
+  std::uint64_t deadline() const { return m_deadline; }
+  std::uint64_t deadline_msr() const { return m_deadline == kNoDeadline ? 0 : m_deadline; }
+  void set_lvt_timer(std::uint32_t v) { m_lvt_timer = v; }
+  std::uint32_t lvt_timer() const { return m_lvt_timer; }
+  /// Fires the timer if its deadline has passed. Returns true if it fired.
+  bool tick(std::uint64_t now_tsc) {
+    if (now_tsc < m_deadline) return false;
+    m_deadline = kNoDeadline;
+    if (!(m_lvt_timer & (1u << 16))) raise(static_cast<std::uint8_t>(m_lvt_timer & 0xFF));
+    return true;
+  }
+
+ private:
+  static int highest(const std::bitset<256>& b) {
+    for (int w = 255; w >= 0; --w)
+      if (b.test(static_cast<std::size_t>(w))) return w;
+    return -1;
+  }
+  std::bitset<256> m_irr, m_isr;
+  std::uint64_t m_deadline = kNoDeadline;
+  std::uint32_t m_lvt_timer = kDefaultTimerVector;
+};
+
+}  // namespace vmx::models

@@ -1,0 +1,91 @@
+// One core's view of the cache hierarchy: private L1I, L1D and L2, a shared
+// last-level cache, and DRAM. Returns the latency of each access in core
+// cycles; page walks go through it like loads do (ARCHITECTURE.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "models/cache.h"
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::models {
+
+/// Who is asking. Fetch uses the L1I; Read, Write and Walk (page-walker
+/// paging-structure references, which Intel cores issue through the L1D)
+/// use the L1D.
+enum class AccessKind : std::uint8_t { Fetch, Read, Write, Walk };
+
+/// The private levels of one core and the DRAM latency. The shared LLC has
+/// its own LlcParams, owned by the platform that builds it.
+struct MemHierarchyParams {
+  L1iParams l1i;
+  L1dParams l1d;
+  L2Params l2;
+  std::uint32_t dram_latency;  // core cycles beyond the LLC's latency
+
+  template <class V>
+  void visit(V& v) {
+    v.section(l1i, "l1i", "Private level-1 instruction cache.");
+    v.section(l1d, "l1d", "Private level-1 data cache (also serves page-walk references).");
+    v.section(l2, "l2", "Private unified level-2 cache.");
+    v.param(dram_latency, "dram_latency", "204", cfg::Spec(cfg::Unit::Cycles),
+            "Core cycles a DRAM access adds to the LLC's load-to-use latency. Default: 204; 7-cpu.com "
+            "measures Skylake i7-6700 RAM latency as 42 cycles + 51 ns, and 51 ns at its 4 GHz is 204 cycles.");
+  }
+};
+
+struct MemHierarchyStats : stats::Group {
+  MemHierarchyStats(stats::Group* parent, const std::string& name);
+  stats::Counter fetches{this, "fetches", "accesses", "instruction fetches"};
+  stats::Counter reads{this, "reads", "accesses", "data loads"};
+  stats::Counter writes{this, "writes", "accesses", "data stores"};
+  stats::Counter walks{this, "walks", "accesses", "page-walker paging-structure references"};
+  stats::Counter dram_accesses{this, "dram_accesses", "accesses", "demand accesses that missed every cache level"};
+  stats::Counter dram_writebacks{this, "dram_writebacks", "lines", "dirty lines written back from the LLC to DRAM"};
+  stats::Counter cycles{this, "cycles", "cycles", "total latency returned by access()"};
+};
+
+class MemHierarchy {
+ public:
+  /// llc is shared by the cores of a socket and must outlive this object;
+  /// throws std::invalid_argument if it is null. The private caches' stats
+  /// are children "l1i", "l1d", "l2" of this hierarchy's group `name`.
+  MemHierarchy(const MemHierarchyParams& params, Cache* llc, stats::Group* parent,
+               const std::string& name = "mem");
+
+  /// One access; returns its latency in core cycles. Latencies are the
+  /// load-to-use totals of the level that hits, as measured from the core,
+  /// not sums over the levels passed through:
+  ///   L1 hit -> L1 latency; L1 miss, L2 hit -> L2 latency;
+  ///   L2 miss, LLC hit -> LLC latency; LLC miss -> LLC latency + dram_latency.
+  /// Fills are non-inclusive: the line is allocated in every level it missed
+  /// in, and nothing is back-invalidated when a lower level evicts it. Dirty
+  /// victims are written back into the next level (L1 -> L2 -> LLC -> DRAM)
+  /// after the demand access; writebacks add no latency (write buffers).
+  /// A Write is timed like a load; store buffering is the core's business.
+  std::uint32_t access(std::uint64_t pa, AccessKind kind);
+
+  const Cache& l1i() const { return m_l1i; }
+  const Cache& l1d() const { return m_l1d; }
+  const Cache& l2() const { return m_l2; }
+  const Cache& llc() const { return *m_llc; }
+  const MemHierarchyStats& stats() const { return m_stats; }
+
+  /// Drops the contents of the private caches (the shared LLC is untouched).
+  void invalidate_private();
+
+ private:
+  void writeback_to_l2(std::uint64_t line_pa);
+  void writeback_to_llc(std::uint64_t line_pa);
+
+  MemHierarchyStats m_stats;
+  Cache m_l1i;
+  Cache m_l1d;
+  Cache m_l2;
+  Cache* m_llc;
+  std::uint32_t m_dram_latency;
+};
+
+}  // namespace vmx::models

@@ -1,0 +1,782 @@
+// Exact tests of the page walker (mmu/walker): real IA-32e and EPT paging
+// structures are built in a fake host-physical memory whose every reference
+// costs a fixed latency, so reference counts and cycles are exact.
+#include "mmu/walker.h"
+
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "cpu/vmx.h"
+#include "sim/stats.h"
+
+using namespace vmx;
+using mmu::AccessType;
+using mmu::WalkRequest;
+using mmu::WalkResult;
+using Status = WalkResult::Status;
+namespace pte = mmu::pte;
+namespace ept = mmu::ept;
+namespace pfec = mmu::pfec;
+namespace perm = mmu::perm;
+namespace qual = cpu::qual;
+
+namespace {
+
+constexpr std::uint32_t kReadLatency = 5;   // cycles per paging-structure read
+constexpr std::uint32_t kWriteLatency = 7;  // cycles per accessed/dirty write
+
+// Data page: guest-physical 5 GiB, host-physical 8 GiB (both 1 GiB aligned,
+// far from the table pages: guest tables at 1 MiB+, host tables at 16 MiB+).
+constexpr std::uint64_t kDataGpa = 0x1'4000'0000ull;
+constexpr std::uint64_t kDataHpa = 0x2'0000'0000ull;
+// Linear addresses with a nonzero index at every level (canonical).
+constexpr std::uint64_t kLa4 = 0x0000'7F12'3456'7ABCull;
+constexpr std::uint64_t kLa5 = 0x00AB'7F12'3456'7ABCull;
+
+constexpr std::uint64_t kRwx = ept::kRead | ept::kWrite | ept::kExecute;
+constexpr std::uint64_t kPwu = pte::kPresent | pte::kWritable | pte::kUser;
+
+unsigned leaf_level(unsigned shift) { return (shift - 12) / 9 + 1; }
+
+/// Host-physical memory of 8-byte entries; each reference costs a fixed latency.
+class FakeMemory final : public mmu::TableMemory {
+ public:
+  std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override {
+    cycles += kReadLatency;
+    reads.push_back(pa);
+    return peek(pa);
+  }
+  void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override {
+    cycles += kWriteLatency;
+    writes.push_back(pa);
+    m_words[pa] = value;
+  }
+  std::uint64_t peek(std::uint64_t pa) const {
+    auto it = m_words.find(pa);
+    return it == m_words.end() ? 0 : it->second;
+  }
+  void poke(std::uint64_t pa, std::uint64_t v) { m_words[pa] = v; }
+
+  std::vector<std::uint64_t> reads, writes;
+
+ private:
+  std::unordered_map<std::uint64_t, std::uint64_t> m_words;
+};
+
+/// Guest paging structures (optionally behind EPT) built in a FakeMemory.
+/// Guest table pages are mapped by 4 KiB EPT pages, so each guest-table
+/// translation costs exactly ept_levels references.
+struct Harness {
+  Harness(unsigned guest_levels_, bool use_ept_, unsigned ept_levels_ = 4)
+      : guest_levels(guest_levels_), ept_levels(ept_levels_), use_ept(use_ept_) {
+    if (use_ept) {
+      std::uint64_t root = alloc_host();
+      ept_pages.insert(root);
+      eptp = ept::eptp(root, ept_levels, false);
+    }
+    cr3 = new_guest_table();
+  }
+
+  std::uint64_t alloc_host() {
+    std::uint64_t p = next_host;
+    next_host += 0x1000;
+    return p;
+  }
+
+  /// EPT: maps the 2^shift-byte page at gpa to hpa (leaf R/W/X = perms).
+  void ept_map(std::uint64_t gpa, std::uint64_t hpa, unsigned shift, std::uint64_t perms = kRwx,
+               std::uint64_t memtype = ept::kMemTypeWb) {
+    std::uint64_t table = eptp & ept::kAddrMask;
+    const unsigned leaf = leaf_level(shift);
+    for (unsigned level = ept_levels; level > leaf; --level) {
+      std::uint64_t a = table + mmu::table_index(gpa, level) * 8;
+      std::uint64_t e = mem.peek(a);
+      if (!(e & ept::kPermMask)) {
+        std::uint64_t t = alloc_host();
+        ept_pages.insert(t);
+        e = t | kRwx;
+        mem.poke(a, e);
+      }
+      table = e & ept::kAddrMask;
+    }
+    mem.poke(table + mmu::table_index(gpa, leaf) * 8,
+             (hpa & ept::kAddrMask) | perms | memtype | (leaf > 1 ? ept::kLargePage : 0));
+  }
+
+  /// Host-physical address of the EPT entry at `level` used for gpa.
+  std::uint64_t ept_entry(std::uint64_t gpa, unsigned level) const {
+    std::uint64_t table = eptp & ept::kAddrMask;
+    for (unsigned l = ept_levels; l > level; --l) table = mem.peek(table + mmu::table_index(gpa, l) * 8) & ept::kAddrMask;
+    return table + mmu::table_index(gpa, level) * 8;
+  }
+
+  /// A fresh guest page-table page; returns its guest-physical address.
+  std::uint64_t new_guest_table() {
+    if (!use_ept) {
+      std::uint64_t p = alloc_host();
+      guest_pages.insert(p);
+      return p;
+    }
+    std::uint64_t g = next_guest_table;
+    next_guest_table += 0x1000;
+    std::uint64_t h = alloc_host();
+    guest_pages.insert(h);
+    g2h[g] = h;
+    ept_map(g, h, 12);
+    return g;
+  }
+  std::uint64_t host_of(std::uint64_t table_gpa) const {
+    return use_ept ? g2h.at(table_gpa & ~0xFFFull) + (table_gpa & 0xFFF) : table_gpa;
+  }
+
+  /// Guest: maps the 2^shift-byte page at la to gpa. Non-leaf entries are P|W|U
+  /// and no entry has A or D set.
+  void guest_map(std::uint64_t la, std::uint64_t gpa, unsigned shift, std::uint64_t flags = kPwu) {
+    std::uint64_t table = cr3;
+    const unsigned leaf = leaf_level(shift);
+    for (unsigned level = guest_levels; level > leaf; --level) {
+      std::uint64_t a = host_of(table + mmu::table_index(la, level) * 8);
+      std::uint64_t e = mem.peek(a);
+      if (!(e & pte::kPresent)) {
+        e = new_guest_table() | kPwu;
+        mem.poke(a, e);
+      }
+      table = e & pte::kAddrMask;
+    }
+    mem.poke(host_of(table + mmu::table_index(la, leaf) * 8),
+             (gpa & pte::kAddrMask) | flags | (leaf > 1 ? pte::kPageSize : 0));
+  }
+
+  /// Guest-physical address of the guest entry at `level` used for la.
+  std::uint64_t guest_entry_gpa(std::uint64_t la, unsigned level) const {
+    std::uint64_t table = cr3;
+    for (unsigned l = guest_levels; l > level; --l)
+      table = mem.peek(host_of(table + mmu::table_index(la, l) * 8)) & pte::kAddrMask;
+    return table + mmu::table_index(la, level) * 8;
+  }
+  std::uint64_t guest_entry(std::uint64_t la, unsigned level) const {
+    return mem.peek(host_of(guest_entry_gpa(la, level)));
+  }
+  void set_guest_entry(std::uint64_t la, unsigned level, std::uint64_t v) {
+    mem.poke(host_of(guest_entry_gpa(la, level)), v);
+  }
+
+  WalkRequest request(std::uint64_t la, AccessType type = AccessType::Read, bool user = false) const {
+    WalkRequest r;
+    r.la = la;
+    r.type = type;
+    r.user = user;
+    r.cr3 = cr3;
+    r.mode = mmu::PagingMode{static_cast<std::uint8_t>(guest_levels), 3};
+    r.ept = use_ept;
+    r.eptp = eptp;
+    r.ept_mode = mmu::PagingMode{static_cast<std::uint8_t>(ept_levels), 3};
+    return r;
+  }
+  WalkResult walk(const WalkRequest& r) { return walker.translate(r); }
+
+  /// 'E' for a read of an EPT table page, 'G' for a guest table page.
+  std::string read_kinds() const {
+    std::string s;
+    for (std::uint64_t pa : mem.reads) {
+      std::uint64_t page = pa & ~0xFFFull;
+      s += ept_pages.count(page) ? 'E' : guest_pages.count(page) ? 'G' : '?';
+    }
+    return s;
+  }
+
+  unsigned guest_levels, ept_levels;
+  bool use_ept;
+  std::uint64_t next_host = 0x0100'0000;         // host pages for all tables
+  std::uint64_t next_guest_table = 0x0010'0000;  // gPAs of guest tables (EPT on)
+  std::uint64_t eptp = 0, cr3 = 0;
+  std::map<std::uint64_t, std::uint64_t> g2h;
+  std::set<std::uint64_t> ept_pages, guest_pages;
+
+  FakeMemory mem;
+  stats::Group root;
+  mmu::WalkStats stats{&root};
+  mmu::Walker walker{mem, stats};
+};
+
+/// Maps kLa4 (4 KiB) to kDataGpa in the guest and kDataGpa to kDataHpa in EPT.
+void map_data_4k(Harness& h, std::uint64_t guest_flags = kPwu, std::uint64_t ept_perms = kRwx) {
+  h.guest_map(kLa4, kDataGpa, 12, guest_flags);
+  if (h.use_ept) h.ept_map(kDataGpa, kDataHpa, 12, ept_perms);
+}
+constexpr std::uint64_t kDataOff = kLa4 & 0xFFF;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// Reference counts and cycles
+// ---------------------------------------------------------------------------
+
+TEST_CASE("4-level guest over 4-level EPT, all 4 KiB: 24 references in 2D order", "[walker]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+
+  WalkResult r = h.walk(h.request(kLa4));
+  REQUIRE(r.status == Status::Ok);
+  CHECK(r.refs == 24);
+  // Each guest entry's gPA is translated by EPT (4 refs) before it is read,
+  // and the final gPA last (SDM Vol. 3C, 29.3.2).
+  CHECK(h.read_kinds() == "EEEEG" "EEEEG" "EEEEG" "EEEEG" "EEEE");
+  // First walk also sets A in the four guest entries.
+  CHECK(r.cycles == 24 * kReadLatency + 4 * kWriteLatency);
+  CHECK(r.gpa == kDataGpa + kDataOff);
+  CHECK(r.pa == kDataHpa + kDataOff);
+  CHECK(r.page_shift == 12);
+  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt));
+  CHECK_FALSE(r.global);
+
+  auto& s = h.stats;
+  for (unsigned l = 1; l <= 4; ++l) {
+    INFO("level " << l);
+    CHECK(s.guest_refs[l]->value() == 1);
+    CHECK(s.ept_refs[l]->value() == 5);  // 4 table translations + the final gPA
+  }
+  CHECK(s.guest_refs[5]->value() == 0);
+  CHECK(s.ept_refs[5]->value() == 0);
+  CHECK(s.guest_refs_total.value() == 4);
+  CHECK(s.ept_refs_total.value() == 20);
+  CHECK(s.refs.value() == 24);
+  CHECK(s.walks.value() == 1);
+  CHECK(s.ept_only_walks.value() == 0);
+  CHECK(s.ad_updates.value() == 4);
+  CHECK(s.cycles.count() == 1);
+  CHECK(s.cycles.sum() == 148);
+  CHECK(s.refs_per_walk.sum() == 24);
+
+  // Accessed flags now set: the walk is exactly 24 references x latency.
+  WalkResult again = h.walk(h.request(kLa4));
+  REQUIRE(again.status == Status::Ok);
+  CHECK(again.refs == 24);
+  CHECK(again.cycles == 24 * kReadLatency);
+  CHECK(s.refs.value() == 48);
+  CHECK(s.walks.value() == 2);
+  CHECK(s.ad_updates.value() == 4);
+  CHECK(s.mean_refs.value() == 24.0);
+}
+
+TEST_CASE("2D walk over every guest/EPT depth and page size", "[walker]") {
+  const unsigned gl = GENERATE(4u, 5u);
+  const unsigned el = GENERATE(4u, 5u);
+  const unsigned gshift = GENERATE(12u, 21u, 30u);
+  const unsigned eshift = GENERATE(12u, 21u, 30u);
+  CAPTURE(gl, el, gshift, eshift);
+
+  Harness h(gl, true, el);
+  const std::uint64_t la = gl == 5 ? kLa5 : kLa4;
+  const std::uint64_t gsize = 1ull << gshift, esize = 1ull << eshift;
+  const std::uint64_t gpa = kDataGpa + (la & (gsize - 1));
+  const std::uint64_t gpage = gpa & ~(esize - 1);
+  h.guest_map(la & ~(gsize - 1), kDataGpa, gshift);
+  h.ept_map(gpage, kDataHpa + (gpage - kDataGpa), eshift);
+
+  const unsigned guest_used = gl - (gshift - 12) / 9;
+  const unsigned ept_used_final = el - (eshift - 12) / 9;
+  // Guest table pages are mapped by 4 KiB EPT pages: el references each.
+  const unsigned refs = guest_used * (el + 1) + ept_used_final;
+
+  WalkResult r = h.walk(h.request(la));
+  REQUIRE(r.status == Status::Ok);
+  CHECK(r.refs == refs);
+  CHECK(h.mem.reads.size() == refs);
+  CHECK(r.cycles == refs * kReadLatency + guest_used * kWriteLatency);
+  CHECK(r.gpa == gpa);
+  CHECK(r.pa == kDataHpa + (la & (gsize - 1)));
+  CHECK(r.page_shift == std::min(gshift, eshift));
+
+  std::string kinds;
+  for (unsigned i = 0; i < guest_used; ++i) kinds += std::string(el, 'E') + "G";
+  kinds += std::string(ept_used_final, 'E');
+  CHECK(h.read_kinds() == kinds);
+
+  for (unsigned l = 1; l <= 5; ++l) {
+    INFO("level " << l);
+    const bool guest_level_used = l <= gl && l > gl - guest_used;
+    const bool ept_level_final = l <= el && l > el - ept_used_final;
+    CHECK(h.stats.guest_refs[l]->value() == (guest_level_used ? 1u : 0u));
+    CHECK(h.stats.ept_refs[l]->value() == (l <= el ? guest_used : 0u) + (ept_level_final ? 1u : 0u));
+  }
+  CHECK(h.stats.refs.value() == refs);
+  CHECK(h.stats.guest_refs_total.value() == guest_used);
+  CHECK(h.stats.ept_refs_total.value() == guest_used * el + ept_used_final);
+
+  WalkResult again = h.walk(h.request(la));
+  CHECK(again.refs == refs);
+  CHECK(again.cycles == refs * kReadLatency);
+}
+
+TEST_CASE("1D walk (no EPT): one reference per guest level used", "[walker]") {
+  const unsigned gl = GENERATE(4u, 5u);
+  const unsigned gshift = GENERATE(12u, 21u, 30u);
+  CAPTURE(gl, gshift);
+  Harness h(gl, false);
+  const std::uint64_t la = gl == 5 ? kLa5 : kLa4;
+  const std::uint64_t gsize = 1ull << gshift;
+  h.guest_map(la & ~(gsize - 1), kDataGpa, gshift);
+  const unsigned used = gl - (gshift - 12) / 9;
+
+  WalkResult r = h.walk(h.request(la));
+  REQUIRE(r.status == Status::Ok);
+  CHECK(r.refs == used);
+  CHECK(r.cycles == used * (kReadLatency + kWriteLatency));
+  CHECK(r.pa == kDataGpa + (la & (gsize - 1)));
+  CHECK(r.gpa == r.pa);
+  CHECK(r.page_shift == gshift);
+  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt));
+  CHECK(h.read_kinds() == std::string(used, 'G'));
+  CHECK(h.stats.ept_refs_total.value() == 0);
+
+  WalkResult again = h.walk(h.request(la));
+  CHECK(again.refs == used);
+  CHECK(again.cycles == used * kReadLatency);
+}
+
+TEST_CASE("headline 1D case: 4-level, 4 KiB, 4 references", "[walker]") {
+  Harness h(4, false);
+  map_data_4k(h, kPwu | pte::kAccessed | pte::kGlobal);
+  for (unsigned l = 2; l <= 4; ++l) h.set_guest_entry(kLa4, l, h.guest_entry(kLa4, l) | pte::kAccessed);
+  WalkResult r = h.walk(h.request(kLa4));
+  REQUIRE(r.status == Status::Ok);
+  CHECK(r.refs == 4);
+  CHECK(r.cycles == 4 * kReadLatency);
+  CHECK(r.pa == kDataGpa + kDataOff);
+  CHECK(r.global);
+  CHECK(h.mem.writes.empty());
+}
+
+TEST_CASE("guest paging off with EPT: only the EPT walk", "[walker]") {
+  const unsigned el = GENERATE(4u, 5u);
+  const unsigned eshift = GENERATE(12u, 21u, 30u);
+  CAPTURE(el, eshift);
+  Harness h(4, true, el);
+  h.mem.reads.clear();
+  const std::uint64_t esize = 1ull << eshift;
+  const std::uint64_t gpa = kDataGpa + 0x12'3456ull * 8 + 4;  // inside the first 1 GiB
+  h.ept_map(gpa & ~(esize - 1), kDataHpa, eshift);
+
+  WalkRequest q = h.request(gpa, AccessType::Write);
+  q.paging = false;
+  WalkResult r = h.walk(q);
+  REQUIRE(r.status == Status::Ok);
+  const unsigned refs = el - (eshift - 12) / 9;
+  CHECK(r.refs == refs);
+  CHECK(r.cycles == refs * kReadLatency);
+  CHECK(r.gpa == gpa);
+  CHECK(r.pa == kDataHpa + (gpa & (esize - 1)));
+  CHECK(r.page_shift == eshift);
+  CHECK(r.perms == 0x7F);
+  CHECK(h.read_kinds() == std::string(refs, 'E'));
+  CHECK(h.stats.walks.value() == 0);
+  CHECK(h.stats.ept_only_walks.value() == 1);
+  CHECK(h.stats.guest_refs_total.value() == 0);
+  CHECK(h.stats.ept_refs_total.value() == refs);
+  CHECK(h.stats.ad_updates.value() == 0);
+}
+
+TEST_CASE("paging off and no EPT: identity, no references", "[walker]") {
+  Harness h(4, false);
+  WalkRequest q = h.request(0x1234'5678);
+  q.paging = false;
+  WalkResult r = h.walk(q);
+  CHECK(r.status == Status::Ok);
+  CHECK(r.pa == 0x1234'5678);
+  CHECK(r.gpa == 0x1234'5678);
+  CHECK(r.refs == 0);
+  CHECK(r.cycles == 0);
+  CHECK(r.page_shift == 12);
+  CHECK(h.mem.reads.empty());
+}
+
+// ---------------------------------------------------------------------------
+// Guest page faults (SDM Vol. 3A, 4.6 and 4.7)
+// ---------------------------------------------------------------------------
+
+namespace {
+struct AccessCase {
+  const char* name;
+  AccessType type;
+  bool user, nxe, smep;
+  std::uint32_t access_bits;  // W/U/I-D bits the error code must carry
+};
+}  // namespace
+
+TEST_CASE("not-present entry at each level: page fault with W/U/I-D bits, P clear", "[walker][fault]") {
+  const unsigned level = GENERATE(1u, 2u, 3u, 4u);
+  const AccessCase c = GENERATE(
+      AccessCase{"supervisor read", AccessType::Read, false, true, false, 0},
+      AccessCase{"supervisor write", AccessType::Write, false, true, false, pfec::kWrite},
+      AccessCase{"user read", AccessType::Read, true, true, false, pfec::kUser},
+      AccessCase{"user write", AccessType::Write, true, true, false, pfec::kWrite | pfec::kUser},
+      AccessCase{"supervisor fetch, NXE", AccessType::Execute, false, true, false, pfec::kFetch},
+      AccessCase{"user fetch, NXE", AccessType::Execute, true, true, false, pfec::kFetch | pfec::kUser},
+      AccessCase{"fetch, no NXE, no SMEP", AccessType::Execute, false, false, false, 0},
+      // SDM 4.7: I/D is set for a fetch if CR4.SMEP = 1, even with NXE = 0.
+      AccessCase{"fetch, no NXE, SMEP", AccessType::Execute, false, false, true, pfec::kFetch});
+  CAPTURE(level, c.name);
+
+  Harness h(4, false);
+  map_data_4k(h);
+  h.set_guest_entry(kLa4, level, h.guest_entry(kLa4, level) & ~pte::kPresent);
+  WalkRequest q = h.request(kLa4, c.type, c.user);
+  q.nxe = c.nxe;
+  q.smep = c.smep;
+  WalkResult r = h.walk(q);
+  CHECK(r.status == Status::PageFault);
+  CHECK(r.error_code == c.access_bits);
+  CHECK(r.refs == 4 - level + 1);
+  CHECK(r.cycles == (4 - level + 1) * kReadLatency);
+  CHECK(h.mem.writes.empty());
+  CHECK(h.stats.page_faults.value() == 1);
+  CHECK(h.stats.ad_updates.value() == 0);
+}
+
+namespace {
+struct ProtCase {
+  const char* name;
+  std::uint64_t leaf;  // leaf flags (non-leaf entries are P|W|U)
+  AccessType type;
+  bool user, wp, nxe, smep, smap;
+  bool ok;
+  std::uint32_t error_code;
+};
+constexpr std::uint64_t kP = pte::kPresent, kW = pte::kWritable, kU = pte::kUser, kNx = pte::kNoExecute;
+constexpr auto R = AccessType::Read, W = AccessType::Write, X = AccessType::Execute;
+}  // namespace
+
+TEST_CASE("access rights of a present translation", "[walker][fault]") {
+  const ProtCase c = GENERATE(
+      // name                                leaf          type user  wp     nxe    smep   smap   ok     pfec
+      ProtCase{"user read, user page",       kP | kW | kU, R, true,  true,  true,  false, false, true,  0},
+      ProtCase{"user read, supervisor page", kP | kW,      R, true,  true,  true,  false, false, false, 0x5},
+      ProtCase{"user write, supervisor page", kP | kW,     W, true,  true,  true,  false, false, false, 0x7},
+      ProtCase{"user fetch, supervisor page", kP | kW,     X, true,  true,  true,  false, false, false, 0x15},
+      ProtCase{"supervisor write RO, WP=1",  kP | kU,      W, false, true,  true,  false, false, false, 0x3},
+      ProtCase{"supervisor write RO, WP=0",  kP | kU,      W, false, false, true,  false, false, true,  0},
+      ProtCase{"user write RO, WP=0",        kP | kU,      W, true,  false, true,  false, false, false, 0x7},
+      ProtCase{"supervisor read user, no SMAP", kP | kU,   R, false, true,  true,  false, false, true,  0},
+      ProtCase{"supervisor read user, SMAP", kP | kW | kU, R, false, true,  true,  false, true,  false, 0x1},
+      ProtCase{"supervisor write user, SMAP", kP | kW | kU, W, false, true, true,  false, true,  false, 0x3},
+      ProtCase{"supervisor fetch user, SMAP only", kP | kU, X, false, true, true,  false, true,  true,  0},
+      ProtCase{"supervisor fetch user, SMEP", kP | kU,     X, false, true,  true,  true,  false, false, 0x11},
+      ProtCase{"supervisor fetch user, SMEP, no NXE", kP | kU, X, false, true, false, true, false, false, 0x11},
+      ProtCase{"supervisor fetch supervisor, SMEP", kP,    X, false, true,  true,  true,  false, true,  0},
+      ProtCase{"supervisor fetch NX, NXE",   kP | kNx,     X, false, true,  true,  false, false, false, 0x11},
+      ProtCase{"user fetch NX, NXE",         kP | kU | kNx, X, true, true,  true,  false, false, false, 0x15},
+      ProtCase{"read NX, NXE",               kP | kU | kNx, R, true, true,  true,  false, false, true,  0},
+      // XD (bit 63) is reserved when IA32_EFER.NXE = 0: P|RSVD plus access bits.
+      ProtCase{"read NX, no NXE",            kP | kNx,     R, false, true,  false, false, false, false, 0x9},
+      ProtCase{"user write NX, no NXE",      kP | kW | kU | kNx, W, true, true, false, false, false, false, 0xF},
+      ProtCase{"fetch NX, no NXE",           kP | kNx,     X, false, true,  false, false, false, false, 0x9});
+  CAPTURE(c.name);
+
+  Harness h(4, false);
+  map_data_4k(h, c.leaf);
+  WalkRequest q = h.request(kLa4, c.type, c.user);
+  q.wp = c.wp;
+  q.nxe = c.nxe;
+  q.smep = c.smep;
+  q.smap = c.smap;
+  WalkResult r = h.walk(q);
+  CHECK(r.refs == 4);
+  if (c.ok) {
+    CHECK(r.status == Status::Ok);
+    CHECK(r.pa == kDataGpa + kDataOff);
+    CHECK(h.stats.page_faults.value() == 0);
+  } else {
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == c.error_code);
+    CHECK(h.stats.page_faults.value() == 1);
+    CHECK(h.mem.writes.empty());
+  }
+}
+
+TEST_CASE("rights are the AND over all levels", "[walker][fault]") {
+  const unsigned level = GENERATE(2u, 3u, 4u);  // a non-leaf entry
+  CAPTURE(level);
+  Harness h(4, false);
+  map_data_4k(h);
+
+  SECTION("U/S clear in a non-leaf entry: user read faults") {
+    h.set_guest_entry(kLa4, level, h.guest_entry(kLa4, level) & ~pte::kUser);
+    WalkResult r = h.walk(h.request(kLa4, R, true));
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kPresent | pfec::kUser));
+    CHECK(h.walk(h.request(kLa4, R, false)).status == Status::Ok);
+  }
+  SECTION("R/W clear in a non-leaf entry: supervisor write with WP faults") {
+    h.set_guest_entry(kLa4, level, h.guest_entry(kLa4, level) & ~pte::kWritable);
+    WalkResult r = h.walk(h.request(kLa4, W, false));
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kPresent | pfec::kWrite));
+    WalkResult rd = h.walk(h.request(kLa4, R, false));
+    CHECK(rd.status == Status::Ok);
+    CHECK((rd.perms & perm::kWritable) == 0);
+  }
+  SECTION("XD set in a non-leaf entry: fetch faults") {
+    h.set_guest_entry(kLa4, level, h.guest_entry(kLa4, level) | pte::kNoExecute);
+    WalkResult r = h.walk(h.request(kLa4, X, false));
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kPresent | pfec::kFetch));
+  }
+}
+
+TEST_CASE("page size bit where no page may be mapped is reserved", "[walker][fault]") {
+  SECTION("PS in a PML4 entry") {
+    Harness h(4, false);
+    map_data_4k(h);
+    h.set_guest_entry(kLa4, 4, h.guest_entry(kLa4, 4) | pte::kPageSize);
+    WalkResult r = h.walk(h.request(kLa4, W));
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kPresent | pfec::kReserved | pfec::kWrite));
+    CHECK(r.refs == 1);
+  }
+  SECTION("1 GiB page when the mode allows only 2 MiB") {
+    Harness h(4, false);
+    h.guest_map(kLa4 & ~((1ull << 30) - 1), kDataGpa, 30);
+    WalkRequest q = h.request(kLa4);
+    q.mode.largest_leaf = 2;
+    WalkResult r = h.walk(q);
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kPresent | pfec::kReserved));
+    CHECK(r.refs == 2);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// EPT violations and misconfigurations (SDM Vol. 3C, 29.3.3, 28.2.1 Table 28-7)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("EPT violation on a guest paging-structure access", "[walker][ept]") {
+  const unsigned table_level = GENERATE(4u, 3u, 2u, 1u);  // level of the unmapped guest table
+  CAPTURE(table_level);
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  const std::uint64_t entry_gpa = h.guest_entry_gpa(kLa4, table_level);
+  h.mem.poke(h.ept_entry(entry_gpa, 1), 0);  // unmap that guest table page in EPT
+
+  // A write access: the table read is still a read (EPT A/D disabled).
+  WalkResult r = h.walk(h.request(kLa4, W));
+  CHECK(r.status == Status::EptViolation);
+  CHECK(r.exit_qualification == (qual::kEptRead | qual::kEptGlaValid));
+  CHECK((r.exit_qualification & qual::kEptGlaValid) != 0);
+  CHECK((r.exit_qualification & qual::kEptGlaTranslation) == 0);
+  CHECK(r.fault_gpa == entry_gpa);
+  CHECK((r.fault_gpa & ~0xFFFull) == (entry_gpa & ~0xFFFull));
+  CHECK(r.refs == (4 - table_level) * 5 + 4);
+  CHECK(h.stats.ept_violations.value() == 1);
+  CHECK(h.stats.page_faults.value() == 0);
+  CHECK(h.mem.writes.empty());
+}
+
+TEST_CASE("EPT violation at the EPT root during the first guest access", "[walker][ept]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  h.mem.poke(h.ept_entry(h.cr3, 4), h.mem.peek(h.ept_entry(h.cr3, 4)) & ~ept::kPermMask);
+  WalkResult r = h.walk(h.request(kLa4));
+  CHECK(r.status == Status::EptViolation);
+  CHECK(r.refs == 1);
+  CHECK(r.fault_gpa == h.cr3 + mmu::table_index(kLa4, 4) * 8);
+  CHECK(r.exit_qualification == (qual::kEptRead | qual::kEptGlaValid));
+}
+
+TEST_CASE("EPT violation on the final guest-physical address", "[walker][ept]") {
+  const AccessType type = GENERATE(as<AccessType>{}, R, W, X);
+  CAPTURE(static_cast<int>(type));
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  h.mem.poke(h.ept_entry(kDataGpa, 1), 0);
+  WalkResult r = h.walk(h.request(kLa4, type));
+  CHECK(r.status == Status::EptViolation);
+  const std::uint64_t access = type == R ? qual::kEptRead : type == W ? qual::kEptWrite : qual::kEptFetch;
+  CHECK(r.exit_qualification == (access | qual::kEptGlaValid | qual::kEptGlaTranslation));
+  CHECK(r.fault_gpa == kDataGpa + kDataOff);
+  CHECK(r.gpa == kDataGpa + kDataOff);
+  CHECK(r.refs == 24);
+  CHECK(h.stats.ept_violations.value() == 1);
+}
+
+TEST_CASE("EPT permissions: qualification reports the access and the AND of R/W/X", "[walker][ept]") {
+  Harness h(4, true, 4);
+
+  SECTION("write to a read-only (R+X) page") {
+    map_data_4k(h, kPwu, ept::kRead | ept::kExecute);
+    WalkResult r = h.walk(h.request(kLa4, W));
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == (qual::kEptWrite | qual::kEptReadable | qual::kEptExecutable |
+                                   qual::kEptGlaValid | qual::kEptGlaTranslation));
+    CHECK((r.exit_qualification & qual::kEptWritable) == 0);
+    CHECK(r.exit_qualification == 0x1AA);
+    CHECK(r.fault_gpa == kDataGpa + kDataOff);
+
+    WalkResult rd = h.walk(h.request(kLa4, R));
+    CHECK(rd.status == Status::Ok);
+    CHECK((rd.perms & perm::kAllEpt) == (perm::kEptRead | perm::kEptExecute));
+  }
+  SECTION("write allowed by the leaf but not by an upper EPT entry") {
+    map_data_4k(h);
+    const std::uint64_t pdpte = h.ept_entry(kDataGpa, 3);
+    h.mem.poke(pdpte, h.mem.peek(pdpte) & ~ept::kWrite);
+    WalkResult r = h.walk(h.request(kLa4, W));
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == 0x1AA);
+  }
+  SECTION("read of an execute-only page") {
+    map_data_4k(h, kPwu, ept::kExecute);
+    WalkResult r = h.walk(h.request(kLa4, R));
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == (qual::kEptRead | qual::kEptExecutable | qual::kEptGlaValid |
+                                   qual::kEptGlaTranslation));
+  }
+  SECTION("fetch from a non-executable page") {
+    map_data_4k(h, kPwu, ept::kRead | ept::kWrite);
+    WalkResult r = h.walk(h.request(kLa4, X));
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == (qual::kEptFetch | qual::kEptReadable | qual::kEptWritable |
+                                   qual::kEptGlaValid | qual::kEptGlaTranslation));
+  }
+  SECTION("guest paging off: the access is still the translation of a linear address") {
+    map_data_4k(h, kPwu, ept::kRead);
+    WalkRequest q = h.request(kDataGpa + 0x40, W);
+    q.paging = false;
+    WalkResult r = h.walk(q);
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == (qual::kEptWrite | qual::kEptReadable | qual::kEptGlaValid |
+                                   qual::kEptGlaTranslation));
+    CHECK(r.fault_gpa == kDataGpa + 0x40);
+    CHECK(r.refs == 4);
+  }
+}
+
+TEST_CASE("EPT misconfigurations", "[walker][ept]") {
+  Harness h(4, true, 4);
+
+  SECTION("write without read in the final leaf") {
+    const std::uint64_t p = GENERATE(as<std::uint64_t>{}, ept::kWrite, ept::kWrite | ept::kExecute);
+    map_data_4k(h, kPwu, p);
+    WalkResult r = h.walk(h.request(kLa4, R));
+    CHECK(r.status == Status::EptMisconfig);
+    CHECK(r.exit_qualification == 0);
+    CHECK(r.fault_gpa == kDataGpa + kDataOff);
+    CHECK(r.refs == 24);
+    CHECK(h.stats.ept_misconfigs.value() == 1);
+    CHECK(h.stats.ept_violations.value() == 0);
+  }
+  SECTION("write without read in an EPT entry mapping a guest table") {
+    map_data_4k(h);
+    const std::uint64_t e = h.ept_entry(h.cr3, 1);
+    h.mem.poke(e, (h.mem.peek(e) & ~ept::kPermMask) | ept::kWrite);
+    WalkResult r = h.walk(h.request(kLa4, R));
+    CHECK(r.status == Status::EptMisconfig);
+    CHECK(r.refs == 4);
+    CHECK(r.fault_gpa == h.cr3 + mmu::table_index(kLa4, 4) * 8);
+  }
+  SECTION("reserved memory type in a leaf") {
+    const std::uint64_t mt = GENERATE(2u, 3u, 7u);
+    map_data_4k(h);
+    h.ept_map(kDataGpa, kDataHpa, 12, kRwx, mt << ept::kMemTypeShift);
+    CHECK(h.walk(h.request(kLa4)).status == Status::EptMisconfig);
+  }
+  SECTION("large-page bit in an EPT PML4 entry") {
+    map_data_4k(h);
+    const std::uint64_t e = h.ept_entry(kDataGpa, 4);
+    h.mem.poke(e, h.mem.peek(e) | ept::kLargePage);
+    WalkRequest q = h.request(kDataGpa);
+    q.paging = false;
+    WalkResult r = h.walk(q);
+    CHECK(r.status == Status::EptMisconfig);
+    CHECK(r.refs == 1);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Accessed and dirty flags (SDM Vol. 3A, 4.8)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("accessed and dirty flags in guest paging structures", "[walker][ad]") {
+  const bool use_ept = GENERATE(false, true);
+  const unsigned gshift = GENERATE(12u, 21u, 30u);
+  CAPTURE(use_ept, gshift);
+  Harness h(4, use_ept, 4);
+  const std::uint64_t gsize = 1ull << gshift;
+  h.guest_map(kLa4 & ~(gsize - 1), kDataGpa, gshift);
+  if (use_ept) h.ept_map(kDataGpa, kDataHpa, 30);
+  const unsigned leaf = leaf_level(gshift);
+  const unsigned used = 4 - leaf + 1;
+
+  SECTION("read sets A everywhere and D nowhere; a write then sets D in the leaf") {
+    WalkResult r = h.walk(h.request(kLa4, R));
+    REQUIRE(r.status == Status::Ok);
+    for (unsigned l = 4; l >= leaf; --l) {
+      INFO("level " << l);
+      CHECK((h.guest_entry(kLa4, l) & pte::kAccessed) != 0);
+      CHECK((h.guest_entry(kLa4, l) & pte::kDirty) == 0);
+    }
+    CHECK(h.stats.ad_updates.value() == used);
+    CHECK(h.mem.writes.size() == used);
+    CHECK((r.perms & perm::kDirty) == 0);
+
+    WalkResult w = h.walk(h.request(kLa4, W));
+    REQUIRE(w.status == Status::Ok);
+    CHECK((h.guest_entry(kLa4, leaf) & pte::kDirty) != 0);
+    for (unsigned l = 4; l > leaf; --l) CHECK((h.guest_entry(kLa4, l) & pte::kDirty) == 0);
+    CHECK(h.stats.ad_updates.value() == used + 1);
+    CHECK(w.cycles == w.refs * kReadLatency + kWriteLatency);
+    CHECK((w.perms & perm::kDirty) != 0);
+
+    WalkResult w2 = h.walk(h.request(kLa4, W));
+    CHECK(w2.status == Status::Ok);
+    CHECK(h.stats.ad_updates.value() == used + 1);
+    CHECK(w2.cycles == w2.refs * kReadLatency);
+    CHECK((w2.perms & perm::kDirty) != 0);
+  }
+  SECTION("a first write sets A and D in the leaf with one write") {
+    WalkResult w = h.walk(h.request(kLa4, W));
+    REQUIRE(w.status == Status::Ok);
+    CHECK((h.guest_entry(kLa4, leaf) & (pte::kAccessed | pte::kDirty)) == (pte::kAccessed | pte::kDirty));
+    CHECK(h.stats.ad_updates.value() == used);
+    // The writes go to the host-physical addresses of the guest entries.
+    std::vector<std::uint64_t> expect;
+    for (unsigned l = 4; l >= leaf; --l) expect.push_back(h.host_of(h.guest_entry_gpa(kLa4, l)));
+    CHECK(h.mem.writes == expect);
+  }
+}
+
+TEST_CASE("accessed/dirty updates are EPT writes to the guest tables", "[walker][ad][ept]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  const std::uint64_t pte_gpa = h.guest_entry_gpa(kLa4, 1);
+  const std::uint64_t pt_ept_leaf = h.ept_entry(pte_gpa, 1);
+  auto write_protect_pt = [&] { h.mem.poke(pt_ept_leaf, h.mem.peek(pt_ept_leaf) & ~ept::kWrite); };
+
+  SECTION("setting A in an entry on a write-protected table page is an EPT violation") {
+    write_protect_pt();
+    WalkResult r = h.walk(h.request(kLa4, R));
+    CHECK(r.status == Status::EptViolation);
+    // Table 28-7: a data write; bit 8 clear for an accessed/dirty update.
+    CHECK(r.exit_qualification ==
+          (qual::kEptWrite | qual::kEptReadable | qual::kEptExecutable | qual::kEptGlaValid));
+    CHECK(r.fault_gpa == pte_gpa);
+    CHECK((h.guest_entry(kLa4, 1) & pte::kAccessed) == 0);
+    CHECK(h.stats.ept_violations.value() == 1);
+  }
+  SECTION("no write is needed once A is set; setting D is again a write") {
+    REQUIRE(h.walk(h.request(kLa4, R)).status == Status::Ok);
+    write_protect_pt();
+    CHECK(h.walk(h.request(kLa4, R)).status == Status::Ok);
+    WalkResult w = h.walk(h.request(kLa4, W));
+    CHECK(w.status == Status::EptViolation);
+    CHECK(w.fault_gpa == pte_gpa);
+    CHECK((w.exit_qualification & qual::kEptGlaTranslation) == 0);
+    CHECK((h.guest_entry(kLa4, 1) & pte::kDirty) == 0);
+  }
+}

@@ -1,0 +1,158 @@
+#include "models/cache.h"
+
+#include <catch2/catch.hpp>
+
+#include <stdexcept>
+
+#include "sim/params.h"
+#include "sim/stats.h"
+
+using namespace vmx;
+using models::Cache;
+using models::CacheParams;
+
+namespace {
+// 2 sets of 2 ways of 64-byte lines; lines 0x000, 0x080, 0x100 share set 0.
+CacheParams two_way() {
+  CacheParams p{};
+  p.size = 256;
+  p.ways = 2;
+  p.line = 64;
+  p.latency = 3;
+  return p;
+}
+constexpr std::uint64_t A = 0x000, B = 0x080, C = 0x100, D = 0x040;
+}  // namespace
+
+TEST_CASE("each level's defaults come from its descriptor", "[cache]") {
+  auto l1i = cfg::defaults<models::L1iParams>();
+  auto l1d = cfg::defaults<models::L1dParams>();
+  auto l2 = cfg::defaults<models::L2Params>();
+  auto llc = cfg::defaults<models::LlcParams>();
+  CHECK((l1i.size == 32768 && l1i.ways == 8 && l1i.line == 64 && l1i.latency == 4));
+  CHECK((l1d.size == 32768 && l1d.ways == 8 && l1d.line == 64 && l1d.latency == 4));
+  CHECK((l2.size == 1048576 && l2.ways == 16 && l2.line == 64 && l2.latency == 14));
+  CHECK((llc.size == 8388608 && llc.ways == 16 && llc.line == 64 && llc.latency == 42));
+
+  stats::Group root;
+  CHECK(Cache(l1d, &root, "l1d").sets() == 64);
+  CHECK(Cache(l2, &root, "l2").sets() == 1024);
+  CHECK(Cache(llc, &root, "llc").sets() == 8192);
+}
+
+TEST_CASE("a miss fills the line and the next access hits", "[cache]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  CHECK_FALSE(c.probe(A));
+  CHECK_FALSE(c.access(A + 8, false));
+  CHECK(c.probe(A));
+  CHECK(c.probe(A + 63));
+  CHECK_FALSE(c.probe(A + 64));
+  CHECK(c.access(A + 60, false));
+  CHECK(c.latency() == 3);
+  CHECK(c.stats().accesses.value() == 2);
+  CHECK(c.stats().hits.value() == 1);
+  CHECK(c.stats().misses.value() == 1);
+  CHECK(c.stats().evictions.value() == 0);
+  CHECK(c.stats().miss_rate.value() == 0.5);
+}
+
+TEST_CASE("true LRU replacement in a 2-way set", "[cache]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  c.access(A, false);
+  c.access(B, false);
+  c.access(D, false);  // set 1: does not disturb set 0
+  const bool touch_a = GENERATE(true, false);
+  if (touch_a) CHECK(c.access(A, false));
+  CHECK(c.probe(A));  // probing does not change the LRU order
+  CHECK_FALSE(c.access(C, false));
+  CHECK(c.probe(C));
+  CHECK(c.probe(D));
+  if (touch_a) {
+    CHECK(c.probe(A));
+    CHECK_FALSE(c.probe(B));
+  } else {
+    CHECK_FALSE(c.probe(A));
+    CHECK(c.probe(B));
+  }
+  CHECK(c.stats().evictions.value() == 1);
+  CHECK(c.stats().writebacks.value() == 0);
+}
+
+TEST_CASE("dirty lines are written back when evicted", "[cache]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  std::uint64_t wb = 0;
+  CHECK_FALSE(c.access(A + 4, true, &wb));  // write-allocate
+  CHECK(wb == Cache::kNoWriteback);
+  CHECK(c.probe_dirty(A));
+  c.access(B, false, &wb);
+  CHECK_FALSE(c.probe_dirty(B));
+  c.access(C, false, &wb);  // evicts A, dirty
+  CHECK(wb == A);
+  CHECK(c.stats().writebacks.value() == 1);
+  c.access(A, false, &wb);  // evicts B, clean
+  CHECK(wb == Cache::kNoWriteback);
+  CHECK(c.stats().evictions.value() == 2);
+  CHECK(c.stats().writebacks.value() == 1);
+
+  // A write hit dirties a clean line.
+  CHECK(c.access(A, true));
+  CHECK(c.probe_dirty(A));
+}
+
+TEST_CASE("a received writeback dirties or allocates the line", "[cache]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  c.access(A, false);
+  c.access(B, false);
+  std::uint64_t wb = 0;
+  c.receive_writeback(A, &wb);  // present: dirtied, LRU order unchanged (A still LRU)
+  CHECK(wb == Cache::kNoWriteback);
+  CHECK(c.probe_dirty(A));
+  c.receive_writeback(C, &wb);  // absent: allocated dirty, evicting A
+  CHECK(wb == A);
+  CHECK(c.probe_dirty(C));
+  CHECK_FALSE(c.probe(A));
+  CHECK(c.stats().writebacks_received.value() == 2);
+  CHECK(c.stats().accesses.value() == 2);
+}
+
+TEST_CASE("invalidate_all drops every line", "[cache]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  c.access(A, true);
+  c.access(D, false);
+  c.invalidate_all();
+  CHECK_FALSE(c.probe(A));
+  CHECK_FALSE(c.probe(D));
+  CHECK_FALSE(c.access(A, false));
+  CHECK(c.stats().writebacks.value() == 0);
+}
+
+TEST_CASE("stats sit under the parent group by name", "[cache]") {
+  stats::Group root("system");
+  Cache c(two_way(), &root, "l1d");
+  c.access(A, false);
+  const auto* misses = dynamic_cast<const stats::Counter*>(root.find("l1d.misses"));
+  REQUIRE(misses);
+  CHECK(misses->value() == 1);
+}
+
+TEST_CASE("invalid geometry names the cache and the parameter", "[cache]") {
+  struct Bad {
+    std::uint64_t size;
+    std::uint32_t ways, line;
+    const char* param;
+  };
+  const Bad bad = GENERATE(Bad{256, 0, 64, "'ways'"}, Bad{256, 2, 48, "'line'"}, Bad{0, 2, 64, "'size'"},
+                           Bad{200, 2, 64, "'size'"}, Bad{192, 1, 64, "'size'"});
+  CacheParams p = two_way();
+  p.size = bad.size;
+  p.ways = bad.ways;
+  p.line = bad.line;
+  stats::Group root;
+  CHECK_THROWS_AS(Cache(p, &root, "l2"), std::invalid_argument);
+  CHECK_THROWS_WITH(Cache(p, &root, "l2"), Catch::Contains("cache 'l2'") && Catch::Contains(bad.param));
+}
