@@ -61,6 +61,12 @@ extern "C" void vmx_fiber_start();
 
 namespace vmx::sim {
 
+namespace {
+thread_local Fiber* t_running = nullptr;
+}
+
+Fiber* Fiber::running() { return t_running; }
+
 struct FiberAccess {
   static void run(Fiber* self) { Fiber::entry(self); }
 };
@@ -113,6 +119,7 @@ void Fiber::entry(Fiber* self) {
     std::abort();
   }
   Fiber& to = *self->m_exit_target;
+  t_running = &to;
 #if defined(__SANITIZE_ADDRESS__)
   __sanitizer_start_switch_fiber(nullptr, to.m_stack_bottom, to.m_stack_size_seen);
 #endif
@@ -124,6 +131,7 @@ void Fiber::entry(Fiber* self) {
 void Fiber::switch_to(Fiber& from, Fiber& to) {
   if (&from == &to) return;
   to.m_started = true;
+  t_running = &to;
 #if defined(__SANITIZE_ADDRESS__)
   const void* bottom = to.m_stack ? to.m_stack.get() : to.m_stack_bottom;
   std::size_t size = to.m_stack ? to.m_stack_bytes : to.m_stack_size_seen;
@@ -134,6 +142,7 @@ void Fiber::switch_to(Fiber& from, Fiber& to) {
 #else
   vmx_fiber_switch(&from.m_sp, to.m_sp);
 #endif
+  t_running = &from;
 }
 
 }  // namespace vmx::sim

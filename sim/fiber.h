@@ -38,6 +38,12 @@ class Fiber {
   static void switch_to(Fiber& from, Fiber& to);
 
   void set_exit_target(Fiber* f) { m_exit_target = f; }
+  /// The fiber executing now (nullptr outside any switch).
+  static Fiber* running();
+  /// Software's own tag for the context (a guest kernel keeps its thread
+  /// descriptor here, as a kernel keeps `current` on its stack).
+  void set_user(void* p) { m_user = p; }
+  void* user() const { return m_user; }
   const std::string& name() const { return m_name; }
   bool finished() const { return m_finished; }
   bool started() const { return m_started; }
@@ -53,6 +59,7 @@ class Fiber {
   std::size_t m_stack_bytes = 0;
   void* m_sp = nullptr;  // saved stack pointer while suspended
   Fiber* m_exit_target = nullptr;
+  void* m_user = nullptr;
   bool m_started = false;
   bool m_finished = false;
   std::exception_ptr m_error;

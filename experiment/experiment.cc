@@ -1,0 +1,55 @@
+#include "experiment/experiment.h"
+
+#include <set>
+
+#include <fmt/format.h>
+
+namespace vmx::experiment {
+
+extern const char kQuickstartYaml[];
+extern const std::size_t kQuickstartYamlSize;
+
+const std::string& quickstart_yaml() {
+  static const std::string text(kQuickstartYaml, kQuickstartYamlSize);
+  return text;
+}
+
+namespace {
+cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& expected,
+                          const std::string& found) {
+  YAML::Node n = doc.find(path);
+  return doc.error(n ? n.Mark() : YAML::Mark::null_mark(), path, expected, found);
+}
+}  // namespace
+
+ExperimentParams load(const cfg::Document& doc) {
+  auto p = cfg::read<ExperimentParams>(doc);
+  // Rules that span several values.
+  std::set<std::string> names;
+  std::uint64_t vm_memory = 0;
+  for (std::size_t i = 0; i < p.vms.size(); ++i) {
+    const VmParams& vm = p.vms[i];
+    std::string at = fmt::format("vms[{}]", i);
+    if (vm.name.empty() || vm.name.find_first_of(". \t/") != std::string::npos)
+      throw error_at(doc, at + ".name", "a name without dots, spaces or slashes", vm.name);
+    if (!names.insert(vm.name).second)
+      throw error_at(doc, at + ".name", "a name no other VM has", vm.name);
+    if (vm.memory % 4096)
+      throw error_at(doc, at + ".memory", "a multiple of 4KiB", cfg::format_bytes(vm.memory));
+    vm_memory += vm.memory;
+  }
+  if (vm_memory + p.hypervisor.reserved_memory > p.platform.memory)
+    throw error_at(doc, "platform.memory",
+                   fmt::format("at least the VMs' memory plus hypervisor.reserved_memory, {} (memory "
+                               "overcommit is not modelled yet)",
+                               cfg::format_bytes(vm_memory + p.hypervisor.reserved_memory)),
+                   cfg::format_bytes(p.platform.memory));
+  if (p.platform.memory % 4096)
+    throw error_at(doc, "platform.memory", "a multiple of 4KiB", cfg::format_bytes(p.platform.memory));
+  if (p.warmup >= p.duration && p.warmup != 0)
+    throw error_at(doc, "warmup", "less than duration (" + cfg::format_time_ps(p.duration) + ")",
+                   cfg::format_time_ps(p.warmup));
+  return p;
+}
+
+}  // namespace vmx::experiment

@@ -1,0 +1,117 @@
+// One experiment: the whole YAML document, validated, and the system it
+// builds. ARCHITECTURE.md, "Configuration".
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/core.h"
+#include "guest/kernel.h"
+#include "hypervisor/hypervisor.h"
+#include "models/cache.h"
+#include "models/mem_hierarchy.h"
+#include "sim/config.h"
+#include "sim/params.h"
+#include "workloads/workload.h"
+
+namespace vmx::experiment {
+
+using cfg::Spec;
+using cfg::Unit;
+
+struct PlatformParams {
+  std::uint64_t cores;
+  std::uint64_t frequency;  // Hz
+  std::uint64_t memory;     // bytes
+  std::uint64_t quantum;    // ps
+  cpu::CoreParams cpu;
+  models::MemHierarchyParams caches;
+  models::LlcParams llc;
+  std::uint64_t debugcon_latency;
+
+  template <class V>
+  void visit(V& v) {
+    v.param(cores, "cores", "2", Spec().at_least(1).at_most(256), "Physical cores.");
+    v.param(frequency, "frequency", "3GHz", Spec(Unit::Frequency).at_least(1e6),
+            "Core clock, also the TSC rate (a typical server base clock).");
+    v.param(memory, "memory", "4GiB", Spec(Unit::Bytes).at_least(32 * 1024 * 1024),
+            "Host-physical memory (sparse: frames exist once touched).");
+    v.param(quantum, "quantum", "10us", Spec(Unit::Time).at_least(1e3),
+            "Temporal-decoupling quantum: how far a core may run ahead of SystemC time, and so the bound "
+            "on how late it sees an event raised by another core.");
+    v.section(cpu, "cpu", "Core timing and translation caches (the same for every core).");
+    v.section(caches, "caches", "Private caches of each core and DRAM latency.");
+    v.section(llc, "llc", "Last-level cache shared by all cores.");
+    v.param(debugcon_latency, "debugcon_latency", "100", Spec(Unit::Cycles),
+            "Latency of the debug console on port 0xE9 (assumption).");
+  }
+};
+
+struct VmParams {
+  std::string name;
+  std::uint64_t vcpus;
+  std::uint64_t memory;
+  guest::KernelParams kernel;
+  std::vector<workloads::WorkloadParams> workloads;
+
+  template <class V>
+  void visit(V& v) {
+    v.param(name, "name", "vm", Spec(Unit::Text), "Name, used in statistics paths (vm.<name>...).");
+    v.param(vcpus, "vcpus", "1", Spec().at_least(1).at_most(256), "Virtual CPUs.");
+    v.param(memory, "memory", "256MiB", Spec(Unit::Bytes).at_least(16 * 1024 * 1024), "Guest-physical memory.");
+    v.section(kernel, "kernel", "The guest kernel.");
+    v.list(workloads, "workloads", "Programs the VM runs, one process each.");
+  }
+};
+
+struct ExperimentParams {
+  std::uint64_t seed;
+  std::uint64_t duration;  // ps
+  std::uint64_t warmup;    // ps
+  bool stop_when_done;
+  PlatformParams platform;
+  hv::HypervisorParams hypervisor;
+  std::vector<VmParams> vms;
+
+  template <class V>
+  void visit(V& v) {
+    v.param(seed, "seed", "1", Spec(), "Seed of every random choice (workloads' random streams).");
+    v.param(duration, "duration", "100ms", Spec(Unit::Time).at_least(1e3), "Simulated time to run at most.");
+    v.param(warmup, "warmup", "0ps", Spec(Unit::Time),
+            "Statistics are reset at this simulated time (0: never), so they cover [warmup, end).");
+    v.param(stop_when_done, "stop_when_done", "true", Spec(Unit::Flag),
+            "End the run early once every workload with a finite amount of work has finished.");
+    v.section(platform, "platform", "The machine.");
+    v.section(hypervisor, "hypervisor", "The hypervisor running on the machine.");
+    v.list(vms, "vms", "Virtual machines.", 1);
+  }
+};
+
+/// Reads and validates a document, including the rules that span several
+/// values (unique VM names, memory that fits). Throws cfg::ConfigError.
+ExperimentParams load(const cfg::Document& doc);
+
+/// The embedded default experiment (configs/quickstart.yaml).
+const std::string& quickstart_yaml();
+
+/// Everything a run produced that a report or a test needs.
+struct RunResult {
+  std::string stats_json;
+  std::string summary;  // human-readable, per VM and vCPU
+  std::string resolved_yaml;
+  std::uint64_t simulated_ps = 0;
+  bool finished = false;  // every finite workload completed
+  std::vector<std::string> vm_notes;  // crashes, panics, killed threads
+};
+
+/// Builds the system and runs it. SystemC elaborates one design per process:
+/// call this once per process (the CLI and the Python module do). Throws
+/// cpu::SimulationError if the simulator or its hypervisor fails.
+RunResult run(const ExperimentParams& params, const std::string& resolved_yaml);
+
+/// Human-readable summary of a finished run (per VM and vCPU).
+std::string summary(const stats::Group& root, const ExperimentParams& params);
+
+}  // namespace vmx::experiment

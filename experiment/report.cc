@@ -1,0 +1,58 @@
+// The readable summary printed after a run.
+#include <fmt/format.h>
+
+#include "experiment/experiment.h"
+
+namespace vmx::experiment {
+
+namespace {
+std::uint64_t counter(const stats::Group& g, const std::string& path) {
+  if (auto* s = dynamic_cast<const stats::Counter*>(g.find(path))) return s->value();
+  return 0;
+}
+double ratio(const stats::Group& g, const std::string& path) {
+  if (auto* s = dynamic_cast<const stats::Ratio*>(g.find(path))) return s->value();
+  return 0;
+}
+}  // namespace
+
+std::string summary(const stats::Group& root, const ExperimentParams& params) {
+  std::string out;
+  double seconds = 0;
+  if (auto* g = dynamic_cast<const stats::Gauge*>(root.find("sim.seconds"))) seconds = g->value();
+  out += fmt::format("simulated {:.6f} s on {} cores at {:.2f} GHz\n", seconds, params.platform.cores,
+                     static_cast<double>(params.platform.frequency) / 1e9);
+  for (const auto& vm : params.vms) {
+    const stats::Group* vg = root.find_group("vm." + vm.name);
+    if (!vg) continue;
+    out += fmt::format("\nVM {} ({} vCPUs, {} memory)\n", vm.name, vm.vcpus, cfg::format_bytes(vm.memory));
+    for (unsigned i = 0; i < vm.vcpus; ++i) {
+      const stats::Group* v = vg->find_group(fmt::format("vcpu{}", i));
+      if (!v) continue;
+      std::uint64_t instr = counter(*v, "instructions"), cycles = counter(*v, "guest_cycles");
+      out += fmt::format("  vcpu{}: {} instructions, {} guest cycles (IPC {:.2f}), {} VM exits\n", i, instr, cycles,
+                         cycles ? static_cast<double>(instr) / static_cast<double>(cycles) : 0.0,
+                         counter(*v, "exits"));
+      if (const stats::Group* reasons = v->find_group("exit_reasons")) {
+        for (const stats::Group* r : reasons->children()) {
+          auto* h = dynamic_cast<const stats::Histogram*>(r->find("cycles"));
+          if (!h) continue;
+          out += fmt::format("    {:<20} {:>10} exits, mean {:>8.1f} cycles exit-to-reentry (p99 {})\n", r->name(),
+                             h->count(), h->mean(), h->percentile(99));
+        }
+      }
+      std::uint64_t walks = counter(*v, "walks");
+      out += fmt::format("    page walks: {}, mean {:.1f} references and {:.1f} cycles per walk\n", walks,
+                         ratio(*v, "mean_walk_refs"), ratio(*v, "mean_walk_cycles"));
+    }
+    for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
+      const stats::Group* wg = vg->find_group(fmt::format("workload{}", w));
+      if (!wg) continue;
+      out += fmt::format("  workload{} ({}, {} threads): {} operations, {} threads done\n", w, vm.workloads[w].type,
+                         vm.workloads[w].threads, counter(*wg, "operations"), counter(*wg, "threads_done"));
+    }
+  }
+  return out;
+}
+
+}  // namespace vmx::experiment

@@ -1,0 +1,342 @@
+#include "guest/kernel.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "mmu/paging.h"
+#include "workloads/workload.h"
+
+namespace vmx::guest {
+
+using cpu::Core;
+namespace pte = mmu::pte;
+namespace crb = mmu::crbits;
+
+namespace {
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kLine = 64;
+constexpr std::uint64_t kKernelPage = pte::kPresent | pte::kWritable | pte::kGlobal | pte::kNoExecute;
+constexpr std::uint64_t kTextPage = pte::kPresent | pte::kGlobal;
+constexpr std::uint64_t kUserPage = pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute;
+constexpr std::uint64_t kTablePage = pte::kPresent | pte::kWritable | pte::kUser;
+// Offsets of kernel paths in the kernel text (each fetches its own lines).
+enum : std::uint64_t {
+  kCodeFault = 0x1000,
+  kCodeTick = 0x2000,
+  kCodeSched = 0x3000,
+  kCodeSyscall = 0x4000,
+  kCodeThread = 0x5000,
+};
+std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
+  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * hz / cfg::kPsPerSecond);
+}
+}  // namespace
+
+std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
+
+Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
+               std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control)
+    : m_p(params),
+      m_vm(std::move(vm_name)),
+      m_memory(memory),
+      m_tick_cycles(cycles_of(params.tick, tsc_hz)),
+      m_slice_cycles(cycles_of(params.timeslice, tsc_hz)),
+      m_seed(seed),
+      m_control(control) {
+  for (unsigned i = 0; i < vcpus; ++i) {
+    auto v = std::make_unique<Vcpu>();
+    v->index = i;
+    Vcpu* raw = v.get();
+    v->idle = std::make_unique<sim::Fiber>(fmt::format("{}.vcpu{}", m_vm, i), [this, raw] { vcpu_main(*raw); });
+    m_vcpus.push_back(std::move(v));
+  }
+}
+
+Kernel::~Kernel() = default;
+
+sim::Fiber& Kernel::vcpu_entry(unsigned index) { return *m_vcpus.at(index)->idle; }
+
+void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads) {
+  auto p = std::make_unique<Process>();
+  p->workload = std::move(workload);
+  p->next_va = kUserBase;
+  m_pending_processes.emplace_back(p.get(), threads);
+  m_processes.push_back(std::move(p));
+}
+
+void Kernel::charge(Core& c, std::uint64_t instructions, std::uint64_t code_offset) {
+  c.fetch(kKernelText + code_offset, m_p.costs.code_bytes);
+  c.compute(instructions);
+}
+
+Kernel::Vcpu& Kernel::this_vcpu() {
+  sim::Fiber* f = sim::Fiber::running();
+  if (auto* t = static_cast<Thread*>(f->user())) return *m_vcpus[t->m_vcpu];
+  for (auto& v : m_vcpus)
+    if (v->idle.get() == f) return *v;
+  throw cpu::SimulationError(m_vm + ": kernel code running on an unknown context");
+}
+
+// ---------------------------------------------------------------------------
+// Boot.
+
+void Kernel::vcpu_main(Vcpu& v) {
+  Core& c = Core::current();
+  c.lidt(this);
+  if (v.index == 0) {
+    boot(c);
+  } else {
+    // Application processors wait, halted, for the bootstrap processor's
+    // wake-up IPI and then turn on paging with the kernel's tables.
+    c.sti();
+    while (c.load(kImageBase + 0x1000) == 0) c.hlt();
+    c.cli();
+    c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
+    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge);
+    c.write_cr(3, m_kernel_pml4);
+    c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
+  }
+  c.sti();
+  for (;;) {
+    if (!v.runq.empty()) {
+      schedule(c, v, false);
+      continue;
+    }
+    // Idle: no tick while there is nothing to run (as with NOHZ idle).
+    if (v.tick_armed) {
+      c.wrmsr(cpu::msr::kIa32TscDeadline, 0);
+      v.tick_armed = false;
+    }
+    c.hlt();
+  }
+}
+
+void Kernel::boot(Core& c) {
+  // Load the kernel image and clear the page-table pool (paging is off:
+  // addresses are guest-physical).
+  for (std::uint64_t off = 0; off < kImageSize; off += kLine) c.store(kImageBase + off, 0);
+  std::uint64_t pool = std::max<std::uint64_t>(1ull << 20, (m_memory / 128) & ~(kPage - 1));
+  m_pool_next = kPoolBase;
+  m_pool_end = kPoolBase + pool;
+  m_frame_next = m_pool_end;
+  for (std::uint64_t a = m_pool_next; a < m_pool_end; a += kLine) c.store(a, 0);
+
+  m_kernel_pml4 = alloc_table(c);
+  for (std::uint64_t off = 0; off < kImageSize; off += kPage) {
+    map_page(c, m_kernel_pml4, kKernelText + off, kImageBase + off, kTextPage);
+    map_page(c, m_kernel_pml4, kDirectMap + kImageBase + off, kImageBase + off, kKernelPage);
+  }
+  for (std::uint64_t a = kPoolBase; a < m_pool_end; a += kPage) map_page(c, m_kernel_pml4, kDirectMap + a, a, kKernelPage);
+
+  // Long mode with paging (SDM Vol. 3A, 10.8.5).
+  c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
+  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge);
+  c.write_cr(3, m_kernel_pml4);
+  c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
+  m_paging = true;
+
+  // Processes: each gets a PML4 whose kernel half is the kernel's.
+  unsigned pcid = 1;
+  for (auto& [proc, nthreads] : m_pending_processes) {
+    proc->pml4 = alloc_table(c);
+    proc->pcid = pcid++;
+    for (unsigned i = 256; i < 512; ++i) {
+      std::uint64_t e = c.load(table_va(m_kernel_pml4) + i * 8);
+      if (e) c.store(table_va(proc->pml4) + i * 8, e);
+    }
+    for (unsigned i = 0; i < nthreads; ++i) {
+      auto t = std::make_unique<Thread>();
+      t->m_kernel = this;
+      t->m_process = proc;
+      t->m_index = i;
+      t->m_vcpu = m_next_vcpu++ % static_cast<unsigned>(m_vcpus.size());
+      t->m_rng = m_seed ^ (0x9E3779B97F4A7C15ull * (m_threads.size() + 1));
+      t->m_finite = proc->workload->finite();
+      Thread* raw = t.get();
+      t->m_fiber = std::make_unique<sim::Fiber>(fmt::format("{}.thread{}", m_vm, m_threads.size()),
+                                                [this, raw] { thread_main(*raw); });
+      t->m_fiber->set_user(raw);
+      charge(c, m_p.costs.thread_start, kCodeThread);
+      m_vcpus[t->m_vcpu]->runq.push_back(raw);
+      if (t->m_finite && m_control) m_control->thread_started();
+      m_threads.push_back(std::move(t));
+    }
+  }
+  m_pending_processes.clear();
+
+  // Release the other vCPUs.
+  c.store(kDirectMap + kImageBase + 0x1000, 1);
+  for (unsigned i = 1; i < m_vcpus.size(); ++i)
+    c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{i} << 32) | kWakeVector);
+  m_booted = true;
+}
+
+// ---------------------------------------------------------------------------
+// Memory.
+
+std::uint64_t Kernel::alloc_table(Core& c) {
+  if (m_pool_next >= m_pool_end) panic(c, "out of page-table pages");
+  std::uint64_t t = m_pool_next;
+  m_pool_next += kPage;
+  return t;  // the pool was cleared at boot
+}
+
+void Kernel::clear_frame(Core& c, std::uint64_t gpa) {
+  // One store per line: frames are handed out once, so their bytes are
+  // already zero; the stores carry the cost of clear_page.
+  for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(kDirectMap + gpa + off, 0);
+}
+
+std::uint64_t Kernel::alloc_frame(Core& c) {
+  if (m_frame_next + kPage > m_memory) return 0;
+  std::uint64_t f = m_frame_next;
+  m_frame_next += kPage;
+  map_page(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
+  clear_frame(c, f);
+  return f;
+}
+
+void Kernel::map_page(Core& c, std::uint64_t pml4, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags) {
+  std::uint64_t table = pml4;
+  for (unsigned level = 4; level > 1; --level) {
+    std::uint64_t entry = table_va(table) + mmu::table_index(va, level) * 8;
+    std::uint64_t e = c.load(entry);
+    if (!(e & pte::kPresent)) {
+      e = alloc_table(c) | kTablePage;
+      c.store(entry, e);
+    }
+    table = e & pte::kAddrMask;
+  }
+  c.store(table_va(table) + mmu::table_index(va, 1) * 8, (gpa & pte::kAddrMask) | flags);
+}
+
+std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& p = *t.m_process;
+  std::uint64_t size = (bytes + kPage - 1) & ~(kPage - 1);
+  std::uint64_t start = 0;
+  if (size && p.next_va + size <= kUserTop) {
+    start = p.next_va;
+    p.regions.push_back({start, start + size});
+    p.next_va += size + kPage;  // a guard page between regions
+  }
+  c.set_user_mode(true);
+  return start;
+}
+
+void Kernel::page_fault(Core& c, std::uint32_t error_code) {
+  charge(c, m_p.costs.page_fault, kCodeFault);
+  std::uint64_t addr = c.read_cr(2);
+  auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
+  if (!t) panic(c, fmt::format("kernel page fault at {:#x} (error code {:#x})", addr, error_code));
+  const Process& p = *t->m_process;
+  bool mapped = std::any_of(p.regions.begin(), p.regions.end(),
+                            [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
+  if (!mapped || (error_code & mmu::pfec::kPresent)) {
+    kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
+    return;
+  }
+  std::uint64_t frame = alloc_frame(c);
+  if (!frame) {
+    kill_current(c, "out of memory");
+    return;
+  }
+  map_page(c, p.pml4, addr & ~(kPage - 1), frame, kUserPage);
+}
+
+// ---------------------------------------------------------------------------
+// Threads and scheduling.
+
+void Kernel::thread_main(Thread& t) {
+  Core& c = Core::current();
+  charge(c, m_p.costs.context_switch, kCodeThread);
+  c.set_user_mode(true);
+  c.sti();
+  t.m_process->workload->run(t);
+  Core& c2 = Core::current();
+  c2.set_user_mode(false);
+  charge(c2, m_p.costs.syscall, kCodeSyscall);
+  if (t.m_finite && m_control) m_control->thread_finished();
+  t.m_dead = true;
+  schedule(c2, *m_vcpus[t.m_vcpu], false);
+  throw cpu::SimulationError("an exited guest thread was resumed");
+}
+
+void Kernel::kill_current(Core& c, const std::string& why) {
+  auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
+  if (!t) panic(c, why);
+  m_panic = fmt::format("thread {} killed: {}", t->m_fiber->name(), why);
+  if (t->m_finite && m_control) m_control->thread_finished();
+  t->m_dead = true;
+  schedule(c, *m_vcpus[t->m_vcpu], false);
+  throw cpu::SimulationError("a killed guest thread was resumed");
+}
+
+void Kernel::panic(Core& c, const std::string& why) {
+  // A kernel panic is the guest's business: it stops, the machine goes on.
+  m_panic = "kernel panic: " + why;
+  c.cli();
+  c.wrmsr(cpu::msr::kIa32TscDeadline, 0);
+  for (;;) c.hlt();
+}
+
+void Kernel::arm_tick(Core& c, Vcpu& v) {
+  c.wrmsr(cpu::msr::kIa32TscDeadline, c.rdtsc() + m_tick_cycles);
+  v.tick_armed = true;
+}
+
+void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
+  Thread* prev = v.current;
+  if (prev && requeue_current && !prev->m_dead) v.runq.push_back(prev);
+  Thread* next = nullptr;
+  if (!v.runq.empty()) {
+    next = v.runq.front();
+    v.runq.pop_front();
+  }
+  v.slice_end = c.rdtsc() + m_slice_cycles;
+  if (next == prev) return;
+  charge(c, m_p.costs.context_switch, kCodeSched);
+  v.current = next;
+  // The interrupt flag and privilege level belong to the context being
+  // switched out; it gets them back when it is switched in again.
+  bool was_enabled = c.interrupts_enabled();
+  std::uint8_t was_cpl = c.cpl();
+  c.cli();
+  c.set_user_mode(false);
+  if (next) {
+    if (c.read_cr(3) != next->m_process->pml4) c.write_cr(3, next->m_process->pml4);
+    if (!v.tick_armed) arm_tick(c, v);
+    c.switch_context(*next->m_fiber);
+  } else {
+    c.switch_context(*v.idle);
+  }
+  Core& now = Core::current();
+  now.set_user_mode(was_cpl == 3);
+  if (was_enabled) now.sti();
+}
+
+void Kernel::interrupt(Core& c, std::uint8_t vector) {
+  c.wrmsr(cpu::msr::kX2ApicEoi, 0);
+  if (vector != kTimerVector) return;
+  charge(c, m_p.costs.tick, kCodeTick);
+  Vcpu& v = this_vcpu();
+  v.tick_armed = false;
+  if (v.current || !v.runq.empty()) arm_tick(c, v);
+  if (v.current && !v.runq.empty() && c.rdtsc() >= v.slice_end) schedule(c, v, true);
+}
+
+void Kernel::exception(Core& c, std::uint8_t vector, std::uint32_t error_code) {
+  if (vector == cpu::vec::kPageFault) {
+    page_fault(c, error_code);
+    return;
+  }
+  if (static_cast<Thread*>(sim::Fiber::running()->user()))
+    kill_current(c, fmt::format("exception {} (error code {:#x})", vector, error_code));
+  else
+    panic(c, fmt::format("exception {} in the kernel (error code {:#x})", vector, error_code));
+}
+
+}  // namespace vmx::guest

@@ -1,0 +1,198 @@
+// The guest kernel: simulated software that runs in a VM on its vCPUs.
+//
+// It boots with paging off, builds IA-32e page tables in guest memory (a
+// kernel half shared by all processes with a direct map of physical memory,
+// and a user half per process), turns paging on, starts its other vCPUs with
+// IPIs, and then schedules threads on each vCPU with a periodic timer tick.
+// User memory is demand-paged: a page fault allocates a frame, clears it
+// through the direct map and maps it. Every path charges its work as
+// instructions (KernelCosts) and as the loads and stores it really makes.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cpu/core.h"
+#include "hypervisor/hypervisor.h"
+#include "sim/fiber.h"
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::workloads {
+class Workload;
+}
+
+namespace vmx::guest {
+
+struct KernelCosts {
+  std::uint64_t page_fault, tick, context_switch, syscall, thread_start, code_bytes;
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(page_fault, "page_fault", "800", Spec(Unit::Instructions),
+            "Anonymous page fault path besides its memory traffic (assumption, order of Linux's "
+            "do_anonymous_page path).");
+    v.param(tick, "tick", "300", Spec(Unit::Instructions), "Timer-tick handler (assumption).");
+    v.param(context_switch, "context_switch", "600", Spec(Unit::Instructions),
+            "Switching threads (assumption, order of Linux's __schedule + switch_to).");
+    v.param(syscall, "syscall", "250", Spec(Unit::Instructions), "System-call entry, dispatch and return (assumption).");
+    v.param(thread_start, "thread_start", "2000", Spec(Unit::Instructions), "Creating a thread (assumption).");
+    v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes), "Code fetched per kernel path (assumption).");
+  }
+};
+
+struct KernelParams {
+  std::uint64_t tick;       // ps
+  std::uint64_t timeslice;  // ps
+  KernelCosts costs;
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(tick, "tick", "4ms", Spec(Unit::Time).at_least(1e6),
+            "Timer-tick period (Linux CONFIG_HZ=250). The tick stops while a vCPU is idle.");
+    v.param(timeslice, "timeslice", "4ms", Spec(Unit::Time).at_least(1e6),
+            "Time a thread runs before another runnable thread on its vCPU gets it (assumption).");
+    v.section(costs, "costs", "Software path lengths of the guest kernel.");
+  }
+};
+
+/// Tells the experiment when all finite work is done (simulator annotation).
+class RunControl {
+ public:
+  virtual ~RunControl() = default;
+  virtual void thread_started() = 0;
+  virtual void thread_finished() = 0;
+};
+
+class Kernel;
+struct Process;
+
+/// A guest thread as workloads see it: its operations go to whichever core
+/// currently runs its vCPU.
+class Thread {
+ public:
+  cpu::Core& cpu() const { return cpu::Core::current(); }
+  std::uint64_t load(std::uint64_t va, unsigned size = 8) { return cpu().load(va, size); }
+  void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) { cpu().store(va, value, size); }
+  void compute(std::uint64_t instructions) { cpu().compute(instructions); }
+  /// mmap(2) of anonymous memory: returns the address of a fresh region,
+  /// populated on first touch. 0 when the address space is exhausted.
+  std::uint64_t mmap(std::uint64_t bytes);
+  /// Deterministic per-thread random numbers (SplitMix64 over the seed).
+  std::uint64_t random() {
+    std::uint64_t z = (m_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
+  unsigned index() const { return m_index; }
+  unsigned vcpu() const { return m_vcpu; }
+  Kernel& kernel() const { return *m_kernel; }
+
+ private:
+  friend class Kernel;
+  Kernel* m_kernel = nullptr;
+  Process* m_process = nullptr;
+  unsigned m_index = 0;
+  unsigned m_vcpu = 0;
+  std::uint64_t m_rng = 0;
+  bool m_dead = false;
+  bool m_finite = true;
+  std::unique_ptr<sim::Fiber> m_fiber;
+};
+
+struct Process {
+  std::uint64_t pml4 = 0;  // guest-physical
+  std::uint64_t pcid = 0;
+  std::uint64_t next_va = 0;
+  struct Region { std::uint64_t start, end; };
+  std::vector<Region> regions;
+  std::shared_ptr<workloads::Workload> workload;
+};
+
+class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
+ public:
+  Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
+         std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control);
+  ~Kernel() override;
+
+  /// Adds a process running `workload` in `threads` threads (before the run).
+  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads);
+
+  sim::Fiber& vcpu_entry(unsigned index) override;
+  void interrupt(cpu::Core& cpu, std::uint8_t vector) override;
+  void exception(cpu::Core& cpu, std::uint8_t vector, std::uint32_t error_code) override;
+
+  std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
+  const std::string& panic_message() const { return m_panic; }
+
+  // Guest-virtual layout (Linux x86-64 conventions).
+  static constexpr std::uint64_t kDirectMap = 0xFFFF888000000000ull;  // page_offset_base
+  static constexpr std::uint64_t kKernelText = 0xFFFFFFFF81000000ull; // __START_KERNEL_map + 16 MiB
+  static constexpr std::uint64_t kUserBase = 0x0000000010000000ull;
+  static constexpr std::uint64_t kUserTop = 0x00007FFFFFFFF000ull;
+  // Guest-physical layout.
+  static constexpr std::uint64_t kImageBase = 0x100000;
+  static constexpr std::uint64_t kImageSize = 256 * 1024;
+  static constexpr std::uint64_t kPoolBase = 0x400000;
+  static constexpr std::uint8_t kTimerVector = models::Lapic::kDefaultTimerVector;
+  static constexpr std::uint8_t kWakeVector = 0xFB;  // Linux's CALL_FUNCTION_VECTOR region
+  /// Smallest VM memory the kernel boots in.
+  static std::uint64_t min_memory() { return 16ull << 20; }
+
+ private:
+  struct Vcpu {
+    unsigned index = 0;
+    std::unique_ptr<sim::Fiber> idle;
+    std::deque<Thread*> runq;
+    Thread* current = nullptr;  // nullptr: idle
+    std::uint64_t slice_end = 0;
+    bool tick_armed = false;
+  };
+
+  void vcpu_main(Vcpu& v);
+  void boot(cpu::Core& c);
+  void thread_main(Thread& t);
+  void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
+  void arm_tick(cpu::Core& c, Vcpu& v);
+  void page_fault(cpu::Core& c, std::uint32_t error_code);
+  void kill_current(cpu::Core& c, const std::string& why);
+  [[noreturn]] void panic(cpu::Core& c, const std::string& why);
+  Vcpu& this_vcpu();
+  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+
+  std::uint64_t alloc_table(cpu::Core& c);   // from the page-table pool, cleared
+  std::uint64_t alloc_frame(cpu::Core& c);   // data frame, cleared
+  void clear_frame(cpu::Core& c, std::uint64_t gpa);
+  /// Maps va -> gpa in the tables rooted at pml4 (guest-physical). Table
+  /// memory is reached through the direct map once paging is on, by
+  /// guest-physical address before.
+  void map_page(cpu::Core& c, std::uint64_t pml4, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags);
+  std::uint64_t table_va(std::uint64_t gpa) const { return m_paging ? kDirectMap + gpa : gpa; }
+
+  KernelParams m_p;
+  std::string m_vm;
+  std::uint64_t m_memory;
+  std::uint64_t m_tick_cycles, m_slice_cycles;
+  std::uint64_t m_seed;
+  RunControl* m_control;
+  std::vector<std::unique_ptr<Vcpu>> m_vcpus;
+  std::vector<std::unique_ptr<Process>> m_processes;
+  std::vector<std::unique_ptr<Thread>> m_threads;
+  std::vector<std::pair<Process*, unsigned>> m_pending_processes;
+  std::uint64_t m_kernel_pml4 = 0;
+  std::uint64_t m_pool_next = 0, m_pool_end = 0;
+  std::uint64_t m_frame_next = 0;
+  std::uint64_t m_boot_flag_gpa = 0;
+  bool m_paging = false;
+  bool m_booted = false;
+  std::string m_panic;
+  unsigned m_next_vcpu = 0;
+};
+
+}  // namespace vmx::guest

@@ -1,0 +1,229 @@
+#include "workloads/workload.h"
+
+#include <stdexcept>
+
+namespace vmx::workloads {
+
+namespace {
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kLine = 64;
+
+// Runs `body` `count` times, or forever when count is 0.
+template <class F>
+void repeat(std::uint64_t count, F&& body) {
+  if (count == 0)
+    for (;;) body();
+  for (std::uint64_t i = 0; i < count; ++i) body();
+}
+
+std::uint64_t region(guest::Thread& t, std::uint64_t bytes) {
+  std::uint64_t va = t.mmap(bytes);
+  if (!va) throw std::runtime_error("mmap failed");  // unreachable with validated sizes
+  return va;
+}
+
+class Compute final : public Workload {
+ public:
+  Compute(const ComputeParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    repeat(m_p.iterations, [&] {
+      t.compute(m_p.instructions);
+      m_stats.operations += 1;
+    });
+    finished(t);
+  }
+
+ private:
+  ComputeParams m_p;
+};
+
+class Stream final : public Workload {
+ public:
+  Stream(const StreamParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.passes != 0; }
+  void run(guest::Thread& t) override {
+    std::uint64_t base = region(t, m_p.working_set);
+    started(t);
+    repeat(m_p.passes, [&] {
+      for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += m_p.stride) {
+        if (m_p.write) t.store(base + off, off);
+        else t.load(base + off);
+        t.compute(m_p.instructions_per_access);
+        ++m_stats.operations;
+      }
+    });
+    finished(t);
+  }
+
+ private:
+  StreamParams m_p;
+};
+
+class RandomAccess final : public Workload {
+ public:
+  RandomAccess(const RandomAccessParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.updates != 0; }
+  void run(guest::Thread& t) override {
+    std::uint64_t words = m_p.working_set / 8;
+    std::uint64_t base = region(t, m_p.working_set);
+    started(t);
+    repeat(m_p.updates, [&] {
+      std::uint64_t r = t.random();
+      std::uint64_t va = base + (r % words) * 8;
+      t.store(va, t.load(va) ^ r);
+      t.compute(m_p.instructions_per_update);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  RandomAccessParams m_p;
+};
+
+class PointerChase final : public Workload {
+ public:
+  PointerChase(const PointerChaseParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.steps != 0; }
+  void run(guest::Thread& t) override {
+    std::uint64_t lines = m_p.working_set / kLine;
+    std::uint64_t base = region(t, m_p.working_set);
+    // A random cyclic order of the lines, built in the program's memory with
+    // Sattolo's algorithm (which yields a single cycle): line i first holds
+    // i, the swaps permute those indices, and i -> a[i] is then one cycle.
+    for (std::uint64_t i = 0; i < lines; ++i) t.store(base + i * kLine, i);
+    for (std::uint64_t i = lines - 1; i > 0; --i) {
+      std::uint64_t j = t.random() % i;
+      std::uint64_t vi = t.load(base + i * kLine), vj = t.load(base + j * kLine);
+      t.store(base + i * kLine, vj);
+      t.store(base + j * kLine, vi);
+      t.compute(6);
+    }
+    // Indices become addresses: line i points to line a[i].
+    for (std::uint64_t i = 0; i < lines; ++i) {
+      std::uint64_t next = t.load(base + i * kLine);
+      t.store(base + i * kLine, base + next * kLine);
+      t.compute(2);
+    }
+    started(t);
+    std::uint64_t p = base;
+    repeat(m_p.steps, [&] {
+      p = t.load(p);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  PointerChaseParams m_p;
+};
+
+class CpuidLoop final : public Workload {
+ public:
+  CpuidLoop(const CpuidLoopParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    repeat(m_p.iterations, [&] {
+      t.cpu().cpuid(static_cast<std::uint32_t>(m_p.leaf));
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  CpuidLoopParams m_p;
+};
+
+class IoLoop final : public Workload {
+ public:
+  IoLoop(const IoLoopParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    auto port = static_cast<std::uint16_t>(m_p.port);
+    auto size = static_cast<unsigned>(m_p.size);
+    repeat(m_p.iterations, [&] {
+      if (m_p.write) t.cpu().out(port, 0x5A, size);
+      else t.cpu().in(port, size);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  IoLoopParams m_p;
+};
+
+class VmcallLoop final : public Workload {
+ public:
+  VmcallLoop(const VmcallLoopParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    repeat(m_p.iterations, [&] {
+      t.cpu().vmcall(m_p.nr);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  VmcallLoopParams m_p;
+};
+
+class TouchPages final : public Workload {
+ public:
+  TouchPages(const TouchPagesParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return true; }
+  void run(guest::Thread& t) override {
+    std::uint64_t base = region(t, m_p.pages * kPage);
+    started(t);
+    for (std::uint64_t pass = 0; pass < m_p.passes; ++pass) {
+      for (std::uint64_t i = 0; i < m_p.pages; ++i) {
+        if (m_p.write) t.store(base + i * kPage, pass + 1);
+        else t.load(base + i * kPage);
+        ++m_stats.operations;
+      }
+    }
+    finished(t);
+  }
+
+ private:
+  TouchPagesParams m_p;
+};
+
+}  // namespace
+
+void Workload::started(guest::Thread& t) {
+  std::uint64_t now = t.cpu().rdtsc();
+  if (m_stats.first_start.value() == 0 || now < m_stats.first_start.value()) {
+    m_stats.first_start.reset();
+    m_stats.first_start += now;
+  }
+}
+
+void Workload::finished(guest::Thread& t) {
+  std::uint64_t now = t.cpu().rdtsc();
+  ++m_stats.threads_done;
+  if (now > m_stats.last_end.value()) {
+    m_stats.last_end.reset();
+    m_stats.last_end += now;
+  }
+}
+
+std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group* parent, const std::string& name) {
+  if (p.type == "compute") return std::make_shared<Compute>(p.compute, parent, name);
+  if (p.type == "stream") return std::make_shared<Stream>(p.stream, parent, name);
+  if (p.type == "random_access") return std::make_shared<RandomAccess>(p.random_access, parent, name);
+  if (p.type == "pointer_chase") return std::make_shared<PointerChase>(p.pointer_chase, parent, name);
+  if (p.type == "cpuid_loop") return std::make_shared<CpuidLoop>(p.cpuid_loop, parent, name);
+  if (p.type == "io_loop") return std::make_shared<IoLoop>(p.io_loop, parent, name);
+  if (p.type == "vmcall_loop") return std::make_shared<VmcallLoop>(p.vmcall_loop, parent, name);
+  if (p.type == "touch_pages") return std::make_shared<TouchPages>(p.touch_pages, parent, name);
+  throw std::invalid_argument("unknown workload type '" + p.type + "'");
+}
+
+}  // namespace vmx::workloads

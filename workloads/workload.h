@@ -1,0 +1,156 @@
+// Guest programs. Each runs in a guest process's threads and touches the
+// machine only through guest::Thread (core operations and system calls).
+// `iterations` (or passes, updates, steps) of 0 means: run until the end of
+// the simulation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "guest/kernel.h"
+#include "sim/params.h"
+#include "sim/stats.h"
+
+namespace vmx::workloads {
+
+using cfg::Spec;
+using cfg::Unit;
+
+struct ComputeParams {
+  std::uint64_t instructions, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(instructions, "instructions", "1000", Spec(Unit::Instructions).at_least(1), "Instructions per iteration.");
+    v.param(iterations, "iterations", "0", Spec(), "Iterations (0: until the end of the run).");
+  }
+};
+
+struct StreamParams {
+  std::uint64_t working_set, stride, passes, instructions_per_access;
+  bool write;
+  template <class V>
+  void visit(V& v) {
+    v.param(working_set, "working_set", "8MiB", Spec(Unit::Bytes).at_least(4096), "Bytes swept per pass.");
+    v.param(stride, "stride", "64", Spec(Unit::Bytes).at_least(1), "Distance between consecutive accesses.");
+    v.param(passes, "passes", "0", Spec(), "Passes over the working set (0: until the end of the run).");
+    v.param(write, "write", "false", Spec(Unit::Flag), "Store instead of load.");
+    v.param(instructions_per_access, "instructions_per_access", "2", Spec(Unit::Instructions),
+            "Loop instructions besides each access.");
+  }
+};
+
+struct RandomAccessParams {
+  std::uint64_t working_set, updates, instructions_per_update;
+  template <class V>
+  void visit(V& v) {
+    v.param(working_set, "working_set", "64MiB", Spec(Unit::Bytes).at_least(4096), "Table size (GUPS-style).");
+    v.param(updates, "updates", "0", Spec(), "Read-modify-write updates of random words (0: until the end).");
+    v.param(instructions_per_update, "instructions_per_update", "4", Spec(Unit::Instructions),
+            "Instructions besides the load and store of an update (index generation).");
+  }
+};
+
+struct PointerChaseParams {
+  std::uint64_t working_set, steps;
+  template <class V>
+  void visit(V& v) {
+    v.param(working_set, "working_set", "16MiB", Spec(Unit::Bytes).at_least(4096),
+            "Bytes covered by the chain (one pointer per 64-byte line, in random cyclic order).");
+    v.param(steps, "steps", "0", Spec(), "Dependent loads (0: until the end).");
+  }
+};
+
+struct CpuidLoopParams {
+  std::uint64_t iterations;
+  std::uint64_t leaf;
+  template <class V>
+  void visit(V& v) {
+    v.param(iterations, "iterations", "1000", Spec(), "CPUID instructions (0: until the end).");
+    v.param(leaf, "leaf", "0", Spec(), "CPUID leaf (EAX).");
+  }
+};
+
+struct IoLoopParams {
+  std::uint64_t iterations, port, size;
+  bool write;
+  template <class V>
+  void visit(V& v) {
+    v.param(iterations, "iterations", "1000", Spec(), "Port accesses (0: until the end).");
+    v.param(port, "port", "0x80", Spec().at_most(65535), "I/O port.");
+    v.param(size, "size", "1", Spec().at_least(1).at_most(4), "Access size in bytes (1, 2 or 4).");
+    v.param(write, "write", "true", Spec(Unit::Flag), "OUT instead of IN.");
+  }
+};
+
+struct VmcallLoopParams {
+  std::uint64_t iterations, nr;
+  template <class V>
+  void visit(V& v) {
+    v.param(iterations, "iterations", "1000", Spec(), "Hypercalls (0: until the end).");
+    v.param(nr, "nr", "0", Spec(), "Hypercall number in RAX (0 is the hypervisor's no-op).");
+  }
+};
+
+struct TouchPagesParams {
+  std::uint64_t pages, passes;
+  bool write;
+  template <class V>
+  void visit(V& v) {
+    v.param(pages, "pages", "1000", Spec().at_least(1), "Pages of a fresh region to touch.");
+    v.param(passes, "passes", "1", Spec().at_least(1), "Passes over the pages.");
+    v.param(write, "write", "true", Spec(Unit::Flag), "Touch with a store instead of a load.");
+  }
+};
+
+struct WorkloadParams {
+  std::string type;
+  std::uint64_t threads;
+  ComputeParams compute;
+  StreamParams stream;
+  RandomAccessParams random_access;
+  PointerChaseParams pointer_chase;
+  CpuidLoopParams cpuid_loop;
+  IoLoopParams io_loop;
+  VmcallLoopParams vmcall_loop;
+  TouchPagesParams touch_pages;
+
+  template <class V>
+  void visit(V& v) {
+    v.param(threads, "threads", "1", Spec().at_least(1).at_most(1024),
+            "Threads of the process, spread over the VM's vCPUs.");
+    v.variant(type, "type", "What the program does.", cfg::alt("compute", compute), cfg::alt("stream", stream),
+              cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
+              cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
+              cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages));
+  }
+};
+
+/// Statistics every workload keeps (as the program itself would count).
+struct WorkloadStats : stats::Group {
+  using Group::Group;
+  stats::Counter operations{this, "operations", "operations",
+                            "units of work done (iterations, accesses, updates, steps, instructions issued)"};
+  stats::Counter threads_done{this, "threads_done", "threads", "threads that finished their work"};
+  stats::Counter first_start{this, "start_cycle", "cycles", "TSC when the first thread started"};
+  stats::Counter last_end{this, "end_cycle", "cycles", "TSC when the last thread finished"};
+};
+
+class Workload {
+ public:
+  explicit Workload(stats::Group* parent, const std::string& name) : m_stats(parent, name) {}
+  virtual ~Workload() = default;
+  /// Runs in a guest thread; returns when the thread's work is done.
+  virtual void run(guest::Thread& t) = 0;
+  /// Whether run() returns (some count is nonzero) or runs until the end.
+  virtual bool finite() const = 0;
+
+  static std::shared_ptr<Workload> create(const WorkloadParams& p, stats::Group* parent, const std::string& name);
+
+ protected:
+  void started(guest::Thread& t);
+  void finished(guest::Thread& t);
+  WorkloadStats m_stats;
+};
+
+}  // namespace vmx::workloads
