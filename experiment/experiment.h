@@ -12,6 +12,7 @@
 #include "hypervisor/hypervisor.h"
 #include "models/cache.h"
 #include "models/mem_hierarchy.h"
+#include "models/platform.h"
 #include "sim/config.h"
 #include "sim/params.h"
 #include "workloads/workload.h"
@@ -21,33 +22,7 @@ namespace vmx::experiment {
 using cfg::Spec;
 using cfg::Unit;
 
-struct PlatformParams {
-  std::uint64_t cores;
-  std::uint64_t frequency;  // Hz
-  std::uint64_t memory;     // bytes
-  std::uint64_t quantum;    // ps
-  cpu::CoreParams cpu;
-  models::MemHierarchyParams caches;
-  models::LlcParams llc;
-  std::uint64_t debugcon_latency;
-
-  template <class V>
-  void visit(V& v) {
-    v.param(cores, "cores", "2", Spec().at_least(1).at_most(256), "Physical cores.");
-    v.param(frequency, "frequency", "3GHz", Spec(Unit::Frequency).at_least(1e6),
-            "Core clock, also the TSC rate (a typical server base clock).");
-    v.param(memory, "memory", "4GiB", Spec(Unit::Bytes).at_least(32 * 1024 * 1024),
-            "Host-physical memory (sparse: frames exist once touched).");
-    v.param(quantum, "quantum", "10us", Spec(Unit::Time).at_least(1e3),
-            "Temporal-decoupling quantum: how far a core may run ahead of SystemC time, and so the bound "
-            "on how late it sees an event raised by another core.");
-    v.section(cpu, "cpu", "Core timing and translation caches (the same for every core).");
-    v.section(caches, "caches", "Private caches of each core and DRAM latency.");
-    v.section(llc, "llc", "Last-level cache shared by all cores.");
-    v.param(debugcon_latency, "debugcon_latency", "100", Spec(Unit::Cycles),
-            "Latency of the debug console on port 0xE9 (assumption).");
-  }
-};
+using models::PlatformParams;
 
 struct VmParams {
   std::string name;

@@ -9,8 +9,6 @@
 
 #include "cpu/vmcs.h"
 #include "experiment/experiment.h"
-#include "models/io_bus.h"
-#include "models/phys_mem.h"
 
 namespace vmx::experiment {
 
@@ -46,36 +44,9 @@ sc_core::sc_time time_ps(std::uint64_t ps) { return sc_core::sc_time::from_value
 
 struct System {
   explicit System(const ExperimentParams& p)
-      : params(p),
-        system(&root, "system"),
-        mem(p.platform.memory),
-        llc(p.platform.llc, &system, "llc"),
-        debugcon(&system, static_cast<std::uint32_t>(p.platform.debugcon_latency)),
-        monitor("monitor", p.stop_when_done),
-        sim(&root, "sim", "the run itself") {
+      : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
-    io.attach(models::DebugConsole::kPort, 1, &debugcon);
-    std::uint64_t quantum_cycles = static_cast<std::uint64_t>(static_cast<unsigned __int128>(pp.quantum) *
-                                                              pp.frequency / cfg::kPsPerSecond);
-    if (quantum_cycles == 0) quantum_cycles = 1;
-    for (unsigned i = 0; i < pp.cores; ++i) {
-      auto name = fmt::format("cpu{}", i);
-      caches.push_back(std::make_unique<models::MemHierarchy>(pp.caches, &llc, &system, name + "_mem"));
-      cpu::CoreWiring w;
-      w.mem = &mem;
-      w.caches = caches.back().get();
-      w.io = &io;
-      w.vmcs_store = &vmcs;
-      w.frequency_hz = pp.frequency;
-      w.quantum_cycles = quantum_cycles;
-      w.send_ipi = [this](std::uint32_t dest, std::uint8_t vector) {
-        if (dest < cores.size()) cores[dest]->post_interrupt(vector);
-      };
-      cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, pp.cpu, w, &system));
-    }
-    std::vector<cpu::Core*> raw;
-    for (auto& c : cores) raw.push_back(c.get());
-    hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, raw, pp.memory, pp.frequency, &root);
+    hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
     for (std::size_t i = 0; i < p.vms.size(); ++i) {
       const VmParams& vp = p.vms[i];
@@ -90,19 +61,12 @@ struct System {
       hypervisor->add_vm({vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get()});
       kernels.push_back(std::move(kernel));
     }
-    for (unsigned i = 0; i < cores.size(); ++i) cores[i]->set_reset_fiber(&hypervisor->core_fiber(i));
+    for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
   }
 
   const ExperimentParams& params;
   stats::Group root;
-  stats::Group system;
-  models::PhysMem mem;
-  models::Cache llc;
-  models::IoBus io;
-  models::DebugConsole debugcon;
-  cpu::VmcsStore vmcs;
-  std::vector<std::unique_ptr<models::MemHierarchy>> caches;
-  std::vector<std::unique_ptr<cpu::Core>> cores;
+  models::Platform platform;
   std::unique_ptr<hv::Hypervisor> hypervisor;
   std::vector<std::unique_ptr<guest::Kernel>> kernels;
   Monitor monitor;
@@ -148,7 +112,7 @@ RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) 
     if (!sys->hypervisor->vm_crash(i).empty()) res.vm_notes.push_back(name + ": crashed: " + sys->hypervisor->vm_crash(i));
     if (!sys->kernels[i]->panic_message().empty()) res.vm_notes.push_back(name + ": " + sys->kernels[i]->panic_message());
   }
-  for (const auto& line : sys->debugcon.lines()) res.vm_notes.push_back("debug console: " + line);
+  for (const auto& line : sys->platform.debugcon().lines()) res.vm_notes.push_back("debug console: " + line);
   res.stats_json = stats::to_json(sys->root);
   res.resolved_yaml = resolved_yaml;
   res.summary = summary(sys->root, params);

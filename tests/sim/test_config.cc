@@ -275,7 +275,7 @@ TEST_CASE("a sub-tree can be read at a dotted path") {
   CHECK_THROWS_AS(cfg::read<CacheP>(doc, "platform..cpu"), std::invalid_argument);
 }
 
-TEST_CASE("--set overrides values, creates keys and reports its own errors") {
+TEST_CASE("Overrides from --set change values, create keys and report their own errors") {
   auto doc = cfg::Document::from_string(kGood, "x.yaml");
   doc.apply_override("vms[0].workloads[0].iterations=5000");
   doc.apply_override("platform.cpu.stlb.latency = 9");  // not in the file: created
