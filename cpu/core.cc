@@ -155,25 +155,33 @@ void Core::slow_boundary() {
   if (m_now >= m_sync_at) yield(Yield::Sync);
   m_lapic.tick(m_now);
 
-  if (m_non_root && m_pending_injection) {
-    // Event injection (SDM Vol. 3C, 26.6): delivered through the guest IDT
-    // as the first thing after VM entry.
-    std::uint32_t info = m_pending_injection;
-    std::uint32_t err = m_pending_injection_error;
-    m_pending_injection = 0;
-    m_event_pending = false;
-    std::uint32_t type = info & (7u << 8);
-    deliver(m_idt, type == intr::kTypeHardwareException, static_cast<std::uint8_t>(info & 0xFF), err);
-  }
+  deliver_injected_event();
   m_event_pending = false;
 
   if (m_non_root && (m_pin & pin::kPreemptionTimer) && m_now >= m_preempt_deadline) {
     m_preempt_deadline = UINT64_MAX;
     vm_exit(ExitReason::PreemptionTimer, 0);
   }
+  // The instruction after STI runs before any interrupt is delivered.
+  if (m_sti_shadow) {
+    m_sti_shadow = false;
+    m_next_event = 0;  // deliver at the following boundary
+    return;
+  }
   take_pending_interrupt();
   if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) vm_exit(ExitReason::InterruptWindow, 0);
   recompute_next_event();
+}
+
+// Event injection (SDM Vol. 3C, 26.6): the event is delivered through the
+// guest IDT before the guest executes anything after VM entry.
+void Core::deliver_injected_event() {
+  if (!m_non_root || !m_pending_injection) return;
+  std::uint32_t info = m_pending_injection;
+  std::uint32_t err = m_pending_injection_error;
+  m_pending_injection = 0;
+  std::uint32_t type = info & (7u << 8);
+  deliver(m_idt, type == intr::kTypeHardwareException, static_cast<std::uint8_t>(info & 0xFF), err);
 }
 
 void Core::take_pending_interrupt() {
@@ -726,8 +734,9 @@ void Core::hlt() {
 void Core::sti() {
   boundary();
   retire(1);
+  if (!m_if) m_sti_shadow = true;
   m_if = true;
-  recompute_next_event();
+  m_next_event = 0;
 }
 
 void Core::cli() {
@@ -1128,8 +1137,10 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
 
   auto* host = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kHostRip)));
   switch_fiber(*host);
-  // Resumed by a later VM entry: pending injected events are delivered at
-  // the next boundary, then the interrupted operation retries.
+  // Resumed by a later VM entry: an injected event is delivered now, before
+  // the exiting operation completes or retries.
+  m_sti_shadow = false;
+  deliver_injected_event();
 }
 
 void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }

@@ -283,6 +283,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error);
   void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code);
   void take_pending_interrupt();
+  void deliver_injected_event();
 
   // VMX.
   void vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t gla = 0, std::uint64_t gpa = 0,
@@ -312,6 +313,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
+  bool m_sti_shadow = false;        // blocking by STI (SDM Vol. 3A, 6.8.3)
   sc_core::sc_event m_wake;
 
   // Software contexts.

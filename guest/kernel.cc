@@ -34,12 +34,14 @@ std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
 }  // namespace
 
 std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
+std::uint64_t Thread::sleep(std::uint64_t ps) { return m_kernel->sys_sleep(*this, ps); }
 
 Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
                std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control)
     : m_p(params),
       m_vm(std::move(vm_name)),
       m_memory(memory),
+      m_tsc_hz(tsc_hz),
       m_tick_cycles(cycles_of(params.tick, tsc_hz)),
       m_slice_cycles(cycles_of(params.timeslice, tsc_hz)),
       m_seed(seed),
@@ -97,17 +99,19 @@ void Kernel::vcpu_main(Vcpu& v) {
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
-  c.sti();
   for (;;) {
+    // The run queue is checked with interrupts off and the halt is STI;HLT,
+    // so a wake-up arriving in between is not lost.
+    c.cli();
     if (!v.runq.empty()) {
+      c.sti();
       schedule(c, v, false);
       continue;
     }
-    // Idle: no tick while there is nothing to run (as with NOHZ idle).
-    if (v.tick_armed) {
-      c.wrmsr(cpu::msr::kIa32TscDeadline, 0);
-      v.tick_armed = false;
-    }
+    // Idle: no tick while there is nothing to run (as with NOHZ idle);
+    // sleepers still get their wake-up.
+    if (v.tick_at) program_timer(c, v, true);
+    c.sti();
     c.hlt();
   }
 }
@@ -283,9 +287,33 @@ void Kernel::panic(Core& c, const std::string& why) {
   for (;;) c.hlt();
 }
 
-void Kernel::arm_tick(Core& c, Vcpu& v) {
-  c.wrmsr(cpu::msr::kIa32TscDeadline, c.rdtsc() + m_tick_cycles);
-  v.tick_armed = true;
+void Kernel::program_timer(Core& c, Vcpu& v, bool restart_tick) {
+  std::uint64_t now = c.rdtsc();
+  if (restart_tick) v.tick_at = (v.current || !v.runq.empty()) ? now + m_tick_cycles : 0;
+  std::uint64_t next = v.tick_at;
+  for (const Thread* t : v.sleepers)
+    if (!next || t->m_wake_at < next) next = t->m_wake_at;
+  if (next != v.armed_at) {
+    c.wrmsr(cpu::msr::kIa32TscDeadline, next);
+    v.armed_at = next;
+  }
+}
+
+std::uint64_t Kernel::sys_sleep(Thread& t, std::uint64_t ps) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Vcpu& v = *m_vcpus[t.m_vcpu];
+  c.cli();  // the timer handler edits the sleepers too
+  std::uint64_t wake = c.rdtsc() + cycles_of(ps, m_tsc_hz);
+  t.m_wake_at = wake;
+  v.sleepers.push_back(&t);
+  program_timer(c, v, false);
+  schedule(c, v, false);  // returns once woken and picked again
+  Core& now = Core::current();
+  now.sti();
+  now.set_user_mode(true);
+  return wake;
 }
 
 void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
@@ -308,7 +336,7 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
   c.set_user_mode(false);
   if (next) {
     if (c.read_cr(3) != next->m_process->pml4) c.write_cr(3, next->m_process->pml4);
-    if (!v.tick_armed) arm_tick(c, v);
+    if (!v.tick_at) program_timer(c, v, true);
     c.switch_context(*next->m_fiber);
   } else {
     c.switch_context(*v.idle);
@@ -323,9 +351,20 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
   if (vector != kTimerVector) return;
   charge(c, m_p.costs.tick, kCodeTick);
   Vcpu& v = this_vcpu();
-  v.tick_armed = false;
-  if (v.current || !v.runq.empty()) arm_tick(c, v);
-  if (v.current && !v.runq.empty() && c.rdtsc() >= v.slice_end) schedule(c, v, true);
+  v.armed_at = 0;  // the deadline timer disarms itself when it fires
+  std::uint64_t now = c.rdtsc();
+  // Wake the sleepers whose time has come.
+  for (std::size_t i = 0; i < v.sleepers.size();) {
+    if (v.sleepers[i]->m_wake_at <= now) {
+      v.runq.push_back(v.sleepers[i]);
+      v.sleepers.erase(v.sleepers.begin() + static_cast<std::ptrdiff_t>(i));
+    } else {
+      ++i;
+    }
+  }
+  bool tick_due = !v.tick_at || now >= v.tick_at;
+  program_timer(c, v, tick_due);
+  if (v.current && !v.runq.empty() && now >= v.slice_end) schedule(c, v, true);
 }
 
 void Kernel::exception(Core& c, std::uint8_t vector, std::uint32_t error_code) {

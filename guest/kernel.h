@@ -83,6 +83,9 @@ class Thread {
   /// mmap(2) of anonymous memory: returns the address of a fresh region,
   /// populated on first touch. 0 when the address space is exhausted.
   std::uint64_t mmap(std::uint64_t bytes);
+  /// Sleeps for `ps` picoseconds of guest time (nanosleep(2)); returns the
+  /// TSC value it was due to wake at.
+  std::uint64_t sleep(std::uint64_t ps);
   /// Deterministic per-thread random numbers (SplitMix64 over the seed).
   std::uint64_t random() {
     std::uint64_t z = (m_rng += 0x9E3779B97F4A7C15ull);
@@ -103,6 +106,7 @@ class Thread {
   std::uint64_t m_rng = 0;
   bool m_dead = false;
   bool m_finite = true;
+  std::uint64_t m_wake_at = 0;  // TSC deadline while sleeping
   std::unique_ptr<sim::Fiber> m_fiber;
 };
 
@@ -129,6 +133,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void exception(cpu::Core& cpu, std::uint8_t vector, std::uint32_t error_code) override;
 
   std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
+  std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
   const std::string& panic_message() const { return m_panic; }
 
   // Guest-virtual layout (Linux x86-64 conventions).
@@ -150,16 +155,21 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
     unsigned index = 0;
     std::unique_ptr<sim::Fiber> idle;
     std::deque<Thread*> runq;
+    std::vector<Thread*> sleepers;
     Thread* current = nullptr;  // nullptr: idle
     std::uint64_t slice_end = 0;
-    bool tick_armed = false;
+    std::uint64_t tick_at = 0;   // next tick (0: tick stopped)
+    std::uint64_t armed_at = 0;  // what IA32_TSC_DEADLINE holds (0: disarmed)
   };
 
   void vcpu_main(Vcpu& v);
   void boot(cpu::Core& c);
   void thread_main(Thread& t);
   void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
-  void arm_tick(cpu::Core& c, Vcpu& v);
+  /// Programs the vCPU's timer for the earlier of the next tick and the
+  /// first sleeper's wake-up; `restart_tick` starts a new tick period if
+  /// the vCPU has work, or stops the tick if it has none.
+  void program_timer(cpu::Core& c, Vcpu& v, bool restart_tick);
   void page_fault(cpu::Core& c, std::uint32_t error_code);
   void kill_current(cpu::Core& c, const std::string& why);
   [[noreturn]] void panic(cpu::Core& c, const std::string& why);
@@ -178,7 +188,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   KernelParams m_p;
   std::string m_vm;
   std::uint64_t m_memory;
-  std::uint64_t m_tick_cycles, m_slice_cycles;
+  std::uint64_t m_tsc_hz, m_tick_cycles, m_slice_cycles;
   std::uint64_t m_seed;
   RunControl* m_control;
   std::vector<std::unique_ptr<Vcpu>> m_vcpus;

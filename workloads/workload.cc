@@ -195,6 +195,28 @@ class TouchPages final : public Workload {
   TouchPagesParams m_p;
 };
 
+class SleepLoop final : public Workload {
+ public:
+  SleepLoop(const SleepLoopParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    repeat(m_p.iterations, [&] {
+      std::uint64_t due = t.sleep(m_p.interval);
+      std::uint64_t now = t.cpu().rdtsc();
+      m_latency.sample(now > due ? now - due : 0);
+      t.compute(m_p.work);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  SleepLoopParams m_p;
+  stats::Histogram m_latency{&m_stats, "wakeup_latency", "cycles",
+                             "TSC cycles from the requested wake-up time to running again"};
+};
+
 }  // namespace
 
 void Workload::started(guest::Thread& t) {
@@ -223,6 +245,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "io_loop") return std::make_shared<IoLoop>(p.io_loop, parent, name);
   if (p.type == "vmcall_loop") return std::make_shared<VmcallLoop>(p.vmcall_loop, parent, name);
   if (p.type == "touch_pages") return std::make_shared<TouchPages>(p.touch_pages, parent, name);
+  if (p.type == "sleep_loop") return std::make_shared<SleepLoop>(p.sleep_loop, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

@@ -103,6 +103,16 @@ struct TouchPagesParams {
   }
 };
 
+struct SleepLoopParams {
+  std::uint64_t interval, work, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(interval, "interval", "1ms", Spec(Unit::Time).at_least(1e3), "Sleep before each round of work.");
+    v.param(work, "work", "10000", Spec(Unit::Instructions), "Instructions of work after each wake-up.");
+    v.param(iterations, "iterations", "10", Spec(), "Rounds (0: until the end).");
+  }
+};
+
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
@@ -114,6 +124,7 @@ struct WorkloadParams {
   IoLoopParams io_loop;
   VmcallLoopParams vmcall_loop;
   TouchPagesParams touch_pages;
+  SleepLoopParams sleep_loop;
 
   template <class V>
   void visit(V& v) {
@@ -122,7 +133,8 @@ struct WorkloadParams {
     v.variant(type, "type", "What the program does.", cfg::alt("compute", compute), cfg::alt("stream", stream),
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
-              cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages));
+              cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
+              cfg::alt("sleep_loop", sleep_loop));
   }
 };
 
