@@ -1,0 +1,80 @@
+// Runs the vmxsim program on a config and reads back what it wrote. Each run
+// is its own process, so one test can compare several runs.
+#pragma once
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <sys/wait.h>
+#include <unistd.h>
+#include <yaml-cpp/yaml.h>
+
+namespace vmx::test {
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out, err, stats_text, config_path, out_dir;
+  YAML::Node stats;  // stats.json (JSON is YAML)
+
+  /// A statistic by dotted path ("vm.t.vcpu0.exits"); throws if absent.
+  double at(const std::string& path) const {
+    YAML::Node n = YAML::Clone(stats);
+    std::stringstream ss(path);
+    std::string part;
+    while (std::getline(ss, part, '.')) {
+      if (!n.IsMap() || !n[part]) throw std::runtime_error("no statistic " + path);
+      n = n[part];
+    }
+    return n.as<double>();
+  }
+  /// Like at(), 0 when absent (a counter created on first event).
+  double at_or_zero(const std::string& path) const {
+    try {
+      return at(path);
+    } catch (const std::exception&) {
+      return 0;
+    }
+  }
+};
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+inline std::string quote(const std::string& s) {
+  std::string q = "'";
+  for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  return q + "'";
+}
+
+/// Writes `yaml` to a fresh directory and runs `vmxsim run` on it with `args`.
+inline CliRun run_cli(const std::string& yaml, const std::vector<std::string>& args = {}) {
+  char tmpl[] = "/tmp/vmxsim-test-XXXXXX";
+  if (!mkdtemp(tmpl)) throw std::runtime_error("mkdtemp failed");
+  std::string dir = tmpl;
+  CliRun r;
+  r.config_path = dir + "/cfg.yaml";
+  r.out_dir = dir + "/out";
+  std::ofstream(r.config_path) << yaml;
+  std::string cmd = std::string(VMXSIM_BIN) + " run " + quote(r.config_path) + " --out " + quote(r.out_dir);
+  for (const auto& a : args) cmd += " " + quote(a);
+  cmd += " >" + quote(dir + "/stdout") + " 2>" + quote(dir + "/stderr");
+  int status = std::system(cmd.c_str());
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.out = read_text(dir + "/stdout");
+  r.err = read_text(dir + "/stderr");
+  if (r.exit_code == 0) {
+    r.stats_text = read_text(r.out_dir + "/stats.json");
+    r.stats = YAML::Load(r.stats_text);
+  }
+  return r;
+}
+
+}  // namespace vmx::test

@@ -1,0 +1,153 @@
+// End-to-end: configs through the vmxsim program, asserting on its statistics.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include "system/cli_harness.h"
+
+using vmx::test::run_cli;
+
+namespace {
+
+// One VM with one vCPU on one core, running the given workload list.
+std::string one_vm(const std::string& workloads, const std::string& extra = "") {
+  return fmt::format(R"(seed: 7
+duration: 200ms
+platform:
+  cores: 1
+  memory: 512MiB
+{}
+vms:
+  - name: t
+    vcpus: 1
+    memory: 64MiB
+    workloads:
+{}
+)",
+                     extra, workloads);
+}
+
+}  // namespace
+
+TEST_CASE("cpuid_loop of N iterations makes exactly N CPUID exits") {
+  auto r = run_cli(one_vm("      - type: cpuid_loop\n        iterations: 5000\n"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.CPUID.cycles.count") == 5000);
+  CHECK(r.at("system.cpu0.exit_reasons.CPUID") == 5000);
+  CHECK(r.at("vm.t.workload0.operations") == 5000);
+  CHECK(r.at("sim.finished") == 1);
+}
+
+TEST_CASE("a CPUID round trip costs exit latency + handler + entry latency, exactly") {
+  // The cheapest round trip (all caches warm) grows by exactly what the
+  // configuration adds to each of the three parts.
+  const std::string wl = "      - type: cpuid_loop\n        iterations: 2000\n";
+  auto base = run_cli(one_vm(wl));
+  auto more = run_cli(one_vm(wl), {"--set", "platform.cpu.vm_exit_latency=700", "--set",
+                                   "platform.cpu.vm_entry_latency=450", "--set", "hypervisor.costs.cpuid=1120"});
+  REQUIRE(base.exit_code == 0);
+  REQUIRE(more.exit_code == 0);
+  double b = base.at("vm.t.vcpu0.exit_reasons.CPUID.cycles.min");
+  double m = more.at("vm.t.vcpu0.exit_reasons.CPUID.cycles.min");
+  // Defaults: exit 500, entry 400, CPUID handler 120 instructions at CPI 1.
+  CHECK(m - b == (700 - 500) + (450 - 400) + (1120 - 120));
+  // And the round trip is at least the sum of the configured parts.
+  CHECK(b >= 500 + 400 + 120 + 150);
+}
+
+TEST_CASE("touch_pages: one EPT violation per new page on first touch, none on later passes") {
+  auto touch = [](int pages, int passes) {
+    auto r = run_cli(one_vm(fmt::format("      - type: touch_pages\n        pages: {}\n        passes: {}\n", pages,
+                                        passes)));
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.at("vm.t.workload0.threads_done") == 1);
+    return r.at("vm.t.vcpu0.exit_reasons.EPT_VIOLATION.cycles.count");
+  };
+  double p100 = touch(100, 1);
+  double p100_twice = touch(100, 2);
+  double p300 = touch(300, 1);
+  CHECK(p100_twice == p100);
+  CHECK(p300 - p100 == 200);
+}
+
+TEST_CASE("a halted vCPU is parked until its timer") {
+  // One thread sleeps 1 ms five times: the vCPU halts (HLT exit) each time,
+  // the core halts with it, and the timer brings it back on time.
+  auto r = run_cli(one_vm("      - type: sleep_loop\n        interval: 1ms\n        iterations: 5\n        work: 1000\n"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.HLT.cycles.count") == 5);
+  // 3 GHz: 1 ms is 3,000,000 cycles; each halt lasts about that long.
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.HLT.cycles.min") > 2'900'000);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.HLT.cycles.max") < 3'100'000);
+  CHECK(r.at("system.cpu0.halted_cycles") > 5 * 2'900'000.0);
+  // Woken within 10 us of the requested time.
+  CHECK(r.at("vm.t.workload0.wakeup_latency.max") < 30'000);
+  CHECK(r.at("vm.t.workload0.operations") == 5);
+}
+
+TEST_CASE("vmcall_loop and io_loop exit once per operation") {
+  auto r = run_cli(one_vm("      - type: vmcall_loop\n        iterations: 300\n"
+                          "      - type: io_loop\n        iterations: 200\n        port: 0x80\n"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.VMCALL.cycles.count") == 300);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.IO_INSTRUCTION.cycles.count") == 200);
+}
+
+TEST_CASE("the same config and seed give byte-identical statistics") {
+  const std::string cfg =
+      one_vm("      - type: random_access\n        working_set: 4MiB\n        updates: 20000\n"
+             "      - type: pointer_chase\n        working_set: 2MiB\n        steps: 20000\n");
+  auto a = run_cli(cfg);
+  auto b = run_cli(cfg);
+  REQUIRE(a.exit_code == 0);
+  REQUIRE(b.exit_code == 0);
+  CHECK(a.stats_text == b.stats_text);
+  auto c = run_cli(cfg, {"--set", "seed=8"});
+  REQUIRE(c.exit_code == 0);
+  CHECK(c.stats_text != a.stats_text);
+}
+
+TEST_CASE("two-dimensional walks of a guest over EPT make about 24 references when cold") {
+  // Random access over a table much larger than the TLB reach: nearly every
+  // walk is a full 4-level guest walk over 4-level EPT with nothing cached
+  // but the data caches, so references per walk approach 24 (4 x 5 + 4).
+  auto r = run_cli(one_vm("      - type: random_access\n        working_set: 32MiB\n        updates: 20000\n"));
+  REQUIRE(r.exit_code == 0);
+  double refs = r.at("vm.t.vcpu0.mean_walk_refs");
+  CHECK(refs > 20);
+  CHECK(refs <= 24);
+  CHECK(r.at("system.cpu0.walker.refs") == r.at("system.cpu0.walker.guest_refs") + r.at("system.cpu0.walker.ept_refs"));
+}
+
+TEST_CASE("an invalid value is reported with file, line, path, expectation and a non-zero exit") {
+  auto r = run_cli("duration: 10ms\nplatform:\n  memory: 1GiB\n  cores: 0\nvms:\n  - name: a\n");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("cfg.yaml:4: platform.cores: must be at least 1 (got 0)") != std::string::npos);
+}
+
+TEST_CASE("unknown keys and bad overrides are errors, not silently ignored") {
+  auto r = run_cli("duration: 10ms\nplatfrom:\n  cores: 1\nvms:\n  - name: a\n");
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("cfg.yaml:2: unknown key 'platfrom'") != std::string::npos);
+
+  auto s = run_cli("vms:\n  - name: a\n", {"--set", "vms[0].vcpus=zero"});
+  CHECK(s.exit_code == 2);
+  CHECK(s.err.find("--set vms[0].vcpus: expected a whole number (got zero)") != std::string::npos);
+
+  auto m = run_cli("platform:\n  memory: 128MiB\nvms:\n  - name: a\n    memory: 256MiB\n");
+  CHECK(m.exit_code == 2);
+  CHECK(m.err.find("platform.memory") != std::string::npos);
+}
+
+TEST_CASE("a guest touching memory it has not mapped is killed, the run goes on") {
+  // pointer_chase over 4 MiB in a 16 MiB VM whose kernel cannot find frames
+  // for everything: the guest runs out of memory, the thread is killed and
+  // the simulation ends normally with a note.
+  auto r = run_cli(one_vm("      - type: touch_pages\n        pages: 8000\n"), {"--set", "vms[0].memory=16MiB"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.out.find("out of memory") != std::string::npos);
+}
