@@ -19,6 +19,10 @@ constexpr std::uint64_t kLine = 64;
 constexpr std::uint64_t kRflagsIf = 1ull << 9;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
 thread_local Core* t_current = nullptr;
+// PhysMem holds little-endian bytes: on a little-endian host an aligned-size
+// access inside one frame is a plain copy (the fast path of load and store).
+constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
+constexpr std::uint64_t kFrameOffset = models::PhysMem::kFrameSize - 1;
 }  // namespace
 
 Core& Core::current() {
@@ -230,7 +234,8 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   recompute_next_event();
 }
 
-void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error) {
+void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error,
+                           std::uint64_t fault_address) {
   if (m_non_root) {
     // Exception bitmap (SDM Vol. 3C, 25.6.3); for #PF the error-code
     // mask/match pair decides together with bit 14.
@@ -242,11 +247,14 @@ void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool h
       exits = exits == matches;
     }
     if (exits) {
-      vm_exit(ExitReason::ExceptionOrNmi, vector == vec::kPageFault ? m_cr2 : 0, 0, 0,
+      // A #PF that exits does not update CR2; its linear address is the
+      // exit qualification (SDM Vol. 3C, 28.1 and 28.2.1).
+      vm_exit(ExitReason::ExceptionOrNmi, vector == vec::kPageFault ? fault_address : 0, 0, 0,
               intr::info(vector, intr::kTypeHardwareException, has_error), error_code);
       return;
     }
   }
+  if (vector == vec::kPageFault) m_cr2 = fault_address;
   deliver(m_idt, true, vector, error_code);
 }
 
@@ -290,6 +298,7 @@ mmu::WalkRequest Core::walk_request(std::uint64_t va, AccessType type) const {
   r.nxe = m_efer & crb::kEferNxe;
   r.smep = m_cr4 & crb::kCr4Smep;
   r.smap = m_cr4 & crb::kCr4Smap;
+  r.pge = m_cr4 & crb::kCr4Pge;
   r.ept = m_non_root && m_ept;
   r.eptp = m_eptp;
   r.ept_mode.levels = static_cast<std::uint8_t>(mmu::ept::eptp_levels(m_eptp));
@@ -321,6 +330,7 @@ bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
     return true;
   }
   mmu::Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+  charge(l1.latency());
   if (const mmu::TlbEntry* e = l1.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
     pa = l1.translate(*e, va);
     return true;
@@ -353,8 +363,7 @@ bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
       return true;
     }
     case mmu::WalkResult::Status::PageFault:
-      m_cr2 = va;
-      raise_exception(vec::kPageFault, r.error_code, true);
+      raise_exception(vec::kPageFault, r.error_code, true, va);
       return false;
     case mmu::WalkResult::Status::EptViolation:
       vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
@@ -383,10 +392,19 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   retire(1);
   ++m_stats.loads;
   if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
-  std::uint64_t pa;
-  while (!translate(va, AccessType::Read, pa)) boundary();
+  std::uint64_t pa = va;
+  if (m_translate)  // translate() itself passes va through when this is off
+    while (!translate(va, AccessType::Read, pa)) boundary();
   if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory", name(), pa));
   charge(m_w.caches->access(pa, models::AccessKind::Read));
+  if (kHostLittleEndian && size == 8) {
+    // The access does not cross a page, so it stays in pa's frame.
+    const std::uint8_t* f = m_w.mem->frame_if_present(pa);
+    if (!f) return 0;  // never written: reads as zero, as PhysMem::read
+    std::uint64_t v;
+    std::memcpy(&v, f + (pa & kFrameOffset), 8);
+    return v;
+  }
   return m_w.mem->read(pa, size);
 }
 
@@ -398,10 +416,15 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     access_slow(va, size, true, value);
     return;
   }
-  std::uint64_t pa;
-  while (!translate(va, AccessType::Write, pa)) boundary();
+  std::uint64_t pa = va;
+  if (m_translate)
+    while (!translate(va, AccessType::Write, pa)) boundary();
   if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory", name(), pa));
   charge(m_w.caches->access(pa, models::AccessKind::Write));
+  if (kHostLittleEndian && size == 8) {
+    std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
+    return;
+  }
   m_w.mem->write(pa, value, size);
 }
 
@@ -437,8 +460,9 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
   boundary();
   std::uint64_t end = va + bytes;
   for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
-    std::uint64_t pa;
-    while (!translate(line, AccessType::Execute, pa)) boundary();
+    std::uint64_t pa = line;
+    if (m_translate)
+      while (!translate(line, AccessType::Execute, pa)) boundary();
     ++m_stats.fetch_lines;
     charge(m_w.caches->access(pa, models::AccessKind::Fetch));
   }
@@ -483,13 +507,15 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
   }
+  // Bits set in the guest/host mask are owned by the host.
+  std::uint64_t host_owned = 0;
   if (m_non_root) {
     bool exits = false;
     if (cr == 3) exits = m_proc & proc::kCr3LoadExiting;
     if (cr == 0 || cr == 4) {
-      std::uint64_t mask = m_vmcs->get(cr == 0 ? field::kCr0GuestHostMask : field::kCr4GuestHostMask);
+      host_owned = m_vmcs->get(cr == 0 ? field::kCr0GuestHostMask : field::kCr4GuestHostMask);
       std::uint64_t shadow = m_vmcs->get(cr == 0 ? field::kCr0ReadShadow : field::kCr4ReadShadow);
-      exits = ((value ^ shadow) & mask) != 0;
+      exits = ((value ^ shadow) & host_owned) != 0;
     }
     if (exits) {
       m_regs[Regs::rax] = value;
@@ -497,6 +523,9 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       return;
     }
   }
+  // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
+  // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
+  value = (value & ~host_owned) | ((cr == 0 ? m_cr0 : m_cr4) & host_owned);
   switch (cr) {
     case 0:
       m_cr0 = value;
@@ -539,6 +568,20 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       return;
   }
   update_context();
+}
+
+// I/O exiting (SDM Vol. 3C, 26.1.3): with I/O bitmaps, an access exits if the
+// bit of any port it touches is set, or if it wraps around the 16-bit port
+// space; "unconditional I/O exiting" is then ignored.
+bool Core::io_exits(std::uint16_t port, unsigned size) {
+  if (!(m_proc & proc::kUseIoBitmaps)) return m_proc & proc::kUnconditionalIoExiting;
+  if (std::uint32_t{port} + size > 0x10000) return true;
+  for (std::uint32_t p = port; p < std::uint32_t{port} + size; ++p) {
+    bool set = p < 0x8000 ? bitmap_bit(m_vmcs->get(field::kIoBitmapA), p)
+                          : bitmap_bit(m_vmcs->get(field::kIoBitmapB), p - 0x8000u);
+    if (set) return true;
+  }
+  return false;
 }
 
 bool Core::bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit) {
@@ -676,12 +719,7 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
   retire(1);
   charge(m_p.io_latency);
   if (m_non_root) {
-    bool exits = m_proc & proc::kUnconditionalIoExiting;
-    if (m_proc & proc::kUseIoBitmaps) {
-      exits = port < 0x8000 ? bitmap_bit(m_vmcs->get(field::kIoBitmapA), port)
-                            : bitmap_bit(m_vmcs->get(field::kIoBitmapB), port - 0x8000u);
-    }
-    if (exits) {
+    if (io_exits(port, size)) {
       vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
       std::uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
       return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
@@ -698,12 +736,7 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
   retire(1);
   charge(m_p.io_latency);
   if (m_non_root) {
-    bool exits = m_proc & proc::kUnconditionalIoExiting;
-    if (m_proc & proc::kUseIoBitmaps) {
-      exits = port < 0x8000 ? bitmap_bit(m_vmcs->get(field::kIoBitmapA), port)
-                            : bitmap_bit(m_vmcs->get(field::kIoBitmapB), port - 0x8000u);
-    }
-    if (exits) {
+    if (io_exits(port, size)) {
       m_regs[Regs::rax] = value;
       vm_exit(ExitReason::IoInstruction, qual::io(size, false, port));
       return;
@@ -749,10 +782,11 @@ std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1,
   boundary();
   retire(1);
   if (!m_non_root) {
-    // Outside non-root operation VMCALL is #UD unless in VMX root with a
-    // dual-monitor treatment, which is not modelled (SDM Vol. 3C, 31.3).
+    // Outside VMX operation VMCALL is #UD; in VMX root operation without the
+    // dual-monitor treatment (not modelled) it is VMfail with error 1
+    // (SDM Vol. 3C, 31.3): VMfailValid when a VMCS is current.
     if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
-    else vm_fail_invalid();
+    else vm_fail(vmerr::kVmcallInVmxRoot);
     return 0;
   }
   m_regs[Regs::rax] = nr;
@@ -775,9 +809,11 @@ void Core::invlpg(std::uint64_t va) {
     vm_exit(ExitReason::Invlpg, va);
     return;
   }
-  m_dtlb.flush_address(va, m_tag.vpid);
-  m_itlb.flush_address(va, m_tag.vpid);
-  m_stlb.flush_address(va, m_tag.vpid);
+  // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
+  // PCID and global ones.
+  m_dtlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
+  m_itlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
+  m_stlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
 }
 
 std::uint64_t Core::rdtsc() {
@@ -874,7 +910,9 @@ VmxStatus Core::vmclear(std::uint64_t pa) {
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.vmptrld_latency);
-  if ((pa & 0xFFF) || !m_w.mem->contains(pa, 4096)) return vm_fail(vmerr::kVmptrldInvalidAddress);
+  // SDM Vol. 3C, 31.3 VMCLEAR: its own error numbers (2 and 3).
+  if ((pa & 0xFFF) || !m_w.mem->contains(pa, 4096)) return vm_fail(vmerr::kVmclearInvalidAddress);
+  if (pa == m_vmxon_region) return vm_fail(vmerr::kVmclearVmxonPointer);
   m_w.vmcs_store->at(pa).set_launched(false);
   if (pa == m_vmcs_pa) {
     m_vmcs = nullptr;
@@ -1025,7 +1063,12 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if (!v.get(field::kHostRip)) return {vm_fail(vmerr::kEntryInvalidHostState), 0};
   auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kGuestRip)));
-  if (!guest || guest->finished()) {
+  std::uint32_t inj_check = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
+  // SDM Vol. 3C, 27.3.1.4: RFLAGS.IF must be 1 when an external interrupt is
+  // injected.
+  bool bad_injection = (inj_check & intr::kValid) && (inj_check & (7u << 8)) == intr::kTypeExternal &&
+                       !(v.get(field::kGuestRflags) & kRflagsIf);
+  if (!guest || guest->finished() || bad_injection) {
     // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
     v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
     return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};

@@ -245,7 +245,6 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     stats::Counter loads{this, "loads", "operations", "load operations"};
     stats::Counter stores{this, "stores", "operations", "store operations"};
     stats::Counter fetch_lines{this, "fetch_lines", "lines", "instruction-cache lines fetched"};
-    stats::Counter busy_cycles{this, "busy_cycles", "cycles", "cycles executing (not halted)"};
     stats::Counter halted_cycles{this, "halted_cycles", "cycles", "cycles halted"};
     stats::Counter interrupts{this, "interrupts", "events", "interrupts delivered through the IDT"};
     stats::Counter exceptions{this, "exceptions", "events", "exceptions delivered through the IDT"};
@@ -280,7 +279,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
 
   // Events.
-  void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error);
+  /// `fault_address` is the linear address of a #PF (CR2 when delivered).
+  void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error,
+                       std::uint64_t fault_address = 0);
   void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code);
   void take_pending_interrupt();
   void deliver_injected_event();
@@ -292,6 +293,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   VmxStatus vm_fail(std::uint32_t error);
   VmxStatus vm_fail_invalid();
   bool bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit);
+  bool io_exits(std::uint16_t port, unsigned size);
   void msr_root_write(std::uint32_t msr, std::uint64_t value);
   std::uint64_t msr_root_read(std::uint32_t msr, bool& ok);
   void require_vmx_root();

@@ -195,6 +195,9 @@ constexpr std::uint32_t info(std::uint8_t vector, std::uint32_t type, bool error
 
 // --- VM-instruction error numbers (SDM Vol. 3C, 31.4) -----------------------
 namespace vmerr {
+constexpr std::uint32_t kVmcallInVmxRoot = 1;
+constexpr std::uint32_t kVmclearInvalidAddress = 2;
+constexpr std::uint32_t kVmclearVmxonPointer = 3;
 constexpr std::uint32_t kVmlaunchNonClear = 4;
 constexpr std::uint32_t kVmresumeNonLaunched = 5;
 constexpr std::uint32_t kEntryInvalidControls = 7;

@@ -214,15 +214,19 @@ void Hypervisor::core_main(PerCore& pc) {
     }
   }
   pc.slice_end = c.rdtsc() + m_slice_cycles;
+  Vcpu* last = nullptr;
   for (;;) {
-    // Pick the next runnable vCPU (round robin within the core).
-    c.fetch(m_text + kCodeSchedule, m_p.costs.code_bytes);
-    c.compute(m_p.costs.schedule);
+    // Pick the next runnable vCPU (round robin within the core). Going back
+    // into the vCPU that just exited skips the scheduler, as KVM's run loop
+    // does when nothing needs rescheduling.
+    if (pc.runq.empty() || pc.runq.front() != last || last->state != Vcpu::State::Runnable)
+      charge(c, m_p.costs.schedule, kCodeSchedule);
     while (!pc.runq.empty() && pc.runq.front()->state != Vcpu::State::Runnable) {
       pc.runq.front()->in_runq = false;
       pc.runq.pop_front();
     }
     if (pc.runq.empty()) {
+      last = nullptr;
       ++m_totals.idle_halts;
       program_timer(pc);
       c.sti();
@@ -231,6 +235,7 @@ void Hypervisor::core_main(PerCore& pc) {
       continue;
     }
     Vcpu& v = *pc.runq.front();
+    last = &v;
     run_vcpu(pc, v);
   }
 }

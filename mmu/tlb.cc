@@ -32,8 +32,9 @@ Tlb::Tlb(const TlbParams& params, unsigned page_shift, stats::Group* parent, con
 const TlbEntry* Tlb::lookup(std::uint64_t va, const TlbTag& tag) {
   const std::uint64_t vpn = va >> m_page_shift;
   const std::size_t base = set_base(vpn);
+  const std::size_t end = base + m_params.ways;
   ++m_stats.lookups;
-  for (std::size_t i = base; i < base + m_params.ways; ++i) {
+  for (std::size_t i = base; i < end; ++i) {
     if (matches(m_entries[i], vpn, tag)) {
       ++m_stats.hits;
       m_stamp[i] = ++m_clock;

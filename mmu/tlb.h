@@ -172,7 +172,8 @@ class Tlb {
 
  private:
   static bool matches(const TlbEntry& e, std::uint64_t vpn, const TlbTag& tag) {
-    return e.valid && e.vpn == vpn && e.tag.vpid == tag.vpid && e.tag.ep4ta == tag.ep4ta &&
+    // Page number first: it rejects most non-matching ways with one compare.
+    return e.vpn == vpn && e.valid && e.tag.vpid == tag.vpid && e.tag.ep4ta == tag.ep4ta &&
            (e.global || e.tag.pcid == tag.pcid);
   }
   std::size_t set_base(std::uint64_t vpn) const { return static_cast<std::size_t>(vpn & m_set_mask) * m_params.ways; }

@@ -166,7 +166,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
         std::uint64_t mask = (1ull << guest_shift) - 1;
         gpa = (entry & pte::kAddrMask & ~mask) | (req.la & mask);
         if (!(entry & pte::kDirty)) guest_perms &= static_cast<std::uint8_t>(~perm::kDirty);
-        r.global = entry & pte::kGlobal;
+        r.global = req.pge && (entry & pte::kGlobal);  // SDM Vol. 3A, 4.10.2.4
         break;
       }
       table = entry & pte::kAddrMask;

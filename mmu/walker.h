@@ -62,6 +62,7 @@ struct WalkRequest {
   std::uint64_t cr3 = 0;
   PagingMode mode{};
   bool wp = true, nxe = true, smep = false, smap = false;
+  bool pge = true;                  // CR4.PGE: the G bit makes a translation global
   bool ept = false;                 // translate guest-physical through EPT
   std::uint64_t eptp = 0;
   PagingMode ept_mode{};

@@ -37,7 +37,7 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
 const Cache::Line* Cache::find(std::uint64_t line_addr) const {
   const Line* set = &m_lines[(line_addr & m_set_mask) * m_params.ways];
   for (std::uint32_t w = 0; w < m_params.ways; ++w)
-    if (set[w].valid && set[w].tag == line_addr) return &set[w];
+    if (set[w].tag == line_addr && set[w].valid) return &set[w];
   return nullptr;
 }
 
@@ -70,9 +70,10 @@ bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
   const std::uint64_t line_addr = pa >> m_line_shift;
   ++m_stats.accesses;
   Line* set = set_of(line_addr);
-  for (std::uint32_t w = 0; w < m_params.ways; ++w) {
+  // Tag first: a way with another tag is rejected with one compare.
+  for (std::uint32_t w = 0, ways = m_params.ways; w < ways; ++w) {
     Line& l = set[w];
-    if (l.valid && l.tag == line_addr) {
+    if (l.tag == line_addr && l.valid) {
       ++m_stats.hits;
       l.stamp = ++m_clock;
       l.dirty = l.dirty || write;
@@ -92,7 +93,7 @@ void Cache::receive_writeback(std::uint64_t pa, std::uint64_t* writeback) {
   ++m_stats.writebacks_received;
   Line* set = set_of(line_addr);
   for (std::uint32_t w = 0; w < m_params.ways; ++w) {
-    if (set[w].valid && set[w].tag == line_addr) {
+    if (set[w].tag == line_addr && set[w].valid) {
       set[w].dirty = true;
       if (writeback) *writeback = kNoWriteback;
       return;

@@ -220,20 +220,14 @@ class SleepLoop final : public Workload {
 }  // namespace
 
 void Workload::started(guest::Thread& t) {
-  std::uint64_t now = t.cpu().rdtsc();
-  if (m_stats.first_start.value() == 0 || now < m_stats.first_start.value()) {
-    m_stats.first_start.reset();
-    m_stats.first_start += now;
-  }
+  auto now = static_cast<double>(t.cpu().rdtsc());
+  if (m_stats.first_start.value() == 0 || now < m_stats.first_start.value()) m_stats.first_start.set(now);
 }
 
 void Workload::finished(guest::Thread& t) {
-  std::uint64_t now = t.cpu().rdtsc();
+  auto now = static_cast<double>(t.cpu().rdtsc());
   ++m_stats.threads_done;
-  if (now > m_stats.last_end.value()) {
-    m_stats.last_end.reset();
-    m_stats.last_end += now;
-  }
+  if (now > m_stats.last_end.value()) m_stats.last_end.set(now);
 }
 
 std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group* parent, const std::string& name) {

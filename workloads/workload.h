@@ -144,8 +144,8 @@ struct WorkloadStats : stats::Group {
   stats::Counter operations{this, "operations", "operations",
                             "units of work done (iterations, accesses, updates, steps, instructions issued)"};
   stats::Counter threads_done{this, "threads_done", "threads", "threads that finished their work"};
-  stats::Counter first_start{this, "start_cycle", "cycles", "TSC when the first thread started"};
-  stats::Counter last_end{this, "end_cycle", "cycles", "TSC when the last thread finished"};
+  stats::Gauge first_start{this, "start_cycle", "cycles", "TSC when the first thread started its measured work"};
+  stats::Gauge last_end{this, "end_cycle", "cycles", "TSC when the last thread finished"};
 };
 
 class Workload {

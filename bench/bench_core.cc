@@ -1,0 +1,332 @@
+// Host-speed benchmark of the core's hot paths (how fast the simulator runs,
+// not what it simulates).
+//
+//   bench_core load    [N]   N loads on the L1 DTLB / L1D hit path, paging on
+//   bench_core exit    [N]   N CPUID VM-exit round trips under a minimal root loop
+//   bench_core hv-exit [N]   the full hypervisor and guest kernel running a
+//                            cpuid_loop workload of N iterations
+//
+// SystemC elaborates one design per process, so each mode is its own process
+// (scripts/bench runs all three). Host time is std::chrono::steady_clock.
+// The load and exit modes time the loop from inside the simulated software,
+// print, and end the process with std::_Exit: the fibers never return and the
+// SystemC kernel is not torn down (experiment/system.cc explains why).
+//
+// Output is one "key: value" line per figure, keys prefixed by the mode, so
+// that scripts can pick figures out with grep.
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include <systemc>
+#include <yaml-cpp/yaml.h>
+
+#include "cpu/core.h"
+#include "cpu/vmx.h"
+#include "experiment/experiment.h"
+#include "mmu/paging.h"
+#include "models/platform.h"
+#include "sim/config.h"
+#include "sim/fiber.h"
+#include "sim/stats.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using vmx::cpu::Core;
+namespace crb = vmx::mmu::crbits;
+namespace field = vmx::cpu::field;
+
+constexpr std::uint64_t kPage = 4096;
+// Targets from the issue that asked for this benchmark.
+constexpr double kLoadTargetPerSec = 20e6;
+constexpr double kExitTargetPerSec = 1e6;
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::uint64_t counter(const vmx::stats::Group& root, const std::string& path) {
+  const auto* c = dynamic_cast<const vmx::stats::Counter*>(root.find(path));
+  return c ? c->value() : 0;
+}
+
+void print_rate(const char* mode, const char* unit, std::uint64_t n, double host_s, double target_per_s) {
+  double per_s = static_cast<double>(n) / host_s;
+  std::printf("%s.host_seconds: %.6f\n", mode, host_s);
+  std::printf("%s.host_ns_per_%s: %.2f\n", mode, unit, host_s * 1e9 / static_cast<double>(n));
+  std::printf("%s.%ss_per_host_second: %.0f (%.3f M/s)\n", mode, unit, per_s, per_s / 1e6);
+  if (target_per_s > 0)
+    std::printf("%s.target: >= %.0f M/s: %s\n", mode, target_per_s / 1e6, per_s >= target_per_s ? "met" : "MISSED");
+}
+
+[[noreturn]] void finish() {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(0);
+}
+
+vmx::models::PlatformParams one_core_platform() {
+  auto p = vmx::cfg::defaults<vmx::models::PlatformParams>();
+  p.cores = 1;
+  p.memory = 64ull << 20;
+  return p;
+}
+
+// Runs SystemC until the software ends the process; reaching the bound means
+// the software never got there.
+int run_bounded(const char* mode) {
+  sc_core::sc_start(sc_core::sc_time(100, sc_core::SC_SEC));
+  std::fprintf(stderr, "bench_core %s: the simulation ended before the benchmark finished\n", mode);
+  return 1;
+}
+
+// ---------------------------------------------------------------------------
+// load: root-mode software with IA-32e paging on, loads that hit in the L1
+// DTLB and the L1D.
+
+int bench_load(std::uint64_t n) {
+  vmx::stats::Group root;
+  vmx::models::Platform platform(one_core_platform(), &root);
+
+  // Physical layout: data pages identity-mapped at [0, 64 KiB), the four
+  // paging structures (PML4, PDPT, PD, PT) at 1 MiB.
+  constexpr std::uint64_t kMapped = 64 * 1024;
+  constexpr std::uint64_t kPml4 = 0x100000, kPdpt = kPml4 + kPage, kPd = kPdpt + kPage, kPt = kPd + kPage;
+  constexpr std::uint64_t kData = 0x8000;  // four pages: [32 KiB, 48 KiB)
+  constexpr unsigned kPages = 4, kLinesPerPage = 8;
+
+  vmx::sim::Fiber sw("bench.load", [&] {
+    Core& c = Core::current();
+    namespace pte = vmx::mmu::pte;
+    const std::uint64_t table = pte::kPresent | pte::kWritable;
+    c.store(kPml4, kPdpt | table);
+    c.store(kPdpt, kPd | table);
+    c.store(kPd, kPt | table);
+    for (std::uint64_t pa = 0; pa < kMapped; pa += kPage) c.store(kPt + (pa / kPage) * 8, pa | table);
+    c.write_cr(4, c.read_cr(4) | crb::kCr4Pae);
+    c.wrmsr(vmx::cpu::msr::kIa32Efer, c.rdmsr(vmx::cpu::msr::kIa32Efer) | crb::kEferLme);
+    c.write_cr(3, kPml4);
+    c.write_cr(0, crb::kCr0Pg | crb::kCr0Pe);
+
+    // Working set: 8 lines in each of 4 pages (4 DTLB entries, 32 L1D lines).
+    auto addr = [](std::uint64_t i) {
+      return kData + (i % kPages) * kPage + ((i / kPages) % kLinesPerPage) * 64;
+    };
+    for (std::uint64_t i = 0; i < kPages * kLinesPerPage; ++i) c.store(addr(i), i);  // warm TLB, L1D, A/D bits
+    for (std::uint64_t i = 0; i < kPages * kLinesPerPage; ++i) c.load(addr(i));
+
+    const std::uint64_t loads0 = c.stats().loads.value();
+    const std::uint64_t walks0 = counter(root, "system.cpu0.walker.walks");
+    const std::uint64_t dtlb_miss0 = counter(root, "system.cpu0.tlb.dtlb.misses");
+    const std::uint64_t l1d_miss0 = counter(root, "system.cpu0_mem.l1d.misses");
+    const std::uint64_t syncs0 = c.stats().syncs.value();
+    const std::uint64_t cyc0 = c.now();
+    std::uint64_t sum = 0;
+    const auto t0 = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) sum += c.load(addr(i));
+    const auto t1 = Clock::now();
+    const std::uint64_t cycles = c.now() - cyc0;
+    const std::uint64_t loads = c.stats().loads.value() - loads0;
+
+    print_rate("load", "load", n, seconds(t1 - t0), kLoadTargetPerSec);
+    std::printf("load.simulated_loads: %llu\n", static_cast<unsigned long long>(loads));
+    std::printf("load.simulated_cycles_per_load: %.3f\n", static_cast<double>(cycles) / static_cast<double>(n));
+    std::printf("load.dtlb_misses: %llu\n",
+                static_cast<unsigned long long>(counter(root, "system.cpu0.tlb.dtlb.misses") - dtlb_miss0));
+    std::printf("load.page_walks: %llu\n",
+                static_cast<unsigned long long>(counter(root, "system.cpu0.walker.walks") - walks0));
+    std::printf("load.l1d_misses: %llu\n",
+                static_cast<unsigned long long>(counter(root, "system.cpu0_mem.l1d.misses") - l1d_miss0));
+    std::printf("load.systemc_syncs: %llu\n", static_cast<unsigned long long>(c.stats().syncs.value() - syncs0));
+    std::printf("load.checksum: %llu\n", static_cast<unsigned long long>(sum));
+    finish();
+  });
+  platform.core(0).set_reset_fiber(&sw);
+  return run_bounded("load");
+}
+
+// ---------------------------------------------------------------------------
+// exit: a minimal VMX root loop (one VMCS, EPT on, VPID on, nothing but CPUID
+// exits) and a guest that executes CPUID n times.
+
+int bench_exit(std::uint64_t n) {
+  vmx::stats::Group root;
+  vmx::models::Platform platform(one_core_platform(), &root);
+
+  constexpr std::uint64_t kVmxon = 0x100000, kVmcs = 0x101000;
+  constexpr std::uint64_t kEpt = 0x200000;   // PML4, PDPT, PD, then the page tables
+  constexpr std::uint64_t kEptMapped = 4ull << 20;  // identity, 4 KiB pages
+  constexpr std::uint64_t kWarmup = 1000;
+
+  vmx::sim::Fiber* host_fiber = nullptr;
+  vmx::sim::Fiber guest("bench.guest", [&] {
+    Core& c = Core::current();
+    for (std::uint64_t i = 0; i < kWarmup; ++i) c.cpuid(0);
+    const std::uint64_t exits0 = c.stats().vm_exits.value();
+    const std::uint64_t syncs0 = c.stats().syncs.value();
+    const std::uint64_t cyc0 = c.now();
+    std::uint64_t sum = 0;
+    const auto t0 = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) sum += c.cpuid(0).ebx;
+    const auto t1 = Clock::now();
+    const std::uint64_t cycles = c.now() - cyc0;
+    const std::uint64_t exits = c.stats().vm_exits.value() - exits0;
+
+    print_rate("exit", "round_trip", n, seconds(t1 - t0), kExitTargetPerSec);
+    std::printf("exit.simulated_exits: %llu\n", static_cast<unsigned long long>(exits));
+    std::printf("exit.simulated_cycles_per_round_trip: %.3f\n", static_cast<double>(cycles) / static_cast<double>(n));
+    std::printf("exit.systemc_syncs: %llu\n", static_cast<unsigned long long>(c.stats().syncs.value() - syncs0));
+    std::printf("exit.checksum: %llu\n", static_cast<unsigned long long>(sum));
+    finish();
+  });
+
+  vmx::sim::Fiber host("bench.root", [&] {
+    Core& c = Core::current();
+    namespace ept = vmx::mmu::ept;
+    using namespace vmx::cpu;
+    auto vmw = [&](std::uint32_t enc, std::uint64_t v) {
+      if (c.vmwrite(enc, v) != VmxStatus::Succeed) {
+        std::fprintf(stderr, "bench_core exit: VMWRITE %#x failed\n", enc);
+        std::_Exit(1);
+      }
+    };
+    // Identity EPT over [0, kEptMapped) with 4 KiB pages (SDM Vol. 3C, 29.3.2).
+    const std::uint64_t rwx = ept::kRead | ept::kWrite | ept::kExecute;
+    const std::uint64_t pdpt = kEpt + kPage, pd = pdpt + kPage, pt = pd + kPage;
+    c.store(kEpt, pdpt | rwx);
+    c.store(pdpt, pd | rwx);
+    for (std::uint64_t gpa = 0; gpa < kEptMapped; gpa += kPage) {
+      std::uint64_t table = pt + (gpa >> 21) * kPage;
+      if ((gpa & ((1ull << 21) - 1)) == 0) c.store(pd + (gpa >> 21) * 8, table | rwx);
+      c.store(table + ((gpa >> 12) & 511) * 8, gpa | rwx | ept::kMemTypeWb);
+    }
+    // VMXON, then a fresh VMCS (as hypervisor/hypervisor.cc does).
+    c.write_cr(4, c.read_cr(4) | crb::kCr4Vmxe);
+    c.store(kVmxon, kVmcsRevision, 4);
+    if (c.vmxon(kVmxon) != VmxStatus::Succeed) {
+      std::fprintf(stderr, "bench_core exit: VMXON failed\n");
+      std::_Exit(1);
+    }
+    c.store(kVmcs, kVmcsRevision, 4);
+    c.vmclear(kVmcs);
+    if (c.vmptrld(kVmcs) != VmxStatus::Succeed) {
+      std::fprintf(stderr, "bench_core exit: VMPTRLD failed\n");
+      std::_Exit(1);
+    }
+    vmw(field::kPinBasedControls, 0);  // no external-interrupt exiting
+    vmw(field::kProcBasedControls, proc::kActivateSecondaryControls);
+    vmw(field::kSecondaryControls, proc2::kEnableEpt | proc2::kEnableVpid);
+    vmw(field::kVpid, 1);
+    vmw(field::kExitControls, exitctl::kHostAddressSpaceSize);
+    vmw(field::kEntryControls, 0);
+    vmw(field::kExceptionBitmap, 0);
+    vmw(field::kEptPointer, ept::eptp(kEpt, 4, false));
+    vmw(field::kGuestCr0, crb::kCr0Pe);
+    vmw(field::kGuestCr3, 0);
+    vmw(field::kGuestCr4, 0);
+    vmw(field::kGuestRflags, 0x2);
+    vmw(field::kGuestSsAccessRights, 0);
+    vmw(field::kGuestRip, code_address(&guest));
+    vmw(field::kHostRip, code_address(host_fiber));
+
+    bool launched = false;
+    for (;;) {
+      VmExit ex = launched ? c.vmresume() : c.vmlaunch();
+      if (!ex.entered() || ex.reason != static_cast<std::uint16_t>(ExitReason::Cpuid)) {
+        std::fprintf(stderr, "bench_core exit: unexpected VM entry failure or exit reason %u\n", ex.reason);
+        std::_Exit(1);
+      }
+      launched = true;
+      // The whole CPUID handler: the answer in the guest's registers.
+      Regs& r = c.regs();
+      r[Regs::rax] = 1;
+      r[Regs::rbx] = 0x73786d76;
+      r[Regs::rcx] = 0;
+      r[Regs::rdx] = 0;
+    }
+  });
+  host_fiber = &host;
+  platform.core(0).set_reset_fiber(&host);
+  return run_bounded("exit");
+}
+
+// ---------------------------------------------------------------------------
+// hv-exit: the real experiment path (hypervisor, guest kernel, cpuid_loop).
+
+int bench_hv_exit(std::uint64_t n) {
+  const std::string yaml = "seed: 1\n"
+                           "duration: 100s\n"
+                           "platform:\n"
+                           "  cores: 1\n"
+                           "  memory: 512MiB\n"
+                           "vms:\n"
+                           "  - name: bench\n"
+                           "    vcpus: 1\n"
+                           "    memory: 64MiB\n"
+                           "    workloads:\n"
+                           "      - type: cpuid_loop\n"
+                           "        iterations: " + std::to_string(n) + "\n";
+  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core hv-exit");
+  auto params = vmx::experiment::load(doc);
+  const auto t0 = Clock::now();
+  auto result = vmx::experiment::run(params, yaml);
+  const auto t1 = Clock::now();
+  if (!result.finished) {
+    std::fprintf(stderr, "bench_core hv-exit: the workload did not finish\n");
+    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
+    return 1;
+  }
+  YAML::Node s = YAML::Load(result.stats_json);
+  const auto cpuid_exits = s["system"]["cpu0"]["exit_reasons"]["CPUID"].as<std::uint64_t>(0);
+  const auto all_exits = s["system"]["cpu0"]["vm_exits"].as<std::uint64_t>(0);
+  const double cycles_mean = s["vm"]["bench"]["vcpu0"]["exit_reasons"]["CPUID"]["cycles"]["mean"].as<double>(0);
+  if (cpuid_exits == 0) {
+    std::fprintf(stderr, "bench_core hv-exit: no CPUID exits counted\n");
+    return 1;
+  }
+  const double host_s = seconds(t1 - t0);
+  // Host time covers the whole run (building the system, booting the guest,
+  // the loop); with n large the loop dominates. scripts/bench also reports
+  // the marginal figure from a second, tiny run.
+  print_rate("hv-exit", "round_trip", cpuid_exits, host_s, kExitTargetPerSec);
+  std::printf("hv-exit.cpuid_exits: %llu\n", static_cast<unsigned long long>(cpuid_exits));
+  std::printf("hv-exit.all_exits: %llu\n", static_cast<unsigned long long>(all_exits));
+  std::printf("hv-exit.host_ns_per_exit_any_reason: %.2f\n", host_s * 1e9 / static_cast<double>(all_exits));
+  std::printf("hv-exit.simulated_cycles_per_cpuid_round_trip: %.3f\n", cycles_mean);
+  std::printf("hv-exit.simulated_seconds: %.6f\n", static_cast<double>(result.simulated_ps) / 1e12);
+  std::fflush(stdout);
+  return 0;
+}
+
+int usage() {
+  std::fprintf(stderr,
+               "usage: bench_core load [N]      host ns per load on the TLB-hit path (default N 20000000)\n"
+               "       bench_core exit [N]      host ns per CPUID exit round trip, minimal root loop (default 2000000)\n"
+               "       bench_core hv-exit [N]   the same through the full hypervisor (default 500000)\n");
+  return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || argc > 3) return usage();
+  const std::string mode = argv[1];
+  std::uint64_t n = 0;
+  if (argc == 3) {
+    char* end = nullptr;
+    n = std::strtoull(argv[2], &end, 10);
+    if (!end || *end || n == 0) return usage();
+  }
+  setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
+  try {
+    if (mode == "load") return bench_load(n ? n : 20'000'000);
+    if (mode == "exit") return bench_exit(n ? n : 2'000'000);
+    if (mode == "hv-exit") return bench_hv_exit(n ? n : 500'000);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_core %s: %s\n", mode.c_str(), e.what());
+    return 1;
+  }
+  return usage();
+}
