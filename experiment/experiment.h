@@ -81,9 +81,46 @@ struct RunResult {
   std::vector<std::string> vm_notes;  // crashes, panics, killed threads
 };
 
-/// Builds the system and runs it. SystemC elaborates one design per process:
-/// call this once per process (the CLI and the Python module do). Throws
-/// cpu::SimulationError if the simulator or its hypervisor fails.
+/// A simulation that can be advanced in steps: built from an experiment,
+/// run for a while, its statistics read or reset, run on. SystemC elaborates
+/// one design per process, so a process holds at most one Session (the CLI
+/// and the Python module start a process per simulation).
+class Session {
+ public:
+  /// Throws cpu::SimulationError if a Session already existed in this process.
+  Session(const ExperimentParams& params, std::string resolved_yaml);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  /// Simulates until time `ps`, or until every finite workload is done when
+  /// stop_when_done is set, whichever comes first. Throws
+  /// cpu::SimulationError if the simulator or its hypervisor fails.
+  void run_until(std::uint64_t ps);
+  void run_for(std::uint64_t ps) { run_until(now_ps() + ps); }
+  /// Resets every statistic (a phase or warm-up boundary).
+  void reset_stats();
+
+  std::uint64_t now_ps() const;
+  /// Every finite workload has completed.
+  bool finished() const;
+  std::string stats_json();
+  std::string summary();
+  /// Crashes, panics, killed threads and debug-console lines so far.
+  std::vector<std::string> notes() const;
+  const std::string& resolved_yaml() const { return m_resolved; }
+  const ExperimentParams& params() const { return m_params; }
+  const stats::Group& stats() const;
+
+ private:
+  struct System;
+  void update_gauges();
+  ExperimentParams m_params;
+  std::string m_resolved;
+  System* m_sys;  // deliberately never destroyed: see the destructor
+};
+
+/// Runs a whole experiment: warm-up reset, then to `duration` (or done).
 RunResult run(const ExperimentParams& params, const std::string& resolved_yaml);
 
 /// Human-readable summary of a finished run (per VM and vCPU).

@@ -42,7 +42,9 @@ class Monitor : public sc_core::sc_module, public guest::RunControl {
 
 sc_core::sc_time time_ps(std::uint64_t ps) { return sc_core::sc_time::from_value(static_cast<sc_dt::uint64>(ps)); }
 
-struct System {
+}  // namespace
+
+struct Session::System {
   explicit System(const ExperimentParams& p)
       : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
@@ -75,53 +77,86 @@ struct System {
   stats::Gauge sim_finished{&sim, "finished", "flag", "1 if every finite workload completed"};
 };
 
-}  // namespace
+namespace {
+bool g_session_created = false;
+}
 
-RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) {
-  static bool ran = false;
-  if (ran) throw cpu::SimulationError("SystemC allows one simulation per process; start a new process");
-  ran = true;
+Session::Session(const ExperimentParams& params, std::string resolved_yaml)
+    : m_params(params), m_resolved(std::move(resolved_yaml)) {
+  if (g_session_created)
+    throw cpu::SimulationError("SystemC allows one simulation per process; start a new process");
+  g_session_created = true;
   setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
   // SystemC reports stop the run with a message rather than abort().
   sc_core::sc_report_handler::set_actions(sc_core::SC_ERROR, sc_core::SC_DISPLAY | sc_core::SC_THROW);
   sc_core::sc_report_handler::set_actions(sc_core::SC_FATAL, sc_core::SC_DISPLAY | sc_core::SC_THROW);
+  m_sys = new System(m_params);
+}
 
-  auto sys = std::make_unique<System>(params);
-  auto run_until = [&](std::uint64_t ps) {
-    sc_core::sc_time target = time_ps(ps);
-    if (sc_core::sc_time_stamp() < target && !sys->monitor.finished())
-      sc_core::sc_start(target - sc_core::sc_time_stamp());
-  };
+// The SystemC kernel cannot be restarted and fibers suspended in the middle
+// of an operation must not be unwound, so the system stays alive (and
+// reachable, for leak checkers) until the process ends.
+Session::~Session() {
+  static System* kept = nullptr;
+  kept = m_sys;
+  (void)kept;
+}
+
+void Session::run_until(std::uint64_t ps) {
+  sc_core::sc_time target = time_ps(ps);
+  if (sc_core::sc_time_stamp() >= target || m_sys->monitor.finished()) return;
   try {
-    if (params.warmup > 0 && params.warmup < params.duration) {
-      run_until(params.warmup);
-      sys->root.reset();
-    }
-    run_until(params.duration);
+    sc_core::sc_start(target - sc_core::sc_time_stamp());
   } catch (const sc_core::sc_report& r) {
     throw cpu::SimulationError(r.get_msg());
   }
+}
 
-  RunResult res;
-  res.simulated_ps = sc_core::sc_time_stamp().value();
-  res.finished = sys->monitor.finished();
-  sys->sim_seconds.set(static_cast<double>(res.simulated_ps) / 1e12);
-  sys->sim_finished.set(res.finished ? 1 : 0);
-  for (unsigned i = 0; i < sys->hypervisor->vm_count(); ++i) {
-    const std::string& name = sys->hypervisor->vm_name(i);
-    if (!sys->hypervisor->vm_crash(i).empty()) res.vm_notes.push_back(name + ": crashed: " + sys->hypervisor->vm_crash(i));
-    if (!sys->kernels[i]->panic_message().empty()) res.vm_notes.push_back(name + ": " + sys->kernels[i]->panic_message());
+void Session::reset_stats() { m_sys->root.reset(); }
+std::uint64_t Session::now_ps() const { return sc_core::sc_time_stamp().value(); }
+bool Session::finished() const { return m_sys->monitor.finished(); }
+const stats::Group& Session::stats() const { return m_sys->root; }
+
+void Session::update_gauges() {
+  m_sys->sim_seconds.set(static_cast<double>(now_ps()) / 1e12);
+  m_sys->sim_finished.set(finished() ? 1 : 0);
+}
+
+std::string Session::stats_json() {
+  update_gauges();
+  return stats::to_json(m_sys->root);
+}
+
+std::string Session::summary() {
+  update_gauges();
+  return experiment::summary(m_sys->root, m_params);
+}
+
+std::vector<std::string> Session::notes() const {
+  std::vector<std::string> out;
+  for (unsigned i = 0; i < m_sys->hypervisor->vm_count(); ++i) {
+    const std::string& name = m_sys->hypervisor->vm_name(i);
+    if (!m_sys->hypervisor->vm_crash(i).empty()) out.push_back(name + ": crashed: " + m_sys->hypervisor->vm_crash(i));
+    if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
-  for (const auto& line : sys->platform.debugcon().lines()) res.vm_notes.push_back("debug console: " + line);
-  res.stats_json = stats::to_json(sys->root);
+  for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
+  return out;
+}
+
+RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) {
+  Session s(params, resolved_yaml);
+  if (params.warmup > 0 && params.warmup < params.duration) {
+    s.run_until(params.warmup);
+    s.reset_stats();
+  }
+  s.run_until(params.duration);
+  RunResult res;
+  res.simulated_ps = s.now_ps();
+  res.finished = s.finished();
+  res.vm_notes = s.notes();
+  res.stats_json = s.stats_json();
   res.resolved_yaml = resolved_yaml;
-  res.summary = summary(sys->root, params);
-  // The SystemC kernel is not torn down: it cannot be restarted anyway, and
-  // fibers suspended mid-operation must not be unwound. The system stays
-  // reachable until the process ends.
-  static System* kept = nullptr;
-  kept = sys.release();
-  (void)kept;
+  res.summary = s.summary();
   return res;
 }
 

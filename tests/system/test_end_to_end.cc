@@ -184,3 +184,12 @@ TEST_CASE("bad command lines and missing files give a clear error and a non-zero
   CHECK(WEXITSTATUS(rc) == 2);
   CHECK(vmx::test::read_text("/tmp/vmxsim-missing.txt").find("/nonexistent/x.yaml") != std::string::npos);
 }
+
+TEST_CASE("the resolved config written by a run reproduces the run exactly") {
+  auto a = run_cli(one_vm("      - type: stream\n        working_set: 1MiB\n        passes: 2\n"),
+                   {"--set", "platform.cpu.vm_exit_latency=321"});
+  REQUIRE(a.exit_code == 0);
+  auto b = run_cli(vmx::test::read_text(a.out_dir + "/config.yaml"));
+  REQUIRE(b.exit_code == 0);
+  CHECK(a.stats_text == b.stats_text);
+}
