@@ -25,6 +25,9 @@ cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, con
 ExperimentParams load(const cfg::Document& doc) {
   auto p = cfg::read<ExperimentParams>(doc);
   // Rules that span several values.
+  const std::uint64_t ept_page = p.hypervisor.ept_page_size;
+  if (ept_page != (4ull << 10) && ept_page != (2ull << 20) && ept_page != (1ull << 30))
+    throw error_at(doc, "hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(ept_page));
   std::set<std::string> names;
   std::uint64_t vm_memory = 0;
   for (std::size_t i = 0; i < p.vms.size(); ++i) {
@@ -34,8 +37,16 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + ".name", "a name without dots, spaces or slashes", vm.name);
     if (!names.insert(vm.name).second)
       throw error_at(doc, at + ".name", "a name no other VM has", vm.name);
-    if (vm.memory % 4096)
-      throw error_at(doc, at + ".memory", "a multiple of 4KiB", cfg::format_bytes(vm.memory));
+    if (vm.memory % ept_page)
+      throw error_at(doc, at + ".memory",
+                     "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
+                     cfg::format_bytes(vm.memory));
+    for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
+      std::uint64_t ps = vm.workloads[w].page_size;
+      if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))
+        throw error_at(doc, fmt::format("{}.workloads[{}].page_size", at, w), "4KiB, 2MiB or 1GiB",
+                       cfg::format_bytes(ps));
+    }
     vm_memory += vm.memory;
   }
   if (vm_memory + p.hypervisor.reserved_memory > p.platform.memory)

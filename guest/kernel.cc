@@ -59,9 +59,10 @@ Kernel::~Kernel() = default;
 
 sim::Fiber& Kernel::vcpu_entry(unsigned index) { return *m_vcpus.at(index)->idle; }
 
-void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads) {
+void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size) {
   auto p = std::make_unique<Process>();
   p->workload = std::move(workload);
+  p->page_size = page_size;
   p->next_va = kUserBase;
   m_pending_processes.emplace_back(p.get(), threads);
   m_processes.push_back(std::move(p));
@@ -95,7 +96,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     while (c.load(kImageBase + 0x1000) == 0) c.hlt();
     c.cli();
     c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge);
+    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0));
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
@@ -124,6 +125,7 @@ void Kernel::boot(Core& c) {
   m_pool_next = kPoolBase;
   m_pool_end = kPoolBase + pool;
   m_frame_next = m_pool_end;
+  m_large_low = m_memory & ~((2ull << 20) - 1);
   for (std::uint64_t a = m_pool_next; a < m_pool_end; a += kLine) c.store(a, 0);
 
   m_kernel_pml4 = alloc_table(c);
@@ -135,7 +137,7 @@ void Kernel::boot(Core& c) {
 
   // Long mode with paging (SDM Vol. 3A, 10.8.5).
   c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge);
+  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0));
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_paging = true;
@@ -186,24 +188,34 @@ std::uint64_t Kernel::alloc_table(Core& c) {
   return t;  // the pool was cleared at boot
 }
 
-void Kernel::clear_frame(Core& c, std::uint64_t gpa) {
-  // One store per line: frames are handed out once, so their bytes are
-  // already zero; the stores carry the cost of clear_page.
-  for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(kDirectMap + gpa + off, 0);
-}
-
-std::uint64_t Kernel::alloc_frame(Core& c) {
-  if (m_frame_next + kPage > m_memory) return 0;
-  std::uint64_t f = m_frame_next;
-  m_frame_next += kPage;
-  map_page(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
-  clear_frame(c, f);
+std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
+  std::uint64_t f;
+  if (size == kPage) {
+    if (m_frame_next + kPage > m_large_low) return 0;
+    f = m_frame_next;
+    m_frame_next += kPage;
+    map_page(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
+  } else {
+    // Large frames come from the top, aligned, never sharing a 2 MiB block
+    // with 4 KiB frames; the direct map covers them with 2 MiB pages.
+    if (m_large_low < size) return 0;
+    f = (m_large_low - size) & ~(size - 1);
+    if (f < ((m_frame_next + (2ull << 20) - 1) & ~((2ull << 20) - 1))) return 0;
+    m_large_low = f;
+    for (std::uint64_t off = 0; off < size; off += 2ull << 20)
+      map_page(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
+  }
+  // Cleared through the direct map, one store per line: frames are handed
+  // out once, so their bytes are already zero; the stores carry the cost of
+  // clear_page.
+  for (std::uint64_t off = 0; off < size; off += kLine) c.store(kDirectMap + f + off, 0);
   return f;
 }
 
-void Kernel::map_page(Core& c, std::uint64_t pml4, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags) {
-  std::uint64_t table = pml4;
-  for (unsigned level = 4; level > 1; --level) {
+void Kernel::map_page(Core& c, std::uint64_t root, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags,
+                      unsigned leaf_level) {
+  std::uint64_t table = root;
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level > leaf_level; --level) {
     std::uint64_t entry = table_va(table) + mmu::table_index(va, level) * 8;
     std::uint64_t e = c.load(entry);
     if (!(e & pte::kPresent)) {
@@ -212,7 +224,7 @@ void Kernel::map_page(Core& c, std::uint64_t pml4, std::uint64_t va, std::uint64
     }
     table = e & pte::kAddrMask;
   }
-  c.store(table_va(table) + mmu::table_index(va, 1) * 8, (gpa & pte::kAddrMask) | flags);
+  c.store(table_va(table) + mmu::table_index(va, leaf_level) * 8, (gpa & pte::kAddrMask) | flags);
 }
 
 std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
@@ -220,12 +232,14 @@ std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
   Process& p = *t.m_process;
-  std::uint64_t size = (bytes + kPage - 1) & ~(kPage - 1);
+  const std::uint64_t page = p.page_size;
+  std::uint64_t size = (bytes + page - 1) & ~(page - 1);
   std::uint64_t start = 0;
-  if (size && p.next_va + size <= kUserTop) {
-    start = p.next_va;
+  std::uint64_t aligned = (p.next_va + page - 1) & ~(page - 1);
+  if (size && aligned + size <= kUserTop) {
+    start = aligned;
     p.regions.push_back({start, start + size});
-    p.next_va += size + kPage;  // a guard page between regions
+    p.next_va = start + size + kPage;  // a guard page between regions
   }
   c.set_user_mode(true);
   return start;
@@ -243,12 +257,14 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
-  std::uint64_t frame = alloc_frame(c);
+  const std::uint64_t page = p.page_size;
+  std::uint64_t frame = alloc_frame(c, page);
   if (!frame) {
     kill_current(c, "out of memory");
     return;
   }
-  map_page(c, p.pml4, addr & ~(kPage - 1), frame, kUserPage);
+  unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
+  map_page(c, p.pml4, addr & ~(page - 1), frame, kUserPage | (leaf > 1 ? pte::kPageSize : 0), leaf);
 }
 
 // ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ struct KernelCosts {
 struct KernelParams {
   std::uint64_t tick;       // ps
   std::uint64_t timeslice;  // ps
+  std::uint64_t paging_levels;
   KernelCosts costs;
   template <class V>
   void visit(V& v) {
@@ -57,6 +58,8 @@ struct KernelParams {
             "Timer-tick period (Linux CONFIG_HZ=250). The tick stops while a vCPU is idle.");
     v.param(timeslice, "timeslice", "4ms", Spec(Unit::Time).at_least(1e6),
             "Time a thread runs before another runnable thread on its vCPU gets it (assumption).");
+    v.param(paging_levels, "paging_levels", "4", Spec().at_least(4).at_most(5),
+            "Levels of the guest's page tables: 4, or 5 (CR4.LA57, 57-bit linear addresses).");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
   }
 };
@@ -111,7 +114,8 @@ class Thread {
 };
 
 struct Process {
-  std::uint64_t pml4 = 0;  // guest-physical
+  std::uint64_t pml4 = 0;  // guest-physical address of the top-level table
+  std::uint64_t page_size = 4096;  // of its anonymous memory (4 KiB, 2 MiB, 1 GiB)
   std::uint64_t pcid = 0;
   std::uint64_t next_va = 0;
   struct Region { std::uint64_t start, end; };
@@ -125,8 +129,9 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
          std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control);
   ~Kernel() override;
 
-  /// Adds a process running `workload` in `threads` threads (before the run).
-  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads);
+  /// Adds a process running `workload` in `threads` threads (before the
+  /// run); its anonymous memory is mapped with pages of `page_size` bytes.
+  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size);
 
   sim::Fiber& vcpu_entry(unsigned index) override;
   void interrupt(cpu::Core& cpu, std::uint8_t vector) override;
@@ -177,12 +182,16 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
 
   std::uint64_t alloc_table(cpu::Core& c);   // from the page-table pool, cleared
-  std::uint64_t alloc_frame(cpu::Core& c);   // data frame, cleared
-  void clear_frame(cpu::Core& c, std::uint64_t gpa);
-  /// Maps va -> gpa in the tables rooted at pml4 (guest-physical). Table
-  /// memory is reached through the direct map once paging is on, by
-  /// guest-physical address before.
-  void map_page(cpu::Core& c, std::uint64_t pml4, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags);
+  /// A cleared data frame of `size` bytes (4 KiB from the bottom of free
+  /// memory, 2 MiB and 1 GiB from the top, aligned), mapped in the direct
+  /// map; 0 when memory is exhausted.
+  std::uint64_t alloc_frame(cpu::Core& c, std::uint64_t size = 4096);
+  /// Maps va -> gpa in the tables rooted at `root` (guest-physical) with a
+  /// leaf at `leaf_level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB). Table memory is
+  /// reached through the direct map once paging is on, by guest-physical
+  /// address before.
+  void map_page(cpu::Core& c, std::uint64_t root, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags,
+                unsigned leaf_level = 1);
   std::uint64_t table_va(std::uint64_t gpa) const { return m_paging ? kDirectMap + gpa : gpa; }
 
   KernelParams m_p;
@@ -197,7 +206,8 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::vector<std::pair<Process*, unsigned>> m_pending_processes;
   std::uint64_t m_kernel_pml4 = 0;
   std::uint64_t m_pool_next = 0, m_pool_end = 0;
-  std::uint64_t m_frame_next = 0;
+  std::uint64_t m_frame_next = 0;   // 4 KiB frames grow up from here
+  std::uint64_t m_large_low = 0;    // large frames grow down to here
   std::uint64_t m_boot_flag_gpa = 0;
   bool m_paging = false;
   bool m_booted = false;

@@ -134,11 +134,12 @@ std::uint64_t Hypervisor::alloc_host_frame() {
   return f;
 }
 
-std::uint64_t Hypervisor::alloc_guest_frame() {
-  std::uint64_t f = m_next_guest_frame;
-  if (f + kPage > m_host_memory) return 0;
-  m_next_guest_frame += kPage;
-  ++m_totals.guest_frames;
+std::uint64_t Hypervisor::alloc_guest_page() {
+  std::uint64_t size = m_p.ept_page_size;
+  std::uint64_t f = (m_next_guest_frame + size - 1) & ~(size - 1);
+  if (f + size > m_host_memory) return 0;
+  m_next_guest_frame = f + size;
+  m_totals.guest_frames += size / kPage;
   return f;
 }
 
@@ -149,7 +150,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->memory = spec.memory;
   vm->image = spec.image;
   vm->ept_root = alloc_host_frame();
-  vm->eptp = mmu::ept::eptp(vm->ept_root, 4, false);
+  vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), false);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
@@ -288,6 +289,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
   c.observe_vmcs(v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
+  if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
 }
 
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
@@ -527,10 +529,13 @@ void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
   }
 }
 
-bool Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) {
-  // Walk the VM's EPT in memory, allocating tables (SDM Vol. 3C, 29.3.2).
+// Maps the EPT page holding gpa to hpa, allocating tables on the way
+// (SDM Vol. 3C, 29.3.2). The leaf sits at the level of the configured page
+// size, with bit 7 set above level 1.
+void Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) {
+  const unsigned leaf = m_p.ept_page_size == (1ull << 30) ? 3 : m_p.ept_page_size == (1ull << 21) ? 2 : 1;
   std::uint64_t table = vm.ept_root;
-  for (unsigned level = 4; level > 1; --level) {
+  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level > leaf; --level) {
     std::uint64_t entry_pa = table + mmu::table_index(gpa, level) * 8;
     std::uint64_t e = c.load(entry_pa);
     if (!(e & mmu::ept::kPermMask)) {
@@ -544,10 +549,38 @@ bool Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) 
     }
     table = e & mmu::ept::kAddrMask;
   }
-  std::uint64_t pte_pa = table + mmu::table_index(gpa, 1) * 8;
-  c.store(pte_pa, (hpa & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute |
-                      mmu::ept::kMemTypeWb);
+  std::uint64_t leaf_pa = table + mmu::table_index(gpa, leaf) * 8;
+  c.store(leaf_pa, (hpa & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute |
+                       mmu::ept::kMemTypeWb | (leaf > 1 ? mmu::ept::kLargePage : 0));
+}
+
+bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
+  const std::uint64_t size = m_p.ept_page_size;
+  gpa &= ~(size - 1);
+  // Already backed (another vCPU got there first, or eager population)?
+  // Then the violation was spurious, as KVM finds under its MMU lock.
+  std::uint64_t table = vm.ept_root;
+  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level >= 1; --level) {
+    std::uint64_t e = c.load(table + mmu::table_index(gpa, level) * 8);
+    if (!(e & mmu::ept::kPermMask)) break;
+    if (level == 1 || (e & mmu::ept::kLargePage)) return true;
+    table = e & mmu::ept::kAddrMask;
+  }
+  std::uint64_t hpa = alloc_guest_page();
+  if (!hpa) return false;
+  if (m_p.zero_pages)
+    for (std::uint64_t off = 0; off < size; off += kLine) c.store(hpa + off, 0);
+  ept_map(c, vm, gpa, hpa);
   return true;
+}
+
+void Hypervisor::populate(Core& c, Vm& vm) {
+  for (std::uint64_t gpa = 0; gpa < vm.memory; gpa += m_p.ept_page_size) {
+    if (!back_guest_page(c, vm, gpa)) {
+      crash_vm(vm, "host memory exhausted while backing guest memory");
+      return;
+    }
+  }
 }
 
 void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
@@ -560,16 +593,9 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
                              v.index, gpa, vm.memory));
     return;
   }
-  std::uint64_t hpa = alloc_guest_frame();
-  if (!hpa) {
-    crash_vm(vm, "host memory exhausted while backing guest memory");
-    return;
-  }
-  if (m_p.zero_pages)
-    for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(hpa + off, 0);
-  ept_map(c, vm, gpa & ~(kPage - 1), hpa);
-  // A not-present EPT entry is never cached, so no INVEPT is needed
-  // (SDM Vol. 3C, 29.4.3.2).
+  // A not-present EPT entry is never cached, so no INVEPT is needed after
+  // mapping it (SDM Vol. 3C, 29.4.3.2).
+  if (!back_guest_page(c, vm, gpa)) crash_vm(vm, "host memory exhausted while backing guest memory");
 }
 
 void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {

@@ -63,6 +63,9 @@ struct HypervisorParams {
   std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
   bool vpid;
   bool zero_pages;
+  std::uint64_t ept_levels;
+  std::uint64_t ept_page_size;   // bytes: 4KiB, 2MiB or 1GiB
+  std::string ept_populate;      // lazy | eager
   HvCosts costs;
 
   template <class V>
@@ -79,6 +82,14 @@ struct HypervisorParams {
             "Tag guest translations with a VPID; off, every VM entry and exit flushes the TLBs.");
     v.param(zero_pages, "zero_pages", "true", Spec(Unit::Flag),
             "Zero each host page before mapping it into a guest (stores charged to the EPT-violation handler).");
+    v.param(ept_levels, "ept_levels", "4", Spec().at_least(4).at_most(5),
+            "Levels of the EPT paging structures (4, or 5 for 57-bit guest-physical addresses).");
+    v.param(ept_page_size, "ept_page_size", "4KiB", Spec(Unit::Bytes).power_of_two(),
+            "Host page size backing guest memory in EPT: 4KiB, 2MiB or 1GiB (large pages shorten the "
+            "EPT dimension of every walk, at the price of coarser allocation).");
+    v.param(ept_populate, "ept_populate", "lazy", Spec().one_of({"lazy", "eager"}),
+            "lazy: map guest memory on EPT violation; eager: map all of it before the VM's first entry "
+            "(as with preallocated guest memory).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -141,8 +152,13 @@ class Hypervisor {
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
   std::uint64_t alloc_host_frame();      // hypervisor memory
-  std::uint64_t alloc_guest_frame();     // guest backing memory
-  bool ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  /// Host memory backing one EPT page of guest memory (aligned to its
+  /// size); 0 when host memory is exhausted.
+  std::uint64_t alloc_guest_page();
+  /// Backs the EPT page holding gpa, if it is not backed yet.
+  bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  void populate(cpu::Core& c, Vm& vm);
   void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
   std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
   void setup_vmcs(cpu::Core& c, Vcpu& v);

@@ -116,6 +116,7 @@ struct SleepLoopParams {
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
+  std::uint64_t page_size;
   ComputeParams compute;
   StreamParams stream;
   RandomAccessParams random_access;
@@ -130,6 +131,8 @@ struct WorkloadParams {
   void visit(V& v) {
     v.param(threads, "threads", "1", Spec().at_least(1).at_most(1024),
             "Threads of the process, spread over the VM's vCPUs.");
+    v.param(page_size, "page_size", "4KiB", Spec(Unit::Bytes).power_of_two(),
+            "Guest page size of the program's memory: 4KiB, 2MiB or 1GiB (as with hugetlbfs).");
     v.variant(type, "type", "What the program does.", cfg::alt("compute", compute), cfg::alt("stream", stream),
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),

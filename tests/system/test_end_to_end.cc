@@ -193,3 +193,35 @@ TEST_CASE("the resolved config written by a run reproduces the run exactly") {
   REQUIRE(b.exit_code == 0);
   CHECK(a.stats_text == b.stats_text);
 }
+
+TEST_CASE("the longest walk follows the table structure of both dimensions") {
+  // With nothing cached, a guest walk over EPT references every level of
+  // every table: guest_levels x (ept_levels_used + 1) + ept_levels_used,
+  // where large EPT pages remove levels from the EPT dimension.
+  struct Case { int guest, ept; const char* ept_page; int ept_used; };
+  for (Case k : {Case{4, 4, "4KiB", 4}, Case{5, 4, "4KiB", 4}, Case{4, 5, "4KiB", 5}, Case{5, 5, "4KiB", 5},
+                 Case{4, 4, "2MiB", 3}, Case{5, 5, "2MiB", 4}, Case{4, 4, "1GiB", 2}}) {
+    auto r = run_cli(one_vm("      - type: random_access\n        working_set: 8MiB\n        updates: 3000\n",
+                            "hypervisor:\n  zero_pages: false\n"),
+                     {"--set", fmt::format("vms[0].kernel.paging_levels={}", k.guest), "--set",
+                      fmt::format("hypervisor.ept_levels={}", k.ept), "--set",
+                      fmt::format("hypervisor.ept_page_size={}", k.ept_page), "--set", "vms[0].memory=1GiB",
+                      "--set", "platform.memory=2GiB"});
+    INFO("guest " << k.guest << " levels, EPT " << k.ept << " levels with " << k.ept_page << " pages: " << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.at("system.cpu0.walker.refs_per_walk.max") == k.guest * (k.ept_used + 1) + k.ept_used);
+  }
+}
+
+TEST_CASE("guest large pages shorten walks and cut their number") {
+  const std::string wl = "      - type: random_access\n        working_set: 16MiB\n        updates: 20000\n";
+  auto small = run_cli(one_vm(wl));
+  auto large = run_cli(one_vm(wl), {"--set", "vms[0].workloads[0].page_size=2MiB"});
+  REQUIRE(small.exit_code == 0);
+  REQUIRE(large.exit_code == 0);
+  CHECK(large.at("vm.t.vcpu0.mean_walk_refs") < small.at("vm.t.vcpu0.mean_walk_refs"));
+  CHECK(large.at("vm.t.vcpu0.walks") < small.at("vm.t.vcpu0.walks"));
+  // Eight 2 MiB guest pages need eight page faults, where 4 KiB pages need
+  // one per page touched.
+  CHECK(large.at("system.cpu0.walker.page_faults") < small.at("system.cpu0.walker.page_faults"));
+}
