@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "workloads/trace_file.h"
+
 namespace vmx::experiment {
 
 extern const char kQuickstartYaml[];
@@ -15,10 +17,11 @@ const std::string& quickstart_yaml() {
 }
 
 namespace {
-cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& expected,
+// "path: expected <what> (got <found>)", at the node's line.
+cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& what,
                           const std::string& found) {
   YAML::Node n = doc.find(path);
-  return doc.error(n ? n.Mark() : YAML::Mark::null_mark(), path, expected, found);
+  return doc.error(n ? n.Mark() : YAML::Mark::null_mark(), path, "expected " + what, found);
 }
 }  // namespace
 
@@ -46,6 +49,15 @@ ExperimentParams load(const cfg::Document& doc) {
       if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))
         throw error_at(doc, fmt::format("{}.workloads[{}].page_size", at, w), "4KiB, 2MiB or 1GiB",
                        cfg::format_bytes(ps));
+      if (vm.workloads[w].type == "trace") {
+        std::string key = fmt::format("{}.workloads[{}].file", at, w);
+        if (vm.workloads[w].trace.file.empty()) throw error_at(doc, key, "the path of a trace file", "nothing");
+        try {
+          workloads::TraceFile::load(vm.workloads[w].trace.file);
+        } catch (const workloads::TraceError& e) {
+          throw error_at(doc, key, "a readable vmxsim trace", e.what());
+        }
+      }
     }
     vm_memory += vm.memory;
   }

@@ -35,6 +35,9 @@ std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
 
 std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
 std::uint64_t Thread::sleep(std::uint64_t ps) { return m_kernel->sys_sleep(*this, ps); }
+bool Thread::mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec) {
+  return m_kernel->sys_mmap_fixed(*this, start, bytes, exec);
+}
 
 Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
                std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control)
@@ -245,15 +248,29 @@ std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
   return start;
 }
 
+bool Kernel::sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes, bool exec) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& p = *t.m_process;
+  std::uint64_t end = (start + bytes + kPage - 1) & ~(kPage - 1);
+  bool ok = (start & (kPage - 1)) == 0 && start >= kPage && end <= kUserTop && end > start &&
+            std::none_of(p.regions.begin(), p.regions.end(),
+                         [&](const Process::Region& r) { return start < r.end && r.start < end; });
+  if (ok) p.regions.push_back({start, end, exec});
+  c.set_user_mode(true);
+  return ok;
+}
+
 void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   charge(c, m_p.costs.page_fault, kCodeFault);
   std::uint64_t addr = c.read_cr(2);
   auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
   if (!t) panic(c, fmt::format("kernel page fault at {:#x} (error code {:#x})", addr, error_code));
   const Process& p = *t->m_process;
-  bool mapped = std::any_of(p.regions.begin(), p.regions.end(),
-                            [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
-  if (!mapped || (error_code & mmu::pfec::kPresent)) {
+  auto region = std::find_if(p.regions.begin(), p.regions.end(),
+                             [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
+  if (region == p.regions.end() || (error_code & mmu::pfec::kPresent)) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
@@ -264,7 +281,9 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     return;
   }
   unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
-  map_page(c, p.pml4, addr & ~(page - 1), frame, kUserPage | (leaf > 1 ? pte::kPageSize : 0), leaf);
+  std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
+  if (region->exec) flags &= ~pte::kNoExecute;
+  map_page(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
 }
 
 // ---------------------------------------------------------------------------

@@ -86,6 +86,9 @@ class Thread {
   /// mmap(2) of anonymous memory: returns the address of a fresh region,
   /// populated on first touch. 0 when the address space is exhausted.
   std::uint64_t mmap(std::uint64_t bytes);
+  /// mmap(2) with MAP_FIXED at a page-aligned address; `exec` allows
+  /// instruction fetch from it. False if the range is not free user space.
+  bool mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec);
   /// Sleeps for `ps` picoseconds of guest time (nanosleep(2)); returns the
   /// TSC value it was due to wake at.
   std::uint64_t sleep(std::uint64_t ps);
@@ -118,7 +121,10 @@ struct Process {
   std::uint64_t page_size = 4096;  // of its anonymous memory (4 KiB, 2 MiB, 1 GiB)
   std::uint64_t pcid = 0;
   std::uint64_t next_va = 0;
-  struct Region { std::uint64_t start, end; };
+  struct Region {
+    std::uint64_t start, end;
+    bool exec = false;
+  };
   std::vector<Region> regions;
   std::shared_ptr<workloads::Workload> workload;
 };
@@ -138,6 +144,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void exception(cpu::Core& cpu, std::uint8_t vector, std::uint32_t error_code) override;
 
   std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
+  bool sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes, bool exec);
   std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
   const std::string& panic_message() const { return m_panic; }
 

@@ -1,6 +1,13 @@
 #include "workloads/workload.h"
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "cpu/core.h"
+#include "workloads/trace_file.h"
 
 namespace vmx::workloads {
 
@@ -217,6 +224,68 @@ class SleepLoop final : public Workload {
                              "TSC cycles from the requested wake-up time to running again"};
 };
 
+// Replays a captured trace in the guest: its pages are mapped at the
+// addresses the program used, instruction records fetch and retire one
+// instruction, data records load and store.
+class Trace final : public Workload {
+ public:
+  Trace(const TraceParams& p, stats::Group* g, const std::string& n)
+      : Workload(g, n), m_p(p), m_trace(TraceFile::load(p.file)) {}
+  bool finite() const override { return m_p.passes != 0; }
+  void run(guest::Thread& t) override {
+    map_regions(t);
+    started(t);
+    repeat(m_p.passes, [&] {
+      TraceFile::Cursor cur = m_trace.cursor();
+      TraceRecord r;
+      while (cur.next(r)) {
+        cpu::Core& c = t.cpu();
+        unsigned size = std::min<unsigned>(r.size, 8);
+        switch (r.kind) {
+          case TraceRecord::Fetch:
+            c.fetch(r.address, r.size);
+            c.compute(1);
+            ++m_instructions;
+            break;
+          case TraceRecord::Load: c.load(r.address, size); break;
+          case TraceRecord::Store: c.store(r.address, 0, size); break;
+          case TraceRecord::Modify: c.store(r.address, c.load(r.address, size), size); break;
+        }
+        ++m_stats.operations;
+      }
+    });
+    finished(t);
+  }
+
+ private:
+  // The program's address space as the trace shows it: pages touched,
+  // merged into regions across gaps of up to 1 MiB.
+  void map_regions(guest::Thread& t) {
+    std::vector<std::uint64_t> pages;
+    TraceFile::Cursor cur = m_trace.cursor();
+    TraceRecord r;
+    while (cur.next(r)) {
+      pages.push_back(r.address >> 12);
+      pages.push_back((r.address + r.size - 1) >> 12);
+    }
+    std::sort(pages.begin(), pages.end());
+    pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
+    std::size_t i = 0;
+    while (i < pages.size()) {
+      std::size_t j = i;
+      while (j + 1 < pages.size() && pages[j + 1] - pages[j] <= 256) ++j;
+      std::uint64_t start = pages[i] << 12, end = (pages[j] + 1) << 12;
+      if (!t.mmap_fixed(start, end - start, true))
+        throw std::runtime_error(fmt::format("trace {}: cannot map [{:#x}, {:#x}) in the guest", m_p.file, start, end));
+      i = j + 1;
+    }
+  }
+
+  TraceParams m_p;
+  TraceFile m_trace;
+  stats::Counter m_instructions{&m_stats, "instructions", "instructions", "instruction records replayed"};
+};
+
 }  // namespace
 
 void Workload::started(guest::Thread& t) {
@@ -240,6 +309,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "vmcall_loop") return std::make_shared<VmcallLoop>(p.vmcall_loop, parent, name);
   if (p.type == "touch_pages") return std::make_shared<TouchPages>(p.touch_pages, parent, name);
   if (p.type == "sleep_loop") return std::make_shared<SleepLoop>(p.sleep_loop, parent, name);
+  if (p.type == "trace") return std::make_shared<Trace>(p.trace, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

@@ -113,6 +113,18 @@ struct SleepLoopParams {
   }
 };
 
+struct TraceParams {
+  std::string file;
+  std::uint64_t passes;
+  template <class V>
+  void visit(V& v) {
+    v.param(file, "file", "", Spec(Unit::Text),
+            "Trace to replay (docs/trace.md; made by scripts/trace-capture); relative paths are taken from "
+            "the current directory.");
+    v.param(passes, "passes", "1", Spec(), "Replays of the whole trace (0: until the end of the run).");
+  }
+};
+
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
@@ -126,6 +138,7 @@ struct WorkloadParams {
   VmcallLoopParams vmcall_loop;
   TouchPagesParams touch_pages;
   SleepLoopParams sleep_loop;
+  TraceParams trace;
 
   template <class V>
   void visit(V& v) {
@@ -137,7 +150,7 @@ struct WorkloadParams {
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
-              cfg::alt("sleep_loop", sleep_loop));
+              cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace));
   }
 };
 

@@ -225,3 +225,22 @@ TEST_CASE("guest large pages shorten walks and cut their number") {
   // one per page touched.
   CHECK(large.at("system.cpu0.walker.page_faults") < small.at("system.cpu0.walker.page_faults"));
 }
+
+TEST_CASE("a trace of a real program replays end to end in a guest") {
+  const std::string trace = std::string(VMXSIM_SOURCE_DIR) + "/tests/data/sort.vmxtrace";
+  auto r = run_cli(one_vm("      - type: trace\n        file: " + trace + "\n        passes: 2\n"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.workload0.operations") == 200000);  // 100,000 records, twice
+  CHECK(r.at("vm.t.workload0.instructions") > 50000);
+  CHECK(r.at("vm.t.workload0.threads_done") == 1);
+  CHECK(r.at("system.cpu0_mem.fetches") > r.at("vm.t.workload0.instructions"));
+
+  // A file that is not a trace is a config error naming the key and the byte.
+  const std::string bad = "/tmp/vmxsim-not-a-trace.vmxtrace";
+  std::ofstream(bad) << "hello";
+  auto e = run_cli(one_vm("      - type: trace\n        file: " + bad + "\n"));
+  CHECK(e.exit_code == 2);
+  CHECK(e.err.find("vms[0].workloads[0].file: expected a readable vmxsim trace") != std::string::npos);
+  CHECK(e.err.find("byte 0: not a vmxsim trace") != std::string::npos);
+}
