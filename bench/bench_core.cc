@@ -5,6 +5,12 @@
 //   bench_core exit    [N]   N CPUID VM-exit round trips under a minimal root loop
 //   bench_core hv-exit [N]   the full hypervisor and guest kernel running a
 //                            cpuid_loop workload of N iterations
+//   bench_core walk    [N]   N guest loads at random over 64 MiB (4-level
+//                            guest paging over 4-level EPT, 4 KiB pages in
+//                            both): nearly every load misses the TLBs and
+//                            walks in 2D with the walk caches on; then N
+//                            loads that hit the L1 DTLB
+//   bench_core walk-nocache [N]   the same with every walk cache off
 //
 // SystemC elaborates one design per process, so each mode is its own process
 // (scripts/bench runs all three). Host time is std::chrono::steady_clock.
@@ -44,6 +50,7 @@ constexpr std::uint64_t kPage = 4096;
 // Targets from the issue that asked for this benchmark.
 constexpr double kLoadTargetPerSec = 20e6;
 constexpr double kExitTargetPerSec = 1e6;
+constexpr double kWalkTargetPerSec = 3e6;
 
 double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 
@@ -253,6 +260,150 @@ int bench_exit(std::uint64_t n) {
 }
 
 // ---------------------------------------------------------------------------
+// walk: a minimal VMX root loop (EPT and VPID on, identity EPT of 4 KiB pages)
+// and a guest with 4-level paging whose loads land at random in a 64 MiB
+// region of 4 KiB pages. The STLB reaches 6 MiB, so nearly every load walks;
+// the guest PDE cache (32 entries, 64 MiB of reach) and the EPT caches hit.
+
+int bench_walk(std::uint64_t n, bool caches) {
+  vmx::stats::Group root;
+  auto pp = one_core_platform();
+  pp.memory = 256ull << 20;
+  if (!caches) {
+    for (unsigned l = 2; l <= 5; ++l) {
+      pp.cpu.psc.guest.level(l).enabled = false;
+      pp.cpu.psc.ept.level(l).enabled = false;
+    }
+    pp.cpu.nested_tlb.enabled = false;
+  }
+  vmx::models::Platform platform(pp, &root);
+
+  constexpr std::uint64_t kVmxon = 0x100000, kVmcs = 0x101000;
+  constexpr std::uint64_t kEpt = 0x200000;        // PML4, PDPT, PD, then the page tables
+  constexpr std::uint64_t kGuestTables = 0x800000;  // PML4, PDPT, PD, then the page tables
+  constexpr std::uint64_t kRegion = 64ull << 20;
+  constexpr std::uint64_t kDataGpa = 0x1000000;   // 16 MiB
+  constexpr std::uint64_t kLinear = 0x40000000;   // 1 GiB: PML4 0, PDPT 1
+  constexpr std::uint64_t kEptMapped = kDataGpa + kRegion;
+  constexpr std::uint64_t kHitPages = 4;
+
+  vmx::sim::Fiber* host_fiber = nullptr;
+  vmx::sim::Fiber guest("bench.walk.guest", [&] {
+    Core& c = Core::current();
+    std::uint64_t x = 0x9E3779B97F4A7C15ull;
+    auto next = [&x] {  // xorshift64
+      x ^= x << 13;
+      x ^= x >> 7;
+      x ^= x << 17;
+      return x;
+    };
+    auto random_va = [&] { return kLinear + (next() % (kRegion / kPage)) * kPage + (x & 0xFF8); };
+    // Warm-up: every page once (accessed bits, data caches), then random loads.
+    for (std::uint64_t va = kLinear; va < kLinear + kRegion; va += kPage) c.load(va);
+    for (std::uint64_t i = 0; i < 100000; ++i) c.load(random_va());
+
+    const std::uint64_t walks0 = counter(root, "system.cpu0.walker.walks");
+    const std::uint64_t refs0 = counter(root, "system.cpu0.walker.refs");
+    const std::uint64_t psc0 = counter(root, "system.cpu0.walker.psc_hits");
+    const std::uint64_t ntlb0 = counter(root, "system.cpu0.walker.nested_tlb_hits");
+    const std::uint64_t cyc0 = c.now();
+    std::uint64_t sum = 0;
+    const auto t0 = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) sum += c.load(random_va());
+    const auto t1 = Clock::now();
+    const std::uint64_t walks = counter(root, "system.cpu0.walker.walks") - walks0;
+    const std::uint64_t refs = counter(root, "system.cpu0.walker.refs") - refs0;
+    const std::uint64_t cycles = c.now() - cyc0;
+    const char* mode = caches ? "walk" : "walk-nocache";
+    // Host time per walk: the whole loop (load, TLB misses, walk) per walk.
+    print_rate(mode, "walk", walks, seconds(t1 - t0), caches ? kWalkTargetPerSec : 0);
+    std::printf("%s.loads: %llu\n", mode, static_cast<unsigned long long>(n));
+    std::printf("%s.walks_per_load: %.4f\n", mode, static_cast<double>(walks) / static_cast<double>(n));
+    std::printf("%s.simulated_refs_per_walk: %.3f\n", mode, static_cast<double>(refs) / static_cast<double>(walks));
+    std::printf("%s.simulated_cycles_per_load: %.1f\n", mode, static_cast<double>(cycles) / static_cast<double>(n));
+    std::printf("%s.psc_hits_per_walk: %.3f\n", mode,
+                static_cast<double>(counter(root, "system.cpu0.walker.psc_hits") - psc0) / static_cast<double>(walks));
+    std::printf("%s.nested_tlb_hits_per_walk: %.3f\n", mode,
+                static_cast<double>(counter(root, "system.cpu0.walker.nested_tlb_hits") - ntlb0) /
+                    static_cast<double>(walks));
+
+    // TLB hits: the same guest, loads over 4 pages (L1 DTLB and L1D hits).
+    auto hit_va = [&](std::uint64_t i) { return kLinear + (i % kHitPages) * kPage + ((i / kHitPages) % 8) * 64; };
+    for (std::uint64_t i = 0; i < 64; ++i) c.load(hit_va(i));
+    const std::uint64_t hits0 = counter(root, "system.cpu0.tlb.dtlb.hits");
+    const auto t2 = Clock::now();
+    for (std::uint64_t i = 0; i < n; ++i) sum += c.load(hit_va(i));
+    const auto t3 = Clock::now();
+    const std::uint64_t hits = counter(root, "system.cpu0.tlb.dtlb.hits") - hits0;
+    std::printf("%s.host_ns_per_tlb_hit_load: %.2f (%llu L1 DTLB hits)\n", mode, seconds(t3 - t2) * 1e9 / static_cast<double>(n),
+                static_cast<unsigned long long>(hits));
+    std::printf("%s.checksum: %llu\n", mode, static_cast<unsigned long long>(sum));
+    finish();
+  });
+
+  vmx::sim::Fiber host("bench.walk.root", [&] {
+    Core& c = Core::current();
+    namespace ept = vmx::mmu::ept;
+    namespace pte = vmx::mmu::pte;
+    using namespace vmx::cpu;
+    auto vmw = [&](std::uint32_t enc, std::uint64_t v) {
+      if (c.vmwrite(enc, v) != VmxStatus::Succeed) {
+        std::fprintf(stderr, "bench_core walk: VMWRITE %#x failed\n", enc);
+        std::_Exit(1);
+      }
+    };
+    // Identity EPT over [0, kEptMapped) with 4 KiB pages.
+    const std::uint64_t rwx = ept::kRead | ept::kWrite | ept::kExecute;
+    const std::uint64_t epdpt = kEpt + kPage, epd = epdpt + kPage, ept0 = epd + kPage;
+    c.store(kEpt, epdpt | rwx);
+    c.store(epdpt, epd | rwx);
+    for (std::uint64_t gpa = 0; gpa < kEptMapped; gpa += kPage) {
+      std::uint64_t table = ept0 + (gpa >> 21) * kPage;
+      if ((gpa & ((1ull << 21) - 1)) == 0) c.store(epd + (gpa >> 21) * 8, table | rwx);
+      c.store(table + ((gpa >> 12) & 511) * 8, gpa | rwx | ept::kMemTypeWb);
+    }
+    // Guest tables: kLinear + i * 4 KiB -> kDataGpa + i * 4 KiB.
+    const std::uint64_t rw = pte::kPresent | pte::kWritable;
+    const std::uint64_t gpml4 = kGuestTables, gpdpt = gpml4 + kPage, gpd = gpdpt + kPage, gpt0 = gpd + kPage;
+    c.store(gpml4 + ((kLinear >> 39) & 511) * 8, gpdpt | rw);
+    c.store(gpdpt + ((kLinear >> 30) & 511) * 8, gpd | rw);
+    for (std::uint64_t off = 0; off < kRegion; off += kPage) {
+      std::uint64_t table = gpt0 + (off >> 21) * kPage;
+      if ((off & ((1ull << 21) - 1)) == 0) c.store(gpd + (((kLinear + off) >> 21) & 511) * 8, table | rw);
+      c.store(table + ((off >> 12) & 511) * 8, (kDataGpa + off) | rw);
+    }
+    c.write_cr(4, c.read_cr(4) | crb::kCr4Vmxe);
+    c.store(kVmxon, kVmcsRevision, 4);
+    if (c.vmxon(kVmxon) != VmxStatus::Succeed) std::_Exit(1);
+    c.store(kVmcs, kVmcsRevision, 4);
+    c.vmclear(kVmcs);
+    if (c.vmptrld(kVmcs) != VmxStatus::Succeed) std::_Exit(1);
+    vmw(field::kPinBasedControls, 0);
+    vmw(field::kProcBasedControls, proc::kActivateSecondaryControls);
+    vmw(field::kSecondaryControls, proc2::kEnableEpt | proc2::kEnableVpid);
+    vmw(field::kVpid, 1);
+    vmw(field::kExitControls, exitctl::kHostAddressSpaceSize);
+    vmw(field::kEntryControls, 0);
+    vmw(field::kExceptionBitmap, 0);
+    vmw(field::kEptPointer, ept::eptp(kEpt, 4, false));
+    vmw(field::kGuestCr0, crb::kCr0Pe | crb::kCr0Pg);
+    vmw(field::kGuestCr3, gpml4);
+    vmw(field::kGuestCr4, crb::kCr4Pae);
+    vmw(field::kGuestIa32Efer, crb::kEferLme);
+    vmw(field::kGuestRflags, 0x2);
+    vmw(field::kGuestSsAccessRights, 0);
+    vmw(field::kGuestRip, code_address(&guest));
+    vmw(field::kHostRip, code_address(host_fiber));
+    VmExit ex = c.vmlaunch();
+    std::fprintf(stderr, "bench_core walk: unexpected VM entry failure or exit (reason %u)\n", ex.reason);
+    std::_Exit(1);
+  });
+  host_fiber = &host;
+  platform.core(0).set_reset_fiber(&host);
+  return run_bounded(caches ? "walk" : "walk-nocache");
+}
+
+// ---------------------------------------------------------------------------
 // hv-exit: the real experiment path (hypervisor, guest kernel, cpuid_loop).
 
 int bench_hv_exit(std::uint64_t n) {
@@ -304,7 +455,10 @@ int usage() {
   std::fprintf(stderr,
                "usage: bench_core load [N]      host ns per load on the TLB-hit path (default N 20000000)\n"
                "       bench_core exit [N]      host ns per CPUID exit round trip, minimal root loop (default 2000000)\n"
-               "       bench_core hv-exit [N]   the same through the full hypervisor (default 500000)\n");
+               "       bench_core hv-exit [N]   the same through the full hypervisor (default 500000)\n"
+               "       bench_core walk [N]      host ns per 2D walk, walk caches on, and per TLB-hit load "
+               "(default 5000000)\n"
+               "       bench_core walk-nocache [N]  the same with every walk cache off\n");
   return 2;
 }
 
@@ -324,6 +478,8 @@ int main(int argc, char** argv) {
     if (mode == "load") return bench_load(n ? n : 20'000'000);
     if (mode == "exit") return bench_exit(n ? n : 2'000'000);
     if (mode == "hv-exit") return bench_hv_exit(n ? n : 500'000);
+    if (mode == "walk") return bench_walk(n ? n : 5'000'000, true);
+    if (mode == "walk-nocache") return bench_walk(n ? n : 5'000'000, false);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_core %s: %s\n", mode.c_str(), e.what());
     return 1;

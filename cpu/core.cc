@@ -1,5 +1,7 @@
 #include "cpu/core.h"
 
+#include <algorithm>
+#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -53,11 +55,29 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_cpi_q8(static_cast<std::uint32_t>(params.cpi * 256.0 + 0.5)),
       m_stats(stats_parent, std::string(basename())),
       m_walk_stats(&m_stats),
-      m_walker(*this, m_walk_stats),
+      m_psc_group(&m_walk_stats, "psc", "paging-structure caches"),
+      m_psc_guest_group(&m_psc_group, "guest", "guest dimension (VPID/PCID/EP4TA-tagged)"),
+      m_psc_ept_group(&m_psc_group, "ept", "EPT dimension (EP4TA-tagged)"),
+      m_gpsc_pml5e(params.psc.guest.pml5e, 5, &m_psc_guest_group, "pml5e"),
+      m_gpsc_pml4e(params.psc.guest.pml4e, 4, &m_psc_guest_group, "pml4e"),
+      m_gpsc_pdpte(params.psc.guest.pdpte, 3, &m_psc_guest_group, "pdpte"),
+      m_gpsc_pde(params.psc.guest.pde, 2, &m_psc_guest_group, "pde"),
+      m_epsc_pml5e(params.psc.ept.pml5e, 5, &m_psc_ept_group, "pml5e"),
+      m_epsc_pml4e(params.psc.ept.pml4e, 4, &m_psc_ept_group, "pml4e"),
+      m_epsc_pdpte(params.psc.ept.pdpte, 3, &m_psc_ept_group, "pdpte"),
+      m_epsc_pde(params.psc.ept.pde, 2, &m_psc_ept_group, "pde"),
+      m_nested_tlb(params.nested_tlb, &m_walk_stats, "nested_tlb"),
+      m_walker(*this, m_walk_stats, walk_caches()),
       m_tlb_group(&m_stats, "tlb"),
       m_dtlb(params.dtlb, 12, &m_tlb_group, "dtlb"),
+      m_dtlb_2m(params.dtlb_2m, 21, &m_tlb_group, "dtlb_2m"),
+      m_dtlb_1g(params.dtlb_1g, 30, &m_tlb_group, "dtlb_1g"),
       m_itlb(params.itlb, 12, &m_tlb_group, "itlb"),
-      m_stlb(params.stlb, 12, &m_tlb_group, "stlb"),
+      m_itlb_2m(params.itlb_2m, 21, &m_tlb_group, "itlb_2m"),
+      m_stlb(params.stlb, {12, 21}, &m_tlb_group, "stlb"),
+      m_stlb_1g(params.stlb_1g, 30, &m_tlb_group, "stlb_1g"),
+      m_stlb_latency(std::max(params.stlb.latency, params.stlb_1g.latency)),
+      m_tlbs{&m_dtlb, &m_dtlb_2m, &m_dtlb_1g, &m_itlb, &m_itlb_2m, &m_stlb, &m_stlb_1g},
       m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
   if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
     throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
@@ -303,7 +323,33 @@ mmu::WalkRequest Core::walk_request(std::uint64_t va, AccessType type) const {
   r.eptp = m_eptp;
   r.ept_mode.levels = static_cast<std::uint8_t>(mmu::ept::eptp_levels(m_eptp));
   r.ept_mode.largest_leaf = 3;
+  r.tag = m_tag;
   return r;
+}
+
+mmu::WalkCaches Core::walk_caches() {
+  mmu::WalkCaches c;
+  c.guest = {nullptr, nullptr, &m_gpsc_pde, &m_gpsc_pdpte, &m_gpsc_pml4e, &m_gpsc_pml5e};
+  c.ept = {nullptr, nullptr, &m_epsc_pde, &m_epsc_pdpte, &m_epsc_pml4e, &m_epsc_pml5e};
+  c.nested = &m_nested_tlb;
+  return c;
+}
+
+template <class F>
+void Core::for_each_tlb(F f) {
+  for (mmu::Tlb* t : m_tlbs) f(*t);
+}
+
+template <class F>
+void Core::for_each_guest_psc(F f) {
+  for (mmu::Psc* p : {&m_gpsc_pde, &m_gpsc_pdpte, &m_gpsc_pml4e, &m_gpsc_pml5e})
+    if (p->enabled()) f(*p);
+}
+
+template <class F>
+void Core::for_each_ept_psc(F f) {
+  for (mmu::Psc* p : {&m_epsc_pde, &m_epsc_pdpte, &m_epsc_pml4e, &m_epsc_pml5e})
+    if (p->enabled()) f(*p);
 }
 
 bool Core::tlb_permits(std::uint8_t perms, AccessType type) const {
@@ -324,24 +370,64 @@ bool Core::tlb_permits(std::uint8_t perms, AccessType type) const {
   return false;
 }
 
+// The L1 TLBs of each page size are looked up in parallel (one latency); a
+// miss in all of them looks up the STLB arrays (4 KiB + 2 MiB, and 1 GiB),
+// and a miss there walks. Fills go to the arrays of the translation's
+// effective page size: the smaller of the guest and EPT page sizes.
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
   if (!m_translate) {
     pa = va;
     return true;
   }
-  mmu::Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+  const bool fetch = type == AccessType::Execute;
+  mmu::Tlb& l1 = fetch ? m_itlb : m_dtlb;
   charge(l1.latency());
   if (const mmu::TlbEntry* e = l1.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
-    pa = l1.translate(*e, va);
+    pa = mmu::Tlb::translate(*e, va);
     return true;
   }
-  charge(m_stlb.latency());
-  if (const mmu::TlbEntry* e = m_stlb.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
-    pa = m_stlb.translate(*e, va);
-    l1.insert(va, pa & ~0xFFFull, e->perms, e->global, m_tag);
+  mmu::Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
+  if (const mmu::TlbEntry* e = l1_2m.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
+    pa = mmu::Tlb::translate(*e, va);
     return true;
   }
+  if (!fetch) {
+    if (const mmu::TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
+      pa = mmu::Tlb::translate(*e, va);
+      return true;
+    }
+  }
+  return translate_l2(va, type, pa);
+}
+
+bool Core::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa) {
+  if (type == AccessType::Execute) ++m_tlb_group.l1i_misses; else ++m_tlb_group.l1d_misses;
+  if (m_non_root && m_obs) ++m_obs->tlb_l1_misses;
+  charge(m_stlb_latency);
+  const mmu::TlbEntry* e = m_stlb.lookup(va, m_tag);
+  if (!e || !tlb_permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_tag);
+  if (e && tlb_permits(e->perms, type)) {
+    pa = mmu::Tlb::translate(*e, va);
+    fill_l1(type, va, pa, e->perms, e->global, e->shift);
+    return true;
+  }
+  ++m_tlb_group.l2_misses;
+  if (m_non_root && m_obs) ++m_obs->tlb_l2_misses;
   return walk_and_fill(va, type, pa);
+}
+
+void Core::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
+                   unsigned shift) {
+  if (type == AccessType::Execute) {
+    // Skylake's ITLB has no 1 GiB array: such code pages are held as the
+    // 2 MiB piece that was fetched from.
+    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_tag);
+    else m_itlb_2m.insert(va, pa, perms, global, m_tag);
+    return;
+  }
+  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_tag);
+  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_tag);
+  else m_dtlb_1g.insert(va, pa, perms, global, m_tag);
 }
 
 bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -351,14 +437,17 @@ bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
     ++m_obs->walks;
     m_obs->walk_refs += r.refs;
     m_obs->walk_cycles += r.cycles;
+    m_obs->walk_latency.sample(r.cycles);
+    m_obs->walk_guest_refs += r.guest_refs;
+    m_obs->walk_ept_refs += static_cast<std::uint64_t>(r.refs - r.guest_refs);
+    m_obs->psc_hits += r.psc_hits;
+    m_obs->nested_tlb_hits += r.nested_hits;
   }
   switch (r.status) {
     case mmu::WalkResult::Status::Ok: {
-      // Large pages are held as their 4 KiB piece until per-size TLBs exist.
-      std::uint64_t page_pa = r.pa & ~0xFFFull;
-      mmu::Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
-      m_stlb.insert(va, page_pa, r.perms, r.global, m_tag);
-      l1.insert(va, page_pa, r.perms, r.global, m_tag);
+      if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_tag);
+      else m_stlb.insert(va, r.pa, r.perms, r.global, m_tag, r.page_shift);
+      fill_l1(type, va, r.pa, r.perms, r.global, r.page_shift);
       pa = r.pa;
       return true;
     }
@@ -468,6 +557,58 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
   }
 }
 
+// Fast-string operations (SDM Vol. 1, 7.3.9.3; Vol. 3A, 7.3.2): the model
+// moves a cache line per step, retiring one instruction per line, and lets
+// interrupts in between pages, as the architecture allows between iterations.
+void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
+  boundary();
+  retire(1);
+  std::uint64_t end = va + bytes;
+  while (va < end) {
+    std::uint64_t chunk = std::min(end, (va | 0xFFF) + 1) - va;
+    std::uint64_t pa;
+    while (!translate(va, AccessType::Write, pa)) boundary();
+    if (!m_w.mem->contains(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
+    for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
+      charge(m_w.caches->access(line, models::AccessKind::Write));
+      retire(1);
+    }
+    std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
+    m_stats.stores += (chunk + kLine - 1) / kLine;
+    va += chunk;
+    if (va < end) boundary();
+  }
+}
+
+void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
+  boundary();
+  retire(1);
+  std::uint64_t done = 0;
+  while (done < bytes) {
+    std::uint64_t s = src + done, d = dst + done;
+    std::uint64_t chunk = std::min({bytes - done, (s | 0xFFF) + 1 - s, (d | 0xFFF) + 1 - d});
+    std::uint64_t spa, dpa;
+    for (;;) {
+      if (translate(s, AccessType::Read, spa) && translate(d, AccessType::Write, dpa)) break;
+      boundary();
+    }
+    if (!m_w.mem->contains(spa, chunk) || !m_w.mem->contains(dpa, chunk))
+      throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
+    for (std::uint64_t off = 0; off < chunk; off += kLine) {
+      charge(m_w.caches->access(spa + off, models::AccessKind::Read));
+      charge(m_w.caches->access(dpa + off, models::AccessKind::Write));
+      retire(1);
+    }
+    std::uint8_t buf[4096];
+    m_w.mem->read_bytes(spa, buf, chunk);
+    m_w.mem->write_bytes(dpa, buf, chunk);
+    m_stats.loads += (chunk + kLine - 1) / kLine;
+    m_stats.stores += (chunk + kLine - 1) / kLine;
+    done += chunk;
+    if (done < bytes) boundary();
+  }
+}
+
 // ---------------------------------------------------------------------------
 // Control registers, MSRs, CPUID, I/O, HLT.
 
@@ -541,15 +682,12 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       m_cr3 = value & ~crb::kCr3NoFlush;
       update_context();
       if (!keep) {
-        if (pcide) {
-          m_dtlb.flush_pcid(m_tag.vpid, m_tag.pcid);
-          m_itlb.flush_pcid(m_tag.vpid, m_tag.pcid);
-          m_stlb.flush_pcid(m_tag.vpid, m_tag.pcid);
-        } else {
-          m_dtlb.flush_non_global(m_tag.vpid);
-          m_itlb.flush_non_global(m_tag.vpid);
-          m_stlb.flush_non_global(m_tag.vpid);
-        }
+        const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
+        if (pcide) for_each_tlb([&](mmu::Tlb& t) { t.flush_pcid(vpid, pcid); });
+        else for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
+        // ... and every paging-structure-cache entry of that PCID (PCID 0
+        // when CR4.PCIDE = 0).
+        for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
       }
       break;
     }
@@ -557,9 +695,11 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       bool flush = ((m_cr4 ^ value) & (crb::kCr4Pge | crb::kCr4Pcide | crb::kCr4Smep | crb::kCr4La57)) != 0;
       m_cr4 = value;
       if (flush) {
-        m_dtlb.flush_vpid(m_tag.vpid);
-        m_itlb.flush_vpid(m_tag.vpid);
-        m_stlb.flush_vpid(m_tag.vpid);
+        // All TLB entries, global ones included, and all paging-structure-
+        // cache entries of the current VPID (SDM Vol. 3A, 4.10.4.1).
+        const std::uint16_t vpid = m_tag.vpid;
+        for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
+        for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
       }
       break;
     }
@@ -810,10 +950,11 @@ void Core::invlpg(std::uint64_t va) {
     return;
   }
   // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
-  // PCID and global ones.
-  m_dtlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
-  m_itlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
-  m_stlb.flush_invlpg(va, m_tag.vpid, m_tag.pcid);
+  // PCID and global ones, and all paging-structure-cache entries of the
+  // current PCID whatever linear address they are for.
+  const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
+  for_each_tlb([&](mmu::Tlb& t) { t.flush_invlpg(va, vpid, pcid); });
+  for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
 }
 
 std::uint64_t Core::rdtsc() {
@@ -967,16 +1108,22 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp) {
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.invept_latency);
-  // SDM Vol. 3C, 29.4.3.1: type 1 single-context, type 2 all-context.
+  // SDM Vol. 3C, 29.4.3.1: type 1 single-context, type 2 all-context. Both
+  // remove combined mappings (TLB entries and guest-dimension paging-
+  // structure-cache entries tagged with the EP4TA) and guest-physical
+  // mappings (the EPT-dimension caches and the nested TLB). Linear mappings,
+  // cached with EPT off, are not associated with any EP4TA and stay.
   if (type == 1) {
-    std::uint64_t ep4ta = eptp & mmu::ept::kAddrMask;
-    m_dtlb.flush_ep4ta(ep4ta);
-    m_itlb.flush_ep4ta(ep4ta);
-    m_stlb.flush_ep4ta(ep4ta);
+    const std::uint64_t ep4ta = eptp & mmu::ept::kAddrMask;
+    for_each_tlb([&](mmu::Tlb& t) { t.flush_ep4ta(ep4ta); });
+    for_each_guest_psc([&](mmu::Psc& p) { p.flush_ep4ta(ep4ta); });
+    for_each_ept_psc([&](mmu::Psc& p) { p.flush_ep4ta(ep4ta); });
+    if (m_nested_tlb.enabled()) m_nested_tlb.flush_ep4ta(ep4ta);
   } else if (type == 2) {
-    m_dtlb.flush_all();
-    m_itlb.flush_all();
-    m_stlb.flush_all();
+    for_each_tlb([](mmu::Tlb& t) { t.flush_all_ep4ta(); });
+    for_each_guest_psc([](mmu::Psc& p) { p.flush_all_ep4ta(); });
+    for_each_ept_psc([](mmu::Psc& p) { p.flush_all(); });
+    if (m_nested_tlb.enabled()) m_nested_tlb.flush_all();
   } else {
     return vm_fail(vmerr::kInvalidOperandInvept);
   }
@@ -995,26 +1142,26 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la) {
   charge(m_p.invept_latency);
   // SDM Vol. 3C, 31.3 INVVPID: 0 individual address, 1 single context,
   // 2 all contexts, 3 single context retaining globals.
+  // Paging-structure-cache entries are not per address and never global:
+  // types 0, 1 and 3 remove all of the VPID's (type 0 may invalidate more
+  // than the address, 29.4.3.3).
   switch (type) {
     case 0:
-      m_dtlb.flush_address(la, vpid);
-      m_itlb.flush_address(la, vpid);
-      m_stlb.flush_address(la, vpid);
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_address(la, vpid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
       break;
     case 1:
-      m_dtlb.flush_vpid(vpid);
-      m_itlb.flush_vpid(vpid);
-      m_stlb.flush_vpid(vpid);
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
       break;
     case 2:
-      m_dtlb.flush_all();
-      m_itlb.flush_all();
-      m_stlb.flush_all();
+      // All VPIDs except 0 (29.4.3.3).
+      for_each_tlb([](mmu::Tlb& t) { t.flush_nonzero_vpids(); });
+      for_each_guest_psc([](mmu::Psc& p) { p.flush_nonzero_vpids(); });
       break;
     case 3:
-      m_dtlb.flush_non_global(vpid);
-      m_itlb.flush_non_global(vpid);
-      m_stlb.flush_non_global(vpid);
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
       break;
     default:
       return vm_fail(vmerr::kInvalidOperandInvept);
@@ -1029,9 +1176,8 @@ void Core::flush_vpid_on_transition() {
   // Without VPIDs, every VM entry and exit invalidates the mappings of
   // VPID 0 (SDM Vol. 3C, 28.3.3.3).
   if (!(m_proc2 & proc2::kEnableVpid) || !(m_proc & proc::kActivateSecondaryControls)) {
-    m_dtlb.flush_vpid(0);
-    m_itlb.flush_vpid(0);
-    m_stlb.flush_vpid(0);
+    for_each_tlb([](mmu::Tlb& t) { t.flush_vpid(0); });
+    for_each_guest_psc([](mmu::Psc& p) { p.flush_vpid(0); });
   }
 }
 

@@ -19,7 +19,9 @@
 
 #include "cpu/vmcs.h"
 #include "cpu/vmx.h"
+#include "mmu/nested_tlb.h"
 #include "mmu/paging.h"
+#include "mmu/psc.h"
 #include "mmu/tlb.h"
 #include "mmu/walker.h"
 #include "models/lapic.h"
@@ -84,8 +86,14 @@ struct CoreParams {
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
   mmu::DtlbParams dtlb;
+  mmu::Dtlb2mParams dtlb_2m;
+  mmu::Dtlb1gParams dtlb_1g;
   mmu::ItlbParams itlb;
+  mmu::Itlb2mParams itlb_2m;
   mmu::StlbParams stlb;
+  mmu::Stlb1gParams stlb_1g;
+  mmu::PscParamsAll psc;
+  mmu::NestedTlbParams nested_tlb;
 
   template <class V>
   void visit(V& v) {
@@ -119,9 +127,16 @@ struct CoreParams {
             "VMPTRLD, including loading the VMCS into the processor (assumption).");
     v.param(vmxon_latency, "vmxon_latency", "1000", Spec(Unit::Cycles), "VMXON (assumption).");
     v.param(invept_latency, "invept_latency", "200", Spec(Unit::Cycles), "INVEPT / INVVPID (assumption).");
-    v.section(dtlb, "dtlb", "First-level data TLB (4 KiB pages).");
-    v.section(itlb, "itlb", "First-level instruction TLB (4 KiB pages).");
-    v.section(stlb, "stlb", "Second-level unified TLB.");
+    v.section(dtlb, "dtlb", "First-level data TLB for 4 KiB pages.");
+    v.section(dtlb_2m, "dtlb_2m", "First-level data TLB for 2 MiB pages.");
+    v.section(dtlb_1g, "dtlb_1g", "First-level data TLB for 1 GiB pages.");
+    v.section(itlb, "itlb", "First-level instruction TLB for 4 KiB pages.");
+    v.section(itlb_2m, "itlb_2m", "First-level instruction TLB for 2 MiB pages (and the 2 MiB pieces of 1 GiB pages).");
+    v.section(stlb, "stlb", "Second-level unified TLB; one array holds 4 KiB and 2 MiB translations.");
+    v.section(stlb_1g, "stlb_1g", "Second-level TLB for 1 GiB pages, looked up in parallel with stlb.");
+    v.section(psc, "psc", "Paging-structure caches of the page walker, both dimensions (docs/mmu.md).");
+    v.section(nested_tlb, "nested_tlb",
+              "Guest-physical to host-physical translations used by 2D walks (docs/mmu.md).");
   }
 };
 
@@ -150,6 +165,13 @@ struct VcpuObserver : stats::Group {
   stats::Counter walk_cycles{this, "walk_cycles", "cycles", "cycles of those walks"};
   stats::Ratio mean_walk_refs{this, "mean_walk_refs", "references", "mean references per walk", walk_refs, walks};
   stats::Ratio mean_walk_cycles{this, "mean_walk_cycles", "cycles", "mean cycles per walk", walk_cycles, walks};
+  stats::Histogram walk_latency{this, "walk_latency", "cycles", "cycles per walk (distribution)"};
+  stats::Counter walk_guest_refs{this, "walk_guest_refs", "references", "guest-dimension references of those walks"};
+  stats::Counter walk_ept_refs{this, "walk_ept_refs", "references", "EPT-dimension references of those walks"};
+  stats::Counter psc_hits{this, "psc_hits", "lookups", "paging-structure-cache hits of those walks"};
+  stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups", "nested-TLB hits of those walks"};
+  stats::Counter tlb_l1_misses{this, "tlb_l1_misses", "lookups", "guest accesses that missed every L1 TLB"};
+  stats::Counter tlb_l2_misses{this, "tlb_l2_misses", "lookups", "of those, accesses that also missed the STLB"};
   /// Per exit reason: count and round-trip cycles from the exit to the next
   /// completed VM entry of this vCPU.
   struct Reason : stats::Group {
@@ -190,6 +212,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
+  /// REP STOSB: sets `bytes` bytes at va to `value`. Interruptible between
+  /// pages; each cache line written is one write access.
+  void rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes);
+  /// REP MOVSB: copies `bytes` bytes from src to dst (non-overlapping), one
+  /// read and one write access per line.
+  void rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes);
   std::uint64_t read_cr(unsigned cr);
   void write_cr(unsigned cr, std::uint64_t value);
   std::uint64_t rdmsr(std::uint32_t msr);
@@ -270,7 +298,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
 
   // Translation and memory.
   bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  bool translate_l2(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
   bool walk_and_fill(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  void fill_l1(mmu::AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
+               unsigned shift);
+  mmu::WalkCaches walk_caches();
+  // Invalidation of the translation caches (TLBs, guest-dimension and
+  // EPT-dimension paging-structure caches, nested TLB); f is applied to
+  // every structure of the kind.
+  template <class F> void for_each_tlb(F f);
+  template <class F> void for_each_guest_psc(F f);
+  template <class F> void for_each_ept_psc(F f);
   bool tlb_permits(std::uint8_t perms, mmu::AccessType type) const;
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
@@ -350,9 +388,23 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   mmu::TlbTag m_tag{};
   bool m_translate = false;  // paging or EPT is on
   mmu::WalkStats m_walk_stats;
+  stats::Group m_psc_group;          // walker.psc
+  stats::Group m_psc_guest_group;    // walker.psc.guest
+  stats::Group m_psc_ept_group;      // walker.psc.ept
+  mmu::Psc m_gpsc_pml5e, m_gpsc_pml4e, m_gpsc_pdpte, m_gpsc_pde;
+  mmu::Psc m_epsc_pml5e, m_epsc_pml4e, m_epsc_pdpte, m_epsc_pde;
+  mmu::NestedTlb m_nested_tlb;
   mmu::Walker m_walker;
-  stats::Group m_tlb_group;
-  mmu::Tlb m_dtlb, m_itlb, m_stlb;
+  struct TlbGroup : stats::Group {
+    using stats::Group::Group;
+    stats::Counter l1d_misses{this, "l1d_misses", "lookups", "data accesses that missed every L1 DTLB"};
+    stats::Counter l1i_misses{this, "l1i_misses", "lookups", "instruction fetches that missed every L1 ITLB"};
+    stats::Counter l2_misses{this, "l2_misses", "lookups", "L1 misses that also missed the STLB: each walks"};
+  };
+  TlbGroup m_tlb_group;
+  mmu::Tlb m_dtlb, m_dtlb_2m, m_dtlb_1g, m_itlb, m_itlb_2m, m_stlb, m_stlb_1g;
+  std::uint32_t m_stlb_latency;  // stlb and stlb_1g are looked up in parallel
+  std::array<mmu::Tlb*, 7> m_tlbs;
   models::Lapic m_lapic;
   std::array<stats::Counter*, kMaxExitReason> m_exit_counters{};
   stats::Group* m_exit_group;

@@ -15,7 +15,6 @@ namespace crb = mmu::crbits;
 
 namespace {
 constexpr std::uint64_t kPage = 4096;
-constexpr std::uint64_t kLine = 64;
 constexpr std::uint64_t kKernelPage = pte::kPresent | pte::kWritable | pte::kGlobal | pte::kNoExecute;
 constexpr std::uint64_t kTextPage = pte::kPresent | pte::kGlobal;
 constexpr std::uint64_t kUserPage = pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute;
@@ -35,6 +34,13 @@ std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
 
 std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
 std::uint64_t Thread::sleep(std::uint64_t ps) { return m_kernel->sys_sleep(*this, ps); }
+bool Thread::munmap(std::uint64_t start) { return m_kernel->sys_munmap(*this, start); }
+
+std::uint64_t Kernel::cr3_of(const Process& p) const {
+  // With PCIDs the process keeps its translations across switches (bit 63:
+  // do not flush, SDM Vol. 3A, 4.10.4.1).
+  return m_p.pcid ? p.pml4 | (p.pcid & crb::kCr3PcidMask) | crb::kCr3NoFlush : p.pml4;
+}
 bool Thread::mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec) {
   return m_kernel->sys_mmap_fixed(*this, start, bytes, exec);
 }
@@ -99,7 +105,8 @@ void Kernel::vcpu_main(Vcpu& v) {
     while (c.load(kImageBase + 0x1000) == 0) c.hlt();
     c.cli();
     c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0));
+    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0) |
+                       (m_p.pcid ? crb::kCr4Pcide : 0));
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
@@ -123,13 +130,13 @@ void Kernel::vcpu_main(Vcpu& v) {
 void Kernel::boot(Core& c) {
   // Load the kernel image and clear the page-table pool (paging is off:
   // addresses are guest-physical).
-  for (std::uint64_t off = 0; off < kImageSize; off += kLine) c.store(kImageBase + off, 0);
+  c.rep_stos(kImageBase, 0, kImageSize);
   std::uint64_t pool = std::max<std::uint64_t>(1ull << 20, (m_memory / 128) & ~(kPage - 1));
   m_pool_next = kPoolBase;
   m_pool_end = kPoolBase + pool;
   m_frame_next = m_pool_end;
   m_large_low = m_memory & ~((2ull << 20) - 1);
-  for (std::uint64_t a = m_pool_next; a < m_pool_end; a += kLine) c.store(a, 0);
+  c.rep_stos(m_pool_next, 0, m_pool_end - m_pool_next);
 
   m_kernel_pml4 = alloc_table(c);
   for (std::uint64_t off = 0; off < kImageSize; off += kPage) {
@@ -140,7 +147,8 @@ void Kernel::boot(Core& c) {
 
   // Long mode with paging (SDM Vol. 3A, 10.8.5).
   c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0));
+  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0) |
+                       (m_p.pcid ? crb::kCr4Pcide : 0));
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_paging = true;
@@ -193,7 +201,11 @@ std::uint64_t Kernel::alloc_table(Core& c) {
 
 std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
   std::uint64_t f;
-  if (size == kPage) {
+  auto& freed = m_free_frames[size == kPage ? 0 : size == (2ull << 20) ? 1 : 2];
+  if (!freed.empty()) {
+    f = freed.back();  // already in the direct map
+    freed.pop_back();
+  } else if (size == kPage) {
     if (m_frame_next + kPage > m_large_low) return 0;
     f = m_frame_next;
     m_frame_next += kPage;
@@ -208,10 +220,8 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     for (std::uint64_t off = 0; off < size; off += 2ull << 20)
       map_page(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
   }
-  // Cleared through the direct map, one store per line: frames are handed
-  // out once, so their bytes are already zero; the stores carry the cost of
-  // clear_page.
-  for (std::uint64_t off = 0; off < size; off += kLine) c.store(kDirectMap + f + off, 0);
+  // clear_page through the direct map.
+  c.rep_stos(kDirectMap + f, 0, size);
   return f;
 }
 
@@ -260,6 +270,53 @@ bool Kernel::sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes,
   if (ok) p.regions.push_back({start, end, exec});
   c.set_user_mode(true);
   return ok;
+}
+
+bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& p = *t.m_process;
+  auto region = std::find_if(p.regions.begin(), p.regions.end(),
+                             [start](const Process::Region& r) { return r.start == start; });
+  if (region == p.regions.end()) {
+    c.set_user_mode(true);
+    return false;
+  }
+  const std::uint64_t page = p.page_size;
+  const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
+  auto& freed = m_free_frames[leaf - 1];
+  for (std::uint64_t va = region->start; va < region->end; va += page) {
+    // Find the leaf entry through the direct map; absent tables mean the
+    // page was never touched.
+    std::uint64_t table = p.pml4, entry = 0;
+    bool present = true;
+    for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= leaf; --level) {
+      entry = table_va(table) + mmu::table_index(va, level) * 8;
+      std::uint64_t e = c.load(entry);
+      if (!(e & pte::kPresent)) {
+        present = false;
+        break;
+      }
+      if (level == leaf) {
+        freed.push_back(e & pte::kAddrMask);
+        break;
+      }
+      table = e & pte::kAddrMask;
+    }
+    if (!present) continue;
+    charge(c, m_p.costs.unmap_page, kCodeSyscall);
+    c.store(entry, 0);
+    c.invlpg(va);
+  }
+  p.regions.erase(region);
+  // Other vCPUs may hold translations of this address space: shoot them
+  // down with an IPI (their handler reloads CR3). The sender does not wait.
+  if (m_vcpus.size() > 1)
+    for (auto& v : m_vcpus)
+      if (v->index != t.m_vcpu) c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{v->index} << 32) | kFlushVector);
+  c.set_user_mode(true);
+  return true;
 }
 
 void Kernel::page_fault(Core& c, std::uint32_t error_code) {
@@ -370,7 +427,8 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
   c.cli();
   c.set_user_mode(false);
   if (next) {
-    if (c.read_cr(3) != next->m_process->pml4) c.write_cr(3, next->m_process->pml4);
+    std::uint64_t cr3 = cr3_of(*next->m_process);
+    if ((c.read_cr(3) & ~crb::kCr3NoFlush) != (cr3 & ~crb::kCr3NoFlush)) c.write_cr(3, cr3);
     if (!v.tick_at) program_timer(c, v, true);
     c.switch_context(*next->m_fiber);
   } else {
@@ -383,6 +441,12 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
 
 void Kernel::interrupt(Core& c, std::uint8_t vector) {
   c.wrmsr(cpu::msr::kX2ApicEoi, 0);
+  if (vector == kFlushVector) {
+    // TLB shootdown: reloading CR3 with the flush bit clear drops this
+    // address space's non-global translations.
+    c.write_cr(3, c.read_cr(3) & ~crb::kCr3NoFlush);
+    return;
+  }
   if (vector != kTimerVector) return;
   charge(c, m_p.costs.tick, kCodeTick);
   Vcpu& v = this_vcpu();

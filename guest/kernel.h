@@ -28,7 +28,7 @@ class Workload;
 namespace vmx::guest {
 
 struct KernelCosts {
-  std::uint64_t page_fault, tick, context_switch, syscall, thread_start, code_bytes;
+  std::uint64_t page_fault, tick, context_switch, syscall, thread_start, unmap_page, code_bytes;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -41,6 +41,8 @@ struct KernelCosts {
             "Switching threads (assumption, order of Linux's __schedule + switch_to).");
     v.param(syscall, "syscall", "250", Spec(Unit::Instructions), "System-call entry, dispatch and return (assumption).");
     v.param(thread_start, "thread_start", "2000", Spec(Unit::Instructions), "Creating a thread (assumption).");
+    v.param(unmap_page, "unmap_page", "100", Spec(Unit::Instructions),
+            "munmap work per mapped page, besides its page-table traffic (assumption).");
     v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes), "Code fetched per kernel path (assumption).");
   }
 };
@@ -49,6 +51,7 @@ struct KernelParams {
   std::uint64_t tick;       // ps
   std::uint64_t timeslice;  // ps
   std::uint64_t paging_levels;
+  bool pcid;
   KernelCosts costs;
   template <class V>
   void visit(V& v) {
@@ -60,6 +63,9 @@ struct KernelParams {
             "Time a thread runs before another runnable thread on its vCPU gets it (assumption).");
     v.param(paging_levels, "paging_levels", "4", Spec().at_least(4).at_most(5),
             "Levels of the guest's page tables: 4, or 5 (CR4.LA57, 57-bit linear addresses).");
+    v.param(pcid, "pcid", "true", Spec(Unit::Flag),
+            "Tag each process's translations with a PCID (CR4.PCIDE) so that switching address spaces "
+            "keeps them, as Linux does on processors with PCIDs; off, every switch flushes the TLB.");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
   }
 };
@@ -89,6 +95,9 @@ class Thread {
   /// mmap(2) with MAP_FIXED at a page-aligned address; `exec` allows
   /// instruction fetch from it. False if the range is not free user space.
   bool mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec);
+  /// munmap(2) of a whole region returned by mmap: its frames are freed and
+  /// its translations invalidated. False if no region starts there.
+  bool munmap(std::uint64_t start);
   /// Sleeps for `ps` picoseconds of guest time (nanosleep(2)); returns the
   /// TSC value it was due to wake at.
   std::uint64_t sleep(std::uint64_t ps);
@@ -145,6 +154,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
 
   std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
   bool sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes, bool exec);
+  bool sys_munmap(Thread& t, std::uint64_t start);
   std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
   const std::string& panic_message() const { return m_panic; }
 
@@ -159,6 +169,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   static constexpr std::uint64_t kPoolBase = 0x400000;
   static constexpr std::uint8_t kTimerVector = models::Lapic::kDefaultTimerVector;
   static constexpr std::uint8_t kWakeVector = 0xFB;  // Linux's CALL_FUNCTION_VECTOR region
+  static constexpr std::uint8_t kFlushVector = 0xFC;  // TLB shootdown
   /// Smallest VM memory the kernel boots in.
   static std::uint64_t min_memory() { return 16ull << 20; }
 
@@ -200,6 +211,8 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void map_page(cpu::Core& c, std::uint64_t root, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags,
                 unsigned leaf_level = 1);
   std::uint64_t table_va(std::uint64_t gpa) const { return m_paging ? kDirectMap + gpa : gpa; }
+  /// The CR3 value that selects a process's address space.
+  std::uint64_t cr3_of(const Process& p) const;
 
   KernelParams m_p;
   std::string m_vm;
@@ -215,6 +228,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::uint64_t m_pool_next = 0, m_pool_end = 0;
   std::uint64_t m_frame_next = 0;   // 4 KiB frames grow up from here
   std::uint64_t m_large_low = 0;    // large frames grow down to here
+  std::vector<std::uint64_t> m_free_frames[3];  // freed 4 KiB, 2 MiB, 1 GiB frames
   std::uint64_t m_boot_flag_gpa = 0;
   bool m_paging = false;
   bool m_booted = false;

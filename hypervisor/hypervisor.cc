@@ -208,11 +208,9 @@ void Hypervisor::core_main(PerCore& pc) {
   c.lidt(&pc);
   if (pc.id == 0) {
     // The bitmaps: every port and every MSR exits.
-    for (std::uint64_t off = 0; off < kPage; off += 8) {
-      c.store(m_msr_bitmap + off, ~0ull);
-      c.store(m_io_bitmap_a + off, ~0ull);
-      c.store(m_io_bitmap_b + off, ~0ull);
-    }
+    c.rep_stos(m_msr_bitmap, 0xFF, kPage);
+    c.rep_stos(m_io_bitmap_a, 0xFF, kPage);
+    c.rep_stos(m_io_bitmap_b, 0xFF, kPage);
   }
   pc.slice_end = c.rdtsc() + m_slice_cycles;
   Vcpu* last = nullptr;
@@ -541,9 +539,7 @@ void Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) 
     if (!(e & mmu::ept::kPermMask)) {
       std::uint64_t t = alloc_host_frame();
       ++m_totals.ept_tables;
-      // A fresh frame of the hypervisor's is still zero; clearing it costs
-      // one store per line.
-      for (std::uint64_t off = 0; off < kPage; off += kLine) c.store(t + off, 0);
+      c.rep_stos(t, 0, kPage);
       e = t | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute;
       c.store(entry_pa, e);
     }
@@ -568,8 +564,7 @@ bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
   }
   std::uint64_t hpa = alloc_guest_page();
   if (!hpa) return false;
-  if (m_p.zero_pages)
-    for (std::uint64_t off = 0; off < size; off += kLine) c.store(hpa + off, 0);
+  if (m_p.zero_pages) c.rep_stos(hpa, 0, size);
   ept_map(c, vm, gpa, hpa);
   return true;
 }

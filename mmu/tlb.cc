@@ -8,13 +8,22 @@ TlbStats::TlbStats(stats::Group* parent, const std::string& name)
     : stats::Group(parent, name, "set-associative TLB (VPID/PCID/EP4TA-tagged, true LRU)") {}
 
 Tlb::Tlb(const TlbParams& params, unsigned page_shift, stats::Group* parent, const std::string& name)
-    : m_params(params), m_stats(parent, name), m_page_shift(page_shift),
-      m_offset_mask((1ull << page_shift) - 1) {
+    : Tlb(params, {page_shift}, parent, name) {}
+
+Tlb::Tlb(const TlbParams& params, std::initializer_list<unsigned> page_shifts, stats::Group* parent,
+         const std::string& name)
+    : m_params(params), m_stats(parent, name) {
   auto bad = [&](const char* param, const std::string& what) {
     return std::invalid_argument("TLB '" + name + "': parameter '" + param + "' " + what);
   };
-  if (page_shift != 12 && page_shift != 21 && page_shift != 30)
-    throw bad("page_shift", "must be 12, 21 or 30 (got " + std::to_string(page_shift) + ")");
+  if (page_shifts.size() == 0 || page_shifts.size() > 3) throw bad("page_shift", "must list 1 to 3 page sizes");
+  for (unsigned page_shift : page_shifts) {
+    if (page_shift != 12 && page_shift != 21 && page_shift != 30)
+      throw bad("page_shift", "must be 12, 21 or 30 (got " + std::to_string(page_shift) + ")");
+    if (m_nshifts > 0 && page_shift <= m_shifts[m_nshifts - 1])
+      throw bad("page_shift", "sizes must be listed smallest first, each once");
+    m_shifts[m_nshifts++] = static_cast<std::uint8_t>(page_shift);
+  }
   if (params.ways == 0) throw bad("ways", "must be at least 1 (got 0)");
   if (params.entries == 0 || params.entries % params.ways != 0)
     throw bad("entries", "must be a non-zero multiple of ways = " + std::to_string(params.ways) + " (got " +
@@ -26,37 +35,48 @@ Tlb::Tlb(const TlbParams& params, unsigned page_shift, stats::Group* parent, con
   m_sets = sets;
   m_set_mask = sets - 1;
   m_entries.assign(params.entries, TlbEntry{});
+  m_keys.assign(params.entries, kNoKey);
   m_stamp.assign(params.entries, 0);
 }
 
 const TlbEntry* Tlb::lookup(std::uint64_t va, const TlbTag& tag) {
-  const std::uint64_t vpn = va >> m_page_shift;
-  const std::size_t base = set_base(vpn);
-  const std::size_t end = base + m_params.ways;
   ++m_stats.lookups;
-  for (std::size_t i = base; i < end; ++i) {
-    if (matches(m_entries[i], vpn, tag)) {
-      ++m_stats.hits;
-      m_stamp[i] = ++m_clock;
-      return &m_entries[i];
+  for (unsigned s = 0; s < m_nshifts; ++s) {
+    const unsigned shift = m_shifts[s];
+    if (!(m_present & size_bit(shift))) continue;  // no entry of this size: nothing to probe
+    const std::uint64_t vpn = va >> shift;
+    const std::uint64_t key = key_of(vpn, shift);
+    const std::size_t base = set_base(vpn);
+    const std::size_t end = base + m_params.ways;
+    for (std::size_t i = base; i < end; ++i) {
+      if (m_keys[i] == key && tag_matches(m_entries[i], tag)) {
+        ++m_stats.hits;
+        m_stamp[i] = ++m_clock;
+        return &m_entries[i];
+      }
     }
   }
   ++m_stats.misses;
   return nullptr;
 }
 
-void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag) {
-  const std::uint64_t vpn = va >> m_page_shift;
+void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag,
+                 unsigned page_shift) {
+  const unsigned shift = page_shift ? page_shift : m_shifts[0];
+  if (!holds(shift))
+    throw std::invalid_argument("TLB insert: page size 2^" + std::to_string(shift) + " is not held by this TLB");
+  const std::uint64_t vpn = va >> shift;
+  const std::uint64_t key = key_of(vpn, shift);
   const std::size_t base = set_base(vpn);
   ++m_stats.insertions;
   std::size_t way = base;
   bool found = false;
   // A translation that would hit is replaced in place: no duplicates.
   for (std::size_t i = base; i < base + m_params.ways && !found; ++i)
-    if (matches(m_entries[i], vpn, tag)) way = i, found = true;
+    if (m_keys[i] == key && tag_matches(m_entries[i], tag)) way = i, found = true;
   if (!found) {
     for (std::size_t i = base; i < base + m_params.ways; ++i) {
-      if (!m_entries[i].valid) {
+      if (m_keys[i] == kNoKey) {  // invalid way
         way = i;
         found = true;
         break;
@@ -67,20 +87,25 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
   }
   TlbEntry& e = m_entries[way];
   e.vpn = vpn;
-  e.pfn = pa >> m_page_shift;
+  e.pfn = pa >> shift;
+  e.shift = static_cast<std::uint8_t>(shift);
   e.tag = tag;
   e.perms = perms;
   e.global = global;
   e.valid = true;
+  m_keys[way] = key;
+  m_present = static_cast<std::uint8_t>(m_present | size_bit(shift));
   m_stamp[way] = ++m_clock;
 }
 
 template <class Pred>
 void Tlb::flush_if(Pred pred) {
   ++m_stats.flushes;
-  for (TlbEntry& e : m_entries) {
+  for (std::size_t i = 0; i < m_entries.size(); ++i) {
+    TlbEntry& e = m_entries[i];
     if (e.valid && pred(e)) {
       e.valid = false;
+      m_keys[i] = kNoKey;
       ++m_stats.flushed_entries;
     }
   }
@@ -89,19 +114,24 @@ void Tlb::flush_if(Pred pred) {
 template <class Pred>
 void Tlb::flush_page_if(std::uint64_t va, Pred pred) {
   ++m_stats.flushes;
-  const std::uint64_t vpn = va >> m_page_shift;
-  const std::size_t base = set_base(vpn);
-  for (std::size_t i = base; i < base + m_params.ways; ++i) {
-    TlbEntry& e = m_entries[i];
-    if (e.valid && e.vpn == vpn && pred(e)) {
-      e.valid = false;
-      ++m_stats.flushed_entries;
+  for (unsigned s = 0; s < m_nshifts; ++s) {
+    const unsigned shift = m_shifts[s];
+    const std::uint64_t vpn = va >> shift;
+    const std::size_t base = set_base(vpn);
+    for (std::size_t i = base; i < base + m_params.ways; ++i) {
+      TlbEntry& e = m_entries[i];
+      if (e.valid && e.shift == shift && e.vpn == vpn && pred(e)) {
+        e.valid = false;
+        m_keys[i] = kNoKey;
+        ++m_stats.flushed_entries;
+      }
     }
   }
 }
 
 void Tlb::flush_all() {
   flush_if([](const TlbEntry&) { return true; });
+  m_present = 0;
 }
 
 void Tlb::flush_nonzero_vpids() {

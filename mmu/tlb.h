@@ -1,11 +1,14 @@
-// A set-associative TLB for one page size, true LRU, tagged the way Intel
+// A set-associative TLB for one page size or several sharing one array (the
+// STLB holds 4 KiB and 2 MiB translations), true LRU, tagged the way Intel
 // tags translations (SDM Vol. 3A, 4.10.1 and 4.10.2.4; Vol. 3C, 28.3.1):
 // by VPID, by PCID unless the translation is global, and — for combined
 // (guest-linear to host-physical) mappings cached with EPT on — by the EP4TA,
 // the EPT PML4 table address taken from the EPTP.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -68,9 +71,37 @@ inline constexpr TlbDefaults kStlbDefaults{
     "12", "Associativity. Default: 12-way (Skylake STLB, same table).",
     "9", "Hit latency in core cycles (L1 TLB miss, STLB hit). Default: 9, Skylake (7-cpu.com measurement)."};
 
+inline constexpr TlbDefaults kDtlb2mDefaults{
+    "32", "Entries. Default: 32, Skylake L1 DTLB for 2 MiB/4 MiB pages (Optimization Reference Manual, TLB "
+          "parameters table).",
+    "4", "Associativity. Default: 4-way (same table).",
+    "1", "Hit latency in core cycles. Default: 1 (looked up in parallel with the 4 KiB L1 DTLB)."};
+
+inline constexpr TlbDefaults kDtlb1gDefaults{
+    "4", "Entries. Default: 4, Skylake L1 DTLB for 1 GiB pages (Optimization Reference Manual, TLB parameters "
+         "table).",
+    "4", "Associativity. Default: 4-way, i.e. fully associative (same table).",
+    "1", "Hit latency in core cycles. Default: 1 (looked up in parallel with the 4 KiB L1 DTLB)."};
+
+inline constexpr TlbDefaults kItlb2mDefaults{
+    "8", "Entries. Default: 8, Skylake L1 ITLB for 2 MiB/4 MiB pages, per thread (Optimization Reference "
+         "Manual, TLB parameters table). 1 GiB code pages are held as their 2 MiB pieces.",
+    "8", "Associativity. Default: 8, fully associative (same table).",
+    "1", "Hit latency in core cycles. Default: 1 (looked up in parallel with the 4 KiB L1 ITLB)."};
+
+inline constexpr TlbDefaults kStlb1gDefaults{
+    "16", "Entries. Default: 16, Skylake STLB for 1 GiB pages (Optimization Reference Manual, TLB parameters "
+          "table).",
+    "4", "Associativity. Default: 4-way (same table).",
+    "9", "Hit latency in core cycles. Default: 9, as the 4 KiB/2 MiB STLB (looked up in parallel with it)."};
+
 using DtlbParams = TlbLevelParams<kDtlbDefaults>;
 using ItlbParams = TlbLevelParams<kItlbDefaults>;
 using StlbParams = TlbLevelParams<kStlbDefaults>;
+using Dtlb2mParams = TlbLevelParams<kDtlb2mDefaults>;
+using Dtlb1gParams = TlbLevelParams<kDtlb1gDefaults>;
+using Itlb2mParams = TlbLevelParams<kItlb2mDefaults>;
+using Stlb1gParams = TlbLevelParams<kStlb1gDefaults>;
 
 /// Permission summary cached with a translation. Bits above kDirty are
 /// carried untouched (the walker keeps its EPT permission bits there).
@@ -84,10 +115,11 @@ struct TlbTag {
 };
 
 struct TlbEntry {
-  std::uint64_t vpn = 0;  // linear address >> page_shift
-  std::uint64_t pfn = 0;  // host-physical address >> page_shift
+  std::uint64_t vpn = 0;  // linear address >> shift
+  std::uint64_t pfn = 0;  // host-physical address >> shift
   TlbTag tag;
   std::uint8_t perms = 0;  // TlbPerm bits
+  std::uint8_t shift = 12; // page size of the entry: 12, 21 or 30
   bool global = false;     // G bit of the leaf (only honoured with CR4.PGE, the walker's call)
   bool valid = false;
 };
@@ -109,6 +141,10 @@ class Tlb {
   /// page_shift: 12, 21 or 30. Throws std::invalid_argument naming the TLB
   /// and the parameter unless entries / ways is a power-of-two set count.
   Tlb(const TlbParams& params, unsigned page_shift, stats::Group* parent, const std::string& name);
+  /// A TLB whose one array holds several page sizes (smallest first, e.g.
+  /// {12, 21}); a lookup probes the set each size indexes, smallest first.
+  Tlb(const TlbParams& params, std::initializer_list<unsigned> page_shifts, stats::Group* parent,
+      const std::string& name);
 
   /// The entry translating va in context tag, or nullptr. A hit needs a valid
   /// entry with the same page number, VPID and EP4TA, and either the global
@@ -120,11 +156,19 @@ class Tlb {
   /// Caches the translation of va's page to pa's frame. An entry that
   /// lookup(va, tag) would hit is overwritten (a re-walk, e.g. to set the
   /// D bit); otherwise an invalid way is used, else the LRU way is evicted.
-  void insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag);
+  /// page_shift: one of the TLB's sizes; 0 means the smallest.
+  void insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag,
+              unsigned page_shift = 0);
 
   /// Host-physical address of va through entry e.
-  std::uint64_t translate(const TlbEntry& e, std::uint64_t va) const {
-    return (e.pfn << m_page_shift) | (va & m_offset_mask);
+  static std::uint64_t translate(const TlbEntry& e, std::uint64_t va) {
+    return (e.pfn << e.shift) | (va & ((1ull << e.shift) - 1));
+  }
+  /// Whether the TLB holds pages of this size.
+  bool holds(unsigned page_shift) const {
+    for (unsigned i = 0; i < m_nshifts; ++i)
+      if (m_shifts[i] == page_shift) return true;
+    return false;
   }
 
   // Invalidations (SDM Vol. 3A, 4.10.4.1; Vol. 3C, 28.3.3). Each counts one
@@ -162,7 +206,8 @@ class Tlb {
   /// single-context (28.3.3.1).
   void flush_ep4ta(std::uint64_t ep4ta);
 
-  unsigned page_shift() const { return m_page_shift; }
+  /// The smallest page size held.
+  unsigned page_shift() const { return m_shifts[0]; }
   std::uint32_t latency() const { return m_params.latency; }
   const TlbParams& params() const { return m_params; }
   std::uint32_t sets() const { return m_sets; }
@@ -171,11 +216,15 @@ class Tlb {
   const TlbStats& stats() const { return m_stats; }
 
  private:
-  static bool matches(const TlbEntry& e, std::uint64_t vpn, const TlbTag& tag) {
-    // Page number first: it rejects most non-matching ways with one compare.
-    return e.vpn == vpn && e.valid && e.tag.vpid == tag.vpid && e.tag.ep4ta == tag.ep4ta &&
-           (e.global || e.tag.pcid == tag.pcid);
+  // A way matches when its key (page number and size, kept in m_keys so
+  // that a probe reads one contiguous run of keys) is the looked-up one and
+  // its tags match.
+  static bool tag_matches(const TlbEntry& e, const TlbTag& tag) {
+    return e.tag.vpid == tag.vpid && e.tag.ep4ta == tag.ep4ta && (e.global || e.tag.pcid == tag.pcid);
   }
+  static constexpr std::uint64_t kNoKey = ~0ull;  // the key of an invalid way
+  static std::uint64_t key_of(std::uint64_t vpn, unsigned shift) { return (vpn << 2) | ((shift - 12) / 9); }
+  static unsigned size_bit(unsigned shift) { return 1u << ((shift - 12) / 9); }
   std::size_t set_base(std::uint64_t vpn) const { return static_cast<std::size_t>(vpn & m_set_mask) * m_params.ways; }
   template <class Pred>
   void flush_if(Pred pred);
@@ -184,12 +233,14 @@ class Tlb {
 
   TlbParams m_params;
   TlbStats m_stats;
-  unsigned m_page_shift;
-  std::uint64_t m_offset_mask;
+  std::array<std::uint8_t, 3> m_shifts{};  // page sizes held, smallest first
+  unsigned m_nshifts = 0;
   std::uint32_t m_sets = 0;
   std::uint64_t m_set_mask = 0;
   std::uint64_t m_clock = 0;
   std::vector<TlbEntry> m_entries;     // sets x ways, allocated once
+  std::vector<std::uint64_t> m_keys;   // per way: key_of(vpn, shift), kNoKey when invalid
+  std::uint8_t m_present = 0;          // size_bit of every size inserted since the last flush_all
   std::vector<std::uint64_t> m_stamp;  // last-use time per entry: true LRU
 };
 

@@ -15,6 +15,22 @@ WalkStats::WalkStats(stats::Group* parent, const std::string& name) : stats::Gro
   }
 }
 
+Walker::Walker(TableMemory& mem, WalkStats& stats, const WalkCaches& caches) : m_mem(mem), m_stats(stats) {
+  for (unsigned l = 2; l <= 5; ++l) {
+    if (Psc* c = caches.guest[l]; c && c->enabled()) {
+      m_caches.guest[l] = c;
+      m_guest_psc = true;
+      if (c->latency() > m_guest_psc_latency) m_guest_psc_latency = c->latency();
+    }
+    if (Psc* c = caches.ept[l]; c && c->enabled()) {
+      m_caches.ept[l] = c;
+      m_ept_psc = true;
+      if (c->latency() > m_ept_psc_latency) m_ept_psc_latency = c->latency();
+    }
+  }
+  if (caches.nested && caches.nested->enabled()) m_caches.nested = caches.nested;
+}
+
 std::uint64_t Walker::read(std::uint64_t pa, WalkResult& r) {
   std::uint32_t c = 0;
   std::uint64_t v = m_mem.read_entry(pa, c);
@@ -26,11 +42,54 @@ std::uint64_t Walker::read(std::uint64_t pa, WalkResult& r) {
 // SDM Vol. 3C, 29.3.2: the EPT walk. Permissions are the AND of bits 2:0 over
 // all entries; an entry with bits 2:0 clear is not present. Write without read
 // is a misconfiguration (29.3.3.1), as is a reserved memory type in a leaf.
+namespace {
+std::uint8_t ept_need(AccessType type) {
+  return type == AccessType::Read ? ept::kRead : type == AccessType::Write ? ept::kWrite : ept::kExecute;
+}
+}  // namespace
+
+// The nested TLB is consulted first; a cached translation is used only when
+// it permits the access (otherwise the EPT walk decides, as for the TLBs).
+Walker::EptStep Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r) {
+  NestedTlb* ntlb = m_caches.nested;
+  if (!ntlb) return ept_walk(req, gpa, type, r);
+  const std::uint64_t ep4ta = req.eptp & ept::kAddrMask;
+  r.cycles += ntlb->latency();
+  if (const NestedTlbEntry* e = ntlb->lookup(gpa, ep4ta); e && (e->perms & ept_need(type))) {
+    ++r.nested_hits;
+    return EptStep{WalkResult::Status::Ok, ntlb->translate(*e, gpa), e->perms, e->shift};
+  }
+  EptStep s = ept_walk(req, gpa, type, r);
+  if (s.status == WalkResult::Status::Ok) ntlb->insert(gpa, s.hpa, s.perms, s.page_shift, ep4ta);
+  return s;
+}
+
 Walker::EptStep Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r) {
   EptStep s{WalkResult::Status::Ok, 0, 7, 12};
   std::uint64_t table = req.eptp & ept::kAddrMask;
   const unsigned levels = req.ept_mode.levels;
-  for (unsigned level = levels; level >= 1; --level) {
+  unsigned start = levels;
+  const TlbTag tag{0, 0, req.eptp & ept::kAddrMask};
+  if (m_ept_psc) {
+    // Longest match first (SDM Vol. 3A, 4.10.3.2, applied to EPT entries):
+    // a hit for the level-l entry gives the level-(l-1) table and the
+    // permissions accumulated above it.
+    r.cycles += m_ept_psc_latency;
+    for (unsigned l = 2; l <= levels; ++l) {
+      Psc* c = m_caches.ept[l];
+      if (!c) continue;
+      if (const PscEntry* e = c->lookup(gpa, tag)) {
+        table = e->next_hpa;
+        s.perms = e->perms;
+        start = l - 1;
+        ++r.psc_hits;
+        break;
+      }
+    }
+  }
+  std::array<std::uint64_t, 6> next{};   // next-table address read at each non-leaf level
+  std::array<std::uint8_t, 6> acc{};     // permissions accumulated down to that level
+  for (unsigned level = start; level >= 1; --level) {
     std::uint64_t entry = read(table + table_index(gpa, level) * 8, r);
     ++*m_stats.ept_refs[level];
     ++m_stats.ept_refs_total;
@@ -59,12 +118,17 @@ Walker::EptStep Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, Acce
       std::uint64_t mask = (1ull << shift) - 1;
       s.hpa = (entry & ept::kAddrMask & ~mask) | (gpa & mask);
       s.page_shift = static_cast<std::uint8_t>(shift);
+      // The entries above the leaf were present and well-formed: cache them.
+      if (m_ept_psc)
+        for (unsigned l = start; l > level; --l)
+          if (Psc* c = m_caches.ept[l]) c->insert(gpa, tag, next[l], next[l], acc[l], 0);
       break;
     }
     table = entry & ept::kAddrMask;
+    next[level] = table;
+    acc[level] = s.perms;
   }
-  std::uint8_t need = type == AccessType::Read ? ept::kRead : type == AccessType::Write ? ept::kWrite : ept::kExecute;
-  if (!(s.perms & need)) s.status = WalkResult::Status::EptViolation;
+  if (!(s.perms & ept_need(type))) s.status = WalkResult::Status::EptViolation;
   return s;
 }
 
@@ -96,6 +160,10 @@ void Walker::finish(WalkResult& r) {
   m_stats.refs += r.refs;
   m_stats.cycles.sample(r.cycles);
   m_stats.refs_per_walk.sample(r.refs);
+  m_stats.guest_refs_per_walk.sample(r.guest_refs);
+  m_stats.ept_refs_per_walk.sample(static_cast<std::uint64_t>(r.refs - r.guest_refs));
+  m_stats.psc_hits += r.psc_hits;
+  m_stats.nested_tlb_hits += r.nested_hits;
 }
 
 WalkResult Walker::translate(const WalkRequest& req) {
@@ -110,6 +178,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
   std::array<std::uint64_t, 6> entry_val{};
   std::array<std::uint64_t, 6> entry_gpa_of{};      // with EPT: for an A/D-update violation
   std::array<std::uint8_t, 6> entry_ept_perms{};    // with EPT: R/W/X of the entry's page
+  std::array<std::uint8_t, 6> acc_perms{};          // guest rights accumulated down to each level
   unsigned leaf_level = 0;
 
   // SDM Vol. 3A, 4.7: I/D is set for an instruction fetch if CR4.SMEP = 1 or
@@ -119,11 +188,34 @@ WalkResult Walker::translate(const WalkRequest& req) {
 
   if (req.paging) {
     std::uint64_t table = req.cr3 & pte::kAddrMask;
-    for (unsigned level = req.mode.levels; level >= 1; --level) {
+    unsigned start = req.mode.levels;
+    // A paging-structure-cache hit (longest match first, SDM Vol. 3A,
+    // 4.10.3.2) gives the next table's (host-)physical address, so the
+    // first entry read needs no EPT translation.
+    const PscEntry* hit = nullptr;
+    if (m_guest_psc) {
+      r.cycles += m_guest_psc_latency;
+      for (unsigned l = 2; l <= req.mode.levels; ++l) {
+        Psc* c = m_caches.guest[l];
+        if (!c) continue;
+        if ((hit = c->lookup(req.la, req.tag))) {
+          start = l - 1;
+          table = hit->next_gpa;
+          guest_perms = static_cast<std::uint8_t>(hit->perms | perm::kDirty);
+          ++r.psc_hits;
+          break;
+        }
+      }
+    }
+    for (unsigned level = start; level >= 1; --level) {
       std::uint64_t entry_gpa = table + table_index(req.la, level) * 8;
       std::uint64_t where = entry_gpa;
-      if (req.ept) {
-        EptStep e = ept_walk(req, entry_gpa, AccessType::Read, r);
+      if (hit && level == start) {
+        where = hit->next_hpa + table_index(req.la, level) * 8;
+        entry_gpa_of[level] = entry_gpa;
+        entry_ept_perms[level] = hit->table_ept_perms;
+      } else if (req.ept) {
+        EptStep e = ept_translate(req, entry_gpa, AccessType::Read, r);
         if (e.status != WalkResult::Status::Ok) {
           ept_fault(req, e, entry_gpa, AccessType::Read, false, r);
           finish(r);
@@ -134,6 +226,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
         entry_ept_perms[level] = e.perms;
       }
       std::uint64_t entry = read(where, r);
+      ++r.guest_refs;
       ++*m_stats.guest_refs[level];
       ++m_stats.guest_refs_total;
       entry_pa[level] = where;
@@ -160,6 +253,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
       if (!(entry & pte::kWritable)) guest_perms &= static_cast<std::uint8_t>(~perm::kWritable);
       if (!(entry & pte::kUser)) guest_perms &= static_cast<std::uint8_t>(~perm::kUser);
       if (req.nxe && (entry & pte::kNoExecute)) guest_perms &= static_cast<std::uint8_t>(~perm::kExecutable);
+      acc_perms[level] = static_cast<std::uint8_t>(guest_perms & ~perm::kDirty);
       if (level == 1 || large) {
         leaf_level = level;
         guest_shift = level_shift(level);
@@ -193,7 +287,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
 
     // Accessed and dirty flags, SDM Vol. 3A, 4.8: set A in every entry used,
     // D in the leaf on a write. These are writes to guest memory.
-    for (unsigned level = req.mode.levels; level >= leaf_level; --level) {
+    for (unsigned level = start; level >= leaf_level; --level) {
       std::uint64_t v = entry_val[level];
       std::uint64_t nv = v | pte::kAccessed;
       if (level == leaf_level && req.type == AccessType::Write) nv |= pte::kDirty;
@@ -216,13 +310,21 @@ WalkResult Walker::translate(const WalkRequest& req) {
         if (level == leaf_level && (nv & pte::kDirty)) guest_perms |= perm::kDirty;
       }
     }
+
+    // Cache the entries read that reference another table (4.10.3.1): the
+    // next table's physical address is where its entry was just read.
+    if (m_guest_psc)
+      for (unsigned level = start; level > leaf_level; --level)
+        if (Psc* c = m_caches.guest[level])
+          c->insert(req.la, req.tag, entry_pa[level - 1] & ~0xFFFull, entry_val[level] & pte::kAddrMask,
+                    acc_perms[level], req.ept ? entry_ept_perms[level - 1] : ept::kPermMask);
   }
 
   std::uint64_t hpa = gpa;
   std::uint8_t ept_perms = perm::kAllEpt;
   unsigned shift = guest_shift;
   if (req.ept) {
-    EptStep e = ept_walk(req, gpa, req.type, r);
+    EptStep e = ept_translate(req, gpa, req.type, r);
     if (e.status != WalkResult::Status::Ok) {
       ept_fault(req, e, gpa, req.type, true, r);
       finish(r);

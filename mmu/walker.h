@@ -7,12 +7,20 @@
 // 4 x (4 + 1) + 4 = 24 references with nothing cached. Each reference goes
 // through TableMemory, which the core backs with the cache hierarchy, and its
 // latency is added to the walk. The walker has no SystemC dependency.
+//
+// Walk caches (WalkCaches, all optional): the paging-structure caches of both
+// dimensions (mmu/psc) let a walk start below the longest cached prefix, and
+// the nested TLB (mmu/nested_tlb) translates a guest-physical address without
+// walking EPT. A lookup costs its latency; references skipped are not made.
 #pragma once
 
 #include <array>
 #include <cstdint>
 
+#include "mmu/nested_tlb.h"
 #include "mmu/paging.h"
+#include "mmu/psc.h"
+#include "mmu/tlb.h"
 #include "sim/stats.h"
 
 namespace vmx::mmu {
@@ -50,6 +58,13 @@ struct WalkStats : stats::Group {
   stats::Counter ad_updates{this, "ad_updates", "writes", "accessed/dirty-bit writes to paging structures"};
   stats::Histogram cycles{this, "cycles", "cycles", "cycles per walk"};
   stats::Histogram refs_per_walk{this, "refs_per_walk", "references", "references per walk"};
+  stats::Histogram guest_refs_per_walk{this, "guest_refs_per_walk", "references",
+                                       "guest-dimension references per walk"};
+  stats::Histogram ept_refs_per_walk{this, "ept_refs_per_walk", "references", "EPT-dimension references per walk"};
+  stats::Counter psc_hits{this, "psc_hits", "lookups",
+                          "paging-structure-cache hits, both dimensions (per cache: psc.<dimension>.<level>.hits)"};
+  stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups",
+                                 "guest-physical addresses translated by the nested TLB instead of an EPT walk"};
   stats::Ratio mean_refs{this, "mean_refs", "references", "mean references per walk", refs, walks};
 };
 
@@ -66,6 +81,14 @@ struct WalkRequest {
   bool ept = false;                 // translate guest-physical through EPT
   std::uint64_t eptp = 0;
   PagingMode ept_mode{};
+  TlbTag tag{};                     // context of the walk caches' entries (VPID, PCID, EP4TA)
+};
+
+/// The walk caches a walker consults; a null or disabled cache is absent.
+struct WalkCaches {
+  std::array<Psc*, 6> guest{};  // index = level of the cached entry, 2 (PDE) to 5 (PML5E)
+  std::array<Psc*, 6> ept{};    // the same for EPT entries
+  NestedTlb* nested = nullptr;
 };
 
 struct WalkResult {
@@ -81,11 +104,14 @@ struct WalkResult {
   std::uint64_t fault_gpa = 0;      // guest-physical address that EPT could not translate
   std::uint32_t cycles = 0;
   std::uint16_t refs = 0;
+  std::uint16_t guest_refs = 0;     // of refs, guest-dimension (the rest are EPT-dimension)
+  std::uint8_t psc_hits = 0;        // paging-structure-cache hits, both dimensions
+  std::uint8_t nested_hits = 0;     // nested-TLB hits
 };
 
 class Walker {
  public:
-  Walker(TableMemory& mem, WalkStats& stats) : m_mem(mem), m_stats(stats) {}
+  Walker(TableMemory& mem, WalkStats& stats, const WalkCaches& caches = {});
 
   /// Translates one access. Sets accessed and dirty bits in guest paging
   /// structures as the hardware does (SDM Vol. 3A, 4.8); those writes are
@@ -99,6 +125,8 @@ class Walker {
     std::uint8_t perms;   // EPT R/W/X AND over the walk (bits 0..2)
     std::uint8_t page_shift;
   };
+  /// Guest-physical to host-physical: the nested TLB, else ept_walk.
+  EptStep ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
   EptStep ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
   void ept_fault(const WalkRequest& req, const EptStep& e, std::uint64_t gpa, AccessType type,
                  bool final_translation, WalkResult& r);
@@ -107,6 +135,10 @@ class Walker {
 
   TableMemory& m_mem;
   WalkStats& m_stats;
+  WalkCaches m_caches;             // disabled caches removed
+  std::uint32_t m_guest_psc_latency = 0;  // largest latency of the enabled guest-dimension caches
+  std::uint32_t m_ept_psc_latency = 0;
+  bool m_guest_psc = false, m_ept_psc = false;  // any enabled
 };
 
 }  // namespace vmx::mmu

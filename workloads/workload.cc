@@ -224,6 +224,26 @@ class SleepLoop final : public Workload {
                              "TSC cycles from the requested wake-up time to running again"};
 };
 
+// Page-table-update heavy: map a region, touch each page, unmap it, again.
+class MmapChurn final : public Workload {
+ public:
+  MmapChurn(const MmapChurnParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    started(t);
+    repeat(m_p.iterations, [&] {
+      std::uint64_t va = region(t, m_p.region);
+      for (std::uint64_t off = 0; off < m_p.region; off += kPage) t.store(va + off, off);
+      t.munmap(va);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  MmapChurnParams m_p;
+};
+
 // Replays a captured trace in the guest: its pages are mapped at the
 // addresses the program used, instruction records fetch and retire one
 // instruction, data records load and store.
@@ -310,6 +330,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "touch_pages") return std::make_shared<TouchPages>(p.touch_pages, parent, name);
   if (p.type == "sleep_loop") return std::make_shared<SleepLoop>(p.sleep_loop, parent, name);
   if (p.type == "trace") return std::make_shared<Trace>(p.trace, parent, name);
+  if (p.type == "mmap_churn") return std::make_shared<MmapChurn>(p.mmap_churn, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

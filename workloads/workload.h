@@ -113,6 +113,15 @@ struct SleepLoopParams {
   }
 };
 
+struct MmapChurnParams {
+  std::uint64_t region, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(region, "region", "1MiB", Spec(Unit::Bytes).at_least(4096), "Bytes mapped, touched and unmapped each time.");
+    v.param(iterations, "iterations", "100", Spec(), "mmap/touch/munmap rounds (0: until the end).");
+  }
+};
+
 struct TraceParams {
   std::string file;
   std::uint64_t passes;
@@ -139,6 +148,7 @@ struct WorkloadParams {
   TouchPagesParams touch_pages;
   SleepLoopParams sleep_loop;
   TraceParams trace;
+  MmapChurnParams mmap_churn;
 
   template <class V>
   void visit(V& v) {
@@ -150,7 +160,8 @@ struct WorkloadParams {
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
-              cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace));
+              cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
+              cfg::alt("mmap_churn", mmap_churn));
   }
 };
 

@@ -249,3 +249,53 @@ TEST_CASE("invalid TLB geometry names the TLB and the parameter", "[tlb]") {
   CHECK_THROWS_WITH(Tlb(geometry(48, 4), 12, &root, "dtlb"), Catch::Contains("power-of-two"));
   CHECK_THROWS_AS(Tlb(geometry(0, 4), 12, &root, "dtlb"), std::invalid_argument);
 }
+
+// ---------------------------------------------------------------------------
+// Per-page-size TLBs and an array shared by two sizes (the STLB)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("the per-page-size L1 TLBs and the 1 GiB STLB take Skylake's figures", "[tlb]") {
+  auto d2 = cfg::defaults<mmu::Dtlb2mParams>();
+  auto d1g = cfg::defaults<mmu::Dtlb1gParams>();
+  auto i2 = cfg::defaults<mmu::Itlb2mParams>();
+  auto s1g = cfg::defaults<mmu::Stlb1gParams>();
+  CHECK((d2.entries == 32 && d2.ways == 4));
+  CHECK((d1g.entries == 4 && d1g.ways == 4));
+  CHECK((i2.entries == 8 && i2.ways == 8));
+  CHECK((s1g.entries == 16 && s1g.ways == 4 && s1g.latency == 9));
+}
+
+TEST_CASE("one STLB array holds 4 KiB and 2 MiB translations", "[tlb]") {
+  stats::Group root;
+  Tlb stlb(cfg::defaults<mmu::StlbParams>(), {12, 21}, &root, "stlb");
+  CHECK(stlb.page_shift() == 12);
+  CHECK(stlb.holds(21));
+  CHECK_FALSE(stlb.holds(30));
+  const TlbTag tag{1, 0, 0};
+  const std::uint64_t big = 0x7f0000000000ull + (7ull << 21);  // a 2 MiB page
+  stlb.insert(big + 0x12345, 0x80000000ull + 0x12345, kRw, false, tag, 21);
+  stlb.insert(0x1000, 0x9000, kRw, false, tag);  // 4 KiB, the default size
+
+  const auto* e = stlb.lookup(big + 0x1FFFF8, tag);
+  REQUIRE(e != nullptr);
+  CHECK(e->shift == 21);
+  CHECK(Tlb::translate(*e, big + 0x1FFFF8) == 0x80000000ull + 0x1FFFF8);
+  const auto* s = stlb.lookup(0x1008, tag);
+  REQUIRE(s != nullptr);
+  CHECK(s->shift == 12);
+  CHECK(Tlb::translate(*s, 0x1008) == 0x9008);
+  CHECK(stlb.lookup(big + (2ull << 20), tag) == nullptr);
+  CHECK(stlb.occupancy() == 2);
+  // Re-inserting the same 2 MiB translation overwrites it.
+  stlb.insert(big, 0x80000000ull, kRw | mmu::kDirty, false, tag, 21);
+  CHECK(stlb.occupancy() == 2);
+
+  // INVLPG of any address in the large page removes it (SDM Vol. 3A, 4.10.4.1).
+  stlb.flush_invlpg(big + 0x177000, 1, 0);
+  CHECK(stlb.lookup(big, tag) == nullptr);
+  CHECK(stlb.lookup(0x1000, tag) != nullptr);
+  CHECK(stlb.stats().flushed_entries.value() == 1);
+
+  CHECK_THROWS_WITH(stlb.insert(0, 0, kRw, false, tag, 30), Catch::Contains("not held"));
+  CHECK_THROWS_WITH(Tlb(geometry(64, 4), {21, 12}, &root, "x"), Catch::Contains("smallest first"));
+}

@@ -1,0 +1,124 @@
+// Storage shared by the walk caches (mmu/psc, mmu/nested_tlb): a
+// set-associative array of entries with true LRU replacement. The owner
+// decides what an entry holds, how it is indexed and what matches; this only
+// keeps the ways, the recency stamps and the victim choice. No allocation
+// after construction.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace vmx::mmu {
+
+/// Throws std::invalid_argument naming the component and the parameter unless
+/// entries is a non-zero multiple of ways giving a power-of-two set count.
+inline void check_geometry(const std::string& what, std::uint32_t entries, std::uint32_t ways) {
+  auto bad = [&](const char* param, const std::string& msg) {
+    return std::invalid_argument(what + ": parameter '" + param + "' " + msg);
+  };
+  if (ways == 0) throw bad("ways", "must be at least 1 (got 0)");
+  if (entries == 0 || entries % ways != 0)
+    throw bad("entries", "must be a non-zero multiple of ways = " + std::to_string(ways) + " (got " +
+                             std::to_string(entries) + ")");
+  const std::uint32_t sets = entries / ways;
+  if ((sets & (sets - 1)) != 0)
+    throw bad("entries", "must give a power-of-two number of sets, entries / ways (got " + std::to_string(sets) +
+                             " sets)");
+}
+
+/// Entry needs a `bool valid` member. Each way also has a 64-bit key (the
+/// owner's tag bits, never ~0) kept in an array of its own, so a lookup
+/// compares one contiguous run of keys before it reads any entry: a host-speed
+/// layout only, with no effect on what hits.
+template <class Entry>
+class SetAssoc {
+ public:
+  /// Geometry is checked by the owner (check_geometry) before this.
+  void init(std::uint32_t entries, std::uint32_t ways) {
+    m_ways = ways;
+    m_set_mask = entries / ways - 1;
+    m_entries.assign(entries, Entry{});
+    m_keys.assign(entries, kNoKey);
+    m_stamp.assign(entries, 0);
+  }
+
+  /// The valid entry of index's set with this key that `match` accepts,
+  /// made most recently used; nullptr if none.
+  template <class Match>
+  Entry* find(std::uint64_t index, std::uint64_t key, Match match) {
+    const std::size_t base = set_base(index);
+    for (std::size_t i = base; i < base + m_ways; ++i) {
+      if (m_keys[i] == key && match(m_entries[i])) {
+        m_stamp[i] = ++m_clock;
+        return &m_entries[i];
+      }
+    }
+    return nullptr;
+  }
+
+  /// The way a new entry for index and key goes to, made most recently used
+  /// and given the key: a valid entry with the key that `match` accepts (it
+  /// is overwritten), else an invalid way, else the least recently used way
+  /// (`evicted` is then set). The caller fills the entry and sets valid.
+  template <class Match>
+  Entry& place(std::uint64_t index, std::uint64_t key, Match match, bool& evicted) {
+    const std::size_t base = set_base(index);
+    std::size_t way = base;
+    bool invalid = false;
+    evicted = false;
+    for (std::size_t i = base; i < base + m_ways; ++i) {
+      if (m_keys[i] == key && match(m_entries[i])) {
+        m_stamp[i] = ++m_clock;
+        return m_entries[i];
+      }
+    }
+    for (std::size_t i = base; i < base + m_ways; ++i) {
+      if (m_keys[i] == kNoKey) {  // invalid way
+        way = i;
+        invalid = true;
+        break;
+      }
+      if (m_stamp[i] < m_stamp[way]) way = i;
+    }
+    evicted = !invalid;
+    m_stamp[way] = ++m_clock;
+    m_keys[way] = key;
+    return m_entries[way];
+  }
+
+  /// Invalidates every valid entry `pred` accepts; returns how many.
+  template <class Pred>
+  std::uint32_t invalidate_if(Pred pred) {
+    std::uint32_t n = 0;
+    for (std::size_t i = 0; i < m_entries.size(); ++i) {
+      Entry& e = m_entries[i];
+      if (e.valid && pred(e)) {
+        e.valid = false;
+        m_keys[i] = kNoKey;
+        ++n;
+      }
+    }
+    return n;
+  }
+
+  std::uint32_t occupancy() const {
+    std::uint32_t n = 0;
+    for (const Entry& e : m_entries) n += e.valid ? 1 : 0;
+    return n;
+  }
+
+ private:
+  std::size_t set_base(std::uint64_t index) const { return static_cast<std::size_t>(index & m_set_mask) * m_ways; }
+
+  std::uint32_t m_ways = 1;
+  std::uint64_t m_set_mask = 0;
+  std::uint64_t m_clock = 0;
+  static constexpr std::uint64_t kNoKey = ~0ull;  // the key of an invalid way
+  std::vector<Entry> m_entries;        // sets x ways
+  std::vector<std::uint64_t> m_keys;   // per way: its entry's key, kNoKey when invalid
+  std::vector<std::uint64_t> m_stamp;  // last use per entry: true LRU
+};
+
+}  // namespace vmx::mmu
