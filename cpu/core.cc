@@ -361,7 +361,9 @@ bool Core::tlb_permits(std::uint8_t perms, AccessType type) const {
     case AccessType::Read:
       return (perms & kEptRead) && (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
     case AccessType::Write:
-      return (perms & kEptWrite) && (perms & kWritable) && (perms & kDirty) &&
+      // kEptDirty: with EPT A/D flags on, a translation cached by a read (EPT
+      // leaf not yet dirty) walks on a write, which sets the flag (29.3.5).
+      return (perms & (kEptWrite | kEptDirty | kWritable | kDirty)) == (kEptWrite | kEptDirty | kWritable | kDirty) &&
              (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
     case AccessType::Execute:
       return (perms & kEptExecute) && (perms & kExecutable) &&
@@ -515,6 +517,29 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     return;
   }
   m_w.mem->write(pa, value, size);
+}
+
+std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
+  boundary();
+  retire(1);
+  ++m_stats.loads;
+  ++m_stats.stores;
+  std::uint64_t pa;
+  // The translation may exit or fault and is retried; once it succeeds the
+  // read and the write follow with no boundary in between.
+  while (!translate(va, AccessType::Write, pa)) boundary();
+  if ((va & 7) || !m_w.mem->contains(pa, 8))
+    throw SimulationError(fmt::format("{}: XCHG at {:#x} must be 8-byte aligned and inside memory", name(), va));
+  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  std::uint64_t old = m_w.mem->read(pa, 8);
+  m_w.mem->write(pa, value, 8);
+  return old;
+}
+
+void Core::pause() {
+  boundary();
+  retire(1);
+  charge(m_p.pause_latency);
 }
 
 // An access that crosses a page boundary: both pages are translated (and may
@@ -957,6 +982,70 @@ void Core::invlpg(std::uint64_t va) {
   for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
 }
 
+void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
+  boundary();
+  retire(1);
+  charge(m_p.invlpg_latency);
+  // In VMX non-root operation with "enable INVPCID" clear, INVPCID is #UD
+  // (SDM Vol. 3C, 25.6.2); #UD and the CPL check come before the VM exit
+  // (26.1.1), the other checks after it.
+  if (m_non_root && !(m_proc2 & proc2::kEnableInvpcid)) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return;
+  }
+  if (m_cpl != 0) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
+    // SDM Vol. 3C, 26.1.3. The qualification is the memory operand's
+    // displacement (28.2.1), 0 here; the operands are in registers: the type
+    // in RAX, and the descriptor (which the model does not put in memory)
+    // as its PCID in RCX and its linear address in RDX.
+    m_regs[Regs::rax] = type;
+    m_regs[Regs::rcx] = pcid;
+    m_regs[Regs::rdx] = la;
+    vm_exit(ExitReason::Invpcid, 0);
+    return;
+  }
+  // #GP(0) (SDM Vol. 2, INVPCID, exceptions): type > 3; descriptor bits
+  // 63:12 set; with CR4.PCIDE = 0, types 0 and 1 for a PCID other than 0;
+  // type 0 for a non-canonical linear address.
+  const bool pcide = m_cr4 & crb::kCr4Pcide;
+  const unsigned va_bits = (m_cr4 & crb::kCr4La57) ? 57 : 48;
+  const bool canonical = static_cast<std::uint64_t>(static_cast<std::int64_t>(la << (64 - va_bits)) >>
+                                                    (64 - va_bits)) == la;
+  if (type > 3 || pcid > crb::kCr3PcidMask || (type <= 1 && !pcide && pcid != 0) || (type == 0 && !canonical)) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return;
+  }
+  // Scopes (SDM Vol. 3A, 4.10.4.1), for the current VPID and every EP4TA
+  // (Vol. 3C, 29.4.3.1). Paging-structure-cache entries are never global:
+  // type 0 removes every entry of the PCID (as INVLPG; invalidating entries
+  // for other linear addresses is permitted), 1 those of the PCID, 2 and 3
+  // those of every PCID. Guest-physical mappings (EPT-dimension caches, the
+  // nested TLB) are not affected.
+  const std::uint16_t vpid = m_tag.vpid;
+  switch (type) {
+    case 0:
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_address_pcid(la, vpid, pcid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
+      break;
+    case 1:
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_pcid(vpid, pcid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
+      break;
+    case 2:
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
+      break;
+    default:
+      for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
+      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
+      break;
+  }
+}
+
 std::uint64_t Core::rdtsc() {
   boundary();
   retire(1);
@@ -1262,6 +1351,7 @@ VmExit Core::vm_entry(bool launch) {
       m_obs->pending = false;
     }
     m_obs->entered_at = m_now;
+    m_obs->in_guest = true;
   }
   recompute_next_event();
 
@@ -1282,6 +1372,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   if (m_obs) {
     ++m_obs->exits;
     m_obs->guest_cycles += m_now - m_obs->entered_at;
+    m_obs->total_guest_cycles += m_now - m_obs->entered_at;
+    m_obs->in_guest = false;
     m_obs->pending = true;
     m_obs->pending_reason = r;
     m_obs->pending_since = m_now;

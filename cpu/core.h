@@ -81,7 +81,7 @@ struct CpuidResult {
 /// Core timing parameters. Latencies are in core cycles.
 struct CoreParams {
   double cpi;
-  std::uint32_t cpuid_latency, msr_latency, cr_latency, io_latency, invlpg_latency, rdtsc_latency,
+  std::uint32_t cpuid_latency, msr_latency, cr_latency, io_latency, invlpg_latency, rdtsc_latency, pause_latency,
       exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
@@ -113,6 +113,8 @@ struct CoreParams {
     v.param(invlpg_latency, "invlpg_latency", "50", Spec(Unit::Cycles), "INVLPG (assumption).");
     v.param(rdtsc_latency, "rdtsc_latency", "25", Spec(Unit::Cycles),
             "RDTSC (Agner Fog, Instruction Tables: about 25 cycles on Skylake).");
+    v.param(pause_latency, "pause_latency", "140", Spec(Unit::Cycles),
+            "PAUSE (Intel Optimization Manual: about 140 cycles from Skylake on).");
     v.param(exception_latency, "exception_latency", "100", Spec(Unit::Cycles),
             "Delivering an exception or interrupt through the IDT and returning with IRET (assumption).");
     v.param(vm_exit_latency, "vm_exit_latency", "500", Spec(Unit::Cycles),
@@ -180,6 +182,10 @@ struct VcpuObserver : stats::Group {
   };
   Reason& reason(unsigned r);
 
+  // Raw observation, never reset: guest cycles up to the last exit, and
+  // whether the vCPU is in the guest now (for accounting by its owner).
+  std::uint64_t total_guest_cycles = 0;
+  bool in_guest = false;
   // Open exit, waiting for the next entry.
   unsigned pending_reason = 0;
   std::uint64_t pending_since = 0;
@@ -209,6 +215,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void compute(std::uint64_t instructions);
   std::uint64_t load(std::uint64_t va, unsigned size = 8);
   void store(std::uint64_t va, std::uint64_t value, unsigned size = 8);
+  /// XCHG with memory: atomically swaps `value` with the 8 bytes at va and
+  /// returns what was there (implicitly locked, SDM Vol. 3A, 9.1.2.1). No
+  /// other core's operation can come between its read and its write.
+  std::uint64_t xchg(std::uint64_t va, std::uint64_t value);
+  /// PAUSE: a spin-wait hint; costs pause_latency cycles.
+  void pause();
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
@@ -232,6 +244,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// VMCALL: number and arguments in RAX, RBX, RCX, RDX; result in RAX.
   std::uint64_t vmcall(std::uint64_t nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t a2 = 0);
   void invlpg(std::uint64_t va);
+  /// INVPCID (SDM Vol. 2, INVPCID; Vol. 3A, 4.10.4.1): type 0 individual
+  /// address, 1 single context, 2 all contexts with globals, 3 all contexts
+  /// except globals; `pcid` and `la` form the descriptor. #GP at CPL > 0 or
+  /// for a bad type or descriptor. In VMX non-root operation #UD unless
+  /// "enable INVPCID" is set, then a VM exit under "INVLPG exiting".
+  void invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la = 0);
   std::uint64_t rdtsc();
   /// LIDT: where interrupts and exceptions go in the current mode.
   void lidt(InterruptHandler* handler);

@@ -41,6 +41,13 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
                              h->count(), h->mean(), h->percentile(99));
         }
       }
+      std::uint64_t tg = counter(*v, "time.guest_cycles"), th = counter(*v, "time.hypervisor_cycles"),
+                    ts = counter(*v, "time.steal_cycles"), ti = counter(*v, "time.idle_cycles");
+      double total = static_cast<double>(tg + th + ts + ti);
+      if (total > 0)
+        out += fmt::format("    time: guest {:.1f}%, hypervisor {:.1f}%, steal {:.1f}%, idle {:.1f}% of {:.3f} ms\n",
+                           100.0 * tg / total, 100.0 * th / total, 100.0 * ts / total, 100.0 * ti / total,
+                           total / static_cast<double>(params.platform.frequency) * 1e3);
       std::uint64_t walks = counter(*v, "walks");
       out += fmt::format("    page walks: {}, mean {:.1f} references and {:.1f} cycles per walk\n", walks,
                          ratio(*v, "mean_walk_refs"), ratio(*v, "mean_walk_cycles"));

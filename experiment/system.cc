@@ -118,6 +118,7 @@ bool Session::finished() const { return m_sys->monitor.finished(); }
 const stats::Group& Session::stats() const { return m_sys->root; }
 
 void Session::update_gauges() {
+  m_sys->hypervisor->flush_accounting();
   m_sys->sim_seconds.set(static_cast<double>(now_ps()) / 1e12);
   m_sys->sim_finished.set(finished() ? 1 : 0);
 }

@@ -46,6 +46,7 @@ struct Hypervisor::Vm {
   GuestImage* image = nullptr;
   std::uint64_t ept_root = 0;
   std::uint64_t eptp = 0;
+  std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
   bool crashed = false;
   std::string crash;
   stats::Group* group = nullptr;
@@ -68,6 +69,22 @@ struct Hypervisor::Vcpu {
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
   std::unique_ptr<cpu::VcpuObserver> obs;
+
+  /// Where the vCPU's time went, exact to the cycle of its core's clock:
+  /// every cycle since its first run is in exactly one bucket.
+  struct Time : stats::Group {
+    explicit Time(stats::Group* p) : Group(p, "time", "where the vCPU's time went") {}
+    stats::Counter guest{this, "guest_cycles", "cycles", "running in VMX non-root operation"};
+    stats::Counter hypervisor{this, "hypervisor_cycles", "cycles",
+                              "in the hypervisor on this vCPU's behalf (exit handling, entry)"};
+    stats::Counter steal{this, "steal_cycles", "cycles", "runnable but another vCPU had the core (stolen)"};
+    stats::Counter idle{this, "idle_cycles", "cycles", "halted, waiting for an interrupt"};
+  };
+  std::unique_ptr<Time> time;
+  // A vCPU is runnable from time 0, when its VM is created, until it dies.
+  enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
+  std::uint64_t since = 0;           // start of the current state
+  std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {
@@ -78,6 +95,7 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   std::deque<Vcpu*> runq;
   std::vector<Vcpu*> assigned;
   Vcpu* loaded = nullptr;   // whose VMCS is current
+  Vcpu* last_ran = nullptr; // the vCPU this core ran last
   std::uint64_t vmxon_region = 0;
   std::uint64_t slice_end = 0;
 
@@ -150,7 +168,8 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->memory = spec.memory;
   vm->image = spec.image;
   vm->ept_root = alloc_host_frame();
-  vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), false);
+  vm->mmu_lock = alloc_host_frame();
+  vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
@@ -161,6 +180,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->save_area = alloc_host_frame();
     v->vpid = m_p.vpid ? m_next_vpid++ : 0;
     v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
+    v->time = std::make_unique<Vcpu::Time>(v->obs.get());
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
     pc.runq.push_back(v.get());
@@ -290,8 +310,64 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
 }
 
+namespace {
+std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
+  return o.total_guest_cycles + (o.in_guest && now > o.entered_at ? now - o.entered_at : 0);
+}
+}  // namespace
+
+void Hypervisor::account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again) {
+  now = std::max(now, v.since);
+  std::uint64_t d = now - v.since;
+  switch (v.off) {
+    case Vcpu::Off::Runnable:
+      // Between two runs of the same vCPU the core did its work: that is
+      // hypervisor time; if another vCPU ran in between, it was stolen.
+      if (same_vcpu_again) v.time->hypervisor += d; else v.time->steal += d;
+      break;
+    case Vcpu::Off::Halted: v.time->idle += d; break;
+    default: break;
+  }
+  v.since = now;
+}
+
+void Hypervisor::account_on_cpu(Vcpu& v, std::uint64_t now) {
+  now = std::max(now, v.since);
+  std::uint64_t g = guest_cycles_now(*v.obs, now) - v.guest_baseline;
+  std::uint64_t d = now - v.since;
+  if (g > d) g = d;
+  v.time->guest += g;
+  v.time->hypervisor += d - g;
+  v.since = now;
+  v.guest_baseline = guest_cycles_now(*v.obs, now);
+}
+
+void Hypervisor::flush_accounting() {
+  for (auto& vm : m_vms)
+    for (auto& v : vm->vcpus) {
+      std::uint64_t now = m_cores[v->core]->now();
+      if (v->off == Vcpu::Off::OnCpu) account_on_cpu(*v, now);
+      else if (v->off != Vcpu::Off::Stopped) account_off_cpu(*v, now, false);
+    }
+}
+
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
+  account_off_cpu(v, c.now(), pc.last_ran == &v);
+  v.off = Vcpu::Off::OnCpu;
+  v.guest_baseline = guest_cycles_now(*v.obs, v.since);
+  pc.last_ran = &v;
+  struct Leave {  // accounts the on-CPU interval however run_vcpu returns
+    Hypervisor& hv;
+    Vcpu& v;
+    Core& c;
+    ~Leave() {
+      hv.account_on_cpu(v, c.now());
+      v.off = v.state == Vcpu::State::Blocked ? Vcpu::Off::Halted
+              : v.state == Vcpu::State::Dead  ? Vcpu::Off::Stopped
+                                              : Vcpu::Off::Runnable;
+    }
+  } leave{*this, v, c};
   if (!v.vmcs_ready) {
     setup_vmcs(c, v);
     pc.loaded = &v;
@@ -348,7 +424,9 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       break;
     case ExitReason::Hlt:
       charge(c, m_p.costs.hlt, kCodeHlt);
-      if (!v.virr.any()) {
+      // Block unless an interrupt is pending that the guest can take now;
+      // HLT with interrupts off waits for the next one all the same.
+      if (!v.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
         v.state = Vcpu::State::Blocked;
         program_timer(pc);
       }
@@ -550,7 +628,26 @@ void Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) 
                        mmu::ept::kMemTypeWb | (leaf > 1 ? mmu::ept::kLargePage : 0));
 }
 
+// The VM's EPT is shared by its vCPUs' cores: changes to it are made under
+// a spinlock (test-and-set with XCHG, spinning with PAUSE on reads), as KVM
+// holds its MMU lock; the time spent spinning is charged to the waiter.
+void Hypervisor::lock_mmu(Core& c, Vm& vm) {
+  while (c.xchg(vm.mmu_lock, 1) != 0) {
+    ++m_totals.lock_spins;
+    while (c.load(vm.mmu_lock) != 0) c.pause();
+  }
+}
+
+void Hypervisor::unlock_mmu(Core& c, Vm& vm) { c.store(vm.mmu_lock, 0); }
+
 bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
+  lock_mmu(c, vm);
+  bool ok = back_guest_page_locked(c, vm, gpa);
+  unlock_mmu(c, vm);
+  return ok;
+}
+
+bool Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t gpa) {
   const std::uint64_t size = m_p.ept_page_size;
   gpa &= ~(size - 1);
   // Already backed (another vCPU got there first, or eager population)?
@@ -625,7 +722,13 @@ void Hypervisor::handle_timer(PerCore& pc) {
 void Hypervisor::wake(Vcpu& v) {
   if (v.state == Vcpu::State::Dead) return;
   PerCore& target = *m_percore[v.core];
-  if (v.state == Vcpu::State::Blocked) v.state = Vcpu::State::Runnable;
+  if (v.state == Vcpu::State::Blocked) {
+    v.state = Vcpu::State::Runnable;
+    if (v.off == Vcpu::Off::Halted) {
+      account_off_cpu(v, Core::current().now(), false);
+      v.off = Vcpu::Off::Runnable;
+    }
+  }
   if (!v.in_runq) {
     target.runq.push_back(&v);
     v.in_runq = true;

@@ -66,6 +66,7 @@ struct HypervisorParams {
   std::uint64_t ept_levels;
   std::uint64_t ept_page_size;   // bytes: 4KiB, 2MiB or 1GiB
   std::string ept_populate;      // lazy | eager
+  bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
   HvCosts costs;
 
   template <class V>
@@ -90,6 +91,10 @@ struct HypervisorParams {
     v.param(ept_populate, "ept_populate", "lazy", Spec().one_of({"lazy", "eager"}),
             "lazy: map guest memory on EPT violation; eager: map all of it before the VM's first entry "
             "(as with preallocated guest memory).");
+    v.param(ept_ad, "ept_ad", "false", Spec(Unit::Flag),
+            "Enable EPT accessed and dirty flags (EPTP bit 6, SDM Vol. 3C, 29.3.5): walks set them in EPT "
+            "entries, and guest paging-structure accesses become EPT writes. Default off (assumption: keeps the "
+            "walk costs of earlier results); KVM turns it on where supported (kvm_intel eptad=1).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -132,6 +137,9 @@ class Hypervisor {
   /// The VM by index: its name and whether it has crashed (and why).
   const std::string& vm_name(unsigned i) const;
   const std::string& vm_crash(unsigned i) const;
+  /// Brings every vCPU's time accounting up to its core's clock (before
+  /// statistics are read).
+  void flush_accounting();
 
  private:
   void core_main(PerCore& pc);
@@ -148,6 +156,9 @@ class Hypervisor {
   void crash_vm(Vm& vm, const std::string& why);
   void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
+  // Time accounting (simulator observation of the vCPU's state, no cost).
+  void account_on_cpu(Vcpu& v, std::uint64_t now);
+  void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
   void program_timer(PerCore& pc);
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
@@ -157,6 +168,9 @@ class Hypervisor {
   std::uint64_t alloc_guest_page();
   /// Backs the EPT page holding gpa, if it is not backed yet.
   bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  bool back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  void lock_mmu(cpu::Core& c, Vm& vm);
+  void unlock_mmu(cpu::Core& c, Vm& vm);
   void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
   void populate(cpu::Core& c, Vm& vm);
   void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
@@ -185,6 +199,7 @@ class Hypervisor {
     stats::Counter injections{this, "injections", "events", "virtual interrupts injected"};
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
+    stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};
   } m_totals{&m_stats};
 };
 

@@ -56,7 +56,7 @@ struct NestedTlbEntry {
   std::uint64_t gfn = 0;    // guest-physical address >> shift
   std::uint64_t hfn = 0;    // host-physical address >> shift
   std::uint64_t ep4ta = 0;
-  std::uint8_t perms = 0;   // EPT R/W/X (bits 2:0)
+  std::uint8_t perms = 0;   // EPT R/W/X (bits 2:0); bit 3: leaf dirty or EPT A/D off (mmu::kEptLeafDirty)
   std::uint8_t shift = 12;  // 12, 21 or 30
   bool valid = false;
 };

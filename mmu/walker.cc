@@ -46,6 +46,12 @@ namespace {
 std::uint8_t ept_need(AccessType type) {
   return type == AccessType::Read ? ept::kRead : type == AccessType::Write ? ept::kWrite : ept::kExecute;
 }
+// What a cached guest-physical translation must hold to serve an access: the
+// permission, and for a write the leaf's dirty flag (or EPT A/D off), so that
+// a write after a read still walks and sets it (SDM Vol. 3C, 29.3.5).
+std::uint8_t ept_need_cached(AccessType type) {
+  return type == AccessType::Write ? static_cast<std::uint8_t>(ept::kWrite | kEptLeafDirty) : ept_need(type);
+}
 }  // namespace
 
 // The nested TLB is consulted first; a cached translation is used only when
@@ -55,7 +61,8 @@ Walker::EptStep Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa,
   if (!ntlb) return ept_walk(req, gpa, type, r);
   const std::uint64_t ep4ta = req.eptp & ept::kAddrMask;
   r.cycles += ntlb->latency();
-  if (const NestedTlbEntry* e = ntlb->lookup(gpa, ep4ta); e && (e->perms & ept_need(type))) {
+  const std::uint8_t need = ept_need_cached(type);
+  if (const NestedTlbEntry* e = ntlb->lookup(gpa, ep4ta); e && (e->perms & need) == need) {
     ++r.nested_hits;
     return EptStep{WalkResult::Status::Ok, ntlb->translate(*e, gpa), e->perms, e->shift};
   }
@@ -89,8 +96,15 @@ Walker::EptStep Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, Acce
   }
   std::array<std::uint64_t, 6> next{};   // next-table address read at each non-leaf level
   std::array<std::uint8_t, 6> acc{};     // permissions accumulated down to that level
+  std::array<std::uint64_t, 6> where{};  // with A/D flags: where each entry was read, and its value
+  std::array<std::uint64_t, 6> value{};
+  const bool ad = ept::eptp_ad(req.eptp);
+  unsigned leaf = 1;
   for (unsigned level = start; level >= 1; --level) {
-    std::uint64_t entry = read(table + table_index(gpa, level) * 8, r);
+    const std::uint64_t pa = table + table_index(gpa, level) * 8;
+    std::uint64_t entry = read(pa, r);
+    where[level] = pa;
+    value[level] = entry;
     ++*m_stats.ept_refs[level];
     ++m_stats.ept_refs_total;
     std::uint8_t p = static_cast<std::uint8_t>(entry & ept::kPermMask);
@@ -118,6 +132,7 @@ Walker::EptStep Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, Acce
       std::uint64_t mask = (1ull << shift) - 1;
       s.hpa = (entry & ept::kAddrMask & ~mask) | (gpa & mask);
       s.page_shift = static_cast<std::uint8_t>(shift);
+      leaf = level;
       // The entries above the leaf were present and well-formed: cache them.
       if (m_ept_psc)
         for (unsigned l = start; l > level; --l)
@@ -128,7 +143,34 @@ Walker::EptStep Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, Acce
     next[level] = table;
     acc[level] = s.perms;
   }
-  if (!(s.perms & ept_need(type))) s.status = WalkResult::Status::EptViolation;
+  if (!(s.perms & ept_need(type))) {
+    s.status = WalkResult::Status::EptViolation;
+    return s;
+  }
+  if (!ad) {
+    s.perms |= kEptLeafDirty;
+    return s;
+  }
+  // EPT accessed and dirty flags (SDM Vol. 3C, 29.3.5): A in every entry
+  // this walk used, D in the leaf for a write; writes to memory, like the
+  // guest's A/D updates. Entries above `start` came from the EPT PSCs: their
+  // A flags were set when they were cached. Flags are set only by a walk that
+  // permits the access (the SDM does not say whether a walk ending in an EPT
+  // violation sets them; Intel sets guest A/D flags only after a successful
+  // walk, and this follows that).
+  for (unsigned level = start; level >= leaf; --level) {
+    std::uint64_t nv = value[level] | ept::kAccessed;
+    if (level == leaf && type == AccessType::Write) nv |= ept::kDirty;
+    if (nv != value[level]) {
+      std::uint32_t c = 0;
+      m_mem.write_entry(where[level], nv, c);
+      r.cycles += c;
+      ++m_stats.ad_updates;
+      ++m_stats.ept_ad_updates;
+      value[level] = nv;
+    }
+  }
+  if (value[leaf] & ept::kDirty) s.perms |= kEptLeafDirty;
   return s;
 }
 
@@ -142,6 +184,10 @@ void Walker::ept_fault(const WalkRequest& req, const EptStep& e, std::uint64_t g
     std::uint64_t q = type == AccessType::Read    ? cpu::qual::kEptRead
                       : type == AccessType::Write ? cpu::qual::kEptWrite
                                                   : cpu::qual::kEptFetch;
+    // With EPT A/D flags on, a guest paging-structure access is a write with
+    // regard to EPT violations; such a violation reports both a read and a
+    // write (SDM Vol. 3C, Table 28-7, note to bit 1).
+    if (req.paging && !final_translation && ept::eptp_ad(req.eptp)) q = cpu::qual::kEptRead | cpu::qual::kEptWrite;
     q |= std::uint64_t(e.perms & 7) << 3;
     if (req.paging) {
       q |= cpu::qual::kEptGlaValid;
@@ -185,6 +231,11 @@ WalkResult Walker::translate(const WalkRequest& req) {
   // (CR4.PAE = 1, as in IA-32e paging, and IA32_EFER.NXE = 1).
   const std::uint32_t fetch_bit =
       req.type == AccessType::Execute && (req.nxe || req.smep) ? pfec::kFetch : 0;
+  // With EPT A/D flags on, guest paging-structure accesses are EPT writes
+  // (SDM Vol. 3C, 29.3.5): they need write permission and set the dirty flag
+  // of the EPT entry mapping the table page.
+  const bool ept_ad = req.ept && ept::eptp_ad(req.eptp);
+  const AccessType table_access = ept_ad ? AccessType::Write : AccessType::Read;
 
   if (req.paging) {
     std::uint64_t table = req.cr3 & pte::kAddrMask;
@@ -214,10 +265,16 @@ WalkResult Walker::translate(const WalkRequest& req) {
         where = hit->next_hpa + table_index(req.la, level) * 8;
         entry_gpa_of[level] = entry_gpa;
         entry_ept_perms[level] = hit->table_ept_perms;
+        if (ept_ad && !(hit->table_ept_perms & ept::kWrite)) {  // cached under an EPTP without A/D
+          ept_fault(req, EptStep{WalkResult::Status::EptViolation, 0, hit->table_ept_perms, 12}, entry_gpa,
+                    AccessType::Write, false, r);
+          finish(r);
+          return r;
+        }
       } else if (req.ept) {
-        EptStep e = ept_translate(req, entry_gpa, AccessType::Read, r);
+        EptStep e = ept_translate(req, entry_gpa, table_access, r);
         if (e.status != WalkResult::Status::Ok) {
-          ept_fault(req, e, entry_gpa, AccessType::Read, false, r);
+          ept_fault(req, e, entry_gpa, table_access, false, r);
           finish(r);
           return r;
         }
@@ -321,7 +378,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
   }
 
   std::uint64_t hpa = gpa;
-  std::uint8_t ept_perms = perm::kAllEpt;
+  std::uint8_t ept_perms = perm::kAllEpt | perm::kEptDirty;
   unsigned shift = guest_shift;
   if (req.ept) {
     EptStep e = ept_translate(req, gpa, req.type, r);
@@ -331,7 +388,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
       return r;
     }
     hpa = e.hpa;
-    ept_perms = static_cast<std::uint8_t>((e.perms & 7) << 4);
+    ept_perms = static_cast<std::uint8_t>((e.perms & (7 | kEptLeafDirty)) << 4);
     if (e.page_shift < shift) shift = e.page_shift;
   }
   if (shift == 64) shift = 12;  // no paging and no EPT: cache as 4 KiB

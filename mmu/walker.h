@@ -35,12 +35,19 @@ class TableMemory {
 
 /// Permission summary of a completed translation, as cached in TLB entries.
 /// The low four bits match mmu::TlbPerm; the EPT bits are the AND over the
-/// EPT entries that mapped the final guest-physical address.
+/// EPT entries that mapped the final guest-physical address. kEptDirty
+/// mirrors kDirty for the EPT dimension: set when a write needs no EPT dirty
+/// update (no EPT, EPT accessed/dirty flags off, or the EPT leaf's dirty flag
+/// already set), so a translation cached by a read makes a later write walk.
 namespace perm {
 constexpr std::uint8_t kWritable = 1, kUser = 2, kExecutable = 4, kDirty = 8;
-constexpr std::uint8_t kEptRead = 16, kEptWrite = 32, kEptExecute = 64;
+constexpr std::uint8_t kEptRead = 16, kEptWrite = 32, kEptExecute = 64, kEptDirty = 128;
 constexpr std::uint8_t kAllEpt = kEptRead | kEptWrite | kEptExecute;
 }  // namespace perm
+
+/// The bit an EptStep (and a nested-TLB entry) carries above EPT R/W/X: the
+/// leaf's EPT dirty flag is known to be set, or EPT A/D flags are off.
+constexpr std::uint8_t kEptLeafDirty = 8;
 
 struct WalkStats : stats::Group {
   explicit WalkStats(stats::Group* parent, const std::string& name = "walker");
@@ -55,7 +62,10 @@ struct WalkStats : stats::Group {
   stats::Counter page_faults{this, "page_faults", "walks", "walks ending in a guest page fault"};
   stats::Counter ept_violations{this, "ept_violations", "walks", "walks ending in an EPT violation"};
   stats::Counter ept_misconfigs{this, "ept_misconfigs", "walks", "walks ending in an EPT misconfiguration"};
-  stats::Counter ad_updates{this, "ad_updates", "writes", "accessed/dirty-bit writes to paging structures"};
+  stats::Counter ad_updates{this, "ad_updates", "writes",
+                            "accessed/dirty-bit writes to paging structures, both dimensions"};
+  stats::Counter ept_ad_updates{this, "ept_ad_updates", "writes",
+                                "of those, writes to EPT entries (EPTP bit 6 set, SDM Vol. 3C, 29.3.5)"};
   stats::Histogram cycles{this, "cycles", "cycles", "cycles per walk"};
   stats::Histogram refs_per_walk{this, "refs_per_walk", "references", "references per walk"};
   stats::Histogram guest_refs_per_walk{this, "guest_refs_per_walk", "references",
@@ -115,14 +125,16 @@ class Walker {
 
   /// Translates one access. Sets accessed and dirty bits in guest paging
   /// structures as the hardware does (SDM Vol. 3A, 4.8); those writes are
-  /// translated through EPT as writes.
+  /// translated through EPT as writes. With EPTP bit 6 set, also sets the
+  /// EPT accessed and dirty flags (SDM Vol. 3C, 29.3.5), and guest
+  /// paging-structure accesses are EPT writes.
   WalkResult translate(const WalkRequest& req);
 
  private:
   struct EptStep {
     WalkResult::Status status;
     std::uint64_t hpa;
-    std::uint8_t perms;   // EPT R/W/X AND over the walk (bits 0..2)
+    std::uint8_t perms;   // EPT R/W/X AND over the walk (bits 0..2), kEptLeafDirty
     std::uint8_t page_shift;
   };
   /// Guest-physical to host-physical: the nested TLB, else ept_walk.

@@ -69,6 +69,7 @@ class VmxHarness {
     std::uint32_t proc2 = cpu::proc2::kEnableEpt;
     std::uint32_t exception_bitmap = 0;
     std::uint16_t vpid = 0;
+    bool ept_ad = false;  // EPTP bit 6: EPT accessed and dirty flags
     std::uint64_t guest_cr0 = mmu::crbits::kCr0Pe;
     std::uint64_t guest_cr4 = 0;
     std::uint64_t guest_rflags = 0x2;
@@ -177,6 +178,16 @@ class VmxHarness {
     return v;
   }
 
+  /// The EPTP the monitor puts in the VMCS.
+  std::uint64_t eptp() const { return mmu::ept::eptp(kEptPml4, 4, config.ept_ad); }
+  /// Host-physical address of the EPT entry at `level` that maps gpa
+  /// (root: physical loads).
+  static std::uint64_t ept_entry_pa(cpu::Core& c, std::uint64_t gpa, unsigned level) {
+    std::uint64_t table = kEptPml4;
+    for (unsigned l = 4; l > level; --l) table = c.load(table + mmu::table_index(gpa, l) * 8) & mmu::ept::kAddrMask;
+    return table + mmu::table_index(gpa, level) * 8;
+  }
+
   sim::Fiber& guest_fiber() { return m_guest; }
   sim::Fiber& root_fiber() { return m_root; }
 
@@ -204,7 +215,7 @@ class VmxHarness {
     vmw(c, field::kExitControls, exitctl::kHostAddressSpaceSize);
     vmw(c, field::kEntryControls, entryctl::kIa32eModeGuest);
     vmw(c, field::kExceptionBitmap, config.exception_bitmap);
-    vmw(c, field::kEptPointer, mmu::ept::eptp(kEptPml4, 4, false));
+    vmw(c, field::kEptPointer, eptp());
     vmw(c, field::kVpid, config.vpid);
     vmw(c, field::kMsrBitmap, kMsrBitmap);
     vmw(c, field::kIoBitmapA, kIoBitmapA);

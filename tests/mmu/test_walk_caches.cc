@@ -398,3 +398,60 @@ TEST_CASE("a nested-TLB entry that does not permit the access is not used", "[wa
   CHECK(w.refs == 4 + 4);  // tables via the nested TLB; the data gPA walked: the walk decides
   CHECK((w.exit_qualification & qual::kEptWrite) != 0);
 }
+
+// ---------------------------------------------------------------------------
+// EPT accessed and dirty flags with the walk caches (SDM Vol. 3C, 29.3.5)
+// ---------------------------------------------------------------------------
+
+TEST_CASE("EPT A/D on: a nested-TLB entry made by a read does not serve a write", "[walker][psc][ad][ept]") {
+  CachedHarness ch(4, 4, kAll);
+  Harness& h = ch.h;
+  map_data_4k(h, kPwu | pte::kAccessed | pte::kDirty);  // guest flags preset: only EPT flags are written
+  h.enable_ept_ad();
+  const std::uint64_t leaf = h.ept_entry(kDataGpa, 1);
+
+  WalkResult r = h.walk(h.request(kLa4, AccessType::Read));
+  REQUIRE(r.status == Status::Ok);
+  CHECK((h.mem.peek(leaf) & ept::kDirty) == 0);
+  CHECK((r.perms & perm::kEptDirty) == 0);
+
+  // A write: the guest walk is served by the PDE cache (the PTE is read
+  // through its combined entry), the data gPA's nested-TLB entry is clean,
+  // so EPT is walked from the EPT PDE cache: one reference, and D is set.
+  h.mem.reads.clear();
+  h.mem.writes.clear();
+  WalkResult w = h.walk(h.request(kLa4, AccessType::Write));
+  REQUIRE(w.status == Status::Ok);
+  CHECK(w.refs == 2);
+  CHECK(h.mem.writes == std::vector<std::uint64_t>{leaf});
+  CHECK((h.mem.peek(leaf) & (ept::kAccessed | ept::kDirty)) == (ept::kAccessed | ept::kDirty));
+  CHECK((w.perms & perm::kEptDirty) != 0);
+
+  // Now the nested-TLB entry is dirty: a write walk makes no EPT reference.
+  h.mem.writes.clear();
+  WalkResult w2 = h.walk(h.request(kLa4, AccessType::Write));
+  REQUIRE(w2.status == Status::Ok);
+  CHECK(w2.refs == 1);
+  CHECK(h.mem.writes.empty());
+}
+
+TEST_CASE("EPT A/D on: cached walks write no A flag again", "[walker][psc][ad][ept]") {
+  CachedHarness ch(4, 4, kAll);
+  Harness& h = ch.h;
+  map_data_4k(h);
+  h.enable_ept_ad();
+  REQUIRE(h.walk(h.request(kLa4, AccessType::Read)).status == Status::Ok);
+  const std::uint64_t after_cold = h.stats.ept_ad_updates.value();
+  CHECK(after_cold == 10);  // as without caches: every entry was walked once
+  // The neighbouring page: its guest PTE and data EPT PTE are new entries.
+  const std::uint64_t la2 = (kLa4 & ~0xFFFull) + 0x1000;
+  h.guest_map(la2, kDataGpa + 0x1000, 12);
+  h.ept_map(kDataGpa + 0x1000, kDataHpa + 0x1000, 12);
+  h.mem.writes.clear();
+  REQUIRE(h.walk(h.request(la2, AccessType::Read)).status == Status::Ok);
+  // Guest PTE's A, and the data page's EPT PTE's A (the EPT PDE cache
+  // supplied its page table): nothing above was used again.
+  CHECK(h.mem.writes == std::vector<std::uint64_t>{h.host_of(h.guest_entry_gpa(la2, 1)),
+                                                   h.ept_entry(kDataGpa + 0x1000, 1)});
+  CHECK(h.stats.ept_ad_updates.value() == after_cold + 1);
+}

@@ -32,7 +32,7 @@ TEST_CASE("4-level guest over 4-level EPT, all 4 KiB: 24 references in 2D order"
   CHECK(r.gpa == kDataGpa + kDataOff);
   CHECK(r.pa == kDataHpa + kDataOff);
   CHECK(r.page_shift == 12);
-  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt));
+  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt | perm::kEptDirty));
   CHECK_FALSE(r.global);
 
   auto& s = h.stats;
@@ -131,7 +131,7 @@ TEST_CASE("1D walk (no EPT): one reference per guest level used", "[walker]") {
   CHECK(r.pa == kDataGpa + (la & (gsize - 1)));
   CHECK(r.gpa == r.pa);
   CHECK(r.page_shift == gshift);
-  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt));
+  CHECK(r.perms == (perm::kWritable | perm::kUser | perm::kExecutable | perm::kAllEpt | perm::kEptDirty));
   CHECK(h.read_kinds() == std::string(used, 'G'));
   CHECK(h.stats.ept_refs_total.value() == 0);
 
@@ -173,7 +173,7 @@ TEST_CASE("guest paging off with EPT: only the EPT walk", "[walker]") {
   CHECK(r.gpa == gpa);
   CHECK(r.pa == kDataHpa + (gpa & (esize - 1)));
   CHECK(r.page_shift == eshift);
-  CHECK(r.perms == 0x7F);
+  CHECK(r.perms == 0xFF);  // EPT A/D off: no EPT dirty flag to set (kEptDirty)
   CHECK(h.read_kinds() == std::string(refs, 'E'));
   CHECK(h.stats.walks.value() == 0);
   CHECK(h.stats.ept_only_walks.value() == 1);
@@ -578,4 +578,166 @@ TEST_CASE("accessed/dirty updates are EPT writes to the guest tables", "[walker]
     CHECK((w.exit_qualification & qual::kEptGlaTranslation) == 0);
     CHECK((h.guest_entry(kLa4, 1) & pte::kDirty) == 0);
   }
+}
+
+// ---------------------------------------------------------------------------
+// EPT accessed and dirty flags (SDM Vol. 3C, 29.3.5)
+// ---------------------------------------------------------------------------
+
+namespace {
+constexpr std::uint64_t kEptAD = ept::kAccessed | ept::kDirty;
+
+/// The guest-physical addresses of the four guest table pages kLa4 uses.
+std::vector<std::uint64_t> guest_table_pages(const Harness& h) {
+  std::vector<std::uint64_t> t;
+  for (unsigned l = 4; l >= 1; --l) t.push_back(h.guest_entry_gpa(kLa4, l) & ~0xFFFull);
+  return t;
+}
+}  // namespace
+
+TEST_CASE("EPT A/D off (EPTP bit 6 clear): walks write no EPT entry", "[walker][ad][ept]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  REQUIRE(h.walk(h.request(kLa4, R)).status == Status::Ok);
+  WalkResult w = h.walk(h.request(kLa4, W));
+  REQUIRE(w.status == Status::Ok);
+  CHECK((w.perms & perm::kEptDirty) != 0);
+  CHECK(h.stats.ept_ad_updates.value() == 0);
+  CHECK(h.stats.ad_updates.value() == 5);  // A in four guest entries, then D in the guest PTE
+  for (std::uint64_t pa : h.mem.writes) CHECK(h.guest_pages.count(pa & ~0xFFFull) == 1);
+  for (unsigned l = 4; l >= 1; --l) {
+    CHECK((h.mem.peek(h.ept_entry(kDataGpa, l)) & kEptAD) == 0);
+    for (std::uint64_t t : guest_table_pages(h)) CHECK((h.mem.peek(h.ept_entry(t, l)) & kEptAD) == 0);
+  }
+}
+
+TEST_CASE("EPT A/D on: a read walk sets A in every EPT entry used and D in the guest tables' leaves",
+          "[walker][ad][ept]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  h.enable_ept_ad();
+  const std::vector<std::uint64_t> tables = guest_table_pages(h);
+
+  WalkResult r = h.walk(h.request(kLa4, R));
+  REQUIRE(r.status == Status::Ok);
+  CHECK(r.refs == 24);
+  // Guest table pages (all in one 2 MiB guest-physical region): the first
+  // EPT walk sets A in four entries (the PTE also D, in the same write); the
+  // next three share the upper entries and write only their PTE. The guest
+  // entries' A flags follow, then the data page's EPT walk sets A in the
+  // three entries it does not share with the tables (the PML4E it shares).
+  std::vector<std::uint64_t> expect = {h.ept_entry(tables[0], 4), h.ept_entry(tables[0], 3),
+                                       h.ept_entry(tables[0], 2), h.ept_entry(tables[0], 1),
+                                       h.ept_entry(tables[1], 1), h.ept_entry(tables[2], 1),
+                                       h.ept_entry(tables[3], 1)};
+  for (unsigned l = 4; l >= 1; --l) expect.push_back(h.host_of(h.guest_entry_gpa(kLa4, l)));
+  for (unsigned l = 3; l >= 1; --l) expect.push_back(h.ept_entry(kDataGpa, l));
+  CHECK(h.mem.writes == expect);
+  CHECK(h.stats.ept_ad_updates.value() == 10);
+  CHECK(h.stats.ad_updates.value() == 14);
+  CHECK(r.cycles == 24 * kReadLatency + 14 * kWriteLatency);
+
+  for (std::uint64_t t : tables) {
+    INFO("guest table page " << std::hex << t);
+    for (unsigned l = 4; l >= 2; --l) CHECK((h.mem.peek(h.ept_entry(t, l)) & kEptAD) == ept::kAccessed);
+    // Guest paging-structure accesses are EPT writes: the leaf is dirty.
+    CHECK((h.mem.peek(h.ept_entry(t, 1)) & kEptAD) == kEptAD);
+  }
+  for (unsigned l = 4; l >= 1; --l) CHECK((h.mem.peek(h.ept_entry(kDataGpa, l)) & kEptAD) == ept::kAccessed);
+  // The data page's EPT leaf is clean: the cached translation must not
+  // serve a write.
+  CHECK((r.perms & perm::kEptDirty) == 0);
+  CHECK((r.perms & perm::kAllEpt) == perm::kAllEpt);
+
+  SECTION("a write then sets D in the data page's EPT leaf (and the guest PTE's D) and nothing else") {
+    h.mem.writes.clear();
+    WalkResult w = h.walk(h.request(kLa4, W));
+    REQUIRE(w.status == Status::Ok);
+    CHECK(h.mem.writes == std::vector<std::uint64_t>{h.host_of(h.guest_entry_gpa(kLa4, 1)),
+                                                     h.ept_entry(kDataGpa, 1)});
+    CHECK((h.mem.peek(h.ept_entry(kDataGpa, 1)) & kEptAD) == kEptAD);
+    for (unsigned l = 4; l >= 2; --l) CHECK((h.mem.peek(h.ept_entry(kDataGpa, l)) & kEptAD) == ept::kAccessed);
+    CHECK((w.perms & perm::kEptDirty) != 0);
+    CHECK(h.stats.ept_ad_updates.value() == 11);
+    CHECK(w.cycles == 24 * kReadLatency + 2 * kWriteLatency);
+
+    h.mem.writes.clear();
+    WalkResult w2 = h.walk(h.request(kLa4, W));
+    CHECK(w2.status == Status::Ok);
+    CHECK(h.mem.writes.empty());
+    CHECK(w2.cycles == 24 * kReadLatency);
+    CHECK((w2.perms & perm::kEptDirty) != 0);
+  }
+  SECTION("a second read writes nothing") {
+    h.mem.writes.clear();
+    WalkResult again = h.walk(h.request(kLa4, R));
+    CHECK(again.status == Status::Ok);
+    CHECK(h.mem.writes.empty());
+    CHECK(h.stats.ept_ad_updates.value() == 10);
+  }
+}
+
+TEST_CASE("EPT A/D on: a first write sets A and D in the data page's EPT leaf at its level", "[walker][ad][ept]") {
+  const unsigned eshift = GENERATE(12u, 21u, 30u);
+  CAPTURE(eshift);
+  Harness h(4, true, 4);
+  h.guest_map(kLa4, kDataGpa, 12);
+  h.ept_map(kDataGpa, kDataHpa, eshift);
+  h.enable_ept_ad();
+  WalkResult w = h.walk(h.request(kLa4, W));
+  REQUIRE(w.status == Status::Ok);
+  const unsigned leaf = leaf_level(eshift);
+  for (unsigned l = 4; l > leaf; --l) CHECK((h.mem.peek(h.ept_entry(kDataGpa, l)) & kEptAD) == ept::kAccessed);
+  CHECK((h.mem.peek(h.ept_entry(kDataGpa, leaf)) & kEptAD) == kEptAD);
+  // The final EPT walk's writes are the last ones: one per entry it did not
+  // share with the tables' walks (they share the PML4E).
+  const std::size_t n = h.mem.writes.size();
+  REQUIRE(n >= 4 - leaf);
+  std::vector<std::uint64_t> tail(h.mem.writes.end() - (4 - leaf), h.mem.writes.end());
+  std::vector<std::uint64_t> expect;
+  for (unsigned l = 3; l >= leaf; --l) expect.push_back(h.ept_entry(kDataGpa, l));
+  CHECK(tail == expect);
+  CHECK((w.perms & perm::kEptDirty) != 0);
+}
+
+TEST_CASE("EPT A/D on: an EPT-only walk (guest paging off) sets A, and D on a write", "[walker][ad][ept]") {
+  Harness h(4, true, 4);
+  h.ept_map(kDataGpa, kDataHpa, 12);
+  h.enable_ept_ad();
+  WalkRequest q = h.request(kDataGpa + 8, R);
+  q.paging = false;
+  WalkResult r = h.walk(q);
+  REQUIRE(r.status == Status::Ok);
+  CHECK(h.stats.ept_ad_updates.value() == 4);
+  CHECK((h.mem.peek(h.ept_entry(kDataGpa, 1)) & kEptAD) == ept::kAccessed);
+  CHECK((r.perms & perm::kEptDirty) == 0);
+  q.type = W;
+  WalkResult w = h.walk(q);
+  REQUIRE(w.status == Status::Ok);
+  CHECK(h.stats.ept_ad_updates.value() == 5);
+  CHECK((h.mem.peek(h.ept_entry(kDataGpa, 1)) & kEptAD) == kEptAD);
+  CHECK((w.perms & perm::kEptDirty) != 0);
+}
+
+TEST_CASE("EPT A/D on: guest paging-structure reads need EPT write permission", "[walker][ad][ept]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  // A first walk with A/D off sets every guest A flag, so later reads need
+  // no guest A/D write at all.
+  REQUIRE(h.walk(h.request(kLa4, R)).status == Status::Ok);
+  const std::uint64_t pte_gpa = h.guest_entry_gpa(kLa4, 1);
+  const std::uint64_t pt_ept_leaf = h.ept_entry(pte_gpa, 1);
+  h.mem.poke(pt_ept_leaf, h.mem.peek(pt_ept_leaf) & ~ept::kWrite);
+  REQUIRE(h.walk(h.request(kLa4, R)).status == Status::Ok);  // A/D off: a read of the table is a read
+
+  h.enable_ept_ad();
+  WalkResult r = h.walk(h.request(kLa4, R));
+  CHECK(r.status == Status::EptViolation);
+  CHECK(r.fault_gpa == pte_gpa);
+  // Table 28-7, note to bit 1: such an access sets both the read and the
+  // write bit; bit 8 clear (an access to a guest paging structure).
+  CHECK(r.exit_qualification == (qual::kEptRead | qual::kEptWrite | qual::kEptReadable | qual::kEptExecutable |
+                                 qual::kEptGlaValid));
+  // The PT page's EPT leaf is not made dirty by the failed access.
+  CHECK((h.mem.peek(pt_ept_leaf) & ept::kDirty) == 0);
 }

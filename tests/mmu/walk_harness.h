@@ -83,6 +83,9 @@ struct Harness {
     cr3 = new_guest_table();
   }
 
+  /// Sets EPTP bit 6: EPT accessed and dirty flags (SDM Vol. 3C, 29.3.5).
+  void enable_ept_ad(bool on = true) { eptp = ept::eptp(eptp & ept::kAddrMask, ept_levels, on); }
+
   std::uint64_t alloc_host() {
     std::uint64_t p = next_host;
     next_host += 0x1000;

@@ -311,3 +311,58 @@ TEST_CASE("PCIDs keep each process's translations across context switches") {
   CHECK(with.at("vm.t.workload0.end_cycle") > with.at("vm.t.workload1.start_cycle"));
   CHECK(without.at("vm.t.vcpu0.walks") > 1.5 * with.at("vm.t.vcpu0.walks"));
 }
+
+TEST_CASE("per-vCPU time splits into guest, hypervisor, stolen and idle cycles") {
+  // Two CPU-bound vCPUs share one core: each one's stolen time is the time
+  // the other had the core.
+  auto r = run_cli(R"(duration: 30ms
+stop_when_done: false
+platform: {cores: 1, memory: 1GiB}
+hypervisor: {timeslice: 1ms}
+vms:
+  - name: a
+    vcpus: 2
+    memory: 64MiB
+    workloads:
+      - {type: compute, iterations: 0, threads: 2}
+  - name: b
+    vcpus: 1
+    memory: 64MiB
+    workloads:
+      - {type: sleep_loop, interval: 2ms, iterations: 0}
+)");
+  REQUIRE(r.exit_code == 0);
+  auto t = [&](const std::string& vcpu, const char* what) {
+    return r.at("vm." + vcpu + ".time." + std::string(what) + "_cycles");
+  };
+  double total_cycles = r.at("sim.seconds") * 3e9;
+  for (const char* v : {"a.vcpu0", "a.vcpu1", "b.vcpu0"}) {
+    double sum = t(v, "guest") + t(v, "hypervisor") + t(v, "steal") + t(v, "idle");
+    INFO(v);
+    // Every cycle from the VM's creation to the end, within a quantum.
+    CHECK(std::abs(sum - total_cycles) <= 30'000);
+  }
+  // The core is never idle here: every cycle some vCPU was on it, so what a
+  // vCPU lost is what the others used.
+  double a0_on = t("a.vcpu0", "guest") + t("a.vcpu0", "hypervisor");
+  double a1_on = t("a.vcpu1", "guest") + t("a.vcpu1", "hypervisor");
+  double b_on = t("b.vcpu0", "guest") + t("b.vcpu0", "hypervisor");
+  CHECK(t("a.vcpu0", "steal") == Approx(a1_on + b_on).epsilon(0.01));
+  CHECK(t("a.vcpu1", "steal") == Approx(a0_on + b_on).epsilon(0.01));
+  // The sleeper is mostly halted, and waits for the core when it wakes.
+  CHECK(t("b.vcpu0", "idle") > 0.3 * total_cycles);
+  CHECK(t("b.vcpu0", "guest") < 0.01 * total_cycles);
+  CHECK(t("a.vcpu0", "idle") == 0);
+}
+
+TEST_CASE("the quickstart experiment runs to completion on two cores") {
+  // Two vCPUs fault in their memory at the same time on two cores: the
+  // hypervisor's EPT updates must not lose each other's tables.
+  auto r = run_cli(vmx::test::read_text(std::string(VMXSIM_SOURCE_DIR) + "/configs/quickstart.yaml"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("sim.finished") == 1);
+  CHECK(r.at("vm.web.workload0.threads_done") == 1);
+  CHECK(r.at("vm.web.workload1.threads_done") == 1);
+  CHECK(r.at("vm.web.workload1.operations") == 20000);
+}
