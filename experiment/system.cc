@@ -104,7 +104,7 @@ Session::~Session() {
 
 void Session::run_until(std::uint64_t ps) {
   sc_core::sc_time target = time_ps(ps);
-  if (sc_core::sc_time_stamp() >= target || m_sys->monitor.finished()) return;
+  if (sc_core::sc_time_stamp() >= target || (m_params.stop_when_done && m_sys->monitor.finished())) return;
   try {
     sc_core::sc_start(target - sc_core::sc_time_stamp());
   } catch (const sc_core::sc_report& r) {

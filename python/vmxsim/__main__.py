@@ -1,0 +1,82 @@
+"""``python -m vmxsim sweep|plot``; the ./vmxsim wrapper sends those two
+commands here (``run`` and ``params`` go to the C++ program)."""
+
+import argparse
+import os
+import sys
+
+
+def _sweep(args):
+    from . import ConfigError
+    from .sweep import Sweep
+
+    try:
+        sweep = Sweep.load(args.config, overrides=args.set)
+    except ConfigError as e:
+        print(f"vmxsim: config error: {e}", file=sys.stderr)
+        return 2
+    except ValueError as e:
+        print(f"vmxsim: {e}", file=sys.stderr)
+        return 2
+    out = args.out or os.path.join("out", os.path.splitext(os.path.basename(args.config))[0] + "-sweep")
+    where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"with {args.jobs or os.cpu_count()} jobs"
+    print(f"vmxsim sweep: {args.config}, {sweep.mode} of {', '.join(sweep.parameters)}, {where}, into {out}",
+          file=sys.stderr)
+    try:
+        res = sweep.run(out, jobs=args.jobs, scheduler=args.scheduler, resume=not args.no_resume,
+                        log=lambda line: print(line, file=sys.stderr, flush=True))
+    except KeyboardInterrupt:
+        print(f"\nvmxsim sweep: interrupted; points done so far are kept in {out}. "
+              "Run the same command again to continue.", file=sys.stderr)
+        return 130
+    print(f"vmxsim sweep: {len(res.points)} points: {res.ran} ran, {res.skipped} already done, "
+          f"{res.failed} failed; wrote {res.csv}", file=sys.stderr)
+    return 0 if res.ok else 1
+
+
+def _plot(args):
+    from .plot import plot_sweep
+
+    try:
+        files = plot_sweep(args.sweep, y=args.y or None, x=args.x, by=args.by, out=args.out, fmt=args.format)
+    except (ValueError, OSError) as e:
+        print(f"vmxsim plot: {e}", file=sys.stderr)
+        return 2
+    for f in files:
+        print(f"wrote {f}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="vmxsim", description="vmxsim sweeps and plots (Python side).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("sweep", help="run every point of a config's sweep: block",
+                       description="Runs every point of CONFIG's sweep: block (docs/sweeps.md), one process per "
+                                   "point, and writes DIR/results.csv and one directory per point. Points already "
+                                   "done in DIR are skipped.")
+    s.add_argument("config", help="YAML file with a sweep: block")
+    s.add_argument("-j", "--jobs", type=int, default=None, help="points run at once (default: CPU count)")
+    s.add_argument("--out", help="output directory (default: out/<config name>-sweep)")
+    s.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run the points on this Dask scheduler's workers (e.g. tcp://10.0.0.5:8786)")
+    s.add_argument("--set", action="append", default=[], metavar="PATH=VALUE",
+                   help="override a value of the base config, as for vmxsim run")
+    s.add_argument("--no-resume", action="store_true", help="run every point again, even those already done")
+
+    p = sub.add_parser("plot", help="draw a sweep's figures",
+                       description="Plots statistics of a sweep against a parameter, one line per value of "
+                                   "another, into PNG or PDF files.")
+    p.add_argument("sweep", help="sweep directory (or its results.csv)")
+    p.add_argument("-y", "--y", action="append", metavar="STAT", help="statistic to plot (default: all collected)")
+    p.add_argument("-x", "--x", metavar="PARAM", help="parameter on the x axis (default: the first)")
+    p.add_argument("--by", metavar="PARAM", help="parameter with one line per value (default: the second)")
+    p.add_argument("-o", "--out", help="output file (one statistic) or directory (default: <sweep>/plots)")
+    p.add_argument("--format", choices=("png", "pdf"), default="png")
+
+    args = parser.parse_args(argv)
+    return _sweep(args) if args.command == "sweep" else _plot(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
