@@ -44,6 +44,16 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + ".memory",
                      "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
                      cfg::format_bytes(vm.memory));
+    if (p.hypervisor.scheduler != "proportional") {
+      if (vm.weight != 256)
+        throw error_at(doc, at + ".weight",
+                       "the default 256 unless hypervisor.scheduler is proportional (round_robin ignores weights)",
+                       std::to_string(vm.weight));
+      if (vm.cap != 0)
+        throw error_at(doc, at + ".cap",
+                       "0 unless hypervisor.scheduler is proportional (round_robin does not cap)",
+                       std::to_string(vm.cap));
+    }
     for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
       std::uint64_t ps = vm.workloads[w].page_size;
       if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))

@@ -28,6 +28,8 @@ struct VmParams {
   std::string name;
   std::uint64_t vcpus;
   std::uint64_t memory;
+  std::uint64_t weight;
+  std::uint64_t cap;
   guest::KernelParams kernel;
   std::vector<workloads::WorkloadParams> workloads;
 
@@ -36,6 +38,12 @@ struct VmParams {
     v.param(name, "name", "vm", Spec(Unit::Text), "Name, used in statistics paths (vm.<name>...).");
     v.param(vcpus, "vcpus", "1", Spec().at_least(1).at_most(256), "Virtual CPUs.");
     v.param(memory, "memory", "256MiB", Spec(Unit::Bytes).at_least(16 * 1024 * 1024), "Guest-physical memory.");
+    v.param(weight, "weight", "256", Spec().at_least(1).at_most(65535),
+            "Proportional share of the VM under hypervisor.scheduler=proportional, spread evenly over its vCPUs "
+            "(default 256, the default weight of Xen's credit scheduler; only ratios matter).");
+    v.param(cap, "cap", "0", Spec().at_most(100),
+            "Upper limit of each of the VM's vCPUs under hypervisor.scheduler=proportional, in percent of one "
+            "core per hypervisor.cap_period (0: uncapped; as Xen credit's cap, but per vCPU).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }

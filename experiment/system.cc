@@ -60,7 +60,7 @@ struct Session::System {
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size);
       }
-      hypervisor->add_vm({vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get()});
+      hypervisor->add_vm({vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get(), vp.weight, vp.cap});
       kernels.push_back(std::move(kernel));
     }
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
@@ -112,7 +112,11 @@ void Session::run_until(std::uint64_t ps) {
   }
 }
 
-void Session::reset_stats() { m_sys->root.reset(); }
+void Session::reset_stats() {
+  // Time accounting up to now belongs to the phase that ends here.
+  m_sys->hypervisor->flush_accounting();
+  m_sys->root.reset();
+}
 std::uint64_t Session::now_ps() const { return sc_core::sc_time_stamp().value(); }
 bool Session::finished() const { return m_sys->monitor.finished(); }
 const stats::Group& Session::stats() const { return m_sys->root; }

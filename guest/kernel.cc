@@ -26,6 +26,7 @@ enum : std::uint64_t {
   kCodeSched = 0x3000,
   kCodeSyscall = 0x4000,
   kCodeThread = 0x5000,
+  kCodeFork = 0x6000,
 };
 std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
   return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * hz / cfg::kPsPerSecond);
@@ -35,6 +36,7 @@ std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
 std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
 std::uint64_t Thread::sleep(std::uint64_t ps) { return m_kernel->sys_sleep(*this, ps); }
 bool Thread::munmap(std::uint64_t start) { return m_kernel->sys_munmap(*this, start); }
+bool Thread::fork_and_wait(const std::function<void(Thread&)>& child) { return m_kernel->sys_fork_wait(*this, child); }
 
 std::uint64_t Kernel::cr3_of(const Process& p) const {
   // With PCIDs the process keeps its translations across switches (bit 63:
@@ -154,10 +156,9 @@ void Kernel::boot(Core& c) {
   m_paging = true;
 
   // Processes: each gets a PML4 whose kernel half is the kernel's.
-  unsigned pcid = 1;
   for (auto& [proc, nthreads] : m_pending_processes) {
     proc->pml4 = alloc_table(c);
-    proc->pcid = pcid++;
+    proc->pcid = m_next_pcid++;
     for (unsigned i = 256; i < 512; ++i) {
       std::uint64_t e = c.load(table_va(m_kernel_pml4) + i * 8);
       if (e) c.store(table_va(proc->pml4) + i * 8, e);
@@ -193,6 +194,11 @@ void Kernel::boot(Core& c) {
 // Memory.
 
 std::uint64_t Kernel::alloc_table(Core& c) {
+  if (!m_free_tables.empty()) {
+    std::uint64_t t = m_free_tables.back();  // cleared when freed
+    m_free_tables.pop_back();
+    return t;
+  }
   if (m_pool_next >= m_pool_end) panic(c, "out of page-table pages");
   std::uint64_t t = m_pool_next;
   m_pool_next += kPage;
@@ -324,9 +330,13 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   std::uint64_t addr = c.read_cr(2);
   auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
   if (!t) panic(c, fmt::format("kernel page fault at {:#x} (error code {:#x})", addr, error_code));
-  const Process& p = *t->m_process;
+  Process& p = *t->m_process;
   auto region = std::find_if(p.regions.begin(), p.regions.end(),
                              [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
+  // A write to a present read-only page of a writable region: copy-on-write.
+  if (region != p.regions.end() && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) &&
+      p.page_size == kPage && cow_fault(c, p, addr))
+    return;
   if (region == p.regions.end() || (error_code & mmu::pfec::kPresent)) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
@@ -341,6 +351,186 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
   if (region->exec) flags &= ~pte::kNoExecute;
   map_page(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
+}
+
+// ---------------------------------------------------------------------------
+// fork with copy-on-write.
+
+std::uint64_t Kernel::leaf_entry(Core& c, std::uint64_t root, std::uint64_t va) {
+  std::uint64_t table = root;
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level > 1; --level) {
+    std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
+    if (!(e & pte::kPresent)) return 0;
+    table = e & pte::kAddrMask;
+  }
+  return table_va(table) + mmu::table_index(va, 1) * 8;
+}
+
+bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& parent = *t.m_process;
+  if (parent.page_size != kPage || m_pool_end - m_pool_next + m_free_tables.size() * kPage < 64 * kPage) {
+    c.set_user_mode(true);
+    return false;
+  }
+  m_zombies.clear();  // children reaped earlier: nothing runs on their stacks
+  charge(c, m_p.costs.fork, kCodeFork);
+
+  auto child = std::make_unique<Process>();
+  child->pml4 = alloc_table(c);
+  child->page_size = parent.page_size;
+  child->next_va = parent.next_va;
+  child->regions = parent.regions;
+  child->workload = parent.workload;
+  child->pcid = m_next_pcid;
+  child->fresh_pcid = true;
+  m_next_pcid = m_next_pcid % 4095 + 1;
+  for (unsigned i = 256; i < 512; ++i) {
+    std::uint64_t e = c.load(table_va(parent.pml4) + i * 8);
+    if (e) c.store(table_va(child->pml4) + i * 8, e);
+  }
+  // Share every mapped page read-only in both address spaces.
+  for (const auto& r : parent.regions) {
+    for (std::uint64_t va = r.start; va < r.end; va += kPage) {
+      std::uint64_t entry = leaf_entry(c, parent.pml4, va);
+      if (!entry) {
+        va = (va | ((2ull << 20) - 1));  // no page table here: skip its 2 MiB
+        continue;
+      }
+      std::uint64_t e = c.load(entry);
+      if (!(e & pte::kPresent)) continue;
+      charge(c, m_p.costs.fork_page, kCodeFork);
+      if (e & pte::kWritable) c.store(entry, e & ~pte::kWritable);
+      std::uint64_t frame = e & pte::kAddrMask;
+      map_page(c, child->pml4, va, frame, (e & ~pte::kWritable) & ~pte::kAddrMask & ~(pte::kAccessed | pte::kDirty));
+      auto [it, inserted] = m_frame_refs.try_emplace(frame, 1);
+      ++it->second;
+    }
+  }
+  // The parent's TLB may hold writable translations of those pages.
+  c.write_cr(3, (c.read_cr(3) & ~crb::kCr3NoFlush));
+
+  auto ct = std::make_unique<Thread>();
+  ct->m_kernel = this;
+  ct->m_process = child.get();
+  ct->m_vcpu = t.m_vcpu;
+  ct->m_rng = t.m_rng ^ 0xC0FFEEull;
+  ct->m_finite = false;
+  ct->m_child_body = body;
+  ct->m_waiter = &t;
+  Thread* raw = ct.get();
+  ct->m_fiber = std::make_unique<sim::Fiber>(fmt::format("{}.child{}", m_vm, child->pcid),
+                                             [this, raw] { child_main(*raw); }, 64 * 1024);
+  ct->m_fiber->set_user(raw);
+  Process* child_raw = child.get();
+  m_processes.push_back(std::move(child));
+  m_threads.push_back(std::move(ct));
+
+  // Wait: the child runs next on this vCPU; it requeues us when it exits.
+  Vcpu& v = *m_vcpus[t.m_vcpu];
+  c.cli();
+  v.runq.push_front(raw);
+  schedule(c, v, false);
+  Core& now = Core::current();
+  reap(now, *child_raw);
+  now.sti();
+  now.set_user_mode(true);
+  return true;
+}
+
+void Kernel::child_main(Thread& t) {
+  Core& c = Core::current();
+  charge(c, m_p.costs.context_switch, kCodeThread);
+  c.set_user_mode(true);
+  c.sti();
+  t.m_child_body(t);
+  Core& c2 = Core::current();
+  c2.set_user_mode(false);
+  charge(c2, m_p.costs.syscall, kCodeSyscall);
+  c2.cli();
+  t.m_dead = true;
+  Vcpu& v = *m_vcpus[t.m_vcpu];
+  v.runq.push_front(t.m_waiter);  // wake the parent
+  schedule(c2, v, false);
+  throw cpu::SimulationError("an exited guest child was resumed");
+}
+
+void Kernel::free_table(Core& c, std::uint64_t table, unsigned level) {
+  if (level > 1) {
+    for (unsigned i = 0; i < 512; ++i) {
+      std::uint64_t e = c.load(table_va(table) + i * 8);
+      if ((e & pte::kPresent) && !(e & pte::kPageSize)) free_table(c, e & pte::kAddrMask, level - 1);
+    }
+  }
+  c.rep_stos(table_va(table), 0, kPage);  // page-table pages are handed out cleared
+  m_free_tables.push_back(table);
+}
+
+void Kernel::reap(Core& c, Process& child) {
+  // Drop the child's references to its frames.
+  for (const auto& r : child.regions) {
+    for (std::uint64_t va = r.start; va < r.end; va += kPage) {
+      std::uint64_t entry = leaf_entry(c, child.pml4, va);
+      if (!entry) {
+        va = (va | ((2ull << 20) - 1));
+        continue;
+      }
+      std::uint64_t e = c.load(entry);
+      if (!(e & pte::kPresent)) continue;
+      charge(c, m_p.costs.unmap_page, kCodeSyscall);
+      std::uint64_t frame = e & pte::kAddrMask;
+      auto it = m_frame_refs.find(frame);
+      if (it == m_frame_refs.end()) {
+        m_free_frames[0].push_back(frame);
+      } else if (--it->second == 1) {
+        m_frame_refs.erase(it);
+      }
+    }
+  }
+  // Its user half of the page tables, then its top-level table.
+  const unsigned top = static_cast<unsigned>(m_p.paging_levels);
+  for (unsigned i = 0; i < 256; ++i) {
+    std::uint64_t e = c.load(table_va(child.pml4) + i * 8);
+    if (e & pte::kPresent) free_table(c, e & pte::kAddrMask, top - 1);
+  }
+  c.rep_stos(table_va(child.pml4), 0, kPage);
+  m_free_tables.push_back(child.pml4);
+  // Forget the process and its thread (the thread's stack goes at the next fork).
+  for (auto it = m_threads.begin(); it != m_threads.end(); ++it)
+    if ((*it)->m_process == &child) {
+      m_zombies.push_back(std::move(*it));
+      m_threads.erase(it);
+      break;
+    }
+  for (auto it = m_processes.begin(); it != m_processes.end(); ++it)
+    if (it->get() == &child) {
+      m_processes.erase(it);
+      break;
+    }
+}
+
+bool Kernel::cow_fault(Core& c, Process& p, std::uint64_t addr) {
+  std::uint64_t entry = leaf_entry(c, p.pml4, addr);
+  if (!entry) return false;
+  std::uint64_t e = c.load(entry);
+  if (!(e & pte::kPresent) || (e & pte::kWritable)) return false;
+  charge(c, m_p.costs.cow_fault, kCodeFault);
+  std::uint64_t frame = e & pte::kAddrMask;
+  auto it = m_frame_refs.find(frame);
+  std::uint64_t flags = (e & ~pte::kAddrMask) | pte::kWritable;
+  if (it == m_frame_refs.end()) {
+    c.store(entry, e | pte::kWritable);  // the last user: keep the frame
+  } else {
+    std::uint64_t copy = alloc_frame(c, kPage);
+    if (!copy) return false;
+    c.rep_movs(kDirectMap + copy, kDirectMap + frame, kPage);
+    c.store(entry, copy | flags);
+    if (--it->second == 1) m_frame_refs.erase(it);
+  }
+  c.invlpg(addr);
+  return true;
 }
 
 // ---------------------------------------------------------------------------
@@ -427,8 +617,15 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
   c.cli();
   c.set_user_mode(false);
   if (next) {
-    std::uint64_t cr3 = cr3_of(*next->m_process);
-    if ((c.read_cr(3) & ~crb::kCr3NoFlush) != (cr3 & ~crb::kCr3NoFlush)) c.write_cr(3, cr3);
+    Process& np = *next->m_process;
+    std::uint64_t cr3 = cr3_of(np);
+    if (np.fresh_pcid) {
+      // A recycled PCID may still tag a dead process's translations.
+      np.fresh_pcid = false;
+      c.write_cr(3, cr3 & ~crb::kCr3NoFlush);
+    } else if ((c.read_cr(3) & ~crb::kCr3NoFlush) != (cr3 & ~crb::kCr3NoFlush)) {
+      c.write_cr(3, cr3);
+    }
     if (!v.tick_at) program_timer(c, v, true);
     c.switch_context(*next->m_fiber);
   } else {

@@ -11,6 +11,8 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
+#include <unordered_map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,7 +30,8 @@ class Workload;
 namespace vmx::guest {
 
 struct KernelCosts {
-  std::uint64_t page_fault, tick, context_switch, syscall, thread_start, unmap_page, code_bytes;
+  std::uint64_t page_fault, tick, context_switch, syscall, thread_start, unmap_page, fork, fork_page, cow_fault,
+      code_bytes;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -43,6 +46,13 @@ struct KernelCosts {
     v.param(thread_start, "thread_start", "2000", Spec(Unit::Instructions), "Creating a thread (assumption).");
     v.param(unmap_page, "unmap_page", "100", Spec(Unit::Instructions),
             "munmap work per mapped page, besides its page-table traffic (assumption).");
+    v.param(fork, "fork", "20000", Spec(Unit::Instructions),
+            "fork(2) besides copying page tables: process and thread creation (assumption, order of "
+            "Linux's copy_process).");
+    v.param(fork_page, "fork_page", "50", Spec(Unit::Instructions),
+            "fork work per mapped page, besides its page-table traffic (assumption).");
+    v.param(cow_fault, "cow_fault", "300", Spec(Unit::Instructions),
+            "Copy-on-write fault work besides the copy itself (assumption).");
     v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes), "Code fetched per kernel path (assumption).");
   }
 };
@@ -98,6 +108,11 @@ class Thread {
   /// munmap(2) of a whole region returned by mmap: its frames are freed and
   /// its translations invalidated. False if no region starts there.
   bool munmap(std::uint64_t start);
+  /// fork(2) then waitpid(2): a child process with a copy-on-write copy of
+  /// this address space runs `child` in its one thread on this vCPU, and
+  /// this thread waits until it exits. False if fork is not possible (the
+  /// process uses large pages, or the kernel is out of memory).
+  bool fork_and_wait(const std::function<void(Thread&)>& child);
   /// Sleeps for `ps` picoseconds of guest time (nanosleep(2)); returns the
   /// TSC value it was due to wake at.
   std::uint64_t sleep(std::uint64_t ps);
@@ -122,6 +137,8 @@ class Thread {
   bool m_dead = false;
   bool m_finite = true;
   std::uint64_t m_wake_at = 0;  // TSC deadline while sleeping
+  std::function<void(Thread&)> m_child_body;  // what a forked child runs
+  Thread* m_waiter = nullptr;                  // the parent waiting for this child
   std::unique_ptr<sim::Fiber> m_fiber;
 };
 
@@ -129,6 +146,7 @@ struct Process {
   std::uint64_t pml4 = 0;  // guest-physical address of the top-level table
   std::uint64_t page_size = 4096;  // of its anonymous memory (4 KiB, 2 MiB, 1 GiB)
   std::uint64_t pcid = 0;
+  bool fresh_pcid = false;  // first CR3 load must flush the PCID's old entries
   std::uint64_t next_va = 0;
   struct Region {
     std::uint64_t start, end;
@@ -155,6 +173,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
   bool sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes, bool exec);
   bool sys_munmap(Thread& t, std::uint64_t start);
+  bool sys_fork_wait(Thread& t, const std::function<void(Thread&)>& child);
   std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
   const std::string& panic_message() const { return m_panic; }
 
@@ -188,6 +207,15 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void vcpu_main(Vcpu& v);
   void boot(cpu::Core& c);
   void thread_main(Thread& t);
+  void child_main(Thread& t);
+  /// Guest-virtual (direct-map) address of the 4 KiB leaf entry for va in
+  /// the tables rooted at root, or 0 if a table on the way is missing.
+  std::uint64_t leaf_entry(cpu::Core& c, std::uint64_t root, std::uint64_t va);
+  /// Frees a finished child process: frames (by reference count), its
+  /// page-table pages and its thread.
+  void reap(cpu::Core& c, Process& child);
+  void free_table(cpu::Core& c, std::uint64_t table, unsigned level);
+  bool cow_fault(cpu::Core& c, Process& p, std::uint64_t addr);
   void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
   /// Programs the vCPU's timer for the earlier of the next tick and the
   /// first sleeper's wake-up; `restart_tick` starts a new tick period if
@@ -229,6 +257,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::uint64_t m_frame_next = 0;   // 4 KiB frames grow up from here
   std::uint64_t m_large_low = 0;    // large frames grow down to here
   std::vector<std::uint64_t> m_free_frames[3];  // freed 4 KiB, 2 MiB, 1 GiB frames
+  std::vector<std::uint64_t> m_free_tables;     // freed page-table pages
+  std::unordered_map<std::uint64_t, std::uint32_t> m_frame_refs;  // frames shared by fork (count >= 2)
+  std::vector<std::unique_ptr<Thread>> m_zombies;  // exited children whose stacks can go
+  std::uint64_t m_next_pcid = 1;
   std::uint64_t m_boot_flag_gpa = 0;
   bool m_paging = false;
   bool m_booted = false;

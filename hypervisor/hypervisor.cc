@@ -53,7 +53,7 @@ struct Hypervisor::Vm {
   std::vector<std::unique_ptr<Vcpu>> vcpus;
 };
 
-struct Hypervisor::Vcpu {
+struct Hypervisor::Vcpu : SchedEntity {
   Vm* vm = nullptr;
   unsigned index = 0;
   unsigned core = 0;
@@ -64,7 +64,6 @@ struct Hypervisor::Vcpu {
   enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
   bool launched = false;
   bool vmcs_ready = false;
-  bool in_runq = false;
   std::bitset<256> virr;              // virtual interrupts requested
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
@@ -85,6 +84,8 @@ struct Hypervisor::Vcpu {
   enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
   std::uint64_t since = 0;           // start of the current state
   std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
+
+  bool sched_runnable() const override { return state == State::Runnable; }
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {
@@ -92,12 +93,11 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   unsigned id = 0;
   Core* core = nullptr;
   std::unique_ptr<sim::Fiber> fiber;
-  std::deque<Vcpu*> runq;
+  std::unique_ptr<Scheduler> sched;
   std::vector<Vcpu*> assigned;
   Vcpu* loaded = nullptr;   // whose VMCS is current
   Vcpu* last_ran = nullptr; // the vCPU this core ran last
   std::uint64_t vmxon_region = 0;
-  std::uint64_t slice_end = 0;
 
   void interrupt(Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
   void exception(Core& c, std::uint8_t vector, std::uint32_t error_code) override {
@@ -113,6 +113,8 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
       m_host_memory(host_memory),
       m_slice_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.timeslice) * tsc_hz /
                                                 cfg::kPsPerSecond)),
+      m_cap_period_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.cap_period) * tsc_hz /
+                                                     cfg::kPsPerSecond)),
       m_stats(stats_parent, "hypervisor") {
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
@@ -131,6 +133,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
     pc->id = i;
     pc->core = m_cores[i];
     pc->vmxon_region = alloc_host_frame();
+    pc->sched = Scheduler::create(m_p.scheduler, m_slice_cycles, m_cap_period_cycles);
     PerCore* raw = pc.get();
     pc->fiber = std::make_unique<sim::Fiber>(fmt::format("hv.core{}", i), [this, raw] { core_main(*raw); });
     m_percore.push_back(std::move(pc));
@@ -171,8 +174,12 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->mmu_lock = alloc_host_frame();
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
+  if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
+    v->vm_weight = spec.weight;
+    v->vm_vcpus = spec.vcpus;
+    v->cap = spec.cap;
     v->vm = vm.get();
     v->index = i;
     v->core = m_next_core++ % static_cast<unsigned>(m_cores.size());
@@ -183,8 +190,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->time = std::make_unique<Vcpu::Time>(v->obs.get());
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
-    pc.runq.push_back(v.get());
-    v->in_runq = true;
+    pc.sched->add(*v);
     vm->vcpus.push_back(std::move(v));
   }
   m_vms.push_back(std::move(vm));
@@ -232,20 +238,22 @@ void Hypervisor::core_main(PerCore& pc) {
     c.rep_stos(m_io_bitmap_a, 0xFF, kPage);
     c.rep_stos(m_io_bitmap_b, 0xFF, kPage);
   }
-  pc.slice_end = c.rdtsc() + m_slice_cycles;
+  pc.sched->start(c.rdtsc());
   Vcpu* last = nullptr;
   for (;;) {
-    // Pick the next runnable vCPU (round robin within the core). Going back
-    // into the vCPU that just exited skips the scheduler, as KVM's run loop
-    // does when nothing needs rescheduling.
-    if (pc.runq.empty() || pc.runq.front() != last || last->state != Vcpu::State::Runnable)
-      charge(c, m_p.costs.schedule, kCodeSchedule);
-    while (!pc.runq.empty() && pc.runq.front()->state != Vcpu::State::Runnable) {
-      pc.runq.front()->in_runq = false;
-      pc.runq.pop_front();
-    }
-    if (pc.runq.empty()) {
+    // Pick the next vCPU. Going back into the vCPU that just exited skips
+    // the scheduler, as KVM's run loop does when nothing needs rescheduling.
+    Scheduler& s = *pc.sched;
+    s.account(c.now());
+    const bool picking = s.must_pick(last);
+    if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
+    Vcpu* next = static_cast<Vcpu*>(s.pick(c.now()));
+    if (!next) {
       last = nullptr;
+      // Halting with runnable (throttled) vCPUs: their wait is stolen time,
+      // not the loop between two runs of the same vCPU.
+      for (Vcpu* v : pc.assigned)
+        if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
       program_timer(pc);
       c.sti();
@@ -253,9 +261,9 @@ void Hypervisor::core_main(PerCore& pc) {
       c.cli();
       continue;
     }
-    Vcpu& v = *pc.runq.front();
-    last = &v;
-    run_vcpu(pc, v);
+    if (picking && s.timer_after_pick()) program_timer(pc);
+    last = next;
+    run_vcpu(pc, *next);
   }
 }
 
@@ -271,7 +279,7 @@ void Hypervisor::program_timer(PerCore& pc) {
     consider(v->vtimer_deadline);
     if (v->state == Vcpu::State::Runnable) ++runnable;
   }
-  if (runnable > 1) consider(pc.slice_end);
+  consider(pc.sched->deadline(c.now(), runnable));
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
 }
 
@@ -693,6 +701,9 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
 void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
   Core& c = *pc.core;
   if (vector == kHostTimerVector) handle_timer(pc);
+  // A vCPU woken from another core may need the slice timer armed, so that
+  // it gets the core at the next slice end under either scheduler.
+  else if (vector == kRescheduleVector) program_timer(pc);
   c.wrmsr(cpu::msr::kX2ApicEoi, 0);
 }
 
@@ -707,32 +718,22 @@ void Hypervisor::handle_timer(PerCore& pc) {
       wake(*v);
     }
   }
-  if (now >= pc.slice_end) {
-    // Time slice over: the running vCPU goes to the back of the queue.
-    if (!pc.runq.empty()) {
-      Vcpu* front = pc.runq.front();
-      pc.runq.pop_front();
-      pc.runq.push_back(front);
-    }
-    pc.slice_end = now + m_slice_cycles;
-  }
+  pc.sched->tick(now);
   program_timer(pc);
 }
 
 void Hypervisor::wake(Vcpu& v) {
   if (v.state == Vcpu::State::Dead) return;
   PerCore& target = *m_percore[v.core];
-  if (v.state == Vcpu::State::Blocked) {
+  const bool was_blocked = v.state == Vcpu::State::Blocked;
+  if (was_blocked) {
     v.state = Vcpu::State::Runnable;
     if (v.off == Vcpu::Off::Halted) {
       account_off_cpu(v, Core::current().now(), false);
       v.off = Vcpu::Off::Runnable;
     }
   }
-  if (!v.in_runq) {
-    target.runq.push_back(&v);
-    v.in_runq = true;
-  }
+  target.sched->wake(v, was_blocked);
   Core& self = Core::current();
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
 }

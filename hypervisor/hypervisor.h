@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "hypervisor/scheduler.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -60,6 +61,8 @@ struct HvCosts {
 
 struct HypervisorParams {
   std::uint64_t timeslice;       // ps
+  std::string scheduler;         // round_robin | proportional
+  std::uint64_t cap_period;      // ps
   std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
   bool vpid;
   bool zero_pages;
@@ -76,6 +79,13 @@ struct HypervisorParams {
     v.param(timeslice, "timeslice", "3ms", Spec(Unit::Time).at_least(1e6),
             "Time a vCPU runs before another runnable vCPU on its core gets the core (assumption, "
             "of the order of Linux CFS's default latency for a few tasks).");
+    v.param(scheduler, "scheduler", "round_robin", Spec().one_of({"round_robin", "proportional"}),
+            "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice) "
+            "or proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
+            "limited by vms[].cap, as Linux CFS and Xen credit2; see docs/scheduling.md).");
+    v.param(cap_period, "cap_period", "10ms", Spec(Unit::Time).at_least(1e6),
+            "Accounting period of the proportional scheduler's caps: a vCPU capped at c% runs at most c% of "
+            "each period (assumption, Xen credit's accounting period is 30ms, CFS bandwidth control's 100ms).");
     v.param(reserved_memory, "reserved_memory", "64MiB", Spec(Unit::Bytes).at_least(4 * 1024 * 1024),
             "Host-physical memory kept for the hypervisor's own structures (VMCSs, bitmaps, EPT tables); "
             "the rest backs guest memory.");
@@ -113,6 +123,8 @@ struct VmSpec {
   unsigned vcpus = 1;
   std::uint64_t memory = 0;
   GuestImage* image = nullptr;
+  std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
+  std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
 };
 
 class Hypervisor {
@@ -181,6 +193,7 @@ class Hypervisor {
   std::vector<cpu::Core*> m_cores;
   std::uint64_t m_host_memory;
   std::uint64_t m_slice_cycles;
+  std::uint64_t m_cap_period_cycles;
   stats::Group m_stats;
   std::vector<std::unique_ptr<PerCore>> m_percore;
   std::vector<std::unique_ptr<Vm>> m_vms;

@@ -1,5 +1,6 @@
 #include "models/cache.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace vmx::models {
@@ -30,89 +31,82 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
   if (params.latency == 0) throw bad("latency", "must be at least 1 cycle (got 0)");
   m_line_shift = static_cast<unsigned>(__builtin_ctzll(params.line));
   m_sets = static_cast<std::uint32_t>(sets);
+  m_set_bytes = params.ways * 8;
   m_set_mask = sets - 1;
-  m_lines.assign(static_cast<std::size_t>(sets * params.ways), Line{0, 0, false, false});
+  // Start the first set on a 64-byte host line so that a 16-way set spans
+  // exactly two of them (the extra words are padding).
+  m_store.assign(static_cast<std::size_t>(sets * params.ways) + 8, kInvalid);
+  const auto addr = reinterpret_cast<std::uintptr_t>(m_store.data());
+  m_base = ((64 - addr % 64) % 64) / sizeof(std::uint64_t);
 }
 
-const Cache::Line* Cache::find(std::uint64_t line_addr) const {
-  const Line* set = &m_lines[(line_addr & m_set_mask) * m_params.ways];
+const std::uint64_t* Cache::find(std::uint64_t line_addr) const {
+  const std::uint64_t* set = set_of(line_addr);
+  const std::uint64_t key = (line_addr << 1) | 1;
   for (std::uint32_t w = 0; w < m_params.ways; ++w)
-    if (set[w].tag == line_addr && set[w].valid) return &set[w];
+    if ((set[w] | 1) == key) return &set[w];
   return nullptr;
 }
 
-Cache::Line& Cache::allocate(std::uint64_t line_addr, std::uint64_t* writeback) {
-  Line* set = set_of(line_addr);
-  Line* victim = &set[0];
-  for (std::uint32_t w = 0; w < m_params.ways; ++w) {
-    Line& l = set[w];
-    if (!l.valid) {
-      victim = &l;
-      break;
-    }
-    if (l.stamp < victim->stamp) victim = &l;
-  }
+void Cache::insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback) {
+  const std::uint32_t ways = m_params.ways;
+  const std::uint64_t victim = set[ways - 1];
+  for (std::uint32_t w = ways - 1; w > 0; --w) set[w] = set[w - 1];
+  set[0] = word;
   if (writeback) *writeback = kNoWriteback;
-  if (victim->valid) {
+  if (victim != kInvalid) {
     ++m_stats.evictions;
-    if (victim->dirty) {
+    if (victim & 1) {
       ++m_stats.writebacks;
-      if (writeback) *writeback = victim->tag << m_line_shift;
+      if (writeback) *writeback = (victim >> 1) << m_line_shift;
     }
   }
-  victim->tag = line_addr;
-  victim->valid = true;
-  victim->dirty = false;
-  return *victim;
 }
 
 bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
   const std::uint64_t line_addr = pa >> m_line_shift;
   ++m_stats.accesses;
-  Line* set = set_of(line_addr);
-  // Tag first: a way with another tag is rejected with one compare.
-  for (std::uint32_t w = 0, ways = m_params.ways; w < ways; ++w) {
-    Line& l = set[w];
-    if (l.tag == line_addr && l.valid) {
+  std::uint64_t* set = set_of(line_addr);
+  const std::uint64_t key = (line_addr << 1) | 1;
+  const std::uint32_t ways = m_params.ways;
+  for (std::uint32_t w = 0; w < ways; ++w) {
+    const std::uint64_t word = set[w];
+    if ((word | 1) == key) {
       ++m_stats.hits;
-      l.stamp = ++m_clock;
-      l.dirty = l.dirty || write;
+      // Becomes most recently used: the more recent ways move down one.
+      for (std::uint32_t v = w; v > 0; --v) set[v] = set[v - 1];
+      set[0] = word | std::uint64_t(write);
       if (writeback) *writeback = kNoWriteback;
       return true;
     }
   }
   ++m_stats.misses;
-  Line& l = allocate(line_addr, writeback);
-  l.stamp = ++m_clock;
-  l.dirty = write;
+  insert_mru(set, (line_addr << 1) | std::uint64_t(write), writeback);
   return false;
 }
 
 void Cache::receive_writeback(std::uint64_t pa, std::uint64_t* writeback) {
   const std::uint64_t line_addr = pa >> m_line_shift;
   ++m_stats.writebacks_received;
-  Line* set = set_of(line_addr);
+  std::uint64_t* set = set_of(line_addr);
+  const std::uint64_t key = (line_addr << 1) | 1;
   for (std::uint32_t w = 0; w < m_params.ways; ++w) {
-    if (set[w].tag == line_addr && set[w].valid) {
-      set[w].dirty = true;
+    if ((set[w] | 1) == key) {
+      set[w] = key;  // dirty; recency unchanged
       if (writeback) *writeback = kNoWriteback;
       return;
     }
   }
-  Line& l = allocate(line_addr, writeback);
-  l.stamp = ++m_clock;
-  l.dirty = true;
+  insert_mru(set, key, writeback);
 }
 
 bool Cache::probe(std::uint64_t pa) const { return find(pa >> m_line_shift) != nullptr; }
 
 bool Cache::probe_dirty(std::uint64_t pa) const {
-  const Line* l = find(pa >> m_line_shift);
-  return l && l->dirty;
+  const std::uint64_t* word = find(pa >> m_line_shift);
+  return word && (*word & 1);
 }
 
-void Cache::invalidate_all() {
-  for (Line& l : m_lines) l = Line{0, 0, false, false};
-}
+void Cache::invalidate_all() { std::fill(m_store.begin(), m_store.end(), kInvalid); }
 
 }  // namespace vmx::models

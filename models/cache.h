@@ -3,6 +3,7 @@
 // only decides hit or miss and which line is replaced.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -137,27 +138,44 @@ class Cache {
   std::uint32_t sets() const { return m_sets; }
   const CacheStats& stats() const { return m_stats; }
 
- private:
-  struct Line {
-    std::uint64_t tag;    // line address (pa >> line shift)
-    std::uint64_t stamp;  // value of m_clock at the last use: true LRU
-    bool valid;
-    bool dirty;
-  };
+  /// Host-speed hint: asks the host to bring pa's set of tags into its
+  /// caches ahead of an access. Changes nothing in the model.
+  void host_prefetch(std::uint64_t pa) const {
+    const std::uint64_t* set = set_of(pa >> m_line_shift);
+    for (std::uint32_t b = 0; b < m_set_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(set) + b);
+  }
 
-  Line* set_of(std::uint64_t line_addr) { return &m_lines[(line_addr & m_set_mask) * m_params.ways]; }
-  const Line* find(std::uint64_t line_addr) const;
-  /// Picks a way for line_addr in its set (an invalid way, else the LRU
-  /// one), evicting its line; reports a dirty victim through writeback.
-  Line& allocate(std::uint64_t line_addr, std::uint64_t* writeback);
+ private:
+  // Each set is a contiguous row of `ways` 64-bit words kept in recency
+  // order, most recently used first: true LRU without stamps, the victim is
+  // the last word. A word holds (line address << 1) | dirty; kInvalid marks
+  // an empty way, and empty ways always sit after the valid ones. A word
+  // matches line address a when (word | 1) == (a << 1 | 1), one compare for
+  // valid and tag (kInvalid cannot match: a line address has at most 63
+  // significant bits once lines are 2 bytes or more; with 1-byte lines a
+  // physical address must stay below 2^63 - 1).
+  static constexpr std::uint64_t kInvalid = ~0ull;
+
+  std::uint64_t* set_of(std::uint64_t line_addr) {
+    return m_store.data() + m_base + (line_addr & m_set_mask) * m_params.ways;
+  }
+  const std::uint64_t* set_of(std::uint64_t line_addr) const {
+    return m_store.data() + m_base + (line_addr & m_set_mask) * m_params.ways;
+  }
+  /// The word of line_addr's line, or null when absent.
+  const std::uint64_t* find(std::uint64_t line_addr) const;
+  /// Inserts word as the most recently used line of set, dropping the least
+  /// recently used way; counts and reports its eviction (writeback).
+  void insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback);
 
   CacheParams m_params;
   CacheStats m_stats;
   unsigned m_line_shift = 0;
   std::uint32_t m_sets = 0;
+  std::uint32_t m_set_bytes = 0;
   std::uint64_t m_set_mask = 0;
-  std::uint64_t m_clock = 0;
-  std::vector<Line> m_lines;  // sets x ways, allocated once
+  std::size_t m_base = 0;              // words before the first set: aligns sets to host cache lines
+  std::vector<std::uint64_t> m_store;  // sets x ways words, allocated once
 };
 
 }  // namespace vmx::models

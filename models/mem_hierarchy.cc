@@ -35,8 +35,14 @@ std::uint32_t MemHierarchy::access(std::uint64_t pa, AccessKind kind) {
   std::uint32_t cycles;
   // Lower levels see a read for ownership; only the L1 line becomes dirty.
   if (l1->access(pa, kind == AccessKind::Write, &wb1)) {
+    // A hit evicts nothing, so there is no writeback to pass down.
     cycles = l1->latency();
-  } else if (m_l2.access(pa, false, &wb2)) {
+    m_stats.cycles += cycles;
+    return cycles;
+  }
+  // Host speed only: start fetching the LLC's tags for pa while the L2 looks.
+  m_llc->host_prefetch(pa);
+  if (m_l2.access(pa, false, &wb2)) {
     cycles = m_l2.latency();
   } else if (m_llc->access(pa, false, &wb3)) {
     cycles = m_llc->latency();

@@ -244,6 +244,50 @@ class MmapChurn final : public Workload {
   MmapChurnParams m_p;
 };
 
+// Process creation heavy: a parent with a populated working set forks a
+// child that writes some pages (copy-on-write) and exits, then writes some
+// pages itself, again and again.
+class ForkChurn final : public Workload {
+ public:
+  ForkChurn(const ForkChurnParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    std::uint64_t pages = m_p.working_set / kPage;
+    std::uint64_t base = region(t, pages * kPage);
+    // What the parent last wrote to each page: a child's writes must never
+    // show through (the program checks, as a fork test would).
+    std::vector<std::uint64_t> expected(pages);
+    for (std::uint64_t i = 0; i < pages; ++i) t.store(base + i * kPage, expected[i] = i + 1);
+    started(t);
+    std::uint64_t round = 0;
+    repeat(m_p.iterations, [&] {
+      ++round;
+      bool forked = t.fork_and_wait([&](guest::Thread& child) {
+        for (std::uint64_t i = 0; i < m_p.child_writes && i < pages; ++i)
+          child.store(base + (child.random() % pages) * kPage, ~round);
+      });
+      if (!forked) {
+        ++m_failed;
+        return;
+      }
+      for (std::uint64_t i = 0; i < pages; ++i)
+        if (t.load(base + i * kPage) != expected[i]) ++m_corrupt;
+      for (std::uint64_t i = 0; i < m_p.parent_writes && i < pages; ++i) {
+        std::uint64_t pg = t.random() % pages;
+        t.store(base + pg * kPage, expected[pg] = (round << 32) | (i + 1));
+      }
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  ForkChurnParams m_p;
+  stats::Counter m_failed{&m_stats, "failed_forks", "forks", "forks the kernel refused"};
+  stats::Counter m_corrupt{&m_stats, "corrupt_pages", "pages",
+                           "parent pages found changed by a child (copy-on-write failures)"};
+};
+
 // Replays a captured trace in the guest: its pages are mapped at the
 // addresses the program used, instruction records fetch and retire one
 // instruction, data records load and store.
@@ -331,6 +375,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "sleep_loop") return std::make_shared<SleepLoop>(p.sleep_loop, parent, name);
   if (p.type == "trace") return std::make_shared<Trace>(p.trace, parent, name);
   if (p.type == "mmap_churn") return std::make_shared<MmapChurn>(p.mmap_churn, parent, name);
+  if (p.type == "fork_churn") return std::make_shared<ForkChurn>(p.fork_churn, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

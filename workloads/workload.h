@@ -122,6 +122,18 @@ struct MmapChurnParams {
   }
 };
 
+struct ForkChurnParams {
+  std::uint64_t working_set, iterations, child_writes, parent_writes;
+  template <class V>
+  void visit(V& v) {
+    v.param(working_set, "working_set", "1MiB", Spec(Unit::Bytes).at_least(4096),
+            "Memory the parent populates before forking.");
+    v.param(iterations, "iterations", "20", Spec(), "fork/wait rounds (0: until the end).");
+    v.param(child_writes, "child_writes", "16", Spec(), "Pages each child writes (copy-on-write copies).");
+    v.param(parent_writes, "parent_writes", "16", Spec(), "Pages the parent writes after each child exits.");
+  }
+};
+
 struct TraceParams {
   std::string file;
   std::uint64_t passes;
@@ -149,6 +161,7 @@ struct WorkloadParams {
   SleepLoopParams sleep_loop;
   TraceParams trace;
   MmapChurnParams mmap_churn;
+  ForkChurnParams fork_churn;
 
   template <class V>
   void visit(V& v) {
@@ -161,7 +174,7 @@ struct WorkloadParams {
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
               cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
-              cfg::alt("mmap_churn", mmap_churn));
+              cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn));
   }
 };
 

@@ -366,3 +366,25 @@ TEST_CASE("the quickstart experiment runs to completion on two cores") {
   CHECK(r.at("vm.web.workload1.threads_done") == 1);
   CHECK(r.at("vm.web.workload1.operations") == 20000);
 }
+
+TEST_CASE("fork shares pages copy-on-write: children never change the parent's memory") {
+  auto fork = [](int iterations) {
+    auto r = run_cli(one_vm(fmt::format("      - type: fork_churn\n        working_set: 1MiB\n        iterations: {}\n"
+                                        "        child_writes: 16\n        parent_writes: 16\n",
+                                        iterations)));
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.at("vm.t.workload0.operations") == iterations);
+    CHECK(r.at("vm.t.workload0.failed_forks") == 0);
+    CHECK(r.at("vm.t.workload0.corrupt_pages") == 0);
+    return r;
+  };
+  auto few = fork(5);
+  auto many = fork(40);
+  // Every round faults: children copy the pages they write, the parent takes
+  // its pages back. Copies land on frames freed by earlier children, so the
+  // number of frames the VM ever needs stays flat.
+  CHECK(many.at("system.cpu0.walker.page_faults") > few.at("system.cpu0.walker.page_faults") + 35 * 20);
+  CHECK(many.at("vm.t.vcpu0.exit_reasons.EPT_VIOLATION.cycles.count") <=
+        few.at("vm.t.vcpu0.exit_reasons.EPT_VIOLATION.cycles.count") + 8);
+}

@@ -1,0 +1,157 @@
+#include "hypervisor/scheduler.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace vmx::hv {
+
+std::unique_ptr<Scheduler> Scheduler::create(const std::string& kind, std::uint64_t slice_cycles,
+                                             std::uint64_t cap_period_cycles) {
+  if (kind == "round_robin") return std::make_unique<RoundRobinScheduler>(slice_cycles);
+  if (kind == "proportional") return std::make_unique<ProportionalScheduler>(slice_cycles, cap_period_cycles);
+  throw std::invalid_argument("hypervisor.scheduler: unknown scheduler " + kind);
+}
+
+// ---------------------------------------------------------------------------
+// Round robin.
+
+void RoundRobinScheduler::add(SchedEntity& e) {
+  m_runq.push_back(&e);
+  e.queued = true;
+}
+
+void RoundRobinScheduler::wake(SchedEntity& e, bool) {
+  if (!e.queued) {
+    m_runq.push_back(&e);
+    e.queued = true;
+  }
+}
+
+bool RoundRobinScheduler::must_pick(const SchedEntity* last) const {
+  // Going back into the vCPU that just exited skips the scheduler, as KVM's
+  // run loop does when nothing needs rescheduling.
+  return m_runq.empty() || m_runq.front() != last || !last->sched_runnable();
+}
+
+SchedEntity* RoundRobinScheduler::pick(std::uint64_t) {
+  while (!m_runq.empty() && !m_runq.front()->sched_runnable()) {
+    m_runq.front()->queued = false;
+    m_runq.pop_front();
+  }
+  return m_runq.empty() ? nullptr : m_runq.front();
+}
+
+void RoundRobinScheduler::tick(std::uint64_t now) {
+  if (now >= m_slice_end) {
+    // Time slice over: the running vCPU goes to the back of the queue.
+    if (!m_runq.empty()) {
+      SchedEntity* front = m_runq.front();
+      m_runq.pop_front();
+      m_runq.push_back(front);
+    }
+    m_slice_end = now + m_slice;
+  }
+}
+
+std::uint64_t RoundRobinScheduler::deadline(std::uint64_t, std::size_t runnable) const {
+  return runnable > 1 ? m_slice_end : 0;
+}
+
+// ---------------------------------------------------------------------------
+// Proportional share.
+
+void ProportionalScheduler::add(SchedEntity& e) {
+  e.vruntime = m_min_vruntime;
+  m_all.push_back(&e);
+}
+
+void ProportionalScheduler::wake(SchedEntity& e, bool was_blocked) {
+  // A sleeper does not bank the time it slept: it comes back no further
+  // behind than the core's minimum.
+  if (was_blocked) e.vruntime = std::max(e.vruntime, m_min_vruntime);
+}
+
+void ProportionalScheduler::roll_period(std::uint64_t now) {
+  if (now < m_period_start + m_period) return;
+  m_period_start += (now - m_period_start) / m_period * m_period;
+  for (SchedEntity* e : m_all) e->period_used = 0;
+  m_need_resched = true;  // throttled vCPUs may run again
+}
+
+void ProportionalScheduler::update_min() {
+  bool any = false;
+  std::uint64_t m = 0;
+  for (const SchedEntity* e : m_all)
+    if (e->sched_runnable() && (!any || e->vruntime < m)) {
+      m = e->vruntime;
+      any = true;
+    }
+  if (any && m > m_min_vruntime) m_min_vruntime = m;
+}
+
+void ProportionalScheduler::account(std::uint64_t now) {
+  if (m_current && now > m_since) {
+    SchedEntity& e = *m_current;
+    const std::uint64_t d = now - m_since;
+    const std::uint64_t old_start = m_period_start;
+    roll_period(now);
+    if (m_period_start != old_start) e.period_used = now - std::max(m_since, m_period_start);
+    else e.period_used += d;
+    // Runtime scaled by 256 / (VM weight / VM vCPUs): a default-weight
+    // one-vCPU VM's virtual runtime is its runtime.
+    e.vruntime += static_cast<std::uint64_t>(static_cast<unsigned __int128>(d) * 256 * e.vm_vcpus / e.vm_weight);
+    m_since = now;
+    if (throttled(e)) m_need_resched = true;
+  } else {
+    roll_period(now);
+    m_since = std::max(m_since, now);
+  }
+  update_min();
+}
+
+bool ProportionalScheduler::must_pick(const SchedEntity* last) const {
+  return !last || last != m_current || !last->sched_runnable() || m_need_resched || throttled(*last);
+}
+
+SchedEntity* ProportionalScheduler::pick(std::uint64_t now) {
+  account(now);
+  m_need_resched = false;
+  SchedEntity* best = nullptr;
+  for (SchedEntity* e : m_all)
+    if (eligible(*e) && (!best || e->vruntime < best->vruntime)) best = e;
+  m_current = best;
+  m_since = now;
+  m_slice_end = now + m_slice;
+  return best;
+}
+
+void ProportionalScheduler::tick(std::uint64_t now) {
+  account(now);
+  if (m_current && now >= m_slice_end) m_need_resched = true;
+}
+
+std::uint64_t ProportionalScheduler::deadline(std::uint64_t, std::size_t) const {
+  std::uint64_t next = 0;
+  auto consider = [&next](std::uint64_t t) {
+    if (t && (!next || t < next)) next = t;
+  };
+  const std::uint64_t period_end = m_period_start + m_period;
+  bool other_eligible = false, any_throttled = false;
+  for (const SchedEntity* e : m_all) {
+    if (!e->sched_runnable()) continue;
+    if (throttled(*e)) any_throttled = true;
+    else if (e != m_current) other_eligible = true;
+  }
+  // Slice end, when another vCPU waits for the core.
+  if (m_current && other_eligible) consider(m_slice_end);
+  // The running vCPU's cap budget runs out.
+  if (m_current && m_current->cap && !throttled(*m_current)) {
+    std::uint64_t out = m_since + (budget(*m_current) - m_current->period_used);
+    if (out < period_end) consider(out);
+  }
+  // A throttled vCPU may run again at the period boundary.
+  if (any_throttled) consider(period_end);
+  return next;
+}
+
+}  // namespace vmx::hv

@@ -1,0 +1,120 @@
+// Per-core vCPU schedulers of the hypervisor (docs/scheduling.md). A core
+// owns one Scheduler, which holds the vCPUs pinned to it and decides which
+// one runs. The scheduler's bookkeeping is simulator state; its work is
+// charged by the hypervisor's run loop as costs.schedule instructions each
+// time it picks. Times are TSC cycles of the core's clock.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace vmx::hv {
+
+/// What a scheduler knows about a vCPU. The hypervisor's vCPU derives from it.
+struct SchedEntity {
+  virtual ~SchedEntity() = default;
+  /// Not blocked (HLT) and not dead.
+  virtual bool sched_runnable() const = 0;
+
+  // Set by the hypervisor when the vCPU is created.
+  std::uint64_t vm_weight = 256;  // the VM's weight
+  std::uint64_t vm_vcpus = 1;     // its share is spread over this many vCPUs
+  std::uint64_t cap = 0;          // percent of one core per accounting period (0: uncapped)
+
+  // Scheduler state.
+  bool queued = false;              // round robin: in the run queue
+  std::uint64_t vruntime = 0;       // proportional: weighted runtime
+  std::uint64_t period_used = 0;    // proportional: cycles run in the current cap period
+};
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+  /// A new vCPU, runnable.
+  virtual void add(SchedEntity& e) = 0;
+  /// `e` became runnable again after blocking (was_blocked) or got an
+  /// interrupt while runnable.
+  virtual void wake(SchedEntity& e, bool was_blocked) = 0;
+  /// Brings the running vCPU's runtime up to `now` (no cost).
+  virtual void account(std::uint64_t now) = 0;
+  /// Whether the run loop must run the scheduler's pick path (charged as
+  /// costs.schedule) rather than re-entering `last`, the vCPU that just exited.
+  virtual bool must_pick(const SchedEntity* last) const = 0;
+  /// The vCPU to run next, or nullptr (the core halts).
+  virtual SchedEntity* pick(std::uint64_t now) = 0;
+  /// The core's timer fired at `now`.
+  virtual void tick(std::uint64_t now) = 0;
+  /// When the scheduler next needs the core's timer (0: never), given that
+  /// `runnable` vCPUs on the core are runnable.
+  virtual std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const = 0;
+
+  /// The core starts running its loop at `now`.
+  virtual void start(std::uint64_t now) = 0;
+  /// Whether the run loop reprograms the core's timer after a pick (the
+  /// deadline depends on which vCPU was picked).
+  virtual bool timer_after_pick() const = 0;
+
+  /// "round_robin" or "proportional".
+  static std::unique_ptr<Scheduler> create(const std::string& kind, std::uint64_t slice_cycles,
+                                           std::uint64_t cap_period_cycles);
+};
+
+/// Round robin: a FIFO run queue, rotated when the slice ends.
+class RoundRobinScheduler : public Scheduler {
+ public:
+  explicit RoundRobinScheduler(std::uint64_t slice_cycles) : m_slice(slice_cycles) {}
+  void start(std::uint64_t now) override { m_slice_end = now + m_slice; }
+  bool timer_after_pick() const override { return false; }
+  void add(SchedEntity& e) override;
+  void wake(SchedEntity& e, bool was_blocked) override;
+  void account(std::uint64_t) override {}
+  bool must_pick(const SchedEntity* last) const override;
+  SchedEntity* pick(std::uint64_t now) override;
+  void tick(std::uint64_t now) override;
+  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+
+ private:
+  std::uint64_t m_slice;
+  std::uint64_t m_slice_end = 0;
+  std::deque<SchedEntity*> m_runq;
+};
+
+/// Proportional share (in the manner of Linux CFS and Xen credit2): the
+/// runnable vCPU with the smallest virtual runtime runs; virtual runtime
+/// grows by runtime x 256 / (VM weight / VM vCPUs). Preemption at slice
+/// ends; optional caps per accounting period.
+class ProportionalScheduler : public Scheduler {
+ public:
+  ProportionalScheduler(std::uint64_t slice_cycles, std::uint64_t period_cycles)
+      : m_slice(slice_cycles), m_period(period_cycles) {}
+  void start(std::uint64_t now) override { m_period_start = now; }
+  bool timer_after_pick() const override { return true; }
+  void add(SchedEntity& e) override;
+  void wake(SchedEntity& e, bool was_blocked) override;
+  void account(std::uint64_t now) override;
+  bool must_pick(const SchedEntity* last) const override;
+  SchedEntity* pick(std::uint64_t now) override;
+  void tick(std::uint64_t now) override;
+  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+
+ private:
+  bool throttled(const SchedEntity& e) const { return e.cap && e.period_used >= budget(e); }
+  std::uint64_t budget(const SchedEntity& e) const { return m_period * e.cap / 100; }
+  bool eligible(const SchedEntity& e) const { return e.sched_runnable() && !throttled(e); }
+  void roll_period(std::uint64_t now);
+  void update_min();
+
+  std::uint64_t m_slice, m_period;
+  std::uint64_t m_period_start = 0;
+  std::uint64_t m_slice_end = 0;
+  std::uint64_t m_min_vruntime = 0;
+  std::vector<SchedEntity*> m_all;
+  SchedEntity* m_current = nullptr;
+  std::uint64_t m_since = 0;
+  bool m_need_resched = false;
+};
+
+}  // namespace vmx::hv
