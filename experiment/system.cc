@@ -52,9 +52,9 @@ struct Session::System {
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
     for (std::size_t i = 0; i < p.vms.size(); ++i) {
       const VmParams& vp = p.vms[i];
-      auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
-                                                    pp.frequency, p.seed * 1000003ull + i, &monitor);
       stats::Group& vg = vm_root.subgroup(vp.name, "VM " + vp.name);
+      auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
+                                                    pp.frequency, p.seed * 1000003ull + i, &monitor, &vg);
       for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
         const auto& wp = vp.workloads[w];
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));

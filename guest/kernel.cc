@@ -48,7 +48,7 @@ bool Thread::mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec) {
 }
 
 Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
-               std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control)
+               std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control, stats::Group* stats_parent)
     : m_p(params),
       m_vm(std::move(vm_name)),
       m_memory(memory),
@@ -56,10 +56,13 @@ Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, 
       m_tick_cycles(cycles_of(params.tick, tsc_hz)),
       m_slice_cycles(cycles_of(params.timeslice, tsc_hz)),
       m_seed(seed),
-      m_control(control) {
+      m_control(control),
+      m_stats(stats_parent, "kernel", "the guest kernel's own view") {
   for (unsigned i = 0; i < vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->index = i;
+    v->steal_seen = &m_stats.make<stats::Gauge>(fmt::format("steal_ns_vcpu{}", i), "ns",
+                                                 "steal time the guest read from its steal-time record");
     Vcpu* raw = v.get();
     v->idle = std::make_unique<sim::Fiber>(fmt::format("{}.vcpu{}", m_vm, i), [this, raw] { vcpu_main(*raw); });
     m_vcpus.push_back(std::move(v));
@@ -112,6 +115,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
+  if (m_p.pv_steal) c.wrmsr(cpu::msr::kKvmStealTime, steal_record(v.index) | 1);
   for (;;) {
     // The run queue is checked with interrupts off and the halt is STI;HLT,
     // so a wake-up arriving in between is not lost.
@@ -647,6 +651,7 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
   if (vector != kTimerVector) return;
   charge(c, m_p.costs.tick, kCodeTick);
   Vcpu& v = this_vcpu();
+  if (m_p.pv_steal) v.steal_seen->set(static_cast<double>(c.load(kDirectMap + steal_record(v.index))));
   v.armed_at = 0;  // the deadline timer disarms itself when it fires
   std::uint64_t now = c.rdtsc();
   // Wake the sleepers whose time has come.

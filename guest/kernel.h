@@ -62,6 +62,7 @@ struct KernelParams {
   std::uint64_t timeslice;  // ps
   std::uint64_t paging_levels;
   bool pcid;
+  bool pv_steal;
   KernelCosts costs;
   template <class V>
   void visit(V& v) {
@@ -76,6 +77,9 @@ struct KernelParams {
     v.param(pcid, "pcid", "true", Spec(Unit::Flag),
             "Tag each process's translations with a PCID (CR4.PCIDE) so that switching address spaces "
             "keeps them, as Linux does on processors with PCIDs; off, every switch flushes the TLB.");
+    v.param(pv_steal, "pv_steal", "true", Spec(Unit::Flag),
+            "Register a paravirtual steal-time record per vCPU (MSR_KVM_STEAL_TIME, as Linux does under "
+            "KVM) and read it at every tick.");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
   }
 };
@@ -158,8 +162,10 @@ struct Process {
 
 class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
  public:
+  /// The kernel's own statistics (what the guest sees, e.g. its steal
+  /// time) go under `stats_parent` as "kernel".
   Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
-         std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control);
+         std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control, stats::Group* stats_parent);
   ~Kernel() override;
 
   /// Adds a process running `workload` in `threads` threads (before the
@@ -202,7 +208,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
     std::uint64_t slice_end = 0;
     std::uint64_t tick_at = 0;   // next tick (0: tick stopped)
     std::uint64_t armed_at = 0;  // what IA32_TSC_DEADLINE holds (0: disarmed)
+    stats::Gauge* steal_seen = nullptr;  // steal time the guest last read, ns
   };
+  /// Guest-physical address of vCPU i's steal-time record (in the kernel image).
+  static std::uint64_t steal_record(unsigned i) { return kImageBase + 0x4000 + 64ull * i; }
 
   void vcpu_main(Vcpu& v);
   void boot(cpu::Core& c);
@@ -248,6 +257,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::uint64_t m_tsc_hz, m_tick_cycles, m_slice_cycles;
   std::uint64_t m_seed;
   RunControl* m_control;
+  stats::Group m_stats;
   std::vector<std::unique_ptr<Vcpu>> m_vcpus;
   std::vector<std::unique_ptr<Process>> m_processes;
   std::vector<std::unique_ptr<Thread>> m_threads;

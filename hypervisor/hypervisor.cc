@@ -84,6 +84,9 @@ struct Hypervisor::Vcpu : SchedEntity {
   enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
   std::uint64_t since = 0;           // start of the current state
   std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
+  std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
+  std::uint64_t steal_msr = 0;       // the guest's MSR_KVM_STEAL_TIME value
+  std::uint64_t steal_area = 0;      // host-physical address of its steal-time record (0: off)
 
   bool sched_runnable() const override { return state == State::Runnable; }
 };
@@ -111,6 +114,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
     : m_p(params),
       m_cores(std::move(cores)),
       m_host_memory(host_memory),
+      m_tsc_hz(tsc_hz),
       m_slice_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.timeslice) * tsc_hz /
                                                 cfg::kPsPerSecond)),
       m_cap_period_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.cap_period) * tsc_hz /
@@ -331,7 +335,12 @@ void Hypervisor::account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_agai
     case Vcpu::Off::Runnable:
       // Between two runs of the same vCPU the core did its work: that is
       // hypervisor time; if another vCPU ran in between, it was stolen.
-      if (same_vcpu_again) v.time->hypervisor += d; else v.time->steal += d;
+      if (same_vcpu_again) {
+        v.time->hypervisor += d;
+      } else {
+        v.time->steal += d;
+        v.steal_total += d;
+      }
       break;
     case Vcpu::Off::Halted: v.time->idle += d; break;
     default: break;
@@ -359,8 +368,41 @@ void Hypervisor::flush_accounting() {
     }
 }
 
+// Paravirtual steal time, in KVM's layout (struct kvm_steal_time: u64 steal
+// in ns at offset 0, u32 version at 8, u32 flags at 12, u8 preempted at 16):
+// updated before every entry, the version odd while it changes.
+void Hypervisor::publish_steal(Core& c, Vcpu& v) {
+  if (!v.steal_area) return;
+  std::uint64_t a = v.steal_area;
+  std::uint32_t version = static_cast<std::uint32_t>(c.load(a + 8, 4));
+  c.store(a + 8, version + 1, 4);
+  auto ns = static_cast<std::uint64_t>(static_cast<unsigned __int128>(v.steal_total) * 1000000000ull / m_tsc_hz);
+  c.store(a, ns);
+  c.store(a + 16, 0, 1);
+  c.store(a + 8, version + 2, 4);
+}
+
+void Hypervisor::mark_preempted(Core& c, Vcpu& v) {
+  if (v.steal_area && v.state == Vcpu::State::Runnable) c.store(v.steal_area + 16, 1, 1);
+}
+
+std::uint64_t Hypervisor::ept_translate(Core& c, Vm& vm, std::uint64_t gpa) {
+  std::uint64_t table = vm.ept_root;
+  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level >= 1; --level) {
+    std::uint64_t e = c.load(table + mmu::table_index(gpa, level) * 8);
+    if (!(e & mmu::ept::kPermMask)) return 0;
+    if (level == 1 || (e & mmu::ept::kLargePage)) {
+      std::uint64_t mask = (1ull << mmu::level_shift(level)) - 1;
+      return (e & mmu::ept::kAddrMask & ~mask) | (gpa & mask);
+    }
+    table = e & mmu::ept::kAddrMask;
+  }
+  return 0;
+}
+
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
+  if (pc.last_ran && pc.last_ran != &v) mark_preempted(c, *pc.last_ran);
   account_off_cpu(v, c.now(), pc.last_ran == &v);
   v.off = Vcpu::Off::OnCpu;
   v.guest_baseline = guest_cycles_now(*v.obs, v.since);
@@ -403,6 +445,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
       vmw(c, field::kProcBasedControls, procctl | cpu::proc::kInterruptWindowExiting);
     }
   }
+  publish_steal(c, v);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;
@@ -578,6 +621,24 @@ void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
     case cpu::msr::kX2ApicId:
       if (write) ok = false;
       else result = v.index;
+      break;
+    case cpu::msr::kKvmStealTime:
+      // Bit 0 enables; bits 63:6 give a 64-byte aligned guest-physical
+      // address (Linux Documentation/virt/kvm/x86/msr.rst).
+      if (!write) {
+        result = v.steal_msr;
+      } else if (!(value & 1)) {
+        v.steal_msr = value;
+        v.steal_area = 0;
+      } else {
+        std::uint64_t gpa = value & ~63ull;
+        if ((value & 0x3E) || gpa + 64 > v.vm->memory || !back_guest_page(c, *v.vm, gpa)) {
+          ok = false;
+        } else {
+          v.steal_msr = value;
+          v.steal_area = ept_translate(c, *v.vm, gpa);
+        }
+      }
       break;
     case cpu::msr::kX2ApicIcr:
       if (write) {

@@ -170,6 +170,10 @@ class Hypervisor {
   void wake(Vcpu& v);
   // Time accounting (simulator observation of the vCPU's state, no cost).
   void account_on_cpu(Vcpu& v, std::uint64_t now);
+  void publish_steal(cpu::Core& c, Vcpu& v);
+  void mark_preempted(cpu::Core& c, Vcpu& v);
+  /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
+  std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
   void program_timer(PerCore& pc);
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
@@ -192,6 +196,7 @@ class Hypervisor {
   HypervisorParams m_p;
   std::vector<cpu::Core*> m_cores;
   std::uint64_t m_host_memory;
+  std::uint64_t m_tsc_hz;
   std::uint64_t m_slice_cycles;
   std::uint64_t m_cap_period_cycles;
   stats::Group m_stats;
