@@ -35,6 +35,8 @@ std::uint64_t cycles_of(std::uint64_t ps, std::uint64_t hz) {
 
 std::uint64_t Thread::mmap(std::uint64_t bytes) { return m_kernel->sys_mmap(*this, bytes); }
 std::uint64_t Thread::sleep(std::uint64_t ps) { return m_kernel->sys_sleep(*this, ps); }
+void Thread::sleep_until(std::uint64_t tsc) { m_kernel->sys_sleep_until(*this, tsc); }
+std::uint64_t Thread::tsc_hz() const { return m_kernel->tsc_hz(); }
 bool Thread::munmap(std::uint64_t start) { return m_kernel->sys_munmap(*this, start); }
 bool Thread::fork_and_wait(const std::function<void(Thread&)>& child) { return m_kernel->sys_fork_wait(*this, child); }
 
@@ -586,12 +588,22 @@ void Kernel::program_timer(Core& c, Vcpu& v, bool restart_tick) {
 }
 
 std::uint64_t Kernel::sys_sleep(Thread& t, std::uint64_t ps) {
+  std::uint64_t wake = Core::current().rdtsc() + cycles_of(ps, m_tsc_hz);
+  sys_sleep_until(t, wake);
+  return wake;
+}
+
+void Kernel::sys_sleep_until(Thread& t, std::uint64_t wake) {
   Core& c = Core::current();
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
   Vcpu& v = *m_vcpus[t.m_vcpu];
   c.cli();  // the timer handler edits the sleepers too
-  std::uint64_t wake = c.rdtsc() + cycles_of(ps, m_tsc_hz);
+  if (c.rdtsc() >= wake) {
+    c.sti();
+    c.set_user_mode(true);
+    return;
+  }
   t.m_wake_at = wake;
   v.sleepers.push_back(&t);
   program_timer(c, v, false);
@@ -599,7 +611,6 @@ std::uint64_t Kernel::sys_sleep(Thread& t, std::uint64_t ps) {
   Core& now = Core::current();
   now.sti();
   now.set_user_mode(true);
-  return wake;
 }
 
 void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {

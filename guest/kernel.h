@@ -120,6 +120,11 @@ class Thread {
   /// Sleeps for `ps` picoseconds of guest time (nanosleep(2)); returns the
   /// TSC value it was due to wake at.
   std::uint64_t sleep(std::uint64_t ps);
+  /// clock_nanosleep(TIMER_ABSTIME): sleeps until the TSC reaches `tsc`
+  /// (returns at once if it has).
+  void sleep_until(std::uint64_t tsc);
+  /// TSC ticks per second (what the guest calibrated, here the platform's).
+  std::uint64_t tsc_hz() const;
   /// Deterministic per-thread random numbers (SplitMix64 over the seed).
   std::uint64_t random() {
     std::uint64_t z = (m_rng += 0x9E3779B97F4A7C15ull);
@@ -181,6 +186,8 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   bool sys_munmap(Thread& t, std::uint64_t start);
   bool sys_fork_wait(Thread& t, const std::function<void(Thread&)>& child);
   std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
+  void sys_sleep_until(Thread& t, std::uint64_t tsc);
+  std::uint64_t tsc_hz() const { return m_tsc_hz; }
   const std::string& panic_message() const { return m_panic; }
 
   // Guest-virtual layout (Linux x86-64 conventions).

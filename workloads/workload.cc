@@ -1,6 +1,7 @@
 #include "workloads/workload.h"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <vector>
 
@@ -288,6 +289,71 @@ class ForkChurn final : public Workload {
                            "parent pages found changed by a child (copy-on-write failures)"};
 };
 
+std::uint64_t ps_to_cycles(std::uint64_t ps, std::uint64_t hz) {
+  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * hz / 1000000000000ull);
+}
+
+// A periodic real-time task: jobs released every period at absolute times,
+// each doing `work` instructions; the program measures its own wake-up
+// latency, response times and deadline misses.
+class Periodic final : public Workload {
+ public:
+  Periodic(const PeriodicParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    const std::uint64_t period = ps_to_cycles(m_p.period, t.tsc_hz());
+    const std::uint64_t deadline = ps_to_cycles(m_p.deadline ? m_p.deadline : m_p.period, t.tsc_hz());
+    started(t);
+    std::uint64_t release = t.cpu().rdtsc() + period;
+    repeat(m_p.iterations, [&] {
+      t.sleep_until(release);
+      std::uint64_t start = t.cpu().rdtsc();
+      m_latency.sample(start > release ? start - release : 0);
+      t.compute(m_p.work);
+      std::uint64_t end = t.cpu().rdtsc();
+      m_response.sample(end - release);
+      if (end - release > deadline) ++m_misses;
+      ++m_stats.operations;
+      release += period;
+    });
+    finished(t);
+  }
+
+ private:
+  PeriodicParams m_p;
+  stats::Histogram m_latency{&m_stats, "wakeup_latency", "cycles", "release to start of each job"};
+  stats::Histogram m_response{&m_stats, "response", "cycles", "release to completion of each job"};
+  stats::Counter m_misses{&m_stats, "deadline_misses", "jobs", "jobs completed after their deadline"};
+};
+
+// A server with Poisson arrivals: requests arrive at random (seeded) times,
+// are served in order, and the program records each one's response time.
+class RequestServer final : public Workload {
+ public:
+  RequestServer(const RequestServerParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.requests != 0; }
+  void run(guest::Thread& t) override {
+    const double mean_gap = static_cast<double>(t.tsc_hz()) / m_p.rate;
+    started(t);
+    std::uint64_t arrival = t.cpu().rdtsc();
+    repeat(m_p.requests, [&] {
+      // Exponential inter-arrival time from a uniform draw in (0, 1].
+      double u = (static_cast<double>(t.random() >> 11) + 1.0) / 9007199254740992.0;
+      arrival += static_cast<std::uint64_t>(-std::log(u) * mean_gap);
+      t.sleep_until(arrival);
+      t.compute(m_p.service);
+      std::uint64_t end = t.cpu().rdtsc();
+      m_response.sample(end - arrival);
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  RequestServerParams m_p;
+  stats::Histogram m_response{&m_stats, "response", "cycles", "arrival to completion of each request"};
+};
+
 // Replays a captured trace in the guest: its pages are mapped at the
 // addresses the program used, instruction records fetch and retire one
 // instruction, data records load and store.
@@ -376,6 +442,8 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "trace") return std::make_shared<Trace>(p.trace, parent, name);
   if (p.type == "mmap_churn") return std::make_shared<MmapChurn>(p.mmap_churn, parent, name);
   if (p.type == "fork_churn") return std::make_shared<ForkChurn>(p.fork_churn, parent, name);
+  if (p.type == "periodic") return std::make_shared<Periodic>(p.periodic, parent, name);
+  if (p.type == "request_server") return std::make_shared<RequestServer>(p.request_server, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

@@ -134,6 +134,30 @@ struct ForkChurnParams {
   }
 };
 
+struct PeriodicParams {
+  std::uint64_t period, deadline, work, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(period, "period", "4ms", Spec(Unit::Time).at_least(1e3), "Release period of the real-time task.");
+    v.param(deadline, "deadline", "0ps", Spec(Unit::Time),
+            "Relative deadline of each job (0: the period).");
+    v.param(work, "work", "100000", Spec(Unit::Instructions), "Instructions per job.");
+    v.param(iterations, "iterations", "0", Spec(), "Jobs (0: until the end of the run).");
+  }
+};
+
+struct RequestServerParams {
+  double rate;
+  std::uint64_t service, requests;
+  template <class V>
+  void visit(V& v) {
+    v.param(rate, "rate", "1000.0", Spec(Unit::Ratio).at_least(1e-3),
+            "Mean arrival rate, requests per second (Poisson arrivals from the seeded random stream).");
+    v.param(service, "service", "200000", Spec(Unit::Instructions), "Instructions to serve one request.");
+    v.param(requests, "requests", "0", Spec(), "Requests (0: until the end of the run).");
+  }
+};
+
 struct TraceParams {
   std::string file;
   std::uint64_t passes;
@@ -162,6 +186,8 @@ struct WorkloadParams {
   TraceParams trace;
   MmapChurnParams mmap_churn;
   ForkChurnParams fork_churn;
+  PeriodicParams periodic;
+  RequestServerParams request_server;
 
   template <class V>
   void visit(V& v) {
@@ -174,7 +200,8 @@ struct WorkloadParams {
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
               cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
-              cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn));
+              cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn),
+              cfg::alt("periodic", periodic), cfg::alt("request_server", request_server));
   }
 };
 

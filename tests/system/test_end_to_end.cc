@@ -423,3 +423,45 @@ vms:
   REQUIRE(off.exit_code == 0);
   CHECK(off.at("vm.a.kernel.steal_ns_vcpu0") == 0);
 }
+
+TEST_CASE("a periodic real-time task meets its deadlines alone and misses them next to batch work") {
+  auto run = [](bool with_batch) {
+    std::string cfg = "duration: 60ms\nstop_when_done: false\nplatform: {cores: 1, memory: 1GiB}\n"
+                      "hypervisor: {timeslice: 6ms}\nvms:\n"
+                      "  - name: rt\n    memory: 64MiB\n    workloads:\n"
+                      "      - {type: periodic, period: 4ms, deadline: 4ms, work: 100000}\n";
+    if (with_batch)
+      cfg += "  - name: batch\n    memory: 64MiB\n    workloads:\n      - {type: compute, iterations: 0}\n";
+    auto r = run_cli(cfg);
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    return r;
+  };
+  auto alone = run(false);
+  CHECK(alone.at("vm.rt.workload0.operations") >= 13);
+  CHECK(alone.at("vm.rt.workload0.deadline_misses") == 0);
+  CHECK(alone.at("vm.rt.workload0.wakeup_latency.max") < 30'000);  // under 10 us at 3 GHz
+  // Sharing the core round robin with a 6 ms slice, a released job can wait
+  // a whole slice for the batch vCPU: longer than the 4 ms deadline.
+  auto shared = run(true);
+  CHECK(shared.at("vm.rt.workload0.deadline_misses") > 0);
+  CHECK(shared.at("vm.rt.workload0.wakeup_latency.max") > 12'000'000);  // over 4 ms
+}
+
+TEST_CASE("a request server's response times grow with load") {
+  auto run = [](const char* rate) {
+    auto r = run_cli(one_vm(fmt::format("      - type: request_server\n        rate: {}\n        service: 300000\n"
+                                        "        requests: 200\n",
+                                        rate)),
+                     {"--set", "duration=1s"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.at("vm.t.workload0.operations") == 200);
+    return r.at("vm.t.workload0.response.p99");
+  };
+  // 300,000 instructions take about 100 us: at 1,000/s the server is 10%
+  // busy, at 8,000/s 80% busy and requests queue.
+  double light = run("1000.0"), heavy = run("8000.0");
+  CHECK(light >= 300'000);
+  CHECK(heavy > 2 * light);
+}
