@@ -721,13 +721,7 @@ bool Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t gpa) {
   gpa &= ~(size - 1);
   // Already backed (another vCPU got there first, or eager population)?
   // Then the violation was spurious, as KVM finds under its MMU lock.
-  std::uint64_t table = vm.ept_root;
-  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level >= 1; --level) {
-    std::uint64_t e = c.load(table + mmu::table_index(gpa, level) * 8);
-    if (!(e & mmu::ept::kPermMask)) break;
-    if (level == 1 || (e & mmu::ept::kLargePage)) return true;
-    table = e & mmu::ept::kAddrMask;
-  }
+  if (ept_translate(c, vm, gpa)) return true;
   std::uint64_t hpa = alloc_guest_page();
   if (!hpa) return false;
   if (m_p.zero_pages) c.rep_stos(hpa, 0, size);
