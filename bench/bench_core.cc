@@ -81,6 +81,51 @@ vmx::models::PlatformParams one_core_platform() {
   return p;
 }
 
+// Root-mode set-up shared by the VMX modes: an identity EPT over
+// [0, ept_mapped) with 4 KiB pages at kEpt (SDM Vol. 3C, 29.3.2), VMXON,
+// and a fresh current VMCS with EPT and VPID 1 and no exiting controls, as
+// hypervisor/hypervisor.cc sets one up. Guest and host state are the
+// caller's. Exits the process on any failure.
+constexpr std::uint64_t kVmxon = 0x100000, kVmcs = 0x101000;
+constexpr std::uint64_t kEpt = 0x200000;  // PML4, PDPT, PD, then the page tables
+
+void vmwrite_or_die(Core& c, const char* mode, std::uint32_t enc, std::uint64_t v) {
+  if (c.vmwrite(enc, v) != vmx::cpu::VmxStatus::Succeed) {
+    std::fprintf(stderr, "bench_core %s: VMWRITE %#x failed\n", mode, enc);
+    std::_Exit(1);
+  }
+}
+
+void enter_vmx_with_identity_ept(Core& c, const char* mode, std::uint64_t ept_mapped) {
+  namespace ept = vmx::mmu::ept;
+  using namespace vmx::cpu;
+  const std::uint64_t rwx = ept::kRead | ept::kWrite | ept::kExecute;
+  const std::uint64_t pdpt = kEpt + kPage, pd = pdpt + kPage, pt = pd + kPage;
+  c.store(kEpt, pdpt | rwx);
+  c.store(pdpt, pd | rwx);
+  for (std::uint64_t gpa = 0; gpa < ept_mapped; gpa += kPage) {
+    std::uint64_t table = pt + (gpa >> 21) * kPage;
+    if ((gpa & ((1ull << 21) - 1)) == 0) c.store(pd + (gpa >> 21) * 8, table | rwx);
+    c.store(table + ((gpa >> 12) & 511) * 8, gpa | rwx | ept::kMemTypeWb);
+  }
+  c.write_cr(4, c.read_cr(4) | crb::kCr4Vmxe);
+  c.store(kVmxon, kVmcsRevision, 4);
+  c.store(kVmcs, kVmcsRevision, 4);
+  if (c.vmxon(kVmxon) != VmxStatus::Succeed || c.vmclear(kVmcs) != VmxStatus::Succeed ||
+      c.vmptrld(kVmcs) != VmxStatus::Succeed) {
+    std::fprintf(stderr, "bench_core %s: entering VMX operation failed\n", mode);
+    std::_Exit(1);
+  }
+  vmwrite_or_die(c, mode, field::kPinBasedControls, 0);  // no external-interrupt exiting
+  vmwrite_or_die(c, mode, field::kProcBasedControls, proc::kActivateSecondaryControls);
+  vmwrite_or_die(c, mode, field::kSecondaryControls, proc2::kEnableEpt | proc2::kEnableVpid);
+  vmwrite_or_die(c, mode, field::kVpid, 1);
+  vmwrite_or_die(c, mode, field::kExitControls, exitctl::kHostAddressSpaceSize);
+  vmwrite_or_die(c, mode, field::kEntryControls, 0);
+  vmwrite_or_die(c, mode, field::kExceptionBitmap, 0);
+  vmwrite_or_die(c, mode, field::kEptPointer, ept::eptp(kEpt, 4, false));
+}
+
 // Runs SystemC until the software ends the process; reaching the bound means
 // the software never got there.
 int run_bounded(const char* mode) {
@@ -162,8 +207,6 @@ int bench_exit(std::uint64_t n) {
   vmx::stats::Group root;
   vmx::models::Platform platform(one_core_platform(), &root);
 
-  constexpr std::uint64_t kVmxon = 0x100000, kVmcs = 0x101000;
-  constexpr std::uint64_t kEpt = 0x200000;   // PML4, PDPT, PD, then the page tables
   constexpr std::uint64_t kEptMapped = 4ull << 20;  // identity, 4 KiB pages
   constexpr std::uint64_t kWarmup = 1000;
 
@@ -191,45 +234,9 @@ int bench_exit(std::uint64_t n) {
 
   vmx::sim::Fiber host("bench.root", [&] {
     Core& c = Core::current();
-    namespace ept = vmx::mmu::ept;
     using namespace vmx::cpu;
-    auto vmw = [&](std::uint32_t enc, std::uint64_t v) {
-      if (c.vmwrite(enc, v) != VmxStatus::Succeed) {
-        std::fprintf(stderr, "bench_core exit: VMWRITE %#x failed\n", enc);
-        std::_Exit(1);
-      }
-    };
-    // Identity EPT over [0, kEptMapped) with 4 KiB pages (SDM Vol. 3C, 29.3.2).
-    const std::uint64_t rwx = ept::kRead | ept::kWrite | ept::kExecute;
-    const std::uint64_t pdpt = kEpt + kPage, pd = pdpt + kPage, pt = pd + kPage;
-    c.store(kEpt, pdpt | rwx);
-    c.store(pdpt, pd | rwx);
-    for (std::uint64_t gpa = 0; gpa < kEptMapped; gpa += kPage) {
-      std::uint64_t table = pt + (gpa >> 21) * kPage;
-      if ((gpa & ((1ull << 21) - 1)) == 0) c.store(pd + (gpa >> 21) * 8, table | rwx);
-      c.store(table + ((gpa >> 12) & 511) * 8, gpa | rwx | ept::kMemTypeWb);
-    }
-    // VMXON, then a fresh VMCS (as hypervisor/hypervisor.cc does).
-    c.write_cr(4, c.read_cr(4) | crb::kCr4Vmxe);
-    c.store(kVmxon, kVmcsRevision, 4);
-    if (c.vmxon(kVmxon) != VmxStatus::Succeed) {
-      std::fprintf(stderr, "bench_core exit: VMXON failed\n");
-      std::_Exit(1);
-    }
-    c.store(kVmcs, kVmcsRevision, 4);
-    c.vmclear(kVmcs);
-    if (c.vmptrld(kVmcs) != VmxStatus::Succeed) {
-      std::fprintf(stderr, "bench_core exit: VMPTRLD failed\n");
-      std::_Exit(1);
-    }
-    vmw(field::kPinBasedControls, 0);  // no external-interrupt exiting
-    vmw(field::kProcBasedControls, proc::kActivateSecondaryControls);
-    vmw(field::kSecondaryControls, proc2::kEnableEpt | proc2::kEnableVpid);
-    vmw(field::kVpid, 1);
-    vmw(field::kExitControls, exitctl::kHostAddressSpaceSize);
-    vmw(field::kEntryControls, 0);
-    vmw(field::kExceptionBitmap, 0);
-    vmw(field::kEptPointer, ept::eptp(kEpt, 4, false));
+    auto vmw = [&](std::uint32_t enc, std::uint64_t v) { vmwrite_or_die(c, "exit", enc, v); };
+    enter_vmx_with_identity_ept(c, "exit", kEptMapped);
     vmw(field::kGuestCr0, crb::kCr0Pe);
     vmw(field::kGuestCr3, 0);
     vmw(field::kGuestCr4, 0);
@@ -278,8 +285,6 @@ int bench_walk(std::uint64_t n, bool caches) {
   }
   vmx::models::Platform platform(pp, &root);
 
-  constexpr std::uint64_t kVmxon = 0x100000, kVmcs = 0x101000;
-  constexpr std::uint64_t kEpt = 0x200000;        // PML4, PDPT, PD, then the page tables
   constexpr std::uint64_t kGuestTables = 0x800000;  // PML4, PDPT, PD, then the page tables
   constexpr std::uint64_t kRegion = 64ull << 20;
   constexpr std::uint64_t kDataGpa = 0x1000000;   // 16 MiB
@@ -343,25 +348,9 @@ int bench_walk(std::uint64_t n, bool caches) {
 
   vmx::sim::Fiber host("bench.walk.root", [&] {
     Core& c = Core::current();
-    namespace ept = vmx::mmu::ept;
     namespace pte = vmx::mmu::pte;
     using namespace vmx::cpu;
-    auto vmw = [&](std::uint32_t enc, std::uint64_t v) {
-      if (c.vmwrite(enc, v) != VmxStatus::Succeed) {
-        std::fprintf(stderr, "bench_core walk: VMWRITE %#x failed\n", enc);
-        std::_Exit(1);
-      }
-    };
-    // Identity EPT over [0, kEptMapped) with 4 KiB pages.
-    const std::uint64_t rwx = ept::kRead | ept::kWrite | ept::kExecute;
-    const std::uint64_t epdpt = kEpt + kPage, epd = epdpt + kPage, ept0 = epd + kPage;
-    c.store(kEpt, epdpt | rwx);
-    c.store(epdpt, epd | rwx);
-    for (std::uint64_t gpa = 0; gpa < kEptMapped; gpa += kPage) {
-      std::uint64_t table = ept0 + (gpa >> 21) * kPage;
-      if ((gpa & ((1ull << 21) - 1)) == 0) c.store(epd + (gpa >> 21) * 8, table | rwx);
-      c.store(table + ((gpa >> 12) & 511) * 8, gpa | rwx | ept::kMemTypeWb);
-    }
+    auto vmw = [&](std::uint32_t enc, std::uint64_t v) { vmwrite_or_die(c, "walk", enc, v); };
     // Guest tables: kLinear + i * 4 KiB -> kDataGpa + i * 4 KiB.
     const std::uint64_t rw = pte::kPresent | pte::kWritable;
     const std::uint64_t gpml4 = kGuestTables, gpdpt = gpml4 + kPage, gpd = gpdpt + kPage, gpt0 = gpd + kPage;
@@ -372,20 +361,7 @@ int bench_walk(std::uint64_t n, bool caches) {
       if ((off & ((1ull << 21) - 1)) == 0) c.store(gpd + (((kLinear + off) >> 21) & 511) * 8, table | rw);
       c.store(table + ((off >> 12) & 511) * 8, (kDataGpa + off) | rw);
     }
-    c.write_cr(4, c.read_cr(4) | crb::kCr4Vmxe);
-    c.store(kVmxon, kVmcsRevision, 4);
-    if (c.vmxon(kVmxon) != VmxStatus::Succeed) std::_Exit(1);
-    c.store(kVmcs, kVmcsRevision, 4);
-    c.vmclear(kVmcs);
-    if (c.vmptrld(kVmcs) != VmxStatus::Succeed) std::_Exit(1);
-    vmw(field::kPinBasedControls, 0);
-    vmw(field::kProcBasedControls, proc::kActivateSecondaryControls);
-    vmw(field::kSecondaryControls, proc2::kEnableEpt | proc2::kEnableVpid);
-    vmw(field::kVpid, 1);
-    vmw(field::kExitControls, exitctl::kHostAddressSpaceSize);
-    vmw(field::kEntryControls, 0);
-    vmw(field::kExceptionBitmap, 0);
-    vmw(field::kEptPointer, ept::eptp(kEpt, 4, false));
+    enter_vmx_with_identity_ept(c, "walk", kEptMapped);
     vmw(field::kGuestCr0, crb::kCr0Pe | crb::kCr0Pg);
     vmw(field::kGuestCr3, gpml4);
     vmw(field::kGuestCr4, crb::kCr4Pae);
