@@ -167,7 +167,7 @@ void Core::recompute_next_event() {
   std::uint64_t next = m_sync_at;
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
-  if (m_event_pending || m_lapic.any_requested()) next = 0;
+  if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0) next = 0;
   m_next_event = next;
 }
 
@@ -182,8 +182,17 @@ void Core::slow_boundary() {
   deliver_injected_event();
   m_event_pending = false;
 
+  // Monitor trap flag (SDM Vol. 3C, 26.5.2): the exit comes at the boundary
+  // after the first operation following VM entry completes (vm_entry counts
+  // where the guest resumes).
+  if (m_non_root && m_mtf_boundaries >= 0 && ++m_mtf_boundaries >= 2) {
+    m_mtf_boundaries = -1;
+    m_boundary_exit = true;
+    vm_exit(ExitReason::MonitorTrapFlag, 0);
+  }
   if (m_non_root && (m_pin & pin::kPreemptionTimer) && m_now >= m_preempt_deadline) {
     m_preempt_deadline = UINT64_MAX;
+    m_boundary_exit = true;
     vm_exit(ExitReason::PreemptionTimer, 0);
   }
   // The instruction after STI runs before any interrupt is delivered.
@@ -193,7 +202,10 @@ void Core::slow_boundary() {
     return;
   }
   take_pending_interrupt();
-  if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) vm_exit(ExitReason::InterruptWindow, 0);
+  if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) {
+    m_boundary_exit = true;
+    vm_exit(ExitReason::InterruptWindow, 0);
+  }
   recompute_next_event();
 }
 
@@ -220,6 +232,7 @@ void Core::take_pending_interrupt() {
       m_lapic.acknowledge(static_cast<std::uint8_t>(v));
       info = intr::info(static_cast<std::uint8_t>(v), intr::kTypeExternal);
     }
+    m_boundary_exit = true;
     vm_exit(ExitReason::ExternalInterrupt, 0, 0, 0, info);
     return;
   }
@@ -1342,6 +1355,12 @@ VmExit Core::vm_entry(bool launch) {
     v.set(field::kEntryIntrInfo, inj & ~intr::kValid);  // cleared by a successful entry (SDM 27.2... 26.6)
   }
   m_preempt_deadline = (m_pin & pin::kPreemptionTimer) ? m_now + v.get(field::kPreemptionTimerValue) : UINT64_MAX;
+  // Monitor trap flag: a guest resuming at a boundary executes its next
+  // operation without passing another, so the exit comes at the first
+  // boundary after entry; one resuming inside an operation (after an
+  // instruction or fault exit) or starting afresh passes one boundary before
+  // its first operation completes, so the exit comes at the second.
+  m_mtf_boundaries = (m_proc & proc::kMonitorTrapFlag) ? (!launch && v.exited_at_boundary() ? 1 : 0) : -1;
   m_obs = v.observer();
   ++m_stats.vm_entries;
   if (m_obs) {
@@ -1379,6 +1398,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
     m_obs->pending_since = m_now;
   }
 
+  v.set_exited_at_boundary(m_boundary_exit);
+  m_boundary_exit = false;
   // Exit information (SDM Vol. 3C, 28.2).
   v.set(field::kExitReason, r);
   v.set(field::kExitQualification, qualification);
@@ -1413,6 +1434,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_if = false;
   m_obs = nullptr;
   m_preempt_deadline = UINT64_MAX;
+  m_mtf_boundaries = -1;
   update_context();
   recompute_next_event();
 

@@ -372,6 +372,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
   bool m_sti_shadow = false;        // blocking by STI (SDM Vol. 3A, 6.8.3)
+  // Monitor trap flag: slow boundaries seen since the VM entry that armed it
+  // (-1: not armed).
+  int m_mtf_boundaries = -1;
+  bool m_boundary_exit = false;  // the exit being taken comes from slow_boundary
   sc_core::sc_event m_wake;
 
   // Software contexts.

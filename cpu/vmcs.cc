@@ -100,6 +100,7 @@ const char* exit_reason_name(unsigned reason) {
     case ExitReason::Rdmsr: return "MSR_READ";
     case ExitReason::Wrmsr: return "MSR_WRITE";
     case ExitReason::EntryFailGuestState: return "INVALID_GUEST_STATE";
+    case ExitReason::MonitorTrapFlag: return "MONITOR_TRAP_FLAG";
     case ExitReason::EptViolation: return "EPT_VIOLATION";
     case ExitReason::EptMisconfig: return "EPT_MISCONFIG";
     case ExitReason::Invept: return "INVEPT";

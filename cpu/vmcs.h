@@ -48,6 +48,11 @@ class Vmcs {
   bool launched() const { return m_launched; }
   void set_launched(bool l) { m_launched = l; }
   /// Simulator annotation: statistics kept for the vCPU this VMCS belongs to.
+  /// Whether the guest context last left at an operation boundary (an
+  /// interrupt-class exit) rather than inside an operation: the monitor trap
+  /// flag counts the operation after entry differently (core.cc).
+  bool exited_at_boundary() const { return m_exited_at_boundary; }
+  void set_exited_at_boundary(bool b) { m_exited_at_boundary = b; }
   VcpuObserver* observer() const { return m_observer; }
   void set_observer(VcpuObserver* o) { m_observer = o; }
 
@@ -55,6 +60,7 @@ class Vmcs {
   std::array<std::uint64_t, 512> m_fields{};
   std::uint64_t m_region = 0;
   bool m_launched = false;
+  bool m_exited_at_boundary = false;
   VcpuObserver* m_observer = nullptr;
 };
 

@@ -97,6 +97,7 @@ constexpr std::uint32_t kCr3LoadExiting = 1u << 15;
 constexpr std::uint32_t kCr3StoreExiting = 1u << 16;
 constexpr std::uint32_t kCr8LoadExiting = 1u << 19;
 constexpr std::uint32_t kCr8StoreExiting = 1u << 20;
+constexpr std::uint32_t kMonitorTrapFlag = 1u << 27;
 constexpr std::uint32_t kUnconditionalIoExiting = 1u << 24;
 constexpr std::uint32_t kUseIoBitmaps = 1u << 25;
 constexpr std::uint32_t kUseMsrBitmaps = 1u << 28;
@@ -146,6 +147,7 @@ enum class ExitReason : std::uint16_t {
   Rdmsr = 31,
   Wrmsr = 32,
   EntryFailGuestState = 33,
+  MonitorTrapFlag = 37,
   EptViolation = 48,
   EptMisconfig = 49,
   Invept = 50,

@@ -30,6 +30,7 @@ struct VmParams {
   std::uint64_t memory;
   std::uint64_t weight;
   std::uint64_t cap;
+  std::string paging;
   guest::KernelParams kernel;
   std::vector<workloads::WorkloadParams> workloads;
 
@@ -44,6 +45,10 @@ struct VmParams {
     v.param(cap, "cap", "0", Spec().at_most(100),
             "Upper limit of each of the VM's vCPUs under hypervisor.scheduler=proportional, in percent of one "
             "core per hypervisor.cap_period (0: uncapped; as Xen credit's cap, but per vCPU).");
+    v.param(paging, "paging", "ept", Spec().one_of({"ept", "shadow"}),
+            "How the hypervisor virtualizes the VM's memory: ept (two-dimensional walks through the VM's EPT) "
+            "or shadow (the hypervisor keeps shadow page tables that the hardware walks in one dimension; "
+            "guest page-table writes, CR3 loads, INVLPG and page faults exit; see docs/mmu.md).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }

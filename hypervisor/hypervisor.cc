@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "hypervisor/hypervisor_state.h"
+#include "hypervisor/shadow.h"
 #include "mmu/paging.h"
 
 namespace vmx::hv {
@@ -36,78 +38,10 @@ enum CodeOffset : std::uint64_t {
   kCodeWindow = 0x9000,
   kCodeInject = 0xA000,
   kCodeSchedule = 0xB000,
+  kCodeShadow = 0xC000,
 };
 }  // namespace
 
-struct Hypervisor::Vm {
-  std::string name;
-  unsigned id = 0;
-  std::uint64_t memory = 0;
-  GuestImage* image = nullptr;
-  std::uint64_t ept_root = 0;
-  std::uint64_t eptp = 0;
-  std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
-  bool crashed = false;
-  std::string crash;
-  stats::Group* group = nullptr;
-  std::vector<std::unique_ptr<Vcpu>> vcpus;
-};
-
-struct Hypervisor::Vcpu : SchedEntity {
-  Vm* vm = nullptr;
-  unsigned index = 0;
-  unsigned core = 0;
-  std::uint64_t vmcs_pa = 0;
-  std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
-  std::uint16_t vpid = 0;
-  Regs regs;
-  enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
-  bool launched = false;
-  bool vmcs_ready = false;
-  std::bitset<256> virr;              // virtual interrupts requested
-  std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
-  std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
-  std::unique_ptr<cpu::VcpuObserver> obs;
-
-  /// Where the vCPU's time went, exact to the cycle of its core's clock:
-  /// every cycle since its first run is in exactly one bucket.
-  struct Time : stats::Group {
-    explicit Time(stats::Group* p) : Group(p, "time", "where the vCPU's time went") {}
-    stats::Counter guest{this, "guest_cycles", "cycles", "running in VMX non-root operation"};
-    stats::Counter hypervisor{this, "hypervisor_cycles", "cycles",
-                              "in the hypervisor on this vCPU's behalf (exit handling, entry)"};
-    stats::Counter steal{this, "steal_cycles", "cycles", "runnable but another vCPU had the core (stolen)"};
-    stats::Counter idle{this, "idle_cycles", "cycles", "halted, waiting for an interrupt"};
-  };
-  std::unique_ptr<Time> time;
-  // A vCPU is runnable from time 0, when its VM is created, until it dies.
-  enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
-  std::uint64_t since = 0;           // start of the current state
-  std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
-  std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
-  std::uint64_t steal_msr = 0;       // the guest's MSR_KVM_STEAL_TIME value
-  std::uint64_t steal_area = 0;      // host-physical address of its steal-time record (0: off)
-
-  bool sched_runnable() const override { return state == State::Runnable; }
-};
-
-struct Hypervisor::PerCore : cpu::InterruptHandler {
-  Hypervisor* hv = nullptr;
-  unsigned id = 0;
-  Core* core = nullptr;
-  std::unique_ptr<sim::Fiber> fiber;
-  std::unique_ptr<Scheduler> sched;
-  std::vector<Vcpu*> assigned;
-  Vcpu* loaded = nullptr;   // whose VMCS is current
-  Vcpu* last_ran = nullptr; // the vCPU this core ran last
-  std::uint64_t vmxon_region = 0;
-
-  void interrupt(Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
-  void exception(Core& c, std::uint8_t vector, std::uint32_t error_code) override {
-    throw cpu::SimulationError(fmt::format("{}: hypervisor took exception {} (error code {:#x})", c.name(), vector,
-                                           error_code));
-  }
-};
 
 Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores, std::uint64_t host_memory,
                        std::uint64_t tsc_hz, stats::Group* stats_parent)
@@ -178,6 +112,10 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->mmu_lock = alloc_host_frame();
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
+  if (spec.shadow_paging) {
+    vm->shadow = std::make_unique<ShadowMmu>(vm->group);
+    vm->shadow->max_pages = std::max<std::uint64_t>(64, spec.memory / kPage * m_p.shadow_pages_permille / 1000);
+  }
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
@@ -317,6 +255,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kGuestRip, code_address(&v.vm->image->vcpu_entry(v.index)));
   vmw(c, field::kHostRip, code_address(m_percore[v.core]->fiber.get()));
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
+  if (v.vm->shadow) shadow_setup_vmcs(c, v);
   c.observe_vmcs(v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
@@ -446,6 +385,10 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
     }
   }
   publish_steal(c, v);
+  if (v.vm->shadow) shadow_before_entry(c, v);
+  // The guest's CR2 is not part of the VMCS: it is restored if another
+  // context changed it, and saved after the exit (KVM's vmx_vcpu_run).
+  if (c.read_cr(2) != v.cr2) c.write_cr(2, v.cr2);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;
@@ -460,6 +403,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   v.launched = true;
   // Save the guest's registers.
   v.regs = c.regs();
+  v.cr2 = c.read_cr(2);
   for (unsigned i = 0; i < kSavedGprs; ++i) c.store(v.save_area + 8 * i, v.regs[i]);
   handle_exit(pc, v, ex.reason);
 }
@@ -499,6 +443,17 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       break;
     case ExitReason::EptViolation:
       handle_ept_violation(c, v);
+      break;
+    case ExitReason::ExceptionOrNmi:
+      if (v.vm->shadow && (vmr(c, field::kExitIntrInfo) & 0xFF) == cpu::vec::kPageFault) handle_shadow_pf(c, v);
+      else crash_vm(*v.vm, fmt::format("unexpected exception exit on vCPU {}", v.index));
+      break;
+    case ExitReason::Invlpg:
+      if (v.vm->shadow) handle_shadow_invlpg(c, v);
+      else inject_exception(c, cpu::vec::kInvalidOpcode, false, 0);
+      break;
+    case ExitReason::MonitorTrapFlag:
+      if (v.vm->shadow) handle_shadow_mtf(c, v);
       break;
     case ExitReason::ExternalInterrupt: {
       charge(c, m_p.costs.external_interrupt, kCodeIrq);
@@ -578,6 +533,10 @@ void Hypervisor::handle_cr(Core& c, Vcpu& v) {
   charge(c, m_p.costs.cr_access, kCodeCr);
   std::uint64_t q = vmr(c, field::kExitQualification);
   unsigned cr = q & 0xF, type = (q >> 4) & 3, gpr = (q >> 8) & 0xF;
+  if (v.vm->shadow) {
+    handle_shadow_cr(c, v, cr, type, gpr);
+    return;
+  }
   if (cr == 3 && type == cpu::qual::kCrMovFrom) {
     v.regs[gpr] = vmr(c, field::kGuestCr3);
   } else if (cr == 3 && type == cpu::qual::kCrMovTo) {

@@ -29,7 +29,8 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines;
+      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines, shadow_fault, shadow_cr3, shadow_invlpg,
+      shadow_pt_write, shadow_zap;
 
   template <class V>
   void visit(V& v) {
@@ -52,6 +53,22 @@ struct HvCosts {
     v.param(interrupt_window, "interrupt_window", "80", Spec(Unit::Instructions), "Interrupt-window exit (assumption).");
     v.param(inject, "inject", "50", Spec(Unit::Instructions), "Preparing a virtual interrupt for injection (assumption).");
     v.param(schedule, "schedule", "400", Spec(Unit::Instructions), "Picking the next vCPU (assumption).");
+    v.param(shadow_fault, "shadow_fault", "1000", Spec(Unit::Instructions),
+            "Shadow paging: a page-fault exit, besides the loads and stores of the guest walk and the shadow "
+            "tables: decoding, permission checks, choosing the shadow entry (assumption, order of KVM's "
+            "paging64_page_fault path).");
+    v.param(shadow_cr3, "shadow_cr3", "300", Spec(Unit::Instructions),
+            "Shadow paging: a CR3-load exit, finding the shadow root of the new guest CR3 (assumption, order "
+            "of KVM's kvm_mmu_new_pgd with a cached root).");
+    v.param(shadow_invlpg, "shadow_invlpg", "200", Spec(Unit::Instructions),
+            "Shadow paging: an INVLPG exit, besides the shadow-entry loads and stores (assumption).");
+    v.param(shadow_pt_write, "shadow_pt_write", "800", Spec(Unit::Instructions),
+            "Shadow paging: a guest write to a write-protected guest page-table page, besides the memory "
+            "traffic: arming the single step and synchronising the shadow entries after it (assumption, "
+            "of the order of KVM's emulated page-table write, kvm_mmu_pte_write).");
+    v.param(shadow_zap, "shadow_zap", "2500", Spec(Unit::Instructions),
+            "Shadow paging: tearing down one shadow page (scanning its 512 entries and unlinking them), "
+            "besides the loads and stores (assumption).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -70,6 +87,7 @@ struct HypervisorParams {
   std::uint64_t ept_page_size;   // bytes: 4KiB, 2MiB or 1GiB
   std::string ept_populate;      // lazy | eager
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
+  std::uint64_t shadow_pages_permille;
   HvCosts costs;
 
   template <class V>
@@ -105,6 +123,10 @@ struct HypervisorParams {
             "Enable EPT accessed and dirty flags (EPTP bit 6, SDM Vol. 3C, 29.3.5): walks set them in EPT "
             "entries, and guest paging-structure accesses become EPT writes. Default off (assumption: keeps the "
             "walk costs of earlier results); KVM turns it on where supported (kvm_intel eptad=1).");
+    v.param(shadow_pages_permille, "shadow_pages_permille", "20", Spec().at_least(1).at_most(1000),
+            "Shadow paging: the most shadow page-table pages a VM may have, per thousand pages of its memory "
+            "(at least 64); reaching it tears down the VM's shadow tables (KVM_PERMILLE_MMU_PAGES = 20 in "
+            "Linux's arch/x86/kvm/mmu.h).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -125,6 +147,7 @@ struct VmSpec {
   GuestImage* image = nullptr;
   std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
+  bool shadow_paging = false;  // shadow page tables instead of EPT
 };
 
 class Hypervisor {
@@ -192,6 +215,28 @@ class Hypervisor {
   void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
   std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
   void setup_vmcs(cpu::Core& c, Vcpu& v);
+
+  // Shadow paging (hypervisor/shadow.cc).
+  struct ShadowPage;
+  struct ShadowMmu;
+  void shadow_setup_vmcs(cpu::Core& c, Vcpu& v);
+  void shadow_before_entry(cpu::Core& c, Vcpu& v);
+  void handle_shadow_pf(cpu::Core& c, Vcpu& v);
+  void handle_shadow_cr(cpu::Core& c, Vcpu& v, unsigned cr, unsigned type, unsigned gpr);
+  void handle_shadow_invlpg(cpu::Core& c, Vcpu& v);
+  void handle_shadow_mtf(cpu::Core& c, Vcpu& v);
+  std::uint64_t shadow_gpa_to_hpa(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  ShadowPage* shadow_page(cpu::Core& c, Vm& vm, std::uint64_t gfn, unsigned level, std::uint32_t role);
+  void shadow_zap(cpu::Core& c, Vm& vm, ShadowPage* sp);
+  /// Clears entry `index` of sp; true if it was present.
+  bool shadow_unlink_entry(cpu::Core& c, Vm& vm, ShadowPage& sp, unsigned index);
+  void shadow_reset(cpu::Core& c, Vm& vm);
+  void shadow_load_root(cpu::Core& c, Vcpu& v);
+  void shadow_release_root(cpu::Core& c, Vm& vm, ShadowPage* root);
+  void shadow_flush_vm(Vm& vm);
+  void shadow_reflect_pf(cpu::Core& c, Vcpu& v, std::uint64_t la, std::uint32_t error_code);
+  /// Host-physical address of the leaf shadow entry of la under v's root, 0 if none.
+  std::uint64_t shadow_leaf(cpu::Core& c, Vcpu& v, std::uint64_t la);
 
   HypervisorParams m_p;
   std::vector<cpu::Core*> m_cores;

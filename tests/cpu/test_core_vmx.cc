@@ -702,3 +702,61 @@ TEST_CASE("VM entry with VPID enabled and VPID 0 fails with error 7", "[vmx][vpi
   CHECK(h.entry_error == vmerr::kEntryInvalidControls);
   CHECK(h.exits.empty());
 }
+
+// ---------------------------------------------------------------------------
+// Monitor trap flag (SDM Vol. 3C, 26.5.2): an exit after the first guest
+// operation following each VM entry.
+
+namespace {
+constexpr unsigned kMonitorTrapFlag = 37;
+}
+
+TEST_CASE("with the monitor trap flag the guest exits after each operation", "[vmx][mtf]") {
+  VmxHarness h;
+  h.config.proc = proc::kMonitorTrapFlag;
+  h.guest = [](Core& c) {
+    c.compute(1);
+    c.compute(2);
+    c.compute(3);
+  };
+  std::vector<std::uint64_t> retired;
+  h.on_exit = [&](Core&, const Exit& e) {
+    if (e.reason == kMonitorTrapFlag) retired.push_back(h.counter("system.cpu0.guest_instructions"));
+  };
+  h.run();
+  require_clean(h);
+  // One exit after each compute, then the final VMCALL (itself run under the
+  // flag) exits for its own reason.
+  REQUIRE(h.reasons() == std::vector<unsigned>{kMonitorTrapFlag, kMonitorTrapFlag, kMonitorTrapFlag, kVmcall});
+  CHECK(retired == std::vector<std::uint64_t>{1, 3, 6});
+}
+
+TEST_CASE("the monitor trap flag set at a fault exit lets exactly the faulting store complete", "[vmx][mtf][ept]") {
+  VmxHarness h;
+  constexpr std::uint64_t kGpa = 0x1800000;  // outside the identity map: the store faults
+  h.guest = [](Core& c) {
+    c.store(kGpa + 8, 0xABCD);
+    c.store(kGpa + 16, 0x1234);
+    c.compute(5);
+  };
+  std::uint64_t at_mtf_first = 0, at_mtf_second = 0;
+  h.on_exit = [&](Core& c, const Exit& e) {
+    if (e.reason == kEptViolation) {
+      h.ept_map(c, kGpa, kGpa, ept::kRead | ept::kWrite);
+      std::uint64_t ctl = 0;
+      c.vmread(field::kProcBasedControls, ctl);
+      c.vmwrite(field::kProcBasedControls, ctl | proc::kMonitorTrapFlag);
+    } else if (e.reason == kMonitorTrapFlag) {
+      at_mtf_first = c.load(kGpa + 8);
+      at_mtf_second = c.load(kGpa + 16);
+      std::uint64_t ctl = 0;
+      c.vmread(field::kProcBasedControls, ctl);
+      c.vmwrite(field::kProcBasedControls, ctl & ~proc::kMonitorTrapFlag);
+    }
+  };
+  h.run();
+  require_clean(h);
+  REQUIRE(h.reasons() == std::vector<unsigned>{kEptViolation, kMonitorTrapFlag, kVmcall});
+  CHECK(at_mtf_first == 0xABCD);  // the faulting store completed ...
+  CHECK(at_mtf_second == 0);      // ... and nothing after it
+}

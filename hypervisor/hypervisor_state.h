@@ -1,0 +1,103 @@
+// The hypervisor's per-VM, per-vCPU and per-core state (private to
+// hypervisor/*.cc).
+#pragma once
+
+#include <bitset>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "hypervisor/hypervisor.h"
+
+namespace vmx::hv {
+
+struct Hypervisor::Vm {
+  std::string name;
+  unsigned id = 0;
+  std::uint64_t memory = 0;
+  GuestImage* image = nullptr;
+  std::uint64_t ept_root = 0;
+  std::uint64_t eptp = 0;
+  std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
+  bool crashed = false;
+  std::string crash;
+  std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
+  stats::Group* group = nullptr;
+  std::vector<std::unique_ptr<Vcpu>> vcpus;
+};
+
+struct Hypervisor::Vcpu : SchedEntity {
+  Vm* vm = nullptr;
+  unsigned index = 0;
+  unsigned core = 0;
+  std::uint64_t vmcs_pa = 0;
+  std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
+  std::uint16_t vpid = 0;
+  cpu::Regs regs;
+  enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
+  bool launched = false;
+  bool vmcs_ready = false;
+  std::bitset<256> virr;              // virtual interrupts requested
+  std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
+  std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
+  std::unique_ptr<cpu::VcpuObserver> obs;
+
+  /// Where the vCPU's time went, exact to the cycle of its core's clock:
+  /// every cycle since its first run is in exactly one bucket.
+  struct Time : stats::Group {
+    explicit Time(stats::Group* p) : Group(p, "time", "where the vCPU's time went") {}
+    stats::Counter guest{this, "guest_cycles", "cycles", "running in VMX non-root operation"};
+    stats::Counter hypervisor{this, "hypervisor_cycles", "cycles",
+                              "in the hypervisor on this vCPU's behalf (exit handling, entry)"};
+    stats::Counter steal{this, "steal_cycles", "cycles", "runnable but another vCPU had the core (stolen)"};
+    stats::Counter idle{this, "idle_cycles", "cycles", "halted, waiting for an interrupt"};
+  };
+  std::unique_ptr<Time> time;
+  // A vCPU is runnable from time 0, when its VM is created, until it dies.
+  enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
+  std::uint64_t since = 0;           // start of the current state
+  std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
+  std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
+  std::uint64_t steal_msr = 0;       // the guest's MSR_KVM_STEAL_TIME value
+  std::uint64_t steal_area = 0;      // host-physical address of its steal-time record (0: off)
+
+  // Shadow paging: the guest's view of its control registers, its CR2
+  // (saved at every exit and restored before entry, as KVM does), the
+  // shadow root in use and a few previous ones (KVM_MMU_NUM_PREV_ROOTS = 3),
+  // and a write to a protected page-table page being single-stepped.
+  std::uint64_t cr2 = 0;
+  std::uint64_t guest_cr0 = 0, guest_cr3 = 0, guest_cr4 = 0;
+  ShadowPage* root = nullptr;
+  std::deque<ShadowPage*> prev_roots;
+  bool shadow_flush = false;   // INVVPID before the next entry
+  bool shadow_reload = false;  // the root was torn down: load a new one before the next entry
+  struct PtWrite {
+    bool active = false;
+    std::uint64_t la = 0, gfn = 0, offset = 0;
+  } pt_write;
+
+  bool sched_runnable() const override { return state == State::Runnable; }
+};
+
+struct Hypervisor::PerCore : cpu::InterruptHandler {
+  Hypervisor* hv = nullptr;
+  unsigned id = 0;
+  cpu::Core* core = nullptr;
+  std::unique_ptr<sim::Fiber> fiber;
+  std::unique_ptr<Scheduler> sched;
+  std::vector<Vcpu*> assigned;
+  Vcpu* loaded = nullptr;   // whose VMCS is current
+  Vcpu* last_ran = nullptr; // the vCPU this core ran last
+  std::uint64_t vmxon_region = 0;
+
+  void interrupt(cpu::Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
+  void exception(cpu::Core& c, std::uint8_t vector, std::uint32_t error_code) override {
+    throw cpu::SimulationError(fmt::format("{}: hypervisor took exception {} (error code {:#x})", c.name(), vector,
+                                           error_code));
+  }
+};
+
+}  // namespace vmx::hv
