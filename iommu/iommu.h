@@ -269,6 +269,9 @@ struct IommuStats : stats::Group {
 
   stats::Counter& refs_sl(unsigned level);
   stats::Counter& refs_fl_level(unsigned level);
+  const stats::Counter& refs_fl_level(unsigned level) const {
+    return const_cast<IommuStats*>(this)->refs_fl_level(level);
+  }
   stats::Counter& by_reason(FaultReason r);
 };
 
