@@ -148,7 +148,7 @@ TranslateResult Iommu::translate(const DmaRequest& req, std::uint64_t& hpa, std:
 
 FaultReason Iommu::lookup_context(std::uint16_t rid, CachedContext& out, std::uint32_t& cycles) {
   cycles += m_params.context_cache.latency;
-  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext&) { return true; })) {
+  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext& e) { return !e.scalable; })) {
     ++m_stats.context_hits;
     out = *c;
     return FaultReason::kNone;
@@ -173,7 +173,7 @@ FaultReason Iommu::lookup_context(std::uint16_t rid, CachedContext& out, std::ui
     return FaultReason::kContextInvalid;
 
   bool evicted = false;
-  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext&) { return true; }, evicted);
+  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext& e) { return !e.scalable; }, evicted);
   c.rid = rid;
   c.did = ctx::did(hi);
   c.slptptr = lo & ctx::kSlptptrMask;

@@ -34,7 +34,7 @@ std::uint64_t pasid_key(std::uint16_t rid, std::uint32_t pasid) { return (std::u
 // bytes (one reference; bits 255:128 are reserved and not read).
 FaultReason Iommu::lookup_sm_context(std::uint16_t rid, CachedContext& out, std::uint32_t& cycles) {
   cycles += m_params.context_cache.latency;
-  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext&) { return true; })) {
+  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext& e) { return e.scalable; })) {
     ++m_stats.context_hits;
     out = *c;
     return FaultReason::kNone;
@@ -56,7 +56,7 @@ FaultReason Iommu::lookup_sm_context(std::uint16_t rid, CachedContext& out, std:
   if (!(w0 & smctx::kPresent)) return FaultReason::kSmContextNotPresent;
 
   bool evicted = false;
-  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext&) { return true; }, evicted);
+  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext& e) { return e.scalable; }, evicted);
   c = CachedContext{};
   c.rid = rid;
   c.scalable = true;
