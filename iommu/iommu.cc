@@ -190,7 +190,7 @@ FaultReason Iommu::walk(const CachedContext& c, std::uint64_t iova, DmaAccess ac
   ++m_stats.walks;
   const bool write = access == DmaAccess::Write;
   m_walk_refs = 0;
-  const SlStep s = sl_walk(SlDomain{c.did, c.slptptr, ctx::aw_levels(c.aw), false}, iova, write, cycles);
+  const SlStep s = sl_walk(sl_domain(c.did, c.slptptr, c.aw, false), iova, write, cycles);
   m_stats.walk_refs.sample(m_walk_refs);
   if (s.status == SlStep::Status::Reserved) return FaultReason::kSlEntryReserved;
   // An entry with R = W = 0 is not present; either way the request lacks
@@ -208,14 +208,14 @@ Iommu::SlStep Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, 
   SlStep out;
   const mmu::TlbTag tag = domain_tag(d.did);
   const std::uint64_t need = write ? sl::kWrite : sl::kRead;
-  unsigned level = d.levels;
+  unsigned level = d.mode.levels;
   std::uint64_t table = d.slptptr;
   std::uint64_t rights = sl::kRw;  // R/W ANDed down the walk (3.7)
 
   // Paging-structure caches, longest match first, looked up in parallel.
   if (m_any_psc) {
     cycles += m_psc_latency;
-    for (unsigned l = 2; l <= d.levels; ++l) {
+    for (unsigned l = 2; l <= d.mode.levels; ++l) {
       mmu::Psc& psc = *m_psc[l - 2];
       if (!psc.enabled()) continue;
       const mmu::PscEntry* e = psc.lookup(addr, tag);
@@ -245,7 +245,7 @@ Iommu::SlStep Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, 
       return out;
     }
     const bool ps = (entry & sl::kPageSize) != 0;
-    if (ps && level >= 4) {  // no 512 GiB pages
+    if (ps && level > d.mode.largest_leaf) {  // no 512 GiB pages
       out.status = SlStep::Status::Reserved;
       return out;
     }

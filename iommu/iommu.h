@@ -403,7 +403,7 @@ class Iommu {
     std::uint16_t did = 0;
     std::uint8_t pgtt = 0;
     std::uint8_t aw = 0;         // second-level AW encoding
-    std::uint8_t fl_levels = 4;  // 4 or 5 (FLPM)
+    mmu::PagingMode fl_mode{4, 3};  // first level: 4 or 5 levels (FLPM), pages up to 1 GiB
     std::uint64_t slptptr = 0;
     std::uint64_t flptr = 0;
     bool slade = false, sre = false, wpe = false, fpd = false;
@@ -414,9 +414,12 @@ class Iommu {
   struct SlDomain {
     std::uint16_t did = 0;
     std::uint64_t slptptr = 0;
-    unsigned levels = 4;
+    mmu::PagingMode mode{4, 3};  // 3 to 5 levels (AW), pages up to 1 GiB
     bool slade = false;
   };
+  static SlDomain sl_domain(std::uint16_t did, std::uint64_t slptptr, unsigned aw, bool slade) {
+    return SlDomain{did, slptptr, mmu::PagingMode{static_cast<std::uint8_t>(ctx::aw_levels(aw)), 3}, slade};
+  }
   /// Outcome of one second-level walk.
   struct SlStep {
     enum class Status : std::uint8_t { Ok, Denied, Reserved } status = Status::Ok;

@@ -118,7 +118,7 @@ FaultReason Iommu::lookup_pasid(const CachedContext& c, std::uint32_t pasid, Cac
   p.did = pasid_entry::did(e);
   p.pgtt = static_cast<std::uint8_t>(pgtt);
   p.aw = static_cast<std::uint8_t>(aw);
-  p.fl_levels = static_cast<std::uint8_t>(4 + flpm);
+  p.fl_mode = mmu::PagingMode{static_cast<std::uint8_t>(4 + flpm), 3};
   p.slptptr = e.w[0] & pasid_entry::kSlptptrMask;
   p.flptr = e.w[2] & pasid_entry::kFlptrMask;
   p.slade = (e.w[0] & pasid_entry::kSlade) != 0;
@@ -159,7 +159,7 @@ TranslateResult Iommu::translate_sm(const DmaRequest& req, std::uint64_t& hpa, s
   // Supervisor requests need SRE in first-level translation (SPT.6, 5Dh).
   if (fl && privileged && !p.sre)
     return fault(req, pasid, FaultReason::kSmSupervisorDisabled, FaultStage::kContext, fpd);
-  if (fl && !canonical(req.address, p.fl_levels))
+  if (fl && !canonical(req.address, p.fl_mode.levels))
     return fault(req, pasid, FaultReason::kSmNonCanonical, FaultStage::kFirstLevel, fpd);
   if (!fl && (req.address >> ctx::aw_bits(p.aw)) != 0)
     return fault(req, pasid, FaultReason::kSmAddressBeyondAw, FaultStage::kSecondLevel, fpd);
@@ -185,7 +185,7 @@ TranslateResult Iommu::translate_sm(const DmaRequest& req, std::uint64_t& hpa, s
   if (fl) {
     r = fl_walk(p, tag, req, privileged, w, stage, cycles);
   } else {
-    const SlStep s = sl_walk(SlDomain{p.did, p.slptptr, ctx::aw_levels(p.aw), p.slade}, req.address, write, cycles);
+    const SlStep s = sl_walk(sl_domain(p.did, p.slptptr, p.aw, p.slade), req.address, write, cycles);
     if (s.status == SlStep::Status::Ok) {
       w.hpa = s.hpa;
       w.shift = s.shift;
@@ -220,10 +220,10 @@ FaultReason Iommu::fl_walk(const CachedPasid& p, const mmu::TlbTag& tag, const D
   ++m_stats.fl_walks;
   const bool nested = p.pgtt == pasid_entry::kPgttNested;
   if (nested) ++m_stats.nested_walks;
-  const SlDomain d{p.did, p.slptptr, ctx::aw_levels(p.aw), p.slade};
+  const SlDomain d = sl_domain(p.did, p.slptptr, p.aw, p.slade);
   const std::uint64_t va = req.address;
   const bool write = req.access == DmaAccess::Write;
-  const unsigned levels = p.fl_levels;
+  const unsigned levels = p.fl_mode.levels;
 
   unsigned start = levels;
   std::uint64_t table_gpa = p.flptr;  // guest-physical with nested translation, else host-physical
@@ -280,7 +280,7 @@ FaultReason Iommu::fl_walk(const CachedPasid& p, const mmu::TlbTag& tag, const D
       return FaultReason::kSmFlNotPresent;
     }
     const bool ps = (entry & pte::kPageSize) != 0 && level > 1;
-    if (ps && level > 3) {  // no 512 GiB pages (PS is reserved in PML4E/PML5E)
+    if (ps && level > p.fl_mode.largest_leaf) {  // no 512 GiB pages (PS is reserved in PML4E/PML5E)
       stage = FaultStage::kFirstLevel;
       return FaultReason::kSmFlReserved;
     }

@@ -582,3 +582,46 @@ TEST_CASE("FPD in the PASID entry suppresses recording", "[iommu][sm][faults]") 
   CHECK((o.r.reason == FaultReason::kSmFlNotPresent && v.iommu.fault_log().empty()));
   CHECK(v.st().faults_suppressed.value() == 1);
 }
+
+TEST_CASE("S19: a device streams DMA to PASID-tagged guest-virtual addresses through both stages",
+          "[iommu][sm][nested][s19]") {
+  Sm v(pe::kPgttNested);  // default caches
+  v.attach();
+  constexpr unsigned kPages = 16, kBursts = 4;  // 4 x 64-byte writes per 4 KiB page
+  const std::uint64_t va = kLa4 & ~0xFFFull;
+  for (unsigned i = 0; i < kPages; ++i) {
+    v.h.guest_map(va + i * 0x1000, kDataGpa + i * 0x1000, 12);
+    v.h.ept_map(kDataGpa + i * 0x1000, kDataHpa + i * 0x1000, 12);
+  }
+  for (unsigned i = 0; i < kPages; ++i)
+    for (unsigned b = 0; b < kBursts; ++b) {
+      auto o = v.dma(va + i * 0x1000 + b * 64, DmaAccess::Write);
+      REQUIRE(o.r.ok());
+      CHECK(o.hpa == kDataHpa + i * 0x1000 + b * 64);
+    }
+  // Both stages walked: the first page costs 14 references (see the walk
+  // cache test), every later one 2 (first-level PTE through the first-level
+  // PDE cache, final second-level PTE through the second-level PDE cache).
+  CHECK((v.st().walks.value() == kPages && v.st().nested_walks.value() == kPages));
+  CHECK(v.st().refs_first_level.value() == 4 + (kPages - 1));
+  CHECK(v.st().refs_second_level.value() == 10 + (kPages - 1));
+  CHECK((v.st().walk_refs.max() == 14 && v.st().walk_refs.min() == 2 && v.st().walk_refs.sum() == 14 + 2 * (kPages - 1)));
+  // The IOTLB caches the combined translation: one miss per page.
+  CHECK((v.iommu.iotlb().stats().misses.value() == kPages &&
+         v.iommu.iotlb().stats().hits.value() == kPages * (kBursts - 1)));
+  CHECK((v.st().pasid_hits.value() == kPages * kBursts - 1 && v.st().faults.value() == 0));
+  for (unsigned i = 0; i < kPages; ++i) CHECK((v.h.guest_entry(va + i * 0x1000, 1) & pte::kDirty) != 0);
+
+  // Faults at the right stage: a guest page the guest unmapped (first
+  // level), and one the hypervisor took away (second level).
+  v.h.set_guest_entry(va + 0x3000, 1, 0);
+  v.iommu.pasid_iotlb_invalidate_page(kDid, kPasid, va + 0x3000);
+  v.h.mem.poke(v.h.ept_entry(kDataGpa + 0x5000, 1), 0);
+  v.iommu.iotlb_invalidate_domain(kDid);
+  auto f1 = v.dma(va + 0x3000, DmaAccess::Write);
+  auto f2 = v.dma(va + 0x5000, DmaAccess::Write);
+  CHECK((f1.r.reason == FaultReason::kSmFlNotPresent && f1.r.stage == FaultStage::kFirstLevel));
+  CHECK((f2.r.reason == FaultReason::kSmWriteDenied && f2.r.stage == FaultStage::kSecondLevel));
+  CHECK((v.st().faults_first_level.value() == 1 && v.st().faults_second_level.value() == 1));
+  CHECK(v.dma(va + 0x4000, DmaAccess::Write).r.ok());
+}
