@@ -625,3 +625,22 @@ TEST_CASE("S19: a device streams DMA to PASID-tagged guest-virtual addresses thr
   CHECK((v.st().faults_first_level.value() == 1 && v.st().faults_second_level.value() == 1));
   CHECK(v.dma(va + 0x4000, DmaAccess::Write).r.ok());
 }
+
+TEST_CASE("requests without PASID take RID_PASID and RID_PRIV from the context entry", "[iommu][sm]") {
+  const bool rid_priv = GENERATE(false, true);
+  Sm v(pe::kPgttFirstLevel);
+  v.set_context(kDev, smctx::make(v.h.alloc_host(), 0, kPasid, true, false, rid_priv));
+  v.attach(kDev, kPasid);
+  v.h.guest_map(kLa4, kDataHpa, 12, pte::kPresent | pte::kWritable);  // supervisor page
+  DmaRequest q;
+  q.requester_id = kDev;
+  q.address = kLa4;
+  auto o = v.dma(q);
+  if (rid_priv) {
+    CHECK((o.r.ok() && o.hpa == kDataHpa + kDataOff));
+  } else {
+    CHECK(o.r.reason == FaultReason::kSmUserSupervisor);
+    REQUIRE(v.iommu.fault_log().size() == 1);
+    CHECK((v.iommu.fault_log()[0].pasid == kPasid && !v.iommu.fault_log()[0].privileged));
+  }
+}
