@@ -1,24 +1,18 @@
 #include "iommu/iommu.h"
 
+#include <stdexcept>
+
 #include "mmu/paging.h"
 
 namespace vmx::iommu {
 
 namespace {
-// Rights cached in IOTLB entries: W as mmu::TlbPerm::kWritable, R in a bit
-// above kDirty (mmu::Tlb carries those untouched).
-constexpr std::uint8_t kPermWrite = mmu::kWritable;
-constexpr std::uint8_t kPermRead = mmu::perm::kEptRead;
-
-mmu::TlbTag domain_tag(std::uint16_t did) {
-  mmu::TlbTag t;
-  t.vpid = did;  // the domain ID is the only IOTLB / paging-structure-cache tag (6.2)
-  return t;
-}
+constexpr std::uint8_t kPermWrite = iotlb_perm::kWrite;
+constexpr std::uint8_t kPermRead = iotlb_perm::kRead;
 }  // namespace
 
 IommuStats::IommuStats(stats::Group* parent, const std::string& name)
-    : stats::Group(parent, name, "DMA remapping unit (Intel VT-d, legacy mode)") {}
+    : stats::Group(parent, name, "DMA remapping unit (Intel VT-d, legacy and scalable mode)") {}
 
 stats::Counter& IommuStats::refs_sl(unsigned level) {
   switch (level) {
@@ -30,8 +24,39 @@ stats::Counter& IommuStats::refs_sl(unsigned level) {
   }
 }
 
+stats::Counter& IommuStats::refs_fl_level(unsigned level) {
+  switch (level) {
+    case 5: return refs_fl5;
+    case 4: return refs_fl4;
+    case 3: return refs_fl3;
+    case 2: return refs_fl2;
+    default: return refs_fl1;
+  }
+}
+
 stats::Counter& IommuStats::by_reason(FaultReason r) {
   switch (r) {
+    case FaultReason::kSmLegacyPasid: return fault_sm_legacy_pasid;
+    case FaultReason::kSmRootNotPresent: return fault_sm_root_not_present;
+    case FaultReason::kSmContextNotPresent: return fault_sm_context_not_present;
+    case FaultReason::kSmPasidDisabled: return fault_sm_pasid_disabled;
+    case FaultReason::kSmPasidTooLarge: return fault_sm_pasid_too_large;
+    case FaultReason::kSmPasidDirNotPresent: return fault_sm_pasid_dir_not_present;
+    case FaultReason::kSmPasidNotPresent: return fault_sm_pasid_not_present;
+    case FaultReason::kSmPasidInvalid: return fault_sm_pasid_invalid;
+    case FaultReason::kSmSupervisorDisabled: return fault_sm_supervisor_disabled;
+    case FaultReason::kSmFlNotPresent: return fault_sm_fl_not_present;
+    case FaultReason::kSmFlReserved: return fault_sm_fl_reserved;
+    case FaultReason::kSmNestedFlptrDenied: return fault_sm_nested_flptr_denied;
+    case FaultReason::kSmNestedFlTableDenied: return fault_sm_nested_fl_table_denied;
+    case FaultReason::kSmNestedFlAdDenied: return fault_sm_nested_fl_ad_denied;
+    case FaultReason::kSmSlReserved: return fault_sm_sl_reserved;
+    case FaultReason::kSmNonCanonical: return fault_sm_non_canonical;
+    case FaultReason::kSmUserSupervisor: return fault_sm_user_supervisor;
+    case FaultReason::kSmExecuteDenied: return fault_sm_execute_denied;
+    case FaultReason::kSmAddressBeyondAw: return fault_sm_address_beyond_aw;
+    case FaultReason::kSmWriteDenied: return fault_sm_write_denied;
+    case FaultReason::kSmReadDenied: return fault_sm_read_denied;
     case FaultReason::kRootNotPresent: return fault_root_not_present;
     case FaultReason::kContextNotPresent: return fault_context_not_present;
     case FaultReason::kContextInvalid: return fault_context_invalid;
@@ -58,19 +83,44 @@ Iommu::Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* par
       if (p.latency > m_psc_latency) m_psc_latency = p.latency;
     }
   }
+  mmu::check_geometry(name + ".pasid_cache", params.pasid_cache.entries, params.pasid_cache.ways);
+  m_pasid.init(params.pasid_cache.entries, params.pasid_cache.ways);
+  static const char* const kFlPscNames[] = {"fl_pde", "fl_pdpte", "fl_pml4e", "fl_pml5e"};
+  for (unsigned level = 2; level <= 5; ++level) {
+    const mmu::PscParams& p = params.fl_psc.level(level);
+    m_fl_psc.push_back(std::make_unique<mmu::Psc>(p, level, &m_stats, kFlPscNames[level - 2]));
+    if (p.enabled) {
+      m_any_fl_psc = true;
+      if (p.latency > m_fl_psc_latency) m_fl_psc_latency = p.latency;
+    }
+  }
   m_faults.reserve(params.fault_records);
 }
 
-TranslateResult Iommu::translate(std::uint16_t rid, std::uint64_t iova, DmaAccess access, std::uint64_t& hpa,
-                                 std::uint32_t& cycles) {
+void Iommu::set_root_table(std::uint64_t reg) {
+  const unsigned ttm = rtaddr::ttm(reg);
+  if (ttm != rtaddr::kTtmLegacy && ttm != rtaddr::kTtmScalable)
+    throw std::invalid_argument("iommu: RTADDR_REG.TTM = " + std::to_string(ttm) +
+                                " is not supported (00b legacy and 01b scalable mode are)");
+  m_rtaddr = reg & root::kCtpMask;
+  m_scalable = ttm == rtaddr::kTtmScalable;
+}
+
+TranslateResult Iommu::translate(const DmaRequest& req, std::uint64_t& hpa, std::uint32_t& cycles) {
   if (!m_enabled) {
-    hpa = iova;
+    hpa = req.address;
     return {};
   }
   ++m_stats.translations;
+  if (m_scalable) return translate_sm(req, hpa, cycles);
+  const std::uint16_t rid = req.requester_id;
+  const std::uint64_t iova = req.address;
+  const DmaAccess access = req.access;
+  // Requests-with-PASID need scalable mode (VT-d 3.x, fault reason 31h).
+  if (req.has_pasid) return fault(req, req.pasid, FaultReason::kSmLegacyPasid, FaultStage::kContext, false);
   CachedContext c;
   FaultReason r = lookup_context(rid, c, cycles);
-  if (r != FaultReason::kNone) return fault(rid, iova, access, r, false);
+  if (r != FaultReason::kNone) return fault(req, 0, r, FaultStage::kContext, false);
   if (c.tt == ctx::kTtPassThrough) {
     ++m_stats.passthrough;
     hpa = iova;
@@ -78,7 +128,7 @@ TranslateResult Iommu::translate(std::uint16_t rid, std::uint64_t iova, DmaAcces
   }
   // 3.6: the input address must fit the domain's adjusted guest address width.
   if (ctx::aw_bits(c.aw) < 64 && (iova >> ctx::aw_bits(c.aw)) != 0)
-    return fault(rid, iova, access, FaultReason::kAddressBeyondAw, c.fpd);
+    return fault(req, 0, FaultReason::kAddressBeyondAw, FaultStage::kSecondLevel, c.fpd);
 
   cycles += m_iotlb.latency();
   const std::uint8_t need = access == DmaAccess::Write ? kPermWrite : kPermRead;
@@ -92,13 +142,13 @@ TranslateResult Iommu::translate(std::uint16_t rid, std::uint64_t iova, DmaAcces
   const std::uint32_t walk_start = cycles;
   r = walk(c, iova, access, hpa, cycles);
   m_stats.walk_cycles += cycles - walk_start;
-  if (r != FaultReason::kNone) return fault(rid, iova, access, r, c.fpd);
+  if (r != FaultReason::kNone) return fault(req, 0, r, FaultStage::kSecondLevel, c.fpd);
   return {};
 }
 
 FaultReason Iommu::lookup_context(std::uint16_t rid, CachedContext& out, std::uint32_t& cycles) {
   cycles += m_params.context_cache.latency;
-  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext&) { return true; })) {
+  if (const CachedContext* c = m_ctx.find(rid, rid, [](const CachedContext& e) { return !e.scalable; })) {
     ++m_stats.context_hits;
     out = *c;
     return FaultReason::kNone;
@@ -123,7 +173,7 @@ FaultReason Iommu::lookup_context(std::uint16_t rid, CachedContext& out, std::ui
     return FaultReason::kContextInvalid;
 
   bool evicted = false;
-  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext&) { return true; }, evicted);
+  CachedContext& c = m_ctx.place(rid, rid, [](const CachedContext& e) { return !e.scalable; }, evicted);
   c.rid = rid;
   c.did = ctx::did(hi);
   c.slptptr = lo & ctx::kSlptptrMask;
@@ -138,20 +188,37 @@ FaultReason Iommu::lookup_context(std::uint16_t rid, CachedContext& out, std::ui
 FaultReason Iommu::walk(const CachedContext& c, std::uint64_t iova, DmaAccess access, std::uint64_t& hpa,
                         std::uint32_t& cycles) {
   ++m_stats.walks;
-  const mmu::TlbTag tag = domain_tag(c.did);
-  const unsigned levels = ctx::aw_levels(c.aw);
-  const std::uint64_t need = access == DmaAccess::Write ? sl::kWrite : sl::kRead;
-  unsigned level = levels;
-  std::uint64_t table = c.slptptr;
+  const bool write = access == DmaAccess::Write;
+  m_walk_refs = 0;
+  const SlStep s = sl_walk(sl_domain(c.did, c.slptptr, c.aw, false), iova, write, cycles);
+  m_stats.walk_refs.sample(m_walk_refs);
+  if (s.status == SlStep::Status::Reserved) return FaultReason::kSlEntryReserved;
+  // An entry with R = W = 0 is not present; either way the request lacks
+  // the right (fault reasons 5h/6h).
+  if (s.status == SlStep::Status::Denied) return write ? FaultReason::kWriteDenied : FaultReason::kReadDenied;
+  hpa = s.hpa;
+  const std::uint8_t perms = static_cast<std::uint8_t>(((s.rights & sl::kRead) ? kPermRead : 0) |
+                                                       ((s.rights & sl::kWrite) ? kPermWrite : 0));
+  m_iotlb.insert(iova, hpa, perms, false, domain_tag(c.did), s.shift);
+  return FaultReason::kNone;
+}
+
+Iommu::SlStep Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles) {
+  ++m_stats.sl_walks;
+  SlStep out;
+  const mmu::TlbTag tag = domain_tag(d.did);
+  const std::uint64_t need = write ? sl::kWrite : sl::kRead;
+  unsigned level = d.mode.levels;
+  std::uint64_t table = d.slptptr;
   std::uint64_t rights = sl::kRw;  // R/W ANDed down the walk (3.7)
 
   // Paging-structure caches, longest match first, looked up in parallel.
   if (m_any_psc) {
     cycles += m_psc_latency;
-    for (unsigned l = 2; l <= levels; ++l) {
+    for (unsigned l = 2; l <= d.mode.levels; ++l) {
       mmu::Psc& psc = *m_psc[l - 2];
       if (!psc.enabled()) continue;
-      const mmu::PscEntry* e = psc.lookup(iova, tag);
+      const mmu::PscEntry* e = psc.lookup(addr, tag);
       if (!e) continue;
       if ((e->perms & need) == need) {
         table = e->next_hpa;
@@ -162,50 +229,90 @@ FaultReason Iommu::walk(const CachedContext& c, std::uint64_t iova, DmaAccess ac
     }
   }
 
-  std::uint64_t next[6] = {}, acc[6] = {};  // fills for the caches, by level
+  std::uint64_t next[6] = {}, acc[6] = {}, where[6] = {}, value[6] = {};  // by level
   const unsigned first = level;
   for (;; --level) {
-    const std::uint64_t entry = m_mem.read_entry(table + mmu::table_index(iova, level) * 8, cycles);
+    const std::uint64_t pa = table + mmu::table_index(addr, level) * 8;
+    const std::uint64_t entry = m_mem.read_entry(pa, cycles);
     ++m_stats.refs_sl(level);
+    ++m_stats.refs_second_level;
+    ++m_walk_refs;
+    where[level] = pa;
+    value[level] = entry;
     rights &= entry & sl::kRw;
-    // An entry with R = W = 0 is not present; either way the request lacks
-    // the right (fault reasons 5h/6h).
-    if (!(rights & need)) return access == DmaAccess::Write ? FaultReason::kWriteDenied : FaultReason::kReadDenied;
+    if (!(rights & need)) {
+      out.status = SlStep::Status::Denied;
+      return out;
+    }
     const bool ps = (entry & sl::kPageSize) != 0;
-    if (ps && level >= 4) return FaultReason::kSlEntryReserved;  // no 512 GiB pages
+    if (ps && level > d.mode.largest_leaf) {  // no 512 GiB pages
+      out.status = SlStep::Status::Reserved;
+      return out;
+    }
     if (level == 1 || ps) {
       const unsigned shift = mmu::level_shift(level);
       const std::uint64_t mask = (1ull << shift) - 1;
-      hpa = ((entry & sl::kAddrMask) & ~mask) | (iova & mask);
-      const std::uint8_t perms = static_cast<std::uint8_t>(((rights & sl::kRead) ? kPermRead : 0) |
-                                                           ((rights & sl::kWrite) ? kPermWrite : 0));
-      m_iotlb.insert(iova, hpa, perms, false, tag, shift);
+      out.hpa = ((entry & sl::kAddrMask) & ~mask) | (addr & mask);
+      out.shift = static_cast<std::uint8_t>(shift);
       break;
     }
     table = entry & sl::kAddrMask;
     next[level] = table;
     acc[level] = rights;
   }
+  out.rights = static_cast<std::uint8_t>(rights | kSlLeafDirty);
+  // Second-level accessed/dirty flags (scalable mode, PASID entry SLADE = 1;
+  // VT-d 3.x 3.7.2 with the EPT rule of SDM Vol. 3C, 29.3.5): A in every
+  // entry read, D in the leaf for a write; entries above `first` came from
+  // the caches and had A set when they were filled.
+  if (d.slade) {
+    for (unsigned l = first; l >= level; --l) {
+      std::uint64_t nv = value[l] | sl::kAccessed;
+      if (l == level && write) nv |= sl::kDirty;
+      if (nv != value[l]) {
+        m_mem.write_entry(where[l], nv, cycles);
+        ++m_stats.ad_updates;
+        value[l] = nv;
+      }
+    }
+    if (!(value[level] & sl::kDirty)) out.rights = static_cast<std::uint8_t>(out.rights & ~kSlLeafDirty);
+  }
   // Fill the caches with the non-leaf entries read by this walk.
   for (unsigned l = first; l > level; --l) {
     mmu::Psc& psc = *m_psc[l - 2];
-    if (psc.enabled()) psc.insert(iova, tag, next[l], next[l], static_cast<std::uint8_t>(acc[l]), 0);
+    if (psc.enabled()) psc.insert(addr, tag, next[l], next[l], static_cast<std::uint8_t>(acc[l]), 0);
   }
-  return FaultReason::kNone;
+  return out;
 }
 
-TranslateResult Iommu::fault(std::uint16_t rid, std::uint64_t iova, DmaAccess access, FaultReason r, bool fpd) {
+TranslateResult Iommu::fault(const DmaRequest& req, std::uint32_t pasid, FaultReason r, FaultStage stage,
+                             bool fpd) {
   ++m_stats.faults;
   ++m_stats.by_reason(r);
+  if (stage == FaultStage::kFirstLevel) ++m_stats.faults_first_level;
+  if (stage == FaultStage::kNestedTable) ++m_stats.faults_nested_table;
+  if (stage == FaultStage::kSecondLevel) ++m_stats.faults_second_level;
   if (fpd) {
     ++m_stats.faults_suppressed;
   } else if (m_faults.size() < m_params.fault_records) {
-    m_faults.push_back(FaultRecord{rid, iova, access, r});
+    FaultRecord rec;
+    rec.requester_id = req.requester_id;
+    rec.address = req.address;
+    rec.access = req.access;
+    rec.reason = r;
+    rec.stage = stage;
+    // The record shows the PASID the translation used: the request's, or
+    // RID_PASID for a request without one in scalable mode.
+    rec.has_pasid = req.has_pasid || m_scalable;
+    rec.pasid = req.has_pasid ? req.pasid : pasid;
+    rec.privileged = req.privileged;
+    rec.execute = req.execute;
+    m_faults.push_back(rec);
     ++m_stats.faults_recorded;
   } else {
     ++m_stats.fault_overflows;
   }
-  return TranslateResult{TranslateResult::Status::Fault, r};
+  return TranslateResult{TranslateResult::Status::Fault, r, stage};
 }
 
 bool Iommu::pop_fault(FaultRecord& out) {
@@ -219,12 +326,14 @@ void Iommu::iotlb_invalidate_global() {
   ++m_stats.invalidations;
   m_iotlb.flush_all();
   for (auto& p : m_psc) p->flush_all();
+  for (auto& p : m_fl_psc) p->flush_all();
 }
 
 void Iommu::iotlb_invalidate_domain(std::uint16_t did) {
   ++m_stats.invalidations;
   m_iotlb.flush_vpid(did);
   for (auto& p : m_psc) p->flush_vpid(did);
+  for (auto& p : m_fl_psc) p->flush_vpid(did);
 }
 
 void Iommu::iotlb_invalidate_page(std::uint16_t did, std::uint64_t addr, unsigned am, bool ih) {
@@ -236,8 +345,10 @@ void Iommu::iotlb_invalidate_page(std::uint16_t did, std::uint64_t addr, unsigne
   const std::uint64_t pages = 1ull << am;
   const std::uint64_t base = addr & ~((pages << 12) - 1);
   for (std::uint64_t i = 0; i < pages; ++i) m_iotlb.flush_address(base + (i << 12), did);
-  if (!ih)
+  if (!ih) {
     for (auto& p : m_psc) p->flush_vpid(did);
+    for (auto& p : m_fl_psc) p->flush_vpid(did);
+  }
 }
 
 void Iommu::context_invalidate_global() {
@@ -247,7 +358,9 @@ void Iommu::context_invalidate_global() {
 
 void Iommu::context_invalidate_domain(std::uint16_t did) {
   ++m_stats.invalidations;
-  m_ctx.invalidate_if([did](const CachedContext& c) { return c.did == did; });
+  // Scalable-mode context entries carry no domain ID (it is in the PASID
+  // entries): a domain-selective invalidation drops them all, a superset.
+  m_ctx.invalidate_if([did](const CachedContext& c) { return c.scalable || c.did == did; });
 }
 
 void Iommu::context_invalidate_device(std::uint16_t sid, unsigned fm) {
