@@ -333,6 +333,7 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
 
 void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   charge(c, m_p.costs.page_fault, kCodeFault);
+  ++m_page_faults;
   std::uint64_t addr = c.read_cr(2);
   auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
   if (!t) panic(c, fmt::format("kernel page fault at {:#x} (error code {:#x})", addr, error_code));
@@ -341,8 +342,10 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
                              [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
   // A write to a present read-only page of a writable region: copy-on-write.
   if (region != p.regions.end() && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) &&
-      p.page_size == kPage && cow_fault(c, p, addr))
+      p.page_size == kPage && cow_fault(c, p, addr)) {
+    ++m_cow_faults;
     return;
+  }
   if (region == p.regions.end() || (error_code & mmu::pfec::kPresent)) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;

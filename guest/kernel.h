@@ -265,6 +265,8 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   std::uint64_t m_seed;
   RunControl* m_control;
   stats::Group m_stats;
+  stats::Counter m_page_faults{&m_stats, "page_faults", "faults", "page faults the kernel handled"};
+  stats::Counter m_cow_faults{&m_stats, "cow_faults", "faults", "of those, copy-on-write faults resolved"};
   std::vector<std::unique_ptr<Vcpu>> m_vcpus;
   std::vector<std::unique_ptr<Process>> m_processes;
   std::vector<std::unique_ptr<Thread>> m_threads;
