@@ -32,7 +32,7 @@ struct FakeMsiSink final : models::MsiSink {
 /// A bus master for tests: reads and writes through its socket, as DMA (with
 /// a DmaContext) or as MMIO (without), and waits out the annotated delay.
 struct TestInitiator : sc_core::sc_module {
-  tlm_utils::simple_initiator_socket<TestInitiator> socket{"socket"};
+  tlm_utils::simple_initiator_socket_optional<TestInitiator> socket{"socket"};  // unbound: a plain test thread
   /// What the initiator's thread runs once simulation starts.
   std::function<void()> body;
 
