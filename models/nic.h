@@ -103,7 +103,7 @@ struct NicParams {
     using cfg::Spec;
     using cfg::Unit;
     v.param(vfs, "vfs", "4", Spec().at_most(255),
-            "Virtual functions enabled (SR-IOV NumVFs). Default: 4 (assumption; Intel's 82599 supports 63).");
+            "Virtual functions enabled (SR-IOV NumVFs). Default: 4 (assumption; an Intel 82599 port offers up to 63).");
     v.param(bus, "bus", "1", Spec().at_most(255), "PCI bus of the PF (the first bus below the root port).");
     v.param(device, "device", "0", Spec().at_most(31), "PCI device number of the PF.");
     v.param(first_vf_offset, "first_vf_offset", "1", Spec().at_least(1).at_most(65535),
@@ -120,8 +120,8 @@ struct NicParams {
             "one VF into one guest). Default: 4 KiB.");
     v.param(rx_fifo, "rx_fifo", "64", Spec().at_least(1),
             "Frames the receive FIFO holds while descriptors are being fetched; arrivals beyond it are "
-            "dropped. Default: 64 (assumption: a 512 KiB Rx packet buffer of 9 KB jumbo frames, as the 82599 "
-            "datasheet gives 512 KB of Rx buffer).");
+            "dropped. Default: 64 (assumption: about what the 512 KB receive packet buffer of an Intel 82599 "
+            "holds in 8 KB frames).");
   }
 };
 

@@ -11,9 +11,12 @@
 #include <cmath>
 #include <memory>
 
+#include "cpu/core.h"
 #include "models/dma_harness.h"
 #include "models/net_peer.h"
+#include "models/platform.h"
 #include "models/root_complex.h"
+#include "sim/fiber.h"
 
 using namespace vmx;
 using models::Nic;
@@ -464,4 +467,95 @@ TEST_CASE("IOMMU: a VF's DMA outside its domain is blocked, logged, stops the fu
   CHECK(log[1].address == 0x9000'0000);
   CHECK(b.rc->requester_stats(b.nic->requester(attacker))->blocked.value() == 2);
   CHECK(b.nic->function_stats(victim).dma_faults.value() == 0);
+}
+
+// --- Platform wiring --------------------------------------------------------
+
+namespace {
+struct Receiver : cpu::InterruptHandler {
+  std::vector<std::uint8_t> vectors;
+  void interrupt(cpu::Core& c, std::uint8_t vector) override {
+    vectors.push_back(vector);
+    c.wrmsr(cpu::msr::kX2ApicEoi, 0);
+  }
+  void exception(cpu::Core&, std::uint8_t, std::uint32_t) override { std::abort(); }
+};
+}  // namespace
+
+TEST_CASE("platform: nic.enabled builds root complex, IOMMU, NIC, link and peer; MMIO, DMA and MSIs flow") {
+  stats::Group root;
+  auto p = cfg::defaults<models::PlatformParams>();
+  p.cores = 2;
+  p.memory = 64ull << 20;
+  p.nic.enabled = true;
+  p.nic.device.vfs = 2;
+  p.nic.peer.mode = "generate";
+  p.nic.peer.arrivals = "constant";
+  p.nic.peer.rate = 1e5;
+  p.nic.peer.count = 3;
+  p.nic.peer.start = 50'000'000;  // 50 us, once the driver is done
+  p.nic.peer.dest_function = 1;   // VF 0
+  models::Platform platform(p, &root);
+  REQUIRE(platform.nic());
+  REQUIRE(platform.iommu());
+  CHECK_FALSE(platform.iommu()->enabled());
+  Receiver rx;
+  sim::Fiber idle("idle", [&] {
+    cpu::Core& c = cpu::Core::current();
+    c.lidt(&rx);
+    c.sti();
+    for (;;) c.hlt();
+  });
+  platform.core(1).set_reset_fiber(&idle);
+  models::Nic& nic = *platform.nic();
+  auto mmio = [&](unsigned f, std::uint32_t off, std::uint32_t v) {
+    tlm::tlm_generic_payload t;
+    t.set_command(tlm::TLM_WRITE_COMMAND);
+    t.set_address(nic.window(f) + off);
+    t.set_data_ptr(reinterpret_cast<unsigned char*>(&v));
+    t.set_data_length(4);
+    t.set_streaming_width(4);
+    sc_time d = sc_core::SC_ZERO_TIME;
+    platform.root_complex()->mmio(t, d);
+    REQUIRE(t.is_response_ok());
+  };
+  const std::uint64_t ring = 0x100000, bufs = 0x200000;
+  for (unsigned i = 0; i < 8; ++i) {
+    platform.memory().write(ring + i * 16, bufs + i * 0x1000, 8);
+    platform.memory().write(ring + i * 16 + 8, 2048, 4);
+  }
+  test::TestInitiator driver("driver");
+  test::run(
+      driver,
+      [&] {
+        mmio(1, reg::kRxBaseLo, std::uint32_t(ring));
+        mmio(1, reg::kRxSize, 8);
+        mmio(1, reg::kRxTail, 7);
+        mmio(1, reg::kCtrl, reg::kCtrlRxEn);
+        mmio(1, reg::kMsixAddrLo, 0xFEE01000);  // destination APIC ID 1
+        mmio(1, reg::kMsixData, 0x51);
+        mmio(1, reg::kIntEnable, reg::kCauseRx);
+        mmio(1, reg::kMsixCtrl, 0);
+      },
+      sc_time(200, sc_core::SC_US));
+  CHECK(nic.function_stats(1).rx_packets.value() == 3);
+  CHECK(rx.vectors == std::vector<std::uint8_t>{0x51, 0x51, 0x51});
+  CHECK(platform.memory().read(ring + 2 * 16 + 10, 2) == models::nicdesc::kDd);
+  const auto* s = dynamic_cast<const stats::Counter*>(root.find("system.nic.vf0.rx_packets"));
+  REQUIRE(s);
+  CHECK(s->value() == 3);
+  CHECK(root.find("system.root_complex.dma_writes"));
+  CHECK(root.find("system.link.peer_to_nic.packets"));
+  CHECK(root.find("system.iommu.translations"));
+}
+
+TEST_CASE("platform: without nic.enabled there are no I/O blocks") {
+  stats::Group root;
+  auto p = cfg::defaults<models::PlatformParams>();
+  p.memory = 64ull << 20;
+  models::Platform platform(p, &root);
+  CHECK(platform.nic() == nullptr);
+  CHECK(platform.root_complex() == nullptr);
+  CHECK(platform.iommu() == nullptr);
+  CHECK(root.find("system.nic") == nullptr);
 }
