@@ -26,7 +26,11 @@ struct FakeMsiSink final : models::MsiSink {
     sc_core::sc_time at;
   };
   std::vector<Rec> got;
-  void msi(const models::MsiMessage& m) override { got.push_back({m, sc_core::sc_time_stamp()}); }
+  sc_core::sc_event fired;  // notified on every message, for test threads to wait on
+  void msi(const models::MsiMessage& m) override {
+    got.push_back({m, sc_core::sc_time_stamp()});
+    fired.notify(sc_core::SC_ZERO_TIME);
+  }
 };
 
 /// A bus master for tests: reads and writes through its socket, as DMA (with

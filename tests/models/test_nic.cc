@@ -35,8 +35,8 @@ std::uint64_t dma_ns(std::uint64_t n) { return kMemLat + (n + 15) / 16; }
 constexpr std::uint64_t kMsiAddr = 0xFEE00000;
 
 struct Bench {
-  explicit Bench(unsigned vfs = 3, bool with_iommu = false, bool with_peer = false,
-                 const char* peer_mode = "echo")
+  /// With peer parameters the far end is a NetPeer, else a TestEndpoint.
+  explicit Bench(unsigned vfs = 3, bool with_iommu = false, const models::NetPeerParams* pp = nullptr)
       : mem(64ull << 20), rc_params(cfg::defaults<models::RootComplexParams>()) {
     rc_params.frequency = 1'000'000'000;
     rc_params.memory_latency = kMemLat;
@@ -54,10 +54,8 @@ struct Bench {
     nic->dma.bind(rc->dma);
     rc->bind_msi_sink(&msi);
     nic->attach_link(*link);
-    if (with_peer) {
-      auto pp = cfg::defaults<models::NetPeerParams>();
-      pp.mode = peer_mode;
-      peer = std::make_unique<models::NetPeer>("peer", pp, &root);
+    if (pp) {
+      peer = std::make_unique<models::NetPeer>("peer", *pp, &root);
       peer->attach_link(*link);
       link->bind(*nic, "nic", *peer, "peer");
     } else {
@@ -348,7 +346,9 @@ TEST_CASE("MSI-X: a masked vector sets its pending bit, unmasking sends the mess
 }
 
 TEST_CASE("echo round trip: 2 x link latency + 2 x serialization + peer processing, plus the DMAs") {
-  Bench b(3, false, true, "echo");
+  auto pp = cfg::defaults<models::NetPeerParams>();
+  pp.mode = "echo";
+  Bench b(3, false, &pp);
   const unsigned f = 1;
   constexpr std::size_t kLen = 200;
   const std::uint64_t tx_ring = 0x100000, rx_ring = 0x110000, tx_buf = 0x200000, rx_bufs = 0x300000;
@@ -377,6 +377,82 @@ TEST_CASE("echo round trip: 2 x link latency + 2 x serialization + peer processi
   b.mem.read_bytes(rx_bufs, got.data(), kLen);
   CHECK(std::equal(got.begin() + 12, got.end(), fr.begin() + 12));  // MACs swapped, payload intact
   CHECK(models::nic_default_mac(f) == (got[0] | std::uint64_t(got[4]) << 32 | std::uint64_t(got[5]) << 40));
+}
+
+TEST_CASE("TX: a DMA error stops the function until software clears it (W1C), then TX resumes") {
+  Bench b;
+  const unsigned f = 1;
+  const std::uint64_t ring = 0x100000, buf = 0x200000;
+  b.put_desc(ring, 0, (64ull << 20) + 0x1000, 64);  // a buffer beyond memory: master abort
+  b.put_desc(ring, 1, buf, 64);
+  test::run(*b.cpu, [&] {
+    b.setup_tx(f, ring, 4);
+    b.wr(f, reg::kTxTail, 2);
+    sc_core::wait(sc_time(10, sc_core::SC_US));
+    CHECK(b.rd(f, reg::kStatus) == (reg::kStatusTxErr | reg::kStatusLinkUp));
+    CHECK(b.rd(f, reg::kTxHead) == 0);
+    CHECK(b.ep.got.empty());
+    // The driver repairs the descriptor and clears the error.
+    b.put_desc(ring, 0, buf, 64);
+    b.wr(f, reg::kStatus, reg::kStatusTxErr);
+    sc_core::wait(sc_time(10, sc_core::SC_US));
+    CHECK(b.rd(f, reg::kStatus) == reg::kStatusLinkUp);
+    CHECK(b.rd(f, reg::kTxHead) == 2);
+    CHECK(b.rd(f, reg::kIntCause) == (reg::kCauseErr | reg::kCauseTx));
+  });
+  CHECK(b.ep.got.size() == 2);
+  CHECK(b.nic->function_stats(f).dma_faults.value() == 1);
+  CHECK(b.nic->function_stats(f).tx_packets.value() == 2);
+}
+
+TEST_CASE("round trip measured at the peer: generated frames echoed by a driver through RX and TX rings") {
+  constexpr unsigned kN = 5;
+  auto pp = cfg::defaults<models::NetPeerParams>();
+  pp.mode = "generate";
+  pp.arrivals = "constant";
+  pp.rate = 1e5;  // every 10 us
+  pp.count = kN;
+  pp.packet_size = 64;
+  pp.dest_function = 2;  // VF 1
+  pp.start = 5'000'000;  // 5 us
+  Bench b(3, false, &pp);
+  const unsigned f = 2;
+  const std::uint64_t rx_ring = 0x100000, tx_ring = 0x110000, bufs = 0x200000;
+  test::run(*b.cpu, [&] {
+    b.setup_rx(f, rx_ring, 8, bufs, 2048);
+    b.setup_tx(f, tx_ring, 8);
+    b.setup_msix(f, 0x33, reg::kCauseRx);
+    // The driver: on each RX interrupt, send the frame back from the same
+    // buffer with the MAC addresses swapped, then return the descriptor.
+    for (unsigned i = 0; i < kN; ++i) {
+      sc_core::wait(b.msi.fired);
+      const unsigned slot = i % 8;
+      REQUIRE(b.desc_status(rx_ring, slot) == models::nicdesc::kDd);
+      const std::uint16_t len = b.desc_len(rx_ring, slot);
+      const std::uint64_t buf = bufs + slot * 0x1000;
+      std::uint8_t macs[12];
+      b.mem.read_bytes(buf, macs, 12);
+      b.mem.write_bytes(buf, macs + 6, 6);
+      b.mem.write_bytes(buf + 6, macs, 6);
+      b.put_desc(tx_ring, slot, buf, len);
+      b.wr(f, reg::kTxTail, (slot + 1) % 8);
+      b.put_desc(rx_ring, slot, buf, 2048);
+      b.wr(f, reg::kRxTail, slot);
+    }
+  });
+  const auto& h = b.peer->stats().rtt_ns;
+  REQUIRE(h.count() == kN);
+  // Each way: serialization and latency; at the NIC: descriptor read, buffer
+  // write and write-back on receive, descriptor read and buffer read on
+  // transmit (the driver itself takes no time in this test).
+  const sc_time ser = b.link->serialization(64);
+  const sc_time lat = sc_time::from_value(b.link->params().latency);
+  const sc_time nic = sc_time(double(dma_ns(16) + dma_ns(64) + dma_ns(4) + dma_ns(16) + dma_ns(64)), SC_NS);
+  const std::uint64_t expect_ns = (2 * (ser + lat) + nic).value() / 1000;
+  CHECK(h.min() == expect_ns);
+  CHECK(h.max() == expect_ns);
+  CHECK(b.nic->function_stats(f).tx_packets.value() == kN);
+  CHECK(b.nic->function_stats(f).rx_packets.value() == kN);
 }
 
 // --- DMA through a real IOMMU with second-level tables in PhysMem ---------

@@ -208,3 +208,26 @@ TEST_CASE("with an LLC attached, a DMA that hits every line costs the LLC latenc
   CHECK(d2 == sc_core::sc_time(double(llc + 8), sc_core::SC_NS));
   CHECK((b.rc.stats().llc_misses.value() == 2 && b.rc.stats().llc_hits.value() == 2));
 }
+
+TEST_CASE("invalidation: a remapped page keeps its stale IOTLB entry until software invalidates it") {
+  Bench b(true);
+  test::VtdTables t(b.mem, 0x100000);
+  const std::uint64_t slpt = t.domain(kRid, 7);
+  t.map(slpt, 0x4000'0000, 0x30000);
+  b.unit.set_root_table(t.rtaddr);
+  b.unit.enable(true);
+  std::uint32_t v1 = 0x1111, v2 = 0x2222, v3 = 0x3333;
+  test::run(b.dev, [&] {
+    CHECK(b.dev.access(true, 0x4000'0000, &v1, 4, kRid) == tlm::TLM_OK_RESPONSE);
+    t.map(slpt, 0x4000'0000, 0x60000);  // software moves the page, no invalidation yet
+    CHECK(b.dev.access(true, 0x4000'0004, &v2, 4, kRid) == tlm::TLM_OK_RESPONSE);
+    b.unit.iotlb_invalidate_page(7, 0x4000'0000);
+    CHECK(b.dev.access(true, 0x4000'0008, &v3, 4, kRid) == tlm::TLM_OK_RESPONSE);
+  });
+  CHECK(b.mem.read(0x30000, 4) == 0x1111);
+  CHECK(b.mem.read(0x30004, 4) == 0x2222);  // the stale translation was used
+  CHECK(b.mem.read(0x60008, 4) == 0x3333);  // after invalidation: the new page
+  CHECK(b.mem.read(0x30008, 4) == 0);
+  CHECK(b.unit.stats().walks.value() == 2);
+  CHECK(b.unit.stats().invalidations.value() == 1);
+}
