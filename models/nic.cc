@@ -27,7 +27,8 @@ void NicFunction::reset() {
   mac = nic_default_mac(index);
   tx_base = rx_base = msix_addr = 0;
   tx_size = tx_head = tx_tail = rx_size = rx_head = rx_tail = 0;
-  pending = msi_due = false;
+  itr = 0;
+  pending = msi_due = throttled = sent_any = false;
 }
 
 Nic::Nic(sc_core::sc_module_name name, const NicParams& params, stats::Group* parent)
@@ -109,6 +110,7 @@ std::uint32_t Nic::reg_read(NicFunction& f, std::uint32_t off) {
     case kIntCause: return f.cause;
     case kIntEnable: return f.enable;
     case kIntPending: return f.pending ? 1 : 0;
+    case kItr: return f.itr;
     case kMsixAddrLo: return static_cast<std::uint32_t>(f.msix_addr);
     case kMsixAddrHi: return static_cast<std::uint32_t>(f.msix_addr >> 32);
     case kMsixData: return f.msix_data;
@@ -157,6 +159,7 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
       break;
     case kIntCause: f.cause &= ~v; break;  // W1C
     case kIntEnable: f.enable = v & kCauseAll; break;
+    case kItr: f.itr = v & 0xFFFF; break;
     case kMsixAddrLo: f.msix_addr = (f.msix_addr & ~kLo) | (v & ~3u); break;  // DWORD aligned
     case kMsixAddrHi: f.msix_addr = (f.msix_addr & kLo) | (std::uint64_t(v) << 32); break;
     case kMsixData: f.msix_data = v; break;
@@ -198,6 +201,9 @@ bool Nic::dma_access(NicFunction& f, bool write, std::uint64_t addr, void* data,
 
 void Nic::send_msi(NicFunction& f) {
   f.pending = false;
+  f.throttled = false;
+  f.sent_any = true;
+  f.last_msi = sc_core::sc_time_stamp();
   std::uint8_t data[4];
   for (unsigned k = 0; k < 4; ++k) data[k] = static_cast<std::uint8_t>(f.msix_data >> (8 * k));
   if (dma_access(f, true, f.msix_addr, data, 4))
@@ -214,16 +220,49 @@ void Nic::raise(NicFunction& f, std::uint32_t cause) {
     ++f.stats->interrupts_deferred;
     return;
   }
+  // Interrupt throttling: at most one message per ITR interval; events in
+  // between are coalesced into one message at the interval's end.
+  if (f.itr && f.sent_any && sc_core::sc_time_stamp() < f.last_msi + itr_interval(f)) {
+    ++f.stats->interrupts_throttled;
+    if (!f.throttled) {
+      f.throttled = true;
+      m_msi_kick.notify(sc_core::SC_ZERO_TIME);
+    }
+    return;
+  }
   send_msi(f);
 }
 
 void Nic::msi_thread() {
   for (;;) {
-    sc_core::wait(m_msi_kick);
+    // Sleep until a register write makes a message due or the earliest
+    // held-back message may go.
+    sc_core::sc_time next = sc_core::SC_ZERO_TIME;
+    bool timed = false;
+    for (const NicFunction& f : m_fn) {
+      if (!f.throttled) continue;
+      const sc_core::sc_time at = f.last_msi + itr_interval(f);
+      if (!timed || at < next) next = at;
+      timed = true;
+    }
+    const sc_core::sc_time now = sc_core::sc_time_stamp();
+    if (!timed)
+      sc_core::wait(m_msi_kick);
+    else if (next > now)
+      sc_core::wait(next - now, m_msi_kick);
     for (NicFunction& f : m_fn) {
-      if (!f.msi_due) continue;
-      f.msi_due = false;
-      if (f.pending && !(f.msix_ctrl & 1)) send_msi(f);
+      const sc_core::sc_time t = sc_core::sc_time_stamp();
+      if (f.msi_due) {
+        f.msi_due = false;
+        if (f.pending && !(f.msix_ctrl & 1)) send_msi(f);
+      }
+      if (f.throttled && t >= f.last_msi + itr_interval(f)) {
+        f.throttled = false;
+        if (!(f.msix_ctrl & 1))
+          send_msi(f);
+        else
+          f.pending = true;  // masked meanwhile: the message waits in the pending bit
+      }
     }
   }
 }

@@ -58,6 +58,7 @@ constexpr std::uint32_t kRxTail = 0x050;     // RW doorbell: one past the last f
 constexpr std::uint32_t kIntCause = 0x060;   // RO, W1C: bit 0 TX done, bit 1 RX, bit 2 DMA error
 constexpr std::uint32_t kIntEnable = 0x064;  // RW: causes that send the MSI-X message (bits 2:0)
 constexpr std::uint32_t kIntPending = 0x068; // RO: bit 0 the vector's MSI-X pending bit
+constexpr std::uint32_t kItr = 0x06C;        // RW: bits 15:0 minimum interval between messages, 256 ns units
 constexpr std::uint32_t kMsixAddrLo = 0x070; // RW: MSI-X table entry 0 message address, bits 31:2
 constexpr std::uint32_t kMsixAddrHi = 0x074; // RW: message upper address
 constexpr std::uint32_t kMsixData = 0x078;   // RW: message data
@@ -67,6 +68,7 @@ constexpr std::uint32_t kWindow = 0x080;     // registers end here; the rest of 
 constexpr std::uint32_t kCtrlTxEn = 1u << 0, kCtrlRxEn = 1u << 1, kCtrlReset = 1u << 31;
 constexpr std::uint32_t kStatusTxErr = 1u << 0, kStatusRxErr = 1u << 1, kStatusLinkUp = 1u << 2;
 constexpr std::uint32_t kCauseTx = 1u << 0, kCauseRx = 1u << 1, kCauseErr = 1u << 2, kCauseAll = 7;
+constexpr std::uint64_t kItrUnitPs = 256'000;  // the ITR granule, as the 8254x ITR register (256 ns)
 }  // namespace nicreg
 
 /// A transmit or receive descriptor (16 bytes, little-endian, in memory).
@@ -139,6 +141,8 @@ struct NicFunctionStats : stats::Group {
   stats::Counter interrupts_deferred{this, "interrupts_deferred", "events",
                                      "interrupt events that found the vector masked (pending bit set)"};
   stats::Counter dma_faults{this, "dma_faults", "transactions", "DMAs refused by the platform (IOMMU fault)"};
+  stats::Counter interrupts_throttled{this, "interrupts_throttled", "events",
+                                      "interrupt events held back by the ITR interval (coalesced)"};
 };
 
 struct NicStats : stats::Group {
@@ -156,6 +160,10 @@ struct NicFunction {
   std::uint32_t ctrl = 0, status = 0, cause = 0, enable = 0, msix_data = 0, msix_ctrl = 0;
   std::uint64_t mac = 0, tx_base = 0, rx_base = 0, msix_addr = 0;
   std::uint32_t tx_size = 0, tx_head = 0, tx_tail = 0, rx_size = 0, rx_head = 0, rx_tail = 0;
+  std::uint32_t itr = 0;
+  sc_core::sc_time last_msi = sc_core::SC_ZERO_TIME;  // when the last message was sent
+  bool sent_any = false;
+  bool throttled = false;  // a message is held back until last_msi + ITR interval
   bool pending = false;  // MSI-X pending bit
   bool msi_due = false;  // unmasked with the pending bit set: send from the NIC's thread
   std::unique_ptr<NicFunctionStats> stats;
@@ -210,8 +218,12 @@ class Nic : public sc_core::sc_module, public PacketEndpoint {
   void raise(NicFunction& f, std::uint32_t cause);
   void send_msi(NicFunction& f);
   /// Sends the messages that register writes made due (unmasking a vector
-  /// with its pending bit set): MMIO callbacks do not issue DMA themselves.
+  /// with its pending bit set; MMIO callbacks do not issue DMA themselves)
+  /// and those the ITR interval held back, when it has passed.
   void msi_thread();
+  sc_core::sc_time itr_interval(const NicFunction& f) const {
+    return sc_core::sc_time::from_value(std::uint64_t(f.itr) * nicreg::kItrUnitPs);
+  }
   void dma_fault(NicFunction& f, std::uint32_t status_bit);
 
   NicParams m_params;

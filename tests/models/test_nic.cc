@@ -345,6 +345,28 @@ TEST_CASE("MSI-X: a masked vector sets its pending bit, unmasking sends the mess
   CHECK(b.nic->function_stats(f).rx_packets.value() == 2);
 }
 
+TEST_CASE("ITR: at most one message per interval, later events coalesced into one at its end") {
+  Bench b;
+  const unsigned f = 1;
+  test::run(*b.cpu, [&] {
+    b.setup_rx(f, 0x100000, 16, 0x200000, 2048);
+    b.setup_msix(f, 0x44, reg::kCauseRx);
+    b.wr(f, reg::kItr, 40);  // 40 x 256 ns = 10.24 us
+    CHECK(b.rd(f, reg::kItr) == 40);
+    for (int i = 0; i < 5; ++i) {
+      b.ep.send(b.frame(f, 64, std::uint8_t(i)));
+      sc_core::wait(sc_time(1, sc_core::SC_US));
+    }
+    sc_core::wait(sc_time(30, sc_core::SC_US));
+  });
+  REQUIRE(b.msi.got.size() == 2);
+  CHECK(b.msi.got[1].at - b.msi.got[0].at == sc_time(10.24, sc_core::SC_US));
+  const auto& s = b.nic->function_stats(f);
+  CHECK(s.rx_packets.value() == 5);
+  CHECK(s.interrupts.value() == 2);
+  CHECK(s.interrupts_throttled.value() == 4);
+}
+
 TEST_CASE("echo round trip: 2 x link latency + 2 x serialization + peer processing, plus the DMAs") {
   auto pp = cfg::defaults<models::NetPeerParams>();
   pp.mode = "echo";
