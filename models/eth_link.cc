@@ -23,6 +23,7 @@ EthLink::EthLink(sc_core::sc_module_name name, const EthLinkParams& params, stat
       m_parent(parent),
       m_ab(std::make_unique<Direction>()),
       m_ba(std::make_unique<Direction>()) {
+  if (!parent) throw std::invalid_argument(std::string(basename()) + ": needs a statistics group");
   if (!(params.bandwidth_gbps > 0))
     throw std::invalid_argument(std::string(basename()) + ": bandwidth_gbps must be positive");
   SC_HAS_PROCESS(EthLink);

@@ -79,7 +79,7 @@ struct NetPeerParams {
             "small-packet benchmark size.");
     v.param(count, "count", "0", Spec(), "Generate mode: frames to send, 0 for no limit.");
     v.param(start, "start", "0s", Spec(Unit::Time), "Generate mode: time of the first frame.");
-    v.param(dest_function, "dest_function", "0", Spec().at_most(256),
+    v.param(dest_function, "dest_function", "0", Spec().at_most(255),
             "Generate mode: the NIC function addressed (0 = PF, 1 + i = VF i), by its reset MAC address.");
     v.param(seed, "seed", "1", Spec(), "Generate mode: seed of the arrival process.");
   }

@@ -36,6 +36,9 @@ Nic::Nic(sc_core::sc_module_name name, const NicParams& params, stats::Group* pa
   if (params.mmio_stride < nicreg::kWindow || (params.mmio_stride & (params.mmio_stride - 1)))
     throw std::invalid_argument(std::string(basename()) + ": mmio_stride must be a power of two of at least " +
                                 std::to_string(nicreg::kWindow) + " bytes");
+  if (params.mmio_base % params.mmio_stride)
+    throw std::invalid_argument(std::string(basename()) + ": mmio_base must be aligned to mmio_stride (BARs are "
+                                "naturally aligned, PCIe 5.0 7.5.1.2.1)");
   m_fn.resize(params.vfs + 1);
   const std::uint16_t pf = requester_id(params.bus, params.device, 0);
   for (unsigned f = 0; f < m_fn.size(); ++f) {
