@@ -36,11 +36,15 @@ constexpr std::uint64_t kMsiAddr = 0xFEE00000;
 
 struct Bench {
   /// With peer parameters the far end is a NetPeer, else a TestEndpoint.
-  explicit Bench(unsigned vfs = 3, bool with_iommu = false, const models::NetPeerParams* pp = nullptr)
+  /// default_timing: the root complex keeps its default parameters.
+  explicit Bench(unsigned vfs = 3, bool with_iommu = false, const models::NetPeerParams* pp = nullptr,
+                 bool default_timing = false)
       : mem(64ull << 20), rc_params(cfg::defaults<models::RootComplexParams>()) {
-    rc_params.frequency = 1'000'000'000;
-    rc_params.memory_latency = kMemLat;
-    rc_params.bytes_per_cycle = 16;
+    if (!default_timing) {
+      rc_params.frequency = 1'000'000'000;
+      rc_params.memory_latency = kMemLat;
+      rc_params.bytes_per_cycle = 16;
+    }
     nic_params = cfg::defaults<NicParams>();
     nic_params.vfs = vfs;
     table_mem = std::make_unique<models::IommuTableMemory>(mem, nullptr, rc_params);
@@ -475,6 +479,67 @@ TEST_CASE("round trip measured at the peer: generated frames echoed by a driver 
   CHECK(h.max() == expect_ns);
   CHECK(b.nic->function_stats(f).tx_packets.value() == kN);
   CHECK(b.nic->function_stats(f).rx_packets.value() == kN);
+}
+
+TEST_CASE("echo round trip of a 64-byte frame with every default is 4544.3 ns (docs/io.md)") {
+  auto pp = cfg::defaults<models::NetPeerParams>();
+  pp.mode = "echo";
+  Bench b(3, false, &pp, true);
+  const unsigned f = 1;
+  auto fr = b.frame(0, 64, 3);
+  const std::uint64_t mac = models::nic_default_mac(f);
+  for (int i = 0; i < 6; ++i) fr[6 + i] = std::uint8_t(mac >> (8 * i));
+  b.mem.write_bytes(0x200000, fr.data(), fr.size());
+  b.put_desc(0x100000, 0, 0x200000, 64);
+  sc_time t0;
+  test::run(*b.cpu, [&] {
+    b.setup_rx(f, 0x110000, 4, 0x300000, 2048);
+    b.setup_msix(f, 0x61, reg::kCauseRx);
+    b.setup_tx(f, 0x100000, 4);
+    t0 = sc_core::sc_time_stamp();
+    b.wr(f, reg::kTxTail, 1);
+  });
+  REQUIRE(b.msi.got.size() == 1);
+  CHECK(b.msi.got[0].at - t0 == sc_time(4544.3, SC_NS));
+}
+
+TEST_CASE("TX scheduling: functions with work take turns on the wire, one frame each") {
+  Bench b;
+  const std::uint64_t ring1 = 0x100000, ring2 = 0x110000, bufs = 0x200000;
+  for (unsigned i = 0; i < 3; ++i) {
+    auto a = b.frame(0, 100, std::uint8_t(10 + i));
+    auto c = b.frame(0, 100, std::uint8_t(20 + i));
+    b.mem.write_bytes(bufs + i * 0x1000, a.data(), a.size());
+    b.mem.write_bytes(bufs + (8 + i) * 0x1000, c.data(), c.size());
+    b.put_desc(ring1, i, bufs + i * 0x1000, 100);
+    b.put_desc(ring2, i, bufs + (8 + i) * 0x1000, 100);
+  }
+  test::run(*b.cpu, [&] {
+    b.setup_tx(1, ring1, 8);
+    b.setup_tx(3, ring2, 8);
+    b.wr(1, reg::kTxTail, 3);
+    b.wr(3, reg::kTxTail, 3);
+  });
+  REQUIRE(b.ep.got.size() == 6);
+  const std::uint8_t order[6] = {10, 20, 11, 21, 12, 22};
+  for (unsigned i = 0; i < 6; ++i) CHECK(b.ep.got[i].p.bytes == b.frame(0, 100, order[i]));
+}
+
+TEST_CASE("RX: broadcast goes to the PF, a frame larger than its buffer is dropped without using it") {
+  Bench b;
+  test::run(*b.cpu, [&] {
+    b.setup_rx(0, 0x100000, 4, 0x200000, 2048);
+    b.setup_rx(1, 0x110000, 4, 0x300000, 128);
+    std::vector<std::uint8_t> bc(80, 0xFF);
+    b.ep.send(bc);
+    b.ep.send(b.frame(1, 200, 1));  // too big for VF 0's 128-byte buffers
+    b.ep.send(b.frame(1, 100, 2));
+    sc_core::wait(sc_time(20, sc_core::SC_US));
+  });
+  CHECK(b.nic->function_stats(0).rx_packets.value() == 1);
+  CHECK(b.nic->function_stats(1).rx_oversize.value() == 1);
+  CHECK(b.nic->function_stats(1).rx_packets.value() == 1);
+  CHECK(b.desc_len(0x110000, 0) == 100);  // the descriptor went to the next frame
 }
 
 // --- DMA through a real IOMMU with second-level tables in PhysMem ---------
