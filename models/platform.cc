@@ -4,6 +4,24 @@
 
 namespace vmx::models {
 
+namespace {
+/// MSIs straight to the local APICs: fixed delivery mode, physical
+/// destination mode; destination APIC ID in address bits 19:12, vector in
+/// data bits 7:0 (SDM Vol. 3A, 11.11.1 and 11.11.2). The stand-in until an
+/// interrupt fabric with remapping and posting is bound.
+class DirectMsi final : public MsiSink {
+ public:
+  explicit DirectMsi(std::vector<std::unique_ptr<cpu::Core>>& cores) : m_cores(cores) {}
+  void msi(const MsiMessage& m) override {
+    const std::uint32_t dest = static_cast<std::uint32_t>((m.address >> 12) & 0xFF);
+    if (dest < m_cores.size()) m_cores[dest]->post_interrupt(static_cast<std::uint8_t>(m.data & 0xFF));
+  }
+
+ private:
+  std::vector<std::unique_ptr<cpu::Core>>& m_cores;
+};
+}  // namespace
+
 Platform::Platform(const PlatformParams& p, stats::Group* parent)
     : m_params(p),
       m_stats(parent, "system", "the machine"),
@@ -29,6 +47,27 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }
+  if (p.nic.enabled) {
+    // Device DMA and the IOMMU's table walks go through the shared LLC's
+    // tags to the platform memory.
+    m_iommu_mem = std::make_unique<IommuTableMemory>(m_mem, &m_llc, p.root_complex);
+    m_iommu = std::make_unique<iommu::Iommu>(p.iommu, *m_iommu_mem, &m_stats);
+    m_rc = std::make_unique<RootComplex>("root_complex", p.root_complex, m_mem, m_iommu.get(), &m_llc, &m_stats);
+    m_default_msi = std::make_unique<DirectMsi>(m_cores);
+    m_rc->bind_msi_sink(m_default_msi.get());
+    m_nic = std::make_unique<Nic>("nic", p.nic.device, &m_stats);
+    m_link = std::make_unique<EthLink>("link", p.nic.link, &m_stats);
+    m_peer = std::make_unique<NetPeer>("peer", p.nic.peer, &m_stats);
+    m_nic->dma.bind(m_rc->dma);
+    m_rc->mmio_out.bind(m_nic->mmio);
+    m_nic->attach_link(*m_link);
+    m_peer->attach_link(*m_link);
+    m_link->bind(*m_nic, "nic", *m_peer, "peer");
+  }
+}
+
+void Platform::bind_msi_sink(MsiSink* sink) {
+  if (m_rc) m_rc->bind_msi_sink(sink);
 }
 
 Platform::~Platform() = default;

@@ -9,14 +9,37 @@
 
 #include "cpu/core.h"
 #include "cpu/vmcs.h"
+#include "iommu/iommu.h"
 #include "models/cache.h"
+#include "models/eth_link.h"
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
+#include "models/net_peer.h"
+#include "models/nic.h"
 #include "models/phys_mem.h"
+#include "models/root_complex.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
 namespace vmx::models {
+
+/// The platform's NIC section: whether there is one, the device, its link
+/// and the peer at the link's far end.
+struct PlatformNicParams {
+  bool enabled;
+  NicParams device;
+  EthLinkParams link;
+  NetPeerParams peer;
+
+  template <class V>
+  void visit(V& v) {
+    v.param(enabled, "enabled", "false", cfg::Spec(cfg::Unit::Flag),
+            "Build the SR-IOV NIC, its link, the network peer, the root complex and the IOMMU.");
+    device.visit(v);  // the device's parameters sit beside `enabled`
+    v.section(link, "link", "The Ethernet link from the NIC to the network peer.");
+    v.section(peer, "peer", "The machine at the far end of the link.");
+  }
+};
 
 struct PlatformParams {
   std::uint64_t cores;
@@ -27,6 +50,9 @@ struct PlatformParams {
   MemHierarchyParams caches;
   LlcParams llc;
   std::uint64_t debugcon_latency;
+  RootComplexParams root_complex;
+  iommu::IommuParams iommu;
+  PlatformNicParams nic;
 
   template <class V>
   void visit(V& v) {
@@ -45,6 +71,9 @@ struct PlatformParams {
     v.section(llc, "llc", "Last-level cache shared by all cores.");
     v.param(debugcon_latency, "debugcon_latency", "100", Spec(Unit::Cycles),
             "Latency of the debug console on port 0xE9 (assumption).");
+    v.section(root_complex, "root_complex", "PCIe root complex: device DMA timing, the IOMMU's clock.");
+    v.section(iommu, "iommu", "DMA-remapping unit (VT-d); its latencies are root-complex cycles.");
+    v.section(nic, "nic", "SR-IOV NIC, link and network peer (docs/io.md).");
   }
 };
 
@@ -60,6 +89,18 @@ class Platform {
   PhysMem& memory() { return m_mem; }
   IoBus& io() { return m_io; }
   DebugConsole& debugcon() { return m_debugcon; }
+  /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
+  /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
+  /// its root table and enables it. CPU MMIO to the NIC's windows goes
+  /// through root_complex()->mmio().
+  RootComplex* root_complex() { return m_rc.get(); }
+  iommu::Iommu* iommu() { return m_iommu.get(); }
+  Nic* nic() { return m_nic.get(); }
+  EthLink* link() { return m_link.get(); }
+  NetPeer* peer() { return m_peer.get(); }
+  /// Replaces the default interrupt fabric (fixed, physical-destination
+  /// delivery to the cores' local APICs) as the receiver of MSIs.
+  void bind_msi_sink(MsiSink* sink);
   const PlatformParams& params() const { return m_params; }
   stats::Group& stats() { return m_stats; }
 
@@ -73,6 +114,13 @@ class Platform {
   cpu::VmcsStore m_vmcs;
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;
   std::vector<std::unique_ptr<cpu::Core>> m_cores;
+  std::unique_ptr<MsiSink> m_default_msi;
+  std::unique_ptr<IommuTableMemory> m_iommu_mem;
+  std::unique_ptr<iommu::Iommu> m_iommu;
+  std::unique_ptr<RootComplex> m_rc;
+  std::unique_ptr<Nic> m_nic;
+  std::unique_ptr<EthLink> m_link;
+  std::unique_ptr<NetPeer> m_peer;
 };
 
 }  // namespace vmx::models
