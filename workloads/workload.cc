@@ -431,6 +431,7 @@ void Workload::finished(guest::Thread& t) {
 
 std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group* parent, const std::string& name) {
   if (p.type == "compute") return std::make_shared<Compute>(p.compute, parent, name);
+  if (p.type == "cpu_bound") return std::make_shared<Compute>(p.cpu_bound, parent, name);
   if (p.type == "stream") return std::make_shared<Stream>(p.stream, parent, name);
   if (p.type == "random_access") return std::make_shared<RandomAccess>(p.random_access, parent, name);
   if (p.type == "pointer_chase") return std::make_shared<PointerChase>(p.pointer_chase, parent, name);

@@ -174,7 +174,9 @@ struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
   std::uint64_t page_size;
+  std::int64_t nice;
   ComputeParams compute;
+  ComputeParams cpu_bound;
   StreamParams stream;
   RandomAccessParams random_access;
   PointerChaseParams pointer_chase;
@@ -195,7 +197,11 @@ struct WorkloadParams {
             "Threads of the process, spread over the VM's vCPUs.");
     v.param(page_size, "page_size", "4KiB", Spec(Unit::Bytes).power_of_two(),
             "Guest page size of the program's memory: 4KiB, 2MiB or 1GiB (as with hugetlbfs).");
-    v.variant(type, "type", "What the program does.", cfg::alt("compute", compute), cfg::alt("stream", stream),
+    v.param(nice, "nice", "0", Spec().at_least(-20).at_most(19),
+            "Nice value of the program's threads: the guest scheduler weighs them by Linux's "
+            "sched_prio_to_weight (nice 0: 1024, nice 19: 15, nice -20: 88761).");
+    v.variant(type, "type", "What the program does (cpu_bound is another name for compute).",
+              cfg::alt("compute", compute), cfg::alt("cpu_bound", cpu_bound), cfg::alt("stream", stream),
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
