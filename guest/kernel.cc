@@ -704,6 +704,7 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
   if (m_p.pv_steal && !m_p.sched.pv) read_steal(c, v);  // steal accounting at the tick
   v.armed_at = 0;  // the deadline timer disarms itself when it fires
   std::uint64_t now = c.rdtsc();
+  if (m_p.sched.pv) update_capacity(c, v, now);
   // Wake the sleepers whose time has come (in the order they went to sleep).
   std::size_t due = 0;
   for (std::size_t i = 0; i < v.sleepers.size(); ++i) {

@@ -250,6 +250,11 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
     // Scratch of this vCPU's scheduler paths (other vCPUs run in between).
     std::vector<std::uint8_t> preempted;  // what the others' records said
     std::vector<Thread*> woken;           // sleepers the tick wakes
+    // Under kernel.sched.pv: the share of recent time stolen from this vCPU
+    // (of 1024), averaged at its ticks, and the capacity left (1024 - it).
+    std::uint64_t steal_avg = 0;
+    std::uint64_t capacity = 1024;
+    std::uint64_t cap_tsc = 0, cap_steal_ns = 0;  // at the last sample
     std::uint64_t load() const { return queued_load + (current ? current->m_weight : 0); }
     std::uint64_t nr_running() const { return runq.size() + (current ? 1 : 0); }
   };
@@ -267,6 +272,12 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void update_curr(cpu::Core& c, Vcpu& v);
   /// Reads the vCPU's own steal-time record and accounts what is new (ns).
   std::uint64_t read_steal(cpu::Core& c, Vcpu& v);
+  /// Updates the vCPU's steal-reduced capacity (kernel.sched.pv) at a tick.
+  void update_capacity(cpu::Core& c, Vcpu& v, std::uint64_t now);
+  /// Load as placement and balancing compare it: under kernel.sched.pv
+  /// scaled up by 1024 / capacity (a vCPU losing half its time to steal
+  /// counts double).
+  std::uint64_t eff_load(const Vcpu& v, std::uint64_t extra = 0) const;
   /// Whether vCPU j's steal-time record has `preempted` set (a load of it).
   bool vcpu_preempted(cpu::Core& c, unsigned j);
   void enqueue(cpu::Core& c, Vcpu& v, Thread& t);

@@ -23,13 +23,21 @@ constexpr std::uint64_t kCodeWake = 0x7000;
 constexpr std::uint64_t kCodeBalance = 0x7400;
 constexpr std::uint64_t kCodeMigrate = 0x7800;
 // struct rq fields (offsets in its two lines).
-constexpr std::uint64_t kRqNr = 8, kRqLoad = 16, kRqMinVruntime = 24, kRqCurr = 32, kRqPrevSteal = 40;
+constexpr std::uint64_t kRqNr = 8, kRqLoad = 16, kRqMinVruntime = 24, kRqCurr = 32, kRqPrevSteal = 40,
+                        kRqCapacity = 48;
 // Scheduling-entity fields.
 constexpr std::uint64_t kSeVruntime = 0, kSeSumExec = 8, kSeWeight = 16, kSeCpu = 24;
 constexpr std::uint64_t kNiceZeroWeight = 1024;
 
 std::uint64_t scale(std::uint64_t a, std::uint64_t mul, std::uint64_t div) {
   return static_cast<std::uint64_t>(static_cast<unsigned __int128>(a) * mul / div);
+}
+// A virtual runtime carried from one queue to another keeps its distance
+// from the queue's minimum (Linux migrate_task_rq_fair / enqueue_entity).
+std::uint64_t renormalize(std::uint64_t vruntime, std::uint64_t from_min, std::uint64_t to_min) {
+  auto rel = static_cast<std::int64_t>(vruntime - from_min);
+  if (rel < 0 && static_cast<std::uint64_t>(-rel) > to_min) return 0;
+  return to_min + static_cast<std::uint64_t>(rel);
 }
 }  // namespace
 
@@ -63,6 +71,27 @@ std::uint64_t Kernel::read_steal(Core& c, Vcpu& v) {
     c.store(rq_va(v.index) + kRqPrevSteal, v.steal_read_ns);
   }
   return delta;
+}
+
+void Kernel::update_capacity(Core& c, Vcpu& v, std::uint64_t now) {
+  // The share of the time since the last sample that was stolen, averaged
+  // with weight 1/4 per tick (a half-life of about 2.4 ticks, 10 ms at
+  // HZ=250, of the order of PELT's 32 ms), as Linux's scale_rt_capacity()
+  // takes steal time (with CONFIG_PARAVIRT_TIME_ACCOUNTING) off a CPU's capacity.
+  if (v.cap_tsc && now > v.cap_tsc) {
+    std::uint64_t stolen = scale(v.steal_read_ns - v.cap_steal_ns, m_tsc_hz, 1000000000ull);
+    std::uint64_t share = std::min<std::uint64_t>(1024, scale(stolen, 1024, now - v.cap_tsc));
+    v.steal_avg = (3 * v.steal_avg + share) / 4;
+    v.capacity = std::max<std::uint64_t>(64, 1024 - v.steal_avg);
+    c.store(rq_va(v.index) + kRqCapacity, v.capacity);
+  }
+  v.cap_tsc = now;
+  v.cap_steal_ns = v.steal_read_ns;
+}
+
+std::uint64_t Kernel::eff_load(const Vcpu& v, std::uint64_t extra) const {
+  std::uint64_t l = v.load() + extra;
+  return m_p.sched.pv ? scale(l, 1024, v.capacity) : l;
 }
 
 bool Kernel::vcpu_preempted(Core& c, unsigned j) {
@@ -144,9 +173,10 @@ Thread* Kernel::dequeue_first(Core& c, Vcpu& v) {
 
 bool Kernel::should_preempt(const Vcpu& v, const Thread& t) const {
   // check_preempt_wakeup: preempt if the woken thread is behind by more
-  // than the wake-up granularity (scaled to the running thread's weight).
+  // than the wake-up granularity, in the woken thread's virtual time
+  // (Linux wakeup_gran()).
   if (!v.current) return false;
-  std::uint64_t gran = scale(m_gran_cycles, kNiceZeroWeight, v.current->m_weight);
+  std::uint64_t gran = scale(m_gran_cycles, kNiceZeroWeight, t.m_weight);
   return t.m_vruntime + gran < v.current->m_vruntime;
 }
 
@@ -185,7 +215,7 @@ void Kernel::wake_thread(Core& c, Vcpu& self, Thread& t) {
     for (unsigned k = 0; k < n; ++k) {
       unsigned j = (prev + k) % n;
       if (self.preempted[j]) continue;
-      if (!target || m_vcpus[j]->load() < target->load()) target = m_vcpus[j].get();
+      if (!target || eff_load(*m_vcpus[j]) < eff_load(*target)) target = m_vcpus[j].get();
     }
     if (!target) target = &self;
   }
@@ -193,7 +223,7 @@ void Kernel::wake_thread(Core& c, Vcpu& self, Thread& t) {
   Vcpu& to = *target;
   // Virtual runtime relative to the new queue's minimum, and no more than
   // the sleeper credit behind it.
-  if (&from != &to) t.m_vruntime = t.m_vruntime - std::min(t.m_vruntime, from.min_vruntime) + to.min_vruntime;
+  if (&from != &to) t.m_vruntime = renormalize(t.m_vruntime, from.min_vruntime, to.min_vruntime);
   if (to.min_vruntime > m_credit_cycles) t.m_vruntime = std::max(t.m_vruntime, to.min_vruntime - m_credit_cycles);
   const bool idle = to.current == nullptr;
   const bool preempt = should_preempt(to, t);
@@ -211,7 +241,7 @@ void Kernel::move_thread(Core& c, Vcpu& from, Vcpu& to, std::size_t pos) {
   Thread& t = *from.runq[pos];
   from.runq.erase(from.runq.begin() + static_cast<std::ptrdiff_t>(pos));
   from.queued_load -= t.m_weight;
-  t.m_vruntime = t.m_vruntime - std::min(t.m_vruntime, from.min_vruntime) + to.min_vruntime;
+  t.m_vruntime = renormalize(t.m_vruntime, from.min_vruntime, to.min_vruntime);
   enqueue(c, to, t);
   // Both queues are locked while the thread moves (double_rq_lock).
   rq_lock(c, from);
@@ -252,12 +282,12 @@ void Kernel::balance(Core& c, Vcpu& self, bool idle) {
   for (unsigned j = 0; j < n; ++j) {
     Vcpu& v = *m_vcpus[j];
     if (j == self.index || movable(v) < 0) continue;
-    if (!busiest || v.load() > busiest->load()) busiest = &v;
+    if (!busiest || eff_load(v) > eff_load(*busiest)) busiest = &v;
   }
   if (busiest) {
     auto pos = static_cast<std::size_t>(movable(*busiest));
     std::uint64_t w = busiest->runq[pos]->m_weight;
-    if (idle ? self.nr_running() == 0 : busiest->load() >= self.load() + 2 * w) {
+    if (idle ? self.nr_running() == 0 : eff_load(*busiest) >= eff_load(self, 2 * w)) {
       move_thread(c, *busiest, self, pos);
       return;
     }
@@ -277,9 +307,9 @@ void Kernel::balance(Core& c, Vcpu& self, bool idle) {
       ++m_sched_stats.preempted_skips;
       continue;
     }
-    if (!least || v.load() < least->load()) least = &v;
+    if (!least || eff_load(v) < eff_load(*least)) least = &v;
   }
-  if (!least || self.load() < least->load() + 2 * w) return;
+  if (!least || eff_load(self) < eff_load(*least, 2 * w)) return;
   Vcpu& to = *least;
   Thread& t = *self.runq[static_cast<std::size_t>(mine)];
   move_thread(c, self, to, static_cast<std::size_t>(mine));
