@@ -358,16 +358,41 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
+  const bool exec = region->exec;  // other threads may change the region list meanwhile
   const std::uint64_t page = p.page_size;
+  const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
+  // Threads of one process may fault on the same page at once: the fault is
+  // handled under the kernel's page-table lock (a spinlock in the kernel
+  // image, as Linux's page_table_lock), and a page that another thread
+  // mapped meanwhile is left as it is.
+  const std::uint64_t lock = kDirectMap + kImageBase + kPageTableLock;
+  while (c.xchg(lock, 1) != 0)
+    while (c.load(lock) != 0) c.pause();
+  if (mapped(c, p.pml4, addr, leaf)) {
+    c.store(lock, 0);
+    return;
+  }
   std::uint64_t frame = alloc_frame(c, page);
   if (!frame) {
+    c.store(lock, 0);
     kill_current(c, "out of memory");
     return;
   }
-  unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
   std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
-  if (region->exec) flags &= ~pte::kNoExecute;
+  if (exec) flags &= ~pte::kNoExecute;
   map_page(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
+  c.store(lock, 0);
+}
+
+bool Kernel::mapped(Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level) {
+  std::uint64_t table = root;
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= leaf_level; --level) {
+    std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
+    if (!(e & pte::kPresent)) return false;
+    if (level == leaf_level) return true;
+    table = e & pte::kAddrMask;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------

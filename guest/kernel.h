@@ -302,6 +302,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   /// Guest-virtual (direct-map) address of the 4 KiB leaf entry for va in
   /// the tables rooted at root, or 0 if a table on the way is missing.
   std::uint64_t leaf_entry(cpu::Core& c, std::uint64_t root, std::uint64_t va);
+  /// Whether va has a present leaf at leaf_level in the tables rooted at root.
+  bool mapped(cpu::Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level);
+  /// Image offset of the page-table lock word (a line of its own).
+  static constexpr std::uint64_t kPageTableLock = 0x7C00;
   /// Frees a finished child process: frames (by reference count), its
   /// page-table pages and its thread.
   void reap(cpu::Core& c, Process& child);

@@ -158,6 +158,18 @@ struct RequestServerParams {
   }
 };
 
+struct SpinlockParams {
+  std::uint64_t critical, work, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(critical, "critical", "2000", Spec(Unit::Instructions),
+            "Instructions inside the critical section (while holding the lock).");
+    v.param(work, "work", "20000", Spec(Unit::Instructions),
+            "Mean instructions between releasing and acquiring again (uniform in [work/2, 3 work/2]).");
+    v.param(iterations, "iterations", "0", Spec(), "Acquisitions per thread (0: until the end of the run).");
+  }
+};
+
 struct TraceParams {
   std::string file;
   std::uint64_t passes;
@@ -190,6 +202,7 @@ struct WorkloadParams {
   ForkChurnParams fork_churn;
   PeriodicParams periodic;
   RequestServerParams request_server;
+  SpinlockParams spinlock;
 
   template <class V>
   void visit(V& v) {
@@ -207,7 +220,8 @@ struct WorkloadParams {
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
               cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
               cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn),
-              cfg::alt("periodic", periodic), cfg::alt("request_server", request_server));
+              cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
+              cfg::alt("spinlock", spinlock));
   }
 };
 
