@@ -62,6 +62,37 @@ vms:
   CHECK(a / b == Approx(1024.0 / 335).epsilon(0.05));
 }
 
+TEST_CASE("guest scheduler: a newly idle vCPU pulls a queued thread, a woken thread preempts a CPU hog") {
+  // vCPU 0 gets the two CPU-bound threads (workloads 0 and 2), vCPU 1 a short
+  // finite one. When that one exits, vCPU 1 pulls the thread still waiting
+  // on vCPU 0, and both CPU-bound threads run on a vCPU of their own. The
+  // sleeper (workload 3) wakes every millisecond on a vCPU busy with a
+  // CPU-bound thread and preempts it at once (its sleeper credit puts it
+  // far behind), instead of waiting for the 4 ms time slice to end.
+  auto r = run_cli(R"(duration: 60ms
+stop_when_done: false
+platform: {cores: 2, memory: 512MiB}
+vms:
+  - name: g
+    vcpus: 2
+    memory: 64MiB
+    workloads:
+      - {type: cpu_bound, iterations: 0}
+      - {type: cpu_bound, iterations: 100}
+      - {type: cpu_bound, iterations: 0}
+      - {type: sleep_loop, interval: 1ms, work: 1000, iterations: 0}
+)");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  double a = r.at("vm.g.workload0.operations"), b = r.at("vm.g.workload2.operations");
+  INFO(fmt::format("ops {} {}", a, b));
+  CHECK(r.at("vm.g.kernel.sched.migrations") >= 1);
+  CHECK(b / a == Approx(1.0).epsilon(0.1));  // not half each on one vCPU
+  CHECK(r.at("vm.g.kernel.sched.wakeups") > 40);
+  CHECK(r.at("vm.g.kernel.sched.wake_preemptions") > 40);
+  CHECK(r.at("vm.g.workload3.wakeup_latency.p99") < 30000);  // 10 us, against a 4 ms slice
+}
+
 TEST_CASE("guest scheduler: the pv mode charges threads their run time net of steal") {
   // Two threads on a vCPU that gets half a core: the unaware kernel charges
   // them wall time (guest time plus the time stolen while they were
@@ -114,6 +145,9 @@ TEST_CASE("S15: under 2:1 overcommit each vCPU's guest-visible steal is the hype
         CHECK(std::abs(guest_ns - hv_ns) <= 3e6);
       }
     }
+    // With every vCPU preempted half the time, the pv kernel finds preempted
+    // vCPUs when it places threads, and passes over them.
+    if (file == "s15_steal_pv.yaml") CHECK(r.at("vm.srv.kernel.sched.preempted_skips") > 0);
   }
 }
 
