@@ -229,3 +229,11 @@ vms:
   CHECK(shared.at("vm.g.workload0.acquire.max") > 3e6);  // more than 1 ms
   CHECK(shared.at("vm.g.vcpu1.time.steal_cycles") > 0.4 * 0.1 * 3e9);
 }
+
+TEST_CASE("guest scheduler: kernel.sched.pv without the steal-time record is a configuration error") {
+  auto r = run_cli("duration: 1ms\nplatform: {cores: 1, memory: 512MiB}\nvms:\n  - name: a\n    memory: 64MiB\n",
+                   {"--set", "vms[0].kernel.sched.pv=true", "--set", "vms[0].kernel.pv_steal=false"});
+  REQUIRE(r.exit_code != 0);
+  CHECK(r.err.find("vms[0].kernel.sched.pv") != std::string::npos);
+  CHECK(r.err.find("pv_steal") != std::string::npos);
+}
