@@ -214,7 +214,10 @@ void Kernel::wake_thread(Core& c, Vcpu& self, Thread& t) {
   if (!target) {
     for (unsigned k = 0; k < n; ++k) {
       unsigned j = (prev + k) % n;
-      if (self.preempted[j]) continue;
+      if (self.preempted[j]) {
+        ++m_sched_stats.preempted_skips;
+        continue;
+      }
       if (!target || eff_load(*m_vcpus[j]) < eff_load(*target)) target = m_vcpus[j].get();
     }
     if (!target) target = &self;

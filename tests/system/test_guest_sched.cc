@@ -179,6 +179,7 @@ TEST_CASE("S15: the PV-aware guest scheduler gives the request server a lower p9
     // It did look: the records showed vCPU 0 preempted, and its steal was
     // not charged to the threads.
     CHECK(on.at("vm.srv.kernel.sched.preempted_seen") > 0);
+    CHECK(on.at("vm.srv.kernel.sched.preempted_skips") > 0);
     CHECK(on.at("vm.srv.kernel.sched.steal_excluded_cycles") > 0);
     CHECK(off.at("vm.srv.kernel.sched.preempted_seen") == 0);
   }
