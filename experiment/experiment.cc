@@ -54,6 +54,9 @@ ExperimentParams load(const cfg::Document& doc) {
                        "0 unless hypervisor.scheduler is proportional (round_robin does not cap)",
                        std::to_string(vm.cap));
     }
+    if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
+      throw error_at(doc, at + ".kernel.sched.pv",
+                     "false unless kernel.pv_steal is on (the pv scheduler reads the steal-time records)", "true");
     for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
       std::uint64_t ps = vm.workloads[w].page_size;
       if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))

@@ -58,7 +58,7 @@ struct Session::System {
       for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
         const auto& wp = vp.workloads[w];
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
-        kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size);
+        kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
       }
       hv::VmSpec spec;
       spec.name = vp.name;

@@ -59,12 +59,19 @@ Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, 
       m_slice_cycles(cycles_of(params.timeslice, tsc_hz)),
       m_seed(seed),
       m_control(control),
-      m_stats(stats_parent, "kernel", "the guest kernel's own view") {
+      m_stats(stats_parent, "kernel", "the guest kernel's own view"),
+      m_sched_stats(&m_stats, "sched", "the thread scheduler (docs/scheduling.md)"),
+      m_gran_cycles(cycles_of(params.sched.wakeup_granularity, tsc_hz)),
+      m_credit_cycles(cycles_of(params.sched.wakeup_credit, tsc_hz)),
+      m_balance_cycles(cycles_of(params.sched.balance_interval, tsc_hz)) {
   for (unsigned i = 0; i < vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->index = i;
-    v->steal_seen = &m_stats.make<stats::Gauge>(fmt::format("steal_ns_vcpu{}", i), "ns",
-                                                 "steal time the guest read from its steal-time record");
+    v->runq.reserve(64);
+    v->preempted.assign(vcpus, 0);
+    v->steal_seen = &m_stats.make<stats::Counter>(
+        fmt::format("steal_ns_vcpu{}", i), "ns",
+        "steal time the guest accounted from its steal-time record (the increments it read)");
     Vcpu* raw = v.get();
     v->idle = std::make_unique<sim::Fiber>(fmt::format("{}.vcpu{}", m_vm, i), [this, raw] { vcpu_main(*raw); });
     m_vcpus.push_back(std::move(v));
@@ -75,10 +82,12 @@ Kernel::~Kernel() = default;
 
 sim::Fiber& Kernel::vcpu_entry(unsigned index) { return *m_vcpus.at(index)->idle; }
 
-void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size) {
+void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size,
+                         std::int64_t nice) {
   auto p = std::make_unique<Process>();
   p->workload = std::move(workload);
   p->page_size = page_size;
+  p->weight = nice_to_weight(nice);
   p->next_va = kUserBase;
   m_pending_processes.emplace_back(p.get(), threads);
   m_processes.push_back(std::move(p));
@@ -177,12 +186,14 @@ void Kernel::boot(Core& c) {
       t->m_vcpu = m_next_vcpu++ % static_cast<unsigned>(m_vcpus.size());
       t->m_rng = m_seed ^ (0x9E3779B97F4A7C15ull * (m_threads.size() + 1));
       t->m_finite = proc->workload->finite();
+      t->m_weight = proc->weight;
+      t->m_slot = m_next_slot++ % kSeSlots;
       Thread* raw = t.get();
       t->m_fiber = std::make_unique<sim::Fiber>(fmt::format("{}.thread{}", m_vm, m_threads.size()),
                                                 [this, raw] { thread_main(*raw); });
       t->m_fiber->set_user(raw);
       charge(c, m_p.costs.thread_start, kCodeThread);
-      m_vcpus[t->m_vcpu]->runq.push_back(raw);
+      enqueue(c, *m_vcpus[t->m_vcpu], *raw);
       if (t->m_finite && m_control) m_control->thread_started();
       m_threads.push_back(std::move(t));
     }
@@ -350,16 +361,41 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
+  const bool exec = region->exec;  // other threads may change the region list meanwhile
   const std::uint64_t page = p.page_size;
+  const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
+  // Threads of one process may fault on the same page at once: the fault is
+  // handled under the kernel's page-table lock (a spinlock in the kernel
+  // image, as Linux's page_table_lock), and a page that another thread
+  // mapped meanwhile is left as it is.
+  const std::uint64_t lock = kDirectMap + kImageBase + kPageTableLock;
+  while (c.xchg(lock, 1) != 0)
+    while (c.load(lock) != 0) c.pause();
+  if (mapped(c, p.pml4, addr, leaf)) {
+    c.store(lock, 0);
+    return;
+  }
   std::uint64_t frame = alloc_frame(c, page);
   if (!frame) {
+    c.store(lock, 0);
     kill_current(c, "out of memory");
     return;
   }
-  unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
   std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
-  if (region->exec) flags &= ~pte::kNoExecute;
+  if (exec) flags &= ~pte::kNoExecute;
   map_page(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
+  c.store(lock, 0);
+}
+
+bool Kernel::mapped(Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level) {
+  std::uint64_t table = root;
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= leaf_level; --level) {
+    std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
+    if (!(e & pte::kPresent)) return false;
+    if (level == leaf_level) return true;
+    table = e & pte::kAddrMask;
+  }
+  return false;
 }
 
 // ---------------------------------------------------------------------------
@@ -429,6 +465,9 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
   ct->m_finite = false;
   ct->m_child_body = body;
   ct->m_waiter = &t;
+  ct->m_weight = t.m_weight;
+  ct->m_slot = m_next_slot++ % kSeSlots;
+  ct->m_vruntime = m_vcpus[t.m_vcpu]->min_vruntime;
   Thread* raw = ct.get();
   ct->m_fiber = std::make_unique<sim::Fiber>(fmt::format("{}.child{}", m_vm, child->pcid),
                                              [this, raw] { child_main(*raw); }, 64 * 1024);
@@ -440,7 +479,7 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
   // Wait: the child runs next on this vCPU; it requeues us when it exits.
   Vcpu& v = *m_vcpus[t.m_vcpu];
   c.cli();
-  v.runq.push_front(raw);
+  enqueue(c, v, *raw);
   schedule(c, v, false);
   Core& now = Core::current();
   reap(now, *child_raw);
@@ -461,7 +500,7 @@ void Kernel::child_main(Thread& t) {
   c2.cli();
   t.m_dead = true;
   Vcpu& v = *m_vcpus[t.m_vcpu];
-  v.runq.push_front(t.m_waiter);  // wake the parent
+  wake_thread(c2, v, *t.m_waiter);
   schedule(c2, v, false);
   throw cpu::SimulationError("an exited guest child was resumed");
 }
@@ -617,22 +656,36 @@ void Kernel::sys_sleep_until(Thread& t, std::uint64_t wake) {
 }
 
 void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
-  Thread* prev = v.current;
-  if (prev && requeue_current && !prev->m_dead) v.runq.push_back(prev);
-  Thread* next = nullptr;
-  if (!v.runq.empty()) {
-    next = v.runq.front();
-    v.runq.pop_front();
-  }
-  v.slice_end = c.rdtsc() + m_slice_cycles;
-  if (next == prev) return;
-  charge(c, m_p.costs.context_switch, kCodeSched);
-  v.current = next;
-  // The interrupt flag and privilege level belong to the context being
-  // switched out; it gets them back when it is switched in again.
-  bool was_enabled = c.interrupts_enabled();
-  std::uint8_t was_cpl = c.cpl();
+  // requeue_current: an interrupt preempts the running thread, which stays
+  // runnable; otherwise it blocks or exits. The interrupt flag and privilege
+  // level belong to the context being switched out; it gets them back when
+  // it is switched in again. The run queue is not touched by this vCPU's own
+  // interrupt handlers meanwhile.
+  const bool was_enabled = c.interrupts_enabled();
+  const std::uint8_t was_cpl = c.cpl();
   c.cli();
+  Thread* prev = v.current;
+  update_curr(c, v);
+  v.current = nullptr;
+  if (prev) {
+    prev->m_irq_preempted = requeue_current && !prev->m_dead;
+    if (prev->m_irq_preempted) enqueue(c, v, *prev);
+  }
+  if (v.runq.empty()) balance(c, v, true);  // newly idle: pull queued work
+  Thread* next = dequeue_first(c, v);
+  v.current = next;
+  store_rq(c, v);
+  c.store(rq_va(v.index) + 32, next ? se_va(*next) : 0);  // rq->curr
+  if (next) {
+    next->m_slice_used = 0;
+    next->m_exec_start = c.rdtsc();
+  }
+  if (next == prev) {
+    if (was_enabled) c.sti();
+    return;
+  }
+  ++m_sched_stats.switches;
+  charge(c, m_p.costs.context_switch, kCodeSched);
   c.set_user_mode(false);
   if (next) {
     Process& np = *next->m_process;
@@ -662,24 +715,48 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
     c.write_cr(3, c.read_cr(3) & ~crb::kCr3NoFlush);
     return;
   }
+  if (vector == kWakeVector) {
+    // Another vCPU queued a thread here: preempt if it is owed the CPU (an
+    // idle vCPU's loop picks it up after the halt).
+    Vcpu& v = this_vcpu();
+    if (v.current && !v.runq.empty() && should_preempt(v, *v.runq.front())) {
+      ++m_sched_stats.wake_preemptions;
+      schedule(c, v, true);
+    }
+    return;
+  }
   if (vector != kTimerVector) return;
   charge(c, m_p.costs.tick, kCodeTick);
   Vcpu& v = this_vcpu();
-  if (m_p.pv_steal) v.steal_seen->set(static_cast<double>(c.load(kDirectMap + steal_record(v.index))));
+  update_curr(c, v);
+  if (m_p.pv_steal && !m_p.sched.pv) read_steal(c, v);  // steal accounting at the tick
   v.armed_at = 0;  // the deadline timer disarms itself when it fires
   std::uint64_t now = c.rdtsc();
-  // Wake the sleepers whose time has come.
-  for (std::size_t i = 0; i < v.sleepers.size();) {
-    if (v.sleepers[i]->m_wake_at <= now) {
-      v.runq.push_back(v.sleepers[i]);
-      v.sleepers.erase(v.sleepers.begin() + static_cast<std::ptrdiff_t>(i));
-    } else {
-      ++i;
-    }
+  if (m_p.sched.pv) update_capacity(c, v, now);
+  // Wake the sleepers whose time has come (in the order they went to sleep).
+  std::size_t due = 0;
+  for (std::size_t i = 0; i < v.sleepers.size(); ++i) {
+    Thread* t = v.sleepers[i];
+    if (t->m_wake_at <= now) v.woken.push_back(t);
+    else v.sleepers[due++] = t;
   }
+  v.sleepers.resize(due);
+  for (Thread* t : v.woken) wake_thread(c, v, *t);
+  v.woken.clear();
   bool tick_due = !v.tick_at || now >= v.tick_at;
   program_timer(c, v, tick_due);
-  if (v.current && !v.runq.empty() && now >= v.slice_end) schedule(c, v, true);
+  if (tick_due && now >= v.next_balance && m_vcpus.size() > 1) {
+    v.next_balance = now + m_balance_cycles;
+    balance(c, v, false);
+  }
+  if (v.current && !v.runq.empty()) {
+    if (v.current->m_slice_used >= m_slice_cycles) {
+      schedule(c, v, true);
+    } else if (should_preempt(v, *v.runq.front())) {
+      ++m_sched_stats.wake_preemptions;
+      schedule(c, v, true);
+    }
+  }
 }
 
 void Kernel::exception(Core& c, std::uint8_t vector, std::uint32_t error_code) {

@@ -10,7 +10,6 @@
 #pragma once
 
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <unordered_map>
 #include <memory>
@@ -18,6 +17,7 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "guest/sched.h"
 #include "hypervisor/hypervisor.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -31,7 +31,7 @@ namespace vmx::guest {
 
 struct KernelCosts {
   std::uint64_t page_fault, tick, context_switch, syscall, thread_start, unmap_page, fork, fork_page, cow_fault,
-      code_bytes;
+      code_bytes, sched_account, wake_select, balance, scan_vcpu, migrate;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -54,6 +54,21 @@ struct KernelCosts {
     v.param(cow_fault, "cow_fault", "300", Spec(Unit::Instructions),
             "Copy-on-write fault work besides the copy itself (assumption).");
     v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes), "Code fetched per kernel path (assumption).");
+    v.param(sched_account, "sched_account", "60", Spec(Unit::Instructions),
+            "Charging the running thread's run time and virtual runtime, besides its memory traffic "
+            "(assumption, order of Linux's update_curr).");
+    v.param(wake_select, "wake_select", "150", Spec(Unit::Instructions),
+            "Waking a thread: choosing its vCPU and queueing it, besides the per-vCPU scan (assumption, order of "
+            "Linux's try_to_wake_up + select_task_rq_fair).");
+    v.param(balance, "balance", "300", Spec(Unit::Instructions),
+            "One load-balancer run besides the per-vCPU scan (assumption, order of Linux's load_balance "
+            "for a small domain).");
+    v.param(scan_vcpu, "scan_vcpu", "40", Spec(Unit::Instructions),
+            "Looking at one other vCPU's run queue (and, under kernel.sched.pv, its steal-time record) when "
+            "placing a woken thread or balancing, besides the loads of that data (assumption).");
+    v.param(migrate, "migrate", "400", Spec(Unit::Instructions),
+            "Moving a queued thread to another vCPU's run queue (assumption, order of Linux's "
+            "detach_task + attach_task).");
   }
 };
 
@@ -64,6 +79,7 @@ struct KernelParams {
   bool pcid;
   bool pv_steal;
   KernelCosts costs;
+  SchedParams sched;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -81,6 +97,7 @@ struct KernelParams {
             "Register a paravirtual steal-time record per vCPU (MSR_KVM_STEAL_TIME, as Linux does under "
             "KVM) and read it at every tick.");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
+    v.section(sched, "sched", "The thread scheduler (docs/scheduling.md, \"Guest scheduler\").");
   }
 };
 
@@ -146,6 +163,15 @@ class Thread {
   bool m_dead = false;
   bool m_finite = true;
   std::uint64_t m_wake_at = 0;  // TSC deadline while sleeping
+  // Scheduling (guest/sched.cc).
+  std::uint64_t m_weight = 1024;     // load weight (from the workload's nice)
+  std::uint64_t m_vruntime = 0;      // weighted run time, cycles x 1024 / weight
+  std::uint64_t m_exec_start = 0;    // TSC when its run time was last charged
+  std::uint64_t m_slice_used = 0;    // cycles charged since it was last picked
+  std::uint32_t m_slot = 0;          // its scheduling entity in guest memory
+  // Preempted inside an interrupt handler, whose frames belong to the core
+  // of its vCPU: it must resume there (docs/scheduling.md).
+  bool m_irq_preempted = false;
   std::function<void(Thread&)> m_child_body;  // what a forked child runs
   Thread* m_waiter = nullptr;                  // the parent waiting for this child
   std::unique_ptr<sim::Fiber> m_fiber;
@@ -154,6 +180,7 @@ class Thread {
 struct Process {
   std::uint64_t pml4 = 0;  // guest-physical address of the top-level table
   std::uint64_t page_size = 4096;  // of its anonymous memory (4 KiB, 2 MiB, 1 GiB)
+  std::uint64_t weight = 1024;     // load weight of its threads (nice_to_weight)
   std::uint64_t pcid = 0;
   bool fresh_pcid = false;  // first CR3 load must flush the PCID's old entries
   std::uint64_t next_va = 0;
@@ -175,7 +202,8 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
 
   /// Adds a process running `workload` in `threads` threads (before the
   /// run); its anonymous memory is mapped with pages of `page_size` bytes.
-  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size);
+  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size,
+                   std::int64_t nice = 0);
 
   sim::Fiber& vcpu_entry(unsigned index) override;
   void interrupt(cpu::Core& cpu, std::uint8_t vector) override;
@@ -209,16 +237,63 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   struct Vcpu {
     unsigned index = 0;
     std::unique_ptr<sim::Fiber> idle;
-    std::deque<Thread*> runq;
+    std::vector<Thread*> runq;  // waiting threads, by virtual runtime (ties: first queued first)
     std::vector<Thread*> sleepers;
     Thread* current = nullptr;  // nullptr: idle
-    std::uint64_t slice_end = 0;
+    std::uint64_t queued_load = 0;   // weights of the waiting threads
+    std::uint64_t min_vruntime = 0;  // never decreases
     std::uint64_t tick_at = 0;   // next tick (0: tick stopped)
     std::uint64_t armed_at = 0;  // what IA32_TSC_DEADLINE holds (0: disarmed)
-    stats::Gauge* steal_seen = nullptr;  // steal time the guest last read, ns
+    std::uint64_t next_balance = 0;  // TSC of the next periodic balancing
+    std::uint64_t steal_read_ns = 0;  // the record's value at the last read (rq->prev_steal_time)
+    stats::Counter* steal_seen = nullptr;  // steal time the guest accounted, ns
+    // Scratch of this vCPU's scheduler paths (other vCPUs run in between).
+    std::vector<std::uint8_t> preempted;  // what the others' records said
+    std::vector<Thread*> woken;           // sleepers the tick wakes
+    // Under kernel.sched.pv: the share of recent time stolen from this vCPU
+    // (of 1024), averaged at its ticks, and the capacity left (1024 - it).
+    std::uint64_t steal_avg = 0;
+    std::uint64_t capacity = 1024;
+    std::uint64_t cap_tsc = 0, cap_steal_ns = 0;  // at the last sample
+    std::uint64_t load() const { return queued_load + (current ? current->m_weight : 0); }
+    std::uint64_t nr_running() const { return runq.size() + (current ? 1 : 0); }
   };
   /// Guest-physical address of vCPU i's steal-time record (in the kernel image).
   static std::uint64_t steal_record(unsigned i) { return kImageBase + 0x4000 + 64ull * i; }
+  /// Guest-virtual address of vCPU i's run queue (struct rq: two lines in the
+  /// kernel image: lock, nr_running, load, min_vruntime, curr, prev_steal).
+  static std::uint64_t rq_va(unsigned i) { return kDirectMap + kImageBase + 0x8000 + 128ull * i; }
+  /// Guest-virtual address of a thread's scheduling entity (one line).
+  static std::uint64_t se_va(const Thread& t) { return kDirectMap + kImageBase + 0x10000 + 64ull * t.m_slot; }
+  static constexpr std::uint32_t kSeSlots = 3072;  // 192 KiB of the image; slots are reused modulo this
+
+  // The scheduler (guest/sched.cc).
+  /// Charges the running thread's run time up to now.
+  void update_curr(cpu::Core& c, Vcpu& v);
+  /// Reads the vCPU's own steal-time record and accounts what is new (ns).
+  std::uint64_t read_steal(cpu::Core& c, Vcpu& v);
+  /// Updates the vCPU's steal-reduced capacity (kernel.sched.pv) at a tick.
+  void update_capacity(cpu::Core& c, Vcpu& v, std::uint64_t now);
+  /// Load as placement and balancing compare it: under kernel.sched.pv
+  /// scaled up by 1024 / capacity (a vCPU losing half its time to steal
+  /// counts double).
+  std::uint64_t eff_load(const Vcpu& v, std::uint64_t extra = 0) const;
+  /// Whether vCPU j's steal-time record has `preempted` set (a load of it).
+  bool vcpu_preempted(cpu::Core& c, unsigned j);
+  void enqueue(cpu::Core& c, Vcpu& v, Thread& t);
+  Thread* dequeue_first(cpu::Core& c, Vcpu& v);
+  void update_min_vruntime(Vcpu& v);
+  /// Makes a sleeping (or new) thread runnable on the vCPU chosen for it;
+  /// runs on `self`, the waker's vCPU.
+  void wake_thread(cpu::Core& c, Vcpu& self, Thread& t);
+  /// Whether `t` waking should preempt what v runs.
+  bool should_preempt(const Vcpu& v, const Thread& t) const;
+  /// Periodic (idle=false) or newly-idle load balancing run by vCPU `self`.
+  void balance(cpu::Core& c, Vcpu& self, bool idle);
+  void move_thread(cpu::Core& c, Vcpu& from, Vcpu& to, std::size_t pos);
+  void rq_lock(cpu::Core& c, const Vcpu& v) { c.xchg(rq_va(v.index), 1); }
+  void rq_unlock(cpu::Core& c, const Vcpu& v) { c.store(rq_va(v.index), 0); }
+  void store_rq(cpu::Core& c, const Vcpu& v);
 
   void vcpu_main(Vcpu& v);
   void boot(cpu::Core& c);
@@ -227,6 +302,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   /// Guest-virtual (direct-map) address of the 4 KiB leaf entry for va in
   /// the tables rooted at root, or 0 if a table on the way is missing.
   std::uint64_t leaf_entry(cpu::Core& c, std::uint64_t root, std::uint64_t va);
+  /// Whether va has a present leaf at leaf_level in the tables rooted at root.
+  bool mapped(cpu::Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level);
+  /// Image offset of the page-table lock word (a line of its own).
+  static constexpr std::uint64_t kPageTableLock = 0x7C00;
   /// Frees a finished child process: frames (by reference count), its
   /// page-table pages and its thread.
   void reap(cpu::Core& c, Process& child);
@@ -267,6 +346,9 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   stats::Group m_stats;
   stats::Counter m_page_faults{&m_stats, "page_faults", "faults", "page faults the kernel handled"};
   stats::Counter m_cow_faults{&m_stats, "cow_faults", "faults", "of those, copy-on-write faults resolved"};
+  SchedStats m_sched_stats;
+  std::uint64_t m_gran_cycles, m_credit_cycles, m_balance_cycles;
+  std::uint32_t m_next_slot = 0;
   std::vector<std::unique_ptr<Vcpu>> m_vcpus;
   std::vector<std::unique_ptr<Process>> m_processes;
   std::vector<std::unique_ptr<Thread>> m_threads;

@@ -354,6 +354,45 @@ class RequestServer final : public Workload {
   stats::Histogram m_response{&m_stats, "response", "cycles", "arrival to completion of each request"};
 };
 
+// Threads of one process contend for one test-and-test-and-set spinlock in
+// their shared memory (XCHG to take it, PAUSE while it is held, a store to
+// release it), as user-space spinlocks and the kernel's pre-queued ones do.
+// A holder whose vCPU is preempted keeps the others spinning (lock-holder
+// preemption); the program measures the time each acquisition took.
+class Spinlock final : public Workload {
+ public:
+  Spinlock(const SpinlockParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    // The lock lives at a fixed address of the process; the first thread
+    // maps it, the others find it mapped.
+    t.mmap_fixed(kLockVa, kPage, false);
+    started(t);
+    repeat(m_p.iterations, [&] {
+      std::uint64_t begin = t.cpu().rdtsc();
+      bool waited = false;
+      while (t.cpu().xchg(kLockVa, 1) != 0) {
+        waited = true;
+        while (t.load(kLockVa) != 0) t.cpu().pause();
+      }
+      m_acquire.sample(t.cpu().rdtsc() - begin);
+      if (waited) ++m_contended;
+      t.compute(m_p.critical);
+      t.store(kLockVa, 0);
+      // Uniform in [work/2, 3 work/2], so that threads do not fall into step.
+      t.compute(m_p.work / 2 + (m_p.work ? t.random() % (m_p.work + 1) : 0));
+      ++m_stats.operations;
+    });
+    finished(t);
+  }
+
+ private:
+  static constexpr std::uint64_t kLockVa = 0x7F0000000000ull;
+  SpinlockParams m_p;
+  stats::Histogram m_acquire{&m_stats, "acquire", "cycles", "first attempt to holding the lock, per acquisition"};
+  stats::Counter m_contended{&m_stats, "contended", "acquisitions", "acquisitions that found the lock held"};
+};
+
 // Replays a captured trace in the guest: its pages are mapped at the
 // addresses the program used, instruction records fetch and retire one
 // instruction, data records load and store.
@@ -431,6 +470,7 @@ void Workload::finished(guest::Thread& t) {
 
 std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group* parent, const std::string& name) {
   if (p.type == "compute") return std::make_shared<Compute>(p.compute, parent, name);
+  if (p.type == "cpu_bound") return std::make_shared<Compute>(p.cpu_bound, parent, name);
   if (p.type == "stream") return std::make_shared<Stream>(p.stream, parent, name);
   if (p.type == "random_access") return std::make_shared<RandomAccess>(p.random_access, parent, name);
   if (p.type == "pointer_chase") return std::make_shared<PointerChase>(p.pointer_chase, parent, name);
@@ -444,6 +484,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "fork_churn") return std::make_shared<ForkChurn>(p.fork_churn, parent, name);
   if (p.type == "periodic") return std::make_shared<Periodic>(p.periodic, parent, name);
   if (p.type == "request_server") return std::make_shared<RequestServer>(p.request_server, parent, name);
+  if (p.type == "spinlock") return std::make_shared<Spinlock>(p.spinlock, parent, name);
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

@@ -158,6 +158,18 @@ struct RequestServerParams {
   }
 };
 
+struct SpinlockParams {
+  std::uint64_t critical, work, iterations;
+  template <class V>
+  void visit(V& v) {
+    v.param(critical, "critical", "2000", Spec(Unit::Instructions),
+            "Instructions inside the critical section (while holding the lock).");
+    v.param(work, "work", "20000", Spec(Unit::Instructions),
+            "Mean instructions between releasing and acquiring again (uniform in [work/2, 3 work/2]).");
+    v.param(iterations, "iterations", "0", Spec(), "Acquisitions per thread (0: until the end of the run).");
+  }
+};
+
 struct TraceParams {
   std::string file;
   std::uint64_t passes;
@@ -174,7 +186,9 @@ struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
   std::uint64_t page_size;
+  std::int64_t nice;
   ComputeParams compute;
+  ComputeParams cpu_bound;
   StreamParams stream;
   RandomAccessParams random_access;
   PointerChaseParams pointer_chase;
@@ -188,6 +202,7 @@ struct WorkloadParams {
   ForkChurnParams fork_churn;
   PeriodicParams periodic;
   RequestServerParams request_server;
+  SpinlockParams spinlock;
 
   template <class V>
   void visit(V& v) {
@@ -195,13 +210,18 @@ struct WorkloadParams {
             "Threads of the process, spread over the VM's vCPUs.");
     v.param(page_size, "page_size", "4KiB", Spec(Unit::Bytes).power_of_two(),
             "Guest page size of the program's memory: 4KiB, 2MiB or 1GiB (as with hugetlbfs).");
-    v.variant(type, "type", "What the program does.", cfg::alt("compute", compute), cfg::alt("stream", stream),
+    v.param(nice, "nice", "0", Spec().at_least(-20).at_most(19),
+            "Nice value of the program's threads: the guest scheduler weighs them by Linux's "
+            "sched_prio_to_weight (nice 0: 1024, nice 19: 15, nice -20: 88761).");
+    v.variant(type, "type", "What the program does (cpu_bound is another name for compute).",
+              cfg::alt("compute", compute), cfg::alt("cpu_bound", cpu_bound), cfg::alt("stream", stream),
               cfg::alt("random_access", random_access), cfg::alt("pointer_chase", pointer_chase),
               cfg::alt("cpuid_loop", cpuid_loop), cfg::alt("io_loop", io_loop),
               cfg::alt("vmcall_loop", vmcall_loop), cfg::alt("touch_pages", touch_pages),
               cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
               cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn),
-              cfg::alt("periodic", periodic), cfg::alt("request_server", request_server));
+              cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
+              cfg::alt("spinlock", spinlock));
   }
 };
 
