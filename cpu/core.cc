@@ -25,6 +25,7 @@ thread_local Core* t_current = nullptr;
 // access inside one frame is a plain copy (the fast path of load and store).
 constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 constexpr std::uint64_t kFrameOffset = models::PhysMem::kFrameSize - 1;
+constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a store
 }  // namespace
 
 Core& Core::current() {
@@ -167,7 +168,7 @@ void Core::recompute_next_event() {
   std::uint64_t next = m_sync_at;
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
-  if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0) next = 0;
+  if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0 || m_op_done) next = 0;
   m_next_event = next;
 }
 
@@ -176,6 +177,9 @@ void Core::recompute_next_event() {
 // how late: an event raised by another core is seen at most one quantum
 // after the time it was raised.
 void Core::slow_boundary() {
+  // A guest RIP advanced past an operation that was not a memory access
+  // has nothing to complete.
+  m_op_done = false;
   if (m_now >= m_sync_at) yield(Yield::Sync);
   m_lapic.tick(m_now);
 
@@ -256,6 +260,10 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   if (exception) ++m_stats.exceptions; else ++m_stats.interrupts;
   std::uint8_t saved_cpl = m_cpl;
   bool saved_if = m_if;
+  // An emulated memory operation interrupted by this delivery completes
+  // after it, not inside the handler.
+  const bool op_done = m_op_done;
+  m_op_done = false;
   m_cpl = 0;
   m_if = false;
   update_context();
@@ -263,6 +271,7 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   else h->interrupt(*this, vector);
   m_cpl = saved_cpl;
   m_if = saved_if;
+  m_op_done = op_done;
   update_context();
   recompute_next_event();
 }
@@ -497,8 +506,12 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   ++m_stats.loads;
   if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
   std::uint64_t pa = va;
+  m_op_size = size;
   if (m_translate)  // translate() itself passes va through when this is off
-    while (!translate(va, AccessType::Read, pa)) boundary();
+    while (!translate(va, AccessType::Read, pa)) {
+      if (m_op_done) return emulated_result();
+      boundary();
+    }
   if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory", name(), pa));
   charge(m_w.caches->access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
@@ -521,8 +534,16 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     return;
   }
   std::uint64_t pa = va;
+  m_op_size = size | kOpWrite;
+  m_op_value = value;
   if (m_translate)
-    while (!translate(va, AccessType::Write, pa)) boundary();
+    while (!translate(va, AccessType::Write, pa)) {
+      if (m_op_done) {
+        emulated_result();
+        return;
+      }
+      boundary();
+    }
   if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory", name(), pa));
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
@@ -530,6 +551,15 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     return;
   }
   m_w.mem->write(pa, value, size);
+}
+
+// Completes a memory operation the hypervisor emulated: a load returns RAX
+// cut to its size, a store has nothing left to do.
+std::uint64_t Core::emulated_result() {
+  m_op_done = false;
+  const std::uint64_t v = m_regs[Regs::rax];
+  const std::uint32_t size = m_op_size & 0xF;
+  return size >= 8 ? v : v & ((1ull << (8 * size)) - 1);
 }
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
@@ -562,8 +592,11 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
   unsigned first_len = static_cast<unsigned>(second_va - va);
   std::uint64_t pa1, pa2;
   AccessType t = write ? AccessType::Write : AccessType::Read;
+  m_op_size = size | (write ? kOpWrite : 0);
+  m_op_value = value;
   for (;;) {
     if (translate(va, t, pa1) && translate(second_va, t, pa2)) break;
+    if (m_op_done) return emulated_result();
     boundary();
   }
   auto kind = write ? models::AccessKind::Write : models::AccessKind::Read;
@@ -1310,7 +1343,11 @@ VmExit Core::vm_entry(bool launch) {
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if (!v.get(field::kHostRip)) return {vm_fail(vmerr::kEntryInvalidHostState), 0};
-  auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kGuestRip)));
+  // The guest RIP names the guest context; advanced past the exiting
+  // operation (RIP + the exit's instruction length, as a hypervisor that
+  // emulated it does), it completes that operation instead of retrying it.
+  const std::uint64_t rip = v.get(field::kGuestRip);
+  auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(rip & ~std::uint64_t{7}));
   std::uint32_t inj_check = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
   // SDM Vol. 3C, 27.3.1.4: RFLAGS.IF must be 1 when an external interrupt is
   // injected.
@@ -1344,6 +1381,7 @@ VmExit Core::vm_entry(bool launch) {
   m_if = v.get(field::kGuestRflags) & kRflagsIf;
   m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
   m_non_root = true;
+  m_op_done = (rip & 7) != 0;
   update_context();
   if (launch) v.set_launched(true);
 
@@ -1408,6 +1446,17 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kExitIntrInfo, intr_info);
   v.set(field::kExitIntrErrorCode, intr_error);
   v.set(field::kExitInstructionLength, 1);
+  // Decode assist for memory operations (the model's stand-in for the
+  // instruction decoding a hypervisor does to emulate MMIO): operand size in
+  // bytes in bits 3:0 of the VM-exit instruction-information field, bit 4
+  // set for a write, and the store's data in RAX (a MOV's source register).
+  if (reason == ExitReason::EptViolation || reason == ExitReason::EptMisconfig) {
+    const bool write = m_op_size & kOpWrite;
+    v.set(field::kVmxInstructionInfo, (m_op_size & 0xF) | (write ? 0x10u : 0u));
+    if (write) m_regs[Regs::rax] = m_op_value;
+  } else {
+    v.set(field::kVmxInstructionInfo, 0);
+  }
   // Guest state (SDM Vol. 3C, 28.3). RIP designates the guest context that
   // resumes where the exiting operation left off.
   v.set(field::kGuestCr0, m_cr0);

@@ -310,6 +310,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     if (m_now >= m_next_event) slow_boundary();
   }
   void slow_boundary();
+  std::uint64_t emulated_result();
   void recompute_next_event();
   void retire(std::uint64_t instructions);
   void charge(std::uint64_t cycles) { m_now += cycles; }
@@ -375,6 +376,13 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   // Monitor trap flag: slow boundaries seen since the VM entry that armed it
   // (-1: not armed).
   int m_mtf_boundaries = -1;
+  // The memory operation in progress, for a hypervisor that emulates it
+  // after an EPT violation or misconfiguration (MMIO): its size and store
+  // data, reported at the exit; m_op_done is set by a VM entry whose guest
+  // RIP was advanced past it (the operation then completes with RAX).
+  std::uint64_t m_op_value = 0;
+  std::uint32_t m_op_size = 0;
+  bool m_op_done = false;
   bool m_boundary_exit = false;  // the exit being taken comes from slow_boundary
   sc_core::sc_event m_wake;
 

@@ -760,3 +760,39 @@ TEST_CASE("the monitor trap flag set at a fault exit lets exactly the faulting s
   CHECK(at_mtf_first == 0xABCD);  // the faulting store completed ...
   CHECK(at_mtf_second == 0);      // ... and nothing after it
 }
+
+// ---------------------------------------------------------------------------
+// Emulated memory operations (MMIO): the exit reports the operand size and
+// the store data; advancing the guest RIP completes the operation.
+
+TEST_CASE("a hypervisor emulates an exiting load and store by advancing the guest RIP", "[vmx][mmio][ept]") {
+  VmxHarness h;
+  constexpr std::uint64_t kDevice = 0x1800000;  // not in the EPT: every access exits
+  std::uint64_t loaded = 0, loaded16 = 0;
+  h.guest = [&](Core& c) {
+    c.store(kDevice + 0x10, 0xCAFEF00D, 4);
+    loaded = c.load(kDevice + 0x20, 8);
+    loaded16 = c.load(kDevice + 0x30, 2);
+  };
+  std::vector<std::uint64_t> infos, data;
+  h.on_exit = [&](Core& c, const Exit& e) {
+    if (e.reason != kEptViolation) return;
+    std::uint64_t info = 0, rip = 0, len = 0;
+    c.vmread(field::kVmxInstructionInfo, info);
+    infos.push_back(info);
+    if (info & 0x10) data.push_back(e.regs[Regs::rax]);   // a store: its data
+    else c.regs()[Regs::rax] = 0x1122334455667788ull;      // a load: the device's answer
+    c.vmread(field::kGuestRip, rip);
+    c.vmread(field::kExitInstructionLength, len);
+    c.vmwrite(field::kGuestRip, rip + len);
+  };
+  h.run();
+  require_clean(h);
+  // One exit per access: none is retried.
+  REQUIRE(h.reasons() == std::vector<unsigned>{kEptViolation, kEptViolation, kEptViolation, kVmcall});
+  CHECK(infos == std::vector<std::uint64_t>{0x14, 0x8, 0x2});
+  CHECK(data == std::vector<std::uint64_t>{0xCAFEF00D});
+  CHECK(loaded == 0x1122334455667788ull);
+  CHECK(loaded16 == 0x7788);
+  CHECK(h.exits[0].guest_physical == kDevice + 0x10);
+}
