@@ -1,7 +1,6 @@
 #include "cpu/core.h"
 
 #include <algorithm>
-#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -9,6 +8,7 @@
 
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
+#include "models/mmio.h"
 #include "models/phys_mem.h"
 
 namespace vmx::cpu {
@@ -486,7 +486,7 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   std::uint64_t pa = va;
   if (m_translate)  // translate() itself passes va through when this is off
     while (!translate(va, AccessType::Read, pa)) boundary();
-  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory", name(), pa));
+  if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
   charge(m_w.caches->access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
@@ -510,7 +510,10 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
   std::uint64_t pa = va;
   if (m_translate)
     while (!translate(va, AccessType::Write, pa)) boundary();
-  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory", name(), pa));
+  if (!m_w.mem->contains(pa, size)) {
+    mmio_write(pa, value, size);
+    return;
+  }
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
     std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
@@ -534,6 +537,24 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
   std::uint64_t old = m_w.mem->read(pa, 8);
   m_w.mem->write(pa, value, 8);
   return old;
+}
+
+// Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
+// by the device (models/mmio.h). Reached only after the RAM check fails.
+std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
+  std::uint64_t v = 0;
+  std::uint32_t cycles = 0;
+  if (!m_w.mmio || !m_w.mmio->read(pa, size, v, cycles))
+    throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory, and no device claims it", name(), pa));
+  charge(cycles);
+  return v;
+}
+
+void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  std::uint32_t cycles = 0;
+  if (!m_w.mmio || !m_w.mmio->write(pa, value, size, cycles))
+    throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory, and no device claims it", name(), pa));
+  charge(cycles);
 }
 
 void Core::pause() {

@@ -33,6 +33,7 @@ namespace vmx::models {
 class PhysMem;
 class MemHierarchy;
 class IoBus;
+class MmioBus;
 }  // namespace vmx::models
 
 namespace vmx::cpu {
@@ -147,6 +148,9 @@ struct CoreWiring {
   models::PhysMem* mem = nullptr;
   models::MemHierarchy* caches = nullptr;
   models::IoBus* io = nullptr;
+  /// Devices' MMIO ranges, looked up only for physical addresses outside
+  /// RAM (optional: without it such an access is a simulator error).
+  models::MmioBus* mmio = nullptr;
   VmcsStore* vmcs_store = nullptr;
   std::uint64_t frequency_hz = 0;
   std::uint64_t quantum_cycles = 0;
@@ -331,6 +335,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
+  std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
+  void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
   void update_context();         // recompute TLB tag and walk parameters
   mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
 

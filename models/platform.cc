@@ -9,6 +9,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       m_stats(parent, "system", "the machine"),
       m_mem(p.memory),
       m_llc(p.llc, &m_stats, "llc"),
+      m_mmio(&m_stats),
       m_debugcon(&m_stats, static_cast<std::uint32_t>(p.debugcon_latency)) {
   m_io.attach(DebugConsole::kPort, 1, &m_debugcon);
   std::uint64_t quantum_cycles =
@@ -21,6 +22,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.mem = &m_mem;
     w.caches = m_caches.back().get();
     w.io = &m_io;
+    w.mmio = &m_mmio;
     w.vmcs_store = &m_vmcs;
     w.frequency_hz = p.frequency;
     w.quantum_cycles = quantum_cycles;

@@ -12,6 +12,7 @@
 #include "models/cache.h"
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
+#include "models/mmio.h"
 #include "models/phys_mem.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -59,6 +60,8 @@ class Platform {
   unsigned core_count() const { return static_cast<unsigned>(m_cores.size()); }
   PhysMem& memory() { return m_mem; }
   IoBus& io() { return m_io; }
+  /// Devices claim their MMIO ranges here (above RAM).
+  MmioBus& mmio() { return m_mmio; }
   DebugConsole& debugcon() { return m_debugcon; }
   const PlatformParams& params() const { return m_params; }
   stats::Group& stats() { return m_stats; }
@@ -69,6 +72,7 @@ class Platform {
   PhysMem m_mem;
   Cache m_llc;
   IoBus m_io;
+  MmioBus m_mmio;
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;
