@@ -10,8 +10,12 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       m_mem(p.memory),
       m_llc(p.llc, &m_stats, "llc"),
       m_mmio(&m_stats),
+      m_ir(p.interrupt_remapping, m_ir_mem, &m_stats),
+      m_irq(static_cast<unsigned>(p.cores),
+            [this](std::uint32_t dest, std::uint8_t vector) { m_cores[dest]->post_interrupt(vector); }, &m_stats),
       m_debugcon(&m_stats, static_cast<std::uint32_t>(p.debugcon_latency)) {
   m_io.attach(DebugConsole::kPort, 1, &m_debugcon);
+  m_irq.set_remapping(&m_ir);
   std::uint64_t quantum_cycles =
       static_cast<std::uint64_t>(static_cast<unsigned __int128>(p.quantum) * p.frequency / cfg::kPsPerSecond);
   if (quantum_cycles == 0) quantum_cycles = 1;
@@ -26,9 +30,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.vmcs_store = &m_vmcs;
     w.frequency_hz = p.frequency;
     w.quantum_cycles = quantum_cycles;
-    w.send_ipi = [this](std::uint32_t dest, std::uint8_t vector) {
-      if (dest < m_cores.size()) m_cores[dest]->post_interrupt(vector);
-    };
+    w.send_ipi = [this, i](std::uint32_t dest, std::uint8_t vector) { m_irq.ipi(i, dest, vector); };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }
 }

@@ -9,7 +9,9 @@
 
 #include "cpu/core.h"
 #include "cpu/vmcs.h"
+#include "iommu/interrupt_remap.h"
 #include "models/cache.h"
+#include "models/interrupts.h"
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
@@ -28,6 +30,7 @@ struct PlatformParams {
   MemHierarchyParams caches;
   LlcParams llc;
   std::uint64_t debugcon_latency;
+  iommu::InterruptRemapParams interrupt_remapping;
 
   template <class V>
   void visit(V& v) {
@@ -46,6 +49,8 @@ struct PlatformParams {
     v.section(llc, "llc", "Last-level cache shared by all cores.");
     v.param(debugcon_latency, "debugcon_latency", "100", Spec(Unit::Cycles),
             "Latency of the debug console on port 0xE9 (assumption).");
+    v.section(interrupt_remapping, "interrupt_remapping",
+              "VT-d interrupt remapping and posting unit; software enables it (docs/io.md, Interrupts).");
   }
 };
 
@@ -62,6 +67,10 @@ class Platform {
   IoBus& io() { return m_io; }
   /// Devices claim their MMIO ranges here (above RAM).
   MmioBus& mmio() { return m_mmio; }
+  /// Where devices' MSIs go (the root complex hands them here).
+  InterruptFabric& interrupts() { return m_irq; }
+  /// The VT-d interrupt-remapping unit in front of the fabric.
+  iommu::InterruptRemap& interrupt_remap() { return m_ir; }
   DebugConsole& debugcon() { return m_debugcon; }
   const PlatformParams& params() const { return m_params; }
   stats::Group& stats() { return m_stats; }
@@ -73,6 +82,20 @@ class Platform {
   Cache m_llc;
   IoBus m_io;
   MmioBus m_mmio;
+  /// The remapping unit reads IRTEs and descriptors from memory directly
+  /// (not through a core's caches).
+  struct DirectMemory final : mmu::TableMemory {
+    explicit DirectMemory(PhysMem& m) : mem(m) {}
+    std::uint64_t read_entry(std::uint64_t pa, std::uint32_t&) override {
+      return mem.contains(pa, 8) ? mem.read(pa, 8) : 0;
+    }
+    void write_entry(std::uint64_t pa, std::uint64_t v, std::uint32_t&) override {
+      if (mem.contains(pa, 8)) mem.write(pa, v, 8);
+    }
+    PhysMem& mem;
+  } m_ir_mem{m_mem};
+  iommu::InterruptRemap m_ir;
+  InterruptFabric m_irq;
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;
