@@ -168,6 +168,7 @@ void Core::recompute_next_event() {
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
   if (m_event_pending || m_lapic.any_requested()) next = 0;
+  if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
   m_next_event = next;
 }
 
@@ -194,6 +195,9 @@ void Core::slow_boundary() {
   }
   take_pending_interrupt();
   if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) vm_exit(ExitReason::InterruptWindow, 0);
+  // Virtual-interrupt delivery (SDM Vol. 3C, 30.2.2): a recognized virtual
+  // interrupt is delivered when RFLAGS.IF = 1 and nothing blocks it.
+  if (m_non_root && m_if && virtual_interrupt_recognized()) deliver_virtual_interrupt();
   recompute_next_event();
 }
 
@@ -212,6 +216,10 @@ void Core::take_pending_interrupt() {
   int v = m_lapic.deliverable();
   if (v < 0) return;
   if (m_non_root && (m_pin & pin::kExternalInterruptExiting)) {
+    if ((m_pin & pin::kPostedInterrupts) && v == m_pi_nv) {
+      process_posted_interrupts();
+      return;
+    }
     // External-interrupt exiting: the exit happens regardless of the guest's
     // RFLAGS.IF (SDM Vol. 3C, 26.2). With "acknowledge interrupt on exit"
     // the vector is reported in the exit-interruption information.
@@ -226,6 +234,99 @@ void Core::take_pending_interrupt() {
   if (!m_if) return;
   m_lapic.acknowledge(static_cast<std::uint8_t>(v));
   deliver(m_idt, false, static_cast<std::uint8_t>(v), 0);
+}
+
+// ---------------------------------------------------------------------------
+// Posted interrupts and virtual-interrupt delivery. The descriptor and the
+// virtual-APIC page are in memory and every access to them is a real,
+// charged memory access by this core.
+
+std::uint64_t Core::phys_read(std::uint64_t pa, unsigned size) {
+  if (!m_w.mem->contains(pa, size))
+    throw SimulationError(fmt::format("{}: VMX structure at physical {:#x} beyond memory", name(), pa));
+  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  return m_w.mem->read(pa, size);
+}
+
+void Core::phys_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  if (!m_w.mem->contains(pa, size))
+    throw SimulationError(fmt::format("{}: VMX structure at physical {:#x} beyond memory", name(), pa));
+  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  m_w.mem->write(pa, value, size);
+}
+
+// Highest vector set in the 256-bit register (VIRR or VISR) at reg_base of
+// the virtual-APIC page, or -1.
+int Core::vapic_highest(std::uint64_t reg_base) {
+  for (int r = 7; r >= 0; --r) {
+    auto bits = static_cast<std::uint32_t>(phys_read(m_vapic + reg_base + 0x10 * static_cast<unsigned>(r), 4));
+    if (bits) return r * 32 + 31 - __builtin_clz(bits);
+  }
+  return -1;
+}
+
+// Posted-interrupt processing (SDM Vol. 3C, 30.6), for an unblocked external
+// interrupt whose vector is the notification vector, in non-root operation
+// with "process posted interrupts": acknowledge it, clear ON, EOI the local
+// APIC, move PIR into VIRR (each PIR quadword read and cleared with no other
+// access in between), raise RVI to the highest vector posted, and evaluate
+// pending virtual interrupts. No VM exit.
+void Core::process_posted_interrupts() {
+  m_lapic.acknowledge(m_pi_nv);
+  ++m_stats.posted_notifications;
+  const std::uint64_t ctl = m_pi_desc + 32;
+  phys_write(ctl, phys_read(ctl, 8) & ~1ull, 8);  // ON is bit 256
+  m_lapic.eoi();
+  int highest = -1;
+  for (unsigned q = 0; q < 4; ++q) {
+    const std::uint64_t pir = m_pi_desc + 8 * q;
+    std::uint64_t bits = phys_read(pir, 8);
+    if (!bits) continue;
+    phys_write(pir, 0, 8);
+    for (unsigned half = 0; half < 2; ++half) {
+      auto part = static_cast<std::uint32_t>(bits >> (32 * half));
+      if (!part) continue;
+      std::uint64_t irr = vapic::reg(m_vapic + vapic::kIrr, 64 * q + 32 * half);
+      phys_write(irr, phys_read(irr, 4) | part, 4);
+    }
+    highest = static_cast<int>(64 * q + 63) - __builtin_clzll(bits);
+  }
+  if (highest > m_rvi) m_rvi = static_cast<std::uint8_t>(highest);
+  recompute_next_event();
+}
+
+// Virtual-interrupt delivery (SDM Vol. 3C, 30.2.2): the vector RVI moves
+// from VIRR to VISR, SVI takes it, RVI becomes the next-highest requested
+// vector, and the interrupt goes through the guest IDT.
+void Core::deliver_virtual_interrupt() {
+  const std::uint8_t vec = m_rvi;
+  const std::uint64_t isr = vapic::reg(m_vapic + vapic::kIsr, vec);
+  const std::uint64_t irr = vapic::reg(m_vapic + vapic::kIrr, vec);
+  phys_write(isr, phys_read(isr, 4) | (1u << (vec % 32)), 4);
+  m_svi = vec;
+  phys_write(irr, phys_read(irr, 4) & ~(1u << (vec % 32)), 4);
+  int next = vapic_highest(vapic::kIrr);
+  m_rvi = next < 0 ? 0 : static_cast<std::uint8_t>(next);
+  ++m_stats.virtual_interrupts;
+  deliver(m_idt, false, vec, 0);
+}
+
+// EOI virtualization (SDM Vol. 3C, 30.1.3): clear the vector SVI in VISR,
+// SVI becomes the next-highest in-service vector; an EOI-exit-bitmap bit
+// set for the vector makes an EOI-induced VM exit (qualification: the
+// vector), otherwise pending virtual interrupts are evaluated.
+void Core::virtualize_eoi() {
+  const std::uint8_t vec = m_svi;
+  const std::uint64_t isr = vapic::reg(m_vapic + vapic::kIsr, vec);
+  phys_write(isr, phys_read(isr, 4) & ~(1u << (vec % 32)), 4);
+  int next = vapic_highest(vapic::kIsr);
+  m_svi = next < 0 ? 0 : static_cast<std::uint8_t>(next);
+  ++m_stats.virtual_eois;
+  if ((m_vmcs->get(field::kEoiExitBitmap0 + 2 * (vec / 64)) >> (vec % 64)) & 1) {
+    vm_exit(ExitReason::VirtualizedEoi, vec);
+    return;
+  }
+  recompute_next_event();
 }
 
 void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code) {
@@ -557,6 +658,21 @@ void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
   charge(cycles);
 }
 
+std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
+  boundary();
+  retire(1);
+  ++m_stats.loads;
+  ++m_stats.stores;
+  std::uint64_t pa;
+  while (!translate(va, AccessType::Write, pa)) boundary();
+  if ((va & 7) || !m_w.mem->contains(pa, 8))
+    throw SimulationError(fmt::format("{}: LOCK OR at {:#x} must be 8-byte aligned and inside memory", name(), va));
+  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  std::uint64_t old = m_w.mem->read(pa, 8);
+  m_w.mem->write(pa, old | bits, 8);
+  return old;
+}
+
 void Core::pause() {
   boundary();
   retire(1);
@@ -865,6 +981,15 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
       m_regs[Regs::rax] = value & 0xFFFFFFFF;
       m_regs[Regs::rdx] = value >> 32;
       vm_exit(ExitReason::Wrmsr, 0);
+      return;
+    }
+    // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
+    // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
+    // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
+    // reach the local APIC (TPR and self-IPI virtualization are not modelled).
+    if ((m_proc2 & proc2::kVirtualizeX2apic) && m_vid && msr == msr::kX2ApicEoi) {
+      if (value != 0) raise_exception(vec::kGeneralProtection, 0, true);
+      else virtualize_eoi();
       return;
     }
   }
@@ -1317,6 +1442,26 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // APIC virtualization and posted interrupts (SDM Vol. 3C, 27.2.1.1).
+  {
+    const auto pin_ctl = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
+    const bool tpr_shadow = proc_ctl & proc::kUseTprShadow;
+    const std::uint64_t vapic_pa = v.get(field::kVirtualApicPage);
+    const std::uint64_t pid = v.get(field::kPostedIntrDesc);
+    bool bad = false;
+    if (tpr_shadow && ((vapic_pa & 0xFFF) || !m_w.mem->contains(vapic_pa, 4096))) bad = true;
+    if (!tpr_shadow && (proc2_ctl & (proc2::kVirtualizeX2apic | proc2::kApicRegisterVirtualization |
+                                     proc2::kVirtualInterruptDelivery)))
+      bad = true;
+    if ((proc2_ctl & proc2::kVirtualizeX2apic) && (proc2_ctl & proc2::kVirtualizeApicAccesses)) bad = true;
+    if ((proc2_ctl & proc2::kVirtualInterruptDelivery) && !(pin_ctl & pin::kExternalInterruptExiting)) bad = true;
+    if ((pin_ctl & pin::kPostedInterrupts) &&
+        (!(proc2_ctl & proc2::kVirtualInterruptDelivery) ||
+         !(v.get(field::kExitControls) & exitctl::kAckInterruptOnExit) || (v.get(field::kPostedIntrNv) & 0xFF00) ||
+         (pid & 0x3F) || !m_w.mem->contains(pid, 64)))
+      bad = true;
+    if (bad) return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  }
   if (!v.get(field::kHostRip)) return {vm_fail(vmerr::kEntryInvalidHostState), 0};
   auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kGuestRip)));
   std::uint32_t inj_check = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
@@ -1343,6 +1488,18 @@ VmExit Core::vm_entry(bool launch) {
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
   m_eptp = eptp;
+  m_vid = m_proc2 & proc2::kVirtualInterruptDelivery;
+  m_vapic = v.get(field::kVirtualApicPage);
+  m_pi_desc = v.get(field::kPostedIntrDesc);
+  m_pi_nv = static_cast<std::uint8_t>(v.get(field::kPostedIntrNv));
+  if (m_vid) {
+    // Guest interrupt status is loaded with the guest state; pending virtual
+    // interrupts are evaluated at entry (SDM Vol. 3C, 28.3.2.5, 30.2.1):
+    // recompute_next_event below makes the first boundary deliver one.
+    const std::uint64_t gis = v.get(field::kGuestIntrStatus);
+    m_rvi = static_cast<std::uint8_t>(gis & 0xFF);
+    m_svi = static_cast<std::uint8_t>(gis >> 8);
+  }
   flush_vpid_on_transition();
   m_cr0 = v.get(field::kGuestCr0);
   m_cr3 = v.get(field::kGuestCr3);
@@ -1420,6 +1577,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestRip, code_address(m_current));
   if (m_pin & pin::kPreemptionTimer)
     v.set(field::kPreemptionTimerValue, m_preempt_deadline > m_now ? m_preempt_deadline - m_now : 0);
+  if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
+  m_vid = false;
 
   charge(m_p.vm_exit_latency);
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
@@ -1443,6 +1602,14 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   // the exiting operation completes or retries.
   m_sti_shadow = false;
   deliver_injected_event();
+  // With virtual-interrupt delivery, a notification requested while the
+  // vCPU was out (posted-interrupt processing) and a virtual interrupt
+  // recognized at entry (SDM Vol. 3C, 30.2.1) are taken before the guest's
+  // next instruction.
+  if (m_vid) {
+    take_pending_interrupt();
+    if (m_non_root && m_if && virtual_interrupt_recognized()) deliver_virtual_interrupt();
+  }
 }
 
 void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
