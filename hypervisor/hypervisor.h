@@ -29,7 +29,7 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines;
+      interrupt_window, inject, post, schedule, code_bytes, vcpu_state_lines;
 
   template <class V>
   void visit(V& v) {
@@ -51,6 +51,9 @@ struct HvCosts {
             "Host interrupt taken on exit (assumption).");
     v.param(interrupt_window, "interrupt_window", "80", Spec(Unit::Instructions), "Interrupt-window exit (assumption).");
     v.param(inject, "inject", "50", Spec(Unit::Instructions), "Preparing a virtual interrupt for injection (assumption).");
+    v.param(post, "post", "40", Spec(Unit::Instructions),
+            "Posting a virtual interrupt: the descriptor update and the notification decision, besides the "
+            "charged locked ORs (assumption, of the order of KVM's vmx_deliver_posted_interrupt).");
     v.param(schedule, "schedule", "400", Spec(Unit::Instructions), "Picking the next vCPU (assumption).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
@@ -70,6 +73,7 @@ struct HypervisorParams {
   std::uint64_t ept_page_size;   // bytes: 4KiB, 2MiB or 1GiB
   std::string ept_populate;      // lazy | eager
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
+  bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
   HvCosts costs;
 
   template <class V>
@@ -105,6 +109,11 @@ struct HypervisorParams {
             "Enable EPT accessed and dirty flags (EPTP bit 6, SDM Vol. 3C, 29.3.5): walks set them in EPT "
             "entries, and guest paging-structure accesses become EPT writes. Default off (assumption: keeps the "
             "walk costs of earlier results); KVM turns it on where supported (kvm_intel eptad=1).");
+    v.param(posted_interrupts, "posted_interrupts", "false", Spec(Unit::Flag),
+            "Deliver virtual interrupts (virtual timer, inter-vCPU IPIs) by posting them into each vCPU's "
+            "posted-interrupt descriptor, with virtual-interrupt delivery and virtualized x2APIC EOI (SDM Vol. 3C, "
+            "30.2, 30.6), as KVM with APICv: no injection, no interrupt-window or EOI exits, and a running vCPU "
+            "gets the interrupt without a VM exit. Default off (keeps the results of event injection).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -168,6 +177,12 @@ class Hypervisor {
   void crash_vm(Vm& vm, const std::string& why);
   void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
+  /// Requests virtual interrupt `vector` for vCPU t: by injection at its
+  /// next entry, or by posting (posted_interrupts).
+  void raise_virtual(Vcpu& t, std::uint8_t vector);
+  /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
+  /// recognizable RVI).
+  bool posted_pending(cpu::Core& c, Vcpu& v);
   // Time accounting (simulator observation of the vCPU's state, no cost).
   void account_on_cpu(Vcpu& v, std::uint64_t now);
   void publish_steal(cpu::Core& c, Vcpu& v);
@@ -215,6 +230,9 @@ class Hypervisor {
     stats::Counter guest_frames{this, "guest_frames", "frames", "host frames given to guests"};
     stats::Counter ept_tables{this, "ept_tables", "frames", "EPT paging-structure frames allocated"};
     stats::Counter injections{this, "injections", "events", "virtual interrupts injected"};
+    stats::Counter posted{this, "posted", "events", "virtual interrupts posted into a descriptor"};
+    stats::Counter notifications{this, "notifications", "events",
+                                 "posted-interrupt notifications sent to a core running the vCPU"};
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
     stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};
