@@ -21,11 +21,13 @@ constexpr std::uint64_t kLine = 64;
 constexpr std::uint8_t kHostTimerVector = models::Lapic::kDefaultTimerVector;
 constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
 constexpr std::uint8_t kPostedVector = 0xF2;      // Linux's POSTED_INTR_VECTOR
+constexpr std::uint8_t kPostedWakeupVector = 0xF1;  // Linux's POSTED_INTR_WAKEUP_VECTOR
 // Posted-interrupt descriptor (SDM Vol. 3C, 30.6; VT-d 9.12): PIR at 0,
 // ON (bit 0), SN (bit 1), NV (bits 23:16) and NDST (bits 63:32) in the
 // quadword at 32.
 constexpr std::uint64_t kPidControl = 32;
 constexpr std::uint64_t kPidOn = 1;
+constexpr std::uint64_t kPidNvByte = kPidControl + 2;  // NV, bits 279:272
 constexpr std::uint64_t kPidOffset = 0x800;  // in the vCPU's save-area frame, 64-byte aligned
 constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
 // Offsets of the handlers in the hypervisor's text, so that each handler
@@ -74,6 +76,7 @@ struct Hypervisor::Vcpu : SchedEntity {
   std::bitset<256> virr;              // virtual interrupts requested (injection)
   std::uint64_t vapic = 0;            // virtual-APIC page (posted interrupts)
   std::uint64_t pi_desc = 0;          // posted-interrupt descriptor
+  bool pi_wakeup = false;             // its NV is the wake-up vector (blocked in HLT)
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
   std::unique_ptr<cpu::VcpuObserver> obs;
@@ -481,8 +484,14 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   // notification taken): a self-IPI of the notification vector, held at the
   // local APIC while interrupts are off here, is processed as a posted
   // interrupt right after VM entry (SDM Vol. 3C, 30.6).
-  if (m_p.posted_interrupts && (c.load(v.pi_desc + kPidControl) & kPidOn))
-    c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{pc.id} << 32) | kPostedVector);
+  if (m_p.posted_interrupts) {
+    if (v.pi_wakeup) {
+      c.store(v.pi_desc + kPidNvByte, kPostedVector, 1);
+      v.pi_wakeup = false;
+    }
+    if (c.load(v.pi_desc + kPidControl) & kPidOn)
+      c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{pc.id} << 32) | kPostedVector);
+  }
   publish_steal(c, v);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
@@ -518,7 +527,11 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       if (m_p.posted_interrupts) {
         // Blocked first, then the descriptor is checked: a poster either
         // sees the vCPU blocked and wakes it, or posted before the check.
+        // While it is blocked, a device's posted interrupt notifies this
+        // core with the wake-up vector instead (as KVM's pi_pre_block).
         v.state = Vcpu::State::Blocked;
+        c.store(v.pi_desc + kPidNvByte, kPostedWakeupVector, 1);
+        v.pi_wakeup = true;
         if (posted_pending(c, v) && (vmr(c, field::kGuestRflags) & (1u << 9))) v.state = Vcpu::State::Runnable;
         else program_timer(pc);
       } else if (!v.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
@@ -799,6 +812,10 @@ void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
   // A vCPU woken from another core may need the slice timer armed, so that
   // it gets the core at the next slice end under either scheduler.
   else if (vector == kRescheduleVector) program_timer(pc);
+  // A device posted to a vCPU blocked on this core: wake those with ON set.
+  else if (vector == kPostedWakeupVector)
+    for (Vcpu* v : pc.assigned)
+      if (v->pi_wakeup && v->state == Vcpu::State::Blocked && (c.load(v->pi_desc + kPidControl) & kPidOn)) wake(*v);
   c.wrmsr(cpu::msr::kX2ApicEoi, 0);
 }
 
@@ -859,6 +876,10 @@ void Hypervisor::raise_virtual(Vcpu& t, std::uint8_t vector) {
     return;
   }
   wake(t);
+}
+
+std::uint64_t Hypervisor::posted_descriptor(unsigned vm, unsigned vcpu) const {
+  return m_vms.at(vm)->vcpus.at(vcpu)->pi_desc;
 }
 
 bool Hypervisor::posted_pending(Core& c, Vcpu& v) {

@@ -158,6 +158,11 @@ class Hypervisor {
   /// The VM by index: its name and whether it has crashed (and why).
   const std::string& vm_name(unsigned i) const;
   const std::string& vm_crash(unsigned i) const;
+  /// Where interrupts for a vCPU can be posted (posted_interrupts on): the
+  /// host-physical address of its posted-interrupt descriptor, for the
+  /// posted-format IRTEs of devices assigned to its VM (VT-d 9.11). 0 if
+  /// posting is off. The descriptor's NV and NDST are the hypervisor's.
+  std::uint64_t posted_descriptor(unsigned vm, unsigned vcpu) const;
   /// Brings every vCPU's time accounting up to its core's clock (before
   /// statistics are read).
   void flush_accounting();
