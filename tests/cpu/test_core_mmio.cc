@@ -70,7 +70,7 @@ TEST_CASE("root-mode loads and stores beyond RAM reach the device uncached, at t
   CHECK(h.counter("system.mmio.writes") == 1);
 }
 
-TEST_CASE("a guest reaches a device only where EPT maps it; elsewhere the access is an EPT violation", "[mmio][ept]") {
+TEST_CASE("a guest reaches a device only where EPT maps it and elsewhere the access is an EPT violation", "[mmio][ept]") {
   VmxHarness h;
   Device dev;
   h.platform().mmio().attach(kBar, 0x1000, &dev, "dev");
