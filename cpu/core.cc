@@ -1,7 +1,6 @@
 #include "cpu/core.h"
 
 #include <algorithm>
-#include <algorithm>
 #include <cstring>
 #include <stdexcept>
 
@@ -9,6 +8,7 @@
 
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
+#include "models/mmio.h"
 #include "models/phys_mem.h"
 
 namespace vmx::cpu {
@@ -169,6 +169,7 @@ void Core::recompute_next_event() {
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
   if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0 || m_op_done) next = 0;
+  if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
   m_next_event = next;
 }
 
@@ -210,6 +211,9 @@ void Core::slow_boundary() {
     m_boundary_exit = true;
     vm_exit(ExitReason::InterruptWindow, 0);
   }
+  // Virtual-interrupt delivery (SDM Vol. 3C, 30.2.2): a recognized virtual
+  // interrupt is delivered when RFLAGS.IF = 1 and nothing blocks it.
+  if (m_non_root && m_if && virtual_interrupt_recognized()) deliver_virtual_interrupt();
   recompute_next_event();
 }
 
@@ -228,6 +232,10 @@ void Core::take_pending_interrupt() {
   int v = m_lapic.deliverable();
   if (v < 0) return;
   if (m_non_root && (m_pin & pin::kExternalInterruptExiting)) {
+    if ((m_pin & pin::kPostedInterrupts) && v == m_pi_nv) {
+      process_posted_interrupts();
+      return;
+    }
     // External-interrupt exiting: the exit happens regardless of the guest's
     // RFLAGS.IF (SDM Vol. 3C, 26.2). With "acknowledge interrupt on exit"
     // the vector is reported in the exit-interruption information.
@@ -512,7 +520,7 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
       if (m_op_done) return emulated_result();
       boundary();
     }
-  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory", name(), pa));
+  if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
   charge(m_w.caches->access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
@@ -544,7 +552,10 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
       }
       boundary();
     }
-  if (!m_w.mem->contains(pa, size)) throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory", name(), pa));
+  if (!m_w.mem->contains(pa, size)) {
+    mmio_write(pa, value, size);
+    return;
+  }
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
     std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
@@ -576,6 +587,39 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   std::uint64_t old = m_w.mem->read(pa, 8);
   m_w.mem->write(pa, value, 8);
+  return old;
+}
+
+// Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
+// by the device (models/mmio.h). Reached only after the RAM check fails.
+std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
+  std::uint64_t v = 0;
+  std::uint32_t cycles = 0;
+  if (!m_w.mmio || !m_w.mmio->read(pa, size, v, cycles))
+    throw SimulationError(fmt::format("{}: load from physical {:#x} beyond memory, and no device claims it", name(), pa));
+  charge(cycles);
+  return v;
+}
+
+void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  std::uint32_t cycles = 0;
+  if (!m_w.mmio || !m_w.mmio->write(pa, value, size, cycles))
+    throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory, and no device claims it", name(), pa));
+  charge(cycles);
+}
+
+std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
+  boundary();
+  retire(1);
+  ++m_stats.loads;
+  ++m_stats.stores;
+  std::uint64_t pa;
+  while (!translate(va, AccessType::Write, pa)) boundary();
+  if ((va & 7) || !m_w.mem->contains(pa, 8))
+    throw SimulationError(fmt::format("{}: LOCK OR at {:#x} must be 8-byte aligned and inside memory", name(), va));
+  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  std::uint64_t old = m_w.mem->read(pa, 8);
+  m_w.mem->write(pa, old | bits, 8);
   return old;
 }
 
@@ -890,6 +934,15 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
       m_regs[Regs::rax] = value & 0xFFFFFFFF;
       m_regs[Regs::rdx] = value >> 32;
       vm_exit(ExitReason::Wrmsr, 0);
+      return;
+    }
+    // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
+    // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
+    // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
+    // reach the local APIC (TPR and self-IPI virtualization are not modelled).
+    if ((m_proc2 & proc2::kVirtualizeX2apic) && m_vid && msr == msr::kX2ApicEoi) {
+      if (value != 0) raise_exception(vec::kGeneralProtection, 0, true);
+      else virtualize_eoi();
       return;
     }
   }
@@ -1342,6 +1395,26 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // APIC virtualization and posted interrupts (SDM Vol. 3C, 27.2.1.1).
+  {
+    const auto pin_ctl = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
+    const bool tpr_shadow = proc_ctl & proc::kUseTprShadow;
+    const std::uint64_t vapic_pa = v.get(field::kVirtualApicPage);
+    const std::uint64_t pid = v.get(field::kPostedIntrDesc);
+    bool bad = false;
+    if (tpr_shadow && ((vapic_pa & 0xFFF) || !m_w.mem->contains(vapic_pa, 4096))) bad = true;
+    if (!tpr_shadow && (proc2_ctl & (proc2::kVirtualizeX2apic | proc2::kApicRegisterVirtualization |
+                                     proc2::kVirtualInterruptDelivery)))
+      bad = true;
+    if ((proc2_ctl & proc2::kVirtualizeX2apic) && (proc2_ctl & proc2::kVirtualizeApicAccesses)) bad = true;
+    if ((proc2_ctl & proc2::kVirtualInterruptDelivery) && !(pin_ctl & pin::kExternalInterruptExiting)) bad = true;
+    if ((pin_ctl & pin::kPostedInterrupts) &&
+        (!(proc2_ctl & proc2::kVirtualInterruptDelivery) ||
+         !(v.get(field::kExitControls) & exitctl::kAckInterruptOnExit) || (v.get(field::kPostedIntrNv) & 0xFF00) ||
+         (pid & 0x3F) || !m_w.mem->contains(pid, 64)))
+      bad = true;
+    if (bad) return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  }
   if (!v.get(field::kHostRip)) return {vm_fail(vmerr::kEntryInvalidHostState), 0};
   // The guest RIP names the guest context; advanced past the exiting
   // operation (RIP + the exit's instruction length, as a hypervisor that
@@ -1372,6 +1445,18 @@ VmExit Core::vm_entry(bool launch) {
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
   m_eptp = eptp;
+  m_vid = m_proc2 & proc2::kVirtualInterruptDelivery;
+  m_vapic = v.get(field::kVirtualApicPage);
+  m_pi_desc = v.get(field::kPostedIntrDesc);
+  m_pi_nv = static_cast<std::uint8_t>(v.get(field::kPostedIntrNv));
+  if (m_vid) {
+    // Guest interrupt status is loaded with the guest state; pending virtual
+    // interrupts are evaluated at entry (SDM Vol. 3C, 28.3.2.5, 30.2.1):
+    // recompute_next_event below makes the first boundary deliver one.
+    const std::uint64_t gis = v.get(field::kGuestIntrStatus);
+    m_rvi = static_cast<std::uint8_t>(gis & 0xFF);
+    m_svi = static_cast<std::uint8_t>(gis >> 8);
+  }
   flush_vpid_on_transition();
   m_cr0 = v.get(field::kGuestCr0);
   m_cr3 = v.get(field::kGuestCr3);
@@ -1469,6 +1554,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestRip, code_address(m_current));
   if (m_pin & pin::kPreemptionTimer)
     v.set(field::kPreemptionTimerValue, m_preempt_deadline > m_now ? m_preempt_deadline - m_now : 0);
+  if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
+  m_vid = false;
 
   charge(m_p.vm_exit_latency);
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
@@ -1493,6 +1580,14 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   // the exiting operation completes or retries.
   m_sti_shadow = false;
   deliver_injected_event();
+  // With virtual-interrupt delivery, a notification requested while the
+  // vCPU was out (posted-interrupt processing) and a virtual interrupt
+  // recognized at entry (SDM Vol. 3C, 30.2.1) are taken before the guest's
+  // next instruction.
+  if (m_vid) {
+    take_pending_interrupt();
+    if (m_non_root && m_if && virtual_interrupt_recognized()) deliver_virtual_interrupt();
+  }
 }
 
 void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }

@@ -33,6 +33,7 @@ namespace vmx::models {
 class PhysMem;
 class MemHierarchy;
 class IoBus;
+class MmioBus;
 }  // namespace vmx::models
 
 namespace vmx::cpu {
@@ -147,6 +148,9 @@ struct CoreWiring {
   models::PhysMem* mem = nullptr;
   models::MemHierarchy* caches = nullptr;
   models::IoBus* io = nullptr;
+  /// Devices' MMIO ranges, looked up only for physical addresses outside
+  /// RAM (optional: without it such an access is a simulator error).
+  models::MmioBus* mmio = nullptr;
   VmcsStore* vmcs_store = nullptr;
   std::uint64_t frequency_hz = 0;
   std::uint64_t quantum_cycles = 0;
@@ -219,6 +223,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// returns what was there (implicitly locked, SDM Vol. 3A, 9.1.2.1). No
   /// other core's operation can come between its read and its write.
   std::uint64_t xchg(std::uint64_t va, std::uint64_t value);
+  /// LOCK OR of `bits` into the 8 bytes at va (as LOCK BTS, SDM Vol. 3A,
+  /// 9.1.2.2); returns the previous value. Atomic like xchg.
+  std::uint64_t lock_or(std::uint64_t va, std::uint64_t bits);
   /// PAUSE: a spin-wait hint; costs pause_latency cycles.
   void pause();
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
@@ -298,6 +305,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     stats::Counter vm_exits{this, "vm_exits", "exits", "VM exits"};
     stats::Counter vm_fails{this, "vm_fails", "events", "VMX instructions that failed (VMfail)"};
     stats::Counter syncs{this, "syncs", "events", "synchronizations with SystemC time"};
+    stats::Counter posted_notifications{this, "posted_notifications", "events",
+                                        "notification vectors processed as posted interrupts (no VM exit)"};
+    stats::Counter virtual_interrupts{this, "virtual_interrupts", "events",
+                                      "virtual interrupts delivered by virtual-interrupt delivery (no VM exit)"};
+    stats::Counter virtual_eois{this, "virtual_eois", "events", "guest EOIs virtualized (no VM exit)"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -332,6 +344,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
+  std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
+  void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
   void update_context();         // recompute TLB tag and walk parameters
   mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
 
@@ -342,6 +356,18 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code);
   void take_pending_interrupt();
   void deliver_injected_event();
+  // Posted interrupts and virtual-interrupt delivery (SDM Vol. 3C, 30.2, 30.6).
+  bool virtual_interrupt_recognized() const {
+    // Evaluation of pending virtual interrupts (30.2.1) with VTPR taken as
+    // 0, so VPPR = SVI & 0xF0: RVI[7:4] > VPPR[7:4].
+    return m_vid && !(m_proc & proc::kInterruptWindowExiting) && (m_rvi >> 4) > (m_svi >> 4);
+  }
+  void process_posted_interrupts();
+  void deliver_virtual_interrupt();
+  void virtualize_eoi();
+  int vapic_highest(std::uint64_t reg_base);
+  std::uint64_t phys_read(std::uint64_t pa, unsigned size);
+  void phys_write(std::uint64_t pa, std::uint64_t value, unsigned size);
 
   // VMX.
   void vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t gla = 0, std::uint64_t gpa = 0,
@@ -411,6 +437,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint32_t m_pending_injection = 0;  // VM-entry interruption information
   std::uint32_t m_pending_injection_error = 0;
   std::uint64_t m_preempt_deadline = UINT64_MAX;
+  // Virtual-interrupt delivery and posted interrupts, loaded at VM entry.
+  bool m_vid = false;              // "virtual-interrupt delivery"
+  std::uint8_t m_rvi = 0, m_svi = 0;  // guest interrupt status while in non-root operation
+  std::uint8_t m_pi_nv = 0;        // posted-interrupt notification vector
+  std::uint64_t m_vapic = 0;       // virtual-APIC page (host-physical)
+  std::uint64_t m_pi_desc = 0;     // posted-interrupt descriptor (host-physical)
   VcpuObserver* m_obs = nullptr;
 
   // Statistics and translation structures.

@@ -13,7 +13,8 @@ std::bitset<512> make_supported() {
   std::bitset<512> s;
   using namespace field;
   for (std::uint32_t enc :
-       {kVpid, kPostedIntrNv, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer,
+       {kVpid, kPostedIntrNv, kGuestIntrStatus, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
+        kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer,
         kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,
         kEntryControls, kEntryIntrInfo, kEntryExceptionErrorCode, kEntryInstructionLength,
@@ -101,6 +102,7 @@ const char* exit_reason_name(unsigned reason) {
     case ExitReason::Wrmsr: return "MSR_WRITE";
     case ExitReason::EntryFailGuestState: return "INVALID_GUEST_STATE";
     case ExitReason::MonitorTrapFlag: return "MONITOR_TRAP_FLAG";
+    case ExitReason::VirtualizedEoi: return "VIRTUALIZED_EOI";
     case ExitReason::EptViolation: return "EPT_VIOLATION";
     case ExitReason::EptMisconfig: return "EPT_MISCONFIG";
     case ExitReason::Invept: return "INVEPT";

@@ -14,11 +14,16 @@ namespace field {
 // 16-bit control
 constexpr std::uint32_t kVpid = 0x0000;
 constexpr std::uint32_t kPostedIntrNv = 0x0002;
+// 16-bit guest state
+constexpr std::uint32_t kGuestIntrStatus = 0x0810;  // RVI in bits 7:0, SVI in bits 15:8
 // 64-bit control
 constexpr std::uint32_t kIoBitmapA = 0x2000;
 constexpr std::uint32_t kIoBitmapB = 0x2002;
 constexpr std::uint32_t kMsrBitmap = 0x2004;
 constexpr std::uint32_t kTscOffset = 0x2010;
+constexpr std::uint32_t kVirtualApicPage = 0x2012;
+constexpr std::uint32_t kPostedIntrDesc = 0x2016;
+constexpr std::uint32_t kEoiExitBitmap0 = 0x201C;  // vectors 0-63; 0x201E, 0x2020, 0x2022 the rest
 constexpr std::uint32_t kEptPointer = 0x201A;
 // 64-bit read-only data
 constexpr std::uint32_t kGuestPhysicalAddress = 0x2400;
@@ -97,6 +102,7 @@ constexpr std::uint32_t kCr3LoadExiting = 1u << 15;
 constexpr std::uint32_t kCr3StoreExiting = 1u << 16;
 constexpr std::uint32_t kCr8LoadExiting = 1u << 19;
 constexpr std::uint32_t kCr8StoreExiting = 1u << 20;
+constexpr std::uint32_t kUseTprShadow = 1u << 21;
 constexpr std::uint32_t kMonitorTrapFlag = 1u << 27;
 constexpr std::uint32_t kUnconditionalIoExiting = 1u << 24;
 constexpr std::uint32_t kUseIoBitmaps = 1u << 25;
@@ -107,8 +113,11 @@ namespace proc2 {  // Table 25-7
 constexpr std::uint32_t kVirtualizeApicAccesses = 1u << 0;
 constexpr std::uint32_t kEnableEpt = 1u << 1;
 constexpr std::uint32_t kEnableRdtscp = 1u << 3;
+constexpr std::uint32_t kVirtualizeX2apic = 1u << 4;
 constexpr std::uint32_t kEnableVpid = 1u << 5;
 constexpr std::uint32_t kUnrestrictedGuest = 1u << 7;
+constexpr std::uint32_t kApicRegisterVirtualization = 1u << 8;
+constexpr std::uint32_t kVirtualInterruptDelivery = 1u << 9;
 constexpr std::uint32_t kEnableInvpcid = 1u << 12;
 constexpr std::uint32_t kEnablePml = 1u << 17;
 constexpr std::uint32_t kModeBasedExecute = 1u << 22;
@@ -148,6 +157,7 @@ enum class ExitReason : std::uint16_t {
   Wrmsr = 32,
   EntryFailGuestState = 33,
   MonitorTrapFlag = 37,
+  VirtualizedEoi = 45,
   EptViolation = 48,
   EptMisconfig = 49,
   Invept = 50,
@@ -225,12 +235,24 @@ constexpr std::uint32_t kIa32TscDeadline = 0x6E0;
 constexpr std::uint32_t kIa32Efer = 0xC0000080;
 constexpr std::uint32_t kIa32VmxBasic = 0x480;
 constexpr std::uint32_t kX2ApicId = 0x802;
+constexpr std::uint32_t kX2ApicTpr = 0x808;
 constexpr std::uint32_t kX2ApicEoi = 0x80B;
 constexpr std::uint32_t kX2ApicIcr = 0x830;
 constexpr std::uint32_t kX2ApicLvtTimer = 0x832;
 /// KVM's paravirtual steal-time MSR (Linux Documentation/virt/kvm/x86/msr.rst).
 constexpr std::uint32_t kKvmStealTime = 0x4b564d03;
 }  // namespace msr
+
+// --- Virtual-APIC page (SDM Vol. 3C, 30.1): register offsets. ISR, TMR and
+// IRR are eight 32-bit registers each, 16 bytes apart; vector v is bit v%32
+// of register v/32.
+namespace vapic {
+constexpr std::uint64_t kTpr = 0x80;
+constexpr std::uint64_t kEoi = 0xB0;
+constexpr std::uint64_t kIsr = 0x100;
+constexpr std::uint64_t kIrr = 0x200;
+constexpr std::uint64_t reg(std::uint64_t base, unsigned vector) { return base + 0x10 * (vector / 32); }
+}  // namespace vapic
 
 /// VMCS revision identifier reported in IA32_VMX_BASIC[30:0] and expected in
 /// the first dword of every VMXON and VMCS region (SDM Vol. 3C, 25.2, A.1).

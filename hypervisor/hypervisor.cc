@@ -22,6 +22,15 @@ constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kLine = 64;
 constexpr std::uint8_t kHostTimerVector = models::Lapic::kDefaultTimerVector;
 constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
+constexpr std::uint8_t kPostedVector = 0xF2;      // Linux's POSTED_INTR_VECTOR
+constexpr std::uint8_t kPostedWakeupVector = 0xF1;  // Linux's POSTED_INTR_WAKEUP_VECTOR
+// Posted-interrupt descriptor (SDM Vol. 3C, 30.6; VT-d 9.12): PIR at 0,
+// ON (bit 0), SN (bit 1), NV (bits 23:16) and NDST (bits 63:32) in the
+// quadword at 32.
+constexpr std::uint64_t kPidControl = 32;
+constexpr std::uint64_t kPidOn = 1;
+constexpr std::uint64_t kPidNvByte = kPidControl + 2;  // NV, bits 279:272
+constexpr std::uint64_t kPidOffset = 0x800;  // in the vCPU's save-area frame, 64-byte aligned
 constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
 // Offsets of the handlers in the hypervisor's text, so that each handler
 // fetches its own code lines.
@@ -127,6 +136,10 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->core = m_next_core++ % static_cast<unsigned>(m_cores.size());
     v->vmcs_pa = alloc_host_frame();
     v->save_area = alloc_host_frame();
+    if (m_p.posted_interrupts) {
+      v->vapic = alloc_host_frame();
+      v->pi_desc = v->save_area + kPidOffset;
+    }
     v->vpid = m_p.vpid ? m_next_vpid++ : 0;
     v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
     v->time = std::make_unique<Vcpu::Time>(v->obs.get());
@@ -179,6 +192,12 @@ void Hypervisor::core_main(PerCore& pc) {
     c.rep_stos(m_msr_bitmap, 0xFF, kPage);
     c.rep_stos(m_io_bitmap_a, 0xFF, kPage);
     c.rep_stos(m_io_bitmap_b, 0xFF, kPage);
+    if (m_p.posted_interrupts) {
+      // The guest's x2APIC EOI writes are virtualized, not intercepted
+      // (write-low bitmap at byte 2048, SDM Vol. 3C, 25.6.9).
+      std::uint64_t byte = m_msr_bitmap + 2048 + cpu::msr::kX2ApicEoi / 8;
+      c.store(byte, c.load(byte, 1) & ~(1u << (cpu::msr::kX2ApicEoi % 8)), 1);
+    }
   }
   pc.sched->start(c.rdtsc());
   Vcpu* last = nullptr;
@@ -232,10 +251,23 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError("hypervisor: VMPTRLD of a new VMCS failed");
   using namespace cpu;
-  vmw(c, field::kPinBasedControls, pin::kExternalInterruptExiting);
-  vmw(c, field::kProcBasedControls,
-      proc::kHltExiting | proc::kUseIoBitmaps | proc::kUseMsrBitmaps | proc::kActivateSecondaryControls);
-  vmw(c, field::kSecondaryControls, proc2::kEnableEpt | (v.vpid ? proc2::kEnableVpid : 0));
+  const bool posted = m_p.posted_interrupts;
+  vmw(c, field::kPinBasedControls, pin::kExternalInterruptExiting | (posted ? pin::kPostedInterrupts : 0));
+  vmw(c, field::kProcBasedControls, proc::kHltExiting | proc::kUseIoBitmaps | proc::kUseMsrBitmaps |
+                                        proc::kActivateSecondaryControls | (posted ? proc::kUseTprShadow : 0));
+  vmw(c, field::kSecondaryControls, proc2::kEnableEpt | (v.vpid ? proc2::kEnableVpid : 0) |
+                                        (posted ? proc2::kVirtualizeX2apic | proc2::kVirtualInterruptDelivery : 0));
+  if (posted) {
+    // APICv as KVM sets it up: a zeroed virtual-APIC page, the descriptor's
+    // notification vector and destination (this vCPU's core), no EOI exits.
+    c.rep_stos(v.vapic, 0, kPage);
+    c.lock_or(v.pi_desc + kPidControl, (std::uint64_t{kPostedVector} << 16) | (std::uint64_t{v.core} << 32));
+    vmw(c, field::kPostedIntrNv, kPostedVector);
+    vmw(c, field::kPostedIntrDesc, v.pi_desc);
+    vmw(c, field::kVirtualApicPage, v.vapic);
+    vmw(c, field::kGuestIntrStatus, 0);
+    for (unsigned i = 0; i < 4; ++i) vmw(c, field::kEoiExitBitmap0 + 2 * i, 0);
+  }
   vmw(c, field::kExitControls, exitctl::kHostAddressSpaceSize | exitctl::kAckInterruptOnExit);
   vmw(c, field::kEntryControls, entryctl::kIa32eModeGuest);
   vmw(c, field::kExceptionBitmap, 0);
@@ -384,6 +416,18 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
       vmw(c, field::kProcBasedControls, procctl | cpu::proc::kInterruptWindowExiting);
     }
   }
+  // Posted interrupts that arrived while the vCPU was out (ON set, no
+  // notification taken): a self-IPI of the notification vector, held at the
+  // local APIC while interrupts are off here, is processed as a posted
+  // interrupt right after VM entry (SDM Vol. 3C, 30.6).
+  if (m_p.posted_interrupts) {
+    if (v.pi_wakeup) {
+      c.store(v.pi_desc + kPidNvByte, kPostedVector, 1);
+      v.pi_wakeup = false;
+    }
+    if (c.load(v.pi_desc + kPidControl) & kPidOn)
+      c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{pc.id} << 32) | kPostedVector);
+  }
   publish_steal(c, v);
   if (v.vm->shadow) shadow_before_entry(c, v);
   // The guest's CR2 is not part of the VMCS: it is restored if another
@@ -421,7 +465,17 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       charge(c, m_p.costs.hlt, kCodeHlt);
       // Block unless an interrupt is pending that the guest can take now;
       // HLT with interrupts off waits for the next one all the same.
-      if (!v.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
+      if (m_p.posted_interrupts) {
+        // Blocked first, then the descriptor is checked: a poster either
+        // sees the vCPU blocked and wakes it, or posted before the check.
+        // While it is blocked, a device's posted interrupt notifies this
+        // core with the wake-up vector instead (as KVM's pi_pre_block).
+        v.state = Vcpu::State::Blocked;
+        c.store(v.pi_desc + kPidNvByte, kPostedWakeupVector, 1);
+        v.pi_wakeup = true;
+        if (posted_pending(c, v) && (vmr(c, field::kGuestRflags) & (1u << 9))) v.state = Vcpu::State::Runnable;
+        else program_timer(pc);
+      } else if (!v.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
         v.state = Vcpu::State::Blocked;
         program_timer(pc);
       }
@@ -603,11 +657,7 @@ void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
       if (write) {
         // A virtual IPI to another vCPU of the same VM (fixed delivery).
         auto dest = static_cast<std::uint32_t>(value >> 32);
-        if (dest < v.vm->vcpus.size()) {
-          Vcpu& t = *v.vm->vcpus[dest];
-          t.virr.set(value & 0xFF);
-          wake(t);
-        }
+        if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
       } else {
         ok = false;
       }
@@ -718,6 +768,10 @@ void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
   // A vCPU woken from another core may need the slice timer armed, so that
   // it gets the core at the next slice end under either scheduler.
   else if (vector == kRescheduleVector) program_timer(pc);
+  // A device posted to a vCPU blocked on this core: wake those with ON set.
+  else if (vector == kPostedWakeupVector)
+    for (Vcpu* v : pc.assigned)
+      if (v->pi_wakeup && v->state == Vcpu::State::Blocked && (c.load(v->pi_desc + kPidControl) & kPidOn)) wake(*v);
   c.wrmsr(cpu::msr::kX2ApicEoi, 0);
 }
 
@@ -728,8 +782,8 @@ void Hypervisor::handle_timer(PerCore& pc) {
     if (v->state == Vcpu::State::Dead) continue;
     if (v->vtimer_deadline && now >= v->vtimer_deadline) {
       v->vtimer_deadline = 0;
-      if (!(v->vlvt_timer & (1u << 16))) v->virr.set(v->vlvt_timer & 0xFF);
-      wake(*v);
+      if (!(v->vlvt_timer & (1u << 16))) raise_virtual(*v, static_cast<std::uint8_t>(v->vlvt_timer & 0xFF));
+      else wake(*v);
     }
   }
   pc.sched->tick(now);
@@ -750,6 +804,46 @@ void Hypervisor::wake(Vcpu& v) {
   target.sched->wake(v, was_blocked);
   Core& self = Core::current();
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
+}
+
+// Posting (as KVM's vmx_deliver_posted_interrupt): set the PIR bit and ON
+// with locked ORs; if ON was clear and the vCPU is running on another core,
+// send that core the notification vector through the x2APIC ICR, so the
+// interrupt arrives without a VM exit. A blocked vCPU is woken and gets the
+// interrupt at its next entry; so does a runnable one that is not running.
+void Hypervisor::raise_virtual(Vcpu& t, std::uint8_t vector) {
+  if (!m_p.posted_interrupts) {
+    t.virr.set(vector);
+    wake(t);
+    return;
+  }
+  if (t.state == Vcpu::State::Dead) return;
+  Core& c = Core::current();
+  charge(c, m_p.costs.post, kCodeInject);
+  ++m_totals.posted;
+  c.lock_or(t.pi_desc + 8 * (vector / 64), 1ull << (vector % 64));
+  const std::uint64_t old = c.lock_or(t.pi_desc + kPidControl, kPidOn);
+  const bool running_elsewhere = t.off == Vcpu::Off::OnCpu && m_percore[t.core]->core != &c;
+  if (t.state == Vcpu::State::Runnable && running_elsewhere) {
+    if (!(old & kPidOn)) {
+      ++m_totals.notifications;
+      c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{t.core} << 32) | kPostedVector);
+    }
+    return;
+  }
+  wake(t);
+}
+
+std::uint64_t Hypervisor::posted_descriptor(unsigned vm, unsigned vcpu) const {
+  return m_vms.at(vm)->vcpus.at(vcpu)->pi_desc;
+}
+
+bool Hypervisor::posted_pending(Core& c, Vcpu& v) {
+  if (c.load(v.pi_desc + kPidControl) & kPidOn) return true;
+  // A virtual interrupt already in VIRR that the guest could take (RVI's
+  // priority class above SVI's, SDM Vol. 3C, 30.2.1).
+  std::uint64_t gis = vmr(c, field::kGuestIntrStatus);
+  return ((gis & 0xFF) >> 4) > ((gis >> 8) >> 4);
 }
 
 void Hypervisor::crash_vm(Vm& vm, const std::string& why) {

@@ -29,8 +29,8 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines, shadow_fault, shadow_cr3, shadow_invlpg,
-      shadow_pt_write, shadow_zap;
+      interrupt_window, inject, post, schedule, code_bytes, vcpu_state_lines, shadow_fault, shadow_cr3,
+      shadow_invlpg, shadow_pt_write, shadow_zap;
 
   template <class V>
   void visit(V& v) {
@@ -52,6 +52,9 @@ struct HvCosts {
             "Host interrupt taken on exit (assumption).");
     v.param(interrupt_window, "interrupt_window", "80", Spec(Unit::Instructions), "Interrupt-window exit (assumption).");
     v.param(inject, "inject", "50", Spec(Unit::Instructions), "Preparing a virtual interrupt for injection (assumption).");
+    v.param(post, "post", "40", Spec(Unit::Instructions),
+            "Posting a virtual interrupt: the descriptor update and the notification decision, besides the "
+            "charged locked ORs (assumption, of the order of KVM's vmx_deliver_posted_interrupt).");
     v.param(schedule, "schedule", "400", Spec(Unit::Instructions), "Picking the next vCPU (assumption).");
     v.param(shadow_fault, "shadow_fault", "1000", Spec(Unit::Instructions),
             "Shadow paging: a page-fault exit, besides the loads and stores of the guest walk and the shadow "
@@ -88,6 +91,7 @@ struct HypervisorParams {
   std::string ept_populate;      // lazy | eager
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
   std::uint64_t shadow_pages_permille;
+  bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
   HvCosts costs;
 
   template <class V>
@@ -127,6 +131,11 @@ struct HypervisorParams {
             "Shadow paging: the most shadow page-table pages a VM may have, per thousand pages of its memory "
             "(at least 64); reaching it tears down the VM's shadow tables (KVM_PERMILLE_MMU_PAGES = 20 in "
             "Linux's arch/x86/kvm/mmu.h).");
+    v.param(posted_interrupts, "posted_interrupts", "false", Spec(Unit::Flag),
+            "Deliver virtual interrupts (virtual timer, inter-vCPU IPIs) by posting them into each vCPU's "
+            "posted-interrupt descriptor, with virtual-interrupt delivery and virtualized x2APIC EOI (SDM Vol. 3C, "
+            "30.2, 30.6), as KVM with APICv: no injection, no interrupt-window or EOI exits, and a running vCPU "
+            "gets the interrupt without a VM exit. Default off (keeps the results of event injection).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -172,6 +181,11 @@ class Hypervisor {
   /// The VM by index: its name and whether it has crashed (and why).
   const std::string& vm_name(unsigned i) const;
   const std::string& vm_crash(unsigned i) const;
+  /// Where interrupts for a vCPU can be posted (posted_interrupts on): the
+  /// host-physical address of its posted-interrupt descriptor, for the
+  /// posted-format IRTEs of devices assigned to its VM (VT-d 9.11). 0 if
+  /// posting is off. The descriptor's NV and NDST are the hypervisor's.
+  std::uint64_t posted_descriptor(unsigned vm, unsigned vcpu) const;
   /// Brings every vCPU's time accounting up to its core's clock (before
   /// statistics are read).
   void flush_accounting();
@@ -191,6 +205,12 @@ class Hypervisor {
   void crash_vm(Vm& vm, const std::string& why);
   void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
+  /// Requests virtual interrupt `vector` for vCPU t: by injection at its
+  /// next entry, or by posting (posted_interrupts).
+  void raise_virtual(Vcpu& t, std::uint8_t vector);
+  /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
+  /// recognizable RVI).
+  bool posted_pending(cpu::Core& c, Vcpu& v);
   // Time accounting (simulator observation of the vCPU's state, no cost).
   void account_on_cpu(Vcpu& v, std::uint64_t now);
   void publish_steal(cpu::Core& c, Vcpu& v);
@@ -260,6 +280,9 @@ class Hypervisor {
     stats::Counter guest_frames{this, "guest_frames", "frames", "host frames given to guests"};
     stats::Counter ept_tables{this, "ept_tables", "frames", "EPT paging-structure frames allocated"};
     stats::Counter injections{this, "injections", "events", "virtual interrupts injected"};
+    stats::Counter posted{this, "posted", "events", "virtual interrupts posted into a descriptor"};
+    stats::Counter notifications{this, "notifications", "events",
+                                 "posted-interrupt notifications sent to a core running the vCPU"};
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
     stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};

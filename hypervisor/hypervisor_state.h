@@ -40,7 +40,10 @@ struct Hypervisor::Vcpu : SchedEntity {
   enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
   bool launched = false;
   bool vmcs_ready = false;
-  std::bitset<256> virr;              // virtual interrupts requested
+  std::bitset<256> virr;              // virtual interrupts requested (injection)
+  std::uint64_t vapic = 0;            // virtual-APIC page (posted interrupts)
+  std::uint64_t pi_desc = 0;          // posted-interrupt descriptor
+  bool pi_wakeup = false;             // its NV is the wake-up vector (blocked in HLT)
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
   std::unique_ptr<cpu::VcpuObserver> obs;

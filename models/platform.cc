@@ -5,20 +5,53 @@
 namespace vmx::models {
 
 namespace {
-/// MSIs straight to the local APICs: fixed delivery mode, physical
-/// destination mode; destination APIC ID in address bits 19:12, vector in
-/// data bits 7:0 (SDM Vol. 3A, 11.11.1 and 11.11.2). The stand-in until an
-/// interrupt fabric with remapping and posting is bound.
-class DirectMsi final : public MsiSink {
+/// The NIC's register windows on the CPU's MMIO bus: each access becomes a
+/// TLM transaction through the root complex to the device, and costs the
+/// core the root complex's MMIO latency (a read waits for the round trip, a
+/// posted write does not), converted to core cycles.
+class RootComplexMmio final : public MmioDevice {
  public:
-  explicit DirectMsi(std::vector<std::unique_ptr<cpu::Core>>& cores) : m_cores(cores) {}
-  void msi(const MsiMessage& m) override {
-    const std::uint32_t dest = static_cast<std::uint32_t>((m.address >> 12) & 0xFF);
-    if (dest < m_cores.size()) m_cores[dest]->post_interrupt(static_cast<std::uint8_t>(m.data & 0xFF));
+  RootComplexMmio(RootComplex& rc, std::uint64_t base, const RootComplexParams& rp, std::uint64_t core_hz)
+      : m_rc(rc),
+        m_base(base),
+        m_read_cycles(static_cast<std::uint32_t>(std::uint64_t{rp.mmio_read_latency} * core_hz / rp.frequency)),
+        m_write_cycles(static_cast<std::uint32_t>(std::uint64_t{rp.mmio_write_latency} * core_hz / rp.frequency)) {}
+  std::uint64_t read(std::uint64_t offset, unsigned size, std::uint32_t& cycles) override {
+    std::uint8_t buf[8] = {};
+    transact(tlm::TLM_READ_COMMAND, offset, buf, size);
+    cycles += m_read_cycles;
+    std::uint64_t v = 0;
+    for (unsigned i = 0; i < size && i < 8; ++i) v |= std::uint64_t{buf[i]} << (8 * i);
+    return v;
+  }
+  void write(std::uint64_t offset, std::uint64_t value, unsigned size, std::uint32_t& cycles) override {
+    std::uint8_t buf[8] = {};
+    for (unsigned i = 0; i < size && i < 8; ++i) buf[i] = static_cast<std::uint8_t>(value >> (8 * i));
+    transact(tlm::TLM_WRITE_COMMAND, offset, buf, size);
+    cycles += m_write_cycles;
   }
 
  private:
-  std::vector<std::unique_ptr<cpu::Core>>& m_cores;
+  void transact(tlm::tlm_command cmd, std::uint64_t offset, std::uint8_t* buf, unsigned size) {
+    tlm::tlm_generic_payload t;
+    t.set_command(cmd);
+    t.set_address(m_base + offset);
+    t.set_data_ptr(buf);
+    t.set_data_length(size);
+    t.set_streaming_width(size);
+    t.set_byte_enable_ptr(nullptr);
+    t.set_response_status(tlm::TLM_INCOMPLETE_RESPONSE);
+    sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
+    m_rc.mmio(t, delay);
+    // A refused access (bad size or alignment) reads as all ones, as an
+    // unsupported request does on PCIe, and a refused write is dropped.
+    if (t.get_response_status() != tlm::TLM_OK_RESPONSE && cmd == tlm::TLM_READ_COMMAND)
+      for (unsigned i = 0; i < size; ++i) buf[i] = 0xFF;
+  }
+
+  RootComplex& m_rc;
+  std::uint64_t m_base;
+  std::uint32_t m_read_cycles, m_write_cycles;
 };
 }  // namespace
 
@@ -27,8 +60,13 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       m_stats(parent, "system", "the machine"),
       m_mem(p.memory),
       m_llc(p.llc, &m_stats, "llc"),
+      m_mmio(&m_stats),
+      m_ir(p.interrupt_remapping, m_ir_mem, &m_stats),
+      m_irq(static_cast<unsigned>(p.cores),
+            [this](std::uint32_t dest, std::uint8_t vector) { m_cores[dest]->post_interrupt(vector); }, &m_stats),
       m_debugcon(&m_stats, static_cast<std::uint32_t>(p.debugcon_latency)) {
   m_io.attach(DebugConsole::kPort, 1, &m_debugcon);
+  m_irq.set_remapping(&m_ir);
   std::uint64_t quantum_cycles =
       static_cast<std::uint64_t>(static_cast<unsigned __int128>(p.quantum) * p.frequency / cfg::kPsPerSecond);
   if (quantum_cycles == 0) quantum_cycles = 1;
@@ -39,12 +77,11 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.mem = &m_mem;
     w.caches = m_caches.back().get();
     w.io = &m_io;
+    w.mmio = &m_mmio;
     w.vmcs_store = &m_vmcs;
     w.frequency_hz = p.frequency;
     w.quantum_cycles = quantum_cycles;
-    w.send_ipi = [this](std::uint32_t dest, std::uint8_t vector) {
-      if (dest < m_cores.size()) m_cores[dest]->post_interrupt(vector);
-    };
+    w.send_ipi = [this, i](std::uint32_t dest, std::uint8_t vector) { m_irq.ipi(i, dest, vector); };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }
   if (p.nic.enabled) {
@@ -53,8 +90,9 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     m_iommu_mem = std::make_unique<IommuTableMemory>(m_mem, &m_llc, p.root_complex);
     m_iommu = std::make_unique<iommu::Iommu>(p.iommu, *m_iommu_mem, &m_stats);
     m_rc = std::make_unique<RootComplex>("root_complex", p.root_complex, m_mem, m_iommu.get(), &m_llc, &m_stats);
-    m_default_msi = std::make_unique<DirectMsi>(m_cores);
-    m_rc->bind_msi_sink(m_default_msi.get());
+    // Device MSIs go to the interrupt fabric (through interrupt remapping
+    // when software enables it).
+    m_rc->bind_msi_sink(&m_irq);
     m_nic = std::make_unique<Nic>("nic", p.nic.device, &m_stats);
     m_link = std::make_unique<EthLink>("link", p.nic.link, &m_stats);
     m_peer = std::make_unique<NetPeer>("peer", p.nic.peer, &m_stats);
@@ -63,6 +101,9 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     m_nic->attach_link(*m_link);
     m_peer->attach_link(*m_link);
     m_link->bind(*m_nic, "nic", *m_peer, "peer");
+    const std::uint64_t windows = (p.nic.device.vfs + 1) * p.nic.device.mmio_stride;
+    m_nic_mmio = std::make_unique<RootComplexMmio>(*m_rc, p.nic.device.mmio_base, p.root_complex, p.frequency);
+    m_mmio.attach(p.nic.device.mmio_base, windows, m_nic_mmio.get(), "nic");
   }
 }
 

@@ -9,11 +9,14 @@
 
 #include "cpu/core.h"
 #include "cpu/vmcs.h"
+#include "iommu/interrupt_remap.h"
 #include "iommu/iommu.h"
 #include "models/cache.h"
 #include "models/eth_link.h"
+#include "models/interrupts.h"
 #include "models/io_bus.h"
 #include "models/mem_hierarchy.h"
+#include "models/mmio.h"
 #include "models/net_peer.h"
 #include "models/nic.h"
 #include "models/phys_mem.h"
@@ -53,6 +56,7 @@ struct PlatformParams {
   RootComplexParams root_complex;
   iommu::IommuParams iommu;
   PlatformNicParams nic;
+  iommu::InterruptRemapParams interrupt_remapping;
 
   template <class V>
   void visit(V& v) {
@@ -74,6 +78,8 @@ struct PlatformParams {
     v.section(root_complex, "root_complex", "PCIe root complex: device DMA timing, the IOMMU's clock.");
     v.section(iommu, "iommu", "DMA-remapping unit (VT-d); its latencies are root-complex cycles.");
     v.section(nic, "nic", "SR-IOV NIC, link and network peer (docs/io.md).");
+    v.section(interrupt_remapping, "interrupt_remapping",
+              "VT-d interrupt remapping and posting unit; software enables it (docs/io.md, Interrupts).");
   }
 };
 
@@ -88,6 +94,12 @@ class Platform {
   unsigned core_count() const { return static_cast<unsigned>(m_cores.size()); }
   PhysMem& memory() { return m_mem; }
   IoBus& io() { return m_io; }
+  /// Devices claim their MMIO ranges here (above RAM).
+  MmioBus& mmio() { return m_mmio; }
+  /// Where devices' MSIs go (the root complex hands them here).
+  InterruptFabric& interrupts() { return m_irq; }
+  /// The VT-d interrupt-remapping unit in front of the fabric.
+  iommu::InterruptRemap& interrupt_remap() { return m_ir; }
   DebugConsole& debugcon() { return m_debugcon; }
   /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
   /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
@@ -110,11 +122,26 @@ class Platform {
   PhysMem m_mem;
   Cache m_llc;
   IoBus m_io;
+  MmioBus m_mmio;
+  /// The remapping unit reads IRTEs and descriptors from memory directly
+  /// (not through a core's caches).
+  struct DirectMemory final : mmu::TableMemory {
+    explicit DirectMemory(PhysMem& m) : mem(m) {}
+    std::uint64_t read_entry(std::uint64_t pa, std::uint32_t&) override {
+      return mem.contains(pa, 8) ? mem.read(pa, 8) : 0;
+    }
+    void write_entry(std::uint64_t pa, std::uint64_t v, std::uint32_t&) override {
+      if (mem.contains(pa, 8)) mem.write(pa, v, 8);
+    }
+    PhysMem& mem;
+  } m_ir_mem{m_mem};
+  iommu::InterruptRemap m_ir;
+  InterruptFabric m_irq;
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;
   std::vector<std::unique_ptr<cpu::Core>> m_cores;
-  std::unique_ptr<MsiSink> m_default_msi;
+  std::unique_ptr<MmioDevice> m_nic_mmio;  // the NIC's register windows on the MMIO bus
   std::unique_ptr<IommuTableMemory> m_iommu_mem;
   std::unique_ptr<iommu::Iommu> m_iommu;
   std::unique_ptr<RootComplex> m_rc;

@@ -47,6 +47,8 @@ struct RootComplexParams {
   std::uint32_t memory_latency;
   std::uint32_t llc_latency;
   std::uint32_t bytes_per_cycle;
+  std::uint32_t mmio_read_latency;
+  std::uint32_t mmio_write_latency;
 
   template <class V>
   void visit(V& v) {
@@ -67,6 +69,14 @@ struct RootComplexParams {
     v.param(bytes_per_cycle, "bytes_per_cycle", "32", Spec().at_least(1),
             "Bytes a DMA moves per cycle after the first access (DMA bandwidth). Default: 32, i.e. 64 GB/s "
             "at 2 GHz (assumption: above a PCIe 4.0 x16 link, so the link or the NIC limits, not memory).");
+    v.param(mmio_read_latency, "mmio_read_latency", "1600", Spec(Unit::Cycles),
+            "Cycles of this clock a core waits for a read of a device register (a non-posted PCIe round "
+            "trip). Default: 1600 = 800 ns at 2 GHz (assumption: Neugebauer et al., \"Understanding PCIe "
+            "performance for end host networking\", SIGCOMM 2018, measure register reads of several hundred "
+            "ns to about 1 us).");
+    v.param(mmio_write_latency, "mmio_write_latency", "100", Spec(Unit::Cycles),
+            "Cycles of this clock a core spends on a write to a device register (a posted write: the core "
+            "does not wait for the device). Default: 100 = 50 ns at 2 GHz (assumption).");
   }
 };
 
