@@ -79,7 +79,10 @@ TEST_CASE("posted interrupts remove the receiver's exits for inter-vCPU IPIs, sa
   for (int i = 0; i < 2; ++i) {
     const std::string c = fmt::format("system.cpu{}", i);
     CHECK(on.at(c + ".posted_notifications") > 300);
-    CHECK(on.at(c + ".virtual_interrupts") >= on.at(c + ".posted_notifications"));
+    // Nearly every notification delivers an interrupt; one that arrives
+    // after VM entry already moved its vector from the descriptor finds the
+    // PIR empty (SDM Vol. 3C, 30.6), so the two need not be equal.
+    CHECK(on.at(c + ".virtual_interrupts") >= 0.95 * on.at(c + ".posted_notifications"));
     CHECK(on.at(c + ".virtual_eois") == on.at(c + ".virtual_interrupts"));
   }
 }
