@@ -306,10 +306,15 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
     c.set_user_mode(true);
     return false;
   }
+  // The region leaves the address space first: the loop below can be
+  // preempted, and another thread of the process may mmap (reallocating
+  // the region list) or fault on the range (which is then unmapped) meanwhile.
+  const std::uint64_t start_va = region->start, end_va = region->end;
+  p.regions.erase(region);
   const std::uint64_t page = p.page_size;
   const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
   auto& freed = m_free_frames[leaf - 1];
-  for (std::uint64_t va = region->start; va < region->end; va += page) {
+  for (std::uint64_t va = start_va; va < end_va; va += page) {
     // Find the leaf entry through the direct map; absent tables mean the
     // page was never touched.
     std::uint64_t table = p.pml4, entry = 0;
@@ -332,7 +337,6 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
     c.store(entry, 0);
     c.invlpg(va);
   }
-  p.regions.erase(region);
   // Other vCPUs may hold translations of this address space: shoot them
   // down with an IPI (their handler reloads CR3). The sender does not wait.
   if (m_vcpus.size() > 1)

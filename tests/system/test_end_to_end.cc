@@ -465,3 +465,27 @@ TEST_CASE("a request server's response times grow with load") {
   CHECK(light >= 300'000);
   CHECK(heavy > 2 * light);
 }
+
+TEST_CASE("two threads of one process mmap and munmap concurrently on two vCPUs") {
+  // munmap can be preempted while the other thread maps (and so reallocates
+  // the process's region list): the kernel must not hold on to the region.
+  auto r = run_cli(R"(seed: 7
+duration: 30ms
+platform:
+  cores: 2
+  memory: 512MiB
+vms:
+  - name: t
+    vcpus: 2
+    memory: 32MiB
+    workloads:
+      - type: mmap_churn
+        region: 16KiB
+        iterations: 500
+        threads: 2
+)");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.workload0.operations") == 1000);
+  CHECK(r.at("vm.t.workload0.threads_done") == 2);
+}
