@@ -16,6 +16,28 @@ const std::string& quickstart_yaml() {
   return text;
 }
 
+std::string parse_core_list(const std::string& text, std::uint64_t cores, std::vector<unsigned>& out) {
+  out.clear();
+  if (text.empty()) return {};  // unpinned
+  std::size_t i = 0;
+  const std::string what =
+      fmt::format("comma-separated core indices below platform.cores ({}), such as \"1\" or \"0,2\"", cores);
+  while (i <= text.size()) {
+    std::size_t end = text.find(',', i);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(i, end - i);
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    item = b == std::string::npos ? std::string() : item.substr(b, e - b + 1);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6)
+      return what;
+    const unsigned long core = std::stoul(item);
+    if (core >= cores) return what;
+    out.push_back(static_cast<unsigned>(core));
+    i = end + 1;
+  }
+  return {};
+}
+
 namespace {
 // "path: expected <what> (got <found>)", at the node's line.
 cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& what,
@@ -44,6 +66,16 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + ".memory",
                      "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
                      cfg::format_bytes(vm.memory));
+    if (!vm.pin.empty()) {
+      // vms[i].pin: core indices within the platform.
+      std::vector<unsigned> cores;
+      std::string err = parse_core_list(vm.pin, p.platform.cores, cores);
+      if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
+    }
+    if (p.hypervisor.scheduler != "realtime" && vm.priority != 0)
+      throw error_at(doc, at + ".priority",
+                     "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
+                     std::to_string(vm.priority));
     if (p.hypervisor.scheduler != "proportional") {
       if (vm.weight != 256)
         throw error_at(doc, at + ".weight",

@@ -30,6 +30,8 @@ struct VmParams {
   std::uint64_t memory;
   std::uint64_t weight;
   std::uint64_t cap;
+  std::string pin;          // comma-separated core indices ("" = unpinned)
+  std::uint64_t priority;
   guest::KernelParams kernel;
   std::vector<workloads::WorkloadParams> workloads;
 
@@ -44,6 +46,13 @@ struct VmParams {
     v.param(cap, "cap", "0", Spec().at_most(100),
             "Upper limit of each of the VM's vCPUs under hypervisor.scheduler=proportional, in percent of one "
             "core per hypervisor.cap_period (0: uncapped; as Xen credit's cap, but per vCPU).");
+    v.param(pin, "pin", "", Spec(Unit::Text),
+            "Cores the VM's vCPUs are pinned to, as comma-separated core indices (\"2\" or \"0,1\"): vCPU i "
+            "runs only on core pin[i % n]. Empty: unpinned, vCPUs are placed round robin over the cores in order "
+            "of creation (docs/scheduling.md).");
+    v.param(priority, "priority", "0", Spec().at_most(99),
+            "Fixed priority of the VM's vCPUs under hypervisor.scheduler=realtime, higher runs first (0-99 as "
+            "Linux SCHED_FIFO's range; default 0, the background level).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }
@@ -71,6 +80,10 @@ struct ExperimentParams {
     v.list(vms, "vms", "Virtual machines.", 1);
   }
 };
+
+/// Parses a vms[].pin value into core indices, each below `cores`. Returns
+/// what was expected on error (empty on success).
+std::string parse_core_list(const std::string& text, std::uint64_t cores, std::vector<unsigned>& out);
 
 /// Reads and validates a document, including the rules that span several
 /// values (unique VM names, memory that fits). Throws cfg::ConfigError.

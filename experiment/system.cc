@@ -60,7 +60,10 @@ struct Session::System {
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size);
       }
-      hypervisor->add_vm({vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get(), vp.weight, vp.cap});
+      hv::VmSpec spec{vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get(), vp.weight, vp.cap, {},
+                      static_cast<unsigned>(vp.priority)};
+      parse_core_list(vp.pin, pp.cores, spec.pin);  // validated by load()
+      hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));
     }
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));

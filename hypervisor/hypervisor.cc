@@ -36,6 +36,7 @@ enum CodeOffset : std::uint64_t {
   kCodeWindow = 0x9000,
   kCodeInject = 0xA000,
   kCodeSchedule = 0xB000,
+  kCodeMigrate = 0xC000,
 };
 }  // namespace
 
@@ -56,7 +57,11 @@ struct Hypervisor::Vm {
 struct Hypervisor::Vcpu : SchedEntity {
   Vm* vm = nullptr;
   unsigned index = 0;
-  unsigned core = 0;
+  unsigned core = 0;   // the core whose run queue holds the vCPU
+  bool pinned = false; // may run only on its pinned core (vms[].pin)
+  bool claimed = false; // a core picked it and runs it (not migratable now)
+  int active_on = -1;   // core on which its VMCS is active (VMPTRLD, no VMCLEAR since)
+  stats::Counter* migrations = nullptr;
   std::uint64_t vmcs_pa = 0;
   std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
   std::uint16_t vpid = 0;
@@ -131,6 +136,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   m_msr_bitmap = alloc_host_frame();
   m_io_bitmap_a = alloc_host_frame();
   m_io_bitmap_b = alloc_host_frame();
+  m_idle_map = alloc_host_frame();
   for (unsigned i = 0; i < m_cores.size(); ++i) {
     auto pc = std::make_unique<PerCore>();
     pc->hv = this;
@@ -179,19 +185,26 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
+  for (unsigned core : spec.pin)
+    if (core >= m_cores.size())
+      throw std::invalid_argument(fmt::format("VM {}: pin names core {}, but the platform has {} cores", spec.name,
+                                              core, m_cores.size()));
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->vm_weight = spec.weight;
     v->vm_vcpus = spec.vcpus;
     v->cap = spec.cap;
+    v->priority = spec.priority;
     v->vm = vm.get();
     v->index = i;
-    v->core = m_next_core++ % static_cast<unsigned>(m_cores.size());
+    v->pinned = !spec.pin.empty();
+    v->core = v->pinned ? spec.pin[i % spec.pin.size()] : m_next_core++ % static_cast<unsigned>(m_cores.size());
     v->vmcs_pa = alloc_host_frame();
     v->save_area = alloc_host_frame();
     v->vpid = m_p.vpid ? m_next_vpid++ : 0;
     v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
     v->time = std::make_unique<Vcpu::Time>(v->obs.get());
+    v->migrations = &v->obs->make<stats::Counter>("migrations", "events", "times the vCPU moved to another core");
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
     pc.sched->add(*v);
@@ -252,6 +265,10 @@ void Hypervisor::core_main(PerCore& pc) {
     const bool picking = s.must_pick(last);
     if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
     Vcpu* next = static_cast<Vcpu*>(s.pick(c.now()));
+    if (next && m_p.migration) {
+      next->claimed = true;  // not migratable while this core goes on to run it
+      push_waiting(pc, next);
+    }
     if (!next) {
       last = nullptr;
       // Halting with runnable (throttled) vCPUs: their wait is stolen time,
@@ -260,14 +277,17 @@ void Hypervisor::core_main(PerCore& pc) {
         if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
       program_timer(pc);
+      if (m_p.migration) set_idle(pc, true);
       c.sti();
       c.hlt();
       c.cli();
+      if (m_p.migration) set_idle(pc, false);
       continue;
     }
     if (picking && s.timer_after_pick()) program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
+    next->claimed = false;
   }
 }
 
@@ -421,11 +441,28 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   if (!v.vmcs_ready) {
     setup_vmcs(c, v);
     pc.loaded = &v;
+    v.active_on = static_cast<int>(pc.id);
   } else if (pc.loaded != &v) {
     ++m_totals.vcpu_switches;
+    if (v.active_on >= 0 && v.active_on != static_cast<int>(pc.id))
+      throw cpu::SimulationError(fmt::format("hypervisor: vCPU {} of VM {} loaded on core {} while its VMCS is "
+                                             "active on core {} (missing VMCLEAR)",
+                                             v.index, v.vm->name, pc.id, v.active_on));
     if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
       throw cpu::SimulationError("hypervisor: VMPTRLD failed");
     pc.loaded = &v;
+    if (v.active_on < 0) {
+      // First load on this core after a migration (KVM's vmx_vcpu_load_vmcs):
+      // the host-state fields that name the per-core hypervisor context
+      // point at this core's, and the VMCS, cleared on the old core, is
+      // launched afresh. The new core's TLBs may still hold translations
+      // of this VPID from an earlier stay, stale since: flush them (KVM
+      // requests a TLB flush on every pCPU change for the same reason).
+      vmw(c, field::kHostRip, cpu::code_address(pc.fiber.get()));
+      vmw(c, field::kHostIdtrBase, cpu::code_address(&pc));
+      if (v.vpid) c.invvpid(1, v.vpid);
+      v.active_on = static_cast<int>(pc.id);
+    }
   }
   // Virtual interrupt delivery: inject when the guest can take it, else ask
   // for an interrupt-window exit (SDM Vol. 3C, 26.6, 25.6.2).
@@ -791,6 +828,75 @@ void Hypervisor::wake(Vcpu& v) {
   target.sched->wake(v, was_blocked);
   Core& self = Core::current();
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
+}
+
+// ---------------------------------------------------------------------------
+// Migration of unpinned vCPUs (docs/scheduling.md, "Migration").
+//
+// A core that goes on to run one vCPU while others of its run queue wait
+// looks for an idle core (the idle map: one byte per core in hypervisor
+// memory, set by a core that halts with nothing to run) and pushes a waiting
+// vCPU there. The push happens on the old core because the VMCS must be
+// VMCLEARed on the processor where it is active before another processor
+// may VMPTRLD it (SDM Vol. 3C, 25.11.1): VMCLEAR writes back the processor's
+// copy and makes the launch state clear, so the new core enters with
+// VMLAUNCH. The old core then sends the new one a reschedule IPI.
+
+void Hypervisor::set_idle(PerCore& pc, bool idle) { pc.core->store(m_idle_map + pc.id, idle ? 1 : 0, 1); }
+
+void Hypervisor::push_waiting(PerCore& pc, const Vcpu* running) {
+  Core& c = *pc.core;
+  auto waiting = [&](const Vcpu* w) {
+    return w != running && !w->pinned && !w->claimed && w->core == pc.id && w->state == Vcpu::State::Runnable;
+  };
+  bool any = false;
+  for (const Vcpu* w : pc.assigned) any = any || waiting(w);
+  if (!any) return;
+  const unsigned n = static_cast<unsigned>(m_cores.size());
+  for (unsigned base = 0; base < n; base += 8) {
+    std::uint64_t idle = c.load(m_idle_map + base);
+    for (unsigned k = 0; k < 8 && base + k < n; ++k) {
+      const unsigned target = base + k;
+      if (target == pc.id || !((idle >> (8 * k)) & 0xFF)) continue;
+      // The loads may have let other cores run: look again.
+      Vcpu* w = nullptr;
+      for (Vcpu* cand : pc.assigned)
+        if (waiting(cand)) {
+          w = cand;
+          break;
+        }
+      if (!w) return;
+      migrate(pc, *w, *m_percore[target]);
+    }
+  }
+}
+
+void Hypervisor::migrate(PerCore& from, Vcpu& v, PerCore& to) {
+  Core& c = *from.core;
+  charge(c, m_p.costs.migrate, kCodeMigrate);
+  if (from.last_ran == &v) {
+    mark_preempted(c, v);
+    from.last_ran = nullptr;
+  }
+  if (v.active_on == static_cast<int>(from.id)) {
+    if (c.vmclear(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+      throw cpu::SimulationError("hypervisor: VMCLEAR for a migration failed");
+    if (from.loaded == &v) from.loaded = nullptr;
+    v.active_on = -1;
+    v.launched = false;
+  }
+  // The operations above may have let other cores run; the vCPU stays
+  // unclaimed on this core meanwhile (only this core picks it). Move it.
+  from.sched->remove(v);
+  from.assigned.erase(std::find(from.assigned.begin(), from.assigned.end(), &v));
+  v.core = to.id;
+  to.assigned.push_back(&v);
+  to.sched->add(v);
+  ++m_totals.migrations;
+  ++*v.migrations;
+  // The target is no longer idle for other pushers; wake it.
+  c.store(m_idle_map + to.id, 0, 1);
+  c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{to.id} << 32) | kRescheduleVector);
 }
 
 void Hypervisor::crash_vm(Vm& vm, const std::string& why) {

@@ -29,7 +29,7 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, schedule, code_bytes, vcpu_state_lines;
+      interrupt_window, inject, schedule, migrate, code_bytes, vcpu_state_lines;
 
   template <class V>
   void visit(V& v) {
@@ -52,6 +52,10 @@ struct HvCosts {
     v.param(interrupt_window, "interrupt_window", "80", Spec(Unit::Instructions), "Interrupt-window exit (assumption).");
     v.param(inject, "inject", "50", Spec(Unit::Instructions), "Preparing a virtual interrupt for injection (assumption).");
     v.param(schedule, "schedule", "400", Spec(Unit::Instructions), "Picking the next vCPU (assumption).");
+    v.param(migrate, "migrate", "600", Spec(Unit::Instructions),
+            "Moving a waiting vCPU to an idle core: dequeueing, enqueueing on the other core, bookkeeping; "
+            "the VMCLEAR, the reschedule IPI and the new core's VMPTRLD and host-state VMWRITEs are charged "
+            "as those operations (assumption, of the order of Linux's move_queued_task).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -61,7 +65,7 @@ struct HvCosts {
 
 struct HypervisorParams {
   std::uint64_t timeslice;       // ps
-  std::string scheduler;         // round_robin | proportional
+  std::string scheduler;         // round_robin | proportional | realtime
   std::uint64_t cap_period;      // ps
   std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
   bool vpid;
@@ -70,6 +74,7 @@ struct HypervisorParams {
   std::uint64_t ept_page_size;   // bytes: 4KiB, 2MiB or 1GiB
   std::string ept_populate;      // lazy | eager
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
+  bool migration;                // unpinned vCPUs may move to idle cores
   HvCosts costs;
 
   template <class V>
@@ -79,10 +84,12 @@ struct HypervisorParams {
     v.param(timeslice, "timeslice", "3ms", Spec(Unit::Time).at_least(1e6),
             "Time a vCPU runs before another runnable vCPU on its core gets the core (assumption, "
             "of the order of Linux CFS's default latency for a few tasks).");
-    v.param(scheduler, "scheduler", "round_robin", Spec().one_of({"round_robin", "proportional"}),
-            "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice) "
-            "or proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
-            "limited by vms[].cap, as Linux CFS and Xen credit2; see docs/scheduling.md).");
+    v.param(scheduler, "scheduler", "round_robin", Spec().one_of({"round_robin", "proportional", "realtime"}),
+            "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice), "
+            "proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
+            "limited by vms[].cap, as Linux CFS and Xen credit2) or realtime (fixed priority by vms[].priority, "
+            "preemptive, FIFO within a priority and round robin among equals every timeslice, as Linux "
+            "SCHED_RR); see docs/scheduling.md.");
     v.param(cap_period, "cap_period", "10ms", Spec(Unit::Time).at_least(1e6),
             "Accounting period of the proportional scheduler's caps: a vCPU capped at c% runs at most c% of "
             "each period (assumption, Xen credit's accounting period is 30ms, CFS bandwidth control's 100ms).");
@@ -105,6 +112,11 @@ struct HypervisorParams {
             "Enable EPT accessed and dirty flags (EPTP bit 6, SDM Vol. 3C, 29.3.5): walks set them in EPT "
             "entries, and guest paging-structure accesses become EPT writes. Default off (assumption: keeps the "
             "walk costs of earlier results); KVM turns it on where supported (kvm_intel eptad=1).");
+    v.param(migration, "migration", "false", Spec(Unit::Flag),
+            "Let a runnable unpinned vCPU that waits for its busy core move to an idle core: the old core "
+            "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
+            "(SDM Vol. 3C, 25.11.1); see docs/scheduling.md. Default off (assumption: keeps the placement, "
+            "and the results, of runs made before migration existed).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -125,6 +137,8 @@ struct VmSpec {
   GuestImage* image = nullptr;
   std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
+  std::vector<unsigned> pin;   // vCPU i runs only on core pin[i % size] (empty: unpinned)
+  unsigned priority = 0;       // realtime scheduler: higher runs first
 };
 
 class Hypervisor {
@@ -168,6 +182,12 @@ class Hypervisor {
   void crash_vm(Vm& vm, const std::string& why);
   void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
+  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
+  /// `running` has the core to idle cores.
+  void push_waiting(PerCore& pc, const Vcpu* running);
+  void migrate(PerCore& from, Vcpu& v, PerCore& to);
+  /// Marks the core idle (nothing to run) or busy in the idle map.
+  void set_idle(PerCore& pc, bool idle);
   // Time accounting (simulator observation of the vCPU's state, no cost).
   void account_on_cpu(Vcpu& v, std::uint64_t now);
   void publish_steal(cpu::Core& c, Vcpu& v);
@@ -205,6 +225,7 @@ class Hypervisor {
   std::uint64_t m_next_host_frame;
   std::uint64_t m_next_guest_frame;
   std::uint64_t m_msr_bitmap = 0, m_io_bitmap_a = 0, m_io_bitmap_b = 0;
+  std::uint64_t m_idle_map = 0;  // one byte per core: 1 while it halts with nothing to run
   std::uint64_t m_text = 0;
   unsigned m_next_core = 0;
   std::uint16_t m_next_vpid = 1;
@@ -218,6 +239,8 @@ class Hypervisor {
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
     stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};
+    stats::Counter migrations{this, "migrations", "events",
+                              "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
 };
 
