@@ -220,3 +220,84 @@ TEST_CASE("S16: a lower priority waits, and priorities and pins are checked") {
   CHECK(bad_prio.exit_code != 0);
   CHECK(bad_prio.err.find("vms[0].priority") != std::string::npos);
 }
+
+// ---------------------------------------------------------------------------
+// Migration (hypervisor.migration): a waiting vCPU moves to an idle core.
+
+TEST_CASE("migration: a vCPU waiting for its busy core moves to an idle one") {
+  // rt and batch are placed on core 0, the idle VM on core 1. Round robin
+  // with 6 ms slices: without migration a released job waits for the batch
+  // vCPU's slice and misses; with it, the waiting vCPU is pushed to core 1
+  // (VMCLEAR on core 0, VMPTRLD and VMLAUNCH on core 1) and both run.
+  const std::string cfg = R"(duration: 60ms
+stop_when_done: false
+platform: {cores: 2, memory: 1GiB}
+hypervisor: {timeslice: 6ms}
+vms:
+  - name: rt
+    memory: 64MiB
+    workloads:
+      - {type: periodic, period: 4ms, deadline: 4ms, work: 100000}
+  - name: idle
+    memory: 64MiB
+    workloads: []
+  - name: batch
+    memory: 64MiB
+    workloads:
+      - {type: compute, iterations: 0}
+)";
+  auto off = run_cli(cfg);
+  REQUIRE(off.exit_code == 0);
+  CHECK(off.at("hypervisor.totals.migrations") == 0);
+  CHECK(off.at("vm.rt.workload0.deadline_misses") > 0);
+
+  auto on = run_cli(cfg, {"--set", "hypervisor.migration=true"});
+  INFO(on.err);
+  REQUIRE(on.exit_code == 0);
+  CHECK(on.out.find("crashed") == std::string::npos);
+  const double moved = on.at("hypervisor.totals.migrations");
+  CHECK(moved >= 1);
+  CHECK(on.at("vm.rt.vcpu0.migrations") + on.at("vm.batch.vcpu0.migrations") + on.at("vm.idle.vcpu0.migrations") ==
+        moved);
+  CHECK(on.at("vm.rt.workload0.deadline_misses") == 0);
+  CHECK(on.at("vm.rt.workload0.wakeup_latency.max") < 100e-6 * 3e9);
+  // Both busy vCPUs got (nearly) a core each: core 1 ran guest code.
+  CHECK(on.at("vm.batch.vcpu0.time.guest_cycles") > 0.85 * 0.060 * 3e9);
+  CHECK(on.at("system.cpu1.guest_instructions") > 0.5 * on.at("system.cpu0.guest_instructions"));
+  // Same config, same statistics.
+  auto again = run_cli(cfg, {"--set", "hypervisor.migration=true"});
+  REQUIRE(again.exit_code == 0);
+  CHECK(again.stats_text == on.stats_text);
+}
+
+TEST_CASE("migration: pinned vCPUs stay on their cores") {
+  const std::string cfg = R"(duration: 30ms
+stop_when_done: false
+platform: {cores: 2, memory: 1GiB}
+hypervisor: {migration: true}
+vms:
+  - name: a
+    memory: 64MiB
+    pin: "0"
+    workloads:
+      - {type: compute, iterations: 0}
+  - name: b
+    memory: 64MiB
+    pin: "0"
+    workloads:
+      - {type: compute, iterations: 0}
+)";
+  auto r = run_cli(cfg);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("hypervisor.totals.migrations") == 0);
+  CHECK(r.at("system.cpu1.guest_instructions") == 0);
+  // b unpinned (placed on core 0, the first core of round-robin placement)
+  // moves to the idle core.
+  auto u = run_cli(cfg, {"--set", "vms[1].pin=\"\""});
+  INFO(u.err);
+  REQUIRE(u.exit_code == 0);
+  CHECK(u.at("hypervisor.totals.migrations") >= 1);
+  CHECK(u.at("vm.b.vcpu0.migrations") == u.at("hypervisor.totals.migrations"));
+  CHECK(u.at("system.cpu1.guest_instructions") > 0);
+}
