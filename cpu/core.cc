@@ -53,6 +53,8 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_p(params),
       m_w(wiring),
       m_cpi_q8(static_cast<std::uint32_t>(params.cpi * 256.0 + 0.5)),
+      m_cpi_alone_q8(m_cpi_q8),
+      m_cpi_shared_q8(static_cast<std::uint32_t>(params.cpi * wiring.smt_contention * 256.0 + 0.5)),
       m_stats(stats_parent, std::string(basename())),
       m_walk_stats(&m_stats),
       m_psc_group(&m_walk_stats, "psc", "paging-structure caches"),
@@ -104,6 +106,7 @@ void Core::run() {
     return;
   }
   m_current = m_reset_fiber;
+  m_executing = true;
   m_sync_at = m_now + m_w.quantum_cycles;
   recompute_next_event();
   for (;;) {
@@ -121,6 +124,8 @@ void Core::run() {
     if (local > sc_core::sc_time_stamp()) sc_core::wait(local - sc_core::sc_time_stamp());
     if (m_yield == Yield::Halt) {
       // HLT: sleep until an interrupt is requested (timer or IPI).
+      if (m_sibling) smt_update();
+      m_executing = false;
       std::uint64_t halted_from = m_now;
       while (!m_lapic.any_requested()) {
         std::uint64_t dl = m_lapic.deadline();
@@ -136,6 +141,8 @@ void Core::run() {
         m_lapic.tick(m_now);
       }
       m_stats.halted_cycles += m_now - halted_from;
+      m_executing = true;
+      m_smt_mark = m_now;  // halted cycles are not shared cycles
     }
     m_sync_at = m_now + m_w.quantum_cycles;
     recompute_next_event();
@@ -177,6 +184,7 @@ void Core::recompute_next_event() {
 // after the time it was raised.
 void Core::slow_boundary() {
   if (m_now >= m_sync_at) yield(Yield::Sync);
+  if (m_sibling) smt_update();
   m_lapic.tick(m_now);
 
   deliver_injected_event();
@@ -290,6 +298,23 @@ void Core::retire(std::uint64_t n) {
     m_stats.guest_instructions += n;
     if (m_obs) m_obs->guest_instructions += n;
   }
+}
+
+// SMT issue contention: while the sibling thread executes, both threads
+// share the physical core's issue slots, modelled as this thread's CPI
+// times smt_contention. The sibling's state is sampled here, at slow
+// boundaries (every quantum end and every event), so a change is seen at
+// most a quantum late.
+void Core::smt_update() {
+  const std::uint64_t instr = m_stats.instructions.value();
+  if (m_smt_shared && m_now > m_smt_mark) {
+    m_stats.smt_shared_cycles += m_now - m_smt_mark;
+    m_stats.smt_shared_instructions += instr >= m_smt_mark_instr ? instr - m_smt_mark_instr : instr;  // reset between
+  }
+  m_smt_mark = m_now;
+  m_smt_mark_instr = instr;
+  m_smt_shared = m_sibling->m_executing;
+  m_cpi_q8 = m_smt_shared ? m_cpi_shared_q8 : m_cpi_alone_q8;
 }
 
 void Core::compute(std::uint64_t instructions) {

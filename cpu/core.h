@@ -152,6 +152,8 @@ struct CoreWiring {
   std::uint64_t quantum_cycles = 0;
   /// Sends a fixed interrupt to the core with this APIC ID (IPI via the ICR).
   std::function<void(std::uint32_t dest, std::uint8_t vector)> send_ipi;
+  /// SMT: CPI multiplier while the sibling thread executes (set_sibling).
+  double smt_contention = 1.0;
 };
 
 /// Per-vCPU statistics the core keeps for the VMCS they are attached to
@@ -210,6 +212,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   static Core& current();
   /// The fiber that runs when the core comes out of reset.
   void set_reset_fiber(sim::Fiber* f) { m_reset_fiber = f; }
+  /// SMT: the other hardware thread of the same physical core. While it
+  /// executes (has software and is not halted), compute operations on this
+  /// thread cost wiring.smt_contention times the CPI. Checked at slow
+  /// boundaries (at least once per quantum), not per operation.
+  void set_sibling(Core* sibling) { m_sibling = sibling; }
 
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
@@ -298,6 +305,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     stats::Counter vm_exits{this, "vm_exits", "exits", "VM exits"};
     stats::Counter vm_fails{this, "vm_fails", "events", "VMX instructions that failed (VMfail)"};
     stats::Counter syncs{this, "syncs", "events", "synchronizations with SystemC time"};
+    stats::Counter smt_shared_cycles{this, "smt_shared_cycles", "cycles",
+                                     "cycles run while the SMT sibling thread was executing (CPI x smt_contention)"};
+    stats::Counter smt_shared_instructions{this, "smt_shared_instructions", "instructions",
+                                           "instructions retired while the SMT sibling thread was executing"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -312,6 +323,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void slow_boundary();
   void recompute_next_event();
   void retire(std::uint64_t instructions);
+  /// SMT: closes the interval since the last check and picks the CPI for
+  /// the sibling's current state (slow path only).
+  void smt_update();
   void charge(std::uint64_t cycles) { m_now += cycles; }
 
   // Translation and memory.
@@ -363,8 +377,14 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   unsigned m_id;
   CoreParams m_p;
   CoreWiring m_w;
-  std::uint32_t m_cpi_q8;        // cycles per instruction in 1/256
+  std::uint32_t m_cpi_q8;        // cycles per instruction in 1/256, as now in effect
   std::uint32_t m_cpi_frac = 0;
+  std::uint32_t m_cpi_alone_q8;  // the configured CPI
+  std::uint32_t m_cpi_shared_q8; // x smt_contention, while the sibling executes
+  Core* m_sibling = nullptr;
+  bool m_executing = false;      // has software and is not halted (read by the sibling)
+  bool m_smt_shared = false;     // the sibling executed at the last check
+  std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset

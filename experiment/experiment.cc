@@ -21,7 +21,8 @@ std::string parse_core_list(const std::string& text, std::uint64_t cores, std::v
   if (text.empty()) return {};  // unpinned
   std::size_t i = 0;
   const std::string what =
-      fmt::format("comma-separated core indices below platform.cores ({}), such as \"1\" or \"0,2\"", cores);
+      fmt::format("comma-separated core indices below platform.cores x platform.smt ({}), such as \"1\" or \"0,2\"",
+                  cores);
   while (i <= text.size()) {
     std::size_t end = text.find(',', i);
     if (end == std::string::npos) end = text.size();
@@ -69,7 +70,7 @@ ExperimentParams load(const cfg::Document& doc) {
     if (!vm.pin.empty()) {
       // vms[i].pin: core indices within the platform.
       std::vector<unsigned> cores;
-      std::string err = parse_core_list(vm.pin, p.platform.cores, cores);
+      std::string err = parse_core_list(vm.pin, p.platform.cores * p.platform.smt, cores);
       if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
     }
     if (p.hypervisor.scheduler != "realtime" && vm.priority != 0)

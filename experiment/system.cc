@@ -62,7 +62,7 @@ struct Session::System {
       }
       hv::VmSpec spec{vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get(), vp.weight, vp.cap, {},
                       static_cast<unsigned>(vp.priority)};
-      parse_core_list(vp.pin, pp.cores, spec.pin);  // validated by load()
+      parse_core_list(vp.pin, pp.cores * pp.smt, spec.pin);  // validated by load()
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));
     }

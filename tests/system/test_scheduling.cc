@@ -213,7 +213,7 @@ TEST_CASE("S16: a lower priority waits, and priorities and pins are checked") {
                          {"--set", "vms[2].pin=0,2"});
   CHECK(bad_pin.exit_code != 0);
   CHECK(bad_pin.err.find("vms[2].pin") != std::string::npos);
-  CHECK(bad_pin.err.find("platform.cores (2)") != std::string::npos);
+  CHECK(bad_pin.err.find("below platform.cores x platform.smt (2)") != std::string::npos);
   auto bad_prio = run_cli(vmx::test::read_text(std::string(VMXSIM_SOURCE_DIR) +
                                                "/configs/scenarios/s16_realtime_proportional.yaml"),
                           {"--set", "vms[0].priority=5"});
