@@ -37,6 +37,7 @@ enum CodeOffset : std::uint64_t {
   kCodeInject = 0xA000,
   kCodeSchedule = 0xB000,
   kCodeMigrate = 0xC000,
+  kCodePreemption = 0xD000,
 };
 }  // namespace
 
@@ -72,6 +73,7 @@ struct Hypervisor::Vcpu : SchedEntity {
   std::bitset<256> virr;              // virtual interrupts requested
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
+  bool preempt_armed = false;         // the VMCS's "activate VMX-preemption timer" as last written
   std::unique_ptr<cpu::VcpuObserver> obs;
 
   /// Where the vCPU's time went, exact to the cycle of its core's clock:
@@ -124,6 +126,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
                                                 cfg::kPsPerSecond)),
       m_cap_period_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.cap_period) * tsc_hz /
                                                      cfg::kPsPerSecond)),
+      m_preemption_slices(params.slice_timer == "preemption"),
       m_stats(stats_parent, "hypervisor") {
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
@@ -276,7 +279,7 @@ void Hypervisor::core_main(PerCore& pc) {
       for (Vcpu* v : pc.assigned)
         if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
-      program_timer(pc);
+      program_timer(pc, true);
       if (m_p.migration) set_idle(pc, true);
       c.sti();
       c.hlt();
@@ -284,27 +287,48 @@ void Hypervisor::core_main(PerCore& pc) {
       if (m_p.migration) set_idle(pc, false);
       continue;
     }
-    if (picking && s.timer_after_pick()) program_timer(pc);
+    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
     next->claimed = false;
   }
 }
 
-void Hypervisor::program_timer(PerCore& pc) {
+std::uint64_t Hypervisor::sched_deadline(PerCore& pc) {
+  std::size_t runnable = 0;
+  for (Vcpu* v : pc.assigned)
+    if (v->state == Vcpu::State::Runnable) ++runnable;
+  return pc.sched->deadline(pc.core->now(), runnable);
+}
+
+void Hypervisor::program_timer(PerCore& pc, bool idle) {
   Core& c = *pc.core;
   std::uint64_t next = 0;
   auto consider = [&next](std::uint64_t t) {
     if (t && (!next || t < next)) next = t;
   };
-  std::size_t runnable = 0;
-  for (Vcpu* v : pc.assigned) {
-    if (v->state == Vcpu::State::Dead) continue;
-    consider(v->vtimer_deadline);
-    if (v->state == Vcpu::State::Runnable) ++runnable;
-  }
-  consider(pc.sched->deadline(c.now(), runnable));
+  for (Vcpu* v : pc.assigned)
+    if (v->state != Vcpu::State::Dead) consider(v->vtimer_deadline);
+  // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
+  // runs; the host timer keeps it only while the core halts.
+  if (!m_preemption_slices || idle) consider(sched_deadline(pc));
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
+}
+
+void Hypervisor::arm_preemption_timer(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  const std::uint64_t dl = sched_deadline(pc);
+  const bool arm = dl != 0;
+  if (arm != v.preempt_armed) {
+    std::uint64_t pinctl = vmr(c, field::kPinBasedControls);
+    vmw(c, field::kPinBasedControls, arm ? pinctl | cpu::pin::kPreemptionTimer : pinctl & ~cpu::pin::kPreemptionTimer);
+    v.preempt_armed = arm;
+  }
+  // The timer counts down from this value at the TSC rate (the model's
+  // IA32_VMX_MISC[4:0] is 0) and exits when it reaches zero (SDM Vol. 3C,
+  // 26.5.1); 0 exits before the guest executes anything.
+  const std::uint64_t now = c.rdtsc();
+  if (arm) vmw(c, field::kPreemptionTimerValue, std::min<std::uint64_t>(dl > now ? dl - now : 0, 0xFFFFFFFFu));
 }
 
 void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
@@ -483,6 +507,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
     }
   }
   publish_steal(c, v);
+  if (m_preemption_slices) arm_preemption_timer(pc, v);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;
@@ -549,6 +574,11 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
       break;
     }
+    case ExitReason::PreemptionTimer:
+      // The slice ended (slice_timer=preemption).
+      charge(c, m_p.costs.preemption_timer, kCodePreemption);
+      pc.sched->tick(c.rdtsc());
+      break;
     case ExitReason::TripleFault:
       crash_vm(*v.vm, fmt::format("triple fault on vCPU {}", v.index));
       break;

@@ -29,7 +29,7 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, schedule, migrate, code_bytes, vcpu_state_lines;
+      interrupt_window, inject, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines;
 
   template <class V>
   void visit(V& v) {
@@ -56,6 +56,9 @@ struct HvCosts {
             "Moving a waiting vCPU to an idle core: dequeueing, enqueueing on the other core, bookkeeping; "
             "the VMCLEAR, the reschedule IPI and the new core's VMPTRLD and host-state VMWRITEs are charged "
             "as those operations (assumption, of the order of Linux's move_queued_task).");
+    v.param(preemption_timer, "preemption_timer", "80", Spec(Unit::Instructions),
+            "VMX-preemption-timer exit: accounting the slice and deciding (assumption, the size of the "
+            "interrupt-window handler).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -75,6 +78,7 @@ struct HypervisorParams {
   std::string ept_populate;      // lazy | eager
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
   bool migration;                // unpinned vCPUs may move to idle cores
+  std::string slice_timer;       // host | preemption
   HvCosts costs;
 
   template <class V>
@@ -117,6 +121,11 @@ struct HypervisorParams {
             "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
             "(SDM Vol. 3C, 25.11.1); see docs/scheduling.md. Default off (assumption: keeps the placement, "
             "and the results, of runs made before migration existed).");
+    v.param(slice_timer, "slice_timer", "host", Spec().one_of({"host", "preemption"}),
+            "What ends a running vCPU's slice: host (the core's LAPIC TSC-deadline timer, an external-interrupt "
+            "exit, the interrupt's delivery and EOI) or preemption (the VMX-preemption timer in the VMCS, "
+            "SDM Vol. 3C, 26.5.1: a preemption-timer exit, no interrupt). Default host (assumption: keeps "
+            "earlier results; KVM uses the preemption timer for its guests' LAPIC timers where it works).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -195,7 +204,12 @@ class Hypervisor {
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
-  void program_timer(PerCore& pc);
+  void program_timer(PerCore& pc, bool idle = false);
+  /// The scheduler's next deadline on the core (0: none).
+  std::uint64_t sched_deadline(PerCore& pc);
+  /// slice_timer=preemption: arms the VMX-preemption timer of the current
+  /// VMCS for the scheduler's deadline (or disarms it) before an entry.
+  void arm_preemption_timer(PerCore& pc, Vcpu& v);
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
   std::uint64_t alloc_host_frame();      // hypervisor memory
@@ -219,6 +233,7 @@ class Hypervisor {
   std::uint64_t m_tsc_hz;
   std::uint64_t m_slice_cycles;
   std::uint64_t m_cap_period_cycles;
+  bool m_preemption_slices;  // slice_timer == "preemption"
   stats::Group m_stats;
   std::vector<std::unique_ptr<PerCore>> m_percore;
   std::vector<std::unique_ptr<Vm>> m_vms;

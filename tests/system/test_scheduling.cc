@@ -80,6 +80,27 @@ TEST_CASE("S14: weights 1:2:4 share one core 1/7, 2/7, 4/7") {
   CHECK(of_core(r, "a") + of_core(r, "b") + of_core(r, "c") == Approx(1.0).epsilon(0.02));
 }
 
+TEST_CASE("S14: slices timed by the VMX-preemption timer give the same shares with fewer interrupts") {
+  std::vector<Tenant> t = {{"a", 256, 0, kBusy}, {"b", 512, 0, kBusy}, {"c", 1024, 20, kBusy}};
+  auto host = run_cli(one_core(t));
+  auto pt = run_cli(one_core(t), {"--set", "hypervisor.slice_timer=preemption"});
+  INFO(pt.err);
+  REQUIRE(host.exit_code == 0);
+  REQUIRE(pt.exit_code == 0);
+  double a = of_core(pt, "a"), b = of_core(pt, "b"), c = of_core(pt, "c");
+  INFO(fmt::format("a {:.4f} b {:.4f} c {:.4f}", a, b, c));
+  CHECK(c == Approx(0.20).margin(0.02));
+  CHECK(a == Approx(0.80 / 3).epsilon(0.02));
+  CHECK(b == Approx(1.60 / 3).epsilon(0.02));
+  // Slice ends and cap budgets are preemption-timer exits, not host timer
+  // interrupts: external-interrupt exits drop by about their number.
+  const double pt_exits = pt.at("system.cpu0.exit_reasons.PREEMPTION_TIMER");
+  CHECK(pt_exits > 100);
+  CHECK(host.at_or_zero("system.cpu0.exit_reasons.PREEMPTION_TIMER") == 0);
+  CHECK(pt.at("system.cpu0.exit_reasons.EXTERNAL_INTERRUPT") <
+        host.at("system.cpu0.exit_reasons.EXTERNAL_INTERRUPT") - 0.5 * pt_exits);
+}
+
 TEST_CASE("S14: round robin ignores weights") {
   std::vector<Tenant> t = {{"a", 256, 0, kBusy}, {"b", 512, 0, kBusy}, {"c", 1024, 0, kBusy}};
   auto r = run_cli(one_core(t, "round_robin"));
