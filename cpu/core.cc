@@ -27,6 +27,16 @@ constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 constexpr std::uint64_t kFrameOffset = models::PhysMem::kFrameSize - 1;
 }  // namespace
 
+// A software context may hold a reference to the core it ran on and go on
+// using it after its vCPU was migrated (VMCLEAR, VMPTRLD and VM entry on
+// another core): the architectural operations act on the core that is
+// executing the context now, as a real vCPU's instructions execute on
+// whichever processor runs it. (The hypervisor's own contexts never move.)
+#define VMX_ON_EXECUTING_CORE(call)                                           \
+  do {                                                                        \
+    if (t_current && t_current != this) return t_current->call;               \
+  } while (0)
+
 Core& Core::current() {
   if (!t_current) throw SimulationError("no core is executing software");
   return *t_current;
@@ -162,7 +172,19 @@ void Core::switch_fiber(sim::Fiber& to) {
   sim::Fiber::switch_to(*from, to);
 }
 
-void Core::switch_context(sim::Fiber& to) { switch_fiber(to); }
+void Core::switch_context(sim::Fiber& to) {
+  VMX_ON_EXECUTING_CORE(switch_context(to));
+  switch_fiber(to);
+}
+
+void Core::set_user_mode(bool user) {
+  VMX_ON_EXECUTING_CORE(set_user_mode(user));
+  m_cpl = user ? 3 : 0;
+  update_context();
+}
+
+bool Core::interrupts_enabled() const { return t_current && t_current != this ? t_current->m_if : m_if; }
+std::uint8_t Core::cpl() const { return t_current && t_current != this ? t_current->m_cpl : m_cpl; }
 
 void Core::post_interrupt(std::uint8_t vector) {
   m_lapic.raise(vector);
@@ -318,6 +340,7 @@ void Core::smt_update() {
 }
 
 void Core::compute(std::uint64_t instructions) {
+  VMX_ON_EXECUTING_CORE(compute(instructions));
   boundary();
   retire(instructions);
 }
@@ -504,6 +527,7 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
+  VMX_ON_EXECUTING_CORE(load(va, size));
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -525,6 +549,7 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
+  VMX_ON_EXECUTING_CORE(store(va, value, size));
   boundary();
   retire(1);
   ++m_stats.stores;
@@ -545,6 +570,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
 }
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(xchg(va, value));
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -562,6 +588,7 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
 }
 
 void Core::pause() {
+  VMX_ON_EXECUTING_CORE(pause());
   boundary();
   retire(1);
   charge(m_p.pause_latency);
@@ -596,6 +623,7 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
 }
 
 void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(fetch(va, bytes));
   boundary();
   std::uint64_t end = va + bytes;
   for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
@@ -611,6 +639,7 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
 // moves a cache line per step, retiring one instruction per line, and lets
 // interrupts in between pages, as the architecture allows between iterations.
 void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(rep_stos(va, value, bytes));
   boundary();
   retire(1);
   std::uint64_t end = va + bytes;
@@ -631,6 +660,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
 }
 
 void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(rep_movs(dst, src, bytes));
   boundary();
   retire(1);
   std::uint64_t done = 0;
@@ -663,6 +693,7 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
 // Control registers, MSRs, CPUID, I/O, HLT.
 
 std::uint64_t Core::read_cr(unsigned cr) {
+  VMX_ON_EXECUTING_CORE(read_cr(cr));
   boundary();
   retire(1);
   charge(m_p.cr_latency);
@@ -691,6 +722,7 @@ std::uint64_t Core::read_cr(unsigned cr) {
 }
 
 void Core::write_cr(unsigned cr, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(write_cr(cr, value));
   boundary();
   retire(1);
   charge(m_p.cr_latency);
@@ -821,6 +853,7 @@ void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
 }
 
 std::uint64_t Core::rdmsr(std::uint32_t msr) {
+  VMX_ON_EXECUTING_CORE(rdmsr(msr));
   boundary();
   retire(1);
   charge(m_p.msr_latency);
@@ -849,6 +882,7 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
 }
 
 void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
   boundary();
   retire(1);
   charge(m_p.msr_latency);
@@ -876,6 +910,7 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
 }
 
 CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
+  VMX_ON_EXECUTING_CORE(cpuid(leaf, subleaf));
   boundary();
   retire(1);
   if (m_non_root) {
@@ -905,6 +940,7 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
 }
 
 std::uint32_t Core::in(std::uint16_t port, unsigned size) {
+  VMX_ON_EXECUTING_CORE(in(port, size));
   boundary();
   retire(1);
   charge(m_p.io_latency);
@@ -922,6 +958,7 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
 }
 
 void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
+  VMX_ON_EXECUTING_CORE(out(port, value, size));
   boundary();
   retire(1);
   charge(m_p.io_latency);
@@ -938,6 +975,7 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
 }
 
 void Core::hlt() {
+  VMX_ON_EXECUTING_CORE(hlt());
   boundary();
   retire(1);
   if (m_cpl != 0) {
@@ -955,6 +993,7 @@ void Core::hlt() {
 }
 
 void Core::sti() {
+  VMX_ON_EXECUTING_CORE(sti());
   boundary();
   retire(1);
   if (!m_if) m_sti_shadow = true;
@@ -963,12 +1002,14 @@ void Core::sti() {
 }
 
 void Core::cli() {
+  VMX_ON_EXECUTING_CORE(cli());
   boundary();
   retire(1);
   m_if = false;
 }
 
 std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1, std::uint64_t a2) {
+  VMX_ON_EXECUTING_CORE(vmcall(nr, a0, a1, a2));
   boundary();
   retire(1);
   if (!m_non_root) {
@@ -988,6 +1029,7 @@ std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1,
 }
 
 void Core::invlpg(std::uint64_t va) {
+  VMX_ON_EXECUTING_CORE(invlpg(va));
   boundary();
   retire(1);
   charge(m_p.invlpg_latency);
@@ -1008,6 +1050,7 @@ void Core::invlpg(std::uint64_t va) {
 }
 
 void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
+  VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
   boundary();
   retire(1);
   charge(m_p.invlpg_latency);
@@ -1072,6 +1115,7 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
 }
 
 std::uint64_t Core::rdtsc() {
+  VMX_ON_EXECUTING_CORE(rdtsc());
   boundary();
   retire(1);
   charge(m_p.rdtsc_latency);
@@ -1086,6 +1130,7 @@ std::uint64_t Core::rdtsc() {
 }
 
 void Core::lidt(InterruptHandler* handler) {
+  VMX_ON_EXECUTING_CORE(lidt(handler));
   boundary();
   retire(1);
   if (m_cpl != 0) {
@@ -1443,10 +1488,12 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
 
   auto* host = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kHostRip)));
   switch_fiber(*host);
-  // Resumed by a later VM entry: an injected event is delivered now, before
-  // the exiting operation completes or retries.
-  m_sti_shadow = false;
-  deliver_injected_event();
+  // Resumed by a later VM entry, on this core or, after a migration, on
+  // another: an injected event is delivered now, before the exiting
+  // operation completes or retries.
+  Core& now = current();
+  now.m_sti_shadow = false;
+  now.deliver_injected_event();
 }
 
 void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }

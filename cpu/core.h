@@ -247,7 +247,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void hlt();
   void sti();
   void cli();
-  bool interrupts_enabled() const { return m_if; }
+  bool interrupts_enabled() const;
   /// VMCALL: number and arguments in RAX, RBX, RCX, RDX; result in RAX.
   std::uint64_t vmcall(std::uint64_t nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t a2 = 0);
   void invlpg(std::uint64_t va);
@@ -265,8 +265,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void switch_context(sim::Fiber& to);
   /// Leaves the kernel for user mode (SYSRET/IRET to CPL 3) and back (the
   /// entry of a system call). Costs are charged by software.
-  void set_user_mode(bool user) { m_cpl = user ? 3 : 0; update_context(); }
-  std::uint8_t cpl() const { return m_cpl; }
+  void set_user_mode(bool user);
+  std::uint8_t cpl() const;
 
   // VMX root operation (SDM Vol. 3C, ch. 31).
   VmxStatus vmxon(std::uint64_t region_pa);

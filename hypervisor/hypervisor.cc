@@ -61,6 +61,7 @@ struct Hypervisor::Vcpu : SchedEntity {
   unsigned core = 0;   // the core whose run queue holds the vCPU
   bool pinned = false; // may run only on its pinned core (vms[].pin)
   bool claimed = false; // a core picked it and runs it (not migratable now)
+  bool movable = true;  // not started, or its last exit was HLT (see migrate())
   int active_on = -1;   // core on which its VMCS is active (VMPTRLD, no VMCLEAR since)
   stats::Counter* migrations = nullptr;
   std::uint64_t vmcs_pa = 0;
@@ -529,6 +530,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
   ++m_totals.exits;
+  v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
   switch (static_cast<ExitReason>(reason)) {
@@ -871,13 +873,21 @@ void Hypervisor::wake(Vcpu& v) {
 // may VMPTRLD it (SDM Vol. 3C, 25.11.1): VMCLEAR writes back the processor's
 // copy and makes the launch state clear, so the new core enters with
 // VMLAUNCH. The old core then sends the new one a reschedule IPI.
+//
+// Only vCPUs that have not run yet or whose last exit was HLT move (woken
+// vCPUs, the case that matters for latency). A simulated guest context
+// resumes inside the core operation that exited; after HLT nothing of that
+// operation remains, whereas an exit at an operation boundary (interrupt,
+// preemption timer) or on a fault (EPT violation) leaves the operation to
+// finish or retry, and the model finishes it on the core where it began.
 
 void Hypervisor::set_idle(PerCore& pc, bool idle) { pc.core->store(m_idle_map + pc.id, idle ? 1 : 0, 1); }
 
 void Hypervisor::push_waiting(PerCore& pc, const Vcpu* running) {
   Core& c = *pc.core;
   auto waiting = [&](const Vcpu* w) {
-    return w != running && !w->pinned && !w->claimed && w->core == pc.id && w->state == Vcpu::State::Runnable;
+    return w != running && !w->pinned && !w->claimed && w->movable && w->core == pc.id &&
+           w->state == Vcpu::State::Runnable;
   };
   bool any = false;
   for (const Vcpu* w : pc.assigned) any = any || waiting(w);
