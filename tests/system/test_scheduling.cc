@@ -221,8 +221,8 @@ TEST_CASE("S16: the real-time scheduler preempts a lower priority on a shared co
 }
 
 TEST_CASE("S16: a lower priority waits, and priorities and pins are checked") {
-  // Priority inverted: the batch VMs outrank the rt VM on one core and
-  // starve it (fixed priority is not fair).
+  // Priority inverted: batch1 (priority 20) outranks every other VM on one
+  // core and starves them, the rt VM included (fixed priority is not fair).
   auto inv = run_scenario("s16_realtime_realtime.yaml",
                           {"--set", "vms[0].pin=0", "--set", "platform.cores=1", "--set", "vms[0].priority=0",
                            "--set", "vms[1].priority=20"});
