@@ -140,7 +140,9 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   m_msr_bitmap = alloc_host_frame();
   m_io_bitmap_a = alloc_host_frame();
   m_io_bitmap_b = alloc_host_frame();
-  m_idle_map = alloc_host_frame();
+  // Only with migration, so that the host-physical layout (and every cache
+  // set the hypervisor's structures map to) stays that of earlier runs.
+  if (m_p.migration) m_idle_map = alloc_host_frame();
   for (unsigned i = 0; i < m_cores.size(); ++i) {
     auto pc = std::make_unique<PerCore>();
     pc->hv = this;
