@@ -77,6 +77,16 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + ".priority",
                      "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
                      std::to_string(vm.priority));
+    if (p.hypervisor.scheduler != "edf" && (vm.edf_runtime != 0 || vm.edf_period != 0))
+      throw error_at(doc, at + (vm.edf_runtime != 0 ? ".edf_runtime" : ".edf_period"),
+                     "0 unless hypervisor.scheduler is edf (only it has reservations)",
+                     cfg::format_time_ps(vm.edf_runtime != 0 ? vm.edf_runtime : vm.edf_period));
+    if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
+      throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
+                     cfg::format_time_ps(vm.edf_period));
+    if (vm.edf_runtime > vm.edf_period)
+      throw error_at(doc, at + ".edf_runtime", "at most edf_period (" + cfg::format_time_ps(vm.edf_period) + ")",
+                     cfg::format_time_ps(vm.edf_runtime));
     if (p.hypervisor.scheduler != "proportional") {
       if (vm.weight != 256)
         throw error_at(doc, at + ".weight",

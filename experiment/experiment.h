@@ -32,6 +32,7 @@ struct VmParams {
   std::uint64_t cap;
   std::string pin;          // comma-separated core indices ("" = unpinned)
   std::uint64_t priority;
+  std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
   std::vector<workloads::WorkloadParams> workloads;
 
@@ -53,6 +54,11 @@ struct VmParams {
     v.param(priority, "priority", "0", Spec().at_most(99),
             "Fixed priority of the VM's vCPUs under hypervisor.scheduler=realtime, higher runs first (0-99 as "
             "Linux SCHED_FIFO's range; default 0, the background level).");
+    v.param(edf_runtime, "edf_runtime", "0ps", Spec(Unit::Time),
+            "CPU time reserved for each of the VM's vCPUs every edf_period under hypervisor.scheduler=edf "
+            "(0: no reservation, the vCPU runs in the time reservations leave).");
+    v.param(edf_period, "edf_period", "0ps", Spec(Unit::Time),
+            "Period of the EDF reservation, also its relative deadline (0 with edf_runtime 0).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }

@@ -61,7 +61,7 @@ struct Session::System {
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size);
       }
       hv::VmSpec spec{vp.name, static_cast<unsigned>(vp.vcpus), vp.memory, kernel.get(), vp.weight, vp.cap, {},
-                      static_cast<unsigned>(vp.priority)};
+                      static_cast<unsigned>(vp.priority), vp.edf_runtime, vp.edf_period};
       parse_core_list(vp.pin, pp.cores * pp.smt, spec.pin);  // validated by load()
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));

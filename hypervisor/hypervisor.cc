@@ -180,6 +180,10 @@ std::uint64_t Hypervisor::alloc_guest_page() {
   return f;
 }
 
+std::uint64_t Hypervisor::ps_to_tsc(std::uint64_t ps) const {
+  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * m_tsc_hz / cfg::kPsPerSecond);
+}
+
 void Hypervisor::add_vm(const VmSpec& spec) {
   auto vm = std::make_unique<Vm>();
   vm->name = spec.name;
@@ -191,6 +195,8 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
+  if ((spec.edf_runtime == 0) != (spec.edf_period == 0) || spec.edf_runtime > spec.edf_period)
+    throw std::invalid_argument("VM " + spec.name + ": an EDF reservation needs 0 < runtime <= period");
   for (unsigned core : spec.pin)
     if (core >= m_cores.size())
       throw std::invalid_argument(fmt::format("VM {}: pin names core {}, but the platform has {} cores", spec.name,
@@ -201,6 +207,8 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->vm_vcpus = spec.vcpus;
     v->cap = spec.cap;
     v->priority = spec.priority;
+    v->dl_runtime = ps_to_tsc(spec.edf_runtime);
+    v->dl_period = ps_to_tsc(spec.edf_period);
     v->vm = vm.get();
     v->index = i;
     v->pinned = !spec.pin.empty();
@@ -859,8 +867,8 @@ void Hypervisor::wake(Vcpu& v) {
       v.off = Vcpu::Off::Runnable;
     }
   }
-  target.sched->wake(v, was_blocked);
   Core& self = Core::current();
+  target.sched->wake(v, was_blocked, self.now());
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
 }
 

@@ -68,7 +68,7 @@ struct HvCosts {
 
 struct HypervisorParams {
   std::uint64_t timeslice;       // ps
-  std::string scheduler;         // round_robin | proportional | realtime
+  std::string scheduler;         // round_robin | proportional | realtime | edf
   std::uint64_t cap_period;      // ps
   std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
   bool vpid;
@@ -88,12 +88,15 @@ struct HypervisorParams {
     v.param(timeslice, "timeslice", "3ms", Spec(Unit::Time).at_least(1e6),
             "Time a vCPU runs before another runnable vCPU on its core gets the core (assumption, "
             "of the order of Linux CFS's default latency for a few tasks).");
-    v.param(scheduler, "scheduler", "round_robin", Spec().one_of({"round_robin", "proportional", "realtime"}),
+    v.param(scheduler, "scheduler", "round_robin",
+            Spec().one_of({"round_robin", "proportional", "realtime", "edf"}),
             "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice), "
             "proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
             "limited by vms[].cap, as Linux CFS and Xen credit2) or realtime (fixed priority by vms[].priority, "
             "preemptive, FIFO within a priority and round robin among equals every timeslice, as Linux "
-            "SCHED_RR); see docs/scheduling.md.");
+            "SCHED_RR) or edf (earliest deadline first over per-VM CPU reservations vms[].edf_runtime every "
+            "vms[].edf_period, as Linux SCHED_DEADLINE; VMs without one run in the time left); see "
+            "docs/scheduling.md.");
     v.param(cap_period, "cap_period", "10ms", Spec(Unit::Time).at_least(1e6),
             "Accounting period of the proportional scheduler's caps: a vCPU capped at c% runs at most c% of "
             "each period (assumption, Xen credit's accounting period is 30ms, CFS bandwidth control's 100ms).");
@@ -148,6 +151,8 @@ struct VmSpec {
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
   std::vector<unsigned> pin;   // vCPU i runs only on core pin[i % size] (empty: unpinned)
   unsigned priority = 0;       // realtime scheduler: higher runs first
+  std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
+  std::uint64_t edf_period = 0;   // ps
 };
 
 class Hypervisor {
@@ -212,6 +217,7 @@ class Hypervisor {
   void arm_preemption_timer(PerCore& pc, Vcpu& v);
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
+  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
   std::uint64_t alloc_host_frame();      // hypervisor memory
   /// Host memory backing one EPT page of guest memory (aligned to its
   /// size); 0 when host memory is exhausted.

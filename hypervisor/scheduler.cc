@@ -10,6 +10,7 @@ std::unique_ptr<Scheduler> Scheduler::create(const std::string& kind, std::uint6
   if (kind == "round_robin") return std::make_unique<RoundRobinScheduler>(slice_cycles);
   if (kind == "proportional") return std::make_unique<ProportionalScheduler>(slice_cycles, cap_period_cycles);
   if (kind == "realtime") return std::make_unique<RealtimeScheduler>(slice_cycles);
+  if (kind == "edf") return std::make_unique<EdfScheduler>(slice_cycles);
   throw std::invalid_argument("hypervisor.scheduler: unknown scheduler " + kind);
 }
 
@@ -27,7 +28,7 @@ void RoundRobinScheduler::remove(SchedEntity& e) {
   e.queued = false;
 }
 
-void RoundRobinScheduler::wake(SchedEntity& e, bool) {
+void RoundRobinScheduler::wake(SchedEntity& e, bool, std::uint64_t) {
   if (!e.queued) {
     m_runq.push_back(&e);
     e.queued = true;
@@ -82,7 +83,7 @@ void ProportionalScheduler::remove(SchedEntity& e) {
   e.vruntime = e.vruntime > m_min_vruntime ? e.vruntime - m_min_vruntime : 0;
 }
 
-void ProportionalScheduler::wake(SchedEntity& e, bool was_blocked) {
+void ProportionalScheduler::wake(SchedEntity& e, bool was_blocked, std::uint64_t) {
   // A sleeper does not bank the time it slept: it comes back no further
   // behind than the core's minimum.
   if (was_blocked) e.vruntime = std::max(e.vruntime, m_min_vruntime);
@@ -191,7 +192,7 @@ void RealtimeScheduler::remove(SchedEntity& e) {
   if (m_current == &e) m_current = nullptr;
 }
 
-void RealtimeScheduler::wake(SchedEntity& e, bool was_blocked) {
+void RealtimeScheduler::wake(SchedEntity& e, bool was_blocked, std::uint64_t) {
   // A vCPU that blocked and wakes goes to the back of its priority's list
   // (POSIX SCHED_FIFO: a thread that becomes runnable is inserted at the tail).
   if (!was_blocked) return;
@@ -253,6 +254,131 @@ std::uint64_t RealtimeScheduler::deadline(std::uint64_t, std::size_t) const {
   for (const SchedEntity* e : m_runq)
     if (e != m_current && e->sched_runnable() && e->priority == m_current->priority) return m_slice_end;
   return 0;
+}
+
+// ---------------------------------------------------------------------------
+// Earliest deadline first over CBS reservations.
+
+void EdfScheduler::start(std::uint64_t now) {
+  m_slice_end = now + m_slice;
+  m_since = now;
+  // Every reservation starts its first period when the core does.
+  for (SchedEntity* e : m_runq)
+    if (reserved(*e)) {
+      e->dl_deadline = now + e->dl_period;
+      e->dl_budget = e->dl_runtime;
+    }
+}
+
+void EdfScheduler::add(SchedEntity& e) {
+  m_runq.push_back(&e);
+  e.queued = true;
+  // A migrated vCPU keeps its deadline and budget (absolute TSC times).
+}
+
+void EdfScheduler::remove(SchedEntity& e) {
+  auto it = std::find(m_runq.begin(), m_runq.end(), &e);
+  if (it != m_runq.end()) m_runq.erase(it);
+  e.queued = false;
+  if (m_current == &e) m_current = nullptr;
+}
+
+void EdfScheduler::wake(SchedEntity& e, bool was_blocked, std::uint64_t now) {
+  if (!was_blocked) return;
+  if (reserved(e)) {
+    // CBS wake-up rule: keep (deadline, budget) only if the budget fits the
+    // bandwidth until the deadline: budget / (deadline - now) <= Q / P.
+    const bool past = now >= e.dl_deadline;
+    const bool too_much = !past && static_cast<unsigned __int128>(e.dl_budget) * e.dl_period >
+                                       static_cast<unsigned __int128>(e.dl_deadline - now) * e.dl_runtime;
+    if (past || too_much) {
+      e.dl_deadline = now + e.dl_period;
+      e.dl_budget = e.dl_runtime;
+      e.dl_throttled = false;
+    }
+  } else {
+    // Background: back of the FIFO, as the round-robin scheduler.
+    auto it = std::find(m_runq.begin(), m_runq.end(), &e);
+    if (it != m_runq.end()) m_runq.erase(it);
+    m_runq.push_back(&e);
+  }
+}
+
+void EdfScheduler::replenish(std::uint64_t now) {
+  for (SchedEntity* e : m_runq)
+    if (reserved(*e) && e->dl_throttled && now >= e->dl_deadline) {
+      // Hard CBS: the budget comes back at the deadline, which moves on by
+      // whole periods.
+      e->dl_deadline += ((now - e->dl_deadline) / e->dl_period + 1) * e->dl_period;
+      e->dl_budget = e->dl_runtime;
+      e->dl_throttled = false;
+    }
+}
+
+void EdfScheduler::account(std::uint64_t now) {
+  if (m_current && now > m_since && reserved(*m_current)) {
+    const std::uint64_t d = now - m_since;
+    SchedEntity& e = *m_current;
+    e.dl_budget = d >= e.dl_budget ? 0 : e.dl_budget - d;
+    if (e.dl_budget == 0) e.dl_throttled = true;
+  }
+  if (now > m_since) m_since = now;
+  replenish(now);
+}
+
+SchedEntity* EdfScheduler::best() const {
+  SchedEntity* b = nullptr;
+  for (SchedEntity* e : m_runq)
+    if (reserved(*e) && e->sched_runnable() && !e->dl_throttled && (!b || e->dl_deadline < b->dl_deadline)) b = e;
+  if (b) return b;
+  for (SchedEntity* e : m_runq)
+    if (!reserved(*e) && e->sched_runnable()) return e;  // background, FIFO
+  return nullptr;
+}
+
+bool EdfScheduler::must_pick(const SchedEntity* last) const { return !last || best() != last; }
+
+SchedEntity* EdfScheduler::pick(std::uint64_t now) {
+  account(now);
+  SchedEntity* b = best();
+  if (b != m_current) m_slice_end = now + m_slice;
+  m_current = b;
+  m_since = now;
+  return b;
+}
+
+void EdfScheduler::tick(std::uint64_t now) {
+  account(now);
+  if (now < m_slice_end) return;
+  m_slice_end = now + m_slice;
+  if (!m_current || reserved(*m_current) || !m_current->sched_runnable()) return;
+  // Round robin among background vCPUs.
+  bool peer = false;
+  for (const SchedEntity* e : m_runq) peer = peer || (e != m_current && !reserved(*e) && e->sched_runnable());
+  if (!peer) return;
+  auto it = std::find(m_runq.begin(), m_runq.end(), m_current);
+  if (it != m_runq.end()) m_runq.erase(it);
+  m_runq.push_back(m_current);
+}
+
+std::uint64_t EdfScheduler::deadline(std::uint64_t, std::size_t) const {
+  std::uint64_t next = 0;
+  auto consider = [&next](std::uint64_t t) {
+    if (t && (!next || t < next)) next = t;
+  };
+  // The running reservation's budget runs out.
+  if (m_current && reserved(*m_current) && !m_current->dl_throttled) consider(m_since + m_current->dl_budget);
+  // A throttled reservation is replenished at its deadline.
+  for (const SchedEntity* e : m_runq)
+    if (reserved(*e) && e->dl_throttled && e->sched_runnable()) consider(e->dl_deadline);
+  // Background slice end, when another background vCPU waits.
+  if (m_current && !reserved(*m_current))
+    for (const SchedEntity* e : m_runq)
+      if (e != m_current && !reserved(*e) && e->sched_runnable()) {
+        consider(m_slice_end);
+        break;
+      }
+  return next;
 }
 
 }  // namespace vmx::hv
