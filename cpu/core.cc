@@ -28,6 +28,16 @@ constexpr std::uint64_t kFrameOffset = models::PhysMem::kFrameSize - 1;
 constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a store
 }  // namespace
 
+// A software context may hold a reference to the core it ran on and go on
+// using it after its vCPU was migrated (VMCLEAR, VMPTRLD and VM entry on
+// another core): the architectural operations act on the core that is
+// executing the context now, as a real vCPU's instructions execute on
+// whichever processor runs it. (The hypervisor's own contexts never move.)
+#define VMX_ON_EXECUTING_CORE(call)                                           \
+  do {                                                                        \
+    if (t_current && t_current != this) return t_current->call;               \
+  } while (0)
+
 Core& Core::current() {
   if (!t_current) throw SimulationError("no core is executing software");
   return *t_current;
@@ -54,6 +64,8 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_p(params),
       m_w(wiring),
       m_cpi_q8(static_cast<std::uint32_t>(params.cpi * 256.0 + 0.5)),
+      m_cpi_alone_q8(m_cpi_q8),
+      m_cpi_shared_q8(static_cast<std::uint32_t>(params.cpi * wiring.smt_contention * 256.0 + 0.5)),
       m_stats(stats_parent, std::string(basename())),
       m_walk_stats(&m_stats),
       m_psc_group(&m_walk_stats, "psc", "paging-structure caches"),
@@ -105,6 +117,7 @@ void Core::run() {
     return;
   }
   m_current = m_reset_fiber;
+  m_executing = true;
   m_sync_at = m_now + m_w.quantum_cycles;
   recompute_next_event();
   for (;;) {
@@ -122,6 +135,8 @@ void Core::run() {
     if (local > sc_core::sc_time_stamp()) sc_core::wait(local - sc_core::sc_time_stamp());
     if (m_yield == Yield::Halt) {
       // HLT: sleep until an interrupt is requested (timer or IPI).
+      if (m_sibling) smt_update();
+      m_executing = false;
       std::uint64_t halted_from = m_now;
       while (!m_lapic.any_requested()) {
         std::uint64_t dl = m_lapic.deadline();
@@ -137,6 +152,8 @@ void Core::run() {
         m_lapic.tick(m_now);
       }
       m_stats.halted_cycles += m_now - halted_from;
+      m_executing = true;
+      m_smt_mark = m_now;  // halted cycles are not shared cycles
     }
     m_sync_at = m_now + m_w.quantum_cycles;
     recompute_next_event();
@@ -156,7 +173,19 @@ void Core::switch_fiber(sim::Fiber& to) {
   sim::Fiber::switch_to(*from, to);
 }
 
-void Core::switch_context(sim::Fiber& to) { switch_fiber(to); }
+void Core::switch_context(sim::Fiber& to) {
+  VMX_ON_EXECUTING_CORE(switch_context(to));
+  switch_fiber(to);
+}
+
+void Core::set_user_mode(bool user) {
+  VMX_ON_EXECUTING_CORE(set_user_mode(user));
+  m_cpl = user ? 3 : 0;
+  update_context();
+}
+
+bool Core::interrupts_enabled() const { return t_current && t_current != this ? t_current->m_if : m_if; }
+std::uint8_t Core::cpl() const { return t_current && t_current != this ? t_current->m_cpl : m_cpl; }
 
 void Core::post_interrupt(std::uint8_t vector) {
   m_lapic.raise(vector);
@@ -182,6 +211,7 @@ void Core::slow_boundary() {
   // has nothing to complete.
   m_op_done = false;
   if (m_now >= m_sync_at) yield(Yield::Sync);
+  if (m_sibling) smt_update();
   m_lapic.tick(m_now);
 
   deliver_injected_event();
@@ -322,7 +352,25 @@ void Core::retire(std::uint64_t n) {
   }
 }
 
+// SMT issue contention: while the sibling thread executes, both threads
+// share the physical core's issue slots, modelled as this thread's CPI
+// times smt_contention. The sibling's state is sampled here, at slow
+// boundaries (every quantum end and every event), so a change is seen at
+// most a quantum late.
+void Core::smt_update() {
+  const std::uint64_t instr = m_stats.instructions.value();
+  if (m_smt_shared && m_now > m_smt_mark) {
+    m_stats.smt_shared_cycles += m_now - m_smt_mark;
+    m_stats.smt_shared_instructions += instr >= m_smt_mark_instr ? instr - m_smt_mark_instr : instr;  // reset between
+  }
+  m_smt_mark = m_now;
+  m_smt_mark_instr = instr;
+  m_smt_shared = m_sibling->m_executing;
+  m_cpi_q8 = m_smt_shared ? m_cpi_shared_q8 : m_cpi_alone_q8;
+}
+
 void Core::compute(std::uint64_t instructions) {
+  VMX_ON_EXECUTING_CORE(compute(instructions));
   boundary();
   retire(instructions);
 }
@@ -509,6 +557,7 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
+  VMX_ON_EXECUTING_CORE(load(va, size));
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -534,6 +583,7 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
+  VMX_ON_EXECUTING_CORE(store(va, value, size));
   boundary();
   retire(1);
   ++m_stats.stores;
@@ -574,6 +624,7 @@ std::uint64_t Core::emulated_result() {
 }
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(xchg(va, value));
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -624,6 +675,7 @@ std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
 }
 
 void Core::pause() {
+  VMX_ON_EXECUTING_CORE(pause());
   boundary();
   retire(1);
   charge(m_p.pause_latency);
@@ -661,6 +713,7 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
 }
 
 void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(fetch(va, bytes));
   boundary();
   std::uint64_t end = va + bytes;
   for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
@@ -676,6 +729,7 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
 // moves a cache line per step, retiring one instruction per line, and lets
 // interrupts in between pages, as the architecture allows between iterations.
 void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(rep_stos(va, value, bytes));
   boundary();
   retire(1);
   std::uint64_t end = va + bytes;
@@ -696,6 +750,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
 }
 
 void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
+  VMX_ON_EXECUTING_CORE(rep_movs(dst, src, bytes));
   boundary();
   retire(1);
   std::uint64_t done = 0;
@@ -728,6 +783,7 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
 // Control registers, MSRs, CPUID, I/O, HLT.
 
 std::uint64_t Core::read_cr(unsigned cr) {
+  VMX_ON_EXECUTING_CORE(read_cr(cr));
   boundary();
   retire(1);
   charge(m_p.cr_latency);
@@ -756,6 +812,7 @@ std::uint64_t Core::read_cr(unsigned cr) {
 }
 
 void Core::write_cr(unsigned cr, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(write_cr(cr, value));
   boundary();
   retire(1);
   charge(m_p.cr_latency);
@@ -886,6 +943,7 @@ void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
 }
 
 std::uint64_t Core::rdmsr(std::uint32_t msr) {
+  VMX_ON_EXECUTING_CORE(rdmsr(msr));
   boundary();
   retire(1);
   charge(m_p.msr_latency);
@@ -914,6 +972,7 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
 }
 
 void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
+  VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
   boundary();
   retire(1);
   charge(m_p.msr_latency);
@@ -950,6 +1009,7 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
 }
 
 CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
+  VMX_ON_EXECUTING_CORE(cpuid(leaf, subleaf));
   boundary();
   retire(1);
   if (m_non_root) {
@@ -979,6 +1039,7 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
 }
 
 std::uint32_t Core::in(std::uint16_t port, unsigned size) {
+  VMX_ON_EXECUTING_CORE(in(port, size));
   boundary();
   retire(1);
   charge(m_p.io_latency);
@@ -996,6 +1057,7 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
 }
 
 void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
+  VMX_ON_EXECUTING_CORE(out(port, value, size));
   boundary();
   retire(1);
   charge(m_p.io_latency);
@@ -1012,6 +1074,7 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
 }
 
 void Core::hlt() {
+  VMX_ON_EXECUTING_CORE(hlt());
   boundary();
   retire(1);
   if (m_cpl != 0) {
@@ -1029,6 +1092,7 @@ void Core::hlt() {
 }
 
 void Core::sti() {
+  VMX_ON_EXECUTING_CORE(sti());
   boundary();
   retire(1);
   if (!m_if) m_sti_shadow = true;
@@ -1037,12 +1101,14 @@ void Core::sti() {
 }
 
 void Core::cli() {
+  VMX_ON_EXECUTING_CORE(cli());
   boundary();
   retire(1);
   m_if = false;
 }
 
 std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1, std::uint64_t a2) {
+  VMX_ON_EXECUTING_CORE(vmcall(nr, a0, a1, a2));
   boundary();
   retire(1);
   if (!m_non_root) {
@@ -1062,6 +1128,7 @@ std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1,
 }
 
 void Core::invlpg(std::uint64_t va) {
+  VMX_ON_EXECUTING_CORE(invlpg(va));
   boundary();
   retire(1);
   charge(m_p.invlpg_latency);
@@ -1082,6 +1149,7 @@ void Core::invlpg(std::uint64_t va) {
 }
 
 void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
+  VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
   boundary();
   retire(1);
   charge(m_p.invlpg_latency);
@@ -1146,6 +1214,7 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
 }
 
 std::uint64_t Core::rdtsc() {
+  VMX_ON_EXECUTING_CORE(rdtsc());
   boundary();
   retire(1);
   charge(m_p.rdtsc_latency);
@@ -1160,6 +1229,7 @@ std::uint64_t Core::rdtsc() {
 }
 
 void Core::lidt(InterruptHandler* handler) {
+  VMX_ON_EXECUTING_CORE(lidt(handler));
   boundary();
   retire(1);
   if (m_cpl != 0) {
@@ -1576,17 +1646,19 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
 
   auto* host = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kHostRip)));
   switch_fiber(*host);
-  // Resumed by a later VM entry: an injected event is delivered now, before
-  // the exiting operation completes or retries.
-  m_sti_shadow = false;
-  deliver_injected_event();
+  // Resumed by a later VM entry, on this core or, after a migration, on
+  // another: an injected event is delivered now, before the exiting
+  // operation completes or retries.
+  Core& now = current();
+  now.m_sti_shadow = false;
+  now.deliver_injected_event();
   // With virtual-interrupt delivery, a notification requested while the
   // vCPU was out (posted-interrupt processing) and a virtual interrupt
   // recognized at entry (SDM Vol. 3C, 30.2.1) are taken before the guest's
   // next instruction.
-  if (m_vid) {
-    take_pending_interrupt();
-    if (m_non_root && m_if && virtual_interrupt_recognized()) deliver_virtual_interrupt();
+  if (now.m_vid) {
+    now.take_pending_interrupt();
+    if (now.m_non_root && now.m_if && now.virtual_interrupt_recognized()) now.deliver_virtual_interrupt();
   }
 }
 

@@ -156,6 +156,8 @@ struct CoreWiring {
   std::uint64_t quantum_cycles = 0;
   /// Sends a fixed interrupt to the core with this APIC ID (IPI via the ICR).
   std::function<void(std::uint32_t dest, std::uint8_t vector)> send_ipi;
+  /// SMT: CPI multiplier while the sibling thread executes (set_sibling).
+  double smt_contention = 1.0;
 };
 
 /// Per-vCPU statistics the core keeps for the VMCS they are attached to
@@ -214,6 +216,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   static Core& current();
   /// The fiber that runs when the core comes out of reset.
   void set_reset_fiber(sim::Fiber* f) { m_reset_fiber = f; }
+  /// SMT: the other hardware thread of the same physical core. While it
+  /// executes (has software and is not halted), compute operations on this
+  /// thread cost wiring.smt_contention times the CPI. Checked at slow
+  /// boundaries (at least once per quantum), not per operation.
+  void set_sibling(Core* sibling) { m_sibling = sibling; }
 
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
@@ -247,7 +254,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void hlt();
   void sti();
   void cli();
-  bool interrupts_enabled() const { return m_if; }
+  bool interrupts_enabled() const;
   /// VMCALL: number and arguments in RAX, RBX, RCX, RDX; result in RAX.
   std::uint64_t vmcall(std::uint64_t nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t a2 = 0);
   void invlpg(std::uint64_t va);
@@ -265,8 +272,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void switch_context(sim::Fiber& to);
   /// Leaves the kernel for user mode (SYSRET/IRET to CPL 3) and back (the
   /// entry of a system call). Costs are charged by software.
-  void set_user_mode(bool user) { m_cpl = user ? 3 : 0; update_context(); }
-  std::uint8_t cpl() const { return m_cpl; }
+  void set_user_mode(bool user);
+  std::uint8_t cpl() const;
 
   // VMX root operation (SDM Vol. 3C, ch. 31).
   VmxStatus vmxon(std::uint64_t region_pa);
@@ -310,6 +317,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     stats::Counter virtual_interrupts{this, "virtual_interrupts", "events",
                                       "virtual interrupts delivered by virtual-interrupt delivery (no VM exit)"};
     stats::Counter virtual_eois{this, "virtual_eois", "events", "guest EOIs virtualized (no VM exit)"};
+    stats::Counter smt_shared_cycles{this, "smt_shared_cycles", "cycles",
+                                     "cycles run while the SMT sibling thread was executing (CPI x smt_contention)"};
+    stats::Counter smt_shared_instructions{this, "smt_shared_instructions", "instructions",
+                                           "instructions retired while the SMT sibling thread was executing"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -325,6 +336,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t emulated_result();
   void recompute_next_event();
   void retire(std::uint64_t instructions);
+  /// SMT: closes the interval since the last check and picks the CPI for
+  /// the sibling's current state (slow path only).
+  void smt_update();
   void charge(std::uint64_t cycles) { m_now += cycles; }
 
   // Translation and memory.
@@ -390,8 +404,14 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   unsigned m_id;
   CoreParams m_p;
   CoreWiring m_w;
-  std::uint32_t m_cpi_q8;        // cycles per instruction in 1/256
+  std::uint32_t m_cpi_q8;        // cycles per instruction in 1/256, as now in effect
   std::uint32_t m_cpi_frac = 0;
+  std::uint32_t m_cpi_alone_q8;  // the configured CPI
+  std::uint32_t m_cpi_shared_q8; // x smt_contention, while the sibling executes
+  Core* m_sibling = nullptr;
+  bool m_executing = false;      // has software and is not halted (read by the sibling)
+  bool m_smt_shared = false;     // the sibling executed at the last check
+  std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset

@@ -16,6 +16,29 @@ const std::string& quickstart_yaml() {
   return text;
 }
 
+std::string parse_core_list(const std::string& text, std::uint64_t cores, std::vector<unsigned>& out) {
+  out.clear();
+  if (text.empty()) return {};  // unpinned
+  std::size_t i = 0;
+  const std::string what =
+      fmt::format("comma-separated core indices below platform.cores x platform.smt ({}), such as \"1\" or \"0,2\"",
+                  cores);
+  while (i <= text.size()) {
+    std::size_t end = text.find(',', i);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(i, end - i);
+    const auto b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    item = b == std::string::npos ? std::string() : item.substr(b, e - b + 1);
+    if (item.empty() || item.find_first_not_of("0123456789") != std::string::npos || item.size() > 6)
+      return what;
+    const unsigned long core = std::stoul(item);
+    if (core >= cores) return what;
+    out.push_back(static_cast<unsigned>(core));
+    i = end + 1;
+  }
+  return {};
+}
+
 namespace {
 // "path: expected <what> (got <found>)", at the node's line.
 cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& what,
@@ -44,6 +67,26 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + ".memory",
                      "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
                      cfg::format_bytes(vm.memory));
+    if (!vm.pin.empty()) {
+      // vms[i].pin: core indices within the platform.
+      std::vector<unsigned> cores;
+      std::string err = parse_core_list(vm.pin, p.platform.cores * p.platform.smt, cores);
+      if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
+    }
+    if (p.hypervisor.scheduler != "realtime" && vm.priority != 0)
+      throw error_at(doc, at + ".priority",
+                     "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
+                     std::to_string(vm.priority));
+    if (p.hypervisor.scheduler != "edf" && (vm.edf_runtime != 0 || vm.edf_period != 0))
+      throw error_at(doc, at + (vm.edf_runtime != 0 ? ".edf_runtime" : ".edf_period"),
+                     "0 unless hypervisor.scheduler is edf (only it has reservations)",
+                     cfg::format_time_ps(vm.edf_runtime != 0 ? vm.edf_runtime : vm.edf_period));
+    if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
+      throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
+                     cfg::format_time_ps(vm.edf_period));
+    if (vm.edf_runtime > vm.edf_period)
+      throw error_at(doc, at + ".edf_runtime", "at most edf_period (" + cfg::format_time_ps(vm.edf_period) + ")",
+                     cfg::format_time_ps(vm.edf_runtime));
     if (p.hypervisor.scheduler != "proportional") {
       if (vm.weight != 256)
         throw error_at(doc, at + ".weight",

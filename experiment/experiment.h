@@ -31,6 +31,9 @@ struct VmParams {
   std::uint64_t weight;
   std::uint64_t cap;
   std::string paging;
+  std::string pin;          // comma-separated core indices ("" = unpinned)
+  std::uint64_t priority;
+  std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
   std::vector<workloads::WorkloadParams> workloads;
 
@@ -49,6 +52,18 @@ struct VmParams {
             "How the hypervisor virtualizes the VM's memory: ept (two-dimensional walks through the VM's EPT) "
             "or shadow (the hypervisor keeps shadow page tables that the hardware walks in one dimension; "
             "guest page-table writes, CR3 loads, INVLPG and page faults exit; see docs/mmu.md).");
+    v.param(pin, "pin", "", Spec(Unit::Text),
+            "Cores the VM's vCPUs are pinned to, as comma-separated core indices (\"2\" or \"0,1\"): vCPU i "
+            "runs only on core pin[i % n]. Empty: unpinned, vCPUs are placed round robin over the cores in order "
+            "of creation (docs/scheduling.md).");
+    v.param(priority, "priority", "0", Spec().at_most(99),
+            "Fixed priority of the VM's vCPUs under hypervisor.scheduler=realtime, higher runs first (0-99 as "
+            "Linux SCHED_FIFO's range; default 0, the background level).");
+    v.param(edf_runtime, "edf_runtime", "0ps", Spec(Unit::Time),
+            "CPU time reserved for each of the VM's vCPUs every edf_period under hypervisor.scheduler=edf "
+            "(0: no reservation, the vCPU runs in the time reservations leave).");
+    v.param(edf_period, "edf_period", "0ps", Spec(Unit::Time),
+            "Period of the EDF reservation, also its relative deadline (0 with edf_runtime 0).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }
@@ -76,6 +91,10 @@ struct ExperimentParams {
     v.list(vms, "vms", "Virtual machines.", 1);
   }
 };
+
+/// Parses a vms[].pin value into core indices, each below `cores`. Returns
+/// what was expected on error (empty on success).
+std::string parse_core_list(const std::string& text, std::uint64_t cores, std::vector<unsigned>& out);
 
 /// Reads and validates a document, including the rules that span several
 /// values (unique VM names, memory that fits). Throws cfg::ConfigError.

@@ -20,7 +20,8 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
   std::string out;
   double seconds = 0;
   if (auto* g = dynamic_cast<const stats::Gauge*>(root.find("sim.seconds"))) seconds = g->value();
-  out += fmt::format("simulated {:.6f} s on {} cores at {:.2f} GHz\n", seconds, params.platform.cores,
+  out += fmt::format("simulated {:.6f} s on {} cores{} at {:.2f} GHz\n", seconds, params.platform.cores,
+                     params.platform.smt > 1 ? fmt::format(" x {} threads", params.platform.smt) : std::string(),
                      static_cast<double>(params.platform.frequency) / 1e9);
   for (const auto& vm : params.vms) {
     const stats::Group* vg = root.find_group("vm." + vm.name);

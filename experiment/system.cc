@@ -68,6 +68,11 @@ struct Session::System {
       spec.weight = vp.weight;
       spec.cap = vp.cap;
       spec.shadow_paging = vp.paging == "shadow";
+      spec.pin.clear();
+      spec.priority = static_cast<unsigned>(vp.priority);
+      spec.edf_runtime = vp.edf_runtime;
+      spec.edf_period = vp.edf_period;
+      parse_core_list(vp.pin, pp.cores * pp.smt, spec.pin);  // validated by load()
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));
     }

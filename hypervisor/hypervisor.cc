@@ -47,10 +47,11 @@ enum CodeOffset : std::uint64_t {
   kCodeWindow = 0x9000,
   kCodeInject = 0xA000,
   kCodeSchedule = 0xB000,
-  kCodeShadow = 0xC000,
+  kCodeShadow = 0xC000,  // hypervisor/shadow.cc
+  kCodeMigrate = 0xD000,
+  kCodePreemption = 0xE000,
 };
 }  // namespace
-
 
 Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores, std::uint64_t host_memory,
                        std::uint64_t tsc_hz, stats::Group* stats_parent)
@@ -62,6 +63,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
                                                 cfg::kPsPerSecond)),
       m_cap_period_cycles(static_cast<std::uint64_t>(static_cast<unsigned __int128>(params.cap_period) * tsc_hz /
                                                      cfg::kPsPerSecond)),
+      m_preemption_slices(params.slice_timer == "preemption"),
       m_stats(stats_parent, "hypervisor") {
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
@@ -74,6 +76,9 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   m_msr_bitmap = alloc_host_frame();
   m_io_bitmap_a = alloc_host_frame();
   m_io_bitmap_b = alloc_host_frame();
+  // Only with migration, so that the host-physical layout (and every cache
+  // set the hypervisor's structures map to) stays that of earlier runs.
+  if (m_p.migration) m_idle_map = alloc_host_frame();
   for (unsigned i = 0; i < m_cores.size(); ++i) {
     auto pc = std::make_unique<PerCore>();
     pc->hv = this;
@@ -111,6 +116,10 @@ std::uint64_t Hypervisor::alloc_guest_page() {
   return f;
 }
 
+std::uint64_t Hypervisor::ps_to_tsc(std::uint64_t ps) const {
+  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * m_tsc_hz / cfg::kPsPerSecond);
+}
+
 void Hypervisor::add_vm(const VmSpec& spec) {
   auto vm = std::make_unique<Vm>();
   vm->name = spec.name;
@@ -126,14 +135,24 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     vm->shadow->max_pages = std::max<std::uint64_t>(64, spec.memory / kPage * m_p.shadow_pages_permille / 1000);
   }
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
+  if ((spec.edf_runtime == 0) != (spec.edf_period == 0) || spec.edf_runtime > spec.edf_period)
+    throw std::invalid_argument("VM " + spec.name + ": an EDF reservation needs 0 < runtime <= period");
+  for (unsigned core : spec.pin)
+    if (core >= m_cores.size())
+      throw std::invalid_argument(fmt::format("VM {}: pin names core {}, but the platform has {} cores", spec.name,
+                                              core, m_cores.size()));
   for (unsigned i = 0; i < spec.vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->vm_weight = spec.weight;
     v->vm_vcpus = spec.vcpus;
     v->cap = spec.cap;
+    v->priority = spec.priority;
+    v->dl_runtime = ps_to_tsc(spec.edf_runtime);
+    v->dl_period = ps_to_tsc(spec.edf_period);
     v->vm = vm.get();
     v->index = i;
-    v->core = m_next_core++ % static_cast<unsigned>(m_cores.size());
+    v->pinned = !spec.pin.empty();
+    v->core = v->pinned ? spec.pin[i % spec.pin.size()] : m_next_core++ % static_cast<unsigned>(m_cores.size());
     v->vmcs_pa = alloc_host_frame();
     v->save_area = alloc_host_frame();
     if (m_p.posted_interrupts) {
@@ -143,6 +162,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->vpid = m_p.vpid ? m_next_vpid++ : 0;
     v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
     v->time = std::make_unique<Vcpu::Time>(v->obs.get());
+    v->migrations = &v->obs->make<stats::Counter>("migrations", "events", "times the vCPU moved to another core");
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
     pc.sched->add(*v);
@@ -209,6 +229,10 @@ void Hypervisor::core_main(PerCore& pc) {
     const bool picking = s.must_pick(last);
     if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
     Vcpu* next = static_cast<Vcpu*>(s.pick(c.now()));
+    if (next && m_p.migration) {
+      next->claimed = true;  // not migratable while this core goes on to run it
+      push_waiting(pc, next);
+    }
     if (!next) {
       last = nullptr;
       // Halting with runnable (throttled) vCPUs: their wait is stolen time,
@@ -216,32 +240,56 @@ void Hypervisor::core_main(PerCore& pc) {
       for (Vcpu* v : pc.assigned)
         if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
-      program_timer(pc);
+      program_timer(pc, true);
+      if (m_p.migration) set_idle(pc, true);
       c.sti();
       c.hlt();
       c.cli();
+      if (m_p.migration) set_idle(pc, false);
       continue;
     }
-    if (picking && s.timer_after_pick()) program_timer(pc);
+    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
+    next->claimed = false;
   }
 }
 
-void Hypervisor::program_timer(PerCore& pc) {
+std::uint64_t Hypervisor::sched_deadline(PerCore& pc) {
+  std::size_t runnable = 0;
+  for (Vcpu* v : pc.assigned)
+    if (v->state == Vcpu::State::Runnable) ++runnable;
+  return pc.sched->deadline(pc.core->now(), runnable);
+}
+
+void Hypervisor::program_timer(PerCore& pc, bool idle) {
   Core& c = *pc.core;
   std::uint64_t next = 0;
   auto consider = [&next](std::uint64_t t) {
     if (t && (!next || t < next)) next = t;
   };
-  std::size_t runnable = 0;
-  for (Vcpu* v : pc.assigned) {
-    if (v->state == Vcpu::State::Dead) continue;
-    consider(v->vtimer_deadline);
-    if (v->state == Vcpu::State::Runnable) ++runnable;
-  }
-  consider(pc.sched->deadline(c.now(), runnable));
+  for (Vcpu* v : pc.assigned)
+    if (v->state != Vcpu::State::Dead) consider(v->vtimer_deadline);
+  // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
+  // runs; the host timer keeps it only while the core halts.
+  if (!m_preemption_slices || idle) consider(sched_deadline(pc));
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
+}
+
+void Hypervisor::arm_preemption_timer(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  const std::uint64_t dl = sched_deadline(pc);
+  const bool arm = dl != 0;
+  if (arm != v.preempt_armed) {
+    std::uint64_t pinctl = vmr(c, field::kPinBasedControls);
+    vmw(c, field::kPinBasedControls, arm ? pinctl | cpu::pin::kPreemptionTimer : pinctl & ~cpu::pin::kPreemptionTimer);
+    v.preempt_armed = arm;
+  }
+  // The timer counts down from this value at the TSC rate (the model's
+  // IA32_VMX_MISC[4:0] is 0) and exits when it reaches zero (SDM Vol. 3C,
+  // 26.5.1); 0 exits before the guest executes anything.
+  const std::uint64_t now = c.rdtsc();
+  if (arm) vmw(c, field::kPreemptionTimerValue, std::min<std::uint64_t>(dl > now ? dl - now : 0, 0xFFFFFFFFu));
 }
 
 void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
@@ -392,11 +440,28 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   if (!v.vmcs_ready) {
     setup_vmcs(c, v);
     pc.loaded = &v;
+    v.active_on = static_cast<int>(pc.id);
   } else if (pc.loaded != &v) {
     ++m_totals.vcpu_switches;
+    if (v.active_on >= 0 && v.active_on != static_cast<int>(pc.id))
+      throw cpu::SimulationError(fmt::format("hypervisor: vCPU {} of VM {} loaded on core {} while its VMCS is "
+                                             "active on core {} (missing VMCLEAR)",
+                                             v.index, v.vm->name, pc.id, v.active_on));
     if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
       throw cpu::SimulationError("hypervisor: VMPTRLD failed");
     pc.loaded = &v;
+    if (v.active_on < 0) {
+      // First load on this core after a migration (KVM's vmx_vcpu_load_vmcs):
+      // the host-state fields that name the per-core hypervisor context
+      // point at this core's, and the VMCS, cleared on the old core, is
+      // launched afresh. The new core's TLBs may still hold translations
+      // of this VPID from an earlier stay, stale since: flush them (KVM
+      // requests a TLB flush on every pCPU change for the same reason).
+      vmw(c, field::kHostRip, cpu::code_address(pc.fiber.get()));
+      vmw(c, field::kHostIdtrBase, cpu::code_address(&pc));
+      if (v.vpid) c.invvpid(1, v.vpid);
+      v.active_on = static_cast<int>(pc.id);
+    }
   }
   // Virtual interrupt delivery: inject when the guest can take it, else ask
   // for an interrupt-window exit (SDM Vol. 3C, 26.6, 25.6.2).
@@ -433,6 +498,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   // The guest's CR2 is not part of the VMCS: it is restored if another
   // context changed it, and saved after the exit (KVM's vmx_vcpu_run).
   if (c.read_cr(2) != v.cr2) c.write_cr(2, v.cr2);
+  if (m_preemption_slices) arm_preemption_timer(pc, v);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;
@@ -455,6 +521,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
   ++m_totals.exits;
+  v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
   switch (static_cast<ExitReason>(reason)) {
@@ -521,6 +588,11 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
       vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
       break;
     }
+    case ExitReason::PreemptionTimer:
+      // The slice ended (slice_timer=preemption).
+      charge(c, m_p.costs.preemption_timer, kCodePreemption);
+      pc.sched->tick(c.rdtsc());
+      break;
     case ExitReason::TripleFault:
       crash_vm(*v.vm, fmt::format("triple fault on vCPU {}", v.index));
       break;
@@ -801,8 +873,8 @@ void Hypervisor::wake(Vcpu& v) {
       v.off = Vcpu::Off::Runnable;
     }
   }
-  target.sched->wake(v, was_blocked);
   Core& self = Core::current();
+  target.sched->wake(v, was_blocked, self.now());
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
 }
 
@@ -844,6 +916,83 @@ bool Hypervisor::posted_pending(Core& c, Vcpu& v) {
   // priority class above SVI's, SDM Vol. 3C, 30.2.1).
   std::uint64_t gis = vmr(c, field::kGuestIntrStatus);
   return ((gis & 0xFF) >> 4) > ((gis >> 8) >> 4);
+}
+
+// ---------------------------------------------------------------------------
+// Migration of unpinned vCPUs (docs/scheduling.md, "Migration").
+//
+// A core that goes on to run one vCPU while others of its run queue wait
+// looks for an idle core (the idle map: one byte per core in hypervisor
+// memory, set by a core that halts with nothing to run) and pushes a waiting
+// vCPU there. The push happens on the old core because the VMCS must be
+// VMCLEARed on the processor where it is active before another processor
+// may VMPTRLD it (SDM Vol. 3C, 25.11.1): VMCLEAR writes back the processor's
+// copy and makes the launch state clear, so the new core enters with
+// VMLAUNCH. The old core then sends the new one a reschedule IPI.
+//
+// Only vCPUs that have not run yet or whose last exit was HLT move (woken
+// vCPUs, the case that matters for latency). A simulated guest context
+// resumes inside the core operation that exited; after HLT nothing of that
+// operation remains, whereas an exit at an operation boundary (interrupt,
+// preemption timer) or on a fault (EPT violation) leaves the operation to
+// finish or retry, and the model finishes it on the core where it began.
+
+void Hypervisor::set_idle(PerCore& pc, bool idle) { pc.core->store(m_idle_map + pc.id, idle ? 1 : 0, 1); }
+
+void Hypervisor::push_waiting(PerCore& pc, const Vcpu* running) {
+  Core& c = *pc.core;
+  auto waiting = [&](const Vcpu* w) {
+    return w != running && !w->pinned && !w->claimed && w->movable && w->core == pc.id &&
+           w->state == Vcpu::State::Runnable;
+  };
+  bool any = false;
+  for (const Vcpu* w : pc.assigned) any = any || waiting(w);
+  if (!any) return;
+  const unsigned n = static_cast<unsigned>(m_cores.size());
+  for (unsigned base = 0; base < n; base += 8) {
+    std::uint64_t idle = c.load(m_idle_map + base);
+    for (unsigned k = 0; k < 8 && base + k < n; ++k) {
+      const unsigned target = base + k;
+      if (target == pc.id || !((idle >> (8 * k)) & 0xFF)) continue;
+      // The loads may have let other cores run: look again.
+      Vcpu* w = nullptr;
+      for (Vcpu* cand : pc.assigned)
+        if (waiting(cand)) {
+          w = cand;
+          break;
+        }
+      if (!w) return;
+      migrate(pc, *w, *m_percore[target]);
+    }
+  }
+}
+
+void Hypervisor::migrate(PerCore& from, Vcpu& v, PerCore& to) {
+  Core& c = *from.core;
+  charge(c, m_p.costs.migrate, kCodeMigrate);
+  if (from.last_ran == &v) {
+    mark_preempted(c, v);
+    from.last_ran = nullptr;
+  }
+  if (v.active_on == static_cast<int>(from.id)) {
+    if (c.vmclear(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+      throw cpu::SimulationError("hypervisor: VMCLEAR for a migration failed");
+    if (from.loaded == &v) from.loaded = nullptr;
+    v.active_on = -1;
+    v.launched = false;
+  }
+  // The operations above may have let other cores run; the vCPU stays
+  // unclaimed on this core meanwhile (only this core picks it). Move it.
+  from.sched->remove(v);
+  from.assigned.erase(std::find(from.assigned.begin(), from.assigned.end(), &v));
+  v.core = to.id;
+  to.assigned.push_back(&v);
+  to.sched->add(v);
+  ++m_totals.migrations;
+  ++*v.migrations;
+  // The target is no longer idle for other pushers; wake it.
+  c.store(m_idle_map + to.id, 0, 1);
+  c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{to.id} << 32) | kRescheduleVector);
 }
 
 void Hypervisor::crash_vm(Vm& vm, const std::string& why) {

@@ -29,8 +29,8 @@ namespace vmx::hv {
 /// KVM's exit handlers (see docs/hypervisor.md for the calibration).
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
-      interrupt_window, inject, post, schedule, code_bytes, vcpu_state_lines, shadow_fault, shadow_cr3,
-      shadow_invlpg, shadow_pt_write, shadow_zap;
+      interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
+      shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap;
 
   template <class V>
   void visit(V& v) {
@@ -72,6 +72,13 @@ struct HvCosts {
     v.param(shadow_zap, "shadow_zap", "2500", Spec(Unit::Instructions),
             "Shadow paging: tearing down one shadow page (scanning its 512 entries and unlinking them), "
             "besides the loads and stores (assumption).");
+    v.param(migrate, "migrate", "600", Spec(Unit::Instructions),
+            "Moving a waiting vCPU to an idle core: dequeueing, enqueueing on the other core, bookkeeping; "
+            "the VMCLEAR, the reschedule IPI and the new core's VMPTRLD and host-state VMWRITEs are charged "
+            "as those operations (assumption, of the order of Linux's move_queued_task).");
+    v.param(preemption_timer, "preemption_timer", "80", Spec(Unit::Instructions),
+            "VMX-preemption-timer exit: accounting the slice and deciding (assumption, the size of the "
+            "interrupt-window handler).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -81,7 +88,7 @@ struct HvCosts {
 
 struct HypervisorParams {
   std::uint64_t timeslice;       // ps
-  std::string scheduler;         // round_robin | proportional
+  std::string scheduler;         // round_robin | proportional | realtime | edf
   std::uint64_t cap_period;      // ps
   std::uint64_t reserved_memory; // bytes of host memory kept for the hypervisor
   bool vpid;
@@ -92,6 +99,8 @@ struct HypervisorParams {
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
   std::uint64_t shadow_pages_permille;
   bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
+  bool migration;                // unpinned vCPUs may move to idle cores
+  std::string slice_timer;       // host | preemption
   HvCosts costs;
 
   template <class V>
@@ -101,10 +110,15 @@ struct HypervisorParams {
     v.param(timeslice, "timeslice", "3ms", Spec(Unit::Time).at_least(1e6),
             "Time a vCPU runs before another runnable vCPU on its core gets the core (assumption, "
             "of the order of Linux CFS's default latency for a few tasks).");
-    v.param(scheduler, "scheduler", "round_robin", Spec().one_of({"round_robin", "proportional"}),
-            "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice) "
-            "or proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
-            "limited by vms[].cap, as Linux CFS and Xen credit2; see docs/scheduling.md).");
+    v.param(scheduler, "scheduler", "round_robin",
+            Spec().one_of({"round_robin", "proportional", "realtime", "edf"}),
+            "How each core shares itself among its vCPUs: round_robin (a FIFO queue rotated every timeslice), "
+            "proportional (the vCPU with the least weighted runtime runs, weighted by vms[].weight and "
+            "limited by vms[].cap, as Linux CFS and Xen credit2) or realtime (fixed priority by vms[].priority, "
+            "preemptive, FIFO within a priority and round robin among equals every timeslice, as Linux "
+            "SCHED_RR) or edf (earliest deadline first over per-VM CPU reservations vms[].edf_runtime every "
+            "vms[].edf_period, as Linux SCHED_DEADLINE; VMs without one run in the time left); see "
+            "docs/scheduling.md.");
     v.param(cap_period, "cap_period", "10ms", Spec(Unit::Time).at_least(1e6),
             "Accounting period of the proportional scheduler's caps: a vCPU capped at c% runs at most c% of "
             "each period (assumption, Xen credit's accounting period is 30ms, CFS bandwidth control's 100ms).");
@@ -136,6 +150,16 @@ struct HypervisorParams {
             "posted-interrupt descriptor, with virtual-interrupt delivery and virtualized x2APIC EOI (SDM Vol. 3C, "
             "30.2, 30.6), as KVM with APICv: no injection, no interrupt-window or EOI exits, and a running vCPU "
             "gets the interrupt without a VM exit. Default off (keeps the results of event injection).");
+    v.param(migration, "migration", "false", Spec(Unit::Flag),
+            "Let a runnable unpinned vCPU that waits for its busy core move to an idle core: the old core "
+            "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
+            "(SDM Vol. 3C, 25.11.1); see docs/scheduling.md. Default off (assumption: keeps the placement, "
+            "and the results, of runs made before migration existed).");
+    v.param(slice_timer, "slice_timer", "host", Spec().one_of({"host", "preemption"}),
+            "What ends a running vCPU's slice: host (the core's LAPIC TSC-deadline timer, an external-interrupt "
+            "exit, the interrupt's delivery and EOI) or preemption (the VMX-preemption timer in the VMCS, "
+            "SDM Vol. 3C, 26.5.1: a preemption-timer exit, no interrupt). Default host (assumption: keeps "
+            "earlier results; KVM uses the preemption timer for its guests' LAPIC timers where it works).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
   }
 };
@@ -157,6 +181,10 @@ struct VmSpec {
   std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
   bool shadow_paging = false;  // shadow page tables instead of EPT
+  std::vector<unsigned> pin;   // vCPU i runs only on core pin[i % size] (empty: unpinned)
+  unsigned priority = 0;       // realtime scheduler: higher runs first
+  std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
+  std::uint64_t edf_period = 0;   // ps
 };
 
 class Hypervisor {
@@ -211,6 +239,12 @@ class Hypervisor {
   /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);
+  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
+  /// `running` has the core to idle cores.
+  void push_waiting(PerCore& pc, const Vcpu* running);
+  void migrate(PerCore& from, Vcpu& v, PerCore& to);
+  /// Marks the core idle (nothing to run) or busy in the idle map.
+  void set_idle(PerCore& pc, bool idle);
   // Time accounting (simulator observation of the vCPU's state, no cost).
   void account_on_cpu(Vcpu& v, std::uint64_t now);
   void publish_steal(cpu::Core& c, Vcpu& v);
@@ -218,9 +252,15 @@ class Hypervisor {
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
-  void program_timer(PerCore& pc);
+  void program_timer(PerCore& pc, bool idle = false);
+  /// The scheduler's next deadline on the core (0: none).
+  std::uint64_t sched_deadline(PerCore& pc);
+  /// slice_timer=preemption: arms the VMX-preemption timer of the current
+  /// VMCS for the scheduler's deadline (or disarms it) before an entry.
+  void arm_preemption_timer(PerCore& pc, Vcpu& v);
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
+  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
   std::uint64_t alloc_host_frame();      // hypervisor memory
   /// Host memory backing one EPT page of guest memory (aligned to its
   /// size); 0 when host memory is exhausted.
@@ -264,12 +304,14 @@ class Hypervisor {
   std::uint64_t m_tsc_hz;
   std::uint64_t m_slice_cycles;
   std::uint64_t m_cap_period_cycles;
+  bool m_preemption_slices;  // slice_timer == "preemption"
   stats::Group m_stats;
   std::vector<std::unique_ptr<PerCore>> m_percore;
   std::vector<std::unique_ptr<Vm>> m_vms;
   std::uint64_t m_next_host_frame;
   std::uint64_t m_next_guest_frame;
   std::uint64_t m_msr_bitmap = 0, m_io_bitmap_a = 0, m_io_bitmap_b = 0;
+  std::uint64_t m_idle_map = 0;  // one byte per core: 1 while it halts with nothing to run
   std::uint64_t m_text = 0;
   unsigned m_next_core = 0;
   std::uint16_t m_next_vpid = 1;
@@ -286,6 +328,8 @@ class Hypervisor {
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
     stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};
+    stats::Counter migrations{this, "migrations", "events",
+                              "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
 };
 

@@ -32,7 +32,12 @@ struct Hypervisor::Vm {
 struct Hypervisor::Vcpu : SchedEntity {
   Vm* vm = nullptr;
   unsigned index = 0;
-  unsigned core = 0;
+  unsigned core = 0;   // the core whose run queue holds the vCPU
+  bool pinned = false; // may run only on its pinned core (vms[].pin)
+  bool claimed = false; // a core picked it and runs it (not migratable now)
+  bool movable = true;  // not started, or its last exit was HLT (see migrate())
+  int active_on = -1;   // core on which its VMCS is active (VMPTRLD, no VMCLEAR since)
+  stats::Counter* migrations = nullptr;
   std::uint64_t vmcs_pa = 0;
   std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
   std::uint16_t vpid = 0;
@@ -46,6 +51,7 @@ struct Hypervisor::Vcpu : SchedEntity {
   bool pi_wakeup = false;             // its NV is the wake-up vector (blocked in HLT)
   std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
   std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
+  bool preempt_armed = false;         // the VMCS's "activate VMX-preemption timer" as last written
   std::unique_ptr<cpu::VcpuObserver> obs;
 
   /// Where the vCPU's time went, exact to the cycle of its core's clock:
