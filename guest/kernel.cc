@@ -355,17 +355,20 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   Process& p = *t->m_process;
   auto region = std::find_if(p.regions.begin(), p.regions.end(),
                              [addr](const Process::Region& r) { return addr >= r.start && addr < r.end; });
+  // What the fault needs of the region, read before any operation: other
+  // threads of the process may change the region list meanwhile.
+  const bool in_region = region != p.regions.end();
+  const bool exec = in_region && region->exec;
   // A write to a present read-only page of a writable region: copy-on-write.
-  if (region != p.regions.end() && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) &&
-      p.page_size == kPage && cow_fault(c, p, addr)) {
+  if (in_region && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) && p.page_size == kPage &&
+      cow_fault(c, p, addr)) {
     ++m_cow_faults;
     return;
   }
-  if (region == p.regions.end() || (error_code & mmu::pfec::kPresent)) {
+  if (!in_region || (error_code & mmu::pfec::kPresent)) {
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
-  const bool exec = region->exec;  // other threads may change the region list meanwhile
   const std::uint64_t page = p.page_size;
   const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
   // Threads of one process may fault on the same page at once: the fault is
