@@ -359,25 +359,27 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   // threads of the process may change the region list meanwhile.
   const bool in_region = region != p.regions.end();
   const bool exec = in_region && region->exec;
+  // Threads may fault on the same page, or on pages sharing a frame, at
+  // once: the fault is handled under the kernel's page-table lock (a
+  // spinlock in the kernel image, as Linux's page_table_lock), and a page
+  // that another thread mapped meanwhile is left as it is.
+  const std::uint64_t lock = kDirectMap + kImageBase + kPageTableLock;
+  while (c.xchg(lock, 1) != 0)
+    while (c.load(lock) != 0) c.pause();
   // A write to a present read-only page of a writable region: copy-on-write.
   if (in_region && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) && p.page_size == kPage &&
       cow_fault(c, p, addr)) {
     ++m_cow_faults;
+    c.store(lock, 0);
     return;
   }
   if (!in_region || (error_code & mmu::pfec::kPresent)) {
+    c.store(lock, 0);
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
     return;
   }
   const std::uint64_t page = p.page_size;
   const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
-  // Threads of one process may fault on the same page at once: the fault is
-  // handled under the kernel's page-table lock (a spinlock in the kernel
-  // image, as Linux's page_table_lock), and a page that another thread
-  // mapped meanwhile is left as it is.
-  const std::uint64_t lock = kDirectMap + kImageBase + kPageTableLock;
-  while (c.xchg(lock, 1) != 0)
-    while (c.load(lock) != 0) c.pause();
   if (mapped(c, p.pml4, addr, leaf)) {
     c.store(lock, 0);
     return;
@@ -443,8 +445,14 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
     std::uint64_t e = c.load(table_va(parent.pml4) + i * 8);
     if (e) c.store(table_va(child->pml4) + i * 8, e);
   }
-  // Share every mapped page read-only in both address spaces.
-  for (const auto& r : parent.regions) {
+  // Share every mapped page read-only in both address spaces, under the
+  // page-table lock (the parent's other threads may fault meanwhile). The
+  // loop walks the child's copy of the region list: the parent's may change
+  // (another of its threads mmaps while this one is preempted).
+  const std::uint64_t pt_lock = kDirectMap + kImageBase + kPageTableLock;
+  while (c.xchg(pt_lock, 1) != 0)
+    while (c.load(pt_lock) != 0) c.pause();
+  for (const auto& r : child->regions) {
     for (std::uint64_t va = r.start; va < r.end; va += kPage) {
       std::uint64_t entry = leaf_entry(c, parent.pml4, va);
       if (!entry) {
@@ -461,6 +469,7 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
       ++it->second;
     }
   }
+  c.store(pt_lock, 0);
   // The parent's TLB may hold writable translations of those pages.
   c.write_cr(3, (c.read_cr(3) & ~crb::kCr3NoFlush));
 
@@ -582,7 +591,10 @@ bool Kernel::cow_fault(Core& c, Process& p, std::uint64_t addr) {
     if (!copy) return false;
     c.rep_movs(kDirectMap + copy, kDirectMap + frame, kPage);
     c.store(entry, copy | flags);
-    if (--it->second == 1) m_frame_refs.erase(it);
+    // Other vCPUs ran meanwhile (a fork may have added references): look
+    // the count up again rather than trusting the iterator.
+    it = m_frame_refs.find(frame);
+    if (it != m_frame_refs.end() && --it->second == 1) m_frame_refs.erase(it);
   }
   c.invlpg(addr);
   return true;

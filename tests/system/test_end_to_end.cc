@@ -489,3 +489,33 @@ vms:
   CHECK(r.at("vm.t.workload0.operations") == 1000);
   CHECK(r.at("vm.t.workload0.threads_done") == 2);
 }
+
+TEST_CASE("threads of one process fork and take copy-on-write faults concurrently on two vCPUs") {
+  // Each thread forks while the other mmaps, faults or forks: the kernel must
+  // neither walk the changing region list nor keep stale references into its
+  // frame reference counts.
+  auto r = run_cli(R"(seed: 5
+duration: 20ms
+stop_when_done: false
+platform:
+  cores: 2
+  memory: 1GiB
+vms:
+  - name: a
+    vcpus: 2
+    memory: 128MiB
+    workloads:
+      - type: fork_churn
+        working_set: 64KiB
+        iterations: 0
+        threads: 2
+      - type: mmap_churn
+        region: 64KiB
+        iterations: 0
+)");
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.a.workload0.operations") > 20);
+  CHECK(r.at("vm.a.workload0.corrupt_pages") == 0);
+  CHECK(r.at("vm.a.workload1.operations") > 20);
+}
