@@ -49,7 +49,7 @@ struct TestInitiator : sc_core::sc_module {
   }
 
   tlm::tlm_response_status access(bool write, std::uint64_t addr, void* data, unsigned len, int rid = -1,
-                                  sc_core::sc_time* delay_out = nullptr) {
+                                  sc_core::sc_time* delay_out = nullptr, int pasid = -1) {
     tlm::tlm_generic_payload t;
     models::DmaContext ctx;
     t.set_command(write ? tlm::TLM_WRITE_COMMAND : tlm::TLM_READ_COMMAND);
@@ -60,6 +60,10 @@ struct TestInitiator : sc_core::sc_module {
     t.set_response_status(tlm::TLM_INCOMPLETE_RESPONSE);
     if (rid >= 0) {
       ctx.requester = static_cast<std::uint16_t>(rid);
+      if (pasid >= 0) {
+        ctx.has_pasid = true;
+        ctx.pasid = static_cast<std::uint32_t>(pasid);
+      }
       t.set_extension(&ctx);
     }
     sc_core::sc_time d = sc_core::SC_ZERO_TIME;

@@ -231,3 +231,26 @@ TEST_CASE("invalidation: a remapped page keeps its stale IOTLB entry until softw
   CHECK(b.unit.stats().walks.value() == 2);
   CHECK(b.unit.stats().invalidations.value() == 1);
 }
+
+TEST_CASE("the root complex hands a request's PASID prefix to the IOMMU") {
+  // In legacy mode a request with a PASID is blocked (VT-d fault reason
+  // 31h) even where the same IOVA without a PASID is mapped: the PASID
+  // reached the IOMMU, and its fault record carries it.
+  Bench b(true);
+  test::VtdTables t(b.mem, 0x100000);
+  const std::uint64_t slpt = t.domain(kRid, 7);
+  t.map(slpt, 0x4000'0000, 0x30000);
+  b.unit.set_root_table(t.rtaddr);
+  b.unit.enable(true);
+  std::uint8_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  test::run(b.dev, [&] {
+    CHECK(b.dev.access(true, 0x4000'0000, x, 8, kRid) == tlm::TLM_OK_RESPONSE);
+    CHECK(b.dev.access(true, 0x4000'0008, x, 8, kRid, nullptr, 0x1234) == tlm::TLM_ADDRESS_ERROR_RESPONSE);
+  });
+  REQUIRE(b.unit.fault_log().size() == 1);
+  const auto& f = b.unit.fault_log()[0];
+  CHECK(f.reason == iommu::FaultReason::kSmLegacyPasid);
+  CHECK(f.has_pasid);
+  CHECK(f.pasid == 0x1234);
+  CHECK(f.requester_id == kRid);
+}
