@@ -175,6 +175,14 @@ std::vector<std::string> Session::notes() const {
     if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
+  // The IOMMU's fault log (VT-d 7.2 primary fault records), as software
+  // reading the fault-recording registers would see it.
+  if (const iommu::Iommu* mmu = m_sys->platform.iommu())
+    for (const auto& f : mmu->fault_log())
+      out.push_back(fmt::format("iommu fault: requester {:02x}:{:02x}.{:x} address {:#x} {} reason {:#x}",
+                                f.requester_id >> 8, (f.requester_id >> 3) & 0x1F, f.requester_id & 7, f.address,
+                                f.access == iommu::DmaAccess::Write ? "write" : "read",
+                                static_cast<unsigned>(f.reason)));
   return out;
 }
 
