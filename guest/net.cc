@@ -189,6 +189,12 @@ void Kernel::net_interrupt(Core& c) {
     for (Thread* t : m_rx_waiters) wake_thread(c, self, *t);
     m_rx_waiters.clear();
   }
+  // Wake-up preemption, as after any wake-up from an interrupt (Linux's
+  // check_preempt_wakeup): a woken receiver owed the CPU runs now.
+  if (self.current && !self.runq.empty() && should_preempt(self, *self.runq.front())) {
+    ++m_sched_stats.wake_preemptions;
+    schedule(c, self, true);
+  }
 }
 
 // ---------------------------------------------------------------------------
