@@ -111,6 +111,38 @@ TEST_CASE("VF pingpong beside a busy thread: (near) zero exits per packet with p
                                    << off.at("vm.a.workload0.rtt_ns.p50") << " ns");
 }
 
+TEST_CASE("a network thread on another vCPU than the NIC interrupt's gets every echo", "[net][system]") {
+  // The compute process's thread goes to vCPU 0, the pingpong thread to
+  // vCPU 1, which polls: it never blocks on the interrupt's wait queue.
+  auto r = run_cli(R"(
+duration: 20ms
+platform:
+  cores: 2
+  memory: 1GiB
+  nic:
+    enabled: true
+hypervisor:
+  posted_interrupts: true
+  zero_pages: false
+vms:
+  - name: a
+    vcpus: 2
+    memory: 32MiB
+    nic: {type: vf, vf: 1}
+    workloads:
+      - type: compute
+        instructions: 2000
+        iterations: 3000
+      - type: net_pingpong
+        requests: 200
+)");
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.a.workload1.replies") == 200);
+  CHECK(r.at("vm.a.workload1.stray") == 0);
+  CHECK(r.at("vm.a.kernel.net.rx_frames") == 200);
+  CHECK(r.at("vm.a.workload0.threads_done") == 1);
+}
+
 TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the victim's memory is intact",
           "[net][passthrough][iommu][system]") {
   auto r = run_cli(scenario("s3_rogue_vf.yaml"));
