@@ -49,6 +49,8 @@ struct Session::System {
       : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
+    // The hypervisor drives the NIC's physical function (PF driver and switch).
+    if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
     for (std::size_t i = 0; i < p.vms.size(); ++i) {
       const VmParams& vp = p.vms[i];
