@@ -91,6 +91,7 @@ void EmulatedNic::reg_write(cpu::Core& c, std::uint32_t off, std::uint32_t v) {
     case reg::kTxSize:
     case reg::kRxSize:
       wr(c, off, v & 0xFFFF);
+      if (off == reg::kRxSize) m_seen_rx_size = v & 0xFFFF;
       wr(c, off + 4, 0);  // head
       wr(c, off + 8, 0);  // tail
       break;
@@ -184,6 +185,10 @@ void EmulatedNic::deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) {
   m_host.charge(c, m_costs.emu_frame);
   const std::uint32_t ctrl = rd(c, reg::kCtrl);
   const std::uint32_t size = rd(c, reg::kRxSize);
+  if (size != m_seen_rx_size) {  // a polled page's new RX ring (see poll())
+    wr(c, reg::kRxHead, 0);
+    m_seen_rx_size = size;
+  }
   const std::uint32_t head = rd(c, reg::kRxHead);
   const std::uint32_t tail = rd(c, reg::kRxTail);
   if (!(ctrl & reg::kCtrlRxEn) || !size || head == tail || head >= size) {
