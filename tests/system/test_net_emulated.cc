@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "system/cli_harness.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/hypervisor.h"
 #include "models/nic.h"
@@ -414,4 +415,32 @@ TEST_CASE("S1: mapped and polled registers cut exits per second by orders of mag
   CHECK(p.at("exits_per_second") > s.at("exits_per_second"));
   CHECK(p.at("rtt_us") < s.at("rtt_us") / 3);
   CHECK(t.at("rtt_us") < p.at("rtt_us"));
+}
+
+// The scenario file, through the CLI: the guest kernel's ring driver and the
+// net_stream workload over the emulated NIC, trapped or polled.
+TEST_CASE("S1 scenario: net_stream over the emulated NIC, trapped vs polled registers", "[net][emulated][s1][cli]") {
+  const std::string yaml = vmx::test::read_text(std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/s1_trap_vs_poll.yaml");
+  auto trap = vmx::test::run_cli(yaml, {"--set", "vms[0].nic.access=trap"});
+  auto slow = vmx::test::run_cli(yaml, {"--set", "vms[0].nic.access=poll", "--set", "vms[0].nic.poll_period=1ms"});
+  auto fast = vmx::test::run_cli(yaml, {"--set", "vms[0].nic.access=poll", "--set", "vms[0].nic.poll_period=100us"});
+  INFO(trap.err << slow.err << fast.err);
+  REQUIRE(trap.exit_code == 0);
+  REQUIRE(slow.exit_code == 0);
+  REQUIRE(fast.exit_code == 0);
+  const double t_exits = trap.at("vm.tx.vcpu0.exits"), s_exits = slow.at("vm.tx.vcpu0.exits"),
+               f_exits = fast.at("vm.tx.vcpu0.exits");
+  WARN("exits in 20 ms: trap " << t_exits << ", poll 1ms " << s_exits << ", poll 100us " << f_exits
+                               << "; frames: " << trap.at("vm.tx.nic.tx_packets") << ", "
+                               << slow.at("vm.tx.nic.tx_packets") << ", " << fast.at("vm.tx.nic.tx_packets"));
+  // Trapped: every doorbell exits. Polled: none does.
+  CHECK(trap.at("vm.tx.nic.mmio_writes") >= trap.at("vm.tx.nic.tx_packets"));
+  CHECK(slow.at_or_zero("vm.tx.nic.mmio_writes") + fast.at_or_zero("vm.tx.nic.mmio_writes") == 0);
+  CHECK(t_exits > 100 * s_exits);
+  // The period: ten times the polls, more exits (the poll timer interrupts
+  // the running vCPU) and, since each poll drains the ring, more frames.
+  CHECK(fast.at("vm.tx.nic.polls") > 5 * slow.at("vm.tx.nic.polls"));
+  CHECK(f_exits > s_exits);
+  CHECK(fast.at("vm.tx.nic.tx_packets") > 2 * slow.at("vm.tx.nic.tx_packets"));
+  CHECK(trap.at("hypervisor.host_nic.tx_packets") == trap.at("vm.tx.nic.tx_packets"));
 }
