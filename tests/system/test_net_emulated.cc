@@ -444,3 +444,34 @@ TEST_CASE("S1 scenario: net_stream over the emulated NIC, trapped vs polled regi
   CHECK(fast.at("vm.tx.nic.tx_packets") > 2 * slow.at("vm.tx.nic.tx_packets"));
   CHECK(trap.at("hypervisor.host_nic.tx_packets") == trap.at("vm.tx.nic.tx_packets"));
 }
+
+TEST_CASE("S2 scenario: net_pingpong over the emulated NIC takes several exits per packet", "[net][emulated][s2][cli]") {
+  const std::string yaml =
+      vmx::test::read_text(std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/s2_emulated_pingpong.yaml");
+  auto kvm = vmx::test::run_cli(yaml);
+  auto qemu = vmx::test::run_cli(yaml, {"--set", "vms[0].nic.userspace_cost=15000"});
+  INFO(kvm.err << qemu.err);
+  REQUIRE(kvm.exit_code == 0);
+  REQUIRE(qemu.exit_code == 0);
+  const double replies = kvm.at("vm.pp.workload0.replies");
+  REQUIRE(replies > 500);
+  const double exits = kvm.at("vm.pp.vcpu0.exits") / replies;
+  const double trapped = (kvm.at("vm.pp.nic.mmio_reads") + kvm.at("vm.pp.nic.mmio_writes")) / replies;
+  auto hv_instr = [](const vmx::test::CliRun& r) {
+    double n = 0;
+    for (int i = 0; i < 2; ++i) {
+      const std::string p = "system.cpu" + std::to_string(i) + ".";
+      n += r.at(p + "instructions") - r.at_or_zero(p + "guest_instructions");
+    }
+    return n / r.at("vm.pp.workload0.replies");
+  };
+  WARN("per packet: " << exits << " exits, " << trapped << " trapped register accesses, " << hv_instr(kvm)
+                      << " hypervisor instructions (" << hv_instr(qemu) << " with a user-space device model); rtt p50 "
+                      << kvm.at("vm.pp.workload0.rtt_ns.p50") << " ns (" << qemu.at("vm.pp.workload0.rtt_ns.p50")
+                      << " ns)");
+  CHECK(exits >= 3);
+  CHECK(trapped >= 3);
+  CHECK(trapped <= exits);
+  CHECK(hv_instr(qemu) > hv_instr(kvm) + 3 * 15000);
+  CHECK(qemu.at("vm.pp.workload0.rtt_ns.p50") > kvm.at("vm.pp.workload0.rtt_ns.p50"));
+}
