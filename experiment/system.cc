@@ -49,6 +49,8 @@ struct Session::System {
       : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
+    // The hypervisor drives the NIC's physical function (PF driver and switch).
+    if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
     if (pp.nic.enabled) {
       hv::IoPlatform io;
       io.iommu = platform.iommu();
@@ -78,6 +80,13 @@ struct Session::System {
       spec.vf = static_cast<unsigned>(vp.nic.vf);
       spec.nic_window_gpa = guest::kNetWindowGpa;
       spec.nic_vector = guest::kNetVector;
+      if (vp.nic.type == "emulated") {
+        spec.nic.enabled = true;
+        spec.nic.window = guest::kNetWindowGpa;
+        spec.nic.vector = guest::kNetVector;
+        spec.nic.params = vp.nic.emulated;
+        parse_mac(vp.nic.mac, spec.nic.mac);  // empty: the hypervisor's default
+      }
       spec.name = vp.name;
       spec.vcpus = static_cast<unsigned>(vp.vcpus);
       spec.memory = vp.memory;
