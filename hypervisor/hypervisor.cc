@@ -50,6 +50,7 @@ enum CodeOffset : std::uint64_t {
   kCodeShadow = 0xC000,  // hypervisor/shadow.cc
   kCodeMigrate = 0xD000,
   kCodePreemption = 0xE000,
+  kCodeVirtio = 0xF000,  // hypervisor/virtio_net.cc
 };
 }  // namespace
 
@@ -133,6 +134,12 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   if (spec.shadow_paging) {
     vm->shadow = std::make_unique<ShadowMmu>(vm->group);
     vm->shadow->max_pages = std::max<std::uint64_t>(64, spec.memory / kPage * m_p.shadow_pages_permille / 1000);
+  }
+  if (spec.virtio_net) {
+    vm->virtio = std::make_unique<VirtioDev>();
+    vm->virtio->hv = this;
+    vm->virtio->vm = vm.get();
+    vm->virtio->dev = std::make_unique<VirtioNet>(m_p.costs, *vm->virtio, spec.virtio_mac, vm->group);
   }
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
   if ((spec.edf_runtime == 0) != (spec.edf_period == 0) || spec.edf_runtime > spec.edf_period)
@@ -820,9 +827,10 @@ void Hypervisor::populate(Core& c, Vm& vm) {
 }
 
 void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
-  charge(c, m_p.costs.ept_violation, kCodeEpt);
   std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
   Vm& vm = *v.vm;
+  if (vm.virtio && virtio_exit(c, v, gpa)) return;  // emulated MMIO (hypervisor/virtio_net.cc)
+  charge(c, m_p.costs.ept_violation, kCodeEpt);
   if (gpa >= vm.memory) {
     crash_vm(vm, fmt::format("vCPU {} accessed guest-physical {:#x}, beyond the VM's {} bytes of memory "
                              "(no device is emulated there)",

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +31,8 @@ namespace vmx::hv {
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
-      shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap;
+      shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
+      virtio_tx_frame, virtio_rx_frame;
 
   template <class V>
   void visit(V& v) {
@@ -79,6 +81,20 @@ struct HvCosts {
     v.param(preemption_timer, "preemption_timer", "80", Spec(Unit::Instructions),
             "VMX-preemption-timer exit: accounting the slice and deciding (assumption, the size of the "
             "interrupt-window handler).");
+    v.param(virtio_mmio, "virtio_mmio", "200", Spec(Unit::Instructions),
+            "virtio-net: decoding and emulating one register access of the device's page, besides the exit "
+            "(assumption, of the order of KVM's MMIO emulation path to an in-kernel device).");
+    v.param(virtio_notify, "virtio_notify", "300", Spec(Unit::Instructions),
+            "virtio-net: starting a TX run on a notify (or poll): queue look-up, notification suppression, "
+            "the final used-index update, besides the ring loads and stores (assumption, order of vhost-net's "
+            "handle_tx entry and exit).");
+    v.param(virtio_tx_frame, "virtio_tx_frame", "250", Spec(Unit::Instructions),
+            "virtio-net: one transmitted frame: descriptor checks, translation, header parsing and handing it "
+            "to the switch, besides the ring and frame memory traffic (assumption, order of vhost-net's per-packet "
+            "path without zero-copy).");
+    v.param(virtio_rx_frame, "virtio_rx_frame", "250", Spec(Unit::Instructions),
+            "virtio-net: one received frame: taking an RX buffer, writing the header, the used entry and the "
+            "interrupt decision, besides the copy (assumption, order of vhost-net's handle_rx per packet).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -185,6 +201,8 @@ struct VmSpec {
   unsigned priority = 0;       // realtime scheduler: higher runs first
   std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
   std::uint64_t edf_period = 0;   // ps
+  bool virtio_net = false;        // a virtio-net device (hypervisor/virtio_net.h) at kVirtioNetWindow
+  std::uint64_t virtio_mac = 0;   // its MAC address (byte 0 in bits 7:0)
 };
 
 class Hypervisor {
@@ -214,6 +232,13 @@ class Hypervisor {
   /// posted-format IRTEs of devices assigned to its VM (VT-d 9.11). 0 if
   /// posting is off. The descriptor's NV and NDST are the hypervisor's.
   std::uint64_t posted_descriptor(unsigned vm, unsigned vcpu) const;
+  /// virtio-net (hypervisor/virtio_net.*): where the VM's transmitted
+  /// frames go (the software switch; frames are dropped and counted until
+  /// one is set), and a frame for the VM at host-physical [hpa, hpa+len),
+  /// run on the calling core (false: dropped, no device or no buffer).
+  using FrameSink = std::function<void(cpu::Core&, std::uint64_t hpa, std::uint32_t len)>;
+  void virtio_set_forward(unsigned vm, FrameSink sink);
+  bool virtio_receive(unsigned vm, cpu::Core& c, std::uint64_t hpa, std::uint32_t len);
   /// Brings every vCPU's time accounting up to its core's clock (before
   /// statistics are read).
   void flush_accounting();
@@ -227,6 +252,10 @@ class Hypervisor {
   void handle_msr(cpu::Core& c, Vcpu& v, bool write);
   void handle_cr(cpu::Core& c, Vcpu& v);
   void handle_ept_violation(cpu::Core& c, Vcpu& v);
+  /// An EPT violation in the VM's virtio-net register page: emulates the
+  /// access and completes the instruction. False if gpa is not the page.
+  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  struct VirtioDev;
   void handle_vmcall(cpu::Core& c, Vcpu& v);
   void handle_timer(PerCore& pc);
   void host_interrupt(PerCore& pc, std::uint8_t vector);

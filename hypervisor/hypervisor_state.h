@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
 
@@ -25,6 +26,7 @@ struct Hypervisor::Vm {
   bool crashed = false;
   std::string crash;
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
+  std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
   stats::Group* group = nullptr;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
 };
@@ -89,6 +91,19 @@ struct Hypervisor::Vcpu : SchedEntity {
   } pt_write;
 
   bool sched_runnable() const override { return state == State::Runnable; }
+};
+
+/// A VM's virtio-net device and what the hypervisor gives it
+/// (hypervisor/virtio_net.cc).
+struct Hypervisor::VirtioDev final : VirtioNet::Host {
+  Hypervisor* hv = nullptr;
+  Vm* vm = nullptr;
+  FrameSink forward;
+  std::unique_ptr<VirtioNet> dev;
+  std::uint64_t gpa_to_hpa(cpu::Core& c, std::uint64_t gpa) override;
+  bool transmit(cpu::Core& c, std::uint64_t hpa, std::uint32_t len) override;
+  void interrupt(cpu::Core& c, std::uint8_t vector) override;
+  void charge(cpu::Core& c, std::uint64_t instructions) override;
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {

@@ -65,7 +65,11 @@ TEST_CASE("a VF's MSIs posted through VT-d reach a running vCPU without exits an
   hp.posted_interrupts = true;
   vmx::hv::Hypervisor hv(hp, platform.cores(), pp.memory, pp.frequency, &root);
   Guest guest;
-  hv.add_vm({"vf", 1, 16ull << 20, &guest});
+  vmx::hv::VmSpec spec;
+  spec.name = "vf";
+  spec.memory = 16ull << 20;
+  spec.image = &guest;
+  hv.add_vm(spec);
   platform.core(0).set_reset_fiber(&hv.core_fiber(0));
 
   // What the hypervisor would do when assigning the VF: two posted-format
