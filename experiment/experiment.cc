@@ -39,6 +39,24 @@ std::string parse_core_list(const std::string& text, std::uint64_t cores, std::v
   return {};
 }
 
+bool parse_mac(const std::string& text, std::uint64_t& mac) {
+  mac = 0;
+  if (text.size() != 17) return false;
+  for (unsigned i = 0; i < 6; ++i) {
+    if (i && text[3 * i - 1] != ':') return false;
+    unsigned byte = 0;
+    for (unsigned k = 0; k < 2; ++k) {
+      const char ch = text[3 * i + k];
+      unsigned d = ch >= '0' && ch <= '9' ? ch - '0' : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                   : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10 : 16;
+      if (d > 15) return false;
+      byte = byte * 16 + d;
+    }
+    mac |= std::uint64_t{byte} << (8 * i);
+  }
+  return true;
+}
+
 namespace {
 // "path: expected <what> (got <found>)", at the node's line.
 cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, const std::string& what,
@@ -100,6 +118,37 @@ ExperimentParams load(const cfg::Document& doc) {
     if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
       throw error_at(doc, at + ".kernel.sched.pv",
                      "false unless kernel.pv_steal is on (the pv scheduler reads the steal-time records)", "true");
+    if (vm.nic.type != "none" && !p.platform.nic.enabled)
+      throw error_at(doc, at + ".nic.type", "none unless platform.nic.enabled is true (there is no NIC)",
+                     vm.nic.type);
+    if (vm.nic.type == "vf") {
+      if (vm.nic.vf >= p.platform.nic.device.vfs)
+        throw error_at(doc, at + ".nic.vf",
+                       fmt::format("a VF index below platform.nic.vfs ({})", p.platform.nic.device.vfs),
+                       std::to_string(vm.nic.vf));
+      for (std::size_t j = 0; j < i; ++j)
+        if (p.vms[j].nic.type == "vf" && p.vms[j].nic.vf == vm.nic.vf)
+          throw error_at(doc, at + ".nic.vf", fmt::format("a VF no other VM has (vms[{}] has it)", j),
+                         std::to_string(vm.nic.vf));
+      if (vm.paging != "ept")
+        throw error_at(doc, at + ".paging", "ept for a VM with a passed-through VF (its IOMMU domain is the EPT)",
+                       vm.paging);
+    }
+    if (vm.nic.type != "none" && p.platform.nic.device.mmio_base < p.platform.memory)
+      throw error_at(doc, "platform.nic.mmio_base",
+                     fmt::format("an address above platform.memory ({}), where the NIC's registers do not "
+                                 "overlap RAM",
+                                 cfg::format_bytes(p.platform.memory)),
+                     fmt::format("{:#x}", p.platform.nic.device.mmio_base));
+    std::uint64_t mac = 0;
+    if (!vm.nic.mac.empty() && !parse_mac(vm.nic.mac, mac))
+      throw error_at(doc, at + ".nic.mac", "six hex bytes separated by colons, such as 02:00:00:00:01:00",
+                     vm.nic.mac);
+    if (vm.memory > guest::kNetWindowGpa && vm.nic.type != "none")
+      throw error_at(doc, at + ".memory",
+                     fmt::format("at most {:#x} for a VM with a network device (its registers sit there)",
+                                 guest::kNetWindowGpa),
+                     cfg::format_bytes(vm.memory));
     for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
       std::uint64_t ps = vm.workloads[w].page_size;
       if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))

@@ -24,6 +24,28 @@ using cfg::Unit;
 
 using models::PlatformParams;
 
+/// A VM's network device (docs/io.md, "Guest networking").
+struct VmNicParams {
+  std::string type;  // none | vf | emulated
+  std::uint64_t vf;
+  std::string mac;
+  template <class V>
+  void visit(V& v) {
+    v.param(type, "type", "none", Spec().one_of({"none", "vf", "emulated"}),
+            "The VM's network device: none; vf (virtual function `vf` of the platform NIC passed through: its "
+            "registers mapped by EPT, its DMA translated by the IOMMU with the VM's guest-physical view, its "
+            "interrupts posted or remapped); emulated (a NIC of the same register layout that the hypervisor "
+            "emulates). The guest's ring driver serves both at guest-physical 0xFEB00000.");
+    v.param(vf, "vf", "0", Spec().at_most(254), "With type vf: the index of the virtual function (below platform.nic.vfs).");
+    v.param(mac, "mac", "", Spec(Unit::Text),
+            "MAC address the guest driver programs, as six hex bytes \"02:00:00:00:01:00\" (empty: keep the "
+            "device's own; a VF's reset MAC is 02:00:00:00:f_hi:f_lo with f = 1 + vf).");
+  }
+};
+
+/// Parses "aa:bb:cc:dd:ee:ff" into bytes 0-5 at bits 7:0 ... 47:40; false if malformed.
+bool parse_mac(const std::string& text, std::uint64_t& mac);
+
 struct VmParams {
   std::string name;
   std::uint64_t vcpus;
@@ -35,6 +57,7 @@ struct VmParams {
   std::uint64_t priority;
   std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
+  VmNicParams nic;
   std::vector<workloads::WorkloadParams> workloads;
 
   template <class V>
@@ -65,6 +88,7 @@ struct VmParams {
     v.param(edf_period, "edf_period", "0ps", Spec(Unit::Time),
             "Period of the EDF reservation, also its relative deadline (0 with edf_runtime 0).");
     v.section(kernel, "kernel", "The guest kernel.");
+    v.section(nic, "nic", "The VM's network device (docs/io.md, \"Guest networking\").");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }
 };

@@ -49,6 +49,14 @@ struct Session::System {
       : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
+    if (pp.nic.enabled) {
+      hv::IoPlatform io;
+      io.iommu = platform.iommu();
+      io.interrupt_remap = &platform.interrupt_remap();
+      io.nic_mmio_base = pp.nic.device.mmio_base;
+      io.nic_mmio_stride = pp.nic.device.mmio_stride;
+      hypervisor->attach_io(io);
+    }
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
     for (std::size_t i = 0; i < p.vms.size(); ++i) {
       const VmParams& vp = p.vms[i];
@@ -60,7 +68,16 @@ struct Session::System {
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
       }
+      if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
+        std::uint64_t mac = 0;
+        parse_mac(vp.nic.mac, mac);  // validated by load()
+        kernel->set_net_driver(std::make_unique<guest::RingNetDriver>(vp.kernel.net, mac));
+      }
       hv::VmSpec spec;
+      spec.nic_type = vp.nic.type;
+      spec.vf = static_cast<unsigned>(vp.nic.vf);
+      spec.nic_window_gpa = guest::kNetWindowGpa;
+      spec.nic_vector = guest::kNetVector;
       spec.name = vp.name;
       spec.vcpus = static_cast<unsigned>(vp.vcpus);
       spec.memory = vp.memory;
@@ -158,6 +175,14 @@ std::vector<std::string> Session::notes() const {
     if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
+  // The IOMMU's fault log (VT-d 7.2 primary fault records), as software
+  // reading the fault-recording registers would see it.
+  if (const iommu::Iommu* mmu = m_sys->platform.iommu())
+    for (const auto& f : mmu->fault_log())
+      out.push_back(fmt::format("iommu fault: requester {:02x}:{:02x}.{:x} address {:#x} {} reason {:#x}",
+                                f.requester_id >> 8, (f.requester_id >> 3) & 0x1F, f.requester_id & 7, f.address,
+                                f.access == iommu::DmaAccess::Write ? "write" : "read",
+                                static_cast<unsigned>(f.reason)));
   return out;
 }
 

@@ -169,6 +169,7 @@ void Kernel::boot(Core& c) {
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_paging = true;
+  net_probe(c);
 
   // Processes: each gets a PML4 whose kernel half is the kernel's.
   for (auto& [proc, nthreads] : m_pending_processes) {
@@ -720,6 +721,10 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
     // TLB shootdown: reloading CR3 with the flush bit clear drops this
     // address space's non-global translations.
     c.write_cr(3, c.read_cr(3) & ~crb::kCr3NoFlush);
+    return;
+  }
+  if (m_net && vector == m_net->vector()) {
+    net_interrupt(c);
     return;
   }
   if (vector == kWakeVector) {

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "guest/net.h"
 #include "guest/sched.h"
 #include "hypervisor/hypervisor.h"
 #include "sim/fiber.h"
@@ -80,6 +81,7 @@ struct KernelParams {
   bool pv_steal;
   KernelCosts costs;
   SchedParams sched;
+  NetParams net;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -98,6 +100,7 @@ struct KernelParams {
             "KVM) and read it at every tick.");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
     v.section(sched, "sched", "The thread scheduler (docs/scheduling.md, \"Guest scheduler\").");
+    v.section(net, "net", "The network stack and driver (docs/io.md, \"Guest networking\").");
   }
 };
 
@@ -149,6 +152,29 @@ class Thread {
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
   }
+  // Networking (guest/net.cc; docs/io.md, "Guest networking"): raw
+  // Ethernet frames through the VM's network device.
+  /// Sends the frame of `len` bytes at `va`; with `flush` false the
+  /// doorbell waits for a later send or net_flush (a batch). Blocks while
+  /// the transmit ring is full. False if the VM has no network device or
+  /// the frame is larger than a ring buffer.
+  bool net_send(std::uint64_t va, std::uint32_t len, bool flush = true);
+  /// Notifies the device of the frames queued without a doorbell.
+  void net_flush();
+  /// Blocks until a frame arrives and copies it to `va` (at most `max`
+  /// bytes); returns its length, 0 if the VM has no network device.
+  std::uint32_t net_recv(std::uint64_t va, std::uint32_t max);
+  /// The device's MAC address (bytes 0-5 in bits 7:0 ... 47:40; 0 without a device).
+  std::uint64_t net_mac() const;
+  /// Whether the VM's network device probed successfully.
+  bool net_up() const;
+  /// Buggy or malicious driver behaviour (workload dma_rogue): a transmit
+  /// descriptor, or the next receive descriptor, with bus address `addr`
+  /// instead of a ring buffer; and the device's status register
+  /// (`clear_errors`: then clear its DMA-error bits).
+  bool net_send_raw(std::uint64_t addr, std::uint32_t len);
+  bool net_recv_raw(std::uint64_t addr);
+  std::uint32_t net_device_status(bool clear_errors = false);
   unsigned index() const { return m_index; }
   unsigned vcpu() const { return m_vcpu; }
   Kernel& kernel() const { return *m_kernel; }
@@ -192,7 +218,7 @@ struct Process {
   std::shared_ptr<workloads::Workload> workload;
 };
 
-class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
+class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public NetEnv {
  public:
   /// The kernel's own statistics (what the guest sees, e.g. its steal
   /// time) go under `stats_parent` as "kernel".
@@ -217,6 +243,23 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   void sys_sleep_until(Thread& t, std::uint64_t tsc);
   std::uint64_t tsc_hz() const { return m_tsc_hz; }
   const std::string& panic_message() const { return m_panic; }
+
+  /// Gives the VM a network driver (before the run); it is probed at boot.
+  void set_net_driver(std::unique_ptr<NetDriver> driver);
+  NetDriver* net_driver() const { return m_net.get(); }
+  bool net_up() const { return m_net_up; }
+  bool sys_net_send(Thread& t, std::uint64_t va, std::uint32_t len, bool flush);
+  void sys_net_flush(Thread& t);
+  std::uint32_t sys_net_recv(Thread& t, std::uint64_t va, std::uint32_t max);
+  bool sys_net_raw(Thread& t, bool send, std::uint64_t addr, std::uint32_t len);
+  std::uint32_t sys_net_status(Thread& t, bool clear_errors);
+  // NetEnv.
+  std::uint64_t net_alloc_page(cpu::Core& c) override;
+  std::uint64_t net_phys_to_virt(std::uint64_t gpa) const override { return kDirectMap + gpa; }
+  std::uint64_t net_map_io(cpu::Core& c, std::uint64_t gpa, std::uint64_t bytes) override;
+  void net_charge(cpu::Core& c, std::uint64_t instructions) override;
+  /// Kernel virtual addresses of device mappings (Linux's vmalloc/ioremap area).
+  static constexpr std::uint64_t kIoMap = 0xFFFFC90000000000ull;
 
   // Guest-virtual layout (Linux x86-64 conventions).
   static constexpr std::uint64_t kDirectMap = 0xFFFF888000000000ull;  // page_offset_base
@@ -321,6 +364,12 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   [[noreturn]] void panic(cpu::Core& c, const std::string& why);
   Vcpu& this_vcpu();
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+  // Networking (guest/net.cc).
+  void net_probe(cpu::Core& c);
+  void net_interrupt(cpu::Core& c);
+  /// Blocks the current thread on `queue` (interrupts off); it returns
+  /// once the NIC's interrupt handler woke it.
+  void net_wait(cpu::Core& c, Thread& t, std::vector<Thread*>& queue);
 
   std::uint64_t alloc_table(cpu::Core& c);   // from the page-table pool, cleared
   /// A cleared data frame of `size` bytes (4 KiB from the bottom of free
@@ -367,6 +416,11 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler {
   bool m_booted = false;
   std::string m_panic;
   unsigned m_next_vcpu = 0;
+  std::unique_ptr<NetDriver> m_net;
+  bool m_net_up = false;
+  std::uint64_t m_io_next = kIoMap;
+  std::unique_ptr<NetStats> m_net_stats;
+  std::vector<Thread*> m_rx_waiters, m_tx_waiters;
 };
 
 }  // namespace vmx::guest

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor_state.h"
+#include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
 
@@ -131,6 +132,13 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->mmu_lock = alloc_host_frame();
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
+  vm->nic_type = spec.nic_type;
+  vm->vf = spec.vf;
+  vm->nic_window_gpa = spec.nic_window_gpa;
+  vm->nic_vector = spec.nic_vector;
+  if (spec.nic_type == "vf" && (!m_io.iommu || spec.shadow_paging))
+    throw std::invalid_argument("VM " + spec.name + ": a passed-through VF needs the platform NIC and IOMMU "
+                                "(attach_io) and EPT paging");
   if (spec.shadow_paging) {
     vm->shadow = std::make_unique<ShadowMmu>(vm->group);
     vm->shadow->max_pages = std::max<std::uint64_t>(64, spec.memory / kPage * m_p.shadow_pages_permille / 1000);
@@ -346,6 +354,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   c.observe_vmcs(v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
+  if (v.index == 0 && v.vm->nic_type == "vf") assign_vf(c, *v.vm);
 }
 
 namespace {
@@ -844,14 +853,20 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
 
 void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
   Core& c = *pc.core;
-  if (vector == kHostTimerVector) handle_timer(pc);
-  // A vCPU woken from another core may need the slice timer armed, so that
-  // it gets the core at the next slice end under either scheduler.
-  else if (vector == kRescheduleVector) program_timer(pc);
-  // A device posted to a vCPU blocked on this core: wake those with ON set.
-  else if (vector == kPostedWakeupVector)
+  if (vector == kHostTimerVector) {
+    handle_timer(pc);
+  } else if (vector == kRescheduleVector) {
+    // A vCPU woken from another core may need the slice timer armed, so
+    // that it gets the core at the next slice end under either scheduler.
+    program_timer(pc);
+  } else if (vector == kPostedWakeupVector) {
+    // A device posted to a vCPU blocked on this core: wake those with ON set.
     for (Vcpu* v : pc.assigned)
       if (v->pi_wakeup && v->state == Vcpu::State::Blocked && (c.load(v->pi_desc + kPidControl) & kPidOn)) wake(*v);
+  } else {
+    // A passed-through device's remapped interrupt: forward it to the guest.
+    passthrough_interrupt(vector);
+  }
   c.wrmsr(cpu::msr::kX2ApicEoi, 0);
 }
 

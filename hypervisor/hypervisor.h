@@ -23,6 +23,11 @@
 #include "sim/params.h"
 #include "sim/stats.h"
 
+namespace vmx::iommu {
+class Iommu;
+class InterruptRemap;
+}  // namespace vmx::iommu
+
 namespace vmx::hv {
 
 /// Path lengths of the hypervisor's software, in instructions, and the data
@@ -197,12 +202,28 @@ struct VmSpec {
   std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
   bool shadow_paging = false;  // shadow page tables instead of EPT
-  std::vector<unsigned> pin;   // vCPU i runs only on core pin[i % size] (empty: unpinned)
+  std::vector<unsigned> pin = {};  // vCPU i runs only on core pin[i % size] (empty: unpinned)
   unsigned priority = 0;       // realtime scheduler: higher runs first
   std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
   std::uint64_t edf_period = 0;   // ps
-  bool virtio_net = false;        // a virtio-net device (hypervisor/virtio_net.h) at kVirtioNetWindow
+  bool virtio_net = false;        // a virtio-net device (hypervisor/virtio_net.h) at virtio_reg::kWindow
   std::uint64_t virtio_mac = 0;   // its MAC address (byte 0 in bits 7:0)
+  // Network device (docs/io.md, "Device passthrough"): "none", "vf" (VF
+  // `vf` of the platform NIC passed through) or "emulated"; its register
+  // window's guest-physical address and the guest vector of its interrupt.
+  std::string nic_type = "none";
+  unsigned vf = 0;
+  std::uint64_t nic_window_gpa = 0;
+  std::uint8_t nic_vector = 0;
+};
+
+/// The I/O blocks the hypervisor programs for device assignment (null/0
+/// when the platform has no NIC).
+struct IoPlatform {
+  iommu::Iommu* iommu = nullptr;
+  iommu::InterruptRemap* interrupt_remap = nullptr;
+  std::uint64_t nic_mmio_base = 0;    // host-physical: the PF's window; VF i's at base + (1 + i) * stride
+  std::uint64_t nic_mmio_stride = 0;
 };
 
 class Hypervisor {
@@ -242,6 +263,9 @@ class Hypervisor {
   /// Brings every vCPU's time accounting up to its core's clock (before
   /// statistics are read).
   void flush_accounting();
+  /// Gives the hypervisor the platform's IOMMU, interrupt-remapping unit
+  /// and NIC windows (before the run; needed by VMs with nic_type "vf").
+  void attach_io(const IoPlatform& io);
 
  private:
   void core_main(PerCore& pc);
@@ -305,6 +329,15 @@ class Hypervisor {
   std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
   void setup_vmcs(cpu::Core& c, Vcpu& v);
 
+  // Device passthrough (hypervisor/passthrough.cc).
+  struct Passthrough;
+  /// Assigns the VM's VF before its first entry: backs all its memory,
+  /// maps the VF's registers through EPT, gives the VF an IOMMU domain
+  /// whose second-level table is the VM's EPT, and routes its MSI.
+  void assign_vf(cpu::Core& c, Vm& vm);
+  /// A host vector of a remapped (not posted) VF interrupt: forward it to the guest.
+  bool passthrough_interrupt(std::uint8_t vector);
+
   // Shadow paging (hypervisor/shadow.cc).
   struct ShadowPage;
   struct ShadowMmu;
@@ -344,6 +377,8 @@ class Hypervisor {
   std::uint64_t m_text = 0;
   unsigned m_next_core = 0;
   std::uint16_t m_next_vpid = 1;
+  IoPlatform m_io;
+  std::unique_ptr<Passthrough> m_pt;
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}

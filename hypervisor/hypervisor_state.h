@@ -27,6 +27,10 @@ struct Hypervisor::Vm {
   std::string crash;
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
   std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
+  std::string nic_type = "none";      // VmSpec::nic_type
+  unsigned vf = 0;
+  std::uint64_t nic_window_gpa = 0;
+  std::uint8_t nic_vector = 0;
   stats::Group* group = nullptr;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
 };

@@ -182,6 +182,61 @@ struct TraceParams {
   }
 };
 
+// Network workloads (workloads/net.cc; docs/io.md, "Guest networking").
+struct NetPingpongParams {
+  std::uint64_t size, requests, interval;
+  template <class V>
+  void visit(V& v) {
+    v.param(size, "size", "64", Spec(Unit::Bytes).at_least(38).at_most(4096),
+            "Frame size, Ethernet header and the peer's timed header included (at least 38 bytes).");
+    v.param(requests, "requests", "1000", Spec(), "Requests, each waiting for its echo (0: until the end).");
+    v.param(interval, "interval", "0ps", Spec(Unit::Time),
+            "Pause after each reply before the next request (0: back to back).");
+  }
+};
+
+struct NetStreamParams {
+  std::uint64_t size, frames, batch, buffer;
+  template <class V>
+  void visit(V& v) {
+    v.param(size, "size", "1514", Spec(Unit::Bytes).at_least(38).at_most(4096),
+            "Frame size, headers included (1514: a full 1500-byte MTU frame without FCS).");
+    v.param(frames, "frames", "10000", Spec(), "Frames to send (0: until the end).");
+    v.param(batch, "batch", "1", Spec().at_least(1).at_most(4096),
+            "Frames queued per doorbell (the device is notified once per batch).");
+    v.param(buffer, "buffer", "1MiB", Spec(Unit::Bytes).at_least(4096),
+            "The program's send buffer: frames are taken from successive offsets of it.");
+  }
+};
+
+struct DmaRogueParams {
+  std::uint64_t address, stride, count, delay;
+  bool rx, tx;
+  template <class V>
+  void visit(V& v) {
+    v.param(address, "address", "0x4000000", Spec(),
+            "First bus address the rogue driver points its device at (a guest-physical address outside its "
+            "memory, e.g. where other VMs' memory sits in the host).");
+    v.param(stride, "stride", "1MiB", Spec(Unit::Bytes), "Distance between successive target addresses.");
+    v.param(count, "count", "8", Spec().at_least(1), "Target addresses (attempts per direction).");
+    v.param(delay, "delay", "1ms", Spec(Unit::Time), "Time to wait before the attack (lets other VMs fill memory).");
+    v.param(rx, "rx", "true", Spec(Unit::Flag),
+            "Attack with device writes: a receive descriptor aimed at the target, then a frame echoed into it.");
+    v.param(tx, "tx", "true", Spec(Unit::Flag),
+            "Attack with device reads: a transmit descriptor whose buffer is the target (after the writes).");
+  }
+};
+
+struct PatternCheckParams {
+  std::uint64_t working_set, hold;
+  template <class V>
+  void visit(V& v) {
+    v.param(working_set, "working_set", "4MiB", Spec(Unit::Bytes).at_least(4096),
+            "Memory filled with a known pattern (one distinct quadword per 8 bytes).");
+    v.param(hold, "hold", "2ms", Spec(Unit::Time), "Time between filling and checking the memory.");
+  }
+};
+
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
@@ -203,6 +258,10 @@ struct WorkloadParams {
   PeriodicParams periodic;
   RequestServerParams request_server;
   SpinlockParams spinlock;
+  NetPingpongParams net_pingpong;
+  NetStreamParams net_stream;
+  DmaRogueParams dma_rogue;
+  PatternCheckParams pattern_check;
 
   template <class V>
   void visit(V& v) {
@@ -221,7 +280,9 @@ struct WorkloadParams {
               cfg::alt("sleep_loop", sleep_loop), cfg::alt("trace", trace),
               cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn),
               cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
-              cfg::alt("spinlock", spinlock));
+              cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
+              cfg::alt("net_stream", net_stream), cfg::alt("dma_rogue", dma_rogue),
+              cfg::alt("pattern_check", pattern_check));
   }
 };
 
@@ -245,6 +306,8 @@ class Workload {
   virtual bool finite() const = 0;
 
   static std::shared_ptr<Workload> create(const WorkloadParams& p, stats::Group* parent, const std::string& name);
+  /// The network workloads and pattern_check (workloads/net.cc); null for other types.
+  static std::shared_ptr<Workload> create_net(const WorkloadParams& p, stats::Group* parent, const std::string& name);
 
  protected:
   void started(guest::Thread& t);

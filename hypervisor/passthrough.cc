@@ -1,0 +1,161 @@
+// Device passthrough of SR-IOV virtual functions (docs/io.md, "Device
+// passthrough"), as VFIO with KVM does it:
+//
+// - The VM's memory is backed before the VF may DMA (eager population: the
+//   IOMMU model has no page requests, so a DMA to an unbacked page would
+//   fault; VFIO likewise pins all guest memory).
+// - The VF's register window (host-physical mmio_base + (1 + vf) * stride)
+//   is mapped at the VM's NIC window through EPT with a 4 KiB leaf, so the
+//   guest's register accesses reach the device with no exit.
+// - DMA remapping (VT-d, legacy mode): the VF's requester ID gets a context
+//   entry whose second-level table is the VM's EPT (EPT-format compatible,
+//   VT-d 9.8), domain ID = VM index + 1, so the device sees exactly the VM's
+//   guest-physical view; the context cache and the domain's IOTLB entries
+//   are invalidated after the change (VT-d 6.5).
+// - Interrupts: the hypervisor owns the VF's MSI-X entry and programs it in
+//   remappable format (VT-d 5.1.5.2) with handle = VF index. With
+//   hypervisor.posted_interrupts the IRTE is posted-format into vCPU 0's
+//   descriptor with the guest's vector (VT-d 9.11), so the interrupt reaches
+//   a running vCPU without an exit; otherwise it is a remapped IRTE to a host
+//   vector on vCPU 0's core, whose handler raises the guest vector (an
+//   external-interrupt exit per interrupt, then injection).
+#include "hypervisor/passthrough.h"
+
+#include <fmt/format.h>
+
+#include "iommu/interrupt_remap.h"
+#include "iommu/iommu.h"
+#include "iommu/vtd_formats.h"
+#include "mmu/paging.h"
+#include "models/nic.h"
+
+namespace vmx::hv {
+
+using cpu::Core;
+
+namespace {
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kCodePassthrough = 0xF000;
+/// Host vectors of remapped VF interrupts: 0x60 + VF index (mod 64).
+constexpr std::uint8_t kVfHostVectorBase = 0x60;
+/// IRTA: 2^(7+1) = 256 entries, x2APIC destinations (EIME).
+constexpr unsigned kIrtSizeCode = 7;
+constexpr std::uint64_t kIrtaEime = 1ull << 11;
+}  // namespace
+
+void Hypervisor::attach_io(const IoPlatform& io) {
+  m_io = io;
+  if (!m_pt) m_pt = std::make_unique<Passthrough>(&m_stats);
+}
+
+void Hypervisor::assign_vf(Core& c, Vm& vm) {
+  if (!m_io.iommu || !m_io.interrupt_remap || !m_pt)
+    throw cpu::SimulationError("hypervisor: VM " + vm.name + " has a VF but the platform has no NIC and IOMMU");
+  Passthrough& pt = *m_pt;
+  charge(c, m_p.costs.ept_violation, kCodePassthrough);
+  ++pt.stats.vfs;
+
+  // 1. Back all guest memory (the DMA target must exist before any DMA).
+  populate(c, vm);
+  if (vm.crashed) return;
+  pt.stats.mapped_pages += vm.memory / m_p.ept_page_size;
+
+  // 2. The VF's registers in the guest's NIC window: a 4 KiB EPT leaf,
+  //    read/write, not executable, uncacheable (memory type 0).
+  const std::uint64_t window = m_io.nic_mmio_base + (1ull + vm.vf) * m_io.nic_mmio_stride;
+  lock_mmu(c, vm);
+  {
+    std::uint64_t table = vm.ept_root;
+    for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level > 1; --level) {
+      const std::uint64_t entry_pa = table + mmu::table_index(vm.nic_window_gpa, level) * 8;
+      std::uint64_t e = c.load(entry_pa);
+      if (!(e & mmu::ept::kPermMask)) {
+        const std::uint64_t t = alloc_host_frame();
+        ++m_totals.ept_tables;
+        c.rep_stos(t, 0, kPage);
+        e = t | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute;
+        c.store(entry_pa, e);
+      } else if (e & mmu::ept::kLargePage) {
+        unlock_mmu(c, vm);
+        throw cpu::SimulationError(fmt::format("hypervisor: VM {}: the NIC window {:#x} lies in a large page of "
+                                               "guest memory",
+                                               vm.name, vm.nic_window_gpa));
+      }
+      table = e & mmu::ept::kAddrMask;
+    }
+    c.store(table + mmu::table_index(vm.nic_window_gpa, 1) * 8,
+            (window & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite);
+  }
+  unlock_mmu(c, vm);
+
+  // The VF's requester ID, from its ID register (bits 31:16).
+  const auto id = static_cast<std::uint32_t>(c.load(window + models::nicreg::kId, 4));
+  const auto rid = static_cast<std::uint16_t>(id >> 16);
+
+  // 3. DMA remapping: root entry for the bus, context entry for devfn
+  //    pointing at the VM's EPT (legacy mode, VT-d 9.1, 9.3).
+  const unsigned bus = iommu::rid_bus(rid), devfn = iommu::rid_devfn(rid);
+  if (!pt.root_table) pt.root_table = alloc_host_frame();
+  auto [it, fresh] = pt.context_tables.try_emplace(bus, 0);
+  if (fresh) {
+    it->second = alloc_host_frame();
+    c.store(pt.root_table + bus * iommu::root::kEntrySize, iommu::root::lo(it->second));
+    c.store(pt.root_table + bus * iommu::root::kEntrySize + 8, 0);
+  }
+  const auto did = static_cast<std::uint16_t>(vm.id + 1);
+  const unsigned aw = m_p.ept_levels == 5 ? 3 : 2;  // 57- or 48-bit, the EPT's levels
+  const iommu::ContextEntry ce = iommu::ctx::make(vm.ept_root, did, aw);
+  c.store(it->second + devfn * iommu::ctx::kEntrySize, ce.lo);
+  c.store(it->second + devfn * iommu::ctx::kEntrySize + 8, ce.hi);
+  if (!pt.iommu_on) {
+    // SRTP then TE (VT-d 10.4.4): the root table, then translation on.
+    m_io.iommu->set_root_table(iommu::rtaddr::make(pt.root_table, iommu::rtaddr::kTtmLegacy));
+    m_io.iommu->enable(true);
+    pt.iommu_on = true;
+  }
+  // A context entry that was not present may still be cached as such:
+  // device-selective context invalidation, then the domain's IOTLB (VT-d 6.5.3.1).
+  m_io.iommu->context_invalidate_device(rid);
+  m_io.iommu->iotlb_invalidate_domain(did);
+
+  // 4. Interrupts: IRTE `vf`, then the VF's MSI-X entry in remappable format.
+  if (!pt.irt) pt.irt = alloc_host_frame();
+  Vcpu& target = *vm.vcpus.at(0);
+  const std::uint64_t irte = pt.irt + 16ull * (vm.vf & 0xFF);
+  if (m_p.posted_interrupts) {
+    c.store(irte + 8, iommu::irte::posted_hi(target.pi_desc, rid));
+    c.store(irte, iommu::irte::posted_lo(target.pi_desc, vm.nic_vector));
+    ++pt.stats.posted_irtes;
+  } else {
+    const auto host_vector = static_cast<std::uint8_t>(kVfHostVectorBase + (vm.vf & 0x3F));
+    auto [f, inserted] = pt.forward.try_emplace(host_vector, &target);
+    if (!inserted)
+      throw cpu::SimulationError(fmt::format("hypervisor: VFs {} and another share host vector {:#x}", vm.vf,
+                                             host_vector));
+    c.store(irte + 8, iommu::irte::hi_sid(rid));
+    c.store(irte, iommu::irte::remapped_lo(target.core, host_vector));
+    ++pt.stats.remapped_irtes;
+  }
+  if (!pt.ir_on) {
+    m_io.interrupt_remap->set_irta(pt.irt | kIrtaEime | kIrtSizeCode);
+    m_io.interrupt_remap->set_enable(true);
+    pt.ir_on = true;
+  }
+  const std::uint64_t msi = iommu::irte::msi_address(static_cast<std::uint16_t>(vm.vf & 0xFF));
+  c.store(window + models::nicreg::kMsixAddrLo, msi & 0xFFFFFFFFu, 4);
+  c.store(window + models::nicreg::kMsixAddrHi, msi >> 32, 4);
+  c.store(window + models::nicreg::kMsixData, 0, 4);
+  c.store(window + models::nicreg::kMsixCtrl, 0, 4);  // unmask
+}
+
+bool Hypervisor::passthrough_interrupt(std::uint8_t vector) {
+  if (!m_pt) return false;
+  auto it = m_pt->forward.find(vector);
+  if (it == m_pt->forward.end()) return false;
+  Vcpu& v = *it->second;
+  ++m_pt->stats.forwarded;
+  raise_virtual(v, v.vm->nic_vector);
+  return true;
+}
+
+}  // namespace vmx::hv

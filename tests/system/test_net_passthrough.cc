@@ -1,0 +1,181 @@
+// Guest networking through a passed-through VF (docs/io.md, "Guest
+// networking" and "Device passthrough"): request/response with and without
+// posted interrupts, scenario S3 (a rogue VF's DMA is blocked and logged,
+// no byte of another VM changes), scenario S4 (IOTLB misses and the IOMMU
+// page size), and the checks of the vms[].nic section.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <string>
+
+#include "system/cli_harness.h"
+
+using vmx::test::read_text;
+using vmx::test::run_cli;
+
+namespace {
+
+std::string scenario(const std::string& name) {
+  return read_text(std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/" + name);
+}
+
+/// A scenario without its sweep: block (vmxsim run takes one point).
+std::string without_sweep(const std::string& yaml) { return yaml.substr(0, yaml.find("\nsweep:") + 1); }
+
+std::string pingpong_yaml(bool posted) {
+  return fmt::format(R"(
+duration: 20ms
+platform:
+  cores: 2
+  memory: 1GiB
+  nic:
+    enabled: true
+hypervisor:
+  posted_interrupts: {}
+  zero_pages: false
+vms:
+  - name: a
+    memory: 32MiB
+    nic: {{type: vf, vf: 1}}
+    workloads:
+      - type: net_pingpong
+        size: 64
+        requests: 200
+)",
+                     posted ? "true" : "false");
+}
+
+}  // namespace
+
+TEST_CASE("VF pingpong: posted interrupts take no exit per packet, remapped ones at least one",
+          "[net][passthrough][system]") {
+  auto on = run_cli(pingpong_yaml(true));
+  auto off = run_cli(pingpong_yaml(false));
+  REQUIRE(on.exit_code == 0);
+  REQUIRE(off.exit_code == 0);
+  for (auto* r : {&on, &off}) {
+    CHECK(r->at("vm.a.workload0.replies") == 200);
+    CHECK(r->at("vm.a.workload0.stray") == 0);
+    CHECK(r->at("vm.a.kernel.net.rx_frames") == 200);
+    CHECK(r->at("vm.a.kernel.net.interrupts") == 200);
+    CHECK(r->at("system.nic.vf1.rx_packets") == 200);
+    CHECK(r->at("system.iommu.faults") == 0);
+    // The DMA went through the IOMMU, with the VM's EPT as the domain.
+    CHECK(r->at("system.iommu.translations") > 0);
+    // Round trip: at least the wire and the peer (2 x 1 us link + 2 us), at
+    // most a few microseconds of software on top.
+    CHECK(r->at("vm.a.workload0.rtt_ns.p50") > 4000);
+    CHECK(r->at("vm.a.workload0.rtt_ns.p50") < 10000);
+  }
+  const double packets = 200;
+  // Posted: the VF's MSI is posted by the remapping unit, no exit for it or
+  // its EOI. What exits remain are the guest's own HLT and timer writes.
+  CHECK(on.at("system.interrupt_remap.posted") == packets);
+  CHECK(on.at_or_zero("system.cpu0.exit_reasons.EXTERNAL_INTERRUPT") +
+            on.at_or_zero("system.cpu1.exit_reasons.EXTERNAL_INTERRUPT") ==
+        0);
+  CHECK(on.at("hypervisor.passthrough.forwarded") == 0);
+  CHECK(on.at("hypervisor.totals.injections") == 0);
+  // Remapped: every interrupt goes to the hypervisor, which injects it, and
+  // the guest's EOI exits: at least one more exit per received packet.
+  CHECK(off.at("system.interrupt_remap.remapped") == packets);
+  CHECK(off.at("hypervisor.passthrough.forwarded") == packets);
+  CHECK(off.at("hypervisor.totals.injections") >= packets);
+  CHECK(off.at("vm.a.vcpu0.exits") - on.at("vm.a.vcpu0.exits") >= packets);
+  CHECK(off.at("vm.a.workload0.rtt_ns.p50") > on.at("vm.a.workload0.rtt_ns.p50"));
+  INFO("exits per packet: posted " << on.at("vm.a.vcpu0.exits") / packets << ", remapped "
+                                   << off.at("vm.a.vcpu0.exits") / packets);
+}
+
+TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the victim's memory is intact",
+          "[net][passthrough][iommu][system]") {
+  auto r = run_cli(scenario("s3_rogue_vf.yaml"));
+  REQUIRE(r.exit_code == 0);
+  const double count = 24;
+  // Every attempt, 24 device writes and 24 device reads, was refused.
+  CHECK(r.at("vm.rogue.workload1.attempts") == 2 * count);
+  CHECK(r.at("vm.rogue.workload1.rx_errors") == count);
+  CHECK(r.at("vm.rogue.workload1.tx_errors") == count);
+  CHECK(r.at("system.nic.vf1.dma_faults") == 2 * count);
+  CHECK(r.at("system.iommu.faults") == 2 * count);
+  CHECK(r.at("system.root_complex.rid_01_00_2.blocked") == 2 * count);
+  CHECK(r.at("system.root_complex.blocked") == 2 * count);
+  CHECK(r.at("vm.rogue.kernel.net.dma_errors") >= 1);
+  // The fault log names the VF (requester 01:00.2) and the address.
+  CHECK(r.out.find("iommu fault: requester 01:00.2 address 0x4000000 write") != std::string::npos);
+  CHECK(r.out.find("iommu fault: requester 01:00.2 address 0x4400000 write") != std::string::npos);
+  // No byte of the victim changed: its check ran after the attack.
+  CHECK(r.at("vm.victim.workload0.threads_done") == 1);
+  CHECK(r.at("vm.victim.workload0.mismatches") == 0);
+  CHECK(r.at("vm.victim.workload0.checksum") == r.at("vm.victim.workload0.expected_checksum"));
+  CHECK(r.at("vm.victim.workload0.end_cycle") > r.at("vm.rogue.workload1.end_cycle"));
+  // The same VF's legitimate DMA works: every request got its echo.
+  CHECK(r.at("vm.rogue.workload0.replies") == 50);
+}
+
+TEST_CASE("S4: IOTLB misses per MiB fall with 2 MiB IOMMU mappings and rise with a tiny IOTLB",
+          "[net][passthrough][iommu][system]") {
+  const std::string base = without_sweep(scenario("s4_iommu_page_size.yaml"));
+  struct Point {
+    double misses_per_mib, translation_cycles_per_mib, gbps;
+  };
+  auto run = [&](const std::string& page, unsigned entries, unsigned ring) {
+    auto r = run_cli(base, {"--set", "hypervisor.ept_page_size=" + page, "--set",
+                            fmt::format("platform.iommu.iotlb.entries={}", entries), "--set",
+                            fmt::format("vms[0].kernel.net.tx_ring={}", ring)});
+    REQUIRE(r.exit_code == 0);
+    REQUIRE(r.at("vm.tx.workload0.threads_done") == 1);
+    const double mib = r.at("system.nic.vf0.tx_bytes") / (1 << 20);
+    REQUIRE(mib > 2.5);
+    // One doorbell per batch of 16 (more when the ring filled up).
+    CHECK(r.at("vm.tx.kernel.net.doorbells") < r.at("vm.tx.workload0.frames") / 8);
+    return Point{r.at("system.iommu.iotlb.misses") / mib, r.at("system.root_complex.translation_cycles") / mib,
+                 r.at("vm.tx.workload0.throughput_gbps")};
+  };
+  // 8 MiB of buffers: with 4 KiB mappings nearly every 4 KiB is a miss
+  // (two 1514-byte frames per buffer page: about 350 misses per MiB); with
+  // 2 MiB mappings the buffers need five entries.
+  const Point big4k = run("4KiB", 64, 4096), big2m = run("2MiB", 64, 4096);
+  CHECK(big4k.misses_per_mib > 200);
+  CHECK(big2m.misses_per_mib < 5);
+  CHECK(big4k.translation_cycles_per_mib > 2 * big2m.translation_cycles_per_mib);
+  // 128 KiB of buffers with 4 KiB mappings: within a 64-entry IOTLB's
+  // reach, beyond a 4-entry one's.
+  const Point small64 = run("4KiB", 64, 64), small4 = run("4KiB", 4, 64);
+  CHECK(small64.misses_per_mib < 20);
+  CHECK(small4.misses_per_mib > 10 * small64.misses_per_mib);
+  CHECK(small4.translation_cycles_per_mib > 2 * small64.translation_cycles_per_mib);
+  INFO("misses/MiB: 8 MiB set 4K " << big4k.misses_per_mib << ", 2M " << big2m.misses_per_mib
+                                   << "; 128 KiB set IOTLB 64 " << small64.misses_per_mib << ", 4 "
+                                   << small4.misses_per_mib);
+}
+
+TEST_CASE("vms[].nic is validated", "[net][config]") {
+  const std::string vm = R"(
+duration: 1ms
+platform:
+  cores: 1
+  memory: 512MiB
+  nic:
+    enabled: {}
+vms:
+  - name: a
+    memory: 32MiB
+    nic: {{type: vf, vf: {}, mac: "{}"}}
+    workloads:
+      - type: compute
+        iterations: 1
+)";
+  auto disabled = run_cli(fmt::format(vm, "false", 0, ""));
+  CHECK(disabled.exit_code != 0);
+  CHECK(disabled.err.find("vms[0].nic.type") != std::string::npos);
+  auto beyond = run_cli(fmt::format(vm, "true", 4, ""));
+  CHECK(beyond.exit_code != 0);
+  CHECK(beyond.err.find("vms[0].nic.vf") != std::string::npos);
+  CHECK(beyond.err.find("platform.nic.vfs (4)") != std::string::npos);
+  auto bad_mac = run_cli(fmt::format(vm, "true", 0, "02:00:00:00:01"));
+  CHECK(bad_mac.exit_code != 0);
+  CHECK(bad_mac.err.find("vms[0].nic.mac") != std::string::npos);
+  auto ok = run_cli(fmt::format(vm, "true", 3, "02:00:00:00:01:03"));
+  CHECK(ok.exit_code == 0);
+}
