@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor_state.h"
+#include "models/nic.h"
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
@@ -51,7 +52,8 @@ enum CodeOffset : std::uint64_t {
   kCodeShadow = 0xC000,  // hypervisor/shadow.cc
   kCodeMigrate = 0xD000,
   kCodePreemption = 0xE000,
-  kCodeVirtio = 0xF000,  // hypervisor/virtio_net.cc
+  kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
+  kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
 };
 }  // namespace
 
@@ -122,6 +124,18 @@ std::uint64_t Hypervisor::ps_to_tsc(std::uint64_t ps) const {
   return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * m_tsc_hz / cfg::kPsPerSecond);
 }
 
+void Hypervisor::attach_nic(std::uint64_t pf_window) {
+  if (pf_window < m_host_memory)
+    throw std::invalid_argument(fmt::format("the NIC's registers at {:#x} lie inside host memory (platform.memory "
+                                            "{:#x}): lower platform.memory or raise platform.nic.mmio_base",
+                                            pf_window, m_host_memory));
+  HostNic::Env env;
+  env.alloc_frame = [this] { return alloc_host_frame(); };
+  env.charge = [this](Core& c, std::uint64_t n, std::uint64_t code) { charge(c, n, code); };
+  m_host_nic = std::make_unique<HostNic>(m_p.host_nic, m_p.costs, pf_window, static_cast<unsigned>(m_cores.size()),
+                                         std::move(env), &m_stats);
+}
+
 void Hypervisor::add_vm(const VmSpec& spec) {
   auto vm = std::make_unique<Vm>();
   vm->name = spec.name;
@@ -148,6 +162,26 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     vm->virtio->hv = this;
     vm->virtio->vm = vm.get();
     vm->virtio->dev = std::make_unique<VirtioNet>(m_p.costs, *vm->virtio, spec.virtio_mac, vm->group);
+    // Frames for its MAC come from the software switch, when there is one.
+    if (m_host_nic) m_host_nic->attach(spec.virtio_mac, vm->virtio.get());
+  }
+  if (spec.nic.enabled) {
+    if (!m_host_nic)
+      throw std::invalid_argument("VM " + spec.name + ": an emulated NIC needs the platform's NIC (platform.nic.enabled)");
+    if (spec.nic.params.access == "poll" && m_p.ept_page_size != kPage)
+      throw std::invalid_argument("VM " + spec.name + ": nic.access poll maps one register page, which needs "
+                                  "hypervisor.ept_page_size 4KiB");
+    if (spec.nic.window < spec.memory || spec.nic.window % kPage)
+      throw std::invalid_argument(fmt::format("VM {}: the NIC window {:#x} must be page-aligned and above the "
+                                              "VM's memory",
+                                              spec.name, spec.nic.window));
+    EmulatedNicSpec ns = spec.nic;
+    if (!ns.mac)  // 02:00:00:01:<id high>:<id low>, locally administered
+      ns.mac = 0x02 | (0x01ull << 24) | (std::uint64_t((vm->id >> 8) & 0xFF) << 32) |
+               (std::uint64_t(vm->id & 0xFF) << 40);
+    vm->nic_host = std::make_unique<NicHost>(*this, *vm);
+    vm->nic = std::make_unique<EmulatedNic>(ns, m_p.costs, *m_host_nic, *vm->nic_host, vm->group);
+    m_host_nic->attach(ns.mac, vm->nic.get());
   }
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
   if ((spec.edf_runtime == 0) != (spec.edf_period == 0) || spec.edf_runtime > spec.edf_period)
@@ -233,6 +267,7 @@ void Hypervisor::core_main(PerCore& pc) {
       std::uint64_t byte = m_msr_bitmap + 2048 + cpu::msr::kX2ApicEoi / 8;
       c.store(byte, c.load(byte, 1) & ~(1u << (cpu::msr::kX2ApicEoi % 8)), 1);
     }
+    if (m_host_nic) m_host_nic->init(c);
   }
   pc.sched->start(c.rdtsc());
   Vcpu* last = nullptr;
@@ -285,6 +320,8 @@ void Hypervisor::program_timer(PerCore& pc, bool idle) {
   };
   for (Vcpu* v : pc.assigned)
     if (v->state != Vcpu::State::Dead) consider(v->vtimer_deadline);
+  for (auto& vm : m_vms)  // emulated NICs polled from this core
+    if (vm->nic_next_poll && vm->nic_core == pc.id && !vm->crashed) consider(vm->nic_next_poll);
   // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
   // runs; the host timer keeps it only while the core halts.
   if (!m_preemption_slices || idle) consider(sched_deadline(pc));
@@ -355,6 +392,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
   if (v.index == 0 && v.vm->nic_type == "vf") assign_vf(c, *v.vm);
+  if (v.index == 0 && v.vm->nic) nic_setup(c, v);
 }
 
 namespace {
@@ -839,6 +877,10 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
   std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
   Vm& vm = *v.vm;
   if (vm.virtio && virtio_exit(c, v, gpa)) return;  // emulated MMIO (hypervisor/virtio_net.cc)
+  if (vm.nic && vm.nic->contains(gpa)) {
+    handle_nic_access(c, v);
+    return;
+  }
   charge(c, m_p.costs.ept_violation, kCodeEpt);
   if (gpa >= vm.memory) {
     crash_vm(vm, fmt::format("vCPU {} accessed guest-physical {:#x}, beyond the VM's {} bytes of memory "
@@ -851,9 +893,69 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
   if (!back_guest_page(c, vm, gpa)) crash_vm(vm, "host memory exhausted while backing guest memory");
 }
 
+// ---------------------------------------------------------------------------
+// The emulated NIC (docs/io.md, "The emulated NIC").
+
+// Trap-and-emulate: the window has no EPT mapping, so the access is an EPT
+// violation whose exit reports the operand size (VM-exit instruction
+// information bits 3:0), the direction (bit 4) and, for a store, the data in
+// RAX (the model's decode assist); the hypervisor completes the access by
+// setting RAX for a load and advancing the guest RIP by the instruction
+// length (SDM Vol. 3C, 28.2.5). A QEMU-style split adds userspace_cost.
+void Hypervisor::handle_nic_access(Core& c, Vcpu& v) {
+  EmulatedNic& nic = *v.vm->nic;
+  charge(c, m_p.costs.emu_access + nic.userspace_cost(), kCodeNic);
+  const std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
+  const std::uint64_t info = vmr(c, field::kVmxInstructionInfo);
+  const unsigned size = static_cast<unsigned>(info & 0xF);
+  const bool write = info & 0x10;
+  const std::uint64_t r = nic.access(c, gpa - nic.window(), size, write, v.regs[Regs::rax]);
+  if (!write) v.regs[Regs::rax] = r;
+  vmw(c, field::kGuestRip, vmr(c, field::kGuestRip) + vmr(c, field::kExitInstructionLength));
+}
+
+void Hypervisor::nic_setup(Core& c, Vcpu& v) {
+  Vm& vm = *v.vm;
+  const std::uint64_t regs = vm.nic->setup(c);
+  // The hypervisor owns the device's MSI-X entry (as VFIO does): the guest
+  // vector of the VM's NIC (VmSpec::nic_vector), to vCPU 0, unmasked.
+  if (vm.nic_vector) {
+    namespace nreg = models::nicreg;
+    c.store(regs + nreg::kMsixAddrLo, 0xFEE00000u, 4);
+    c.store(regs + nreg::kMsixData, vm.nic_vector, 4);
+    c.store(regs + nreg::kMsixCtrl, 0, 4);
+  }
+  if (!vm.nic->polled()) return;
+  // access: poll: the register page is mapped at the window (4 KiB EPT
+  // page), and the core of vCPU 0 polls it.
+  lock_mmu(c, vm);
+  ept_map(c, vm, vm.nic->window(), regs);
+  unlock_mmu(c, vm);
+  vm.nic_core = v.core;
+  vm.nic_poll_ticks = std::max<std::uint64_t>(1, ps_to_tsc(vm.nic->poll_period()));
+  vm.nic_next_poll = c.rdtsc() + vm.nic_poll_ticks;
+  program_timer(*m_percore[v.core]);
+}
+
+std::uint64_t Hypervisor::NicHost::guest_to_host(Core& c, std::uint64_t gpa) {
+  if (gpa >= vm.memory) return 0;
+  std::uint64_t hpa = hv.ept_translate(c, vm, gpa);
+  if (!hpa && hv.back_guest_page(c, vm, gpa)) hpa = hv.ept_translate(c, vm, gpa);
+  return hpa;
+}
+
+void Hypervisor::NicHost::interrupt(Core&, unsigned apic_id, std::uint8_t vector) {
+  if (vm.crashed) return;
+  hv.raise_virtual(*vm.vcpus[apic_id < vm.vcpus.size() ? apic_id : 0], vector);
+}
+
+void Hypervisor::NicHost::charge(Core& c, std::uint64_t instructions) { hv.charge(c, instructions, kCodeNic); }
+
 void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
   Core& c = *pc.core;
-  if (vector == kHostTimerVector) {
+  if (m_host_nic && vector == m_host_nic->vector()) {
+    m_host_nic->interrupt(c);
+  } else if (vector == kHostTimerVector) {
     handle_timer(pc);
   } else if (vector == kRescheduleVector) {
     // A vCPU woken from another core may need the slice timer armed, so
@@ -881,6 +983,11 @@ void Hypervisor::handle_timer(PerCore& pc) {
       else wake(*v);
     }
   }
+  for (auto& vm : m_vms)
+    if (vm->nic_next_poll && vm->nic_core == pc.id && now >= vm->nic_next_poll && !vm->crashed) {
+      vm->nic->poll(c);
+      vm->nic_next_poll = now + vm->nic_poll_ticks;
+    }
   pc.sched->tick(now);
   program_timer(pc);
 }

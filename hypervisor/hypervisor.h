@@ -18,6 +18,8 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "hypervisor/emulated_nic.h"
+#include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -37,7 +39,8 @@ struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
-      virtio_tx_frame, virtio_rx_frame;
+      virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
+      switch_frame, emu_access, emu_frame, emu_poll;
 
   template <class V>
   void visit(V& v) {
@@ -100,6 +103,28 @@ struct HvCosts {
     v.param(virtio_rx_frame, "virtio_rx_frame", "250", Spec(Unit::Instructions),
             "virtio-net: one received frame: taking an RX buffer, writing the header, the used entry and the "
             "interrupt decision, besides the copy (assumption, order of vhost-net's handle_rx per packet).");
+    v.param(pf_tx, "pf_tx", "300", Spec(Unit::Instructions),
+            "PF driver: sending one frame (descriptor set-up, reaping completions, the doorbell, bookkeeping), "
+            "besides the charged copy and memory traffic (assumption, of the order of Linux's ixgbe_xmit_frame_ring).");
+    v.param(pf_rx, "pf_rx", "250", Spec(Unit::Instructions),
+            "PF driver: taking one received frame off the RX ring and recycling its buffer, besides the memory "
+            "traffic (assumption, of the order of ixgbe_clean_rx_irq per packet).");
+    v.param(pf_interrupt, "pf_interrupt", "200", Spec(Unit::Instructions),
+            "PF driver: the interrupt handler's fixed part (cause read and acknowledge, NAPI scheduling), besides "
+            "the MMIO accesses (assumption).");
+    v.param(switch_frame, "switch_frame", "150", Spec(Unit::Instructions),
+            "Software switch: the forwarding decision for one frame, besides the table loads (assumption, of the "
+            "order of a Linux bridge FDB hit or an Open vSwitch megaflow hit).");
+    v.param(emu_access, "emu_access", "1000", Spec(Unit::Instructions),
+            "Emulated NIC: decoding and emulating one trapped register access (assumption: KVM's MMIO exit path "
+            "with instruction decode and the device callback is a few thousand cycles).");
+    v.param(emu_frame, "emu_frame", "400", Spec(Unit::Instructions),
+            "Emulated NIC: processing one frame of the guest's TX or RX ring (descriptor parsing, checks, "
+            "bookkeeping), besides the memory traffic and the PF driver (assumption, of the order of QEMU's "
+            "e1000 process_tx_desc).");
+    v.param(emu_poll, "emu_poll", "100", Spec(Unit::Instructions),
+            "Emulated NIC with access: poll: one polling pass over the mapped register page, besides its loads "
+            "(assumption).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -123,6 +148,7 @@ struct HypervisorParams {
   bool migration;                // unpinned vCPUs may move to idle cores
   std::string slice_timer;       // host | preemption
   HvCosts costs;
+  HostNicParams host_nic;
 
   template <class V>
   void visit(V& v) {
@@ -182,6 +208,7 @@ struct HypervisorParams {
             "SDM Vol. 3C, 26.5.1: a preemption-timer exit, no interrupt). Default host (assumption: keeps "
             "earlier results; KVM uses the preemption timer for its guests' LAPIC timers where it works).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
+    v.section(host_nic, "host_nic", "The hypervisor's driver for the NIC's physical function (docs/io.md).");
   }
 };
 
@@ -206,6 +233,7 @@ struct VmSpec {
   unsigned priority = 0;       // realtime scheduler: higher runs first
   std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
   std::uint64_t edf_period = 0;   // ps
+  EmulatedNicSpec nic = {};       // an emulated NIC (needs attach_nic first)
   bool virtio_net = false;        // a virtio-net device (hypervisor/virtio_net.h) at virtio_reg::kWindow
   std::uint64_t virtio_mac = 0;   // its MAC address (byte 0 in bits 7:0)
   // Network device (docs/io.md, "Device passthrough"): "none", "vf" (VF
@@ -234,6 +262,12 @@ class Hypervisor {
              std::uint64_t tsc_hz, stats::Group* stats_parent);
   ~Hypervisor();
 
+  /// Gives the hypervisor the NIC's physical function (its register window,
+  /// host-physical): the PF driver and software switch start with the
+  /// hypervisor. Before add_vm.
+  void attach_nic(std::uint64_t pf_window);
+  /// The PF driver and switch (null without attach_nic).
+  HostNic* host_nic() { return m_host_nic.get(); }
   /// Adds a VM before the simulation starts; its vCPUs are spread over the
   /// cores in order of creation.
   void add_vm(const VmSpec& spec);
@@ -280,6 +314,11 @@ class Hypervisor {
   /// access and completes the instruction. False if gpa is not the page.
   bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
   struct VirtioDev;
+  // The emulated NIC (hypervisor/emulated_nic.*): a trapped register access,
+  // the device's start before the VM's first entry.
+  struct NicHost;
+  void handle_nic_access(cpu::Core& c, Vcpu& v);
+  void nic_setup(cpu::Core& c, Vcpu& v);
   void handle_vmcall(cpu::Core& c, Vcpu& v);
   void handle_timer(PerCore& pc);
   void host_interrupt(PerCore& pc, std::uint8_t vector);
@@ -379,6 +418,7 @@ class Hypervisor {
   std::uint16_t m_next_vpid = 1;
   IoPlatform m_io;
   std::unique_ptr<Passthrough> m_pt;
+  std::unique_ptr<HostNic> m_host_nic;
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}

@@ -15,6 +15,17 @@
 
 namespace vmx::hv {
 
+/// The emulated NIC's view of the hypervisor (hypervisor/emulated_nic.h).
+struct Hypervisor::NicHost final : EmulatedNic::Host {
+  NicHost(Hypervisor& h, Vm& m) : hv(h), vm(m) {}
+  std::uint64_t guest_to_host(cpu::Core& c, std::uint64_t gpa) override;
+  void interrupt(cpu::Core& c, unsigned apic_id, std::uint8_t vector) override;
+  void charge(cpu::Core& c, std::uint64_t instructions) override;
+  std::uint64_t alloc_frame() override { return hv.alloc_host_frame(); }
+  Hypervisor& hv;
+  Vm& vm;
+};
+
 struct Hypervisor::Vm {
   std::string name;
   unsigned id = 0;
@@ -33,6 +44,12 @@ struct Hypervisor::Vm {
   std::uint8_t nic_vector = 0;
   stats::Group* group = nullptr;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
+  // The emulated NIC, if any: the device, its interface to the hypervisor,
+  // and with access: poll the core that polls it and the next poll (TSC).
+  std::unique_ptr<NicHost> nic_host;
+  std::unique_ptr<EmulatedNic> nic;
+  unsigned nic_core = 0;
+  std::uint64_t nic_next_poll = 0, nic_poll_ticks = 0;
 };
 
 struct Hypervisor::Vcpu : SchedEntity {
@@ -99,7 +116,7 @@ struct Hypervisor::Vcpu : SchedEntity {
 
 /// A VM's virtio-net device and what the hypervisor gives it
 /// (hypervisor/virtio_net.cc).
-struct Hypervisor::VirtioDev final : VirtioNet::Host {
+struct Hypervisor::VirtioDev final : VirtioNet::Host, SwitchPort {
   Hypervisor* hv = nullptr;
   Vm* vm = nullptr;
   FrameSink forward;
@@ -108,6 +125,8 @@ struct Hypervisor::VirtioDev final : VirtioNet::Host {
   bool transmit(cpu::Core& c, std::uint64_t hpa, std::uint32_t len) override;
   void interrupt(cpu::Core& c, std::uint8_t vector) override;
   void charge(cpu::Core& c, std::uint64_t instructions) override;
+  /// A frame from the software switch for the VM's MAC.
+  void deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) override { dev->receive(c, hpa, len); }
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {

@@ -1,6 +1,7 @@
 #include "hypervisor/virtio_net.h"
 
 #include "cpu/vmx.h"
+#include "hypervisor/host_nic.h"
 #include "hypervisor/hypervisor_state.h"
 
 #include <fmt/format.h>
@@ -11,7 +12,7 @@ namespace reg = virtio_reg;
 using cpu::Core;
 
 namespace {
-constexpr std::uint64_t kCodeVirtio = 0xF000;  // offset of the device's code in the hypervisor's text (hypervisor.cc)
+constexpr std::uint64_t kCodeVirtio = 0x11000;  // offset of the device's code in the hypervisor's text (hypervisor.cc)
 }  // namespace
 
 VirtioNet::VirtioNet(const HvCosts& costs, Host& host, std::uint64_t mac, stats::Group* parent)
@@ -221,9 +222,12 @@ std::uint64_t Hypervisor::VirtioDev::gpa_to_hpa(Core& c, std::uint64_t gpa) {
 }
 
 bool Hypervisor::VirtioDev::transmit(Core& c, std::uint64_t hpa, std::uint32_t len) {
-  if (!forward) return false;
-  forward(c, hpa, len);
-  return true;
+  if (forward) {
+    forward(c, hpa, len);
+    return true;
+  }
+  // Through the software switch and the PF driver (hypervisor/host_nic.*).
+  return hv->m_host_nic && hv->m_host_nic->transmit(c, hpa, len);
 }
 
 void Hypervisor::VirtioDev::interrupt(Core&, std::uint8_t vector) {

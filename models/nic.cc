@@ -130,7 +130,7 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
       if (v & kCtrlReset)
         f.reset();  // function-level reset of the registers; statistics are kept
       else
-        f.ctrl = v & (kCtrlTxEn | kCtrlRxEn);
+        f.ctrl = v & (kCtrlTxEn | kCtrlRxEn | (f.index == 0 ? kCtrlUpe : 0));
       m_tx_kick.notify(sc_core::SC_ZERO_TIME);
       break;
     case kStatus:
@@ -356,7 +356,7 @@ void Nic::receive_one(Packet& p) {
         break;
       }
     }
-    if (!f && dst == kBroadcast) f = &m_fn[0];
+    if (!f && (dst == kBroadcast || (m_fn[0].ctrl & kCtrlUpe))) f = &m_fn[0];
   }
   if (!f) {
     ++m_stats.rx_unmatched;

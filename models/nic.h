@@ -40,7 +40,7 @@ namespace vmx::models {
 
 /// Register offsets within a function's window, all 32 bits wide.
 namespace nicreg {
-constexpr std::uint32_t kCtrl = 0x000;       // RW: bit 0 TX enable, bit 1 RX enable; bit 31 function reset (W)
+constexpr std::uint32_t kCtrl = 0x000;       // RW: bit 0 TX enable, bit 1 RX enable, bit 2 unicast promiscuous (PF only); bit 31 function reset (W)
 constexpr std::uint32_t kStatus = 0x004;     // RO, error bits W1C: bit 0 TX DMA error, 1 RX DMA error, 2 link up
 constexpr std::uint32_t kId = 0x008;         // RO: bits 7:0 function index, bit 8 VF, bits 31:16 requester ID
 constexpr std::uint32_t kMacLo = 0x00C;      // RW: MAC address bytes 0-3
@@ -66,6 +66,10 @@ constexpr std::uint32_t kMsixCtrl = 0x07C;   // RW: bit 0 vector mask (reset 1, 
 constexpr std::uint32_t kWindow = 0x080;     // registers end here; the rest of the window is reserved
 
 constexpr std::uint32_t kCtrlTxEn = 1u << 0, kCtrlRxEn = 1u << 1, kCtrlReset = 1u << 31;
+// Unicast promiscuous (the 82599's FCTRL.UPE): frames whose destination MAC
+// no function has go to the PF instead of being dropped, as a host bridge
+// or software switch behind the PF needs. Ignored on VFs.
+constexpr std::uint32_t kCtrlUpe = 1u << 2;
 constexpr std::uint32_t kStatusTxErr = 1u << 0, kStatusRxErr = 1u << 1, kStatusLinkUp = 1u << 2;
 constexpr std::uint32_t kCauseTx = 1u << 0, kCauseRx = 1u << 1, kCauseErr = 1u << 2, kCauseAll = 7;
 constexpr std::uint64_t kItrUnitPs = 256'000;  // the ITR granule, as the 8254x ITR register (256 ns)

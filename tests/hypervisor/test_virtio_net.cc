@@ -291,9 +291,9 @@ TEST_CASE("the guest virtio-net driver and the back end exchange frames with one
     for (unsigned k = 0; k < kLen; ++k) c.store(kSrc + k, k & 0xFF, 1);
     tx_exits_before = static_cast<unsigned>(r.mmio_offsets.size());
     for (unsigned i = 0; i < kFrames; ++i) REQUIRE(drv.transmit(c, kSrc, kLen));
-    drv.flush(c);
+    drv.flush_batch(c);
     tx_exits_after = static_cast<unsigned>(r.mmio_offsets.size());
-    waiting = drv.interrupt(c);  // the vector the device raised
+    waiting = drv.handle_interrupt(c);  // the vector the device raised
     for (;;) {
       std::uint32_t n = drv.receive(c, kDst, 2048);
       if (!n) break;

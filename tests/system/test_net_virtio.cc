@@ -4,8 +4,8 @@
 // virtqueues in its memory and virtual interrupts. The hypervisor's frame
 // sink echoes every transmitted frame back to the VM (standing for the
 // switch and a peer in echo mode). Asserted from the statistics: one notify
-// exit per batch, every frame back byte-exact, and fewer exits per packet
-// with posted interrupts.
+// exit per batch, every frame back byte-exact, and no EOI exit with posted
+// interrupts.
 #define SC_INCLUDE_DYNAMIC_PROCESSES
 #include <systemc>
 
@@ -47,7 +47,7 @@ struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
   void interrupt(Core& c, std::uint8_t v) override {
     if (v == kVector) {
       ++interrupts;
-      drv.interrupt(c);
+      drv.handle_interrupt(c);
     }
     c.wrmsr(vmx::cpu::msr::kX2ApicEoi, 0);
   }
@@ -65,14 +65,14 @@ struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
         for (unsigned k = 4; k < kLen; k += 8) c.store(kSrc + k, 0x0101010101010101ull * (seq & 0x7F), 4);
         if (!drv.transmit(c, kSrc, kLen)) ++bad;
       }
-      drv.flush(c);
+      drv.flush_batch(c);
       unsigned got = 0;
       while (got < kBatch) {
-        std::uint32_t n = drv.receive(c, kDst, 2048);
-        if (!n) {
+        if (!drv.rx_ready(c)) {  // re-arms RX interrupts when nothing waits
           c.hlt();
           continue;
         }
+        std::uint32_t n = drv.receive(c, kDst, 2048);
         const std::uint64_t seq = c.load(kDst, 4);
         if (n != kLen || seq != round * kBatch + got || c.load(kDst + 4, 1) != (seq & 0x7F)) ++bad;
         ++got;
@@ -161,8 +161,10 @@ TEST_CASE("virtio-net through the hypervisor: one notify exit per batch and fram
   // Every EPT violation is a register access: the probe's and one per batch.
   const std::uint64_t probe_accesses = r.ept_violations - kRounds;
   CHECK(probe_accesses < 40);
-  // With injected interrupts, each interrupt's EOI exits too.
-  CHECK(r.eoi_exits >= kRounds);
+  // With injected interrupts, each delivered interrupt's EOI exits too; the
+  // driver consumes a batch without re-arming (NAPI), so few are raised.
+  CHECK(r.eoi_exits >= 1);
+  CHECK(r.eoi_exits <= r.interrupts);
   const double per_packet = static_cast<double>(r.exits - probe_accesses) / (kRounds * kBatch);
   INFO("exits per packet (injection): " << per_packet);
   CHECK(per_packet <= 3.0 / kBatch + 0.25);
