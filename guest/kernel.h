@@ -366,6 +366,11 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
   // Networking (guest/net.cc).
   void net_probe(cpu::Core& c);
+  /// The network lock (a spinlock word in the kernel image), taken with
+  /// interrupts off around every driver call.
+  static constexpr std::uint64_t kNetLock = 0x7C40;
+  void net_lock(cpu::Core& c);
+  void net_unlock(cpu::Core& c);
   void net_interrupt(cpu::Core& c);
   /// Blocks the current thread on `queue` (interrupts off); it returns
   /// once the NIC's interrupt handler woke it.

@@ -70,6 +70,17 @@ void Kernel::net_probe(Core& c) {
   if (!m_net_up) m_panic = "network device probe failed: " + why;  // the kernel goes on without it
 }
 
+void Kernel::net_lock(Core& c) {
+  // A spinlock in the kernel image (a line of its own), taken with
+  // interrupts off: the driver's ring state is shared by senders, receivers
+  // and the interrupt handler, which may run on different vCPUs.
+  const std::uint64_t lock = kDirectMap + kImageBase + kNetLock;
+  while (c.xchg(lock, 1) != 0)
+    while (c.load(lock) != 0) c.pause();
+}
+
+void Kernel::net_unlock(Core& c) { c.store(kDirectMap + kImageBase + kNetLock, 0); }
+
 void Kernel::net_wait(Core& c, Thread& t, std::vector<Thread*>& queue) {
   // The NIC interrupts vCPU 0, whose handler wakes the queue; a thread there
   // blocks with interrupts off until it is switched out, so no wake-up is
@@ -93,6 +104,7 @@ bool Kernel::sys_net_send(Thread& t, std::uint64_t va, std::uint32_t len, bool f
   charge(c, m_p.costs.syscall, kCodeSyscall);
   charge(c, m_p.net.costs.send, kCodeNet);
   c.cli();
+  net_lock(c);
   for (;;) {
     Core& now = Core::current();
     if (m_net->transmit(now, va, len)) break;
@@ -103,12 +115,15 @@ bool Kernel::sys_net_send(Thread& t, std::uint64_t va, std::uint32_t len, bool f
     m_net->flush(now);
     m_net->want_tx_interrupt(now, true);
     if (m_net->reap(now)) continue;  // completed meanwhile
+    net_unlock(now);
     net_wait(now, t, m_tx_waiters);
+    net_lock(Core::current());
   }
   Core& now = Core::current();
   ++m_net_stats->tx_frames;
   m_net_stats->tx_bytes += len;
   if (flush) m_net->flush(now);
+  net_unlock(now);
   now.sti();
   now.set_user_mode(true);
   return true;
@@ -120,7 +135,9 @@ void Kernel::sys_net_flush(Thread&) {
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
   c.cli();
+  net_lock(c);
   m_net->flush(c);
+  net_unlock(c);
   c.sti();
   c.set_user_mode(true);
 }
@@ -132,6 +149,7 @@ std::uint32_t Kernel::sys_net_recv(Thread& t, std::uint64_t va, std::uint32_t ma
   charge(c, m_p.costs.syscall, kCodeSyscall);
   charge(c, m_p.net.costs.recv, kCodeNet);
   c.cli();
+  net_lock(c);
   std::uint32_t len = 0;
   bool waited = false;
   for (;;) {
@@ -142,11 +160,14 @@ std::uint32_t Kernel::sys_net_recv(Thread& t, std::uint64_t va, std::uint32_t ma
     }
     if (!waited) ++m_net_stats->rx_waits;
     waited = true;
+    net_unlock(now);
     net_wait(now, t, m_rx_waiters);
+    net_lock(Core::current());
   }
   ++m_net_stats->rx_frames;
   m_net_stats->rx_bytes += len;
   Core& now = Core::current();
+  net_unlock(now);
   now.sti();
   now.set_user_mode(true);
   return len;
@@ -158,7 +179,9 @@ bool Kernel::sys_net_raw(Thread&, bool send, std::uint64_t addr, std::uint32_t l
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
   c.cli();
+  net_lock(c);
   bool ok = send ? m_net->raw_transmit(c, addr, len) : m_net->raw_receive_buffer(c, addr);
+  net_unlock(c);
   c.sti();
   c.set_user_mode(true);
   return ok;
@@ -169,13 +192,18 @@ std::uint32_t Kernel::sys_net_status(Thread&, bool clear_errors) {
   if (!m_net_up) return 0;
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
+  c.cli();
+  net_lock(c);
   std::uint32_t s = m_net->device_status(c, clear_errors);
+  net_unlock(c);
+  c.sti();
   c.set_user_mode(true);
   return s;
 }
 
 void Kernel::net_interrupt(Core& c) {
   if (!m_net_up) return;
+  net_lock(c);
   const std::uint32_t cause = m_net->interrupt(c);
   ++m_net_stats->interrupts;
   if (cause & reg::kCauseErr) ++m_net_stats->dma_errors;
@@ -188,6 +216,13 @@ void Kernel::net_interrupt(Core& c) {
   if (!m_rx_waiters.empty() && m_net->rx_ready(c)) {
     for (Thread* t : m_rx_waiters) wake_thread(c, self, *t);
     m_rx_waiters.clear();
+  }
+  net_unlock(c);
+  // Wake-up preemption, as after any wake-up from an interrupt (Linux's
+  // check_preempt_wakeup): a woken receiver owed the CPU runs now.
+  if (self.current && !self.runq.empty() && should_preempt(self, *self.runq.front())) {
+    ++m_sched_stats.wake_preemptions;
+    schedule(c, self, true);
   }
 }
 

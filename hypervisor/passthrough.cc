@@ -41,6 +41,8 @@ constexpr std::uint8_t kVfHostVectorBase = 0x60;
 /// IRTA: 2^(7+1) = 256 entries, x2APIC destinations (EIME).
 constexpr unsigned kIrtSizeCode = 7;
 constexpr std::uint64_t kIrtaEime = 1ull << 11;
+/// Domain ID of the host's pass-through context entries (VMs use index + 1).
+constexpr std::uint16_t kHostDomain = 0;
 }  // namespace
 
 void Hypervisor::attach_io(const IoPlatform& io) {
@@ -94,20 +96,33 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
 
   // 3. DMA remapping: root entry for the bus, context entry for devfn
   //    pointing at the VM's EPT (legacy mode, VT-d 9.1, 9.3).
-  const unsigned bus = iommu::rid_bus(rid), devfn = iommu::rid_devfn(rid);
   if (!pt.root_table) pt.root_table = alloc_host_frame();
-  auto [it, fresh] = pt.context_tables.try_emplace(bus, 0);
-  if (fresh) {
-    it->second = alloc_host_frame();
-    c.store(pt.root_table + bus * iommu::root::kEntrySize, iommu::root::lo(it->second));
-    c.store(pt.root_table + bus * iommu::root::kEntrySize + 8, 0);
-  }
+  auto context_table = [&](unsigned bus) {
+    auto [it, fresh] = pt.context_tables.try_emplace(bus, 0);
+    if (fresh) {
+      it->second = alloc_host_frame();
+      c.store(pt.root_table + bus * iommu::root::kEntrySize, iommu::root::lo(it->second));
+      c.store(pt.root_table + bus * iommu::root::kEntrySize + 8, 0);
+    }
+    return it->second;
+  };
   const auto did = static_cast<std::uint16_t>(vm.id + 1);
   const unsigned aw = m_p.ept_levels == 5 ? 3 : 2;  // 57- or 48-bit, the EPT's levels
   const iommu::ContextEntry ce = iommu::ctx::make(vm.ept_root, did, aw);
-  c.store(it->second + devfn * iommu::ctx::kEntrySize, ce.lo);
-  c.store(it->second + devfn * iommu::ctx::kEntrySize + 8, ce.hi);
+  const std::uint64_t entry = context_table(iommu::rid_bus(rid)) + iommu::rid_devfn(rid) * iommu::ctx::kEntrySize;
+  c.store(entry, ce.lo);
+  c.store(entry + 8, ce.hi);
   if (!pt.iommu_on) {
+    // The PF stays the host's: a pass-through context entry (TT 2, as
+    // Linux's iommu=pt identity domain), so the hypervisor's own PF driver
+    // keeps using host-physical addresses once translation is on.
+    const auto pf_rid =
+        static_cast<std::uint16_t>(static_cast<std::uint32_t>(c.load(m_io.nic_mmio_base + models::nicreg::kId, 4)) >> 16);
+    const iommu::ContextEntry pf = iommu::ctx::make(0, kHostDomain, aw, iommu::ctx::kTtPassThrough);
+    const std::uint64_t pf_entry =
+        context_table(iommu::rid_bus(pf_rid)) + iommu::rid_devfn(pf_rid) * iommu::ctx::kEntrySize;
+    c.store(pf_entry, pf.lo);
+    c.store(pf_entry + 8, pf.hi);
     // SRTP then TE (VT-d 10.4.4): the root table, then translation on.
     m_io.iommu->set_root_table(iommu::rtaddr::make(pt.root_table, iommu::rtaddr::kTtmLegacy));
     m_io.iommu->enable(true);

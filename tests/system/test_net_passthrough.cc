@@ -22,7 +22,7 @@ std::string scenario(const std::string& name) {
 /// A scenario without its sweep: block (vmxsim run takes one point).
 std::string without_sweep(const std::string& yaml) { return yaml.substr(0, yaml.find("\nsweep:") + 1); }
 
-std::string pingpong_yaml(bool posted) {
+std::string pingpong_yaml(bool posted, bool busy = false) {
   return fmt::format(R"(
 duration: 20ms
 platform:
@@ -41,8 +41,9 @@ vms:
       - type: net_pingpong
         size: 64
         requests: 200
-)",
-                     posted ? "true" : "false");
+{})",
+                     posted ? "true" : "false",
+                     busy ? "      - type: compute\n        instructions: 2000\n        iterations: 0\n" : "");
 }
 
 }  // namespace
@@ -85,6 +86,61 @@ TEST_CASE("VF pingpong: posted interrupts take no exit per packet, remapped ones
   CHECK(off.at("vm.a.workload0.rtt_ns.p50") > on.at("vm.a.workload0.rtt_ns.p50"));
   INFO("exits per packet: posted " << on.at("vm.a.vcpu0.exits") / packets << ", remapped "
                                    << off.at("vm.a.vcpu0.exits") / packets);
+}
+
+TEST_CASE("VF pingpong beside a busy thread: (near) zero exits per packet with posting, two without",
+          "[net][passthrough][system]") {
+  // A compute thread keeps the vCPU from halting, so the only exits a packet
+  // can cause are its interrupt's and its EOI's.
+  auto on = run_cli(pingpong_yaml(true, true));
+  auto off = run_cli(pingpong_yaml(false, true));
+  REQUIRE(on.exit_code == 0);
+  REQUIRE(off.exit_code == 0);
+  const double packets = 200;
+  for (auto* r : {&on, &off}) {
+    CHECK(r->at("vm.a.workload0.replies") == packets);
+    // The woken receiver preempts the compute thread at once.
+    CHECK(r->at("vm.a.kernel.sched.wake_preemptions") >= packets);
+  }
+  CHECK(on.at("vm.a.vcpu0.exits") / packets < 0.1);
+  CHECK(off.at("system.cpu0.exit_reasons.EXTERNAL_INTERRUPT") >= packets);
+  CHECK(off.at("vm.a.vcpu0.exits") / packets >= 2);
+  INFO("exits per packet: posted " << on.at("vm.a.vcpu0.exits") / packets << ", remapped "
+                                   << off.at("vm.a.vcpu0.exits") / packets << "; rtt p50 "
+                                   << on.at("vm.a.workload0.rtt_ns.p50") << " / "
+                                   << off.at("vm.a.workload0.rtt_ns.p50") << " ns");
+}
+
+TEST_CASE("a network thread on another vCPU than the NIC interrupt's gets every echo", "[net][system]") {
+  // The compute process's thread goes to vCPU 0, the pingpong thread to
+  // vCPU 1, which polls: it never blocks on the interrupt's wait queue.
+  auto r = run_cli(R"(
+duration: 20ms
+platform:
+  cores: 2
+  memory: 1GiB
+  nic:
+    enabled: true
+hypervisor:
+  posted_interrupts: true
+  zero_pages: false
+vms:
+  - name: a
+    vcpus: 2
+    memory: 32MiB
+    nic: {type: vf, vf: 1}
+    workloads:
+      - type: compute
+        instructions: 2000
+        iterations: 3000
+      - type: net_pingpong
+        requests: 200
+)");
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.a.workload1.replies") == 200);
+  CHECK(r.at("vm.a.workload1.stray") == 0);
+  CHECK(r.at("vm.a.kernel.net.rx_frames") == 200);
+  CHECK(r.at("vm.a.workload0.threads_done") == 1);
 }
 
 TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the victim's memory is intact",
