@@ -29,6 +29,7 @@ struct VmNicParams {
   std::string type;  // none | vf | emulated | virtio
   std::uint64_t vf;
   std::string mac;
+  hv::EmulatedNicParams emulated;  // access, poll_period, userspace_cost (type emulated)
   template <class V>
   void visit(V& v) {
     v.param(type, "type", "none", Spec().one_of({"none", "vf", "emulated", "virtio"}),
@@ -42,6 +43,7 @@ struct VmNicParams {
     v.param(mac, "mac", "", Spec(Unit::Text),
             "MAC address the guest driver programs, as six hex bytes \"02:00:00:00:01:00\" (empty: keep the "
             "device's own; a VF's reset MAC is 02:00:00:00:f_hi:f_lo with f = 1 + vf).");
+    emulated.visit(v);  // the emulated device's keys sit beside `type`
   }
 };
 

@@ -50,6 +50,8 @@ struct Session::System {
       : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
+    // The hypervisor drives the NIC's physical function (PF driver and switch).
+    if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
     if (pp.nic.enabled) {
       hv::IoPlatform io;
       io.iommu = platform.iommu();
@@ -58,8 +60,6 @@ struct Session::System {
       io.nic_mmio_stride = pp.nic.device.mmio_stride;
       hypervisor->attach_io(io);
     }
-    // The hypervisor drives the NIC's physical function (PF driver and switch).
-    if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
     for (std::size_t i = 0; i < p.vms.size(); ++i) {
       const VmParams& vp = p.vms[i];
@@ -87,14 +87,17 @@ struct Session::System {
       hv::VmSpec spec;
       spec.nic_type = vp.nic.type;
       spec.virtio_net = vp.nic.type == "virtio";
-      // The emulated NIC (hypervisor/emulated_nic.*) at the guest network core's window.
-      spec.nic.enabled = vp.nic.type == "emulated";
-      spec.nic.window = guest::kNetWindowGpa;
-      if (spec.nic.enabled) parse_mac(vp.nic.mac, spec.nic.mac);
       spec.virtio_mac = virtio_mac;
       spec.vf = static_cast<unsigned>(vp.nic.vf);
       spec.nic_window_gpa = guest::kNetWindowGpa;
       spec.nic_vector = guest::kNetVector;
+      if (vp.nic.type == "emulated") {
+        spec.nic.enabled = true;
+        spec.nic.window = guest::kNetWindowGpa;
+        spec.nic.vector = guest::kNetVector;
+        spec.nic.params = vp.nic.emulated;
+        parse_mac(vp.nic.mac, spec.nic.mac);  // empty: the hypervisor's default
+      }
       spec.name = vp.name;
       spec.vcpus = static_cast<unsigned>(vp.vcpus);
       spec.memory = vp.memory;

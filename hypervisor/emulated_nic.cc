@@ -45,9 +45,13 @@ void EmulatedNic::reset(cpu::Core& c) {
   wr(c, reg::kStatus, reg::kStatusLinkUp);
   wr(c, reg::kMacLo, static_cast<std::uint32_t>(m_mac));
   wr(c, reg::kMacHi, static_cast<std::uint32_t>(m_mac >> 32) & 0xFFFF);
-  wr(c, reg::kMsixCtrl, 1);
+  wr(c, reg::kMsixCtrl, m_spec.vector ? 0 : 1);
+  if (m_spec.vector) {
+    wr(c, reg::kMsixAddrLo, 0xFEE00000);  // fixed delivery to APIC ID 0 (SDM Vol. 3A, 11.11.1)
+    wr(c, reg::kMsixData, m_spec.vector);
+  }
   m_seen_tx_tail = m_seen_tx_size = m_seen_rx_size = m_seen_enable = 0;
-  m_seen_msix_ctrl = 1;
+  m_seen_msix_ctrl = m_spec.vector ? 0 : 1;
 }
 
 std::uint64_t EmulatedNic::access(cpu::Core& c, std::uint64_t offset, unsigned size, bool write, std::uint64_t value) {
@@ -91,6 +95,7 @@ void EmulatedNic::reg_write(cpu::Core& c, std::uint32_t off, std::uint32_t v) {
     case reg::kTxSize:
     case reg::kRxSize:
       wr(c, off, v & 0xFFFF);
+      if (off == reg::kRxSize) m_seen_rx_size = v & 0xFFFF;
       wr(c, off + 4, 0);  // head
       wr(c, off + 8, 0);  // tail
       break;
@@ -184,6 +189,10 @@ void EmulatedNic::deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) {
   m_host.charge(c, m_costs.emu_frame);
   const std::uint32_t ctrl = rd(c, reg::kCtrl);
   const std::uint32_t size = rd(c, reg::kRxSize);
+  if (size != m_seen_rx_size) {  // a polled page's new RX ring (see poll())
+    wr(c, reg::kRxHead, 0);
+    m_seen_rx_size = size;
+  }
   const std::uint32_t head = rd(c, reg::kRxHead);
   const std::uint32_t tail = rd(c, reg::kRxTail);
   if (!(ctrl & reg::kCtrlRxEn) || !size || head == tail || head >= size) {

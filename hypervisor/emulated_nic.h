@@ -61,6 +61,9 @@ struct EmulatedNicSpec {
   bool enabled = false;
   std::uint64_t window = 0xF0000000;  // guest-physical base of the register window (one page)
   std::uint64_t mac = 0;              // 0: 02:00:00:01:<vm id high>:<vm id low>
+  /// Nonzero: the hypervisor programs MSI-X entry 0 (vector to vCPU 0,
+  /// unmasked) at reset, for guest drivers that leave MSI-X to the platform.
+  std::uint8_t vector = 0;
   EmulatedNicParams params{"trap", 1'000'000'000, 0};
 };
 

@@ -39,6 +39,15 @@ std::uint64_t HostNic::contiguous(unsigned frames) {
 
 void HostNic::attach(std::uint64_t mac, SwitchPort* port) { m_ports.push_back({mac & kBroadcast, port}); }
 
+// Entries of ports attached since the table was last written.
+void HostNic::write_table(cpu::Core& c) {
+  if (m_ports.size() * kTableEntry > kPage) throw cpu::SimulationError("host_nic: too many switch ports");
+  for (; m_table_len < m_ports.size(); ++m_table_len) {
+    c.store(m_table + m_table_len * kTableEntry, m_ports[m_table_len].mac);
+    c.store(m_table + m_table_len * kTableEntry + 8, m_table_len);
+  }
+}
+
 void HostNic::init(cpu::Core& c) {
   using models::nicdesc::kSize;
   const auto ring_frames = static_cast<unsigned>((m_p.ring_size * kSize + kPage - 1) / kPage);
@@ -49,14 +58,10 @@ void HostNic::init(cpu::Core& c) {
   m_rx_bufs = contiguous(buf_frames);
   m_tx_lock = m_env.alloc_frame();
   m_table = m_env.alloc_frame();
-  if (m_ports.size() * kTableEntry > kPage) throw cpu::SimulationError("host_nic: too many switch ports");
   m_env.charge(c, m_costs.pf_rx * 4, kCodePfRx);  // probe and bring-up code, of the order of a few receives
   mmio_write(c, reg::kCtrl, reg::kCtrlReset);
   m_mac = mmio_read(c, reg::kMacLo) | (std::uint64_t{mmio_read(c, reg::kMacHi) & 0xFFFF} << 32);
-  for (std::size_t i = 0; i < m_ports.size(); ++i) {
-    c.store(m_table + i * kTableEntry, m_ports[i].mac);
-    c.store(m_table + i * kTableEntry + 8, i);
-  }
+  write_table(c);
   // Rings: TX descriptors zeroed (software owns them), RX descriptors each
   // pointing at its buffer, all of them free.
   c.rep_stos(m_tx_ring, 0, m_p.ring_size * kSize);
@@ -142,6 +147,7 @@ void HostNic::interrupt(cpu::Core& c) {
   // Acknowledge first (W1C), so that a frame completing while the ring is
   // walked raises a new message rather than being missed.
   mmio_write(c, reg::kIntCause, mmio_read(c, reg::kIntCause));
+  write_table(c);
   unsigned done = 0;
   for (;;) {
     const std::uint64_t d = m_rx_ring + std::uint64_t{m_rx_next} * kSize;

@@ -96,7 +96,8 @@ class HostNic {
   std::uint64_t mac() const { return m_mac; }
 
   /// Connects a port for frames to `mac` (6 bytes, byte 0 in bits 7:0, as
-  /// models::nic_default_mac). Before the simulation or from software.
+  /// models::nic_default_mac), at any time; its forwarding-table entry is
+  /// written into memory by the next init or receive interrupt.
   void attach(std::uint64_t mac, SwitchPort* port);
 
   /// Sends one frame made of `n` pieces through the PF. False (and counted)
@@ -133,6 +134,7 @@ class HostNic {
   std::uint32_t mmio_read(cpu::Core& c, std::uint32_t reg) { return static_cast<std::uint32_t>(c.load(m_pf + reg, 4)); }
   std::uint64_t contiguous(unsigned frames);
   void reap(cpu::Core& c);
+  void write_table(cpu::Core& c);
 
   HostNicParams m_p;
   const HvCosts& m_costs;
@@ -150,6 +152,7 @@ class HostNic {
   };
   std::vector<Port> m_ports;  // the forwarding table (few entries: a linear scan)
   std::uint64_t m_table = 0;  // its copy in hypervisor memory, read by each lookup
+  std::size_t m_table_len = 0;  // entries written there
 };
 
 }  // namespace vmx::hv

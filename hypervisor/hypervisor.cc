@@ -7,7 +7,6 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor_state.h"
-#include "models/nic.h"
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
@@ -391,8 +390,8 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   c.observe_vmcs(v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
-  if (v.index == 0 && v.vm->nic_type == "vf") assign_vf(c, *v.vm);
   if (v.index == 0 && v.vm->nic) nic_setup(c, v);
+  if (v.index == 0 && v.vm->nic_type == "vf") assign_vf(c, *v.vm);
 }
 
 namespace {
@@ -917,14 +916,6 @@ void Hypervisor::handle_nic_access(Core& c, Vcpu& v) {
 void Hypervisor::nic_setup(Core& c, Vcpu& v) {
   Vm& vm = *v.vm;
   const std::uint64_t regs = vm.nic->setup(c);
-  // The hypervisor owns the device's MSI-X entry (as VFIO does): the guest
-  // vector of the VM's NIC (VmSpec::nic_vector), to vCPU 0, unmasked.
-  if (vm.nic_vector) {
-    namespace nreg = models::nicreg;
-    c.store(regs + nreg::kMsixAddrLo, 0xFEE00000u, 4);
-    c.store(regs + nreg::kMsixData, vm.nic_vector, 4);
-    c.store(regs + nreg::kMsixCtrl, 0, 4);
-  }
   if (!vm.nic->polled()) return;
   // access: poll: the register page is mapped at the window (4 KiB EPT
   // page), and the core of vCPU 0 polls it.

@@ -416,9 +416,9 @@ class Hypervisor {
   std::uint64_t m_text = 0;
   unsigned m_next_core = 0;
   std::uint16_t m_next_vpid = 1;
+  std::unique_ptr<HostNic> m_host_nic;
   IoPlatform m_io;
   std::unique_ptr<Passthrough> m_pt;
-  std::unique_ptr<HostNic> m_host_nic;
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}
