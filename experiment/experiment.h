@@ -26,17 +26,19 @@ using models::PlatformParams;
 
 /// A VM's network device (docs/io.md, "Guest networking").
 struct VmNicParams {
-  std::string type;  // none | vf | emulated
+  std::string type;  // none | vf | emulated | virtio
   std::uint64_t vf;
   std::string mac;
   hv::EmulatedNicParams emulated;  // access, poll_period, userspace_cost (type emulated)
   template <class V>
   void visit(V& v) {
-    v.param(type, "type", "none", Spec().one_of({"none", "vf", "emulated"}),
+    v.param(type, "type", "none", Spec().one_of({"none", "vf", "emulated", "virtio"}),
             "The VM's network device: none; vf (virtual function `vf` of the platform NIC passed through: its "
             "registers mapped by EPT, its DMA translated by the IOMMU with the VM's guest-physical view, its "
             "interrupts posted or remapped); emulated (a NIC of the same register layout that the hypervisor "
-            "emulates). The guest's ring driver serves both at guest-physical 0xFEB00000.");
+            "emulates); virtio (a virtio-net device with split virtqueues, served by the hypervisor's back end, docs/io.md "
+            "\"virtio-net\"). The guest's ring driver serves vf and emulated, its virtio-net driver virtio, at "
+            "guest-physical 0xFEB00000.");
     v.param(vf, "vf", "0", Spec().at_most(254), "With type vf: the index of the virtual function (below platform.nic.vfs).");
     v.param(mac, "mac", "", Spec(Unit::Text),
             "MAC address the guest driver programs, as six hex bytes \"02:00:00:00:01:00\" (empty: keep the "

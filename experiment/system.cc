@@ -9,6 +9,7 @@
 
 #include "cpu/vmcs.h"
 #include "experiment/experiment.h"
+#include "guest/virtio_net.h"
 
 namespace vmx::experiment {
 
@@ -75,8 +76,18 @@ struct Session::System {
         parse_mac(vp.nic.mac, mac);  // validated by load()
         kernel->set_net_driver(std::make_unique<guest::RingNetDriver>(vp.kernel.net, mac));
       }
+      std::uint64_t virtio_mac = 0;
+      if (vp.nic.type == "virtio") {
+        parse_mac(vp.nic.mac, virtio_mac);
+        // Default MAC: 02:00:00:02:<id high>:<id low>, locally administered.
+        if (!virtio_mac) virtio_mac = 0x02 | (0x02ull << 24) | (((i >> 8) & 0xFF) << 32) | ((i & 0xFF) << 40);
+        auto drv = std::make_unique<guest::VirtioNetDriver>(guest::VirtioNetDriver::costs_from(vp.kernel.net), &vg);
+        kernel->set_net_driver(std::move(drv));
+      }
       hv::VmSpec spec;
       spec.nic_type = vp.nic.type;
+      spec.virtio_net = vp.nic.type == "virtio";
+      spec.virtio_mac = virtio_mac;
       spec.vf = static_cast<unsigned>(vp.nic.vf);
       spec.nic_window_gpa = guest::kNetWindowGpa;
       spec.nic_vector = guest::kNetVector;

@@ -52,6 +52,7 @@ enum CodeOffset : std::uint64_t {
   kCodeMigrate = 0xD000,
   kCodePreemption = 0xE000,
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
+  kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
 };
 }  // namespace
 
@@ -154,6 +155,14 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   if (spec.shadow_paging) {
     vm->shadow = std::make_unique<ShadowMmu>(vm->group);
     vm->shadow->max_pages = std::max<std::uint64_t>(64, spec.memory / kPage * m_p.shadow_pages_permille / 1000);
+  }
+  if (spec.virtio_net) {
+    vm->virtio = std::make_unique<VirtioDev>();
+    vm->virtio->hv = this;
+    vm->virtio->vm = vm.get();
+    vm->virtio->dev = std::make_unique<VirtioNet>(m_p.costs, *vm->virtio, spec.virtio_mac, vm->group);
+    // Frames for its MAC come from the software switch, when there is one.
+    if (m_host_nic) m_host_nic->attach(spec.virtio_mac, vm->virtio.get());
   }
   if (spec.nic.enabled) {
     if (!m_host_nic)
@@ -864,13 +873,14 @@ void Hypervisor::populate(Core& c, Vm& vm) {
 }
 
 void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
-  charge(c, m_p.costs.ept_violation, kCodeEpt);
   std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
   Vm& vm = *v.vm;
+  if (vm.virtio && virtio_exit(c, v, gpa)) return;  // emulated MMIO (hypervisor/virtio_net.cc)
   if (vm.nic && vm.nic->contains(gpa)) {
     handle_nic_access(c, v);
     return;
   }
+  charge(c, m_p.costs.ept_violation, kCodeEpt);
   if (gpa >= vm.memory) {
     crash_vm(vm, fmt::format("vCPU {} accessed guest-physical {:#x}, beyond the VM's {} bytes of memory "
                              "(no device is emulated there)",

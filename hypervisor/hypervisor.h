@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,7 +38,8 @@ namespace vmx::hv {
 struct HvCosts {
   std::uint64_t exit_dispatch, cpuid, hlt, vmcall, io, cr_access, msr, ept_violation, external_interrupt,
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
-      shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, pf_tx, pf_rx, pf_interrupt,
+      shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
+      virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
       switch_frame, emu_access, emu_frame, emu_poll;
 
   template <class V>
@@ -87,6 +89,20 @@ struct HvCosts {
     v.param(preemption_timer, "preemption_timer", "80", Spec(Unit::Instructions),
             "VMX-preemption-timer exit: accounting the slice and deciding (assumption, the size of the "
             "interrupt-window handler).");
+    v.param(virtio_mmio, "virtio_mmio", "200", Spec(Unit::Instructions),
+            "virtio-net: decoding and emulating one register access of the device's page, besides the exit "
+            "(assumption, of the order of KVM's MMIO emulation path to an in-kernel device).");
+    v.param(virtio_notify, "virtio_notify", "300", Spec(Unit::Instructions),
+            "virtio-net: starting a TX run on a notify (or poll): queue look-up, notification suppression, "
+            "the final used-index update, besides the ring loads and stores (assumption, order of vhost-net's "
+            "handle_tx entry and exit).");
+    v.param(virtio_tx_frame, "virtio_tx_frame", "250", Spec(Unit::Instructions),
+            "virtio-net: one transmitted frame: descriptor checks, translation, header parsing and handing it "
+            "to the switch, besides the ring and frame memory traffic (assumption, order of vhost-net's per-packet "
+            "path without zero-copy).");
+    v.param(virtio_rx_frame, "virtio_rx_frame", "250", Spec(Unit::Instructions),
+            "virtio-net: one received frame: taking an RX buffer, writing the header, the used entry and the "
+            "interrupt decision, besides the copy (assumption, order of vhost-net's handle_rx per packet).");
     v.param(pf_tx, "pf_tx", "300", Spec(Unit::Instructions),
             "PF driver: sending one frame (descriptor set-up, reaping completions, the doorbell, bookkeeping), "
             "besides the charged copy and memory traffic (assumption, of the order of Linux's ixgbe_xmit_frame_ring).");
@@ -218,6 +234,8 @@ struct VmSpec {
   std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
   std::uint64_t edf_period = 0;   // ps
   EmulatedNicSpec nic = {};       // an emulated NIC (needs attach_nic first)
+  bool virtio_net = false;        // a virtio-net device (hypervisor/virtio_net.h) at virtio_reg::kWindow
+  std::uint64_t virtio_mac = 0;   // its MAC address (byte 0 in bits 7:0)
   // Network device (docs/io.md, "Device passthrough"): "none", "vf" (VF
   // `vf` of the platform NIC passed through) or "emulated"; its register
   // window's guest-physical address and the guest vector of its interrupt.
@@ -269,6 +287,13 @@ class Hypervisor {
   /// posted-format IRTEs of devices assigned to its VM (VT-d 9.11). 0 if
   /// posting is off. The descriptor's NV and NDST are the hypervisor's.
   std::uint64_t posted_descriptor(unsigned vm, unsigned vcpu) const;
+  /// virtio-net (hypervisor/virtio_net.*): where the VM's transmitted
+  /// frames go (the software switch; frames are dropped and counted until
+  /// one is set), and a frame for the VM at host-physical [hpa, hpa+len),
+  /// run on the calling core (false: dropped, no device or no buffer).
+  using FrameSink = std::function<void(cpu::Core&, std::uint64_t hpa, std::uint32_t len)>;
+  void virtio_set_forward(unsigned vm, FrameSink sink);
+  bool virtio_receive(unsigned vm, cpu::Core& c, std::uint64_t hpa, std::uint32_t len);
   /// Brings every vCPU's time accounting up to its core's clock (before
   /// statistics are read).
   void flush_accounting();
@@ -285,6 +310,10 @@ class Hypervisor {
   void handle_msr(cpu::Core& c, Vcpu& v, bool write);
   void handle_cr(cpu::Core& c, Vcpu& v);
   void handle_ept_violation(cpu::Core& c, Vcpu& v);
+  /// An EPT violation in the VM's virtio-net register page: emulates the
+  /// access and completes the instruction. False if gpa is not the page.
+  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  struct VirtioDev;
   // The emulated NIC (hypervisor/emulated_nic.*): a trapped register access,
   // the device's start before the VM's first entry.
   struct NicHost;

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
 
@@ -36,6 +37,7 @@ struct Hypervisor::Vm {
   bool crashed = false;
   std::string crash;
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
+  std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
   std::string nic_type = "none";      // VmSpec::nic_type
   unsigned vf = 0;
   std::uint64_t nic_window_gpa = 0;
@@ -110,6 +112,21 @@ struct Hypervisor::Vcpu : SchedEntity {
   } pt_write;
 
   bool sched_runnable() const override { return state == State::Runnable; }
+};
+
+/// A VM's virtio-net device and what the hypervisor gives it
+/// (hypervisor/virtio_net.cc).
+struct Hypervisor::VirtioDev final : VirtioNet::Host, SwitchPort {
+  Hypervisor* hv = nullptr;
+  Vm* vm = nullptr;
+  FrameSink forward;
+  std::unique_ptr<VirtioNet> dev;
+  std::uint64_t gpa_to_hpa(cpu::Core& c, std::uint64_t gpa) override;
+  bool transmit(cpu::Core& c, std::uint64_t hpa, std::uint32_t len) override;
+  void interrupt(cpu::Core& c, std::uint8_t vector) override;
+  void charge(cpu::Core& c, std::uint64_t instructions) override;
+  /// A frame from the software switch for the VM's MAC.
+  void deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) override { dev->receive(c, hpa, len); }
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {
