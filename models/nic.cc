@@ -185,21 +185,28 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
 // DMA and interrupts.
 
 bool Nic::dma_access(NicFunction& f, bool write, std::uint64_t addr, void* data, unsigned len) {
-  tlm::tlm_generic_payload t;
-  DmaContext ctx;
-  ctx.requester = f.rid;
-  t.set_command(write ? tlm::TLM_WRITE_COMMAND : tlm::TLM_READ_COMMAND);
-  t.set_address(addr);
-  t.set_data_ptr(static_cast<unsigned char*>(data));
-  t.set_data_length(len);
-  t.set_streaming_width(len);
-  t.set_response_status(tlm::TLM_INCOMPLETE_RESPONSE);
-  t.set_extension(&ctx);
   sc_core::sc_time delay = sc_core::SC_ZERO_TIME;
-  dma->b_transport(t, delay);
-  t.clear_extension(&ctx);
+  bool ok;
+  {
+    // The payload owns heap memory (its extension array): it goes before
+    // the wait below, in which the simulation may end with this thread
+    // suspended for good.
+    tlm::tlm_generic_payload t;
+    DmaContext ctx;
+    ctx.requester = f.rid;
+    t.set_command(write ? tlm::TLM_WRITE_COMMAND : tlm::TLM_READ_COMMAND);
+    t.set_address(addr);
+    t.set_data_ptr(static_cast<unsigned char*>(data));
+    t.set_data_length(len);
+    t.set_streaming_width(len);
+    t.set_response_status(tlm::TLM_INCOMPLETE_RESPONSE);
+    t.set_extension(&ctx);
+    dma->b_transport(t, delay);
+    t.clear_extension(&ctx);
+    ok = t.get_response_status() == tlm::TLM_OK_RESPONSE;
+  }
   if (delay > sc_core::SC_ZERO_TIME) sc_core::wait(delay);
-  return t.get_response_status() == tlm::TLM_OK_RESPONSE;
+  return ok;
 }
 
 void Nic::send_msi(NicFunction& f) {
@@ -302,7 +309,9 @@ void Nic::transmit_one(NicFunction& f) {
   if (!dma_access(f, false, da, raw, sizeof raw)) return dma_fault(f, kStatusTxErr);
   const std::uint64_t buf = le(raw, 8);
   const unsigned len = static_cast<unsigned>(le(raw + 8, 2));
-  Packet p;
+  // The frame being sent lives in the NIC, not on this thread's stack (a
+  // thread suspended when the simulation ends never unwinds its stack).
+  Packet& p = m_tx_frame;
   p.bytes.resize(len);
   if (len && !dma_access(f, false, buf, p.bytes.data(), len)) return dma_fault(f, kStatusTxErr);
   // One frame waits in the NIC while the previous one is on the wire; the
@@ -337,9 +346,9 @@ void Nic::receive(Packet&& p) {
 void Nic::rx_thread() {
   for (;;) {
     while (m_rx_fifo.empty()) sc_core::wait(m_rx_kick);
-    Packet p = std::move(m_rx_fifo.front());
+    m_rx_frame = std::move(m_rx_fifo.front());  // held by the NIC while its DMAs wait
     m_rx_fifo.pop_front();
-    receive_one(p);
+    receive_one(m_rx_frame);
   }
 }
 

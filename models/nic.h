@@ -235,6 +235,8 @@ class Nic : public sc_core::sc_module, public PacketEndpoint {
   std::vector<NicFunction> m_fn;
   EthLink* m_link = nullptr;
   std::deque<Packet> m_rx_fifo;
+  Packet m_tx_frame;  // the frame transmit_one is sending
+  Packet m_rx_frame;  // the frame receive_one is placing
   sc_core::sc_event m_tx_kick, m_rx_kick, m_msi_kick;
   unsigned m_tx_next = 0;  // round-robin position of the transmit scheduler
 };
