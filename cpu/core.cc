@@ -625,20 +625,7 @@ std::uint64_t Core::emulated_result() {
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(xchg(va, value));
-  boundary();
-  retire(1);
-  ++m_stats.loads;
-  ++m_stats.stores;
-  std::uint64_t pa;
-  // The translation may exit or fault and is retried; once it succeeds the
-  // read and the write follow with no boundary in between.
-  while (!translate(va, AccessType::Write, pa)) boundary();
-  if ((va & 7) || !m_w.mem->contains(pa, 8))
-    throw SimulationError(fmt::format("{}: XCHG at {:#x} must be 8-byte aligned and inside memory", name(), va));
-  charge(m_w.caches->access(pa, models::AccessKind::Write));
-  std::uint64_t old = m_w.mem->read(pa, 8);
-  m_w.mem->write(pa, value, 8);
-  return old;
+  return locked_update(va, value, false, "XCHG");
 }
 
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
@@ -660,6 +647,14 @@ void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
 }
 
 std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
+  VMX_ON_EXECUTING_CORE(lock_or(va, bits));
+  return locked_update(va, bits, true, "LOCK OR");
+}
+
+// A locked read-modify-write of an aligned quadword (XCHG, or LOCK OR when
+// `or_bits`): the translation may exit or fault and is retried; once it
+// succeeds the read and the write follow with no boundary in between.
+std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, bool or_bits, const char* what) {
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -667,10 +662,10 @@ std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
   std::uint64_t pa;
   while (!translate(va, AccessType::Write, pa)) boundary();
   if ((va & 7) || !m_w.mem->contains(pa, 8))
-    throw SimulationError(fmt::format("{}: LOCK OR at {:#x} must be 8-byte aligned and inside memory", name(), va));
+    throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
   charge(m_w.caches->access(pa, models::AccessKind::Write));
-  std::uint64_t old = m_w.mem->read(pa, 8);
-  m_w.mem->write(pa, old | bits, 8);
+  const std::uint64_t old = m_w.mem->read(pa, 8);
+  m_w.mem->write(pa, or_bits ? old | value : value, 8);
   return old;
 }
 

@@ -334,6 +334,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   }
   void slow_boundary();
   std::uint64_t emulated_result();
+  std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, bool or_bits, const char* what);
   void recompute_next_event();
   void retire(std::uint64_t instructions);
   /// SMT: closes the interval since the last check and picks the CPI for

@@ -328,6 +328,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   void update_min_vruntime(Vcpu& v);
   /// Makes a sleeping (or new) thread runnable on the vCPU chosen for it;
   /// runs on `self`, the waker's vCPU.
+  void scan_vcpus(cpu::Core& c, Vcpu& self, bool pv);
   void wake_thread(cpu::Core& c, Vcpu& self, Thread& t);
   /// Whether `t` waking should preempt what v runs.
   bool should_preempt(const Vcpu& v, const Thread& t) const;

@@ -180,22 +180,26 @@ bool Kernel::should_preempt(const Vcpu& v, const Thread& t) const {
   return t.m_vruntime + gran < v.current->m_vruntime;
 }
 
+// Reads every other vCPU's run-queue length and load (and, under pv, its
+// steal-time record's preempted flag) into self.preempted.
+void Kernel::scan_vcpus(Core& c, Vcpu& self, bool pv) {
+  for (unsigned j = 0; j < m_vcpus.size(); ++j) {
+    if (j == self.index) continue;
+    c.load(rq_va(j) + kRqNr);
+    c.load(rq_va(j) + kRqLoad);
+    c.compute(m_p.costs.scan_vcpu);
+    self.preempted[j] = pv && vcpu_preempted(c, j);
+    if (self.preempted[j]) ++m_sched_stats.preempted_seen;
+  }
+}
+
 void Kernel::wake_thread(Core& c, Vcpu& self, Thread& t) {
   const bool pv = m_p.sched.pv && m_p.pv_steal;
   const auto n = static_cast<unsigned>(m_vcpus.size());
   ++m_sched_stats.wakeups;
   charge(c, m_p.costs.wake_select, kCodeWake);
   // Look at every run queue (and, under pv, every other vCPU's record).
-  if (n > 1) {
-    for (unsigned j = 0; j < n; ++j) {
-      if (j == self.index) continue;
-      c.load(rq_va(j) + kRqNr);
-      c.load(rq_va(j) + kRqLoad);
-      c.compute(m_p.costs.scan_vcpu);
-      self.preempted[j] = pv && vcpu_preempted(c, j);
-      if (self.preempted[j]) ++m_sched_stats.preempted_seen;
-    }
-  }
+  if (n > 1) scan_vcpus(c, self, pv);
   self.preempted[self.index] = 0;  // it is running this
   // Decide: the vCPU it slept on if that one is idle, else an idle one
   // (scanning from the next), else the least loaded (ties: its own).
@@ -263,14 +267,7 @@ void Kernel::balance(Core& c, Vcpu& self, bool idle) {
   if (n < 2) return;
   ++m_sched_stats.balance_runs;
   charge(c, m_p.costs.balance, kCodeBalance);
-  for (unsigned j = 0; j < n; ++j) {
-    if (j == self.index) continue;
-    c.load(rq_va(j) + kRqNr);
-    c.load(rq_va(j) + kRqLoad);
-    c.compute(m_p.costs.scan_vcpu);
-    self.preempted[j] = pv && vcpu_preempted(c, j);
-    if (self.preempted[j]) ++m_sched_stats.preempted_seen;
-  }
+  scan_vcpus(c, self, pv);
   self.preempted[self.index] = 0;
   // A queued thread can move unless an interrupt preempted it (its frames
   // belong to its vCPU's core). The candidate is the one queued last.

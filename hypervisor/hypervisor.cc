@@ -845,22 +845,23 @@ void Hypervisor::unlock_mmu(Core& c, Vm& vm) { c.store(vm.mmu_lock, 0); }
 
 bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
   lock_mmu(c, vm);
-  bool ok = back_guest_page_locked(c, vm, gpa);
+  bool ok = back_guest_page_locked(c, vm, gpa) != 0;
   unlock_mmu(c, vm);
   return ok;
 }
 
-bool Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t gpa) {
+std::uint64_t Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t gpa) {
   const std::uint64_t size = m_p.ept_page_size;
-  gpa &= ~(size - 1);
+  const std::uint64_t offset = gpa & (size - 1);
+  gpa -= offset;
   // Already backed (another vCPU got there first, or eager population)?
   // Then the violation was spurious, as KVM finds under its MMU lock.
-  if (ept_translate(c, vm, gpa)) return true;
+  if (std::uint64_t hpa = ept_translate(c, vm, gpa)) return hpa + offset;
   std::uint64_t hpa = alloc_guest_page();
-  if (!hpa) return false;
+  if (!hpa) return 0;
   if (m_p.zero_pages) c.rep_stos(hpa, 0, size);
   ept_map(c, vm, gpa, hpa);
-  return true;
+  return hpa + offset;
 }
 
 void Hypervisor::populate(Core& c, Vm& vm) {

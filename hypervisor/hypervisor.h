@@ -359,7 +359,9 @@ class Hypervisor {
   std::uint64_t alloc_guest_page();
   /// Backs the EPT page holding gpa, if it is not backed yet.
   bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  bool back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  /// The same with the VM's MMU lock held; returns gpa's host-physical
+  /// address (0 when host memory is exhausted).
+  std::uint64_t back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   void lock_mmu(cpu::Core& c, Vm& vm);
   void unlock_mmu(cpu::Core& c, Vm& vm);
   void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
@@ -386,7 +388,6 @@ class Hypervisor {
   void handle_shadow_cr(cpu::Core& c, Vcpu& v, unsigned cr, unsigned type, unsigned gpr);
   void handle_shadow_invlpg(cpu::Core& c, Vcpu& v);
   void handle_shadow_mtf(cpu::Core& c, Vcpu& v);
-  std::uint64_t shadow_gpa_to_hpa(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   ShadowPage* shadow_page(cpu::Core& c, Vm& vm, std::uint64_t gfn, unsigned level, std::uint32_t role);
   void shadow_zap(cpu::Core& c, Vm& vm, ShadowPage* sp);
   /// Clears entry `index` of sp; true if it was present.

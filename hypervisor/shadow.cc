@@ -140,12 +140,6 @@ void Hypervisor::shadow_release_root(Core& c, Vm& vm, ShadowPage* root) {
 // ---------------------------------------------------------------------------
 // Shadow pages.
 
-std::uint64_t Hypervisor::shadow_gpa_to_hpa(Core& c, Vm& vm, std::uint64_t gpa) {
-  if (std::uint64_t hpa = ept_translate(c, vm, gpa)) return hpa;
-  if (!back_guest_page_locked(c, vm, gpa)) return 0;
-  return ept_translate(c, vm, gpa);
-}
-
 Hypervisor::ShadowPage* Hypervisor::shadow_page(Core& c, Vm& vm, std::uint64_t gfn, unsigned level,
                                                 std::uint32_t role) {
   ShadowMmu& sm = *vm.shadow;
@@ -315,7 +309,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
     std::uint64_t table = v.guest_cr3 & pte::kAddrMask;
     bool w_all = true, u_all = true, nx_any = false;
     for (unsigned level = levels; level >= 1; --level) {
-      const std::uint64_t hpa = shadow_gpa_to_hpa(c, vm, table + 8ull * mmu::table_index(la, level));
+      const std::uint64_t hpa = back_guest_page_locked(c, vm, table + 8ull * mmu::table_index(la, level));
       if (!hpa || table >= vm.memory) {
         unlock_mmu(c, vm);
         crash_vm(vm, fmt::format("vCPU {}: guest page table at guest-physical {:#x} is outside the VM's memory",
@@ -380,7 +374,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
     return;
   }
   const std::uint64_t gfn = gpa >> 12;
-  const std::uint64_t hpa = shadow_gpa_to_hpa(c, vm, gpa & ~(kPage - 1));
+  const std::uint64_t hpa = back_guest_page_locked(c, vm, gpa & ~(kPage - 1));
   if (!hpa) {
     unlock_mmu(c, vm);
     crash_vm(vm, "host memory exhausted while backing guest memory");
