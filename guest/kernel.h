@@ -175,6 +175,19 @@ class Thread {
   bool net_send_raw(std::uint64_t addr, std::uint32_t len);
   bool net_recv_raw(std::uint64_t addr);
   std::uint32_t net_device_status(bool clear_errors = false);
+  // User-space drivers (guest/net.cc; docs/io.md, "Poll-mode driver"), as
+  // with Linux's vfio or uio: the kernel's driver lets go of the device and
+  // the process programs it directly.
+  /// Unbinds the kernel's network driver (the device is stopped, its
+  /// interrupts disabled) and maps the device's register window into this
+  /// process, uncached; returns its address (0: no ring NIC, or claimed).
+  std::uint64_t net_claim();
+  /// Physically contiguous memory for device rings, mapped into this
+  /// process (as a hugepage memzone); its address, 0 if none is left.
+  std::uint64_t dma_alloc(std::uint64_t bytes);
+  /// The guest-physical (bus) address behind `va` in this process, from a
+  /// walk of its page tables (/proc/self/pagemap); 0 if `va` is not mapped.
+  std::uint64_t virt_to_phys(std::uint64_t va);
   unsigned index() const { return m_index; }
   unsigned vcpu() const { return m_vcpu; }
   Kernel& kernel() const { return *m_kernel; }
@@ -253,6 +266,9 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   std::uint32_t sys_net_recv(Thread& t, std::uint64_t va, std::uint32_t max);
   bool sys_net_raw(Thread& t, bool send, std::uint64_t addr, std::uint32_t len);
   std::uint32_t sys_net_status(Thread& t, bool clear_errors);
+  std::uint64_t sys_net_claim(Thread& t);
+  std::uint64_t sys_dma_alloc(Thread& t, std::uint64_t bytes);
+  std::uint64_t sys_virt_to_phys(Thread& t, std::uint64_t va);
   // NetEnv.
   std::uint64_t net_alloc_page(cpu::Core& c) override;
   std::uint64_t net_phys_to_virt(std::uint64_t gpa) const override { return kDirectMap + gpa; }

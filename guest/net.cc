@@ -42,6 +42,9 @@ bool Thread::net_up() const { return m_kernel->net_up(); }
 bool Thread::net_send_raw(std::uint64_t addr, std::uint32_t len) { return m_kernel->sys_net_raw(*this, true, addr, len); }
 bool Thread::net_recv_raw(std::uint64_t addr) { return m_kernel->sys_net_raw(*this, false, addr, 0); }
 std::uint32_t Thread::net_device_status(bool clear_errors) { return m_kernel->sys_net_status(*this, clear_errors); }
+std::uint64_t Thread::net_claim() { return m_kernel->sys_net_claim(*this); }
+std::uint64_t Thread::dma_alloc(std::uint64_t bytes) { return m_kernel->sys_dma_alloc(*this, bytes); }
+std::uint64_t Thread::virt_to_phys(std::uint64_t va) { return m_kernel->sys_virt_to_phys(*this, va); }
 
 void Kernel::set_net_driver(std::unique_ptr<NetDriver> driver) {
   m_net = std::move(driver);
@@ -199,6 +202,92 @@ std::uint32_t Kernel::sys_net_status(Thread&, bool clear_errors) {
   c.sti();
   c.set_user_mode(true);
   return s;
+}
+
+// ---------------------------------------------------------------------------
+// User-space drivers.
+
+std::uint64_t Kernel::sys_net_claim(Thread& t) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  charge(c, m_p.net.costs.claim, kCodeNet);
+  std::uint64_t va = 0;
+  Process& p = *t.m_process;
+  const std::uint64_t at = (p.next_va + kPage - 1) & ~(kPage - 1);
+  if (m_net_up && at + kNetWindowSize <= kUserTop) {
+    c.cli();
+    net_lock(c);
+    if (m_net->release(c)) {
+      m_net_up = false;  // the kernel's stack no longer has a device
+      // Waiters would sleep for ever: they fail instead (their send or
+      // receive sees no device when they run again).
+      m_tx_waiters.clear();
+      m_rx_waiters.clear();
+      // The window is not a region: it is never faulted in, freed or
+      // copied by fork (as VM_IO | VM_DONTCOPY mappings).
+      for (std::uint64_t off = 0; off < kNetWindowSize; off += kPage)
+        map_page(c, p.pml4, at + off, kNetWindowGpa + off,
+                 pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute | pte::kPcd | pte::kPwt);
+      p.next_va = at + kNetWindowSize + kPage;
+      va = at;
+    }
+    net_unlock(c);
+    c.sti();
+  }
+  c.set_user_mode(true);
+  return va;
+}
+
+std::uint64_t Kernel::sys_dma_alloc(Thread& t, std::uint64_t bytes) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& p = *t.m_process;
+  const std::uint64_t pages = (bytes + kPage - 1) / kPage;
+  const std::uint64_t at = (p.next_va + kPage - 1) & ~(kPage - 1);
+  std::uint64_t va = 0;
+  if (pages && at + pages * kPage <= kUserTop) {
+    // Consecutive frames, checked (as the ring driver's rings): a gap
+    // fails the call and the frames taken go back.
+    std::vector<std::uint64_t> got;
+    bool ok = true;
+    for (std::uint64_t i = 0; i < pages && ok; ++i) {
+      const std::uint64_t f = alloc_frame(c, kPage);
+      ok = f != 0 && (got.empty() || f == got.front() + i * kPage);
+      if (f) got.push_back(f);
+    }
+    if (ok) {
+      for (std::uint64_t i = 0; i < pages; ++i)
+        map_page(c, p.pml4, at + i * kPage, got[i],
+                 pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute);
+      p.next_va = at + pages * kPage + kPage;
+      va = at;
+    } else {
+      for (std::uint64_t f : got) m_free_frames[0].push_back(f);
+    }
+  }
+  c.set_user_mode(true);
+  return va;
+}
+
+std::uint64_t Kernel::sys_virt_to_phys(Thread& t, std::uint64_t va) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  std::uint64_t table = t.m_process->pml4, gpa = 0;
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= 1; --level) {
+    const std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
+    if (!(e & pte::kPresent)) break;
+    if (level == 1 || (level <= 3 && (e & pte::kPageSize))) {
+      const std::uint64_t span = 1ull << (12 + 9 * (level - 1));
+      gpa = ((e & pte::kAddrMask) & ~(span - 1)) | (va & (span - 1));
+      break;
+    }
+    table = e & pte::kAddrMask;
+  }
+  c.set_user_mode(true);
+  return gpa;
 }
 
 void Kernel::net_interrupt(Core& c) {
@@ -359,6 +448,13 @@ void RingNetDriver::want_tx_interrupt(Core& c, bool on) {
   if (e == m_int_enable) return;
   m_int_enable = e;
   c.store(reg(reg::kIntEnable), e, 4);
+}
+
+bool RingNetDriver::release(Core& c) {
+  c.store(reg(reg::kIntEnable), 0, 4);
+  c.store(reg(reg::kCtrl), 0, 4);
+  m_int_enable = 0;
+  return true;
 }
 
 bool RingNetDriver::raw_transmit(Core& c, std::uint64_t addr, std::uint32_t len) {

@@ -32,7 +32,7 @@ constexpr std::uint8_t kNetVector = 0x41;
 
 /// Path lengths of the guest's network stack and driver, in instructions.
 struct NetCosts {
-  std::uint64_t send, recv, xmit, rx_frame, irq, probe;
+  std::uint64_t send, recv, xmit, rx_frame, irq, probe, claim;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -54,6 +54,9 @@ struct NetCosts {
             "MSI-X handler that schedules NAPI).");
     v.param(probe, "probe", "20000", Spec(Unit::Instructions),
             "Driver probe at boot besides its register accesses and ring set-up (assumption).");
+    v.param(claim, "claim", "20000", Spec(Unit::Instructions),
+            "Handing the device to a user-space driver besides its register accesses and mappings: unbinding "
+            "the kernel's driver, opening the device (assumption, of the order of the probe).");
   }
 };
 
@@ -152,6 +155,11 @@ class NetDriver {
   /// The device's status register (nicreg::kStatus* bits); `clear_errors`
   /// then writes its DMA-error bits back to clear them (restarting the device).
   virtual std::uint32_t device_status(cpu::Core&, bool /*clear_errors*/ = false) { return 0; }
+
+  /// Lets go of the device for a user-space driver: stops it and disables
+  /// its interrupts. False if this driver's device cannot be handed over
+  /// (the kernel keeps it).
+  virtual bool release(cpu::Core&) { return false; }
 };
 
 /// The driver for the NIC function register layout (models/nic.h, docs/io.md
@@ -175,6 +183,7 @@ class RingNetDriver final : public NetDriver {
   bool raw_transmit(cpu::Core& c, std::uint64_t addr, std::uint32_t len) override;
   bool raw_receive_buffer(cpu::Core& c, std::uint64_t addr) override;
   std::uint32_t device_status(cpu::Core& c, bool clear_errors = false) override;
+  bool release(cpu::Core& c) override;
 
  private:
   std::uint64_t reg(std::uint32_t off) const { return m_regs + off; }

@@ -76,8 +76,20 @@ void NetPeer::receive(Packet&& p) {
   ++m_stats.rx_packets;
   m_stats.rx_bytes += p.bytes.size();
   PeerHeader h;
-  if (peerhdr::read(p.bytes.data(), p.bytes.size(), h) && (h.flags & peerhdr::kStamped) &&
-      h.timestamp_ps <= now.value()) {
+  const bool headed = peerhdr::read(p.bytes.data(), p.bytes.size(), h);
+  if (headed) {
+    ++m_stats.rx_headed;
+    if (!(h.flags & peerhdr::kFromPeer)) {
+      std::uint64_t src = 0;
+      for (unsigned i = 6; i-- > 0;) src = (src << 8) | p.bytes[6 + i];
+      auto [it, first] = m_next_sequence.try_emplace(src, h.sequence + 1);
+      if (!first) {
+        if (h.sequence != it->second) ++m_stats.rx_sequence_gaps;
+        it->second = h.sequence + 1;
+      }
+    }
+  }
+  if (headed && (h.flags & peerhdr::kStamped) && h.timestamp_ps <= now.value()) {
     const std::uint64_t ns = (now.value() - h.timestamp_ps) / 1000;
     if (h.flags & peerhdr::kFromPeer)
       m_stats.rtt_ns.sample(ns);

@@ -16,6 +16,7 @@
 #include <deque>
 #include <random>
 #include <string>
+#include <unordered_map>
 
 #include "models/eth_link.h"
 #include "sim/params.h"
@@ -93,6 +94,11 @@ struct NetPeerStats : stats::Group {
   stats::Counter tx_bytes{this, "tx_bytes", "bytes", "bytes sent"};
   stats::Counter echoed{this, "echoed", "frames", "frames echoed back"};
   stats::Counter generated{this, "generated", "frames", "frames generated"};
+  stats::Counter rx_headed{this, "rx_headed", "frames",
+                          "received frames that carry the timed header (docs/io.md, \"Timed frames\")"};
+  stats::Counter rx_sequence_gaps{this, "rx_sequence_gaps", "frames",
+                                  "received frames from a guest whose sequence number is not one more than the "
+                                  "previous one from the same source address (lost, reordered or stale frames)"};
   stats::Histogram rtt_ns{this, "rtt_ns", "ns", "round trip of generated frames that came back"};
   stats::Histogram one_way_ns{this, "one_way_ns", "ns", "one-way latency of frames stamped by their sender"};
 };
@@ -123,6 +129,7 @@ class NetPeer : public sc_core::sc_module, public PacketEndpoint {
   sc_core::sc_event m_echo_kick;
   std::mt19937_64 m_rng;
   std::uint64_t m_sequence = 0;
+  std::unordered_map<std::uint64_t, std::uint64_t> m_next_sequence;  // by source MAC: the number expected next
 };
 
 }  // namespace vmx::models

@@ -3,6 +3,7 @@
 // kernel's network calls (guest::Thread::net_*).
 #include <algorithm>
 
+#include "models/nic.h"
 #include "workloads/workload.h"
 
 namespace vmx::workloads {
@@ -84,12 +85,23 @@ class NetPingpong final : public Workload {
   stats::Counter m_no_device{&m_stats, "no_device", "threads", "threads that found no network device"};
 };
 
-// Sends frames as fast as the transmit ring allows, `batch` per doorbell.
+// Sends frames as fast as the transmit ring allows, `batch` per doorbell:
+// through the guest kernel (driver: kernel), or from user space with the
+// NIC function claimed from the kernel (driver: pmd; docs/io.md,
+// "Poll-mode driver").
 class NetStream final : public Workload {
  public:
   NetStream(const NetStreamParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
   bool finite() const override { return m_p.frames != 0; }
   void run(guest::Thread& t) override {
+    if (m_p.driver == "pmd")
+      run_pmd(t);
+    else
+      run_kernel(t);
+  }
+
+ private:
+  void run_kernel(guest::Thread& t) {
     if (!t.net_up()) {
       ++m_no_device;
       return;
@@ -99,34 +111,135 @@ class NetStream final : public Workload {
     const std::uint64_t buf = t.mmap(slots * m_p.size);
     const std::uint64_t mac = t.net_mac();
     started(t);
-    const std::uint64_t t0 = t.cpu().rdtsc();
-    std::uint64_t i = 0;
-    auto one = [&] {
+    if (!m_t0) m_t0 = t.cpu().rdtsc();
+    for (std::uint64_t i = 0; m_p.frames == 0 || i < m_p.frames; ++i) {
       const std::uint64_t va = buf + (i % slots) * m_p.size;
       write_header(t, va, mac, i);
-      const bool last_of_batch = (i + 1) % m_p.batch == 0 || (m_p.frames && i + 1 == m_p.frames);
-      t.net_send(va, size, last_of_batch);
-      ++m_frames;
-      m_bytes += size;
-      ++m_stats.operations;
-      ++i;
-      const std::uint64_t cycles = t.cpu().rdtsc() - t0;
-      if (cycles) m_gbps.set(static_cast<double>(m_bytes.value()) * 8.0 * static_cast<double>(t.tsc_hz()) /
-                             static_cast<double>(cycles) / 1e9);
-    };
-    if (m_p.frames == 0)
-      for (;;) one();
-    while (i < m_p.frames) one();
+      t.net_send(va, size, last_of_batch(i));
+      sent(t, size);
+    }
     finished(t);
   }
 
- private:
+  // The poll-mode driver. Its transmit ring is physically contiguous memory
+  // of its own; each packet buffer's bus address is looked up once and kept
+  // in a table in the program's memory (as an mbuf keeps its IOVA). The
+  // device writes DD back into every descriptor it completes; the program
+  // frees descriptors `kFreeBatch` at a time by checking the last one of
+  // the oldest batch (completions are in order), as DPDK's tx_rs_thresh.
+  void run_pmd(guest::Thread& t) {
+    namespace reg = models::nicreg;
+    const std::uint64_t regs = t.net_claim();
+    if (!regs) {
+      ++m_no_device;
+      return;
+    }
+    const auto n = static_cast<std::uint32_t>(m_p.ring);
+    const std::uint64_t ring = t.dma_alloc(16ull * n);
+    const std::uint64_t ring_pa = ring ? t.virt_to_phys(ring) : 0;
+    std::uint64_t slot = 64;
+    while (slot < m_p.size) slot <<= 1;
+    const std::uint64_t slots = std::max<std::uint64_t>(1, m_p.buffer / slot);
+    const std::uint64_t buf = t.mmap(slots * slot);
+    const std::uint64_t iova = t.mmap(slots * 8);
+    if (!ring_pa || !buf || !iova) {
+      ++m_no_memory;
+      return;
+    }
+    std::uint64_t page_pa = 0;
+    for (std::uint64_t s = 0; s < slots; ++s) {
+      const std::uint64_t va = buf + s * slot;
+      if (s == 0 || (va & 0xFFF) == 0) {
+        t.store(va, 0);  // faults the page in
+        page_pa = t.virt_to_phys(va);
+      }
+      t.store(iova + 8 * s, page_pa + (va & 0xFFF));
+    }
+    const std::uint64_t mac = t.load(regs + reg::kMacLo, 4) | (t.load(regs + reg::kMacHi, 4) & 0xFFFF) << 32;
+    t.store(regs + reg::kTxBaseLo, ring_pa & 0xFFFFFFFFu, 4);
+    t.store(regs + reg::kTxBaseHi, ring_pa >> 32, 4);
+    t.store(regs + reg::kTxSize, n, 4);  // head = tail = 0
+    t.store(regs + reg::kIntEnable, 0, 4);
+    t.store(regs + reg::kCtrl, reg::kCtrlTxEn, 4);
+    // At most `cap` frames in flight: a descriptor of the ring stays empty,
+    // and a buffer is written again only once the device has read it.
+    const std::uint64_t cap = std::min<std::uint64_t>(n - 1, slots);
+    const auto free_batch = static_cast<std::uint32_t>(std::min<std::uint64_t>(kFreeBatch, std::max<std::uint64_t>(1, cap / 2)));
+    const auto size = static_cast<std::uint32_t>(m_p.size);
+    std::uint32_t tail = 0, rung = 0;
+    std::uint64_t freed = 0;  // frames whose descriptors the program took back
+    started(t);
+    if (!m_t0) m_t0 = t.cpu().rdtsc();
+    std::uint64_t i = 0;
+    for (; m_p.frames == 0 || i < m_p.frames; ++i) {
+      while (i - freed >= cap) {
+        if (rung != tail) {  // the device must know of what fills the ring
+          t.store(regs + reg::kTxTail, tail, 4);
+          rung = tail;
+          ++m_doorbells;
+        }
+        const std::uint64_t last = (freed + free_batch - 1) % n;
+        if (t.load(ring + 16 * last + kDescStatus, 2) & kDescDone) {
+          freed += free_batch;
+        } else {
+          ++m_full_polls;
+          t.cpu().pause();
+        }
+      }
+      const std::uint64_t s = i % slots;
+      write_header(t, buf + s * slot, mac, i);
+      const std::uint64_t d = ring + 16ull * tail;
+      t.store(d, t.load(iova + 8 * s));
+      t.store(d + 8, size, 4);  // length; status cleared
+      t.compute(m_p.pmd_instructions);
+      tail = (tail + 1) % n;
+      if (last_of_batch(i)) {
+        t.store(regs + reg::kTxTail, tail, 4);
+        rung = tail;
+        ++m_doorbells;
+      }
+      sent(t, size);
+    }
+    // Stopping the port: whatever is queued goes out before the program ends.
+    if (rung != tail) {
+      t.store(regs + reg::kTxTail, tail, 4);
+      ++m_doorbells;
+    }
+    while (freed < i) {
+      if (t.load(ring + 16 * ((i - 1) % n) + kDescStatus, 2) & kDescDone)
+        freed = i;
+      else
+        t.cpu().pause();
+    }
+    finished(t);
+  }
+
+  bool last_of_batch(std::uint64_t i) const {
+    return (i + 1) % m_p.batch == 0 || (m_p.frames && i + 1 == m_p.frames);
+  }
+  void sent(guest::Thread& t, std::uint32_t size) {
+    ++m_frames;
+    m_bytes += size;
+    ++m_stats.operations;
+    const std::uint64_t cycles = t.cpu().rdtsc() - m_t0;
+    if (cycles)
+      m_gbps.set(static_cast<double>(m_bytes.value()) * 8.0 * static_cast<double>(t.tsc_hz()) /
+                 static_cast<double>(cycles) / 1e9);
+  }
+
+  static constexpr std::uint32_t kFreeBatch = 32;  // DPDK's default tx_rs_thresh
+  static constexpr std::uint64_t kDescStatus = 10, kDescDone = 1;  // docs/io.md, "Descriptors"
   NetStreamParams m_p;
-  stats::Counter m_frames{&m_stats, "frames", "frames", "frames handed to the kernel"};
+  std::uint64_t m_t0 = 0;
+  stats::Counter m_frames{&m_stats, "frames", "frames", "frames handed to the kernel (or, pmd, queued on the ring)"};
   stats::Counter m_bytes{&m_stats, "bytes", "bytes", "bytes of those frames"};
   stats::Gauge m_gbps{&m_stats, "throughput_gbps", "Gbit/s",
-                      "bytes handed to the kernel per second of the program's run (guest TSC), in Gbit/s"};
+                      "bytes handed on per second of the program's run (guest TSC), in Gbit/s"};
   stats::Counter m_no_device{&m_stats, "no_device", "threads", "threads that found no network device"};
+  stats::Counter m_no_memory{&m_stats, "no_memory", "threads", "pmd: threads that got no memory for ring or buffers"};
+  stats::Counter m_doorbells{&m_stats, "doorbells", "writes", "pmd: TX tail register writes"};
+  stats::Counter m_full_polls{&m_stats, "full_polls", "polls",
+                              "pmd: completion checks that found the ring still full (the device is the bottleneck)"};
 };
 
 // A rogue driver: points its device's DMA at addresses outside its memory

@@ -196,7 +196,8 @@ struct NetPingpongParams {
 };
 
 struct NetStreamParams {
-  std::uint64_t size, frames, batch, buffer;
+  std::uint64_t size, frames, batch, buffer, ring, pmd_instructions;
+  std::string driver;
   template <class V>
   void visit(V& v) {
     v.param(size, "size", "1514", Spec(Unit::Bytes).at_least(38).at_most(4096),
@@ -205,7 +206,21 @@ struct NetStreamParams {
     v.param(batch, "batch", "1", Spec().at_least(1).at_most(4096),
             "Frames queued per doorbell (the device is notified once per batch).");
     v.param(buffer, "buffer", "1MiB", Spec(Unit::Bytes).at_least(4096),
-            "The program's send buffer: frames are taken from successive offsets of it.");
+            "The program's send buffer: frames are taken from successive offsets of it. With the pmd "
+            "driver it is the pool of packet buffers the device reads (each frame in a slot of the next "
+            "power of two of its size, so that no frame crosses a page).");
+    v.param(driver, "driver", "kernel", Spec().one_of({"kernel", "pmd"}),
+            "kernel: each frame goes through the guest kernel's send path, which copies it into its ring "
+            "buffer. pmd: the program claims the NIC function from the kernel and drives its transmit ring "
+            "itself, polling for completions without interrupts (as a DPDK poll-mode driver over vfio); the "
+            "device reads the frames straight from the program's buffer. Needs a ring NIC (VF or emulated).");
+    v.param(ring, "ring", "512", Spec(Unit::Count).at_least(64).at_most(4096).power_of_two(),
+            "pmd: descriptors in the program's transmit ring. Default: 512 (assumption: DPDK testpmd's "
+            "long-standing default TX ring size).");
+    v.param(pmd_instructions, "pmd_instructions", "40", Spec(Unit::Instructions),
+            "pmd: instructions per frame besides its loads and stores (burst loop, descriptor build, ring "
+            "accounting). Default: 40 (assumption: DPDK's vector transmit paths take a few tens of cycles "
+            "per packet).");
   }
 };
 
