@@ -65,6 +65,8 @@ int cmd_run(const std::vector<std::string>& args) {
                                  ? vmx::cfg::Document::from_string(vmx::experiment::quickstart_yaml(),
                                                                    "configs/quickstart.yaml")
                                  : vmx::cfg::Document::from_file(config);
+    // A sweep: block belongs to `vmxsim sweep`; run takes the base point.
+    const bool had_sweep = doc.remove_top_level("sweep");
     for (const auto& s : sets) doc.apply_override(s);
     vmx::experiment::ExperimentParams params = vmx::experiment::load(doc);
     std::string resolved = vmx::cfg::to_yaml_text(params);
@@ -77,6 +79,9 @@ int cmd_run(const std::vector<std::string>& args) {
     write_file(std::filesystem::path(out) / "stats.json", r.stats_json);
     write_file(std::filesystem::path(out) / "config.yaml", r.resolved_yaml);
     std::cout << r.summary;
+    if (had_sweep)
+      std::cout << "note: ran the config without its sweep: block (./vmxsim sweep " << config
+                << " runs every point)\n";
     for (const auto& n : r.vm_notes) std::cout << "note: " << n << "\n";
     if (!r.finished && params.stop_when_done) std::cout << "note: the run ended at its duration before every workload finished\n";
     std::cout << "\nwrote " << (std::filesystem::path(out) / "stats.json").string() << " and "

@@ -161,6 +161,11 @@ YAML::Node Document::find(const std::string& path) const {
   return cur;
 }
 
+bool Document::remove_top_level(const std::string& key) {
+  if (!root_.IsMap() || !root_[key]) return false;
+  return root_.remove(key);
+}
+
 void Document::apply_override(const std::string& assignment) {
   auto fail = [](const std::string& path, std::string expected, std::string found) {
     return ConfigError(kOverrideSource, 0, path, std::move(expected), std::move(found));

@@ -84,6 +84,9 @@ class Document {
   /// throws ConfigError with source "--set". Errors found later in values set
   /// here are reported as `--set <path>: ...`.
   void apply_override(const std::string& assignment);
+  /// Removes a top-level key (e.g. a sweep: block, which only the sweep
+  /// driver reads); returns whether it was there.
+  bool remove_top_level(const std::string& key);
 
   const YAML::Node& root() const { return root_; }
   const std::string& name() const { return name_; }

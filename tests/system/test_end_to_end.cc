@@ -519,3 +519,12 @@ vms:
   CHECK(r.at("vm.a.workload0.corrupt_pages") == 0);
   CHECK(r.at("vm.a.workload1.operations") > 20);
 }
+
+TEST_CASE("vmxsim run on a config with a sweep: block runs its base point and says so", "[cli]") {
+  const std::string yaml = one_vm("      - type: cpuid_loop\n        iterations: 100\n") +
+                           "sweep:\n  parameters:\n    vms[0].workloads[0].iterations: [1, 2]\n";
+  auto r = run_cli(yaml, {"--set", "vms[0].workloads[0].iterations=300"});
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.t.vcpu0.exit_reasons.CPUID.cycles.count") == 300);  // --set applies, the sweep does not
+  CHECK(r.out.find("without its sweep: block") != std::string::npos);
+}

@@ -19,8 +19,6 @@ std::string scenario(const std::string& name) {
   return read_text(std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/" + name);
 }
 
-/// A scenario without its sweep: block (vmxsim run takes one point).
-std::string without_sweep(const std::string& yaml) { return yaml.substr(0, yaml.find("\nsweep:") + 1); }
 
 std::string pingpong_yaml(bool posted, bool busy = false) {
   return fmt::format(R"(
@@ -171,7 +169,7 @@ TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the vi
 
 TEST_CASE("S4: IOTLB misses per MiB fall with 2 MiB IOMMU mappings, and throughput drops where the IOTLB misses",
           "[net][passthrough][iommu][s4][system]") {
-  const std::string base = without_sweep(scenario("s4_iommu_page_size.yaml"));
+  const std::string base = scenario("s4_iommu_page_size.yaml");
   struct Point {
     double misses_per_mib, translation_cycles_per_mib, gbps, full_polls;
   };
