@@ -247,7 +247,7 @@ std::uint64_t Kernel::sys_dma_alloc(Thread& t, std::uint64_t bytes) {
   const std::uint64_t pages = (bytes + kPage - 1) / kPage;
   const std::uint64_t at = (p.next_va + kPage - 1) & ~(kPage - 1);
   std::uint64_t va = 0;
-  if (pages && at + pages * kPage <= kUserTop) {
+  if (pages && at < kUserTop && pages <= (kUserTop - at) / kPage) {
     // Consecutive frames, checked (as the ring driver's rings): a gap
     // fails the call and the frames taken go back.
     std::vector<std::uint64_t> got;
@@ -276,7 +276,9 @@ std::uint64_t Kernel::sys_virt_to_phys(Thread& t, std::uint64_t va) {
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
   std::uint64_t table = t.m_process->pml4, gpa = 0;
-  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= 1; --level) {
+  // Only the process's own half of the address space (pagemap covers user
+  // addresses; the kernel's layout is not the program's business).
+  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); va < kUserTop && level >= 1; --level) {
     const std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
     if (!(e & pte::kPresent)) break;
     if (level == 1 || (level <= 3 && (e & pte::kPageSize))) {
