@@ -10,6 +10,7 @@
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
 #include "models/phys_mem.h"
+#include "sim/event_trace.h"
 
 namespace vmx::cpu {
 
@@ -108,6 +109,38 @@ std::uint64_t Core::cycles_of(const sc_core::sc_time& t) const {
   unsigned __int128 c = static_cast<unsigned __int128>(t.value()) * m_w.frequency_hz;
   // Round up so that a core woken at time t never runs "before" t.
   return static_cast<std::uint64_t>((c + cfg::kPsPerSecond - 1) / cfg::kPsPerSecond);
+}
+
+std::uint64_t Core::ps_of(std::uint64_t cycles) const { return time_of(cycles).value(); }
+
+void Core::trace_entry() {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(trace::kExits)) return;
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
+  const std::uint64_t now = now_ps();
+  if (m_trace_exit_name)
+    t->slice(static_cast<unsigned>(m_trace_track), m_trace_exit_name, m_trace_since_ps, now,
+             {"qualification", m_trace_qualification, true});
+  m_trace_exit_name = nullptr;
+  m_trace_since_ps = now;
+}
+
+void Core::trace_exit(unsigned reason, std::uint64_t qualification) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(trace::kExits)) return;
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
+  const std::uint64_t now = now_ps();
+  t->slice(static_cast<unsigned>(m_trace_track), "guest", m_trace_since_ps, now, {"vpid", m_vpid});
+  m_trace_exit_name = exit_reason_name(reason);
+  m_trace_qualification = qualification;
+  m_trace_since_ps = now;
+}
+
+void Core::trace_instant(unsigned category, const char* name, std::uint64_t vector) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(static_cast<trace::Category>(category))) return;
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
+  t->instant(static_cast<unsigned>(m_trace_track), name, now_ps(), {"vector", vector}, {"guest", m_non_root ? 1u : 0u});
 }
 
 void Core::run() {
@@ -296,6 +329,8 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   }
   charge(m_p.exception_latency);
   if (exception) ++m_stats.exceptions; else ++m_stats.interrupts;
+  if (!exception && trace::EventTrace::active()) [[unlikely]]
+    trace_instant(trace::kIrq, m_non_root ? "guest interrupt" : "host interrupt", vector);
   std::uint8_t saved_cpl = m_cpl;
   bool saved_if = m_if;
   // An emulated memory operation interrupted by this delivery completes
@@ -512,6 +547,11 @@ void Core::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uin
 
 bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
   mmu::WalkResult r = m_walker.translate(walk_request(va, type));
+  if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kWalks)) [[unlikely]] {
+    if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
+    t->slice(static_cast<unsigned>(m_trace_track), "page walk", now_ps(), ps_of(m_now + r.cycles),
+             {"address", va, true}, {"references", r.refs}, {"guest_references", r.guest_refs});
+  }
   charge(r.cycles);
   if (m_non_root && m_obs) {
     ++m_obs->walks;
@@ -1551,6 +1591,7 @@ VmExit Core::vm_entry(bool launch) {
   m_mtf_boundaries = (m_proc & proc::kMonitorTrapFlag) ? (!launch && v.exited_at_boundary() ? 1 : 0) : -1;
   m_obs = v.observer();
   ++m_stats.vm_entries;
+  if (trace::EventTrace::active()) [[unlikely]] trace_entry();
   if (m_obs) {
     ++m_obs->entries;
     if (m_obs->pending) {
@@ -1573,6 +1614,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   Vmcs& v = *m_vmcs;
   auto r = static_cast<unsigned>(reason);
   ++m_stats.vm_exits;
+  if (trace::EventTrace::active()) [[unlikely]] trace_exit(r, qualification);
   if (!m_exit_counters[r])
     m_exit_counters[r] = &m_exit_group->make<stats::Counter>(exit_reason_name(r), "exits", "VM exits for this reason");
   ++*m_exit_counters[r];

@@ -294,6 +294,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// Attaches per-vCPU statistics to the VMCS at `vmcs_pa`.
   void observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs);
   std::uint64_t now() const { return m_now; }
+  /// A time of this core's clock (cycles since reset) in picoseconds.
+  std::uint64_t ps_of(std::uint64_t cycles) const;
+  /// The core's local time in picoseconds.
+  std::uint64_t now_ps() const { return ps_of(m_now); }
   models::Lapic& lapic() { return m_lapic; }
   /// Delivers an IPI from another core (the platform calls this).
   void post_interrupt(std::uint8_t vector);
@@ -416,6 +420,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset
+  // Event trace (sim/event_trace.h, docs/event_trace.md): this core's
+  // timeline alternates guest slices (entry to exit) and exit slices (exit
+  // to the next entry, named by the exit reason).
+  void trace_entry();
+  void trace_exit(unsigned reason, std::uint64_t qualification);
+  void trace_instant(unsigned category, const char* name, std::uint64_t vector);
+  int m_trace_track = -1;
+  std::uint64_t m_trace_since_ps = 0;         // start of the open slice
+  const char* m_trace_exit_name = nullptr;    // the exit being handled (null: none)
+  std::uint64_t m_trace_qualification = 0;
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery

@@ -72,6 +72,15 @@ ExperimentParams load(const cfg::Document& doc) {
   const std::uint64_t ept_page = p.hypervisor.ept_page_size;
   if (ept_page != (4ull << 10) && ept_page != (2ull << 20) && ept_page != (1ull << 30))
     throw error_at(doc, "hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(ept_page));
+  if (p.event_trace.enabled) {
+    std::uint32_t mask = 0;
+    std::string why;
+    if (!trace::parse_categories(p.event_trace.categories, mask, why))
+      throw error_at(doc, "event_trace.categories", why, p.event_trace.categories);
+    if (p.event_trace.stop && p.event_trace.stop <= p.event_trace.start)
+      throw error_at(doc, "event_trace.stop", "a time after event_trace.start (or 0 for the end of the run)",
+                     cfg::format_time_ps(p.event_trace.stop));
+  }
   std::set<std::string> names;
   std::uint64_t vm_memory = 0;
   for (std::size_t i = 0; i < p.vms.size(); ++i) {

@@ -14,6 +14,7 @@
 #include "models/mem_hierarchy.h"
 #include "models/platform.h"
 #include "sim/config.h"
+#include "sim/event_trace.h"
 #include "sim/params.h"
 #include "workloads/workload.h"
 
@@ -105,6 +106,7 @@ struct ExperimentParams {
   PlatformParams platform;
   hv::HypervisorParams hypervisor;
   std::vector<VmParams> vms;
+  trace::EventTraceParams event_trace;
 
   template <class V>
   void visit(V& v) {
@@ -117,6 +119,8 @@ struct ExperimentParams {
     v.section(platform, "platform", "The machine.");
     v.section(hypervisor, "hypervisor", "The hypervisor running on the machine.");
     v.list(vms, "vms", "Virtual machines.", 1);
+    v.section(event_trace, "event_trace",
+              "The optional timeline of events (docs/event_trace.md), written as events.json.");
   }
 };
 
@@ -139,6 +143,7 @@ struct RunResult {
   std::uint64_t simulated_ps = 0;
   bool finished = false;  // every finite workload completed
   std::vector<std::string> vm_notes;  // crashes, panics, killed threads
+  std::string events_json;            // the event trace; empty when it is off
 };
 
 /// A simulation that can be advanced in steps: built from an experiment,
@@ -166,6 +171,9 @@ class Session {
   bool finished() const;
   std::string stats_json();
   std::string summary();
+  /// The event trace so far as Chrome trace-event JSON; empty when
+  /// event_trace.enabled is off.
+  std::string events_json() const;
   /// Crashes, panics, killed threads and debug-console lines so far.
   std::vector<std::string> notes() const;
   const std::string& resolved_yaml() const { return m_resolved; }

@@ -78,14 +78,20 @@ int cmd_run(const std::vector<std::string>& args) {
     std::filesystem::create_directories(out);
     write_file(std::filesystem::path(out) / "stats.json", r.stats_json);
     write_file(std::filesystem::path(out) / "config.yaml", r.resolved_yaml);
+    if (!r.events_json.empty()) write_file(std::filesystem::path(out) / "events.json", r.events_json);
     std::cout << r.summary;
     if (had_sweep)
       std::cout << "note: ran the config without its sweep: block (./vmxsim sweep " << config
                 << " runs every point)\n";
     for (const auto& n : r.vm_notes) std::cout << "note: " << n << "\n";
     if (!r.finished && params.stop_when_done) std::cout << "note: the run ended at its duration before every workload finished\n";
-    std::cout << "\nwrote " << (std::filesystem::path(out) / "stats.json").string() << " and "
-              << (std::filesystem::path(out) / "config.yaml").string() << "\n";
+    const std::string stats_path = (std::filesystem::path(out) / "stats.json").string();
+    const std::string config_path = (std::filesystem::path(out) / "config.yaml").string();
+    if (r.events_json.empty())
+      std::cout << "\nwrote " << stats_path << " and " << config_path << "\n";
+    else
+      std::cout << "\nwrote " << stats_path << ", " << config_path << " and "
+                << (std::filesystem::path(out) / "events.json").string() << " (open it in ui.perfetto.dev)\n";
     return 0;
   } catch (const vmx::cfg::ConfigError& e) {
     std::cerr << "vmxsim: config error: " << e.what() << "\n";

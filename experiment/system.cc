@@ -15,29 +15,33 @@ namespace vmx::experiment {
 
 namespace {
 
-/// Ends the run early once every finite guest thread has finished.
+/// Ends the run early once every finite guest thread has finished. The
+/// number of such threads is known from the configuration before any VM
+/// boots, so a VM that finishes before another has started does not end
+/// the run.
 class Monitor : public sc_core::sc_module, public guest::RunControl {
  public:
   SC_HAS_PROCESS(Monitor);
   Monitor(sc_core::sc_module_name n, bool stop_when_done) : sc_module(n), m_stop(stop_when_done) {
     SC_THREAD(watch);
   }
-  void thread_started() override { ++m_live; m_any = true; }
+  /// `threads` more finite threads will run.
+  void expect(std::uint64_t threads) { m_pending += threads; m_expected += threads; }
+  void thread_started() override {}
   void thread_finished() override {
-    if (m_live && --m_live == 0) m_done.notify(sc_core::SC_ZERO_TIME);
+    if (m_pending && --m_pending == 0) m_done.notify(sc_core::SC_ZERO_TIME);
   }
-  bool finished() const { return m_any ? m_live == 0 : false; }
+  bool finished() const { return m_expected > 0 && m_pending == 0; }
 
  private:
   void watch() {
     for (;;) {
       sc_core::wait(m_done);
-      if (m_stop && m_live == 0) sc_core::sc_pause();
+      if (m_stop && m_pending == 0) sc_core::sc_pause();
     }
   }
   bool m_stop;
-  unsigned m_live = 0;
-  bool m_any = false;
+  std::uint64_t m_pending = 0, m_expected = 0;
   sc_core::sc_event m_done;
 };
 
@@ -47,7 +51,8 @@ sc_core::sc_time time_ps(std::uint64_t ps) { return sc_core::sc_time::from_value
 
 struct Session::System {
   explicit System(const ExperimentParams& p)
-      : params(p), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
+      : params(p), trace(p.event_trace), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
+    if (p.event_trace.enabled) trace::EventTrace::set_active(&trace);
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
     // The hypervisor drives the NIC's physical function (PF driver and switch).
@@ -69,6 +74,7 @@ struct Session::System {
       for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
         const auto& wp = vp.workloads[w];
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
+        if (wl->finite()) monitor.expect(wp.threads);
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
       }
       if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
@@ -114,9 +120,22 @@ struct Session::System {
       kernels.push_back(std::move(kernel));
     }
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
+    if (p.event_trace.enabled) {
+      // The timeline's rows in a fixed order: cores, devices, then each VM's
+      // vCPUs (a row exists from here on even if nothing happens on it).
+      for (unsigned i = 0; i < platform.core_count(); ++i) trace.track("cores", fmt::format("cpu{}", i));
+      if (pp.nic.enabled) {
+        trace.track("devices", "interrupt messages");
+        trace.track("devices", "iommu");
+      }
+      for (const VmParams& vp : p.vms)
+        for (unsigned j = 0; j < vp.vcpus; ++j) trace.track("vm " + vp.name, fmt::format("vcpu{}", j));
+    }
   }
 
   const ExperimentParams& params;
+  // Before the components: they record into it from their first event.
+  trace::EventTrace trace;
   stats::Group root;
   models::Platform platform;
   std::unique_ptr<hv::Hypervisor> hypervisor;
@@ -140,6 +159,8 @@ Session::Session(const ExperimentParams& params, std::string resolved_yaml)
   // SystemC reports stop the run with a message rather than abort().
   sc_core::sc_report_handler::set_actions(sc_core::SC_ERROR, sc_core::SC_DISPLAY | sc_core::SC_THROW);
   sc_core::sc_report_handler::set_actions(sc_core::SC_FATAL, sc_core::SC_DISPLAY | sc_core::SC_THROW);
+  // The trace is active before the system is built and stays so for the
+  // process's one simulation (the system is never destroyed).
   m_sys = new System(m_params);
 }
 
@@ -150,6 +171,10 @@ Session::~Session() {
   static System* kept = nullptr;
   kept = m_sys;
   (void)kept;
+}
+
+std::string Session::events_json() const {
+  return m_params.event_trace.enabled ? m_sys->trace.json() : std::string();
 }
 
 void Session::run_until(std::uint64_t ps) {
@@ -195,6 +220,9 @@ std::vector<std::string> Session::notes() const {
     if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
+  if (m_sys->trace.dropped())
+    out.push_back(fmt::format("event trace: {} events kept, {} dropped beyond event_trace.max_events",
+                              m_sys->trace.recorded(), m_sys->trace.dropped()));
   // The IOMMU's fault log (VT-d 7.2 primary fault records), as software
   // reading the fault-recording registers would see it.
   if (const iommu::Iommu* mmu = m_sys->platform.iommu())
@@ -220,6 +248,7 @@ RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) 
   res.stats_json = s.stats_json();
   res.resolved_yaml = resolved_yaml;
   res.summary = s.summary();
+  res.events_json = s.events_json();
   return res;
 }
 

@@ -10,6 +10,7 @@
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
+#include "sim/event_trace.h"
 
 namespace vmx::hv {
 
@@ -472,9 +473,25 @@ std::uint64_t Hypervisor::ept_translate(Core& c, Vm& vm, std::uint64_t gpa) {
   return 0;
 }
 
+void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(trace::kSched)) return;
+  if (v.trace_track < 0)
+    v.trace_track = static_cast<int>(t->track("vm " + v.vm->name, fmt::format("vcpu{}", v.index)));
+  const char* name = v.off == Vcpu::Off::OnCpu      ? "running"
+                     : v.off == Vcpu::Off::Halted   ? "halted"
+                     : v.off == Vcpu::Off::Runnable ? (stolen ? "runnable (stolen)" : "runnable (hypervisor)")
+                                                    : nullptr;
+  if (name && now > v.trace_since)
+    t->slice(static_cast<unsigned>(v.trace_track), name, c.ps_of(v.trace_since), c.ps_of(now),
+             {"core", v.off == Vcpu::Off::OnCpu ? c.id() : v.core});
+  v.trace_since = now;
+}
+
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
   if (pc.last_ran && pc.last_ran != &v) mark_preempted(c, *pc.last_ran);
+  trace_state(c, v, c.now(), pc.last_ran != &v);
   account_off_cpu(v, c.now(), pc.last_ran == &v);
   v.off = Vcpu::Off::OnCpu;
   v.guest_baseline = guest_cycles_now(*v.obs, v.since);
@@ -484,6 +501,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
     Vcpu& v;
     Core& c;
     ~Leave() {
+      hv.trace_state(c, v, c.now(), false);
       hv.account_on_cpu(v, c.now());
       v.off = v.state == Vcpu::State::Blocked ? Vcpu::Off::Halted
               : v.state == Vcpu::State::Dead  ? Vcpu::Off::Stopped
@@ -991,6 +1009,7 @@ void Hypervisor::wake(Vcpu& v) {
   if (was_blocked) {
     v.state = Vcpu::State::Runnable;
     if (v.off == Vcpu::Off::Halted) {
+      trace_state(Core::current(), v, Core::current().now(), false);
       account_off_cpu(v, Core::current().now(), false);
       v.off = Vcpu::Off::Runnable;
     }

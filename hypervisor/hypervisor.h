@@ -344,6 +344,9 @@ class Hypervisor {
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
+  /// Event trace: ends the slice of v's current state at `now` (cycles of
+  /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
+  void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
   void program_timer(PerCore& pc, bool idle = false);
   /// The scheduler's next deadline on the core (0: none).
   std::uint64_t sched_deadline(PerCore& pc);

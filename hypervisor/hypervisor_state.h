@@ -93,6 +93,10 @@ struct Hypervisor::Vcpu : SchedEntity {
   std::uint64_t since = 0;           // start of the current state
   std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
   std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
+  // Event trace: the vCPU's track and the start of its current state's slice
+  // (unlike `since`, not moved by statistics flushes).
+  int trace_track = -1;
+  std::uint64_t trace_since = 0;
   std::uint64_t steal_msr = 0;       // the guest's MSR_KVM_STEAL_TIME value
   std::uint64_t steal_area = 0;      // host-physical address of its steal-time record (0: off)
 

@@ -1,8 +1,10 @@
 #include "models/interrupts.h"
 
 #include <fmt/format.h>
+#include <systemc>
 
 #include "iommu/interrupt_remap.h"
+#include "sim/event_trace.h"
 
 namespace vmx::models {
 
@@ -23,6 +25,14 @@ void InterruptFabric::raise(std::uint32_t dest, std::uint8_t vector, bool from_d
   m_raise(dest, vector);
 }
 
+void InterruptFabric::trace_msi(const char* what, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(trace::kIrq)) return;
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("devices", "interrupt messages"));
+  t->instant(static_cast<unsigned>(m_trace_track), what, sc_core::sc_time_stamp().value(),
+             {"requester", m.requester, true}, {"dest", dest}, {"vector", vector});
+}
+
 void InterruptFabric::msi(const MsiMessage& m) {
   ++m_stats.msis;
   if (m_ir && m_ir->enabled()) {
@@ -32,10 +42,12 @@ void InterruptFabric::msi(const MsiMessage& m) {
     switch (r.kind) {
       case iommu::IrResult::Kind::Remapped:
         ++m_stats.remapped;
+        trace_msi("MSI (remapped)", m, r.dest, r.vector);
         raise(r.dest, r.vector, true);
         return;
       case iommu::IrResult::Kind::Posted:
         ++m_stats.posted;
+        trace_msi(r.notify ? "MSI (posted, notified)" : "MSI (posted)", m, r.dest, r.vector);
         if (r.notify) {
           if (r.dest < m_cpu.size()) ++m_cpu[r.dest]->notifications;
           raise(r.dest, r.vector, true);
@@ -45,6 +57,7 @@ void InterruptFabric::msi(const MsiMessage& m) {
         break;  // compatibility format let through (GSTS.CFIS)
       case iommu::IrResult::Kind::Blocked:
         ++m_stats.blocked;
+        trace_msi("MSI blocked", m, 0, 0);
         return;
     }
   }
@@ -52,6 +65,7 @@ void InterruptFabric::msi(const MsiMessage& m) {
     ++m_stats.unsupported;
     return;
   }
+  trace_msi("MSI", m, msi_dest(m.address), msi_vector(m.data));
   raise(msi_dest(m.address), msi_vector(m.data), true);
 }
 

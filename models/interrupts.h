@@ -83,6 +83,8 @@ class InterruptFabric final : public MsiSink {
   Raise m_raise;
   std::vector<std::unique_ptr<PerCpu>> m_cpu;
   iommu::InterruptRemap* m_ir = nullptr;
+  int m_trace_track = -1;  // event trace: the "interrupt messages" row
+  void trace_msi(const char* what, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector);
 };
 
 }  // namespace vmx::models

@@ -8,6 +8,7 @@
 
 #include "models/cache.h"
 #include "models/phys_mem.h"
+#include "sim/event_trace.h"
 
 namespace vmx::models {
 
@@ -99,7 +100,9 @@ bool RootComplex::translate(const DmaContext& ctx, std::uint64_t addr, bool writ
   req.pasid = ctx.pasid;
   req.privileged = ctx.privileged;
   req.execute = ctx.execute;
-  return m_iommu->translate(req, hpa, cycles).ok();
+  const iommu::TranslateResult r = m_iommu->translate(req, hpa, cycles);
+  m_last_fault = static_cast<std::uint32_t>(r.reason);
+  return r.ok();
 }
 
 bool RootComplex::llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write) {
@@ -182,6 +185,12 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
   if (blocked) {
     ++m_stats.blocked;
     ++rs.blocked;
+    if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kDma)) {
+      if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("devices", "iommu"));
+      t->instant(static_cast<unsigned>(m_trace_track), write ? "DMA write blocked" : "DMA read blocked",
+                 (sc_core::sc_time_stamp() + delay).value(), {"requester", rid, true}, {"address", addr, true},
+                 {"reason", m_last_fault, true});
+    }
     trans.set_response_status(tlm::TLM_ADDRESS_ERROR_RESPONSE);
     return;
   }

@@ -168,6 +168,8 @@ class RootComplex : public sc_core::sc_module {
   MsiSink* m_msi = nullptr;
   RootComplexStats m_stats;
   std::unordered_map<std::uint16_t, RequesterStats*> m_requesters;
+  std::uint32_t m_last_fault = 0;  // VT-d fault reason of the last translation
+  int m_trace_track = -1;          // event trace: the "iommu" row
 };
 
 }  // namespace vmx::models

@@ -110,6 +110,7 @@ class PySession {
   bool finished() const { return m_session->finished(); }
   std::string stats_json() { return m_session->stats_json(); }
   std::string summary() { return m_session->summary(); }
+  std::string events_json() const { return m_session->events_json(); }
   std::vector<std::string> notes() const { return m_session->notes(); }
   const std::string& resolved_yaml() const { return m_session->resolved_yaml(); }
   std::uint64_t duration_ps() const { return m_session->params().duration; }
@@ -187,6 +188,7 @@ PYBIND11_MODULE(_vmxsim, m) {
       .def_property_readonly("finished", &PySession::finished)
       .def("stats_json", &PySession::stats_json)
       .def("summary", &PySession::summary)
+      .def("events_json", &PySession::events_json)
       .def("notes", &PySession::notes)
       .def_property_readonly("resolved_yaml", &PySession::resolved_yaml)
       .def_property_readonly("duration_ps", &PySession::duration_ps)

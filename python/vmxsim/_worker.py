@@ -51,7 +51,8 @@ def _serve(requests, replies):
                 value = _state(session)
             elif op == "snapshot":
                 value = {"stats_json": session.stats_json(), "summary": session.summary(),
-                         "notes": list(session.notes()), **_state(session)}
+                         "notes": list(session.notes()), "events_json": session.events_json() or None,
+                         **_state(session)}
             else:
                 raise ValueError(f"unknown request {op!r}")
             reply = ("ok", value)

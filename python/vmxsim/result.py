@@ -121,10 +121,15 @@ class Result:
     - ``summary``: the text the command line prints; ``notes``: crashes,
       panics, killed threads, debug-console lines
     - ``simulated_s``, ``finished``; ``stats_json``: the raw statistics JSON
+    - ``events_json``: the event trace (Chrome trace-event JSON, see
+      docs/event_trace.md) when ``event_trace.enabled`` was set, else None;
+      ``events``: the same parsed, a dict with ``traceEvents``
     """
 
-    def __init__(self, stats_json, config_yaml, summary="", notes=(), simulated_ps=0, finished=False):
+    def __init__(self, stats_json, config_yaml, summary="", notes=(), simulated_ps=0, finished=False,
+                 events_json=None):
         self.stats_json = stats_json
+        self.events_json = events_json
         self.config_yaml = config_yaml
         self.summary = summary
         self.notes = list(notes)
@@ -134,6 +139,11 @@ class Result:
         self.stats = StatGroup("", self._tree)
         self.flat = flatten(self._tree)
         self.config = yaml.safe_load(config_yaml)
+
+    @property
+    def events(self):
+        """The event trace as a dict (``traceEvents``: the list of events), or None."""
+        return json.loads(self.events_json) if self.events_json else None
 
     @property
     def simulated_s(self):
@@ -150,9 +160,13 @@ class Result:
         return Histogram(path, node)
 
     def save(self, directory):
-        """Writes stats.json and config.yaml as ``vmxsim run --out`` does."""
+        """Writes stats.json, config.yaml and, with an event trace, events.json,
+        as ``vmxsim run --out`` does."""
         os.makedirs(directory, exist_ok=True)
-        for name, text in (("stats.json", self.stats_json), ("config.yaml", self.config_yaml)):
+        files = [("stats.json", self.stats_json), ("config.yaml", self.config_yaml)]
+        if self.events_json:
+            files.append(("events.json", self.events_json))
+        for name, text in files:
             with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
                 f.write(text)
 

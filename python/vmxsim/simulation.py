@@ -208,7 +208,7 @@ class Simulation:
         snap = self._call("snapshot")
         self._state = snap
         return Result(snap["stats_json"], self.config_yaml, snap["summary"], snap["notes"],
-                      snap["now_ps"], snap["finished"])
+                      snap["now_ps"], snap["finished"], snap.get("events_json"))
 
     def __repr__(self):
         state = "closed" if self._closed else f"at {self.now_s:.6f} s"

@@ -312,6 +312,7 @@ def run_point(resolved_yaml, name="point", _started=None):
         err.seek(0)
         log = err.read().decode(errors="replace")
     return {"stats_json": r.stats_json, "config_yaml": r.config_yaml, "summary": r.summary, "notes": r.notes,
+            "events_json": r.events_json,
             "simulated_ps": r.simulated_ps, "finished": r.finished, "log": log,
             "wall_s": time.monotonic() - start}
 
@@ -388,6 +389,8 @@ def _record(out, point, res):
     _write(os.path.join(d, "config.yaml"), res["config_yaml"])
     _write(os.path.join(d, "stats.json"), res["stats_json"])
     _write(os.path.join(d, "summary.txt"), res["summary"])
+    if res.get("events_json"):
+        _write(os.path.join(d, "events.json"), res["events_json"])
     if res["log"]:
         _write(os.path.join(d, "log.txt"), res["log"])
     meta = {"point": point.index, "parameters": point.params, "overrides": point.overrides,
@@ -437,7 +440,12 @@ class SweepResult:
             summary = f.read()
         with open(os.path.join(d, "point.json"), encoding="utf-8") as f:
             meta = json.load(f)
-        return Result(stats, conf, summary, meta["notes"], round(meta["simulated_s"] * 1e12), meta["finished"])
+        events = None
+        if os.path.exists(os.path.join(d, "events.json")):
+            with open(os.path.join(d, "events.json"), encoding="utf-8") as f:
+                events = f.read()
+        return Result(stats, conf, summary, meta["notes"], round(meta["simulated_s"] * 1e12), meta["finished"],
+                      events)
 
     def __repr__(self):
         return (f"<vmxsim.SweepResult {len(self.points)} points: {self.ran} ran, {self.skipped} skipped, "

@@ -126,3 +126,18 @@ def test_sigint_from_a_terminal_stops_parent_and_simulation(tmp_path):
     assert p.returncode != 0 and "KeyboardInterrupt" in err
     with pytest.raises(ProcessLookupError):
         os.kill(worker, 0)  # the simulation process is gone (and reaped)
+
+
+def test_event_trace_in_the_result_and_saved_like_the_command_line(tiny_yaml, tmp_path):
+    r = vmxsim.run(tiny_yaml, overrides={"event_trace.enabled": True, "event_trace.categories": "exits"})
+    events = r.events["traceEvents"]
+    cpuid = [e for e in events if e.get("ph") == "X" and e["name"] == "CPUID"]
+    assert len(cpuid) == r.flat["vm.web.vcpu0.exit_reasons.CPUID.cycles.count"] == 300
+    r.save(tmp_path / "py")
+    out = tmp_path / "cli"
+    subprocess.run([str(CLI), "run", str(tiny_yaml), "--set", "event_trace.enabled=true", "--set",
+                    "event_trace.categories=exits", "--out", str(out)], check=True, capture_output=True)
+    assert (tmp_path / "py" / "events.json").read_text() == (out / "events.json").read_text()
+    # Off (the default): no trace.
+    plain = vmxsim.run(tiny_yaml)
+    assert plain.events_json is None and plain.events is None
