@@ -528,3 +528,24 @@ TEST_CASE("vmxsim run on a config with a sweep: block runs its base point and sa
   CHECK(r.at("vm.t.vcpu0.exit_reasons.CPUID.cycles.count") == 300);  // --set applies, the sweep does not
   CHECK(r.out.find("without its sweep: block") != std::string::npos);
 }
+
+TEST_CASE("stop_when_done waits for the finite work of VMs that have not started yet", "[cli]") {
+  // Two VMs share one core: the second boots only once the first has run a
+  // while, after the first one's short loop may already be done.
+  const std::string yaml = R"(duration: 50ms
+platform: {cores: 1, memory: 512MiB}
+vms:
+  - name: a
+    memory: 32MiB
+    workloads: [{type: cpuid_loop, iterations: 100}]
+  - name: b
+    memory: 32MiB
+    workloads: [{type: cpuid_loop, iterations: 100}]
+)";
+  auto r = run_cli(yaml);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.a.workload0.threads_done") == 1);
+  CHECK(r.at("vm.b.workload0.threads_done") == 1);
+  CHECK(r.at("sim.finished") == 1);
+  CHECK(r.at("sim.seconds") < 0.05);  // and then it stops
+}
