@@ -1,6 +1,6 @@
 // The vmxsim command line.
 //
-//   vmxsim run [CONFIG] [--set path=value ...] [--out DIR]
+//   vmxsim run [CONFIG] [--set path=value ...] [--out DIR] [--trace]
 //   vmxsim params            print the parameter reference (Markdown)
 //   vmxsim --help | --version
 #include <cstdio>
@@ -17,7 +17,7 @@
 namespace {
 
 const char* kUsage =
-    "usage: vmxsim run [CONFIG] [--set path=value ...] [--out DIR]\n"
+    "usage: vmxsim run [CONFIG] [--set path=value ...] [--out DIR] [--trace]\n"
     "       vmxsim params\n"
     "       vmxsim --help | --version\n"
     "\n"
@@ -25,6 +25,8 @@ const char* kUsage =
     "        print a summary and write stats.json and config.yaml (the fully resolved\n"
     "        configuration) into DIR (default: out/<config name>).\n"
     "        --set overrides one value, e.g. --set vms[0].vcpus=4 --set platform.frequency=2GHz\n"
+    "        --trace also writes events.json, the run's timeline for ui.perfetto.dev\n"
+    "        (the same as --set event_trace.enabled=true; docs/event_trace.md).\n"
     "params  print every parameter with its unit, default and source.\n";
 
 int usage_error(const std::string& msg) {
@@ -48,6 +50,8 @@ int cmd_run(const std::vector<std::string>& args) {
       if (i + 1 >= args.size()) return usage_error(a + " needs a value");
       if (a == "--set") sets.push_back(args[++i]);
       else out = args[++i];
+    } else if (a == "--trace") {
+      sets.push_back("event_trace.enabled=true");
     } else if (a.rfind("--set=", 0) == 0) {
       sets.push_back(a.substr(6));
     } else if (a.rfind("--out=", 0) == 0) {

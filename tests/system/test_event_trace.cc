@@ -174,3 +174,11 @@ TEST_CASE("Event trace: bad settings are config errors naming the key", "[trace]
   CHECK(backwards.exit_code == 2);
   CHECK(backwards.err.find("event_trace.stop") != std::string::npos);
 }
+
+TEST_CASE("vmxsim run --trace writes events.json with the default categories", "[trace][cli]") {
+  auto r = run_cli(two_vms("", "      - type: cpuid_loop\n        iterations: 50\n"), {"--trace"});
+  REQUIRE(r.exit_code == 0);
+  const Trace t = load(r);
+  CHECK(sum(t, t.track_pid("cores"), "CPUID").first == 100);
+  CHECK(sum(t, t.track_pid("vm b"), "running").first > 0);
+}
