@@ -242,6 +242,143 @@ class NetStream final : public Workload {
                               "pmd: completion checks that found the ring still full (the device is the bottleneck)"};
 };
 
+// Receives the frames the network peer generates (platform.nic.peer.mode:
+// generate) and checks their sequence numbers: through the guest kernel
+// (driver: kernel) or from its own receive ring (driver: pmd). Throughput
+// counts from the first frame received.
+class NetRx final : public Workload {
+ public:
+  NetRx(const NetRxParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.frames != 0; }
+  void run(guest::Thread& t) override {
+    if (m_p.driver == "pmd")
+      run_pmd(t);
+    else
+      run_kernel(t);
+  }
+
+ private:
+  void run_kernel(guest::Thread& t) {
+    if (!t.net_up()) {
+      ++m_no_device;
+      return;
+    }
+    const std::uint64_t buf = t.mmap(4096);
+    started(t);
+    for (std::uint64_t i = 0; m_p.frames == 0 || i < m_p.frames; ++i) {
+      const std::uint32_t len = t.net_recv(buf, 4096);
+      got(t, buf, len);
+    }
+    finished(t);
+  }
+
+  // The receive side of the poll-mode driver: every descriptor of the ring
+  // gets a 2 KiB slot of the pool (bus addresses from virt_to_phys); the
+  // program polls the DD bit of the next descriptor, reads the frame's
+  // length and sequence number, re-arms the descriptor with the next free
+  // slot, and writes RX_TAIL once per `batch` descriptors.
+  void run_pmd(guest::Thread& t) {
+    namespace reg = models::nicreg;
+    const std::uint64_t regs = t.net_claim();
+    if (!regs) {
+      ++m_no_device;
+      return;
+    }
+    const auto n = static_cast<std::uint32_t>(m_p.ring);
+    constexpr std::uint64_t kSlot = 2048;
+    const std::uint64_t slots = std::max<std::uint64_t>(n, m_p.buffer / kSlot);
+    const std::uint64_t ring = t.dma_alloc(16ull * n);
+    const std::uint64_t ring_pa = ring ? t.virt_to_phys(ring) : 0;
+    const std::uint64_t buf = t.mmap(slots * kSlot);
+    const std::uint64_t iova = t.mmap(slots * 8);
+    const std::uint64_t sw_ring = t.mmap(8ull * n);  // the slot each descriptor holds (DPDK's sw_ring)
+    if (!ring_pa || !buf || !iova || !sw_ring) {
+      ++m_no_memory;
+      return;
+    }
+    std::uint64_t page_pa = 0;
+    for (std::uint64_t s = 0; s < slots; ++s) {
+      const std::uint64_t va = buf + s * kSlot;
+      if (s == 0 || (va & 0xFFF) == 0) {
+        t.store(va, 0);  // faults the page in
+        page_pa = t.virt_to_phys(va);
+      }
+      t.store(iova + 8 * s, page_pa + (va & 0xFFF));
+    }
+    // Descriptor i starts with slot i; a received frame's slot is replaced
+    // by the next slot of the pool, round robin.
+    std::uint64_t next_slot = n % slots;
+    for (std::uint32_t i = 0; i < n; ++i) {
+      t.store(sw_ring + 8ull * i, i);
+      t.store(ring + 16ull * i, t.load(iova + 8ull * i));
+      t.store(ring + 16ull * i + 8, kSlot, 4);  // buffer size; status cleared
+    }
+    t.store(regs + reg::kIntEnable, 0, 4);
+    t.store(regs + reg::kRxBaseLo, ring_pa & 0xFFFFFFFFu, 4);
+    t.store(regs + reg::kRxBaseHi, ring_pa >> 32, 4);
+    t.store(regs + reg::kRxSize, n, 4);      // head = tail = 0
+    t.store(regs + reg::kRxTail, n - 1, 4);  // all but one descriptor to the device
+    t.store(regs + reg::kCtrl, reg::kCtrlRxEn, 4);
+    started(t);
+    std::uint32_t next = 0, unposted = 0;
+    for (std::uint64_t i = 0; m_p.frames == 0 || i < m_p.frames; ++i) {
+      const std::uint64_t d = ring + 16ull * next;
+      while (!(t.load(d + kDescStatus, 2) & kDescDone)) {
+        ++m_empty_polls;
+        t.cpu().pause();
+      }
+      const auto len = static_cast<std::uint32_t>(t.load(d + 8, 2));
+      got(t, buf + t.load(sw_ring + 8ull * next) * kSlot, len);
+      t.store(sw_ring + 8ull * next, next_slot);
+      t.store(d, t.load(iova + 8 * next_slot));
+      next_slot = (next_slot + 1) % slots;
+      t.store(d + 8, kSlot, 4);
+      t.compute(m_p.pmd_instructions);
+      if (++unposted == m_p.batch) {
+        t.store(regs + reg::kRxTail, next, 4);  // this descriptor is the one left empty
+        unposted = 0;
+        ++m_doorbells;
+      }
+      next = (next + 1) % n;
+    }
+    finished(t);
+  }
+
+  // A received frame at va: its sequence number (the peer's timed header)
+  // tells how many frames were lost before it.
+  void got(guest::Thread& t, std::uint64_t va, std::uint32_t len) {
+    const std::uint64_t now = t.cpu().rdtsc();
+    if (!m_frames.value()) m_t0 = now;
+    ++m_frames;
+    m_bytes += len;
+    ++m_stats.operations;
+    if (len >= kSeqOffset + 8 && t.load(va + 14, 4) == kMagic) {
+      const std::uint64_t seq = t.load(va + kSeqOffset);
+      if (m_have_seq && seq > m_next_seq) m_lost += seq - m_next_seq;
+      m_next_seq = seq + 1;
+      m_have_seq = true;
+    }
+    if (now > m_t0)
+      m_gbps.set(static_cast<double>(m_bytes.value()) * 8.0 * static_cast<double>(t.tsc_hz()) /
+                 static_cast<double>(now - m_t0) / 1e9);
+  }
+
+  static constexpr std::uint64_t kDescStatus = 10, kDescDone = 1;
+  NetRxParams m_p;
+  std::uint64_t m_t0 = 0, m_next_seq = 0;
+  bool m_have_seq = false;
+  stats::Counter m_frames{&m_stats, "frames", "frames", "frames received"};
+  stats::Counter m_bytes{&m_stats, "bytes", "bytes", "bytes of those frames"};
+  stats::Counter m_lost{&m_stats, "lost", "frames",
+                        "frames missing between those received (sequence numbers of the peer's frames skipped)"};
+  stats::Gauge m_gbps{&m_stats, "throughput_gbps", "Gbit/s",
+                      "bytes received per second from the first frame on (guest TSC), in Gbit/s"};
+  stats::Counter m_no_device{&m_stats, "no_device", "threads", "threads that found no network device"};
+  stats::Counter m_no_memory{&m_stats, "no_memory", "threads", "pmd: threads that got no memory for ring or buffers"};
+  stats::Counter m_doorbells{&m_stats, "doorbells", "writes", "pmd: RX_TAIL register writes"};
+  stats::Counter m_empty_polls{&m_stats, "empty_polls", "polls", "pmd: polls that found no new frame"};
+};
+
 // A rogue driver: points its device's DMA at addresses outside its memory
 // and looks at what the device reports. Device writes: for each target, the
 // next receive descriptor gets the target as its buffer, the device's error
@@ -335,6 +472,7 @@ class PatternCheck final : public Workload {
 std::shared_ptr<Workload> Workload::create_net(const WorkloadParams& p, stats::Group* parent, const std::string& name) {
   if (p.type == "net_pingpong") return std::make_shared<NetPingpong>(p.net_pingpong, parent, name);
   if (p.type == "net_stream") return std::make_shared<NetStream>(p.net_stream, parent, name);
+  if (p.type == "net_rx") return std::make_shared<NetRx>(p.net_rx, parent, name);
   if (p.type == "dma_rogue") return std::make_shared<DmaRogue>(p.dma_rogue, parent, name);
   if (p.type == "pattern_check") return std::make_shared<PatternCheck>(p.pattern_check, parent, name);
   return nullptr;

@@ -224,6 +224,30 @@ struct NetStreamParams {
   }
 };
 
+struct NetRxParams {
+  std::uint64_t frames, batch, buffer, ring, pmd_instructions;
+  std::string driver;
+  template <class V>
+  void visit(V& v) {
+    v.param(frames, "frames", "0", Spec(), "Frames to receive (0: until the end).");
+    v.param(driver, "driver", "kernel", Spec().one_of({"kernel", "pmd"}),
+            "kernel: each frame through the guest kernel's receive call (interrupt, copy). pmd: the program "
+            "claims the NIC function and polls its own receive ring; the device writes the frames straight "
+            "into the program's buffers (docs/io.md, \"Poll-mode driver\").");
+    v.param(batch, "batch", "32", Spec().at_least(1).at_most(4096),
+            "pmd: descriptors given back to the device per RX_TAIL write.");
+    v.param(buffer, "buffer", "1MiB", Spec(Unit::Bytes).at_least(4096),
+            "pmd: the pool of 2 KiB receive buffers (at least as many as the ring has descriptors); kernel: "
+            "unused.");
+    v.param(ring, "ring", "512", Spec(Unit::Count).at_least(64).at_most(4096).power_of_two(),
+            "pmd: descriptors in the program's receive ring. Default: 512 (assumption: DPDK testpmd's "
+            "long-standing default RX ring size).");
+    v.param(pmd_instructions, "pmd_instructions", "40", Spec(Unit::Instructions),
+            "pmd: instructions per frame besides its loads and stores (burst loop, descriptor refill). "
+            "Default: 40 (assumption, as net_stream's).");
+  }
+};
+
 struct DmaRogueParams {
   std::uint64_t address, stride, count, delay;
   bool rx, tx;
@@ -275,6 +299,7 @@ struct WorkloadParams {
   SpinlockParams spinlock;
   NetPingpongParams net_pingpong;
   NetStreamParams net_stream;
+  NetRxParams net_rx;
   DmaRogueParams dma_rogue;
   PatternCheckParams pattern_check;
 
@@ -296,7 +321,7 @@ struct WorkloadParams {
               cfg::alt("mmap_churn", mmap_churn), cfg::alt("fork_churn", fork_churn),
               cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
               cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
-              cfg::alt("net_stream", net_stream), cfg::alt("dma_rogue", dma_rogue),
+              cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
               cfg::alt("pattern_check", pattern_check));
   }
 };

@@ -98,3 +98,67 @@ TEST_CASE("PMD over virtio-net: the kernel keeps the device and the program repo
   CHECK(r.at("vm.a.workload0.no_device") == 1);
   CHECK(r.at("vm.a.workload0.frames") == 0);
 }
+
+namespace {
+
+std::string rx_yaml(const std::string& driver, unsigned rate, unsigned count) {
+  return fmt::format(R"(
+duration: 40ms
+platform:
+  cores: 2
+  memory: 1GiB
+  quantum: 1us
+  nic:
+    enabled: true
+    peer: {{mode: generate, arrivals: constant, rate: {}, count: {}, packet_size: 1000, dest_function: 1, start: 18ms}}
+hypervisor:
+  posted_interrupts: true
+  zero_pages: false
+vms:
+  - name: a
+    memory: 32MiB
+    nic: {{type: vf, vf: 0}}
+    workloads:
+      - type: net_rx
+        driver: {}
+        frames: {}
+        buffer: 1MiB
+)",
+                     rate, count, driver, count);
+}
+
+}  // namespace
+
+TEST_CASE("net_rx: the PMD and the kernel receive every frame the peer sends, in order", "[net][pmd][system]") {
+  for (const char* driver : {"pmd", "kernel"}) {
+    auto r = run_cli(rx_yaml(driver, 100000, 500));
+    REQUIRE(r.exit_code == 0);
+    INFO(driver);
+    CHECK(r.at("system.peer.generated") == 500);
+    CHECK(r.at("vm.a.workload0.frames") == 500);
+    CHECK(r.at("vm.a.workload0.bytes") == 500 * 1000);
+    CHECK(r.at("vm.a.workload0.lost") == 0);
+    CHECK(r.at("vm.a.workload0.threads_done") == 1);
+    CHECK(r.at("system.nic.vf0.rx_drops") == 0);
+    CHECK(r.at("system.nic.rx_fifo_drops") == 0);
+  }
+  // The PMD takes no interrupt; the kernel one per frame or batch of frames.
+  auto pmd = run_cli(rx_yaml("pmd", 100000, 500));
+  CHECK(pmd.at("vm.a.kernel.net.interrupts") == 0);
+  CHECK(pmd.at("system.nic.vf0.interrupts") == 0);
+}
+
+TEST_CASE("net_rx: beyond what the kernel's path keeps up with, frames are lost and counted", "[net][pmd][system]") {
+  // 2 million frames per second: about 0.5 us each, less than the kernel's
+  // interrupt, system call and copy per frame.
+  auto kernel = run_cli(rx_yaml("kernel", 2000000, 8000), {"--set", "vms[0].workloads[0].frames=0"});
+  REQUIRE(kernel.exit_code == 0);
+  CHECK(kernel.at("system.peer.generated") == 8000);
+  CHECK(kernel.at("vm.a.workload0.lost") > 1000);
+  CHECK(kernel.at("system.nic.vf0.rx_drops") > 1000);  // no free descriptor
+  // The same stream to the PMD: nothing lost.
+  auto pmd = run_cli(rx_yaml("pmd", 2000000, 8000));
+  REQUIRE(pmd.exit_code == 0);
+  CHECK(pmd.at("vm.a.workload0.frames") == 8000);
+  CHECK(pmd.at("vm.a.workload0.lost") == 0);
+}
