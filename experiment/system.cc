@@ -129,7 +129,10 @@ struct Session::System {
         trace.track("devices", "iommu");
       }
       for (const VmParams& vp : p.vms)
-        for (unsigned j = 0; j < vp.vcpus; ++j) trace.track("vm " + vp.name, fmt::format("vcpu{}", j));
+        for (unsigned j = 0; j < vp.vcpus; ++j) {
+          trace.track("vm " + vp.name, fmt::format("vcpu{}", j));
+          if (trace.on(trace::kGuest)) trace.track("vm " + vp.name, fmt::format("vcpu{} threads", j));
+        }
     }
   }
 

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "mmu/paging.h"
+#include "sim/event_trace.h"
 #include "workloads/workload.h"
 
 namespace vmx::guest {
@@ -675,6 +676,29 @@ void Kernel::sys_sleep_until(Thread& t, std::uint64_t wake) {
   now.set_user_mode(true);
 }
 
+// Event trace (docs/event_trace.md, category guest): the guest's own view
+// of its vCPU, one slice per thread run or idle period, in the vCPU's core
+// time. While the hypervisor runs another vCPU the guest's thread still
+// "runs" here: the vCPU row shows that time as stolen.
+void Kernel::trace_switch(Core& c, Vcpu& v, const Thread* next) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t->on(trace::kGuest)) return;
+  if (v.trace_track < 0)
+    v.trace_track = static_cast<int>(t->track("vm " + m_vm, fmt::format("vcpu{} threads", v.index)));
+  const std::uint64_t now = c.now_ps();
+  if (v.trace_idle)
+    t->slice(static_cast<unsigned>(v.trace_track), "idle", v.trace_since_ps, now);
+  else
+    t->slice(static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", v.trace_pcid},
+             {"thread", v.trace_thread});
+  v.trace_since_ps = now;
+  v.trace_idle = next == nullptr;
+  if (next) {
+    v.trace_pcid = next->m_process->pcid;
+    v.trace_thread = next->m_index;
+  }
+}
+
 void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
   // requeue_current: an interrupt preempts the running thread, which stays
   // runnable; otherwise it blocks or exits. The interrupt flag and privilege
@@ -704,6 +728,7 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
     if (was_enabled) c.sti();
     return;
   }
+  if (trace::EventTrace::active()) [[unlikely]] trace_switch(c, v, next);
   ++m_sched_stats.switches;
   charge(c, m_p.costs.context_switch, kCodeSched);
   c.set_user_mode(false);

@@ -314,6 +314,11 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
     std::uint64_t steal_avg = 0;
     std::uint64_t capacity = 1024;
     std::uint64_t cap_tsc = 0, cap_steal_ns = 0;  // at the last sample
+    // Event trace: this vCPU's "threads" row, what ran on it since when.
+    int trace_track = -1;
+    std::uint64_t trace_since_ps = 0;
+    std::uint64_t trace_pcid = 0, trace_thread = 0;
+    bool trace_idle = true;
     std::uint64_t load() const { return queued_load + (current ? current->m_weight : 0); }
     std::uint64_t nr_running() const { return runq.size() + (current ? 1 : 0); }
   };
@@ -372,6 +377,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   void free_table(cpu::Core& c, std::uint64_t table, unsigned level);
   bool cow_fault(cpu::Core& c, Process& p, std::uint64_t addr);
   void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
+  void trace_switch(cpu::Core& c, Vcpu& v, const Thread* next);
   /// Programs the vCPU's timer for the earlier of the next tick and the
   /// first sleeper's wake-up; `restart_tick` starts a new tick period if
   /// the vCPU has work, or stops the tick if it has none.

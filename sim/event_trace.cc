@@ -13,7 +13,7 @@ struct Name {
   Category bit;
 };
 constexpr Name kNames[] = {
-    {"exits", kExits}, {"sched", kSched}, {"irq", kIrq}, {"dma", kDma}, {"walks", kWalks},
+    {"exits", kExits}, {"sched", kSched}, {"irq", kIrq}, {"dma", kDma}, {"walks", kWalks}, {"guest", kGuest},
 };
 
 std::string trim(const std::string& s) {
@@ -56,7 +56,7 @@ bool parse_categories(const std::string& text, std::uint32_t& mask, std::string&
       }
     }
     if (!known) {
-      why = "a comma-separated list of exits, sched, irq, dma, walks";
+      why = "a comma-separated list of exits, sched, irq, dma, guest, walks";
       if (!item.empty()) why += " ('" + item + "' is none of them)";
       return false;
     }

@@ -23,6 +23,7 @@ enum Category : std::uint32_t {
   kIrq = 1u << 2,    // interrupt deliveries and device messages
   kDma = 1u << 3,    // DMA blocked by the IOMMU
   kWalks = 1u << 4,  // page walks of the cores (many: off by default)
+  kGuest = 1u << 5,  // guest kernels' thread switches, per vCPU
 };
 
 struct EventTraceParams {
@@ -38,10 +39,10 @@ struct EventTraceParams {
     v.param(enabled, "enabled", "false", Spec(Unit::Flag),
             "Record a timeline of events and write it as events.json beside stats.json (Chrome trace-event "
             "JSON: open it in ui.perfetto.dev or chrome://tracing).");
-    v.param(categories, "categories", "exits,sched,irq,dma", Spec(),
+    v.param(categories, "categories", "exits,sched,irq,dma,guest", Spec(),
             "Comma-separated event categories: exits (VM entries and exits per core), sched (vCPU running, "
-            "runnable, halted), irq (interrupt deliveries, MSIs), dma (DMA blocked by the IOMMU), walks (page "
-            "walks; many events).");
+            "runnable, halted), irq (interrupt deliveries, MSIs), dma (DMA blocked by the IOMMU), guest (the guest "
+            "kernels' thread switches), walks (page walks; many events).");
     v.param(start, "start", "0ps", Spec(Unit::Time), "Events that end before this simulated time are left out.");
     v.param(stop, "stop", "0ps", Spec(Unit::Time),
             "Events that begin at or after this simulated time are left out (0: the end of the run).");

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <set>
 #include <string>
 
 #include "system/cli_harness.h"
@@ -181,4 +182,31 @@ TEST_CASE("vmxsim run --trace writes events.json with the default categories", "
   const Trace t = load(r);
   CHECK(sum(t, t.track_pid("cores"), "CPUID").first == 100);
   CHECK(sum(t, t.track_pid("vm b"), "running").first > 0);
+}
+
+TEST_CASE("Event trace: one guest-thread slice per guest context switch", "[trace][guest][system]") {
+  const std::string yaml = R"(duration: 40ms
+platform: {cores: 1, memory: 512MiB}
+event_trace: {enabled: true, categories: guest}
+vms:
+  - name: a
+    memory: 32MiB
+    workloads:
+      - {type: cpu_bound, threads: 2}
+      - {type: sleep_loop}
+)";
+  auto r = run_cli(yaml);
+  REQUIRE(r.exit_code == 0);
+  const Trace t = load(r);
+  const unsigned pid = t.track_pid("vm a");
+  CHECK(t.tid.count({pid, "vcpu0 threads"}) == 1);
+  const unsigned slices = sum(t, pid, "thread").first + sum(t, pid, "idle").first;
+  CHECK(r.at("vm.a.kernel.sched.switches") >= 5);
+  CHECK(slices == r.at("vm.a.kernel.sched.switches"));
+  // Both threads of the compute process ran.
+  std::set<unsigned> threads;
+  for (const auto& e : t.root["traceEvents"])
+    if (e["name"].as<std::string>() == "thread") threads.insert(e["args"]["thread"].as<unsigned>());
+  CHECK(threads.count(0) == 1);
+  CHECK(threads.count(1) == 1);
 }
