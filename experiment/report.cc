@@ -14,6 +14,40 @@ double ratio(const stats::Group& g, const std::string& path) {
   if (auto* s = dynamic_cast<const stats::Ratio*>(g.find(path))) return s->value();
   return 0;
 }
+const stats::Gauge* gauge(const stats::Group& g, const std::string& path) {
+  return dynamic_cast<const stats::Gauge*>(g.find(path));
+}
+
+// The NIC's functions that moved anything, the peer, and the IOMMU.
+std::string network_summary(const stats::Group& root, const ExperimentParams& params, double seconds) {
+  const stats::Group* nic = root.find_group("system.nic");
+  if (!nic) return {};
+  std::string out = fmt::format("\nNIC ({} Gbit/s link)\n", params.platform.nic.link.bandwidth_gbps);
+  for (const stats::Group* f : nic->children()) {
+    const std::uint64_t tx = counter(*f, "tx_packets"), rx = counter(*f, "rx_packets");
+    const std::uint64_t lost = counter(*f, "rx_drops") + counter(*f, "rx_discards") + counter(*f, "rx_oversize");
+    if (!tx && !rx && !lost && !counter(*f, "dma_faults")) continue;
+    out += fmt::format("  {}: tx {} frames ({:.2f} Gbit/s over the run), rx {} frames ({:.2f} Gbit/s), rx "
+                       "dropped {}, DMA faults {}, interrupts {}\n",
+                       f->name(), tx, seconds > 0 ? counter(*f, "tx_bytes") * 8 / seconds / 1e9 : 0.0, rx,
+                       seconds > 0 ? counter(*f, "rx_bytes") * 8 / seconds / 1e9 : 0.0, lost,
+                       counter(*f, "dma_faults"), counter(*f, "interrupts"));
+  }
+  if (const std::uint64_t fifo = counter(*nic, "rx_fifo_drops")) out += fmt::format("  receive FIFO overflows: {} frames\n", fifo);
+  if (const stats::Group* peer = root.find_group("system.peer"))
+    out += fmt::format("  peer: received {} frames ({} with sequence gaps), sent {}\n", counter(*peer, "rx_packets"),
+                       counter(*peer, "rx_sequence_gaps"), counter(*peer, "tx_packets"));
+  if (const stats::Group* mmu = root.find_group("system.iommu"); mmu && counter(*mmu, "translations")) {
+    const stats::Group* rc = root.find_group("system.root_complex");
+    const double mib = rc ? static_cast<double>(counter(*rc, "dma_read_bytes") + counter(*rc, "dma_write_bytes")) /
+                                (1 << 20)
+                          : 0;
+    out += fmt::format("  IOMMU: {} translations, {} IOTLB misses ({:.1f} per MiB of DMA), {} faults\n",
+                       counter(*mmu, "translations"), counter(*mmu, "iotlb.misses"),
+                       mib > 0 ? counter(*mmu, "iotlb.misses") / mib : 0.0, counter(*mmu, "faults"));
+  }
+  return out;
+}
 }  // namespace
 
 std::string summary(const stats::Group& root, const ExperimentParams& params) {
@@ -56,10 +90,16 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
     for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
       const stats::Group* wg = vg->find_group(fmt::format("workload{}", w));
       if (!wg) continue;
-      out += fmt::format("  workload{} ({}, {} threads): {} operations, {} threads done\n", w, vm.workloads[w].type,
+      out += fmt::format("  workload{} ({}, {} threads): {} operations, {} threads done", w, vm.workloads[w].type,
                          vm.workloads[w].threads, counter(*wg, "operations"), counter(*wg, "threads_done"));
+      if (const stats::Gauge* g = gauge(*wg, "throughput_gbps"); g && g->value() > 0)
+        out += fmt::format(", {:.2f} Gbit/s", g->value());
+      if (auto* h = dynamic_cast<const stats::Histogram*>(wg->find("rtt_ns")); h && h->count())
+        out += fmt::format(", round trip p50 {} ns, p99 {} ns", h->percentile(50), h->percentile(99));
+      out += "\n";
     }
   }
+  out += network_summary(root, params, seconds);
   return out;
 }
 

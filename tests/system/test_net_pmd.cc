@@ -67,6 +67,10 @@ TEST_CASE("PMD over a VF: every frame reaches the peer in order, without the ker
   // The VF's registers are mapped by EPT: no exit per doorbell (the few
   // exits are the guest's timer and idle).
   CHECK(r.at("vm.a.vcpu0.exits") < r.at("vm.a.workload0.doorbells") / 4);
+  // The summary has a network block.
+  CHECK(r.out.find("NIC (10 Gbit/s link)") != std::string::npos);
+  CHECK(r.out.find("vf0: tx 3000 frames") != std::string::npos);
+  CHECK(r.out.find("(0 with sequence gaps)") != std::string::npos);
 }
 
 TEST_CASE("PMD with fewer buffers than descriptors: a buffer is not rewritten while the device may read it",
