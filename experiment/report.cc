@@ -71,7 +71,7 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
       if (const stats::Group* reasons = v->find_group("exit_reasons")) {
         for (const stats::Group* r : reasons->children()) {
           auto* h = dynamic_cast<const stats::Histogram*>(r->find("cycles"));
-          if (!h) continue;
+          if (!h || !h->count()) continue;  // none since the statistics were last reset
           out += fmt::format("    {:<20} {:>10} exits, mean {:>8.1f} cycles exit-to-reentry (p99 {})\n", r->name(),
                              h->count(), h->mean(), h->percentile(99));
         }

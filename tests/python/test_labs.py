@@ -1,0 +1,45 @@
+"""The labs (labs/*.md) stay runnable: every `./vmxsim ...` line of their sh
+blocks runs as written, from the repository root, against this build, with
+its out/ directories moved to a temporary place."""
+
+import os
+import re
+import shlex
+import subprocess
+
+import pytest
+
+from conftest import BUILD, REPO
+
+LABS = sorted((REPO / "labs").glob("lab*.md"))
+HEADINGS = ("## Before you start", "## Background", "## What you should have found", "## Going further")
+
+
+def commands(path):
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        out += [line.strip() for line in block.splitlines() if line.strip().startswith("./vmxsim ")]
+    return out
+
+
+def test_there_are_labs():
+    assert LABS, "no labs/lab*.md"
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_lab_has_the_sections_and_commands(lab):
+    text = lab.read_text(encoding="utf-8")
+    assert text.startswith("# Lab ")
+    for h in HEADINGS:
+        assert h in text, f"{lab.name} lacks {h!r}"
+    assert len(commands(lab)) >= 3
+
+
+@pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
+def test_every_command_of_the_lab_runs(lab, tmp_path):
+    env = dict(os.environ, VMXSIM_BUILD_DIR=str(BUILD))
+    for line in commands(lab):
+        args = [str(tmp_path / a) if a.startswith("out/") else a for a in shlex.split(line)]
+        r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, f"{lab.name}: `{line}` failed:\n{r.stderr[-2000:]}"
