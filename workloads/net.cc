@@ -32,6 +32,41 @@ void write_header(guest::Thread& t, std::uint64_t va, std::uint64_t src_mac, std
   t.store(va + 30, 0, 8);
 }
 
+/// What a poll-mode driver sets up (docs/io.md, "Poll-mode driver"): the
+/// NIC function's register window, claimed from the kernel; a ring of
+/// descriptors in physically contiguous memory; and a pool of `slots`
+/// buffers of `slot` bytes whose bus addresses are looked up once and kept
+/// in a table in the program's memory (as an mbuf keeps its IOVA).
+struct PmdPort {
+  enum class Setup { Ok, NoDevice, NoMemory };
+  std::uint64_t regs = 0, ring = 0, ring_pa = 0, buf = 0, iova = 0, slots = 0, slot = 0;
+
+  Setup open(guest::Thread& t, std::uint32_t descriptors, std::uint64_t slot_bytes, std::uint64_t slot_count) {
+    regs = t.net_claim();
+    if (!regs) return Setup::NoDevice;
+    ring = t.dma_alloc(16ull * descriptors);
+    ring_pa = ring ? t.virt_to_phys(ring) : 0;
+    slot = slot_bytes;
+    slots = slot_count;
+    buf = t.mmap(slots * slot);
+    iova = t.mmap(slots * 8);
+    if (!ring_pa || !buf || !iova) return Setup::NoMemory;
+    std::uint64_t page_pa = 0;
+    for (std::uint64_t s = 0; s < slots; ++s) {
+      const std::uint64_t va = slot_va(s);
+      if (s == 0 || (va & 0xFFF) == 0) {
+        t.store(va, 0);  // faults the page in
+        page_pa = t.virt_to_phys(va);
+      }
+      t.store(iova + 8 * s, page_pa + (va & 0xFFF));
+    }
+    return Setup::Ok;
+  }
+  std::uint64_t slot_va(std::uint64_t s) const { return buf + s * slot; }
+  std::uint64_t slot_iova(guest::Thread& t, std::uint64_t s) const { return t.load(iova + 8 * s); }
+  std::uint64_t desc(std::uint32_t i) const { return ring + 16ull * i; }
+};
+
 // Request/response over the network: each request frame waits for its
 // echo; the program records the round trip.
 class NetPingpong final : public Workload {
@@ -129,32 +164,16 @@ class NetStream final : public Workload {
   // the oldest batch (completions are in order), as DPDK's tx_rs_thresh.
   void run_pmd(guest::Thread& t) {
     namespace reg = models::nicreg;
-    const std::uint64_t regs = t.net_claim();
-    if (!regs) {
-      ++m_no_device;
-      return;
-    }
     const auto n = static_cast<std::uint32_t>(m_p.ring);
-    const std::uint64_t ring = t.dma_alloc(16ull * n);
-    const std::uint64_t ring_pa = ring ? t.virt_to_phys(ring) : 0;
-    std::uint64_t slot = 64;
-    while (slot < m_p.size) slot <<= 1;
-    const std::uint64_t slots = std::max<std::uint64_t>(1, m_p.buffer / slot);
-    const std::uint64_t buf = t.mmap(slots * slot);
-    const std::uint64_t iova = t.mmap(slots * 8);
-    if (!ring_pa || !buf || !iova) {
-      ++m_no_memory;
-      return;
+    std::uint64_t slot_bytes = 64;
+    while (slot_bytes < m_p.size) slot_bytes <<= 1;
+    PmdPort port;
+    switch (port.open(t, n, slot_bytes, std::max<std::uint64_t>(1, m_p.buffer / slot_bytes))) {
+      case PmdPort::Setup::NoDevice: ++m_no_device; return;
+      case PmdPort::Setup::NoMemory: ++m_no_memory; return;
+      case PmdPort::Setup::Ok: break;
     }
-    std::uint64_t page_pa = 0;
-    for (std::uint64_t s = 0; s < slots; ++s) {
-      const std::uint64_t va = buf + s * slot;
-      if (s == 0 || (va & 0xFFF) == 0) {
-        t.store(va, 0);  // faults the page in
-        page_pa = t.virt_to_phys(va);
-      }
-      t.store(iova + 8 * s, page_pa + (va & 0xFFF));
-    }
+    const std::uint64_t regs = port.regs, ring = port.ring, ring_pa = port.ring_pa, slots = port.slots;
     const std::uint64_t mac = t.load(regs + reg::kMacLo, 4) | (t.load(regs + reg::kMacHi, 4) & 0xFFFF) << 32;
     t.store(regs + reg::kTxBaseLo, ring_pa & 0xFFFFFFFFu, 4);
     t.store(regs + reg::kTxBaseHi, ring_pa >> 32, 4);
@@ -187,9 +206,9 @@ class NetStream final : public Workload {
         }
       }
       const std::uint64_t s = i % slots;
-      write_header(t, buf + s * slot, mac, i);
-      const std::uint64_t d = ring + 16ull * tail;
-      t.store(d, t.load(iova + 8 * s));
+      write_header(t, port.slot_va(s), mac, i);
+      const std::uint64_t d = port.desc(tail);
+      t.store(d, port.slot_iova(t, s));
       t.store(d + 8, size, 4);  // length; status cleared
       t.compute(m_p.pmd_instructions);
       tail = (tail + 1) % n;
@@ -279,38 +298,26 @@ class NetRx final : public Workload {
   // slot, and writes RX_TAIL once per `batch` descriptors.
   void run_pmd(guest::Thread& t) {
     namespace reg = models::nicreg;
-    const std::uint64_t regs = t.net_claim();
-    if (!regs) {
-      ++m_no_device;
-      return;
-    }
     const auto n = static_cast<std::uint32_t>(m_p.ring);
     constexpr std::uint64_t kSlot = 2048;
-    const std::uint64_t slots = std::max<std::uint64_t>(n, m_p.buffer / kSlot);
-    const std::uint64_t ring = t.dma_alloc(16ull * n);
-    const std::uint64_t ring_pa = ring ? t.virt_to_phys(ring) : 0;
-    const std::uint64_t buf = t.mmap(slots * kSlot);
-    const std::uint64_t iova = t.mmap(slots * 8);
+    PmdPort port;
+    switch (port.open(t, n, kSlot, std::max<std::uint64_t>(n, m_p.buffer / kSlot))) {
+      case PmdPort::Setup::NoDevice: ++m_no_device; return;
+      case PmdPort::Setup::NoMemory: ++m_no_memory; return;
+      case PmdPort::Setup::Ok: break;
+    }
     const std::uint64_t sw_ring = t.mmap(8ull * n);  // the slot each descriptor holds (DPDK's sw_ring)
-    if (!ring_pa || !buf || !iova || !sw_ring) {
+    if (!sw_ring) {
       ++m_no_memory;
       return;
     }
-    std::uint64_t page_pa = 0;
-    for (std::uint64_t s = 0; s < slots; ++s) {
-      const std::uint64_t va = buf + s * kSlot;
-      if (s == 0 || (va & 0xFFF) == 0) {
-        t.store(va, 0);  // faults the page in
-        page_pa = t.virt_to_phys(va);
-      }
-      t.store(iova + 8 * s, page_pa + (va & 0xFFF));
-    }
+    const std::uint64_t regs = port.regs, ring = port.ring, ring_pa = port.ring_pa, slots = port.slots;
     // Descriptor i starts with slot i; a received frame's slot is replaced
     // by the next slot of the pool, round robin.
     std::uint64_t next_slot = n % slots;
     for (std::uint32_t i = 0; i < n; ++i) {
       t.store(sw_ring + 8ull * i, i);
-      t.store(ring + 16ull * i, t.load(iova + 8ull * i));
+      t.store(port.desc(i), port.slot_iova(t, i));
       t.store(ring + 16ull * i + 8, kSlot, 4);  // buffer size; status cleared
     }
     t.store(regs + reg::kIntEnable, 0, 4);
@@ -328,9 +335,9 @@ class NetRx final : public Workload {
         t.cpu().pause();
       }
       const auto len = static_cast<std::uint32_t>(t.load(d + 8, 2));
-      got(t, buf + t.load(sw_ring + 8ull * next) * kSlot, len);
+      got(t, port.slot_va(t.load(sw_ring + 8ull * next)), len);
       t.store(sw_ring + 8ull * next, next_slot);
-      t.store(d, t.load(iova + 8 * next_slot));
+      t.store(d, port.slot_iova(t, next_slot));
       next_slot = (next_slot + 1) % slots;
       t.store(d + 8, kSlot, 4);
       t.compute(m_p.pmd_instructions);
