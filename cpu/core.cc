@@ -1694,8 +1694,15 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   // recognized at entry (SDM Vol. 3C, 30.2.1) are taken before the guest's
   // next instruction.
   if (now.m_vid) {
-    now.take_pending_interrupt();
+    // Only the notification is processed here, as it exits no further. Any
+    // other pending external interrupt exits at the next boundary: exiting
+    // from here would nest this exit's frames inside the next one's, without
+    // bound when every entry finds an interrupt pending (a vCPU whose cap
+    // budget is shorter than an exit).
+    const int v = now.m_lapic.deliverable();
+    if (v >= 0 && (now.m_pin & pin::kPostedInterrupts) && v == now.m_pi_nv) now.take_pending_interrupt();
     if (now.m_non_root && now.m_if && now.virtual_interrupt_recognized()) now.deliver_virtual_interrupt();
+    now.recompute_next_event();
   }
 }
 

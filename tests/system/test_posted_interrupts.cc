@@ -118,3 +118,22 @@ vms:
   // by the hypervisor's software: the sleeper wakes sooner.
   CHECK(on.at("vm.t.workload0.wakeup_latency.mean") < off.at("vm.t.workload0.wakeup_latency.mean"));
 }
+
+TEST_CASE("A vCPU whose cap budget is shorter than an exit, with posted interrupts, runs without nesting exits",
+          "[posted][scheduling][system]") {
+  // Every entry finds the cap timer's interrupt pending: the exit it causes
+  // is taken at the next boundary, not from inside the previous exit.
+  const std::string yaml = R"(duration: 5ms
+hypervisor: {scheduler: proportional, cap_period: 1us, posted_interrupts: true}
+vms:
+  - cap: 1
+    workloads:
+      - {type: compute, iterations: 0}
+)";
+  auto r = vmx::test::run_cli(yaml);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.vm.vcpu0.exit_reasons.EXTERNAL_INTERRUPT.cycles.count") > 100);
+  const double guest = r.at("vm.vm.vcpu0.time.guest_cycles"), steal = r.at("vm.vm.vcpu0.time.steal_cycles"),
+               hv = r.at("vm.vm.vcpu0.time.hypervisor_cycles"), idle = r.at("vm.vm.vcpu0.time.idle_cycles");
+  CHECK(guest / (guest + steal + hv + idle) < 0.03);
+}
