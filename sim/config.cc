@@ -4,6 +4,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -124,6 +125,8 @@ Document& Document::operator=(const Document& other) {
 }
 
 Document Document::from_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) throw ConfigError(path, 0, "", "cannot read file: it is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw ConfigError(path, 0, "", std::string("cannot read file: ") + std::strerror(errno));
   std::ostringstream text;
@@ -134,7 +137,11 @@ Document Document::from_file(const std::string& path) {
 
 Document Document::from_string(const std::string& text, const std::string& name) {
   try {
-    Document doc(YAML::Load(text), name, true);
+    YAML::Node root = YAML::Load(text);
+    // An empty document (or one of comments only) is an empty map: its
+    // overrides apply and the checks of what is missing report.
+    if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+    Document doc(root, name, true);
     doc.text_ = text;
     return doc;
   } catch (const YAML::ParserException& e) {

@@ -1,6 +1,7 @@
 #include "workloads/trace_file.h"
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -29,6 +30,12 @@ bool read_varint(const std::vector<std::uint8_t>& b, std::size_t& pos, std::int6
 }  // namespace
 
 TraceFile TraceFile::load(const std::string& path) {
+  // Only a regular file has an end: a device such as /dev/zero would be read
+  // for ever, a directory not at all.
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec))
+    throw TraceError(fmt::format("{}: {}", path,
+                                 std::filesystem::exists(path, ec) ? "not a regular file" : "cannot open the trace file"));
   std::ifstream f(path, std::ios::binary);
   if (!f) throw TraceError(fmt::format("{}: cannot open the trace file", path));
   std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -36,8 +43,10 @@ TraceFile TraceFile::load(const std::string& path) {
 }
 
 TraceFile TraceFile::parse(std::vector<std::uint8_t> bytes, const std::string& name) {
-  if (bytes.size() < kHeaderSize || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
+  if (bytes.size() < sizeof kMagic || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
     throw TraceError(fmt::format("{}: byte 0: not a vmxsim trace (expected the magic \"VMXTRACE\")", name));
+  if (bytes.size() < kHeaderSize)
+    throw TraceError(fmt::format("{}: byte {}: truncated header (a header is {} bytes)", name, bytes.size(), kHeaderSize));
   std::uint32_t version = 0, flags = 0;
   for (int i = 3; i >= 0; --i) version = (version << 8) | bytes[8 + static_cast<std::size_t>(i)];
   for (int i = 3; i >= 0; --i) flags = (flags << 8) | bytes[12 + static_cast<std::size_t>(i)];
