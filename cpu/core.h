@@ -100,7 +100,7 @@ struct CoreParams {
   void visit(V& v) {
     using cfg::Spec;
     using cfg::Unit;
-    v.param(cpi, "cpi", "1.0", Spec(Unit::Ratio).at_least(0.1),
+    v.param(cpi, "cpi", "1.0", Spec(Unit::Ratio).at_least(0.1).at_most(1000),
             "Cycles per instruction charged by compute operations (a sustained IPC of 1, "
             "a common figure for server code on an out-of-order core; an assumption).");
     v.param(cpuid_latency, "cpuid_latency", "100", Spec(Unit::Cycles),
@@ -187,6 +187,14 @@ struct VcpuObserver : stats::Group {
     stats::Histogram cycles{this, "cycles", "cycles", "exit-to-reentry cycles"};
   };
   Reason& reason(unsigned r);
+  /// Counts the guest interval still open at `now` (cycles of the vCPU's
+  /// core) into guest_cycles, for a statistics dump in the middle of it.
+  void flush(std::uint64_t now) {
+    if (!in_guest || now <= entered_at) return;
+    guest_cycles += now - entered_at;
+    total_guest_cycles += now - entered_at;
+    entered_at = now;
+  }
 
   // Raw observation, never reset: guest cycles up to the last exit, and
   // whether the vCPU is in the guest now (for accounting by its owner).

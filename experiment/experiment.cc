@@ -72,7 +72,8 @@ ExperimentParams load(const cfg::Document& doc) {
   const std::uint64_t ept_page = p.hypervisor.ept_page_size;
   if (ept_page != (4ull << 10) && ept_page != (2ull << 20) && ept_page != (1ull << 30))
     throw error_at(doc, "hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(ept_page));
-  if (p.event_trace.enabled) {
+  {
+    // Checked whether or not the trace is on: a typo waits for no one.
     std::uint32_t mask = 0;
     std::string why;
     if (!trace::parse_categories(p.event_trace.categories, mask, why))
@@ -81,6 +82,23 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, "event_trace.stop", "a time after event_trace.start (or 0 for the end of the run)",
                      cfg::format_time_ps(p.event_trace.stop));
   }
+  if (p.platform.nic.enabled) {
+    const auto& nic = p.platform.nic.device;
+    if (nic.mmio_base % nic.mmio_stride)
+      throw error_at(doc, "platform.nic.mmio_base",
+                     fmt::format("a multiple of platform.nic.mmio_stride ({}): BARs are naturally aligned",
+                                 cfg::format_bytes(nic.mmio_stride)),
+                     fmt::format("{:#x}", nic.mmio_base));
+    const std::uint64_t cores = p.platform.cores * p.platform.smt;
+    if (p.hypervisor.host_nic.core >= cores)
+      throw error_at(doc, "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),
+                     std::to_string(p.hypervisor.host_nic.core));
+  }
+  if (p.platform.quantum > p.duration)
+    throw error_at(doc, "platform.quantum",
+                   fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
+                               cfg::format_time_ps(p.duration)),
+                   cfg::format_time_ps(p.platform.quantum));
   std::set<std::string> names;
   std::uint64_t vm_memory = 0;
   for (std::size_t i = 0; i < p.vms.size(); ++i) {
@@ -143,12 +161,22 @@ ExperimentParams load(const cfg::Document& doc) {
         throw error_at(doc, at + ".paging", "ept for a VM with a passed-through VF (its IOMMU domain is the EPT)",
                        vm.paging);
     }
-    if (vm.nic.type != "none" && p.platform.nic.device.mmio_base < p.platform.memory)
+    if (vm.nic.type != "none" && p.platform.nic.device.mmio_base < p.platform.memory) {
+      // Blame what the user set: the memory if the window is where it always is.
+      if (!doc.find("platform.nic.mmio_base"))
+        throw error_at(doc, "platform.memory",
+                       fmt::format("at most {} with a NIC: its register window is at platform.nic.mmio_base "
+                                   "({:#x}), and the platform has no memory hole (or move mmio_base above the "
+                                   "memory)",
+                                   cfg::format_bytes(p.platform.nic.device.mmio_base),
+                                   p.platform.nic.device.mmio_base),
+                       cfg::format_bytes(p.platform.memory));
       throw error_at(doc, "platform.nic.mmio_base",
                      fmt::format("an address above platform.memory ({}), where the NIC's registers do not "
                                  "overlap RAM",
                                  cfg::format_bytes(p.platform.memory)),
                      fmt::format("{:#x}", p.platform.nic.device.mmio_base));
+    }
     std::uint64_t mac = 0;
     if (!vm.nic.mac.empty() && !parse_mac(vm.nic.mac, mac))
       throw error_at(doc, at + ".nic.mac", "six hex bytes separated by colons, such as 02:00:00:00:01:00",

@@ -54,7 +54,8 @@ struct KernelCosts {
             "fork work per mapped page, besides its page-table traffic (assumption).");
     v.param(cow_fault, "cow_fault", "300", Spec(Unit::Instructions),
             "Copy-on-write fault work besides the copy itself (assumption).");
-    v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes), "Code fetched per kernel path (assumption).");
+    v.param(code_bytes, "code_bytes", "256", Spec(Unit::Bytes).at_most(1 << 20),
+            "Code fetched per kernel path (assumption).");
     v.param(sched_account, "sched_account", "60", Spec(Unit::Instructions),
             "Charging the running thread's run time and virtual runtime, besides its memory traffic "
             "(assumption, order of Linux's update_curr).");

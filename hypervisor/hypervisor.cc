@@ -436,6 +436,7 @@ void Hypervisor::flush_accounting() {
   for (auto& vm : m_vms)
     for (auto& v : vm->vcpus) {
       std::uint64_t now = m_cores[v->core]->now();
+      if (v->obs && v->off == Vcpu::Off::OnCpu) v->obs->flush(now);
       if (v->off == Vcpu::Off::OnCpu) account_on_cpu(*v, now);
       else if (v->off != Vcpu::Off::Stopped) account_off_cpu(*v, now, false);
     }

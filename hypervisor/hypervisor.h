@@ -125,7 +125,7 @@ struct HvCosts {
     v.param(emu_poll, "emu_poll", "100", Spec(Unit::Instructions),
             "Emulated NIC with access: poll: one polling pass over the mapped register page, besides its loads "
             "(assumption).");
-    v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes),
+    v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
             "Cache lines of per-vCPU state each exit touches besides the register save area (assumption).");

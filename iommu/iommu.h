@@ -112,6 +112,9 @@ struct PasidCacheParams {
   std::uint32_t ways;
   std::uint32_t latency;
 
+  /// The set-associative geometry rule (cfg::geometry_problem).
+  cfg::Problem check() const { return cfg::geometry_problem(entries, ways); }
+
   template <class V>
   void visit(V& v) {
     v.param(entries, "entries", "16", cfg::Spec().at_least(1),
@@ -127,6 +130,9 @@ struct ContextCacheParams {
   std::uint32_t entries;
   std::uint32_t ways;
   std::uint32_t latency;
+
+  /// The set-associative geometry rule (cfg::geometry_problem).
+  cfg::Problem check() const { return cfg::geometry_problem(entries, ways); }
 
   template <class V>
   void visit(V& v) {

@@ -10,22 +10,15 @@
 #include <string>
 #include <vector>
 
+#include "sim/params.h"
+
 namespace vmx::mmu {
 
 /// Throws std::invalid_argument naming the component and the parameter unless
 /// entries is a non-zero multiple of ways giving a power-of-two set count.
 inline void check_geometry(const std::string& what, std::uint32_t entries, std::uint32_t ways) {
-  auto bad = [&](const char* param, const std::string& msg) {
-    return std::invalid_argument(what + ": parameter '" + param + "' " + msg);
-  };
-  if (ways == 0) throw bad("ways", "must be at least 1 (got 0)");
-  if (entries == 0 || entries % ways != 0)
-    throw bad("entries", "must be a non-zero multiple of ways = " + std::to_string(ways) + " (got " +
-                             std::to_string(entries) + ")");
-  const std::uint32_t sets = entries / ways;
-  if ((sets & (sets - 1)) != 0)
-    throw bad("entries", "must give a power-of-two number of sets, entries / ways (got " + std::to_string(sets) +
-                             " sets)");
+  if (cfg::Problem p = cfg::geometry_problem(entries, ways))
+    throw std::invalid_argument(what + ": parameter '" + p.key + "' must be " + p.expected + " (got " + p.found + ")");
 }
 
 /// Entry needs a `bool valid` member. Each way also has a 64-bit key (the

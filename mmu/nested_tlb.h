@@ -24,6 +24,9 @@ struct NestedTlbParams {
   std::uint32_t ways;
   std::uint32_t latency;
 
+  /// The set-associative geometry rule (cfg::geometry_problem).
+  cfg::Problem check() const { return cfg::geometry_problem(entries, ways); }
+
   template <class V>
   void visit(V& v) {
     v.param(enabled, "enabled", "true", cfg::Spec(),

@@ -44,6 +44,9 @@ struct PscParams {
   std::uint32_t ways;
   std::uint32_t latency;  // core cycles for a lookup
 
+  /// The set-associative geometry rule (cfg::geometry_problem).
+  cfg::Problem check() const { return cfg::geometry_problem(entries, ways); }
+
   template <class V>
   void visit_with(V& v, const PscDefaults& d) {
     v.param(enabled, "enabled", "true", cfg::Spec(),

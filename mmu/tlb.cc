@@ -2,6 +2,8 @@
 
 #include <stdexcept>
 
+#include "mmu/assoc.h"
+
 namespace vmx::mmu {
 
 TlbStats::TlbStats(stats::Group* parent, const std::string& name)
@@ -24,14 +26,8 @@ Tlb::Tlb(const TlbParams& params, std::initializer_list<unsigned> page_shifts, s
       throw bad("page_shift", "sizes must be listed smallest first, each once");
     m_shifts[m_nshifts++] = static_cast<std::uint8_t>(page_shift);
   }
-  if (params.ways == 0) throw bad("ways", "must be at least 1 (got 0)");
-  if (params.entries == 0 || params.entries % params.ways != 0)
-    throw bad("entries", "must be a non-zero multiple of ways = " + std::to_string(params.ways) + " (got " +
-                             std::to_string(params.entries) + ")");
+  check_geometry("TLB '" + name + "'", params.entries, params.ways);
   const std::uint32_t sets = params.entries / params.ways;
-  if ((sets & (sets - 1)) != 0)
-    throw bad("entries", "must give a power-of-two number of sets, entries / ways (got " +
-                             std::to_string(sets) + " sets)");
   m_sets = sets;
   m_set_mask = sets - 1;
   m_entries.assign(params.entries, TlbEntry{});

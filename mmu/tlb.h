@@ -35,6 +35,9 @@ struct TlbParams {
   std::uint32_t ways;
   std::uint32_t latency;  // core cycles for a hit
 
+  /// The set-associative geometry rule (cfg::geometry_problem).
+  cfg::Problem check() const { return cfg::geometry_problem(entries, ways); }
+
   template <class V>
   void visit_with(V& v, const TlbDefaults& d) {
     v.param(entries, "entries", d.entries, cfg::Spec().at_least(1), d.entries_desc);

@@ -17,17 +17,10 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
   auto bad = [&](const char* param, const std::string& what) {
     return std::invalid_argument("cache '" + name + "': parameter '" + param + "' " + what);
   };
-  if (params.ways == 0) throw bad("ways", "must be at least 1 (got 0)");
   if (!is_pow2(params.line))
     throw bad("line", "must be a power of two (got " + std::to_string(params.line) + ")");
-  const std::uint64_t way_bytes = std::uint64_t(params.ways) * params.line;
-  if (params.size == 0 || params.size % way_bytes != 0)
-    throw bad("size", "must be a non-zero multiple of ways x line = " + std::to_string(way_bytes) + " (got " +
-                          std::to_string(params.size) + ")");
-  const std::uint64_t sets = params.size / way_bytes;
-  if (!is_pow2(sets))
-    throw bad("size", "must give a power-of-two number of sets, size / (ways x line) (got " +
-                          std::to_string(sets) + " sets)");
+  if (cfg::Problem p = params.check()) throw bad(p.key, "must be " + p.expected + " (got " + p.found + ")");
+  const std::uint64_t sets = params.size / (std::uint64_t(params.ways) * params.line);
   if (params.latency == 0) throw bad("latency", "must be at least 1 cycle (got 0)");
   m_line_shift = static_cast<unsigned>(__builtin_ctzll(params.line));
   m_sets = static_cast<std::uint32_t>(sets);

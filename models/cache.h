@@ -35,6 +35,21 @@ struct CacheParams {
   std::uint32_t line;     // bytes
   std::uint32_t latency;  // core cycles, load-to-use of a hit in this level
 
+  /// size a non-zero multiple of ways x line, giving a power-of-two number
+  /// of sets (the line is a power of two by its own constraint).
+  cfg::Problem check() const {
+    const std::uint64_t way_bytes = std::uint64_t(ways) * line;
+    if (way_bytes == 0) return {"ways", "at least 1", "0"};
+    if (size == 0 || size % way_bytes != 0)
+      return {"size", "a non-zero multiple of ways x line (" + std::to_string(way_bytes) + " bytes)",
+              std::to_string(size)};
+    const std::uint64_t sets = size / way_bytes;
+    if (sets & (sets - 1))
+      return {"size", "a power-of-two number of sets, size / (ways x line)",
+              std::to_string(size) + ", " + std::to_string(sets) + " sets"};
+    return {};
+  }
+
   template <class V>
   void visit_with(V& v, const CacheLevelDefaults& d) {
     v.param(size, "size", d.size, cfg::Spec(cfg::Unit::Bytes).at_least(1), d.size_desc);

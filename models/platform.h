@@ -75,11 +75,12 @@ struct PlatformParams {
             "throughput gain Intel reports for Hyper-Threading (assumption).");
     v.param(frequency, "frequency", "3GHz", Spec(Unit::Frequency).at_least(1e6),
             "Core clock, also the TSC rate (a typical server base clock).");
-    v.param(memory, "memory", "4GiB", Spec(Unit::Bytes).at_least(32 * 1024 * 1024),
-            "Host-physical memory (sparse: frames exist once touched).");
-    v.param(quantum, "quantum", "10us", Spec(Unit::Time).at_least(1e3),
+    v.param(memory, "memory", "4GiB", Spec(Unit::Bytes).at_least(32 * 1024 * 1024).at_most(4.0 * (1ull << 40)),
+            "Host-physical memory (sparse: frames exist once touched). At most 4 TiB, the model's limit (its "
+            "top-level frame table has an entry per GiB).");
+    v.param(quantum, "quantum", "10us", Spec(Unit::Time).at_least(1e3).at_most(1e9),
             "Temporal-decoupling quantum: how far a core may run ahead of SystemC time, and so the bound "
-            "on how late it sees an event raised by another core.");
+            "on how late it sees an event raised by another core. At most 1 ms and at most duration.");
     v.section(cpu, "cpu", "Core timing and translation caches (the same for every core).");
     v.section(caches, "caches", "Private caches of each core and DRAM latency.");
     v.section(llc, "llc", "Last-level cache shared by all cores.");

@@ -225,7 +225,17 @@ class Reader {
     if (lister.complete) check_keys(doc, node, path, lister.keys);
     Reader r(doc, node, path);
     s.visit(r);
+    if constexpr (HasCheck<S>::value) {
+      if (Problem p = s.check()) {
+        const YAML::Node at = node[p.key];
+        throw doc.error(at ? at.Mark() : mark, join_key(path, p.key), "expected " + p.expected, p.found);
+      }
+    }
   }
+  template <class S, class = void>
+  struct HasCheck : std::false_type {};
+  template <class S>
+  struct HasCheck<S, std::void_t<decltype(std::declval<const S&>().check())>> : std::true_type {};
 
   template <class T>
   void param(T& member, const char* key, const char*, const Spec& spec, const char*) {

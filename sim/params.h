@@ -55,12 +55,40 @@ struct Spec {
   std::vector<std::string> choices;  // for Unit::Text: the allowed values, if any
 
   Spec() = default;
-  explicit Spec(Unit u) : unit(u) {}
+  // An instruction count of one software path is at most a billion (a third
+  // of a second at 3 GHz); larger values could only overflow cycle counts.
+  explicit Spec(Unit u) : unit(u) {
+    if (u == Unit::Instructions) max = 1e9;
+  }
   Spec& at_least(double v) { min = v; return *this; }
   Spec& at_most(double v) { max = v; return *this; }
   Spec& power_of_two() { pow2 = true; return *this; }
   Spec& one_of(std::vector<std::string> c) { unit = Unit::Text; choices = std::move(c); return *this; }
 };
+
+/// A rule across the values of one parameter struct that they break: the
+/// key to blame, what was expected, and what was found. A parameter struct
+/// may declare `Problem check() const`; the config reader calls it after
+/// reading the struct and reports a problem at the key's path.
+struct Problem {
+  const char* key = nullptr;  // null: no problem
+  std::string expected, found;
+  explicit operator bool() const { return key != nullptr; }
+};
+
+/// The geometry rule of a set-associative array of `entries` entries in
+/// `ways` ways (a TLB, a paging-structure cache, an IOMMU cache): entries a
+/// non-zero multiple of ways, and a power-of-two number of sets.
+inline Problem geometry_problem(std::uint64_t entries, std::uint64_t ways) {
+  if (ways == 0) return {"ways", "at least 1", "0"};
+  if (entries == 0 || entries % ways != 0)
+    return {"entries", "a non-zero multiple of ways (" + std::to_string(ways) + ")", std::to_string(entries)};
+  const std::uint64_t sets = entries / ways;
+  if (sets & (sets - 1))
+    return {"entries", "a power-of-two number of sets, entries / ways (" + std::to_string(ways) + " ways)",
+            std::to_string(entries) + ", " + std::to_string(sets) + " sets"};
+  return {};
+}
 
 /// One alternative of a variant: its name and the parameter struct it selects.
 template <class T>
@@ -172,7 +200,12 @@ std::string convert(std::string_view text, const Spec& spec, T& out) {
         }
     }
     if (!u) return what;
-    if (*u > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) return "value too large";
+    if (*u > static_cast<std::uint64_t>(std::numeric_limits<T>::max())) {
+      Spec limit = spec;
+      limit.min.reset();
+      limit.max = static_cast<double>(std::numeric_limits<T>::max());
+      return check_range(static_cast<double>(*u), limit);
+    }
     std::string e = check_range(static_cast<double>(*u), spec);
     if (!e.empty()) return e;
     if (spec.pow2 && (*u == 0 || (*u & (*u - 1)) != 0)) return "must be a power of two";

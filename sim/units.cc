@@ -174,10 +174,19 @@ std::string format_frequency_hz(std::uint64_t hz) {
 namespace vmx::cfg {
 
 std::string check_range(double value, const Spec& spec) {
-  auto num = [](double d) {
+  // A bound in the parameter's own unit (32MiB, 1us), as the docs show it.
+  auto num = [&spec](double d) {
+    if (d >= 0 && d < 1.8e19 && d == static_cast<double>(static_cast<std::uint64_t>(d))) {
+      const auto v = static_cast<std::uint64_t>(d);
+      if (spec.unit == Unit::Bytes) return format_bytes(v);
+      if (spec.unit == Unit::Time) return format_time_ps(v);
+      if (spec.unit == Unit::Frequency) return format_frequency_hz(v);
+    }
     std::string s = std::to_string(d);
-    while (s.size() > 1 && s.back() == '0') s.pop_back();
-    if (!s.empty() && s.back() == '.') s.pop_back();
+    if (s.find('.') != std::string::npos) {
+      while (s.size() > 1 && s.back() == '0') s.pop_back();
+      if (!s.empty() && s.back() == '.') s.pop_back();
+    }
     return s;
   };
   if (spec.min && value < *spec.min) return "must be at least " + num(*spec.min);

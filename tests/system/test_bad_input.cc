@@ -1,0 +1,87 @@
+// Bad input found by fuzzing the command line with random --set values
+// (session 3): each is a config error naming the parameter (exit code 2),
+// never a crash, a hang, an internal error or a silent default.
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+#include "system/cli_harness.h"
+
+using vmx::test::run_cli;
+
+namespace {
+
+const std::string kTiny = R"(duration: 2ms
+platform: {cores: 2, memory: 512MiB}
+vms:
+  - workloads: [{type: cpuid_loop, iterations: 50}]
+)";
+
+void expect_config_error(const std::string& yaml, const std::vector<std::string>& args, const std::string& path,
+                         const std::string& words) {
+  auto r = run_cli(yaml, args);
+  INFO(r.err);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("config error") != std::string::npos);
+  CHECK(r.err.find(path) != std::string::npos);
+  CHECK(r.err.find(words) != std::string::npos);
+}
+
+}  // namespace
+
+TEST_CASE("Cache, TLB and walk-cache geometry is a config error at the parameter's path", "[config][cli]") {
+  expect_config_error(kTiny, {"--set", "platform.cpu.stlb_1g.entries=2"}, "platform.cpu.stlb_1g.entries",
+                      "multiple of ways (4)");
+  expect_config_error(kTiny, {"--set", "platform.cpu.psc.ept.pml4e.ways=8"}, "platform.cpu.psc.ept.pml4e.entries",
+                      "multiple of ways (8)");
+  expect_config_error(kTiny, {"--set", "platform.cpu.nested_tlb.entries=12"}, "platform.cpu.nested_tlb.entries",
+                      "power-of-two number of sets");
+  expect_config_error(kTiny, {"--set", "platform.caches.l1d.size=3KiB"}, "platform.caches.l1d.size",
+                      "power-of-two number of sets");
+}
+
+TEST_CASE("Values that would overflow or stall the simulation are refused with their bound in their unit",
+          "[config][cli]") {
+  expect_config_error(kTiny, {"--set", "platform.cpu.cpi=1e17"}, "platform.cpu.cpi", "at most 1000");
+  expect_config_error(kTiny, {"--set", "hypervisor.costs.cpuid=18446744073709551615"}, "hypervisor.costs.cpuid",
+                      "at most 1000000000");
+  expect_config_error(kTiny, {"--set", "hypervisor.costs.code_bytes=4GiB"}, "hypervisor.costs.code_bytes",
+                      "at most 1MiB");
+  expect_config_error(kTiny, {"--set", "platform.memory=4000000000GiB"}, "platform.memory", "at most 4TiB");
+  expect_config_error(kTiny, {"--set", "platform.memory=4B"}, "platform.memory", "at least 32MiB");
+  expect_config_error(kTiny, {"--set", "platform.cpu.vm_exit_latency=4294967296"}, "platform.cpu.vm_exit_latency",
+                      "at most 4294967295");
+  expect_config_error(kTiny, {"--set", "platform.quantum=1s"}, "platform.quantum", "at most 1ms");
+  expect_config_error(kTiny, {"--set", "platform.quantum=1ms", "--set", "duration=500us"}, "platform.quantum",
+                      "at most duration");
+  expect_config_error(kTiny, {"--set", "event_trace.categories=exits,bogus"}, "event_trace.categories", "'bogus'");
+}
+
+TEST_CASE("An empty config takes its --set values and reports what is missing, and a directory is no config",
+          "[config][cli]") {
+  expect_config_error("", {"--set", "platform.cores=abc"}, "platform.cores", "whole number");
+  expect_config_error("# only a comment\n", {}, "vms", "at least 1 item");
+  const std::string cmd = std::string(VMXSIM_BIN) + " run /tmp >/dev/null 2>&1";
+  CHECK(WEXITSTATUS(std::system(cmd.c_str())) == 2);
+}
+
+TEST_CASE("A trace workload on a file that is not a regular file is a config error, not a hang", "[config][cli]") {
+  const std::string yaml = "duration: 2ms\nvms:\n  - workloads: [{type: trace, file: /dev/zero}]\n";
+  expect_config_error(yaml, {}, "vms[0].workloads[0].file", "not a regular file");
+}
+
+TEST_CASE("NIC placement: the blame goes to what the user set", "[config][cli][net]") {
+  const std::string nic = R"(duration: 2ms
+platform: {cores: 1, nic: {enabled: true}}
+vms:
+  - nic: {type: vf}
+    workloads: [{type: cpuid_loop, iterations: 10}]
+)";
+  // The default 4 GiB of memory reaches the default register window.
+  expect_config_error(nic, {}, "platform.memory", "at most 3840MiB");
+  expect_config_error(nic, {"--set", "platform.memory=1GiB", "--set", "platform.nic.mmio_base=0xF0000800"},
+                      "platform.nic.mmio_base", "naturally aligned");
+  expect_config_error(nic, {"--set", "platform.memory=1GiB", "--set", "hypervisor.host_nic.core=1"},
+                      "hypervisor.host_nic.core", "a core below 1");
+}
