@@ -126,6 +126,7 @@ int main(int argc, char** argv) {
   }
   if (cmd == "run") return cmd_run(args);
   if (cmd == "params") {
+    if (!args.empty()) return usage_error("params takes no arguments (got '" + args.front() + "')");
     std::cout << vmx::cfg::reference_markdown<vmx::experiment::ExperimentParams>("vmxsim parameters");
     return 0;
   }

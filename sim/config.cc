@@ -324,6 +324,7 @@ std::string bound_text(double v, Unit unit) {
       default: return std::to_string(u);
     }
   }
+  if (std::floor(v) == v && v > -1e15 && v < 0) return std::to_string(static_cast<std::int64_t>(v));
   return to_text(v, Spec());
 }
 

@@ -262,6 +262,7 @@ class Reader {
       member.clear();
       for (std::size_t i = 0; i < e.value.size(); ++i) {
         const YAML::Node item = e.value[i];
+        if (item.IsNull()) throw doc_.error(item.Mark(), join_index(path, i), "expected a map of keys", "nothing");
         T element = defaults<T>();
         read_struct(doc_, element, item, item.Mark(), join_index(path, i));
         member.push_back(std::move(element));
