@@ -117,7 +117,7 @@ struct PasidCacheParams {
 
   template <class V>
   void visit(V& v) {
-    v.param(entries, "entries", "16", cfg::Spec().at_least(1),
+    v.param(entries, "entries", "16", cfg::Spec().at_least(1).at_most(1 << 20),
             "PASID-cache entries. Default: 16 (assumption; Intel does not publish it; the context cache's size).");
     v.param(ways, "ways", "16", cfg::Spec().at_least(1), "Associativity. Default: 16, fully associative (assumption).");
     v.param(latency, "latency", "1", cfg::Spec(cfg::Unit::Cycles),
@@ -136,7 +136,7 @@ struct ContextCacheParams {
 
   template <class V>
   void visit(V& v) {
-    v.param(entries, "entries", "16", cfg::Spec().at_least(1),
+    v.param(entries, "entries", "16", cfg::Spec().at_least(1).at_most(1 << 20),
             "Context-cache entries. Default: 16 (assumption; Intel does not publish it).");
     v.param(ways, "ways", "16", cfg::Spec().at_least(1), "Associativity. Default: 16, fully associative (assumption).");
     v.param(latency, "latency", "1", cfg::Spec(cfg::Unit::Cycles),
@@ -164,7 +164,7 @@ struct IommuParams {
               "First-level paging-structure caches (scalable mode), one per level, tagged by domain ID and PASID; "
               "with nested translation their entries hold the host-physical address of the next table (latencies "
               "in IOMMU cycles).");
-    v.param(fault_records, "fault_records", "8", cfg::Spec().at_least(1),
+    v.param(fault_records, "fault_records", "8", cfg::Spec().at_least(1).at_most(256),
             "Fault-log capacity (the number of fault-recording registers, CAP.NFR + 1). Default: 8 "
             "(assumption; platforms report their own NFR).");
   }

@@ -32,7 +32,7 @@ struct NestedTlbParams {
     v.param(enabled, "enabled", "true", cfg::Spec(),
             "Whether the nested TLB exists. Off: every guest-physical address a walk needs is walked in EPT "
             "(through the EPT paging-structure caches, if on).");
-    v.param(entries, "entries", "32", cfg::Spec().at_least(1),
+    v.param(entries, "entries", "32", cfg::Spec().at_least(1).at_most(1 << 20),
             "Entries. Default: 32 (assumption; Intel does not publish the size of the structure caching "
             "guest-physical mappings for walks, and Bhargava et al., ASPLOS 2008, evaluate nested TLBs of a "
             "few tens of entries).");

@@ -51,7 +51,7 @@ struct PscParams {
   void visit_with(V& v, const PscDefaults& d) {
     v.param(enabled, "enabled", "true", cfg::Spec(),
             "Whether the cache exists. Off: every walk reads this level from memory.");
-    v.param(entries, "entries", d.entries, cfg::Spec().at_least(1), d.source);
+    v.param(entries, "entries", d.entries, cfg::Spec().at_least(1).at_most(1 << 20), d.source);
     v.param(ways, "ways", d.ways, cfg::Spec().at_least(1), "Associativity (see entries for the source).");
     v.param(latency, "latency", "1", cfg::Spec(cfg::Unit::Cycles),
             "Lookup latency in core cycles, charged once per walk dimension for all its caches looked up in "

@@ -40,7 +40,7 @@ struct TlbParams {
 
   template <class V>
   void visit_with(V& v, const TlbDefaults& d) {
-    v.param(entries, "entries", d.entries, cfg::Spec().at_least(1), d.entries_desc);
+    v.param(entries, "entries", d.entries, cfg::Spec().at_least(1).at_most(1 << 20), d.entries_desc);
     v.param(ways, "ways", d.ways, cfg::Spec().at_least(1), d.ways_desc);
     v.param(latency, "latency", d.latency, cfg::Spec(cfg::Unit::Cycles), d.latency_desc);
   }

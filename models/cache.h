@@ -52,7 +52,7 @@ struct CacheParams {
 
   template <class V>
   void visit_with(V& v, const CacheLevelDefaults& d) {
-    v.param(size, "size", d.size, cfg::Spec(cfg::Unit::Bytes).at_least(1), d.size_desc);
+    v.param(size, "size", d.size, cfg::Spec(cfg::Unit::Bytes).at_least(1).at_most(256 << 20), d.size_desc);
     v.param(ways, "ways", d.ways, cfg::Spec().at_least(1), d.ways_desc);
     v.param(line, "line", d.line, cfg::Spec(cfg::Unit::Bytes).at_least(4).power_of_two(), d.line_desc);
     v.param(latency, "latency", d.latency, cfg::Spec(cfg::Unit::Cycles).at_least(1), d.latency_desc);

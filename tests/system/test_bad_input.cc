@@ -50,6 +50,9 @@ TEST_CASE("Values that would overflow or stall the simulation are refused with t
                       "at most 1MiB");
   expect_config_error(kTiny, {"--set", "platform.memory=4000000000GiB"}, "platform.memory", "at most 4TiB");
   expect_config_error(kTiny, {"--set", "platform.memory=4B"}, "platform.memory", "at least 32MiB");
+  expect_config_error(kTiny, {"--set", "platform.caches.l2.size=1TiB"}, "platform.caches.l2.size", "at most 256MiB");
+  expect_config_error(kTiny, {"--set", "platform.cpu.stlb.entries=4294967295"}, "platform.cpu.stlb.entries",
+                      "at most 1048576");
   expect_config_error(kTiny, {"--set", "platform.cpu.vm_exit_latency=4294967296"}, "platform.cpu.vm_exit_latency",
                       "at most 4294967295");
   expect_config_error(kTiny, {"--set", "platform.quantum=1s"}, "platform.quantum", "at most 1ms");
