@@ -177,6 +177,10 @@ ExperimentParams load(const cfg::Document& doc) {
                                  cfg::format_bytes(p.platform.memory)),
                      fmt::format("{:#x}", p.platform.nic.device.mmio_base));
     }
+    if (vm.nic.type == "emulated" && vm.nic.emulated.access == "poll" && p.hypervisor.ept_page_size != (4ull << 10))
+      throw error_at(doc, at + ".nic.access",
+                     "trap unless hypervisor.ept_page_size is 4KiB (poll maps one register page into the guest)",
+                     vm.nic.emulated.access);
     std::uint64_t mac = 0;
     if (!vm.nic.mac.empty() && !parse_mac(vm.nic.mac, mac))
       throw error_at(doc, at + ".nic.mac", "six hex bytes separated by colons, such as 02:00:00:00:01:00",

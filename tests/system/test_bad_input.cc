@@ -87,4 +87,8 @@ vms:
                       "platform.nic.mmio_base", "naturally aligned");
   expect_config_error(nic, {"--set", "platform.memory=1GiB", "--set", "hypervisor.host_nic.core=1"},
                       "hypervisor.host_nic.core", "a core below 1");
+  expect_config_error(nic,
+                      {"--set", "platform.memory=1GiB", "--set", "vms[0].nic={type: emulated, access: poll}", "--set",
+                       "hypervisor.ept_page_size=2MiB"},
+                      "vms[0].nic.access", "ept_page_size is 4KiB");
 }
