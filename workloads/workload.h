@@ -195,6 +195,15 @@ struct NetPingpongParams {
   }
 };
 
+/// The ring and per-frame cost of a poll-mode driver (net_stream, net_rx),
+/// with their defaults declared once.
+template <class V>
+void visit_pmd_ring(V& v, std::uint64_t& ring, std::uint64_t& pmd_instructions, const char* ring_desc,
+                    const char* cost_desc) {
+  v.param(ring, "ring", "512", Spec(Unit::Count).at_least(64).at_most(4096).power_of_two(), ring_desc);
+  v.param(pmd_instructions, "pmd_instructions", "40", Spec(Unit::Instructions), cost_desc);
+}
+
 struct NetStreamParams {
   std::uint64_t size, frames, batch, buffer, ring, pmd_instructions;
   std::string driver;
@@ -214,13 +223,12 @@ struct NetStreamParams {
             "buffer. pmd: the program claims the NIC function from the kernel and drives its transmit ring "
             "itself, polling for completions without interrupts (as a DPDK poll-mode driver over vfio); the "
             "device reads the frames straight from the program's buffer. Needs a ring NIC (VF or emulated).");
-    v.param(ring, "ring", "512", Spec(Unit::Count).at_least(64).at_most(4096).power_of_two(),
-            "pmd: descriptors in the program's transmit ring. Default: 512 (assumption: DPDK testpmd's "
-            "long-standing default TX ring size).");
-    v.param(pmd_instructions, "pmd_instructions", "40", Spec(Unit::Instructions),
-            "pmd: instructions per frame besides its loads and stores (burst loop, descriptor build, ring "
-            "accounting). Default: 40 (assumption: DPDK's vector transmit paths take a few tens of cycles "
-            "per packet).");
+    visit_pmd_ring(v, ring, pmd_instructions,
+                   "pmd: descriptors in the program's transmit ring. Default: 512 (assumption: DPDK testpmd's "
+                   "long-standing default TX ring size).",
+                   "pmd: instructions per frame besides its loads and stores (burst loop, descriptor build, ring "
+                   "accounting). Default: 40 (assumption: DPDK's vector transmit paths take a few tens of cycles "
+                   "per packet).");
   }
 };
 
@@ -239,12 +247,11 @@ struct NetRxParams {
     v.param(buffer, "buffer", "1MiB", Spec(Unit::Bytes).at_least(4096),
             "pmd: the pool of 2 KiB receive buffers (at least as many as the ring has descriptors); kernel: "
             "unused.");
-    v.param(ring, "ring", "512", Spec(Unit::Count).at_least(64).at_most(4096).power_of_two(),
-            "pmd: descriptors in the program's receive ring. Default: 512 (assumption: DPDK testpmd's "
-            "long-standing default RX ring size).");
-    v.param(pmd_instructions, "pmd_instructions", "40", Spec(Unit::Instructions),
-            "pmd: instructions per frame besides its loads and stores (burst loop, descriptor refill). "
-            "Default: 40 (assumption, as net_stream's).");
+    visit_pmd_ring(v, ring, pmd_instructions,
+                   "pmd: descriptors in the program's receive ring. Default: 512 (assumption: DPDK testpmd's "
+                   "long-standing default RX ring size).",
+                   "pmd: instructions per frame besides its loads and stores (burst loop, descriptor refill). "
+                   "Default: 40 (assumption, as net_stream's).");
   }
 };
 
