@@ -113,13 +113,17 @@ std::uint64_t Core::cycles_of(const sc_core::sc_time& t) const {
 
 std::uint64_t Core::ps_of(std::uint64_t cycles) const { return time_of(cycles).value(); }
 
+unsigned Core::trace_row(trace::EventTrace& t) {
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t.track(trace::core_row(m_id)));
+  return static_cast<unsigned>(m_trace_track);
+}
+
 void Core::trace_entry() {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(trace::kExits)) return;
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
   const std::uint64_t now = now_ps();
   if (m_trace_exit_name)
-    t->slice(static_cast<unsigned>(m_trace_track), m_trace_exit_name, m_trace_since_ps, now,
+    t->slice(trace_row(*t), m_trace_exit_name, m_trace_since_ps, now,
              {"qualification", m_trace_qualification, true});
   m_trace_exit_name = nullptr;
   m_trace_since_ps = now;
@@ -128,9 +132,8 @@ void Core::trace_entry() {
 void Core::trace_exit(unsigned reason, std::uint64_t qualification) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(trace::kExits)) return;
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
   const std::uint64_t now = now_ps();
-  t->slice(static_cast<unsigned>(m_trace_track), "guest", m_trace_since_ps, now, {"vpid", m_vpid});
+  t->slice(trace_row(*t), "guest", m_trace_since_ps, now, {"vpid", m_vpid});
   m_trace_exit_name = exit_reason_name(reason);
   m_trace_qualification = qualification;
   m_trace_since_ps = now;
@@ -139,8 +142,7 @@ void Core::trace_exit(unsigned reason, std::uint64_t qualification) {
 void Core::trace_instant(unsigned category, const char* name, std::uint64_t vector) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(static_cast<trace::Category>(category))) return;
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
-  t->instant(static_cast<unsigned>(m_trace_track), name, now_ps(), {"vector", vector}, {"guest", m_non_root ? 1u : 0u});
+  t->instant(trace_row(*t), name, now_ps(), {"vector", vector}, {"guest", m_non_root ? 1u : 0u});
 }
 
 void Core::run() {
@@ -548,8 +550,7 @@ void Core::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uin
 bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
   mmu::WalkResult r = m_walker.translate(walk_request(va, type));
   if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kWalks)) [[unlikely]] {
-    if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("cores", fmt::format("cpu{}", m_id)));
-    t->slice(static_cast<unsigned>(m_trace_track), "page walk", now_ps(), ps_of(m_now + r.cycles),
+      t->slice(trace_row(*t), "page walk", now_ps(), ps_of(m_now + r.cycles),
              {"address", va, true}, {"references", r.refs}, {"guest_references", r.guest_refs});
   }
   charge(r.cycles);

@@ -36,6 +36,10 @@ class IoBus;
 class MmioBus;
 }  // namespace vmx::models
 
+namespace vmx::trace {
+class EventTrace;
+}
+
 namespace vmx::cpu {
 
 class Core;
@@ -434,6 +438,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void trace_entry();
   void trace_exit(unsigned reason, std::uint64_t qualification);
   void trace_instant(unsigned category, const char* name, std::uint64_t vector);
+  unsigned trace_row(trace::EventTrace& t);  // this core's row, created on first use
   int m_trace_track = -1;
   std::uint64_t m_trace_since_ps = 0;         // start of the open slice
   const char* m_trace_exit_name = nullptr;    // the exit being handled (null: none)

@@ -27,7 +27,6 @@ class Monitor : public sc_core::sc_module, public guest::RunControl {
   }
   /// `threads` more finite threads will run.
   void expect(std::uint64_t threads) { m_pending += threads; m_expected += threads; }
-  void thread_started() override {}
   void thread_finished() override {
     if (m_pending && --m_pending == 0) m_done.notify(sc_core::SC_ZERO_TIME);
   }
@@ -123,15 +122,15 @@ struct Session::System {
     if (p.event_trace.enabled) {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
       // vCPUs (a row exists from here on even if nothing happens on it).
-      for (unsigned i = 0; i < platform.core_count(); ++i) trace.track("cores", fmt::format("cpu{}", i));
+      for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i));
       if (pp.nic.enabled) {
-        trace.track("devices", "interrupt messages");
-        trace.track("devices", "iommu");
+        trace.track(trace::msi_row());
+        trace.track(trace::iommu_row());
       }
       for (const VmParams& vp : p.vms)
         for (unsigned j = 0; j < vp.vcpus; ++j) {
-          trace.track("vm " + vp.name, fmt::format("vcpu{}", j));
-          if (trace.on(trace::kGuest)) trace.track("vm " + vp.name, fmt::format("vcpu{} threads", j));
+          trace.track(trace::vcpu_row(vp.name, j));
+          if (trace.on(trace::kGuest)) trace.track(trace::vcpu_threads_row(vp.name, j));
         }
     }
   }

@@ -196,7 +196,6 @@ void Kernel::boot(Core& c) {
       t->m_fiber->set_user(raw);
       charge(c, m_p.costs.thread_start, kCodeThread);
       enqueue(c, *m_vcpus[t->m_vcpu], *raw);
-      if (t->m_finite && m_control) m_control->thread_started();
       m_threads.push_back(std::move(t));
     }
   }
@@ -680,23 +679,18 @@ void Kernel::sys_sleep_until(Thread& t, std::uint64_t wake) {
 // of its vCPU, one slice per thread run or idle period, in the vCPU's core
 // time. While the hypervisor runs another vCPU the guest's thread still
 // "runs" here: the vCPU row shows that time as stolen.
-void Kernel::trace_switch(Core& c, Vcpu& v, const Thread* next) {
+void Kernel::trace_switch(Core& c, Vcpu& v, const Thread* prev) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t->on(trace::kGuest)) return;
   if (v.trace_track < 0)
-    v.trace_track = static_cast<int>(t->track("vm " + m_vm, fmt::format("vcpu{} threads", v.index)));
+    v.trace_track = static_cast<int>(t->track(trace::vcpu_threads_row(m_vm, v.index)));
   const std::uint64_t now = c.now_ps();
-  if (v.trace_idle)
-    t->slice(static_cast<unsigned>(v.trace_track), "idle", v.trace_since_ps, now);
+  if (prev)
+    t->slice(static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", prev->m_process->pcid},
+             {"thread", prev->m_index});
   else
-    t->slice(static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", v.trace_pcid},
-             {"thread", v.trace_thread});
+    t->slice(static_cast<unsigned>(v.trace_track), "idle", v.trace_since_ps, now);
   v.trace_since_ps = now;
-  v.trace_idle = next == nullptr;
-  if (next) {
-    v.trace_pcid = next->m_process->pcid;
-    v.trace_thread = next->m_index;
-  }
 }
 
 void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
@@ -728,7 +722,7 @@ void Kernel::schedule(Core& c, Vcpu& v, bool requeue_current) {
     if (was_enabled) c.sti();
     return;
   }
-  if (trace::EventTrace::active()) [[unlikely]] trace_switch(c, v, next);
+  if (trace::EventTrace::active()) [[unlikely]] trace_switch(c, v, prev);
   ++m_sched_stats.switches;
   charge(c, m_p.costs.context_switch, kCodeSched);
   c.set_user_mode(false);

@@ -105,11 +105,11 @@ struct KernelParams {
   }
 };
 
-/// Tells the experiment when all finite work is done (simulator annotation).
+/// Tells the experiment each time a thread of finite work ends (simulator
+/// annotation); how many there are it knows from the configuration.
 class RunControl {
  public:
   virtual ~RunControl() = default;
-  virtual void thread_started() = 0;
   virtual void thread_finished() = 0;
 };
 
@@ -272,6 +272,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   std::uint64_t sys_virt_to_phys(Thread& t, std::uint64_t va);
   // NetEnv.
   std::uint64_t net_alloc_page(cpu::Core& c) override;
+  std::uint64_t net_alloc_contiguous(cpu::Core& c, std::uint64_t pages) override;
   std::uint64_t net_phys_to_virt(std::uint64_t gpa) const override { return kDirectMap + gpa; }
   std::uint64_t net_map_io(cpu::Core& c, std::uint64_t gpa, std::uint64_t bytes) override;
   void net_charge(cpu::Core& c, std::uint64_t instructions) override;
@@ -315,11 +316,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
     std::uint64_t steal_avg = 0;
     std::uint64_t capacity = 1024;
     std::uint64_t cap_tsc = 0, cap_steal_ns = 0;  // at the last sample
-    // Event trace: this vCPU's "threads" row, what ran on it since when.
+    // Event trace: this vCPU's "threads" row, and since when its current
+    // thread (or idle) has run.
     int trace_track = -1;
     std::uint64_t trace_since_ps = 0;
-    std::uint64_t trace_pcid = 0, trace_thread = 0;
-    bool trace_idle = true;
     std::uint64_t load() const { return queued_load + (current ? current->m_weight : 0); }
     std::uint64_t nr_running() const { return runq.size() + (current ? 1 : 0); }
   };
@@ -378,7 +378,7 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
   void free_table(cpu::Core& c, std::uint64_t table, unsigned level);
   bool cow_fault(cpu::Core& c, Process& p, std::uint64_t addr);
   void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
-  void trace_switch(cpu::Core& c, Vcpu& v, const Thread* next);
+  void trace_switch(cpu::Core& c, Vcpu& v, const Thread* prev);
   /// Programs the vCPU's timer for the earlier of the next tick and the
   /// first sleeper's wake-up; `restart_tick` starts a new tick period if
   /// the vCPU has work, or stops the tick if it has none.

@@ -53,6 +53,20 @@ void Kernel::set_net_driver(std::unique_ptr<NetDriver> driver) {
 
 std::uint64_t Kernel::net_alloc_page(Core& c) { return alloc_frame(c, kPage); }
 
+std::uint64_t Kernel::net_alloc_contiguous(Core& c, std::uint64_t pages) {
+  // Frames one after another, checked: a gap gives the frames back.
+  std::vector<std::uint64_t> got;
+  bool ok = pages > 0;
+  for (std::uint64_t i = 0; i < pages && ok; ++i) {
+    const std::uint64_t f = alloc_frame(c, kPage);
+    ok = f != 0 && (got.empty() || f == got.front() + i * kPage);
+    if (f) got.push_back(f);
+  }
+  if (ok) return got.front();
+  for (std::uint64_t f : got) m_free_frames[0].push_back(f);
+  return 0;
+}
+
 std::uint64_t Kernel::net_map_io(Core& c, std::uint64_t gpa, std::uint64_t bytes) {
   // ioremap: uncached (PCD and PWT select UC in the default PAT), not user,
   // not executable.
@@ -248,23 +262,12 @@ std::uint64_t Kernel::sys_dma_alloc(Thread& t, std::uint64_t bytes) {
   const std::uint64_t at = (p.next_va + kPage - 1) & ~(kPage - 1);
   std::uint64_t va = 0;
   if (pages && at < kUserTop && pages <= (kUserTop - at) / kPage) {
-    // Consecutive frames, checked (as the ring driver's rings): a gap
-    // fails the call and the frames taken go back.
-    std::vector<std::uint64_t> got;
-    bool ok = true;
-    for (std::uint64_t i = 0; i < pages && ok; ++i) {
-      const std::uint64_t f = alloc_frame(c, kPage);
-      ok = f != 0 && (got.empty() || f == got.front() + i * kPage);
-      if (f) got.push_back(f);
-    }
-    if (ok) {
+    if (const std::uint64_t first = net_alloc_contiguous(c, pages)) {
       for (std::uint64_t i = 0; i < pages; ++i)
-        map_page(c, p.pml4, at + i * kPage, got[i],
+        map_page(c, p.pml4, at + i * kPage, first + i * kPage,
                  pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute);
       p.next_va = at + pages * kPage + kPage;
       va = at;
-    } else {
-      for (std::uint64_t f : got) m_free_frames[0].push_back(f);
     }
   }
   c.set_user_mode(true);
@@ -325,20 +328,10 @@ std::uint64_t RingNetDriver::buf_gpa(const std::vector<std::uint64_t>& pages, st
   return pages[i / per_page] + (i % per_page) * m_buf;
 }
 
-bool RingNetDriver::alloc_ring(Core& c, std::uint32_t n, std::uint64_t& ring_gpa, std::uint64_t& ring_va,
-                               std::uint64_t& /*buf_gpa0*/) {
-  // The descriptor ring must be physically contiguous: its pages are taken
-  // one after another and checked.
-  const std::uint64_t pages = (16ull * n + kPage - 1) / kPage;
-  ring_gpa = 0;
-  for (std::uint64_t i = 0; i < pages; ++i) {
-    std::uint64_t p = m_env->net_alloc_page(c);
-    if (!p) return false;
-    if (i == 0) ring_gpa = p;
-    else if (p != ring_gpa + i * kPage) return false;
-  }
+bool RingNetDriver::alloc_ring(Core& c, std::uint32_t n, std::uint64_t& ring_gpa, std::uint64_t& ring_va) {
+  ring_gpa = m_env->net_alloc_contiguous(c, (16ull * n + kPage - 1) / kPage);
   ring_va = m_env->net_phys_to_virt(ring_gpa);
-  return true;
+  return ring_gpa != 0;
 }
 
 bool RingNetDriver::probe(Core& c, NetEnv& env, NetStats& stats, std::string& why) {
@@ -365,8 +358,8 @@ bool RingNetDriver::probe(Core& c, NetEnv& env, NetStats& stats, std::string& wh
   } else {
     m_mac = c.load(reg(reg::kMacLo), 4) | ((c.load(reg(reg::kMacHi), 4) & 0xFFFF) << 32);
   }
-  std::uint64_t tx_gpa = 0, rx_gpa = 0, unused = 0;
-  if (!alloc_ring(c, m_tx_n, tx_gpa, m_tx_ring_va, unused) || !alloc_ring(c, m_rx_n, rx_gpa, m_rx_ring_va, unused)) {
+  std::uint64_t tx_gpa = 0, rx_gpa = 0;
+  if (!alloc_ring(c, m_tx_n, tx_gpa, m_tx_ring_va) || !alloc_ring(c, m_rx_n, rx_gpa, m_rx_ring_va)) {
     why = "out of memory (or not contiguous) for the descriptor rings";
     return false;
   }

@@ -89,6 +89,9 @@ class NetEnv {
   /// guest-physical address (also its bus address: the device sees the
   /// guest-physical view), 0 when memory is exhausted.
   virtual std::uint64_t net_alloc_page(cpu::Core& c) = 0;
+  /// `pages` cleared, physically consecutive 4 KiB frames (for a descriptor
+  /// ring); the first one's guest-physical address, 0 if there are none.
+  virtual std::uint64_t net_alloc_contiguous(cpu::Core& c, std::uint64_t pages) = 0;
   /// Kernel virtual address of a page net_alloc_page returned (direct map).
   virtual std::uint64_t net_phys_to_virt(std::uint64_t gpa) const = 0;
   /// Maps `bytes` of device registers at gpa uncached (PCD, PWT) into the
@@ -189,10 +192,9 @@ class RingNetDriver final : public NetDriver {
   std::uint64_t reg(std::uint32_t off) const { return m_regs + off; }
   std::uint64_t tx_desc(std::uint32_t i) const { return m_tx_ring_va + 16ull * i; }
   std::uint64_t rx_desc(std::uint32_t i) const { return m_rx_ring_va + 16ull * i; }
-  /// Allocates a ring of `n` descriptors and its buffers; fills `ring_gpa`,
-  /// `ring_va`, and the buffers' addresses.
-  bool alloc_ring(cpu::Core& c, std::uint32_t n, std::uint64_t& ring_gpa, std::uint64_t& ring_va,
-                  std::uint64_t& buf_gpa0);
+  /// Allocates a physically contiguous ring of `n` descriptors; fills
+  /// `ring_gpa` and `ring_va`.
+  bool alloc_ring(cpu::Core& c, std::uint32_t n, std::uint64_t& ring_gpa, std::uint64_t& ring_va);
 
   NetParams m_p;
   std::uint64_t m_mac;

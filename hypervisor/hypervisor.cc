@@ -478,7 +478,7 @@ void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(trace::kSched)) return;
   if (v.trace_track < 0)
-    v.trace_track = static_cast<int>(t->track("vm " + v.vm->name, fmt::format("vcpu{}", v.index)));
+    v.trace_track = static_cast<int>(t->track(trace::vcpu_row(v.vm->name, v.index)));
   const char* name = v.off == Vcpu::Off::OnCpu      ? "running"
                      : v.off == Vcpu::Off::Halted   ? "halted"
                      : v.off == Vcpu::Off::Runnable ? (stolen ? "runnable (stolen)" : "runnable (hypervisor)")

@@ -28,7 +28,7 @@ void InterruptFabric::raise(std::uint32_t dest, std::uint8_t vector, bool from_d
 void InterruptFabric::trace_msi(const char* what, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(trace::kIrq)) return;
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("devices", "interrupt messages"));
+  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track(trace::msi_row()));
   t->instant(static_cast<unsigned>(m_trace_track), what, sc_core::sc_time_stamp().value(),
              {"requester", m.requester, true}, {"dest", dest}, {"vector", vector});
 }

@@ -86,11 +86,11 @@ const RequesterStats* RootComplex::requester_stats(std::uint16_t rid) const {
   return it == m_requesters.end() ? nullptr : it->second;
 }
 
-bool RootComplex::translate(const DmaContext& ctx, std::uint64_t addr, bool write, std::uint64_t& hpa,
-                            std::uint32_t& cycles) {
+iommu::TranslateResult RootComplex::translate(const DmaContext& ctx, std::uint64_t addr, bool write,
+                                              std::uint64_t& hpa, std::uint32_t& cycles) {
   if (!m_iommu || !m_iommu->enabled()) {
     hpa = addr;
-    return true;
+    return {};
   }
   iommu::DmaRequest req;
   req.requester_id = ctx.requester;
@@ -100,9 +100,7 @@ bool RootComplex::translate(const DmaContext& ctx, std::uint64_t addr, bool writ
   req.pasid = ctx.pasid;
   req.privileged = ctx.privileged;
   req.execute = ctx.execute;
-  const iommu::TranslateResult r = m_iommu->translate(req, hpa, cycles);
-  m_last_fault = static_cast<std::uint32_t>(r.reason);
-  return r.ok();
+  return m_iommu->translate(req, hpa, cycles);
 }
 
 bool RootComplex::llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write) {
@@ -165,14 +163,16 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
   std::size_t pieces = 0;
   std::uint32_t tcycles = 0;
   bool blocked = false;
+  iommu::FaultReason reason = iommu::FaultReason::kNone;
   for (std::uint64_t a = addr, left = len; left > 0;) {
     const std::uint64_t n = std::min(left, kPage - (a & (kPage - 1)));
     if (pieces == kMaxPieces) {
       trans.set_response_status(tlm::TLM_BURST_ERROR_RESPONSE);
       return;
     }
-    if (!translate(*ctx, a, write, hpa[pieces], tcycles)) {
+    if (const iommu::TranslateResult r = translate(*ctx, a, write, hpa[pieces], tcycles); !r.ok()) {
       blocked = true;
+      reason = r.reason;
       break;
     }
     size[pieces++] = n;
@@ -186,10 +186,10 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
     ++m_stats.blocked;
     ++rs.blocked;
     if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kDma)) {
-      if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track("devices", "iommu"));
+      if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track(trace::iommu_row()));
       t->instant(static_cast<unsigned>(m_trace_track), write ? "DMA write blocked" : "DMA read blocked",
                  (sc_core::sc_time_stamp() + delay).value(), {"requester", rid, true}, {"address", addr, true},
-                 {"reason", m_last_fault, true});
+                 {"reason", static_cast<std::uint64_t>(reason), true});
     }
     trans.set_response_status(tlm::TLM_ADDRESS_ERROR_RESPONSE);
     return;

@@ -157,8 +157,10 @@ class RootComplex : public sc_core::sc_module {
   void b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time& delay);
   RequesterStats& requester(std::uint16_t rid);
   /// The one call into the IOMMU: host-physical address of the page piece at
-  /// addr, or false if blocked. Adds IOMMU cycles to `cycles`.
-  bool translate(const DmaContext& ctx, std::uint64_t addr, bool write, std::uint64_t& hpa, std::uint32_t& cycles);
+  /// addr (passed through with the IOMMU off), or the fault that blocked it.
+  /// Adds IOMMU cycles to `cycles`.
+  iommu::TranslateResult translate(const DmaContext& ctx, std::uint64_t addr, bool write, std::uint64_t& hpa,
+                                   std::uint32_t& cycles);
   bool llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write);
 
   RootComplexParams m_params;
@@ -168,7 +170,6 @@ class RootComplex : public sc_core::sc_module {
   MsiSink* m_msi = nullptr;
   RootComplexStats m_stats;
   std::unordered_map<std::uint16_t, RequesterStats*> m_requesters;
-  std::uint32_t m_last_fault = 0;  // VT-d fault reason of the last translation
   int m_trace_track = -1;          // event trace: the "iommu" row
 };
 

@@ -2,6 +2,8 @@
 
 #include <fmt/format.h>
 
+#include "sim/stats.h"
+
 namespace vmx::trace {
 
 EventTrace* EventTrace::s_active = nullptr;
@@ -25,22 +27,15 @@ std::string trim(const std::string& s) {
 // Microseconds with picosecond precision, as the format wants them.
 void put_us(std::string& out, std::uint64_t ps) { fmt::format_to(std::back_inserter(out), "{}.{:06}", ps / 1000000, ps % 1000000); }
 
-void put_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (char ch : s) {
-    if (ch == '"' || ch == '\\') {
-      out += '\\';
-      out += ch;
-    } else if (static_cast<unsigned char>(ch) < 0x20) {
-      fmt::format_to(std::back_inserter(out), "\\u{:04x}", static_cast<unsigned>(static_cast<unsigned char>(ch)));
-    } else {
-      out += ch;
-    }
-  }
-  out += '"';
-}
-
 }  // namespace
+
+Row core_row(unsigned core) { return {"cores", fmt::format("cpu{}", core)}; }
+Row msi_row() { return {"devices", "interrupt messages"}; }
+Row iommu_row() { return {"devices", "iommu"}; }
+Row vcpu_row(const std::string& vm, unsigned vcpu) { return {"vm " + vm, fmt::format("vcpu{}", vcpu)}; }
+Row vcpu_threads_row(const std::string& vm, unsigned vcpu) {
+  return {"vm " + vm, fmt::format("vcpu{} threads", vcpu)};
+}
 
 bool parse_categories(const std::string& text, std::uint32_t& mask, std::string& why) {
   mask = 0;
@@ -126,7 +121,7 @@ std::string EventTrace::json() const {
   for (unsigned p = 0; p < m_processes.size(); ++p) {
     sep();
     fmt::format_to(std::back_inserter(out), "{{\"ph\":\"M\",\"pid\":{},\"name\":\"process_name\",\"args\":{{\"name\":", p + 1);
-    put_string(out, m_processes[p]);
+    stats::append_json_string(out, m_processes[p]);
     out += "}}";
     sep();
     fmt::format_to(std::back_inserter(out),
@@ -137,7 +132,7 @@ std::string EventTrace::json() const {
     sep();
     fmt::format_to(std::back_inserter(out), "{{\"ph\":\"M\",\"pid\":{},\"tid\":{},\"name\":\"thread_name\",\"args\":{{\"name\":",
                    t.pid, t.tid);
-    put_string(out, t.thread);
+    stats::append_json_string(out, t.thread);
     out += "}}";
   }
   for (const Event& e : m_events) {
@@ -153,12 +148,12 @@ std::string EventTrace::json() const {
       put_us(out, e.end - e.begin);
     }
     out += ",\"name\":";
-    put_string(out, e.name);
+    stats::append_json_string(out, e.name);
     if (e.args[0].key) {
       out += ",\"args\":{";
       for (unsigned i = 0; i < 3 && e.args[i].key; ++i) {
         if (i) out += ',';
-        put_string(out, e.args[i].key);
+        stats::append_json_string(out, e.args[i].key);
         if (e.args[i].hex)
           fmt::format_to(std::back_inserter(out), ":\"{:#x}\"", e.args[i].value);
         else

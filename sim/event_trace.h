@@ -51,6 +51,18 @@ struct EventTraceParams {
   }
 };
 
+/// The timeline's rows, named in one place (process, thread): the
+/// components that record and the experiment that lays the rows out in
+/// order (cores, devices, VMs) both use these.
+struct Row {
+  std::string process, thread;
+};
+Row core_row(unsigned core);
+Row msi_row();    // device interrupt messages
+Row iommu_row();  // DMA the IOMMU blocked
+Row vcpu_row(const std::string& vm, unsigned vcpu);
+Row vcpu_threads_row(const std::string& vm, unsigned vcpu);  // the guest's own thread switches
+
 /// Parses a categories list ("exits,sched"); returns false (with what was
 /// expected in `why`) on an unknown name.
 bool parse_categories(const std::string& text, std::uint32_t& mask, std::string& why);
@@ -78,6 +90,7 @@ class EventTrace {
   /// A timeline row: thread `thread` of process `process` in the viewer.
   /// The same names give the same track; names are copied.
   unsigned track(const std::string& process, const std::string& thread);
+  unsigned track(const Row& row) { return track(row.process, row.thread); }
 
   /// A slice [begin, end) on a track. `name` must outlive the trace (a
   /// string literal or a static table entry).

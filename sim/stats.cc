@@ -160,8 +160,6 @@ const Stat* Group::find(const std::string& dotted) const {
 
 // ---------------------------------------------------------------- writers
 
-namespace {
-
 void append_json_string(std::string& out, std::string_view s) {
   out += '"';
   for (char ch : s) {
@@ -183,6 +181,8 @@ void append_json_string(std::string& out, std::string_view s) {
   }
   out += '"';
 }
+
+namespace {
 
 void append_real(std::string& out, double v) {
   if (!std::isfinite(v))

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -227,6 +228,8 @@ class Visitor {
 /// group lists its stats first, then its child groups. Non-finite reals are
 /// null. Pretty-printed with two-space indentation, ending with a newline.
 std::string to_json(const Group& root);
+/// Appends `s` to `out` as a JSON string literal (quoted and escaped).
+void append_json_string(std::string& out, std::string_view s);
 
 /// Every scalar as (dotted path, value): counters, gauges, ratios, and for
 /// histograms path.count, path.mean, path.p50, path.p99, path.max. Paths are

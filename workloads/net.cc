@@ -186,17 +186,20 @@ class NetStream final : public Workload {
     const auto free_batch = static_cast<std::uint32_t>(std::min<std::uint64_t>(kFreeBatch, std::max<std::uint64_t>(1, cap / 2)));
     const auto size = static_cast<std::uint32_t>(m_p.size);
     std::uint32_t tail = 0, rung = 0;
+    // TX_TAIL = tail, unless the device knows of every queued frame already.
+    auto ring_doorbell = [&] {
+      if (rung == tail) return;
+      t.store(regs + reg::kTxTail, tail, 4);
+      rung = tail;
+      ++m_doorbells;
+    };
     std::uint64_t freed = 0;  // frames whose descriptors the program took back
     started(t);
     if (!m_t0) m_t0 = t.cpu().rdtsc();
     std::uint64_t i = 0;
     for (; m_p.frames == 0 || i < m_p.frames; ++i) {
       while (i - freed >= cap) {
-        if (rung != tail) {  // the device must know of what fills the ring
-          t.store(regs + reg::kTxTail, tail, 4);
-          rung = tail;
-          ++m_doorbells;
-        }
+        ring_doorbell();  // the device must know of what fills the ring
         const std::uint64_t last = (freed + free_batch - 1) % n;
         if (t.load(ring + 16 * last + kDescStatus, 2) & kDescDone) {
           freed += free_batch;
@@ -212,18 +215,11 @@ class NetStream final : public Workload {
       t.store(d + 8, size, 4);  // length; status cleared
       t.compute(m_p.pmd_instructions);
       tail = (tail + 1) % n;
-      if (last_of_batch(i)) {
-        t.store(regs + reg::kTxTail, tail, 4);
-        rung = tail;
-        ++m_doorbells;
-      }
+      if (last_of_batch(i)) ring_doorbell();
       sent(t, size);
     }
     // Stopping the port: whatever is queued goes out before the program ends.
-    if (rung != tail) {
-      t.store(regs + reg::kTxTail, tail, 4);
-      ++m_doorbells;
-    }
+    ring_doorbell();
     while (freed < i) {
       if (t.load(ring + 16 * ((i - 1) % n) + kDescStatus, 2) & kDescDone)
         freed = i;
