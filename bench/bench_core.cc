@@ -34,7 +34,7 @@
 #include "cpu/vmx.h"
 #include "experiment/experiment.h"
 #include "mmu/paging.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/config.h"
 #include "sim/fiber.h"
 #include "sim/stats.h"

@@ -12,7 +12,7 @@
 #include "hypervisor/hypervisor.h"
 #include "models/cache.h"
 #include "models/mem_hierarchy.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/config.h"
 #include "sim/event_trace.h"
 #include "sim/params.h"

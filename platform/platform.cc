@@ -1,4 +1,4 @@
-#include "models/platform.h"
+#include "platform/platform.h"
 
 #include <fmt/format.h>
 

@@ -25,7 +25,7 @@
 #include "cpu/core.h"
 #include "cpu/vmx.h"
 #include "mmu/paging.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 #include "sim/stats.h"
 

@@ -14,7 +14,7 @@
 #include "cpu/core.h"
 #include "models/dma_harness.h"
 #include "models/net_peer.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "models/root_complex.h"
 #include "sim/fiber.h"
 

@@ -9,7 +9,7 @@
 #include <systemc>
 
 #include "cpu/core.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 
 namespace {

@@ -30,7 +30,7 @@
 #include "hypervisor/host_nic.h"
 #include "hypervisor/hypervisor.h"
 #include "models/nic.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 #include "sim/stats.h"
 

@@ -19,7 +19,7 @@
 #include "guest/virtio_net.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/virtio_net.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"

@@ -14,7 +14,7 @@
 #include "cpu/core.h"
 #include "hypervisor/hypervisor.h"
 #include "iommu/interrupt_remap.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 #include "sim/stats.h"
 
