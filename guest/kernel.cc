@@ -4,9 +4,9 @@
 
 #include <fmt/format.h>
 
+#include "abi/steal_time.h"
 #include "mmu/paging.h"
 #include "sim/event_trace.h"
-#include "workloads/workload.h"
 
 namespace vmx::guest {
 
@@ -81,9 +81,9 @@ Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, 
 
 Kernel::~Kernel() = default;
 
-sim::Fiber& Kernel::vcpu_entry(unsigned index) { return *m_vcpus.at(index)->idle; }
+std::uint64_t Kernel::entry_point(unsigned index) { return cpu::code_address(m_vcpus.at(index)->idle.get()); }
 
-void Kernel::add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size,
+void Kernel::add_process(std::shared_ptr<Program> workload, unsigned threads, std::uint64_t page_size,
                          std::int64_t nice) {
   auto p = std::make_unique<Process>();
   p->workload = std::move(workload);
@@ -127,7 +127,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
-  if (m_p.pv_steal) c.wrmsr(cpu::msr::kKvmStealTime, steal_record(v.index) | 1);
+  if (m_p.pv_steal) c.wrmsr(abi::steal_time::kMsr, steal_record(v.index) | abi::steal_time::kMsrEnable);
   for (;;) {
     // The run queue is checked with interrupts off and the halt is STI;HLT,
     // so a wake-up arriving in between is not lost.

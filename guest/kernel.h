@@ -16,17 +16,13 @@
 #include <string>
 #include <vector>
 
+#include "abi/boot.h"
 #include "cpu/core.h"
 #include "guest/net.h"
 #include "guest/sched.h"
-#include "hypervisor/hypervisor.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
-
-namespace vmx::workloads {
-class Workload;
-}
 
 namespace vmx::guest {
 
@@ -115,6 +111,19 @@ class RunControl {
 
 class Kernel;
 struct Process;
+class Thread;
+
+/// A guest program: what a process runs. Programs (workloads/) sit above
+/// the kernel and reach it only through Thread, its system-call interface;
+/// the kernel knows them only through this.
+class Program {
+ public:
+  virtual ~Program() = default;
+  /// Runs in a guest thread; returns when the thread's work is done.
+  virtual void run(Thread& t) = 0;
+  /// Whether run() returns (some count is nonzero) or runs until the end.
+  virtual bool finite() const = 0;
+};
 
 /// A guest thread as workloads see it: its operations go to whichever core
 /// currently runs its vCPU.
@@ -229,10 +238,10 @@ struct Process {
     bool exec = false;
   };
   std::vector<Region> regions;
-  std::shared_ptr<workloads::Workload> workload;
+  std::shared_ptr<Program> workload;
 };
 
-class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public NetEnv {
+class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, public NetEnv {
  public:
   /// The kernel's own statistics (what the guest sees, e.g. its steal
   /// time) go under `stats_parent` as "kernel".
@@ -242,10 +251,10 @@ class Kernel final : public hv::GuestImage, public cpu::InterruptHandler, public
 
   /// Adds a process running `workload` in `threads` threads (before the
   /// run); its anonymous memory is mapped with pages of `page_size` bytes.
-  void add_process(std::shared_ptr<workloads::Workload> workload, unsigned threads, std::uint64_t page_size,
+  void add_process(std::shared_ptr<Program> workload, unsigned threads, std::uint64_t page_size,
                    std::int64_t nice = 0);
 
-  sim::Fiber& vcpu_entry(unsigned index) override;
+  std::uint64_t entry_point(unsigned index) override;
   void interrupt(cpu::Core& cpu, std::uint8_t vector) override;
   void exception(cpu::Core& cpu, std::uint8_t vector, std::uint32_t error_code) override;
 

@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <array>
 
+#include "abi/steal_time.h"
 #include "guest/kernel.h"
 
 namespace vmx::guest {
@@ -62,7 +63,7 @@ std::uint64_t Kernel::read_steal(Core& c, Vcpu& v) {
   // The record changes only at VM entry, and this runs in the guest, so the
   // value is the vCPU's whole stolen time up to now (the version is not
   // re-checked: an update never overlaps a guest read here).
-  std::uint64_t ns = c.load(kDirectMap + steal_record(v.index));
+  std::uint64_t ns = c.load(kDirectMap + steal_record(v.index) + abi::steal_time::kSteal);
   c.load(rq_va(v.index) + kRqPrevSteal);  // the kernel's copy of the last value (rq->prev_steal_time)
   std::uint64_t delta = ns > v.steal_read_ns ? ns - v.steal_read_ns : 0;
   v.steal_read_ns = std::max(v.steal_read_ns, ns);
@@ -95,8 +96,8 @@ std::uint64_t Kernel::eff_load(const Vcpu& v, std::uint64_t extra) const {
 }
 
 bool Kernel::vcpu_preempted(Core& c, unsigned j) {
-  // struct kvm_steal_time.preempted, byte 16 (Linux kvm_vcpu_is_preempted).
-  return (c.load(kDirectMap + steal_record(j) + 16, 1) & 1) != 0;
+  // Linux's kvm_vcpu_is_preempted.
+  return (c.load(kDirectMap + steal_record(j) + abi::steal_time::kPreempted, 1) & abi::steal_time::kVcpuPreempted) != 0;
 }
 
 void Kernel::update_min_vruntime(Vcpu& v) {

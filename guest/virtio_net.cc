@@ -6,8 +6,8 @@
 
 namespace vmx::guest {
 
-namespace reg = hv::virtio_reg;
-namespace vq = hv::virtio;
+namespace reg = abi::virtio_reg;
+namespace vq = abi::virtio;
 using cpu::Core;
 
 std::uint64_t VirtioNetDriver::memory_bytes(std::uint16_t n) {
@@ -105,11 +105,11 @@ bool VirtioNetDriver::probe(Core& c) {
 
   Mem m{c, m_mem.va_offset};
   vq::Layout rl = setup_queue(c, reg::kRxQueue);
-  m_rx = vq::DriverQueue(rl, event_idx);
+  m_rx = virtio::DriverQueue(rl, event_idx);
   m_rx.init(m);
   reg_write(c, reg::kQueueReady, 1);
   vq::Layout tl = setup_queue(c, reg::kTxQueue);
-  m_tx = vq::DriverQueue(tl, event_idx);
+  m_tx = virtio::DriverQueue(tl, event_idx);
   m_tx.init(m);
   reg_write(c, reg::kQueueReady, 1);
   reg_write(c, reg::kVector, m_vector);

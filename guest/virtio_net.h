@@ -17,10 +17,11 @@
 #include <string>
 #include <vector>
 
+#include "abi/virtio_net.h"
+#include "abi/virtio_ring.h"
 #include "cpu/core.h"
 #include "guest/net.h"
-#include "hypervisor/virtio_net.h"
-#include "hypervisor/virtio_ring.h"
+#include "guest/virtqueue.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -127,7 +128,7 @@ class VirtioNetDriver final : public NetDriver {
   };
   void reg_write(cpu::Core& c, std::uint64_t offset, std::uint64_t value, unsigned size = 4);
   std::uint64_t reg_read(cpu::Core& c, std::uint64_t offset, unsigned size = 4);
-  hv::virtio::Layout setup_queue(cpu::Core& c, unsigned index);
+  abi::virtio::Layout setup_queue(cpu::Core& c, unsigned index);
   std::uint64_t alloc_page(cpu::Core& c);
   void reap_tx(cpu::Core& c);
   /// Buffer slot i: RX slots [0, qsize), TX slots [qsize, 2 qsize), two per page.
@@ -143,7 +144,7 @@ class VirtioNetDriver final : public NetDriver {
   NetEnv* m_env = nullptr;
   NetStats* m_net_stats = nullptr;
   std::vector<std::uint64_t> m_buffer_pages;
-  hv::virtio::DriverQueue m_rx, m_tx;
+  virtio::DriverQueue m_rx, m_tx;
   std::vector<unsigned> m_tx_free;  // free TX buffer slots
   Stats m_stats;
 };

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "abi/hypercall.h"
+#include "abi/steal_time.h"
 #include "hypervisor/hypervisor_state.h"
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
@@ -384,7 +386,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kGuestCr4, 0);
   vmw(c, field::kGuestRflags, 0x2);
   vmw(c, field::kGuestSsAccessRights, 0);
-  vmw(c, field::kGuestRip, code_address(&v.vm->image->vcpu_entry(v.index)));
+  vmw(c, field::kGuestRip, v.vm->image->entry_point(v.index));
   vmw(c, field::kHostRip, code_address(m_percore[v.core]->fiber.get()));
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
   if (v.vm->shadow) shadow_setup_vmcs(c, v);
@@ -442,22 +444,23 @@ void Hypervisor::flush_accounting() {
     }
 }
 
-// Paravirtual steal time, in KVM's layout (struct kvm_steal_time: u64 steal
-// in ns at offset 0, u32 version at 8, u32 flags at 12, u8 preempted at 16):
+// Paravirtual steal time (abi/steal_time.h, KVM's struct kvm_steal_time):
 // updated before every entry, the version odd while it changes.
 void Hypervisor::publish_steal(Core& c, Vcpu& v) {
+  namespace st = abi::steal_time;
   if (!v.steal_area) return;
   std::uint64_t a = v.steal_area;
-  std::uint32_t version = static_cast<std::uint32_t>(c.load(a + 8, 4));
-  c.store(a + 8, version + 1, 4);
+  std::uint32_t version = static_cast<std::uint32_t>(c.load(a + st::kVersion, 4));
+  c.store(a + st::kVersion, version + 1, 4);
   auto ns = static_cast<std::uint64_t>(static_cast<unsigned __int128>(v.steal_total) * 1000000000ull / m_tsc_hz);
-  c.store(a, ns);
-  c.store(a + 16, 0, 1);
-  c.store(a + 8, version + 2, 4);
+  c.store(a + st::kSteal, ns);
+  c.store(a + st::kPreempted, 0, 1);
+  c.store(a + st::kVersion, version + 2, 4);
 }
 
 void Hypervisor::mark_preempted(Core& c, Vcpu& v) {
-  if (v.steal_area && v.state == Vcpu::State::Runnable) c.store(v.steal_area + 16, 1, 1);
+  if (v.steal_area && v.state == Vcpu::State::Runnable)
+    c.store(v.steal_area + abi::steal_time::kPreempted, abi::steal_time::kVcpuPreempted, 1);
 }
 
 std::uint64_t Hypervisor::ept_translate(Core& c, Vm& vm, std::uint64_t gpa) {
@@ -708,7 +711,7 @@ void Hypervisor::handle_cpuid(Core& c, Vcpu& v) {
 
 void Hypervisor::handle_vmcall(Core& c, Vcpu& v) {
   charge(c, m_p.costs.vmcall, kCodeVmcall);
-  v.regs[Regs::rax] = v.regs[Regs::rax] == hypercall::kNop ? 0 : hypercall::kUnknownResult;
+  v.regs[Regs::rax] = v.regs[Regs::rax] == abi::hypercall::kNop ? 0 : abi::hypercall::kUnknownResult;
 }
 
 void Hypervisor::handle_io(Core& c, Vcpu& v) {
@@ -779,17 +782,16 @@ void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
       if (write) ok = false;
       else result = v.index;
       break;
-    case cpu::msr::kKvmStealTime:
-      // Bit 0 enables; bits 63:6 give a 64-byte aligned guest-physical
-      // address (Linux Documentation/virt/kvm/x86/msr.rst).
+    case abi::steal_time::kMsr:
+      // abi/steal_time.h: bit 0 enables, bits 63:6 are the record's address.
       if (!write) {
         result = v.steal_msr;
-      } else if (!(value & 1)) {
+      } else if (!(value & abi::steal_time::kMsrEnable)) {
         v.steal_msr = value;
         v.steal_area = 0;
       } else {
-        std::uint64_t gpa = value & ~63ull;
-        if ((value & 0x3E) || gpa + 64 > v.vm->memory || !back_guest_page(c, *v.vm, gpa)) {
+        std::uint64_t gpa = value & abi::steal_time::kMsrAddressMask;
+        if ((value & abi::steal_time::kMsrReserved) || gpa + abi::steal_time::kBytes > v.vm->memory || !back_guest_page(c, *v.vm, gpa)) {
           ok = false;
         } else {
           v.steal_msr = value;

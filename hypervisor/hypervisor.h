@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "abi/boot.h"
 #include "cpu/core.h"
 #include "hypervisor/emulated_nic.h"
 #include "hypervisor/host_nic.h"
@@ -212,20 +213,11 @@ struct HypervisorParams {
   }
 };
 
-/// What the hypervisor needs to know about a VM's guest software: where its
-/// vCPUs start and its name. The guest kernel provides this.
-class GuestImage {
- public:
-  virtual ~GuestImage() = default;
-  /// The fiber on which vCPU `index` starts executing at VMLAUNCH.
-  virtual sim::Fiber& vcpu_entry(unsigned index) = 0;
-};
-
 struct VmSpec {
   std::string name;
   unsigned vcpus = 1;
   std::uint64_t memory = 0;
-  GuestImage* image = nullptr;
+  abi::GuestImage* image = nullptr;  // where its vCPUs start (abi/boot.h)
   std::uint64_t weight = 256;  // proportional share, spread over the VM's vCPUs
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
   bool shadow_paging = false;  // shadow page tables instead of EPT
@@ -440,11 +432,5 @@ class Hypervisor {
                               "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
 };
-
-/// Hypercall numbers the hypervisor implements (VMCALL with the number in RAX).
-namespace hypercall {
-constexpr std::uint64_t kNop = 0;            // returns 0: measures the round trip
-constexpr std::uint64_t kUnknownResult = static_cast<std::uint64_t>(-1000);  // -KVM_ENOSYS
-}  // namespace hypercall
 
 }  // namespace vmx::hv

@@ -30,7 +30,7 @@ struct Hypervisor::Vm {
   std::string name;
   unsigned id = 0;
   std::uint64_t memory = 0;
-  GuestImage* image = nullptr;
+  abi::GuestImage* image = nullptr;
   std::uint64_t ept_root = 0;
   std::uint64_t eptp = 0;
   std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word

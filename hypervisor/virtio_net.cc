@@ -8,7 +8,7 @@
 
 namespace vmx::hv {
 
-namespace reg = virtio_reg;
+namespace reg = abi::virtio_reg;
 using cpu::Core;
 
 namespace {

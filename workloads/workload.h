@@ -343,14 +343,9 @@ struct WorkloadStats : stats::Group {
   stats::Gauge last_end{this, "end_cycle", "cycles", "TSC when the last thread finished"};
 };
 
-class Workload {
+class Workload : public guest::Program {
  public:
   explicit Workload(stats::Group* parent, const std::string& name) : m_stats(parent, name) {}
-  virtual ~Workload() = default;
-  /// Runs in a guest thread; returns when the thread's work is done.
-  virtual void run(guest::Thread& t) = 0;
-  /// Whether run() returns (some count is nonzero) or runs until the end.
-  virtual bool finite() const = 0;
 
   static std::shared_ptr<Workload> create(const WorkloadParams& p, stats::Group* parent, const std::string& name);
   /// The network workloads and pattern_check (workloads/net.cc); null for other types.

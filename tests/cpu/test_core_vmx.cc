@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <vector>
 
+#include "abi/steal_time.h"
 #include "cpu/core.h"
 #include "cpu/vmx.h"
 #include "cpu/vmx_harness.h"
@@ -260,7 +261,7 @@ TEST_CASE("MSR bitmaps decide RDMSR and WRMSR exits in the low and high ranges",
     efer_read = c.rdmsr(msr::kIa32Efer);             // read-high clear: runs
     c.wrmsr(msr::kIa32Efer, 0x1234'0000'0800ull);    // exit 32
     star_read = c.rdmsr(kStar);                      // exit 31
-    steal_read = c.rdmsr(msr::kKvmStealTime);        // outside both ranges: always exits
+    steal_read = c.rdmsr(vmx::abi::steal_time::kMsr);        // outside both ranges: always exits
   };
   h.on_exit = [](Core& c, const Exit& e) {
     if (e.reason == kRdmsr) {
@@ -280,7 +281,7 @@ TEST_CASE("MSR bitmaps decide RDMSR and WRMSR exits in the low and high ranges",
   CHECK(h.exits[2].regs[Regs::rax] == 0x800);   // EDX:EAX
   CHECK(h.exits[2].regs[Regs::rdx] == 0x1234);
   CHECK(h.exits[3].regs[Regs::rcx] == kStar);
-  CHECK(h.exits[4].regs[Regs::rcx] == msr::kKvmStealTime);
+  CHECK(h.exits[4].regs[Regs::rcx] == vmx::abi::steal_time::kMsr);
   for (const Exit& e : h.exits) CHECK(e.qualification == 0);
   // RDMSR returns EDX:EAX as the root left them.
   CHECK(deadline_read == ((0xABull << 32) | 0x10E0));

@@ -24,8 +24,8 @@ using vmx::cpu::Regs;
 using vmx::test::Exit;
 using vmx::test::VmxHarness;
 namespace field = vmx::cpu::field;
-namespace virtio = vmx::hv::virtio;
-namespace reg = vmx::hv::virtio_reg;
+namespace virtio = vmx::abi::virtio;
+namespace reg = vmx::abi::virtio_reg;
 
 constexpr unsigned kEptViolation = 48, kVmcall = 18;
 constexpr std::uint64_t kDev = 0x1800000;   // register page: outside the identity-mapped 16 MiB
@@ -95,10 +95,10 @@ void wr(Core& c, std::uint64_t off, std::uint64_t v, unsigned size = 4) { c.stor
 std::uint64_t rd(Core& c, std::uint64_t off, unsigned size = 4) { return c.load(kDev + off, size); }
 
 /// The driver's initialisation (virtio 1.1, 3.1.1) of one queue.
-virtio::DriverQueue setup_queue(Core& c, unsigned index, std::uint64_t base, std::uint16_t size) {
+vmx::guest::virtio::DriverQueue setup_queue(Core& c, unsigned index, std::uint64_t base, std::uint16_t size) {
   virtio::Layout l = virtio::Layout::packed(base, size);
   GuestMem m{c};
-  virtio::DriverQueue q(l, true);
+  vmx::guest::virtio::DriverQueue q(l, true);
   q.init(m);
   wr(c, reg::kQueueSel, index);
   wr(c, reg::kQueueSize, size);
@@ -146,7 +146,7 @@ TEST_CASE("virtio-net transmits a batch of frames with one notify exit", "[virti
   std::vector<std::uint64_t> reaped;
   r.h.guest = [&](Core& c) {
     init_device(c);
-    virtio::DriverQueue tx = setup_queue(c, reg::kTxQueue, kTxRing, 8);
+    vmx::guest::virtio::DriverQueue tx = setup_queue(c, reg::kTxQueue, kTxRing, 8);
     wr(c, reg::kStatus, 1 | 2 | 8 | reg::kStatusDriverOk);
     GuestMem m{c};
     for (unsigned b = 0; b < kBatches; ++b) {
@@ -207,7 +207,7 @@ TEST_CASE("virtio-net receives frames into posted buffers and suppresses interru
   };
   r.h.guest = [&](Core& c) {
     init_device(c);
-    virtio::DriverQueue rx = setup_queue(c, reg::kRxQueue, kRxRing, 4);
+    vmx::guest::virtio::DriverQueue rx = setup_queue(c, reg::kRxQueue, kRxRing, 4);
     wr(c, reg::kStatus, 1 | 2 | 8 | reg::kStatusDriverOk);
     GuestMem m{c};
     for (unsigned i = 0; i < 4; ++i) rx.add(m, kBuffers + 2048 * i, 2048, true, i);

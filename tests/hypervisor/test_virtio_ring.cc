@@ -5,9 +5,14 @@
 #include <cstring>
 #include <vector>
 
+#include "abi/virtio_ring.h"
+#include "guest/virtqueue.h"
 #include "hypervisor/virtio_ring.h"
 
-using namespace vmx::hv::virtio;
+using namespace vmx::abi::virtio;
+using vmx::guest::virtio::DriverQueue;
+using vmx::hv::virtio::Chain;
+using vmx::hv::virtio::DeviceQueue;
 
 namespace {
 

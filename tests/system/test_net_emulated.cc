@@ -194,7 +194,7 @@ TEST_CASE("the PF driver's frames come back from an echoing peer through the sof
 
 namespace {
 
-struct NetGuest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
+struct NetGuest : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   static constexpr std::uint64_t kTx = 0x100000, kRx = 0x101000, kTxBuf = 0x200000, kRxBuf = 0x300000;
   static constexpr unsigned kRing = 64;
   static constexpr std::uint8_t kVector = 0x50;
@@ -204,7 +204,7 @@ struct NetGuest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
   unsigned done = 0, bad = 0, interrupts = 0;
   std::uint64_t rtt_cycles = 0;
   vmx::sim::Fiber fiber{"guest.vcpu0", [this] { main(); }};
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
 
   void w(Core& c, std::uint32_t off, std::uint32_t v) { c.store(window + off, v, 4); }
   std::uint32_t r(Core& c, std::uint32_t off) { return static_cast<std::uint32_t>(c.load(window + off, 4)); }

@@ -27,7 +27,7 @@
 namespace {
 
 using vmx::cpu::Core;
-namespace reg = vmx::hv::virtio_reg;
+namespace reg = vmx::abi::virtio_reg;
 
 constexpr unsigned kRounds = 10, kBatch = 8, kLen = 128;
 constexpr std::uint8_t kVector = 0x50;
@@ -35,7 +35,7 @@ constexpr std::uint64_t kDriverMem = 0x400000, kSrc = 0x300000, kDst = 0x301000;
 
 // One vCPU, paging off (guest-virtual = guest-physical): probes the
 // device, then sends kRounds batches and waits for each batch's echoes.
-struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
+struct Guest : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   vmx::stats::Group gstats{"guest"};
   vmx::guest::VirtioNetDriver drv{vmx::cfg::defaults<vmx::guest::VirtioDriverCosts>(), reg::kWindow,
                                   {kDriverMem, vmx::guest::VirtioNetDriver::memory_bytes(64), 0}, kVector, &gstats};
@@ -43,7 +43,7 @@ struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
   unsigned interrupts = 0, received = 0, bad = 0;
   std::uint64_t exits_at_start = 0;
   vmx::sim::Fiber fiber{"guest.vcpu0", [this] { main(); }};
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void interrupt(Core& c, std::uint8_t v) override {
     if (v == kVector) {
       ++interrupts;

@@ -27,11 +27,11 @@ constexpr std::uint16_t kVf = vmx::models::requester_id(3, 0, 1);
 constexpr std::uint64_t kIrt = 0x3F00000;  // host-physical, inside the hypervisor's reserved memory, unused by it
 
 // One vCPU: halts; after each interrupt, works for a while and halts again.
-struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
+struct Guest : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   std::vector<std::pair<std::uint8_t, std::uint64_t>> got;  // vector, cycle
   bool busy = false;
   vmx::sim::Fiber fiber{"guest.vcpu0", [this] { main(); }};
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void interrupt(Core& c, std::uint8_t v) override {
     got.emplace_back(v, c.now());
     c.wrmsr(vmx::cpu::msr::kX2ApicEoi, 0);
