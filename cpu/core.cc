@@ -1159,7 +1159,7 @@ std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1,
   m_regs[Regs::rbx] = a0;
   m_regs[Regs::rcx] = a1;
   m_regs[Regs::rdx] = a2;
-  vm_exit(ExitReason::Vmcall, 0);
+  vmx_exit(ExitReason::Vmcall, 0, 0, 3);  // 0F 01 C1
   return m_regs[Regs::rax];
 }
 
@@ -1296,11 +1296,11 @@ void Core::require_vmx_root() {
   if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
 }
 
-VmxStatus Core::vmxon(std::uint64_t region_pa) {
+VmxStatus Core::vmxon(std::uint64_t region_pa, const insn::MemOperand& m) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(ExitReason::Vmxon, 0);
+    vmx_exit(ExitReason::Vmxon, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // F3 0F C7 /6
     return VmxStatus::Succeed;
   }
   if (!(m_cr4 & crb::kCr4Vmxe) || m_cpl != 0) {
@@ -1317,11 +1317,11 @@ VmxStatus Core::vmxon(std::uint64_t region_pa) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::vmptrld(std::uint64_t pa) {
+VmxStatus Core::vmptrld(std::uint64_t pa, const insn::MemOperand& m) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(ExitReason::Vmptrld, 0);
+    vmx_exit(ExitReason::Vmptrld, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /6
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1335,11 +1335,11 @@ VmxStatus Core::vmptrld(std::uint64_t pa) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::vmclear(std::uint64_t pa) {
+VmxStatus Core::vmclear(std::uint64_t pa, const insn::MemOperand& m) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(ExitReason::Vmclear, 0);
+    vmx_exit(ExitReason::Vmclear, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // 66 0F C7 /6
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1356,13 +1356,15 @@ VmxStatus Core::vmclear(std::uint64_t pa) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value) {
+VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value, unsigned dst, unsigned src) {
   boundary();
   retire(1);
   if (m_non_root) {
-    m_regs[Regs::rdx] = enc;
-    vm_exit(ExitReason::Vmread, 0);
-    value = m_regs[Regs::rax];
+    // VMREAD dst, src (0F 78 /r, register form): the field encoding in
+    // reg2, the destination in reg1.
+    m_regs[src] = enc;
+    vmx_exit(ExitReason::Vmread, 0, insn::reg1(dst) | insn::reg2(src), 3 + (dst >= 8 || src >= 8));
+    value = m_regs[dst];
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1372,13 +1374,15 @@ VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value) {
+VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value, unsigned dst, unsigned src) {
   boundary();
   retire(1);
   if (m_non_root) {
-    m_regs[Regs::rdx] = enc;
-    m_regs[Regs::rax] = value;
-    vm_exit(ExitReason::Vmwrite, 0);
+    // VMWRITE dst, src (0F 79 /r, register form): the field encoding in
+    // reg2, the value in reg1.
+    m_regs[dst] = enc;
+    m_regs[src] = value;
+    vmx_exit(ExitReason::Vmwrite, 0, insn::reg1(src) | insn::reg2(dst), 3 + (dst >= 8 || src >= 8));
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1392,11 +1396,15 @@ VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::invept(unsigned type, std::uint64_t eptp) {
+VmxStatus Core::invept(unsigned type, std::uint64_t eptp, unsigned type_reg, const insn::MemOperand& m) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(ExitReason::Invept, 0);
+    // INVEPT r64, m128 (66 0F 38 80 /r): the type in reg2, the descriptor
+    // in memory.
+    m_regs[type_reg] = type;
+    vmx_exit(ExitReason::Invept, m.qualification(), m.info() | insn::reg2(type_reg),
+             4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1424,11 +1432,16 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp) {
   return VmxStatus::Succeed;
 }
 
-VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la) {
+VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la, unsigned type_reg,
+                        const insn::MemOperand& m) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(ExitReason::Invvpid, 0);
+    // INVVPID r64, m128 (66 0F 38 81 /r): the type in reg2, the descriptor
+    // (VPID, linear address) in memory.
+    m_regs[type_reg] = type;
+    vmx_exit(ExitReason::Invvpid, m.qualification(), m.info() | insn::reg2(type_reg),
+             4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
     return VmxStatus::Succeed;
   }
   require_vmx_root();
@@ -1463,6 +1476,75 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la) {
   return VmxStatus::Succeed;
 }
 
+VmxStatus Core::vmptrst(const insn::MemOperand& m) {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vmx_exit(ExitReason::Vmptrst, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /7
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  charge(m_p.vmread_latency);
+  // The current-VMCS pointer (all ones when none is current) to the operand.
+  store(operand_address(m), m_vmcs ? m_vmcs_pa : ~0ull);
+  return VmxStatus::Succeed;
+}
+
+VmxStatus Core::vmxoff() {
+  boundary();
+  retire(1);
+  if (m_non_root) {
+    vmx_exit(ExitReason::Vmxoff, 0, 0, 3);  // 0F 01 C4
+    return VmxStatus::Succeed;
+  }
+  require_vmx_root();
+  if (!m_vmxon) return VmxStatus::FailInvalid;
+  // SDM Vol. 3C, 31.3 VMXOFF: leaves VMX operation; the current VMCS is
+  // no longer current.
+  m_vmxon = false;
+  m_vmxon_region = 0;
+  m_vmcs = nullptr;
+  m_vmcs_pa = ~0ull;
+  return VmxStatus::Succeed;
+}
+
+void Core::vmfunc(std::uint32_t function, std::uint32_t index) {
+  VMX_ON_EXECUTING_CORE(vmfunc(function, index));
+  boundary();
+  retire(1);
+  // SDM Vol. 3C, 26.5.6: #UD outside non-root operation or without
+  // "enable VM functions"; otherwise a VM function that is not enabled
+  // (EAX >= 64 or its VM-function-controls bit clear) exits with reason
+  // 59. No VM function is implemented, so an enabled one is #UD too.
+  const bool enabled = m_non_root && (m_proc & proc::kActivateSecondaryControls) && (m_proc2 & proc2::kEnableVmFunctions);
+  if (!enabled) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return;
+  }
+  const std::uint64_t controls = m_vmcs->get(field::kVmFunctionControls);
+  if (function >= 64 || !((controls >> function) & 1)) {
+    m_regs[Regs::rax] = function;
+    m_regs[Regs::rcx] = index;
+    vmx_exit(ExitReason::Vmfunc, 0, 0, 3);  // 0F 01 D4
+    return;
+  }
+  raise_exception(vec::kInvalidOpcode, 0, false);
+}
+
+std::uint64_t Core::operand_address(const insn::MemOperand& m) const {
+  std::uint64_t a = static_cast<std::uint64_t>(std::int64_t{m.disp});
+  if (m.base != insn::kNoReg) a += m_regs[m.base];
+  if (m.index != insn::kNoReg) a += m_regs[m.index] << m.scale;
+  return a;  // segment bases are 0 in 64-bit mode (FS/GS bases are not modelled)
+}
+
+void Core::vmx_exit(ExitReason reason, std::uint64_t qualification, std::uint32_t info, unsigned length) {
+  m_exit_insn_info = info;
+  m_exit_insn_len = length;
+  vm_exit(reason, qualification);
+}
+
 VmExit Core::vmlaunch() { return vm_entry(true); }
 VmExit Core::vmresume() { return vm_entry(false); }
 
@@ -1479,7 +1561,7 @@ VmExit Core::vm_entry(bool launch) {
   boundary();
   retire(1);
   if (m_non_root) {
-    vm_exit(launch ? ExitReason::Vmlaunch : ExitReason::Vmresume, 0);
+    vmx_exit(launch ? ExitReason::Vmlaunch : ExitReason::Vmresume, 0, 0, 3);  // 0F 01 C2 / C3
     return {};
   }
   require_vmx_root();
@@ -1526,7 +1608,7 @@ VmExit Core::vm_entry(bool launch) {
   // operation (RIP + the exit's instruction length, as a hypervisor that
   // emulated it does), it completes that operation instead of retrying it.
   const std::uint64_t rip = v.get(field::kGuestRip);
-  auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(rip & ~std::uint64_t{7}));
+  auto* guest = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(rip & ~std::uint64_t{alignof(sim::Fiber) - 1}));
   std::uint32_t inj_check = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
   // SDM Vol. 3C, 27.3.1.4: RFLAGS.IF must be 1 when an external interrupt is
   // injected.
@@ -1572,7 +1654,7 @@ VmExit Core::vm_entry(bool launch) {
   m_if = v.get(field::kGuestRflags) & kRflagsIf;
   m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
   m_non_root = true;
-  m_op_done = (rip & 7) != 0;
+  m_op_done = (rip & (alignof(sim::Fiber) - 1)) != 0;
   update_context();
   if (launch) v.set_launched(true);
 
@@ -1638,7 +1720,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestPhysicalAddress, gpa);
   v.set(field::kExitIntrInfo, intr_info);
   v.set(field::kExitIntrErrorCode, intr_error);
-  v.set(field::kExitInstructionLength, 1);
+  v.set(field::kExitInstructionLength, m_exit_insn_len);
   // Decode assist for memory operations (the model's stand-in for the
   // instruction decoding a hypervisor does to emulate MMIO): operand size in
   // bytes in bits 3:0 of the VM-exit instruction-information field, bit 4
@@ -1648,8 +1730,10 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
     v.set(field::kVmxInstructionInfo, (m_op_size & 0xF) | (write ? 0x10u : 0u));
     if (write) m_regs[Regs::rax] = m_op_value;
   } else {
-    v.set(field::kVmxInstructionInfo, 0);
+    v.set(field::kVmxInstructionInfo, m_exit_insn_info);
   }
+  m_exit_insn_len = 1;
+  m_exit_insn_info = 0;
   // Guest state (SDM Vol. 3C, 28.3). RIP designates the guest context that
   // resumes where the exiting operation left off.
   v.set(field::kGuestCr0, m_cr0);

@@ -287,16 +287,47 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void set_user_mode(bool user);
   std::uint8_t cpl() const;
 
-  // VMX root operation (SDM Vol. 3C, ch. 31).
-  VmxStatus vmxon(std::uint64_t region_pa);
-  VmxStatus vmptrld(std::uint64_t vmcs_pa);
-  VmxStatus vmclear(std::uint64_t vmcs_pa);
-  VmxStatus vmread(std::uint32_t encoding, std::uint64_t& value);
-  VmxStatus vmwrite(std::uint32_t encoding, std::uint64_t value);
+  // VMX instructions (SDM Vol. 3C, ch. 31). Each stands for one
+  // instruction form (docs/model.md, "VMX instructions in VMX non-root
+  // operation"). A memory operand's value is passed as an argument and `m`
+  // says where software holds it (the address form): in root operation the
+  // model uses the value (its load is part of the instruction's latency);
+  // in non-root operation the instruction exits, reporting the form in the
+  // exit qualification (the displacement) and the VM-exit instruction-
+  // information field (SDM Vol. 3C, 28.2.1, 28.2.5), and the VMM reads the
+  // operand from guest memory where the form points. Register operands are
+  // placed in the named registers before such an exit.
+  /// VMXON m64 (F3 0F C7 /6).
+  VmxStatus vmxon(std::uint64_t region_pa, const insn::MemOperand& m = {});
+  /// VMPTRLD m64 (0F C7 /6).
+  VmxStatus vmptrld(std::uint64_t vmcs_pa, const insn::MemOperand& m = {});
+  /// VMPTRST m64 (0F C7 /7): stores the current-VMCS pointer at the operand.
+  VmxStatus vmptrst(const insn::MemOperand& m = {});
+  /// VMCLEAR m64 (66 0F C7 /6).
+  VmxStatus vmclear(std::uint64_t vmcs_pa, const insn::MemOperand& m = {});
+  /// VMREAD r64 dst, r64 src (0F 78 /r): the field encoding in register
+  /// `src`, the value to register `dst`.
+  VmxStatus vmread(std::uint32_t encoding, std::uint64_t& value, unsigned dst = Regs::rax, unsigned src = Regs::rdx);
+  /// VMWRITE r64 dst, r64 src (0F 79 /r): the field encoding in register
+  /// `dst`, the value in register `src`.
+  VmxStatus vmwrite(std::uint32_t encoding, std::uint64_t value, unsigned dst = Regs::rdx, unsigned src = Regs::rax);
+  /// VMLAUNCH (0F 01 C2) and VMRESUME (0F 01 C3).
   VmExit vmlaunch();
   VmExit vmresume();
-  VmxStatus invept(unsigned type, std::uint64_t eptp);
-  VmxStatus invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la = 0);
+  /// VMXOFF (0F 01 C4).
+  VmxStatus vmxoff();
+  /// INVEPT r64, m128 (66 0F 38 80 /r): the type in register `type_reg`,
+  /// the descriptor (EPTP in bytes 7:0) at `m`.
+  VmxStatus invept(unsigned type, std::uint64_t eptp, unsigned type_reg = Regs::rcx, const insn::MemOperand& m = {});
+  /// INVVPID r64, m128 (66 0F 38 81 /r): the type in register `type_reg`,
+  /// the descriptor (VPID in bits 15:0, linear address in bytes 15:8) at `m`.
+  VmxStatus invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la = 0, unsigned type_reg = Regs::rcx,
+                    const insn::MemOperand& m = {});
+  /// VMFUNC (0F 01 D4), function in EAX, index in ECX (SDM Vol. 3C, 26.5.6):
+  /// in non-root operation with "enable VM functions", a function not
+  /// enabled in the VM-function controls exits (reason 59); otherwise #UD
+  /// (no VM function is modelled).
+  void vmfunc(std::uint32_t function, std::uint32_t index = 0);
 
   /// Architectural registers (the GPR file is shared by root and non-root).
   Regs& regs() { return m_regs; }
@@ -405,6 +436,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
                std::uint32_t intr_info = 0, std::uint32_t intr_error = 0);
   VmExit vm_entry(bool launch);
   VmxStatus vm_fail(std::uint32_t error);
+  /// The exit of a VMX instruction (or VMCALL, VMFUNC) in non-root
+  /// operation, with its instruction information and length.
+  void vmx_exit(ExitReason reason, std::uint64_t qualification, std::uint32_t info, unsigned length);
+  /// The linear address a memory operand form designates.
+  std::uint64_t operand_address(const insn::MemOperand& m) const;
   VmxStatus vm_fail_invalid();
   bool bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit);
   bool io_exits(std::uint16_t port, unsigned size);
@@ -457,6 +493,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t m_op_value = 0;
   std::uint32_t m_op_size = 0;
   bool m_op_done = false;
+  // VM-exit instruction length and information of the exit being taken
+  // (vmx_exit); other exits report length 1.
+  std::uint32_t m_exit_insn_len = 1;
+  std::uint32_t m_exit_insn_info = 0;
   bool m_boundary_exit = false;  // the exit being taken comes from slow_boundary
   sc_core::sc_event m_wake;
 

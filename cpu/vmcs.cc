@@ -14,7 +14,7 @@ std::bitset<512> make_supported() {
   using namespace field;
   for (std::uint32_t enc :
        {kVpid, kPostedIntrNv, kGuestIntrStatus, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
-        kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer,
+        kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls,
         kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,
         kEntryControls, kEntryIntrInfo, kEntryExceptionErrorCode, kEntryInstructionLength,
@@ -109,6 +109,7 @@ const char* exit_reason_name(unsigned reason) {
     case ExitReason::PreemptionTimer: return "PREEMPTION_TIMER";
     case ExitReason::Invvpid: return "INVVPID";
     case ExitReason::Invpcid: return "INVPCID";
+    case ExitReason::Vmfunc: return "VMFUNC";
   }
   static thread_local char buf[24];
   unsigned n = reason;

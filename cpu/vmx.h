@@ -25,6 +25,7 @@ constexpr std::uint32_t kVirtualApicPage = 0x2012;
 constexpr std::uint32_t kPostedIntrDesc = 0x2016;
 constexpr std::uint32_t kEoiExitBitmap0 = 0x201C;  // vectors 0-63; 0x201E, 0x2020, 0x2022 the rest
 constexpr std::uint32_t kEptPointer = 0x201A;
+constexpr std::uint32_t kVmFunctionControls = 0x2018;
 // 64-bit read-only data
 constexpr std::uint32_t kGuestPhysicalAddress = 0x2400;
 // 64-bit guest state
@@ -119,6 +120,7 @@ constexpr std::uint32_t kUnrestrictedGuest = 1u << 7;
 constexpr std::uint32_t kApicRegisterVirtualization = 1u << 8;
 constexpr std::uint32_t kVirtualInterruptDelivery = 1u << 9;
 constexpr std::uint32_t kEnableInvpcid = 1u << 12;
+constexpr std::uint32_t kEnableVmFunctions = 1u << 13;
 constexpr std::uint32_t kEnablePml = 1u << 17;
 constexpr std::uint32_t kModeBasedExecute = 1u << 22;
 }  // namespace proc2
@@ -164,6 +166,7 @@ enum class ExitReason : std::uint16_t {
   PreemptionTimer = 52,
   Invvpid = 53,
   Invpcid = 58,
+  Vmfunc = 59,
 };
 constexpr unsigned kMaxExitReason = 70;
 /// The SDM's name of an exit reason ("EPT_VIOLATION"), or "REASON_<n>".
@@ -191,6 +194,49 @@ constexpr std::uint64_t kEptUserExecutable = 1u << 6;
 constexpr std::uint64_t kEptGlaValid = 1u << 7;
 constexpr std::uint64_t kEptGlaTranslation = 1u << 8;  // else: paging-structure access
 }  // namespace qual
+
+// --- VM-exit instruction information for VMX instructions (SDM Vol. 3C,
+// 28.2.5, the tables for VMCLEAR/VMPTRLD/VMPTRST/VMXON, for INVEPT/INVPCID/
+// INVVPID and for VMREAD/VMWRITE) and the operand forms the core's VMX
+// operations stand for (docs/model.md, "VMX instructions in VMX non-root
+// operation").
+namespace insn {
+constexpr unsigned kSegEs = 0, kSegCs = 1, kSegSs = 2, kSegDs = 3, kSegFs = 4, kSegGs = 5;
+constexpr unsigned kNoReg = 0xFF;
+/// A memory operand in 64-bit mode: base + index * 2^scale + displacement
+/// (SDM Vol. 2A, 2.1.5), in segment `segment` (base 0 but FS and GS).
+/// Registers are numbered as Regs (RAX 0 ... R15 15); kNoReg for none.
+struct MemOperand {
+  unsigned base = 0;  // RAX
+  unsigned index = kNoReg;
+  unsigned scale = 0;  // log2 of the factor: 0..3
+  std::int32_t disp = 0;
+  unsigned segment = kSegDs;
+  /// Bits 1:0 scaling, 9:7 address size (2: 64-bit), 17:15 segment, 21:18
+  /// index register, 22 index invalid, 26:23 base register, 27 base
+  /// invalid; bit 10 (mem/reg) is 0: a memory operand.
+  constexpr std::uint32_t info() const {
+    return (scale & 3u) | (2u << 7) | ((segment & 7u) << 15) |
+           (index == kNoReg ? (1u << 22) : ((index & 0xFu) << 18)) |
+           (base == kNoReg ? (1u << 27) : ((base & 0xFu) << 23));
+  }
+  /// The exit qualification: the displacement, sign-extended (28.2.1).
+  constexpr std::uint64_t qualification() const { return static_cast<std::uint64_t>(std::int64_t{disp}); }
+  /// Bytes of ModRM, SIB and displacement, and whether a REX prefix is
+  /// needed for the registers (SDM Vol. 2A, 2.1.5, 2.2.1).
+  constexpr unsigned modrm_bytes() const {
+    const bool sib = index != kNoReg || (base & 7u) == 4 || base == kNoReg;
+    unsigned d = 4;
+    if (base != kNoReg) d = disp == 0 && (base & 7u) != 5 ? 0 : (disp >= -128 && disp <= 127 ? 1 : 4);
+    return 1 + (sib ? 1 : 0) + d;
+  }
+  constexpr bool rex() const { return (base != kNoReg && base >= 8) || (index != kNoReg && index >= 8); }
+};
+/// Bits 6:3 reg1 and 31:28 reg2 of the information field; bit 10 (mem/reg)
+/// set when operand 1 is a register.
+constexpr std::uint32_t reg1(unsigned r) { return ((r & 0xFu) << 3) | (1u << 10); }
+constexpr std::uint32_t reg2(unsigned r) { return (r & 0xFu) << 28; }
+}  // namespace insn
 
 // --- Event-injection / exit-interruption information (SDM 25.8.3, 28.2.2) ---
 namespace intr {
@@ -239,8 +285,6 @@ constexpr std::uint32_t kX2ApicTpr = 0x808;
 constexpr std::uint32_t kX2ApicEoi = 0x80B;
 constexpr std::uint32_t kX2ApicIcr = 0x830;
 constexpr std::uint32_t kX2ApicLvtTimer = 0x832;
-/// KVM's paravirtual steal-time MSR (Linux Documentation/virt/kvm/x86/msr.rst).
-constexpr std::uint32_t kKvmStealTime = 0x4b564d03;
 }  // namespace msr
 
 // --- Virtual-APIC page (SDM Vol. 3C, 30.1): register offsets. ISR, TMR and

@@ -17,7 +17,10 @@
 
 namespace vmx::sim {
 
-class Fiber {
+/// Aligned to 16 bytes: a fiber's address is the "RIP" of the software on
+/// it, and a hypervisor advances RIP by an instruction length of up to 15
+/// (cpu/core.cc, VM entry).
+class alignas(16) Fiber {
  public:
   using Body = std::function<void()>;
 
