@@ -64,7 +64,8 @@ Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, 
       m_sched_stats(&m_stats, "sched", "the thread scheduler (docs/scheduling.md)"),
       m_gran_cycles(cycles_of(params.sched.wakeup_granularity, tsc_hz)),
       m_credit_cycles(cycles_of(params.sched.wakeup_credit, tsc_hz)),
-      m_balance_cycles(cycles_of(params.sched.balance_interval, tsc_hz)) {
+      m_balance_cycles(cycles_of(params.sched.balance_interval, tsc_hz)),
+      m_pt(static_cast<unsigned>(params.paging_levels), kTablePage, [this](Core& c) { return alloc_table(c); }) {
   for (unsigned i = 0; i < vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->index = i;
@@ -158,10 +159,10 @@ void Kernel::boot(Core& c) {
 
   m_kernel_pml4 = alloc_table(c);
   for (std::uint64_t off = 0; off < kImageSize; off += kPage) {
-    map_page(c, m_kernel_pml4, kKernelText + off, kImageBase + off, kTextPage);
-    map_page(c, m_kernel_pml4, kDirectMap + kImageBase + off, kImageBase + off, kKernelPage);
+    m_pt.map(c, m_kernel_pml4, kKernelText + off, kImageBase + off, kTextPage);
+    m_pt.map(c, m_kernel_pml4, kDirectMap + kImageBase + off, kImageBase + off, kKernelPage);
   }
-  for (std::uint64_t a = kPoolBase; a < m_pool_end; a += kPage) map_page(c, m_kernel_pml4, kDirectMap + a, a, kKernelPage);
+  for (std::uint64_t a = kPoolBase; a < m_pool_end; a += kPage) m_pt.map(c, m_kernel_pml4, kDirectMap + a, a, kKernelPage);
 
   // Long mode with paging (SDM Vol. 3A, 10.8.5).
   c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
@@ -169,17 +170,14 @@ void Kernel::boot(Core& c) {
                        (m_p.pcid ? crb::kCr4Pcide : 0));
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
-  m_paging = true;
+  m_pt.set_direct_map(kDirectMap);
   net_probe(c);
 
   // Processes: each gets a PML4 whose kernel half is the kernel's.
   for (auto& [proc, nthreads] : m_pending_processes) {
     proc->pml4 = alloc_table(c);
     proc->pcid = m_next_pcid++;
-    for (unsigned i = 256; i < 512; ++i) {
-      std::uint64_t e = c.load(table_va(m_kernel_pml4) + i * 8);
-      if (e) c.store(table_va(proc->pml4) + i * 8, e);
-    }
+    m_pt.copy_entries(c, m_kernel_pml4, proc->pml4, 256, 512);
     for (unsigned i = 0; i < nthreads; ++i) {
       auto t = std::make_unique<Thread>();
       t->m_kernel = this;
@@ -233,7 +231,7 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     if (m_frame_next + kPage > m_large_low) return 0;
     f = m_frame_next;
     m_frame_next += kPage;
-    map_page(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
+    m_pt.map(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
   } else {
     // Large frames come from the top, aligned, never sharing a 2 MiB block
     // with 4 KiB frames; the direct map covers them with 2 MiB pages.
@@ -242,26 +240,11 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     if (f < ((m_frame_next + (2ull << 20) - 1) & ~((2ull << 20) - 1))) return 0;
     m_large_low = f;
     for (std::uint64_t off = 0; off < size; off += 2ull << 20)
-      map_page(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
+      m_pt.map(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
   }
   // clear_page through the direct map.
   c.rep_stos(kDirectMap + f, 0, size);
   return f;
-}
-
-void Kernel::map_page(Core& c, std::uint64_t root, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags,
-                      unsigned leaf_level) {
-  std::uint64_t table = root;
-  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level > leaf_level; --level) {
-    std::uint64_t entry = table_va(table) + mmu::table_index(va, level) * 8;
-    std::uint64_t e = c.load(entry);
-    if (!(e & pte::kPresent)) {
-      e = alloc_table(c) | kTablePage;
-      c.store(entry, e);
-    }
-    table = e & pte::kAddrMask;
-  }
-  c.store(table_va(table) + mmu::table_index(va, leaf_level) * 8, (gpa & pte::kAddrMask) | flags);
 }
 
 std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
@@ -318,24 +301,11 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
   for (std::uint64_t va = start_va; va < end_va; va += page) {
     // Find the leaf entry through the direct map; absent tables mean the
     // page was never touched.
-    std::uint64_t table = p.pml4, entry = 0;
-    bool present = true;
-    for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= leaf; --level) {
-      entry = table_va(table) + mmu::table_index(va, level) * 8;
-      std::uint64_t e = c.load(entry);
-      if (!(e & pte::kPresent)) {
-        present = false;
-        break;
-      }
-      if (level == leaf) {
-        freed.push_back(e & pte::kAddrMask);
-        break;
-      }
-      table = e & pte::kAddrMask;
-    }
-    if (!present) continue;
+    const PageTables::Slot s = m_pt.walk(c, p.pml4, va, leaf);
+    if (!s.present) continue;
+    freed.push_back(s.value & pte::kAddrMask);
     charge(c, m_p.costs.unmap_page, kCodeSyscall);
-    c.store(entry, 0);
+    PageTables::clear(c, s.entry);
     c.invlpg(va);
   }
   // Other vCPUs may hold translations of this address space: shoot them
@@ -381,7 +351,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   }
   const std::uint64_t page = p.page_size;
   const unsigned leaf = page == (1ull << 30) ? 3 : page == (2ull << 20) ? 2 : 1;
-  if (mapped(c, p.pml4, addr, leaf)) {
+  if (m_pt.walk(c, p.pml4, addr, leaf).present) {
     c.store(lock, 0);
     return;
   }
@@ -393,33 +363,12 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   }
   std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
   if (exec) flags &= ~pte::kNoExecute;
-  map_page(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
+  m_pt.map(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
   c.store(lock, 0);
-}
-
-bool Kernel::mapped(Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level) {
-  std::uint64_t table = root;
-  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level >= leaf_level; --level) {
-    std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
-    if (!(e & pte::kPresent)) return false;
-    if (level == leaf_level) return true;
-    table = e & pte::kAddrMask;
-  }
-  return false;
 }
 
 // ---------------------------------------------------------------------------
 // fork with copy-on-write.
-
-std::uint64_t Kernel::leaf_entry(Core& c, std::uint64_t root, std::uint64_t va) {
-  std::uint64_t table = root;
-  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); level > 1; --level) {
-    std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
-    if (!(e & pte::kPresent)) return 0;
-    table = e & pte::kAddrMask;
-  }
-  return table_va(table) + mmu::table_index(va, 1) * 8;
-}
 
 bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) {
   Core& c = Core::current();
@@ -442,10 +391,7 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
   child->pcid = m_next_pcid;
   child->fresh_pcid = true;
   m_next_pcid = m_next_pcid % 4095 + 1;
-  for (unsigned i = 256; i < 512; ++i) {
-    std::uint64_t e = c.load(table_va(parent.pml4) + i * 8);
-    if (e) c.store(table_va(child->pml4) + i * 8, e);
-  }
+  m_pt.copy_entries(c, parent.pml4, child->pml4, 256, 512);
   // Share every mapped page read-only in both address spaces, under the
   // page-table lock (the parent's other threads may fault meanwhile). The
   // loop walks the child's copy of the region list: the parent's may change
@@ -455,7 +401,7 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
     while (c.load(pt_lock) != 0) c.pause();
   for (const auto& r : child->regions) {
     for (std::uint64_t va = r.start; va < r.end; va += kPage) {
-      std::uint64_t entry = leaf_entry(c, parent.pml4, va);
+      std::uint64_t entry = m_pt.leaf_entry(c, parent.pml4, va);
       if (!entry) {
         va = (va | ((2ull << 20) - 1));  // no page table here: skip its 2 MiB
         continue;
@@ -465,7 +411,7 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
       charge(c, m_p.costs.fork_page, kCodeFork);
       if (e & pte::kWritable) c.store(entry, e & ~pte::kWritable);
       std::uint64_t frame = e & pte::kAddrMask;
-      map_page(c, child->pml4, va, frame, (e & ~pte::kWritable) & ~pte::kAddrMask & ~(pte::kAccessed | pte::kDirty));
+      m_pt.map(c, child->pml4, va, frame, (e & ~pte::kWritable) & ~pte::kAddrMask & ~(pte::kAccessed | pte::kDirty));
       auto [it, inserted] = m_frame_refs.try_emplace(frame, 1);
       ++it->second;
     }
@@ -522,22 +468,11 @@ void Kernel::child_main(Thread& t) {
   throw cpu::SimulationError("an exited guest child was resumed");
 }
 
-void Kernel::free_table(Core& c, std::uint64_t table, unsigned level) {
-  if (level > 1) {
-    for (unsigned i = 0; i < 512; ++i) {
-      std::uint64_t e = c.load(table_va(table) + i * 8);
-      if ((e & pte::kPresent) && !(e & pte::kPageSize)) free_table(c, e & pte::kAddrMask, level - 1);
-    }
-  }
-  c.rep_stos(table_va(table), 0, kPage);  // page-table pages are handed out cleared
-  m_free_tables.push_back(table);
-}
-
 void Kernel::reap(Core& c, Process& child) {
   // Drop the child's references to its frames.
   for (const auto& r : child.regions) {
     for (std::uint64_t va = r.start; va < r.end; va += kPage) {
-      std::uint64_t entry = leaf_entry(c, child.pml4, va);
+      std::uint64_t entry = m_pt.leaf_entry(c, child.pml4, va);
       if (!entry) {
         va = (va | ((2ull << 20) - 1));
         continue;
@@ -555,12 +490,8 @@ void Kernel::reap(Core& c, Process& child) {
     }
   }
   // Its user half of the page tables, then its top-level table.
-  const unsigned top = static_cast<unsigned>(m_p.paging_levels);
-  for (unsigned i = 0; i < 256; ++i) {
-    std::uint64_t e = c.load(table_va(child.pml4) + i * 8);
-    if (e & pte::kPresent) free_table(c, e & pte::kAddrMask, top - 1);
-  }
-  c.rep_stos(table_va(child.pml4), 0, kPage);
+  m_pt.release_below(c, child.pml4, m_pt.levels(), 0, 256, [this](std::uint64_t t) { m_free_tables.push_back(t); });
+  c.rep_stos(m_pt.table_va(child.pml4), 0, kPage);  // page-table pages are handed out cleared
   m_free_tables.push_back(child.pml4);
   // Forget the process and its thread (the thread's stack goes at the next fork).
   for (auto it = m_threads.begin(); it != m_threads.end(); ++it)
@@ -577,7 +508,7 @@ void Kernel::reap(Core& c, Process& child) {
 }
 
 bool Kernel::cow_fault(Core& c, Process& p, std::uint64_t addr) {
-  std::uint64_t entry = leaf_entry(c, p.pml4, addr);
+  std::uint64_t entry = m_pt.leaf_entry(c, p.pml4, addr);
   if (!entry) return false;
   std::uint64_t e = c.load(entry);
   if (!(e & pte::kPresent) || (e & pte::kWritable)) return false;

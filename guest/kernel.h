@@ -19,6 +19,7 @@
 #include "abi/boot.h"
 #include "cpu/core.h"
 #include "guest/net.h"
+#include "guest/page_table.h"
 #include "guest/sched.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -374,17 +375,11 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   void boot(cpu::Core& c);
   void thread_main(Thread& t);
   void child_main(Thread& t);
-  /// Guest-virtual (direct-map) address of the 4 KiB leaf entry for va in
-  /// the tables rooted at root, or 0 if a table on the way is missing.
-  std::uint64_t leaf_entry(cpu::Core& c, std::uint64_t root, std::uint64_t va);
-  /// Whether va has a present leaf at leaf_level in the tables rooted at root.
-  bool mapped(cpu::Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level);
   /// Image offset of the page-table lock word (a line of its own).
   static constexpr std::uint64_t kPageTableLock = 0x7C00;
   /// Frees a finished child process: frames (by reference count), its
   /// page-table pages and its thread.
   void reap(cpu::Core& c, Process& child);
-  void free_table(cpu::Core& c, std::uint64_t table, unsigned level);
   bool cow_fault(cpu::Core& c, Process& p, std::uint64_t addr);
   void schedule(cpu::Core& c, Vcpu& v, bool requeue_current);
   void trace_switch(cpu::Core& c, Vcpu& v, const Thread* prev);
@@ -414,13 +409,6 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// memory, 2 MiB and 1 GiB from the top, aligned), mapped in the direct
   /// map; 0 when memory is exhausted.
   std::uint64_t alloc_frame(cpu::Core& c, std::uint64_t size = 4096);
-  /// Maps va -> gpa in the tables rooted at `root` (guest-physical) with a
-  /// leaf at `leaf_level` (1: 4 KiB, 2: 2 MiB, 3: 1 GiB). Table memory is
-  /// reached through the direct map once paging is on, by guest-physical
-  /// address before.
-  void map_page(cpu::Core& c, std::uint64_t root, std::uint64_t va, std::uint64_t gpa, std::uint64_t flags,
-                unsigned leaf_level = 1);
-  std::uint64_t table_va(std::uint64_t gpa) const { return m_paging ? kDirectMap + gpa : gpa; }
   /// The CR3 value that selects a process's address space.
   std::uint64_t cr3_of(const Process& p) const;
 
@@ -435,6 +423,8 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   stats::Counter m_cow_faults{&m_stats, "cow_faults", "faults", "of those, copy-on-write faults resolved"};
   SchedStats m_sched_stats;
   std::uint64_t m_gran_cycles, m_credit_cycles, m_balance_cycles;
+  /// Every page-table access of the kernel (guest/page_table.h).
+  PageTables m_pt;
   std::uint32_t m_next_slot = 0;
   std::vector<std::unique_ptr<Vcpu>> m_vcpus;
   std::vector<std::unique_ptr<Process>> m_processes;
@@ -450,7 +440,6 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   std::vector<std::unique_ptr<Thread>> m_zombies;  // exited children whose stacks can go
   std::uint64_t m_next_pcid = 1;
   std::uint64_t m_boot_flag_gpa = 0;
-  bool m_paging = false;
   bool m_booted = false;
   std::string m_panic;
   unsigned m_next_vcpu = 0;

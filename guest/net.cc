@@ -72,7 +72,7 @@ std::uint64_t Kernel::net_map_io(Core& c, std::uint64_t gpa, std::uint64_t bytes
   // not executable.
   const std::uint64_t va = m_io_next;
   for (std::uint64_t off = 0; off < bytes; off += kPage)
-    map_page(c, m_kernel_pml4, va + off, gpa + off,
+    m_pt.map(c, m_kernel_pml4, va + off, gpa + off,
              pte::kPresent | pte::kWritable | pte::kGlobal | pte::kNoExecute | pte::kPcd | pte::kPwt);
   m_io_next += (bytes + kPage - 1) / kPage * kPage + kPage;  // a guard page between mappings
   return va + (gpa & (kPage - 1));
@@ -241,7 +241,7 @@ std::uint64_t Kernel::sys_net_claim(Thread& t) {
       // The window is not a region: it is never faulted in, freed or
       // copied by fork (as VM_IO | VM_DONTCOPY mappings).
       for (std::uint64_t off = 0; off < kNetWindowSize; off += kPage)
-        map_page(c, p.pml4, at + off, kNetWindowGpa + off,
+        m_pt.map(c, p.pml4, at + off, kNetWindowGpa + off,
                  pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute | pte::kPcd | pte::kPwt);
       p.next_va = at + kNetWindowSize + kPage;
       va = at;
@@ -264,7 +264,7 @@ std::uint64_t Kernel::sys_dma_alloc(Thread& t, std::uint64_t bytes) {
   if (pages && at < kUserTop && pages <= (kUserTop - at) / kPage) {
     if (const std::uint64_t first = net_alloc_contiguous(c, pages)) {
       for (std::uint64_t i = 0; i < pages; ++i)
-        map_page(c, p.pml4, at + i * kPage, first + i * kPage,
+        m_pt.map(c, p.pml4, at + i * kPage, first + i * kPage,
                  pte::kPresent | pte::kWritable | pte::kUser | pte::kNoExecute);
       p.next_va = at + pages * kPage + kPage;
       va = at;
@@ -278,19 +278,9 @@ std::uint64_t Kernel::sys_virt_to_phys(Thread& t, std::uint64_t va) {
   Core& c = Core::current();
   c.set_user_mode(false);
   charge(c, m_p.costs.syscall, kCodeSyscall);
-  std::uint64_t table = t.m_process->pml4, gpa = 0;
   // Only the process's own half of the address space (pagemap covers user
   // addresses; the kernel's layout is not the program's business).
-  for (unsigned level = static_cast<unsigned>(m_p.paging_levels); va < kUserTop && level >= 1; --level) {
-    const std::uint64_t e = c.load(table_va(table) + mmu::table_index(va, level) * 8);
-    if (!(e & pte::kPresent)) break;
-    if (level == 1 || (level <= 3 && (e & pte::kPageSize))) {
-      const std::uint64_t span = 1ull << (12 + 9 * (level - 1));
-      gpa = ((e & pte::kAddrMask) & ~(span - 1)) | (va & (span - 1));
-      break;
-    }
-    table = e & pte::kAddrMask;
-  }
+  const std::uint64_t gpa = va < kUserTop ? m_pt.translate(c, t.m_process->pml4, va) : 0;
   c.set_user_mode(true);
   return gpa;
 }
