@@ -1060,13 +1060,36 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
   CpuidResult r;
   switch (leaf) {
     case 0:  // highest leaf and vendor "vmxsimCPU..."
-      r = {0x1, 0x73786d76, 0x2e2e2e55, 0x436d6973};
+      r = {0x16, 0x73786d76, 0x2e2e2e55, 0x436d6973};
       break;
     case 1:
       // Family 6; ECX: VMX (bit 5), x2APIC (21), TSC-deadline (24);
       // EDX: TSC (4), MSR (5), PAE (6), APIC (9), PGE (13).
       r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 21) | (1u << 24),
            (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
+      break;
+    case 0x15: {
+      // Time Stamp Counter and core crystal clock (SDM Vol. 2A, CPUID leaf
+      // 15H; Vol. 3B, 19.7.3): TSC Hz = ECX x EBX / EAX, with a 25 MHz
+      // crystal (assumption: Intel server parts since Skylake-SP) and the
+      // ratio reduced so that it is exact for any configured frequency.
+      constexpr std::uint64_t kCrystalHz = 25'000'000;
+      const std::uint64_t f = m_w.frequency_hz;
+      std::uint64_t a = f, b = kCrystalHz;
+      while (b) {
+        const std::uint64_t t = a % b;
+        a = b;
+        b = t;
+      }
+      r = {static_cast<std::uint32_t>(kCrystalHz / a), static_cast<std::uint32_t>(f / a),
+           static_cast<std::uint32_t>(kCrystalHz), 0};
+      break;
+    }
+    case 0x16:
+      // Processor frequency information (SDM Vol. 2A, CPUID leaf 16H): base
+      // and maximum MHz (one fixed frequency), bus (reference) 100 MHz.
+      r = {static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000), static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000),
+           100, 0};
       break;
     default:
       break;

@@ -119,6 +119,29 @@ TEST_CASE("CPUID always exits and returns what the root put in the registers", "
 // ---------------------------------------------------------------------------
 // HLT (SDM Vol. 3C, 25.6.2: exits only with "HLT exiting").
 
+TEST_CASE("CPUID leaves 15H and 16H give the TSC frequency exactly", "[vmx][cpuid]") {
+  // What a kernel calibrates its TSC from (Linux's native_calibrate_tsc):
+  // crystal Hz x EBX / EAX is the core's configured frequency.
+  auto p = VmxHarness::small_platform();
+  p.frequency = 2'900'000'000ull;
+  VmxHarness h(p);
+  CpuidResult l0{}, l15{}, l16{};
+  h.after_vmxon = [&](Core& c) {
+    l0 = c.cpuid(0);
+    l15 = c.cpuid(0x15);
+    l16 = c.cpuid(0x16);
+  };
+  h.run();
+  require_clean(h);
+  CHECK(l0.eax >= 0x16);
+  REQUIRE(l15.eax != 0);
+  CHECK(std::uint64_t{l15.ecx} == 25'000'000);
+  CHECK(std::uint64_t{l15.ecx} * l15.ebx / l15.eax == 2'900'000'000ull);
+  CHECK(std::uint64_t{l15.ecx} * l15.ebx % l15.eax == 0);
+  CHECK(l16.eax == 2900);
+  CHECK(l16.ecx == 100);
+}
+
 TEST_CASE("HLT exits with HLT exiting set and the core never halts", "[vmx][hlt]") {
   VmxHarness h;
   h.config.proc = proc::kHltExiting;
