@@ -79,7 +79,8 @@ VtdRegisters::VtdRegisters(const VtdParams& params, Iommu& dmar, InterruptRemap*
            ecap::kSmpwc | (ir ? ecap::kIr | ecap::kEim | (0xFull << ecap::kMhmvShift) : 0);
   m_size = (kFrcd + nfr * kFrcdSize + 4095) & ~4095ull;
   dmar.set_fault_hook([this](bool overflow) {
-    const bool had = (fsts() & (fsts::kPpf | fsts::kPfo | fsts::kIqe)) != 0;
+    // The status before this fault (a recorded one is already in the log).
+    const bool had = (m_fsts & (fsts::kPfo | fsts::kIqe)) || m_dmar.fault_log().size() > (overflow ? 0u : 1u);
     if (overflow) m_fsts |= fsts::kPfo;
     // 7.3: an event only when the status goes from clear to set.
     if (!had) fault_event();
