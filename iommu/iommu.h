@@ -326,19 +326,7 @@ class Iommu {
   /// cache geometry is bad.
   Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* parent, const std::string& name = "iommu");
 
-  // ---- Programming: software reaches these only through the register set
-  // and the invalidation queue (VtdRegisters, iommu/vtd_regs.h); they stay
-  // public for the unit's own tests of translation. ----
-
-  /// RTADDR_REG (10.4.6): the root-table address and, in bits 11:10, the
-  /// translation table mode (rtaddr::kTtmLegacy or kTtmScalable; see
-  /// rtaddr::make). As in hardware (SRTP), a new root table does not
-  /// invalidate the caches: software follows it with global invalidations.
-  /// Throws std::invalid_argument for the reserved and abort-DMA modes.
-  void set_root_table(std::uint64_t rtaddr);
   bool scalable() const { return m_scalable; }
-  /// GCMD_REG.TE (10.4.4). Disabled: requests pass untranslated, at no cost.
-  void enable(bool on) { m_enabled = on; }
   bool enabled() const { return m_enabled; }
 
   /// Translates one DMA request. On success sets hpa; always adds the
@@ -356,6 +344,38 @@ class Iommu {
     r.access = access;
     return translate(r, hpa, cycles);
   }
+
+  /// The fault log, oldest first (simulator observation; software reads it
+  /// through the fault-recording registers, iommu/vtd_regs.h). Records go to
+  /// the fault-recording register at FRI, which then advances (VT-d 7.2.1);
+  /// a fault that finds that register still holding a record is dropped
+  /// (primary fault overflow, counted) until software clears it.
+  const std::vector<FaultRecord>& fault_log() const { return m_faults; }
+  /// Called after every fault that is recorded (false) or dropped for
+  /// overflow (true): the register set raises its fault event from it.
+  void set_fault_hook(std::function<void(bool overflow)> hook) { m_fault_hook = std::move(hook); }
+
+  const mmu::Tlb& iotlb() const { return m_iotlb; }
+  const mmu::Psc& sl_psc(unsigned level) const { return *m_psc[level - 2]; }
+  const mmu::Psc& fl_psc(unsigned level) const { return *m_fl_psc[level - 2]; }
+  std::uint32_t context_cache_occupancy() const { return m_ctx.occupancy(); }
+  std::uint32_t pasid_cache_occupancy() const { return m_pasid.occupancy(); }
+  const IommuStats& stats() const { return m_stats; }
+  const IommuParams& params() const { return m_params; }
+
+ private:
+  friend class VtdRegisters;
+  // ---- Programming: reached only through the register set and the
+  // invalidation queue (VtdRegisters, iommu/vtd_regs.h), as software does. ----
+
+  /// RTADDR_REG (10.4.6): the root-table address and, in bits 11:10, the
+  /// translation table mode (rtaddr::kTtmLegacy or kTtmScalable; see
+  /// rtaddr::make). As in hardware (SRTP), a new root table does not
+  /// invalidate the caches: software follows it with global invalidations.
+  /// Throws std::invalid_argument for the reserved and abort-DMA modes.
+  void set_root_table(std::uint64_t rtaddr);
+  /// GCMD_REG.TE (10.4.4). Disabled: requests pass untranslated, at no cost.
+  void enable(bool on) { m_enabled = on; }
 
   // Invalidation commands (6.5; CCMD_REG 10.4.7, IOTLB_REG 10.4.8, and the
   // equivalent queued descriptors 6.5.2). Each counts one invalidation.
@@ -405,26 +425,6 @@ class Iommu {
   void pasid_cache_invalidate_domain(std::uint16_t did);
   void pasid_cache_invalidate_pasid(std::uint16_t did, std::uint32_t pasid);
 
-  /// The fault log, oldest first (simulator observation; software reads it
-  /// through the fault-recording registers, iommu/vtd_regs.h). Records go to
-  /// the fault-recording register at FRI, which then advances (VT-d 7.2.1);
-  /// a fault that finds that register still holding a record is dropped
-  /// (primary fault overflow, counted) until software clears it.
-  const std::vector<FaultRecord>& fault_log() const { return m_faults; }
-  /// Called after every fault that is recorded (false) or dropped for
-  /// overflow (true): the register set raises its fault event from it.
-  void set_fault_hook(std::function<void(bool overflow)> hook) { m_fault_hook = std::move(hook); }
-
-  const mmu::Tlb& iotlb() const { return m_iotlb; }
-  const mmu::Psc& sl_psc(unsigned level) const { return *m_psc[level - 2]; }
-  const mmu::Psc& fl_psc(unsigned level) const { return *m_fl_psc[level - 2]; }
-  std::uint32_t context_cache_occupancy() const { return m_ctx.occupancy(); }
-  std::uint32_t pasid_cache_occupancy() const { return m_pasid.occupancy(); }
-  const IommuStats& stats() const { return m_stats; }
-  const IommuParams& params() const { return m_params; }
-
- private:
-  friend class VtdRegisters;
   /// The fault-recording registers as the register set shows them: the
   /// record held in register `slot` (null if its F bit is clear), clearing
   /// it (F is write-1-to-clear), and FSTS.FRI (the register of the oldest
