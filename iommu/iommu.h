@@ -27,6 +27,10 @@
 // Every table reference goes through a mmu::TableMemory, so its latency comes
 // from the memory model behind it. A blocked request never yields an address.
 //
+// Software programs the unit only through its VT-d register set and
+// invalidation queue (iommu/vtd_regs.h, a friend): the programming entry
+// points below are private.
+//
 // Pure C++, no SystemC: cycles are those of the IOMMU's clock, converted by
 // the component that embeds it.
 #pragma once
