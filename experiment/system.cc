@@ -58,8 +58,7 @@ struct Session::System {
     if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
     if (pp.nic.enabled) {
       hv::IoPlatform io;
-      io.iommu = platform.iommu();
-      io.interrupt_remap = &platform.interrupt_remap();
+      io.vtd_regs = platform.vtd() ? models::Platform::kVtdBase : 0;
       io.nic_mmio_base = pp.nic.device.mmio_base;
       io.nic_mmio_stride = pp.nic.device.mmio_stride;
       hypervisor->attach_io(io);

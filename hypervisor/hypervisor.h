@@ -26,11 +26,6 @@
 #include "sim/params.h"
 #include "sim/stats.h"
 
-namespace vmx::iommu {
-class Iommu;
-class InterruptRemap;
-}  // namespace vmx::iommu
-
 namespace vmx::hv {
 
 /// Path lengths of the hypervisor's software, in instructions, and the data
@@ -240,8 +235,7 @@ struct VmSpec {
 /// The I/O blocks the hypervisor programs for device assignment (null/0
 /// when the platform has no NIC).
 struct IoPlatform {
-  iommu::Iommu* iommu = nullptr;
-  iommu::InterruptRemap* interrupt_remap = nullptr;
+  std::uint64_t vtd_regs = 0;         // host-physical: the IOMMU's VT-d register set (0: no IOMMU)
   std::uint64_t nic_mmio_base = 0;    // host-physical: the PF's window; VF i's at base + (1 + i) * stride
   std::uint64_t nic_mmio_stride = 0;
 };

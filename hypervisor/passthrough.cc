@@ -24,7 +24,6 @@
 #include <fmt/format.h>
 
 #include "iommu/interrupt_remap.h"
-#include "iommu/iommu.h"
 #include "iommu/vtd_formats.h"
 #include "mmu/paging.h"
 #include "models/nic.h"
@@ -38,20 +37,20 @@ constexpr std::uint64_t kPage = 4096;
 constexpr std::uint64_t kCodePassthrough = 0xF000;
 /// Host vectors of remapped VF interrupts: 0x60 + VF index (mod 64).
 constexpr std::uint8_t kVfHostVectorBase = 0x60;
-/// IRTA: 2^(7+1) = 256 entries, x2APIC destinations (EIME).
+/// IRTA: 2^(7+1) = 256 entries (x2APIC destinations, EIME).
 constexpr unsigned kIrtSizeCode = 7;
-constexpr std::uint64_t kIrtaEime = 1ull << 11;
 /// Domain ID of the host's pass-through context entries (VMs use index + 1).
 constexpr std::uint16_t kHostDomain = 0;
 }  // namespace
 
 void Hypervisor::attach_io(const IoPlatform& io) {
   m_io = io;
-  if (!m_pt) m_pt = std::make_unique<Passthrough>(&m_stats);
+  if (!m_pt && io.vtd_regs)
+    m_pt = std::make_unique<Passthrough>(&m_stats, io.vtd_regs, [this] { return alloc_host_frame(); });
 }
 
 void Hypervisor::assign_vf(Core& c, Vm& vm) {
-  if (!m_io.iommu || !m_io.interrupt_remap || !m_pt)
+  if (!m_io.vtd_regs || !m_pt)
     throw cpu::SimulationError("hypervisor: VM " + vm.name + " has a VF but the platform has no NIC and IOMMU");
   Passthrough& pt = *m_pt;
   charge(c, m_p.costs.ept_violation, kCodePassthrough);
@@ -112,7 +111,7 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   const std::uint64_t entry = context_table(iommu::rid_bus(rid)) + iommu::rid_devfn(rid) * iommu::ctx::kEntrySize;
   c.store(entry, ce.lo);
   c.store(entry + 8, ce.hi);
-  if (!pt.iommu_on) {
+  if (!pt.driver.up()) {
     // The PF stays the host's: a pass-through context entry (TT 2, as
     // Linux's iommu=pt identity domain), so the hypervisor's own PF driver
     // keeps using host-physical addresses once translation is on.
@@ -123,15 +122,14 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
         context_table(iommu::rid_bus(pf_rid)) + iommu::rid_devfn(pf_rid) * iommu::ctx::kEntrySize;
     c.store(pf_entry, pf.lo);
     c.store(pf_entry + 8, pf.hi);
-    // SRTP then TE (VT-d 10.4.4): the root table, then translation on.
-    m_io.iommu->set_root_table(iommu::rtaddr::make(pt.root_table, iommu::rtaddr::kTtmLegacy));
-    m_io.iommu->enable(true);
-    pt.iommu_on = true;
+    // The driver brings the unit up the first time a device is assigned:
+    // queued invalidation, SRTP, global invalidations, then TE.
+    pt.driver.bring_up(c, pt.root_table, aw);
   }
   // A context entry that was not present may still be cached as such:
-  // device-selective context invalidation, then the domain's IOTLB (VT-d 6.5.3.1).
-  m_io.iommu->context_invalidate_device(rid);
-  m_io.iommu->iotlb_invalidate_domain(did);
+  // device-selective context invalidation, then the domain's IOTLB (VT-d
+  // 6.5.3.1), queued and waited for.
+  pt.driver.flush_device(c, rid, did);
 
   // 4. Interrupts: IRTE `vf`, then the VF's MSI-X entry in remappable format.
   if (!pt.irt) pt.irt = alloc_host_frame();
@@ -151,11 +149,10 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
     c.store(irte, iommu::irte::remapped_lo(target.core, host_vector));
     ++pt.stats.remapped_irtes;
   }
-  if (!pt.ir_on) {
-    m_io.interrupt_remap->set_irta(pt.irt | kIrtaEime | kIrtSizeCode);
-    m_io.interrupt_remap->set_enable(true);
-    pt.ir_on = true;
-  }
+  if (!pt.driver.interrupt_remapping())
+    pt.driver.enable_interrupt_remapping(c, pt.irt, kIrtSizeCode, /*eime=*/true);
+  else
+    pt.driver.flush_irte(c, static_cast<std::uint16_t>(vm.vf & 0xFF));
   const std::uint64_t msi = iommu::irte::msi_address(static_cast<std::uint16_t>(vm.vf & 0xFF));
   c.store(window + models::nicreg::kMsixAddrLo, msi & 0xFFFFFFFFu, 4);
   c.store(window + models::nicreg::kMsixAddrHi, msi >> 32, 4);

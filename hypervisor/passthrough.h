@@ -4,23 +4,25 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <vector>
 
 #include "hypervisor/hypervisor_state.h"
+#include "hypervisor/iommu_driver.h"
 #include "sim/stats.h"
 
 namespace vmx::hv {
 
 struct Hypervisor::Passthrough {
-  explicit Passthrough(stats::Group* parent) : stats(parent, "passthrough", "device passthrough (VFs)") {}
+  Passthrough(stats::Group* parent, std::uint64_t vtd_regs, std::function<std::uint64_t()> alloc_frame)
+      : stats(parent, "passthrough", "device passthrough (VFs)"), driver(vtd_regs, std::move(alloc_frame), &stats) {}
   /// Host-physical tables, allocated once: the VT-d root table (legacy
   /// mode), one context table per bus that holds an assigned function, and
   /// the interrupt-remapping table (256 entries of 16 bytes; entry i is VF i's).
   std::uint64_t root_table = 0;
   std::map<unsigned, std::uint64_t> context_tables;  // by bus
   std::uint64_t irt = 0;
-  bool iommu_on = false, ir_on = false;
   /// Remapped (not posted) VF interrupts: host vector -> the vCPU to forward to.
   std::map<std::uint8_t, Vcpu*> forward;
 
@@ -35,6 +37,8 @@ struct Hypervisor::Passthrough {
     stats::Counter mapped_pages{this, "backed_pages", "pages",
                                 "EPT pages backed up front for DMA (assigned VMs are populated eagerly)"};
   } stats;
+  /// The VT-d driver: programs the IOMMU through its registers and queue.
+  IommuDriver driver;
 };
 
 }  // namespace vmx::hv

@@ -25,9 +25,9 @@
 // Not modelled: the interrupt entry cache (every request reads its IRTE from
 // memory; IEC invalidation is therefore not needed), logical destination
 // and redirection hints, trigger modes, bus-range validation beyond the bus
-// numbers, and the register interface (GCMD/GSTS/IRTA): software programs
-// the unit through set_irta / set_enable / set_cfi, which the IOMMU's
-// register block forwards. Plain C++, no SystemC; memory references go
+// numbers. Software programs the unit through the IOMMU's register set
+// (IRTA_REG, GCMD.SIRTP/IRE/CFI: iommu/vtd_regs.h), which calls set_irta /
+// set_enable / set_cfi; tests of the bare unit call them directly. Plain C++, no SystemC; memory references go
 // through a mmu::TableMemory and their cycles are counted.
 #pragma once
 

@@ -1,5 +1,6 @@
 #include "iommu/iommu.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 #include "mmu/paging.h"
@@ -95,6 +96,7 @@ Iommu::Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* par
     }
   }
   m_faults.reserve(params.fault_records);
+  m_fault_slot.reserve(params.fault_records);
 }
 
 void Iommu::set_root_table(std::uint64_t reg) {
@@ -294,7 +296,7 @@ TranslateResult Iommu::fault(const DmaRequest& req, std::uint32_t pasid, FaultRe
   if (stage == FaultStage::kSecondLevel) ++m_stats.faults_second_level;
   if (fpd) {
     ++m_stats.faults_suppressed;
-  } else if (m_faults.size() < m_params.fault_records) {
+  } else if (std::find(m_fault_slot.begin(), m_fault_slot.end(), m_fri) == m_fault_slot.end()) {
     FaultRecord rec;
     rec.requester_id = req.requester_id;
     rec.address = req.address;
@@ -308,18 +310,30 @@ TranslateResult Iommu::fault(const DmaRequest& req, std::uint32_t pasid, FaultRe
     rec.privileged = req.privileged;
     rec.execute = req.execute;
     m_faults.push_back(rec);
+    m_fault_slot.push_back(static_cast<std::uint16_t>(m_fri));
+    m_fri = (m_fri + 1) % m_params.fault_records;
     ++m_stats.faults_recorded;
+    if (m_fault_hook) m_fault_hook(false);
   } else {
     ++m_stats.fault_overflows;
+    if (m_fault_hook) m_fault_hook(true);
   }
   return TranslateResult{TranslateResult::Status::Fault, r, stage};
 }
 
-bool Iommu::pop_fault(FaultRecord& out) {
-  if (m_faults.empty()) return false;
-  out = m_faults.front();
-  m_faults.erase(m_faults.begin());
-  return true;
+const FaultRecord* Iommu::fault_in(unsigned slot) const {
+  for (std::size_t i = 0; i < m_fault_slot.size(); ++i)
+    if (m_fault_slot[i] == slot) return &m_faults[i];
+  return nullptr;
+}
+
+void Iommu::clear_fault(unsigned slot) {
+  for (std::size_t i = 0; i < m_fault_slot.size(); ++i)
+    if (m_fault_slot[i] == slot) {
+      m_faults.erase(m_faults.begin() + static_cast<std::ptrdiff_t>(i));
+      m_fault_slot.erase(m_fault_slot.begin() + static_cast<std::ptrdiff_t>(i));
+      return;
+    }
 }
 
 void Iommu::iotlb_invalidate_global() {

@@ -27,11 +27,16 @@
 // Every table reference goes through a mmu::TableMemory, so its latency comes
 // from the memory model behind it. A blocked request never yields an address.
 //
+// Software programs the unit only through its VT-d register set and
+// invalidation queue (iommu/vtd_regs.h, a friend): the programming entry
+// points below are private.
+//
 // Pure C++, no SystemC: cycles are those of the IOMMU's clock, converted by
 // the component that embeds it.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,6 +149,31 @@ struct ContextCacheParams {
   }
 };
 
+/// The register interface (iommu/vtd_regs.h): its access latencies and the
+/// invalidation queue's processing time.
+struct VtdParams {
+  std::uint32_t descriptor_latency;
+  std::uint32_t read_latency;
+  std::uint32_t write_latency;
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(descriptor_latency, "descriptor_latency", "500", Spec(Unit::Cycles),
+            "IOMMU cycles the unit spends on one invalidation descriptor after fetching it (the fetch is "
+            "charged as memory references on top). Default: 500 = 250 ns at 2 GHz (assumption: Intel publishes "
+            "none; Malka et al., \"Efficient intra-operating system protection against harmful DMAs\", FAST "
+            "2015, measure a synchronous IOTLB invalidation at about 2,000 CPU cycles in all).");
+    v.param(read_latency, "read_latency", "200", Spec(Unit::Cycles),
+            "IOMMU cycles a core waits for a read of a VT-d register (an uncacheable read that stays in the "
+            "uncore, unlike a PCIe device's). Default: 200 = 100 ns at 2 GHz (assumption).");
+    v.param(write_latency, "write_latency", "100", Spec(Unit::Cycles),
+            "IOMMU cycles a core spends on a write to a VT-d register (posted). Default: 100 = 50 ns at 2 GHz "
+            "(assumption: the root complex's posted MMIO write).");
+  }
+};
+
 struct IommuParams {
   mmu::TlbLevelParams<kIotlbDefaults> iotlb;
   ContextCacheParams context_cache;
@@ -151,6 +181,7 @@ struct IommuParams {
   PasidCacheParams pasid_cache;
   mmu::PscDimensionParams<kFlPml5eDefaults, kFlPml4eDefaults, kFlPdpteDefaults, kFlPdeDefaults> fl_psc;
   std::uint32_t fault_records;
+  VtdParams registers;
 
   template <class V>
   void visit(V& v) {
@@ -167,6 +198,9 @@ struct IommuParams {
     v.param(fault_records, "fault_records", "8", cfg::Spec().at_least(1).at_most(256),
             "Fault-log capacity (the number of fault-recording registers, CAP.NFR + 1). Default: 8 "
             "(assumption; platforms report their own NFR).");
+    v.section(registers, "registers",
+              "The VT-d register set on the MMIO bus and its invalidation queue (docs/io.md, \"The register "
+              "set\"); latencies in IOMMU cycles.");
   }
 };
 
@@ -288,21 +322,15 @@ struct TranslateResult {
   bool ok() const { return status == Status::Ok; }
 };
 
+class VtdRegisters;
+
 class Iommu {
  public:
   /// Throws std::invalid_argument naming the structure and parameter when a
   /// cache geometry is bad.
   Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* parent, const std::string& name = "iommu");
 
-  /// RTADDR_REG (10.4.6): the root-table address and, in bits 11:10, the
-  /// translation table mode (rtaddr::kTtmLegacy or kTtmScalable; see
-  /// rtaddr::make). As in hardware (SRTP), a new root table does not
-  /// invalidate the caches: software follows it with global invalidations.
-  /// Throws std::invalid_argument for the reserved and abort-DMA modes.
-  void set_root_table(std::uint64_t rtaddr);
   bool scalable() const { return m_scalable; }
-  /// GCMD_REG.TE (10.4.4). Disabled: requests pass untranslated, at no cost.
-  void enable(bool on) { m_enabled = on; }
   bool enabled() const { return m_enabled; }
 
   /// Translates one DMA request. On success sets hpa; always adds the
@@ -320,6 +348,38 @@ class Iommu {
     r.access = access;
     return translate(r, hpa, cycles);
   }
+
+  /// The fault log, oldest first (simulator observation; software reads it
+  /// through the fault-recording registers, iommu/vtd_regs.h). Records go to
+  /// the fault-recording register at FRI, which then advances (VT-d 7.2.1);
+  /// a fault that finds that register still holding a record is dropped
+  /// (primary fault overflow, counted) until software clears it.
+  const std::vector<FaultRecord>& fault_log() const { return m_faults; }
+  /// Called after every fault that is recorded (false) or dropped for
+  /// overflow (true): the register set raises its fault event from it.
+  void set_fault_hook(std::function<void(bool overflow)> hook) { m_fault_hook = std::move(hook); }
+
+  const mmu::Tlb& iotlb() const { return m_iotlb; }
+  const mmu::Psc& sl_psc(unsigned level) const { return *m_psc[level - 2]; }
+  const mmu::Psc& fl_psc(unsigned level) const { return *m_fl_psc[level - 2]; }
+  std::uint32_t context_cache_occupancy() const { return m_ctx.occupancy(); }
+  std::uint32_t pasid_cache_occupancy() const { return m_pasid.occupancy(); }
+  const IommuStats& stats() const { return m_stats; }
+  const IommuParams& params() const { return m_params; }
+
+ private:
+  friend class VtdRegisters;
+  // ---- Programming: reached only through the register set and the
+  // invalidation queue (VtdRegisters, iommu/vtd_regs.h), as software does. ----
+
+  /// RTADDR_REG (10.4.6): the root-table address and, in bits 11:10, the
+  /// translation table mode (rtaddr::kTtmLegacy or kTtmScalable; see
+  /// rtaddr::make). As in hardware (SRTP), a new root table does not
+  /// invalidate the caches: software follows it with global invalidations.
+  /// Throws std::invalid_argument for the reserved and abort-DMA modes.
+  void set_root_table(std::uint64_t rtaddr);
+  /// GCMD_REG.TE (10.4.4). Disabled: requests pass untranslated, at no cost.
+  void enable(bool on) { m_enabled = on; }
 
   // Invalidation commands (6.5; CCMD_REG 10.4.7, IOTLB_REG 10.4.8, and the
   // equivalent queued descriptors 6.5.2). Each counts one invalidation.
@@ -369,22 +429,14 @@ class Iommu {
   void pasid_cache_invalidate_domain(std::uint16_t did);
   void pasid_cache_invalidate_pasid(std::uint16_t did, std::uint32_t pasid);
 
-  /// The fault log, oldest first. A full log drops new faults (primary fault
-  /// overflow, counted) until software clears records.
-  const std::vector<FaultRecord>& fault_log() const { return m_faults; }
-  /// Software reading and clearing the oldest record (F bit write-1-clear).
-  bool pop_fault(FaultRecord& out);
-  void clear_faults() { m_faults.clear(); }
+  /// The fault-recording registers as the register set shows them: the
+  /// record held in register `slot` (null if its F bit is clear), clearing
+  /// it (F is write-1-to-clear), and FSTS.FRI (the register of the oldest
+  /// record held, else the one the next fault goes to).
+  const FaultRecord* fault_in(unsigned slot) const;
+  void clear_fault(unsigned slot);
+  unsigned fault_index() const { return m_fault_slot.empty() ? m_fri : m_fault_slot.front(); }
 
-  const mmu::Tlb& iotlb() const { return m_iotlb; }
-  const mmu::Psc& sl_psc(unsigned level) const { return *m_psc[level - 2]; }
-  const mmu::Psc& fl_psc(unsigned level) const { return *m_fl_psc[level - 2]; }
-  std::uint32_t context_cache_occupancy() const { return m_ctx.occupancy(); }
-  std::uint32_t pasid_cache_occupancy() const { return m_pasid.occupancy(); }
-  const IommuStats& stats() const { return m_stats; }
-  const IommuParams& params() const { return m_params; }
-
- private:
   /// A context entry as cached: what the translation needs from it.
   struct CachedContext {
     std::uint16_t rid = 0;
@@ -481,7 +533,10 @@ class Iommu {
   bool m_any_fl_psc = false;
   bool m_scalable = false;
   std::uint32_t m_walk_refs = 0;  // table references of the walk in progress
-  std::vector<FaultRecord> m_faults;  // oldest first, at most fault_records
+  std::vector<FaultRecord> m_faults;      // held records, oldest first, at most fault_records
+  std::vector<std::uint16_t> m_fault_slot;  // the fault-recording register of each held record
+  unsigned m_fri = 0;                       // where the next record goes
+  std::function<void(bool)> m_fault_hook;
   std::uint64_t m_rtaddr = 0;
   bool m_enabled = false;
 };

@@ -53,6 +53,68 @@ class RootComplexMmio final : public MmioDevice {
   std::uint64_t m_base;
   std::uint32_t m_read_cycles, m_write_cycles;
 };
+
+/// The VT-d register set (iommu/vtd_regs.h) on the CPU's MMIO bus, and its
+/// clock: an access happens at the accessing core's local time (in IOMMU
+/// cycles), and a SystemC event runs the invalidation queue when its next
+/// step falls due, so a wait descriptor's status appears in memory whether
+/// or not software touches a register meanwhile.
+class VtdMmio final : public sc_core::sc_module, public MmioDevice {
+ public:
+  SC_HAS_PROCESS(VtdMmio);
+  VtdMmio(sc_core::sc_module_name name, iommu::VtdRegisters& regs, const iommu::VtdParams& p, std::uint64_t iommu_hz,
+          std::uint64_t core_hz)
+      : sc_module(name),
+        m_regs(regs),
+        m_hz(iommu_hz),
+        m_read_cycles(static_cast<std::uint32_t>(std::uint64_t{p.read_latency} * core_hz / iommu_hz)),
+        m_write_cycles(static_cast<std::uint32_t>(std::uint64_t{p.write_latency} * core_hz / iommu_hz)) {
+    SC_METHOD(step);
+    sensitive << m_due;
+    dont_initialize();
+  }
+  std::uint64_t read(std::uint64_t offset, unsigned size, std::uint32_t& cycles) override {
+    const std::uint64_t v = m_regs.read(offset, size, now());
+    cycles += m_read_cycles;
+    schedule();
+    return v;
+  }
+  void write(std::uint64_t offset, std::uint64_t value, unsigned size, std::uint32_t& cycles) override {
+    m_regs.write(offset, value, size, now());
+    cycles += m_write_cycles;
+    schedule();
+  }
+
+ private:
+  // The accessing core's local time (temporal decoupling: it runs ahead of
+  // SystemC time), else SystemC time.
+  std::uint64_t now() const {
+    std::uint64_t ps = sc_core::sc_time_stamp().value();
+    try {
+      ps = cpu::Core::current().now_ps();
+    } catch (const cpu::SimulationError&) {
+    }
+    return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * m_hz / cfg::kPsPerSecond);
+  }
+  void schedule() {
+    const std::uint64_t due = m_regs.next_due();
+    if (due == iommu::VtdRegisters::kIdle) return;
+    const auto ps = static_cast<std::uint64_t>(
+        (static_cast<unsigned __int128>(due) * cfg::kPsPerSecond + m_hz - 1) / m_hz);
+    const std::uint64_t at = sc_core::sc_time_stamp().value();
+    m_due.notify(sc_core::sc_time::from_value(ps > at ? ps - at : 0));
+  }
+  void step() {
+    m_regs.advance(static_cast<std::uint64_t>(
+        static_cast<unsigned __int128>(sc_core::sc_time_stamp().value()) * m_hz / cfg::kPsPerSecond));
+    schedule();
+  }
+
+  iommu::VtdRegisters& m_regs;
+  std::uint64_t m_hz;
+  std::uint32_t m_read_cycles, m_write_cycles;
+  sc_core::sc_event m_due;
+};
 }  // namespace
 
 Platform::Platform(const PlatformParams& p, stats::Group* parent)
@@ -99,6 +161,18 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     // tags to the platform memory.
     m_iommu_mem = std::make_unique<IommuTableMemory>(m_mem, &m_llc, p.root_complex);
     m_iommu = std::make_unique<iommu::Iommu>(p.iommu, *m_iommu_mem, &m_stats);
+    m_vtd = std::make_unique<iommu::VtdRegisters>(p.iommu.registers, *m_iommu, &m_ir, *m_iommu_mem, &m_stats,
+                                                  "iommu_regs");
+    // Its interrupt messages (fault and invalidation-completion events) go
+    // to the fabric as any MSI does.
+    m_vtd->set_msi([this](std::uint64_t address, std::uint32_t data) {
+      MsiMessage m;
+      m.address = address;
+      m.data = data;
+      m_irq.msi(m);
+    });
+    m_vtd_mmio = std::make_unique<VtdMmio>("vtd", *m_vtd, p.iommu.registers, p.root_complex.frequency, p.frequency);
+    m_mmio.attach(kVtdBase, m_vtd->size(), m_vtd_mmio.get(), "vtd");
     m_rc = std::make_unique<RootComplex>("root_complex", p.root_complex, m_mem, m_iommu.get(), &m_llc, &m_stats);
     // Device MSIs go to the interrupt fabric (through interrupt remapping
     // when software enables it).

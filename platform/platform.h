@@ -11,6 +11,7 @@
 #include "cpu/vmcs.h"
 #include "iommu/interrupt_remap.h"
 #include "iommu/iommu.h"
+#include "iommu/vtd_regs.h"
 #include "models/cache.h"
 #include "models/eth_link.h"
 #include "models/interrupts.h"
@@ -118,6 +119,13 @@ class Platform {
   /// through root_complex()->mmio().
   RootComplex* root_complex() { return m_rc.get(); }
   iommu::Iommu* iommu() { return m_iommu.get(); }
+  /// The IOMMU's VT-d register set, at kVtdBase on the MMIO bus (null
+  /// without the IOMMU): software programs the IOMMU and interrupt
+  /// remapping through it.
+  iommu::VtdRegisters* vtd() { return m_vtd.get(); }
+  /// Where the register set sits: the address Intel platforms commonly
+  /// report for their remapping unit in the ACPI DMAR table (assumption).
+  static constexpr std::uint64_t kVtdBase = 0xFED90000ull;
   Nic* nic() { return m_nic.get(); }
   EthLink* link() { return m_link.get(); }
   NetPeer* peer() { return m_peer.get(); }
@@ -155,6 +163,8 @@ class Platform {
   std::unique_ptr<MmioDevice> m_nic_mmio;  // the NIC's register windows on the MMIO bus
   std::unique_ptr<IommuTableMemory> m_iommu_mem;
   std::unique_ptr<iommu::Iommu> m_iommu;
+  std::unique_ptr<iommu::VtdRegisters> m_vtd;
+  std::unique_ptr<MmioDevice> m_vtd_mmio;  // the register set on the MMIO bus, with its clock
   std::unique_ptr<RootComplex> m_rc;
   std::unique_ptr<Nic> m_nic;
   std::unique_ptr<EthLink> m_link;

@@ -15,6 +15,8 @@
 #include "cpu/vmx.h"
 #include "cpu/vmx_harness.h"
 #include "iommu/interrupt_remap.h"
+#include "iommu/iommu.h"
+#include "iommu/vtd_regs.h"
 #include "models/dma.h"
 #include "models/interrupts.h"
 
@@ -52,9 +54,19 @@ struct Unit {
     return p;
   }
   InterruptRemap ir{params(), mem, &root};
+  // Software programs the unit through the VT-d register set.
+  Iommu dmar{vmx::cfg::defaults<IommuParams>(), mem, &root};
+  VtdRegisters regs{vmx::cfg::defaults<VtdParams>(), dmar, &ir, mem, &root};
+  std::uint32_t gcmd = 0;
+  void command(std::uint32_t cmd, bool on = true) {
+    if (cmd & vtd::gcmd::kLevel) gcmd = on ? (gcmd | cmd) : (gcmd & ~cmd);
+    regs.write(vtd::kGcmd, (cmd & vtd::gcmd::kOneShot) ? (gcmd | cmd) : gcmd, 4, 0);
+    REQUIRE(((regs.read(vtd::kGsts, 4, 0) & cmd) != 0) == on);
+  }
   Unit() {
-    ir.set_irta(kIrt | (1u << 11) | 7);  // 256 entries, x2APIC mode (EIME)
-    ir.set_enable(true);
+    regs.write(vtd::kIrta, kIrt | (1u << 11) | 7, 8, 0);  // 256 entries, x2APIC mode (EIME)
+    command(vtd::gcmd::kSirtp);
+    command(vtd::gcmd::kIre);
   }
   void irte(unsigned index, std::uint64_t lo, std::uint64_t hi) {
     mem.q[kIrt + 16 * index] = lo;
@@ -105,7 +117,7 @@ TEST_CASE("interrupt-remapping faults are recorded with reason, index and source
   CHECK(u.ir.faults()[3].reason == 0x25);
   CHECK(u.counter("faults") == 5);
   // With CFIS, compatibility format passes through untouched.
-  u.ir.set_cfi(true);
+  u.command(vtd::gcmd::kCfi);  // GCMD.CFI
   CHECK(u.ir.remap({vmx::models::kMsiBase | (1u << 12), 0x41, kVf}).kind == IrResult::Kind::Compat);
 }
 

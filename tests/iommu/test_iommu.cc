@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "iommu/vtd_harness.h"
 #include "mmu/walk_harness.h"
 #include "sim/params.h"
 
@@ -27,10 +28,11 @@ constexpr std::uint64_t kHpaB = 0x3'0000'0000ull;
 
 /// Root, context and second-level tables in a FakeMemory, and the IOMMU.
 struct Vtd {
-  explicit Vtd(IommuParams p = cfg::defaults<IommuParams>()) : params(p), iommu(params, mem, &stats_root) {
+  explicit Vtd(IommuParams p = cfg::defaults<IommuParams>())
+      : params(p), iommu(params, mem, &stats_root), drv(iommu, mem, &stats_root) {
     rtaddr = alloc();
-    iommu.set_root_table(rtaddr);
-    iommu.enable(true);
+    drv.set_root_table(rtaddr);
+    drv.enable(true);
   }
 
   std::uint64_t alloc() {
@@ -97,6 +99,7 @@ struct Vtd {
   std::uint64_t next = 0x10'0000;
   std::uint64_t rtaddr = 0;
   Iommu iommu;
+  vtdtest::Driver drv;  // programs the unit through its registers and queue
 };
 
 // Latencies with the defaults: context cache 1, IOTLB 2, paging-structure
@@ -124,7 +127,7 @@ TEST_CASE("formats: requester ID and context entry fields", "[iommu]") {
 
 TEST_CASE("disabled IOMMU passes DMA untranslated at no cost", "[iommu]") {
   Vtd v;
-  v.iommu.enable(false);
+  v.drv.enable(false);
   auto o = v.dma(kDevA, kIova, DmaAccess::Write);
   CHECK((o.r.ok() && o.hpa == kIova && o.cycles == 0 && o.reads == 0));
   CHECK(v.st().translations.value() == 0);
@@ -305,9 +308,9 @@ TEST_CASE("faults: address beyond AGAW, invalid context, reserved PS, FPD, log o
   v.mem.poke(slpt_c + mmu::table_index(kIova, 4) * 8, kHpaA | sl::kRw | sl::kPageSize);
   CHECK(v.dma(dev_c, kIova).r.reason == FaultReason::kSlEntryReserved);
   CHECK((v.iommu.fault_log().size() == 2 && v.st().fault_overflows.value() == 1));
-  iommu::FaultRecord rec;
-  REQUIRE(v.iommu.pop_fault(rec));
-  CHECK(rec.reason == FaultReason::kAddressBeyondAw);
+  std::uint64_t lo = 0, hi = 0;
+  REQUIRE(v.drv.pop_fault(lo, hi));  // FRCD at FSTS.FRI, F cleared
+  CHECK(((hi >> iommu::vtd::frcd::kFrShift) & 0xFF) == static_cast<unsigned>(FaultReason::kAddressBeyondAw));
 
   // FPD = 1: qualified faults are blocked but not logged.
   const std::uint16_t dev_d = iommu::requester_id(3, 6, 0);
@@ -339,26 +342,26 @@ TEST_CASE("IOTLB invalidation scopes", "[iommu]") {
   REQUIRE(v.iommu.iotlb().occupancy() == 3);
 
   SECTION("domain-selective drops only that domain") {
-    v.iommu.iotlb_invalidate_domain(1);
+    v.drv.iotlb_invalidate_domain(1);
     CHECK(v.iommu.iotlb().occupancy() == 1);
     CHECK(v.dma(kDevB, kIova).reads == 0);
     CHECK(v.dma(kDevA, kIova).reads == 4);  // paging-structure caches dropped too
     CHECK(v.dma(kDevA, kIova + 0x1000).reads == 1);
   }
   SECTION("page-selective drops one page of one domain") {
-    v.iommu.iotlb_invalidate_page(1, kIova, 0, /*ih=*/true);
+    v.drv.iotlb_invalidate_page(1, kIova, 0, /*ih=*/true);
     CHECK(v.iommu.iotlb().occupancy() == 2);
     CHECK(v.dma(kDevA, kIova + 0x1000).reads == 0);
     CHECK(v.dma(kDevB, kIova).reads == 0);
     CHECK(v.dma(kDevA, kIova).reads == 1);  // IH = 1 kept the PDE cache
   }
   SECTION("page-selective with an address mask covers both pages") {
-    v.iommu.iotlb_invalidate_page(1, kIova + 0x1000, 2);  // pages 0x...8000 to 0x...B000
+    v.drv.iotlb_invalidate_page(1, kIova + 0x1000, 2);  // pages 0x...8000 to 0x...B000
     CHECK(v.iommu.iotlb().occupancy() == 1);
     CHECK(v.dma(kDevA, kIova).reads == 4);
   }
   SECTION("global drops everything") {
-    v.iommu.iotlb_invalidate_global();
+    v.drv.iotlb_invalidate_global();
     CHECK(v.iommu.iotlb().occupancy() == 0);
     CHECK(v.dma(kDevB, kIova).reads == 4);
   }
@@ -366,7 +369,7 @@ TEST_CASE("IOTLB invalidation scopes", "[iommu]") {
     const std::uint64_t big = 0x0000'0040'0000'0000ull;
     v.sl_map(slpt, big, kHpaB, 30);
     v.dma(kDevA, big);
-    v.iommu.iotlb_invalidate_page(1, big + 0x12345000ull, 0, true);
+    v.drv.iotlb_invalidate_page(1, big + 0x12345000ull, 0, true);
     CHECK(v.dma(kDevA, big).reads == 1);  // IH = 1 kept the PML4E cache: level 3 only
   }
   CHECK(v.st().invalidations.value() == 1);
@@ -388,19 +391,19 @@ TEST_CASE("context-cache invalidation", "[iommu]") {
   CHECK(v.dma(kDevA, kIova).hpa == kHpaA + 0xABC);
 
   SECTION("device-selective") {
-    v.iommu.context_invalidate_device(kDevA);
+    v.drv.context_invalidate_device(kDevA);
     CHECK(v.iommu.context_cache_occupancy() == 1);
   }
   SECTION("device-selective with a function mask") {
-    v.iommu.context_invalidate_device(iommu::requester_id(3, 2, 5), 3);  // 03:02.x
+    v.drv.context_invalidate_device(iommu::requester_id(3, 2, 5), 3);  // 03:02.x
     CHECK(v.iommu.context_cache_occupancy() == 1);
   }
   SECTION("domain-selective drops only that domain") {
-    v.iommu.context_invalidate_domain(1);
+    v.drv.context_invalidate_domain(1);
     CHECK(v.iommu.context_cache_occupancy() == 1);
   }
   SECTION("global") {
-    v.iommu.context_invalidate_global();
+    v.drv.context_invalidate_global();
     CHECK(v.iommu.context_cache_occupancy() == 0);
     CHECK(v.dma(kDevB, kIova).reads == 3);  // root and context, then an IOTLB hit
   }

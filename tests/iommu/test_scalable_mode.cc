@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "iommu/iommu.h"
+#include "iommu/vtd_harness.h"
 #include "mmu/walk_harness.h"
 #include "sim/params.h"
 
@@ -54,10 +55,11 @@ struct Sm {
       : pgtt(pgtt_),
         h(fl_levels, pgtt_ != pe::kPgttFirstLevel, sl_levels),
         params(p),
-        iommu(params, h.mem, &stats_root) {
+        iommu(params, h.mem, &stats_root),
+        drv(iommu, h.mem, &stats_root) {
     rt = h.alloc_host();
-    iommu.set_root_table(iommu::rtaddr::make(rt, iommu::rtaddr::kTtmScalable));
-    iommu.enable(true);
+    drv.set_root_table(iommu::rtaddr::make(rt, iommu::rtaddr::kTtmScalable));
+    drv.enable(true);
   }
 
   pe::Fields fields(std::uint16_t did = kDid) const {
@@ -131,6 +133,7 @@ struct Sm {
   stats::Group stats_root;
   std::uint64_t rt = 0;
   Iommu iommu;
+  vtdtest::Driver drv;  // programs the unit through its registers and queue
 };
 
 /// Maps kLa4 to kDataGpa (first level, fl_shift page) and the
@@ -166,7 +169,11 @@ TEST_CASE("scalable-mode formats", "[iommu][sm]") {
   CHECK(iommu::rtaddr::ttm(iommu::rtaddr::make(0x1000, iommu::rtaddr::kTtmScalable)) == 1);
   Sm v(pe::kPgttFirstLevel);
   CHECK(v.iommu.scalable());
-  CHECK_THROWS_WITH(v.iommu.set_root_table(iommu::rtaddr::make(0x1000, 3)), Catch::Contains("TTM = 3"));
+  // TTM = 11b (abort-DMA mode, ECAP.ADMS = 0) is not latched: SRTP completes
+  // and the scalable-mode table stays.
+  const auto refused = v.drv.regs.stats().commands_refused.value();
+  v.drv.set_root_table(iommu::rtaddr::make(0x1000, 3));
+  CHECK((v.iommu.scalable() && v.drv.regs.stats().commands_refused.value() == refused + 1));
 }
 
 TEST_CASE("first-level only: 4- and 5-level tables, 4K/2M/1G pages, A/D flags, then an IOTLB hit", "[iommu][sm]") {
@@ -354,12 +361,12 @@ TEST_CASE("PASID cache: hits, and invalidation makes a changed PASID entry take 
   CHECK(v.dma(kLa4).hpa == kDataHpa + kDataOff);  // stale PASID-cache entry and IOTLB entry still used
 
   SECTION("PASID-selective") {
-    v.iommu.pasid_cache_invalidate_pasid(kDid, kPasid + 1);
+    v.drv.pasid_cache_invalidate_pasid(kDid, kPasid + 1);
     CHECK(v.iommu.pasid_cache_occupancy() == 1);  // another PASID: no effect
-    v.iommu.pasid_cache_invalidate_pasid(kDid, kPasid);
+    v.drv.pasid_cache_invalidate_pasid(kDid, kPasid);
   }
-  SECTION("domain-selective") { v.iommu.pasid_cache_invalidate_domain(kDid); }
-  SECTION("global") { v.iommu.pasid_cache_invalidate_global(); }
+  SECTION("domain-selective") { v.drv.pasid_cache_invalidate_domain(kDid); }
+  SECTION("global") { v.drv.pasid_cache_invalidate_global(); }
   CHECK(v.iommu.pasid_cache_occupancy() == 0);
   auto o = v.dma(kLa4);
   CHECK((o.r.ok() && o.hpa == kLa4 && o.reads == 1 + 3));
@@ -380,26 +387,26 @@ TEST_CASE("PASID-based IOTLB invalidation", "[iommu][sm]") {
   REQUIRE(v.iommu.iotlb().occupancy() == 3);
 
   SECTION("all of one PASID") {
-    v.iommu.pasid_iotlb_invalidate(kDid, 1);
+    v.drv.pasid_iotlb_invalidate(kDid, 1);
     CHECK(v.iommu.iotlb().occupancy() == 1);
     CHECK(v.dma(kLa4, DmaAccess::Read, 2).reads == 0);
     CHECK(v.dma(kLa4, DmaAccess::Read, 1).reads == 4);  // first-level caches of PASID 1 dropped too
     CHECK(v.dma(kLa4 + 0x1000, DmaAccess::Read, 1).reads == 1);
   }
   SECTION("one page of one PASID, IH = 1 keeps the paging-structure caches") {
-    v.iommu.pasid_iotlb_invalidate_page(kDid, 1, kLa4, 0, true);
+    v.drv.pasid_iotlb_invalidate_page(kDid, 1, kLa4, 0, true);
     CHECK(v.iommu.iotlb().occupancy() == 2);
     CHECK(v.dma(kLa4 + 0x1000, DmaAccess::Read, 1).reads == 0);
     CHECK(v.dma(kLa4, DmaAccess::Read, 2).reads == 0);
     CHECK(v.dma(kLa4, DmaAccess::Read, 1).reads == 1);
   }
   SECTION("a page range with IH = 0") {
-    v.iommu.pasid_iotlb_invalidate_page(kDid, 1, kLa4, 4);  // the 16 pages around kLa4: both
+    v.drv.pasid_iotlb_invalidate_page(kDid, 1, kLa4, 4);  // the 16 pages around kLa4: both
     CHECK(v.iommu.iotlb().occupancy() == 1);
     CHECK(v.dma(kLa4 + 0x1000, DmaAccess::Read, 1).reads == 4);
   }
   SECTION("domain-selective drops every PASID of the domain") {
-    v.iommu.iotlb_invalidate_domain(kDid);
+    v.drv.iotlb_invalidate_domain(kDid);
     CHECK(v.iommu.iotlb().occupancy() == 0);
     CHECK(v.iommu.fl_psc(2).occupancy() == 0);
   }
@@ -473,7 +480,7 @@ TEST_CASE("scalable-mode faults before the walk: context and PASID structures", 
 
   // Legacy mode: a request with a PASID is blocked (31h).
   Sm l(pe::kPgttFirstLevel);
-  l.iommu.set_root_table(iommu::rtaddr::make(l.rt, iommu::rtaddr::kTtmLegacy));
+  l.drv.set_root_table(iommu::rtaddr::make(l.rt, iommu::rtaddr::kTtmLegacy));
   CHECK(l.dma(kLa4).r.reason == FaultReason::kSmLegacyPasid);
 }
 
@@ -615,9 +622,9 @@ TEST_CASE("S19: a device streams DMA to PASID-tagged guest-virtual addresses thr
   // Faults at the right stage: a guest page the guest unmapped (first
   // level), and one the hypervisor took away (second level).
   v.h.set_guest_entry(va + 0x3000, 1, 0);
-  v.iommu.pasid_iotlb_invalidate_page(kDid, kPasid, va + 0x3000);
+  v.drv.pasid_iotlb_invalidate_page(kDid, kPasid, va + 0x3000);
   v.h.mem.poke(v.h.ept_entry(kDataGpa + 0x5000, 1), 0);
-  v.iommu.iotlb_invalidate_domain(kDid);
+  v.drv.iotlb_invalidate_domain(kDid);
   auto f1 = v.dma(va + 0x3000, DmaAccess::Write);
   auto f2 = v.dma(va + 0x5000, DmaAccess::Write);
   CHECK((f1.r.reason == FaultReason::kSmFlNotPresent && f1.r.stage == FaultStage::kFirstLevel));

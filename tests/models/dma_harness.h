@@ -11,7 +11,10 @@
 #include <functional>
 #include <vector>
 
+#include <catch2/catch.hpp>
+
 #include "iommu/iommu.h"
+#include "iommu/vtd_regs.h"
 #include "mmu/paging.h"
 #include "models/dma.h"
 #include "models/eth_link.h"
@@ -129,7 +132,25 @@ struct VtdTables {
     set_context(rid, iommu::ctx::make(slpt, did));
     return slpt;
   }
+  /// Points the unit at these tables and turns translation on, through its
+  /// register set (RTADDR, GCMD.SRTP, GCMD.TE, each status bit checked).
+  void program(iommu::VtdRegisters& regs) const {
+    namespace vtd = iommu::vtd;
+    regs.write(vtd::kRtaddr, rtaddr, 8, 0);
+    regs.write(vtd::kGcmd, vtd::gcmd::kSrtp, 4, 0);
+    REQUIRE((regs.read(vtd::kGsts, 4, 0) & vtd::gcmd::kSrtp) != 0);
+    regs.write(vtd::kGcmd, vtd::gcmd::kTe, 4, 0);
+    REQUIRE((regs.read(vtd::kGsts, 4, 0) & vtd::gcmd::kTe) != 0);
+  }
 };
+
+/// Register-based page-selective IOTLB invalidation (IVA_REG, IOTLB_REG).
+inline void invalidate_page(iommu::VtdRegisters& regs, std::uint16_t did, std::uint64_t addr) {
+  namespace vtd = iommu::vtd;
+  regs.write(vtd::kIva, vtd::iotlbreg::iva(addr), 8, 0);
+  regs.write(vtd::kIotlb, vtd::iotlbreg::make(3, did), 8, 0);
+  REQUIRE(((regs.read(vtd::kIotlb, 8, 0) >> vtd::iotlbreg::kIaigShift) & 3) == 3);
+}
 
 /// One end of a link for tests: records every frame with its arrival time,
 /// sends frames, and optionally reflects each arrival straight back (MAC

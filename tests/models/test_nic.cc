@@ -49,6 +49,7 @@ struct Bench {
     nic_params.vfs = vfs;
     table_mem = std::make_unique<models::IommuTableMemory>(mem, nullptr, rc_params);
     unit = std::make_unique<iommu::Iommu>(cfg::defaults<iommu::IommuParams>(), *table_mem, &root);
+    regs = std::make_unique<iommu::VtdRegisters>(cfg::defaults<iommu::VtdParams>(), *unit, nullptr, *table_mem, &root);
     rc = std::make_unique<models::RootComplex>("rc", rc_params, mem, with_iommu ? unit.get() : nullptr, nullptr,
                                                &root);
     nic = std::make_unique<Nic>("nic", nic_params, &root);
@@ -119,6 +120,7 @@ struct Bench {
   NicParams nic_params;
   std::unique_ptr<models::IommuTableMemory> table_mem;
   std::unique_ptr<iommu::Iommu> unit;
+  std::unique_ptr<iommu::VtdRegisters> regs;  // software's way to program the unit
   std::unique_ptr<models::RootComplex> rc;
   std::unique_ptr<Nic> nic;
   std::unique_ptr<models::EthLink> link;
@@ -556,8 +558,7 @@ TEST_CASE("IOMMU: a VF's DMA inside its domain succeeds and costs translation cy
   const std::uint64_t slpt = t.domain(b.nic->requester(f), 11);
   t.map(slpt, kIovaRing, ring);
   t.map(slpt, kIovaBuf, buf);
-  b.unit->set_root_table(t.rtaddr);
-  b.unit->enable(true);
+  t.program(*b.regs);
   auto fr = b.frame(0, 500, 4);
   b.mem.write_bytes(buf, fr.data(), fr.size());
   b.put_desc(ring, 0, kIovaBuf, 500);
@@ -588,8 +589,7 @@ TEST_CASE("IOMMU: a VF's DMA outside its domain is blocked, logged, stops the fu
   const std::uint64_t as = t.domain(b.nic->requester(attacker), 12);
   t.map(as, kIovaRing, a_ring);  // the attacker's own ring
   t.map(as, kIovaBuf, a_bufs);
-  b.unit->set_root_table(t.rtaddr);
-  b.unit->enable(true);
+  t.program(*b.regs);
   // The victim's buffer holds data; the attacker points its RX descriptors
   // at the victim's host-physical buffer, an address outside its domain.
   auto secret = b.frame(0, 4096, 99);

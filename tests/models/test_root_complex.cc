@@ -49,6 +49,7 @@ struct Bench {
   models::Cache llc;
   models::IommuTableMemory table_mem;
   iommu::Iommu unit;
+  iommu::VtdRegisters regs{cfg::defaults<iommu::VtdParams>(), unit, nullptr, table_mem, &root};
   RootComplex rc;
   TestInitiator dev;
   test::FakeMsiSink msi;
@@ -121,8 +122,7 @@ TEST_CASE("with the IOMMU enabled, in-domain DMA is translated and charged its w
   const std::uint64_t slpt = t.domain(kRid, 7);
   t.map(slpt, 0x4000'0000, 0x30000);  // IOVA 1 GiB -> HPA 0x30000
   t.map(slpt, 0x4000'1000, 0x50000);  // the next IOVA page is not contiguous in HPA
-  b.unit.set_root_table(t.rtaddr);
-  b.unit.enable(true);
+  t.program(b.regs);
   auto data = pattern(6000, 1);
   sc_core::sc_time d1, d2;
   test::run(b.dev, [&] {
@@ -159,8 +159,7 @@ TEST_CASE("out-of-domain DMA is blocked, logged with requester and address, memo
   t.map(slpt, 0x4000'0000, 0x30000);
   t.map(slpt, 0x4000'1000, 0x31000, iommu::sl::kRead);  // read-only page
   t.domain(kOther, 8);                                   // a domain mapping nothing
-  b.unit.set_root_table(t.rtaddr);
-  b.unit.enable(true);
+  t.program(b.regs);
   auto before = pattern(8192, 5);
   b.mem.write_bytes(0x30000, before.data(), before.size());
   const std::uint64_t sum = test::checksum(b.mem, 0x30000, 8192);
@@ -214,14 +213,13 @@ TEST_CASE("invalidation: a remapped page keeps its stale IOTLB entry until softw
   test::VtdTables t(b.mem, 0x100000);
   const std::uint64_t slpt = t.domain(kRid, 7);
   t.map(slpt, 0x4000'0000, 0x30000);
-  b.unit.set_root_table(t.rtaddr);
-  b.unit.enable(true);
+  t.program(b.regs);
   std::uint32_t v1 = 0x1111, v2 = 0x2222, v3 = 0x3333;
   test::run(b.dev, [&] {
     CHECK(b.dev.access(true, 0x4000'0000, &v1, 4, kRid) == tlm::TLM_OK_RESPONSE);
     t.map(slpt, 0x4000'0000, 0x60000);  // software moves the page, no invalidation yet
     CHECK(b.dev.access(true, 0x4000'0004, &v2, 4, kRid) == tlm::TLM_OK_RESPONSE);
-    b.unit.iotlb_invalidate_page(7, 0x4000'0000);
+    test::invalidate_page(b.regs, 7, 0x4000'0000);
     CHECK(b.dev.access(true, 0x4000'0008, &v3, 4, kRid) == tlm::TLM_OK_RESPONSE);
   });
   CHECK(b.mem.read(0x30000, 4) == 0x1111);
@@ -240,8 +238,7 @@ TEST_CASE("the root complex hands a request's PASID prefix to the IOMMU") {
   test::VtdTables t(b.mem, 0x100000);
   const std::uint64_t slpt = t.domain(kRid, 7);
   t.map(slpt, 0x4000'0000, 0x30000);
-  b.unit.set_root_table(t.rtaddr);
-  b.unit.enable(true);
+  t.program(b.regs);
   std::uint8_t x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
   test::run(b.dev, [&] {
     CHECK(b.dev.access(true, 0x4000'0000, x, 8, kRid) == tlm::TLM_OK_RESPONSE);

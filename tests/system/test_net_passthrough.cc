@@ -165,6 +165,18 @@ TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the vi
   CHECK(r.at("vm.victim.workload0.end_cycle") > r.at("vm.rogue.workload1.end_cycle"));
   // The same VF's legitimate DMA works: every request got its echo.
   CHECK(r.at("vm.rogue.workload0.replies") == 50);
+  // The hypervisor programmed the IOMMU only through its register set and
+  // queue: bring-up (QIE, SRTP, TE; global context and IOTLB invalidation),
+  // the VF's device/domain invalidation, interrupt remapping (SIRTP, IRE;
+  // an IEC invalidation): three waited-for batches, eight descriptors.
+  CHECK(r.at("hypervisor.passthrough.iommu_driver.submissions") == 3);
+  CHECK(r.at("system.iommu_regs.descriptors") == 8);
+  CHECK(r.at("system.iommu_regs.waits") == 3);
+  CHECK(r.at("system.iommu_regs.commands") == 5);
+  CHECK(r.at("system.iommu_regs.queue_errors") == 0);
+  CHECK(r.at("system.iommu_regs.unimplemented") == 0);
+  CHECK(r.at("system.iommu.invalidations") == 4);
+  CHECK(r.at("hypervisor.passthrough.iommu_driver.polls") >= 3);  // the unit takes time
 }
 
 TEST_CASE("S4: IOTLB misses per MiB fall with 2 MiB IOMMU mappings, and throughput drops where the IOTLB misses",
