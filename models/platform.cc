@@ -89,6 +89,10 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.send_ipi = [this, i](std::uint32_t dest, std::uint8_t vector) { m_irq.ipi(i, dest, vector); };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }
+  if (p.caches.coherence.enabled) {
+    m_coherence = std::make_unique<Coherence>(p.caches.coherence, &m_stats);
+    for (auto& h : m_caches) m_coherence->join(*h);
+  }
   if (threads == 2)
     for (unsigned i = 0; i + 1 < m_cores.size(); i += 2) {
       m_cores[i]->set_sibling(m_cores[i + 1].get());
@@ -100,6 +104,10 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     m_iommu_mem = std::make_unique<IommuTableMemory>(m_mem, &m_llc, p.root_complex);
     m_iommu = std::make_unique<iommu::Iommu>(p.iommu, *m_iommu_mem, &m_stats);
     m_rc = std::make_unique<RootComplex>("root_complex", p.root_complex, m_mem, m_iommu.get(), &m_llc, &m_stats);
+    if (m_coherence) {
+      m_iommu_mem->attach_coherence(m_coherence.get());
+      m_rc->attach_coherence(m_coherence.get());
+    }
     // Device MSIs go to the interrupt fabric (through interrupt remapping
     // when software enables it).
     m_rc->bind_msi_sink(&m_irq);
