@@ -16,6 +16,8 @@ Coherence::Coherence(const CoherenceParams& params, stats::Group* parent) : m_pa
 void Coherence::join(MemHierarchy& h) {
   h.attach_coherence(this);
   m_members.push_back(&h);
+  if (m_members.size() > 1)
+    for (MemHierarchy* m : m_members) m->set_has_peers();
 }
 
 PeerState Coherence::snoop(MemHierarchy& requester, std::uint64_t pa, bool write) {

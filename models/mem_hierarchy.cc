@@ -69,7 +69,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     const bool llc_hit = m_llc->access(pa, false, &wb3);
     bool dram = !llc_hit;
     cycles = llc_hit ? m_llc->latency() : m_llc->latency() + m_dram_latency;
-    const PeerState peers = m_coherence ? m_coherence->snoop(*this, pa, write) : PeerState::None;
+    const PeerState peers = m_has_peers ? m_coherence->snoop(*this, pa, write) : PeerState::None;
     if (peers != PeerState::None) {
       // Another core holds the line: it, not DRAM, supplies what the LLC
       // lacks. A load leaves both cores Shared.

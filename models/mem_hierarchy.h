@@ -91,8 +91,9 @@ class MemHierarchy {
   // For the coherence directory (models/coherence.cc). Snoops of pa's line
   // in this core's private caches; each returns the or of the line's
   // previous Cache::state() over L1I, L1D and L2 (0: no copy).
-  /// Called by Coherence::join.
+  /// Called by Coherence::join; has_peers once another hierarchy joined.
   void attach_coherence(Coherence* c);
+  void set_has_peers() { m_has_peers = true; }
   /// Drops every copy (another core's store, a DMA write).
   std::uint64_t snoop_invalidate(std::uint64_t pa);
   /// Makes every copy Shared and clean (another core's load).
@@ -114,6 +115,7 @@ class MemHierarchy {
   Cache* m_llc;
   std::uint32_t m_dram_latency;
   Coherence* m_coherence = nullptr;                // null: not coherent
+  bool m_has_peers = false;                        // other cores joined the directory
   std::unique_ptr<CoherenceStats> m_coh_stats;     // exists once coherent
 };
 
