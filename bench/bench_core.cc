@@ -2,6 +2,8 @@
 // not what it simulates).
 //
 //   bench_core load    [N]   N loads on the L1 DTLB / L1D hit path, paging on
+//   bench_core store   [N]   N stores on the same path, to L1D lines the core
+//                            owns (the coherence ownership check)
 //   bench_core exit    [N]   N CPUID VM-exit round trips under a minimal root loop
 //   bench_core hv-exit [N]   the full hypervisor and guest kernel running a
 //                            cpuid_loop workload of N iterations
@@ -135,10 +137,11 @@ int run_bounded(const char* mode) {
 }
 
 // ---------------------------------------------------------------------------
-// load: root-mode software with IA-32e paging on, loads that hit in the L1
-// DTLB and the L1D.
+// load (store): root-mode software with IA-32e paging on, loads (stores)
+// that hit in the L1 DTLB and the L1D.
 
-int bench_load(std::uint64_t n) {
+int bench_load(std::uint64_t n, bool stores) {
+  const char* mode = stores ? "store" : "load";
   vmx::stats::Group root;
   vmx::models::Platform platform(one_core_platform(), &root);
 
@@ -149,7 +152,7 @@ int bench_load(std::uint64_t n) {
   constexpr std::uint64_t kData = 0x8000;  // four pages: [32 KiB, 48 KiB)
   constexpr unsigned kPages = 4, kLinesPerPage = 8;
 
-  vmx::sim::Fiber sw("bench.load", [&] {
+  vmx::sim::Fiber sw(stores ? "bench.store" : "bench.load", [&] {
     Core& c = Core::current();
     namespace pte = vmx::mmu::pte;
     const std::uint64_t table = pte::kPresent | pte::kWritable;
@@ -170,6 +173,7 @@ int bench_load(std::uint64_t n) {
     for (std::uint64_t i = 0; i < kPages * kLinesPerPage; ++i) c.load(addr(i));
 
     const std::uint64_t loads0 = c.stats().loads.value();
+    const std::uint64_t stores0 = c.stats().stores.value();
     const std::uint64_t walks0 = counter(root, "system.cpu0.walker.walks");
     const std::uint64_t dtlb_miss0 = counter(root, "system.cpu0.tlb.dtlb.misses");
     const std::uint64_t l1d_miss0 = counter(root, "system.cpu0_mem.l1d.misses");
@@ -177,26 +181,29 @@ int bench_load(std::uint64_t n) {
     const std::uint64_t cyc0 = c.now();
     std::uint64_t sum = 0;
     const auto t0 = Clock::now();
-    for (std::uint64_t i = 0; i < n; ++i) sum += c.load(addr(i));
+    if (stores)
+      for (std::uint64_t i = 0; i < n; ++i) c.store(addr(i), i);
+    else
+      for (std::uint64_t i = 0; i < n; ++i) sum += c.load(addr(i));
     const auto t1 = Clock::now();
     const std::uint64_t cycles = c.now() - cyc0;
-    const std::uint64_t loads = c.stats().loads.value() - loads0;
+    const std::uint64_t ops = stores ? c.stats().stores.value() - stores0 : c.stats().loads.value() - loads0;
 
-    print_rate("load", "load", n, seconds(t1 - t0), kLoadTargetPerSec);
-    std::printf("load.simulated_loads: %llu\n", static_cast<unsigned long long>(loads));
-    std::printf("load.simulated_cycles_per_load: %.3f\n", static_cast<double>(cycles) / static_cast<double>(n));
-    std::printf("load.dtlb_misses: %llu\n",
+    print_rate(mode, mode, n, seconds(t1 - t0), kLoadTargetPerSec);
+    std::printf("%s.simulated_%ss: %llu\n", mode, mode, static_cast<unsigned long long>(ops));
+    std::printf("%s.simulated_cycles_per_%s: %.3f\n", mode, mode, static_cast<double>(cycles) / static_cast<double>(n));
+    std::printf("%s.dtlb_misses: %llu\n", mode,
                 static_cast<unsigned long long>(counter(root, "system.cpu0.tlb.dtlb.misses") - dtlb_miss0));
-    std::printf("load.page_walks: %llu\n",
+    std::printf("%s.page_walks: %llu\n", mode,
                 static_cast<unsigned long long>(counter(root, "system.cpu0.walker.walks") - walks0));
-    std::printf("load.l1d_misses: %llu\n",
+    std::printf("%s.l1d_misses: %llu\n", mode,
                 static_cast<unsigned long long>(counter(root, "system.cpu0_mem.l1d.misses") - l1d_miss0));
-    std::printf("load.systemc_syncs: %llu\n", static_cast<unsigned long long>(c.stats().syncs.value() - syncs0));
-    std::printf("load.checksum: %llu\n", static_cast<unsigned long long>(sum));
+    std::printf("%s.systemc_syncs: %llu\n", mode, static_cast<unsigned long long>(c.stats().syncs.value() - syncs0));
+    std::printf("%s.checksum: %llu\n", mode, static_cast<unsigned long long>(sum));
     finish();
   });
   platform.core(0).set_reset_fiber(&sw);
-  return run_bounded("load");
+  return run_bounded(mode);
 }
 
 // ---------------------------------------------------------------------------
@@ -430,6 +437,7 @@ int bench_hv_exit(std::uint64_t n) {
 int usage() {
   std::fprintf(stderr,
                "usage: bench_core load [N]      host ns per load on the TLB-hit path (default N 20000000)\n"
+               "       bench_core store [N]     host ns per store on the same path, to owned lines (default 20000000)\n"
                "       bench_core exit [N]      host ns per CPUID exit round trip, minimal root loop (default 2000000)\n"
                "       bench_core hv-exit [N]   the same through the full hypervisor (default 500000)\n"
                "       bench_core walk [N]      host ns per 2D walk, walk caches on, and per TLB-hit load "
@@ -451,7 +459,8 @@ int main(int argc, char** argv) {
   }
   setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
   try {
-    if (mode == "load") return bench_load(n ? n : 20'000'000);
+    if (mode == "load") return bench_load(n ? n : 20'000'000, false);
+    if (mode == "store") return bench_load(n ? n : 20'000'000, true);
     if (mode == "exit") return bench_exit(n ? n : 2'000'000);
     if (mode == "hv-exit") return bench_hv_exit(n ? n : 500'000);
     if (mode == "walk") return bench_walk(n ? n : 5'000'000, true);

@@ -35,9 +35,9 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
 
 const std::uint64_t* Cache::find(std::uint64_t line_addr) const {
   const std::uint64_t* set = set_of(line_addr);
-  const std::uint64_t key = (line_addr << 1) | 1;
+  const std::uint64_t key = (line_addr << 2) | kStateBits;
   for (std::uint32_t w = 0; w < m_params.ways; ++w)
-    if ((set[w] | 1) == key) return &set[w];
+    if ((set[w] | kStateBits) == key) return &set[w];
   return nullptr;
 }
 
@@ -49,55 +49,91 @@ void Cache::insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* wr
   if (writeback) *writeback = kNoWriteback;
   if (victim != kInvalid) {
     ++m_stats.evictions;
-    if (victim & 1) {
+    if (victim & kDirty) {
       ++m_stats.writebacks;
-      if (writeback) *writeback = (victim >> 1) << m_line_shift;
+      if (writeback) *writeback = (victim >> 2) << m_line_shift;
     }
   }
 }
 
-bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
+Cache::Lookup Cache::lookup(std::uint64_t pa, std::uint64_t set_bits) {
   const std::uint64_t line_addr = pa >> m_line_shift;
   ++m_stats.accesses;
   std::uint64_t* set = set_of(line_addr);
-  const std::uint64_t key = (line_addr << 1) | 1;
+  const std::uint64_t key = (line_addr << 2) | kStateBits;
   const std::uint32_t ways = m_params.ways;
   for (std::uint32_t w = 0; w < ways; ++w) {
     const std::uint64_t word = set[w];
-    if ((word | 1) == key) {
+    if ((word | kStateBits) == key) {
       ++m_stats.hits;
       // Becomes most recently used: the more recent ways move down one.
       for (std::uint32_t v = w; v > 0; --v) set[v] = set[v - 1];
-      set[0] = word | std::uint64_t(write);
-      if (writeback) *writeback = kNoWriteback;
-      return true;
+      set[0] = word | set_bits;
+      return (word & kOwned) ? kHit : kHitShared;
     }
   }
   ++m_stats.misses;
-  insert_mru(set, (line_addr << 1) | std::uint64_t(write), writeback);
+  return kMiss;
+}
+
+void Cache::fill(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback) {
+  const std::uint64_t line_addr = pa >> m_line_shift;
+  insert_mru(set_of(line_addr), (line_addr << 2) | (state & kStateBits), writeback);
+}
+
+bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
+  const std::uint64_t bits = write ? kDirty | kOwned : 0;
+  if (lookup(pa, bits) != kMiss) {
+    // A hit evicts nothing, so there is no writeback to pass down.
+    if (writeback) *writeback = kNoWriteback;
+    return true;
+  }
+  fill(pa, kOwned | bits, writeback);
   return false;
 }
 
 void Cache::receive_writeback(std::uint64_t pa, std::uint64_t* writeback) {
   const std::uint64_t line_addr = pa >> m_line_shift;
   ++m_stats.writebacks_received;
-  std::uint64_t* set = set_of(line_addr);
-  const std::uint64_t key = (line_addr << 1) | 1;
-  for (std::uint32_t w = 0; w < m_params.ways; ++w) {
-    if ((set[w] | 1) == key) {
-      set[w] = key;  // dirty; recency unchanged
-      if (writeback) *writeback = kNoWriteback;
-      return;
-    }
+  // Only an owner holds a line dirty, so the written-back line is owned.
+  if (std::uint64_t* word = find(line_addr)) {
+    *word |= kDirty | kOwned;  // recency unchanged
+    if (writeback) *writeback = kNoWriteback;
+    return;
   }
-  insert_mru(set, key, writeback);
+  insert_mru(set_of(line_addr), (line_addr << 2) | kDirty | kOwned, writeback);
 }
 
 bool Cache::probe(std::uint64_t pa) const { return find(pa >> m_line_shift) != nullptr; }
 
 bool Cache::probe_dirty(std::uint64_t pa) const {
   const std::uint64_t* word = find(pa >> m_line_shift);
-  return word && (*word & 1);
+  return word && (*word & kDirty);
+}
+
+std::uint64_t Cache::state(std::uint64_t pa) const {
+  const std::uint64_t* word = find(pa >> m_line_shift);
+  return word ? kPresent | (*word & kStateBits) : 0;
+}
+
+std::uint64_t Cache::downgrade(std::uint64_t pa, std::uint64_t bits) {
+  std::uint64_t* word = find(pa >> m_line_shift);
+  if (!word) return 0;
+  const std::uint64_t before = kPresent | (*word & kStateBits);
+  *word &= ~(bits & kStateBits);
+  return before;
+}
+
+std::uint64_t Cache::invalidate(std::uint64_t pa) {
+  const std::uint64_t line_addr = pa >> m_line_shift;
+  std::uint64_t* word = find(line_addr);
+  if (!word) return 0;
+  const std::uint64_t before = kPresent | (*word & kStateBits);
+  // The less recently used ways move up one, keeping empty ways last.
+  std::uint64_t* set = set_of(line_addr);
+  for (std::uint64_t* w = word; w + 1 < set + m_params.ways; ++w) *w = *(w + 1);
+  set[m_params.ways - 1] = kInvalid;
+  return before;
 }
 
 void Cache::invalidate_all() { std::fill(m_store.begin(), m_store.end(), kInvalid); }

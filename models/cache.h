@@ -1,6 +1,8 @@
 // A set-associative cache timing model: tags, true LRU, write-back
-// write-allocate with dirty bits. Data lives in models::PhysMem; the cache
-// only decides hit or miss and which line is replaced.
+// write-allocate with dirty bits, and the ownership bit the coherence
+// directory keeps in the private caches (models/coherence.h). Data lives in
+// models::PhysMem; the cache only decides hit or miss, which line is
+// replaced, and what state a line is in.
 #pragma once
 
 #include <cstddef>
@@ -122,27 +124,64 @@ class Cache {
   /// Value of a writeback out-parameter when no dirty line was evicted.
   static constexpr std::uint64_t kNoWriteback = ~0ull;
 
+  /// State bits kept with each line's tag. kDirty: written since the fill
+  /// (write-back). kOwned: the holder has the only copy among the cores'
+  /// private caches (MESI Exclusive, or Modified with kDirty), so a store
+  /// needs no request to the LLC; a line without it is Shared. Only the
+  /// private caches give the bit a meaning (models/coherence.h); lines that
+  /// access() fills are owned. kPresent is or-ed into the state returned by
+  /// state(), downgrade() and invalidate() when the line is present.
+  static constexpr std::uint64_t kDirty = 1, kOwned = 2, kPresent = 4;
+
+  /// Outcome of lookup(): a miss, a hit on an owned line, or a hit on a
+  /// line this cache held without ownership (Shared).
+  enum Lookup : std::uint8_t { kMiss = 0, kHit = 1, kHitShared = 3 };
+
   /// Throws std::invalid_argument naming the cache and the parameter unless
   /// ways, line and size are non-zero, line is a power of two, and
   /// size / (ways * line) is a whole power-of-two number of sets.
   Cache(const CacheParams& params, stats::Group* parent, const std::string& name);
 
   /// A demand access. Returns true on a hit. A hit makes the line most
-  /// recently used; a miss fills it (write-allocate), replacing the least
-  /// recently used way. A write marks the line dirty (write-back). If a
-  /// dirty line is evicted and writeback is non-null, *writeback receives its
-  /// line address, else kNoWriteback.
+  /// recently used; a miss fills it (write-allocate, owned), replacing the
+  /// least recently used way. A write marks the line dirty (write-back). If
+  /// a dirty line is evicted and writeback is non-null, *writeback receives
+  /// its line address, else kNoWriteback. lookup() then fill() on a miss is
+  /// the same access split in two, for a caller that decides the new line's
+  /// state in between.
   bool access(std::uint64_t pa, bool write, std::uint64_t* writeback = nullptr);
 
+  /// The lookup half of a demand access: counts it, and on a hit makes the
+  /// line most recently used and ors set_bits (kDirty, kOwned) into its
+  /// state. Returns kHitShared when the line was there without kOwned
+  /// before set_bits were applied.
+  Lookup lookup(std::uint64_t pa, std::uint64_t set_bits);
+
+  /// The fill half: allocates pa's line, which lookup() just missed, as the
+  /// most recently used with the given state bits, replacing the least
+  /// recently used way (*writeback as in access()).
+  void fill(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback);
+
   /// A dirty line written back into this cache by the level above: marks the
-  /// line dirty if present (its LRU position is unchanged: the core did not
-  /// use it), else allocates it dirty, which may evict a line as access does.
+  /// line dirty (and owned) if present (its LRU position is unchanged: the
+  /// core did not use it), else allocates it dirty, which may evict a line
+  /// as access does.
   void receive_writeback(std::uint64_t pa, std::uint64_t* writeback = nullptr);
 
   /// True if the line holding pa is present. Changes nothing.
   bool probe(std::uint64_t pa) const;
   /// True if the line holding pa is present and dirty. Changes nothing.
   bool probe_dirty(std::uint64_t pa) const;
+  /// kPresent | the state bits of pa's line, or 0 when it is absent.
+  /// Changes nothing.
+  std::uint64_t state(std::uint64_t pa) const;
+
+  /// Snoops for the coherence directory; neither counts as an access nor
+  /// changes the recency order. downgrade() clears `bits` of pa's line if
+  /// present; invalidate() drops the line (its data is in PhysMem, so no
+  /// writeback is counted). Both return the line's previous state().
+  std::uint64_t downgrade(std::uint64_t pa, std::uint64_t bits);
+  std::uint64_t invalidate(std::uint64_t pa);
 
   /// Drops every line (INVD-like; contents are in PhysMem, so nothing is
   /// lost, and no writeback is counted).
@@ -163,13 +202,13 @@ class Cache {
  private:
   // Each set is a contiguous row of `ways` 64-bit words kept in recency
   // order, most recently used first: true LRU without stamps, the victim is
-  // the last word. A word holds (line address << 1) | dirty; kInvalid marks
-  // an empty way, and empty ways always sit after the valid ones. A word
-  // matches line address a when (word | 1) == (a << 1 | 1), one compare for
-  // valid and tag (kInvalid cannot match: a line address has at most 63
-  // significant bits once lines are 2 bytes or more; with 1-byte lines a
-  // physical address must stay below 2^63 - 1).
+  // the last word. A word holds (line address << 2) | state bits; kInvalid
+  // marks an empty way, and empty ways always sit after the valid ones. A
+  // word matches line address a when (word | 3) == (a << 2 | 3), one compare
+  // for valid and tag (kInvalid cannot match: physical addresses are below
+  // 2^52, MAXPHYADDR, so a line address has at most 52 significant bits).
   static constexpr std::uint64_t kInvalid = ~0ull;
+  static constexpr std::uint64_t kStateBits = kDirty | kOwned;
 
   std::uint64_t* set_of(std::uint64_t line_addr) {
     return m_store.data() + m_base + (line_addr & m_set_mask) * m_params.ways;
@@ -179,6 +218,9 @@ class Cache {
   }
   /// The word of line_addr's line, or null when absent.
   const std::uint64_t* find(std::uint64_t line_addr) const;
+  std::uint64_t* find(std::uint64_t line_addr) {
+    return const_cast<std::uint64_t*>(static_cast<const Cache*>(this)->find(line_addr));
+  }
   /// Inserts word as the most recently used line of set, dropping the least
   /// recently used way; counts and reports its eviction (writeback).
   void insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback);

@@ -31,30 +31,107 @@ std::uint32_t MemHierarchy::access(std::uint64_t pa, AccessKind kind) {
     case AccessKind::Write: ++m_stats.writes; break;
     case AccessKind::Walk: ++m_stats.walks; break;
   }
-  std::uint64_t wb1 = Cache::kNoWriteback, wb2 = Cache::kNoWriteback, wb3 = Cache::kNoWriteback;
+  const bool write = kind == AccessKind::Write;
+  // A store dirties its L1 line and owns it (gain_ownership below makes that
+  // true when the line was Shared).
+  const Cache::Lookup r = l1->lookup(pa, write ? Cache::kDirty | Cache::kOwned : 0);
   std::uint32_t cycles;
-  // Lower levels see a read for ownership; only the L1 line becomes dirty.
-  if (l1->access(pa, kind == AccessKind::Write, &wb1)) {
-    // A hit evicts nothing, so there is no writeback to pass down.
+  if (r == Cache::kHit || (r == Cache::kHitShared && !write))
     cycles = l1->latency();
-    m_stats.cycles += cycles;
-    return cycles;
-  }
+  else if (r == Cache::kMiss)
+    cycles = miss(pa, kind, *l1);
+  else
+    cycles = gain_ownership(pa);  // only coherent hierarchies hold lines Shared
+  m_stats.cycles += cycles;
+  return cycles;
+}
+
+// The L1 missed: the L2, then the LLC, the other cores (when coherent) and
+// DRAM. The L1 and L2 lines are filled once the line's state is known.
+std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
+  const bool write = kind == AccessKind::Write;
   // Host speed only: start fetching the LLC's tags for pa while the L2 looks.
   m_llc->host_prefetch(pa);
-  if (m_l2.access(pa, false, &wb2)) {
+  std::uint64_t wb1 = Cache::kNoWriteback, wb2 = Cache::kNoWriteback, wb3 = Cache::kNoWriteback;
+  std::uint32_t cycles;
+  std::uint64_t state = Cache::kOwned;  // this core's state of the line afterwards
+  // Lower levels see a read for ownership; only the L1 line becomes dirty.
+  const Cache::Lookup r2 = m_l2.lookup(pa, write ? Cache::kOwned : 0);
+  if (r2 != Cache::kMiss) {
     cycles = m_l2.latency();
-  } else if (m_llc->access(pa, false, &wb3)) {
-    cycles = m_llc->latency();
+    if (r2 == Cache::kHitShared) {
+      if (write)
+        cycles = gain_ownership(pa);
+      else
+        state = 0;
+    }
   } else {
-    ++m_stats.dram_accesses;
-    cycles = m_llc->latency() + m_dram_latency;
+    const bool llc_hit = m_llc->access(pa, false, &wb3);
+    bool dram = !llc_hit;
+    cycles = llc_hit ? m_llc->latency() : m_llc->latency() + m_dram_latency;
+    const PeerState peers = m_has_peers ? m_coherence->snoop(*this, pa, write) : PeerState::None;
+    if (peers != PeerState::None) {
+      // Another core holds the line: it, not DRAM, supplies what the LLC
+      // lacks. A load leaves both cores Shared.
+      const CoherenceParams& cp = m_coherence->params();
+      dram = false;
+      if (!write) state = 0;
+      bool waited = true;
+      if (peers == PeerState::Modified) {
+        cycles = cp.transfer_latency;
+        ++m_coh_stats->transfers;
+        if (!write) writeback_to_llc(pa);  // the former owner's data; clean in both cores now
+      } else if (write) {
+        cycles = cp.invalidate_latency;
+      } else if (peers == PeerState::Exclusive || !llc_hit) {
+        cycles = cp.snoop_latency;
+        ++m_coh_stats->snoop_hits;
+      } else {
+        waited = false;  // Shared with others and in the LLC: a plain LLC hit
+      }
+      if (waited) m_coh_stats->cycles += cycles;
+    }
+    if (dram) ++m_stats.dram_accesses;
+    m_l2.fill(pa, state, &wb2);
   }
+  l1.fill(pa, write ? state | Cache::kDirty : state, &wb1);
   if (wb1 != Cache::kNoWriteback) writeback_to_l2(wb1);
   if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
   if (wb3 != Cache::kNoWriteback) ++m_stats.dram_writebacks;
-  m_stats.cycles += cycles;
   return cycles;
+}
+
+// A store to a line this core holds Shared: a read for ownership to the LLC,
+// which invalidates the other cores' copies first if there are any.
+std::uint32_t MemHierarchy::gain_ownership(std::uint64_t pa) {
+  const PeerState peers = m_coherence->snoop(*this, pa, true);
+  const std::uint32_t cycles =
+      peers == PeerState::None ? m_llc->latency() : m_coherence->params().invalidate_latency;
+  ++m_coh_stats->upgrades;
+  m_coh_stats->cycles += cycles;
+  return cycles;
+}
+
+void MemHierarchy::attach_coherence(Coherence* c) {
+  m_coherence = c;
+  if (!m_coh_stats) m_coh_stats = std::make_unique<CoherenceStats>(&m_stats);
+}
+
+std::uint64_t MemHierarchy::snoop_invalidate(std::uint64_t pa) {
+  const std::uint64_t s = m_l1d.invalidate(pa) | m_l1i.invalidate(pa) | m_l2.invalidate(pa);
+  if (s && m_coh_stats) ++m_coh_stats->invalidations_received;
+  return s;
+}
+
+std::uint64_t MemHierarchy::snoop_downgrade(std::uint64_t pa) {
+  constexpr std::uint64_t kBits = Cache::kOwned | Cache::kDirty;
+  const std::uint64_t s = m_l1d.downgrade(pa, kBits) | m_l1i.downgrade(pa, kBits) | m_l2.downgrade(pa, kBits);
+  if ((s & Cache::kOwned) && m_coh_stats) ++m_coh_stats->downgrades_received;
+  return s;
+}
+
+std::uint64_t MemHierarchy::line_state(std::uint64_t pa) const {
+  return m_l1d.state(pa) | m_l1i.state(pa) | m_l2.state(pa);
 }
 
 void MemHierarchy::writeback_to_l2(std::uint64_t line_pa) {

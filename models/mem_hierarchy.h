@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "models/cache.h"
+#include "models/coherence.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -17,13 +19,17 @@ namespace vmx::models {
 /// use the L1D.
 enum class AccessKind : std::uint8_t { Fetch, Read, Write, Walk };
 
-/// The private levels of one core and the DRAM latency. The shared LLC has
-/// its own LlcParams, owned by the platform that builds it.
+/// The private levels of one core, the DRAM latency and the coherence of
+/// the cores' private caches. The shared LLC has its own LlcParams, owned by
+/// the platform that builds it; the platform also builds the coherence
+/// directory (models/coherence.h) when coherence.enabled and joins each
+/// core's hierarchy to it. A hierarchy that joins none is not coherent.
 struct MemHierarchyParams {
   L1iParams l1i;
   L1dParams l1d;
   L2Params l2;
   std::uint32_t dram_latency;  // core cycles beyond the LLC's latency
+  CoherenceParams coherence;
 
   template <class V>
   void visit(V& v) {
@@ -33,6 +39,7 @@ struct MemHierarchyParams {
     v.param(dram_latency, "dram_latency", "204", cfg::Spec(cfg::Unit::Cycles),
             "Core cycles a DRAM access adds to the LLC's load-to-use latency. Default: 204; 7-cpu.com "
             "measures Skylake i7-6700 RAM latency as 42 cycles + 51 ns, and 51 ns at its 4 GHz is 204 cycles.");
+    v.section(coherence, "coherence", "Coherence of the cores' private caches: a MESI directory at the LLC.");
   }
 };
 
@@ -65,6 +72,8 @@ class MemHierarchy {
   /// victims are written back into the next level (L1 -> L2 -> LLC -> DRAM)
   /// after the demand access; writebacks add no latency (write buffers).
   /// A Write is timed like a load; store buffering is the core's business.
+  /// Joined to a coherence directory, an access that involves another core
+  /// costs what models/coherence.h lists instead.
   std::uint32_t access(std::uint64_t pa, AccessKind kind);
 
   const Cache& l1i() const { return m_l1i; }
@@ -76,7 +85,26 @@ class MemHierarchy {
   /// Drops the contents of the private caches (the shared LLC is untouched).
   void invalidate_private();
 
+  /// The coherence group of the statistics, or null when not coherent.
+  const CoherenceStats* coherence_stats() const { return m_coh_stats.get(); }
+
+  // For the coherence directory (models/coherence.cc). Snoops of pa's line
+  // in this core's private caches; each returns the or of the line's
+  // previous Cache::state() over L1I, L1D and L2 (0: no copy).
+  /// Called by Coherence::join; has_peers once another hierarchy joined.
+  void attach_coherence(Coherence* c);
+  void set_has_peers() { m_has_peers = true; }
+  /// Drops every copy (another core's store, a DMA write).
+  std::uint64_t snoop_invalidate(std::uint64_t pa);
+  /// Makes every copy Shared and clean (another core's load).
+  std::uint64_t snoop_downgrade(std::uint64_t pa);
+  /// Changes nothing.
+  std::uint64_t line_state(std::uint64_t pa) const;
+  void count_invalidation_sent() { ++m_coh_stats->invalidations_sent; }
+
  private:
+  std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
+  std::uint32_t gain_ownership(std::uint64_t pa);
   void writeback_to_l2(std::uint64_t line_pa);
   void writeback_to_llc(std::uint64_t line_pa);
 
@@ -86,6 +114,9 @@ class MemHierarchy {
   Cache m_l2;
   Cache* m_llc;
   std::uint32_t m_dram_latency;
+  Coherence* m_coherence = nullptr;                // null: not coherent
+  bool m_has_peers = false;                        // other cores joined the directory
+  std::unique_ptr<CoherenceStats> m_coh_stats;     // exists once coherent
 };
 
 }  // namespace vmx::models

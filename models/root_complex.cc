@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "models/cache.h"
+#include "models/coherence.h"
 #include "models/phys_mem.h"
 #include "sim/event_trace.h"
 
@@ -32,6 +33,12 @@ IommuTableMemory::IommuTableMemory(PhysMem& mem, Cache* llc, const RootComplexPa
     : m_mem(mem), m_llc(llc), m_memory_latency(p.memory_latency), m_llc_latency(p.llc_latency) {}
 
 std::uint32_t IommuTableMemory::cost(std::uint64_t pa, bool write) {
+  if (m_coherence) {
+    if (write)
+      m_coherence->dma_write(pa);
+    else
+      m_coherence->dma_read(pa);
+  }
   if (!m_llc) return m_memory_latency;
   return m_llc->access(pa, write) ? m_llc_latency : m_llc_latency + m_memory_latency;
 }
@@ -116,6 +123,18 @@ bool RootComplex::llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write) {
     }
   }
   return miss;
+}
+
+void RootComplex::snoop_cores(std::uint64_t hpa, std::uint64_t len, bool write) {
+  // DMA is snooped on x86: a write invalidates the cores' copies of each
+  // line it touches (its data replaces theirs in memory), a read takes the
+  // current data (PhysMem holds it) and leaves their copies alone.
+  for (std::uint64_t line = hpa & ~(kLine - 1); line < hpa + len; line += kLine) {
+    if (write)
+      m_coherence->dma_write(line);
+    else
+      m_coherence->dma_read(line);
+  }
 }
 
 void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time& delay) {
@@ -213,6 +232,7 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
     else
       m_mem.read_bytes(hpa[i], data, size[i]);
     data += size[i];
+    if (m_coherence) snoop_cores(hpa[i], size[i], write);
     if (m_llc && llc_lookup(hpa[i], size[i], write)) miss = true;
   }
   std::uint32_t mcycles = m_llc ? m_params.llc_latency : 0;

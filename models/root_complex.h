@@ -40,6 +40,7 @@
 namespace vmx::models {
 
 class Cache;
+class Coherence;
 class PhysMem;
 
 struct RootComplexParams {
@@ -120,11 +121,15 @@ class IommuTableMemory final : public mmu::TableMemory {
   IommuTableMemory(PhysMem& mem, Cache* llc, const RootComplexParams& p);
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
+  /// Makes the walks coherent with the cores' caches (VT-d ECAP.C, page-walk
+  /// coherency): an entry written invalidates the cores' copies of its line.
+  void attach_coherence(Coherence* c) { m_coherence = c; }
 
  private:
   std::uint32_t cost(std::uint64_t pa, bool write);
   PhysMem& m_mem;
   Cache* m_llc;
+  Coherence* m_coherence = nullptr;
   std::uint32_t m_memory_latency, m_llc_latency;
 };
 
@@ -142,6 +147,9 @@ class RootComplex : public sc_core::sc_module {
 
   /// The interrupt fabric that receives MSIs (may be set after construction).
   void bind_msi_sink(MsiSink* sink) { m_msi = sink; }
+  /// Makes DMA coherent with the cores' caches (models/coherence.h): a DMA
+  /// write invalidates the cores' copies of every line it writes.
+  void attach_coherence(Coherence* c) { m_coherence = c; }
 
   /// CPU-side MMIO: forwards the transaction to the device on mmio_out.
   void mmio(tlm::tlm_generic_payload& trans, sc_core::sc_time& delay);
@@ -162,11 +170,13 @@ class RootComplex : public sc_core::sc_module {
   iommu::TranslateResult translate(const DmaContext& ctx, std::uint64_t addr, bool write, std::uint64_t& hpa,
                                    std::uint32_t& cycles);
   bool llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write);
+  void snoop_cores(std::uint64_t hpa, std::uint64_t len, bool write);
 
   RootComplexParams m_params;
   PhysMem& m_mem;
   iommu::Iommu* m_iommu;
   Cache* m_llc;
+  Coherence* m_coherence = nullptr;
   MsiSink* m_msi = nullptr;
   RootComplexStats m_stats;
   std::unordered_map<std::uint16_t, RequesterStats*> m_requesters;

@@ -151,6 +151,10 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.send_ipi = [this, i](std::uint32_t dest, std::uint8_t vector) { m_irq.ipi(i, dest, vector); };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }
+  if (p.caches.coherence.enabled) {
+    m_coherence = std::make_unique<Coherence>(p.caches.coherence, &m_stats);
+    for (auto& h : m_caches) m_coherence->join(*h);
+  }
   if (threads == 2)
     for (unsigned i = 0; i + 1 < m_cores.size(); i += 2) {
       m_cores[i]->set_sibling(m_cores[i + 1].get());
@@ -174,6 +178,10 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     m_vtd_mmio = std::make_unique<VtdMmio>("vtd", *m_vtd, p.iommu.registers, p.root_complex.frequency, p.frequency);
     m_mmio.attach(kVtdBase, m_vtd->size(), m_vtd_mmio.get(), "vtd");
     m_rc = std::make_unique<RootComplex>("root_complex", p.root_complex, m_mem, m_iommu.get(), &m_llc, &m_stats);
+    if (m_coherence) {
+      m_iommu_mem->attach_coherence(m_coherence.get());
+      m_rc->attach_coherence(m_coherence.get());
+    }
     // Device MSIs go to the interrupt fabric (through interrupt remapping
     // when software enables it).
     m_rc->bind_msi_sink(&m_irq);

@@ -13,6 +13,7 @@
 #include "iommu/iommu.h"
 #include "iommu/vtd_regs.h"
 #include "models/cache.h"
+#include "models/coherence.h"
 #include "models/eth_link.h"
 #include "models/interrupts.h"
 #include "models/io_bus.h"
@@ -113,6 +114,8 @@ class Platform {
   /// The VT-d interrupt-remapping unit in front of the fabric.
   iommu::InterruptRemap& interrupt_remap() { return m_ir; }
   DebugConsole& debugcon() { return m_debugcon; }
+  /// The directory keeping the private caches coherent (null when off).
+  Coherence* coherence() { return m_coherence.get(); }
   /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
   /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
   /// its root table and enables it. CPU MMIO to the NIC's windows goes
@@ -159,6 +162,7 @@ class Platform {
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;  // one per physical core
+  std::unique_ptr<Coherence> m_coherence;               // null when caches.coherence.enabled is false
   std::vector<std::unique_ptr<cpu::Core>> m_cores;
   std::unique_ptr<MmioDevice> m_nic_mmio;  // the NIC's register windows on the MMIO bus
   std::unique_ptr<IommuTableMemory> m_iommu_mem;

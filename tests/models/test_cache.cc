@@ -274,3 +274,31 @@ TEST_CASE("replacement, dirtiness and writebacks match a timestamp LRU reference
   CHECK(c.stats().evictions.value() == ref.evictions);
   CHECK(c.stats().writebacks.value() == ref.writebacks);
 }
+
+TEST_CASE("line states: lookup reports Shared lines, snoops downgrade and invalidate", "[cache][coherence]") {
+  stats::Group root;
+  Cache c(two_way(), &root, "c");
+  CHECK(c.lookup(A, 0) == Cache::kMiss);
+  c.fill(A, 0, nullptr);  // Shared
+  CHECK(c.state(A) == Cache::kPresent);
+  CHECK(c.lookup(A, 0) == Cache::kHitShared);
+  // A store's lookup reports the line was Shared and leaves it owned, dirty.
+  CHECK(c.lookup(A, Cache::kDirty | Cache::kOwned) == Cache::kHitShared);
+  CHECK(c.state(A) == (Cache::kPresent | Cache::kOwned | Cache::kDirty));
+  CHECK(c.lookup(A, 0) == Cache::kHit);
+  // Another core's load: Shared and clean again, recency unchanged.
+  CHECK(c.downgrade(A, Cache::kOwned | Cache::kDirty) == (Cache::kPresent | Cache::kOwned | Cache::kDirty));
+  CHECK(c.state(A) == Cache::kPresent);
+  CHECK(c.downgrade(C, Cache::kOwned) == 0);
+  CHECK(c.stats().accesses.value() == 4);
+  // Another core's store: the line goes; the others keep their LRU order
+  // and the empty way is the next victim, so no valid line is evicted.
+  c.access(B, false);  // set 0: {B, A}
+  CHECK(c.invalidate(A) == Cache::kPresent);
+  CHECK_FALSE(c.probe(A));
+  CHECK(c.invalidate(A) == 0);
+  c.access(C, false);  // set 0: {C, B}
+  CHECK(c.probe(B));
+  CHECK(c.probe(C));
+  CHECK(c.stats().evictions.value() == 0);
+}

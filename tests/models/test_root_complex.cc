@@ -11,7 +11,9 @@
 #include <numeric>
 
 #include "models/cache.h"
+#include "models/coherence.h"
 #include "models/dma_harness.h"
+#include "models/mem_hierarchy.h"
 
 using namespace vmx;
 using models::RootComplex;
@@ -250,4 +252,34 @@ TEST_CASE("the root complex hands a request's PASID prefix to the IOMMU") {
   CHECK(f.has_pasid);
   CHECK(f.pasid == 0x1234);
   CHECK(f.requester_id == kRid);
+}
+
+TEST_CASE("a DMA write invalidates the cores' copies of every line it writes; a read leaves them") {
+  Bench b(false, true);
+  models::Coherence dir(cfg::defaults<models::MemHierarchyParams>().coherence, &b.root);
+  models::MemHierarchy core(cfg::defaults<models::MemHierarchyParams>(), &b.llc, &b.root, "cpu0_mem");
+  dir.join(core);
+  b.rc.attach_coherence(&dir);
+  // The core holds three lines, the first one modified.
+  core.access(0x20000, models::AccessKind::Write);
+  core.access(0x20040, models::AccessKind::Read);
+  core.access(0x20080, models::AccessKind::Read);
+  auto data = pattern(128, 9);
+  std::vector<std::uint8_t> back(192);
+  test::run(b.dev, [&] {
+    CHECK(b.dev.access(false, 0x20000, back.data(), 192, kRid) == tlm::TLM_OK_RESPONSE);
+    CHECK(core.l1d().probe_dirty(0x20000));
+    CHECK(dir.stats().dma_modified_reads.value() == 1);
+    // 128 bytes from 0x20020 touch the lines at 0x20000, 0x20040 and 0x20080.
+    CHECK(b.dev.access(true, 0x20020, data.data(), 128, kRid) == tlm::TLM_OK_RESPONSE);
+  });
+  CHECK_FALSE(core.l1d().probe(0x20000));
+  CHECK_FALSE(core.l1d().probe(0x20040));
+  CHECK_FALSE(core.l1d().probe(0x20080));
+  CHECK_FALSE(core.l2().probe(0x20040));
+  CHECK(dir.stats().dma_invalidations.value() == 3);
+  CHECK(core.coherence_stats()->invalidations_received.value() == 3);
+  // The core's next load misses its own caches and finds the DMA's line in
+  // the LLC (DDIO allocates it there).
+  CHECK(core.access(0x20040, models::AccessKind::Read) == cfg::defaults<models::LlcParams>().latency);
 }
