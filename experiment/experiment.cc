@@ -89,6 +89,57 @@ ExperimentParams load(const cfg::Document& doc) {
                      fmt::format("a multiple of platform.nic.mmio_stride ({}): BARs are naturally aligned",
                                  cfg::format_bytes(nic.mmio_stride)),
                      fmt::format("{:#x}", nic.mmio_base));
+    // Requester IDs (PCIe 5.0 9.3.3.10-11): VF i is PF + first_vf_offset +
+    // i * vf_stride. Past 0xFFFF they would wrap onto the PF or another
+    // function, and the IOMMU would give one requester two owners.
+    const std::uint64_t pf_rid = (std::uint64_t(nic.bus) << 8) | (std::uint64_t(nic.device) << 3);
+    if (nic.vfs > 0) {
+      const std::uint64_t last = pf_rid + nic.first_vf_offset + std::uint64_t(nic.vfs - 1) * nic.vf_stride;
+      if (last > 0xFFFF) {
+        // Blame what the user set; the stride when both or neither were.
+        const bool stride = doc.find("platform.nic.vf_stride") || !doc.find("platform.nic.first_vf_offset");
+        throw error_at(doc, stride ? "platform.nic.vf_stride" : "platform.nic.first_vf_offset",
+                       fmt::format("requester IDs within 16 bits: with platform.nic.first_vf_offset {} and "
+                                   "platform.nic.vf_stride {}, VF {} of platform.nic.vfs {} would be {:#x} (PF {:02x}:{:02x}.0), "
+                                   "which wraps onto other functions",
+                                   nic.first_vf_offset, nic.vf_stride, nic.vfs - 1, nic.vfs, last, nic.bus,
+                                   nic.device),
+                       std::to_string(stride ? nic.vf_stride : nic.first_vf_offset));
+      }
+    }
+    // The register windows: the PF's and one per VF, below MAXPHYADDR (52
+    // bits) and clear of the local APIC / MSI region (0xFEC00000-0xFEFFFFFF).
+    const unsigned __int128 end = static_cast<unsigned __int128>(nic.mmio_base) +
+                                  static_cast<unsigned __int128>(nic.vfs + 1) * nic.mmio_stride;
+    constexpr std::uint64_t kMaxPhys = 1ull << 52, kApicLo = 0xFEC00000, kApicHi = 0xFF000000;
+    if (end > kMaxPhys)
+      throw error_at(doc, "platform.nic.mmio_base",
+                     fmt::format("register windows (platform.nic.vfs + 1 = {} of platform.nic.mmio_stride {}) that end "
+                                 "below the 52-bit physical address width",
+                                 nic.vfs + 1, cfg::format_bytes(nic.mmio_stride)),
+                     fmt::format("{:#x}", nic.mmio_base));
+    if (nic.mmio_base < kApicHi && end > kApicLo)
+      throw error_at(doc, "platform.nic.mmio_base",
+                     fmt::format("register windows clear of the APIC and MSI region {:#x}-{:#x} (they span "
+                                 "{:#x}-{:#x})",
+                                 kApicLo, kApicHi - 1, nic.mmio_base, static_cast<std::uint64_t>(end) - 1),
+                     fmt::format("{:#x}", nic.mmio_base));
+    if (nic.mmio_base < p.platform.memory) {
+      // Blame what the user set: the memory if the window is where it always is.
+      if (!doc.find("platform.nic.mmio_base"))
+        throw error_at(doc, "platform.memory",
+                       fmt::format("at most {} with a NIC: its register window is at platform.nic.mmio_base "
+                                   "({:#x}), and the platform has no memory hole (or move mmio_base above the "
+                                   "memory)",
+                                   cfg::format_bytes(p.platform.nic.device.mmio_base),
+                                   p.platform.nic.device.mmio_base),
+                       cfg::format_bytes(p.platform.memory));
+      throw error_at(doc, "platform.nic.mmio_base",
+                     fmt::format("an address above platform.memory ({}), where the NIC's registers do not "
+                                 "overlap RAM",
+                                 cfg::format_bytes(p.platform.memory)),
+                     fmt::format("{:#x}", p.platform.nic.device.mmio_base));
+    }
     const std::uint64_t cores = p.platform.cores * p.platform.smt;
     if (p.hypervisor.host_nic.core >= cores)
       throw error_at(doc, "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),
@@ -160,22 +211,6 @@ ExperimentParams load(const cfg::Document& doc) {
       if (vm.paging != "ept")
         throw error_at(doc, at + ".paging", "ept for a VM with a passed-through VF (its IOMMU domain is the EPT)",
                        vm.paging);
-    }
-    if (vm.nic.type != "none" && p.platform.nic.device.mmio_base < p.platform.memory) {
-      // Blame what the user set: the memory if the window is where it always is.
-      if (!doc.find("platform.nic.mmio_base"))
-        throw error_at(doc, "platform.memory",
-                       fmt::format("at most {} with a NIC: its register window is at platform.nic.mmio_base "
-                                   "({:#x}), and the platform has no memory hole (or move mmio_base above the "
-                                   "memory)",
-                                   cfg::format_bytes(p.platform.nic.device.mmio_base),
-                                   p.platform.nic.device.mmio_base),
-                       cfg::format_bytes(p.platform.memory));
-      throw error_at(doc, "platform.nic.mmio_base",
-                     fmt::format("an address above platform.memory ({}), where the NIC's registers do not "
-                                 "overlap RAM",
-                                 cfg::format_bytes(p.platform.memory)),
-                     fmt::format("{:#x}", p.platform.nic.device.mmio_base));
     }
     if (vm.nic.type == "emulated" && vm.nic.emulated.access == "poll" && p.hypervisor.ept_page_size != (4ull << 10))
       throw error_at(doc, at + ".nic.access",

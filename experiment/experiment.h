@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -144,6 +145,7 @@ struct RunResult {
   bool finished = false;  // every finite workload completed
   std::vector<std::string> vm_notes;  // crashes, panics, killed threads
   std::string events_json;            // the event trace; empty when it is off
+  std::string units_json;             // every statistic's kind, unit and description (units.json)
 };
 
 /// A simulation that can be advanced in steps: built from an experiment,
@@ -170,6 +172,8 @@ class Session {
   /// Every finite workload has completed.
   bool finished() const;
   std::string stats_json();
+  /// Every statistic's kind, unit and description, by path (units.json).
+  std::string units_json() const;
   std::string summary();
   /// The event trace so far as Chrome trace-event JSON; empty when
   /// event_trace.enabled is off.
@@ -188,8 +192,21 @@ class Session {
   System* m_sys;  // deliberately never destroyed: see the destructor
 };
 
+/// Called while a run advances: simulated time reached and the run's end
+/// (its duration), both in picoseconds.
+using Progress = std::function<void(std::uint64_t now_ps, std::uint64_t end_ps)>;
+
 /// Runs a whole experiment: warm-up reset, then to `duration` (or done).
-RunResult run(const ExperimentParams& params, const std::string& resolved_yaml);
+/// With `progress`, the run advances in steps of a 200th of its duration
+/// and reports after each (stepping does not change any statistic).
+RunResult run(const ExperimentParams& params, const std::string& resolved_yaml, const Progress& progress = {});
+
+/// The statistics reference (vmxsim stats, docs/stats.md): every statistic
+/// of `stats` as a Markdown table, instance names generalized (cpu0 -> cpuN,
+/// a VM's name -> <vm>, an exit reason -> <REASON>), each path once.
+std::string stats_reference_markdown(const std::vector<stats::StatInfo>& stats);
+/// The generalized path of one statistic (as the reference lists it).
+std::string generalize_stat_path(const std::string& path);
 
 /// Human-readable summary of a finished run (per VM and vCPU).
 std::string summary(const stats::Group& root, const ExperimentParams& params);

@@ -1,5 +1,6 @@
 // Assembles the platform, the hypervisor and the VMs from an experiment and
 // runs it under SystemC.
+#include <algorithm>
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
@@ -208,6 +209,8 @@ std::string Session::stats_json() {
   return stats::to_json(m_sys->root);
 }
 
+std::string Session::units_json() const { return stats::describe_json(m_sys->root); }
+
 std::string Session::summary() {
   update_gauges();
   return experiment::summary(m_sys->root, m_params);
@@ -235,13 +238,20 @@ std::vector<std::string> Session::notes() const {
   return out;
 }
 
-RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) {
+RunResult run(const ExperimentParams& params, const std::string& resolved_yaml, const Progress& progress) {
   Session s(params, resolved_yaml);
+  const std::uint64_t step = progress ? std::max<std::uint64_t>(params.duration / 200, 1) : params.duration;
+  auto advance_to = [&](std::uint64_t end) {
+    while (s.now_ps() < end && !(params.stop_when_done && s.finished())) {
+      s.run_until(std::min(end, s.now_ps() + step));
+      if (progress) progress(s.now_ps(), params.duration);
+    }
+  };
   if (params.warmup > 0 && params.warmup < params.duration) {
-    s.run_until(params.warmup);
+    advance_to(params.warmup);
     s.reset_stats();
   }
-  s.run_until(params.duration);
+  advance_to(params.duration);
   RunResult res;
   res.simulated_ps = s.now_ps();
   res.finished = s.finished();
@@ -250,6 +260,7 @@ RunResult run(const ExperimentParams& params, const std::string& resolved_yaml) 
   res.resolved_yaml = resolved_yaml;
   res.summary = s.summary();
   res.events_json = s.events_json();
+  res.units_json = s.units_json();
   return res;
 }
 

@@ -20,6 +20,7 @@
 
 #include "cpu/core.h"
 #include "experiment/experiment.h"
+#include "experiment/provenance.h"
 #include "sim/config.h"
 #include "sim/units.h"
 
@@ -35,27 +36,45 @@ PyObject* g_simulation_error = nullptr;
 // Python object -> YAML tree, for documents given as dicts. Scalars become
 // the text a YAML file would hold, so the C++ reader sees the same thing for
 // `{"duration": "5ms", "seed": 3}` as for the equivalent file.
-YAML::Node to_node(const py::handle& obj, const std::string& name, const std::string& path) {
+// A dict or list nested deeper than this (or one that contains itself) is
+// refused: no configuration needs it, and following it would exhaust the stack.
+constexpr int kMaxDepth = 64;
+
+YAML::Node to_node(const py::handle& obj, const std::string& name, const std::string& path, int depth = 0) {
   auto bad = [&](const std::string& expected, const std::string& found) {
     return cfg::ConfigError(name, 0, path, expected, found);
   };
+  // Text as UTF-8; a str that cannot be encoded (a lone surrogate) is a config error.
+  auto text = [&](const py::handle& s) {
+    Py_ssize_t size = 0;
+    const char* utf8 = PyUnicode_AsUTF8AndSize(s.ptr(), &size);
+    if (!utf8) {
+      PyErr_Clear();
+      throw bad("expected text encodable as UTF-8", py::repr(s).cast<std::string>());
+    }
+    return std::string(utf8, static_cast<std::size_t>(size));
+  };
+  if (depth > kMaxDepth)
+    throw bad("expected dicts and lists nested at most " + std::to_string(kMaxDepth) + " levels deep (or a dict that contains itself)",
+              "");
   if (obj.is_none()) return YAML::Node(YAML::NodeType::Null);
   if (py::isinstance<py::bool_>(obj)) return YAML::Node(obj.cast<bool>() ? "true" : "false");
-  if (py::isinstance<py::str>(obj)) return YAML::Node(obj.cast<std::string>());
+  if (py::isinstance<py::str>(obj)) return YAML::Node(text(obj));
   if (py::isinstance<py::dict>(obj)) {
     YAML::Node map(YAML::NodeType::Map);
     for (const auto& item : obj.cast<py::dict>()) {
       if (!py::isinstance<py::str>(item.first))
         throw bad("expected string keys", py::repr(item.first).cast<std::string>());
-      std::string key = item.first.cast<std::string>();
-      map[key] = to_node(item.second, name, cfg::detail::join_key(path, key));
+      std::string key = text(item.first);
+      map[key] = to_node(item.second, name, cfg::detail::join_key(path, key), depth + 1);
     }
     return map;
   }
   if (py::isinstance<py::list>(obj) || py::isinstance<py::tuple>(obj)) {
     YAML::Node seq(YAML::NodeType::Sequence);
     std::size_t i = 0;
-    for (const auto& item : obj) seq.push_back(to_node(item, name, cfg::detail::join_index(path, i++)));
+    for (const auto& item : obj)
+      seq.push_back(to_node(item, name, cfg::detail::join_index(path, i++), depth + 1));
     return seq;
   }
   // Integers, including numpy's, by their exact value; other reals by the
@@ -110,12 +129,14 @@ class PySession {
   bool finished() const { return m_session->finished(); }
   std::string stats_json() { return m_session->stats_json(); }
   std::string summary() { return m_session->summary(); }
+  std::string units_json() const { return m_session->units_json(); }
   std::string events_json() const { return m_session->events_json(); }
   std::vector<std::string> notes() const { return m_session->notes(); }
   const std::string& resolved_yaml() const { return m_session->resolved_yaml(); }
   std::uint64_t duration_ps() const { return m_session->params().duration; }
   std::uint64_t warmup_ps() const { return m_session->params().warmup; }
   bool stop_when_done() const { return m_session->params().stop_when_done; }
+  std::uint64_t seed() const { return m_session->params().seed; }
 
  private:
   std::unique_ptr<experiment::Session> m_session;
@@ -138,6 +159,24 @@ PYBIND11_MODULE(_vmxsim, m) {
   using namespace vmx::python;
   m.doc() = "vmxsim's C++ core. Use the vmxsim package; it runs each simulation in its own process.";
   m.attr("version") = VMXSIM_VERSION;
+  {
+    const auto& b = vmx::experiment::kBuildInfo;
+    py::dict info;
+    info["version"] = b.version;
+    info["commit"] = b.commit;
+    info["dirty"] = b.dirty;
+    info["line"] = vmx::experiment::version_line(b);
+    m.attr("build_info") = info;
+  }
+  m.def(
+      "stamp",
+      [](const std::string& json, const std::string& command, std::uint64_t seed, bool events) {
+        auto p = vmx::experiment::make_provenance(vmx::experiment::kBuildInfo, command, seed);
+        return events ? vmx::experiment::events_with_provenance(json, p) : vmx::experiment::with_provenance(json, p);
+      },
+      py::arg("json"), py::arg("command"), py::arg("seed"), py::arg("events") = false,
+      "stats.json text (or, with events=True, an event trace) with its provenance: version, commit, command, "
+      "seed, host and date.");
 
   // Named and documented as the package exports them.
   g_config_error = PyErr_NewExceptionWithDoc(
@@ -188,10 +227,12 @@ PYBIND11_MODULE(_vmxsim, m) {
       .def_property_readonly("finished", &PySession::finished)
       .def("stats_json", &PySession::stats_json)
       .def("summary", &PySession::summary)
+      .def("units_json", &PySession::units_json)
       .def("events_json", &PySession::events_json)
       .def("notes", &PySession::notes)
       .def_property_readonly("resolved_yaml", &PySession::resolved_yaml)
       .def_property_readonly("duration_ps", &PySession::duration_ps)
       .def_property_readonly("warmup_ps", &PySession::warmup_ps)
-      .def_property_readonly("stop_when_done", &PySession::stop_when_done);
+      .def_property_readonly("stop_when_done", &PySession::stop_when_done)
+      .def_property_readonly("seed", &PySession::seed);
 }

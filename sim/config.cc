@@ -9,6 +9,7 @@
 #include <optional>
 #include <sstream>
 #include <string_view>
+#include <unordered_map>
 
 namespace vmx::cfg {
 
@@ -93,6 +94,35 @@ std::string_view trim(std::string_view s) {
 
 int line_of(const YAML::Mark& mark) { return mark.is_null() ? 0 : mark.line + 1; }
 
+/// Deeper nesting than any configuration needs is refused, so that a
+/// hostile document cannot exhaust the stack of the code that walks it.
+constexpr int kMaxDepth = 64;
+
+/// Rejects a mapping that states a key twice (YAML 1.2, 3.2.1.1: keys are
+/// unique; yaml-cpp keeps both and silently reads the first) and nesting
+/// deeper than kMaxDepth.
+void check_keys(const YAML::Node& node, const std::string& file, const std::string& path, int depth) {
+  if (depth > kMaxDepth)
+    throw ConfigError(file, line_of(node.Mark()), path, "nesting at most " + std::to_string(kMaxDepth) + " levels deep");
+  if (node.IsMap()) {
+    std::unordered_map<std::string, int> seen;  // key -> line of its first occurrence
+    for (const auto& kv : node) {
+      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : std::string();
+      const std::string child = path.empty() ? key : path + "." + key;
+      if (kv.first.IsScalar()) {
+        auto [it, fresh] = seen.emplace(key, line_of(kv.first.Mark()));
+        if (!fresh)
+          throw ConfigError(file, line_of(kv.first.Mark()), child,
+                            "each key once in a mapping (first given at line " + std::to_string(it->second) + ")");
+      }
+      check_keys(kv.second, file, child, depth + 1);
+    }
+  } else if (node.IsSequence()) {
+    for (std::size_t i = 0; i < node.size(); ++i)
+      check_keys(node[i], file, path + "[" + std::to_string(i) + "]", depth + 1);
+  }
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -138,6 +168,7 @@ Document Document::from_file(const std::string& path) {
 Document Document::from_string(const std::string& text, const std::string& name) {
   try {
     YAML::Node root = YAML::Load(text);
+    check_keys(root, name, "", 0);
     // An empty document (or one of comments only) is an empty map: its
     // overrides apply and the checks of what is missing report.
     if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);

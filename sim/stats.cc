@@ -304,7 +304,54 @@ class Flattener final : public Visitor {
   std::vector<std::string> m_prefix;
 };
 
+class Describer final : public Visitor {
+ public:
+  std::vector<StatInfo> take() { return std::move(m_out); }
+  void begin_group(const Group& g) override {
+    m_prefix.push_back(m_prefix.empty() ? g.path() : join(m_prefix.back(), g.name()));
+  }
+  void end_group(const Group&) override { m_prefix.pop_back(); }
+  void counter(const Counter& c) override { add(c, "counter"); }
+  void gauge(const Gauge& g) override { add(g, "gauge"); }
+  void ratio(const Ratio& r) override { add(r, "ratio"); }
+  void histogram(const Histogram& h) override { add(h, "histogram"); }
+
+ private:
+  static std::string join(const std::string& a, const std::string& b) { return a.empty() ? b : a + "." + b; }
+  void add(const Stat& s, const char* kind) {
+    m_out.push_back({join(m_prefix.back(), s.name()), kind, s.unit(), s.desc()});
+  }
+  std::vector<StatInfo> m_out;
+  std::vector<std::string> m_prefix;
+};
+
 }  // namespace
+
+std::vector<StatInfo> describe(const Group& root) {
+  Describer d;
+  root.accept(d);
+  return d.take();
+}
+
+std::string describe_json(const Group& root) {
+  std::string out = "{\n";
+  bool first = true;
+  for (const auto& s : describe(root)) {
+    if (!first) out += ",\n";
+    first = false;
+    out += "  ";
+    append_json_string(out, s.path);
+    out += ": {\"kind\": ";
+    append_json_string(out, s.kind);
+    out += ", \"unit\": ";
+    append_json_string(out, s.unit);
+    out += ", \"desc\": ";
+    append_json_string(out, s.desc);
+    out += "}";
+  }
+  out += "\n}\n";
+  return out;
+}
 
 std::string to_json(const Group& root) {
   JsonWriter w;

@@ -231,6 +231,17 @@ std::string to_json(const Group& root);
 /// Appends `s` to `out` as a JSON string literal (quoted and escaped).
 void append_json_string(std::string& out, std::string_view s);
 
+/// What a statistic is, for references and plot labels: its full dotted
+/// path, kind (counter, gauge, ratio, histogram), unit and description.
+struct StatInfo {
+  std::string path, kind, unit, desc;
+};
+/// Every statistic below `root`, in to_json's order.
+std::vector<StatInfo> describe(const Group& root);
+/// The same as a JSON object {"path": {"kind": ..., "unit": ..., "desc": ...}}
+/// (units.json beside stats.json).
+std::string describe_json(const Group& root);
+
 /// Every scalar as (dotted path, value): counters, gauges, ratios, and for
 /// histograms path.count, path.mean, path.p50, path.p99, path.max. Paths are
 /// full paths from the tree's root (as Group::path()), even when `root` is a

@@ -13,14 +13,14 @@ See docs/python.md and docs/sweeps.md.
 """
 
 from ._config import parse_time, resolve
-from ._native import ConfigError, SimulationError, version
+from ._native import ConfigError, SimulationError, build_info, version
 from .result import Histogram, Result, StatGroup
 from .simulation import Simulation, run
 
 __version__ = version
 
 __all__ = ["run", "Simulation", "Result", "StatGroup", "Histogram", "ConfigError", "SimulationError",
-           "resolve", "parse_time", "Sweep", "run_sweep", "plot_sweep"]
+           "resolve", "parse_time", "Sweep", "run_sweep", "plot_sweep", "build_info"]
 
 
 def __getattr__(name):

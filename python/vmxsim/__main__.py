@@ -3,6 +3,7 @@ commands here (``run`` and ``params`` go to the C++ program)."""
 
 import argparse
 import os
+import signal
 import sys
 
 
@@ -22,13 +23,23 @@ def _sweep(args):
     where = f"on the Dask cluster at {args.scheduler}" if args.scheduler else f"with {args.jobs or os.cpu_count()} jobs"
     print(f"vmxsim sweep: {args.config}, {sweep.mode} of {', '.join(sweep.parameters)}, {where}, into {out}",
           file=sys.stderr)
+    terminated = []
+
+    def on_sigterm(signum, frame):
+        # A batch system's kill: stop the workers and keep what is done, as Ctrl-C does.
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         res = sweep.run(out, jobs=args.jobs, scheduler=args.scheduler, resume=not args.no_resume,
                         log=lambda line: print(line, file=sys.stderr, flush=True))
     except KeyboardInterrupt:
-        print(f"\nvmxsim sweep: interrupted; points done so far are kept in {out}. "
-              "Run the same command again to continue.", file=sys.stderr)
-        return 130
+        print(f"\nvmxsim sweep: {'terminated' if terminated else 'interrupted'}; points done so far are kept in "
+              f"{out}. Run the same command again to continue.", file=sys.stderr)
+        return 143 if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"vmxsim sweep: {len(res.points)} points: {res.ran} ran, {res.skipped} already done, "
           f"{res.failed} failed; wrote {res.csv}", file=sys.stderr)
     return 0 if res.ok else 1

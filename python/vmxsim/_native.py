@@ -4,8 +4,8 @@ another interpreter."""
 import sys
 
 try:
-    from ._vmxsim import (ConfigError, Document, Session, SimulationError, format_time_ps, parse_time_ps,
-                          version)
+    from ._vmxsim import (ConfigError, Document, Session, SimulationError, build_info, format_time_ps,
+                          parse_time_ps, stamp, version)
 except ImportError as e:  # pragma: no cover - depends on the installation
     raise ImportError(
         f"vmxsim: cannot load the C++ extension _vmxsim ({e}).\n"
@@ -15,4 +15,5 @@ except ImportError as e:  # pragma: no cover - depends on the installation
         f"(this interpreter is {sys.executable}; the extension is built for /usr/bin/python3)"
     ) from e
 
-__all__ = ["ConfigError", "Document", "Session", "SimulationError", "format_time_ps", "parse_time_ps", "version"]
+__all__ = ["ConfigError", "Document", "Session", "SimulationError", "build_info", "format_time_ps", "parse_time_ps",
+           "stamp", "version"]

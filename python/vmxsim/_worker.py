@@ -7,8 +7,11 @@ was started with; fd 1 itself is pointed at stderr so that anything the
 simulator prints cannot corrupt the replies.
 
 Frames are an 8-byte little-endian length and a pickle (_protocol.py).
-Requests are tuples ("open", resolved_yaml, name), ("run_until", ps), ("reset",), ("snapshot",),
-("close",); replies are ("ok", value) or ("error", kind, message, attrs).
+Requests are tuples ("open", resolved_yaml, name, command), ("run_until", ps), ("reset",),
+("snapshot",), ("close",); replies are ("ok", value) or ("error", kind, message, attrs).
+Snapshots carry stats.json (and the event trace) with their provenance: the
+build's version and commit, ``command`` (what the parent ran), the seed, the
+host and the date.
 """
 
 import os
@@ -27,6 +30,7 @@ def _serve(requests, replies):
     from . import _native
 
     session = None
+    command = ""
     while True:
         try:
             req = read_frame(requests)
@@ -40,6 +44,7 @@ def _serve(requests, replies):
             if op == "open":
                 doc = _native.Document.from_string(req[1], req[2])
                 session = _native.Session(doc)
+                command = req[3] if len(req) > 3 else ""
                 value = {"resolved_yaml": session.resolved_yaml, "duration_ps": session.duration_ps,
                          "warmup_ps": session.warmup_ps, "stop_when_done": session.stop_when_done,
                          **_state(session)}
@@ -50,8 +55,11 @@ def _serve(requests, replies):
                 session.reset_stats()
                 value = _state(session)
             elif op == "snapshot":
-                value = {"stats_json": session.stats_json(), "summary": session.summary(),
-                         "notes": list(session.notes()), "events_json": session.events_json() or None,
+                events = session.events_json()
+                value = {"stats_json": _native.stamp(session.stats_json(), command, session.seed),
+                         "summary": session.summary(), "notes": list(session.notes()),
+                         "units_json": session.units_json(),
+                         "events_json": _native.stamp(events, command, session.seed, events=True) if events else None,
                          **_state(session)}
             else:
                 raise ValueError(f"unknown request {op!r}")

@@ -5,7 +5,7 @@ import csv
 import os
 import re
 
-META_COLUMNS = ("point", "status", "error", "dir")
+META_COLUMNS = ("point", "status", "error", "dir", "vmxsim_version", "vmxsim_commit")
 
 
 def read_results(path):
@@ -42,6 +42,57 @@ def _number(text):
     if not m or m.group(2) not in _UNITS:
         return None
     return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+_BASE_UNIT = {"Hz": "Hz", "kHz": "Hz", "MHz": "Hz", "GHz": "Hz", "B": "bytes", "KiB": "bytes", "MiB": "bytes",
+              "GiB": "bytes", "TiB": "bytes", "ps": "s", "ns": "s", "us": "s", "ms": "s", "s": "s"}
+_HISTOGRAM_FIELDS = {"count": "count of", "sum": "sum of", "mean": "mean", "min": "minimum", "max": "maximum",
+                     "p50": "median", "p90": "90th percentile", "p99": "99th percentile", "p999": "99.9th percentile"}
+_MARKERS = "osD^vP*Xh<>"
+_STYLES = ("-", "--", "-.", ":")
+
+
+def _load_units(sweep_dir, rows):
+    """units.json of the first point that has one ({} if none)."""
+    import json
+
+    for r in rows:
+        path = os.path.join(sweep_dir, r.get("dir", ""), "units.json")
+        if r.get("dir") and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+    return {}
+
+
+def stat_label(name, units):
+    """An axis label for a statistic: its description and unit from
+    units.json ('VM exits (exits)'), 'p99 of ...' for histogram fields; the
+    name itself when unknown."""
+    field = None
+    path = name
+    if path not in units and path.rpartition(".")[0] in units:
+        path, _, field = name.rpartition(".")
+    info = units.get(path)
+    if not info:
+        return name
+    desc = info.get("desc") or path.rpartition(".")[2]
+    if field:
+        desc = f"{_HISTOGRAM_FIELDS.get(field, field)} {desc}" if field != "count" else f"number of samples: {desc}"
+    unit = info.get("unit") if field != "count" else "samples"
+    return f"{desc} ({unit})" if unit else desc
+
+
+def _param_label(name, values):
+    """The parameter with the unit its values were written in, converted to
+    the base unit ('platform.frequency (Hz)')."""
+    suffixes = {(_NUMBER.match(str(v)).group(2) if _NUMBER.match(str(v)) else None) for v in values}
+    bases = {_BASE_UNIT.get(u) for u in suffixes if u}
+    return f"{name} ({bases.pop()})" if len(bases) == 1 and None not in bases else name
+
+
+def _spans_decades(values):
+    pos = [v for v in values if v > 0]
+    return len(pos) >= 3 and len(pos) == len(values) and max(pos) / min(pos) >= 100
 
 
 def plot_sweep(path, y=None, x=None, by=None, out=None, fmt="png"):
@@ -83,9 +134,17 @@ def plot_sweep(path, y=None, x=None, by=None, out=None, fmt="png"):
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
 
+    units = _load_units(sweep_dir, rows)
     xs_text = list(dict.fromkeys(r[x] for r in rows))
     numeric = all(_number(v) is not None for v in xs_text)
-    position = {v: (_number(v) if numeric else i) for i, v in enumerate(xs_text)}
+    # A parameter value of 0 next to positive ones usually means "off" or
+    # "unlimited" (cap: 0, a disabled period): it is drawn as a reference
+    # line, not as a point at zero on the axis.
+    special = [v for v in xs_text if numeric and _number(v) == 0] if numeric and any(
+        _number(v) > 0 for v in xs_text) else []
+    xs_axis = [v for v in xs_text if v not in special]
+    position = {v: (_number(v) if numeric else i) for i, v in enumerate(xs_axis)}
+    log_x = numeric and _spans_decades([position[v] for v in xs_axis])
     written = []
     for name in ys:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -93,17 +152,34 @@ def plot_sweep(path, y=None, x=None, by=None, out=None, fmt="png"):
         for r in rows:
             label = ", ".join(f"{p}={r[p]}" for p in split)
             lines.setdefault(label, []).append(r)
-        for label, members in lines.items():
-            pts = sorted((position[r[x]], float(r[name])) for r in members if r[name] != "")
+        all_y = []
+        for i, (label, members) in enumerate(lines.items()):
+            style = dict(marker=_MARKERS[i % len(_MARKERS)], linestyle=_STYLES[(i // len(_MARKERS)) % len(_STYLES)],
+                         markersize=6 - min(i, 3), alpha=0.9)
+            pts = sorted((position[r[x]], float(r[name])) for r in members if r[name] != "" and r[x] in position)
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label or None)
-        if not numeric or len(xs_text) <= 12:  # ticks read as the values were written ("2GHz")
-            ax.set_xticks([position[v] for v in xs_text], xs_text)
-        ax.set_xlabel(x)
-        ax.set_ylabel(name)
-        ax.set_title(name)
+                line = ax.plot([p[0] for p in pts], [p[1] for p in pts], label=label or None, **style)[0]
+                all_y += [p[1] for p in pts]
+            for r in members:
+                if r[x] in special and r[name] != "":
+                    value = float(r[name])
+                    ax.axhline(value, linestyle=":", linewidth=1,
+                               color=line.get_color() if pts else None,
+                               label=f"{label + ', ' if label else ''}{x}={r[x]} (off/unlimited)")
+                    all_y.append(value)
+        if log_x:
+            ax.set_xscale("log")
+        if _spans_decades(all_y):
+            ax.set_yscale("log")
+        if not numeric or len(xs_axis) <= 12:  # ticks read as the values were written ("2GHz")
+            ax.set_xticks([position[v] for v in xs_axis], xs_axis)
+            ax.minorticks_off()
+        ax.set_xlabel(_param_label(x, xs_axis))
+        ylabel = stat_label(name, units)
+        ax.set_ylabel(ylabel if len(ylabel) <= 60 else ylabel[:57] + "...")
+        ax.set_title(name, fontsize="medium")
         ax.grid(True, alpha=0.3)
-        if any(lines):  # labelled lines (more than one parameter)
+        if any(lines) or special:  # labelled lines (more than one parameter) or reference lines
             ax.legend(fontsize="small")
         fig.tight_layout()
         target = out if single_file else os.path.join(out_dir, re.sub(r"[^A-Za-z0-9_.-]", "_", name) + "." + fmt)

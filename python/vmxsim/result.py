@@ -7,6 +7,9 @@ import numpy as np
 import yaml
 
 # The scalar fields of a histogram in the statistics JSON (docs/model.md).
+# The head of stats.json that records where it came from (not a statistic).
+PROVENANCE = "provenance"
+
 HISTOGRAM_FIELDS = ("count", "sum", "mean", "min", "max", "p50", "p90", "p99", "p999")
 
 
@@ -94,9 +97,11 @@ class StatGroup:
 def flatten(tree, prefix=""):
     """The statistics tree as {"vm.web.vcpu0.exits": value, ...}, in the
     tree's order. Histograms become name.count, name.mean, name.p99, ... (no
-    buckets)."""
+    buckets). The provenance block is not a statistic and is left out."""
     out = {}
     for key, value in tree.items():
+        if not prefix and key == PROVENANCE:
+            continue
         path = f"{prefix}.{key}" if prefix else key
         if _is_histogram(value):
             for f in HISTOGRAM_FIELDS:
@@ -121,14 +126,19 @@ class Result:
     - ``summary``: the text the command line prints; ``notes``: crashes,
       panics, killed threads, debug-console lines
     - ``simulated_s``, ``finished``; ``stats_json``: the raw statistics JSON
+    - ``units``: {path: {"kind", "unit", "desc"}} of every statistic;
+      ``unit(path)`` one statistic's unit
+    - ``provenance``: where the result came from (version, commit, dirty,
+      command, seed, host, date), the head of stats.json; not a statistic
     - ``events_json``: the event trace (Chrome trace-event JSON, see
       docs/event_trace.md) when ``event_trace.enabled`` was set, else None;
       ``events``: the same parsed, a dict with ``traceEvents``
     """
 
     def __init__(self, stats_json, config_yaml, summary="", notes=(), simulated_ps=0, finished=False,
-                 events_json=None):
+                 events_json=None, units_json=None):
         self.stats_json = stats_json
+        self.units_json = units_json
         self.events_json = events_json
         self.config_yaml = config_yaml
         self.summary = summary
@@ -136,9 +146,25 @@ class Result:
         self.simulated_ps = simulated_ps
         self.finished = finished
         self._tree = json.loads(stats_json)
+        self.provenance = self._tree.pop(PROVENANCE, None)
         self.stats = StatGroup("", self._tree)
         self.flat = flatten(self._tree)
         self.config = yaml.safe_load(config_yaml)
+
+    @property
+    def units(self):
+        """{path: {"kind", "unit", "desc"}} for every statistic (units.json), or {}."""
+        return json.loads(self.units_json) if self.units_json else {}
+
+    def unit(self, path):
+        """The unit of a statistic by its path, also for a histogram field such
+        as "....cycles.p99" (None if unknown)."""
+        units = self.units
+        while path:
+            if path in units:
+                return units[path]["unit"]
+            path = path.rpartition(".")[0]
+        return None
 
     @property
     def events(self):
@@ -160,10 +186,12 @@ class Result:
         return Histogram(path, node)
 
     def save(self, directory):
-        """Writes stats.json, config.yaml and, with an event trace, events.json,
-        as ``vmxsim run --out`` does."""
+        """Writes stats.json, units.json, config.yaml and, with an event trace,
+        events.json, as ``vmxsim run --out`` does."""
         os.makedirs(directory, exist_ok=True)
         files = [("stats.json", self.stats_json), ("config.yaml", self.config_yaml)]
+        if self.units_json:
+            files.append(("units.json", self.units_json))
         if self.events_json:
             files.append(("events.json", self.events_json))
         for name, text in files:

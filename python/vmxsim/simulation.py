@@ -72,7 +72,7 @@ class Simulation:
         self._closed = False
         self._finalizer = weakref.finalize(self, _stop_process, self._proc, self._proc.stdin)
         try:
-            info = self._call("open", resolved, doc.name)
+            info = self._call("open", resolved, doc.name, _command())
         except BaseException:
             self._kill()
             raise
@@ -178,6 +178,11 @@ class Simulation:
         step = target - start
         if progress is not None:
             step = _config.parse_time(progress_step) if progress_step is not None else max(1, (target - start) // 100)
+            # Each step is a round trip to the simulation process: bound their number.
+            if step <= 0 or (target - start) // step > MAX_PROGRESS_STEPS:
+                shortest = _native.format_time_ps(max(1, -(-(target - start) // MAX_PROGRESS_STEPS)))
+                raise ValueError(f"progress_step: must be at least {shortest} for this run (at most "
+                                 f"{MAX_PROGRESS_STEPS} steps; got {progress_step!r})")
         try:
             while self.now_ps < target and not self.finished:
                 stop = min(target, self.now_ps + max(step, 1))
@@ -208,11 +213,21 @@ class Simulation:
         snap = self._call("snapshot")
         self._state = snap
         return Result(snap["stats_json"], self.config_yaml, snap["summary"], snap["notes"],
-                      snap["now_ps"], snap["finished"], snap.get("events_json"))
+                      snap["now_ps"], snap["finished"], snap.get("events_json"), snap.get("units_json"))
 
     def __repr__(self):
         state = "closed" if self._closed else f"at {self.now_s:.6f} s"
         return f"<vmxsim.Simulation {state}>"
+
+
+# The most progress steps one run() may take (each is a round trip to the
+# simulation process).
+MAX_PROGRESS_STEPS = 1_000_000
+
+
+def _command():
+    """What ran this simulation, for its provenance: the Python program and its arguments."""
+    return " ".join([os.path.basename(sys.executable)] + [str(a) for a in sys.argv])
 
 
 class _ProgressBar:

@@ -18,14 +18,16 @@ line numbers of the rest so errors still point at the file's lines.
 Output, in the sweep's directory:
 
     results.csv              one row per point: point, parameters, collected
-                             statistics, status, error, dir
+                             statistics, status, error, dir, and the
+                             simulator that computed it (version, commit)
     sweep.json               the sweep's definition
-    p000-<hash>/             per point: config.yaml, stats.json, summary.txt,
+    p000-<hash>/             per point: config.yaml, stats.json, units.json, summary.txt,
                              point.json, log.txt (if any), and `done` last
 
 The hash is of the point's resolved configuration. A point whose directory
-holds `done` is not run again, so an interrupted sweep restarted with the
-same command picks up where it stopped. A point that fails is recorded with
+holds `done` written by the same simulator build (version and commit) is not
+run again, so an interrupted sweep restarted with the same command picks up
+where it stopped; points computed by another build are run again. A point that fails is recorded with
 its error (status "error") and does not stop the others.
 """
 
@@ -42,7 +44,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 
 import yaml
 
-from . import _config
+from . import _config, _native
 from .result import flatten
 from .simulation import Simulation, SimulationError
 
@@ -312,7 +314,7 @@ def run_point(resolved_yaml, name="point", _started=None):
         err.seek(0)
         log = err.read().decode(errors="replace")
     return {"stats_json": r.stats_json, "config_yaml": r.config_yaml, "summary": r.summary, "notes": r.notes,
-            "events_json": r.events_json,
+            "events_json": r.events_json, "units_json": r.units_json,
             "simulated_ps": r.simulated_ps, "finished": r.finished, "log": log,
             "wall_s": time.monotonic() - start}
 
@@ -389,6 +391,8 @@ def _record(out, point, res):
     _write(os.path.join(d, "config.yaml"), res["config_yaml"])
     _write(os.path.join(d, "stats.json"), res["stats_json"])
     _write(os.path.join(d, "summary.txt"), res["summary"])
+    if res.get("units_json"):
+        _write(os.path.join(d, "units.json"), res["units_json"])
     if res.get("events_json"):
         _write(os.path.join(d, "events.json"), res["events_json"])
     if res["log"]:
@@ -400,7 +404,22 @@ def _record(out, point, res):
     err = os.path.join(d, "error.txt")
     if os.path.exists(err):
         os.remove(err)
-    _write(os.path.join(d, "done"), "")  # last: the point is complete
+    _write(os.path.join(d, "done"), _build_key() + "\n")  # last: the point is complete
+
+
+def _build_key():
+    """What a point's `done` file records: the simulator that computed it.
+    A sweep resumes only points computed by the same version and commit."""
+    b = _native.build_info
+    return f"vmxsim {b['version']} {b['commit']}{' modified' if b['dirty'] else ''}"
+
+
+def _done_by_this_build(out, point):
+    path = os.path.join(out, point.dirname, "done")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return f.read().strip() == _build_key()
 
 
 def _record_error(out, point, message):
@@ -455,10 +474,14 @@ class SweepResult:
 def _write_csv(out, sweep, points, status):
     """results.csv; returns its rows as dicts."""
     flat = {}
+    made_by = {}
     for p in points:
         if status[p.index][0] == "ok":
             with open(os.path.join(out, p.dirname, "stats.json"), encoding="utf-8") as f:
-                flat[p.index] = flatten(json.load(f))
+                tree = json.load(f)
+            prov = tree.get("provenance") or {}
+            made_by[p.index] = (prov.get("version", ""), prov.get("commit", ""))
+            flat[p.index] = flatten(tree)
     collect = sweep.collect
     if collect is None:  # everything, in the order of the first point that has results
         collect = list(flat[min(flat)]) if flat else []
@@ -466,7 +489,7 @@ def _write_csv(out, sweep, points, status):
     for c in collect:
         if flat and all(c not in f for f in flat.values()):
             print(f"vmxsim sweep: warning: no statistic named '{c}' (its column is empty)", file=sys.stderr)
-    header = ["point"] + params + [c for c in collect] + ["status", "error", "dir"]
+    header = ["point"] + params + [c for c in collect] + ["status", "error", "dir", "vmxsim_version", "vmxsim_commit"]
     rows = []
     for p in points:
         st, err = status[p.index]
@@ -474,7 +497,8 @@ def _write_csv(out, sweep, points, status):
         row.update({k: p.params[k] for k in params})
         f = flat.get(p.index, {})
         row.update({c: f.get(c, "") for c in collect})
-        row.update({"status": st, "error": err, "dir": p.dirname})
+        version, commit = made_by.get(p.index, ("", ""))
+        row.update({"status": st, "error": err, "dir": p.dirname, "vmxsim_version": version, "vmxsim_commit": commit})
         rows.append(row)
     tmp = os.path.join(out, "results.csv.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
@@ -493,20 +517,25 @@ def _run(sweep, out, *, jobs, scheduler, resume, log, on_point):
     _write(os.path.join(out, "sweep.json"), json.dumps(sweep.definition(), indent=2) + "\n")
     status = {}
     todo = []
-    skipped = failed = 0
+    skipped = failed = stale = 0
     for p in points:
         if p.error:
             status[p.index] = ("error", p.error)
             failed += 1
             log(f"point {p.index}: config error: {p.error}")
-        elif resume and os.path.exists(os.path.join(out, p.dirname, "done")):
+        elif resume and _done_by_this_build(out, p):
             status[p.index] = ("ok", "")
             skipped += 1
         else:
+            if resume and _done_by_this_build(out, p) is False:
+                stale += 1
             status[p.index] = ("pending", "")
             todo.append(p)
     if skipped:
         log(f"{skipped} of {len(points)} points already done in {out}; skipping them")
+    if stale:
+        log(f"{stale} points in {out} were computed by another simulator build; running them again "
+            f"with {_build_key()}")
     ran = 0
     runner = _DaskRunner(scheduler) if scheduler else _LocalRunner(jobs)
     try:

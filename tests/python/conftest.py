@@ -1,6 +1,7 @@
 """Shared fixtures of the Python tests. They run under Debian's
 /usr/bin/python3 with PYTHONPATH=<build>/python (tests/CMakeLists.txt)."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -63,3 +64,11 @@ def python_env():
 @pytest.fixture
 def py_cmd():
     return [sys.executable, "-m", "vmxsim"]
+
+
+def statistics(stats_json):
+    """A stats.json's statistics: the document without its provenance (which
+    names the command, host and date of the run)."""
+    tree = json.loads(stats_json)
+    tree.pop("provenance", None)
+    return tree

@@ -60,3 +60,34 @@ def test_numpy_and_python_scalars_convert(tiny_dict):
 def test_missing_file(tmp_path):
     with pytest.raises(vmxsim.ConfigError, match=r"nope\.yaml: cannot read file: No such file"):
         vmxsim.run(tmp_path / "nope.yaml")
+
+
+def test_hostile_dicts_are_config_errors_not_crashes(tiny_dict):
+    # A dict that contains itself, and absurd nesting: refused with the path.
+    tiny_dict["platform"]["loop"] = tiny_dict
+    with pytest.raises(vmxsim.ConfigError, match=r"nested at most 64 levels deep"):
+        vmxsim.resolve(tiny_dict)
+    del tiny_dict["platform"]["loop"]
+    deep = []
+    for _ in range(10_000):
+        deep = [deep]
+    tiny_dict["vms"][0]["pin"] = deep
+    with pytest.raises(vmxsim.ConfigError, match=r"^dict: vms\[0\]\.pin(\[0\])+: expected dicts and lists nested"):
+        vmxsim.resolve(tiny_dict)
+    del tiny_dict["vms"][0]["pin"]
+    # Keys that are not strings, and text that is not valid Unicode.
+    tiny_dict["platform"][3] = 1
+    with pytest.raises(vmxsim.ConfigError, match=r"^dict: platform: expected string keys \(got 3\)"):
+        vmxsim.resolve(tiny_dict)
+    del tiny_dict["platform"][3]
+    tiny_dict["vms"][0]["name"] = "web\udc80"
+    with pytest.raises(vmxsim.ConfigError, match=r"^dict: vms\[0\]\.name: expected text encodable as UTF-8"):
+        vmxsim.resolve(tiny_dict)
+
+
+@pytest.mark.parametrize("step", [0, "0ps", "1ps"])
+def test_a_progress_step_too_small_is_refused_before_running(tiny_dict, step):
+    with vmxsim.Simulation(tiny_dict) as sim:
+        with pytest.raises(ValueError, match=r"^progress_step: must be at least"):
+            sim.run(progress=lambda now, end: None, progress_step=step)
+        assert sim.now_s == 0

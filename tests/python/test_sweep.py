@@ -1,6 +1,7 @@
 """Sweeps: points in parallel processes, results.csv, resume, failures."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -44,16 +45,21 @@ def test_six_point_sweep_gives_six_rows(sweep_yaml, tmp_path):
     rows = read_csv(out / "results.csv")
     assert len(rows) == 6
     assert list(rows[0]) == ["point", "platform.frequency", "vms[0].workloads[0].iterations", "vm.web.vcpu0.exits",
-                             "vm.web.vcpu0.exit_reasons.CPUID.cycles.count", "sim.seconds", "status", "error", "dir"]
+                             "vm.web.vcpu0.exit_reasons.CPUID.cycles.count", "sim.seconds", "status", "error", "dir",
+                             "vmxsim_version", "vmxsim_commit"]
     assert [(r["platform.frequency"], r["vms[0].workloads[0].iterations"]) for r in rows] == [
         ("2GHz", "100"), ("2GHz", "200"), ("2GHz", "300"), ("3GHz", "100"), ("3GHz", "200"), ("3GHz", "300")]
     assert [r["vm.web.vcpu0.exit_reasons.CPUID.cycles.count"] for r in rows] == ["100", "200", "300"] * 2
     assert all(r["status"] == "ok" and r["error"] == "" for r in rows)
     # Each point: its own directory, and the same numbers as a single run.
     d = out / rows[4]["dir"]
-    assert sorted(os.listdir(d)) == ["config.yaml", "done", "point.json", "stats.json", "summary.txt"]
+    assert sorted(os.listdir(d)) == ["config.yaml", "done", "point.json", "stats.json", "summary.txt", "units.json"]
     single = vmxsim.run(TINY_YAML, overrides=["platform.frequency=3GHz", "vms[0].workloads[0].iterations=200"])
-    assert (d / "stats.json").read_text() == single.stats_json
+    point = json.loads((d / "stats.json").read_text())
+    whole = json.loads(single.stats_json)
+    # The same statistics; the provenance differs only in its command and date.
+    assert point.pop("provenance")["commit"] == whole.pop("provenance")["commit"] == rows[4]["vmxsim_commit"]
+    assert point == whole
     assert res.result(4).flat == single.flat
 
 
@@ -82,17 +88,37 @@ def test_interrupted_sweep_resumes_without_redoing_points(sweep_yaml, tmp_path):
     assert [r["status"] for r in read_csv(out / "results.csv")] == ["ok"] * 6
 
 
-def test_ctrl_c_on_the_command_line_then_resume(sweep_yaml, tmp_path, py_cmd):
+def test_points_of_another_simulator_build_are_run_again(sweep_yaml, tmp_path):
+    out = tmp_path / "out"
+    first = vmxsim.run_sweep(sweep_yaml, out, jobs=2)
+    assert first.ran == 6
+    rows = read_csv(out / "results.csv")
+    # Pretend two points were computed by an older simulator.
+    for r in rows[:2]:
+        (out / r["dir"] / "done").write_text("vmxsim 0.0.1 0123456789abcdef\n")
+    again = vmxsim.run_sweep(sweep_yaml, out, jobs=2)
+    assert (again.ran, again.skipped, again.failed) == (2, 4, 0)
+    assert all(r["vmxsim_commit"] == vmxsim.build_info["commit"] for r in read_csv(out / "results.csv"))
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_on_the_command_line_then_resume(sweep_yaml, tmp_path, py_cmd, how):
     out = tmp_path / "out"
     cmd = py_cmd + ["sweep", str(sweep_yaml), "-j", "1", "--out", str(out)]
     p = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=python_env(), start_new_session=True)
     for line in p.stderr:
         if line.startswith("[1/6]"):
-            os.killpg(p.pid, signal.SIGINT)
+            # Ctrl-C reaches the whole process group; SIGTERM (a batch
+            # system's kill) only the sweep, which stops its workers itself.
+            if how == signal.SIGINT:
+                os.killpg(p.pid, how)
+            else:
+                p.send_signal(how)
             break
     err = p.stderr.read()
-    assert p.wait(timeout=60) == 130, err
-    assert "interrupted" in err
+    assert p.wait(timeout=60) == (130 if how == signal.SIGINT else 143), err
+    assert [r["status"] for r in read_csv(out / "results.csv")].count("pending") >= 1
+    assert ("interrupted" if how == signal.SIGINT else "terminated") in err
     finished = [r for r in read_csv(out / "results.csv") if r["status"] == "ok"]
     assert 1 <= len(finished) < 6
     again = subprocess.run(cmd, capture_output=True, text=True, env=python_env())

@@ -224,6 +224,27 @@ TEST_CASE("a bad value names file, line, path, expectation and value") {
         "x.yaml:11: vms[0].paging: expected one of: 4KiB, 2MiB (got 1GiB)");
 }
 
+TEST_CASE("a key given twice in one mapping is an error naming both lines") {
+  try {
+    cfg::Document::from_string("seed: 1\nplatform:\n  cpu:\n    freq: 2GHz\n    freq: 3GHz\nseed: 2\n", "d.yaml");
+    FAIL("no error");
+  } catch (const cfg::ConfigError& e) {
+    CHECK(std::string(e.what()) == "d.yaml:5: platform.cpu.freq: each key once in a mapping (first given at line 4)");
+  }
+  // The same key in two different mappings (list items) is fine.
+  CHECK_NOTHROW(cfg::Document::from_string("vms:\n  - name: a\n  - name: b\n", "d.yaml"));
+  // Absurd nesting is refused before anything walks it.
+  std::string deep;
+  for (int i = 0; i < 100; ++i) deep += "[";
+  for (int i = 0; i < 100; ++i) deep += "]";
+  try {
+    cfg::Document::from_string("seed: " + deep + "\n", "deep.yaml");
+    FAIL("no error");
+  } catch (const cfg::ConfigError& e) {
+    CHECK(std::string(e.what()).find("nesting at most 64 levels deep") != std::string::npos);
+  }
+}
+
 TEST_CASE("unknown keys are errors listing the accepted keys") {
   CHECK(read_error(with_line(7, "      wyas: 16")) ==
         "x.yaml:7: platform.cpu.stlb: unknown key 'wyas' (expected one of: size, ways, line, latency)");

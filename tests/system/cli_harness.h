@@ -17,8 +17,11 @@ namespace vmx::test {
 
 struct CliRun {
   int exit_code = -1;
-  std::string out, err, stats_text, config_path, out_dir;
-  YAML::Node stats;  // stats.json (JSON is YAML)
+  // stats_text: stats.json without its provenance line (which names the
+  // command, host and date); provenance: that line's object.
+  std::string out, err, stats_text, provenance_text, config_path, out_dir;
+  YAML::Node stats;       // stats.json (JSON is YAML)
+  YAML::Node provenance;  // its "provenance" member
 
   /// A statistic by dotted path ("vm.t.vcpu0.exits"); throws if absent.
   double at(const std::string& path) const {
@@ -73,6 +76,14 @@ inline CliRun run_cli(const std::string& yaml, const std::vector<std::string>& a
   if (r.exit_code == 0) {
     r.stats_text = read_text(r.out_dir + "/stats.json");
     r.stats = YAML::Load(r.stats_text);
+    r.provenance = r.stats["provenance"];
+    const std::string head = "\n  \"provenance\": ";
+    const auto at = r.stats_text.find(head);
+    if (at != std::string::npos) {
+      const auto eol = r.stats_text.find('\n', at + 1);
+      r.provenance_text = r.stats_text.substr(at + head.size(), eol - at - head.size());
+      r.stats_text.erase(at, eol - at);
+    }
   }
   return r;
 }

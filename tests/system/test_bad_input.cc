@@ -92,3 +92,24 @@ vms:
                        "hypervisor.ept_page_size=2MiB"},
                       "vms[0].nic.access", "ept_page_size is 4KiB");
 }
+
+TEST_CASE("NIC layouts whose requester IDs or register windows collide are refused, naming the parameters",
+          "[config][cli][isolation]") {
+  const std::vector<std::string> nic = {"--set", "platform.nic.enabled=true"};
+  auto with = [&](std::vector<std::string> more) {
+    more.insert(more.begin(), nic.begin(), nic.end());
+    return more;
+  };
+  // VF 3 at 01:00.0 + 0xFF00 + 3 * 0x80 wraps past 0xFFFF onto lower requester IDs.
+  expect_config_error(kTiny, with({"--set", "platform.nic.vf_stride=128", "--set", "platform.nic.first_vf_offset=65280"}),
+                      "platform.nic.vf_stride", "platform.nic.first_vf_offset");
+  expect_config_error(kTiny, with({"--set", "platform.nic.first_vf_offset=65535"}), "platform.nic.first_vf_offset",
+                      "requester IDs within 16 bits");
+  // Register windows: into the APIC/MSI region, beyond the physical address width.
+  expect_config_error(kTiny, with({"--set", "platform.nic.mmio_base=0xFEC00000"}), "platform.nic.mmio_base",
+                      "clear of the APIC and MSI region");
+  expect_config_error(kTiny, with({"--set", "platform.nic.mmio_base=0xFFFFFFFFFFFF0000"}), "platform.nic.mmio_base",
+                      "52-bit physical address width");
+  // A NIC no VM uses still may not sit on RAM.
+  expect_config_error(kTiny, with({"--set", "platform.memory=8GiB"}), "platform.memory", "register window");
+}

@@ -1,5 +1,6 @@
 // The generated documentation stays in step with the code: docs/parameters.md
-// must be exactly what `vmxsim params` prints today.
+// must be exactly what `vmxsim params` prints today, and docs/stats.md what
+// `vmxsim stats` prints for the configs listed in kStatsConfigs.
 #include <catch2/catch.hpp>
 
 #include <cstdio>
@@ -37,7 +38,8 @@ std::string read_file(const std::string& path, bool* ok) {
 }
 
 /// 1-based line and the two lines that differ first, for a readable failure.
-std::string first_difference(const std::string& want, const std::string& got) {
+std::string first_difference(const std::string& want, const std::string& got, const std::string& command,
+                             const std::string& file) {
   std::istringstream a(want), b(got);
   std::string la, lb;
   for (int line = 1;; ++line) {
@@ -45,8 +47,8 @@ std::string first_difference(const std::string& want, const std::string& got) {
     bool hb = static_cast<bool>(std::getline(b, lb));
     if (!ha && !hb) return "the files differ only in their final newline";
     if (!ha || !hb || la != lb)
-      return "first difference at line " + std::to_string(line) + ":\n  vmxsim params: " +
-             (ha ? la : std::string("<end of output>")) + "\n  docs/parameters.md: " +
+      return "first difference at line " + std::to_string(line) + ":\n  " + command + ": " +
+             (ha ? la : std::string("<end of output>")) + "\n  " + file + ": " +
              (hb ? lb : std::string("<end of file>"));
   }
 }
@@ -67,6 +69,30 @@ TEST_CASE("docs/parameters.md is exactly the output of `vmxsim params`") {
   if (generated != committed) {
     FAIL("docs/parameters.md is out of date with the parameter declarations; regenerate it with\n"
          "  ./build/bin/vmxsim params > docs/parameters.md\n"
-         << first_difference(generated, committed));
+         << first_difference(generated, committed, "vmxsim params", "docs/parameters.md"));
   }
+}
+
+// The configs whose statistics make up docs/stats.md: between them, every
+// kind of device and paging the model has.
+const char* const kStatsConfigs =
+    "configs/quickstart.yaml configs/scenarios/s2_vf.yaml configs/scenarios/s2_virtio.yaml "
+    "configs/scenarios/s2_emulated.yaml configs/scenarios/s9_shadow_vs_ept_churn.yaml "
+    "configs/scenarios/s15_steal_pv.yaml";
+
+TEST_CASE("docs/stats.md is exactly the output of `vmxsim stats` over the reference configs") {
+  int status = 0;
+  const std::string generated =
+      capture("cd " + std::string(VMXSIM_SOURCE_DIR) + " && " + VMXSIM_BIN + " stats " + kStatsConfigs, &status);
+  REQUIRE(status == 0);
+  REQUIRE(generated.find("| `vm.<vm>.vcpuN.exit_reasons.<REASON>.cycles` | histogram | cycles |") !=
+          std::string::npos);
+  bool ok = false;
+  const std::string path = std::string(VMXSIM_SOURCE_DIR) + "/docs/stats.md";
+  const std::string committed = read_file(path, &ok);
+  const std::string how = std::string("./build/bin/vmxsim stats ") + kStatsConfigs + " > docs/stats.md";
+  if (!ok) FAIL("cannot read " << path << "; generate it with\n  " << how);
+  if (generated != committed)
+    FAIL("docs/stats.md is out of date with the statistics; regenerate it with\n  "
+         << how << "\n" << first_difference(generated, committed, "vmxsim stats", "docs/stats.md"));
 }
