@@ -302,28 +302,39 @@ class Hypervisor {
   void attach_io(const IoPlatform& io);
 
  private:
+  // The hypervisor's rooms. Each group below is one file of hypervisor/
+  // (docs/hypervisor.md, "Rooms"); the per-VM, per-vCPU and per-core state
+  // is in hypervisor/hypervisor_state.h.
+
+  // Common helpers (hypervisor.cc): charging work as operations, VMCS
+  // access, crashing a VM, injecting an exception.
+  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+  void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
+  void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
+  std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
+  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
+  void crash_vm(Vm& vm, const std::string& why);
+  void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
+
+  // The run loop (run_loop.cc): per-core loop, entering a vCPU, exit
+  // dispatch, a new vCPU's VMCS, host interrupts.
   void core_main(PerCore& pc);
   void run_vcpu(PerCore& pc, Vcpu& v);
   void handle_exit(PerCore& pc, Vcpu& v, unsigned reason);
+  void setup_vmcs(cpu::Core& c, Vcpu& v);
+  void host_interrupt(PerCore& pc, std::uint8_t vector);
+
+  // Exit handlers (exits.cc).
   void handle_cpuid(cpu::Core& c, Vcpu& v);
   void handle_io(cpu::Core& c, Vcpu& v);
   void handle_msr(cpu::Core& c, Vcpu& v, bool write);
   void handle_cr(cpu::Core& c, Vcpu& v);
-  void handle_ept_violation(cpu::Core& c, Vcpu& v);
-  /// An EPT violation in the VM's virtio-net register page: emulates the
-  /// access and completes the instruction. False if gpa is not the page.
-  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
-  struct VirtioDev;
-  // The emulated NIC (hypervisor/emulated_nic.*): a trapped register access,
-  // the device's start before the VM's first entry.
-  struct NicHost;
-  void handle_nic_access(cpu::Core& c, Vcpu& v);
-  void nic_setup(cpu::Core& c, Vcpu& v);
   void handle_vmcall(cpu::Core& c, Vcpu& v);
+  void handle_ept_violation(cpu::Core& c, Vcpu& v);
+
+  // The virtual LAPIC (vlapic.cc): its timer, waking, raising a virtual
+  // interrupt by injection or posting.
   void handle_timer(PerCore& pc);
-  void host_interrupt(PerCore& pc, std::uint8_t vector);
-  void crash_vm(Vm& vm, const std::string& why);
-  void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
   /// Requests virtual interrupt `vector` for vCPU t: by injection at its
   /// next entry, or by posting (posted_interrupts).
@@ -331,49 +342,61 @@ class Hypervisor {
   /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);
-  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
-  /// `running` has the core to idle cores.
-  void push_waiting(PerCore& pc, const Vcpu* running);
-  void migrate(PerCore& from, Vcpu& v, PerCore& to);
-  /// Marks the core idle (nothing to run) or busy in the idle map.
-  void set_idle(PerCore& pc, bool idle);
-  // Time accounting (simulator observation of the vCPU's state, no cost).
-  void account_on_cpu(Vcpu& v, std::uint64_t now);
-  void publish_steal(cpu::Core& c, Vcpu& v);
-  void mark_preempted(cpu::Core& c, Vcpu& v);
+
+  // Memory (memory.cc): host frames, EPT tables, backing guest memory, the
+  // VM's MMU lock.
+  std::uint64_t alloc_host_frame();      // hypervisor memory
+  /// Host memory backing one EPT page of guest memory (aligned to its
+  /// size); 0 when host memory is exhausted.
+  std::uint64_t alloc_guest_page();
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
-  /// Event trace: ends the slice of v's current state at `now` (cycles of
-  /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
-  void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
+  void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  /// Backs the EPT page holding gpa, if it is not backed yet.
+  bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  /// The same with the VM's MMU lock held; returns gpa's host-physical
+  /// address (0 when host memory is exhausted).
+  std::uint64_t back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  void populate(cpu::Core& c, Vm& vm);
+  void lock_mmu(cpu::Core& c, Vm& vm);
+  void unlock_mmu(cpu::Core& c, Vm& vm);
+
+  // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
+  // policies are in scheduler.h.
   void program_timer(PerCore& pc, bool idle = false);
   /// The scheduler's next deadline on the core (0: none).
   std::uint64_t sched_deadline(PerCore& pc);
   /// slice_timer=preemption: arms the VMX-preemption timer of the current
   /// VMCS for the scheduler's deadline (or disarms it) before an entry.
   void arm_preemption_timer(PerCore& pc, Vcpu& v);
-  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
-  void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
-  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
-  std::uint64_t alloc_host_frame();      // hypervisor memory
-  /// Host memory backing one EPT page of guest memory (aligned to its
-  /// size); 0 when host memory is exhausted.
-  std::uint64_t alloc_guest_page();
-  /// Backs the EPT page holding gpa, if it is not backed yet.
-  bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  /// The same with the VM's MMU lock held; returns gpa's host-physical
-  /// address (0 when host memory is exhausted).
-  std::uint64_t back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  void lock_mmu(cpu::Core& c, Vm& vm);
-  void unlock_mmu(cpu::Core& c, Vm& vm);
-  void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
-  void populate(cpu::Core& c, Vm& vm);
-  void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
-  std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
-  void setup_vmcs(cpu::Core& c, Vcpu& v);
+  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
+  /// `running` has the core to idle cores.
+  void push_waiting(PerCore& pc, const Vcpu* running);
+  void migrate(PerCore& from, Vcpu& v, PerCore& to);
+  /// Marks the core idle (nothing to run) or busy in the idle map.
+  void set_idle(PerCore& pc, bool idle);
 
-  // Device passthrough (hypervisor/passthrough.cc).
+  // Time accounting (accounting.cc; simulator observation of the vCPU's
+  // state, no cost) and the guest-visible steal-time record.
+  void account_on_cpu(Vcpu& v, std::uint64_t now);
+  void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
+  /// Event trace: ends the slice of v's current state at `now` (cycles of
+  /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
+  void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
+  void publish_steal(cpu::Core& c, Vcpu& v);
+  void mark_preempted(cpu::Core& c, Vcpu& v);
+
+  // Devices. virtio-net (virtio_net.cc): an EPT violation in the VM's
+  // virtio-net register page emulates the access and completes the
+  // instruction; false if gpa is not the page.
+  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  struct VirtioDev;
+  // The emulated NIC (emulated_nic_glue.cc): a trapped register access,
+  // the device's start before the VM's first entry.
+  struct NicHost;
+  void handle_nic_access(cpu::Core& c, Vcpu& v);
+  void nic_setup(cpu::Core& c, Vcpu& v);
+  // Device passthrough (passthrough.cc).
   struct Passthrough;
   /// Assigns the VM's VF before its first entry: backs all its memory,
   /// maps the VF's registers through EPT, gives the VF an IOMMU domain
@@ -382,7 +405,7 @@ class Hypervisor {
   /// A host vector of a remapped (not posted) VF interrupt: forward it to the guest.
   bool passthrough_interrupt(std::uint8_t vector);
 
-  // Shadow paging (hypervisor/shadow.cc).
+  // Shadow paging (shadow.cc).
   struct ShadowPage;
   struct ShadowMmu;
   void shadow_setup_vmcs(cpu::Core& c, Vcpu& v);

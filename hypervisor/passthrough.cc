@@ -138,8 +138,8 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   Vcpu& target = *vm.vcpus.at(0);
   const std::uint64_t irte = pt.irt + 16ull * (vm.vf & 0xFF);
   if (m_p.posted_interrupts) {
-    c.store(irte + 8, iommu::irte::posted_hi(target.pi_desc, rid));
-    c.store(irte, iommu::irte::posted_lo(target.pi_desc, vm.nic_vector));
+    c.store(irte + 8, iommu::irte::posted_hi(target.apic.pi_desc, rid));
+    c.store(irte, iommu::irte::posted_lo(target.apic.pi_desc, vm.nic_vector));
     ++pt.stats.posted_irtes;
   } else {
     const auto host_vector = static_cast<std::uint8_t>(kVfHostVectorBase + (vm.vf & 0x3F));
