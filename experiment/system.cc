@@ -152,6 +152,8 @@ struct Session::System {
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));
     }
+    // A stopped VM's threads are no longer waited for (docs/memory.md).
+    hypervisor->on_vm_stopped([this](cpu::Core&, unsigned vm) { monitor.vm_stopped(vm); });
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
     if (p.event_trace.enabled) {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
@@ -253,6 +255,7 @@ std::vector<std::string> Session::notes() const {
   for (unsigned i = 0; i < m_sys->hypervisor->vm_count(); ++i) {
     const std::string& name = m_sys->hypervisor->vm_name(i);
     if (!m_sys->hypervisor->vm_crash(i).empty()) out.push_back(name + ": crashed: " + m_sys->hypervisor->vm_crash(i));
+    if (!m_sys->hypervisor->vm_stop_note(i).empty()) out.push_back(name + ": " + m_sys->hypervisor->vm_stop_note(i));
     if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);

@@ -48,7 +48,8 @@ void Hypervisor::nic_setup(Core& c, Vcpu& v) {
   // access: poll: the register page is mapped at the window (4 KiB EPT
   // page), and the core of vCPU 0 polls it.
   lock_mmu(c, vm);
-  ept_map(c, vm, vm.nic->window(), regs);
+  if (!vm.ept->map(c, vm.nic->window(), regs, kPage, Ept::kRwxWb))
+    throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT tables (raise hypervisor.reserved_memory)");
   unlock_mmu(c, vm);
   vm.nic_core = v.core;
   vm.nic_poll_ticks = std::max<std::uint64_t>(1, ps_to_tsc(vm.nic->poll_period()));
@@ -64,7 +65,7 @@ std::uint64_t Hypervisor::NicHost::guest_to_host(Core& c, std::uint64_t gpa) {
 }
 
 void Hypervisor::NicHost::interrupt(Core&, unsigned apic_id, std::uint8_t vector) {
-  if (vm.crashed) return;
+  if (vm.ended()) return;
   hv.raise_virtual(*vm.vcpus[apic_id < vm.vcpus.size() ? apic_id : 0], vector);
 }
 

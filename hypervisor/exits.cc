@@ -52,6 +52,13 @@ void Hypervisor::handle_io(Core& c, Vcpu& v) {
   auto port = static_cast<std::uint16_t>(q >> 16);
   // Emulated devices: the debug console is forwarded to the platform's; any
   // other port behaves as an empty ISA slot.
+  if (port == kPm1aControlPort && !in && size == 2 && (v.regs[Regs::rax] & kPm1SlpEn)) {
+    // ACPI sleep request (ACPI 6.x, 4.8.3.2.1, PM1 control SLP_EN): with
+    // QEMU's sleep type for S5 the guest powers off; any sleep state stops
+    // it here (no resume is modelled).
+    stop_vm(c, *v.vm, "powered off (ACPI PM1a_CNT SLP_EN)");
+    return;
+  }
   if (port == 0xE9) {
     if (in) v.regs[Regs::rax] = c.in(port, size);
     else c.out(port, static_cast<std::uint32_t>(v.regs[Regs::rax]), size);
@@ -177,7 +184,8 @@ void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
   }
   // A not-present EPT entry is never cached, so no INVEPT is needed after
   // mapping it (SDM Vol. 3C, 29.4.3.2).
-  if (!back_guest_page(c, vm, gpa)) crash_vm(vm, "host memory exhausted while backing guest memory");
+  if (!back_guest_page(c, vm, gpa))
+    stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa, host_memory_note()));
 }
 
 }  // namespace vmx::hv

@@ -45,6 +45,7 @@ unsigned FrameAllocator::add_zone(std::string name, std::uint64_t base, std::uin
     a += size_of(o);
   }
   z.free = end - base;
+  z.used_once.assign(((end - base) / k4K + 63) / 64, 0);
   m_free_frames += (end - base) / k4K;
   m_zones.push_back(std::move(z));
   publish();
@@ -75,7 +76,7 @@ void FrameAllocator::erase_free(Zone& z, std::uint64_t a, unsigned order) {
   if (z.covers(a & ~(ps - 1), ps)) --children(z, order, a);
 }
 
-std::uint64_t FrameAllocator::alloc(unsigned zone, std::uint64_t size) {
+std::uint64_t FrameAllocator::alloc(unsigned zone, std::uint64_t size, bool* fresh) {
   Zone& z = m_zones.at(zone);
   const unsigned want = order_of(size);
   // The lowest free block that holds an aligned block of the size: any such
@@ -97,6 +98,13 @@ std::uint64_t FrameAllocator::alloc(unsigned zone, std::uint64_t size) {
     --from;
     for (unsigned i = 1; i < 512; ++i) insert_free(z, a + i * size_of(from), from);
   }
+  bool was_fresh = true;
+  for (std::uint64_t f = (a - z.base) / k4K, n = f + size / k4K; f < n; ++f) {
+    std::uint64_t& w = z.used_once[f / 64];
+    was_fresh = was_fresh && !(w >> (f % 64) & 1);
+    w |= 1ull << (f % 64);
+  }
+  if (fresh) *fresh = was_fresh;
   Block& b = m_used[a];
   b.zone = zone;
   b.order = want;

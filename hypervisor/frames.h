@@ -64,7 +64,9 @@ class FrameAllocator {
 
   /// The lowest free block of `size` (4 KiB, 2 MiB or 1 GiB) in the zone,
   /// aligned to its size, with reference count 1; 0 if there is none.
-  std::uint64_t alloc(unsigned zone, std::uint64_t size);
+  /// *fresh (if given) tells whether no part of it was ever allocated
+  /// before: such memory still holds the zeros of power-on.
+  std::uint64_t alloc(unsigned zone, std::uint64_t size, bool* fresh = nullptr);
   /// Another reference to the allocated block at `frame` (its base).
   void get(std::uint64_t frame);
   /// Drops a reference; the block returns to its free list when none is
@@ -104,6 +106,7 @@ class FrameAllocator {
     // (512 merge into the parent), indexed from the aligned-down base.
     std::vector<std::uint16_t> free_children[kOrders - 1];
     std::uint64_t parent_base[kOrders - 1] = {};
+    std::vector<std::uint64_t> used_once;  // one bit per 4 KiB frame: allocated at some time
     bool covers(std::uint64_t a, std::uint64_t size) const { return a >= base && a + size <= end; }
   };
 

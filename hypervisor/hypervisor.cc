@@ -39,8 +39,9 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   // hypervisor's text follows, then its data; guest frames come from above
   // reserved_memory.
   m_text = 0x100000;
-  m_next_host_frame = 0x200000;
-  m_next_guest_frame = (m_p.reserved_memory + kPage - 1) & ~(kPage - 1);
+  m_hv_zone = m_frames.add_zone("hypervisor", 0x200000, m_p.reserved_memory & ~(kPage - 1));
+  m_guest_zone =
+      m_frames.add_zone("guest", (m_p.reserved_memory + kPage - 1) & ~(kPage - 1), m_host_memory & ~(kPage - 1));
   m_msr_bitmap = alloc_host_frame();
   m_io_bitmap_a = alloc_host_frame();
   m_io_bitmap_b = alloc_host_frame();
@@ -92,9 +93,11 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->id = static_cast<unsigned>(m_vms.size());
   vm->memory = spec.memory;
   vm->image = spec.image;
-  vm->ept_root = alloc_host_frame();
-  vm->mmu_lock = alloc_host_frame();
-  vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
+  vm->ran_on.assign(m_cores.size(), false);
+  make_ept(*vm);
+  bool fresh = true;
+  vm->mmu_lock = alloc_host_frame(&fresh);
+  vm->fresh_frames = vm->fresh_frames && fresh;
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   vm->nic_type = spec.nic_type;
   vm->vf = spec.vf;
@@ -153,7 +156,8 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->pinned = !spec.pin.empty();
     v->core = v->pinned ? spec.pin[i % spec.pin.size()] : m_next_core++ % static_cast<unsigned>(m_cores.size());
     v->vmcs_pa = alloc_host_frame();
-    v->save_area = alloc_host_frame();
+    v->save_area = alloc_host_frame(&fresh);
+    vm->fresh_frames = vm->fresh_frames && fresh;
     if (m_p.posted_interrupts) {
       v->apic.vapic = alloc_host_frame();
       v->apic.pi_desc = v->save_area + kPidOffset;
@@ -164,10 +168,30 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->migrations = &v->obs->make<stats::Counter>("migrations", "events", "times the vCPU moved to another core");
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
+    if (m_started) v->time.since = v->time.trace_since = m_cores[v->core]->now();  // added at run time
     pc.sched->add(*v);
     vm->vcpus.push_back(std::move(v));
   }
+  Vm& added = *vm;
   m_vms.push_back(std::move(vm));
+  if (m_started) {
+    Core& c = Core::current();
+    // Reused frames may hold an earlier VM's data: the EPT root, the MMU
+    // lock and the save areas (with the posted-interrupt descriptors) start
+    // cleared (docs/memory.md, "Zeroing").
+    if (!added.fresh_frames) {
+      c.rep_stos(added.ept->root(), 0, kPage);
+      c.rep_stos(added.mmu_lock, 0, kPage);
+      for (auto& v : added.vcpus) c.rep_stos(v->save_area, 0, kPage);
+    }
+    // Wake the cores whose run queues got a vCPU.
+    std::vector<bool> kicked(m_cores.size(), false);
+    for (auto& v : added.vcpus)
+      if (!kicked[v->core] && m_cores[v->core] != &c) {
+        kicked[v->core] = true;
+        c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{v->core} << 32) | kRescheduleVector);
+      }
+  }
 }
 
 void Hypervisor::charge(Core& c, std::uint64_t instructions, std::uint64_t code_offset) {

@@ -19,6 +19,7 @@
 
 #include "cpu/core.h"
 #include "hypervisor/emulated_nic.h"
+#include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
 #include "sim/fiber.h"
@@ -40,7 +41,7 @@ struct HvCosts {
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
-      switch_frame, emu_access, emu_frame, emu_poll;
+      switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free;
 
   template <class V>
   void visit(V& v) {
@@ -125,6 +126,13 @@ struct HvCosts {
     v.param(emu_poll, "emu_poll", "100", Spec(Unit::Instructions),
             "Emulated NIC with access: poll: one polling pass over the mapped register page, besides its loads "
             "(assumption).");
+    v.param(vm_stop, "vm_stop", "20000", Spec(Unit::Instructions),
+            "Stopping a VM: the fixed part of its teardown (run queues, per-vCPU state, device and bookkeeping "
+            "release), besides the charged EPT walk, the VMCLEARs and frame_free per block returned (assumption, "
+            "of the order of KVM's kvm_destroy_vm without its per-page work); see docs/memory.md.");
+    v.param(frame_free, "frame_free", "50", Spec(Unit::Instructions),
+            "Returning one block of host memory to the frame allocator (assumption, of the order of Linux's "
+            "free_unref_page fast path).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -268,9 +276,17 @@ class Hypervisor {
   void attach_nic(std::uint64_t pf_window);
   /// The PF driver and switch (null without attach_nic).
   HostNic* host_nic() { return m_host_nic.get(); }
-  /// Adds a VM before the simulation starts; its vCPUs are spread over the
-  /// cores in order of creation.
+  /// Adds a VM; its vCPUs are spread over the cores in order of creation.
+  /// Before the simulation starts, or while it runs from a core (the
+  /// hypervisor's own context, e.g. an on_vm_stopped callback): the new
+  /// vCPUs join their cores' run queues and idle cores are woken.
   void add_vm(const VmSpec& spec);
+  /// Called on a core when a VM has stopped and been torn down (its index).
+  void on_vm_stopped(std::function<void(cpu::Core&, unsigned vm)> fn) { m_on_stopped = std::move(fn); }
+  /// Why VM i stopped, with the simulated time ("" while it runs).
+  const std::string& vm_stop_note(unsigned i) const;
+  /// The host frame allocator (docs/memory.md).
+  const FrameAllocator& frames() const { return m_frames; }
   /// Per-core entry fibers, to be installed as the cores' reset fibers.
   sim::Fiber& core_fiber(unsigned core);
 
@@ -343,15 +359,34 @@ class Hypervisor {
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);
 
-  // Memory (memory.cc): host frames, EPT tables, backing guest memory, the
-  // VM's MMU lock.
-  std::uint64_t alloc_host_frame();      // hypervisor memory
+  // Memory (memory.cc, docs/memory.md): host frames (frames.h), the VMs'
+  // EPTs (ept.h), backing guest memory, the VM's MMU lock.
+  /// A 4 KiB frame of hypervisor memory (the hypervisor zone); *fresh as
+  /// FrameAllocator::alloc. Throws when the zone is exhausted.
+  std::uint64_t alloc_host_frame(bool* fresh = nullptr);
   /// Host memory backing one EPT page of guest memory (aligned to its
   /// size); 0 when host memory is exhausted.
   std::uint64_t alloc_guest_page();
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  /// The VM's EPT (hypervisor/ept.h), with the flush hook and table
+  /// allocation from the hypervisor zone.
+  void make_ept(Vm& vm);
+  /// Invalidates the VM's EPT mappings on every core that may cache them
+  /// (the EPT cursor's flush hook): INVEPT here, a request and an IPI for
+  /// the others.
+  void flush_ept(cpu::Core& c, Vm& vm);
+  /// Before a VM entry or a scheduling decision on pc: the INVEPTs and
+  /// VMCLEARs other cores asked of it.
+  void run_core_requests(PerCore& pc);
+  /// The guest zone's use, for notes.
+  std::string host_memory_note() const;
+  // Stopping a VM (vm_stop.cc, docs/memory.md "Stopping a VM").
+  /// Marks the VM's vCPUs dead and kicks those in guest mode; the teardown
+  /// follows once none is on a core.
+  void stop_vm(cpu::Core& c, Vm& vm, const std::string& why);
+  /// Tears a stopping VM down on core c if none of its vCPUs is on a core.
+  void maybe_teardown(cpu::Core& c, Vm& vm);
   /// Backs the EPT page holding gpa, if it is not backed yet.
   bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   /// The same with the VM's MMU lock held; returns gpa's host-physical
@@ -436,8 +471,8 @@ class Hypervisor {
   stats::Group m_stats;
   std::vector<std::unique_ptr<PerCore>> m_percore;
   std::vector<std::unique_ptr<Vm>> m_vms;
-  std::uint64_t m_next_host_frame;
-  std::uint64_t m_next_guest_frame;
+  bool m_started = false;  // a core has entered core_main
+  std::function<void(cpu::Core&, unsigned)> m_on_stopped;
   std::uint64_t m_msr_bitmap = 0, m_io_bitmap_a = 0, m_io_bitmap_b = 0;
   std::uint64_t m_idle_map = 0;  // one byte per core: 1 while it halts with nothing to run
   std::uint64_t m_text = 0;
@@ -462,6 +497,9 @@ class Hypervisor {
     stats::Counter migrations{this, "migrations", "events",
                               "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
+  // Host memory (docs/memory.md): the hypervisor's zone and the guests'.
+  FrameAllocator m_frames{&m_stats};
+  unsigned m_hv_zone = 0, m_guest_zone = 0;
 };
 
 /// Hypercall numbers the hypervisor implements (VMCALL with the number in RAX).

@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 
+#include "hypervisor/ept.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/virtio_net.h"
 
@@ -31,6 +32,8 @@ constexpr std::uint64_t kPidOn = 1;
 constexpr std::uint64_t kPidNvByte = kPidControl + 2;  // NV, bits 279:272
 constexpr std::uint64_t kPidOffset = 0x800;  // in the vCPU's save-area frame, 64-byte aligned
 constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
+constexpr std::uint16_t kPm1aControlPort = 0x604;  // PM1a_CNT_BLK of QEMU's machines (their FADT)
+constexpr std::uint64_t kPm1SlpEn = 1u << 13;      // PM1 control: SLP_EN (ACPI 6.x, 4.8.3.2.1)
 // Offsets of the handlers in the hypervisor's text, so that each handler
 // fetches its own code lines.
 enum CodeOffset : std::uint64_t {
@@ -51,6 +54,7 @@ enum CodeOffset : std::uint64_t {
   kCodePreemption = 0xE000,
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
+  kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -74,11 +78,18 @@ struct Hypervisor::Vm {
   unsigned id = 0;
   std::uint64_t memory = 0;
   GuestImage* image = nullptr;
-  std::uint64_t ept_root = 0;
+  std::unique_ptr<Ept> ept;    // its EPT (with shadow paging: its guest-physical map, never an EPTP)
   std::uint64_t eptp = 0;
   std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
+  bool fresh_frames = true;    // its root, lock and save areas hold power-on zeros (docs/memory.md)
   bool crashed = false;
   std::string crash;
+  // Stopping (vm_stop.cc): dead vCPUs, then the teardown once none is on a core.
+  bool stopping = false, torn_down = false;
+  std::string stop_note;
+  std::uint64_t backed = 0;      // bytes of host memory backing its guest memory
+  std::vector<bool> ran_on;      // cores that have entered it (may cache its EPT's translations)
+  bool ended() const { return crashed || stopping; }
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
   std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
   std::string nic_type = "none";      // VmSpec::nic_type
@@ -202,6 +213,9 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   Vcpu* loaded = nullptr;   // whose VMCS is current
   Vcpu* last_ran = nullptr; // the vCPU this core ran last
   std::uint64_t vmxon_region = 0;
+  // Asked of this core by others (run_core_requests): INVEPT single-context
+  // of these EPTPs, VMCLEAR (then free) of these VMCS regions.
+  std::vector<std::uint64_t> pending_invept, pending_vmclear;
 
   void interrupt(cpu::Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
   void exception(cpu::Core& c, std::uint8_t vector, std::uint32_t error_code) override {

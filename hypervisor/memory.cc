@@ -1,5 +1,7 @@
-// Memory room: host frames for the hypervisor and for guests, the VMs' EPT
-// tables (mapping, software translation, lazy and eager backing) and the
+// Memory room (docs/memory.md): host frames for the hypervisor and for
+// guests from the frame allocator (frames.h), the VMs' EPTs through the EPT
+// cursor (ept.h: mapping, software translation, lazy and eager backing),
+// the flush hook that invalidates other cores' cached translations, and the
 // per-VM MMU lock that serializes changes to them.
 #include "hypervisor/hypervisor_state.h"
 
@@ -21,58 +23,77 @@ using cpu::Regs;
 namespace field = cpu::field;
 using namespace detail;
 
-std::uint64_t Hypervisor::alloc_host_frame() {
-  std::uint64_t f = m_next_host_frame;
-  if (f + kPage > m_p.reserved_memory)
-    throw cpu::SimulationError("hypervisor: reserved_memory exhausted (raise hypervisor.reserved_memory)");
-  m_next_host_frame += kPage;
+std::uint64_t Hypervisor::alloc_host_frame(bool* fresh) {
+  const std::uint64_t f = m_frames.alloc(m_hv_zone, kPage, fresh);
+  if (!f) throw cpu::SimulationError("hypervisor: reserved_memory exhausted (raise hypervisor.reserved_memory)");
   return f;
 }
 
 std::uint64_t Hypervisor::alloc_guest_page() {
-  std::uint64_t size = m_p.ept_page_size;
-  std::uint64_t f = (m_next_guest_frame + size - 1) & ~(size - 1);
-  if (f + size > m_host_memory) return 0;
-  m_next_guest_frame = f + size;
-  m_totals.guest_frames += size / kPage;
+  const std::uint64_t size = m_p.ept_page_size;
+  const std::uint64_t f = m_frames.alloc(m_guest_zone, size);
+  if (f) m_totals.guest_frames += size / kPage;
   return f;
 }
 
-std::uint64_t Hypervisor::ept_translate(Core& c, Vm& vm, std::uint64_t gpa) {
-  std::uint64_t table = vm.ept_root;
-  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level >= 1; --level) {
-    std::uint64_t e = c.load(table + mmu::table_index(gpa, level) * 8);
-    if (!(e & mmu::ept::kPermMask)) return 0;
-    if (level == 1 || (e & mmu::ept::kLargePage)) {
-      std::uint64_t mask = (1ull << mmu::level_shift(level)) - 1;
-      return (e & mmu::ept::kAddrMask & ~mask) | (gpa & mask);
-    }
-    table = e & mmu::ept::kAddrMask;
-  }
-  return 0;
+void Hypervisor::make_ept(Vm& vm) {
+  bool fresh = true;
+  const std::uint64_t root = alloc_host_frame(&fresh);
+  vm.fresh_frames = vm.fresh_frames && fresh;
+  Ept::Env env;
+  env.frames = &m_frames;
+  env.table_zone = m_hv_zone;
+  env.vm = vm.id;
+  env.on_table = [this] { ++m_totals.ept_tables; };
+  env.flush = [this, &vm](Core& c, std::uint64_t) { flush_ept(c, vm); };
+  vm.ept = std::make_unique<Ept>(std::move(env), root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
+  vm.eptp = vm.ept->eptp();
 }
 
-// Maps the EPT page holding gpa to hpa, allocating tables on the way
-// (SDM Vol. 3C, 29.3.2). The leaf sits at the level of the configured page
-// size, with bit 7 set above level 1.
-void Hypervisor::ept_map(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) {
-  const unsigned leaf = m_p.ept_page_size == (1ull << 30) ? 3 : m_p.ept_page_size == (1ull << 21) ? 2 : 1;
-  std::uint64_t table = vm.ept_root;
-  for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level > leaf; --level) {
-    std::uint64_t entry_pa = table + mmu::table_index(gpa, level) * 8;
-    std::uint64_t e = c.load(entry_pa);
-    if (!(e & mmu::ept::kPermMask)) {
-      std::uint64_t t = alloc_host_frame();
-      ++m_totals.ept_tables;
-      c.rep_stos(t, 0, kPage);
-      e = t | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute;
-      c.store(entry_pa, e);
+std::uint64_t Hypervisor::ept_translate(Core& c, Vm& vm, std::uint64_t gpa) { return vm.ept->translate(c, gpa); }
+
+// As KVM's kvm_flush_remote_tlbs: every core that has entered the VM may
+// hold translations tagged with its EPTP. This core invalidates at once
+// (INVEPT single-context, SDM Vol. 3C, 29.4.3.1); the others are asked to
+// before their next VM entry, and one running a vCPU of the VM in guest mode
+// gets an IPI so that it exits now.
+void Hypervisor::flush_ept(Core& c, Vm& vm) {
+  for (unsigned k = 0; k < m_cores.size(); ++k) {
+    if (!vm.ran_on[k]) continue;
+    if (m_cores[k] == &c) {
+      if (c.invept(1, vm.eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+      continue;
     }
-    table = e & mmu::ept::kAddrMask;
+    auto& pending = m_percore[k]->pending_invept;
+    if (std::find(pending.begin(), pending.end(), vm.eptp) == pending.end()) pending.push_back(vm.eptp);
+    bool in_guest = false;
+    for (auto& u : vm.vcpus) in_guest = in_guest || (u->time.off == Vcpu::Off::OnCpu && u->core == k);
+    if (in_guest) c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{k} << 32) | kRescheduleVector);
   }
-  std::uint64_t leaf_pa = table + mmu::table_index(gpa, leaf) * 8;
-  c.store(leaf_pa, (hpa & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute |
-                       mmu::ept::kMemTypeWb | (leaf > 1 ? mmu::ept::kLargePage : 0));
+}
+
+void Hypervisor::run_core_requests(PerCore& pc) {
+  if (pc.pending_invept.empty() && pc.pending_vmclear.empty()) return;
+  Core& c = *pc.core;
+  // Swapped out first: the operations below may let other cores add more.
+  std::vector<std::uint64_t> invepts, vmclears;
+  invepts.swap(pc.pending_invept);
+  vmclears.swap(pc.pending_vmclear);
+  for (std::uint64_t eptp : invepts)
+    if (c.invept(1, eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+  for (std::uint64_t vmcs : vmclears) {
+    // SDM Vol. 3C, 25.11.1: a VMCS is cleared on the processor where it is
+    // active before its region is used for anything else.
+    c.vmclear(vmcs);
+    charge(c, m_p.costs.frame_free, kCodeVmStop);
+    m_frames.put(vmcs);
+  }
+}
+
+std::string Hypervisor::host_memory_note() const {
+  const std::uint64_t mib = 1 << 20;
+  return fmt::format("guest memory in use {} MiB of {} MiB", m_frames.used_bytes(m_guest_zone) / mib,
+                     m_frames.zone_bytes(m_guest_zone) / mib);
 }
 
 // The VM's EPT is shared by its vCPUs' cores: changes to it are made under
@@ -104,14 +125,18 @@ std::uint64_t Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t 
   std::uint64_t hpa = alloc_guest_page();
   if (!hpa) return 0;
   if (m_p.zero_pages) c.rep_stos(hpa, 0, size);
-  ept_map(c, vm, gpa, hpa);
+  // Not present to present: no invalidation (SDM Vol. 3C, 29.4.3.2).
+  if (!vm.ept->map(c, gpa, hpa, size, Ept::kRwxWb))
+    throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT tables (raise hypervisor.reserved_memory)");
+  vm.backed += size;
   return hpa + offset;
 }
 
 void Hypervisor::populate(Core& c, Vm& vm) {
   for (std::uint64_t gpa = 0; gpa < vm.memory; gpa += m_p.ept_page_size) {
     if (!back_guest_page(c, vm, gpa)) {
-      crash_vm(vm, "host memory exhausted while backing guest memory");
+      stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} before its first entry ({})",
+                                 gpa, host_memory_note()));
       return;
     }
   }

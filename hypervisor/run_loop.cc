@@ -43,8 +43,10 @@ void Hypervisor::core_main(PerCore& pc) {
     if (m_host_nic) m_host_nic->init(c);
   }
   pc.sched->start(c.rdtsc());
+  m_started = true;
   Vcpu* last = nullptr;
   for (;;) {
+    run_core_requests(pc);
     // Pick the next vCPU. Going back into the vCPU that just exited skips
     // the scheduler, as KVM's run loop does when nothing needs rescheduling.
     Scheduler& s = *pc.sched;
@@ -74,6 +76,12 @@ void Hypervisor::core_main(PerCore& pc) {
     if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
+    if (next->vm->stopping) {
+      next->claimed = false;
+      last = nullptr;
+      maybe_teardown(c, *next->vm);
+      continue;
+    }
     next->claimed = false;
   }
 }
@@ -211,6 +219,8 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   // context changed it, and saved after the exit (KVM's vmx_vcpu_run).
   if (c.read_cr(2) != v.cr2) c.write_cr(2, v.cr2);
   if (m_preemption_slices) arm_preemption_timer(pc, v);
+  v.vm->ran_on[pc.id] = true;
+  run_core_requests(pc);
   // Restore the guest's registers from the save area.
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;

@@ -228,6 +228,9 @@ void Hypervisor::shadow_zap(Core& c, Vm& vm, ShadowPage* sp) {
   for (std::uint64_t parent : sp->parents) c.store(parent, 0);
   sp->parents.clear();
   for (unsigned i = 0; i < 512; ++i) shadow_unlink_entry(c, vm, *sp, i);
+  // The frame stays in the VM's pool of shadow-table frames (bounded by
+  // max_pages) for its next shadow page; the pool returns to the frame
+  // allocator when the VM stops (docs/memory.md).
   sm.free_frames.push_back(sp->hpa);
   sm.pages_live.set(static_cast<double>(sm.pages.size()));
   shadow_flush_vm(vm);
@@ -309,11 +312,17 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
     std::uint64_t table = v.shadow.guest_cr3 & pte::kAddrMask;
     bool w_all = true, u_all = true, nx_any = false;
     for (unsigned level = levels; level >= 1; --level) {
-      const std::uint64_t hpa = back_guest_page_locked(c, vm, table + 8ull * mmu::table_index(la, level));
-      if (!hpa || table >= vm.memory) {
+      if (table >= vm.memory) {
         unlock_mmu(c, vm);
         crash_vm(vm, fmt::format("vCPU {}: guest page table at guest-physical {:#x} is outside the VM's memory",
                                  v.index, table));
+        return;
+      }
+      const std::uint64_t hpa = back_guest_page_locked(c, vm, table + 8ull * mmu::table_index(la, level));
+      if (!hpa) {
+        unlock_mmu(c, vm);
+        stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", table,
+                                   host_memory_note()));
         return;
       }
       const std::uint64_t e = c.load(hpa);
@@ -377,7 +386,8 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   const std::uint64_t hpa = back_guest_page_locked(c, vm, gpa & ~(kPage - 1));
   if (!hpa) {
     unlock_mmu(c, vm);
-    crash_vm(vm, "host memory exhausted while backing guest memory");
+    stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa & ~(kPage - 1),
+                               host_memory_note()));
     return;
   }
 

@@ -32,7 +32,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
     }
   }
   for (auto& vm : m_vms)
-    if (vm->nic_next_poll && vm->nic_core == pc.id && now >= vm->nic_next_poll && !vm->crashed) {
+    if (vm->nic_next_poll && vm->nic_core == pc.id && now >= vm->nic_next_poll && !vm->ended()) {
       vm->nic->poll(c);
       vm->nic_next_poll = now + vm->nic_poll_ticks;
     }

@@ -93,6 +93,22 @@ TEST_CASE("frames: freed frames are reused lowest first") {
   CHECK(fa.alloc(z, k4K) == f[7] + k4K);
 }
 
+TEST_CASE("frames: a block is fresh until any part of it was allocated once") {
+  FrameAllocator fa;
+  const unsigned z = fa.add_zone("guest", 0, 2 * k2M);
+  bool fresh = false;
+  const std::uint64_t a = fa.alloc(z, k4K, &fresh);
+  CHECK(fresh);
+  fa.put(a);
+  CHECK(fa.alloc(z, k4K, &fresh) == a);
+  CHECK_FALSE(fresh);  // reused: may hold old contents
+  fa.put(a);
+  CHECK(fa.alloc(z, k2M, &fresh) == 0);
+  CHECK_FALSE(fresh);  // contains the reused frame
+  CHECK(fa.alloc(z, k2M, &fresh) == k2M);
+  CHECK(fresh);
+}
+
 TEST_CASE("frames: reference counts keep a shared block until its last reference goes") {
   FrameAllocator fa;
   const unsigned z = fa.add_zone("guest", 0, k2M);
