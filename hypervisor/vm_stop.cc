@@ -24,7 +24,7 @@ void Hypervisor::stop_vm(Core& c, Vm& vm, const std::string& why) {
   if (vm.ended()) return;
   vm.stopping = true;
   vm.stop_note = fmt::format("stopped at {:.3f} ms: {}", static_cast<double>(c.now_ps()) / 1e9, why);
-  if (vm.backed) vm.stop_note += fmt::format(" (the VM had {} MiB)", vm.backed >> 20);
+  if (vm.backed) vm.stop_note += fmt::format("; it had {} MiB of host memory", vm.backed >> 20);
   for (auto& v : vm.vcpus) {
     v->state = Vcpu::State::Dead;
     v->apic.vtimer_deadline = 0;
