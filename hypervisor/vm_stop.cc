@@ -44,32 +44,6 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
     charge(c, m_p.costs.frame_free, kCodeVmStop);
     m_frames.put(frame);
   };
-  // Its vCPUs leave the run queues and the cores' state.
-  for (auto& vp : vm.vcpus) {
-    Vcpu& v = *vp;
-    PerCore& pc = *m_percore[v.core];
-    pc.sched->remove(v);
-    pc.assigned.erase(std::remove(pc.assigned.begin(), pc.assigned.end(), &v), pc.assigned.end());
-    for (auto& other : m_percore) {
-      if (other->loaded == &v) other->loaded = nullptr;
-      if (other->last_ran == &v) other->last_ran = nullptr;
-    }
-    if (devices) continue;
-    if (v.active_on < 0) {
-      release(v.vmcs_pa);
-    } else if (m_cores[static_cast<unsigned>(v.active_on)] == &c) {
-      c.vmclear(v.vmcs_pa);
-      release(v.vmcs_pa);
-    } else {
-      // Cleared (and freed) by the core where it is active.
-      m_percore[static_cast<unsigned>(v.active_on)]->pending_vmclear.push_back(v.vmcs_pa);
-      ipi(c, static_cast<unsigned>(v.active_on), kRescheduleVector);
-    }
-    v.active_on = -1;
-    release(v.save_area);
-    if (v.apic.vapic) release(v.apic.vapic);
-    v.steal.area = 0;
-  }
   if (devices) {
     // A device may still DMA into the VM's memory: it keeps it (detaching
     // devices is not modelled).
@@ -99,6 +73,33 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
     unlock_mmu(c, vm);
     release(vm.mmu_lock);
     vm.backed = 0;
+  }
+  // Its vCPUs leave the run queues and the cores' state (after the EPT's
+  // INVEPT requests, so that a core asked to VMCLEAR gets both at once).
+  for (auto& vp : vm.vcpus) {
+    Vcpu& v = *vp;
+    PerCore& pc = *m_percore[v.core];
+    pc.sched->remove(v);
+    pc.assigned.erase(std::remove(pc.assigned.begin(), pc.assigned.end(), &v), pc.assigned.end());
+    for (auto& other : m_percore) {
+      if (other->loaded == &v) other->loaded = nullptr;
+      if (other->last_ran == &v) other->last_ran = nullptr;
+    }
+    if (devices) continue;
+    if (v.active_on < 0) {
+      release(v.vmcs_pa);
+    } else if (m_cores[static_cast<unsigned>(v.active_on)] == &c) {
+      c.vmclear(v.vmcs_pa);
+      release(v.vmcs_pa);
+    } else {
+      // Cleared (and freed) by the core where it is active.
+      m_percore[static_cast<unsigned>(v.active_on)]->pending_vmclear.push_back(v.vmcs_pa);
+      ipi(c, static_cast<unsigned>(v.active_on), kRescheduleVector);
+    }
+    v.active_on = -1;
+    release(v.save_area);
+    if (v.apic.vapic) release(v.apic.vapic);
+    v.steal.area = 0;
   }
   if (m_on_stopped) m_on_stopped(c, vm.id);
 }

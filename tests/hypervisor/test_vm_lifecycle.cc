@@ -105,3 +105,76 @@ TEST_CASE("VMs started and stopped in a loop return every host frame", "[hypervi
   CHECK(peak < used_before + 2 * (kVmMemory >> 12));
   CHECK(counter(root, "hypervisor.frames.frees") >= kRounds * (kVmMemory >> 12));
 }
+
+namespace {
+// Two vCPUs on two cores: vCPU 1 touches its half and then computes forever
+// in guest mode; vCPU 0 touches its half, waits until vCPU 1 runs, then
+// powers the VM off.
+struct TwoVcpuGuest : vmx::hv::GuestImage {
+  bool second_running = false;
+  vmx::sim::Fiber f0{"vm.vcpu0", [this] { main0(); }};
+  vmx::sim::Fiber f1{"vm.vcpu1", [this] { main1(); }};
+  vmx::sim::Fiber& vcpu_entry(unsigned i) override { return i == 0 ? f0 : f1; }
+  void main0() {
+    Core& c = Core::current();
+    for (std::uint64_t gpa = 0; gpa < kVmMemory / 2; gpa += 4096) c.store(gpa, 1);
+    while (!second_running) c.compute(1000);
+    c.compute(100000);
+    c.out(kPm1aCnt, kSlpS5, 2);
+    for (;;) c.hlt();
+  }
+  void main1() {
+    Core& c = Core::current();
+    for (std::uint64_t gpa = kVmMemory / 2; gpa < kVmMemory; gpa += 4096) c.store(gpa, 2);
+    second_running = true;
+    for (;;) c.compute(1000);  // never exits by itself: the stop must kick it out
+  }
+};
+}  // namespace
+
+TEST_CASE("stopping a VM kicks its vCPU out of guest mode on the other core, and every frame returns",
+          "[hypervisor][frames]") {
+  vmx::stats::Group root(nullptr, "");
+  auto pp = vmx::cfg::defaults<vmx::models::PlatformParams>();
+  pp.cores = 2;
+  pp.memory = 128ull << 20;
+  vmx::models::Platform platform(pp, &root);
+  auto hp = vmx::cfg::defaults<vmx::hv::HypervisorParams>();
+  vmx::hv::Hypervisor hv(hp, platform.cores(), pp.memory, pp.frequency, &root);
+  TwoVcpuGuest guest;
+  vmx::hv::VmSpec s;
+  s.name = "vm";
+  s.vcpus = 2;
+  s.memory = kVmMemory;
+  s.image = &guest;
+  s.pin = {0, 1};
+  const double used_before = gauge(root, "hypervisor.frames.frames_used");
+  hv.add_vm(s);
+  bool stopped = false;
+  std::uint64_t flushes0 = 0, flushes1 = 0;
+  unsigned teardown_core = 99;
+  hv.on_vm_stopped([&](Core& c, unsigned) {
+    stopped = true;
+    teardown_core = c.id();
+    flushes0 = counter(root, "system.cpu0.tlb.dtlb.flushes");
+    flushes1 = counter(root, "system.cpu1.tlb.dtlb.flushes");
+  });
+  for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hv.core_fiber(i));
+  sc_core::sc_start(sc_core::sc_time(20, sc_core::SC_MS));
+
+  REQUIRE(stopped);
+  INFO("teardown on core " << teardown_core << ", dtlb flushes at teardown " << flushes0 << "/" << flushes1
+                           << ", at the end " << counter(root, "system.cpu0.tlb.dtlb.flushes") << "/"
+                           << counter(root, "system.cpu1.tlb.dtlb.flushes"));
+  CHECK(hv.vm_stop_note(0).find("powered off") != std::string::npos);
+  CHECK(guest.second_running);
+  // The teardown ran on core 1, the last to leave the VM: its INVEPT there,
+  // and core 0 executed the INVEPT (and the VMCLEAR of vCPU 0's VMCS) it was
+  // asked for at its next scheduling decision, after which every frame is
+  // back, the VMCS included.
+  CHECK(teardown_core == 1);
+  CHECK(flushes1 > 0);
+  CHECK(counter(root, "system.cpu0.tlb.dtlb.flushes") > flushes0);
+  CHECK(gauge(root, "hypervisor.frames.frames_used") == used_before);
+  CHECK(counter(root, "system.cpu1.exit_reasons.EXTERNAL_INTERRUPT") >= 1);  // the kick
+}
