@@ -2,6 +2,7 @@
 // runs it under SystemC.
 #include <algorithm>
 #include <cstdlib>
+#include <deque>
 #include <memory>
 #include <stdexcept>
 
@@ -19,21 +20,51 @@ namespace {
 /// Ends the run early once every finite guest thread has finished. The
 /// number of such threads is known from the configuration before any VM
 /// boots, so a VM that finishes before another has started does not end
-/// the run.
-class Monitor : public sc_core::sc_module, public guest::RunControl {
+/// the run. A VM the hypervisor stops (docs/memory.md, "Overcommit") no
+/// longer counts: its unfinished threads never will.
+class Monitor : public sc_core::sc_module {
  public:
   SC_HAS_PROCESS(Monitor);
   Monitor(sc_core::sc_module_name n, bool stop_when_done) : sc_module(n), m_stop(stop_when_done) {
     SC_THREAD(watch);
   }
-  /// `threads` more finite threads will run.
-  void expect(std::uint64_t threads) { m_pending += threads; m_expected += threads; }
-  void thread_finished() override {
-    if (m_pending && --m_pending == 0) m_done.notify(sc_core::SC_ZERO_TIME);
+  /// The run control of VM `vm`'s kernel.
+  guest::RunControl* control(unsigned vm) {
+    while (m_vms.size() <= vm) m_vms.emplace_back(this);
+    return &m_vms[vm];
+  }
+  /// `threads` more finite threads will run in VM `vm`.
+  void expect(unsigned vm, std::uint64_t threads) {
+    control(vm);
+    m_vms[vm].pending += threads;
+    m_pending += threads;
+    m_expected += threads;
+  }
+  /// VM `vm` was stopped: its threads are no longer waited for.
+  void vm_stopped(unsigned vm) {
+    control(vm);
+    const std::uint64_t n = m_vms[vm].pending;
+    m_vms[vm].pending = 0;
+    settle(n);
   }
   bool finished() const { return m_expected > 0 && m_pending == 0; }
 
  private:
+  struct Vm final : guest::RunControl {
+    explicit Vm(Monitor* m) : monitor(m) {}
+    void thread_finished() override {
+      if (!pending) return;
+      --pending;
+      monitor->settle(1);
+    }
+    Monitor* monitor;
+    std::uint64_t pending = 0;
+  };
+  void settle(std::uint64_t n) {
+    if (!n || !m_pending) return;
+    m_pending -= std::min(n, m_pending);
+    if (m_pending == 0) m_done.notify(sc_core::SC_ZERO_TIME);
+  }
   void watch() {
     for (;;) {
       sc_core::wait(m_done);
@@ -41,6 +72,7 @@ class Monitor : public sc_core::sc_module, public guest::RunControl {
     }
   }
   bool m_stop;
+  std::deque<Vm> m_vms;
   std::uint64_t m_pending = 0, m_expected = 0;
   sc_core::sc_event m_done;
 };
@@ -69,11 +101,12 @@ struct Session::System {
       const VmParams& vp = p.vms[i];
       stats::Group& vg = vm_root.subgroup(vp.name, "VM " + vp.name);
       auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
-                                                    pp.frequency, p.seed * 1000003ull + i, &monitor, &vg);
+                                                    pp.frequency, p.seed * 1000003ull + i,
+                                                    monitor.control(static_cast<unsigned>(i)), &vg);
       for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
         const auto& wp = vp.workloads[w];
         auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
-        if (wl->finite()) monitor.expect(wp.threads);
+        if (wl->finite()) monitor.expect(static_cast<unsigned>(i), wp.threads);
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
       }
       if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
@@ -118,6 +151,8 @@ struct Session::System {
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));
     }
+    // A stopped VM's threads are no longer waited for (docs/memory.md).
+    hypervisor->on_vm_stopped([this](cpu::Core&, unsigned vm) { monitor.vm_stopped(vm); });
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
     if (p.event_trace.enabled) {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
@@ -221,6 +256,7 @@ std::vector<std::string> Session::notes() const {
   for (unsigned i = 0; i < m_sys->hypervisor->vm_count(); ++i) {
     const std::string& name = m_sys->hypervisor->vm_name(i);
     if (!m_sys->hypervisor->vm_crash(i).empty()) out.push_back(name + ": crashed: " + m_sys->hypervisor->vm_crash(i));
+    if (!m_sys->hypervisor->vm_stop_note(i).empty()) out.push_back(name + ": " + m_sys->hypervisor->vm_stop_note(i));
     if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);

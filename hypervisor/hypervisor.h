@@ -20,6 +20,7 @@
 #include "abi/boot.h"
 #include "cpu/core.h"
 #include "hypervisor/emulated_nic.h"
+#include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
 #include "sim/fiber.h"
@@ -36,7 +37,7 @@ struct HvCosts {
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
-      switch_frame, emu_access, emu_frame, emu_poll;
+      switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free;
 
   template <class V>
   void visit(V& v) {
@@ -121,6 +122,13 @@ struct HvCosts {
     v.param(emu_poll, "emu_poll", "100", Spec(Unit::Instructions),
             "Emulated NIC with access: poll: one polling pass over the mapped register page, besides its loads "
             "(assumption).");
+    v.param(vm_stop, "vm_stop", "20000", Spec(Unit::Instructions),
+            "Stopping a VM: the fixed part of its teardown (run queues, per-vCPU state, device and bookkeeping "
+            "release), besides the charged EPT walk, the VMCLEARs and frame_free per block returned (assumption, "
+            "of the order of KVM's kvm_destroy_vm without its per-page work); see docs/memory.md.");
+    v.param(frame_free, "frame_free", "50", Spec(Unit::Instructions),
+            "Returning one block of host memory to the frame allocator (assumption, of the order of Linux's "
+            "free_unref_page fast path).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -254,9 +262,17 @@ class Hypervisor {
   void attach_nic(std::uint64_t pf_window);
   /// The PF driver and switch (null without attach_nic).
   HostNic* host_nic() { return m_host_nic.get(); }
-  /// Adds a VM before the simulation starts; its vCPUs are spread over the
-  /// cores in order of creation.
+  /// Adds a VM; its vCPUs are spread over the cores in order of creation.
+  /// Before the simulation starts, or while it runs from a core (the
+  /// hypervisor's own context, e.g. an on_vm_stopped callback): the new
+  /// vCPUs join their cores' run queues and idle cores are woken.
   void add_vm(const VmSpec& spec);
+  /// Called on a core when a VM has stopped and been torn down (its index).
+  void on_vm_stopped(std::function<void(cpu::Core&, unsigned vm)> fn) { m_on_stopped = std::move(fn); }
+  /// Why VM i stopped, with the simulated time ("" while it runs).
+  const std::string& vm_stop_note(unsigned i) const;
+  /// The host frame allocator (docs/memory.md).
+  const FrameAllocator& frames() const { return m_frames; }
   /// Per-core entry fibers, to be installed as the cores' reset fibers.
   sim::Fiber& core_fiber(unsigned core);
 
@@ -288,28 +304,39 @@ class Hypervisor {
   void attach_io(const IoPlatform& io);
 
  private:
+  // The hypervisor's rooms. Each group below is one file of hypervisor/
+  // (docs/hypervisor.md, "Rooms"); the per-VM, per-vCPU and per-core state
+  // is in hypervisor/hypervisor_state.h.
+
+  // Common helpers (hypervisor.cc): charging work as operations, VMCS
+  // access, crashing a VM, injecting an exception.
+  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+  void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
+  void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
+  std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
+  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
+  void crash_vm(Vm& vm, const std::string& why);
+  void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
+
+  // The run loop (run_loop.cc): per-core loop, entering a vCPU, exit
+  // dispatch, a new vCPU's VMCS, host interrupts.
   void core_main(PerCore& pc);
   void run_vcpu(PerCore& pc, Vcpu& v);
   void handle_exit(PerCore& pc, Vcpu& v, unsigned reason);
+  void setup_vmcs(cpu::Core& c, Vcpu& v);
+  void host_interrupt(PerCore& pc, std::uint8_t vector);
+
+  // Exit handlers (exits.cc).
   void handle_cpuid(cpu::Core& c, Vcpu& v);
   void handle_io(cpu::Core& c, Vcpu& v);
   void handle_msr(cpu::Core& c, Vcpu& v, bool write);
   void handle_cr(cpu::Core& c, Vcpu& v);
-  void handle_ept_violation(cpu::Core& c, Vcpu& v);
-  /// An EPT violation in the VM's virtio-net register page: emulates the
-  /// access and completes the instruction. False if gpa is not the page.
-  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
-  struct VirtioDev;
-  // The emulated NIC (hypervisor/emulated_nic.*): a trapped register access,
-  // the device's start before the VM's first entry.
-  struct NicHost;
-  void handle_nic_access(cpu::Core& c, Vcpu& v);
-  void nic_setup(cpu::Core& c, Vcpu& v);
   void handle_vmcall(cpu::Core& c, Vcpu& v);
+  void handle_ept_violation(cpu::Core& c, Vcpu& v);
+
+  // The virtual LAPIC (vlapic.cc): its timer, waking, raising a virtual
+  // interrupt by injection or posting.
   void handle_timer(PerCore& pc);
-  void host_interrupt(PerCore& pc, std::uint8_t vector);
-  void crash_vm(Vm& vm, const std::string& why);
-  void inject_exception(cpu::Core& c, std::uint8_t vector, bool error_code, std::uint32_t code);
   void wake(Vcpu& v);
   /// Requests virtual interrupt `vector` for vCPU t: by injection at its
   /// next entry, or by posting (posted_interrupts).
@@ -317,49 +344,80 @@ class Hypervisor {
   /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);
-  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
-  /// `running` has the core to idle cores.
-  void push_waiting(PerCore& pc, const Vcpu* running);
-  void migrate(PerCore& from, Vcpu& v, PerCore& to);
-  /// Marks the core idle (nothing to run) or busy in the idle map.
-  void set_idle(PerCore& pc, bool idle);
-  // Time accounting (simulator observation of the vCPU's state, no cost).
-  void account_on_cpu(Vcpu& v, std::uint64_t now);
-  void publish_steal(cpu::Core& c, Vcpu& v);
-  void mark_preempted(cpu::Core& c, Vcpu& v);
+
+  // Memory (memory.cc, docs/memory.md): host frames (frames.h), the VMs'
+  // EPTs (ept.h), backing guest memory, the VM's MMU lock.
+  /// A 4 KiB frame of hypervisor memory (the hypervisor zone); *fresh as
+  /// FrameAllocator::alloc. Throws when the zone is exhausted.
+  std::uint64_t alloc_host_frame(bool* fresh = nullptr);
+  /// Host memory backing one EPT page of guest memory (aligned to its
+  /// size); 0 when host memory is exhausted.
+  std::uint64_t alloc_guest_page();
   /// Host-physical address of gpa in the VM's EPT (a software walk), 0 if unmapped.
   std::uint64_t ept_translate(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
-  /// Event trace: ends the slice of v's current state at `now` (cycles of
-  /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
-  void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
+  /// The VM's EPT (hypervisor/ept.h), with the flush hook and table
+  /// allocation from the hypervisor zone.
+  void make_ept(Vm& vm);
+  /// Invalidates the VM's EPT mappings on every core that may cache them
+  /// (the EPT cursor's flush hook): INVEPT here, a request and an IPI for
+  /// the others.
+  void flush_ept(cpu::Core& c, Vm& vm);
+  /// Before a VM entry or a scheduling decision on pc: the INVEPTs and
+  /// VMCLEARs other cores asked of it.
+  void run_core_requests(PerCore& pc);
+  /// The guest zone's use, for notes.
+  std::string host_memory_note() const;
+  // Stopping a VM (vm_stop.cc, docs/memory.md "Stopping a VM").
+  /// Marks the VM's vCPUs dead and kicks those in guest mode; the teardown
+  /// follows once none is on a core.
+  void stop_vm(cpu::Core& c, Vm& vm, const std::string& why);
+  /// Tears a stopping VM down on core c if none of its vCPUs is on a core.
+  void maybe_teardown(cpu::Core& c, Vm& vm);
+  /// Backs the EPT page holding gpa, if it is not backed yet.
+  bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  /// The same with the VM's MMU lock held; returns gpa's host-physical
+  /// address (0 when host memory is exhausted).
+  std::uint64_t back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  void populate(cpu::Core& c, Vm& vm);
+  void lock_mmu(cpu::Core& c, Vm& vm);
+  void unlock_mmu(cpu::Core& c, Vm& vm);
+
+  // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
+  // policies are in scheduler.h.
   void program_timer(PerCore& pc, bool idle = false);
   /// The scheduler's next deadline on the core (0: none).
   std::uint64_t sched_deadline(PerCore& pc);
   /// slice_timer=preemption: arms the VMX-preemption timer of the current
   /// VMCS for the scheduler's deadline (or disarms it) before an entry.
   void arm_preemption_timer(PerCore& pc, Vcpu& v);
-  void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
-  void touch_vcpu_state(cpu::Core& c, const Vcpu& v);
-  std::uint64_t ps_to_tsc(std::uint64_t ps) const;
-  std::uint64_t alloc_host_frame();      // hypervisor memory
-  /// Host memory backing one EPT page of guest memory (aligned to its
-  /// size); 0 when host memory is exhausted.
-  std::uint64_t alloc_guest_page();
-  /// Backs the EPT page holding gpa, if it is not backed yet.
-  bool back_guest_page(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  /// The same with the VM's MMU lock held; returns gpa's host-physical
-  /// address (0 when host memory is exhausted).
-  std::uint64_t back_guest_page_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa);
-  void lock_mmu(cpu::Core& c, Vm& vm);
-  void unlock_mmu(cpu::Core& c, Vm& vm);
-  void ept_map(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
-  void populate(cpu::Core& c, Vm& vm);
-  void vmw(cpu::Core& c, std::uint32_t enc, std::uint64_t v);
-  std::uint64_t vmr(cpu::Core& c, std::uint32_t enc);
-  void setup_vmcs(cpu::Core& c, Vcpu& v);
+  /// Migration (hypervisor.migration): moves vCPUs of `pc` that wait while
+  /// `running` has the core to idle cores.
+  void push_waiting(PerCore& pc, const Vcpu* running);
+  void migrate(PerCore& from, Vcpu& v, PerCore& to);
+  /// Marks the core idle (nothing to run) or busy in the idle map.
+  void set_idle(PerCore& pc, bool idle);
 
-  // Device passthrough (hypervisor/passthrough.cc).
+  // Time accounting (accounting.cc; simulator observation of the vCPU's
+  // state, no cost) and the guest-visible steal-time record.
+  void account_on_cpu(Vcpu& v, std::uint64_t now);
+  void account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again);
+  /// Event trace: ends the slice of v's current state at `now` (cycles of
+  /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
+  void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
+  void publish_steal(cpu::Core& c, Vcpu& v);
+  void mark_preempted(cpu::Core& c, Vcpu& v);
+
+  // Devices. virtio-net (virtio_net.cc): an EPT violation in the VM's
+  // virtio-net register page emulates the access and completes the
+  // instruction; false if gpa is not the page.
+  bool virtio_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  struct VirtioDev;
+  // The emulated NIC (emulated_nic_glue.cc): a trapped register access,
+  // the device's start before the VM's first entry.
+  struct NicHost;
+  void handle_nic_access(cpu::Core& c, Vcpu& v);
+  void nic_setup(cpu::Core& c, Vcpu& v);
+  // Device passthrough (passthrough.cc).
   struct Passthrough;
   /// Assigns the VM's VF before its first entry: backs all its memory,
   /// maps the VF's registers through EPT, gives the VF an IOMMU domain
@@ -368,7 +426,7 @@ class Hypervisor {
   /// A host vector of a remapped (not posted) VF interrupt: forward it to the guest.
   bool passthrough_interrupt(std::uint8_t vector);
 
-  // Shadow paging (hypervisor/shadow.cc).
+  // Shadow paging (shadow.cc).
   struct ShadowPage;
   struct ShadowMmu;
   void shadow_setup_vmcs(cpu::Core& c, Vcpu& v);
@@ -399,8 +457,8 @@ class Hypervisor {
   stats::Group m_stats;
   std::vector<std::unique_ptr<PerCore>> m_percore;
   std::vector<std::unique_ptr<Vm>> m_vms;
-  std::uint64_t m_next_host_frame;
-  std::uint64_t m_next_guest_frame;
+  bool m_started = false;  // a core has entered core_main
+  std::function<void(cpu::Core&, unsigned)> m_on_stopped;
   std::uint64_t m_msr_bitmap = 0, m_io_bitmap_a = 0, m_io_bitmap_b = 0;
   std::uint64_t m_idle_map = 0;  // one byte per core: 1 while it halts with nothing to run
   std::uint64_t m_text = 0;
@@ -425,6 +483,9 @@ class Hypervisor {
     stats::Counter migrations{this, "migrations", "events",
                               "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
+  // Host memory (docs/memory.md): the hypervisor's zone and the guests'.
+  FrameAllocator m_frames{&m_stats};
+  unsigned m_hv_zone = 0, m_guest_zone = 0;
 };
 
 }  // namespace vmx::hv

@@ -10,10 +10,57 @@
 
 #include <fmt/format.h>
 
+#include "hypervisor/ept.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
+
+/// Constants shared by the hypervisor's rooms (hypervisor/*.cc).
+namespace detail {
+constexpr std::uint64_t kPage = 4096;
+constexpr std::uint64_t kLine = 64;
+constexpr std::uint8_t kHostTimerVector = models::Lapic::kDefaultTimerVector;
+constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
+constexpr std::uint8_t kPostedVector = 0xF2;      // Linux's POSTED_INTR_VECTOR
+constexpr std::uint8_t kPostedWakeupVector = 0xF1;  // Linux's POSTED_INTR_WAKEUP_VECTOR
+// Posted-interrupt descriptor (SDM Vol. 3C, 30.6; VT-d 9.12): PIR at 0,
+// ON (bit 0), SN (bit 1), NV (bits 23:16) and NDST (bits 63:32) in the
+// quadword at 32.
+constexpr std::uint64_t kPidControl = 32;
+constexpr std::uint64_t kPidOn = 1;
+constexpr std::uint64_t kPidNvByte = kPidControl + 2;  // NV, bits 279:272
+constexpr std::uint64_t kPidOffset = 0x800;  // in the vCPU's save-area frame, 64-byte aligned
+constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
+constexpr std::uint16_t kPm1aControlPort = 0x604;  // PM1a_CNT_BLK of QEMU's machines (their FADT)
+constexpr std::uint64_t kPm1SlpEn = 1u << 13;      // PM1 control: SLP_EN (ACPI 6.x, 4.8.3.2.1)
+// Offsets of the handlers in the hypervisor's text, so that each handler
+// fetches its own code lines.
+enum CodeOffset : std::uint64_t {
+  kCodeDispatch = 0x0000,
+  kCodeCpuid = 0x1000,
+  kCodeHlt = 0x2000,
+  kCodeVmcall = 0x3000,
+  kCodeIo = 0x4000,
+  kCodeCr = 0x5000,
+  kCodeMsr = 0x6000,
+  kCodeEpt = 0x7000,
+  kCodeIrq = 0x8000,
+  kCodeWindow = 0x9000,
+  kCodeInject = 0xA000,
+  kCodeSchedule = 0xB000,
+  kCodeShadow = 0xC000,  // hypervisor/shadow.cc
+  kCodeMigrate = 0xD000,
+  kCodePreemption = 0xE000,
+  kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
+  kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
+  kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
+};
+
+inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
+  return o.total_guest_cycles + (o.in_guest && now > o.entered_at ? now - o.entered_at : 0);
+}
+}  // namespace detail
 
 /// The emulated NIC's view of the hypervisor (hypervisor/emulated_nic.h).
 struct Hypervisor::NicHost final : EmulatedNic::Host {
@@ -31,11 +78,18 @@ struct Hypervisor::Vm {
   unsigned id = 0;
   std::uint64_t memory = 0;
   abi::GuestImage* image = nullptr;
-  std::uint64_t ept_root = 0;
+  std::unique_ptr<Ept> ept;    // its EPT (with shadow paging: its guest-physical map, never an EPTP)
   std::uint64_t eptp = 0;
   std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
+  bool fresh_frames = true;    // its root, lock and save areas hold power-on zeros (docs/memory.md)
   bool crashed = false;
   std::string crash;
+  // Stopping (vm_stop.cc): dead vCPUs, then the teardown once none is on a core.
+  bool stopping = false, torn_down = false;
+  std::string stop_note;
+  std::uint64_t backed = 0;      // bytes of host memory backing its guest memory
+  std::vector<bool> ran_on;      // cores that have entered it (may cache its EPT's translations)
+  bool ended() const { return crashed || stopping; }
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
   std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
   std::string nic_type = "none";      // VmSpec::nic_type
@@ -55,65 +109,81 @@ struct Hypervisor::Vm {
 struct Hypervisor::Vcpu : SchedEntity {
   Vm* vm = nullptr;
   unsigned index = 0;
+  // Placement (vcpu_sched.cc): its core, pinning and migration state.
   unsigned core = 0;   // the core whose run queue holds the vCPU
   bool pinned = false; // may run only on its pinned core (vms[].pin)
   bool claimed = false; // a core picked it and runs it (not migratable now)
   bool movable = true;  // not started, or its last exit was HLT (see migrate())
   int active_on = -1;   // core on which its VMCS is active (VMPTRLD, no VMCLEAR since)
   stats::Counter* migrations = nullptr;
+  // The VMCS and the register save area (run_loop.cc).
   std::uint64_t vmcs_pa = 0;
   std::uint64_t save_area = 0;  // host-physical: saved GPRs, then other per-vCPU state
   std::uint16_t vpid = 0;
   cpu::Regs regs;
+  std::uint64_t cr2 = 0;  // the guest's CR2, saved at every exit and restored before entry (as KVM does)
   enum class State : std::uint8_t { Runnable, Blocked, Dead } state = State::Runnable;
   bool launched = false;
   bool vmcs_ready = false;
-  std::bitset<256> virr;              // virtual interrupts requested (injection)
-  std::uint64_t vapic = 0;            // virtual-APIC page (posted interrupts)
-  std::uint64_t pi_desc = 0;          // posted-interrupt descriptor
-  bool pi_wakeup = false;             // its NV is the wake-up vector (blocked in HLT)
-  std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
-  std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
-  bool preempt_armed = false;         // the VMCS's "activate VMX-preemption timer" as last written
+  bool preempt_armed = false;  // the VMCS's "activate VMX-preemption timer" as last written
   std::unique_ptr<cpu::VcpuObserver> obs;
+
+  /// The virtual local APIC (vlapic.cc).
+  struct Apic {
+    std::bitset<256> virr;              // virtual interrupts requested (injection)
+    std::uint64_t vapic = 0;            // virtual-APIC page (posted interrupts)
+    std::uint64_t pi_desc = 0;          // posted-interrupt descriptor
+    bool pi_wakeup = false;             // its NV is the wake-up vector (blocked in HLT)
+    std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
+    std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
+  } apic;
 
   /// Where the vCPU's time went, exact to the cycle of its core's clock:
   /// every cycle since its first run is in exactly one bucket.
-  struct Time : stats::Group {
-    explicit Time(stats::Group* p) : Group(p, "time", "where the vCPU's time went") {}
+  struct TimeStats : stats::Group {
+    explicit TimeStats(stats::Group* p) : Group(p, "time", "where the vCPU's time went") {}
     stats::Counter guest{this, "guest_cycles", "cycles", "running in VMX non-root operation"};
     stats::Counter hypervisor{this, "hypervisor_cycles", "cycles",
                               "in the hypervisor on this vCPU's behalf (exit handling, entry)"};
     stats::Counter steal{this, "steal_cycles", "cycles", "runnable but another vCPU had the core (stolen)"};
     stats::Counter idle{this, "idle_cycles", "cycles", "halted, waiting for an interrupt"};
   };
-  std::unique_ptr<Time> time;
   // A vCPU is runnable from time 0, when its VM is created, until it dies.
-  enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted } off = Off::Runnable;
-  std::uint64_t since = 0;           // start of the current state
-  std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
-  std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
-  // Event trace: the vCPU's track and the start of its current state's slice
-  // (unlike `since`, not moved by statistics flushes).
-  int trace_track = -1;
-  std::uint64_t trace_since = 0;
-  std::uint64_t steal_msr = 0;       // the guest's MSR_KVM_STEAL_TIME value
-  std::uint64_t steal_area = 0;      // host-physical address of its steal-time record (0: off)
+  enum class Off : std::uint8_t { Stopped, OnCpu, Runnable, Halted };
+  /// Time accounting (accounting.cc): simulator observation of the vCPU's
+  /// state on its core's clock, no cost to the simulated software.
+  struct Time {
+    std::unique_ptr<TimeStats> stats;
+    Off off = Off::Runnable;
+    std::uint64_t since = 0;           // start of the current state
+    std::uint64_t guest_baseline = 0;  // obs->total_guest_cycles at `since` while on the CPU
+    std::uint64_t steal_total = 0;     // stolen cycles since creation (never reset)
+    // Event trace: the vCPU's track and the start of its current state's
+    // slice (unlike `since`, not moved by statistics flushes).
+    int trace_track = -1;
+    std::uint64_t trace_since = 0;
+  } time;
+  /// The paravirtual steal-time record (accounting.cc).
+  struct Steal {
+    std::uint64_t msr = 0;   // the guest's MSR_KVM_STEAL_TIME value
+    std::uint64_t area = 0;  // host-physical address of its steal-time record (0: off)
+  } steal;
 
-  // Shadow paging: the guest's view of its control registers, its CR2
-  // (saved at every exit and restored before entry, as KVM does), the
-  // shadow root in use and a few previous ones (KVM_MMU_NUM_PREV_ROOTS = 3),
-  // and a write to a protected page-table page being single-stepped.
-  std::uint64_t cr2 = 0;
-  std::uint64_t guest_cr0 = 0, guest_cr3 = 0, guest_cr4 = 0;
-  ShadowPage* root = nullptr;
-  std::deque<ShadowPage*> prev_roots;
-  bool shadow_flush = false;   // INVVPID before the next entry
-  bool shadow_reload = false;  // the root was torn down: load a new one before the next entry
+  // Shadow paging (shadow.cc): the guest's view of its control registers,
+  // the shadow root in use and a few previous ones (KVM_MMU_NUM_PREV_ROOTS
+  // = 3), and a write to a protected page-table page being single-stepped.
   struct PtWrite {
     bool active = false;
     std::uint64_t la = 0, gfn = 0, offset = 0;
-  } pt_write;
+  };
+  struct Shadow {
+    std::uint64_t guest_cr0 = 0, guest_cr3 = 0, guest_cr4 = 0;
+    ShadowPage* root = nullptr;
+    std::deque<ShadowPage*> prev_roots;
+    bool flush = false;   // INVVPID before the next entry
+    bool reload = false;  // the root was torn down: load a new one before the next entry
+    PtWrite pt_write;
+  } shadow;
 
   bool sched_runnable() const override { return state == State::Runnable; }
 };
@@ -143,6 +213,9 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   Vcpu* loaded = nullptr;   // whose VMCS is current
   Vcpu* last_ran = nullptr; // the vCPU this core ran last
   std::uint64_t vmxon_region = 0;
+  // Asked of this core by others (run_core_requests): INVEPT single-context
+  // of these EPTPs, VMCLEAR (then free) of these VMCS regions.
+  std::vector<std::uint64_t> pending_invept, pending_vmclear;
 
   void interrupt(cpu::Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
   void exception(cpu::Core& c, std::uint8_t vector, std::uint32_t error_code) override {

@@ -21,6 +21,8 @@
 //   external-interrupt exit per interrupt, then injection).
 #include "hypervisor/passthrough.h"
 
+#include <stdexcept>
+
 #include <fmt/format.h>
 
 #include "iommu/interrupt_remap.h"
@@ -58,34 +60,25 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
 
   // 1. Back all guest memory (the DMA target must exist before any DMA).
   populate(c, vm);
-  if (vm.crashed) return;
+  if (vm.ended()) return;
   pt.stats.mapped_pages += vm.memory / m_p.ept_page_size;
 
   // 2. The VF's registers in the guest's NIC window: a 4 KiB EPT leaf,
   //    read/write, not executable, uncacheable (memory type 0).
   const std::uint64_t window = m_io.nic_mmio_base + (1ull + vm.vf) * m_io.nic_mmio_stride;
   lock_mmu(c, vm);
-  {
-    std::uint64_t table = vm.ept_root;
-    for (unsigned level = static_cast<unsigned>(m_p.ept_levels); level > 1; --level) {
-      const std::uint64_t entry_pa = table + mmu::table_index(vm.nic_window_gpa, level) * 8;
-      std::uint64_t e = c.load(entry_pa);
-      if (!(e & mmu::ept::kPermMask)) {
-        const std::uint64_t t = alloc_host_frame();
-        ++m_totals.ept_tables;
-        c.rep_stos(t, 0, kPage);
-        e = t | mmu::ept::kRead | mmu::ept::kWrite | mmu::ept::kExecute;
-        c.store(entry_pa, e);
-      } else if (e & mmu::ept::kLargePage) {
-        unlock_mmu(c, vm);
-        throw cpu::SimulationError(fmt::format("hypervisor: VM {}: the NIC window {:#x} lies in a large page of "
-                                               "guest memory",
-                                               vm.name, vm.nic_window_gpa));
-      }
-      table = e & mmu::ept::kAddrMask;
-    }
-    c.store(table + mmu::table_index(vm.nic_window_gpa, 1) * 8,
-            (window & mmu::ept::kAddrMask) | mmu::ept::kRead | mmu::ept::kWrite);
+  bool mapped = false;
+  try {
+    mapped = vm.ept->map(c, vm.nic_window_gpa, window, kPage, mmu::ept::kRead | mmu::ept::kWrite);
+  } catch (const std::logic_error&) {
+    unlock_mmu(c, vm);
+    throw cpu::SimulationError(fmt::format("hypervisor: VM {}: the NIC window {:#x} lies in a large page of "
+                                           "guest memory",
+                                           vm.name, vm.nic_window_gpa));
+  }
+  if (!mapped) {
+    unlock_mmu(c, vm);
+    throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT tables (raise hypervisor.reserved_memory)");
   }
   unlock_mmu(c, vm);
 
@@ -107,7 +100,7 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   };
   const auto did = static_cast<std::uint16_t>(vm.id + 1);
   const unsigned aw = m_p.ept_levels == 5 ? 3 : 2;  // 57- or 48-bit, the EPT's levels
-  const iommu::ContextEntry ce = iommu::ctx::make(vm.ept_root, did, aw);
+  const iommu::ContextEntry ce = iommu::ctx::make(vm.ept->root(), did, aw);
   const std::uint64_t entry = context_table(iommu::rid_bus(rid)) + iommu::rid_devfn(rid) * iommu::ctx::kEntrySize;
   c.store(entry, ce.lo);
   c.store(entry + 8, ce.hi);
@@ -136,8 +129,8 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   Vcpu& target = *vm.vcpus.at(0);
   const std::uint64_t irte = pt.irt + 16ull * (vm.vf & 0xFF);
   if (m_p.posted_interrupts) {
-    c.store(irte + 8, iommu::irte::posted_hi(target.pi_desc, rid));
-    c.store(irte, iommu::irte::posted_lo(target.pi_desc, vm.nic_vector));
+    c.store(irte + 8, iommu::irte::posted_hi(target.apic.pi_desc, rid));
+    c.store(irte, iommu::irte::posted_lo(target.apic.pi_desc, vm.nic_vector));
     ++pt.stats.posted_irtes;
   } else {
     const auto host_vector = static_cast<std::uint8_t>(kVfHostVectorBase + (vm.vf & 0x3F));

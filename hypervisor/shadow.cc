@@ -71,23 +71,23 @@ void Hypervisor::shadow_setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kCr4ReadShadow, 0);
   vmw(c, field::kGuestCr0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   vmw(c, field::kGuestCr4, crb::kCr4Pae);
-  v.guest_cr0 = crb::kCr0Pe;
-  v.guest_cr3 = 0;
-  v.guest_cr4 = 0;
+  v.shadow.guest_cr0 = crb::kCr0Pe;
+  v.shadow.guest_cr3 = 0;
+  v.shadow.guest_cr4 = 0;
   lock_mmu(c, *v.vm);
   shadow_load_root(c, v);
   unlock_mmu(c, *v.vm);
 }
 
 void Hypervisor::shadow_before_entry(Core& c, Vcpu& v) {
-  if (v.shadow_reload) {
+  if (v.shadow.reload) {
     lock_mmu(c, *v.vm);
     shadow_load_root(c, v);
     unlock_mmu(c, *v.vm);
-    v.shadow_flush = true;
+    v.shadow.flush = true;
   }
-  if (v.shadow_flush) {
-    v.shadow_flush = false;
+  if (v.shadow.flush) {
+    v.shadow.flush = false;
     // Without VPIDs every entry flushes anyway (SDM Vol. 3C, 28.3.3.3).
     if (v.vpid) c.invvpid(1, v.vpid);
   }
@@ -98,11 +98,11 @@ void Hypervisor::shadow_before_entry(Core& c, Vcpu& v) {
 void Hypervisor::shadow_load_root(Core& c, Vcpu& v) {
   Vm& vm = *v.vm;
   ShadowMmu& sm = *vm.shadow;
-  const bool paging = v.guest_cr0 & crb::kCr0Pg;
-  const unsigned levels = paging && (v.guest_cr4 & crb::kCr4La57) ? 5 : 4;
-  const std::uint64_t gfn = paging ? (v.guest_cr3 & pte::kAddrMask) >> 12 : 0;
+  const bool paging = v.shadow.guest_cr0 & crb::kCr0Pg;
+  const unsigned levels = paging && (v.shadow.guest_cr4 & crb::kCr4La57) ? 5 : 4;
+  const std::uint64_t gfn = paging ? (v.shadow.guest_cr3 & pte::kAddrMask) >> 12 : 0;
   const std::uint32_t role = paging ? ShadowPage::kMirror : ShadowPage::kIdentity;
-  v.shadow_reload = false;
+  v.shadow.reload = false;
   auto it = sm.pages.find(ShadowPage::key(gfn, levels, role));
   ShadowPage* root = nullptr;
   if (it != sm.pages.end()) {
@@ -111,20 +111,20 @@ void Hypervisor::shadow_load_root(Core& c, Vcpu& v) {
   } else {
     root = shadow_page(c, vm, gfn, levels, role);
   }
-  if (root != v.root) {
+  if (root != v.shadow.root) {
     ++root->roots;
     // Remember the old root (a CR3 switch back to it finds it filled); the
     // oldest falls out of the cache and goes if nothing else holds it.
-    auto known = std::find(v.prev_roots.begin(), v.prev_roots.end(), root);
-    if (known != v.prev_roots.end()) {
-      v.prev_roots.erase(known);
+    auto known = std::find(v.shadow.prev_roots.begin(), v.shadow.prev_roots.end(), root);
+    if (known != v.shadow.prev_roots.end()) {
+      v.shadow.prev_roots.erase(known);
       --root->roots;
     }
-    if (v.root) v.prev_roots.push_front(v.root);
-    v.root = root;
-    while (v.prev_roots.size() > kPrevRoots) {
-      ShadowPage* old = v.prev_roots.back();
-      v.prev_roots.pop_back();
+    if (v.shadow.root) v.shadow.prev_roots.push_front(v.shadow.root);
+    v.shadow.root = root;
+    while (v.shadow.prev_roots.size() > kPrevRoots) {
+      ShadowPage* old = v.shadow.prev_roots.back();
+      v.shadow.prev_roots.pop_back();
       shadow_release_root(c, vm, old);
     }
   }
@@ -228,6 +228,9 @@ void Hypervisor::shadow_zap(Core& c, Vm& vm, ShadowPage* sp) {
   for (std::uint64_t parent : sp->parents) c.store(parent, 0);
   sp->parents.clear();
   for (unsigned i = 0; i < 512; ++i) shadow_unlink_entry(c, vm, *sp, i);
+  // The frame stays in the VM's pool of shadow-table frames (bounded by
+  // max_pages) for its next shadow page; the pool returns to the frame
+  // allocator when the VM stops (docs/memory.md).
   sm.free_frames.push_back(sp->hpa);
   sm.pages_live.set(static_cast<double>(sm.pages.size()));
   shadow_flush_vm(vm);
@@ -259,15 +262,15 @@ void Hypervisor::shadow_flush_vm(Vm& vm) {
   ++vm.shadow->remote_flushes;
   Core& self = Core::current();
   for (auto& u : vm.vcpus) {
-    u->shadow_flush = true;
-    if (u->off == Vcpu::Off::OnCpu && m_cores[u->core] != &self)
+    u->shadow.flush = true;
+    if (u->time.off == Vcpu::Off::OnCpu && m_cores[u->core] != &self)
       self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{u->core} << 32) | 0xFD);
   }
 }
 
 std::uint64_t Hypervisor::shadow_leaf(Core& c, Vcpu& v, std::uint64_t la) {
-  std::uint64_t table = v.root->hpa;
-  for (unsigned level = v.root->level; level >= 1; --level) {
+  std::uint64_t table = v.shadow.root->hpa;
+  for (unsigned level = v.shadow.root->level; level >= 1; --level) {
     std::uint64_t spte = table + 8ull * mmu::table_index(la, level);
     if (level == 1) return spte;
     std::uint64_t e = c.load(spte);
@@ -293,7 +296,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   const std::uint64_t la = vmr(c, field::kExitQualification);
   const auto ec = static_cast<std::uint32_t>(vmr(c, field::kExitIntrErrorCode));
   const bool write = ec & mmu::pfec::kWrite, user = ec & mmu::pfec::kUser, fetch = ec & mmu::pfec::kFetch;
-  const bool paging = v.guest_cr0 & crb::kCr0Pg;
+  const bool paging = v.shadow.guest_cr0 & crb::kCr0Pg;
 
   // The guest's translation of la, by a software walk of its tables.
   struct Step {
@@ -304,16 +307,22 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   std::uint64_t leaf_bits = pte::kWritable;  // paging off: the identity map, supervisor read/write
   lock_mmu(c, vm);
   if (paging) {
-    const unsigned levels = (v.guest_cr4 & crb::kCr4La57) ? 5 : 4;
+    const unsigned levels = (v.shadow.guest_cr4 & crb::kCr4La57) ? 5 : 4;
     const bool nxe = vmr(c, field::kGuestIa32Efer) & crb::kEferNxe;
-    std::uint64_t table = v.guest_cr3 & pte::kAddrMask;
+    std::uint64_t table = v.shadow.guest_cr3 & pte::kAddrMask;
     bool w_all = true, u_all = true, nx_any = false;
     for (unsigned level = levels; level >= 1; --level) {
-      const std::uint64_t hpa = back_guest_page_locked(c, vm, table + 8ull * mmu::table_index(la, level));
-      if (!hpa || table >= vm.memory) {
+      if (table >= vm.memory) {
         unlock_mmu(c, vm);
         crash_vm(vm, fmt::format("vCPU {}: guest page table at guest-physical {:#x} is outside the VM's memory",
                                  v.index, table));
+        return;
+      }
+      const std::uint64_t hpa = back_guest_page_locked(c, vm, table + 8ull * mmu::table_index(la, level));
+      if (!hpa) {
+        unlock_mmu(c, vm);
+        stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", table,
+                                   host_memory_note()));
         return;
       }
       const std::uint64_t e = c.load(hpa);
@@ -333,10 +342,10 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
       table = e & pte::kAddrMask;
     }
     // Access rights (SDM Vol. 3A, 4.6), with the guest's CR0.WP, SMEP, SMAP.
-    const bool wp = v.guest_cr0 & crb::kCr0Wp;
+    const bool wp = v.shadow.guest_cr0 & crb::kCr0Wp;
     const bool violation = (user && !u_all) || (write && !w_all && (user || wp)) || (fetch && nx_any) ||
-                           (!user && fetch && u_all && (v.guest_cr4 & crb::kCr4Smep)) ||
-                           (!user && !fetch && u_all && (v.guest_cr4 & crb::kCr4Smap));
+                           (!user && fetch && u_all && (v.shadow.guest_cr4 & crb::kCr4Smep)) ||
+                           (!user && !fetch && u_all && (v.shadow.guest_cr4 & crb::kCr4Smap));
     if (violation) {
       unlock_mmu(c, vm);
       shadow_reflect_pf(c, v, la,
@@ -361,7 +370,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
     if (!u_all) leaf_bits &= ~pte::kUser;
     if (nx_any) leaf_bits |= pte::kNoExecute;
     else leaf_bits &= ~pte::kNoExecute;
-    if (!(v.guest_cr4 & crb::kCr4Pge)) leaf_bits &= ~pte::kGlobal;
+    if (!(v.shadow.guest_cr4 & crb::kCr4Pge)) leaf_bits &= ~pte::kGlobal;
     // A clean page is mapped read-only so that its first write comes back
     // here to set the guest's dirty bit.
     if (!(leaf & pte::kDirty) && !write) leaf_bits &= ~pte::kWritable;
@@ -377,7 +386,8 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   const std::uint64_t hpa = back_guest_page_locked(c, vm, gpa & ~(kPage - 1));
   if (!hpa) {
     unlock_mmu(c, vm);
-    crash_vm(vm, "host memory exhausted while backing guest memory");
+    stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa & ~(kPage - 1),
+                               host_memory_note()));
     return;
   }
 
@@ -404,7 +414,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   }
 
   // Fill the shadow path for la, creating shadow pages on the way.
-  ShadowPage* sp = v.root;
+  ShadowPage* sp = v.shadow.root;
   for (unsigned level = sp->level; level >= 1; --level) {
     sp->writes = 0;  // used: not a flooded page
     const unsigned index = mmu::table_index(la, level);
@@ -466,7 +476,7 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
   if (single_step) {
     // Let this one write through, then take it back (handle_shadow_mtf).
     ++sm.pt_writes;
-    v.pt_write = {true, la, gfn, gpa & (kPage - 8)};
+    v.shadow.pt_write = {true, la, gfn, gpa & (kPage - 8)};
     vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) | cpu::proc::kMonitorTrapFlag);
   }
   unlock_mmu(c, vm);
@@ -478,11 +488,11 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
 void Hypervisor::handle_shadow_mtf(Core& c, Vcpu& v) {
   charge(c, m_p.costs.shadow_pt_write, kCodeShadow);
   vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) & ~cpu::proc::kMonitorTrapFlag);
-  if (!v.pt_write.active) return;
+  if (!v.shadow.pt_write.active) return;
   Vm& vm = *v.vm;
   ShadowMmu& sm = *vm.shadow;
-  const Vcpu::PtWrite w = v.pt_write;
-  v.pt_write.active = false;
+  const Vcpu::PtWrite w = v.shadow.pt_write;
+  v.shadow.pt_write.active = false;
   lock_mmu(c, vm);
   if (std::uint64_t spte = shadow_leaf(c, v, w.la)) {
     std::uint64_t e = c.load(spte);
@@ -523,7 +533,7 @@ void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, 
   using cpu::qual::kCrMovTo;
   Vm& vm = *v.vm;
   if (cr == 3 && type == kCrMovFrom) {
-    v.regs[gpr] = v.guest_cr3;
+    v.regs[gpr] = v.shadow.guest_cr3;
     return;
   }
   if (cr == 3 && type == kCrMovTo) {
@@ -531,8 +541,8 @@ void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, 
     // non-global translations, as MOV to CR3 does with CR4.PCIDE = 0.
     charge(c, m_p.costs.shadow_cr3, kCodeShadow);
     ++vm.shadow->cr3_loads;
-    v.guest_cr3 = v.regs[gpr] & ~crb::kCr3NoFlush;
-    if (v.guest_cr0 & crb::kCr0Pg) {
+    v.shadow.guest_cr3 = v.regs[gpr] & ~crb::kCr3NoFlush;
+    if (v.shadow.guest_cr0 & crb::kCr0Pg) {
       lock_mmu(c, vm);
       shadow_load_root(c, v);
       unlock_mmu(c, vm);
@@ -549,19 +559,19 @@ void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, 
     inject_exception(c, cpu::vec::kGeneralProtection, true, 0);  // no nested VMX here
     return;
   }
-  const bool was_paging = v.guest_cr0 & crb::kCr0Pg;
-  const std::uint64_t old_cr4 = v.guest_cr4;
+  const bool was_paging = v.shadow.guest_cr0 & crb::kCr0Pg;
+  const std::uint64_t old_cr4 = v.shadow.guest_cr4;
   if (cr == 0) {
-    v.guest_cr0 = value;
+    v.shadow.guest_cr0 = value;
     vmw(c, field::kCr0ReadShadow, value & kCr0Owned);
     vmw(c, field::kGuestCr0, value | kCr0Owned);
   } else {
-    v.guest_cr4 = value;
+    v.shadow.guest_cr4 = value;
     vmw(c, field::kCr4ReadShadow, value & kCr4Owned);
     vmw(c, field::kGuestCr4, (value & ~kCr4Owned) | crb::kCr4Pae);
   }
-  const bool paging = v.guest_cr0 & crb::kCr0Pg;
-  if (paging != was_paging || ((old_cr4 ^ v.guest_cr4) & crb::kCr4La57)) {
+  const bool paging = v.shadow.guest_cr0 & crb::kCr0Pg;
+  if (paging != was_paging || ((old_cr4 ^ v.shadow.guest_cr4) & crb::kCr4La57)) {
     lock_mmu(c, vm);
     shadow_load_root(c, v);
     unlock_mmu(c, vm);

@@ -1,0 +1,100 @@
+// Per-vCPU time accounting and the event trace's vCPU slices (simulator
+// observation, no cost), and the paravirtual steal-time record (guest-visible,
+// charged as stores).
+#include "hypervisor/hypervisor_state.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "abi/steal_time.h"
+#include "hypervisor/passthrough.h"
+#include "hypervisor/shadow.h"
+#include "mmu/paging.h"
+#include "sim/event_trace.h"
+
+namespace vmx::hv {
+
+using cpu::Core;
+using cpu::ExitReason;
+using cpu::Regs;
+namespace field = cpu::field;
+using namespace detail;
+
+void Hypervisor::account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again) {
+  now = std::max(now, v.time.since);
+  std::uint64_t d = now - v.time.since;
+  switch (v.time.off) {
+    case Vcpu::Off::Runnable:
+      // Between two runs of the same vCPU the core did its work: that is
+      // hypervisor time; if another vCPU ran in between, it was stolen.
+      if (same_vcpu_again) {
+        v.time.stats->hypervisor += d;
+      } else {
+        v.time.stats->steal += d;
+        v.time.steal_total += d;
+      }
+      break;
+    case Vcpu::Off::Halted: v.time.stats->idle += d; break;
+    default: break;
+  }
+  v.time.since = now;
+}
+
+void Hypervisor::account_on_cpu(Vcpu& v, std::uint64_t now) {
+  now = std::max(now, v.time.since);
+  std::uint64_t g = guest_cycles_now(*v.obs, now) - v.time.guest_baseline;
+  std::uint64_t d = now - v.time.since;
+  if (g > d) g = d;
+  v.time.stats->guest += g;
+  v.time.stats->hypervisor += d - g;
+  v.time.since = now;
+  v.time.guest_baseline = guest_cycles_now(*v.obs, now);
+}
+
+void Hypervisor::flush_accounting() {
+  for (auto& vm : m_vms)
+    for (auto& v : vm->vcpus) {
+      std::uint64_t now = m_cores[v->core]->now();
+      if (v->obs && v->time.off == Vcpu::Off::OnCpu) v->obs->flush(now);
+      if (v->time.off == Vcpu::Off::OnCpu) account_on_cpu(*v, now);
+      else if (v->time.off != Vcpu::Off::Stopped) account_off_cpu(*v, now, false);
+    }
+}
+
+// Paravirtual steal time (abi/steal_time.h, KVM's struct kvm_steal_time):
+// updated before every entry, the version odd while it changes.
+void Hypervisor::publish_steal(Core& c, Vcpu& v) {
+  namespace st = abi::steal_time;
+  if (!v.steal.area) return;
+  std::uint64_t a = v.steal.area;
+  std::uint32_t version = static_cast<std::uint32_t>(c.load(a + st::kVersion, 4));
+  c.store(a + st::kVersion, version + 1, 4);
+  auto ns = static_cast<std::uint64_t>(static_cast<unsigned __int128>(v.time.steal_total) * 1000000000ull / m_tsc_hz);
+  c.store(a + st::kSteal, ns);
+  c.store(a + st::kPreempted, 0, 1);
+  c.store(a + st::kVersion, version + 2, 4);
+}
+
+void Hypervisor::mark_preempted(Core& c, Vcpu& v) {
+  if (v.steal.area && v.state == Vcpu::State::Runnable)
+    c.store(v.steal.area + abi::steal_time::kPreempted, abi::steal_time::kVcpuPreempted, 1);
+}
+
+void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
+  trace::EventTrace* t = trace::EventTrace::active();
+  if (!t || !t->on(trace::kSched)) return;
+  if (v.time.trace_track < 0)
+    v.time.trace_track = static_cast<int>(t->track(trace::vcpu_row(v.vm->name, v.index)));
+  const char* name = v.time.off == Vcpu::Off::OnCpu      ? "running"
+                     : v.time.off == Vcpu::Off::Halted   ? "halted"
+                     : v.time.off == Vcpu::Off::Runnable ? (stolen ? "runnable (stolen)" : "runnable (hypervisor)")
+                                                    : nullptr;
+  if (name && now > v.time.trace_since)
+    t->slice(static_cast<unsigned>(v.time.trace_track), name, c.ps_of(v.time.trace_since), c.ps_of(now),
+             {"core", v.time.off == Vcpu::Off::OnCpu ? c.id() : v.core});
+  v.time.trace_since = now;
+}
+
+}  // namespace vmx::hv

@@ -1,0 +1,100 @@
+// The virtual local APIC: the virtual timer, waking vCPUs, and virtual
+// interrupts by injection or by posting (SDM Vol. 3C, 30.6).
+#include "hypervisor/hypervisor_state.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <fmt/format.h>
+
+#include "hypervisor/passthrough.h"
+#include "hypervisor/shadow.h"
+#include "mmu/paging.h"
+#include "sim/event_trace.h"
+
+namespace vmx::hv {
+
+using cpu::Core;
+using cpu::ExitReason;
+using cpu::Regs;
+namespace field = cpu::field;
+using namespace detail;
+
+void Hypervisor::handle_timer(PerCore& pc) {
+  Core& c = *pc.core;
+  std::uint64_t now = c.rdtsc();
+  for (Vcpu* v : pc.assigned) {
+    if (v->state == Vcpu::State::Dead) continue;
+    if (v->apic.vtimer_deadline && now >= v->apic.vtimer_deadline) {
+      v->apic.vtimer_deadline = 0;
+      if (!(v->apic.vlvt_timer & (1u << 16))) raise_virtual(*v, static_cast<std::uint8_t>(v->apic.vlvt_timer & 0xFF));
+      else wake(*v);
+    }
+  }
+  for (auto& vm : m_vms)
+    if (vm->nic_next_poll && vm->nic_core == pc.id && now >= vm->nic_next_poll && !vm->ended()) {
+      vm->nic->poll(c);
+      vm->nic_next_poll = now + vm->nic_poll_ticks;
+    }
+  pc.sched->tick(now);
+  program_timer(pc);
+}
+
+void Hypervisor::wake(Vcpu& v) {
+  if (v.state == Vcpu::State::Dead) return;
+  PerCore& target = *m_percore[v.core];
+  const bool was_blocked = v.state == Vcpu::State::Blocked;
+  if (was_blocked) {
+    v.state = Vcpu::State::Runnable;
+    if (v.time.off == Vcpu::Off::Halted) {
+      trace_state(Core::current(), v, Core::current().now(), false);
+      account_off_cpu(v, Core::current().now(), false);
+      v.time.off = Vcpu::Off::Runnable;
+    }
+  }
+  Core& self = Core::current();
+  target.sched->wake(v, was_blocked, self.now());
+  if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
+}
+
+// Posting (as KVM's vmx_deliver_posted_interrupt): set the PIR bit and ON
+// with locked ORs; if ON was clear and the vCPU is running on another core,
+// send that core the notification vector through the x2APIC ICR, so the
+// interrupt arrives without a VM exit. A blocked vCPU is woken and gets the
+// interrupt at its next entry; so does a runnable one that is not running.
+void Hypervisor::raise_virtual(Vcpu& t, std::uint8_t vector) {
+  if (!m_p.posted_interrupts) {
+    t.apic.virr.set(vector);
+    wake(t);
+    return;
+  }
+  if (t.state == Vcpu::State::Dead) return;
+  Core& c = Core::current();
+  charge(c, m_p.costs.post, kCodeInject);
+  ++m_totals.posted;
+  c.lock_or(t.apic.pi_desc + 8 * (vector / 64), 1ull << (vector % 64));
+  const std::uint64_t old = c.lock_or(t.apic.pi_desc + kPidControl, kPidOn);
+  const bool running_elsewhere = t.time.off == Vcpu::Off::OnCpu && m_percore[t.core]->core != &c;
+  if (t.state == Vcpu::State::Runnable && running_elsewhere) {
+    if (!(old & kPidOn)) {
+      ++m_totals.notifications;
+      c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{t.core} << 32) | kPostedVector);
+    }
+    return;
+  }
+  wake(t);
+}
+
+std::uint64_t Hypervisor::posted_descriptor(unsigned vm, unsigned vcpu) const {
+  return m_vms.at(vm)->vcpus.at(vcpu)->apic.pi_desc;
+}
+
+bool Hypervisor::posted_pending(Core& c, Vcpu& v) {
+  if (c.load(v.apic.pi_desc + kPidControl) & kPidOn) return true;
+  // A virtual interrupt already in VIRR that the guest could take (RVI's
+  // priority class above SVI's, SDM Vol. 3C, 30.2.1).
+  std::uint64_t gis = vmr(c, field::kGuestIntrStatus);
+  return ((gis & 0xFF) >> 4) > ((gis >> 8) >> 4);
+}
+
+}  // namespace vmx::hv
