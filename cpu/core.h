@@ -19,10 +19,8 @@
 
 #include "cpu/vmcs.h"
 #include "cpu/vmx.h"
-#include "mmu/nested_tlb.h"
+#include "mmu/mmu.h"
 #include "mmu/paging.h"
-#include "mmu/psc.h"
-#include "mmu/tlb.h"
 #include "mmu/walker.h"
 #include "models/lapic.h"
 #include "sim/fiber.h"
@@ -184,6 +182,9 @@ struct VcpuObserver : stats::Group {
   stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups", "nested-TLB hits of those walks"};
   stats::Counter tlb_l1_misses{this, "tlb_l1_misses", "lookups", "guest accesses that missed every L1 TLB"};
   stats::Counter tlb_l2_misses{this, "tlb_l2_misses", "lookups", "of those, accesses that also missed the STLB"};
+  /// The counters above that the MMU adds to while this vCPU runs.
+  mmu::TranslationCounters translation{walks,           walk_refs,      walk_cycles, walk_latency, walk_guest_refs,
+                                       walk_ept_refs,   psc_hits,       nested_tlb_hits, tlb_l1_misses, tlb_l2_misses};
   /// Per exit reason: count and round-trip cycles from the exit to the next
   /// completed VM entry of this vCPU.
   struct Reason : stats::Group {
@@ -215,7 +216,7 @@ struct VcpuObserver : stats::Group {
   std::array<Reason*, kMaxExitReason> m_reasons{};
 };
 
-class Core : public sc_core::sc_module, private mmu::TableMemory {
+class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::WalkTracer {
  public:
   SC_HAS_PROCESS(Core);
   Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
@@ -359,26 +360,18 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void charge(std::uint64_t cycles) { m_now += cycles; }
 
   // Translation and memory.
+  /// The MMU's translation; a fault is raised here (#PF, or an EPT
+  /// violation/misconfiguration exit) and false returned.
   bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  bool translate_l2(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  bool walk_and_fill(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  void fill_l1(mmu::AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
-               unsigned shift);
-  mmu::WalkCaches walk_caches();
-  // Invalidation of the translation caches (TLBs, guest-dimension and
-  // EPT-dimension paging-structure caches, nested TLB); f is applied to
-  // every structure of the kind.
-  template <class F> void for_each_tlb(F f);
-  template <class F> void for_each_guest_psc(F f);
-  template <class F> void for_each_ept_psc(F f);
-  bool tlb_permits(std::uint8_t perms, mmu::AccessType type) const;
+  bool translation_fault(std::uint64_t va);
+  // The MMU's table memory (the cache hierarchy) and its walk trace.
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
+  void trace_walk(std::uint64_t va, const mmu::WalkResult& r, std::uint64_t start, std::uint64_t end) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
   std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
-  void update_context();         // recompute TLB tag and walk parameters
-  mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
+  void update_context();         // hand the MMU the translation context
 
   // Events.
   /// `fault_address` is the linear address of a #PF (CR2 when delivered).
@@ -495,26 +488,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
 
   // Statistics and translation structures.
   Stats m_stats;
-  mmu::TlbTag m_tag{};
-  bool m_translate = false;  // paging or EPT is on
-  mmu::WalkStats m_walk_stats;
-  stats::Group m_psc_group;          // walker.psc
-  stats::Group m_psc_guest_group;    // walker.psc.guest
-  stats::Group m_psc_ept_group;      // walker.psc.ept
-  mmu::Psc m_gpsc_pml5e, m_gpsc_pml4e, m_gpsc_pdpte, m_gpsc_pde;
-  mmu::Psc m_epsc_pml5e, m_epsc_pml4e, m_epsc_pdpte, m_epsc_pde;
-  mmu::NestedTlb m_nested_tlb;
-  mmu::Walker m_walker;
-  struct TlbGroup : stats::Group {
-    using stats::Group::Group;
-    stats::Counter l1d_misses{this, "l1d_misses", "lookups", "data accesses that missed every L1 DTLB"};
-    stats::Counter l1i_misses{this, "l1i_misses", "lookups", "instruction fetches that missed every L1 ITLB"};
-    stats::Counter l2_misses{this, "l2_misses", "lookups", "L1 misses that also missed the STLB: each walks"};
-  };
-  TlbGroup m_tlb_group;
-  mmu::Tlb m_dtlb, m_dtlb_2m, m_dtlb_1g, m_itlb, m_itlb_2m, m_stlb, m_stlb_1g;
-  std::uint32_t m_stlb_latency;  // stlb and stlb_1g are looked up in parallel
-  std::array<mmu::Tlb*, 7> m_tlbs;
+  mmu::Mmu m_mmu;  // registers "walker" and "tlb" under m_stats
   models::Lapic m_lapic;
   std::array<stats::Counter*, kMaxExitReason> m_exit_counters{};
   stats::Group* m_exit_group;
