@@ -197,26 +197,13 @@ FaultReason Iommu::walk(const CachedContext& c, std::uint64_t iova, DmaAccess ac
   return FaultReason::kNone;
 }
 
-// Second-level references are counted by level (both modes) and into the
-// walk in progress.
-struct Iommu::SlSink {
-  Iommu& u;
-  void ref(unsigned level) {
-    ++u.m_stats.refs_sl(level);
-    ++u.m_stats.refs_second_level;
-    ++u.m_walk_refs;
-  }
-  void ad_update() { ++u.m_stats.ad_updates; }
-  void psc_hit() {}
-};
-
 mmu::Stage2Step Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles) {
   ++m_stats.sl_walks;
   const mmu::VtdSlFormat fmt{d.mode, d.slade};
   mmu::WalkAccess a;
   a.type = write ? mmu::AccessType::Write : mmu::AccessType::Read;
   mmu::IdentityStage2 none;
-  SlSink sink{*this};
+  RefSink<false> sink{*this};
   mmu::WalkOut o;
   mmu::Stage2Step s;
   s.fault = mmu::walk(m_mem, fmt, m_sl_pscs, domain_tag(d.did), d.slptptr, addr, a, none, sink, o, cycles);

@@ -437,8 +437,24 @@ class Iommu {
   /// set, or SLADE is off (a write needs no second-level flag update).
   static constexpr std::uint8_t kSlLeafDirty = mmu::kLeafDirty;
   struct SlStage2;
-  struct SlSink;
-  struct FlSink;
+  /// Where a walk's references are counted: by stage and level, and into
+  /// the walk in progress (the walk loop's counter sink).
+  template <bool kFirstLevel>
+  struct RefSink {
+    Iommu& u;
+    void ref(unsigned level) {
+      if constexpr (kFirstLevel) {
+        ++u.m_stats.refs_fl_level(level);
+        ++u.m_stats.refs_first_level;
+      } else {
+        ++u.m_stats.refs_sl(level);
+        ++u.m_stats.refs_second_level;
+      }
+      ++u.m_walk_refs;
+    }
+    void ad_update() { ++u.m_stats.ad_updates; }
+    void psc_hit() {}
+  };
 
   /// Finds the context of rid: context cache, else root and context entry.
   FaultReason lookup_context(std::uint16_t rid, CachedContext& out, std::uint32_t& cycles);

@@ -224,17 +224,6 @@ struct Iommu::SlStage2 {
   }
 };
 
-struct Iommu::FlSink {
-  Iommu& u;
-  void ref(unsigned level) {
-    ++u.m_stats.refs_fl_level(level);
-    ++u.m_stats.refs_first_level;
-    ++u.m_walk_refs;
-  }
-  void ad_update() { ++u.m_stats.ad_updates; }
-  void psc_hit() {}
-};
-
 namespace {
 // VT-d fault reasons of a first-level walk's neutral fault (VT-d 7.1.3,
 // appendix A; table 7-27 for the scalable-mode reasons).
@@ -280,19 +269,21 @@ FaultReason Iommu::fl_walk(const CachedPasid& p, const mmu::TlbTag& tag, const D
   a.execute = req.execute;
   a.user = !privileged;
   a.wp = p.wpe;
-  FlSink sink{*this};
+  RefSink<true> sink{*this};
   mmu::WalkOut o;
   mmu::WalkFault f;
   std::uint8_t sl_perm = sl::kRw | kSlLeafDirty;
+  // The caches are filled once the final address is translated.
+  constexpr bool kFillAfterFinal = true;
   if (nested) {
     SlStage2 s2{*this, d};
-    f = mmu::walk<mmu::Ia32eFormat, SlStage2, FlSink, true>(m_mem, fmt, m_fl_pscs, tag, p.flptr, req.address, a, s2,
-                                                              sink, o, cycles);
+    f = mmu::walk<mmu::Ia32eFormat, SlStage2, RefSink<true>, kFillAfterFinal>(m_mem, fmt, m_fl_pscs, tag, p.flptr,
+                                                                              req.address, a, s2, sink, o, cycles);
     sl_perm = o.s2_perms;
   } else {
     mmu::IdentityStage2 none{static_cast<std::uint8_t>(sl::kRw)};
-    f = mmu::walk<mmu::Ia32eFormat, mmu::IdentityStage2, FlSink, true>(m_mem, fmt, m_fl_pscs, tag, p.flptr,
-                                                                       req.address, a, none, sink, o, cycles);
+    f = mmu::walk<mmu::Ia32eFormat, mmu::IdentityStage2, RefSink<true>, kFillAfterFinal>(
+        m_mem, fmt, m_fl_pscs, tag, p.flptr, req.address, a, none, sink, o, cycles);
   }
   if (f) return fl_reason(f, p.fl_mode.levels, write, stage);
   stage = FaultStage::kNone;

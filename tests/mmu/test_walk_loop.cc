@@ -96,14 +96,14 @@ TEST_CASE("EPT and VT-d second-level descriptors over one table: same walk, thei
   Harness h(4, true);
   const mmu::EptFormat ept_fmt{mmu::PagingMode{4, 3}, false};
   const mmu::VtdSlFormat sl_fmt{mmu::PagingMode{4, 3}, false};
-  const std::uint64_t gpa = kDataGpa + 0x1234;
+  const std::uint64_t gpa = kDataGpa + 0x234;
 
   SECTION("a read-write page: the same translation from the same references") {
     h.ept_map(kDataGpa, kDataHpa, shift, ept::kRead | ept::kWrite);
     auto e = walk_ept_tables(h, ept_fmt, gpa, AccessType::Write);
     auto s = walk_ept_tables(h, sl_fmt, gpa, AccessType::Write);
     REQUIRE((!e.f && !s.f));
-    CHECK((e.o.hpa == kDataHpa + 0x1234 && s.o.hpa == e.o.hpa && s.o.shift == shift && e.o.shift == shift));
+    CHECK((e.o.hpa == kDataHpa + 0x234 && s.o.hpa == e.o.hpa && s.o.shift == shift && e.o.shift == shift));
     CHECK((e.refs == 5 - leaf && s.refs == e.refs && e.reads == s.reads));
     CHECK((e.o.rights & 7) == (ept::kRead | ept::kWrite));
     CHECK((s.o.rights & 7) == (ept::kRead | ept::kWrite));
