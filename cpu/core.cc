@@ -10,7 +10,6 @@
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
 #include "models/phys_mem.h"
-#include "sim/event_trace.h"
 
 namespace vmx::cpu {
 
@@ -45,17 +44,6 @@ Core& Core::current() {
 }
 
 // ---------------------------------------------------------------------------
-// Per-vCPU observation.
-
-VcpuObserver::VcpuObserver(stats::Group* parent, const std::string& name) : stats::Group(parent, name) {}
-
-VcpuObserver::Reason& VcpuObserver::reason(unsigned r) {
-  if (r >= kMaxExitReason) r = kMaxExitReason - 1;
-  if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(exit_reason_name(r));
-  return *m_reasons[r];
-}
-
-// ---------------------------------------------------------------------------
 // Construction and the SystemC thread.
 
 Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
@@ -74,7 +62,8 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
   if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
     throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
-  m_mmu.set_tracer(this);
+  m_w.caches->set_events(&m_events);
+  m_mmu.set_events(&m_events);
   SC_THREAD(run);
 }
 
@@ -93,38 +82,6 @@ std::uint64_t Core::cycles_of(const sc_core::sc_time& t) const {
 
 std::uint64_t Core::ps_of(std::uint64_t cycles) const { return time_of(cycles).value(); }
 
-unsigned Core::trace_row(trace::EventTrace& t) {
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t.track(trace::core_row(m_id)));
-  return static_cast<unsigned>(m_trace_track);
-}
-
-void Core::trace_entry() {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(trace::kExits)) return;
-  const std::uint64_t now = now_ps();
-  if (m_trace_exit_name)
-    t->slice(trace_row(*t), m_trace_exit_name, m_trace_since_ps, now,
-             {"qualification", m_trace_qualification, true});
-  m_trace_exit_name = nullptr;
-  m_trace_since_ps = now;
-}
-
-void Core::trace_exit(unsigned reason, std::uint64_t qualification) {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(trace::kExits)) return;
-  const std::uint64_t now = now_ps();
-  t->slice(trace_row(*t), "guest", m_trace_since_ps, now, {"vpid", m_vpid});
-  m_trace_exit_name = exit_reason_name(reason);
-  m_trace_qualification = qualification;
-  m_trace_since_ps = now;
-}
-
-void Core::trace_instant(unsigned category, const char* name, std::uint64_t vector) {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(static_cast<trace::Category>(category))) return;
-  t->instant(trace_row(*t), name, now_ps(), {"vector", vector}, {"guest", m_non_root ? 1u : 0u});
-}
-
 void Core::run() {
   m_kernel_fiber = std::make_unique<sim::Fiber>(std::string(name()) + ".kernel");
   if (!m_reset_fiber) {
@@ -138,6 +95,9 @@ void Core::run() {
   for (;;) {
     m_current->set_exit_target(m_kernel_fiber.get());
     t_current = this;
+    // SMT siblings share their private caches: the hierarchy reports to the
+    // thread that executes.
+    if (m_sibling) m_w.caches->set_events(&m_events);
     sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
     if (m_current->finished()) {
       if (m_current->error()) std::rethrow_exception(m_current->error());
@@ -167,6 +127,7 @@ void Core::run() {
         m_lapic.tick(m_now);
       }
       m_stats.halted_cycles += m_now - halted_from;
+      m_halted_total += m_now - halted_from;
       m_executing = true;
       m_smt_mark = m_now;  // halted cycles are not shared cycles
     }
@@ -310,9 +271,11 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
                                       exception ? "exception" : "interrupt", vector));
   }
   charge(m_p.exception_latency);
-  if (exception) ++m_stats.exceptions; else ++m_stats.interrupts;
-  if (!exception && trace::EventTrace::active()) [[unlikely]]
-    trace_instant(trace::kIrq, m_non_root ? "guest interrupt" : "host interrupt", vector);
+  if (exception) ++m_stats.exceptions;
+  else {
+    ++m_stats.interrupts;
+    report_interrupt(vector, events::Delivery::Idt);
+  }
   std::uint8_t saved_cpl = m_cpl;
   bool saved_if = m_if;
   // An emulated memory operation interrupted by this delivery completes
@@ -363,10 +326,8 @@ void Core::retire(std::uint64_t n) {
   m_now += q >> 8;
   m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
   m_stats.instructions += n;
-  if (m_non_root) {
-    m_stats.guest_instructions += n;
-    if (m_obs) m_obs->guest_instructions += n;
-  }
+  if (m_non_root) m_stats.guest_instructions += n;
+  if (m_events.wants(events::kRetired)) [[unlikely]] m_events.retired({n, m_non_root});
 }
 
 // SMT issue contention: while the sibling thread executes, both threads
@@ -412,7 +373,7 @@ void Core::update_context() {
   r.tag.vpid = m_non_root ? m_vpid : 0;
   r.tag.pcid = (paging && (m_cr4 & crb::kCr4Pcide)) ? static_cast<std::uint16_t>(m_cr3 & crb::kCr3PcidMask) : 0;
   r.tag.ep4ta = (m_non_root && m_ept) ? (m_eptp & mmu::ept::kAddrMask) : 0;
-  m_mmu.set_context(r, paging || (m_non_root && m_ept));
+  m_mmu.set_context(r, paging || (m_non_root && m_ept), m_non_root);
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -437,12 +398,6 @@ bool Core::translation_fault(std::uint64_t va) {
       break;
   }
   return false;
-}
-
-void Core::trace_walk(std::uint64_t va, const mmu::WalkResult& r, std::uint64_t start, std::uint64_t end) {
-  trace::EventTrace& t = *trace::EventTrace::active();
-  t.slice(trace_row(t), "page walk", ps_of(start), ps_of(end), {"address", va, true}, {"references", r.refs},
-          {"guest_references", r.guest_refs});
 }
 
 std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
@@ -1372,19 +1327,9 @@ VmExit Core::vm_entry(bool launch) {
   // instruction or fault exit) or starting afresh passes one boundary before
   // its first operation completes, so the exit comes at the second.
   m_mtf_boundaries = (m_proc & proc::kMonitorTrapFlag) ? (!launch && v.exited_at_boundary() ? 1 : 0) : -1;
-  m_obs = v.observer();
-  m_mmu.observe(m_obs ? &m_obs->translation : nullptr);
   ++m_stats.vm_entries;
-  if (trace::EventTrace::active()) [[unlikely]] trace_entry();
-  if (m_obs) {
-    ++m_obs->entries;
-    if (m_obs->pending) {
-      m_obs->reason(m_obs->pending_reason).cycles.sample(m_now - m_obs->pending_since);
-      m_obs->pending = false;
-    }
-    m_obs->entered_at = m_now;
-    m_obs->in_guest = true;
-  }
+  if ((m_vcpu_listener = v.observer())) m_events.attach(*m_vcpu_listener);
+  if (m_events.wants(events::kVmEntry)) [[unlikely]] m_events.vm_entry({m_vmcs_pa, m_now, m_vpid, launch});
   recompute_next_event();
 
   switch_fiber(*guest);
@@ -1398,18 +1343,14 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   Vmcs& v = *m_vmcs;
   auto r = static_cast<unsigned>(reason);
   ++m_stats.vm_exits;
-  if (trace::EventTrace::active()) [[unlikely]] trace_exit(r, qualification);
   if (!m_exit_counters[r])
     m_exit_counters[r] = &m_exit_group->make<stats::Counter>(exit_reason_name(r), "exits", "VM exits for this reason");
   ++*m_exit_counters[r];
-  if (m_obs) {
-    ++m_obs->exits;
-    m_obs->guest_cycles += m_now - m_obs->entered_at;
-    m_obs->total_guest_cycles += m_now - m_obs->entered_at;
-    m_obs->in_guest = false;
-    m_obs->pending = true;
-    m_obs->pending_reason = r;
-    m_obs->pending_since = m_now;
+  if (m_events.wants(events::kVmExit)) [[unlikely]]
+    m_events.vm_exit({m_vmcs_pa, m_now, qualification, static_cast<std::uint16_t>(r), m_vpid});
+  if (m_vcpu_listener) {
+    m_events.detach(*m_vcpu_listener);
+    m_vcpu_listener = nullptr;
   }
 
   v.set_exited_at_boundary(m_boundary_exit);
@@ -1452,7 +1393,6 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
   // interrupts are off in the hypervisor until it enables them.
   m_non_root = false;
-  m_mmu.observe(nullptr);
   flush_vpid_on_transition();
   m_cr0 = v.get(field::kHostCr0);
   m_cr3 = v.get(field::kHostCr3);
@@ -1460,7 +1400,6 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kHostIdtrBase)));
   m_cpl = 0;
   m_if = false;
-  m_obs = nullptr;
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();
@@ -1491,6 +1430,6 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   }
 }
 
-void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
+void Core::observe_vmcs(std::uint64_t vmcs_pa, events::Listener* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
 
 }  // namespace vmx::cpu

@@ -17,12 +17,14 @@
 #include <memory>
 #include <string>
 
+#include "cpu/vcpu_observer.h"
 #include "cpu/vmcs.h"
 #include "cpu/vmx.h"
 #include "mmu/mmu.h"
 #include "mmu/paging.h"
 #include "mmu/walker.h"
 #include "models/lapic.h"
+#include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -33,10 +35,6 @@ class MemHierarchy;
 class IoBus;
 class MmioBus;
 }  // namespace vmx::models
-
-namespace vmx::trace {
-class EventTrace;
-}
 
 namespace vmx::cpu {
 
@@ -162,61 +160,7 @@ struct CoreWiring {
   double smt_contention = 1.0;
 };
 
-/// Per-vCPU statistics the core keeps for the VMCS they are attached to
-/// (ObservedVcpu). Counting is simulator observation, not architectural state.
-struct VcpuObserver : stats::Group {
-  VcpuObserver(stats::Group* parent, const std::string& name);
-  stats::Counter guest_instructions{this, "instructions", "instructions", "instructions retired in the guest"};
-  stats::Counter guest_cycles{this, "guest_cycles", "cycles", "cycles in VMX non-root operation"};
-  stats::Counter exits{this, "exits", "exits", "VM exits"};
-  stats::Counter entries{this, "entries", "entries", "VM entries"};
-  stats::Counter walks{this, "walks", "walks", "page walks on TLB misses in the guest"};
-  stats::Counter walk_refs{this, "walk_refs", "references", "paging-structure references of those walks"};
-  stats::Counter walk_cycles{this, "walk_cycles", "cycles", "cycles of those walks"};
-  stats::Ratio mean_walk_refs{this, "mean_walk_refs", "references", "mean references per walk", walk_refs, walks};
-  stats::Ratio mean_walk_cycles{this, "mean_walk_cycles", "cycles", "mean cycles per walk", walk_cycles, walks};
-  stats::Histogram walk_latency{this, "walk_latency", "cycles", "cycles per walk (distribution)"};
-  stats::Counter walk_guest_refs{this, "walk_guest_refs", "references", "guest-dimension references of those walks"};
-  stats::Counter walk_ept_refs{this, "walk_ept_refs", "references", "EPT-dimension references of those walks"};
-  stats::Counter psc_hits{this, "psc_hits", "lookups", "paging-structure-cache hits of those walks"};
-  stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups", "nested-TLB hits of those walks"};
-  stats::Counter tlb_l1_misses{this, "tlb_l1_misses", "lookups", "guest accesses that missed every L1 TLB"};
-  stats::Counter tlb_l2_misses{this, "tlb_l2_misses", "lookups", "of those, accesses that also missed the STLB"};
-  /// The counters above that the MMU adds to while this vCPU runs.
-  mmu::TranslationCounters translation{walks,           walk_refs,      walk_cycles, walk_latency, walk_guest_refs,
-                                       walk_ept_refs,   psc_hits,       nested_tlb_hits, tlb_l1_misses, tlb_l2_misses};
-  /// Per exit reason: count and round-trip cycles from the exit to the next
-  /// completed VM entry of this vCPU.
-  struct Reason : stats::Group {
-    Reason(stats::Group* p, const std::string& n) : Group(p, n) {}
-    stats::Histogram cycles{this, "cycles", "cycles", "exit-to-reentry cycles"};
-  };
-  Reason& reason(unsigned r);
-  /// Counts the guest interval still open at `now` (cycles of the vCPU's
-  /// core) into guest_cycles, for a statistics dump in the middle of it.
-  void flush(std::uint64_t now) {
-    if (!in_guest || now <= entered_at) return;
-    guest_cycles += now - entered_at;
-    total_guest_cycles += now - entered_at;
-    entered_at = now;
-  }
-
-  // Raw observation, never reset: guest cycles up to the last exit, and
-  // whether the vCPU is in the guest now (for accounting by its owner).
-  std::uint64_t total_guest_cycles = 0;
-  bool in_guest = false;
-  // Open exit, waiting for the next entry.
-  unsigned pending_reason = 0;
-  std::uint64_t pending_since = 0;
-  bool pending = false;
-  std::uint64_t entered_at = 0;
-
- private:
-  stats::Group* m_by_reason = &subgroup("exit_reasons", "VM exits by basic exit reason");
-  std::array<Reason*, kMaxExitReason> m_reasons{};
-};
-
-class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::WalkTracer {
+class Core : public sc_core::sc_module, private mmu::TableMemory {
  public:
   SC_HAS_PROCESS(Core);
   Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
@@ -304,8 +248,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::W
   bool in_vmx_non_root() const { return m_non_root; }
 
   // ---- Simulator annotations (no cost, no architectural effect) -----------
-  /// Attaches per-vCPU statistics to the VMCS at `vmcs_pa`.
-  void observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs);
+  /// Attaches a listener to the VMCS at `vmcs_pa`: whichever core enters
+  /// with that VMCS reports to it from the VM entry to the VM exit (the
+  /// per-vCPU statistics, cpu/vcpu_observer.h). Null detaches.
+  void observe_vmcs(std::uint64_t vmcs_pa, events::Listener* obs);
+  /// The listeners of this core (sim/events.h): it reports retired
+  /// instructions, TLB misses, walks, VM entries and exits and interrupt
+  /// deliveries, and its cache hierarchy reports cache accesses, each once.
+  events::Dispatcher& events() { return m_events; }
+  /// Cycles this core was not halted since reset (never reset): what an
+  /// unhalted-core-cycles counter reads.
+  std::uint64_t unhalted_cycles() const { return m_now - m_halted_total; }
   std::uint64_t now() const { return m_now; }
   /// A time of this core's clock (cycles since reset) in picoseconds.
   std::uint64_t ps_of(std::uint64_t cycles) const;
@@ -364,10 +317,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::W
   /// violation/misconfiguration exit) and false returned.
   bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
   bool translation_fault(std::uint64_t va);
-  // The MMU's table memory (the cache hierarchy) and its walk trace.
+  // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
-  void trace_walk(std::uint64_t va, const mmu::WalkResult& r, std::uint64_t start, std::uint64_t end) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
   std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
@@ -425,17 +377,14 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::W
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset
-  // Event trace (sim/event_trace.h, docs/event_trace.md): this core's
-  // timeline alternates guest slices (entry to exit) and exit slices (exit
-  // to the next entry, named by the exit reason).
-  void trace_entry();
-  void trace_exit(unsigned reason, std::uint64_t qualification);
-  void trace_instant(unsigned category, const char* name, std::uint64_t vector);
-  unsigned trace_row(trace::EventTrace& t);  // this core's row, created on first use
-  int m_trace_track = -1;
-  std::uint64_t m_trace_since_ps = 0;         // start of the open slice
-  const char* m_trace_exit_name = nullptr;    // the exit being handled (null: none)
-  std::uint64_t m_trace_qualification = 0;
+  std::uint64_t m_halted_total = 0; // cycles halted since reset
+  // Listeners (sim/events.h), and the one of the VMCS in non-root operation.
+  events::Dispatcher m_events;
+  events::Listener* m_vcpu_listener = nullptr;
+  void report_interrupt(std::uint8_t vector, events::Delivery how) {
+    if (m_events.wants(events::kInterrupt)) [[unlikely]]
+      m_events.interrupt({m_now, vector, m_non_root, how});
+  }
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
@@ -484,7 +433,6 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private mmu::W
   std::uint8_t m_pi_nv = 0;        // posted-interrupt notification vector
   std::uint64_t m_vapic = 0;       // virtual-APIC page (host-physical)
   std::uint64_t m_pi_desc = 0;     // posted-interrupt descriptor (host-physical)
-  VcpuObserver* m_obs = nullptr;
 
   // Statistics and translation structures.
   Stats m_stats;

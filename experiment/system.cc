@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <systemc>
 
+#include "cpu/core_trace.h"
 #include "cpu/vmcs.h"
 #include "experiment/experiment.h"
 #include "guest/virtio_net.h"
@@ -123,6 +124,10 @@ struct Session::System {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
       // vCPUs (a row exists from here on even if nothing happens on it).
       for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i));
+      // Each core reports its entries, exits, interrupts and walks to the
+      // trace through a listener (sim/events.h).
+      for (unsigned i = 0; i < platform.core_count(); ++i)
+        core_traces.push_back(std::make_unique<cpu::CoreTrace>(platform.core(i), trace));
       if (pp.nic.enabled) {
         trace.track(trace::msi_row());
         trace.track(trace::iommu_row());
@@ -142,6 +147,7 @@ struct Session::System {
   models::Platform platform;
   std::unique_ptr<hv::Hypervisor> hypervisor;
   std::vector<std::unique_ptr<guest::Kernel>> kernels;
+  std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
   Monitor monitor;
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};

@@ -93,10 +93,13 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
     PerCore* raw = pc.get();
     pc->fiber = std::make_unique<sim::Fiber>(fmt::format("hv.core{}", i), [this, raw] { core_main(*raw); });
     m_percore.push_back(std::move(pc));
+    m_cores[i]->events().attach(m_exit_total);
   }
 }
 
-Hypervisor::~Hypervisor() = default;
+Hypervisor::~Hypervisor() {
+  for (Core* c : m_cores) c->events().detach(m_exit_total);
+}
 
 sim::Fiber& Hypervisor::core_fiber(unsigned core) { return *m_percore.at(core)->fiber; }
 unsigned Hypervisor::vm_count() const { return static_cast<unsigned>(m_vms.size()); }
@@ -592,7 +595,6 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
 
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
-  ++m_totals.exits;
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);

@@ -21,6 +21,7 @@
 #include "hypervisor/emulated_nic.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
+#include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -439,6 +440,14 @@ class Hypervisor {
     stats::Counter migrations{this, "migrations", "events",
                               "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
+  /// totals.exits: the exits the cores report (sim/events.h), attached to
+  /// every core. The hardware reports each exit once; the exit handler does
+  /// not count it again.
+  struct ExitTotal final : events::Listener {
+    explicit ExitTotal(stats::Counter& c) : events::Listener(events::bit(events::kVmExit)), exits(c) {}
+    void vm_exit(const events::VmExit&) override { ++exits; }
+    stats::Counter& exits;
+  } m_exit_total{m_totals.exits};
 };
 
 /// Hypercall numbers the hypervisor implements (VMCALL with the number in RAX).

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 
-#include "sim/event_trace.h"
-
 namespace vmx::mmu {
 
 Mmu::Mmu(const MmuParams& p, TableMemory& mem, stats::Group* core_stats)
@@ -57,34 +55,27 @@ void Mmu::for_each_ept_psc(F f) {
     if (p->enabled()) f(*p);
 }
 
-void Mmu::tlb_missed(unsigned level, AccessType type) {
+void Mmu::tlb_missed(unsigned level, std::uint64_t va, AccessType type) {
   if (level == 1) {
     if (type == AccessType::Execute) ++m_tlb_group.l1i_misses; else ++m_tlb_group.l1d_misses;
-    if (m_obs) ++m_obs->tlb_l1_misses;
   } else {
     ++m_tlb_group.l2_misses;
-    if (m_obs) ++m_obs->tlb_l2_misses;
   }
+  if (m_events->wants(events::kTlbMiss)) [[unlikely]]
+    m_events->tlb_miss({va, static_cast<std::uint8_t>(level), type == AccessType::Execute, m_guest});
 }
 
+static_assert(static_cast<int>(events::WalkOutcome::EptMisconfig) == static_cast<int>(WalkResult::Status::EptMisconfig),
+              "events::WalkOutcome mirrors WalkResult::Status");
+
 void Mmu::walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t start) {
-  if (m_tracer)
-    if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kWalks)) [[unlikely]]
-      m_tracer->trace_walk(va, r, start, start + r.cycles);
-  if (m_obs) {
-    ++m_obs->walks;
-    m_obs->walk_refs += r.refs;
-    m_obs->walk_cycles += r.cycles;
-    m_obs->walk_latency.sample(r.cycles);
-    m_obs->walk_guest_refs += r.guest_refs;
-    m_obs->walk_ept_refs += static_cast<std::uint64_t>(r.refs - r.guest_refs);
-    m_obs->psc_hits += r.psc_hits;
-    m_obs->nested_tlb_hits += r.nested_hits;
-  }
+  if (m_events->wants(events::kWalk)) [[unlikely]]
+    m_events->walk({va, start, r.cycles, r.refs, r.guest_refs, r.psc_hits, r.nested_hits,
+                    static_cast<events::WalkOutcome>(r.status), m_guest});
 }
 
 bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
-  tlb_missed(1, type);
+  tlb_missed(1, va, type);
   now += m_stlb_latency;
   const TlbEntry* e = m_stlb.lookup(va, m_ctx.tag);
   if (!e || !permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_ctx.tag);
@@ -93,7 +84,7 @@ bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std
     fill_l1(type, va, pa, e->perms, e->global, e->shift);
     return true;
   }
-  tlb_missed(2, type);
+  tlb_missed(2, va, type);
   return walk_and_fill(va, type, pa, now);
 }
 

@@ -8,8 +8,8 @@
 // through the TableMemory the core backs with its cache hierarchy.
 //
 // Each TLB miss is reported at one place (tlb_missed) and each walk's
-// completion at one place (walk_completed): the per-vCPU counters and the
-// event trace hang there, and so can any other listener.
+// completion at one place (walk_completed), to the core's listeners
+// (sim/events.h): the per-vCPU counters, the event trace, the PMU.
 #pragma once
 
 #include <array>
@@ -20,6 +20,7 @@
 #include "mmu/psc.h"
 #include "mmu/tlb.h"
 #include "mmu/walker.h"
+#include "sim/events.h"
 #include "sim/stats.h"
 
 namespace vmx::mmu {
@@ -38,29 +39,6 @@ struct MmuParams {
   NestedTlbParams nested_tlb;
 };
 
-/// Per-vCPU counters a guest's translations add to (the core points them at
-/// the observer of the VMCS in use while in VMX non-root operation).
-struct TranslationCounters {
-  stats::Counter& walks;
-  stats::Counter& walk_refs;
-  stats::Counter& walk_cycles;
-  stats::Histogram& walk_latency;
-  stats::Counter& walk_guest_refs;
-  stats::Counter& walk_ept_refs;
-  stats::Counter& psc_hits;
-  stats::Counter& nested_tlb_hits;
-  stats::Counter& tlb_l1_misses;
-  stats::Counter& tlb_l2_misses;
-};
-
-/// Draws walks in the event trace (called only while it records walks).
-class WalkTracer {
- public:
-  virtual ~WalkTracer() = default;
-  /// A walk of `va` from cycle `start` to `end` of the core's clock.
-  virtual void trace_walk(std::uint64_t va, const WalkResult& r, std::uint64_t start, std::uint64_t end) = 0;
-};
-
 class Mmu {
  public:
   /// Registers the statistics "walker" (with walker.psc and
@@ -71,16 +49,18 @@ class Mmu {
 
   /// The translation context: paging mode and control bits, CPL, EPT and
   /// the tag of new entries (ctx.la and ctx.type are ignored). translate:
-  /// paging or EPT is on.
-  void set_context(const WalkRequest& ctx, bool translate) {
+  /// paging or EPT is on; guest: in VMX non-root operation (as the events
+  /// report it).
+  void set_context(const WalkRequest& ctx, bool translate, bool guest) {
     m_ctx = ctx;
     m_translate = translate;
+    m_guest = guest;
   }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_ctx.tag; }
-  /// Where a guest's translations are counted per vCPU (null: nowhere).
-  void observe(TranslationCounters* c) { m_obs = c; }
-  void set_tracer(WalkTracer* t) { m_tracer = t; }
+  /// Where TLB misses (kTlbMiss) and completed walks (kWalk) are reported:
+  /// the core's listeners (null: nobody).
+  void set_events(const events::Dispatcher* d) { m_events = d ? d : &events::Dispatcher::none(); }
 
   /// Translates one access, adding the lookup and walk latencies to `now`
   /// (the core's clock, cycles). The L1 TLBs of each page size are looked
@@ -159,9 +139,9 @@ class Mmu {
                unsigned shift);
   /// The one place a TLB miss is reported: level 1 (every L1 array of the
   /// access's kind missed) or 2 (the STLB missed too: a walk follows).
-  void tlb_missed(unsigned level, AccessType type);
+  void tlb_missed(unsigned level, std::uint64_t va, AccessType type);
   /// The one place a walk's completion is reported (the walker has counted
-  /// it in WalkStats): per-vCPU counters, event trace.
+  /// it in WalkStats) to the listeners: per-vCPU counters, event trace.
   void walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t start);
   template <class F> void for_each_tlb(F f);
   template <class F> void for_each_guest_psc(F f);
@@ -170,8 +150,8 @@ class Mmu {
 
   WalkRequest m_ctx{};
   bool m_translate = false;
-  TranslationCounters* m_obs = nullptr;
-  WalkTracer* m_tracer = nullptr;
+  bool m_guest = false;
+  const events::Dispatcher* m_events = &events::Dispatcher::none();
   WalkResult m_fault{};
 
   WalkStats m_walk_stats;

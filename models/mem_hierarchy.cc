@@ -38,18 +38,25 @@ std::uint32_t MemHierarchy::access(std::uint64_t pa, AccessKind kind) {
     // A hit evicts nothing, so there is no writeback to pass down.
     cycles = l1->latency();
     m_stats.cycles += cycles;
+    if (m_events->wants(events::kCacheAccess)) [[unlikely]] report(pa, kind, 1);
     return cycles;
   }
   // Host speed only: start fetching the LLC's tags for pa while the L2 looks.
   m_llc->host_prefetch(pa);
+  unsigned hit_level;
   if (m_l2.access(pa, false, &wb2)) {
     cycles = m_l2.latency();
+    hit_level = 2;
   } else if (m_llc->access(pa, false, &wb3)) {
     cycles = m_llc->latency();
+    hit_level = 3;
   } else {
     ++m_stats.dram_accesses;
     cycles = m_llc->latency() + m_dram_latency;
+    hit_level = 4;
   }
+  if (m_events->wants_any(events::bit(events::kCacheAccess) | events::bit(events::kCacheMiss))) [[unlikely]]
+    report(pa, kind, hit_level);
   if (wb1 != Cache::kNoWriteback) writeback_to_l2(wb1);
   if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
   if (wb3 != Cache::kNoWriteback) ++m_stats.dram_writebacks;
@@ -67,6 +74,15 @@ void MemHierarchy::writeback_to_llc(std::uint64_t line_pa) {
   std::uint64_t victim;
   m_llc->receive_writeback(line_pa, &victim);
   if (victim != Cache::kNoWriteback) ++m_stats.dram_writebacks;
+}
+
+void MemHierarchy::report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const {
+  events::CacheAccess e{pa, 0, kind == AccessKind::Fetch, kind == AccessKind::Write, kind == AccessKind::Walk, false};
+  for (unsigned level = 1; level <= hit_level && level <= 3; ++level) {
+    e.level = static_cast<std::uint8_t>(level);
+    e.hit = level == hit_level;
+    m_events->cache_access(e);
+  }
 }
 
 void MemHierarchy::invalidate_private() {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "models/cache.h"
+#include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -76,9 +77,17 @@ class MemHierarchy {
   /// Drops the contents of the private caches (the shared LLC is untouched).
   void invalidate_private();
 
+  /// Where this hierarchy reports each demand access's lookup in each level
+  /// (sim/events.h, kCacheAccess and kCacheMiss): the events of the core it
+  /// serves. Null: nobody listens.
+  void set_events(const events::Dispatcher* d) { m_events = d ? d : &events::Dispatcher::none(); }
+
  private:
   void writeback_to_l2(std::uint64_t line_pa);
   void writeback_to_llc(std::uint64_t line_pa);
+  /// Reports the levels an access looked up: every level above `hit_level`
+  /// missed, `hit_level` hit (4: none did, DRAM served it).
+  void report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const;
 
   MemHierarchyStats m_stats;
   Cache m_l1i;
@@ -86,6 +95,7 @@ class MemHierarchy {
   Cache m_l2;
   Cache* m_llc;
   std::uint32_t m_dram_latency;
+  const events::Dispatcher* m_events = &events::Dispatcher::none();
 };
 
 }  // namespace vmx::models
