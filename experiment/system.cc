@@ -9,6 +9,7 @@
 
 #include "cpu/core_trace.h"
 #include "cpu/vmcs.h"
+#include "models/device_trace.h"
 #include "experiment/experiment.h"
 #include "guest/virtio_net.h"
 
@@ -128,6 +129,10 @@ struct Session::System {
       // trace through a listener (sim/events.h).
       for (unsigned i = 0; i < platform.core_count(); ++i)
         core_traces.push_back(std::make_unique<cpu::CoreTrace>(platform.core(i), trace));
+      // The devices report interrupt messages and blocked DMA the same way.
+      device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.interrupts().events(), trace));
+      if (platform.root_complex())
+        device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.root_complex()->events(), trace));
       if (pp.nic.enabled) {
         trace.track(trace::msi_row());
         trace.track(trace::iommu_row());
@@ -148,6 +153,7 @@ struct Session::System {
   std::unique_ptr<hv::Hypervisor> hypervisor;
   std::vector<std::unique_ptr<guest::Kernel>> kernels;
   std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
+  std::vector<std::unique_ptr<models::DeviceTrace>> device_traces;
   Monitor monitor;
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};

@@ -37,6 +37,19 @@ void Dispatcher::recompute() {
   for (unsigned i = 0; i < m_count; ++i) m_any |= m_masks[i];
 }
 
+void Dispatcher::retired(Retired e) const { each(bit(kRetired), [&](Listener& l) { l.retired(e); }); }
+void Dispatcher::cache_access(CacheAccess e) const {
+  // A miss goes to the miss listeners too; a hit only to the access listeners.
+  each(e.hit ? bit(kCacheAccess) : bit(kCacheAccess) | bit(kCacheMiss), [&](Listener& l) { l.cache_access(e); });
+}
+void Dispatcher::tlb_miss(TlbMiss e) const { each(bit(kTlbMiss), [&](Listener& l) { l.tlb_miss(e); }); }
+void Dispatcher::walk(Walk e) const { each(bit(kWalk), [&](Listener& l) { l.walk(e); }); }
+void Dispatcher::vm_entry(VmEntry e) const { each(bit(kVmEntry), [&](Listener& l) { l.vm_entry(e); }); }
+void Dispatcher::vm_exit(VmExit e) const { each(bit(kVmExit), [&](Listener& l) { l.vm_exit(e); }); }
+void Dispatcher::interrupt(Interrupt e) const { each(bit(kInterrupt), [&](Listener& l) { l.interrupt(e); }); }
+void Dispatcher::msi(Msi e) const { each(bit(kMsi), [&](Listener& l) { l.msi(e); }); }
+void Dispatcher::dma_blocked(DmaBlocked e) const { each(bit(kDmaBlocked), [&](Listener& l) { l.dma_blocked(e); }); }
+
 const Dispatcher& Dispatcher::none() {
   static const Dispatcher d;
   return d;

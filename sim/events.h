@@ -32,6 +32,8 @@ enum Kind : std::uint8_t {
   kVmEntry,      // VMLAUNCH/VMRESUME entered VMX non-root operation
   kVmExit,       // a VM exit
   kInterrupt,    // an interrupt was delivered (through the IDT, or a posted-interrupt notification)
+  kMsi,          // a device's interrupt message reached the interrupt fabric (a device event)
+  kDmaBlocked,   // the IOMMU blocked a device's DMA (a device event)
   kKinds
 };
 
@@ -113,6 +115,33 @@ struct Interrupt {
   Delivery how;
 };
 
+/// Device events are reported by the device, in picoseconds of simulated
+/// time (devices have no core clock).
+enum class MsiOutcome : std::uint8_t {
+  Delivered,       // compatibility format, to a local APIC
+  Remapped,        // through an interrupt-remapping table entry
+  Posted,          // into a posted-interrupt descriptor, no notification
+  PostedNotified,  // posted, and the notification vector sent
+  Blocked,         // an interrupt-remapping fault
+  Dropped,         // logical destination or a delivery mode not modelled
+};
+
+struct Msi {
+  std::uint64_t at_ps;
+  std::uint32_t requester;  // PCI requester ID (bus/device/function)
+  std::uint32_t dest;       // destination APIC ID (0 when blocked or dropped)
+  std::uint32_t vector;
+  MsiOutcome outcome;
+};
+
+struct DmaBlocked {
+  std::uint64_t at_ps;
+  std::uint64_t address;    // the DMA address that did not translate
+  std::uint32_t requester;
+  std::uint32_t reason;     // VT-d fault reason (VT-d spec, 7.1.3)
+  bool write;
+};
+
 /// Receives the kinds in its mask. Listeners are simulator observation:
 /// they may count, sample or record, never change the machine.
 class Listener {
@@ -128,13 +157,15 @@ class Listener {
   virtual void vm_entry(const VmEntry&) {}
   virtual void vm_exit(const VmExit&) {}
   virtual void interrupt(const Interrupt&) {}
+  virtual void msi(const Msi&) {}
+  virtual void dma_blocked(const DmaBlocked&) {}
 
  private:
   Mask m_kinds;
 };
 
-/// The listeners of one core, in attachment order. A source holds one (or
-/// a pointer to its core's) and reports through it.
+/// The listeners of one core (or one device), in attachment order. A source
+/// holds one (or a pointer to its core's) and reports through it.
 class Dispatcher {
  public:
   static constexpr unsigned kMaxListeners = 8;
@@ -150,15 +181,17 @@ class Dispatcher {
   bool wants(Kind k) const { return (m_any & bit(k)) != 0; }
   bool wants_any(Mask m) const { return (m_any & m) != 0; }
 
-  void retired(const Retired& e) const { each(bit(kRetired), [&](Listener& l) { l.retired(e); }); }
-  void cache_access(const CacheAccess& e) const {
-    each(e.hit ? bit(kCacheAccess) : bit(kCacheAccess) | bit(kCacheMiss), [&](Listener& l) { l.cache_access(e); });
-  }
-  void tlb_miss(const TlbMiss& e) const { each(bit(kTlbMiss), [&](Listener& l) { l.tlb_miss(e); }); }
-  void walk(const Walk& e) const { each(bit(kWalk), [&](Listener& l) { l.walk(e); }); }
-  void vm_entry(const VmEntry& e) const { each(bit(kVmEntry), [&](Listener& l) { l.vm_entry(e); }); }
-  void vm_exit(const VmExit& e) const { each(bit(kVmExit), [&](Listener& l) { l.vm_exit(e); }); }
-  void interrupt(const Interrupt& e) const { each(bit(kInterrupt), [&](Listener& l) { l.interrupt(e); }); }
+  // Dispatch, out of line: a source's fast path keeps only the wants()
+  // test, and its call here is a tail call (payloads go by value).
+  void retired(Retired e) const;
+  void cache_access(CacheAccess e) const;
+  void tlb_miss(TlbMiss e) const;
+  void walk(Walk e) const;
+  void vm_entry(VmEntry e) const;
+  void vm_exit(VmExit e) const;
+  void interrupt(Interrupt e) const;
+  void msi(Msi e) const;
+  void dma_blocked(DmaBlocked e) const;
 
   /// A dispatcher nobody listens to, for sources not wired to a core.
   static const Dispatcher& none();
