@@ -253,8 +253,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// per-vCPU statistics, cpu/vcpu_observer.h). Null detaches.
   void observe_vmcs(std::uint64_t vmcs_pa, events::Listener* obs);
   /// The listeners of this core (sim/events.h): it reports retired
-  /// instructions, TLB misses, walks, VM entries and exits and interrupt
-  /// deliveries, and its cache hierarchy reports cache accesses, each once.
+  /// instructions, VM entries and exits and interrupt deliveries, its MMU
+  /// TLB misses and walks, and its cache hierarchy cache accesses, each once.
   events::Dispatcher& events() { return m_events; }
   /// Cycles this core was not halted since reset (never reset): what an
   /// unhalted-core-cycles counter reads.

@@ -253,13 +253,17 @@ TEST_CASE("events: walk and TLB-miss events match the walker's and the TLBs' sta
 TEST_CASE("events: with no listener attached a core reports nothing and counts as before", "[events][cpu]") {
   VmxHarness h;
   bool wanted = true;
+  std::uint64_t unhalted = 0, now = 1;
   h.guest = [&](Core& c) {
     c.compute(10);
     wanted = c.events().wants_any(ev::kAll);
+    unhalted = c.unhalted_cycles();
+    now = c.now();
   };
   h.run();
   require_clean(h);
   CHECK_FALSE(wanted);
+  CHECK(unhalted == now);  // the core has not halted yet: every cycle is unhalted
   CHECK(h.core().events().size() == 0);
   CHECK(h.counter("system.cpu0.guest_instructions") >= 11);
   CHECK(h.counter("system.cpu0.vm_exits") == 1);
