@@ -6,7 +6,6 @@
 #include "cpu/core.h"
 #include "models/mem_hierarchy.h"
 #include "models/phys_mem.h"
-#include "sim/event_trace.h"
 
 namespace vmx::cpu {
 
@@ -65,7 +64,7 @@ void Core::process_posted_interrupts() {
     highest = static_cast<int>(64 * q + 63) - __builtin_clzll(bits);
   }
   if (highest > m_rvi) m_rvi = static_cast<std::uint8_t>(highest);
-  trace_instant(trace::kIrq, "posted-interrupt notification", highest < 0 ? 0 : static_cast<unsigned>(highest));
+  report_interrupt(highest < 0 ? 0 : static_cast<std::uint8_t>(highest), events::Delivery::PostedNotification);
   recompute_next_event();
 }
 

@@ -10,7 +10,6 @@
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
 #include "models/phys_mem.h"
-#include "sim/event_trace.h"
 
 namespace vmx::cpu {
 
@@ -45,17 +44,6 @@ Core& Core::current() {
 }
 
 // ---------------------------------------------------------------------------
-// Per-vCPU observation.
-
-VcpuObserver::VcpuObserver(stats::Group* parent, const std::string& name) : stats::Group(parent, name) {}
-
-VcpuObserver::Reason& VcpuObserver::reason(unsigned r) {
-  if (r >= kMaxExitReason) r = kMaxExitReason - 1;
-  if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(exit_reason_name(r));
-  return *m_reasons[r];
-}
-
-// ---------------------------------------------------------------------------
 // Construction and the SystemC thread.
 
 Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
@@ -68,33 +56,14 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_cpi_alone_q8(m_cpi_q8),
       m_cpi_shared_q8(static_cast<std::uint32_t>(params.cpi * wiring.smt_contention * 256.0 + 0.5)),
       m_stats(stats_parent, std::string(basename())),
-      m_walk_stats(&m_stats),
-      m_psc_group(&m_walk_stats, "psc", "paging-structure caches"),
-      m_psc_guest_group(&m_psc_group, "guest", "guest dimension (VPID/PCID/EP4TA-tagged)"),
-      m_psc_ept_group(&m_psc_group, "ept", "EPT dimension (EP4TA-tagged)"),
-      m_gpsc_pml5e(params.psc.guest.pml5e, 5, &m_psc_guest_group, "pml5e"),
-      m_gpsc_pml4e(params.psc.guest.pml4e, 4, &m_psc_guest_group, "pml4e"),
-      m_gpsc_pdpte(params.psc.guest.pdpte, 3, &m_psc_guest_group, "pdpte"),
-      m_gpsc_pde(params.psc.guest.pde, 2, &m_psc_guest_group, "pde"),
-      m_epsc_pml5e(params.psc.ept.pml5e, 5, &m_psc_ept_group, "pml5e"),
-      m_epsc_pml4e(params.psc.ept.pml4e, 4, &m_psc_ept_group, "pml4e"),
-      m_epsc_pdpte(params.psc.ept.pdpte, 3, &m_psc_ept_group, "pdpte"),
-      m_epsc_pde(params.psc.ept.pde, 2, &m_psc_ept_group, "pde"),
-      m_nested_tlb(params.nested_tlb, &m_walk_stats, "nested_tlb"),
-      m_walker(*this, m_walk_stats, walk_caches()),
-      m_tlb_group(&m_stats, "tlb"),
-      m_dtlb(params.dtlb, 12, &m_tlb_group, "dtlb"),
-      m_dtlb_2m(params.dtlb_2m, 21, &m_tlb_group, "dtlb_2m"),
-      m_dtlb_1g(params.dtlb_1g, 30, &m_tlb_group, "dtlb_1g"),
-      m_itlb(params.itlb, 12, &m_tlb_group, "itlb"),
-      m_itlb_2m(params.itlb_2m, 21, &m_tlb_group, "itlb_2m"),
-      m_stlb(params.stlb, {12, 21}, &m_tlb_group, "stlb"),
-      m_stlb_1g(params.stlb_1g, 30, &m_tlb_group, "stlb_1g"),
-      m_stlb_latency(std::max(params.stlb.latency, params.stlb_1g.latency)),
-      m_tlbs{&m_dtlb, &m_dtlb_2m, &m_dtlb_1g, &m_itlb, &m_itlb_2m, &m_stlb, &m_stlb_1g},
+      m_mmu(mmu::MmuParams{params.dtlb, params.dtlb_2m, params.dtlb_1g, params.itlb, params.itlb_2m, params.stlb,
+                           params.stlb_1g, params.psc, params.nested_tlb},
+            *this, &m_stats),
       m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
   if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
     throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
+  m_w.caches->set_events(&m_events);
+  m_mmu.set_events(&m_events);
   SC_THREAD(run);
 }
 
@@ -113,38 +82,6 @@ std::uint64_t Core::cycles_of(const sc_core::sc_time& t) const {
 
 std::uint64_t Core::ps_of(std::uint64_t cycles) const { return time_of(cycles).value(); }
 
-unsigned Core::trace_row(trace::EventTrace& t) {
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t.track(trace::core_row(m_id)));
-  return static_cast<unsigned>(m_trace_track);
-}
-
-void Core::trace_entry() {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(trace::kExits)) return;
-  const std::uint64_t now = now_ps();
-  if (m_trace_exit_name)
-    t->slice(trace_row(*t), m_trace_exit_name, m_trace_since_ps, now,
-             {"qualification", m_trace_qualification, true});
-  m_trace_exit_name = nullptr;
-  m_trace_since_ps = now;
-}
-
-void Core::trace_exit(unsigned reason, std::uint64_t qualification) {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(trace::kExits)) return;
-  const std::uint64_t now = now_ps();
-  t->slice(trace_row(*t), "guest", m_trace_since_ps, now, {"vpid", m_vpid});
-  m_trace_exit_name = exit_reason_name(reason);
-  m_trace_qualification = qualification;
-  m_trace_since_ps = now;
-}
-
-void Core::trace_instant(unsigned category, const char* name, std::uint64_t vector) {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(static_cast<trace::Category>(category))) return;
-  t->instant(trace_row(*t), name, now_ps(), {"vector", vector}, {"guest", m_non_root ? 1u : 0u});
-}
-
 void Core::run() {
   m_kernel_fiber = std::make_unique<sim::Fiber>(std::string(name()) + ".kernel");
   if (!m_reset_fiber) {
@@ -158,6 +95,9 @@ void Core::run() {
   for (;;) {
     m_current->set_exit_target(m_kernel_fiber.get());
     t_current = this;
+    // SMT siblings share their private caches: the hierarchy reports to the
+    // thread that executes.
+    if (m_sibling) m_w.caches->set_events(&m_events);
     sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
     if (m_current->finished()) {
       if (m_current->error()) std::rethrow_exception(m_current->error());
@@ -187,6 +127,7 @@ void Core::run() {
         m_lapic.tick(m_now);
       }
       m_stats.halted_cycles += m_now - halted_from;
+      m_halted_total += m_now - halted_from;
       m_executing = true;
       m_smt_mark = m_now;  // halted cycles are not shared cycles
     }
@@ -330,9 +271,11 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
                                       exception ? "exception" : "interrupt", vector));
   }
   charge(m_p.exception_latency);
-  if (exception) ++m_stats.exceptions; else ++m_stats.interrupts;
-  if (!exception && trace::EventTrace::active()) [[unlikely]]
-    trace_instant(trace::kIrq, m_non_root ? "guest interrupt" : "host interrupt", vector);
+  if (exception) ++m_stats.exceptions;
+  else {
+    ++m_stats.interrupts;
+    report_interrupt(vector, events::Delivery::Idt);
+  }
   std::uint8_t saved_cpl = m_cpl;
   bool saved_if = m_if;
   // An emulated memory operation interrupted by this delivery completes
@@ -383,10 +326,8 @@ void Core::retire(std::uint64_t n) {
   m_now += q >> 8;
   m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
   m_stats.instructions += n;
-  if (m_non_root) {
-    m_stats.guest_instructions += n;
-    if (m_obs) m_obs->guest_instructions += n;
-  }
+  if (m_non_root) m_stats.guest_instructions += n;
+  if (m_events.wants(events::kRetired)) [[unlikely]] m_events.retired({n, m_non_root});
 }
 
 // SMT issue contention: while the sibling thread executes, both threads
@@ -413,19 +354,10 @@ void Core::compute(std::uint64_t instructions) {
 }
 
 void Core::update_context() {
-  bool paging = m_cr0 & crb::kCr0Pg;
-  m_translate = paging || (m_non_root && m_ept);
-  m_tag.vpid = m_non_root ? m_vpid : 0;
-  m_tag.pcid = (paging && (m_cr4 & crb::kCr4Pcide)) ? static_cast<std::uint16_t>(m_cr3 & crb::kCr3PcidMask) : 0;
-  m_tag.ep4ta = (m_non_root && m_ept) ? (m_eptp & mmu::ept::kAddrMask) : 0;
-}
-
-mmu::WalkRequest Core::walk_request(std::uint64_t va, AccessType type) const {
+  const bool paging = m_cr0 & crb::kCr0Pg;
   mmu::WalkRequest r;
-  r.la = va;
-  r.type = type;
   r.user = m_cpl == 3;
-  r.paging = m_cr0 & crb::kCr0Pg;
+  r.paging = paging;
   r.cr3 = m_cr3;
   r.mode.levels = (m_cr4 & crb::kCr4La57) ? 5 : 4;
   r.mode.largest_leaf = 3;
@@ -438,149 +370,32 @@ mmu::WalkRequest Core::walk_request(std::uint64_t va, AccessType type) const {
   r.eptp = m_eptp;
   r.ept_mode.levels = static_cast<std::uint8_t>(mmu::ept::eptp_levels(m_eptp));
   r.ept_mode.largest_leaf = 3;
-  r.tag = m_tag;
-  return r;
+  r.tag.vpid = m_non_root ? m_vpid : 0;
+  r.tag.pcid = (paging && (m_cr4 & crb::kCr4Pcide)) ? static_cast<std::uint16_t>(m_cr3 & crb::kCr3PcidMask) : 0;
+  r.tag.ep4ta = (m_non_root && m_ept) ? (m_eptp & mmu::ept::kAddrMask) : 0;
+  m_mmu.set_context(r, paging || (m_non_root && m_ept), m_non_root);
 }
 
-mmu::WalkCaches Core::walk_caches() {
-  mmu::WalkCaches c;
-  c.guest = {nullptr, nullptr, &m_gpsc_pde, &m_gpsc_pdpte, &m_gpsc_pml4e, &m_gpsc_pml5e};
-  c.ept = {nullptr, nullptr, &m_epsc_pde, &m_epsc_pdpte, &m_epsc_pml4e, &m_epsc_pml5e};
-  c.nested = &m_nested_tlb;
-  return c;
-}
-
-template <class F>
-void Core::for_each_tlb(F f) {
-  for (mmu::Tlb* t : m_tlbs) f(*t);
-}
-
-template <class F>
-void Core::for_each_guest_psc(F f) {
-  for (mmu::Psc* p : {&m_gpsc_pde, &m_gpsc_pdpte, &m_gpsc_pml4e, &m_gpsc_pml5e})
-    if (p->enabled()) f(*p);
-}
-
-template <class F>
-void Core::for_each_ept_psc(F f) {
-  for (mmu::Psc* p : {&m_epsc_pde, &m_epsc_pdpte, &m_epsc_pml4e, &m_epsc_pml5e})
-    if (p->enabled()) f(*p);
-}
-
-bool Core::tlb_permits(std::uint8_t perms, AccessType type) const {
-  // A cached translation is used only when it certainly permits the access;
-  // anything else walks, and the walk decides (and sets the dirty bit).
-  using namespace mmu::perm;
-  bool user = m_cpl == 3;
-  switch (type) {
-    case AccessType::Read:
-      return (perms & kEptRead) && (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
-    case AccessType::Write:
-      // kEptDirty: with EPT A/D flags on, a translation cached by a read (EPT
-      // leaf not yet dirty) walks on a write, which sets the flag (29.3.5).
-      return (perms & (kEptWrite | kEptDirty | kWritable | kDirty)) == (kEptWrite | kEptDirty | kWritable | kDirty) &&
-             (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smap)));
-    case AccessType::Execute:
-      return (perms & kEptExecute) && (perms & kExecutable) &&
-             (user ? (perms & kUser) : !((perms & kUser) && (m_cr4 & crb::kCr4Smep)));
-  }
-  return false;
-}
-
-// The L1 TLBs of each page size are looked up in parallel (one latency); a
-// miss in all of them looks up the STLB arrays (4 KiB + 2 MiB, and 1 GiB),
-// and a miss there walks. Fills go to the arrays of the translation's
-// effective page size: the smaller of the guest and EPT page sizes.
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  if (!m_translate) {
-    pa = va;
+  if (m_mmu.translate(va, type, pa, m_now)) [[likely]]
     return true;
-  }
-  const bool fetch = type == AccessType::Execute;
-  mmu::Tlb& l1 = fetch ? m_itlb : m_dtlb;
-  charge(l1.latency());
-  if (const mmu::TlbEntry* e = l1.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
-    pa = mmu::Tlb::translate(*e, va);
-    return true;
-  }
-  mmu::Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
-  if (const mmu::TlbEntry* e = l1_2m.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
-    pa = mmu::Tlb::translate(*e, va);
-    return true;
-  }
-  if (!fetch) {
-    if (const mmu::TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && tlb_permits(e->perms, type)) {
-      pa = mmu::Tlb::translate(*e, va);
-      return true;
-    }
-  }
-  return translate_l2(va, type, pa);
+  return translation_fault(va);
 }
 
-bool Core::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  if (type == AccessType::Execute) ++m_tlb_group.l1i_misses; else ++m_tlb_group.l1d_misses;
-  if (m_non_root && m_obs) ++m_obs->tlb_l1_misses;
-  charge(m_stlb_latency);
-  const mmu::TlbEntry* e = m_stlb.lookup(va, m_tag);
-  if (!e || !tlb_permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_tag);
-  if (e && tlb_permits(e->perms, type)) {
-    pa = mmu::Tlb::translate(*e, va);
-    fill_l1(type, va, pa, e->perms, e->global, e->shift);
-    return true;
-  }
-  ++m_tlb_group.l2_misses;
-  if (m_non_root && m_obs) ++m_obs->tlb_l2_misses;
-  return walk_and_fill(va, type, pa);
-}
-
-void Core::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
-                   unsigned shift) {
-  if (type == AccessType::Execute) {
-    // Skylake's ITLB has no 1 GiB array: such code pages are held as the
-    // 2 MiB piece that was fetched from.
-    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_tag);
-    else m_itlb_2m.insert(va, pa, perms, global, m_tag);
-    return;
-  }
-  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_tag);
-  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_tag);
-  else m_dtlb_1g.insert(va, pa, perms, global, m_tag);
-}
-
-bool Core::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  mmu::WalkResult r = m_walker.translate(walk_request(va, type));
-  if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kWalks)) [[unlikely]] {
-      t->slice(trace_row(*t), "page walk", now_ps(), ps_of(m_now + r.cycles),
-             {"address", va, true}, {"references", r.refs}, {"guest_references", r.guest_refs});
-  }
-  charge(r.cycles);
-  if (m_non_root && m_obs) {
-    ++m_obs->walks;
-    m_obs->walk_refs += r.refs;
-    m_obs->walk_cycles += r.cycles;
-    m_obs->walk_latency.sample(r.cycles);
-    m_obs->walk_guest_refs += r.guest_refs;
-    m_obs->walk_ept_refs += static_cast<std::uint64_t>(r.refs - r.guest_refs);
-    m_obs->psc_hits += r.psc_hits;
-    m_obs->nested_tlb_hits += r.nested_hits;
-  }
+bool Core::translation_fault(std::uint64_t va) {
+  const mmu::WalkResult& r = m_mmu.fault();
   switch (r.status) {
-    case mmu::WalkResult::Status::Ok: {
-      if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_tag);
-      else m_stlb.insert(va, r.pa, r.perms, r.global, m_tag, r.page_shift);
-      fill_l1(type, va, r.pa, r.perms, r.global, r.page_shift);
-      pa = r.pa;
-      return true;
-    }
     case mmu::WalkResult::Status::PageFault:
       raise_exception(vec::kPageFault, r.error_code, true, va);
-      return false;
+      break;
     case mmu::WalkResult::Status::EptViolation:
       vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
-      return false;
+      break;
     case mmu::WalkResult::Status::EptMisconfig:
       vm_exit(ExitReason::EptMisconfig, 0, 0, r.fault_gpa);
-      return false;
+      break;
+    case mmu::WalkResult::Status::Ok:
+      break;
   }
   return false;
 }
@@ -605,7 +420,7 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
   std::uint64_t pa = va;
   m_op_size = size;
-  if (m_translate)  // translate() itself passes va through when this is off
+  if (m_mmu.translating())  // translate() itself passes va through when this is off
     while (!translate(va, AccessType::Read, pa)) {
       if (m_op_done) return emulated_result();
       boundary();
@@ -635,7 +450,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
   std::uint64_t pa = va;
   m_op_size = size | kOpWrite;
   m_op_value = value;
-  if (m_translate)
+  if (m_mmu.translating())
     while (!translate(va, AccessType::Write, pa)) {
       if (m_op_done) {
         emulated_result();
@@ -754,7 +569,7 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
   std::uint64_t end = va + bytes;
   for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
     std::uint64_t pa = line;
-    if (m_translate)
+    if (m_mmu.translating())
       while (!translate(line, AccessType::Execute, pa)) boundary();
     ++m_stats.fetch_lines;
     charge(m_w.caches->access(pa, models::AccessKind::Fetch));
@@ -889,26 +704,15 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       bool keep = pcide && (value & crb::kCr3NoFlush);
       m_cr3 = value & ~crb::kCr3NoFlush;
       update_context();
-      if (!keep) {
-        const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
-        if (pcide) for_each_tlb([&](mmu::Tlb& t) { t.flush_pcid(vpid, pcid); });
-        else for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
-        // ... and every paging-structure-cache entry of that PCID (PCID 0
-        // when CR4.PCIDE = 0).
-        for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
-      }
+      if (!keep) m_mmu.mov_to_cr3(pcide);  // ... and the PCID's paging-structure-cache entries
       break;
     }
     case 4: {
       bool flush = ((m_cr4 ^ value) & (crb::kCr4Pge | crb::kCr4Pcide | crb::kCr4Smep | crb::kCr4La57)) != 0;
       m_cr4 = value;
-      if (flush) {
-        // All TLB entries, global ones included, and all paging-structure-
-        // cache entries of the current VPID (SDM Vol. 3A, 4.10.4.1).
-        const std::uint16_t vpid = m_tag.vpid;
-        for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
-        for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      }
+      // All TLB entries, global ones included, and all paging-structure-
+      // cache entries of the current VPID (SDM Vol. 3A, 4.10.4.1).
+      if (flush) m_mmu.cr4_paging_change();
       break;
     }
     default:
@@ -1202,9 +1006,7 @@ void Core::invlpg(std::uint64_t va) {
   // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
   // PCID and global ones, and all paging-structure-cache entries of the
   // current PCID whatever linear address they are for.
-  const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
-  for_each_tlb([&](mmu::Tlb& t) { t.flush_invlpg(va, vpid, pcid); });
-  for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
+  m_mmu.invlpg(va);
 }
 
 void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
@@ -1245,31 +1047,8 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
   }
-  // Scopes (SDM Vol. 3A, 4.10.4.1), for the current VPID and every EP4TA
-  // (Vol. 3C, 29.4.3.1). Paging-structure-cache entries are never global:
-  // type 0 removes every entry of the PCID (as INVLPG; invalidating entries
-  // for other linear addresses is permitted), 1 those of the PCID, 2 and 3
-  // those of every PCID. Guest-physical mappings (EPT-dimension caches, the
-  // nested TLB) are not affected.
-  const std::uint16_t vpid = m_tag.vpid;
-  switch (type) {
-    case 0:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_address_pcid(la, vpid, pcid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
-      break;
-    case 1:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_pcid(vpid, pcid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_pcid(vpid, pcid); });
-      break;
-    case 2:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      break;
-    default:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      break;
-  }
+  // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
+  m_mmu.invpcid(type, pcid, la);
 }
 
 std::uint64_t Core::rdtsc() {
@@ -1433,25 +1212,8 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp, unsigned type_reg, con
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.invept_latency);
-  // SDM Vol. 3C, 29.4.3.1: type 1 single-context, type 2 all-context. Both
-  // remove combined mappings (TLB entries and guest-dimension paging-
-  // structure-cache entries tagged with the EP4TA) and guest-physical
-  // mappings (the EPT-dimension caches and the nested TLB). Linear mappings,
-  // cached with EPT off, are not associated with any EP4TA and stay.
-  if (type == 1) {
-    const std::uint64_t ep4ta = eptp & mmu::ept::kAddrMask;
-    for_each_tlb([&](mmu::Tlb& t) { t.flush_ep4ta(ep4ta); });
-    for_each_guest_psc([&](mmu::Psc& p) { p.flush_ep4ta(ep4ta); });
-    for_each_ept_psc([&](mmu::Psc& p) { p.flush_ep4ta(ep4ta); });
-    if (m_nested_tlb.enabled()) m_nested_tlb.flush_ep4ta(ep4ta);
-  } else if (type == 2) {
-    for_each_tlb([](mmu::Tlb& t) { t.flush_all_ep4ta(); });
-    for_each_guest_psc([](mmu::Psc& p) { p.flush_all_ep4ta(); });
-    for_each_ept_psc([](mmu::Psc& p) { p.flush_all(); });
-    if (m_nested_tlb.enabled()) m_nested_tlb.flush_all();
-  } else {
-    return vm_fail(vmerr::kInvalidOperandInvept);
-  }
+  // SDM Vol. 3C, 29.4.3.1 (mmu::Mmu::invept).
+  if (!m_mmu.invept(type, eptp)) return vm_fail(vmerr::kInvalidOperandInvept);
   return VmxStatus::Succeed;
 }
 
@@ -1470,32 +1232,8 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la, uns
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.invept_latency);
-  // SDM Vol. 3C, 31.3 INVVPID: 0 individual address, 1 single context,
-  // 2 all contexts, 3 single context retaining globals.
-  // Paging-structure-cache entries are not per address and never global:
-  // types 0, 1 and 3 remove all of the VPID's (type 0 may invalidate more
-  // than the address, 29.4.3.3).
-  switch (type) {
-    case 0:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_address(la, vpid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      break;
-    case 1:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_vpid(vpid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      break;
-    case 2:
-      // All VPIDs except 0 (29.4.3.3).
-      for_each_tlb([](mmu::Tlb& t) { t.flush_nonzero_vpids(); });
-      for_each_guest_psc([](mmu::Psc& p) { p.flush_nonzero_vpids(); });
-      break;
-    case 3:
-      for_each_tlb([&](mmu::Tlb& t) { t.flush_non_global(vpid); });
-      for_each_guest_psc([&](mmu::Psc& p) { p.flush_vpid(vpid); });
-      break;
-    default:
-      return vm_fail(vmerr::kInvalidOperandInvept);
-  }
+  // SDM Vol. 3C, 31.3 INVVPID (mmu::Mmu::invvpid).
+  if (!m_mmu.invvpid(type, vpid, la)) return vm_fail(vmerr::kInvalidOperandInvept);
   return VmxStatus::Succeed;
 }
 
@@ -1575,8 +1313,7 @@ void Core::flush_vpid_on_transition() {
   // Without VPIDs, every VM entry and exit invalidates the mappings of
   // VPID 0 (SDM Vol. 3C, 28.3.3.3).
   if (!(m_proc2 & proc2::kEnableVpid) || !(m_proc & proc::kActivateSecondaryControls)) {
-    for_each_tlb([](mmu::Tlb& t) { t.flush_vpid(0); });
-    for_each_guest_psc([](mmu::Psc& p) { p.flush_vpid(0); });
+    m_mmu.flush_vpid0();
   }
 }
 
@@ -1695,18 +1432,9 @@ VmExit Core::vm_entry(bool launch) {
   // instruction or fault exit) or starting afresh passes one boundary before
   // its first operation completes, so the exit comes at the second.
   m_mtf_boundaries = (m_proc & proc::kMonitorTrapFlag) ? (!launch && v.exited_at_boundary() ? 1 : 0) : -1;
-  m_obs = v.observer();
   ++m_stats.vm_entries;
-  if (trace::EventTrace::active()) [[unlikely]] trace_entry();
-  if (m_obs) {
-    ++m_obs->entries;
-    if (m_obs->pending) {
-      m_obs->reason(m_obs->pending_reason).cycles.sample(m_now - m_obs->pending_since);
-      m_obs->pending = false;
-    }
-    m_obs->entered_at = m_now;
-    m_obs->in_guest = true;
-  }
+  if ((m_vcpu_listener = v.observer())) m_events.attach(*m_vcpu_listener);
+  if (m_events.wants(events::kVmEntry)) [[unlikely]] m_events.vm_entry({m_vmcs_pa, m_now, m_vpid, launch});
   recompute_next_event();
 
   switch_fiber(*guest);
@@ -1720,18 +1448,14 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   Vmcs& v = *m_vmcs;
   auto r = static_cast<unsigned>(reason);
   ++m_stats.vm_exits;
-  if (trace::EventTrace::active()) [[unlikely]] trace_exit(r, qualification);
   if (!m_exit_counters[r])
     m_exit_counters[r] = &m_exit_group->make<stats::Counter>(exit_reason_name(r), "exits", "VM exits for this reason");
   ++*m_exit_counters[r];
-  if (m_obs) {
-    ++m_obs->exits;
-    m_obs->guest_cycles += m_now - m_obs->entered_at;
-    m_obs->total_guest_cycles += m_now - m_obs->entered_at;
-    m_obs->in_guest = false;
-    m_obs->pending = true;
-    m_obs->pending_reason = r;
-    m_obs->pending_since = m_now;
+  if (m_events.wants(events::kVmExit)) [[unlikely]]
+    m_events.vm_exit({m_vmcs_pa, m_now, qualification, static_cast<std::uint16_t>(r), m_vpid});
+  if (m_vcpu_listener) {
+    m_events.detach(*m_vcpu_listener);
+    m_vcpu_listener = nullptr;
   }
 
   v.set_exited_at_boundary(m_boundary_exit);
@@ -1783,7 +1507,6 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kHostIdtrBase)));
   m_cpl = 0;
   m_if = false;
-  m_obs = nullptr;
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();
@@ -1814,6 +1537,6 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   }
 }
 
-void Core::observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
+void Core::observe_vmcs(std::uint64_t vmcs_pa, events::Listener* obs) { m_w.vmcs_store->at(vmcs_pa).set_observer(obs); }
 
 }  // namespace vmx::cpu

@@ -17,14 +17,14 @@
 #include <memory>
 #include <string>
 
+#include "cpu/vcpu_observer.h"
 #include "cpu/vmcs.h"
 #include "cpu/vmx.h"
-#include "mmu/nested_tlb.h"
+#include "mmu/mmu.h"
 #include "mmu/paging.h"
-#include "mmu/psc.h"
-#include "mmu/tlb.h"
 #include "mmu/walker.h"
 #include "models/lapic.h"
+#include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -35,10 +35,6 @@ class MemHierarchy;
 class IoBus;
 class MmioBus;
 }  // namespace vmx::models
-
-namespace vmx::trace {
-class EventTrace;
-}
 
 namespace vmx::cpu {
 
@@ -164,57 +160,6 @@ struct CoreWiring {
   double smt_contention = 1.0;
 };
 
-/// Per-vCPU statistics the core keeps for the VMCS they are attached to
-/// (ObservedVcpu). Counting is simulator observation, not architectural state.
-struct VcpuObserver : stats::Group {
-  VcpuObserver(stats::Group* parent, const std::string& name);
-  stats::Counter guest_instructions{this, "instructions", "instructions", "instructions retired in the guest"};
-  stats::Counter guest_cycles{this, "guest_cycles", "cycles", "cycles in VMX non-root operation"};
-  stats::Counter exits{this, "exits", "exits", "VM exits"};
-  stats::Counter entries{this, "entries", "entries", "VM entries"};
-  stats::Counter walks{this, "walks", "walks", "page walks on TLB misses in the guest"};
-  stats::Counter walk_refs{this, "walk_refs", "references", "paging-structure references of those walks"};
-  stats::Counter walk_cycles{this, "walk_cycles", "cycles", "cycles of those walks"};
-  stats::Ratio mean_walk_refs{this, "mean_walk_refs", "references", "mean references per walk", walk_refs, walks};
-  stats::Ratio mean_walk_cycles{this, "mean_walk_cycles", "cycles", "mean cycles per walk", walk_cycles, walks};
-  stats::Histogram walk_latency{this, "walk_latency", "cycles", "cycles per walk (distribution)"};
-  stats::Counter walk_guest_refs{this, "walk_guest_refs", "references", "guest-dimension references of those walks"};
-  stats::Counter walk_ept_refs{this, "walk_ept_refs", "references", "EPT-dimension references of those walks"};
-  stats::Counter psc_hits{this, "psc_hits", "lookups", "paging-structure-cache hits of those walks"};
-  stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups", "nested-TLB hits of those walks"};
-  stats::Counter tlb_l1_misses{this, "tlb_l1_misses", "lookups", "guest accesses that missed every L1 TLB"};
-  stats::Counter tlb_l2_misses{this, "tlb_l2_misses", "lookups", "of those, accesses that also missed the STLB"};
-  /// Per exit reason: count and round-trip cycles from the exit to the next
-  /// completed VM entry of this vCPU.
-  struct Reason : stats::Group {
-    Reason(stats::Group* p, const std::string& n) : Group(p, n) {}
-    stats::Histogram cycles{this, "cycles", "cycles", "exit-to-reentry cycles"};
-  };
-  Reason& reason(unsigned r);
-  /// Counts the guest interval still open at `now` (cycles of the vCPU's
-  /// core) into guest_cycles, for a statistics dump in the middle of it.
-  void flush(std::uint64_t now) {
-    if (!in_guest || now <= entered_at) return;
-    guest_cycles += now - entered_at;
-    total_guest_cycles += now - entered_at;
-    entered_at = now;
-  }
-
-  // Raw observation, never reset: guest cycles up to the last exit, and
-  // whether the vCPU is in the guest now (for accounting by its owner).
-  std::uint64_t total_guest_cycles = 0;
-  bool in_guest = false;
-  // Open exit, waiting for the next entry.
-  unsigned pending_reason = 0;
-  std::uint64_t pending_since = 0;
-  bool pending = false;
-  std::uint64_t entered_at = 0;
-
- private:
-  stats::Group* m_by_reason = &subgroup("exit_reasons", "VM exits by basic exit reason");
-  std::array<Reason*, kMaxExitReason> m_reasons{};
-};
-
 class Core : public sc_core::sc_module, private mmu::TableMemory {
  public:
   SC_HAS_PROCESS(Core);
@@ -334,8 +279,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   bool in_vmx_non_root() const { return m_non_root; }
 
   // ---- Simulator annotations (no cost, no architectural effect) -----------
-  /// Attaches per-vCPU statistics to the VMCS at `vmcs_pa`.
-  void observe_vmcs(std::uint64_t vmcs_pa, VcpuObserver* obs);
+  /// Attaches a listener to the VMCS at `vmcs_pa`: whichever core enters
+  /// with that VMCS reports to it from the VM entry to the VM exit (the
+  /// per-vCPU statistics, cpu/vcpu_observer.h). Null detaches.
+  void observe_vmcs(std::uint64_t vmcs_pa, events::Listener* obs);
+  /// The listeners of this core (sim/events.h): it reports retired
+  /// instructions, VM entries and exits and interrupt deliveries, its MMU
+  /// TLB misses and walks, and its cache hierarchy cache accesses, each once.
+  events::Dispatcher& events() { return m_events; }
+  /// Cycles this core was not halted since reset (never reset): what an
+  /// unhalted-core-cycles counter reads.
+  std::uint64_t unhalted_cycles() const { return m_now - m_halted_total; }
   std::uint64_t now() const { return m_now; }
   /// A time of this core's clock (cycles since reset) in picoseconds.
   std::uint64_t ps_of(std::uint64_t cycles) const;
@@ -390,26 +344,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void charge(std::uint64_t cycles) { m_now += cycles; }
 
   // Translation and memory.
+  /// The MMU's translation; a fault is raised here (#PF, or an EPT
+  /// violation/misconfiguration exit) and false returned.
   bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  bool translate_l2(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  bool walk_and_fill(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
-  void fill_l1(mmu::AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
-               unsigned shift);
-  mmu::WalkCaches walk_caches();
-  // Invalidation of the translation caches (TLBs, guest-dimension and
-  // EPT-dimension paging-structure caches, nested TLB); f is applied to
-  // every structure of the kind.
-  template <class F> void for_each_tlb(F f);
-  template <class F> void for_each_guest_psc(F f);
-  template <class F> void for_each_ept_psc(F f);
-  bool tlb_permits(std::uint8_t perms, mmu::AccessType type) const;
+  bool translation_fault(std::uint64_t va);
+  // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
   std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
-  void update_context();         // recompute TLB tag and walk parameters
-  mmu::WalkRequest walk_request(std::uint64_t va, mmu::AccessType type) const;
+  void update_context();         // hand the MMU the translation context
 
   // Events.
   /// `fault_address` is the linear address of a #PF (CR2 when delivered).
@@ -468,17 +413,14 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset
-  // Event trace (sim/event_trace.h, docs/event_trace.md): this core's
-  // timeline alternates guest slices (entry to exit) and exit slices (exit
-  // to the next entry, named by the exit reason).
-  void trace_entry();
-  void trace_exit(unsigned reason, std::uint64_t qualification);
-  void trace_instant(unsigned category, const char* name, std::uint64_t vector);
-  unsigned trace_row(trace::EventTrace& t);  // this core's row, created on first use
-  int m_trace_track = -1;
-  std::uint64_t m_trace_since_ps = 0;         // start of the open slice
-  const char* m_trace_exit_name = nullptr;    // the exit being handled (null: none)
-  std::uint64_t m_trace_qualification = 0;
+  std::uint64_t m_halted_total = 0; // cycles halted since reset
+  // Listeners (sim/events.h), and the one of the VMCS in non-root operation.
+  events::Dispatcher m_events;
+  events::Listener* m_vcpu_listener = nullptr;
+  void report_interrupt(std::uint8_t vector, events::Delivery how) {
+    if (m_events.wants(events::kInterrupt)) [[unlikely]]
+      m_events.interrupt({m_now, vector, m_non_root, how});
+  }
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
@@ -531,30 +473,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint8_t m_pi_nv = 0;        // posted-interrupt notification vector
   std::uint64_t m_vapic = 0;       // virtual-APIC page (host-physical)
   std::uint64_t m_pi_desc = 0;     // posted-interrupt descriptor (host-physical)
-  VcpuObserver* m_obs = nullptr;
 
   // Statistics and translation structures.
   Stats m_stats;
-  mmu::TlbTag m_tag{};
-  bool m_translate = false;  // paging or EPT is on
-  mmu::WalkStats m_walk_stats;
-  stats::Group m_psc_group;          // walker.psc
-  stats::Group m_psc_guest_group;    // walker.psc.guest
-  stats::Group m_psc_ept_group;      // walker.psc.ept
-  mmu::Psc m_gpsc_pml5e, m_gpsc_pml4e, m_gpsc_pdpte, m_gpsc_pde;
-  mmu::Psc m_epsc_pml5e, m_epsc_pml4e, m_epsc_pdpte, m_epsc_pde;
-  mmu::NestedTlb m_nested_tlb;
-  mmu::Walker m_walker;
-  struct TlbGroup : stats::Group {
-    using stats::Group::Group;
-    stats::Counter l1d_misses{this, "l1d_misses", "lookups", "data accesses that missed every L1 DTLB"};
-    stats::Counter l1i_misses{this, "l1i_misses", "lookups", "instruction fetches that missed every L1 ITLB"};
-    stats::Counter l2_misses{this, "l2_misses", "lookups", "L1 misses that also missed the STLB: each walks"};
-  };
-  TlbGroup m_tlb_group;
-  mmu::Tlb m_dtlb, m_dtlb_2m, m_dtlb_1g, m_itlb, m_itlb_2m, m_stlb, m_stlb_1g;
-  std::uint32_t m_stlb_latency;  // stlb and stlb_1g are looked up in parallel
-  std::array<mmu::Tlb*, 7> m_tlbs;
+  mmu::Mmu m_mmu;  // registers "walker" and "tlb" under m_stats
   models::Lapic m_lapic;
   std::array<stats::Counter*, kMaxExitReason> m_exit_counters{};
   stats::Group* m_exit_group;

@@ -17,9 +17,11 @@
 
 #include "cpu/vmx.h"
 
-namespace vmx::cpu {
+namespace vmx::events {
+class Listener;
+}
 
-struct VcpuObserver;
+namespace vmx::cpu {
 
 class Vmcs {
  public:
@@ -47,21 +49,22 @@ class Vmcs {
   void set_region(std::uint64_t pa) { m_region = pa; }
   bool launched() const { return m_launched; }
   void set_launched(bool l) { m_launched = l; }
-  /// Simulator annotation: statistics kept for the vCPU this VMCS belongs to.
   /// Whether the guest context last left at an operation boundary (an
   /// interrupt-class exit) rather than inside an operation: the monitor trap
   /// flag counts the operation after entry differently (core.cc).
   bool exited_at_boundary() const { return m_exited_at_boundary; }
   void set_exited_at_boundary(bool b) { m_exited_at_boundary = b; }
-  VcpuObserver* observer() const { return m_observer; }
-  void set_observer(VcpuObserver* o) { m_observer = o; }
+  /// Simulator annotation: the listener the core reports to while this
+  /// VMCS is in non-root operation (Core::observe_vmcs).
+  events::Listener* observer() const { return m_observer; }
+  void set_observer(events::Listener* o) { m_observer = o; }
 
  private:
   std::array<std::uint64_t, 512> m_fields{};
   std::uint64_t m_region = 0;
   bool m_launched = false;
   bool m_exited_at_boundary = false;
-  VcpuObserver* m_observer = nullptr;
+  events::Listener* m_observer = nullptr;
 };
 
 /// The VMCSs of the platform by region address. A VMCS cleared on one core

@@ -7,6 +7,8 @@
 
 #include <cstdint>
 
+#include "mmu/x86_fault.h"
+
 namespace vmx::cpu {
 
 // --- VMCS field encodings (SDM Vol. 3C, Appendix B) -------------------------
@@ -183,16 +185,16 @@ constexpr unsigned kCrMovTo = 0, kCrMovFrom = 1;
 constexpr std::uint64_t io(unsigned size_bytes, bool in, std::uint16_t port) {
   return ((size_bytes - 1) & 7) | (in ? 1u << 3 : 0) | (std::uint64_t{port} << 16);
 }
-// EPT violations, Table 28-7.
-constexpr std::uint64_t kEptRead = 1u << 0;
-constexpr std::uint64_t kEptWrite = 1u << 1;
-constexpr std::uint64_t kEptFetch = 1u << 2;
-constexpr std::uint64_t kEptReadable = 1u << 3;
-constexpr std::uint64_t kEptWritable = 1u << 4;
-constexpr std::uint64_t kEptExecutable = 1u << 5;
-constexpr std::uint64_t kEptUserExecutable = 1u << 6;
-constexpr std::uint64_t kEptGlaValid = 1u << 7;
-constexpr std::uint64_t kEptGlaTranslation = 1u << 8;  // else: paging-structure access
+// EPT violations, Table 28-7 (defined with the encoder in mmu/x86_fault.h).
+constexpr std::uint64_t kEptRead = mmu::eptqual::kRead;
+constexpr std::uint64_t kEptWrite = mmu::eptqual::kWrite;
+constexpr std::uint64_t kEptFetch = mmu::eptqual::kFetch;
+constexpr std::uint64_t kEptReadable = mmu::eptqual::kReadable;
+constexpr std::uint64_t kEptWritable = mmu::eptqual::kWritable;
+constexpr std::uint64_t kEptExecutable = mmu::eptqual::kExecutable;
+constexpr std::uint64_t kEptUserExecutable = mmu::eptqual::kUserExecutable;
+constexpr std::uint64_t kEptGlaValid = mmu::eptqual::kGlaValid;
+constexpr std::uint64_t kEptGlaTranslation = mmu::eptqual::kGlaTranslation;
 }  // namespace qual
 
 // --- VM-exit instruction information for VMX instructions (SDM Vol. 3C,

@@ -9,7 +9,9 @@
 #include <fmt/format.h>
 #include <systemc>
 
+#include "cpu/core_trace.h"
 #include "cpu/vmcs.h"
+#include "models/device_trace.h"
 #include "experiment/experiment.h"
 #include "guest/virtio_net.h"
 
@@ -158,6 +160,14 @@ struct Session::System {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
       // vCPUs (a row exists from here on even if nothing happens on it).
       for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i));
+      // Each core reports its entries, exits, interrupts and walks to the
+      // trace through a listener (sim/events.h).
+      for (unsigned i = 0; i < platform.core_count(); ++i)
+        core_traces.push_back(std::make_unique<cpu::CoreTrace>(platform.core(i), trace));
+      // The devices report interrupt messages and blocked DMA the same way.
+      device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.interrupts().events(), trace));
+      if (platform.root_complex())
+        device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.root_complex()->events(), trace));
       if (pp.nic.enabled) {
         trace.track(trace::msi_row());
         trace.track(trace::iommu_row());
@@ -177,6 +187,8 @@ struct Session::System {
   models::Platform platform;
   std::unique_ptr<hv::Hypervisor> hypervisor;
   std::vector<std::unique_ptr<guest::Kernel>> kernels;
+  std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
+  std::vector<std::unique_ptr<models::DeviceTrace>> device_traces;
   Monitor monitor;
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};

@@ -58,10 +58,13 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
     PerCore* raw = pc.get();
     pc->fiber = std::make_unique<sim::Fiber>(fmt::format("hv.core{}", i), [this, raw] { core_main(*raw); });
     m_percore.push_back(std::move(pc));
+    m_cores[i]->events().attach(m_exit_total);
   }
 }
 
-Hypervisor::~Hypervisor() = default;
+Hypervisor::~Hypervisor() {
+  for (Core* c : m_cores) c->events().detach(m_exit_total);
+}
 
 sim::Fiber& Hypervisor::core_fiber(unsigned core) { return *m_percore.at(core)->fiber; }
 

@@ -23,6 +23,7 @@
 #include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
+#include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -486,6 +487,14 @@ class Hypervisor {
   // Host memory (docs/memory.md): the hypervisor's zone and the guests'.
   FrameAllocator m_frames{&m_stats};
   unsigned m_hv_zone = 0, m_guest_zone = 0;
+  /// totals.exits: the exits the cores report (sim/events.h), attached to
+  /// every core. The hardware reports each exit once; the exit handler does
+  /// not count it again.
+  struct ExitTotal final : events::Listener {
+    explicit ExitTotal(stats::Counter& c) : events::Listener(events::bit(events::kVmExit)), exits(c) {}
+    void vm_exit(const events::VmExit&) override { ++exits; }
+    stats::Counter& exits;
+  } m_exit_total{m_totals.exits};
 };
 
 }  // namespace vmx::hv

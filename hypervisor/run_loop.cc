@@ -242,7 +242,6 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
 
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
-  ++m_totals.exits;
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);

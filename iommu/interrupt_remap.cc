@@ -44,7 +44,7 @@ bool InterruptRemap::source_ok(std::uint64_t hi, std::uint16_t requester) {
   }
 }
 
-IrResult InterruptRemap::remap(const models::MsiMessage& m) {
+IrResult InterruptRemap::remap(const MsiMessage& m) {
   ++m_stats.requests;
   std::uint32_t cycles = 0;
   auto ref = [&](std::uint64_t pa) {

@@ -34,8 +34,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "iommu/dma.h"
 #include "mmu/walker.h"
-#include "models/dma.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -98,7 +98,7 @@ constexpr std::uint64_t hi_sid(std::uint16_t sid, unsigned svt = kSvtRequester, 
 
 /// The remappable-format MSI address for interrupt `handle` (VT-d 5.1.5.2).
 constexpr std::uint64_t msi_address(std::uint16_t handle, bool shv = false) {
-  return models::kMsiBase | (std::uint64_t{handle & 0x7FFFu} << 5) | (1u << 4) | (shv ? 1u << 3 : 0) |
+  return kMsiBase | (std::uint64_t{handle & 0x7FFFu} << 5) | (1u << 4) | (shv ? 1u << 3 : 0) |
          ((handle >> 15) & 1u) << 2;
 }
 }  // namespace irte
@@ -145,7 +145,7 @@ class InterruptRemap {
   void set_cfi(bool cfi) { m_cfi = cfi; }
   bool enabled() const { return m_enabled; }
 
-  IrResult remap(const models::MsiMessage& m);
+  IrResult remap(const MsiMessage& m);
 
   const std::vector<IrFault>& faults() const { return m_faults; }
   /// Software clears the fault records (writes 1 to each F bit).

@@ -79,10 +79,7 @@ Iommu::Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* par
   for (unsigned level = 2; level <= 5; ++level) {
     const mmu::PscParams& p = params.sl_psc.level(level);
     m_psc.push_back(std::make_unique<mmu::Psc>(p, level, &m_stats, kPscNames[level - 2]));
-    if (p.enabled) {
-      m_any_psc = true;
-      if (p.latency > m_psc_latency) m_psc_latency = p.latency;
-    }
+    m_sl_pscs.add(m_psc.back().get(), level);
   }
   mmu::check_geometry(name + ".pasid_cache", params.pasid_cache.entries, params.pasid_cache.ways);
   m_pasid.init(params.pasid_cache.entries, params.pasid_cache.ways);
@@ -90,10 +87,7 @@ Iommu::Iommu(const IommuParams& params, mmu::TableMemory& mem, stats::Group* par
   for (unsigned level = 2; level <= 5; ++level) {
     const mmu::PscParams& p = params.fl_psc.level(level);
     m_fl_psc.push_back(std::make_unique<mmu::Psc>(p, level, &m_stats, kFlPscNames[level - 2]));
-    if (p.enabled) {
-      m_any_fl_psc = true;
-      if (p.latency > m_fl_psc_latency) m_fl_psc_latency = p.latency;
-    }
+    m_fl_pscs.add(m_fl_psc.back().get(), level);
   }
   m_faults.reserve(params.fault_records);
   m_fault_slot.reserve(params.fault_records);
@@ -192,99 +186,33 @@ FaultReason Iommu::walk(const CachedContext& c, std::uint64_t iova, DmaAccess ac
   ++m_stats.walks;
   const bool write = access == DmaAccess::Write;
   m_walk_refs = 0;
-  const SlStep s = sl_walk(sl_domain(c.did, c.slptptr, c.aw, false), iova, write, cycles);
+  const mmu::Stage2Step s = sl_walk(sl_domain(c.did, c.slptptr, c.aw, false), iova, write, cycles);
   m_stats.walk_refs.sample(m_walk_refs);
-  if (s.status == SlStep::Status::Reserved) return FaultReason::kSlEntryReserved;
   // An entry with R = W = 0 is not present; either way the request lacks
-  // the right (fault reasons 5h/6h).
-  if (s.status == SlStep::Status::Denied) return write ? FaultReason::kWriteDenied : FaultReason::kReadDenied;
+  // the right (fault reasons 5h/6h); a reserved PS is 0Ah.
+  if (s.fault.kind == mmu::WalkFault::Kind::Reserved) return FaultReason::kSlEntryReserved;
+  if (s.fault) return write ? FaultReason::kWriteDenied : FaultReason::kReadDenied;
   hpa = s.hpa;
-  const std::uint8_t perms = static_cast<std::uint8_t>(((s.rights & sl::kRead) ? kPermRead : 0) |
-                                                       ((s.rights & sl::kWrite) ? kPermWrite : 0));
+  const std::uint8_t perms = static_cast<std::uint8_t>(((s.perms & sl::kRead) ? kPermRead : 0) |
+                                                       ((s.perms & sl::kWrite) ? kPermWrite : 0));
   m_iotlb.insert(iova, hpa, perms, false, domain_tag(c.did), s.shift);
   return FaultReason::kNone;
 }
 
-Iommu::SlStep Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles) {
+mmu::Stage2Step Iommu::sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles) {
   ++m_stats.sl_walks;
-  SlStep out;
-  const mmu::TlbTag tag = domain_tag(d.did);
-  const std::uint64_t need = write ? sl::kWrite : sl::kRead;
-  unsigned level = d.mode.levels;
-  std::uint64_t table = d.slptptr;
-  std::uint64_t rights = sl::kRw;  // R/W ANDed down the walk (3.7)
-
-  // Paging-structure caches, longest match first, looked up in parallel.
-  if (m_any_psc) {
-    cycles += m_psc_latency;
-    for (unsigned l = 2; l <= d.mode.levels; ++l) {
-      mmu::Psc& psc = *m_psc[l - 2];
-      if (!psc.enabled()) continue;
-      const mmu::PscEntry* e = psc.lookup(addr, tag);
-      if (!e) continue;
-      if ((e->perms & need) == need) {
-        table = e->next_hpa;
-        rights = e->perms;
-        level = l - 1;
-      }
-      break;  // an entry without the right: walk from the root to re-check
-    }
-  }
-
-  std::uint64_t next[6] = {}, acc[6] = {}, where[6] = {}, value[6] = {};  // by level
-  const unsigned first = level;
-  for (;; --level) {
-    const std::uint64_t pa = table + mmu::table_index(addr, level) * 8;
-    const std::uint64_t entry = m_mem.read_entry(pa, cycles);
-    ++m_stats.refs_sl(level);
-    ++m_stats.refs_second_level;
-    ++m_walk_refs;
-    where[level] = pa;
-    value[level] = entry;
-    rights &= entry & sl::kRw;
-    if (!(rights & need)) {
-      out.status = SlStep::Status::Denied;
-      return out;
-    }
-    const bool ps = (entry & sl::kPageSize) != 0;
-    if (ps && level > d.mode.largest_leaf) {  // no 512 GiB pages
-      out.status = SlStep::Status::Reserved;
-      return out;
-    }
-    if (level == 1 || ps) {
-      const unsigned shift = mmu::level_shift(level);
-      const std::uint64_t mask = (1ull << shift) - 1;
-      out.hpa = ((entry & sl::kAddrMask) & ~mask) | (addr & mask);
-      out.shift = static_cast<std::uint8_t>(shift);
-      break;
-    }
-    table = entry & sl::kAddrMask;
-    next[level] = table;
-    acc[level] = rights;
-  }
-  out.rights = static_cast<std::uint8_t>(rights | kSlLeafDirty);
-  // Second-level accessed/dirty flags (scalable mode, PASID entry SLADE = 1;
-  // VT-d 3.x 3.7.2 with the EPT rule of SDM Vol. 3C, 29.3.5): A in every
-  // entry read, D in the leaf for a write; entries above `first` came from
-  // the caches and had A set when they were filled.
-  if (d.slade) {
-    for (unsigned l = first; l >= level; --l) {
-      std::uint64_t nv = value[l] | sl::kAccessed;
-      if (l == level && write) nv |= sl::kDirty;
-      if (nv != value[l]) {
-        m_mem.write_entry(where[l], nv, cycles);
-        ++m_stats.ad_updates;
-        value[l] = nv;
-      }
-    }
-    if (!(value[level] & sl::kDirty)) out.rights = static_cast<std::uint8_t>(out.rights & ~kSlLeafDirty);
-  }
-  // Fill the caches with the non-leaf entries read by this walk.
-  for (unsigned l = first; l > level; --l) {
-    mmu::Psc& psc = *m_psc[l - 2];
-    if (psc.enabled()) psc.insert(addr, tag, next[l], next[l], static_cast<std::uint8_t>(acc[l]), 0);
-  }
-  return out;
+  const mmu::VtdSlFormat fmt{d.mode, d.slade};
+  mmu::WalkAccess a;
+  a.type = write ? mmu::AccessType::Write : mmu::AccessType::Read;
+  mmu::IdentityStage2 none;
+  RefSink<false> sink{*this};
+  mmu::WalkOut o;
+  mmu::Stage2Step s;
+  s.fault = mmu::walk(m_mem, fmt, m_sl_pscs, domain_tag(d.did), d.slptptr, addr, a, none, sink, o, cycles);
+  s.hpa = o.hpa;
+  s.perms = o.rights;
+  s.shift = o.shift;
+  return s;
 }
 
 TranslateResult Iommu::fault(const DmaRequest& req, std::uint32_t pasid, FaultReason r, FaultStage stage,

@@ -478,13 +478,6 @@ class Iommu {
   static SlDomain sl_domain(std::uint16_t did, std::uint64_t slptptr, unsigned aw, bool slade) {
     return SlDomain{did, slptptr, mmu::PagingMode{static_cast<std::uint8_t>(ctx::aw_levels(aw)), 3}, slade};
   }
-  /// Outcome of one second-level walk.
-  struct SlStep {
-    enum class Status : std::uint8_t { Ok, Denied, Reserved } status = Status::Ok;
-    std::uint64_t hpa = 0;
-    std::uint8_t rights = 0;  // sl::kRead | sl::kWrite ANDed over the walk, kSlLeafDirty
-    std::uint8_t shift = 12;
-  };
   /// Outcome of a completed scalable-mode walk: address, page size, and the
   /// rights cached with it in the IOTLB.
   struct Walked {
@@ -492,9 +485,28 @@ class Iommu {
     std::uint8_t shift = 12;
     std::uint8_t perms = 0;
   };
-  /// SlStep::rights bit: the leaf's dirty flag is set, or SLADE is off (a
-  /// write needs no second-level flag update).
-  static constexpr std::uint8_t kSlLeafDirty = 8;
+  /// Stage2Step::perms bit of a second-level walk: the leaf's dirty flag is
+  /// set, or SLADE is off (a write needs no second-level flag update).
+  static constexpr std::uint8_t kSlLeafDirty = mmu::kLeafDirty;
+  struct SlStage2;
+  /// Where a walk's references are counted: by stage and level, and into
+  /// the walk in progress (the walk loop's counter sink).
+  template <bool kFirstLevel>
+  struct RefSink {
+    Iommu& u;
+    void ref(unsigned level) {
+      if constexpr (kFirstLevel) {
+        ++u.m_stats.refs_fl_level(level);
+        ++u.m_stats.refs_first_level;
+      } else {
+        ++u.m_stats.refs_sl(level);
+        ++u.m_stats.refs_second_level;
+      }
+      ++u.m_walk_refs;
+    }
+    void ad_update() { ++u.m_stats.ad_updates; }
+    void psc_hit() {}
+  };
 
   /// Finds the context of rid: context cache, else root and context entry.
   FaultReason lookup_context(std::uint16_t rid, CachedContext& out, std::uint32_t& cycles);
@@ -508,10 +520,11 @@ class Iommu {
   /// Legacy second-level walk from the context; fills the caches.
   FaultReason walk(const CachedContext& c, std::uint64_t iova, DmaAccess access, std::uint64_t& hpa,
                    std::uint32_t& cycles);
-  /// One second-level walk of addr (both modes): paging-structure caches,
-  /// then the remaining entries; fills the caches; with SLADE sets the
-  /// accessed flags and, for a write, the leaf's dirty flag.
-  SlStep sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles);
+  /// One second-level walk of addr (both modes), the walk loop over
+  /// mmu::VtdSlFormat: paging-structure caches, then the remaining entries;
+  /// fills the caches; with SLADE sets the accessed flags and, for a write,
+  /// the leaf's dirty flag. perms: R/W ANDed over the walk, kSlLeafDirty.
+  mmu::Stage2Step sl_walk(const SlDomain& d, std::uint64_t addr, bool write, std::uint32_t& cycles);
   /// Scalable mode: the whole translation after the context.
   TranslateResult translate_sm(const DmaRequest& req, std::uint64_t& hpa, std::uint32_t& cycles);
   /// First-level walk (first-level only or nested) of req.address.
@@ -525,12 +538,10 @@ class Iommu {
   mmu::Tlb m_iotlb;
   mmu::SetAssoc<CachedContext> m_ctx;
   std::vector<std::unique_ptr<mmu::Psc>> m_psc;  // levels 2 (PDE) to 5 (PML5E)
-  std::uint32_t m_psc_latency = 0;
-  bool m_any_psc = false;
+  mmu::PscSet m_sl_pscs;                         // the enabled ones
   mmu::SetAssoc<CachedPasid> m_pasid;
   std::vector<std::unique_ptr<mmu::Psc>> m_fl_psc;  // levels 2 (PDE) to 5 (PML5E)
-  std::uint32_t m_fl_psc_latency = 0;
-  bool m_any_fl_psc = false;
+  mmu::PscSet m_fl_pscs;                            // the enabled ones
   bool m_scalable = false;
   std::uint32_t m_walk_refs = 0;  // table references of the walk in progress
   std::vector<FaultRecord> m_faults;      // held records, oldest first, at most fault_records

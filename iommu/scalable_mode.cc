@@ -185,19 +185,19 @@ TranslateResult Iommu::translate_sm(const DmaRequest& req, std::uint64_t& hpa, s
   if (fl) {
     r = fl_walk(p, tag, req, privileged, w, stage, cycles);
   } else {
-    const SlStep s = sl_walk(sl_domain(p.did, p.slptptr, p.aw, p.slade), req.address, write, cycles);
-    if (s.status == SlStep::Status::Ok) {
+    const mmu::Stage2Step s = sl_walk(sl_domain(p.did, p.slptptr, p.aw, p.slade), req.address, write, cycles);
+    if (!s.fault) {
       w.hpa = s.hpa;
       w.shift = s.shift;
       w.perms = static_cast<std::uint8_t>(iotlb_perm::kUser | iotlb_perm::kExecute |
-                                          ((s.rights & sl::kRead) ? iotlb_perm::kRead : 0) |
-                                          ((s.rights & sl::kWrite) ? iotlb_perm::kWrite : 0) |
-                                          ((s.rights & kSlLeafDirty) ? iotlb_perm::kDirty : 0));
+                                          ((s.perms & sl::kRead) ? iotlb_perm::kRead : 0) |
+                                          ((s.perms & sl::kWrite) ? iotlb_perm::kWrite : 0) |
+                                          ((s.perms & kSlLeafDirty) ? iotlb_perm::kDirty : 0));
     } else {
       stage = FaultStage::kSecondLevel;
-      r = s.status == SlStep::Status::Reserved ? FaultReason::kSmSlReserved
-          : write                               ? FaultReason::kSmWriteDenied
-                                                : FaultReason::kSmReadDenied;
+      r = s.fault.kind == mmu::WalkFault::Kind::Reserved ? FaultReason::kSmSlReserved
+          : write                                         ? FaultReason::kSmWriteDenied
+                                                          : FaultReason::kSmReadDenied;
     }
   }
   m_stats.walk_cycles += cycles - walk_start;
@@ -208,156 +208,93 @@ TranslateResult Iommu::translate_sm(const DmaRequest& req, std::uint64_t& hpa, s
   return {};
 }
 
+// The second level as the first level's stage 2 (nested, VT-d 3.8): every
+// first-level table address is a guest-physical address translated by a
+// read walk before the entry is read, and the final address by a walk with
+// the request's access (execute requests read).
+struct Iommu::SlStage2 {
+  Iommu& u;
+  const SlDomain& d;
+  static constexpr bool active() { return true; }
+  std::uint8_t table_need() const { return sl::kRead; }
+  std::uint8_t write_right() const { return sl::kWrite; }
+  mmu::Stage2Step table(std::uint64_t gpa, std::uint32_t& cycles) { return u.sl_walk(d, gpa, false, cycles); }
+  mmu::Stage2Step final(std::uint64_t gpa, mmu::AccessType t, std::uint32_t& cycles) {
+    return u.sl_walk(d, gpa, t == mmu::AccessType::Write, cycles);
+  }
+};
+
+namespace {
+// VT-d fault reasons of a first-level walk's neutral fault (VT-d 7.1.3,
+// appendix A; table 7-27 for the scalable-mode reasons).
+FaultReason fl_reason(const mmu::WalkFault& f, unsigned levels, bool write, FaultStage& stage) {
+  using Kind = mmu::WalkFault::Kind;
+  if (f.stage == mmu::WalkFault::Stage::One) {
+    stage = FaultStage::kFirstLevel;
+    if (f.kind == Kind::NotPresent) return FaultReason::kSmFlNotPresent;
+    if (f.kind == Kind::Reserved) return FaultReason::kSmFlReserved;
+    if (f.missing == mmu::kUser) return FaultReason::kSmUserSupervisor;
+    if (f.missing == mmu::kWritable) return FaultReason::kSmWriteDenied;
+    return FaultReason::kSmExecuteDenied;
+  }
+  if (f.final) {  // the output address through the second level
+    stage = FaultStage::kSecondLevel;
+    if (f.kind == Kind::Reserved) return FaultReason::kSmSlReserved;
+    return write ? FaultReason::kSmWriteDenied : FaultReason::kSmReadDenied;
+  }
+  stage = FaultStage::kNestedTable;
+  if (f.ad_update) return FaultReason::kSmNestedFlAdDenied;  // 77h
+  if (f.kind == Kind::Reserved) return FaultReason::kSmSlReserved;
+  return f.table_level == levels ? FaultReason::kSmNestedFlptrDenied : FaultReason::kSmNestedFlTableDenied;
+}
+}  // namespace
+
 // First-level translation (VT-d 3.6, IA-32e entries of 9.7 = SDM Vol. 3A,
-// 4.5): P, R/W, U/S, XD and PS at levels 2 and 3; rights accumulated down the
-// walk; accessed flags set in every entry used and the dirty flag in the leaf
-// for a write (3.6.2). Nested (3.8): every first-level table address is a
-// guest-physical address translated by the second level before the entry is
-// read, as is the final address; the walk is Spike's composition of two
-// walkers, the second-level one being sl_walk.
+// 4.5): the walk loop over mmu::Ia32eFormat (XD always defined, WPE for
+// CR0.WP, no SMEP/SMAP), the second level as its stage 2 when nested (3.8),
+// as the CPU's walk has EPT. The first-level paging-structure caches hold
+// the next table's host-physical address, so a hit also skips that table's
+// second-level translation; they are filled only once the final address is
+// translated.
 FaultReason Iommu::fl_walk(const CachedPasid& p, const mmu::TlbTag& tag, const DmaRequest& req, bool privileged,
                            Walked& out, FaultStage& stage, std::uint32_t& cycles) {
   ++m_stats.fl_walks;
   const bool nested = p.pgtt == pasid_entry::kPgttNested;
   if (nested) ++m_stats.nested_walks;
   const SlDomain d = sl_domain(p.did, p.slptptr, p.aw, p.slade);
-  const std::uint64_t va = req.address;
   const bool write = req.access == DmaAccess::Write;
-  const unsigned levels = p.fl_mode.levels;
-
-  unsigned start = levels;
-  std::uint64_t table_gpa = p.flptr;  // guest-physical with nested translation, else host-physical
-  std::uint64_t table_hpa = p.flptr;
-  bool table_translated = !nested;
-  std::uint8_t table_sl = sl::kRw;  // second-level rights of the table's page (nested)
-  std::uint8_t acc = mmu::kWritable | mmu::kUser | mmu::kExecutable;
-
-  // First-level paging-structure caches, longest match first, in parallel.
-  // An entry holds the next table's host-physical address, so a hit also
-  // skips that table's second-level translation.
-  if (m_any_fl_psc) {
-    cycles += m_fl_psc_latency;
-    for (unsigned l = 2; l <= levels; ++l) {
-      mmu::Psc& psc = *m_fl_psc[l - 2];
-      if (!psc.enabled()) continue;
-      if (const mmu::PscEntry* e = psc.lookup(va, tag)) {
-        start = l - 1;
-        table_gpa = e->next_gpa;
-        table_hpa = e->next_hpa;
-        table_translated = true;
-        table_sl = e->table_ept_perms;
-        acc = e->perms;
-        break;
-      }
-    }
-  }
-
-  std::array<std::uint64_t, 6> where{}, value{};  // host-physical address and value of each entry read
-  std::array<std::uint8_t, 6> sl_rights{}, acc_at{};
-  unsigned leaf = 1;
-  std::uint64_t gpa = 0;
-  for (unsigned level = start;; --level) {
-    const std::uint64_t offset = mmu::table_index(va, level) * 8;
-    if (!table_translated) {
-      const SlStep s = sl_walk(d, table_gpa + offset, false, cycles);
-      if (s.status != SlStep::Status::Ok) {
-        stage = FaultStage::kNestedTable;
-        if (s.status == SlStep::Status::Reserved) return FaultReason::kSmSlReserved;
-        return level == levels ? FaultReason::kSmNestedFlptrDenied : FaultReason::kSmNestedFlTableDenied;
-      }
-      table_hpa = s.hpa - offset;
-      table_sl = s.rights;
-    }
-    const std::uint64_t entry = m_mem.read_entry(table_hpa + offset, cycles);
-    ++m_stats.refs_fl_level(level);
-    ++m_stats.refs_first_level;
-    ++m_walk_refs;
-    where[level] = table_hpa + offset;
-    value[level] = entry;
-    sl_rights[level] = table_sl;
-    if (!(entry & pte::kPresent)) {
-      stage = FaultStage::kFirstLevel;
-      return FaultReason::kSmFlNotPresent;
-    }
-    const bool ps = (entry & pte::kPageSize) != 0 && level > 1;
-    if (ps && level > p.fl_mode.largest_leaf) {  // no 512 GiB pages (PS is reserved in PML4E/PML5E)
-      stage = FaultStage::kFirstLevel;
-      return FaultReason::kSmFlReserved;
-    }
-    if (!(entry & pte::kWritable)) acc &= static_cast<std::uint8_t>(~mmu::kWritable);
-    if (!(entry & pte::kUser)) acc &= static_cast<std::uint8_t>(~mmu::kUser);
-    if (entry & pte::kNoExecute) acc &= static_cast<std::uint8_t>(~mmu::kExecutable);
-    acc_at[level] = acc;
-    if (level == 1 || ps) {
-      leaf = level;
-      const unsigned shift = mmu::level_shift(level);
-      const std::uint64_t mask = (1ull << shift) - 1;
-      gpa = (entry & pte::kAddrMask & ~mask) | (va & mask);
-      out.shift = static_cast<std::uint8_t>(shift);
-      break;
-    }
-    table_gpa = entry & pte::kAddrMask;
-    table_hpa = table_gpa;
-    table_translated = !nested;
-  }
-
-  // Access rights (3.6.1): user requests need U/S = 1 everywhere; writes
-  // need R/W = 1 unless supervisor with WPE = 0; execute requests need
-  // XD = 0 everywhere.
-  stage = FaultStage::kFirstLevel;
-  if (!privileged && !(acc & mmu::kUser)) return FaultReason::kSmUserSupervisor;
-  if (write && !(acc & mmu::kWritable) && (!privileged || p.wpe)) return FaultReason::kSmWriteDenied;
-  if (req.execute && !(acc & mmu::kExecutable)) return FaultReason::kSmExecuteDenied;
-
-  // Accessed and dirty flags (3.6.2). Nested, each update is a write to the
-  // entry's guest-physical address: without second-level write permission
-  // on the table's page it faults (77h). The second-level rights are those
-  // of the translation made to read the entry, so no further reference.
-  for (unsigned level = start; level >= leaf; --level) {
-    std::uint64_t nv = value[level] | pte::kAccessed;
-    if (level == leaf && write) nv |= pte::kDirty;
-    if (nv == value[level]) continue;
-    if (nested && !(sl_rights[level] & sl::kWrite)) {
-      stage = FaultStage::kNestedTable;
-      return FaultReason::kSmNestedFlAdDenied;
-    }
-    m_mem.write_entry(where[level], nv, cycles);
-    ++m_stats.ad_updates;
-    value[level] = nv;
-  }
-
-  // The final address: nested, through the second level with the request's
-  // access (execute requests read); the effective page size is the smaller.
+  const mmu::Ia32eFormat fmt{p.fl_mode, true};
+  mmu::WalkAccess a;
+  a.type = write ? mmu::AccessType::Write : mmu::AccessType::Read;
+  a.execute = req.execute;
+  a.user = !privileged;
+  a.wp = p.wpe;
+  RefSink<true> sink{*this};
+  mmu::WalkOut o;
+  mmu::WalkFault f;
   std::uint8_t sl_perm = sl::kRw | kSlLeafDirty;
-  out.hpa = gpa;
+  // The caches are filled once the final address is translated.
+  constexpr bool kFillAfterFinal = true;
   if (nested) {
-    const SlStep s = sl_walk(d, gpa, write, cycles);
-    if (s.status != SlStep::Status::Ok) {
-      stage = FaultStage::kSecondLevel;
-      if (s.status == SlStep::Status::Reserved) return FaultReason::kSmSlReserved;
-      return write ? FaultReason::kSmWriteDenied : FaultReason::kSmReadDenied;
-    }
-    out.hpa = s.hpa;
-    if (s.shift < out.shift) out.shift = s.shift;
-    sl_perm = s.rights;
+    SlStage2 s2{*this, d};
+    f = mmu::walk<mmu::Ia32eFormat, SlStage2, RefSink<true>, kFillAfterFinal>(m_mem, fmt, m_fl_pscs, tag, p.flptr,
+                                                                              req.address, a, s2, sink, o, cycles);
+    sl_perm = o.s2_perms;
+  } else {
+    mmu::IdentityStage2 none{static_cast<std::uint8_t>(sl::kRw)};
+    f = mmu::walk<mmu::Ia32eFormat, mmu::IdentityStage2, RefSink<true>, kFillAfterFinal>(
+        m_mem, fmt, m_fl_pscs, tag, p.flptr, req.address, a, none, sink, o, cycles);
   }
+  if (f) return fl_reason(f, p.fl_mode.levels, write, stage);
   stage = FaultStage::kNone;
-  const bool fl_dirty = (value[leaf] & pte::kDirty) != 0;
+  const std::uint8_t acc = o.rights;
+  out.hpa = o.hpa;
+  out.shift = o.shift;
   out.perms = static_cast<std::uint8_t>(
       (acc & (mmu::kUser | mmu::kExecutable)) |
       (((acc & mmu::kWritable) && (sl_perm & sl::kWrite)) ? iotlb_perm::kWrite : 0) |
-      ((fl_dirty && (sl_perm & kSlLeafDirty)) ? iotlb_perm::kDirty : 0) |
+      (((acc & mmu::kLeafDirty) && (sl_perm & kSlLeafDirty)) ? iotlb_perm::kDirty : 0) |
       ((sl_perm & sl::kRead) ? iotlb_perm::kRead : 0));
-
-  // Cache the entries read that reference another table: the next table's
-  // host-physical address is where its entry was read.
-  if (m_any_fl_psc)
-    for (unsigned level = start; level > leaf; --level) {
-      mmu::Psc& psc = *m_fl_psc[level - 2];
-      if (psc.enabled())
-        psc.insert(va, tag, where[level - 1] & ~0xFFFull, value[level] & pte::kAddrMask, acc_at[level],
-                   sl_rights[level - 1]);
-    }
   return FaultReason::kNone;
 }
 

@@ -1,4 +1,6 @@
-// The page walker: one loop for each dimension, driven by a PagingMode.
+// The CPU's page walker: IA-32e paging over EPT, both dimensions walked by
+// the one walk loop of mmu/walk_loop.h (Ia32eFormat with EPT as its stage 2,
+// EptFormat for EPT), which the IOMMU's walks use too.
 //
 // A guest (or host) linear address is translated by walking the IA-32e
 // paging structures; when EPT is on, every guest paging-structure address and
@@ -21,17 +23,10 @@
 #include "mmu/paging.h"
 #include "mmu/psc.h"
 #include "mmu/tlb.h"
+#include "mmu/walk_loop.h"
 #include "sim/stats.h"
 
 namespace vmx::mmu {
-
-/// Physical memory as the walker reaches it: every call is one timed reference.
-class TableMemory {
- public:
-  virtual ~TableMemory() = default;
-  virtual std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) = 0;
-  virtual void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) = 0;
-};
 
 /// Permission summary of a completed translation, as cached in TLB entries.
 /// The low four bits match mmu::TlbPerm; the EPT bits are the AND over the
@@ -47,7 +42,7 @@ constexpr std::uint8_t kAllEpt = kEptRead | kEptWrite | kEptExecute;
 
 /// The bit an EptStep (and a nested-TLB entry) carries above EPT R/W/X: the
 /// leaf's EPT dirty flag is known to be set, or EPT A/D flags are off.
-constexpr std::uint8_t kEptLeafDirty = 8;
+constexpr std::uint8_t kEptLeafDirty = kLeafDirty;
 
 struct WalkStats : stats::Group {
   explicit WalkStats(stats::Group* parent, const std::string& name = "walker");
@@ -109,8 +104,9 @@ struct WalkResult {
   bool global = false;
   std::uint64_t pa = 0;             // host-physical address of the access
   std::uint64_t gpa = 0;            // guest-physical address (== pa without EPT)
-  std::uint32_t error_code = 0;     // page-fault error code
-  std::uint64_t exit_qualification = 0;  // EPT violation qualification
+  WalkFault fault;                  // what went wrong, neutral; encoded below for the core
+  std::uint32_t error_code = 0;     // page-fault error code (mmu/x86_fault.h)
+  std::uint64_t exit_qualification = 0;  // EPT violation qualification (mmu/x86_fault.h)
   std::uint64_t fault_gpa = 0;      // guest-physical address that EPT could not translate
   std::uint32_t cycles = 0;
   std::uint16_t refs = 0;
@@ -131,26 +127,21 @@ class Walker {
   WalkResult translate(const WalkRequest& req);
 
  private:
-  struct EptStep {
-    WalkResult::Status status;
-    std::uint64_t hpa;
-    std::uint8_t perms;   // EPT R/W/X AND over the walk (bits 0..2), kEptLeafDirty
-    std::uint8_t page_shift;
-  };
+  struct EptStage2;
+  struct GuestSink;
+  struct EptSink;
   /// Guest-physical to host-physical: the nested TLB, else ept_walk.
-  EptStep ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
-  EptStep ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
-  void ept_fault(const WalkRequest& req, const EptStep& e, std::uint64_t gpa, AccessType type,
-                 bool final_translation, WalkResult& r);
-  std::uint64_t read(std::uint64_t pa, WalkResult& r);
+  Stage2Step ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
+  Stage2Step ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
+  /// Records a fault in r, encoded for the core, and counts it.
+  void fail(const WalkRequest& req, const WalkFault& f, WalkResult& r);
   void finish(WalkResult& r);
 
   TableMemory& m_mem;
   WalkStats& m_stats;
-  WalkCaches m_caches;             // disabled caches removed
-  std::uint32_t m_guest_psc_latency = 0;  // largest latency of the enabled guest-dimension caches
-  std::uint32_t m_ept_psc_latency = 0;
-  bool m_guest_psc = false, m_ept_psc = false;  // any enabled
+  PscSet m_guest_psc;   // enabled guest-dimension caches
+  PscSet m_ept_psc;     // enabled EPT-dimension caches
+  NestedTlb* m_nested = nullptr;  // null when disabled
 };
 
 }  // namespace vmx::mmu

@@ -14,17 +14,18 @@
 
 #include <tlm>
 
+#include "iommu/dma.h"
+
 namespace vmx::models {
 
-/// PCI requester ID: bus[15:8], device[7:3], function[2:0].
-constexpr std::uint16_t requester_id(unsigned bus, unsigned device, unsigned function) {
-  return static_cast<std::uint16_t>(((bus & 0xFF) << 8) | ((device & 0x1F) << 3) | (function & 7));
-}
-
-/// The MSI address window: 0xFEEx_xxxx (SDM Vol. 3A, 11.11.1).
-constexpr std::uint64_t kMsiBase = 0xFEE00000ull;
-constexpr std::uint64_t kMsiSize = 0x100000ull;
-constexpr bool is_msi_address(std::uint64_t a) { return a >= kMsiBase && a < kMsiBase + kMsiSize; }
+// Requester IDs, the MSI window and interrupt messages are defined below the
+// IOMMU (iommu/dma.h), which models and iommu/ both include.
+using iommu::is_msi_address;
+using iommu::kMsiBase;
+using iommu::kMsiSize;
+using iommu::MsiMessage;
+using iommu::MsiSink;
+using iommu::requester_id;
 
 /// TLM extension attached to every device-initiated transaction.
 class DmaContext : public tlm::tlm_extension<DmaContext> {
@@ -39,22 +40,6 @@ class DmaContext : public tlm::tlm_extension<DmaContext> {
   void copy_from(const tlm::tlm_extension_base& other) override {
     *this = static_cast<const DmaContext&>(other);
   }
-};
-
-/// An interrupt message as the root complex sees it: the DMA write's
-/// address and data, and who sent it (for interrupt remapping).
-struct MsiMessage {
-  std::uint64_t address = 0;
-  std::uint32_t data = 0;
-  std::uint16_t requester = 0;
-};
-
-/// Receives interrupt messages (the platform's interrupt fabric: LAPICs,
-/// interrupt remapping, posting).
-class MsiSink {
- public:
-  virtual ~MsiSink() = default;
-  virtual void msi(const MsiMessage& m) = 0;
 };
 
 }  // namespace vmx::models

@@ -4,7 +4,6 @@
 #include <systemc>
 
 #include "iommu/interrupt_remap.h"
-#include "sim/event_trace.h"
 
 namespace vmx::models {
 
@@ -25,12 +24,10 @@ void InterruptFabric::raise(std::uint32_t dest, std::uint8_t vector, bool from_d
   m_raise(dest, vector);
 }
 
-void InterruptFabric::trace_msi(const char* what, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector) {
-  trace::EventTrace* t = trace::EventTrace::active();
-  if (!t || !t->on(trace::kIrq)) return;
-  if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track(trace::msi_row()));
-  t->instant(static_cast<unsigned>(m_trace_track), what, sc_core::sc_time_stamp().value(),
-             {"requester", m.requester, true}, {"dest", dest}, {"vector", vector});
+void InterruptFabric::report(events::MsiOutcome outcome, const MsiMessage& m, std::uint32_t dest,
+                             std::uint32_t vector) const {
+  if (m_events.wants(events::kMsi)) [[unlikely]]
+    m_events.msi({sc_core::sc_time_stamp().value(), m.requester, dest, vector, outcome});
 }
 
 void InterruptFabric::msi(const MsiMessage& m) {
@@ -42,12 +39,12 @@ void InterruptFabric::msi(const MsiMessage& m) {
     switch (r.kind) {
       case iommu::IrResult::Kind::Remapped:
         ++m_stats.remapped;
-        trace_msi("MSI (remapped)", m, r.dest, r.vector);
+        report(events::MsiOutcome::Remapped, m, r.dest, r.vector);
         raise(r.dest, r.vector, true);
         return;
       case iommu::IrResult::Kind::Posted:
         ++m_stats.posted;
-        trace_msi(r.notify ? "MSI (posted, notified)" : "MSI (posted)", m, r.dest, r.vector);
+        report(r.notify ? events::MsiOutcome::PostedNotified : events::MsiOutcome::Posted, m, r.dest, r.vector);
         if (r.notify) {
           if (r.dest < m_cpu.size()) ++m_cpu[r.dest]->notifications;
           raise(r.dest, r.vector, true);
@@ -57,15 +54,16 @@ void InterruptFabric::msi(const MsiMessage& m) {
         break;  // compatibility format let through (GSTS.CFIS)
       case iommu::IrResult::Kind::Blocked:
         ++m_stats.blocked;
-        trace_msi("MSI blocked", m, 0, 0);
+        report(events::MsiOutcome::Blocked, m, 0, 0);
         return;
     }
   }
   if (msi_logical(m.address) || msi_delivery_mode(m.data) > 1) {
     ++m_stats.unsupported;
+    report(events::MsiOutcome::Dropped, m, 0, 0);
     return;
   }
-  trace_msi("MSI", m, msi_dest(m.address), msi_vector(m.data));
+  report(events::MsiOutcome::Delivered, m, msi_dest(m.address), msi_vector(m.data));
   raise(msi_dest(m.address), msi_vector(m.data), true);
 }
 

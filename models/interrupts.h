@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "models/dma.h"
+#include "sim/events.h"
 #include "sim/stats.h"
 
 namespace vmx::iommu {
@@ -58,6 +59,8 @@ class InterruptFabric final : public MsiSink {
   /// Routes MSIs through interrupt remapping (nullptr: none). The unit
   /// itself decides whether remapping is enabled (its GCMD.IRE).
   void set_remapping(iommu::InterruptRemap* ir) { m_ir = ir; }
+  /// Listeners of the messages (sim/events.h, kMsi), e.g. the event trace.
+  events::Dispatcher& events() { return m_events; }
 
  private:
   void raise(std::uint32_t dest, std::uint8_t vector, bool from_device);
@@ -83,8 +86,8 @@ class InterruptFabric final : public MsiSink {
   Raise m_raise;
   std::vector<std::unique_ptr<PerCpu>> m_cpu;
   iommu::InterruptRemap* m_ir = nullptr;
-  int m_trace_track = -1;  // event trace: the "interrupt messages" row
-  void trace_msi(const char* what, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector);
+  events::Dispatcher m_events;
+  void report(events::MsiOutcome outcome, const MsiMessage& m, std::uint32_t dest, std::uint32_t vector) const;
 };
 
 }  // namespace vmx::models

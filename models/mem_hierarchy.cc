@@ -36,12 +36,14 @@ std::uint32_t MemHierarchy::access(std::uint64_t pa, AccessKind kind) {
   // true when the line was Shared).
   const Cache::Lookup r = l1->lookup(pa, write ? Cache::kDirty | Cache::kOwned : 0);
   std::uint32_t cycles;
-  if (r == Cache::kHit || (r == Cache::kHitShared && !write))
-    cycles = l1->latency();
-  else if (r == Cache::kMiss)
-    cycles = miss(pa, kind, *l1);
-  else
-    cycles = gain_ownership(pa);  // only coherent hierarchies hold lines Shared
+  if (r == Cache::kMiss) {
+    cycles = miss(pa, kind, *l1);  // reports the levels it looked up
+  } else {
+    // A hit; a store to a Shared line gains ownership first (only coherent
+    // hierarchies hold lines Shared).
+    cycles = r == Cache::kHitShared && write ? gain_ownership(pa) : l1->latency();
+    if (m_events->wants(events::kCacheAccess)) [[unlikely]] report(pa, kind, 1);
+  }
   m_stats.cycles += cycles;
   return cycles;
 }
@@ -55,6 +57,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
   std::uint64_t wb1 = Cache::kNoWriteback, wb2 = Cache::kNoWriteback, wb3 = Cache::kNoWriteback;
   std::uint32_t cycles;
   std::uint64_t state = Cache::kOwned;  // this core's state of the line afterwards
+  unsigned hit_level = 2;               // the level that had the line (4: none, DRAM or a peer served it)
   // Lower levels see a read for ownership; only the L1 line becomes dirty.
   const Cache::Lookup r2 = m_l2.lookup(pa, write ? Cache::kOwned : 0);
   if (r2 != Cache::kMiss) {
@@ -67,6 +70,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     }
   } else {
     const bool llc_hit = m_llc->access(pa, false, &wb3);
+    hit_level = llc_hit ? 3 : 4;
     bool dram = !llc_hit;
     cycles = llc_hit ? m_llc->latency() : m_llc->latency() + m_dram_latency;
     const PeerState peers = m_has_peers ? m_coherence->snoop(*this, pa, write) : PeerState::None;
@@ -95,6 +99,8 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     m_l2.fill(pa, state, &wb2);
   }
   l1.fill(pa, write ? state | Cache::kDirty : state, &wb1);
+  if (m_events->wants_any(events::bit(events::kCacheAccess) | events::bit(events::kCacheMiss))) [[unlikely]]
+    report(pa, kind, hit_level);
   if (wb1 != Cache::kNoWriteback) writeback_to_l2(wb1);
   if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
   if (wb3 != Cache::kNoWriteback) ++m_stats.dram_writebacks;
@@ -144,6 +150,15 @@ void MemHierarchy::writeback_to_llc(std::uint64_t line_pa) {
   std::uint64_t victim;
   m_llc->receive_writeback(line_pa, &victim);
   if (victim != Cache::kNoWriteback) ++m_stats.dram_writebacks;
+}
+
+void MemHierarchy::report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const {
+  events::CacheAccess e{pa, 0, kind == AccessKind::Fetch, kind == AccessKind::Write, kind == AccessKind::Walk, false};
+  for (unsigned level = 1; level <= hit_level && level <= 3; ++level) {
+    e.level = static_cast<std::uint8_t>(level);
+    e.hit = level == hit_level;
+    m_events->cache_access(e);
+  }
 }
 
 void MemHierarchy::invalidate_private() {

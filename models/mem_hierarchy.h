@@ -9,6 +9,7 @@
 
 #include "models/cache.h"
 #include "models/coherence.h"
+#include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -101,12 +102,19 @@ class MemHierarchy {
   /// Changes nothing.
   std::uint64_t line_state(std::uint64_t pa) const;
   void count_invalidation_sent() { ++m_coh_stats->invalidations_sent; }
+  /// Where this hierarchy reports each demand access's lookup in each level
+  /// (sim/events.h, kCacheAccess and kCacheMiss): the events of the core it
+  /// serves. Null: nobody listens.
+  void set_events(const events::Dispatcher* d) { m_events = d ? d : &events::Dispatcher::none(); }
 
  private:
   std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
   std::uint32_t gain_ownership(std::uint64_t pa);
   void writeback_to_l2(std::uint64_t line_pa);
   void writeback_to_llc(std::uint64_t line_pa);
+  /// Reports the levels an access looked up: every level above `hit_level`
+  /// missed, `hit_level` hit (4: none did, DRAM served it).
+  void report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const;
 
   MemHierarchyStats m_stats;
   Cache m_l1i;
@@ -117,6 +125,7 @@ class MemHierarchy {
   Coherence* m_coherence = nullptr;                // null: not coherent
   bool m_has_peers = false;                        // other cores joined the directory
   std::unique_ptr<CoherenceStats> m_coh_stats;     // exists once coherent
+  const events::Dispatcher* m_events = &events::Dispatcher::none();
 };
 
 }  // namespace vmx::models

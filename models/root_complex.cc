@@ -9,7 +9,6 @@
 #include "models/cache.h"
 #include "models/coherence.h"
 #include "models/phys_mem.h"
-#include "sim/event_trace.h"
 
 namespace vmx::models {
 
@@ -204,12 +203,9 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
   if (blocked) {
     ++m_stats.blocked;
     ++rs.blocked;
-    if (trace::EventTrace* t = trace::EventTrace::active(); t && t->on(trace::kDma)) {
-      if (m_trace_track < 0) m_trace_track = static_cast<int>(t->track(trace::iommu_row()));
-      t->instant(static_cast<unsigned>(m_trace_track), write ? "DMA write blocked" : "DMA read blocked",
-                 (sc_core::sc_time_stamp() + delay).value(), {"requester", rid, true}, {"address", addr, true},
-                 {"reason", static_cast<std::uint64_t>(reason), true});
-    }
+    if (m_events.wants(events::kDmaBlocked))
+      m_events.dma_blocked({(sc_core::sc_time_stamp() + delay).value(), addr, rid, static_cast<std::uint32_t>(reason),
+                            write});
     trans.set_response_status(tlm::TLM_ADDRESS_ERROR_RESPONSE);
     return;
   }

@@ -34,6 +34,7 @@
 #include "iommu/iommu.h"
 #include "mmu/walker.h"
 #include "models/dma.h"
+#include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -160,6 +161,9 @@ class RootComplex : public sc_core::sc_module {
   /// Statistics of one requester, or null if it never issued a DMA.
   const RequesterStats* requester_stats(std::uint16_t rid) const;
   static std::string requester_name(std::uint16_t rid);
+  /// Listeners of the DMA the IOMMU blocks (sim/events.h, kDmaBlocked),
+  /// e.g. the event trace.
+  events::Dispatcher& events() { return m_events; }
 
  private:
   void b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time& delay);
@@ -180,7 +184,7 @@ class RootComplex : public sc_core::sc_module {
   MsiSink* m_msi = nullptr;
   RootComplexStats m_stats;
   std::unordered_map<std::uint16_t, RequesterStats*> m_requesters;
-  int m_trace_track = -1;          // event trace: the "iommu" row
+  events::Dispatcher m_events;
 };
 
 }  // namespace vmx::models

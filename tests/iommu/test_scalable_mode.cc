@@ -651,3 +651,127 @@ TEST_CASE("requests without PASID take RID_PASID and RID_PRIV from the context e
     CHECK((v.iommu.fault_log()[0].pasid == kPasid && !v.iommu.fault_log()[0].privileged));
   }
 }
+
+// --- One walker: the IOMMU's walks and the CPU's are the same loop --------
+//
+// Two identical fixtures (the same tables at the same addresses): the IOMMU
+// translates a DMA in one, the CPU's walker (mmu::Walker, no walk caches)
+// the same linear address in the other. First-level only is the CPU's 1D
+// walk, nested the 2D walk over EPT. The references must be the same
+// addresses in the same order, and so must the accessed/dirty writes.
+
+TEST_CASE("one walker: a first-level or nested DMA walk reads what the CPU's walk reads", "[iommu][sm][walker]") {
+  const bool nested = GENERATE(false, true);
+  const unsigned levels = GENERATE(4u, 5u);
+  const unsigned shift = GENERATE(12u, 21u, 30u);
+  const bool write = GENERATE(false, true);
+  const unsigned pgtt = nested ? pe::kPgttNested : pe::kPgttFirstLevel;
+  const std::uint64_t la = levels == 5 ? kLa5 : kLa4;
+  Sm dma(pgtt, levels, 4, no_walk_caches()), cpu(pgtt, levels, 4, no_walk_caches());
+  std::uint64_t expect = 0;
+  for (Sm* v : {&dma, &cpu}) {
+    v->attach();
+    if (nested) {
+      v->h.guest_map(la, kDataGpa, shift);
+      v->h.ept_map(kDataGpa & ~((1ull << shift) - 1), kDataHpa, shift);
+    } else {
+      v->h.guest_map(la, kDataHpa, shift);
+    }
+    expect = kDataHpa + (la & ((1ull << shift) - 1));
+  }
+  const std::size_t cpu_reads0 = cpu.h.mem.reads.size();
+  auto o = dma.dma(la, write ? DmaAccess::Write : DmaAccess::Read);
+  const auto r = cpu.h.walk(cpu.h.request(la, write ? AccessType::Write : AccessType::Read, true));
+  REQUIRE(o.r.ok());
+  REQUIRE(r.status == Status::Ok);
+  CHECK(o.hpa == expect);
+  CHECK(r.pa == expect);
+  const std::vector<std::uint64_t> dma_reads(dma.h.mem.reads.begin() + static_cast<long>(kCtxReads),
+                                             dma.h.mem.reads.end());
+  const std::vector<std::uint64_t> cpu_reads(cpu.h.mem.reads.begin() + static_cast<long>(cpu_reads0),
+                                             cpu.h.mem.reads.end());
+  CHECK(dma_reads == cpu_reads);
+  CHECK(dma.h.mem.writes == cpu.h.mem.writes);
+  CHECK(dma_reads.size() == r.refs);
+  CHECK(dma.st().refs_first_level.value() == r.guest_refs);
+  CHECK(dma.st().refs_second_level.value() == static_cast<std::uint64_t>(r.refs - r.guest_refs));
+}
+
+TEST_CASE("one walker: a missing entry at any level is #PF / EPT violation for the CPU, its VT-d reason for DMA",
+          "[iommu][sm][walker]") {
+  const bool nested = GENERATE(false, true);
+  const unsigned level = GENERATE(1u, 2u, 3u, 4u);
+  const bool second_level = nested && GENERATE(false, true);  // the SL entry mapping that FL table goes
+  const unsigned pgtt = nested ? pe::kPgttNested : pe::kPgttFirstLevel;
+  Sm dma(pgtt, 4, 4, no_walk_caches()), cpu(pgtt, 4, 4, no_walk_caches());
+  for (Sm* v : {&dma, &cpu}) {
+    v->attach();
+    if (nested) map_nested(*v, 12, 12);
+    else v->h.guest_map(kLa4, kDataHpa, 12);
+    if (second_level) {
+      // The level-1 EPT entry of the page holding the level-`level` FL table.
+      const std::uint64_t table_gpa = v->h.guest_entry_gpa(kLa4, level);
+      v->h.ept_map(table_gpa & ~0xFFFull, v->h.host_of(table_gpa) & ~0xFFFull, 12, 0);
+    } else {
+      v->h.set_guest_entry(kLa4, level, v->h.guest_entry(kLa4, level) & ~pte::kPresent);
+    }
+  }
+  auto o = dma.dma(kLa4, DmaAccess::Write);
+  const auto r = cpu.h.walk(cpu.h.request(kLa4, AccessType::Write, true));
+  REQUIRE(!o.r.ok());
+  if (!second_level) {
+    CHECK(r.status == Status::PageFault);
+    CHECK(r.error_code == (pfec::kWrite | pfec::kUser));
+    CHECK((r.fault.stage == mmu::WalkFault::Stage::One && r.fault.level == level));
+    CHECK(r.fault.kind == mmu::WalkFault::Kind::NotPresent);
+    CHECK(o.r.reason == FaultReason::kSmFlNotPresent);
+    CHECK(o.r.stage == FaultStage::kFirstLevel);
+  } else {
+    CHECK(r.status == Status::EptViolation);
+    CHECK(r.exit_qualification == (qual::kEptRead | qual::kEptGlaValid));  // a paging-structure read
+    CHECK((r.fault.stage == mmu::WalkFault::Stage::Two && r.fault.table_level == level && !r.fault.final));
+    CHECK(r.fault_gpa == cpu.h.guest_entry_gpa(kLa4, level));
+    CHECK(o.r.reason == (level == 4 ? FaultReason::kSmNestedFlptrDenied : FaultReason::kSmNestedFlTableDenied));
+    CHECK(o.r.stage == FaultStage::kNestedTable);
+  }
+  CHECK(dma.h.mem.reads.size() - kCtxReads == r.refs);
+}
+
+TEST_CASE("one walker: a right missing in the first level is one #PF code and one VT-d reason",
+          "[iommu][sm][walker]") {
+  struct Case {
+    const char* name;
+    std::uint64_t clear;  // bits cleared from the leaf entry
+    std::uint64_t set;    // bits set in it
+    AccessType type;
+    bool user;
+    std::uint32_t error_code;
+    FaultReason reason;
+  };
+  const Case c = GENERATE(
+      Case{"user read of a supervisor page", pte::kUser, 0, AccessType::Read, true, pfec::kPresent | pfec::kUser,
+           FaultReason::kSmUserSupervisor},
+      Case{"user write of a read-only page", pte::kWritable, 0, AccessType::Write, true,
+           pfec::kPresent | pfec::kWrite | pfec::kUser, FaultReason::kSmWriteDenied},
+      Case{"user fetch from an XD page", 0, pte::kNoExecute, AccessType::Execute, true,
+           pfec::kPresent | pfec::kUser | pfec::kFetch, FaultReason::kSmExecuteDenied});
+  const unsigned level = GENERATE(1u, 2u, 3u, 4u);  // the entry that lacks the right
+  INFO(c.name << " at level " << level);
+  Sm dma(pe::kPgttFirstLevel, 4, 4, no_walk_caches()), cpu(pe::kPgttFirstLevel, 4, 4, no_walk_caches());
+  for (Sm* v : {&dma, &cpu}) {
+    v->attach();
+    v->h.guest_map(kLa4, kDataHpa, 12);
+    v->h.set_guest_entry(kLa4, level, (v->h.guest_entry(kLa4, level) & ~c.clear) | c.set);
+  }
+  const bool exec = c.type == AccessType::Execute;
+  auto o = dma.dma(kLa4, c.type == AccessType::Write ? DmaAccess::Write : DmaAccess::Read, kPasid, !c.user, exec);
+  const auto r = cpu.h.walk(cpu.h.request(kLa4, c.type, c.user));
+  REQUIRE(r.status == Status::PageFault);
+  CHECK(r.error_code == c.error_code);
+  CHECK((r.fault.kind == mmu::WalkFault::Kind::Permission && r.fault.level == 1));
+  REQUIRE(!o.r.ok());
+  CHECK(o.r.reason == c.reason);
+  CHECK(o.r.stage == FaultStage::kFirstLevel);
+  CHECK(dma.h.mem.reads.size() - kCtxReads == r.refs);
+  CHECK((dma.h.mem.writes.empty() && cpu.h.mem.writes.empty()));  // no flags set by a walk that faults
+}
