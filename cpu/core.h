@@ -2,7 +2,7 @@
 //
 // Simulated software (hypervisor, guest kernel, guest programs) runs on fibers
 // and reaches the machine only through the operations below: the model's
-// instruction set (ARCHITECTURE.md, "The rule that makes the numbers honest").
+// instruction set (docs/architecture.md, "The rule that makes the numbers honest").
 // Each operation charges its cost to the core's local clock; interrupts and
 // timer events are taken at operation boundaries. The SystemC thread of the
 // core only synchronizes: it runs the current fiber until the fiber's local

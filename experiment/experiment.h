@@ -1,5 +1,5 @@
 // One experiment: the whole YAML document, validated, and the system it
-// builds. ARCHITECTURE.md, "Configuration".
+// builds. docs/architecture.md, "Configuration".
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // One core's view of the cache hierarchy: private L1I, L1D and L2, a shared
 // last-level cache, and DRAM. Returns the latency of each access in core
-// cycles; page walks go through it like loads do (ARCHITECTURE.md).
+// cycles; page walks go through it like loads do (docs/architecture.md).
 #pragma once
 
 #include <cstdint>

@@ -1,7 +1,7 @@
 // Sparse physical memory with real contents.
 //
 // Guest page tables, EPT tables, descriptor rings and guest data live here in
-// their real formats (ARCHITECTURE.md, "Memory system and translation").
+// their real formats (docs/architecture.md, "Memory system and translation").
 // Frames of 4 KiB are allocated, zeroed, on the first write-side touch; reads
 // of a frame never touched return zeros without allocating, so scanning
 // memory (migration, snapshots, page sharing) keeps it sparse.

@@ -3,7 +3,7 @@
 // Every piece of simulated software (a hypervisor context per core, each guest
 // vCPU, each guest thread) runs on a Fiber: its own stack, switched to and
 // from explicitly. A switch saves and restores only the callee-saved
-// registers, so it costs a few nanoseconds of host time (ARCHITECTURE.md,
+// registers, so it costs a few nanoseconds of host time (docs/architecture.md,
 // "Time": a switch must stay in the tens of nanoseconds). Fibers never call
 // into the SystemC kernel themselves; the core's SystemC thread does that
 // when a fiber hands control back to it.

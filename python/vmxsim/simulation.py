@@ -1,7 +1,7 @@
 """vmxsim.run() and vmxsim.Simulation: each simulation in a process of its own.
 
 SystemC elaborates one design per process and cannot restart after a run
-(ARCHITECTURE.md, "Known constraints"). So a Simulation starts a fresh
+(docs/architecture.md, "Known constraints"). So a Simulation starts a fresh
 ``python -m vmxsim._worker`` process, sends it the validated configuration
 and drives it over a pipe. The calling process never starts SystemC itself:
 it only validates configurations, which needs no simulator. That is what
