@@ -69,15 +69,27 @@ class Mmu {
   Mmu(const Mmu&) = delete;
   Mmu& operator=(const Mmu&) = delete;
 
-  /// The translation context: paging mode and control bits, CPL, EPT and
-  /// the tag of new entries (ctx.la and ctx.type are ignored). translate:
-  /// paging or EPT is on.
-  void set_context(const WalkRequest& ctx, bool translate) {
-    m_ctx = ctx;
-    m_translate = translate;
+  /// The translation context, given whenever one of its inputs changes:
+  /// CR0, CR3, CR4, IA32_EFER, CPL 3, EPT in use (VMX non-root with "enable
+  /// EPT") and the EPTP, and the VPID of new entries (0 in root operation).
+  /// Only the tag is derived here; a walk derives the rest (walk_request).
+  void set_context(std::uint64_t cr0, std::uint64_t cr3, std::uint64_t cr4, std::uint64_t efer, bool user, bool ept,
+                   std::uint64_t eptp, std::uint16_t vpid) {
+    m_cr0 = cr0;
+    m_cr3 = cr3;
+    m_cr4 = cr4;
+    m_efer = efer;
+    m_user = user;
+    m_ept = ept;
+    m_eptp = eptp;
+    const bool paging = cr0 & crbits::kCr0Pg;
+    m_translate = paging || ept;
+    m_tag.vpid = vpid;
+    m_tag.pcid = (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(cr3 & crbits::kCr3PcidMask) : 0;
+    m_tag.ep4ta = ept ? (eptp & ept::kAddrMask) : 0;
   }
   bool translating() const { return m_translate; }
-  const TlbTag& tag() const { return m_ctx.tag; }
+  const TlbTag& tag() const { return m_tag; }
   /// Where a guest's translations are counted per vCPU (null: nowhere).
   void observe(TranslationCounters* c) { m_obs = c; }
   void set_tracer(WalkTracer* t) { m_tracer = t; }
@@ -95,17 +107,17 @@ class Mmu {
     const bool fetch = type == AccessType::Execute;
     Tlb& l1 = fetch ? m_itlb : m_dtlb;
     now += l1.latency();
-    if (const TlbEntry* e = l1.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(e->perms, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
-    if (const TlbEntry* e = l1_2m.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(e->perms, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     if (!fetch) {
-      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(e->perms, type)) {
         pa = Tlb::translate(*e, va);
         return true;
       }
@@ -136,20 +148,21 @@ class Mmu {
   /// access; anything else walks, and the walk decides (and sets the dirty
   /// bit).
   bool permits(std::uint8_t perms, AccessType type) const {
-    const bool user = m_ctx.user;
+    const bool user = m_user;
+    const bool smap = m_cr4 & crbits::kCr4Smap, smep = m_cr4 & crbits::kCr4Smep;
     switch (type) {
       case AccessType::Read:
-        return (perms & perm::kEptRead) && (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smap));
+        return (perms & perm::kEptRead) && (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
       case AccessType::Write:
         // kEptDirty: with EPT A/D flags on, a translation cached by a read
         // (EPT leaf not yet dirty) walks on a write, which sets the flag
         // (SDM Vol. 3C, 29.3.5).
         return (perms & (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty)) ==
                    (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smap));
+               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
       case AccessType::Execute:
         return (perms & perm::kEptExecute) && (perms & perm::kExecutable) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smep));
+               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smep));
     }
     return false;
   }
@@ -159,7 +172,15 @@ class Mmu {
                unsigned shift);
   /// The one place a TLB miss is reported: level 1 (every L1 array of the
   /// access's kind missed) or 2 (the STLB missed too: a walk follows).
-  void tlb_missed(unsigned level, AccessType type);
+  void tlb_missed(unsigned level, AccessType type) {
+    if (level == 1) {
+      if (type == AccessType::Execute) ++m_tlb_group.l1i_misses; else ++m_tlb_group.l1d_misses;
+      if (m_obs) ++m_obs->tlb_l1_misses;
+    } else {
+      ++m_tlb_group.l2_misses;
+      if (m_obs) ++m_obs->tlb_l2_misses;
+    }
+  }
   /// The one place a walk's completion is reported (the walker has counted
   /// it in WalkStats): per-vCPU counters, event trace.
   void walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t start);
@@ -168,8 +189,13 @@ class Mmu {
   template <class F> void for_each_ept_psc(F f);
   WalkCaches walk_caches();
 
-  WalkRequest m_ctx{};
-  bool m_translate = false;
+  WalkRequest walk_request(std::uint64_t va, AccessType type) const;
+
+  // The translation context (set_context).
+  std::uint64_t m_cr0 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0, m_eptp = 0;
+  bool m_user = false, m_ept = false;
+  bool m_translate = false;  // paging or EPT is on
+  TlbTag m_tag{};            // of new entries, and looked up
   TranslationCounters* m_obs = nullptr;
   WalkTracer* m_tracer = nullptr;
   WalkResult m_fault{};
