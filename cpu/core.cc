@@ -354,26 +354,8 @@ void Core::compute(std::uint64_t instructions) {
 }
 
 void Core::update_context() {
-  const bool paging = m_cr0 & crb::kCr0Pg;
-  mmu::WalkRequest r;
-  r.user = m_cpl == 3;
-  r.paging = paging;
-  r.cr3 = m_cr3;
-  r.mode.levels = (m_cr4 & crb::kCr4La57) ? 5 : 4;
-  r.mode.largest_leaf = 3;
-  r.wp = m_cr0 & crb::kCr0Wp;
-  r.nxe = m_efer & crb::kEferNxe;
-  r.smep = m_cr4 & crb::kCr4Smep;
-  r.smap = m_cr4 & crb::kCr4Smap;
-  r.pge = m_cr4 & crb::kCr4Pge;
-  r.ept = m_non_root && m_ept;
-  r.eptp = m_eptp;
-  r.ept_mode.levels = static_cast<std::uint8_t>(mmu::ept::eptp_levels(m_eptp));
-  r.ept_mode.largest_leaf = 3;
-  r.tag.vpid = m_non_root ? m_vpid : 0;
-  r.tag.pcid = (paging && (m_cr4 & crb::kCr4Pcide)) ? static_cast<std::uint16_t>(m_cr3 & crb::kCr3PcidMask) : 0;
-  r.tag.ep4ta = (m_non_root && m_ept) ? (m_eptp & mmu::ept::kAddrMask) : 0;
-  m_mmu.set_context(r, paging || (m_non_root && m_ept), m_non_root);
+  m_mmu.set_context(m_cr0, m_cr3, m_cr4, m_efer, m_cpl == 3, m_non_root && m_ept, m_eptp, m_non_root ? m_vpid : 0,
+                    m_non_root);
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {

@@ -77,8 +77,8 @@ void Mmu::walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t st
 bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
   tlb_missed(1, va, type);
   now += m_stlb_latency;
-  const TlbEntry* e = m_stlb.lookup(va, m_ctx.tag);
-  if (!e || !permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_ctx.tag);
+  const TlbEntry* e = m_stlb.lookup(va, m_tag);
+  if (!e || !permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_tag);
   if (e && permits(e->perms, type)) {
     pa = Tlb::translate(*e, va);
     fill_l1(type, va, pa, e->perms, e->global, e->shift);
@@ -95,28 +95,47 @@ void Mmu::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uint
   if (type == AccessType::Execute) {
     // Skylake's ITLB has no 1 GiB array: such code pages are held as the
     // 2 MiB piece that was fetched from.
-    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_ctx.tag);
-    else m_itlb_2m.insert(va, pa, perms, global, m_ctx.tag);
+    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_tag);
+    else m_itlb_2m.insert(va, pa, perms, global, m_tag);
     return;
   }
-  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_ctx.tag);
-  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_ctx.tag);
-  else m_dtlb_1g.insert(va, pa, perms, global, m_ctx.tag);
+  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_tag);
+  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_tag);
+  else m_dtlb_1g.insert(va, pa, perms, global, m_tag);
+}
+
+WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
+  WalkRequest r;
+  r.la = va;
+  r.type = type;
+  r.user = m_user;
+  r.paging = m_cr0 & crbits::kCr0Pg;
+  r.cr3 = m_cr3;
+  r.mode.levels = (m_cr4 & crbits::kCr4La57) ? 5 : 4;
+  r.mode.largest_leaf = 3;
+  r.wp = m_cr0 & crbits::kCr0Wp;
+  r.nxe = m_efer & crbits::kEferNxe;
+  r.smep = m_cr4 & crbits::kCr4Smep;
+  r.smap = m_cr4 & crbits::kCr4Smap;
+  r.pge = m_cr4 & crbits::kCr4Pge;
+  r.ept = m_ept;
+  r.eptp = m_eptp;
+  r.ept_mode.levels = static_cast<std::uint8_t>(ept::eptp_levels(m_eptp));
+  r.ept_mode.largest_leaf = 3;
+  r.tag = m_tag;
+  return r;
 }
 
 bool Mmu::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
-  WalkRequest req = m_ctx;
-  req.la = va;
-  req.type = type;
-  const WalkResult r = m_walker.translate(req);
+  const WalkResult r = m_walker.translate(walk_request(va, type));
   walk_completed(va, r, now);
   now += r.cycles;
   if (r.status != WalkResult::Status::Ok) {
     m_fault = r;
     return false;
   }
-  if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_ctx.tag);
-  else m_stlb.insert(va, r.pa, r.perms, r.global, m_ctx.tag, r.page_shift);
+  if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_tag);
+  else m_stlb.insert(va, r.pa, r.perms, r.global, m_tag, r.page_shift);
   fill_l1(type, va, r.pa, r.perms, r.global, r.page_shift);
   pa = r.pa;
   return true;
@@ -126,7 +145,7 @@ bool Mmu::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa, st
 // current (VPID, PCID) go, and every paging-structure-cache entry of that
 // PCID (PCID 0 when CR4.PCIDE = 0).
 void Mmu::mov_to_cr3(bool pcide) {
-  const std::uint16_t vpid = m_ctx.tag.vpid, pcid = m_ctx.tag.pcid;
+  const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
   if (pcide) for_each_tlb([&](Tlb& t) { t.flush_pcid(vpid, pcid); });
   else for_each_tlb([&](Tlb& t) { t.flush_non_global(vpid); });
   for_each_guest_psc([&](Psc& p) { p.flush_pcid(vpid, pcid); });
@@ -136,7 +155,7 @@ void Mmu::mov_to_cr3(bool pcide) {
 // included, and all paging-structure-cache entries of the current VPID
 // (SDM Vol. 3A, 4.10.4.1).
 void Mmu::cr4_paging_change() {
-  const std::uint16_t vpid = m_ctx.tag.vpid;
+  const std::uint16_t vpid = m_tag.vpid;
   for_each_tlb([&](Tlb& t) { t.flush_vpid(vpid); });
   for_each_guest_psc([&](Psc& p) { p.flush_vpid(vpid); });
 }
@@ -145,7 +164,7 @@ void Mmu::cr4_paging_change() {
 // PCID and global ones, and all paging-structure-cache entries of the
 // current PCID whatever linear address they are for.
 void Mmu::invlpg(std::uint64_t va) {
-  const std::uint16_t vpid = m_ctx.tag.vpid, pcid = m_ctx.tag.pcid;
+  const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
   for_each_tlb([&](Tlb& t) { t.flush_invlpg(va, vpid, pcid); });
   for_each_guest_psc([&](Psc& p) { p.flush_pcid(vpid, pcid); });
 }
@@ -157,7 +176,7 @@ void Mmu::invlpg(std::uint64_t va) {
 // and 3 those of every PCID. Guest-physical mappings (EPT-dimension caches,
 // the nested TLB) are not affected.
 void Mmu::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
-  const std::uint16_t vpid = m_ctx.tag.vpid;
+  const std::uint16_t vpid = m_tag.vpid;
   switch (type) {
     case 0:
       for_each_tlb([&](Tlb& t) { t.flush_address_pcid(la, vpid, pcid); });

@@ -47,17 +47,29 @@ class Mmu {
   Mmu(const Mmu&) = delete;
   Mmu& operator=(const Mmu&) = delete;
 
-  /// The translation context: paging mode and control bits, CPL, EPT and
-  /// the tag of new entries (ctx.la and ctx.type are ignored). translate:
-  /// paging or EPT is on; guest: in VMX non-root operation (as the events
-  /// report it).
-  void set_context(const WalkRequest& ctx, bool translate, bool guest) {
-    m_ctx = ctx;
-    m_translate = translate;
+  /// The translation context, given whenever one of its inputs changes:
+  /// CR0, CR3, CR4, IA32_EFER, CPL 3, EPT in use (VMX non-root with "enable
+  /// EPT") and the EPTP, and the VPID of new entries (0 in root operation).
+  /// Only the tag is derived here; a walk derives the rest (walk_request).
+  /// guest: in VMX non-root operation (as the events report it).
+  void set_context(std::uint64_t cr0, std::uint64_t cr3, std::uint64_t cr4, std::uint64_t efer, bool user, bool ept,
+                   std::uint64_t eptp, std::uint16_t vpid, bool guest) {
     m_guest = guest;
+    m_cr0 = cr0;
+    m_cr3 = cr3;
+    m_cr4 = cr4;
+    m_efer = efer;
+    m_user = user;
+    m_ept = ept;
+    m_eptp = eptp;
+    const bool paging = cr0 & crbits::kCr0Pg;
+    m_translate = paging || ept;
+    m_tag.vpid = vpid;
+    m_tag.pcid = (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(cr3 & crbits::kCr3PcidMask) : 0;
+    m_tag.ep4ta = ept ? (eptp & ept::kAddrMask) : 0;
   }
   bool translating() const { return m_translate; }
-  const TlbTag& tag() const { return m_ctx.tag; }
+  const TlbTag& tag() const { return m_tag; }
   /// Where TLB misses (kTlbMiss) and completed walks (kWalk) are reported:
   /// the core's listeners (null: nobody).
   void set_events(const events::Dispatcher* d) { m_events = d ? d : &events::Dispatcher::none(); }
@@ -75,17 +87,17 @@ class Mmu {
     const bool fetch = type == AccessType::Execute;
     Tlb& l1 = fetch ? m_itlb : m_dtlb;
     now += l1.latency();
-    if (const TlbEntry* e = l1.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(e->perms, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
-    if (const TlbEntry* e = l1_2m.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(e->perms, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     if (!fetch) {
-      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_ctx.tag); e && permits(e->perms, type)) {
+      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(e->perms, type)) {
         pa = Tlb::translate(*e, va);
         return true;
       }
@@ -116,20 +128,21 @@ class Mmu {
   /// access; anything else walks, and the walk decides (and sets the dirty
   /// bit).
   bool permits(std::uint8_t perms, AccessType type) const {
-    const bool user = m_ctx.user;
+    const bool user = m_user;
+    const bool smap = m_cr4 & crbits::kCr4Smap, smep = m_cr4 & crbits::kCr4Smep;
     switch (type) {
       case AccessType::Read:
-        return (perms & perm::kEptRead) && (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smap));
+        return (perms & perm::kEptRead) && (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
       case AccessType::Write:
         // kEptDirty: with EPT A/D flags on, a translation cached by a read
         // (EPT leaf not yet dirty) walks on a write, which sets the flag
         // (SDM Vol. 3C, 29.3.5).
         return (perms & (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty)) ==
                    (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smap));
+               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
       case AccessType::Execute:
         return (perms & perm::kEptExecute) && (perms & perm::kExecutable) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && m_ctx.smep));
+               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smep));
     }
     return false;
   }
@@ -148,9 +161,14 @@ class Mmu {
   template <class F> void for_each_ept_psc(F f);
   WalkCaches walk_caches();
 
-  WalkRequest m_ctx{};
-  bool m_translate = false;
-  bool m_guest = false;
+  WalkRequest walk_request(std::uint64_t va, AccessType type) const;
+
+  // The translation context (set_context).
+  std::uint64_t m_cr0 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0, m_eptp = 0;
+  bool m_user = false, m_ept = false;
+  bool m_translate = false;  // paging or EPT is on
+  TlbTag m_tag{};            // of new entries, and looked up
+  bool m_guest = false;       // in VMX non-root operation
   const events::Dispatcher* m_events = &events::Dispatcher::none();
   WalkResult m_fault{};
 

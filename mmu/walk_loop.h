@@ -278,8 +278,12 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
     }
   }
 
-  std::array<std::uint64_t, 6> where{}, value{}, entry_in{};  // by level: host address, value, stage-2 address
-  std::array<std::uint8_t, 6> s2_at{}, acc_at{};
+  // By level, written before they are read (no zeroing on the hot path):
+  // host address, value and stage-2 address of the entry read, the stage-2
+  // rights of its table and the rights accumulated down to it.
+  std::uint64_t where[6], entry_in[6];
+  std::uint64_t value[6] = {};
+  std::uint8_t s2_at[6], acc_at[6];
   unsigned leaf = 0;
   WalkFault f;
   auto fill = [&] {
