@@ -95,4 +95,24 @@ void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
   v.time.trace_since = now;
 }
 
+// MSR_KVM_STEAL_TIME: bit 0 enables; bits 63:6 give a 64-byte aligned
+// guest-physical address (Linux Documentation/virt/kvm/x86/msr.rst).
+bool Hypervisor::rdmsr_steal_time(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.steal.msr;
+  return true;
+}
+bool Hypervisor::wrmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t value) {
+  Core& c = *pc.core;
+  if (!(value & 1)) {
+    v.steal.msr = value;
+    v.steal.area = 0;
+    return true;
+  }
+  std::uint64_t gpa = value & ~63ull;
+  if ((value & 0x3E) || gpa + 64 > v.vm->memory || !back_guest_page(c, *v.vm, gpa)) return false;
+  v.steal.msr = value;
+  v.steal.area = ept_translate(c, *v.vm, gpa);
+  return true;
+}
+
 }  // namespace vmx::hv

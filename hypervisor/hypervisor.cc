@@ -35,6 +35,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
       m_stats(stats_parent, "hypervisor") {
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
+  register_exit_handlers();
   // Host-physical layout: the first MiB is left alone (as on a PC), the
   // hypervisor's text follows, then its data; guest frames come from above
   // reserved_memory.
@@ -93,7 +94,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->memory = spec.memory;
   vm->image = spec.image;
   vm->ept_root = alloc_host_frame();
-  vm->mmu_lock = alloc_host_frame();
+  vm->mmu_lock = TicketLock(alloc_host_frame(), &m_mmu_lock_stats);
   vm->eptp = mmu::ept::eptp(vm->ept_root, static_cast<unsigned>(m_p.ept_levels), m_p.ept_ad);
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   vm->nic_type = spec.nic_type;

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/spinlock.h"
 #include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
@@ -76,7 +77,7 @@ struct Hypervisor::Vm {
   GuestImage* image = nullptr;
   std::uint64_t ept_root = 0;
   std::uint64_t eptp = 0;
-  std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
+  TicketLock mmu_lock;  // serializes changes to the VM's EPT (word in hypervisor memory)
   bool crashed = false;
   std::string crash;
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT

@@ -97,4 +97,42 @@ bool Hypervisor::posted_pending(Core& c, Vcpu& v) {
   return ((gis & 0xFF) >> 4) > ((gis >> 8) >> 4);
 }
 
+// ---------------------------------------------------------------------------
+// The virtual LAPIC's MSRs (x2APIC mode, SDM Vol. 3A, 11.12.1; the
+// TSC-deadline timer, 11.5.4.1). The virtual ISR is not modelled: EOI only
+// costs the exit.
+
+bool Hypervisor::rdmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.apic.vtimer_deadline;
+  return true;
+}
+bool Hypervisor::wrmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t value) {
+  v.apic.vtimer_deadline = value;
+  program_timer(*m_percore[v.core]);
+  return true;
+}
+bool Hypervisor::rdmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t& value) {
+  value = 0;
+  return true;
+}
+bool Hypervisor::wrmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t) { return true; }
+bool Hypervisor::rdmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.apic.vlvt_timer;
+  return true;
+}
+bool Hypervisor::wrmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t value) {
+  v.apic.vlvt_timer = static_cast<std::uint32_t>(value);
+  return true;
+}
+bool Hypervisor::rdmsr_x2apic_id(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.index;
+  return true;
+}
+// A virtual IPI to another vCPU of the same VM (fixed delivery).
+bool Hypervisor::wrmsr_x2apic_icr(PerCore&, Vcpu& v, std::uint64_t value) {
+  auto dest = static_cast<std::uint32_t>(value >> 32);
+  if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
+  return true;
+}
+
 }  // namespace vmx::hv
