@@ -47,11 +47,13 @@ void Hypervisor::core_main(PerCore& pc) {
   for (;;) {
     // Pick the next vCPU. Going back into the vCPU that just exited skips
     // the scheduler, as KVM's run loop does when nothing needs rescheduling.
+    // The decision reads the TSC once (docs/hypervisor.md, "Time").
     Scheduler& s = *pc.sched;
-    s.account(c.now());
+    const std::uint64_t tsc = c.rdtsc();
+    s.account(tsc);
     const bool picking = s.must_pick(last);
     if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
-    Vcpu* next = static_cast<Vcpu*>(s.pick(c.now()));
+    Vcpu* next = static_cast<Vcpu*>(s.pick(tsc));
     if (next && m_p.migration) {
       next->claimed = true;  // not migratable while this core goes on to run it
       push_waiting(pc, next);
@@ -63,7 +65,7 @@ void Hypervisor::core_main(PerCore& pc) {
       for (Vcpu* v : pc.assigned)
         if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
-      program_timer(pc, true);
+      program_timer(pc, true, tsc);
       if (m_p.migration) set_idle(pc, true);
       c.sti();
       c.hlt();
@@ -71,7 +73,7 @@ void Hypervisor::core_main(PerCore& pc) {
       if (m_p.migration) set_idle(pc, false);
       continue;
     }
-    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc);
+    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc, false, tsc);
     last = next;
     run_vcpu(pc, *next);
     next->claimed = false;
