@@ -52,9 +52,8 @@ void Hypervisor::nic_setup(Core& c, Vcpu& v) {
   unlock_mmu(c, vm);
   vm.nic_core = v.core;
   vm.nic_poll_ticks = std::max<std::uint64_t>(1, ps_to_tsc(vm.nic->poll_period()));
-  const std::uint64_t tsc = c.rdtsc();
-  vm.nic_next_poll = tsc + vm.nic_poll_ticks;
-  program_timer(*m_percore[v.core], false, tsc);
+  vm.nic_next_poll = c.rdtsc() + vm.nic_poll_ticks;
+  program_timer(*m_percore[v.core]);
 }
 
 std::uint64_t Hypervisor::NicHost::guest_to_host(Core& c, std::uint64_t gpa) {

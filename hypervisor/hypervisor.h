@@ -405,13 +405,12 @@ class Hypervisor {
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.
   /// Programs the core's TSC-deadline timer for the earliest of its
-  /// vCPUs' virtual timers, its polled NICs and the scheduler's deadline.
-  /// `tsc`: the caller's RDTSC of this decision, or kNoTsc to read the TSC
-  /// here if the scheduler's deadline is needed.
-  static constexpr std::uint64_t kNoTsc = ~0ull;
-  void program_timer(PerCore& pc, bool idle = false, std::uint64_t tsc = kNoTsc);
-  /// The scheduler's next deadline on the core (0: none), at TSC `tsc`.
-  std::uint64_t sched_deadline(PerCore& pc, std::uint64_t tsc);
+  /// vCPUs' virtual timers, its polled NICs and the scheduler's deadline
+  /// (absolute TSC values: no clock read needed).
+  void program_timer(PerCore& pc, bool idle = false);
+  /// The scheduler's next deadline on the core (0: none).
+  std::uint64_t sched_deadline(PerCore& pc);
+  static constexpr std::uint64_t kNoTsc = ~0ull;  // no TSC read yet in this decision
   /// slice_timer=preemption: arms the VMX-preemption timer of the current
   /// VMCS for the scheduler's deadline (or disarms it) before an entry.
   void arm_preemption_timer(PerCore& pc, Vcpu& v);

@@ -47,13 +47,21 @@ void Hypervisor::core_main(PerCore& pc) {
   for (;;) {
     // Pick the next vCPU. Going back into the vCPU that just exited skips
     // the scheduler, as KVM's run loop does when nothing needs rescheduling.
-    // The decision reads the TSC once (docs/hypervisor.md, "Time").
+    // The decision reads the TSC once, and only when it needs the time
+    // (docs/hypervisor.md, "Time"): a scheduler that accounts runtime reads
+    // it on every pass, the others only when they pick. Re-entering the
+    // vCPU that just exited without accounting needs no time: `last` is
+    // what pick would return.
     Scheduler& s = *pc.sched;
-    const std::uint64_t tsc = c.rdtsc();
-    s.account(tsc);
+    std::uint64_t tsc = kNoTsc;
+    if (s.accounts_runtime()) {
+      tsc = c.rdtsc();
+      s.account(tsc);
+    }
     const bool picking = s.must_pick(last);
     if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
-    Vcpu* next = static_cast<Vcpu*>(s.pick(tsc));
+    if (picking && tsc == kNoTsc) tsc = c.rdtsc();
+    Vcpu* next = tsc != kNoTsc ? static_cast<Vcpu*>(s.pick(tsc)) : last;
     if (next && m_p.migration) {
       next->claimed = true;  // not migratable while this core goes on to run it
       push_waiting(pc, next);
@@ -65,7 +73,7 @@ void Hypervisor::core_main(PerCore& pc) {
       for (Vcpu* v : pc.assigned)
         if (v->state == Vcpu::State::Runnable) pc.last_ran = nullptr;
       ++m_totals.idle_halts;
-      program_timer(pc, true, tsc);
+      program_timer(pc, true);
       if (m_p.migration) set_idle(pc, true);
       c.sti();
       c.hlt();
@@ -73,7 +81,7 @@ void Hypervisor::core_main(PerCore& pc) {
       if (m_p.migration) set_idle(pc, false);
       continue;
     }
-    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc, false, tsc);
+    if (picking && s.timer_after_pick() && !m_preemption_slices) program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
     next->claimed = false;

@@ -25,14 +25,14 @@ using namespace detail;
 // RDTSC (charged), once per decision, the value passed down; only the time
 // accounting and the event trace (accounting.cc) read the simulator's clock,
 // as observation.
-std::uint64_t Hypervisor::sched_deadline(PerCore& pc, std::uint64_t tsc) {
+std::uint64_t Hypervisor::sched_deadline(PerCore& pc) {
   std::size_t runnable = 0;
   for (Vcpu* v : pc.assigned)
     if (v->state == Vcpu::State::Runnable) ++runnable;
-  return pc.sched->deadline(tsc, runnable);
+  return pc.sched->deadline(runnable);
 }
 
-void Hypervisor::program_timer(PerCore& pc, bool idle, std::uint64_t tsc) {
+void Hypervisor::program_timer(PerCore& pc, bool idle) {
   Core& c = *pc.core;
   std::uint64_t next = 0;
   auto consider = [&next](std::uint64_t t) {
@@ -44,14 +44,13 @@ void Hypervisor::program_timer(PerCore& pc, bool idle, std::uint64_t tsc) {
     if (vm->nic_next_poll && vm->nic_core == pc.id && !vm->crashed) consider(vm->nic_next_poll);
   // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
   // runs; the host timer keeps it only while the core halts.
-  if (!m_preemption_slices || idle) consider(sched_deadline(pc, tsc == kNoTsc ? c.rdtsc() : tsc));
+  if (!m_preemption_slices || idle) consider(sched_deadline(pc));
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
 }
 
 void Hypervisor::arm_preemption_timer(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
-  const std::uint64_t now = c.rdtsc();
-  const std::uint64_t dl = sched_deadline(pc, now);
+  const std::uint64_t dl = sched_deadline(pc);
   const bool arm = dl != 0;
   if (arm != v.preempt_armed) {
     std::uint64_t pinctl = vmr(c, field::kPinBasedControls);
@@ -61,6 +60,7 @@ void Hypervisor::arm_preemption_timer(PerCore& pc, Vcpu& v) {
   // The timer counts down from this value at the TSC rate (the model's
   // IA32_VMX_MISC[4:0] is 0) and exits when it reaches zero (SDM Vol. 3C,
   // 26.5.1); 0 exits before the guest executes anything.
+  const std::uint64_t now = c.rdtsc();
   if (arm) vmw(c, field::kPreemptionTimerValue, std::min<std::uint64_t>(dl > now ? dl - now : 0, 0xFFFFFFFFu));
 }
 

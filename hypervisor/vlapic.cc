@@ -37,7 +37,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
       vm->nic_next_poll = now + vm->nic_poll_ticks;
     }
   pc.sched->tick(now);
-  program_timer(pc);  // after the polls and wake-ups: its own TSC read
+  program_timer(pc);
 }
 
 void Hypervisor::wake(Vcpu& v) {
@@ -53,7 +53,9 @@ void Hypervisor::wake(Vcpu& v) {
     }
   }
   Core& self = Core::current();
-  target.sched->wake(v, was_blocked, self.rdtsc());
+  // Only a scheduler that keeps time (proportional, EDF) needs the waker's
+  // TSC; the others ignore it, and software would not read the clock.
+  target.sched->wake(v, was_blocked, target.sched->accounts_runtime() ? self.rdtsc() : 0);
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
 }
 

@@ -79,10 +79,12 @@ TEST_CASE("posted interrupts remove the receiver's exits for inter-vCPU IPIs, sa
   for (int i = 0; i < 2; ++i) {
     const std::string c = fmt::format("system.cpu{}", i);
     CHECK(on.at(c + ".posted_notifications") > 300);
-    // Nearly every notification delivers an interrupt; one that arrives
-    // after VM entry already moved its vector from the descriptor finds the
-    // PIR empty (SDM Vol. 3C, 30.6), so the two need not be equal.
-    CHECK(on.at(c + ".virtual_interrupts") >= 0.95 * on.at(c + ".posted_notifications"));
+    // Most notifications deliver an interrupt; one sent while the target
+    // vCPU is in root operation arrives after VM entry already moved its
+    // vector from the descriptor and finds the PIR empty (SDM Vol. 3C,
+    // 30.6). How many do depends on the phase of the two cores' loops (with
+    // the hypervisor's RDTSCs at 0 to 50 cycles: 81% to 99%), not on a rule.
+    CHECK(on.at(c + ".virtual_interrupts") >= 0.75 * on.at(c + ".posted_notifications"));
     CHECK(on.at(c + ".virtual_eois") == on.at(c + ".virtual_interrupts"));
   }
 }
