@@ -463,7 +463,7 @@ std::uint64_t Core::emulated_result() {
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(xchg(va, value));
-  return locked_update(va, value, false, "XCHG");
+  return locked_update(va, value, LockedOp::Swap, "XCHG");
 }
 
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
@@ -486,13 +486,18 @@ void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
 
 std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
   VMX_ON_EXECUTING_CORE(lock_or(va, bits));
-  return locked_update(va, bits, true, "LOCK OR");
+  return locked_update(va, bits, LockedOp::Or, "LOCK OR");
 }
 
-// A locked read-modify-write of an aligned quadword (XCHG, or LOCK OR when
-// `or_bits`): the translation may exit or fault and is retried; once it
+std::uint64_t Core::lock_xadd(std::uint64_t va, std::uint64_t addend) {
+  VMX_ON_EXECUTING_CORE(lock_xadd(va, addend));
+  return locked_update(va, addend, LockedOp::Add, "LOCK XADD");
+}
+
+// A locked read-modify-write of an aligned quadword (XCHG, LOCK OR or LOCK
+// XADD): the translation may exit or fault and is retried; once it
 // succeeds the read and the write follow with no boundary in between.
-std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, bool or_bits, const char* what) {
+std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what) {
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -503,7 +508,7 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, bool or
     throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   const std::uint64_t old = m_w.mem->read(pa, 8);
-  m_w.mem->write(pa, or_bits ? old | value : value, 8);
+  m_w.mem->write(pa, op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value, 8);
   return old;
 }
 

@@ -190,6 +190,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// LOCK OR of `bits` into the 8 bytes at va (as LOCK BTS, SDM Vol. 3A,
   /// 9.1.2.2); returns the previous value. Atomic like xchg.
   std::uint64_t lock_or(std::uint64_t va, std::uint64_t bits);
+  /// LOCK XADD with memory: atomically adds `addend` to the 8 bytes at va
+  /// (modulo 2^64) and returns what was there (SDM Vol. 2D, XADD; the LOCK
+  /// prefix, Vol. 3A, 9.1.2.2). Atomic like xchg; the primitive of ticket
+  /// locks (hypervisor/spinlock.h).
+  std::uint64_t lock_xadd(std::uint64_t va, std::uint64_t addend);
   /// PAUSE: a spin-wait hint; costs pause_latency cycles.
   void pause();
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
@@ -335,7 +340,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   }
   void slow_boundary();
   std::uint64_t emulated_result();
-  std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, bool or_bits, const char* what);
+  enum class LockedOp : std::uint8_t { Swap, Or, Add };
+  std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what);
   void recompute_next_event();
   void retire(std::uint64_t instructions);
   /// SMT: closes the interval since the last check and picks the CPI for

@@ -97,4 +97,27 @@ void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
   v.time.trace_since = now;
 }
 
+// MSR_KVM_STEAL_TIME: bit 0 enables; bits 63:6 give a 64-byte aligned
+// guest-physical address (Linux Documentation/virt/kvm/x86/msr.rst).
+bool Hypervisor::rdmsr_steal_time(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.steal.msr;
+  return true;
+}
+bool Hypervisor::wrmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t value) {
+  Core& c = *pc.core;
+  // abi/steal_time.h: bit 0 enables, bits 63:6 are the record's address.
+  if (!(value & abi::steal_time::kMsrEnable)) {
+    v.steal.msr = value;
+    v.steal.area = 0;
+    return true;
+  }
+  std::uint64_t gpa = value & abi::steal_time::kMsrAddressMask;
+  if ((value & abi::steal_time::kMsrReserved) || gpa + abi::steal_time::kBytes > v.vm->memory ||
+      !back_guest_page(c, *v.vm, gpa))
+    return false;
+  v.steal.msr = value;
+  v.steal.area = ept_translate(c, *v.vm, gpa);
+  return true;
+}
+
 }  // namespace vmx::hv

@@ -25,14 +25,9 @@ EmulatedNic::EmulatedNic(const EmulatedNicSpec& spec, const HvCosts& costs, Host
       m_window(spec.window),
       m_mac(spec.mac) {}
 
-void EmulatedNic::lock(cpu::Core& c) {
-  while (c.xchg(m_lock, 1) != 0)
-    while (c.load(m_lock) != 0) c.pause();
-}
-
 std::uint64_t EmulatedNic::setup(cpu::Core& c) {
   m_regs = m_host.alloc_frame();
-  m_lock = m_host.alloc_frame();
+  m_lock = TicketLock(m_host.alloc_frame(), &m_lock_stats);
   c.rep_stos(m_regs, 0, kPage);
   reset(c);
   return m_regs;

@@ -25,6 +25,7 @@
 
 #include "cpu/core.h"
 #include "hypervisor/host_nic.h"
+#include "hypervisor/spinlock.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -132,18 +133,19 @@ class EmulatedNic : public SwitchPort {
   /// Copies between guest-physical memory and host memory, page by page;
   /// false if some page is not guest memory.
   bool copy(cpu::Core& c, std::uint64_t gpa, std::uint64_t hpa, unsigned len, bool to_guest);
-  void lock(cpu::Core& c);
-  void unlock(cpu::Core& c) { c.store(m_lock, 0); }
+  void lock(cpu::Core& c) { m_lock.lock(c); }
+  void unlock(cpu::Core& c) { m_lock.unlock(c); }
 
   EmulatedNicSpec m_spec;
   const HvCosts& m_costs;
   HostNic& m_pf;
   Host& m_host;
   Stats m_stats;
+  LockStats m_lock_stats{&m_stats, "lock", "the device lock (hypervisor/spinlock.h)"};
   bool m_poll;
   std::uint64_t m_window, m_mac;
   std::uint64_t m_regs = 0;  // the register page (host-physical)
-  std::uint64_t m_lock = 0;  // the device lock: exits and the switch's deliveries on different cores
+  TicketLock m_lock;  // the device lock: exits and the switch's deliveries on different cores
   // Polling: the values seen at the last poll.
   std::uint32_t m_seen_tx_tail = 0, m_seen_tx_size = 0, m_seen_rx_size = 0, m_seen_msix_ctrl = 1,
                 m_seen_enable = 0;

@@ -22,7 +22,57 @@ using cpu::Regs;
 namespace field = cpu::field;
 using namespace detail;
 
-void Hypervisor::handle_cpuid(Core& c, Vcpu& v) {
+namespace {
+constexpr std::uint32_t kIa32TimeStampCounter = 0x10;  // SDM Vol. 4, Table 2-2
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// The exit table: one registration per handler, keyed by the basic exit
+// reason (SDM Vol. 3C, Appendix C). Reasons not listed here are unexpected
+// (run_loop.cc, handle_exit).
+
+void Hypervisor::register_exit_handlers() {
+  m_exits.on(ExitReason::ExceptionOrNmi, &Hypervisor::handle_exception);
+  m_exits.on(ExitReason::ExternalInterrupt, &Hypervisor::handle_external_interrupt);
+  m_exits.on(ExitReason::TripleFault, &Hypervisor::handle_triple_fault);
+  m_exits.on(ExitReason::InterruptWindow, &Hypervisor::handle_interrupt_window);
+  m_exits.on(ExitReason::Cpuid, &Hypervisor::handle_cpuid);
+  m_exits.on(ExitReason::Hlt, &Hypervisor::handle_hlt);
+  m_exits.on(ExitReason::Invlpg, &Hypervisor::handle_invlpg);
+  m_exits.on(ExitReason::Vmcall, &Hypervisor::handle_vmcall);
+  // VMX instructions in VMX non-root operation always exit (SDM Vol. 3C,
+  // 26.1.2); without nested virtualization the guest gets #UD, as from KVM
+  // with nested=0.
+  for (ExitReason r : {ExitReason::Vmclear, ExitReason::Vmlaunch, ExitReason::Vmptrld, ExitReason::Vmptrst,
+                       ExitReason::Vmread, ExitReason::Vmresume, ExitReason::Vmwrite, ExitReason::Vmxoff,
+                       ExitReason::Vmxon, ExitReason::Invept, ExitReason::Invvpid})
+    m_exits.on(r, &Hypervisor::handle_vmx_instruction);
+  m_exits.on(ExitReason::CrAccess, &Hypervisor::handle_cr);
+  m_exits.on(ExitReason::IoInstruction, &Hypervisor::handle_io);
+  m_exits.on(ExitReason::Rdmsr, &Hypervisor::handle_rdmsr);
+  m_exits.on(ExitReason::Wrmsr, &Hypervisor::handle_wrmsr);
+  m_exits.on(ExitReason::EntryFailGuestState, &Hypervisor::handle_invalid_guest_state);
+  m_exits.on(ExitReason::MonitorTrapFlag, &Hypervisor::handle_mtf);
+  m_exits.on(ExitReason::EptViolation, &Hypervisor::handle_ept_violation);
+  m_exits.on(ExitReason::EptMisconfig, &Hypervisor::handle_ept_misconfig);
+  m_exits.on(ExitReason::PreemptionTimer, &Hypervisor::handle_preemption_timer);
+
+  // MSRs the hypervisor emulates (every MSR access exits: the MSR bitmap
+  // is all ones). The x2APIC and TSC-deadline MSRs are the virtual LAPIC's
+  // (vlapic.cc), the steal-time MSR is accounting.cc's.
+  m_msrs.on(cpu::msr::kIa32TscDeadline, &Hypervisor::rdmsr_tsc_deadline, &Hypervisor::wrmsr_tsc_deadline);
+  m_msrs.on(cpu::msr::kX2ApicEoi, &Hypervisor::rdmsr_x2apic_eoi, &Hypervisor::wrmsr_x2apic_eoi);
+  m_msrs.on(cpu::msr::kX2ApicLvtTimer, &Hypervisor::rdmsr_lvt_timer, &Hypervisor::wrmsr_lvt_timer);
+  m_msrs.on(cpu::msr::kX2ApicId, &Hypervisor::rdmsr_x2apic_id, nullptr);
+  m_msrs.on(abi::steal_time::kMsr, &Hypervisor::rdmsr_steal_time, &Hypervisor::wrmsr_steal_time);
+  m_msrs.on(cpu::msr::kX2ApicIcr, nullptr, &Hypervisor::wrmsr_x2apic_icr);
+  m_msrs.on(cpu::msr::kIa32Efer, &Hypervisor::rdmsr_efer, &Hypervisor::wrmsr_efer);
+  m_msrs.on(kIa32TimeStampCounter, &Hypervisor::rdmsr_tsc, nullptr);
+}
+
+
+void Hypervisor::handle_cpuid(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
   charge(c, m_p.costs.cpuid, kCodeCpuid);
   std::uint32_t leaf = static_cast<std::uint32_t>(v.regs[Regs::rax]);
   cpu::CpuidResult r;
@@ -41,12 +91,14 @@ void Hypervisor::handle_cpuid(Core& c, Vcpu& v) {
   v.regs[Regs::rdx] = r.edx;
 }
 
-void Hypervisor::handle_vmcall(Core& c, Vcpu& v) {
+void Hypervisor::handle_vmcall(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
   charge(c, m_p.costs.vmcall, kCodeVmcall);
   v.regs[Regs::rax] = v.regs[Regs::rax] == abi::hypercall::kNop ? 0 : abi::hypercall::kUnknownResult;
 }
 
-void Hypervisor::handle_io(Core& c, Vcpu& v) {
+void Hypervisor::handle_io(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
   charge(c, m_p.costs.io, kCodeIo);
   std::uint64_t q = vmr(c, field::kExitQualification);
   unsigned size = static_cast<unsigned>(q & 7) + 1;
@@ -69,7 +121,8 @@ void Hypervisor::handle_io(Core& c, Vcpu& v) {
   }
 }
 
-void Hypervisor::handle_cr(Core& c, Vcpu& v) {
+void Hypervisor::handle_cr(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
   charge(c, m_p.costs.cr_access, kCodeCr);
   std::uint64_t q = vmr(c, field::kExitQualification);
   unsigned cr = q & 0xF, type = (q >> 4) & 3, gpr = (q >> 8) & 0xF;
@@ -95,81 +148,123 @@ void Hypervisor::handle_cr(Core& c, Vcpu& v) {
   }
 }
 
-void Hypervisor::handle_msr(Core& c, Vcpu& v, bool write) {
+void Hypervisor::handle_rdmsr(PerCore& pc, Vcpu& v) { handle_msr(pc, v, false); }
+void Hypervisor::handle_wrmsr(PerCore& pc, Vcpu& v) { handle_msr(pc, v, true); }
+
+// RDMSR and WRMSR: ECX names the MSR, EDX:EAX hold the value (SDM Vol. 2B);
+// an MSR (or a direction) the hypervisor does not emulate is #GP(0).
+void Hypervisor::handle_msr(PerCore& pc, Vcpu& v, bool write) {
+  Core& c = *pc.core;
   charge(c, m_p.costs.msr, kCodeMsr);
   auto msr = static_cast<std::uint32_t>(v.regs[Regs::rcx]);
   std::uint64_t value = (v.regs[Regs::rdx] << 32) | (v.regs[Regs::rax] & 0xFFFFFFFF);
-  PerCore& pc = *m_percore[v.core];
-  std::uint64_t result = 0;
-  bool ok = true;
-  switch (msr) {
-    case cpu::msr::kIa32TscDeadline:  // the virtual LAPIC timer
-      if (write) {
-        v.apic.vtimer_deadline = value;
-        program_timer(pc);
-      } else {
-        result = v.apic.vtimer_deadline;
-      }
-      break;
-    case cpu::msr::kX2ApicEoi:
-      break;  // the virtual ISR is not modelled: EOI only costs the exit
-    case cpu::msr::kX2ApicLvtTimer:
-      if (write) v.apic.vlvt_timer = static_cast<std::uint32_t>(value);
-      else result = v.apic.vlvt_timer;
-      break;
-    case cpu::msr::kX2ApicId:
-      if (write) ok = false;
-      else result = v.index;
-      break;
-    case abi::steal_time::kMsr:
-      // abi/steal_time.h: bit 0 enables, bits 63:6 are the record's address.
-      if (!write) {
-        result = v.steal.msr;
-      } else if (!(value & abi::steal_time::kMsrEnable)) {
-        v.steal.msr = value;
-        v.steal.area = 0;
-      } else {
-        std::uint64_t gpa = value & abi::steal_time::kMsrAddressMask;
-        if ((value & abi::steal_time::kMsrReserved) || gpa + abi::steal_time::kBytes > v.vm->memory ||
-            !back_guest_page(c, *v.vm, gpa)) {
-          ok = false;
-        } else {
-          v.steal.msr = value;
-          v.steal.area = ept_translate(c, *v.vm, gpa);
-        }
-      }
-      break;
-    case cpu::msr::kX2ApicIcr:
-      if (write) {
-        // A virtual IPI to another vCPU of the same VM (fixed delivery).
-        auto dest = static_cast<std::uint32_t>(value >> 32);
-        if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
-      } else {
-        ok = false;
-      }
-      break;
-    case cpu::msr::kIa32Efer:
-      if (write) vmw(c, field::kGuestIa32Efer, value);
-      else result = vmr(c, field::kGuestIa32Efer);
-      break;
-    case 0x10:  // IA32_TIME_STAMP_COUNTER
-      if (write) ok = false;
-      else result = c.rdtsc();
-      break;
-    default:
-      ok = false;
-  }
+  const MsrTableT::Entry* e = m_msrs.find(msr);
+  bool ok = false;
+  if (e && write && e->write) ok = (this->*e->write)(pc, v, value);
+  else if (e && !write && e->read) ok = (this->*e->read)(pc, v, value);
   if (!ok) {
     inject_exception(c, cpu::vec::kGeneralProtection, true, 0);
     return;
   }
   if (!write) {
-    v.regs[Regs::rax] = result & 0xFFFFFFFF;
-    v.regs[Regs::rdx] = result >> 32;
+    v.regs[Regs::rax] = value & 0xFFFFFFFF;
+    v.regs[Regs::rdx] = value >> 32;
   }
 }
 
-void Hypervisor::handle_ept_violation(Core& c, Vcpu& v) {
+bool Hypervisor::rdmsr_efer(PerCore& pc, Vcpu&, std::uint64_t& value) {
+  value = vmr(*pc.core, field::kGuestIa32Efer);
+  return true;
+}
+bool Hypervisor::wrmsr_efer(PerCore& pc, Vcpu&, std::uint64_t value) {
+  vmw(*pc.core, field::kGuestIa32Efer, value);
+  return true;
+}
+bool Hypervisor::rdmsr_tsc(PerCore& pc, Vcpu&, std::uint64_t& value) {
+  value = pc.core->rdtsc();
+  return true;
+}
+
+// ---------------------------------------------------------------------------
+// Exits with no handler of their own above.
+
+void Hypervisor::handle_hlt(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  charge(c, m_p.costs.hlt, kCodeHlt);
+  // Block unless an interrupt is pending that the guest can take now;
+  // HLT with interrupts off waits for the next one all the same.
+  if (m_p.posted_interrupts) {
+    // Blocked first, then the descriptor is checked: a poster either
+    // sees the vCPU blocked and wakes it, or posted before the check.
+    // While it is blocked, a device's posted interrupt notifies this
+    // core with the wake-up vector instead (as KVM's pi_pre_block).
+    v.state = Vcpu::State::Blocked;
+    c.store(v.apic.pi_desc + kPidNvByte, kPostedWakeupVector, 1);
+    v.apic.pi_wakeup = true;
+    if (posted_pending(c, v) && (vmr(c, field::kGuestRflags) & (1u << 9))) v.state = Vcpu::State::Runnable;
+    else program_timer(pc);
+  } else if (!v.apic.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
+    v.state = Vcpu::State::Blocked;
+    program_timer(pc);
+  }
+}
+
+void Hypervisor::handle_exception(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  if (v.vm->shadow && (vmr(c, field::kExitIntrInfo) & 0xFF) == cpu::vec::kPageFault) handle_shadow_pf(c, v);
+  else crash_vm(*v.vm, fmt::format("unexpected exception exit on vCPU {}", v.index));
+}
+
+void Hypervisor::handle_invlpg(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
+  if (v.vm->shadow) handle_shadow_invlpg(c, v);
+  else inject_exception(c, cpu::vec::kInvalidOpcode, false, 0);
+}
+
+void Hypervisor::handle_mtf(PerCore& pc, Vcpu& v) {
+  if (v.vm->shadow) handle_shadow_mtf(*pc.core, v);
+}
+
+void Hypervisor::handle_external_interrupt(PerCore& pc, Vcpu&) {
+  Core& c = *pc.core;
+  charge(c, m_p.costs.external_interrupt, kCodeIrq);
+  std::uint64_t info = vmr(c, field::kExitIntrInfo);
+  if (info & cpu::intr::kValid) host_interrupt(pc, static_cast<std::uint8_t>(info & 0xFF));
+}
+
+void Hypervisor::handle_interrupt_window(PerCore& pc, Vcpu&) {
+  Core& c = *pc.core;
+  charge(c, m_p.costs.interrupt_window, kCodeWindow);
+  std::uint64_t procctl = vmr(c, field::kProcBasedControls);
+  vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
+}
+
+// The slice ended (slice_timer=preemption).
+void Hypervisor::handle_preemption_timer(PerCore& pc, Vcpu&) {
+  Core& c = *pc.core;
+  charge(c, m_p.costs.preemption_timer, kCodePreemption);
+  pc.sched->tick(c.rdtsc());
+}
+
+void Hypervisor::handle_vmx_instruction(PerCore& pc, Vcpu&) {
+  inject_exception(*pc.core, cpu::vec::kInvalidOpcode, false, 0);
+}
+
+void Hypervisor::handle_triple_fault(PerCore&, Vcpu& v) {
+  crash_vm(*v.vm, fmt::format("triple fault on vCPU {}", v.index));
+}
+
+void Hypervisor::handle_invalid_guest_state(PerCore&, Vcpu& v) {
+  crash_vm(*v.vm, fmt::format("VM entry failed: invalid guest state on vCPU {}", v.index));
+}
+
+void Hypervisor::handle_ept_misconfig(PerCore& pc, Vcpu& v) {
+  crash_vm(*v.vm,
+           fmt::format("EPT misconfiguration at guest-physical {:#x}", vmr(*pc.core, field::kGuestPhysicalAddress)));
+}
+
+void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
+  Core& c = *pc.core;
   std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
   Vm& vm = *v.vm;
   if (vm.virtio && virtio_exit(c, v, gpa)) return;  // emulated MMIO (hypervisor/virtio_net.cc)

@@ -56,7 +56,7 @@ void HostNic::init(cpu::Core& c) {
   m_rx_ring = contiguous(ring_frames);
   m_tx_bufs = contiguous(buf_frames);
   m_rx_bufs = contiguous(buf_frames);
-  m_tx_lock = m_env.alloc_frame();
+  m_tx_lock = TicketLock(m_env.alloc_frame(), &m_tx_lock_stats);
   m_table = m_env.alloc_frame();
   m_env.charge(c, m_costs.pf_rx * 4, kCodePfRx);  // probe and bring-up code, of the order of a few receives
   mmio_write(c, reg::kCtrl, reg::kCtrlReset);
@@ -110,16 +110,12 @@ bool HostNic::transmit(cpu::Core& c, const Segment* segs, unsigned n) {
     ++m_stats.tx_dropped;
     return false;
   }
-  // The TX lock: test-and-set with XCHG, spinning on reads with PAUSE.
-  while (c.xchg(m_tx_lock, 1) != 0) {
-    ++m_stats.lock_spins;
-    while (c.load(m_tx_lock) != 0) c.pause();
-  }
+  m_tx_lock.lock(c);
   m_env.charge(c, m_costs.pf_tx, kCodePfTx);
   reap(c);
   const auto next = static_cast<std::uint32_t>((m_tx_tail + 1) % m_p.ring_size);
   if (next == m_tx_clean) {
-    c.store(m_tx_lock, 0);
+    m_tx_lock.unlock(c);
     ++m_stats.tx_dropped;
     return false;
   }
@@ -136,7 +132,7 @@ bool HostNic::transmit(cpu::Core& c, const Segment* segs, unsigned n) {
   mmio_write(c, reg::kTxTail, m_tx_tail);
   ++m_stats.tx_packets;
   m_stats.tx_bytes += len;
-  c.store(m_tx_lock, 0);
+  m_tx_lock.unlock(c);
   return true;
 }
 

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "cpu/core.h"
+#include "hypervisor/spinlock.h"
 #include "sim/params.h"
 #include "sim/stats.h"
 
@@ -125,7 +126,6 @@ class HostNic {
     stats::Counter switched{this, "switched", "frames", "frames delivered to a switch port"};
     stats::Counter unknown{this, "unknown", "frames", "frames whose destination MAC no port has (dropped)"};
     stats::Counter interrupts{this, "interrupts", "events", "PF interrupts handled"};
-    stats::Counter lock_spins{this, "lock_spins", "events", "times a transmitter found the TX lock taken"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -141,10 +141,11 @@ class HostNic {
   std::uint64_t m_pf;
   Env m_env;
   Stats m_stats;
+  LockStats m_tx_lock_stats{&m_stats, "tx_lock", "the TX lock (hypervisor/spinlock.h)"};
   bool m_ready = false;
   std::uint64_t m_mac = 0;
   std::uint64_t m_tx_ring = 0, m_rx_ring = 0, m_tx_bufs = 0, m_rx_bufs = 0;
-  std::uint64_t m_tx_lock = 0;  // spinlock word in hypervisor memory
+  TicketLock m_tx_lock;  // serializes transmitters (word in hypervisor memory)
   std::uint32_t m_tx_tail = 0, m_tx_clean = 0, m_rx_next = 0;
   struct Port {
     std::uint64_t mac;

@@ -35,6 +35,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
       m_stats(stats_parent, "hypervisor") {
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
+  register_exit_handlers();
   // Host-physical layout: the first MiB is left alone (as on a PC), the
   // hypervisor's text follows, then its data; guest frames come from above
   // reserved_memory.
@@ -99,7 +100,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->ran_on.assign(m_cores.size(), false);
   make_ept(*vm);
   bool fresh = true;
-  vm->mmu_lock = alloc_host_frame(&fresh);
+  vm->mmu_lock = TicketLock(alloc_host_frame(&fresh), &m_mmu_lock_stats);
   vm->fresh_frames = vm->fresh_frames && fresh;
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   vm->nic_type = spec.nic_type;
@@ -184,7 +185,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     // cleared (docs/memory.md, "Zeroing").
     if (!added.fresh_frames) {
       c.rep_stos(added.ept->root(), 0, kPage);
-      c.rep_stos(added.mmu_lock, 0, kPage);
+      c.rep_stos(added.mmu_lock.word(), 0, kPage);
       for (auto& v : added.vcpus) c.rep_stos(v->save_area, 0, kPage);
     }
     // Wake the cores whose run queues got a vCPU.

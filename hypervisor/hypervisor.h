@@ -20,9 +20,11 @@
 #include "abi/boot.h"
 #include "cpu/core.h"
 #include "hypervisor/emulated_nic.h"
+#include "hypervisor/exit_table.h"
 #include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/scheduler.h"
+#include "hypervisor/spinlock.h"
 #include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -303,6 +305,11 @@ class Hypervisor {
   /// Gives the hypervisor the platform's IOMMU, interrupt-remapping unit
   /// and NIC windows (before the run; needed by VMs with nic_type "vf").
   void attach_io(const IoPlatform& io);
+  /// Removes the handler of exit reason r (before the run): its exits then
+  /// stop the VM as unexpected (for tests of the exit table).
+  void drop_exit_handler(cpu::ExitReason r) { m_exits.off(r); }
+  /// Whether exits of basic reason `reason` have a handler.
+  bool handles_exit(unsigned reason) const { return m_exits.has(reason); }
 
  private:
   // The hypervisor's rooms. Each group below is one file of hypervisor/
@@ -327,13 +334,39 @@ class Hypervisor {
   void setup_vmcs(cpu::Core& c, Vcpu& v);
   void host_interrupt(PerCore& pc, std::uint8_t vector);
 
-  // Exit handlers (exits.cc).
-  void handle_cpuid(cpu::Core& c, Vcpu& v);
-  void handle_io(cpu::Core& c, Vcpu& v);
-  void handle_msr(cpu::Core& c, Vcpu& v, bool write);
-  void handle_cr(cpu::Core& c, Vcpu& v);
-  void handle_vmcall(cpu::Core& c, Vcpu& v);
-  void handle_ept_violation(cpu::Core& c, Vcpu& v);
+  /// An exit with no handler: the VM stops with a note naming the reason.
+  void unexpected_exit(Vcpu& v, unsigned reason);
+
+  // Exit handlers (exits.cc), registered by basic exit reason in
+  // register_exit_handlers(); MSR handlers by MSR index beside them (the
+  // virtual LAPIC's in vlapic.cc, steal time in accounting.cc).
+  using ExitHandler = void (Hypervisor::*)(PerCore& pc, Vcpu& v);
+  using MsrRead = bool (Hypervisor::*)(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  using MsrWrite = bool (Hypervisor::*)(PerCore& pc, Vcpu& v, std::uint64_t value);
+  using MsrTableT = MsrTable<MsrRead, MsrWrite>;
+  void register_exit_handlers();
+  void handle_exception(PerCore& pc, Vcpu& v);
+  void handle_external_interrupt(PerCore& pc, Vcpu& v);
+  void handle_triple_fault(PerCore& pc, Vcpu& v);
+  void handle_interrupt_window(PerCore& pc, Vcpu& v);
+  void handle_cpuid(PerCore& pc, Vcpu& v);
+  void handle_hlt(PerCore& pc, Vcpu& v);
+  void handle_invlpg(PerCore& pc, Vcpu& v);
+  void handle_vmcall(PerCore& pc, Vcpu& v);
+  void handle_vmx_instruction(PerCore& pc, Vcpu& v);
+  void handle_cr(PerCore& pc, Vcpu& v);
+  void handle_io(PerCore& pc, Vcpu& v);
+  void handle_rdmsr(PerCore& pc, Vcpu& v);
+  void handle_wrmsr(PerCore& pc, Vcpu& v);
+  void handle_msr(PerCore& pc, Vcpu& v, bool write);
+  void handle_invalid_guest_state(PerCore& pc, Vcpu& v);
+  void handle_mtf(PerCore& pc, Vcpu& v);
+  void handle_ept_violation(PerCore& pc, Vcpu& v);
+  void handle_ept_misconfig(PerCore& pc, Vcpu& v);
+  void handle_preemption_timer(PerCore& pc, Vcpu& v);
+  bool rdmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t value);
+  bool rdmsr_tsc(PerCore& pc, Vcpu& v, std::uint64_t& value);
 
   // The virtual LAPIC (vlapic.cc): its timer, waking, raising a virtual
   // interrupt by injection or posting.
@@ -345,6 +378,14 @@ class Hypervisor {
   /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);
+  bool rdmsr_tsc_deadline(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_tsc_deadline(PerCore& pc, Vcpu& v, std::uint64_t value);
+  bool rdmsr_x2apic_eoi(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_x2apic_eoi(PerCore& pc, Vcpu& v, std::uint64_t value);
+  bool rdmsr_lvt_timer(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_lvt_timer(PerCore& pc, Vcpu& v, std::uint64_t value);
+  bool rdmsr_x2apic_id(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_x2apic_icr(PerCore& pc, Vcpu& v, std::uint64_t value);
 
   // Memory (memory.cc, docs/memory.md): host frames (frames.h), the VMs'
   // EPTs (ept.h), backing guest memory, the VM's MMU lock.
@@ -385,9 +426,13 @@ class Hypervisor {
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.
+  /// Programs the core's TSC-deadline timer for the earliest of its
+  /// vCPUs' virtual timers, its polled NICs and the scheduler's deadline
+  /// (absolute TSC values: no clock read needed).
   void program_timer(PerCore& pc, bool idle = false);
   /// The scheduler's next deadline on the core (0: none).
   std::uint64_t sched_deadline(PerCore& pc);
+  static constexpr std::uint64_t kNoTsc = ~0ull;  // no TSC read yet in this decision
   /// slice_timer=preemption: arms the VMX-preemption timer of the current
   /// VMCS for the scheduler's deadline (or disarms it) before an entry.
   void arm_preemption_timer(PerCore& pc, Vcpu& v);
@@ -406,6 +451,8 @@ class Hypervisor {
   /// core c's clock); `stolen`: a runnable interval in which another vCPU ran.
   void trace_state(cpu::Core& c, Vcpu& v, std::uint64_t now, bool stolen);
   void publish_steal(cpu::Core& c, Vcpu& v);
+  bool rdmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t value);
   void mark_preempted(cpu::Core& c, Vcpu& v);
 
   // Devices. virtio-net (virtio_net.cc): an EPT violation in the VM's
@@ -468,6 +515,8 @@ class Hypervisor {
   std::unique_ptr<HostNic> m_host_nic;
   IoPlatform m_io;
   std::unique_ptr<Passthrough> m_pt;
+  ExitTable<ExitHandler> m_exits;
+  MsrTableT m_msrs;
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}
@@ -480,7 +529,6 @@ class Hypervisor {
                                  "posted-interrupt notifications sent to a core running the vCPU"};
     stats::Counter vcpu_switches{this, "vcpu_switches", "events", "VMCS switches (VMPTRLD)"};
     stats::Counter idle_halts{this, "idle_halts", "events", "times a core had nothing to run and halted"};
-    stats::Counter lock_spins{this, "lock_spins", "events", "times a core found a VM's EPT lock taken"};
     stats::Counter migrations{this, "migrations", "events",
                               "vCPUs moved to an idle core (VMCLEAR on the old core, VMLAUNCH on the new)"};
   } m_totals{&m_stats};
@@ -495,6 +543,7 @@ class Hypervisor {
     void vm_exit(const events::VmExit&) override { ++exits; }
     stats::Counter& exits;
   } m_exit_total{m_totals.exits};
+  LockStats m_mmu_lock_stats{&m_stats, "mmu_lock", "the VMs' MMU locks (hypervisor/spinlock.h), all VMs together"};
 };
 
 }  // namespace vmx::hv

@@ -12,6 +12,7 @@
 
 #include "hypervisor/ept.h"
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/spinlock.h"
 #include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
@@ -80,7 +81,7 @@ struct Hypervisor::Vm {
   abi::GuestImage* image = nullptr;
   std::unique_ptr<Ept> ept;    // its EPT (with shadow paging: its guest-physical map, never an EPTP)
   std::uint64_t eptp = 0;
-  std::uint64_t mmu_lock = 0;  // host-physical address of the VM's EPT spinlock word
+  TicketLock mmu_lock;         // serializes changes to the VM's EPT (word in hypervisor memory)
   bool fresh_frames = true;    // its root, lock and save areas hold power-on zeros (docs/memory.md)
   bool crashed = false;
   std::string crash;

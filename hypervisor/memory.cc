@@ -97,16 +97,11 @@ std::string Hypervisor::host_memory_note() const {
 }
 
 // The VM's EPT is shared by its vCPUs' cores: changes to it are made under
-// a spinlock (test-and-set with XCHG, spinning with PAUSE on reads), as KVM
-// holds its MMU lock; the time spent spinning is charged to the waiter.
-void Hypervisor::lock_mmu(Core& c, Vm& vm) {
-  while (c.xchg(vm.mmu_lock, 1) != 0) {
-    ++m_totals.lock_spins;
-    while (c.load(vm.mmu_lock) != 0) c.pause();
-  }
-}
+// a fair ticket lock (hypervisor/spinlock.h), as KVM holds its MMU lock; the
+// time spent spinning is charged to the waiter.
+void Hypervisor::lock_mmu(Core& c, Vm& vm) { vm.mmu_lock.lock(c); }
 
-void Hypervisor::unlock_mmu(Core& c, Vm& vm) { c.store(vm.mmu_lock, 0); }
+void Hypervisor::unlock_mmu(Core& c, Vm& vm) { vm.mmu_lock.unlock(c); }
 
 bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
   lock_mmu(c, vm);

@@ -49,11 +49,21 @@ void Hypervisor::core_main(PerCore& pc) {
     run_core_requests(pc);
     // Pick the next vCPU. Going back into the vCPU that just exited skips
     // the scheduler, as KVM's run loop does when nothing needs rescheduling.
+    // The decision reads the TSC once, and only when it needs the time
+    // (docs/hypervisor.md, "Time"): a scheduler that accounts runtime reads
+    // it on every pass, the others only when they pick. Re-entering the
+    // vCPU that just exited without accounting needs no time: `last` is
+    // what pick would return.
     Scheduler& s = *pc.sched;
-    s.account(c.now());
+    std::uint64_t tsc = kNoTsc;
+    if (s.accounts_runtime()) {
+      tsc = c.rdtsc();
+      s.account(tsc);
+    }
     const bool picking = s.must_pick(last);
     if (picking) charge(c, m_p.costs.schedule, kCodeSchedule);
-    Vcpu* next = static_cast<Vcpu*>(s.pick(c.now()));
+    if (picking && tsc == kNoTsc) tsc = c.rdtsc();
+    Vcpu* next = tsc != kNoTsc ? static_cast<Vcpu*>(s.pick(tsc)) : last;
     if (next && m_p.migration) {
       next->claimed = true;  // not migratable while this core goes on to run it
       push_waiting(pc, next);
@@ -240,95 +250,24 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   handle_exit(pc, v, ex.reason);
 }
 
+// Dispatch by the basic exit reason through the exit table (exits.cc
+// registers the handlers). A reason with no handler is an exit the
+// hypervisor never asked for: the VM is stopped with a note naming the
+// reason, as KVM reports KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON to its
+// VMM, and the other VMs run on.
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
-  switch (static_cast<ExitReason>(reason)) {
-    case ExitReason::Cpuid:
-      handle_cpuid(c, v);
-      break;
-    case ExitReason::Hlt:
-      charge(c, m_p.costs.hlt, kCodeHlt);
-      // Block unless an interrupt is pending that the guest can take now;
-      // HLT with interrupts off waits for the next one all the same.
-      if (m_p.posted_interrupts) {
-        // Blocked first, then the descriptor is checked: a poster either
-        // sees the vCPU blocked and wakes it, or posted before the check.
-        // While it is blocked, a device's posted interrupt notifies this
-        // core with the wake-up vector instead (as KVM's pi_pre_block).
-        v.state = Vcpu::State::Blocked;
-        c.store(v.apic.pi_desc + kPidNvByte, kPostedWakeupVector, 1);
-        v.apic.pi_wakeup = true;
-        if (posted_pending(c, v) && (vmr(c, field::kGuestRflags) & (1u << 9))) v.state = Vcpu::State::Runnable;
-        else program_timer(pc);
-      } else if (!v.apic.virr.any() || !(vmr(c, field::kGuestRflags) & (1u << 9))) {
-        v.state = Vcpu::State::Blocked;
-        program_timer(pc);
-      }
-      break;
-    case ExitReason::Vmcall:
-      handle_vmcall(c, v);
-      break;
-    case ExitReason::IoInstruction:
-      handle_io(c, v);
-      break;
-    case ExitReason::CrAccess:
-      handle_cr(c, v);
-      break;
-    case ExitReason::Rdmsr:
-      handle_msr(c, v, false);
-      break;
-    case ExitReason::Wrmsr:
-      handle_msr(c, v, true);
-      break;
-    case ExitReason::EptViolation:
-      handle_ept_violation(c, v);
-      break;
-    case ExitReason::ExceptionOrNmi:
-      if (v.vm->shadow && (vmr(c, field::kExitIntrInfo) & 0xFF) == cpu::vec::kPageFault) handle_shadow_pf(c, v);
-      else crash_vm(*v.vm, fmt::format("unexpected exception exit on vCPU {}", v.index));
-      break;
-    case ExitReason::Invlpg:
-      if (v.vm->shadow) handle_shadow_invlpg(c, v);
-      else inject_exception(c, cpu::vec::kInvalidOpcode, false, 0);
-      break;
-    case ExitReason::MonitorTrapFlag:
-      if (v.vm->shadow) handle_shadow_mtf(c, v);
-      break;
-    case ExitReason::ExternalInterrupt: {
-      charge(c, m_p.costs.external_interrupt, kCodeIrq);
-      std::uint64_t info = vmr(c, field::kExitIntrInfo);
-      if (info & cpu::intr::kValid) host_interrupt(pc, static_cast<std::uint8_t>(info & 0xFF));
-      break;
-    }
-    case ExitReason::InterruptWindow: {
-      charge(c, m_p.costs.interrupt_window, kCodeWindow);
-      std::uint64_t procctl = vmr(c, field::kProcBasedControls);
-      vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
-      break;
-    }
-    case ExitReason::PreemptionTimer:
-      // The slice ended (slice_timer=preemption).
-      charge(c, m_p.costs.preemption_timer, kCodePreemption);
-      pc.sched->tick(c.rdtsc());
-      break;
-    case ExitReason::TripleFault:
-      crash_vm(*v.vm, fmt::format("triple fault on vCPU {}", v.index));
-      break;
-    case ExitReason::EntryFailGuestState:
-      crash_vm(*v.vm, fmt::format("VM entry failed: invalid guest state on vCPU {}", v.index));
-      break;
-    case ExitReason::EptMisconfig:
-      crash_vm(*v.vm, fmt::format("EPT misconfiguration at guest-physical {:#x}", vmr(c, field::kGuestPhysicalAddress)));
-      break;
-    default:
-      // VMX instructions and anything else the hypervisor does not emulate:
-      // the guest gets #UD, as KVM without nested virtualization does.
-      inject_exception(c, cpu::vec::kInvalidOpcode, false, 0);
-      break;
-  }
+  if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
+  else unexpected_exit(v, reason);
+}
+
+void Hypervisor::unexpected_exit(Vcpu& v, unsigned reason) {
+  crash_vm(*v.vm, fmt::format("unexpected VM exit {} (basic exit reason {}) on vCPU {}: the hypervisor has no "
+                              "handler for it",
+                              cpu::exit_reason_name(reason), reason, v.index));
 }
 
 void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {

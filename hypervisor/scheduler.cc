@@ -61,7 +61,7 @@ void RoundRobinScheduler::tick(std::uint64_t now) {
   }
 }
 
-std::uint64_t RoundRobinScheduler::deadline(std::uint64_t, std::size_t runnable) const {
+std::uint64_t RoundRobinScheduler::deadline(std::size_t runnable) const {
   return runnable > 1 ? m_slice_end : 0;
 }
 
@@ -148,7 +148,7 @@ void ProportionalScheduler::tick(std::uint64_t now) {
   if (m_current && now >= m_slice_end) m_need_resched = true;
 }
 
-std::uint64_t ProportionalScheduler::deadline(std::uint64_t, std::size_t) const {
+std::uint64_t ProportionalScheduler::deadline(std::size_t) const {
   std::uint64_t next = 0;
   auto consider = [&next](std::uint64_t t) {
     if (t && (!next || t < next)) next = t;
@@ -247,7 +247,7 @@ void RealtimeScheduler::tick(std::uint64_t now) {
   m_current = nullptr;
 }
 
-std::uint64_t RealtimeScheduler::deadline(std::uint64_t, std::size_t) const {
+std::uint64_t RealtimeScheduler::deadline(std::size_t) const {
   // The timer is needed only to rotate among runnable equals of the running
   // vCPU; preemption by a higher priority comes from the wake-up itself.
   if (!m_current || !m_current->sched_runnable()) return 0;
@@ -361,7 +361,7 @@ void EdfScheduler::tick(std::uint64_t now) {
   m_runq.push_back(m_current);
 }
 
-std::uint64_t EdfScheduler::deadline(std::uint64_t, std::size_t) const {
+std::uint64_t EdfScheduler::deadline(std::size_t) const {
   std::uint64_t next = 0;
   auto consider = [&next](std::uint64_t t) {
     if (t && (!next || t < next)) next = t;

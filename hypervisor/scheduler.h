@@ -49,6 +49,9 @@ class Scheduler {
   virtual void wake(SchedEntity& e, bool was_blocked, std::uint64_t now) = 0;
   /// Brings the running vCPU's runtime up to `now` (no cost).
   virtual void account(std::uint64_t now) = 0;
+  /// Whether account() does anything (the run loop reads the TSC for it on
+  /// every pass only then).
+  virtual bool accounts_runtime() const = 0;
   /// Whether the run loop must run the scheduler's pick path (charged as
   /// costs.schedule) rather than re-entering `last`, the vCPU that just exited.
   virtual bool must_pick(const SchedEntity* last) const = 0;
@@ -58,7 +61,7 @@ class Scheduler {
   virtual void tick(std::uint64_t now) = 0;
   /// When the scheduler next needs the core's timer (0: never), given that
   /// `runnable` vCPUs on the core are runnable.
-  virtual std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const = 0;
+  virtual std::uint64_t deadline(std::size_t runnable) const = 0;
 
   /// The core starts running its loop at `now`.
   virtual void start(std::uint64_t now) = 0;
@@ -81,10 +84,11 @@ class RoundRobinScheduler : public Scheduler {
   void remove(SchedEntity& e) override;
   void wake(SchedEntity& e, bool was_blocked, std::uint64_t now) override;
   void account(std::uint64_t) override {}
+  bool accounts_runtime() const override { return false; }
   bool must_pick(const SchedEntity* last) const override;
   SchedEntity* pick(std::uint64_t now) override;
   void tick(std::uint64_t now) override;
-  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+  std::uint64_t deadline(std::size_t runnable) const override;
 
  private:
   std::uint64_t m_slice;
@@ -106,10 +110,11 @@ class ProportionalScheduler : public Scheduler {
   void remove(SchedEntity& e) override;
   void wake(SchedEntity& e, bool was_blocked, std::uint64_t now) override;
   void account(std::uint64_t now) override;
+  bool accounts_runtime() const override { return true; }
   bool must_pick(const SchedEntity* last) const override;
   SchedEntity* pick(std::uint64_t now) override;
   void tick(std::uint64_t now) override;
-  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+  std::uint64_t deadline(std::size_t runnable) const override;
 
  private:
   bool throttled(const SchedEntity& e) const { return e.cap && e.period_used >= budget(e); }
@@ -143,10 +148,11 @@ class RealtimeScheduler : public Scheduler {
   void remove(SchedEntity& e) override;
   void wake(SchedEntity& e, bool was_blocked, std::uint64_t now) override;
   void account(std::uint64_t) override {}
+  bool accounts_runtime() const override { return false; }
   bool must_pick(const SchedEntity* last) const override;
   SchedEntity* pick(std::uint64_t now) override;
   void tick(std::uint64_t now) override;
-  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+  std::uint64_t deadline(std::size_t runnable) const override;
 
  private:
   /// The first runnable vCPU of the highest priority in queue order.
@@ -176,10 +182,11 @@ class EdfScheduler : public Scheduler {
   void remove(SchedEntity& e) override;
   void wake(SchedEntity& e, bool was_blocked, std::uint64_t now) override;
   void account(std::uint64_t now) override;
+  bool accounts_runtime() const override { return true; }
   bool must_pick(const SchedEntity* last) const override;
   SchedEntity* pick(std::uint64_t now) override;
   void tick(std::uint64_t now) override;
-  std::uint64_t deadline(std::uint64_t now, std::size_t runnable) const override;
+  std::uint64_t deadline(std::size_t runnable) const override;
 
  private:
   static bool reserved(const SchedEntity& e) { return e.dl_period != 0; }

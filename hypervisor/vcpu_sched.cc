@@ -21,11 +21,15 @@ using cpu::Regs;
 namespace field = cpu::field;
 using namespace detail;
 
+// The hypervisor's scheduling decisions read time as software does, with
+// RDTSC (charged), once per decision, the value passed down; only the time
+// accounting and the event trace (accounting.cc) read the simulator's clock,
+// as observation.
 std::uint64_t Hypervisor::sched_deadline(PerCore& pc) {
   std::size_t runnable = 0;
   for (Vcpu* v : pc.assigned)
     if (v->state == Vcpu::State::Runnable) ++runnable;
-  return pc.sched->deadline(pc.core->now(), runnable);
+  return pc.sched->deadline(runnable);
 }
 
 void Hypervisor::program_timer(PerCore& pc, bool idle) {

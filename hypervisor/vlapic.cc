@@ -53,7 +53,9 @@ void Hypervisor::wake(Vcpu& v) {
     }
   }
   Core& self = Core::current();
-  target.sched->wake(v, was_blocked, self.now());
+  // Only a scheduler that keeps time (proportional, EDF) needs the waker's
+  // TSC; the others ignore it, and software would not read the clock.
+  target.sched->wake(v, was_blocked, target.sched->accounts_runtime() ? self.rdtsc() : 0);
   if (&self != target.core) self.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{target.id} << 32) | kRescheduleVector);
 }
 
@@ -95,6 +97,44 @@ bool Hypervisor::posted_pending(Core& c, Vcpu& v) {
   // priority class above SVI's, SDM Vol. 3C, 30.2.1).
   std::uint64_t gis = vmr(c, field::kGuestIntrStatus);
   return ((gis & 0xFF) >> 4) > ((gis >> 8) >> 4);
+}
+
+// ---------------------------------------------------------------------------
+// The virtual LAPIC's MSRs (x2APIC mode, SDM Vol. 3A, 11.12.1; the
+// TSC-deadline timer, 11.5.4.1). The virtual ISR is not modelled: EOI only
+// costs the exit.
+
+bool Hypervisor::rdmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.apic.vtimer_deadline;
+  return true;
+}
+bool Hypervisor::wrmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t value) {
+  v.apic.vtimer_deadline = value;
+  program_timer(*m_percore[v.core]);
+  return true;
+}
+bool Hypervisor::rdmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t& value) {
+  value = 0;
+  return true;
+}
+bool Hypervisor::wrmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t) { return true; }
+bool Hypervisor::rdmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.apic.vlvt_timer;
+  return true;
+}
+bool Hypervisor::wrmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t value) {
+  v.apic.vlvt_timer = static_cast<std::uint32_t>(value);
+  return true;
+}
+bool Hypervisor::rdmsr_x2apic_id(PerCore&, Vcpu& v, std::uint64_t& value) {
+  value = v.index;
+  return true;
+}
+// A virtual IPI to another vCPU of the same VM (fixed delivery).
+bool Hypervisor::wrmsr_x2apic_icr(PerCore&, Vcpu& v, std::uint64_t value) {
+  auto dest = static_cast<std::uint32_t>(value >> 32);
+  if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
+  return true;
 }
 
 }  // namespace vmx::hv

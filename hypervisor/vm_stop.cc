@@ -71,7 +71,7 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
       }
     }
     unlock_mmu(c, vm);
-    release(vm.mmu_lock);
+    release(vm.mmu_lock.word());
     vm.backed = 0;
   }
   // Its vCPUs leave the run queues and the cores' state (after the EPT's
