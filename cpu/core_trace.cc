@@ -27,21 +27,21 @@ unsigned CoreTrace::row() {
 
 void CoreTrace::vm_entry(const events::VmEntry& e) {
   const std::uint64_t now = m_core.ps_of(e.now);
-  if (m_exit_name) m_trace.slice(row(), m_exit_name, m_since_ps, now, {"qualification", m_qualification, true});
+  if (m_exit_name) m_trace.slice(trace::kExits, row(), m_exit_name, m_since_ps, now, {"qualification", m_qualification, true});
   m_exit_name = nullptr;
   m_since_ps = now;
 }
 
 void CoreTrace::vm_exit(const events::VmExit& e) {
   const std::uint64_t now = m_core.ps_of(e.now);
-  m_trace.slice(row(), "guest", m_since_ps, now, {"vpid", e.vpid});
+  m_trace.slice(trace::kExits, row(), "guest", m_since_ps, now, {"vpid", e.vpid});
   m_exit_name = exit_reason_name(e.reason);
   m_qualification = e.qualification;
   m_since_ps = now;
 }
 
 void CoreTrace::walk(const events::Walk& e) {
-  m_trace.slice(row(), "page walk", m_core.ps_of(e.start), m_core.ps_of(e.start + e.cycles), {"address", e.la, true},
+  m_trace.slice(trace::kWalks, row(), "page walk", m_core.ps_of(e.start), m_core.ps_of(e.start + e.cycles), {"address", e.la, true},
                 {"references", e.refs}, {"guest_references", e.guest_refs});
 }
 
@@ -49,7 +49,7 @@ void CoreTrace::interrupt(const events::Interrupt& e) {
   const char* name = e.how == events::Delivery::PostedNotification ? "posted-interrupt notification"
                      : e.guest                                      ? "guest interrupt"
                                                                     : "host interrupt";
-  m_trace.instant(row(), name, m_core.ps_of(e.now), {"vector", e.vector}, {"guest", e.guest ? 1u : 0u});
+  m_trace.instant(trace::kIrq, row(), name, m_core.ps_of(e.now), {"vector", e.vector}, {"guest", e.guest ? 1u : 0u});
 }
 
 }  // namespace vmx::cpu

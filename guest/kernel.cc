@@ -617,10 +617,10 @@ void Kernel::trace_switch(Core& c, Vcpu& v, const Thread* prev) {
     v.trace_track = static_cast<int>(t->track(trace::vcpu_threads_row(m_vm, v.index)));
   const std::uint64_t now = c.now_ps();
   if (prev)
-    t->slice(static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", prev->m_process->pcid},
+    t->slice(trace::kGuest, static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", prev->m_process->pcid},
              {"thread", prev->m_index});
   else
-    t->slice(static_cast<unsigned>(v.trace_track), "idle", v.trace_since_ps, now);
+    t->slice(trace::kGuest, static_cast<unsigned>(v.trace_track), "idle", v.trace_since_ps, now);
   v.trace_since_ps = now;
 }
 

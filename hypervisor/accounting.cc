@@ -92,7 +92,7 @@ void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
                      : v.time.off == Vcpu::Off::Runnable ? (stolen ? "runnable (stolen)" : "runnable (hypervisor)")
                                                     : nullptr;
   if (name && now > v.time.trace_since)
-    t->slice(static_cast<unsigned>(v.time.trace_track), name, c.ps_of(v.time.trace_since), c.ps_of(now),
+    t->slice(trace::kSched, static_cast<unsigned>(v.time.trace_track), name, c.ps_of(v.time.trace_since), c.ps_of(now),
              {"core", v.time.off == Vcpu::Off::OnCpu ? c.id() : v.core});
   v.time.trace_since = now;
 }

@@ -107,7 +107,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->vf = spec.vf;
   vm->nic_window_gpa = spec.nic_window_gpa;
   vm->nic_vector = spec.nic_vector;
-  if (spec.nic_type == "vf" && (!m_io.iommu || spec.shadow_paging))
+  if (spec.nic_type == "vf" && (!m_io.vtd_regs || spec.shadow_paging))
     throw std::invalid_argument("VM " + spec.name + ": a passed-through VF needs the platform NIC and IOMMU "
                                 "(attach_io) and EPT paging");
   if (spec.shadow_paging) {

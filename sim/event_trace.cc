@@ -37,6 +37,12 @@ Row vcpu_threads_row(const std::string& vm, unsigned vcpu) {
   return {"vm " + vm, fmt::format("vcpu{} threads", vcpu)};
 }
 
+const char* category_name(Category c) {
+  for (const Name& n : kNames)
+    if (n.bit == c) return n.text;
+  return "other";
+}
+
 bool parse_categories(const std::string& text, std::uint32_t& mask, std::string& why) {
   mask = 0;
   std::size_t pos = 0;
@@ -95,16 +101,17 @@ bool EventTrace::keep(std::uint64_t begin, std::uint64_t end) {
   return true;
 }
 
-void EventTrace::slice(unsigned track, const char* name, std::uint64_t begin_ps, std::uint64_t end_ps, Arg a, Arg b,
+void EventTrace::slice(Category cat, unsigned track, const char* name, std::uint64_t begin_ps, std::uint64_t end_ps,
+                       Arg a, Arg b,
                        Arg c) {
   if (end_ps < begin_ps) end_ps = begin_ps;
   if (!keep(begin_ps, end_ps)) return;
-  m_events.push_back({name, begin_ps, end_ps, track, false, {a, b, c}});
+  m_events.push_back({name, begin_ps, end_ps, cat, track, false, {a, b, c}});
 }
 
-void EventTrace::instant(unsigned track, const char* name, std::uint64_t at_ps, Arg a, Arg b, Arg c) {
+void EventTrace::instant(Category cat, unsigned track, const char* name, std::uint64_t at_ps, Arg a, Arg b, Arg c) {
   if (!keep(at_ps, at_ps)) return;
-  m_events.push_back({name, at_ps, at_ps, track, true, {a, b, c}});
+  m_events.push_back({name, at_ps, at_ps, cat, track, true, {a, b, c}});
 }
 
 std::string EventTrace::json() const {
@@ -147,7 +154,9 @@ std::string EventTrace::json() const {
       out += ",\"dur\":";
       put_us(out, e.end - e.begin);
     }
-    out += ",\"name\":";
+    out += ",\"cat\":\"";
+    out += category_name(e.cat);
+    out += "\",\"name\":";
     stats::append_json_string(out, e.name);
     if (e.args[0].key) {
       out += ",\"args\":{";

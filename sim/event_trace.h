@@ -63,6 +63,9 @@ Row iommu_row();  // DMA the IOMMU blocked
 Row vcpu_row(const std::string& vm, unsigned vcpu);
 Row vcpu_threads_row(const std::string& vm, unsigned vcpu);  // the guest's own thread switches
 
+/// The name of a category as the categories list and the "cat" field spell it.
+const char* category_name(Category c);
+
 /// Parses a categories list ("exits,sched"); returns false (with what was
 /// expected in `why`) on an unknown name.
 bool parse_categories(const std::string& text, std::uint32_t& mask, std::string& why);
@@ -92,12 +95,14 @@ class EventTrace {
   unsigned track(const std::string& process, const std::string& thread);
   unsigned track(const Row& row) { return track(row.process, row.thread); }
 
-  /// A slice [begin, end) on a track. `name` must outlive the trace (a
+  /// A slice [begin, end) on a track, of category `cat` (the event's "cat"
+  /// field, by which viewers filter). `name` must outlive the trace (a
   /// string literal or a static table entry).
-  void slice(unsigned track, const char* name, std::uint64_t begin_ps, std::uint64_t end_ps, Arg a = {},
-             Arg b = {}, Arg c = {});
+  void slice(Category cat, unsigned track, const char* name, std::uint64_t begin_ps, std::uint64_t end_ps,
+             Arg a = {}, Arg b = {}, Arg c = {});
   /// A point event on a track.
-  void instant(unsigned track, const char* name, std::uint64_t at_ps, Arg a = {}, Arg b = {}, Arg c = {});
+  void instant(Category cat, unsigned track, const char* name, std::uint64_t at_ps, Arg a = {}, Arg b = {},
+               Arg c = {});
 
   std::uint64_t recorded() const { return m_events.size(); }
   std::uint64_t dropped() const { return m_dropped; }
@@ -109,6 +114,7 @@ class EventTrace {
   struct Event {
     const char* name;
     std::uint64_t begin, end;  // ps; end == begin with instant
+    Category cat;
     unsigned track;
     bool instant;
     Arg args[3];

@@ -182,6 +182,18 @@ TEST_CASE("vmxsim run --trace writes events.json with the default categories", "
   const Trace t = load(r);
   CHECK(sum(t, t.track_pid("cores"), "CPUID").first == 100);
   CHECK(sum(t, t.track_pid("vm b"), "running").first > 0);
+  // Every event names its category ("cat"), so that a viewer can filter.
+  std::map<std::string, std::set<std::string>> cats;  // name -> categories
+  for (const auto& e : t.root["traceEvents"]) {
+    if (e["ph"].as<std::string>() == "M") continue;
+    REQUIRE(e["cat"]);
+    cats[e["name"].as<std::string>()].insert(e["cat"].as<std::string>());
+  }
+  CHECK(cats["CPUID"] == std::set<std::string>{"exits"});
+  CHECK(cats["guest"] == std::set<std::string>{"exits"});
+  CHECK(cats["running"] == std::set<std::string>{"sched"});
+  // The provenance rides in the format's metadata.
+  CHECK(t.root["otherData"]["provenance"]["simulator"].as<std::string>() == "vmxsim");
 }
 
 TEST_CASE("Event trace: one guest-thread slice per guest context switch", "[trace][guest][system]") {
