@@ -6,7 +6,7 @@
 // (invalidation, the queued-invalidation descriptors of 6.5.2).
 //
 // A plain C++ register file: the platform maps it on the MMIO bus
-// (models/platform.cc adapts read/write(offset, size) to models::MmioDevice)
+// (platform/platform.cc adapts read/write(offset, size) to models::MmioDevice)
 // and tests drive it directly. Register reads and writes take effect at once;
 // the invalidation queue in memory is processed over time: each descriptor
 // is fetched through the unit's memory port (its reads are charged as memory

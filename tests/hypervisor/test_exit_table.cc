@@ -12,9 +12,10 @@
 
 #include "cpu/core.h"
 #include "cpu/vmx.h"
+#include "abi/hypercall.h"
 #include "hypervisor/exit_table.h"
 #include "hypervisor/hypervisor.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 
 namespace {
@@ -23,13 +24,13 @@ using vmx::cpu::Core;
 using vmx::cpu::ExitReason;
 
 // A guest whose vCPU 0 runs `body` once, then spins on VMCALLs, counting them.
-struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
+struct Guest : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   std::function<void(Core&)> body;
   unsigned ud = 0;           // #UD delivered to the guest
   std::uint64_t calls = 0;   // VMCALLs after the body
   bool body_done = false;
   vmx::sim::Fiber fiber{"guest", [this] { main(); }};
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void interrupt(Core& c, std::uint8_t) override { c.wrmsr(vmx::cpu::msr::kX2ApicEoi, 0); }
   void exception(Core&, std::uint8_t vector, std::uint32_t) override {
     if (vector == vmx::cpu::vec::kInvalidOpcode) ++ud;
@@ -41,7 +42,7 @@ struct Guest : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
     if (body) body(c);
     body_done = true;
     for (;;) {
-      c.vmcall(vmx::hv::hypercall::kNop);
+      c.vmcall(vmx::abi::hypercall::kNop);
       ++calls;
     }
   }
@@ -103,7 +104,7 @@ TEST_CASE("exit table: the hypervisor's registered exits reach their handlers") 
   std::uint32_t port = 0;
   g.body = [&](Core& c) {
     vendor = c.cpuid(0x40000000u).ebx;                        // CPUID: the vendor leaf
-    nop = c.vmcall(vmx::hv::hypercall::kNop);                 // VMCALL: returns 0
+    nop = c.vmcall(vmx::abi::hypercall::kNop);                 // VMCALL: returns 0
     c.wrmsr(vmx::cpu::msr::kIa32Efer, 0x500);                 // WRMSR, RDMSR: EFER in the VMCS
     efer = c.rdmsr(vmx::cpu::msr::kIa32Efer);
     port = c.in(0x80);                                        // I/O: an empty ISA slot

@@ -13,7 +13,7 @@
 
 #include "cpu/core.h"
 #include "hypervisor/spinlock.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 
 namespace {

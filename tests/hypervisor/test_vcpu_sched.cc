@@ -12,14 +12,14 @@
 
 #include "cpu/core.h"
 #include "hypervisor/hypervisor.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 
 namespace {
 
 using vmx::cpu::Core;
 
-struct Busy : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
+struct Busy : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   vmx::sim::Fiber fiber{"busy", [this] {
                           Core& c = Core::current();
                           c.lidt(this);
@@ -29,7 +29,7 @@ struct Busy : vmx::hv::GuestImage, vmx::cpu::InterruptHandler {
                           c.wrmsr(vmx::cpu::msr::kIa32TscDeadline, 0);
                           for (;;) c.compute(1000);
                         }};
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void interrupt(Core& c, std::uint8_t) override { c.wrmsr(vmx::cpu::msr::kX2ApicEoi, 0); }
   void exception(Core&, std::uint8_t, std::uint32_t) override { std::abort(); }
 };

@@ -17,7 +17,7 @@
 #include "cpu/core.h"
 #include "hypervisor/frames.h"
 #include "hypervisor/hypervisor.h"
-#include "models/platform.h"
+#include "platform/platform.h"
 #include "sim/fiber.h"
 #include "sim/stats.h"
 
@@ -31,10 +31,10 @@ constexpr std::uint32_t kSlpS5 = 0x2000;      // SLP_EN (bit 13), SLP_TYP 0 (S5 
 
 // One vCPU with paging off: writes one word per 4 KiB page of its memory,
 // then powers off.
-struct Guest : vmx::hv::GuestImage {
+struct Guest : vmx::abi::GuestImage {
   explicit Guest(std::string name) : fiber(std::move(name), [this] { main(); }) {}
   vmx::sim::Fiber fiber;
-  vmx::sim::Fiber& vcpu_entry(unsigned) override { return fiber; }
+  std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void main() {
     Core& c = Core::current();
     for (std::uint64_t gpa = 0; gpa < kVmMemory; gpa += 4096) c.store(gpa, gpa + 1);
@@ -110,11 +110,11 @@ namespace {
 // Two vCPUs on two cores: vCPU 1 touches its half and then computes forever
 // in guest mode; vCPU 0 touches its half, waits until vCPU 1 runs, then
 // powers the VM off.
-struct TwoVcpuGuest : vmx::hv::GuestImage {
+struct TwoVcpuGuest : vmx::abi::GuestImage {
   bool second_running = false;
   vmx::sim::Fiber f0{"vm.vcpu0", [this] { main0(); }};
   vmx::sim::Fiber f1{"vm.vcpu1", [this] { main1(); }};
-  vmx::sim::Fiber& vcpu_entry(unsigned i) override { return i == 0 ? f0 : f1; }
+  std::uint64_t entry_point(unsigned i) override { return vmx::cpu::code_address(i == 0 ? &f0 : &f1); }
   void main0() {
     Core& c = Core::current();
     for (std::uint64_t gpa = 0; gpa < kVmMemory / 2; gpa += 4096) c.store(gpa, 1);
