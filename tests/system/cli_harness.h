@@ -57,6 +57,22 @@ inline std::string quote(const std::string& s) {
   return q + "'";
 }
 
+/// A result file without its provenance member (the head of stats.json, or
+/// otherData.provenance in events.json), which names the command, host and
+/// date of the run: what two runs of the same config and seed share.
+inline std::string without_provenance(std::string text) {
+  for (const char* key : {"\n  \"provenance\": {", "\"provenance\":{"}) {
+    const auto at = text.find(key);
+    if (at == std::string::npos) continue;
+    auto end = text.find('}', at);  // the provenance object holds no nested object
+    if (end == std::string::npos) break;
+    ++end;
+    if (end < text.size() && text[end] == ',') ++end;
+    text.erase(at, end - at);
+  }
+  return text;
+}
+
 /// Writes `yaml` to a fresh directory and runs `vmxsim run` on it with `args`.
 inline CliRun run_cli(const std::string& yaml, const std::vector<std::string>& args = {}) {
   char tmpl[] = "/tmp/vmxsim-test-XXXXXX";
