@@ -46,15 +46,6 @@ void IommuDriver::command(cpu::Core& c, std::uint32_t cmd, std::uint32_t status,
   }
 }
 
-void IommuDriver::lock(cpu::Core& c) {
-  while (c.xchg(m_lock, 1) != 0) {
-    ++m_stats.lock_spins;
-    while (c.load(m_lock) != 0) c.pause();
-  }
-}
-
-void IommuDriver::unlock(cpu::Core& c) { c.store(m_lock, 0); }
-
 void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw) {
   if (m_up) return;
   const std::uint64_t cap = read(c, vtd::kCap, 8);
@@ -68,7 +59,7 @@ void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw) 
                                            iommu::ctx::aw_bits(aw)));
   m_queue = m_alloc();
   m_status = m_alloc();
-  m_lock = m_status + 64;  // its own cache line
+  m_lock = TicketLock(m_status + 64, &m_lock_stats);  // its own cache line
 
   // Queued invalidation (VT-d 6.5.2): one page of 128-bit descriptors.
   write(c, vtd::kIqt, 0, 8);
@@ -108,7 +99,7 @@ void IommuDriver::flush_irte(cpu::Core& c, std::uint16_t index) {
 
 void IommuDriver::submit(cpu::Core& c, const std::uint64_t (*desc)[2], unsigned n) {
   constexpr std::uint64_t kQueueBytes = 4096, kDesc = 16;
-  lock(c);
+  m_lock.lock(c);
   ++m_stats.submissions;
   // Every batch is waited for under the lock, so the queue is empty here
   // and n + 1 descriptors always fit.
@@ -126,17 +117,17 @@ void IommuDriver::submit(cpu::Core& c, const std::uint64_t (*desc)[2], unsigned 
   for (unsigned i = 0; c.load(m_status, 4) != kDone; ++i) {
     ++m_stats.polls;
     if (read(c, vtd::kFsts, 4) & vtd::fsts::kIqe) {
-      unlock(c);
+      m_lock.unlock(c);
       throw cpu::SimulationError(fmt::format("iommu driver: invalidation queue error at IQH {:#x}",
                                              read(c, vtd::kIqh, 8)));
     }
     if (i == kMaxWaitPolls) {
-      unlock(c);
+      m_lock.unlock(c);
       throw cpu::SimulationError("iommu driver: the invalidation wait descriptor never completed");
     }
     c.pause();
   }
-  unlock(c);
+  m_lock.unlock(c);
 }
 
 }  // namespace vmx::hv

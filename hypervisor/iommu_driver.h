@@ -25,6 +25,7 @@
 #include <functional>
 
 #include "cpu/core.h"
+#include "hypervisor/spinlock.h"
 #include "iommu/vtd_regs.h"
 #include "sim/stats.h"
 
@@ -64,9 +65,6 @@ class IommuDriver {
   /// Queues descriptors (two quadwords each) and a wait descriptor, rings
   /// IQT and polls the wait's status word (Linux: qi_submit_sync).
   void submit(cpu::Core& c, const std::uint64_t (*desc)[2], unsigned n);
-  void lock(cpu::Core& c);
-  void unlock(cpu::Core& c);
-
   std::uint64_t m_regs;
   std::function<std::uint64_t()> m_alloc;
   bool m_up = false;
@@ -74,7 +72,6 @@ class IommuDriver {
   std::uint64_t m_queue = 0;     // the invalidation queue: one page, 256 128-bit descriptors
   std::uint64_t m_tail = 0;      // next free descriptor, byte offset
   std::uint64_t m_status = 0;    // the wait descriptors' status word
-  std::uint64_t m_lock = 0;      // the queue lock (Linux: qi->q_lock)
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "iommu_driver", "the hypervisor's VT-d driver") {}
@@ -83,8 +80,10 @@ class IommuDriver {
     stats::Counter submissions{this, "submissions", "batches", "descriptor batches queued and waited for"};
     stats::Counter descriptors{this, "descriptors", "descriptors", "descriptors queued, wait descriptors included"};
     stats::Counter polls{this, "polls", "iterations", "status polls (load, FSTS read, PAUSE) before completion"};
-    stats::Counter lock_spins{this, "lock_spins", "spins", "times the queue lock was found taken"};
   } m_stats;
+  // The queue lock (Linux: qi->q_lock), a fair ticket lock on its own line.
+  LockStats m_lock_stats{&m_stats, "queue_lock", "the invalidation queue's lock (hypervisor/spinlock.h)"};
+  TicketLock m_lock;
 };
 
 }  // namespace vmx::hv
