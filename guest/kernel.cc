@@ -156,6 +156,7 @@ void Kernel::boot(Core& c) {
   m_frame_next = m_pool_end;
   m_large_low = m_memory & ~((2ull << 20) - 1);
   c.rep_stos(m_pool_next, 0, m_pool_end - m_pool_next);
+  count_free_frames();
 
   m_kernel_pml4 = alloc_table(c);
   for (std::uint64_t off = 0; off < kImageSize; off += kPage) {
@@ -242,9 +243,16 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     for (std::uint64_t off = 0; off < size; off += 2ull << 20)
       m_pt.map(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
   }
+  count_free_frames();
   // clear_page through the direct map.
   c.rep_stos(kDirectMap + f, 0, size);
   return f;
+}
+
+void Kernel::count_free_frames() {
+  std::uint64_t n = m_frame_next < m_large_low ? (m_large_low - m_frame_next) / kPage : 0;
+  for (unsigned order = 0; order < 3; ++order) n += m_free_frames[order].size() << (9 * order);
+  m_frames_free.set(static_cast<double>(n));
 }
 
 std::uint64_t Kernel::sys_mmap(Thread& t, std::uint64_t bytes) {
@@ -308,6 +316,7 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
     PageTables::clear(c, s.entry);
     c.invlpg(va);
   }
+  count_free_frames();
   // Other vCPUs may hold translations of this address space: shoot them
   // down with an IPI (their handler reloads CR3). The sender does not wait.
   if (m_vcpus.size() > 1)
@@ -489,6 +498,7 @@ void Kernel::reap(Core& c, Process& child) {
       }
     }
   }
+  count_free_frames();
   // Its user half of the page tables, then its top-level table.
   m_pt.release_below(c, child.pml4, m_pt.levels(), 0, 256, [this](std::uint64_t t) { m_free_tables.push_back(t); });
   c.rep_stos(m_pt.table_va(child.pml4), 0, kPage);  // page-table pages are handed out cleared

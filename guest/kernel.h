@@ -392,6 +392,9 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   [[noreturn]] void panic(cpu::Core& c, const std::string& why);
   Vcpu& this_vcpu();
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
+  /// Brings frames_free up to date after frames were handed out or freed
+  /// (simulator observation: no cost).
+  void count_free_frames();
   // Networking (guest/net.cc).
   void net_probe(cpu::Core& c);
   /// The network lock (a spinlock word in the kernel image), taken with
@@ -421,6 +424,9 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   stats::Group m_stats;
   stats::Counter m_page_faults{&m_stats, "page_faults", "faults", "page faults the kernel handled"};
   stats::Counter m_cow_faults{&m_stats, "cow_faults", "faults", "of those, copy-on-write faults resolved"};
+  stats::Gauge m_frames_free{&m_stats, "frames_free", "frames",
+                             "4 KiB frames of guest memory the kernel can still give out (its free lists and the "
+                             "memory it never handed out), at the end"};
   SchedStats m_sched_stats;
   std::uint64_t m_gran_cycles, m_credit_cycles, m_balance_cycles;
   /// Every page-table access of the kernel (guest/page_table.h).

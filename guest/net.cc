@@ -64,6 +64,7 @@ std::uint64_t Kernel::net_alloc_contiguous(Core& c, std::uint64_t pages) {
   }
   if (ok) return got.front();
   for (std::uint64_t f : got) m_free_frames[0].push_back(f);
+  count_free_frames();
   return 0;
 }
 

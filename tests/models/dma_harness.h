@@ -144,6 +144,34 @@ struct VtdTables {
   }
 };
 
+/// The other direction of VtdTables, for tables someone else built (the
+/// hypervisor's driver): the context entry of `rid` under the legacy-mode
+/// root table at `rtaddr` (zeros if its root entry is not present, VT-d 9.1).
+inline iommu::ContextEntry read_context(const models::PhysMem& mem, std::uint64_t rtaddr, std::uint16_t rid) {
+  const std::uint64_t re = mem.read(rtaddr + iommu::rid_bus(rid) * iommu::root::kEntrySize, 8);
+  if (!(re & iommu::root::kPresent)) return {};
+  const std::uint64_t a = (re & iommu::root::kCtpMask) + iommu::rid_devfn(rid) * iommu::ctx::kEntrySize;
+  return {mem.read(a, 8), mem.read(a + 8, 8)};
+}
+
+/// A software walk of the second-level table at `slptptr` (`levels` deep,
+/// 4 KiB, 2 MiB and 1 GiB leaves, VT-d 9.8): the address iova translates to,
+/// ~0 if an entry on the way has R = W = 0.
+inline std::uint64_t sl_translate(const models::PhysMem& mem, std::uint64_t slptptr, std::uint64_t iova,
+                                  unsigned levels = 4) {
+  std::uint64_t table = slptptr & iommu::sl::kAddrMask;
+  for (unsigned level = levels; level >= 1; --level) {
+    const std::uint64_t e = mem.read(table + mmu::table_index(iova, level) * 8, 8);
+    if (!(e & iommu::sl::kRw)) return ~0ull;
+    if (level == 1 || (level <= 3 && (e & iommu::sl::kPageSize))) {
+      const std::uint64_t mask = (1ull << mmu::level_shift(level)) - 1;
+      return (e & iommu::sl::kAddrMask & ~mask) | (iova & mask);
+    }
+    table = e & iommu::sl::kAddrMask;
+  }
+  return ~0ull;
+}
+
 /// Register-based page-selective IOTLB invalidation (IVA_REG, IOTLB_REG).
 inline void invalidate_page(iommu::VtdRegisters& regs, std::uint16_t did, std::uint64_t addr) {
   namespace vtd = iommu::vtd;
