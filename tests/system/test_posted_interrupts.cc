@@ -86,8 +86,8 @@ TEST_CASE("posted interrupts remove the receiver's exits for inter-vCPU IPIs, sa
     // on a rule: posts and notifications interleave at quantum grain, and
     // the hypervisor's RDTSCs and the coherent caches' line transfers of the
     // shootdown loops shift where they fall (over 99% without coherence; 70
-    // to 80% with it).
-    CHECK(on.at(c + ".virtual_interrupts") >= 0.6 * on.at(c + ".posted_notifications"));
+    // to 80% with it: 74% and 78% on the two cores at this writing).
+    CHECK(on.at(c + ".virtual_interrupts") >= 0.7 * on.at(c + ".posted_notifications"));
     CHECK(on.at(c + ".virtual_eois") == on.at(c + ".virtual_interrupts"));
   }
 }
