@@ -30,16 +30,44 @@ def _sweep(args):
         terminated.append(signum)
         raise KeyboardInterrupt
 
+    # On a terminal, a progress bar over the points (python3-tqdm from
+    # Debian), with the log lines printed above it; elsewhere, the log alone.
+    bar = None
+    if sys.stderr.isatty():
+        try:
+            from tqdm import tqdm
+            bar = tqdm(total=len(sweep.points()), unit="point", file=sys.stderr, dynamic_ncols=True)
+        except ImportError:
+            bar = None
+
+    def log(line):
+        if bar is not None:
+            bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def on_point(point, status):
+        if bar is not None:
+            bar.update(1)
+
+    def skipped(line):
+        # "<n> of <m> points already done ...": they count as progress.
+        if bar is not None and " points already done" in line:
+            bar.update(int(line.split()[0]))
+        log(line)
+
     previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
-        res = sweep.run(out, jobs=args.jobs, scheduler=args.scheduler, resume=not args.no_resume,
-                        log=lambda line: print(line, file=sys.stderr, flush=True))
+        res = sweep.run(out, jobs=args.jobs, scheduler=args.scheduler, resume=not args.no_resume, log=skipped,
+                        on_point=on_point)
     except KeyboardInterrupt:
         print(f"\nvmxsim sweep: {'terminated' if terminated else 'interrupted'}; points done so far are kept in "
               f"{out}. Run the same command again to continue.", file=sys.stderr)
         return 143 if terminated else 130
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if bar is not None:
+            bar.close()
     print(f"vmxsim sweep: {len(res.points)} points: {res.ran} ran, {res.skipped} already done, "
           f"{res.failed} failed; wrote {res.csv}", file=sys.stderr)
     return 0 if res.ok else 1
