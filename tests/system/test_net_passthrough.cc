@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <string>
+#include <vector>
 
 #include "system/cli_harness.h"
 
@@ -180,6 +181,36 @@ TEST_CASE("S3: a rogue VF's DMA outside its domain is blocked and logged, the vi
   CHECK(r.at("system.iommu_regs.unimplemented") == 0);
   CHECK(r.at("system.iommu.invalidations") == 4);
   CHECK(r.at("hypervisor.passthrough.iommu_driver.polls") >= 3);  // the unit takes time
+}
+
+TEST_CASE("S3 under every kind of accepted NIC layout: the rogue VF reads and writes nothing outside its VM",
+          "[net][passthrough][iommu][isolation][system]") {
+  // Requester IDs and register windows placed differently (bus, device,
+  // SR-IOV First VF Offset and VF Stride, BAR size, VF count): whatever
+  // the loader accepts keeps each function its own requester ID, so the
+  // IOMMU blocks every access outside the rogue VM.
+  const std::vector<std::string> layout = GENERATE(
+      std::vector<std::string>{},
+      std::vector<std::string>{"platform.nic.bus=0", "platform.nic.device=31"},
+      std::vector<std::string>{"platform.nic.first_vf_offset=128", "platform.nic.vf_stride=2"},
+      std::vector<std::string>{"platform.nic.first_vf_offset=8", "platform.nic.vf_stride=8", "platform.nic.vfs=8"},
+      std::vector<std::string>{"platform.nic.bus=255", "platform.nic.first_vf_offset=7", "platform.nic.vf_stride=3"},
+      std::vector<std::string>{"platform.nic.mmio_stride=64KiB", "platform.nic.vfs=2"});
+  std::vector<std::string> args;
+  for (const auto& a : layout) {
+    args.push_back("--set");
+    args.push_back(a);
+  }
+  auto r = run_cli(scenario("s3_rogue_vf.yaml"), args);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.rogue.workload1.attempts") == 48);
+  CHECK(r.at("system.iommu.faults") == 48);
+  CHECK(r.at("system.root_complex.blocked") == 48);
+  CHECK(r.at("vm.victim.workload0.threads_done") == 1);
+  CHECK(r.at("vm.victim.workload0.mismatches") == 0);
+  CHECK(r.at("vm.victim.workload0.checksum") == r.at("vm.victim.workload0.expected_checksum"));
+  CHECK(r.at("vm.rogue.workload0.replies") == 50);  // its own DMA still works
 }
 
 TEST_CASE("S4: IOTLB misses per MiB fall with 2 MiB IOMMU mappings, and throughput drops where the IOTLB misses",
