@@ -140,6 +140,15 @@ ExperimentParams load(const cfg::Document& doc) {
                                  cfg::format_bytes(p.platform.memory)),
                      fmt::format("{:#x}", p.platform.nic.device.mmio_base));
     }
+    // The PF driver's rings are contiguous in hypervisor memory: one within
+    // a page, or whole pages.
+    const std::uint64_t ring_bytes = p.hypervisor.host_nic.ring_size * models::nicdesc::kSize;
+    if (ring_bytes > 4096 && ring_bytes % 4096)
+      throw error_at(doc, "hypervisor.host_nic.ring_size",
+                     fmt::format("a ring that fits in one page ({} descriptors of {} bytes) or fills whole pages "
+                                 "(a multiple of {})",
+                                 4096 / models::nicdesc::kSize, models::nicdesc::kSize, 4096 / models::nicdesc::kSize),
+                     std::to_string(p.hypervisor.host_nic.ring_size));
     const std::uint64_t cores = p.platform.cores * p.platform.smt;
     if (p.hypervisor.host_nic.core >= cores)
       throw error_at(doc, "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),

@@ -110,6 +110,9 @@ TEST_CASE("NIC layouts whose requester IDs or register windows collide are refus
                       "clear of the APIC and MSI region");
   expect_config_error(kTiny, with({"--set", "platform.nic.mmio_base=0xFFFFFFFFFFFF0000"}), "platform.nic.mmio_base",
                       "52-bit physical address width");
+  // The PF driver's ring must fit in a page or fill whole pages.
+  expect_config_error(kTiny, with({"--set", "hypervisor.host_nic.ring_size=4095"}), "hypervisor.host_nic.ring_size",
+                      "fills whole pages");
   // A NIC no VM uses still may not sit on RAM.
   expect_config_error(kTiny, with({"--set", "platform.memory=8GiB"}), "platform.memory", "register window");
 }
