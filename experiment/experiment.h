@@ -104,6 +104,7 @@ struct ExperimentParams {
   std::uint64_t duration;  // ps
   std::uint64_t warmup;    // ps
   bool stop_when_done;
+  std::uint64_t host_memory_limit;  // bytes, 0: automatic
   PlatformParams platform;
   hv::HypervisorParams hypervisor;
   std::vector<VmParams> vms;
@@ -117,6 +118,10 @@ struct ExperimentParams {
             "Statistics are reset at this simulated time (0: never), so they cover [warmup, end).");
     v.param(stop_when_done, "stop_when_done", "true", Spec(Unit::Flag),
             "End the run early once every workload with a finite amount of work has finished.");
+    v.param(host_memory_limit, "host_memory_limit", "0B", Spec(Unit::Bytes),
+            "Host memory the simulated memory's contents may take (frames are allocated on first touch); a run "
+            "that would exceed it stops with an error instead of being killed by the host. 0: 90% of the host's "
+            "available memory when the run starts (MemAvailable in /proc/meminfo). Never changes a statistic.");
     v.section(platform, "platform", "The machine.");
     v.section(hypervisor, "hypervisor", "The hypervisor running on the machine.");
     v.list(vms, "vms", "Virtual machines.", 1);

@@ -2,6 +2,7 @@
 // runs it under SystemC.
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <deque>
 #include <memory>
 #include <stdexcept>
@@ -83,10 +84,23 @@ sc_core::sc_time time_ps(std::uint64_t ps) { return sc_core::sc_time::from_value
 
 }  // namespace
 
+/// 90% of the memory the host has available now (MemAvailable), 0 (no
+/// limit) when it cannot be read.
+static std::uint64_t default_host_memory_limit() {
+  std::ifstream in("/proc/meminfo");
+  std::string key;
+  std::uint64_t kib = 0;
+  std::string unit;
+  while (in >> key >> kib >> unit)
+    if (key == "MemAvailable:") return kib / 10 * 9 * 1024;
+  return 0;
+}
+
 struct Session::System {
   explicit System(const ExperimentParams& p)
       : params(p), trace(p.event_trace), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
     if (p.event_trace.enabled) trace::EventTrace::set_active(&trace);
+    platform.memory().set_host_limit(p.host_memory_limit ? p.host_memory_limit : default_host_memory_limit());
     const PlatformParams& pp = p.platform;
     hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
     // The hypervisor drives the NIC's physical function (PF driver and switch).

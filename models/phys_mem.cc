@@ -40,6 +40,12 @@ PhysMem::Level2* PhysMem::alloc_level2() {
 }
 
 std::uint8_t* PhysMem::alloc_frame() {
+  if (m_frame_limit && m_frames_allocated >= m_frame_limit)
+    throw HostMemoryLimit("host memory guard: the simulated memory's contents would take more than " +
+                          std::to_string(m_frame_limit * kFrameSize >> 20) +
+                          " MiB of host memory (host_memory_limit; by default 90% of the memory the host had "
+                          "available when the run started). Give the VMs less memory or touch less of it, or "
+                          "raise host_memory_limit.");
   void* p = std::calloc(1, kFrameSize);
   if (!p) throw std::bad_alloc();
   ++m_frames_allocated;

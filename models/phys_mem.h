@@ -13,9 +13,18 @@
 
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
 #include <vector>
 
 namespace vmx::models {
+
+/// The simulated memory's contents would take more host memory than the
+/// run allows (PhysMem::set_host_limit): the run stops with this error
+/// instead of being killed by the host.
+class HostMemoryLimit : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
 
 class PhysMem {
  public:
@@ -89,6 +98,10 @@ class PhysMem {
 
   /// Frames allocated so far (each 4 KiB of host memory).
   std::uint64_t frames_allocated() const { return m_frames_allocated; }
+  /// The most host memory the frames may take, in bytes (0: no limit). A
+  /// first touch beyond it throws HostMemoryLimit (checked only when a frame
+  /// is allocated, off the access path).
+  void set_host_limit(std::uint64_t bytes) { m_frame_limit = bytes / kFrameSize; }
 
  private:
   struct Level2 {
@@ -116,6 +129,7 @@ class PhysMem {
   std::uint64_t m_size;
   std::vector<Level2*> m_top;  // one slot per GiB, fixed at construction
   std::uint64_t m_frames_allocated = 0;
+  std::uint64_t m_frame_limit = 0;  // 0: none
 };
 
 }  // namespace vmx::models

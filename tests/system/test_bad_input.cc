@@ -116,3 +116,23 @@ TEST_CASE("NIC layouts whose requester IDs or register windows collide are refus
   // A NIC no VM uses still may not sit on RAM.
   expect_config_error(kTiny, with({"--set", "platform.memory=8GiB"}), "platform.memory", "register window");
 }
+
+TEST_CASE("A run whose simulated memory would exceed the host memory it may use stops with a clear message",
+          "[cli][robustness]") {
+  // The quickstart-sized stream touches about 10 MiB; allow 5 MiB of host memory.
+  const std::string yaml = R"(duration: 20ms
+platform: {cores: 1, memory: 512MiB}
+vms:
+  - memory: 64MiB
+    workloads: [{type: stream, working_set: 16MiB, passes: 1}]
+)";
+  auto r = run_cli(yaml, {"--set", "host_memory_limit=5MiB"});
+  INFO(r.err);
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("host memory guard") != std::string::npos);
+  CHECK(r.err.find("host_memory_limit") != std::string::npos);
+  // With room, the same run completes (the guard never changes a statistic).
+  auto ok = run_cli(yaml, {"--set", "host_memory_limit=1GiB"});
+  INFO(ok.err);
+  CHECK(ok.exit_code == 0);
+}
