@@ -16,10 +16,6 @@
 
 namespace vmx::hv {
 
-using cpu::Core;
-using cpu::ExitReason;
-using cpu::Regs;
-namespace field = cpu::field;
 using namespace detail;
 
 void Hypervisor::account_off_cpu(Vcpu& v, std::uint64_t now, bool same_vcpu_again) {

@@ -16,10 +16,6 @@
 
 namespace vmx::hv {
 
-using cpu::Core;
-using cpu::ExitReason;
-using cpu::Regs;
-namespace field = cpu::field;
 using namespace detail;
 
 namespace {

@@ -15,10 +15,6 @@
 
 namespace vmx::hv {
 
-using cpu::Core;
-using cpu::ExitReason;
-using cpu::Regs;
-namespace field = cpu::field;
 using namespace detail;
 
 Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores, std::uint64_t host_memory,

@@ -63,6 +63,12 @@ inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t 
 }
 }  // namespace detail
 
+// Names the room files share (this header is private to hypervisor/*.cc).
+using cpu::Core;
+using cpu::ExitReason;
+using cpu::Regs;
+namespace field = cpu::field;
+
 /// The emulated NIC's view of the hypervisor (hypervisor/emulated_nic.h).
 struct Hypervisor::NicHost final : EmulatedNic::Host {
   NicHost(Hypervisor& h, Vm& m) : hv(h), vm(m) {}

@@ -17,10 +17,6 @@
 
 namespace vmx::hv {
 
-using cpu::Core;
-using cpu::ExitReason;
-using cpu::Regs;
-namespace field = cpu::field;
 using namespace detail;
 
 std::uint64_t Hypervisor::alloc_host_frame(bool* fresh) {

@@ -15,10 +15,6 @@
 
 namespace vmx::hv {
 
-using cpu::Core;
-using cpu::ExitReason;
-using cpu::Regs;
-namespace field = cpu::field;
 using namespace detail;
 
 // The hypervisor's scheduling decisions read time as software does, with
