@@ -64,6 +64,7 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
     throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
   m_w.caches->set_events(&m_events);
   m_mmu.set_events(&m_events);
+  m_mmu.wire({&m_cr3, &m_efer, &m_eptp});
   SC_THREAD(run);
 }
 
@@ -354,8 +355,7 @@ void Core::compute(std::uint64_t instructions) {
 }
 
 void Core::update_context() {
-  m_mmu.set_context(m_cr0, m_cr3, m_cr4, m_efer, m_cpl == 3, m_non_root && m_ept, m_eptp, m_non_root ? m_vpid : 0,
-                    m_non_root);
+  m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root);
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {

@@ -57,25 +57,27 @@ class SetAssoc {
   /// (`evicted` is then set). The caller fills the entry and sets valid.
   template <class Match>
   Entry& place(std::uint64_t index, std::uint64_t key, Match match, bool& evicted) {
-    const std::size_t base = set_base(index);
-    std::size_t way = base;
-    bool invalid = false;
-    evicted = false;
-    for (std::size_t i = base; i < base + m_ways; ++i) {
-      if (m_keys[i] == key && match(m_entries[i])) {
+    // One pass: the matching entry; else the first invalid way; else the
+    // least recently used (the first of equal stamps).
+    const std::size_t base = set_base(index), end = base + m_ways;
+    const std::uint64_t* keys = m_keys.data();
+    const std::uint64_t* stamps = m_stamp.data();
+    std::size_t invalid = end, lru = base;
+    for (std::size_t i = base; i < end; ++i) {
+      const std::uint64_t k = keys[i];
+      if (k == key && match(m_entries[i])) {
+        evicted = false;
         m_stamp[i] = ++m_clock;
         return m_entries[i];
       }
-    }
-    for (std::size_t i = base; i < base + m_ways; ++i) {
-      if (m_keys[i] == kNoKey) {  // invalid way
-        way = i;
-        invalid = true;
-        break;
+      if (k == kNoKey) {
+        if (invalid == end) invalid = i;
+      } else if (stamps[i] < stamps[lru]) {
+        lru = i;
       }
-      if (m_stamp[i] < m_stamp[way]) way = i;
     }
-    evicted = !invalid;
+    evicted = invalid == end;
+    const std::size_t way = evicted ? lru : invalid;
     m_stamp[way] = ++m_clock;
     m_keys[way] = key;
     return m_entries[way];

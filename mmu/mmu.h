@@ -47,26 +47,34 @@ class Mmu {
   Mmu(const Mmu&) = delete;
   Mmu& operator=(const Mmu&) = delete;
 
+  /// The control registers only a walk reads (CR3, IA32_EFER, the EPTP),
+  /// wired to the core's own registers once: a walk reads them when it
+  /// starts, so a context change (every VM exit and entry) copies none.
+  struct WalkRegs {
+    const std::uint64_t* cr3;
+    const std::uint64_t* efer;
+    const std::uint64_t* eptp;
+  };
+  void wire(const WalkRegs& regs) { m_regs = regs; }
+
   /// The translation context, given whenever one of its inputs changes:
-  /// CR0, CR3, CR4, IA32_EFER, CPL 3, EPT in use (VMX non-root with "enable
-  /// EPT") and the EPTP, and the VPID of new entries (0 in root operation).
-  /// Only the tag is derived here; a walk derives the rest (walk_request).
+  /// CR0, CR4, CPL 3, EPT in use (VMX non-root with "enable EPT"), the VPID
+  /// of new entries (0 in root operation), and CR3 or the EPTP (wired
+  /// above, read here for the tag). Only the tag and what a TLB hit checks
+  /// are derived here; a walk derives the rest (walk_request).
   /// guest: in VMX non-root operation (as the events report it).
-  void set_context(std::uint64_t cr0, std::uint64_t cr3, std::uint64_t cr4, std::uint64_t efer, bool user, bool ept,
-                   std::uint64_t eptp, std::uint16_t vpid, bool guest) {
+  void set_context(std::uint64_t cr0, std::uint64_t cr4, bool user, bool ept, std::uint16_t vpid, bool guest) {
     m_guest = guest;
     m_cr0 = cr0;
-    m_cr3 = cr3;
     m_cr4 = cr4;
-    m_efer = efer;
     m_user = user;
     m_ept = ept;
-    m_eptp = eptp;
     const bool paging = cr0 & crbits::kCr0Pg;
     m_translate = paging || ept;
     m_tag.vpid = vpid;
-    m_tag.pcid = (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(cr3 & crbits::kCr3PcidMask) : 0;
-    m_tag.ep4ta = ept ? (eptp & ept::kAddrMask) : 0;
+    m_tag.pcid =
+        (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(*m_regs.cr3 & crbits::kCr3PcidMask) : 0;
+    m_tag.ep4ta = ept ? (*m_regs.eptp & ept::kAddrMask) : 0;
   }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
@@ -164,7 +172,9 @@ class Mmu {
   WalkRequest walk_request(std::uint64_t va, AccessType type) const;
 
   // The translation context (set_context).
-  std::uint64_t m_cr0 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0, m_eptp = 0;
+  static constexpr std::uint64_t kZero = 0;
+  WalkRegs m_regs{&kZero, &kZero, &kZero};
+  std::uint64_t m_cr0 = 0, m_cr4 = 0;
   bool m_user = false, m_ept = false;
   bool m_translate = false;  // paging or EPT is on
   TlbTag m_tag{};            // of new entries, and looked up

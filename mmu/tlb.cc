@@ -65,21 +65,32 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
   const std::uint64_t key = key_of(vpn, shift);
   const std::size_t base = set_base(vpn);
   ++m_stats.insertions;
-  std::size_t way = base;
-  bool found = false;
-  // A translation that would hit is replaced in place: no duplicates.
-  for (std::size_t i = base; i < base + m_params.ways && !found; ++i)
-    if (m_keys[i] == key && tag_matches(m_entries[i], tag)) way = i, found = true;
-  if (!found) {
-    for (std::size_t i = base; i < base + m_params.ways; ++i) {
-      if (m_keys[i] == kNoKey) {  // invalid way
-        way = i;
-        found = true;
-        break;
-      }
-      if (m_stamp[i] < m_stamp[way]) way = i;
+  // One pass over the set: a translation that would hit is replaced in
+  // place (no duplicates); else the first invalid way; else the least
+  // recently used (the first of equal stamps).
+  const std::uint64_t* keys = m_keys.data();
+  const std::uint64_t* stamps = m_stamp.data();
+  const std::size_t end = base + m_params.ways;
+  std::size_t way = end, invalid = end, lru = base;
+  for (std::size_t i = base; i < end; ++i) {
+    const std::uint64_t k = keys[i];
+    if (k == key && tag_matches(m_entries[i], tag)) {
+      way = i;
+      break;
     }
-    if (!found) ++m_stats.evictions;
+    if (k == kNoKey) {
+      if (invalid == end) invalid = i;
+    } else if (stamps[i] < stamps[lru]) {
+      lru = i;
+    }
+  }
+  if (way == end) {
+    if (invalid != end) {
+      way = invalid;
+    } else {
+      way = lru;
+      ++m_stats.evictions;
+    }
   }
   TlbEntry& e = m_entries[way];
   e.vpn = vpn;

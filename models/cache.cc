@@ -56,31 +56,6 @@ void Cache::insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* wr
   }
 }
 
-Cache::Lookup Cache::lookup(std::uint64_t pa, std::uint64_t set_bits) {
-  const std::uint64_t line_addr = pa >> m_line_shift;
-  ++m_stats.accesses;
-  std::uint64_t* set = set_of(line_addr);
-  const std::uint64_t key = (line_addr << 2) | kStateBits;
-  const std::uint32_t ways = m_params.ways;
-  for (std::uint32_t w = 0; w < ways; ++w) {
-    const std::uint64_t word = set[w];
-    if ((word | kStateBits) == key) {
-      ++m_stats.hits;
-      // Becomes most recently used: the more recent ways move down one.
-      for (std::uint32_t v = w; v > 0; --v) set[v] = set[v - 1];
-      set[0] = word | set_bits;
-      return (word & kOwned) ? kHit : kHitShared;
-    }
-  }
-  ++m_stats.misses;
-  return kMiss;
-}
-
-void Cache::fill(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback) {
-  const std::uint64_t line_addr = pa >> m_line_shift;
-  insert_mru(set_of(line_addr), (line_addr << 2) | (state & kStateBits), writeback);
-}
-
 bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
   const std::uint64_t bits = write ? kDirty | kOwned : 0;
   if (lookup(pa, bits) != kMiss) {

@@ -155,12 +155,34 @@ class Cache {
   /// line most recently used and ors set_bits (kDirty, kOwned) into its
   /// state. Returns kHitShared when the line was there without kOwned
   /// before set_bits were applied.
-  Lookup lookup(std::uint64_t pa, std::uint64_t set_bits);
+  /// Inline: every load, store and walk reference starts here.
+  Lookup lookup(std::uint64_t pa, std::uint64_t set_bits) {
+    const std::uint64_t line_addr = pa >> m_line_shift;
+    ++m_stats.accesses;
+    std::uint64_t* set = set_of(line_addr);
+    const std::uint64_t key = (line_addr << 2) | kStateBits;
+    const std::uint32_t ways = m_params.ways;
+    for (std::uint32_t w = 0; w < ways; ++w) {
+      const std::uint64_t word = set[w];
+      if ((word | kStateBits) == key) {
+        ++m_stats.hits;
+        // Becomes most recently used: the more recent ways move down one.
+        for (std::uint32_t v = w; v > 0; --v) set[v] = set[v - 1];
+        set[0] = word | set_bits;
+        return (word & kOwned) ? kHit : kHitShared;
+      }
+    }
+    ++m_stats.misses;
+    return kMiss;
+  }
 
   /// The fill half: allocates pa's line, which lookup() just missed, as the
   /// most recently used with the given state bits, replacing the least
   /// recently used way (*writeback as in access()).
-  void fill(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback);
+  void fill(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback) {
+    const std::uint64_t line_addr = pa >> m_line_shift;
+    insert_mru(set_of(line_addr), (line_addr << 2) | (state & kStateBits), writeback);
+  }
 
   /// A dirty line written back into this cache by the level above: marks the
   /// line dirty (and owned) if present (its LRU position is unchanged: the

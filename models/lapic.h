@@ -4,7 +4,7 @@
 // Plain C++; the core polls it at operation boundaries.
 #pragma once
 
-#include <bitset>
+#include <array>
 #include <cstdint>
 
 namespace vmx::models {
@@ -17,7 +17,7 @@ class Lapic {
   static constexpr std::uint64_t kNoDeadline = UINT64_MAX;
 
   /// A device, timer or IPI requests `vector`.
-  void raise(std::uint8_t vector) { m_irr.set(vector); }
+  void raise(std::uint8_t vector) { set(m_irr, vector); }
 
   /// Highest-priority requested vector that may interrupt what is in
   /// service (its priority class above that of the highest in-service
@@ -29,16 +29,16 @@ class Lapic {
     if (svc >= 0 && (req >> 4) <= (svc >> 4)) return -1;
     return req;
   }
-  bool any_requested() const { return m_irr.any(); }
+  bool any_requested() const { return (m_irr[0] | m_irr[1] | m_irr[2] | m_irr[3]) != 0; }
   /// INTA: the vector moves from requested to in service.
   void acknowledge(std::uint8_t vector) {
-    m_irr.reset(vector);
-    m_isr.set(vector);
+    clear(m_irr, vector);
+    set(m_isr, vector);
   }
   /// EOI: the highest in-service vector is done.
   void eoi() {
     int svc = highest(m_isr);
-    if (svc >= 0) m_isr.reset(static_cast<std::size_t>(svc));
+    if (svc >= 0) clear(m_isr, static_cast<std::uint8_t>(svc));
   }
 
   // TSC-deadline timer (SDM Vol. 3A, 10.5.4.1): armed by writing a nonzero
@@ -57,12 +57,17 @@ class Lapic {
   }
 
  private:
-  static int highest(const std::bitset<256>& b) {
-    for (int w = 255; w >= 0; --w)
-      if (b.test(static_cast<std::size_t>(w))) return w;
+  // 256-bit registers as four 64-bit words, vector v in word v / 64: the
+  // highest set vector is one leading-zero count per non-empty word.
+  using Reg256 = std::array<std::uint64_t, 4>;
+  static void set(Reg256& r, std::uint8_t v) { r[v >> 6] |= 1ull << (v & 63); }
+  static void clear(Reg256& r, std::uint8_t v) { r[v >> 6] &= ~(1ull << (v & 63)); }
+  static int highest(const Reg256& r) {
+    for (int w = 3; w >= 0; --w)
+      if (r[w]) return w * 64 + 63 - __builtin_clzll(r[w]);
     return -1;
   }
-  std::bitset<256> m_irr, m_isr;
+  Reg256 m_irr{}, m_isr{};
   std::uint64_t m_deadline = kNoDeadline;
   std::uint32_t m_lvt_timer = kDefaultTimerVector;
 };

@@ -23,31 +23,6 @@ MemHierarchy::MemHierarchy(const MemHierarchyParams& params, Cache* llc, stats::
       m_llc(require_llc(llc, name)),
       m_dram_latency(params.dram_latency) {}
 
-std::uint32_t MemHierarchy::access(std::uint64_t pa, AccessKind kind) {
-  Cache* l1 = &m_l1d;
-  switch (kind) {
-    case AccessKind::Fetch: ++m_stats.fetches; l1 = &m_l1i; break;
-    case AccessKind::Read: ++m_stats.reads; break;
-    case AccessKind::Write: ++m_stats.writes; break;
-    case AccessKind::Walk: ++m_stats.walks; break;
-  }
-  const bool write = kind == AccessKind::Write;
-  // A store dirties its L1 line and owns it (gain_ownership below makes that
-  // true when the line was Shared).
-  const Cache::Lookup r = l1->lookup(pa, write ? Cache::kDirty | Cache::kOwned : 0);
-  std::uint32_t cycles;
-  if (r == Cache::kMiss) {
-    cycles = miss(pa, kind, *l1);  // reports the levels it looked up
-  } else {
-    // A hit; a store to a Shared line gains ownership first (only coherent
-    // hierarchies hold lines Shared).
-    cycles = r == Cache::kHitShared && write ? gain_ownership(pa) : l1->latency();
-    if (m_events->wants(events::kCacheAccess)) [[unlikely]] report(pa, kind, 1);
-  }
-  m_stats.cycles += cycles;
-  return cycles;
-}
-
 // The L1 missed: the L2, then the LLC, the other cores (when coherent) and
 // DRAM. The L1 and L2 lines are filled once the line's state is known.
 std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {

@@ -75,7 +75,34 @@ class MemHierarchy {
   /// A Write is timed like a load; store buffering is the core's business.
   /// Joined to a coherence directory, an access that involves another core
   /// costs what models/coherence.h lists instead.
-  std::uint32_t access(std::uint64_t pa, AccessKind kind);
+  /// Inline: the L1 hit is the hot path; a miss goes out of line.
+  std::uint32_t access(std::uint64_t pa, AccessKind kind) {
+    Cache* l1 = &m_l1d;
+    switch (kind) {
+      case AccessKind::Fetch: ++m_stats.fetches; l1 = &m_l1i; break;
+      case AccessKind::Read: ++m_stats.reads; break;
+      case AccessKind::Write: ++m_stats.writes; break;
+      case AccessKind::Walk: ++m_stats.walks; break;
+    }
+    const bool write = kind == AccessKind::Write;
+    // A store dirties its L1 line and owns it (gain_ownership below makes
+    // that true when the line was Shared).
+    const Cache::Lookup r = l1->lookup(pa, write ? Cache::kDirty | Cache::kOwned : 0);
+    std::uint32_t cycles;
+    if (r == Cache::kMiss) [[unlikely]] {
+      cycles = miss(pa, kind, *l1);  // reports the levels it looked up
+    } else if (r == Cache::kHitShared && write) [[unlikely]] {
+      // A store to a Shared line gains ownership first (only coherent
+      // hierarchies hold lines Shared).
+      cycles = gain_ownership(pa);
+      if (m_events->wants(events::kCacheAccess)) [[unlikely]] report(pa, kind, 1);
+    } else {
+      cycles = l1->latency();
+      if (m_events->wants(events::kCacheAccess)) [[unlikely]] report(pa, kind, 1);
+    }
+    m_stats.cycles += cycles;
+    return cycles;
+  }
 
   const Cache& l1i() const { return m_l1i; }
   const Cache& l1d() const { return m_l1d; }
