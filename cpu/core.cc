@@ -19,6 +19,7 @@ namespace crb = mmu::crbits;
 namespace {
 constexpr std::uint64_t kLine = 64;
 constexpr std::uint64_t kRflagsIf = 1ull << 9;
+constexpr std::uint64_t kRflagsAc = 1ull << 18;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
 thread_local Core* t_current = nullptr;
 // PhysMem holds little-endian bytes: on a little-endian host an aligned-size
@@ -158,6 +159,9 @@ void Core::switch_context(sim::Fiber& to) {
 void Core::set_user_mode(bool user) {
   VMX_ON_EXECUTING_CORE(set_user_mode(user));
   m_cpl = user ? 3 : 0;
+  // The entry of a system call clears RFLAGS.AC (SYSCALL masks RFLAGS with
+  // IA32_FMASK, in which Linux sets AC).
+  if (!user) m_ac = false;
   update_context();
 }
 
@@ -278,7 +282,7 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
     report_interrupt(vector, events::Delivery::Idt);
   }
   std::uint8_t saved_cpl = m_cpl;
-  bool saved_if = m_if;
+  bool saved_if = m_if, saved_ac = m_ac;
   // An emulated memory operation interrupted by this delivery completes
   // after it, not inside the handler.
   const bool op_done = m_op_done;
@@ -290,6 +294,7 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   else h->interrupt(*this, vector);
   m_cpl = saved_cpl;
   m_if = saved_if;
+  m_ac = saved_ac;  // IRET reloads RFLAGS; delivery itself leaves AC (a handler clears it, as Linux's do)
   m_op_done = op_done;
   update_context();
   recompute_next_event();
@@ -356,6 +361,7 @@ void Core::compute(std::uint64_t instructions) {
 
 void Core::update_context() {
   m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root);
+  m_mmu.set_protection(m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute));
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -737,6 +743,8 @@ std::uint64_t Core::msr_root_read(std::uint32_t msr, bool& ok) {
     case msr::kIa32TscDeadline: return m_lapic.deadline_msr();
     case msr::kIa32Efer: return m_efer;
     case msr::kIa32VmxBasic: return kVmcsRevision | (4096ull << 32);
+    case msr::kIa32VmxProcbasedCtls2: return std::uint64_t{proc2::kSupported} << 32;  // allowed 1-settings (A.3.3)
+    case msr::kIa32VmxEptVpidCap: return kEptVpidCap;
     case msr::kX2ApicId: return m_id;
     case msr::kX2ApicLvtTimer: return m_lapic.lvt_timer();
     default: ok = false; return 0;
@@ -859,6 +867,12 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
       r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 21) | (1u << 24),
            (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
       break;
+    case 7:
+      // Structured extended features, subleaf 0 (SDM Vol. 2A, CPUID leaf
+      // 07H): EBX SMEP (bit 7), SMAP (20); ECX PKU (3) and OSPKE (4, CR4.PKE).
+      if (subleaf == 0)
+        r = {0, (1u << 7) | (1u << 20), (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
+      break;
     case 0x15: {
       // Time Stamp Counter and core crystal clock (SDM Vol. 2A, CPUID leaf
       // 15H; Vol. 3B, 19.7.3): TSC Hz = ECX x EBX / EAX, with a 25 MHz
@@ -948,6 +962,55 @@ void Core::sti() {
   if (!m_if) m_sti_shadow = true;
   m_if = true;
   m_next_event = 0;
+}
+
+void Core::stac() {
+  VMX_ON_EXECUTING_CORE(stac());
+  boundary();
+  retire(1);
+  if (m_cpl != 0) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return;
+  }
+  m_ac = true;
+  update_context();
+}
+
+void Core::clac() {
+  VMX_ON_EXECUTING_CORE(clac());
+  boundary();
+  retire(1);
+  if (m_cpl != 0) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return;
+  }
+  m_ac = false;
+  update_context();
+}
+
+std::uint32_t Core::rdpkru() {
+  VMX_ON_EXECUTING_CORE(rdpkru());
+  boundary();
+  retire(1);
+  if (!(m_cr4 & crb::kCr4Pke)) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return 0;
+  }
+  return m_pkru;
+}
+
+void Core::wrpkru(std::uint32_t value) {
+  VMX_ON_EXECUTING_CORE(wrpkru(value));
+  boundary();
+  retire(1);
+  if (!(m_cr4 & crb::kCr4Pke)) {
+    raise_exception(vec::kInvalidOpcode, 0, false);
+    return;
+  }
+  // No TLB invalidation: cached translations keep their key and PKRU is
+  // checked on every access (SDM Vol. 3A, 4.10.2.2).
+  m_pkru = value;
+  update_context();
 }
 
 void Core::cli() {
@@ -1330,6 +1393,10 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // SDM Vol. 3C, 27.2.1.1: "mode-based execute control for EPT" requires
+  // "enable EPT".
+  if ((proc2_ctl & proc2::kModeBasedExecute) && !(proc2_ctl & proc2::kEnableEpt))
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
   // APIC virtualization and posted interrupts (SDM Vol. 3C, 27.2.1.1).
   {
     const auto pin_ctl = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
@@ -1399,6 +1466,7 @@ VmExit Core::vm_entry(bool launch) {
   m_efer = v.get(field::kGuestIa32Efer);
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kGuestIdtrBase)));
   m_if = v.get(field::kGuestRflags) & kRflagsIf;
+  m_ac = v.get(field::kGuestRflags) & kRflagsAc;
   m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
   m_non_root = true;
   m_op_done = (rip & (alignof(sim::Fiber) - 1)) != 0;
@@ -1475,7 +1543,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestCr4, m_cr4);
   v.set(field::kGuestIa32Efer, m_efer);
   v.set(field::kGuestIdtrBase, code_address(m_idt));
-  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0));
+  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0) | (m_ac ? kRflagsAc : 0));
   v.set(field::kGuestSsAccessRights, (v.get(field::kGuestSsAccessRights) & ~0x60ull) | (std::uint64_t{m_cpl} << 5));
   v.set(field::kGuestRip, code_address(m_current));
   if (m_pin & pin::kPreemptionTimer)
@@ -1494,6 +1562,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kHostIdtrBase)));
   m_cpl = 0;
   m_if = false;
+  m_ac = false;
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();

@@ -217,6 +217,18 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void sti();
   void cli();
   bool interrupts_enabled() const;
+  /// STAC / CLAC (SDM Vol. 2, STAC, CLAC): set or clear RFLAGS.AC, which
+  /// lets explicit supervisor accesses reach user-mode pages under CR4.SMAP
+  /// (Vol. 3A, 4.6.1). #UD at CPL > 0 (SMAP is always supported: CPUID
+  /// 07H:EBX[20]). They never exit in VMX non-root operation.
+  void stac();
+  void clac();
+  bool alignment_check_flag() const { return m_ac; }
+  /// RDPKRU / WRPKRU (Vol. 2; Vol. 3A, 4.6.2) with ECX = EDX = 0: #UD when
+  /// CR4.PKE = 0. PKRU is not switched by VM entries and exits; software
+  /// that shares a core between contexts saves and restores it.
+  std::uint32_t rdpkru();
+  void wrpkru(std::uint32_t value);
   /// VMCALL: number and arguments in RAX, RBX, RCX, RDX; result in RAX.
   std::uint64_t vmcall(std::uint64_t nr, std::uint64_t a0 = 0, std::uint64_t a1 = 0, std::uint64_t a2 = 0);
   void invlpg(std::uint64_t va);
@@ -458,6 +470,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   Regs m_regs;
   std::uint8_t m_cpl = 0;
   bool m_if = false;
+  bool m_ac = false;                // RFLAGS.AC
+  std::uint32_t m_pkru = 0;
   std::uint64_t m_cr0 = 0, m_cr2 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0;
   InterruptHandler* m_idt = nullptr;
   bool m_vmxon = false;

@@ -125,6 +125,10 @@ constexpr std::uint32_t kEnableInvpcid = 1u << 12;
 constexpr std::uint32_t kEnableVmFunctions = 1u << 13;
 constexpr std::uint32_t kEnablePml = 1u << 17;
 constexpr std::uint32_t kModeBasedExecute = 1u << 22;
+/// The controls the model implements (IA32_VMX_PROCBASED_CTLS2 allowed-1).
+constexpr std::uint32_t kSupported = kEnableEpt | kVirtualizeX2apic | kEnableVpid | kApicRegisterVirtualization |
+                                     kVirtualInterruptDelivery | kEnableInvpcid | kEnableVmFunctions |
+                                     kModeBasedExecute;
 }  // namespace proc2
 namespace exitctl {  // Table 25-13
 constexpr std::uint32_t kHostAddressSpaceSize = 1u << 9;
@@ -133,6 +137,27 @@ constexpr std::uint32_t kAckInterruptOnExit = 1u << 15;
 namespace entryctl {  // Table 25-15
 constexpr std::uint32_t kIa32eModeGuest = 1u << 9;
 }  // namespace entryctl
+
+/// IA32_VMX_EPT_VPID_CAP (SDM Vol. 3C, A.10): what the model's EPT and
+/// INVEPT/INVVPID support.
+namespace eptcap {
+constexpr std::uint64_t kExecuteOnly = 1ull << 0;
+constexpr std::uint64_t kWalk4 = 1ull << 6;
+constexpr std::uint64_t kWalk5 = 1ull << 7;
+constexpr std::uint64_t kWriteBack = 1ull << 14;
+constexpr std::uint64_t kPde2M = 1ull << 16;
+constexpr std::uint64_t kPdpte1G = 1ull << 17;
+constexpr std::uint64_t kInvept = 1ull << 20;
+constexpr std::uint64_t kAccessedDirty = 1ull << 21;
+constexpr std::uint64_t kInveptSingle = 1ull << 25;
+constexpr std::uint64_t kInveptAll = 1ull << 26;
+constexpr std::uint64_t kInvvpid = 1ull << 32;
+constexpr std::uint64_t kInvvpidTypes = 0xFull << 40;  // address, single, all, single keeping globals
+}  // namespace eptcap
+constexpr std::uint64_t kEptVpidCap = eptcap::kExecuteOnly | eptcap::kWalk4 | eptcap::kWalk5 | eptcap::kWriteBack |
+                                      eptcap::kPde2M | eptcap::kPdpte1G | eptcap::kInvept | eptcap::kAccessedDirty |
+                                      eptcap::kInveptSingle | eptcap::kInveptAll | eptcap::kInvvpid |
+                                      eptcap::kInvvpidTypes;
 
 // --- Basic exit reasons (SDM Vol. 3C, Appendix C) ---------------------------
 enum class ExitReason : std::uint16_t {
@@ -282,6 +307,8 @@ namespace msr {
 constexpr std::uint32_t kIa32TscDeadline = 0x6E0;
 constexpr std::uint32_t kIa32Efer = 0xC0000080;
 constexpr std::uint32_t kIa32VmxBasic = 0x480;
+constexpr std::uint32_t kIa32VmxProcbasedCtls2 = 0x48B;
+constexpr std::uint32_t kIa32VmxEptVpidCap = 0x48C;
 constexpr std::uint32_t kX2ApicId = 0x802;
 constexpr std::uint32_t kX2ApicTpr = 0x808;
 constexpr std::uint32_t kX2ApicEoi = 0x80B;

@@ -49,6 +49,16 @@ std::uint64_t Kernel::cr3_of(const Process& p) const {
 bool Thread::mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec) {
   return m_kernel->sys_mmap_fixed(*this, start, bytes, exec);
 }
+std::uint64_t Thread::mmap_alias(std::uint64_t src, std::uint64_t bytes, bool writable, bool exec) {
+  return m_kernel->sys_mmap_alias(*this, src, bytes, writable, exec);
+}
+void Thread::copy_to_user(std::uint64_t va, std::uint64_t value) { m_kernel->sys_put_user(*this, va, value); }
+void Thread::kernel_bug(KernelBug kind, std::uint64_t va) { m_kernel->sys_kernel_bug(*this, kind, va); }
+
+std::uint64_t Kernel::boot_cr4() const {
+  return crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0) |
+         (m_p.pcid ? crb::kCr4Pcide : 0) | (m_p.smep ? crb::kCr4Smep : 0) | (m_p.smap ? crb::kCr4Smap : 0);
+}
 
 Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, std::uint64_t memory,
                std::uint64_t tsc_hz, std::uint64_t seed, RunControl* control, stats::Group* stats_parent)
@@ -66,6 +76,17 @@ Kernel::Kernel(const KernelParams& params, std::string vm_name, unsigned vcpus, 
       m_credit_cycles(cycles_of(params.sched.wakeup_credit, tsc_hz)),
       m_balance_cycles(cycles_of(params.sched.balance_interval, tsc_hz)),
       m_pt(static_cast<unsigned>(params.paging_levels), kTablePage, [this](Core& c) { return alloc_table(c); }) {
+  if (m_p.smep || m_p.smap) {
+    auto& g = m_stats.subgroup("protection", "SMEP/SMAP as the kernel meets them (docs/protection.md)");
+    m_smep_oopses = &g.make<stats::Counter>("smep_oopses", "faults",
+                                            "kernel instruction fetches from user pages stopped by SMEP (oops: the "
+                                            "thread is killed)");
+    m_smap_oopses = &g.make<stats::Counter>("smap_oopses", "faults",
+                                            "kernel data accesses to user pages outside STAC/CLAC stopped by SMAP "
+                                            "(oops: the thread is killed)");
+    m_uaccesses = &g.make<stats::Counter>("uaccesses", "accesses",
+                                          "user-memory accesses by the kernel's accessors (STAC/CLAC under SMAP)");
+  }
   for (unsigned i = 0; i < vcpus; ++i) {
     auto v = std::make_unique<Vcpu>();
     v->index = i;
@@ -123,8 +144,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     while (c.load(kImageBase + 0x1000) == 0) c.hlt();
     c.cli();
     c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-    c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0) |
-                       (m_p.pcid ? crb::kCr4Pcide : 0));
+    c.write_cr(4, boot_cr4());
     c.write_cr(3, m_kernel_pml4);
     c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   }
@@ -167,8 +187,7 @@ void Kernel::boot(Core& c) {
 
   // Long mode with paging (SDM Vol. 3A, 10.8.5).
   c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
-  c.write_cr(4, crb::kCr4Pae | crb::kCr4Pge | (m_p.paging_levels == 5 ? crb::kCr4La57 : 0) |
-                       (m_p.pcid ? crb::kCr4Pcide : 0));
+  c.write_cr(4, boot_cr4());
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_pt.set_direct_map(kDirectMap);
@@ -287,6 +306,49 @@ bool Kernel::sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes,
   return ok;
 }
 
+std::uint64_t Kernel::sys_mmap_alias(Thread& t, std::uint64_t src, std::uint64_t bytes, bool writable, bool exec) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  Process& p = *t.m_process;
+  const std::uint64_t size = (bytes + kPage - 1) & ~(kPage - 1);
+  auto source = std::find_if(p.regions.begin(), p.regions.end(),
+                             [src](const Process::Region& r) { return r.start == src && !r.alias_of; });
+  std::uint64_t start = 0;
+  const std::uint64_t aligned = (p.next_va + kPage - 1) & ~(kPage - 1);
+  if (p.page_size == kPage && source != p.regions.end() && size && size <= source->end - source->start &&
+      aligned + size <= kUserTop) {
+    start = aligned;
+    p.regions.push_back({start, start + size, exec, writable, src});
+    p.next_va = start + size + kPage;
+  }
+  c.set_user_mode(true);
+  return start;
+}
+
+// put_user: the kernel's user-memory accessor. Under SMAP the access is
+// bracketed by STAC/CLAC (Linux's __uaccess_begin/__uaccess_end), so it is
+// an explicit supervisor access with RFLAGS.AC = 1 (SDM Vol. 3A, 4.6.1).
+void Kernel::sys_put_user(Thread&, std::uint64_t va, std::uint64_t value) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  if (m_p.smap) c.stac();
+  c.store(va, value);
+  if (m_p.smap) c.clac();
+  if (m_uaccesses) ++*m_uaccesses;
+  c.set_user_mode(true);
+}
+
+void Kernel::sys_kernel_bug(Thread&, Thread::KernelBug kind, std::uint64_t va) {
+  Core& c = Core::current();
+  c.set_user_mode(false);
+  charge(c, m_p.costs.syscall, kCodeSyscall);
+  if (kind == Thread::KernelBug::UserRead) c.load(va);
+  else c.fetch(va, 64);
+  c.set_user_mode(true);
+}
+
 bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
   Core& c = Core::current();
   c.set_user_mode(false);
@@ -301,6 +363,15 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
   // The region leaves the address space first: the loop below can be
   // preempted, and another thread of the process may mmap (reallocating
   // the region list) or fault on the range (which is then unmapped) meanwhile.
+  // A region other mappings alias keeps its frames while they live (their
+  // frames are not reference-counted): munmap refuses it; an alias gives
+  // back its translations but not the frames, which its source owns.
+  if (std::any_of(p.regions.begin(), p.regions.end(),
+                  [start](const Process::Region& r) { return r.alias_of == start; })) {
+    c.set_user_mode(true);
+    return false;
+  }
+  const bool alias = region->alias_of != 0;
   const std::uint64_t start_va = region->start, end_va = region->end;
   p.regions.erase(region);
   const std::uint64_t page = p.page_size;
@@ -311,7 +382,7 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
     // page was never touched.
     const PageTables::Slot s = m_pt.walk(c, p.pml4, va, leaf);
     if (!s.present) continue;
-    freed.push_back(s.value & pte::kAddrMask);
+    if (!alias) freed.push_back(s.value & pte::kAddrMask);
     charge(c, m_p.costs.unmap_page, kCodeSyscall);
     PageTables::clear(c, s.entry);
     c.invlpg(va);
@@ -339,6 +410,26 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   // threads of the process may change the region list meanwhile.
   const bool in_region = region != p.regions.end();
   const bool exec = in_region && region->exec;
+  const bool writable = !in_region || region->writable;
+  const std::uint64_t alias_src = in_region && region->alias_of ? region->alias_of + (addr - region->start) : 0;
+  // A fault of the kernel itself (U/S clear in the error code) on a present
+  // user page: SMEP (a fetch) or SMAP (a data access while the interrupted
+  // context's RFLAGS.AC was clear). Linux reports these as an oops and
+  // kills the task (arch/x86/mm/fault.c); so does this kernel.
+  if ((m_p.smep || m_p.smap) && !(error_code & mmu::pfec::kUser) && (error_code & mmu::pfec::kPresent) &&
+      addr < kUserTop) {
+    const bool fetch = error_code & mmu::pfec::kFetch;
+    if (fetch && m_p.smep) {
+      ++*m_smep_oopses;
+      kill_current(c, fmt::format("oops: kernel fetch from user address {:#x} (SMEP)", addr));
+      return;
+    }
+    if (!fetch && m_p.smap && !c.alignment_check_flag()) {
+      ++*m_smap_oopses;
+      kill_current(c, fmt::format("oops: kernel access to user address {:#x} outside STAC/CLAC (SMAP)", addr));
+      return;
+    }
+  }
   // Threads may fault on the same page, or on pages sharing a frame, at
   // once: the fault is handled under the kernel's page-table lock (a
   // spinlock in the kernel image, as Linux's page_table_lock), and a page
@@ -347,8 +438,8 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   while (c.xchg(lock, 1) != 0)
     while (c.load(lock) != 0) c.pause();
   // A write to a present read-only page of a writable region: copy-on-write.
-  if (in_region && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) && p.page_size == kPage &&
-      cow_fault(c, p, addr)) {
+  if (in_region && writable && (error_code & mmu::pfec::kPresent) && (error_code & mmu::pfec::kWrite) &&
+      p.page_size == kPage && cow_fault(c, p, addr)) {
     ++m_cow_faults;
     c.store(lock, 0);
     return;
@@ -364,7 +455,20 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     c.store(lock, 0);
     return;
   }
-  std::uint64_t frame = alloc_frame(c, page);
+  std::uint64_t frame = 0;
+  if (alias_src) {
+    // An alias maps the frame its source page has now.
+    const std::uint64_t src_entry = m_pt.leaf_entry(c, p.pml4, alias_src);
+    const std::uint64_t e = src_entry ? c.load(src_entry) : 0;
+    if (!(e & pte::kPresent)) {
+      c.store(lock, 0);
+      kill_current(c, fmt::format("bus error at {:#x}: the aliased page is not populated", addr));
+      return;
+    }
+    frame = e & pte::kAddrMask;
+  } else {
+    frame = alloc_frame(c, page);
+  }
   if (!frame) {
     c.store(lock, 0);
     kill_current(c, "out of memory");
@@ -372,6 +476,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   }
   std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
   if (exec) flags &= ~pte::kNoExecute;
+  if (!writable) flags &= ~pte::kWritable;
   m_pt.map(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
   c.store(lock, 0);
 }
@@ -566,6 +671,9 @@ void Kernel::kill_current(Core& c, const std::string& why) {
   m_panic = fmt::format("thread {} killed: {}", t->m_fiber->name(), why);
   if (t->m_finite && m_control) m_control->thread_finished();
   t->m_dead = true;
+  // A forked child's parent waits in waitpid: it returns (as for a child
+  // killed by a signal).
+  if (t->m_waiter) wake_thread(c, *m_vcpus[t->m_vcpu], *t->m_waiter);
   schedule(c, *m_vcpus[t->m_vcpu], false);
   throw cpu::SimulationError("a killed guest thread was resumed");
 }

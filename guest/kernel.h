@@ -77,6 +77,7 @@ struct KernelParams {
   std::uint64_t paging_levels;
   bool pcid;
   bool pv_steal;
+  bool smep, smap;
   KernelCosts costs;
   SchedParams sched;
   NetParams net;
@@ -96,6 +97,13 @@ struct KernelParams {
     v.param(pv_steal, "pv_steal", "true", Spec(Unit::Flag),
             "Register a paravirtual steal-time record per vCPU (MSR_KVM_STEAL_TIME, as Linux does under "
             "KVM) and read it at every tick.");
+    v.param(smep, "smep", "false", Spec(Unit::Flag),
+            "Set CR4.SMEP (supervisor-mode execution prevention, SDM Vol. 3A, 4.6.1): a kernel fetch from a "
+            "user page is a page fault, which the kernel treats as an oops and kills the thread (docs/protection.md).");
+    v.param(smap, "smap", "false", Spec(Unit::Flag),
+            "Set CR4.SMAP (supervisor-mode access prevention): kernel data accesses to user pages fault unless "
+            "RFLAGS.AC = 1; the kernel's user-memory accessors bracket their accesses with STAC/CLAC, as Linux's "
+            "do, and an access outside them is an oops that kills the thread (docs/protection.md).");
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
     v.section(sched, "sched", "The thread scheduler (docs/scheduling.md, \"Guest scheduler\").");
     v.section(net, "net", "The network stack and driver (docs/io.md, \"Guest networking\").");
@@ -140,6 +148,21 @@ class Thread {
   /// mmap(2) with MAP_FIXED at a page-aligned address; `exec` allows
   /// instruction fetch from it. False if the range is not free user space.
   bool mmap_fixed(std::uint64_t start, std::uint64_t bytes, bool exec);
+  /// A second mapping of the frames behind the region [src, src + bytes)
+  /// (as two mmaps of one memfd): a fresh region whose pages map the same
+  /// frames with their own permissions (`writable`, `exec`). A page of it
+  /// maps on first touch the frame the source page has then (0 if src is
+  /// not a whole region start, or the address space is exhausted).
+  std::uint64_t mmap_alias(std::uint64_t src, std::uint64_t bytes, bool writable, bool exec);
+  /// put_user(2)-like: the kernel stores `value` at the user address `va`
+  /// with its user-memory accessor (STAC/CLAC around it under SMAP).
+  void copy_to_user(std::uint64_t va, std::uint64_t value);
+  /// A kernel path with a bug, reached by a system call with a user address
+  /// (what an exploit does): it dereferences `va` without the user-memory
+  /// accessor (UserRead) or jumps to it (UserExec, "ret2usr"). With SMAP or
+  /// SMEP on this faults in the kernel, an oops that kills the thread.
+  enum class KernelBug : std::uint8_t { UserRead, UserExec };
+  void kernel_bug(KernelBug kind, std::uint64_t va);
   /// munmap(2) of a whole region returned by mmap: its frames are freed and
   /// its translations invalidated. False if no region starts there.
   bool munmap(std::uint64_t start);
@@ -237,6 +260,8 @@ struct Process {
   struct Region {
     std::uint64_t start, end;
     bool exec = false;
+    bool writable = true;
+    std::uint64_t alias_of = 0;  // mmap_alias: the source region's start (its pages' frames)
   };
   std::vector<Region> regions;
   std::shared_ptr<Program> workload;
@@ -261,6 +286,9 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
 
   std::uint64_t sys_mmap(Thread& t, std::uint64_t bytes);
   bool sys_mmap_fixed(Thread& t, std::uint64_t start, std::uint64_t bytes, bool exec);
+  std::uint64_t sys_mmap_alias(Thread& t, std::uint64_t src, std::uint64_t bytes, bool writable, bool exec);
+  void sys_put_user(Thread& t, std::uint64_t va, std::uint64_t value);
+  void sys_kernel_bug(Thread& t, Thread::KernelBug kind, std::uint64_t va);
   bool sys_munmap(Thread& t, std::uint64_t start);
   bool sys_fork_wait(Thread& t, const std::function<void(Thread&)>& child);
   std::uint64_t sys_sleep(Thread& t, std::uint64_t ps);
@@ -424,6 +452,12 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   stats::Group m_stats;
   stats::Counter m_page_faults{&m_stats, "page_faults", "faults", "page faults the kernel handled"};
   stats::Counter m_cow_faults{&m_stats, "cow_faults", "faults", "of those, copy-on-write faults resolved"};
+  /// kernel.protection.*: only with kernel.smep or kernel.smap on.
+  stats::Counter* m_smep_oopses = nullptr;
+  stats::Counter* m_smap_oopses = nullptr;
+  stats::Counter* m_uaccesses = nullptr;
+  /// CR4 as the kernel sets it at boot on every vCPU.
+  std::uint64_t boot_cr4() const;
   stats::Gauge m_frames_free{&m_stats, "frames_free", "frames",
                              "4 KiB frames of guest memory the kernel can still give out (its free lists and the "
                              "memory it never handed out), at the end"};

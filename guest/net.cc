@@ -125,7 +125,12 @@ bool Kernel::sys_net_send(Thread& t, std::uint64_t va, std::uint32_t len, bool f
   net_lock(c);
   for (;;) {
     Core& now = Core::current();
-    if (m_net->transmit(now, va, len)) break;
+    // The copy from the user buffer is a user-memory access: STAC/CLAC
+    // around it under SMAP (kernel.smap), as Linux's copy_from_user.
+    if (m_p.smap) now.stac();
+    const bool sent = m_net->transmit(now, va, len);
+    if (m_p.smap) now.clac();
+    if (sent) break;
     if (m_net->reap(now)) continue;
     // The ring is full: tell the device what is queued and wait for a
     // transmit-done interrupt.
@@ -173,7 +178,9 @@ std::uint32_t Kernel::sys_net_recv(Thread& t, std::uint64_t va, std::uint32_t ma
   for (;;) {
     Core& now = Core::current();
     if (m_net->rx_ready(now)) {
+      if (m_p.smap) now.stac();  // copy_to_user
       len = m_net->receive(now, va, max);
+      if (m_p.smap) now.clac();
       if (len) break;
     }
     if (!waited) ++m_net_stats->rx_waits;

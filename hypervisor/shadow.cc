@@ -341,11 +341,13 @@ void Hypervisor::handle_shadow_pf(Core& c, Vcpu& v) {
       }
       table = e & pte::kAddrMask;
     }
-    // Access rights (SDM Vol. 3A, 4.6), with the guest's CR0.WP, SMEP, SMAP.
+    // Access rights (SDM Vol. 3A, 4.6), with the guest's CR0.WP, SMEP, SMAP
+    // (lifted by the guest's RFLAGS.AC, read only when SMAP matters).
     const bool wp = v.shadow.guest_cr0 & crb::kCr0Wp;
     const bool violation = (user && !u_all) || (write && !w_all && (user || wp)) || (fetch && nx_any) ||
                            (!user && fetch && u_all && (v.shadow.guest_cr4 & crb::kCr4Smep)) ||
-                           (!user && !fetch && u_all && (v.shadow.guest_cr4 & crb::kCr4Smap));
+                           (!user && !fetch && u_all && (v.shadow.guest_cr4 & crb::kCr4Smap) &&
+                            !(vmr(c, field::kGuestRflags) & (1ull << 18)));
     if (violation) {
       unlock_mmu(c, vm);
       shadow_reflect_pf(c, v, la,

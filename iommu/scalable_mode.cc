@@ -219,7 +219,7 @@ struct Iommu::SlStage2 {
   std::uint8_t table_need() const { return sl::kRead; }
   std::uint8_t write_right() const { return sl::kWrite; }
   mmu::Stage2Step table(std::uint64_t gpa, std::uint32_t& cycles) { return u.sl_walk(d, gpa, false, cycles); }
-  mmu::Stage2Step final(std::uint64_t gpa, mmu::AccessType t, std::uint32_t& cycles) {
+  mmu::Stage2Step final(std::uint64_t gpa, mmu::AccessType t, std::uint8_t, std::uint32_t& cycles) {
     return u.sl_walk(d, gpa, t == mmu::AccessType::Write, cycles);
   }
 };

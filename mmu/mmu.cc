@@ -78,10 +78,10 @@ bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std
   tlb_missed(1, va, type);
   now += m_stlb_latency;
   const TlbEntry* e = m_stlb.lookup(va, m_tag);
-  if (!e || !permits(e->perms, type)) e = m_stlb_1g.lookup(va, m_tag);
-  if (e && permits(e->perms, type)) {
+  if (!e || !permits(*e, type)) e = m_stlb_1g.lookup(va, m_tag);
+  if (e && permits(*e, type)) {
     pa = Tlb::translate(*e, va);
-    fill_l1(type, va, pa, e->perms, e->global, e->shift);
+    fill_l1(type, va, pa, e->perms, e->global, e->shift, e->pkey);
     return true;
   }
   tlb_missed(2, va, type);
@@ -91,17 +91,17 @@ bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std
 // Fills go to the arrays of the translation's effective page size: the
 // smaller of the guest and EPT page sizes.
 void Mmu::fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
-                  unsigned shift) {
+                  unsigned shift, std::uint8_t pkey) {
   if (type == AccessType::Execute) {
     // Skylake's ITLB has no 1 GiB array: such code pages are held as the
     // 2 MiB piece that was fetched from.
-    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_tag);
-    else m_itlb_2m.insert(va, pa, perms, global, m_tag);
+    if (shift == 12) m_itlb.insert(va, pa, perms, global, m_tag, 0, pkey);
+    else m_itlb_2m.insert(va, pa, perms, global, m_tag, 0, pkey);
     return;
   }
-  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_tag);
-  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_tag);
-  else m_dtlb_1g.insert(va, pa, perms, global, m_tag);
+  if (shift == 12) m_dtlb.insert(va, pa, perms, global, m_tag, 0, pkey);
+  else if (shift == 21) m_dtlb_2m.insert(va, pa, perms, global, m_tag, 0, pkey);
+  else m_dtlb_1g.insert(va, pa, perms, global, m_tag, 0, pkey);
 }
 
 WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
@@ -116,7 +116,10 @@ WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
   r.wp = m_cr0 & crbits::kCr0Wp;
   r.nxe = *m_regs.efer & crbits::kEferNxe;
   r.smep = m_cr4 & crbits::kCr4Smep;
-  r.smap = m_cr4 & crbits::kCr4Smap;
+  r.smap = (m_cr4 & crbits::kCr4Smap) && !m_ac;
+  r.pke = m_pke;
+  r.pkru = m_pkru;
+  r.mbec = m_mbec && m_ept;
   r.pge = m_cr4 & crbits::kCr4Pge;
   r.ept = m_ept;
   const std::uint64_t eptp = *m_regs.eptp;
@@ -135,9 +138,9 @@ bool Mmu::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa, st
     m_fault = r;
     return false;
   }
-  if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_tag);
-  else m_stlb.insert(va, r.pa, r.perms, r.global, m_tag, r.page_shift);
-  fill_l1(type, va, r.pa, r.perms, r.global, r.page_shift);
+  if (r.page_shift == 30) m_stlb_1g.insert(va, r.pa, r.perms, r.global, m_tag, 0, r.pkey);
+  else m_stlb.insert(va, r.pa, r.perms, r.global, m_tag, r.page_shift, r.pkey);
+  fill_l1(type, va, r.pa, r.perms, r.global, r.page_shift, r.pkey);
   pa = r.pa;
   return true;
 }

@@ -60,7 +60,7 @@ class Mmu {
   /// The translation context, given whenever one of its inputs changes:
   /// CR0, CR4, CPL 3, EPT in use (VMX non-root with "enable EPT"), the VPID
   /// of new entries (0 in root operation), and CR3 or the EPTP (wired
-  /// above, read here for the tag). Only the tag and what a TLB hit checks
+  /// above, read here for the tag). Only the tag and the hit-check masks
   /// are derived here; a walk derives the rest (walk_request).
   /// guest: in VMX non-root operation (as the events report it).
   void set_context(std::uint64_t cr0, std::uint64_t cr4, bool user, bool ept, std::uint16_t vpid, bool guest) {
@@ -75,6 +75,16 @@ class Mmu {
     m_tag.pcid =
         (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(*m_regs.cr3 & crbits::kCr3PcidMask) : 0;
     m_tag.ep4ta = ept ? (*m_regs.eptp & ept::kAddrMask) : 0;
+    update_checks();
+  }
+  /// The rest of the protection context (SDM Vol. 3A, 4.6): RFLAGS.AC (lifts
+  /// SMAP for explicit supervisor accesses), PKRU, and EPT mode-based
+  /// execute control (secondary control 22). Given whenever one changes.
+  void set_protection(bool ac, std::uint32_t pkru, bool mbec) {
+    m_ac = ac;
+    m_pkru = pkru;
+    m_mbec = mbec;
+    update_checks();
   }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
@@ -95,17 +105,17 @@ class Mmu {
     const bool fetch = type == AccessType::Execute;
     Tlb& l1 = fetch ? m_itlb : m_dtlb;
     now += l1.latency();
-    if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(*e, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
-    if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(e->perms, type)) {
+    if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(*e, type)) {
       pa = Tlb::translate(*e, va);
       return true;
     }
     if (!fetch) {
-      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(e->perms, type)) {
+      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(*e, type)) {
         pa = Tlb::translate(*e, va);
         return true;
       }
@@ -134,30 +144,41 @@ class Mmu {
  private:
   /// A cached translation is used only when it certainly permits the
   /// access; anything else walks, and the walk decides (and sets the dirty
-  /// bit).
-  bool permits(std::uint8_t perms, AccessType type) const {
-    const bool user = m_user;
-    const bool smap = m_cr4 & crbits::kCr4Smap, smep = m_cr4 & crbits::kCr4Smep;
-    switch (type) {
-      case AccessType::Read:
-        return (perms & perm::kEptRead) && (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
-      case AccessType::Write:
-        // kEptDirty: with EPT A/D flags on, a translation cached by a read
-        // (EPT leaf not yet dirty) walks on a write, which sets the flag
-        // (SDM Vol. 3C, 29.3.5).
-        return (perms & (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty)) ==
-                   (perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smap));
-      case AccessType::Execute:
-        return (perms & perm::kEptExecute) && (perms & perm::kExecutable) &&
-               (user ? (perms & perm::kUser) : !((perms & perm::kUser) && smep));
-    }
-    return false;
+  /// bit). The entry's rights are those combined over every level of both
+  /// dimensions (SDM Vol. 3A, 4.10.2.2), checked on each hit against masks
+  /// derived from the context (update_checks): the rights the access needs
+  /// (kEptDirty/kDirty for a write: with EPT A/D flags on, a translation
+  /// cached by a read walks on a write, which sets the flag, SDM Vol. 3C,
+  /// 29.3.5) and kUser where SMEP/SMAP forbid a user-mode page. Protection
+  /// keys are looked at only when CR4.PKE is on.
+  bool permits(const TlbEntry& e, AccessType type) const {
+    const unsigned t = static_cast<unsigned>(type);
+    if ((e.perms & m_need[t]) != m_need[t] || (e.perms & m_forbid[t])) return false;
+    if (m_pke) [[unlikely]]
+      return key_permits(e, type);
+    return true;
+  }
+  bool key_permits(const TlbEntry& e, AccessType type) const {
+    if (type == AccessType::Execute || !(e.perms & perm::kUser)) return true;
+    const unsigned bits = (m_pkru >> (2 * e.pkey)) & 3;
+    return !((bits & 1) || (type == AccessType::Write && (bits & 2) && (m_user || (m_cr0 & crbits::kCr0Wp))));
+  }
+  void update_checks() {
+    const std::uint8_t u = m_user ? perm::kUser : 0;
+    m_need[0] = static_cast<std::uint8_t>(perm::kEptRead | u);
+    m_need[1] = static_cast<std::uint8_t>(perm::kEptWrite | perm::kEptDirty | perm::kWritable | perm::kDirty | u);
+    m_need[2] = static_cast<std::uint8_t>(perm::kEptExecute | perm::kExecutable | u);
+    const bool paging = m_cr0 & crbits::kCr0Pg;
+    const bool smap = paging && !m_user && (m_cr4 & crbits::kCr4Smap) && !m_ac;
+    const bool smep = paging && !m_user && (m_cr4 & crbits::kCr4Smep);
+    m_forbid[0] = m_forbid[1] = smap ? perm::kUser : 0;
+    m_forbid[2] = smep ? perm::kUser : 0;
+    m_pke = paging && (m_cr4 & crbits::kCr4Pke);
   }
   bool translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now);
   bool walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now);
   void fill_l1(AccessType type, std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global,
-               unsigned shift);
+               unsigned shift, std::uint8_t pkey);
   /// The one place a TLB miss is reported: level 1 (every L1 array of the
   /// access's kind missed) or 2 (the STLB missed too: a walk follows).
   void tlb_missed(unsigned level, std::uint64_t va, AccessType type);
@@ -177,6 +198,11 @@ class Mmu {
   std::uint64_t m_cr0 = 0, m_cr4 = 0;
   bool m_user = false, m_ept = false;
   bool m_translate = false;  // paging or EPT is on
+  bool m_ac = false, m_mbec = false;
+  std::uint32_t m_pkru = 0;
+  // Hit checks by AccessType (update_checks): perm bits needed, bits forbidden.
+  std::array<std::uint8_t, 3> m_need{}, m_forbid{};
+  bool m_pke = false;        // CR4.PKE with paging: protection keys checked
   TlbTag m_tag{};            // of new entries, and looked up
   bool m_guest = false;       // in VMX non-root operation
   const events::Dispatcher* m_events = &events::Dispatcher::none();

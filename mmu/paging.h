@@ -17,6 +17,7 @@ constexpr std::uint64_t kAccessed = 1ull << 5;
 constexpr std::uint64_t kDirty = 1ull << 6;
 constexpr std::uint64_t kPageSize = 1ull << 7;
 constexpr std::uint64_t kGlobal = 1ull << 8;
+constexpr unsigned kPkeyShift = 59;  // protection key, bits 62:59 of a leaf (4.6.2)
 constexpr std::uint64_t kNoExecute = 1ull << 63;
 constexpr std::uint64_t kAddrMask = 0x000FFFFFFFFFF000ull;  // MAXPHYADDR = 52
 }  // namespace pte
@@ -56,6 +57,7 @@ constexpr std::uint64_t kCr4Vmxe = 1ull << 13;
 constexpr std::uint64_t kCr4Pcide = 1ull << 17;
 constexpr std::uint64_t kCr4Smep = 1ull << 20;
 constexpr std::uint64_t kCr4Smap = 1ull << 21;
+constexpr std::uint64_t kCr4Pke = 1ull << 22;
 constexpr std::uint64_t kEferLme = 1ull << 8;
 constexpr std::uint64_t kEferNxe = 1ull << 11;
 constexpr std::uint64_t kCr3PcidMask = 0xFFF;
@@ -82,6 +84,7 @@ constexpr std::uint32_t kWrite = 1u << 1;
 constexpr std::uint32_t kUser = 1u << 2;
 constexpr std::uint32_t kReserved = 1u << 3;
 constexpr std::uint32_t kFetch = 1u << 4;
+constexpr std::uint32_t kPk = 1u << 5;
 }  // namespace pfec
 
 enum class AccessType : std::uint8_t { Read = 0, Write = 1, Execute = 2 };

@@ -57,7 +57,7 @@ const TlbEntry* Tlb::lookup(std::uint64_t va, const TlbTag& tag) {
 }
 
 void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag,
-                 unsigned page_shift) {
+                 unsigned page_shift, std::uint8_t pkey) {
   const unsigned shift = page_shift ? page_shift : m_shifts[0];
   if (!holds(shift))
     throw std::invalid_argument("TLB insert: page size 2^" + std::to_string(shift) + " is not held by this TLB");
@@ -98,6 +98,7 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
   e.shift = static_cast<std::uint8_t>(shift);
   e.tag = tag;
   e.perms = perms;
+  e.pkey = pkey;
   e.global = global;
   e.valid = true;
   m_keys[way] = key;

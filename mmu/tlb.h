@@ -123,6 +123,7 @@ struct TlbEntry {
   TlbTag tag;
   std::uint8_t perms = 0;  // TlbPerm bits
   std::uint8_t shift = 12; // page size of the entry: 12, 21 or 30
+  std::uint8_t pkey = 0;   // protection key of the leaf (SDM Vol. 3A, 4.6.2), checked on every hit
   bool global = false;     // G bit of the leaf (only honoured with CR4.PGE, the walker's call)
   bool valid = false;
 };
@@ -159,9 +160,10 @@ class Tlb {
   /// Caches the translation of va's page to pa's frame. An entry that
   /// lookup(va, tag) would hit is overwritten (a re-walk, e.g. to set the
   /// D bit); otherwise an invalid way is used, else the LRU way is evicted.
-  /// page_shift: one of the TLB's sizes; 0 means the smallest.
+  /// page_shift: one of the TLB's sizes; 0 means the smallest. pkey: the
+  /// leaf's protection key (bits 62:59).
   void insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag,
-              unsigned page_shift = 0);
+              unsigned page_shift = 0, std::uint8_t pkey = 0);
 
   /// Host-physical address of va through entry e.
   static std::uint64_t translate(const TlbEntry& e, std::uint64_t va) {

@@ -40,6 +40,11 @@ class TableMemory {
 /// that a write needs no flag update. For IA-32e this is TlbPerm's kDirty.
 constexpr std::uint8_t kLeafDirty = 8;
 
+/// WalkFault::missing: the access was refused by the protection key of a
+/// user-mode page (PKRU, CR4.PKE; SDM Vol. 3A, 4.6.2), alone or besides
+/// another right.
+constexpr std::uint8_t kProtectionKey = 0x10;
+
 /// What went wrong in a walk, in no architecture's encoding.
 struct WalkFault {
   enum class Kind : std::uint8_t {
@@ -70,7 +75,10 @@ struct WalkAccess {
   bool execute = false;  // an instruction fetch (CPU: type == Execute; DMA: execute-requested)
   bool user = false;     // CPL 3 / an unprivileged request
   bool wp = true;        // supervisor writes honour R/W (CR0.WP; VT-d PASID entry WPE)
-  bool smep = false, smap = false;
+  bool smep = false;
+  bool smap = false;     // CR4.SMAP and not overridden (RFLAGS.AC = 1 for an explicit access)
+  bool pke = false;      // CR4.PKE: protection keys of user-mode pages checked against pkru
+  std::uint32_t pkru = 0;
 };
 
 /// One dimension's paging-structure caches: enabled ones only, by level of
@@ -119,39 +127,77 @@ struct Ia32eFormat {
     return WalkFault::Kind::None;
   }
   /// Access rights (SDM Vol. 3A, 4.6; VT-d 3.6.1, where WPE plays CR0.WP and
-  /// there is no SMEP/SMAP): the right lacking, or 0.
-  std::uint8_t rights(std::uint8_t acc, const WalkAccess& a) const {
+  /// there is no SMEP/SMAP/PKE): the right lacking, or 0; kProtectionKey is
+  /// added when PKRU refuses the access too (the #PF error code then has
+  /// both P and PK, 4.7).
+  std::uint8_t rights(std::uint8_t acc, const WalkAccess& a, std::uint64_t leaf) const {
+    const std::uint8_t m = page_rights(acc, a);
+    if (a.pke) [[unlikely]]
+      return static_cast<std::uint8_t>(m | key_rights(acc, a, leaf));
+    return m;
+  }
+  /// Rights from the R/W, U/S and XD bits, CR0.WP, SMEP and SMAP (4.6.1):
+  /// a user-mode address is one with U/S = 1 at every level.
+  static std::uint8_t page_rights(std::uint8_t acc, const WalkAccess& a) {
     const bool write = a.type == AccessType::Write;
     if (a.user && !(acc & kUser)) return kUser;
     if (write && !(acc & kWritable) && (a.user || a.wp)) return kWritable;
     if (a.execute && !(acc & kExecutable)) return kExecutable;
+    // SMEP: no supervisor fetch from a user-mode address, whatever XD says.
     if (!a.user && a.execute && (acc & kUser) && a.smep) return kExecutable;
+    // SMAP: no supervisor data access to a user-mode address unless
+    // RFLAGS.AC = 1 (explicit accesses; a.smap is already false then).
     if (!a.user && !a.execute && (acc & kUser) && a.smap) return kUser;
     return 0;
   }
+  /// Protection keys (4.6.2): a data access to a user-mode address (from
+  /// either privilege level) with key i in bits 62:59 of the leaf is refused
+  /// if PKRU.AD_i = 1, and a write also if PKRU.WD_i = 1 and it is a user
+  /// access or CR0.WP = 1. Fetches are not checked.
+  static std::uint8_t key_rights(std::uint8_t acc, const WalkAccess& a, std::uint64_t leaf) {
+    if (a.execute || !(acc & kUser)) return 0;
+    const unsigned bits = (a.pkru >> (2 * ((leaf >> pte::kPkeyShift) & 15))) & 3;
+    const bool write = a.type == AccessType::Write;
+    return ((bits & 1) || (write && (bits & 2) && (a.user || a.wp))) ? kProtectionKey : 0;
+  }
 };
 
-/// EPT (SDM Vol. 3C, 29.3.2). Rights: R/W/X (bits 2:0) ANDed down the walk.
+/// EPT (SDM Vol. 3C, 29.3.2). Rights: R/W/X (bits 2:0) and the user-execute
+/// right kUserExec, ANDed down the walk. With mode-based execute control
+/// (secondary control 22, 29.3.3.2) bit 2 is supervisor-execute and bit 10
+/// user-execute, chosen by whether the guest linear address is user-mode
+/// (WalkAccess::user of the EPT walk); without it kUserExec is a copy of
+/// bit 2, so the choice makes no difference. Execute-only entries (R = W =
+/// 0, X = 1) are permitted: the capability is reported in
+/// IA32_VMX_EPT_VPID_CAP bit 0.
 struct EptFormat {
   static constexpr std::uint64_t kAddrMask = ept::kAddrMask;
   static constexpr std::uint64_t kAccessed = ept::kAccessed, kDirty = ept::kDirty;
-  static constexpr std::uint8_t kAllRights = ept::kPermMask;
+  static constexpr std::uint8_t kUserExec = 0x10;  // above kLeafDirty
+  static constexpr std::uint8_t kAllRights = ept::kPermMask | kUserExec;
   /// The EPT paging-structure caches are filled once the leaf is reached,
   /// before the permission check.
   static constexpr bool kFillAtLeaf = true;
   PagingMode mode{};
   bool ad_flags = false;  // EPTP bit 6 (29.3.5)
+  bool mbec = false;      // "mode-based execute control for EPT"
 
-  static std::uint8_t need(AccessType t) {
-    return t == AccessType::Read ? ept::kRead : t == AccessType::Write ? ept::kWrite : ept::kExecute;
+  /// The right an access needs; a fetch from a user-mode linear address
+  /// needs user-execute (29.3.3.2).
+  static std::uint8_t need(AccessType t, bool user_page) {
+    return t == AccessType::Read    ? ept::kRead
+           : t == AccessType::Write ? ept::kWrite
+                                    : (user_page ? kUserExec : ept::kExecute);
   }
   bool psc_usable(std::uint8_t, const WalkAccess&) const { return true; }
   bool ad() const { return ad_flags; }
-  /// An entry with bits 2:0 clear is not present; write without read, PS
-  /// above the largest page size or a reserved memory type (2, 3, 7) in a
-  /// leaf is a misconfiguration (29.3.3.1).
+  /// An entry with bits 2:0 clear (and bit 10 with MBEC) is not present;
+  /// write without read, PS above the largest page size or a reserved
+  /// memory type (2, 3, 7) in a leaf is a misconfiguration (29.3.3.1).
   WalkFault::Kind entry(std::uint64_t e, unsigned level, std::uint8_t& acc, const WalkAccess&, bool& leaf) const {
-    const std::uint8_t p = static_cast<std::uint8_t>(e & ept::kPermMask);
+    const unsigned ux_bit = mbec ? 10 : 2;
+    const std::uint8_t p =
+        static_cast<std::uint8_t>((e & ept::kPermMask) | (((e >> ux_bit) & 1) << 4));
     acc &= p;
     if (p == 0) return WalkFault::Kind::NotPresent;
     if ((p & 3) == ept::kWrite) return WalkFault::Kind::Reserved;
@@ -164,7 +210,10 @@ struct EptFormat {
     }
     return WalkFault::Kind::None;
   }
-  std::uint8_t rights(std::uint8_t acc, const WalkAccess& a) const { return (acc & need(a.type)) ? 0 : need(a.type); }
+  std::uint8_t rights(std::uint8_t acc, const WalkAccess& a, std::uint64_t) const {
+    const std::uint8_t n = need(a.type, a.user);
+    return (acc & n) ? 0 : n;
+  }
 };
 
 /// VT-d second-level tables (VT-d 3.7, 9.8): EPT's layout (R, W, PS, A, D
@@ -194,7 +243,7 @@ struct VtdSlFormat {
     leaf = level == 1 || ps;
     return WalkFault::Kind::None;
   }
-  std::uint8_t rights(std::uint8_t, const WalkAccess&) const { return 0; }  // checked at every level
+  std::uint8_t rights(std::uint8_t, const WalkAccess&, std::uint64_t) const { return 0; }  // checked at every level
 };
 
 // --- Stage 2 ----------------------------------------------------------------
@@ -221,7 +270,7 @@ struct IdentityStage2 {
   std::uint8_t table_need() const { return 0; }
   std::uint8_t write_right() const { return 0; }
   Stage2Step table(std::uint64_t a, std::uint32_t&) { return Stage2Step{{}, a, perms, 12}; }
-  Stage2Step final(std::uint64_t a, AccessType, std::uint32_t&) { return Stage2Step{{}, a, perms, 12}; }
+  Stage2Step final(std::uint64_t a, AccessType, std::uint8_t, std::uint32_t&) { return Stage2Step{{}, a, perms, 12}; }
 };
 
 /// What a walk gives: the output address of the stage (stage-1's before
@@ -350,7 +399,7 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
     translated = !Stage2::active();
   }
 
-  if (std::uint8_t missing = fmt.rights(acc, a)) {
+  if (std::uint8_t missing = fmt.rights(acc, a, value[leaf])) {
     f.kind = WalkFault::Kind::Permission;
     f.level = static_cast<std::uint8_t>(leaf);
     f.access = a.type;
@@ -390,7 +439,7 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
   if constexpr (!Fmt::kFillAtLeaf && !kFillAfterFinal) fill();
   out.hpa = out.out;
   if constexpr (Stage2::active()) {
-    Stage2Step t = s2.final(out.out, a.type, cycles);
+    Stage2Step t = s2.final(out.out, a.type, acc, cycles);
     if (t.fault) {
       f = t.fault;
       f.stage = WalkFault::Stage::Two;

@@ -64,32 +64,38 @@ struct Walker::EptStage2 {
   static constexpr bool active() { return true; }
   std::uint8_t table_need() const { return table_access == AccessType::Write ? ept::kWrite : ept::kRead; }
   std::uint8_t write_right() const { return ept::kWrite; }
-  Stage2Step table(std::uint64_t gpa, std::uint32_t&) { return w.ept_translate(req, gpa, table_access, r); }
-  Stage2Step final(std::uint64_t gpa, AccessType type, std::uint32_t&) { return w.ept_translate(req, gpa, type, r); }
+  Stage2Step table(std::uint64_t gpa, std::uint32_t&) { return w.ept_translate(req, gpa, table_access, false, r); }
+  /// The guest page's U/S (the AND over the guest levels) says whether the
+  /// linear address is user-mode, which picks EPT's execute right with MBEC.
+  Stage2Step final(std::uint64_t gpa, AccessType type, std::uint8_t s1_rights, std::uint32_t&) {
+    return w.ept_translate(req, gpa, type, (s1_rights & perm::kUser) != 0, r);
+  }
 };
 
 namespace {
 // What a cached guest-physical translation must hold to serve an access: the
 // permission, and for a write the leaf's dirty flag (or EPT A/D off), so that
 // a write after a read still walks and sets it (SDM Vol. 3C, 29.3.5).
-std::uint8_t ept_need_cached(AccessType type) {
-  return type == AccessType::Write ? static_cast<std::uint8_t>(ept::kWrite | kEptLeafDirty) : EptFormat::need(type);
+std::uint8_t ept_need_cached(AccessType type, bool user_page) {
+  return type == AccessType::Write ? static_cast<std::uint8_t>(ept::kWrite | kEptLeafDirty)
+                                   : EptFormat::need(type, user_page);
 }
 }  // namespace
 
 // The nested TLB is consulted first; a cached translation is used only when
 // it permits the access (otherwise the EPT walk decides, as for the TLBs).
-Stage2Step Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r) {
+Stage2Step Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, bool user_page,
+                                 WalkResult& r) {
   NestedTlb* ntlb = m_nested;
-  if (!ntlb) return ept_walk(req, gpa, type, r);
+  if (!ntlb) return ept_walk(req, gpa, type, user_page, r);
   const std::uint64_t ep4ta = req.eptp & ept::kAddrMask;
   r.cycles += ntlb->latency();
-  const std::uint8_t need = ept_need_cached(type);
+  const std::uint8_t need = ept_need_cached(type, user_page);
   if (const NestedTlbEntry* e = ntlb->lookup(gpa, ep4ta); e && (e->perms & need) == need) {
     ++r.nested_hits;
     return Stage2Step{{}, ntlb->translate(*e, gpa), e->perms, e->shift};
   }
-  Stage2Step s = ept_walk(req, gpa, type, r);
+  Stage2Step s = ept_walk(req, gpa, type, user_page, r);
   if (!s.fault) ntlb->insert(gpa, s.hpa, s.perms, s.shift, ep4ta);
   return s;
 }
@@ -99,10 +105,12 @@ Stage2Step Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa, Acce
 // permits the access (the SDM does not say whether a walk ending in an EPT
 // violation sets them; Intel sets guest A/D flags only after a successful
 // walk, and this follows that).
-Stage2Step Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r) {
-  const EptFormat fmt{req.ept_mode, ept::eptp_ad(req.eptp)};
+Stage2Step Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, bool user_page,
+                            WalkResult& r) {
+  const EptFormat fmt{req.ept_mode, ept::eptp_ad(req.eptp), req.mbec};
   WalkAccess a;
   a.type = type;
+  a.user = user_page;
   IdentityStage2 none;
   EptSink sink{m_stats, r};
   WalkOut o;
@@ -130,7 +138,7 @@ void Walker::fail(const WalkRequest& req, const WalkFault& f, WalkResult& r) {
       ++m_stats.ept_misconfigs;
     } else {
       r.status = WalkResult::Status::EptViolation;
-      r.exit_qualification = ept_qualification(f, req.paging, ept::eptp_ad(req.eptp));
+      r.exit_qualification = ept_qualification(f, req.paging, ept::eptp_ad(req.eptp), req.mbec);
       ++m_stats.ept_violations;
     }
   }
@@ -157,7 +165,9 @@ WalkResult Walker::translate(const WalkRequest& req) {
     std::uint8_t ept_perms = perm::kAllEpt | perm::kEptDirty;
     unsigned shift = 12;
     if (req.ept) {
-      Stage2Step e = ept_translate(req, req.la, req.type, r);
+      // With paging off every linear address is a supervisor-mode address
+      // (assumption for MBEC: the SDM defines user-mode addresses by U/S).
+      Stage2Step e = ept_translate(req, req.la, req.type, false, r);
       if (e.fault) {
         WalkFault f = e.fault;
         f.stage = WalkFault::Stage::Two;
@@ -187,6 +197,8 @@ WalkResult Walker::translate(const WalkRequest& req) {
   a.wp = req.wp;
   a.smep = req.smep;
   a.smap = req.smap;
+  a.pke = req.pke;
+  a.pkru = req.pkru;
   GuestSink sink{m_stats, r};
   WalkOut o;
   WalkFault f;
@@ -203,7 +215,13 @@ WalkResult Walker::translate(const WalkRequest& req) {
     return r;
   }
   r.global = req.pge && (o.leaf_entry & pte::kGlobal);  // SDM Vol. 3A, 4.10.2.4
-  const std::uint8_t ept_perms = req.ept ? static_cast<std::uint8_t>((o.s2_perms & (7 | kEptLeafDirty)) << 4)
+  r.pkey = static_cast<std::uint8_t>((o.leaf_entry >> pte::kPkeyShift) & 15);
+  std::uint8_t s2 = o.s2_perms;
+  // With MBEC the TLB caches the execute right that applies to this page:
+  // user-execute for a user-mode address (its U/S is fixed per entry).
+  if (req.mbec && (o.rights & perm::kUser))
+    s2 = static_cast<std::uint8_t>((s2 & ~ept::kExecute) | ((s2 & EptFormat::kUserExec) >> 2));
+  const std::uint8_t ept_perms = req.ept ? static_cast<std::uint8_t>((s2 & (7 | kEptLeafDirty)) << 4)
                                          : static_cast<std::uint8_t>(perm::kAllEpt | perm::kEptDirty);
   r.page_shift = o.shift;
   r.perms = static_cast<std::uint8_t>((o.rights & kAllGuest) | ept_perms);

@@ -81,7 +81,11 @@ struct WalkRequest {
   bool paging = true;               // CR0.PG
   std::uint64_t cr3 = 0;
   PagingMode mode{};
-  bool wp = true, nxe = true, smep = false, smap = false;
+  bool wp = true, nxe = true, smep = false;
+  bool smap = false;                // CR4.SMAP and RFLAGS.AC = 0 (explicit accesses)
+  bool pke = false;                 // CR4.PKE (IA-32e paging)
+  std::uint32_t pkru = 0;
+  bool mbec = false;                // EPT mode-based execute control
   bool pge = true;                  // CR4.PGE: the G bit makes a translation global
   bool ept = false;                 // translate guest-physical through EPT
   std::uint64_t eptp = 0;
@@ -102,6 +106,7 @@ struct WalkResult {
   std::uint8_t page_shift = 12;     // effective page size: the smaller of both dimensions
   std::uint8_t perms = 0;           // perm:: bits
   bool global = false;
+  std::uint8_t pkey = 0;            // protection key of the leaf (bits 62:59)
   std::uint64_t pa = 0;             // host-physical address of the access
   std::uint64_t gpa = 0;            // guest-physical address (== pa without EPT)
   WalkFault fault;                  // what went wrong, neutral; encoded below for the core
@@ -131,8 +136,8 @@ class Walker {
   struct GuestSink;
   struct EptSink;
   /// Guest-physical to host-physical: the nested TLB, else ept_walk.
-  Stage2Step ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
-  Stage2Step ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, WalkResult& r);
+  Stage2Step ept_translate(const WalkRequest& req, std::uint64_t gpa, AccessType type, bool user_page, WalkResult& r);
+  Stage2Step ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, bool user_page, WalkResult& r);
   /// Records a fault in r, encoded for the core, and counts it.
   void fail(const WalkRequest& req, const WalkFault& f, WalkResult& r);
   void finish(WalkResult& r);

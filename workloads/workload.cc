@@ -245,6 +245,74 @@ class MmapChurn final : public Workload {
   MmapChurnParams m_p;
 };
 
+// Page protections from the program's side (docs/protection.md): a buffer
+// the kernel fills through its user-memory accessor; a code page mapped
+// twice, writable and not executable (rw) and executable and read-only (rx),
+// as a JIT with W^X does; and, each round, probes that real protections
+// must stop, each in a forked child so that the kernel killing it leaves the
+// program running: the kernel reading a user page outside STAC/CLAC (SMAP),
+// the kernel jumping to a user page (SMEP), a write through rx and a fetch
+// through rw (the page tables). The program counts what it tried and what
+// survived; the kernel counts its oopses.
+class ProtectionProbe final : public Workload {
+ public:
+  ProtectionProbe(const ProtectionProbeParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return true; }
+  void run(guest::Thread& t) override {
+    const std::uint64_t buf = region(t, kPage);
+    const std::uint64_t code = region(t, kPage);
+    t.store(code, 0);  // populate the page both aliases map
+    const std::uint64_t rw = t.mmap_alias(code, kPage, true, false);
+    const std::uint64_t rx = t.mmap_alias(code, kPage, false, true);
+    if (!rw || !rx) throw std::runtime_error("mmap_alias failed");  // unreachable: 4 KiB pages, fresh regions
+    t.load(rx);  // both aliases present before any fork
+    t.load(rw);
+    started(t);
+    for (std::uint64_t round = 1; round <= m_p.iterations; ++round) {
+      t.copy_to_user(buf, round);
+      if (t.load(buf) == round) ++m_uaccess_ok;
+      // Emit "code" through rw, run it through rx: one frame, two views.
+      t.store(rw, round);
+      t.cpu().fetch(rx, kLine);
+      if (t.load(rx) == round) ++m_alias_coherent;
+      probe(t, m_p.kernel_read, m_kr, [&](guest::Thread& c) { c.kernel_bug(guest::Thread::KernelBug::UserRead, buf); });
+      probe(t, m_p.kernel_exec, m_kx, [&](guest::Thread& c) { c.kernel_bug(guest::Thread::KernelBug::UserExec, rx); });
+      probe(t, m_p.alias_write, m_aw, [&](guest::Thread& c) { c.store(rx, ~round); });
+      probe(t, m_p.alias_exec, m_ax, [&](guest::Thread& c) { c.cpu().fetch(rw, kLine); });
+      ++m_stats.operations;
+    }
+    finished(t);
+  }
+
+ private:
+  struct Probe {
+    stats::Counter attempts, survived;
+    Probe(stats::Group* g, const std::string& name, const std::string& what)
+        : attempts(g, name + "_attempts", "probes", "children that tried: " + what),
+          survived(g, name + "_survived", "probes", "of those, children the access did not stop (they went on)") {}
+  };
+  template <class F>
+  void probe(guest::Thread& t, bool on, Probe& p, F body) {
+    if (!on) return;
+    ++p.attempts;
+    if (!t.fork_and_wait([&](guest::Thread& child) {
+          body(child);
+          ++p.survived;
+        }))
+      ++m_failed;
+  }
+  ProtectionProbeParams m_p;
+  stats::Counter m_uaccess_ok{&m_stats, "uaccess_ok", "rounds",
+                              "rounds whose buffer, filled by the kernel's accessor, read back right"};
+  stats::Counter m_alias_coherent{&m_stats, "alias_coherent", "rounds",
+                                  "rounds whose store through the writable alias was seen through the executable one"};
+  stats::Counter m_failed{&m_stats, "failed_forks", "forks", "forks the kernel refused"};
+  Probe m_kr{&m_stats, "kernel_read", "the kernel reads a user page outside STAC/CLAC"};
+  Probe m_kx{&m_stats, "kernel_exec", "the kernel jumps to an executable user page"};
+  Probe m_aw{&m_stats, "alias_write", "a write through the read+execute alias"};
+  Probe m_ax{&m_stats, "alias_exec", "a fetch through the writable, non-executable alias"};
+};
+
 // Process creation heavy: a parent with a populated working set forks a
 // child that writes some pages (copy-on-write) and exits, then writes some
 // pages itself, again and again.
@@ -482,6 +550,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "trace") return std::make_shared<Trace>(p.trace, parent, name);
   if (p.type == "mmap_churn") return std::make_shared<MmapChurn>(p.mmap_churn, parent, name);
   if (p.type == "fork_churn") return std::make_shared<ForkChurn>(p.fork_churn, parent, name);
+  if (p.type == "protection_probe") return std::make_shared<ProtectionProbe>(p.protection_probe, parent, name);
   if (p.type == "periodic") return std::make_shared<Periodic>(p.periodic, parent, name);
   if (p.type == "request_server") return std::make_shared<RequestServer>(p.request_server, parent, name);
   if (p.type == "spinlock") return std::make_shared<Spinlock>(p.spinlock, parent, name);

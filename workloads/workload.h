@@ -134,6 +134,24 @@ struct ForkChurnParams {
   }
 };
 
+struct ProtectionProbeParams {
+  std::uint64_t iterations;
+  bool kernel_read, kernel_exec, alias_write, alias_exec;
+  template <class V>
+  void visit(V& v) {
+    v.param(iterations, "iterations", "8", Spec().at_least(1).at_most(1 << 20), "Rounds of probes.");
+    v.param(kernel_read, "kernel_read", "true", Spec(Unit::Flag),
+            "Each round, a forked child makes the kernel read a user page outside STAC/CLAC (a missing-uaccess "
+            "bug): SMAP stops it.");
+    v.param(kernel_exec, "kernel_exec", "true", Spec(Unit::Flag),
+            "Each round, a forked child makes the kernel jump to an executable user page (ret2usr): SMEP stops it.");
+    v.param(alias_write, "alias_write", "true", Spec(Unit::Flag),
+            "Each round, a forked child writes through the read+execute alias of the code page (W^X): a #PF.");
+    v.param(alias_exec, "alias_exec", "true", Spec(Unit::Flag),
+            "Each round, a forked child fetches through the writable, non-executable alias: a #PF (XD).");
+  }
+};
+
 struct PeriodicParams {
   std::uint64_t period, deadline, work, iterations;
   template <class V>
@@ -309,6 +327,7 @@ struct WorkloadParams {
   NetRxParams net_rx;
   DmaRogueParams dma_rogue;
   PatternCheckParams pattern_check;
+  ProtectionProbeParams protection_probe;
 
   template <class V>
   void visit(V& v) {
@@ -329,7 +348,7 @@ struct WorkloadParams {
               cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
               cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
-              cfg::alt("pattern_check", pattern_check));
+              cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe));
   }
 };
 

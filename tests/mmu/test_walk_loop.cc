@@ -119,7 +119,10 @@ TEST_CASE("EPT and VT-d second-level descriptors over one table: same walk, thei
     h.ept_map(kDataGpa, kDataHpa, shift, ept::kExecute);
     auto e = walk_ept_tables(h, ept_fmt, gpa, AccessType::Read);
     auto s = walk_ept_tables(h, sl_fmt, gpa, AccessType::Read);
-    CHECK((e.f.kind == Kind::Permission && e.f.level == leaf && e.f.perms == ept::kExecute));
+    // Bits 2:0 of the rights are R/W/X; above them the user-execute right,
+    // which without MBEC copies X (mmu::EptFormat::kUserExec).
+    CHECK((e.f.kind == Kind::Permission && e.f.level == leaf &&
+           e.f.perms == (ept::kExecute | mmu::EptFormat::kUserExec)));
     CHECK((s.f.kind == Kind::NotPresent && s.f.level == leaf));
     CHECK(e.reads == s.reads);
   }
