@@ -130,3 +130,18 @@ TEST_CASE("S18: a vCPU migrated to another core shows a burst of cache misses ri
   // The burst is one round's worth: the round after the move.
   CHECK(moved.at("vm.prof.workload0.max_round_events") >= 0.9 * lines);
 }
+
+TEST_CASE("the mediated vPMU's event filter keeps EPT.WALK_PENDING from counting while naive pass-through counts it",
+          "[pmu][vpmu][filter]") {
+  const std::vector<std::string> ept_walks = {"--set", "vms[0].workloads[0].event=0x104F", "--set",
+                                              "vms[0].workloads[0].rounds=2"};
+  auto mediated = scenario("s18_mediated", ept_walks);
+  auto naive = scenario("s18_passthrough", ept_walks);
+  // The guest's 2D walks take EPT-dimension references: the host's
+  // translation, which the filter hides (its event select is kept for the
+  // guest but programmed without EN).
+  REQUIRE(mediated.at("vm.prof.vcpu0.walks") > 1000);
+  CHECK(mediated.at("vm.prof.vpmu.filtered") == 1);
+  CHECK(mediated.at("vm.prof.workload0.counted_events") == 0);
+  CHECK(naive.at("vm.prof.workload0.counted_events") > 0);
+}
