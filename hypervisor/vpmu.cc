@@ -184,7 +184,12 @@ bool Hypervisor::rdmsr_vpmu(PerCore& pc, Vcpu& v, std::uint64_t& value) {
     value = g.lvtpc;
     return true;
   }
-  if (v.vm->pmu == Vm::Pmu::Passthrough) return false;  // passed through: never exits
+  if (v.vm->pmu == Vm::Pmu::Passthrough) {
+    // Everything but the capabilities passes through the VM's bitmap.
+    if (m != pmsr::kPerfCapabilities) return false;
+    value = c.rdmsr(m);
+    return true;
+  }
   charge(c, m_p.costs.msr / 2, kCodeVpmu);
   if (m >= pmsr::kPerfEvtSel0 && m < pmsr::kPerfEvtSel0 + kGp) {
     value = g.evtsel[m - pmsr::kPerfEvtSel0];
