@@ -78,6 +78,10 @@ void Hypervisor::vpmu_cpuid(const Vcpu& v, std::uint32_t leaf, cpu::CpuidResult&
   if (leaf == 1) r.ecx &= ~(1u << 15);
 }
 
+// The handlers below run inside handle_msr, which charges the MSR exit's
+// path (HvCosts::msr); the set-up and the switch charge one such path
+// besides the RDMSRs, WRMSRs and VMWRITEs they make (assumption: of the
+// order of KVM's intel_pmu_refresh and its mediated-PMU context switch).
 void Hypervisor::vpmu_setup_vmcs(Core& c, Vcpu& v) {
   using namespace cpu;
   Vm& vm = *v.vm;
@@ -190,7 +194,6 @@ bool Hypervisor::rdmsr_vpmu(PerCore& pc, Vcpu& v, std::uint64_t& value) {
     value = c.rdmsr(m);
     return true;
   }
-  charge(c, m_p.costs.msr / 2, kCodeVpmu);
   if (m >= pmsr::kPerfEvtSel0 && m < pmsr::kPerfEvtSel0 + kGp) {
     value = g.evtsel[m - pmsr::kPerfEvtSel0];
   } else if (m == pmsr::kFixedCtrCtrl) {
@@ -224,7 +227,6 @@ bool Hypervisor::wrmsr_vpmu(PerCore& pc, Vcpu& v, std::uint64_t value) {
     return true;
   }
   if (v.vm->pmu == Vm::Pmu::Passthrough) return false;
-  charge(c, m_p.costs.msr / 2, kCodeVpmu);
   if (m >= pmsr::kPerfEvtSel0 && m < pmsr::kPerfEvtSel0 + kGp) {
     if (value & ~pmu::evtsel::kWritable) return false;  // reserved bits: #GP, as the hardware
     const unsigned i = m - pmsr::kPerfEvtSel0;
