@@ -158,6 +158,7 @@ void Core::switch_context(sim::Fiber& to) {
 
 void Core::set_user_mode(bool user) {
   VMX_ON_EXECUTING_CORE(set_user_mode(user));
+  pmu_sync();
   m_cpl = user ? 3 : 0;
   // The entry of a system call clears RFLAGS.AC (SYSCALL masks RFLAGS with
   // IA32_FMASK, in which Linux sets AC).
@@ -178,6 +179,7 @@ void Core::recompute_next_event() {
   std::uint64_t next = m_sync_at;
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
+  if (m_pmu_deadline < next) next = m_pmu_deadline;
   if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0 || m_op_done) next = 0;
   if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
   m_next_event = next;
@@ -194,6 +196,10 @@ void Core::slow_boundary() {
   if (m_now >= m_sync_at) yield(Yield::Sync);
   if (m_sibling) smt_update();
   m_lapic.tick(m_now);
+  if (m_now >= m_pmu_deadline) {
+    m_pmu.sync();  // a cycle counter may have overflowed: its PMI is taken below
+    pmu_rearm();
+  }
 
   deliver_injected_event();
   m_event_pending = false;
@@ -287,11 +293,19 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   // after it, not inside the handler.
   const bool op_done = m_op_done;
   m_op_done = false;
+  // The handler's entry and exit code save and restore the general-purpose
+  // registers (as every kernel's does): an operation whose result is in
+  // them (CPUID, RDMSR, IN emulated at a VM exit) keeps it when an injected
+  // interrupt is delivered before it completes and its handler exits.
+  const Regs saved_regs = m_regs;
+  pmu_sync();
   m_cpl = 0;
   m_if = false;
   update_context();
   if (exception) h->exception(*this, vector, error_code);
   else h->interrupt(*this, vector);
+  pmu_sync();
+  m_regs = saved_regs;
   m_cpl = saved_cpl;
   m_if = saved_if;
   m_ac = saved_ac;  // IRET reloads RFLAGS; delivery itself leaves AC (a handler clears it, as Linux's do)
@@ -747,7 +761,12 @@ std::uint64_t Core::msr_root_read(std::uint32_t msr, bool& ok) {
     case msr::kIa32VmxEptVpidCap: return kEptVpidCap;
     case msr::kX2ApicId: return m_id;
     case msr::kX2ApicLvtTimer: return m_lapic.lvt_timer();
-    default: ok = false; return 0;
+    case msr::kX2ApicLvtPmc: return m_lapic.lvt_pmc();
+    default: {
+      std::uint64_t v = 0;
+      ok = pmu::Pmu::owns(msr) && m_pmu.read(msr, v);
+      return v;
+    }
   }
 }
 
@@ -768,13 +787,56 @@ void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
     case msr::kX2ApicLvtTimer:
       m_lapic.set_lvt_timer(static_cast<std::uint32_t>(value));
       return;
+    case msr::kX2ApicLvtPmc:
+      m_lapic.set_lvt_pmc(static_cast<std::uint32_t>(value));
+      return;
     case msr::kX2ApicIcr:
       // Fixed delivery, physical destination in bits 63:32 (x2APIC ICR).
       if (m_w.send_ipi) m_w.send_ipi(static_cast<std::uint32_t>(value >> 32), static_cast<std::uint8_t>(value & 0xFF));
       return;
     default:
+      if (pmu::Pmu::owns(msr) && m_pmu.write(msr, value)) {
+        pmu_rearm();
+        return;
+      }
       raise_exception(vec::kGeneralProtection, 0, true);
   }
+}
+
+void Core::pmu_rearm() {
+  const std::uint64_t left = m_pmu.cycles_to_overflow();
+  m_pmu_deadline = left == UINT64_MAX ? UINT64_MAX : m_now + left;
+  recompute_next_event();
+}
+
+// A counter overflowed with its interrupt enabled: the LVT entry requests
+// its vector, taken at the next operation boundary.
+void Core::pmu_interrupt() {
+  if (m_lapic.pmi()) m_next_event = 0;
+}
+
+std::uint64_t Core::rdpmc(std::uint32_t ecx) {
+  VMX_ON_EXECUTING_CORE(rdpmc(ecx));
+  boundary();
+  retire(1);
+  charge(m_p.rdpmc_latency);
+  // The CPL check (CR4.PCE) is a privilege fault and comes before the VM
+  // exit (SDM Vol. 3C, 26.1.1); an invalid index is #GP(0) too.
+  if (m_cpl != 0 && !(m_cr4 & crb::kCr4Pce)) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return 0;
+  }
+  if (m_non_root && (m_proc & proc::kRdpmcExiting)) {
+    m_regs[Regs::rcx] = ecx;
+    vm_exit(ExitReason::Rdpmc, 0);
+    return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+  }
+  std::uint64_t v = 0;
+  if (!m_pmu.rdpmc(ecx, v)) {
+    raise_exception(vec::kGeneralProtection, 0, true);
+    return 0;
+  }
+  return v;
 }
 
 std::uint64_t Core::rdmsr(std::uint32_t msr) {
@@ -862,9 +924,9 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
       r = {0x16, 0x73786d76, 0x2e2e2e55, 0x436d6973};
       break;
     case 1:
-      // Family 6; ECX: VMX (bit 5), x2APIC (21), TSC-deadline (24);
+      // Family 6; ECX: VMX (bit 5), PDCM (15, IA32_PERF_CAPABILITIES), x2APIC (21), TSC-deadline (24);
       // EDX: TSC (4), MSR (5), PAE (6), APIC (9), PGE (13).
-      r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 21) | (1u << 24),
+      r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 15) | (1u << 21) | (1u << 24),
            (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
       break;
     case 7:
@@ -873,6 +935,12 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
       if (subleaf == 0)
         r = {0, (1u << 7) | (1u << 20), (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
       break;
+    case 0xA: {
+      // Architectural performance monitoring (pmu/pmu.h).
+      const pmu::Cpuid0A a = pmu::Pmu::cpuid();
+      r = {a.eax, a.ebx, a.ecx, a.edx};
+      break;
+    }
     case 0x15: {
       // Time Stamp Counter and core crystal clock (SDM Vol. 2A, CPUID leaf
       // 15H; Vol. 3B, 19.7.3): TSC Hz = ECX x EBX / EAX, with a 25 MHz
@@ -1428,6 +1496,10 @@ VmExit Core::vm_entry(bool launch) {
   // injected.
   bool bad_injection = (inj_check & intr::kValid) && (inj_check & (7u << 8)) == intr::kTypeExternal &&
                        !(v.get(field::kGuestRflags) & kRflagsIf);
+  // "Load IA32_PERF_GLOBAL_CTRL": the guest field's reserved bits must be
+  // clear (SDM Vol. 3C, 27.3.1.1).
+  const bool load_perf = v.get(field::kEntryControls) & entryctl::kLoadPerfGlobalCtrl;
+  if (load_perf && (v.get(field::kGuestPerfGlobalCtrl) & ~pmu::Pmu::kCounterBits)) bad_injection = true;
   if (!guest || guest->finished() || bad_injection) {
     // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
     v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
@@ -1460,6 +1532,11 @@ VmExit Core::vm_entry(bool launch) {
     m_svi = static_cast<std::uint8_t>(gis >> 8);
   }
   flush_vpid_on_transition();
+  pmu_sync();
+  if (load_perf) {
+    m_pmu.load_global_ctrl(v.get(field::kGuestPerfGlobalCtrl));  // SDM Vol. 3C, 27.3.2.1
+    pmu_rearm();
+  }
   m_cr0 = v.get(field::kGuestCr0);
   m_cr3 = v.get(field::kGuestCr3);
   m_cr4 = v.get(field::kGuestCr4);
@@ -1551,11 +1628,24 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
   m_vid = false;
 
+  // The guest's counting ends with the exit: IA32_PERF_GLOBAL_CTRL is
+  // saved and the host's loaded (SDM Vol. 3C, 28.3.1, 28.5.1) before the
+  // exit's own cycles.
+  pmu_sync();
+  {
+    const auto exit_ctl = static_cast<std::uint32_t>(v.get(field::kExitControls));
+    if (exit_ctl & exitctl::kSavePerfGlobalCtrl) v.set(field::kGuestPerfGlobalCtrl, m_pmu.global_ctrl());
+    if (exit_ctl & exitctl::kLoadPerfGlobalCtrl) {
+      m_pmu.load_global_ctrl(v.get(field::kHostPerfGlobalCtrl));
+      pmu_rearm();
+    }
+  }
   charge(m_p.vm_exit_latency);
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
   // interrupts are off in the hypervisor until it enables them.
   m_non_root = false;
   flush_vpid_on_transition();
+  pmu_sync();
   m_cr0 = v.get(field::kHostCr0);
   m_cr3 = v.get(field::kHostCr3);
   m_cr4 = v.get(field::kHostCr4);

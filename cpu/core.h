@@ -24,6 +24,7 @@
 #include "mmu/paging.h"
 #include "mmu/walker.h"
 #include "models/lapic.h"
+#include "pmu/pmu.h"
 #include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -82,8 +83,8 @@ struct CpuidResult {
 /// Core timing parameters. Latencies are in core cycles.
 struct CoreParams {
   double cpi;
-  std::uint32_t cpuid_latency, msr_latency, cr_latency, io_latency, invlpg_latency, rdtsc_latency, pause_latency,
-      exception_latency;
+  std::uint32_t cpuid_latency, msr_latency, cr_latency, io_latency, invlpg_latency, rdtsc_latency, rdpmc_latency,
+      pause_latency, exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
   mmu::DtlbParams dtlb;
@@ -114,6 +115,8 @@ struct CoreParams {
     v.param(invlpg_latency, "invlpg_latency", "50", Spec(Unit::Cycles), "INVLPG (assumption).");
     v.param(rdtsc_latency, "rdtsc_latency", "25", Spec(Unit::Cycles),
             "RDTSC (Agner Fog, Instruction Tables: about 25 cycles on Skylake).");
+    v.param(rdpmc_latency, "rdpmc_latency", "40", Spec(Unit::Cycles),
+            "RDPMC (Agner Fog, Instruction Tables: a few tens of cycles on Intel cores; assumption within that).");
     v.param(pause_latency, "pause_latency", "140", Spec(Unit::Cycles),
             "PAUSE (Intel Optimization Manual: about 140 cycles from Skylake on).");
     v.param(exception_latency, "exception_latency", "100", Spec(Unit::Cycles),
@@ -160,7 +163,7 @@ struct CoreWiring {
   double smt_contention = 1.0;
 };
 
-class Core : public sc_core::sc_module, private mmu::TableMemory {
+class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::Host {
  public:
   SC_HAS_PROCESS(Core);
   Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, const CoreWiring& wiring,
@@ -239,6 +242,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// "enable INVPCID" is set, then a VM exit under "INVLPG exiting".
   void invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la = 0);
   std::uint64_t rdtsc();
+  /// RDPMC with ECX = `ecx` (SDM Vol. 2B, RDPMC): bit 30 selects the fixed
+  /// counters. #GP(0) at CPL > 0 unless CR4.PCE, or for a counter that does
+  /// not exist; in VMX non-root operation a VM exit under "RDPMC exiting".
+  std::uint64_t rdpmc(std::uint32_t ecx);
   /// LIDT: where interrupts and exceptions go in the current mode.
   void lidt(InterruptHandler* handler);
   /// Switching the stack pointer to another software context (guest threads,
@@ -374,6 +381,19 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
   void update_context();         // hand the MMU the translation context
 
+  // Performance monitoring (pmu/pmu.h): the PMU's view of this CPU, and the
+  // cycle at which its first cycle counter may overflow.
+  std::uint8_t pmu_cpl() const override { return m_cpl; }
+  std::uint64_t pmu_unhalted_cycles() const override { return unhalted_cycles(); }
+  void pmu_interrupt() override;
+  /// Brings the PMU's cycle counters up to now before the CPL or the
+  /// counting state changes (nothing when no cycle counter runs).
+  void pmu_sync() {
+    if (m_pmu.cycles_counting()) [[unlikely]] m_pmu.sync();
+  }
+  /// Re-arms the overflow deadline after the PMU's state changed.
+  void pmu_rearm();
+
   // Events.
   /// `fault_address` is the linear address of a #PF (CR2 when delivered).
   void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error,
@@ -440,6 +460,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
       m_events.interrupt({m_now, vector, m_non_root, how});
   }
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
+  pmu::Pmu m_pmu{*this, m_events};
+  std::uint64_t m_pmu_deadline = UINT64_MAX;  // a cycle counter may overflow from here on
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
   bool m_sti_shadow = false;        // blocking by STI (SDM Vol. 3A, 6.8.3)

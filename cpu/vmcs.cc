@@ -15,7 +15,7 @@ std::bitset<512> make_supported() {
   for (std::uint32_t enc :
        {kVpid, kPostedIntrNv, kGuestIntrStatus, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
         kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls,
-        kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kPinBasedControls, kProcBasedControls,
+        kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kGuestPerfGlobalCtrl, kHostPerfGlobalCtrl, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,
         kEntryControls, kEntryIntrInfo, kEntryExceptionErrorCode, kEntryInstructionLength,
         kSecondaryControls, kVmInstructionError, kExitReason, kExitIntrInfo, kExitIntrErrorCode,

@@ -33,6 +33,9 @@ constexpr std::uint32_t kGuestPhysicalAddress = 0x2400;
 // 64-bit guest state
 constexpr std::uint32_t kVmcsLinkPointer = 0x2800;
 constexpr std::uint32_t kGuestIa32Efer = 0x2806;
+constexpr std::uint32_t kGuestPerfGlobalCtrl = 0x2808;
+// 64-bit host state
+constexpr std::uint32_t kHostPerfGlobalCtrl = 0x2C04;
 // 32-bit control
 constexpr std::uint32_t kPinBasedControls = 0x4000;
 constexpr std::uint32_t kProcBasedControls = 0x4002;
@@ -132,10 +135,13 @@ constexpr std::uint32_t kSupported = kEnableEpt | kVirtualizeX2apic | kEnableVpi
 }  // namespace proc2
 namespace exitctl {  // Table 25-13
 constexpr std::uint32_t kHostAddressSpaceSize = 1u << 9;
+constexpr std::uint32_t kLoadPerfGlobalCtrl = 1u << 12;
 constexpr std::uint32_t kAckInterruptOnExit = 1u << 15;
+constexpr std::uint32_t kSavePerfGlobalCtrl = 1u << 30;
 }  // namespace exitctl
 namespace entryctl {  // Table 25-15
 constexpr std::uint32_t kIa32eModeGuest = 1u << 9;
+constexpr std::uint32_t kLoadPerfGlobalCtrl = 1u << 13;
 }  // namespace entryctl
 
 /// IA32_VMX_EPT_VPID_CAP (SDM Vol. 3C, A.10): what the model's EPT and
@@ -314,6 +320,7 @@ constexpr std::uint32_t kX2ApicTpr = 0x808;
 constexpr std::uint32_t kX2ApicEoi = 0x80B;
 constexpr std::uint32_t kX2ApicIcr = 0x830;
 constexpr std::uint32_t kX2ApicLvtTimer = 0x832;
+constexpr std::uint32_t kX2ApicLvtPmc = 0x834;  // LVT performance-monitoring counters
 }  // namespace msr
 
 // --- Virtual-APIC page (SDM Vol. 3C, 30.1): register offsets. ISR, TMR and

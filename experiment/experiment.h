@@ -59,6 +59,7 @@ struct VmParams {
   std::uint64_t weight;
   std::uint64_t cap;
   std::string paging;
+  std::string pmu;
   std::string pin;          // comma-separated core indices ("" = unpinned)
   std::uint64_t priority;
   std::uint64_t edf_runtime, edf_period;  // ps
@@ -81,6 +82,13 @@ struct VmParams {
             "How the hypervisor virtualizes the VM's memory: ept (two-dimensional walks through the VM's EPT) "
             "or shadow (the hypervisor keeps shadow page tables that the hardware walks in one dimension; "
             "guest page-table writes, CR3 loads, INVLPG and page faults exit; see docs/mmu.md).");
+    v.param(pmu, "pmu", "none", Spec().one_of({"none", "emulated", "mediated", "passthrough"}),
+            "The VM's virtual PMU (docs/pmu.md): none (CPUID leaf 0AH reports no performance monitoring, counter "
+            "MSRs are #GP), emulated (every counter MSR access and RDPMC exits; the hypervisor backs each guest "
+            "counter with a core counter that runs only while the vCPU does, as KVM's classic vPMU), mediated "
+            "(counters and RDPMC pass through, event selects are intercepted and filtered, IA32_PERF_GLOBAL_CTRL "
+            "is switched by the VM-entry/VM-exit controls) or passthrough (every counter MSR passes through and "
+            "nothing is switched: the counts include the hypervisor and other VMs).");
     v.param(pin, "pin", "", Spec(Unit::Text),
             "Cores the VM's vCPUs are pinned to, as comma-separated core indices (\"2\" or \"0,1\"): vCPU i "
             "runs only on core pin[i % n]. Empty: unpinned, vCPUs are placed round robin over the cores in order "

@@ -159,6 +159,7 @@ struct Session::System {
       spec.weight = vp.weight;
       spec.cap = vp.cap;
       spec.shadow_paging = vp.paging == "shadow";
+      spec.pmu = vp.pmu;
       spec.pin.clear();
       spec.priority = static_cast<unsigned>(vp.priority);
       spec.edf_runtime = vp.edf_runtime;

@@ -817,6 +817,10 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
     }
     return;
   }
+  if (vector == kPmiVector) {
+    perf_interrupt(c);
+    return;
+  }
   if (vector != kTimerVector) return;
   charge(c, m_p.costs.tick, kCodeTick);
   Vcpu& v = this_vcpu();

@@ -9,6 +9,7 @@
 // instructions (KernelCosts) and as the loads and stores it really makes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <unordered_map>
@@ -226,8 +227,30 @@ class Thread {
   unsigned vcpu() const { return m_vcpu; }
   Kernel& kernel() const { return *m_kernel; }
 
+  // Performance counters (guest/perf.cc; docs/pmu.md, "Profiling in a
+  // guest"), as a perf-like facility counting on the thread's CPU.
+  static constexpr unsigned kPhases = 8;
+  /// Programs the CPU's counters (a system call): fixed counters 0 and 1
+  /// (instructions retired, core cycles) and IA32_PMC0 with `event` (event
+  /// number in bits 7:0, unit mask in 15:8), all at CPL 0 and 3, from zero,
+  /// and lets user mode read them with RDPMC (CR4.PCE). With
+  /// `sample_period` (below 2^31) PMC0 interrupts every that many events
+  /// and the kernel's handler counts a sample for the interrupted thread's
+  /// phase. False if CPUID.0AH reports no PMU (nothing is programmed).
+  bool perf_open(std::uint64_t event, std::uint64_t sample_period = 0);
+  /// Stops the counters (a system call).
+  void perf_close();
+  /// RDPMC from user mode: 0 instructions, 1 cycles (the fixed counters), 2 PMC0.
+  std::uint64_t perf_read(unsigned which);
+  /// The program's current phase, where its samples go (as the
+  /// interrupted instruction pointer would tell a real profiler).
+  void set_phase(unsigned phase) { m_phase = phase % kPhases; }
+  const std::array<std::uint64_t, kPhases>& perf_samples() const { return m_samples; }
+
  private:
   friend class Kernel;
+  unsigned m_phase = 0;
+  std::array<std::uint64_t, kPhases> m_samples{};
   Kernel* m_kernel = nullptr;
   Process* m_process = nullptr;
   unsigned m_index = 0;
@@ -308,6 +331,12 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   std::uint64_t sys_net_claim(Thread& t);
   std::uint64_t sys_dma_alloc(Thread& t, std::uint64_t bytes);
   std::uint64_t sys_virt_to_phys(Thread& t, std::uint64_t va);
+  bool sys_perf_open(Thread& t, std::uint64_t event, std::uint64_t sample_period);
+  void sys_perf_close(Thread& t);
+  /// The overflow interrupt of a sampling PMC0 (guest/perf.cc).
+  void perf_interrupt(cpu::Core& c);
+  static constexpr std::uint8_t kPmiVector = 0xEE;  // the guest's LVT performance-counter vector
+  std::uint64_t m_perf_period = 0;
   // NetEnv.
   std::uint64_t net_alloc_page(cpu::Core& c) override;
   std::uint64_t net_alloc_contiguous(cpu::Core& c, std::uint64_t pages) override;

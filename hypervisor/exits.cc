@@ -80,6 +80,7 @@ void Hypervisor::handle_cpuid(PerCore& pc, Vcpu& v) {
     // (CPUID.1:ECX bit 31), as KVM does.
     r = c.cpuid(leaf, static_cast<std::uint32_t>(v.regs[Regs::rcx]));
     if (leaf == 1) r.ecx = (r.ecx & ~(1u << 5)) | (1u << 31);
+    vpmu_cpuid(v, leaf, r);
   }
   v.regs[Regs::rax] = r.eax;
   v.regs[Regs::rbx] = r.ebx;

@@ -32,6 +32,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   if (m_p.reserved_memory >= m_host_memory)
     throw std::invalid_argument("hypervisor.reserved_memory must be smaller than platform.memory");
   register_exit_handlers();
+  register_vpmu_handlers();
   // Host-physical layout: the first MiB is left alone (as on a PC), the
   // hypervisor's text follows, then its data; guest frames come from above
   // reserved_memory.
@@ -103,6 +104,16 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->vf = spec.vf;
   vm->nic_window_gpa = spec.nic_window_gpa;
   vm->nic_vector = spec.nic_vector;
+  if (spec.pmu == "emulated") vm->pmu = Vm::Pmu::Emulated;
+  else if (spec.pmu == "mediated") vm->pmu = Vm::Pmu::Mediated;
+  else if (spec.pmu == "passthrough") vm->pmu = Vm::Pmu::Passthrough;
+  else if (spec.pmu != "none") throw std::invalid_argument("VM " + spec.name + ": unknown pmu mode '" + spec.pmu + "'");
+  if (vm->pmu != Vm::Pmu::None) {
+    stats::Group& g = vm->group->subgroup("vpmu", "the VM's virtual PMU (docs/pmu.md)");
+    vm->vpmu_pmis = &g.make<stats::Counter>("pmis", "interrupts", "virtual PMIs raised for the guest");
+    vm->vpmu_filtered = &g.make<stats::Counter>("filtered", "writes",
+                                                "event-select writes whose event the filter kept from counting");
+  }
   if (spec.nic_type == "vf" && (!m_io.vtd_regs || spec.shadow_paging))
     throw std::invalid_argument("VM " + spec.name + ": a passed-through VF needs the platform NIC and IOMMU "
                                 "(attach_io) and EPT paging");

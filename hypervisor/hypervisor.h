@@ -241,6 +241,9 @@ struct VmSpec {
   unsigned vf = 0;
   std::uint64_t nic_window_gpa = 0;
   std::uint8_t nic_vector = 0;
+  // Virtual PMU (hypervisor/vpmu.cc, docs/pmu.md): "none", "emulated",
+  // "mediated" or "passthrough".
+  std::string pmu = "none";
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0
@@ -367,6 +370,21 @@ class Hypervisor {
   bool rdmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t& value);
   bool wrmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t value);
   bool rdmsr_tsc(PerCore& pc, Vcpu& v, std::uint64_t& value);
+
+  // The virtual PMU (vpmu.cc, docs/pmu.md): per-VM mode none, emulated,
+  // mediated or passthrough; the counter-MSR and RDPMC handlers, the VMCS
+  // controls that switch IA32_PERF_GLOBAL_CTRL, the switch of the counters
+  // between vCPUs on a core, and the host PMI.
+  void register_vpmu_handlers();
+  void vpmu_setup_vmcs(cpu::Core& c, Vcpu& v);
+  void vpmu_before_entry(PerCore& pc, Vcpu& v);
+  void vpmu_interrupt(PerCore& pc);
+  void vpmu_cpuid(const Vcpu& v, std::uint32_t leaf, cpu::CpuidResult& r) const;
+  void vpmu_save(cpu::Core& c, Vcpu& v);
+  void vpmu_load(cpu::Core& c, Vcpu& v);
+  void handle_rdpmc(PerCore& pc, Vcpu& v);
+  bool rdmsr_vpmu(PerCore& pc, Vcpu& v, std::uint64_t& value);
+  bool wrmsr_vpmu(PerCore& pc, Vcpu& v, std::uint64_t value);
 
   // The virtual LAPIC (vlapic.cc): its timer, waking, raising a virtual
   // interrupt by injection or posting.

@@ -2,6 +2,7 @@
 // hypervisor/*.cc).
 #pragma once
 
+#include <array>
 #include <bitset>
 #include <deque>
 #include <memory>
@@ -25,6 +26,7 @@ constexpr std::uint8_t kHostTimerVector = models::Lapic::kDefaultTimerVector;
 constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
 constexpr std::uint8_t kPostedVector = 0xF2;      // Linux's POSTED_INTR_VECTOR
 constexpr std::uint8_t kPostedWakeupVector = 0xF1;  // Linux's POSTED_INTR_WAKEUP_VECTOR
+constexpr std::uint8_t kHostPmiVector = 0xF0;     // the host LVT performance-counter entry (vpmu.cc)
 // Posted-interrupt descriptor (SDM Vol. 3C, 30.6; VT-d 9.12): PIR at 0,
 // ON (bit 0), SN (bit 1), NV (bits 23:16) and NDST (bits 63:32) in the
 // quadword at 32.
@@ -56,6 +58,7 @@ enum CodeOffset : std::uint64_t {
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
+  kCodeVpmu = 0x13000,    // hypervisor/vpmu.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -103,6 +106,12 @@ struct Hypervisor::Vm {
   unsigned vf = 0;
   std::uint64_t nic_window_gpa = 0;
   std::uint8_t nic_vector = 0;
+  /// Virtual PMU mode (vpmu.cc) and, for mediated and passthrough, the
+  /// VM's own MSR bitmap (0: the hypervisor's, where every MSR exits).
+  enum class Pmu : std::uint8_t { None, Emulated, Mediated, Passthrough } pmu = Pmu::None;
+  std::uint64_t msr_bitmap = 0;
+  stats::Counter* vpmu_pmis = nullptr;
+  stats::Counter* vpmu_filtered = nullptr;
   stats::Group* group = nullptr;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   // The emulated NIC, if any: the device, its interface to the hypervisor,
@@ -144,6 +153,18 @@ struct Hypervisor::Vcpu : SchedEntity {
     std::uint64_t vtimer_deadline = 0;  // guest IA32_TSC_DEADLINE (0: disarmed)
     std::uint32_t vlvt_timer = models::Lapic::kDefaultTimerVector;
   } apic;
+
+  /// The guest's view of its PMU (vpmu.cc). Emulated and mediated: the
+  /// event selects as the guest wrote them, and the counter values while
+  /// the counters are not on a core (on a core they live in its PMU).
+  struct Vpmu {
+    std::array<std::uint64_t, pmu::Pmu::kGpCounters> evtsel{};
+    std::array<std::uint64_t, pmu::Pmu::kGpCounters + pmu::Pmu::kFixedCounters> counts{};
+    std::uint64_t fixed_ctrl = 0;
+    std::uint64_t global_ctrl = (1ull << pmu::Pmu::kGpCounters) - 1;  // the reset value (pmu/pmu.h)
+    std::uint64_t status = 0;                                          // overflow bits saved off the core
+    std::uint32_t lvtpc = models::Lapic::kLvtMasked;                   // virtual LVT performance-counter entry
+  } vpmu;
 
   /// Where the vCPU's time went, exact to the cycle of its core's clock:
   /// every cycle since its first run is in exactly one bucket.
@@ -219,6 +240,7 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   std::vector<Vcpu*> assigned;
   Vcpu* loaded = nullptr;   // whose VMCS is current
   Vcpu* last_ran = nullptr; // the vCPU this core ran last
+  Vcpu* pmu_owner = nullptr; // whose guest counters the core's PMU holds (vpmu.cc)
   std::uint64_t vmxon_region = 0;
   // Asked of this core by others (run_core_requests): INVEPT single-context
   // of these EPTPs, VMCLEAR (then free) of these VMCS regions.

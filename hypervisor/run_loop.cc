@@ -136,6 +136,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kHostRip, code_address(m_percore[v.core]->fiber.get()));
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
   if (v.vm->shadow) shadow_setup_vmcs(c, v);
+  if (v.vm->pmu != Vm::Pmu::None) vpmu_setup_vmcs(c, v);
   c.observe_vmcs(v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
@@ -225,6 +226,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   // context changed it, and saved after the exit (KVM's vmx_vcpu_run).
   if (c.read_cr(2) != v.cr2) c.write_cr(2, v.cr2);
   if (m_preemption_slices) arm_preemption_timer(pc, v);
+  if (v.vm->pmu != Vm::Pmu::None) vpmu_before_entry(pc, v);
   v.vm->ran_on[pc.id] = true;
   run_core_requests(pc);
   // Restore the guest's registers from the save area.
@@ -276,6 +278,8 @@ void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
     // A vCPU woken from another core may need the slice timer armed, so
     // that it gets the core at the next slice end under either scheduler.
     program_timer(pc);
+  } else if (vector == kHostPmiVector) {
+    vpmu_interrupt(pc);
   } else if (vector == kPostedWakeupVector) {
     // A device posted to a vCPU blocked on this core: wake those with ON set.
     for (Vcpu* v : pc.assigned)

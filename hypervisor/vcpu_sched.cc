@@ -124,6 +124,11 @@ void Hypervisor::migrate(PerCore& from, Vcpu& v, PerCore& to) {
   }
   // The operations above may have let other cores run; the vCPU stays
   // unclaimed on this core meanwhile (only this core picks it). Move it.
+  // Its guest counters leave with it (vpmu.cc): the new core loads them.
+  if (from.pmu_owner == &v) {
+    if (v.vm->pmu != Vm::Pmu::Passthrough) vpmu_save(c, v);
+    from.pmu_owner = nullptr;
+  }
   from.sched->remove(v);
   from.assigned.erase(std::find(from.assigned.begin(), from.assigned.end(), &v));
   v.core = to.id;

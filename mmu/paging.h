@@ -52,6 +52,7 @@ constexpr std::uint64_t kCr0Wp = 1ull << 16;
 constexpr std::uint64_t kCr0Pg = 1ull << 31;
 constexpr std::uint64_t kCr4Pae = 1ull << 5;
 constexpr std::uint64_t kCr4Pge = 1ull << 7;
+constexpr std::uint64_t kCr4Pce = 1ull << 8;  // RDPMC at any CPL
 constexpr std::uint64_t kCr4La57 = 1ull << 12;
 constexpr std::uint64_t kCr4Vmxe = 1ull << 13;
 constexpr std::uint64_t kCr4Pcide = 1ull << 17;

@@ -48,6 +48,23 @@ class Lapic {
   std::uint64_t deadline_msr() const { return m_deadline == kNoDeadline ? 0 : m_deadline; }
   void set_lvt_timer(std::uint32_t v) { m_lvt_timer = v; }
   std::uint32_t lvt_timer() const { return m_lvt_timer; }
+  // LVT performance-monitoring counters entry (SDM Vol. 3A, 11.5.1; Vol.
+  // 3B, 20.6.3.5.8): masked at reset. A counter overflow with its interrupt
+  // enabled requests the entry's vector (fixed delivery; other delivery
+  // modes are not modelled and deliver nothing) and the processor sets the
+  // mask bit, which the handler clears to receive the next one.
+  static constexpr std::uint32_t kLvtMasked = 1u << 16;
+  void set_lvt_pmc(std::uint32_t v) { m_lvt_pmc = v; }
+  std::uint32_t lvt_pmc() const { return m_lvt_pmc; }
+  /// A performance-monitoring interrupt: true if it was requested.
+  bool pmi() {
+    const std::uint32_t v = m_lvt_pmc;
+    if (v & kLvtMasked) return false;
+    m_lvt_pmc |= kLvtMasked;
+    if (((v >> 8) & 7) != 0) return false;  // delivery mode other than fixed
+    raise(static_cast<std::uint8_t>(v & 0xFF));
+    return true;
+  }
   /// Fires the timer if its deadline has passed. Returns true if it fired.
   bool tick(std::uint64_t now_tsc) {
     if (now_tsc < m_deadline) return false;
@@ -70,6 +87,7 @@ class Lapic {
   Reg256 m_irr{}, m_isr{};
   std::uint64_t m_deadline = kNoDeadline;
   std::uint32_t m_lvt_timer = kDefaultTimerVector;
+  std::uint32_t m_lvt_pmc = kLvtMasked;
 };
 
 }  // namespace vmx::models

@@ -160,6 +160,11 @@ class Listener {
   virtual void msi(const Msi&) {}
   virtual void dma_blocked(const DmaBlocked&) {}
 
+ protected:
+  /// A listener whose interest changes (the PMU, as counters are enabled)
+  /// sets its kinds while detached, then attaches again.
+  void set_kinds(Mask m) { m_kinds = m; }
+
  private:
   Mask m_kinds;
 };

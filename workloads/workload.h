@@ -301,6 +301,34 @@ struct PatternCheckParams {
   }
 };
 
+/// A program profiled with the guest kernel's perf facility (workloads/
+/// profile.cc; docs/pmu.md, "Profiling in a guest").
+struct ProfileParams {
+  std::string mode;
+  std::uint64_t event, sample_period, rounds, compute, working_set, stride, pause;
+  template <class V>
+  void visit(V& v) {
+    v.param(mode, "mode", "count", Spec().one_of({"count", "sample"}),
+            "count: read the counters around the work (perf stat); sample: PMC0 interrupts every sample_period "
+            "events and each sample goes to the phase the program was in (perf record).");
+    v.param(event, "event", "0x412E", Spec().at_most(0xFFFF),
+            "Event of IA32_PMC0: event number in bits 7:0, unit mask in 15:8 (default 0x412E, the architectural "
+            "LLC Misses; 0x00C0 instructions retired, 0x003C core cycles; docs/pmu.md lists the events).");
+    v.param(sample_period, "sample_period", "20000", Spec().at_least(1).at_most(0x7FFFFFFF),
+            "sample: events between two samples.");
+    v.param(rounds, "rounds", "10", Spec().at_least(1), "Rounds; each runs phase 0 then phase 1.");
+    v.param(compute, "compute", "200000", Spec(Unit::Instructions),
+            "Phase 0 of each round: instructions of pure computation.");
+    v.param(working_set, "working_set", "1MiB", Spec(Unit::Bytes).at_least(4096),
+            "Phase 1 of each round: one pass of loads over this many bytes (cold after the first round when "
+            "larger than the caches).");
+    v.param(stride, "stride", "64", Spec(Unit::Bytes).at_least(8), "Phase 1: distance between loads.");
+    v.param(pause, "pause", "0ps", Spec(Unit::Time),
+            "Sleep after each round (0: none). A vCPU whose only thread sleeps halts, and a halted vCPU may "
+            "later move to an idle core (hypervisor.migration).");
+  }
+};
+
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
@@ -328,6 +356,7 @@ struct WorkloadParams {
   DmaRogueParams dma_rogue;
   PatternCheckParams pattern_check;
   ProtectionProbeParams protection_probe;
+  ProfileParams profile;
 
   template <class V>
   void visit(V& v) {
@@ -348,7 +377,8 @@ struct WorkloadParams {
               cfg::alt("periodic", periodic), cfg::alt("request_server", request_server),
               cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
-              cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe));
+              cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
+              cfg::alt("profile", profile));
   }
 };
 
@@ -369,6 +399,9 @@ class Workload : public guest::Program {
   static std::shared_ptr<Workload> create(const WorkloadParams& p, stats::Group* parent, const std::string& name);
   /// The network workloads and pattern_check (workloads/net.cc); null for other types.
   static std::shared_ptr<Workload> create_net(const WorkloadParams& p, stats::Group* parent, const std::string& name);
+  /// The profile workload (workloads/profile.cc).
+  static std::shared_ptr<Workload> create_profile(const ProfileParams& p, stats::Group* parent,
+                                                  const std::string& name);
 
  protected:
   void started(guest::Thread& t);
