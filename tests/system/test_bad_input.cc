@@ -3,6 +3,10 @@
 // never a crash, a hang, an internal error or a silent default.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -72,6 +76,22 @@ TEST_CASE("An empty config takes its --set values and reports what is missing, a
 TEST_CASE("A trace workload on a file that is not a regular file is a config error, not a hang", "[config][cli]") {
   const std::string yaml = "duration: 2ms\nvms:\n  - workloads: [{type: trace, file: /dev/zero}]\n";
   expect_config_error(yaml, {}, "vms[0].workloads[0].file", "not a regular file");
+}
+
+TEST_CASE("A trace whose addresses leave the canonical user range is a config error with the byte offset",
+          "[config][cli]") {
+  // One load at 0x10000, then one 0x20000 lower: below zero, a kernel-half
+  // (0xffff...) address the replay could never map.
+  const std::string path = "/tmp/vmxsim-noncanonical-" + std::to_string(::getpid()) + ".vmxtrace";
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << "VMXTRACE" << std::string("\x01\0\0\0\0\0\0\0", 8);
+    f << std::string("\x39\x80\x80\x08", 4);  // load, 8 bytes, +0x10000 (zigzag 0x20000)
+    f << std::string("\x39\xff\xff\x0f", 4);  // load, 8 bytes, -0x20000 (zigzag 0x3ffff), at byte 20
+  }
+  const std::string yaml = "duration: 2ms\nvms:\n  - workloads: [{type: trace, file: " + path + "}]\n";
+  expect_config_error(yaml, {}, "vms[0].workloads[0].file", "byte 20: address 0xffffffffffff0000 (8 bytes) is outside");
+  std::remove(path.c_str());
 }
 
 TEST_CASE("NIC placement: the blame goes to what the user set", "[config][cli][net]") {
