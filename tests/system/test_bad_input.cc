@@ -139,12 +139,13 @@ TEST_CASE("NIC layouts whose requester IDs or register windows collide are refus
 
 TEST_CASE("A run whose simulated memory would exceed the host memory it may use stops with a clear message",
           "[cli][robustness]") {
-  // The quickstart-sized stream touches about 10 MiB; allow 5 MiB of host memory.
+  // Writing 16 MiB of fresh pages takes 16 MiB of host frames (pages only
+  // zeroed, or only read, take none); allow 5 MiB of host memory.
   const std::string yaml = R"(duration: 20ms
 platform: {cores: 1, memory: 512MiB}
 vms:
   - memory: 64MiB
-    workloads: [{type: stream, working_set: 16MiB, passes: 1}]
+    workloads: [{type: touch_pages, pages: 4096, write: true}]
 )";
   auto r = run_cli(yaml, {"--set", "host_memory_limit=5MiB"});
   INFO(r.err);
