@@ -600,7 +600,9 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
       charge(m_w.caches->access(line, models::AccessKind::Write));
       retire(1);
     }
-    std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
+    // A frame never written reads as zeros (PhysMem): zeroing it needs no
+    // host frame, so clearing a fresh page costs no host memory or memset.
+    if (value != 0 || m_w.mem->frame_if_present(pa)) std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
     m_stats.stores += (chunk + kLine - 1) / kLine;
     va += chunk;
     if (va < end) boundary();

@@ -7,6 +7,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <sys/mman.h>
+
 namespace vmx::models {
 
 namespace {
@@ -27,9 +29,9 @@ PhysMem::PhysMem(std::uint64_t size_bytes) : m_size(size_bytes) {
 PhysMem::~PhysMem() {
   for (Level2* l2 : m_top) {
     if (!l2) continue;
-    for (std::uint8_t* f : l2->frames) std::free(f);
     std::free(l2);
   }
+  for (std::uint8_t* c : m_chunks) munmap(c, kChunkSize);
 }
 
 PhysMem::Level2* PhysMem::alloc_level2() {
@@ -46,10 +48,29 @@ std::uint8_t* PhysMem::alloc_frame() {
                           " MiB of host memory (host_memory_limit; by default 90% of the memory the host had "
                           "available when the run started). Give the VMs less memory or touch less of it, or "
                           "raise host_memory_limit.");
-  void* p = std::calloc(1, kFrameSize);
-  if (!p) throw std::bad_alloc();
+  if (m_carve == m_carve_end) {
+    // A chunk aligned to 2 MiB, so that the host can back it with one huge
+    // page: map twice the size and trim both ends.
+    void* raw = mmap(nullptr, 2 * kChunkSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                     -1, 0);
+    if (raw == MAP_FAILED) throw std::bad_alloc();
+    const auto at = reinterpret_cast<std::uintptr_t>(raw);
+    const std::uintptr_t aligned = (at + kChunkSize - 1) & ~std::uintptr_t(kChunkSize - 1);
+    if (aligned > at) munmap(raw, aligned - at);
+    if (at + 2 * kChunkSize > aligned + kChunkSize)
+      munmap(reinterpret_cast<void*>(aligned + kChunkSize), at + 2 * kChunkSize - (aligned + kChunkSize));
+    auto* chunk = reinterpret_cast<std::uint8_t*>(aligned);
+#ifdef MADV_HUGEPAGE
+    madvise(chunk, kChunkSize, MADV_HUGEPAGE);  // advice only: without huge pages, 4 KiB pages
+#endif
+    m_chunks.push_back(chunk);
+    m_carve = chunk;
+    m_carve_end = chunk + kChunkSize;
+  }
+  std::uint8_t* f = m_carve;  // zero: anonymous memory never written before
+  m_carve += kFrameSize;
   ++m_frames_allocated;
-  return static_cast<std::uint8_t*>(p);
+  return f;
 }
 
 void PhysMem::throw_out_of_range(std::uint64_t pa, std::uint64_t len) const {

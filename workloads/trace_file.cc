@@ -1,9 +1,12 @@
 #include "workloads/trace_file.h"
 
+#include <algorithm>
+#include <array>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
+#include <map>
+#include <mutex>
+#include <unordered_set>
 
 #include <fmt/format.h>
 
@@ -11,77 +14,174 @@ namespace vmx::workloads {
 
 namespace {
 
-// Decodes one zigzag LEB128 value at pos; returns false if it runs past the
-// end or over ten bytes.
-bool read_varint(const std::vector<std::uint8_t>& b, std::size_t& pos, std::int64_t& out) {
-  std::uint64_t v = 0;
-  for (unsigned shift = 0; shift < 70; shift += 7) {
-    if (pos >= b.size()) return false;
-    std::uint8_t byte = b[pos++];
-    v |= std::uint64_t(byte & 0x7F) << shift;
-    if (!(byte & 0x80)) {
-      out = static_cast<std::int64_t>((v >> 1) ^ (~(v & 1) + 1));
-      return true;
-    }
-  }
-  return false;
+// Checks the 16-byte header at the start of `b` (of which `size` bytes exist).
+void check_header(const std::uint8_t* b, std::size_t size, const std::string& name) {
+  if (size < sizeof TraceFile::kMagic || std::memcmp(b, TraceFile::kMagic, sizeof TraceFile::kMagic) != 0)
+    throw TraceError(fmt::format("{}: byte 0: not a vmxsim trace (expected the magic \"VMXTRACE\")", name));
+  if (size < TraceFile::kHeaderSize)
+    throw TraceError(
+        fmt::format("{}: byte {}: truncated header (a header is {} bytes)", name, size, TraceFile::kHeaderSize));
+  std::uint32_t version = 0, flags = 0;
+  for (int i = 3; i >= 0; --i) version = (version << 8) | b[8 + static_cast<std::size_t>(i)];
+  for (int i = 3; i >= 0; --i) flags = (flags << 8) | b[12 + static_cast<std::size_t>(i)];
+  if (version != TraceFile::kVersion)
+    throw TraceError(
+        fmt::format("{}: byte 8: unsupported trace version {} (expected {})", name, version, TraceFile::kVersion));
+  if (flags != 0) throw TraceError(fmt::format("{}: byte 12: unknown flags {:#x} (expected 0)", name, flags));
 }
 
+// Results of load() passes, by absolute path; an entry is used only while the
+// file keeps its size and modification time.
+struct Scanned {
+  std::uintmax_t size;
+  std::filesystem::file_time_type mtime;
+  std::shared_ptr<const void> summary;
+};
+std::mutex g_scanned_mutex;
+std::map<std::string, Scanned> g_scanned;
+
 }  // namespace
+
+TraceFile::Cursor::Cursor(std::string name, std::unique_ptr<std::FILE, Closer> file, const std::uint8_t* data,
+                          std::size_t size)
+    : m_name(std::move(name)), m_file(std::move(file)), m_data(data), m_end(size), m_eof(m_file == nullptr) {
+  if (m_file) {
+    m_buffer.resize(kBufferBytes);
+    m_data = m_buffer.data();
+    m_end = 0;
+    refill();
+  }
+  check_header(m_data, m_end, m_name);
+  m_pos = kHeaderSize;
+}
+
+void TraceFile::Cursor::refill() {
+  // Keep the bytes not yet decoded (less than one record), read behind them.
+  const std::size_t keep = m_end - m_pos;
+  std::memmove(m_buffer.data(), m_buffer.data() + m_pos, keep);
+  m_base += m_pos;
+  m_pos = 0;
+  m_end = keep;
+  while (m_end < m_buffer.size() && !m_eof) {
+    const std::size_t got = std::fread(m_buffer.data() + m_end, 1, m_buffer.size() - m_end, m_file.get());
+    m_end += got;
+    if (got == 0) {
+      if (std::ferror(m_file.get()))
+        throw TraceError(fmt::format("{}: byte {}: read error", m_name, offset(m_end)));
+      m_eof = true;
+    }
+  }
+}
+
+void TraceFile::Cursor::bad_tag(std::size_t at, std::uint8_t tag) const {
+  throw TraceError(fmt::format("{}: byte {}: record tag {:#04x} has the reserved bit set", m_name, offset(at), tag));
+}
+
+void TraceFile::Cursor::truncated(std::size_t at) const {
+  throw TraceError(fmt::format("{}: byte {}: truncated record (the address of the record starting at byte {} "
+                               "runs past the end of the file)",
+                               m_name, offset(m_pos), offset(at)));
+}
+
+void TraceFile::Cursor::overlong(std::size_t at) const {
+  throw TraceError(fmt::format("{}: byte {}: overlong address in the record starting at byte {} (an address is "
+                               "at most ten LEB128 bytes holding 64 bits)",
+                               m_name, offset(m_pos - 1), offset(at)));
+}
+
+void TraceFile::Cursor::not_shortest(std::size_t at) const {
+  throw TraceError(fmt::format("{}: byte {}: the address of the record starting at byte {} is not in its "
+                               "shortest LEB128 form (a zero final byte)",
+                               m_name, offset(m_pos - 1), offset(at)));
+}
+
+void TraceFile::Cursor::outside(std::size_t at, std::uint64_t address, unsigned size) const {
+  throw TraceError(fmt::format("{}: byte {}: address {:#x} ({} bytes) is outside the user half of the canonical "
+                               "address space a trace may use, [{:#x}, {:#x})",
+                               m_name, offset(at), address, size, kLowestAddress, kAddressLimit));
+}
+
+TraceFile::Summary TraceFile::scan(Cursor c) {
+  // The distinct pages touched. Most records touch the page their stream
+  // touched last, and most others one touched recently: both are filtered
+  // before the set, which then sees a small fraction of the records.
+  Summary s;
+  std::unordered_set<std::uint64_t> pages;
+  std::array<std::uint64_t, 256> recent;
+  recent.fill(~0ull);
+  std::uint64_t last[2] = {~0ull, ~0ull};
+  auto add = [&](std::uint64_t page) {
+    std::uint64_t& slot = recent[page % recent.size()];
+    if (slot == page) return;
+    slot = page;
+    pages.insert(page);
+  };
+  TraceRecord r;
+  while (c.next(r)) {
+    ++s.records;
+    const std::uint64_t first = r.address >> 12, final = (r.address + r.size - 1) >> 12;
+    std::uint64_t& l = last[r.kind == TraceRecord::Fetch ? 0 : 1];
+    if (first == l && final == l) continue;
+    add(first);
+    if (final != first) add(final);
+    l = final;
+  }
+  if (s.records == 0) throw TraceError(fmt::format("{}: byte {}: the trace has no records", c.m_name, kHeaderSize));
+  std::vector<std::uint64_t> sorted(pages.begin(), pages.end());
+  std::sort(sorted.begin(), sorted.end());
+  std::size_t i = 0;
+  while (i < sorted.size()) {
+    std::size_t j = i;
+    while (j + 1 < sorted.size() && sorted[j + 1] - sorted[j] <= kRegionGapPages) ++j;
+    s.regions.push_back({sorted[i] << 12, (sorted[j] + 1) << 12});
+    i = j + 1;
+  }
+  return s;
+}
 
 TraceFile TraceFile::load(const std::string& path) {
   // Only a regular file has an end: a device such as /dev/zero would be read
   // for ever, a directory not at all.
+  namespace fs = std::filesystem;
   std::error_code ec;
-  if (!std::filesystem::is_regular_file(path, ec))
-    throw TraceError(fmt::format("{}: {}", path,
-                                 std::filesystem::exists(path, ec) ? "not a regular file" : "cannot open the trace file"));
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw TraceError(fmt::format("{}: cannot open the trace file", path));
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  return parse(std::move(bytes), path);
-}
-
-TraceFile TraceFile::parse(std::vector<std::uint8_t> bytes, const std::string& name) {
-  if (bytes.size() < sizeof kMagic || std::memcmp(bytes.data(), kMagic, sizeof kMagic) != 0)
-    throw TraceError(fmt::format("{}: byte 0: not a vmxsim trace (expected the magic \"VMXTRACE\")", name));
-  if (bytes.size() < kHeaderSize)
-    throw TraceError(fmt::format("{}: byte {}: truncated header (a header is {} bytes)", name, bytes.size(), kHeaderSize));
-  std::uint32_t version = 0, flags = 0;
-  for (int i = 3; i >= 0; --i) version = (version << 8) | bytes[8 + static_cast<std::size_t>(i)];
-  for (int i = 3; i >= 0; --i) flags = (flags << 8) | bytes[12 + static_cast<std::size_t>(i)];
-  if (version != kVersion)
-    throw TraceError(fmt::format("{}: byte 8: unsupported trace version {} (expected {})", name, version, kVersion));
-  if (flags != 0) throw TraceError(fmt::format("{}: byte 12: unknown flags {:#x} (expected 0)", name, flags));
+  if (!fs::is_regular_file(path, ec))
+    throw TraceError(fmt::format("{}: {}", path, fs::exists(path, ec) ? "not a regular file" : "cannot open the trace file"));
+  const std::string key = fs::absolute(path, ec).lexically_normal().string();
+  const std::uintmax_t size = fs::file_size(path, ec);
+  const fs::file_time_type mtime = fs::last_write_time(path, ec);
   TraceFile t;
-  std::size_t pos = kHeaderSize;
-  while (pos < bytes.size()) {
-    std::size_t at = pos;
-    std::uint8_t tag = bytes[pos++];
-    if (tag & 0x4) throw TraceError(fmt::format("{}: byte {}: record tag {:#04x} has the reserved bit set", name, at, tag));
-    std::int64_t delta;
-    if (!read_varint(bytes, pos, delta))
-      throw TraceError(fmt::format("{}: byte {}: truncated or overlong address of the record starting at byte {}",
-                                   name, pos, at));
-    ++t.m_records;
+  t.m_name = path;
+  {
+    std::lock_guard<std::mutex> lock(g_scanned_mutex);
+    auto it = g_scanned.find(key);
+    if (it != g_scanned.end() && it->second.size == size && it->second.mtime == mtime) {
+      t.m_summary = std::static_pointer_cast<const Summary>(it->second.summary);
+      return t;
+    }
   }
-  if (t.m_records == 0) throw TraceError(fmt::format("{}: byte {}: the trace has no records", name, pos));
-  t.m_bytes = std::move(bytes);
+  t.m_summary = std::make_shared<const Summary>(scan(t.cursor()));
+  std::lock_guard<std::mutex> lock(g_scanned_mutex);
+  g_scanned[key] = Scanned{size, mtime, t.m_summary};
   return t;
 }
 
-bool TraceFile::Cursor::next(TraceRecord& r) {
-  const auto& b = m_file->m_bytes;
-  if (m_pos >= b.size()) return false;
-  std::uint8_t tag = b[m_pos++];
-  std::int64_t delta = 0;
-  read_varint(b, m_pos, delta);  // validated by parse()
-  r.kind = static_cast<TraceRecord::Kind>(tag & 3);
-  r.size = static_cast<std::uint8_t>((tag >> 3) + 1);
-  std::uint64_t& prev = m_prev[r.kind == TraceRecord::Fetch ? 0 : 1];
-  prev += static_cast<std::uint64_t>(delta);
-  r.address = prev;
-  return true;
+TraceFile TraceFile::parse(std::vector<std::uint8_t> bytes, const std::string& name) {
+  TraceFile t;
+  t.m_name = name;
+  t.m_bytes = std::make_shared<const std::vector<std::uint8_t>>(std::move(bytes));
+  t.m_summary = std::make_shared<const Summary>(scan(t.cursor()));
+  return t;
 }
+
+TraceFile::Cursor TraceFile::cursor() const {
+  if (m_bytes) return Cursor(m_name, nullptr, m_bytes->data(), m_bytes->size());
+  std::unique_ptr<std::FILE, Cursor::Closer> f(std::fopen(m_name.c_str(), "rb"));
+  if (!f) throw TraceError(fmt::format("{}: cannot open the trace file", m_name));
+  return Cursor(m_name, std::move(f), nullptr, 0);
+}
+
+std::uint64_t TraceFile::records() const { return m_summary->records; }
+
+const std::vector<TraceFile::Region>& TraceFile::regions() const { return m_summary->regions; }
 
 }  // namespace vmx::workloads

@@ -464,6 +464,8 @@ class Spinlock final : public Workload {
 // Replays a captured trace in the guest: its pages are mapped at the
 // addresses the program used, instruction records fetch and retire one
 // instruction, data records load and store.
+static_assert(TraceFile::kAddressLimit == guest::Kernel::kUserTop, "trace addresses are those mmap_fixed accepts");
+
 class Trace final : public Workload {
  public:
   Trace(const TraceParams& p, stats::Group* g, const std::string& n)
@@ -496,26 +498,11 @@ class Trace final : public Workload {
 
  private:
   // The program's address space as the trace shows it: pages touched,
-  // merged into regions across gaps of up to 1 MiB.
+  // merged into regions across gaps (TraceFile::kRegionGapPages).
   void map_regions(guest::Thread& t) {
-    std::vector<std::uint64_t> pages;
-    TraceFile::Cursor cur = m_trace.cursor();
-    TraceRecord r;
-    while (cur.next(r)) {
-      pages.push_back(r.address >> 12);
-      pages.push_back((r.address + r.size - 1) >> 12);
-    }
-    std::sort(pages.begin(), pages.end());
-    pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
-    std::size_t i = 0;
-    while (i < pages.size()) {
-      std::size_t j = i;
-      while (j + 1 < pages.size() && pages[j + 1] - pages[j] <= 256) ++j;
-      std::uint64_t start = pages[i] << 12, end = (pages[j] + 1) << 12;
-      if (!t.mmap_fixed(start, end - start, true))
-        throw std::runtime_error(fmt::format("trace {}: cannot map [{:#x}, {:#x}) in the guest", m_p.file, start, end));
-      i = j + 1;
-    }
+    for (const TraceFile::Region& r : m_trace.regions())
+      if (!t.mmap_fixed(r.start, r.end - r.start, true))
+        throw std::runtime_error(fmt::format("trace {}: cannot map [{:#x}, {:#x}) in the guest", m_p.file, r.start, r.end));
   }
 
   TraceParams m_p;

@@ -2,7 +2,10 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -117,4 +120,29 @@ TEST_CASE("invalid sizes are rejected", "[phys_mem]") {
   PhysMem mem(1 * kGiB);
   CHECK_THROWS_AS(mem.read(0, 3), std::invalid_argument);
   CHECK_THROWS_AS(mem.write(0, 0, 16), std::invalid_argument);
+}
+
+TEST_CASE("frames carved from 2 MiB host chunks are distinct, zeroed, and counted one by one", "[phys_mem]") {
+  // 700 frames in a scattered order span two chunks (512 frames each).
+  PhysMem mem(4 * kGiB);
+  mem.set_host_limit(700 * PhysMem::kFrameSize);
+  std::set<const std::uint8_t*> hosts;
+  std::set<std::uintptr_t> chunks;
+  for (std::uint64_t i = 0; i < 700; ++i) {
+    const std::uint64_t pa = ((i * 7919) % 1000000) * PhysMem::kFrameSize;
+    std::uint8_t* f = mem.frame(pa);
+    CHECK(reinterpret_cast<std::uintptr_t>(f) % PhysMem::kFrameSize == 0);
+    CHECK(std::count(f, f + PhysMem::kFrameSize, 0) == static_cast<long>(PhysMem::kFrameSize));
+    std::memset(f, 0xA5, PhysMem::kFrameSize);
+    hosts.insert(f);
+    chunks.insert(reinterpret_cast<std::uintptr_t>(f) & ~std::uintptr_t(PhysMem::kChunkSize - 1));
+    CHECK(mem.frames_allocated() == i + 1);
+  }
+  CHECK(hosts.size() == 700);
+  CHECK(chunks.size() == 2);
+  CHECK(mem.read(7919 * PhysMem::kFrameSize, 8) == 0xA5A5A5A5A5A5A5A5ull);
+  // The guard is exact: the 701st frame is refused though its chunk has room.
+  CHECK_THROWS_AS(mem.frame(999999 * PhysMem::kFrameSize), vmx::models::HostMemoryLimit);
+  CHECK(mem.frames_allocated() == 700);
+  CHECK(mem.frame(7919 * PhysMem::kFrameSize) != nullptr);  // frames already touched stay usable
 }

@@ -3,6 +3,10 @@
 // never a crash, a hang, an internal error or a silent default.
 #include <catch2/catch.hpp>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -74,6 +78,22 @@ TEST_CASE("A trace workload on a file that is not a regular file is a config err
   expect_config_error(yaml, {}, "vms[0].workloads[0].file", "not a regular file");
 }
 
+TEST_CASE("A trace whose addresses leave the canonical user range is a config error with the byte offset",
+          "[config][cli]") {
+  // One load at 0x10000, then one 0x20000 lower: below zero, a kernel-half
+  // (0xffff...) address the replay could never map.
+  const std::string path = "/tmp/vmxsim-noncanonical-" + std::to_string(::getpid()) + ".vmxtrace";
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << "VMXTRACE" << std::string("\x01\0\0\0\0\0\0\0", 8);
+    f << std::string("\x39\x80\x80\x08", 4);  // load, 8 bytes, +0x10000 (zigzag 0x20000)
+    f << std::string("\x39\xff\xff\x0f", 4);  // load, 8 bytes, -0x20000 (zigzag 0x3ffff), at byte 20
+  }
+  const std::string yaml = "duration: 2ms\nvms:\n  - workloads: [{type: trace, file: " + path + "}]\n";
+  expect_config_error(yaml, {}, "vms[0].workloads[0].file", "byte 20: address 0xffffffffffff0000 (8 bytes) is outside");
+  std::remove(path.c_str());
+}
+
 TEST_CASE("NIC placement: the blame goes to what the user set", "[config][cli][net]") {
   const std::string nic = R"(duration: 2ms
 platform: {cores: 1, nic: {enabled: true}}
@@ -119,12 +139,13 @@ TEST_CASE("NIC layouts whose requester IDs or register windows collide are refus
 
 TEST_CASE("A run whose simulated memory would exceed the host memory it may use stops with a clear message",
           "[cli][robustness]") {
-  // The quickstart-sized stream touches about 10 MiB; allow 5 MiB of host memory.
+  // Writing 16 MiB of fresh pages takes 16 MiB of host frames (pages only
+  // zeroed, or only read, take none); allow 5 MiB of host memory.
   const std::string yaml = R"(duration: 20ms
 platform: {cores: 1, memory: 512MiB}
 vms:
   - memory: 64MiB
-    workloads: [{type: stream, working_set: 16MiB, passes: 1}]
+    workloads: [{type: touch_pages, pages: 4096, write: true}]
 )";
   auto r = run_cli(yaml, {"--set", "host_memory_limit=5MiB"});
   INFO(r.err);
