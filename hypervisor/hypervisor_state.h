@@ -56,6 +56,7 @@ enum CodeOffset : std::uint64_t {
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
+  kCodeKsm = 0x13000,     // hypervisor/ksm.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
