@@ -448,10 +448,13 @@ class Hypervisor {
   /// An EPT violation on a present, not writable page: copy-on-write of a
   /// merged page (or restoring write access); false if not such a page.
   bool ksm_write_fault(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
-  /// A mapping of the merged frame `frame` by vm has gone (its entry already
-  /// cleared): the bookkeeping, before the caller drops the reference.
+  /// A mapping of the merged frame `frame` by vm has gone (its entry and
+  /// reverse-map entry already cleared): the bookkeeping; the caller then
+  /// drops the mapping's reference (the stable tree keeps its own until the
+  /// scanner prunes the frame).
   void ksm_unmapped(Vm& vm, std::uint64_t frame);
   void ksm_publish(bool unstable);
+  void ksm_prune(cpu::Core& c);
   /// Creates the scanner's state if hypervisor.ksm.enabled (constructor).
   void ksm_init();
   /// Its per-VM records (add_vm, before the VM is in m_vms).

@@ -22,6 +22,7 @@
 #include "hypervisor/hypervisor_state.h"
 
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -244,6 +245,7 @@ void Hypervisor::ksm_publish(bool unstable) {
   KsmState& k = *m_ksm;
   k.stats.pages_shared.set(static_cast<double>(k.shared));
   k.stats.pages_sharing.set(static_cast<double>(k.mappings - k.shared));
+  k.stats.pages_stale.set(static_cast<double>(k.merged.size() - k.shared));
   k.stats.zero_pages_sharing.set(static_cast<double>(k.zero_mappings));
   if (unstable) {
     std::size_t live = 0;
@@ -267,6 +269,7 @@ void Hypervisor::ksm_run(PerCore& pc) {
       // A full scan ends: the unstable tree is rebuilt from scratch
       // (ksm_do_scan's end of a pass, Linux mm/ksm.c).
       k.unstable.clear();
+      ksm_prune(c);
       ++k.stats.full_scans;
       k.vm_cursor = 0;
       k.gpa_cursor = 0;
@@ -301,6 +304,23 @@ void Hypervisor::ksm_run(PerCore& pc) {
   k.next_scan = c.rdtsc() + k.sleep_ticks;
 }
 
+// Merged frames whose last mapping went leave the stable tree, and the
+// tree's reference goes back (the frame returns to the allocator).
+void Hypervisor::ksm_prune(Core& c) {
+  KsmState& k = *m_ksm;
+  std::vector<int> dead;
+  k.stable.in_order([&](int n, const ContentTree::Entry& e) {
+    if (m_frames.mappings(e.frame).empty()) dead.push_back(n);
+  });
+  for (int n : dead) {
+    const std::uint64_t frame = k.stable.at(n).frame;
+    k.stable.erase(n);
+    k.merged.erase(frame);
+    charge(c, m_p.costs.frame_free, kCodeKsm);
+    m_frames.put(frame);
+  }
+}
+
 void Hypervisor::ksm_scan_page(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa) {
   KsmState& k = *m_ksm;
   if (hpa < m_p.reserved_memory || !m_frames.allocated(hpa)) return;  // not a guest frame
@@ -312,7 +332,8 @@ void Hypervisor::ksm_scan_page(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t
   // 1. The stable tree: an equal merged frame with room for one more.
   const std::uint64_t cap = k.p.max_page_sharing;
   const int s = k.stable.find(hpa, cmp, [&](const ContentTree::Entry& e) {
-    return m_frames.mappings(e.frame).size() < cap;
+    const std::size_t n = m_frames.mappings(e.frame).size();
+    return n > 0 && n < cap;  // not full, not awaiting pruning
   });
   if (s >= 0 && ksm_merge_into(c, vm, gpa, hpa, k.stable.at(s).frame)) return;
   // 2. Only a page whose checksum held since its last visit goes on.
@@ -340,20 +361,33 @@ void Hypervisor::ksm_scan_page(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t
 bool Hypervisor::ksm_merge_into(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa, std::uint64_t kf) {
   KsmState& k = *m_ksm;
   lock_mmu(c, vm);
-  auto l = vm.ept->lookup(c, gpa);
-  bool ok = l && l->hpa == hpa && l->level == 1;
+  // Waiting for the lock lets other cores run: the VM may have stopped, the
+  // page moved, or the merged frame lost its last mapping since the search.
+  const bool is_zero = k.zero_frame && kf == k.zero_frame;
+  bool ok = ksm_scannable(vm) &&
+            (is_zero || (k.merged.count(kf) && !m_frames.mappings(kf).empty() &&
+                      m_frames.mappings(kf).size() < k.p.max_page_sharing));
+  std::optional<Ept::Leaf> l;
+  if (ok) l = vm.ept->lookup(c, gpa);
+  ok = ok && l && l->hpa == hpa && l->level == 1;
   const bool protected_it = ok;
-  // Write-protect first, then compare: a write from now on faults and waits
-  // for the lock (ksm's write_protect_page before pages_identical).
-  if (ok) vm.ept->protect(c, gpa, mmu::ept::kRead | mmu::ept::kExecute);
-  if (ok) ok = ksm_compare(c, hpa, kf) == 0;
+  // A reference to the merged frame while comparing: a write in another VM
+  // that drops its last mapping meanwhile cannot free it (ksm takes a
+  // reference to the KSM page, get_ksm_page). Write-protect first, then
+  // compare: a write from now on faults and waits for the lock (ksm's
+  // write_protect_page before pages_identical).
+  if (ok) {
+    m_frames.get(kf);
+    vm.ept->protect(c, gpa, mmu::ept::kRead | mmu::ept::kExecute);
+    ok = ksm_compare(c, hpa, kf) == 0 && (is_zero || (!m_frames.mappings(kf).empty() &&
+                                                       m_frames.mappings(kf).size() < k.p.max_page_sharing));
+  }
   if (ok) {
     charge(c, k.p.merge, kCodeKsm);
-    m_frames.get(kf);
-    vm.ept->remap(c, gpa, kf, kRoWb);
+    vm.ept->remap(c, gpa, kf, kRoWb);  // the reference taken above is the mapping's
     charge(c, m_p.costs.frame_free, kCodeKsm);
     m_frames.put(hpa);
-    if (kf == k.zero_frame) {
+    if (is_zero) {
       ++k.zero_mappings;
     } else {
       ++k.mappings;
@@ -363,7 +397,10 @@ bool Hypervisor::ksm_merge_into(Core& c, Vm& vm, std::uint64_t gpa, std::uint64_
     ++k.vm_shared[vm.id];
   } else {
     ++k.stats.merge_failures;
-    if (protected_it) vm.ept->protect(c, gpa, Ept::kRwxWb & mmu::ept::kPermMask);
+    if (protected_it) {
+      vm.ept->protect(c, gpa, Ept::kRwxWb & mmu::ept::kPermMask);
+      m_frames.put(kf);  // never the last reference: the tree holds one
+    }
   }
   unlock_mmu(c, vm);
   return ok;
@@ -377,9 +414,14 @@ bool Hypervisor::ksm_merge_pair(Core& c, Vm& va, std::uint64_t gpa_a, std::uint6
   Vm& second = va.id <= vb.id ? vb : va;
   lock_mmu(c, first);
   if (&second != &first) lock_mmu(c, second);
-  auto la = va.ept->lookup(c, gpa_a);
-  auto lb = vb.ept->lookup(c, gpa_b);
-  bool ok = hpa_a != hpa_b && la && la->hpa == hpa_a && la->level == 1 && lb && lb->hpa == hpa_b &&
+  // Re-checked under the locks (waiting for them lets other cores run).
+  const bool alive = ksm_scannable(va) && ksm_scannable(vb);
+  std::optional<Ept::Leaf> la, lb;
+  if (alive) {
+    la = va.ept->lookup(c, gpa_a);
+    lb = vb.ept->lookup(c, gpa_b);
+  }
+  bool ok = alive && hpa_a != hpa_b && la && la->hpa == hpa_a && la->level == 1 && lb && lb->hpa == hpa_b &&
             lb->level == 1 && m_frames.allocated(hpa_a) && !k.merged.count(hpa_a) && !ksm_pinned(va, hpa_a) &&
             (la->entry & mmu::ept::kWrite);
   const bool protected_them = ok;
@@ -396,6 +438,7 @@ bool Hypervisor::ksm_merge_pair(Core& c, Vm& va, std::uint64_t gpa_a, std::uint6
     charge(c, m_p.costs.frame_free, kCodeKsm);
     m_frames.put(hpa_b);
     auto cmp = [this, &c](std::uint64_t x, std::uint64_t y) { return ksm_compare(c, x, y); };
+    m_frames.get(hpa_a);  // the stable tree's own reference
     k.merged[hpa_a] = k.stable.insert({hpa_a, va.id, gpa_a, true}, cmp);
     ++k.shared;
     k.mappings += 2;
@@ -424,11 +467,10 @@ void Hypervisor::ksm_unmapped(Vm& vm, std::uint64_t frame) {
     auto it = k.merged.find(frame);
     if (it == k.merged.end()) return;
     --k.mappings;
-    if (m_frames.refcount(frame) == 1) {  // the last mapping: the frame goes
-      k.stable.erase(it->second);
-      k.merged.erase(it);
-      --k.shared;
-    }
+    // The last mapping gone: the frame stays in the stable tree, held by
+    // the tree's reference, until the scanner prunes it (only the scanner
+    // changes its trees; ksm finds such stale stable nodes the same way).
+    if (m_frames.mappings(frame).empty()) --k.shared;
   }
   if (vm.id < k.vm_shared.size() && k.vm_shared[vm.id]) --k.vm_shared[vm.id];
 }

@@ -134,6 +134,9 @@ struct KsmStats : stats::Group {
                              "guest pages mapped to a merged frame beyond the first of each: frames saved (at the end)"};
   stats::Gauge pages_unshared{this, "pages_unshared", "pages",
                               "pages in the unstable tree: stable but unique so far (at the end)"};
+  stats::Gauge pages_stale{this, "pages_stale", "frames",
+                           "merged frames whose last mapping went, held by the stable tree until the scanner prunes "
+                           "them at the end of a full scan (at the end)"};
   stats::Gauge zero_pages_sharing{this, "zero_pages_sharing", "pages",
                                   "use_zero_pages: guest pages mapped to the zero frame (at the end)"};
   stats::Counter full_scans{this, "full_scans", "scans", "passes of the scanner over all scanned VMs' memory"};

@@ -79,7 +79,9 @@ class PageContent final : public Workload {
       t.load(base + page * kPage + (t.random() % (kPage / 8)) * 8);
       t.compute(m_p.instructions_per_access);
       ++m_stats.operations;
-      if (!next_write && !next_phase) continue;
+      // The clock is read every 16 accesses (as a program that checks its
+      // timers from its main loop now and then).
+      if ((!next_write && !next_phase) || (n & 15) != 15) continue;
       now = t.cpu().rdtsc();
       while (next_write && now >= next_write) {
         const std::uint64_t va = base + (t.random() % m_shared) * kPage + m_p.write_offset;
