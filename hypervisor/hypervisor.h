@@ -448,6 +448,9 @@ class Hypervisor {
   /// An EPT violation on a present, not writable page: copy-on-write of a
   /// merged page (or restoring write access); false if not such a page.
   bool ksm_write_fault(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  /// The same for any write the hypervisor is about to make to the page
+  /// (e.g. the steal-time record): afterwards it has a private, writable frame.
+  bool ksm_unshare(cpu::Core& c, Vm& vm, std::uint64_t gpa);
   /// A mapping of the merged frame `frame` by vm has gone (its entry and
   /// reverse-map entry already cleared): the bookkeeping; the caller then
   /// drops the mapping's reference (the stable tree keeps its own until the

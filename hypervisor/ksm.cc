@@ -475,9 +475,10 @@ void Hypervisor::ksm_unmapped(Vm& vm, std::uint64_t frame) {
   if (vm.id < k.vm_shared.size() && k.vm_shared[vm.id]) --k.vm_shared[vm.id];
 }
 
-bool Hypervisor::ksm_write_fault(Core& c, Vcpu& v, std::uint64_t gpa) {
+bool Hypervisor::ksm_write_fault(Core& c, Vcpu& v, std::uint64_t gpa) { return ksm_unshare(c, *v.vm, gpa); }
+
+bool Hypervisor::ksm_unshare(Core& c, Vm& vm, std::uint64_t gpa) {
   KsmState& k = *m_ksm;
-  Vm& vm = *v.vm;
   const std::uint64_t t0 = c.now();
   lock_mmu(c, vm);
   auto l = vm.ept->lookup(c, gpa);

@@ -30,6 +30,7 @@ struct Setup {
   double write_rate = 0;
   const char* duration = "60ms";
   bool zero_pages = false;
+  const char* extra = "";  // more page_content settings
 };
 
 std::string config(const Setup& s) {
@@ -57,8 +58,8 @@ vms:
         shared_fraction: {}
         zero_fraction: 0.125
         write_rate: {}
-)",
-                     i, kPages, kShared, s.write_rate);
+{})",
+                     i, kPages, kShared, s.write_rate, s.extra);
   return y;
 }
 
@@ -134,7 +135,10 @@ TEST_CASE("S6: zero pages merge into the zero frame with use_zero_pages", "[ksm]
   Setup s;
   s.vms = 2;
   s.zero_pages = true;
+  // And a read working set of 32 pages that moves on every 5 ms.
+  s.extra = "        working_set: 32\n        phase: 5ms\n";
   const CliRun r = run(s);
+  CHECK(r.at("vm.vm0.workload0.phases") >= 8);
   // 16 zero pages per VM (kPages * 0.125), and the guest kernel's own.
   CHECK(r.at("hypervisor.ksm.zero_pages_sharing") >= 2 * 16);
   CHECK(r.at("vm.vm0.workload0.zero_pages") == 16);
