@@ -154,6 +154,15 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),
                      std::to_string(p.hypervisor.host_nic.core));
   }
+  if (p.hypervisor.ksm.enabled) {
+    if (p.hypervisor.ept_page_size != (4ull << 10))
+      throw error_at(doc, "hypervisor.ksm.enabled", "false unless hypervisor.ept_page_size is 4KiB (merging works "
+                     "on 4 KiB pages)", "true");
+    const std::uint64_t cores = p.platform.cores * p.platform.smt;
+    if (p.hypervisor.ksm.core >= cores)
+      throw error_at(doc, "hypervisor.ksm.core", fmt::format("a core below {} (the platform's)", cores),
+                     std::to_string(p.hypervisor.ksm.core));
+  }
   if (p.platform.quantum > p.duration)
     throw error_at(doc, "platform.quantum",
                    fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
@@ -238,6 +247,16 @@ ExperimentParams load(const cfg::Document& doc) {
       if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))
         throw error_at(doc, fmt::format("{}.workloads[{}].page_size", at, w), "4KiB, 2MiB or 1GiB",
                        cfg::format_bytes(ps));
+      if (vm.workloads[w].type == "page_content") {
+        const auto& pc = vm.workloads[w].page_content;
+        if (pc.shared_fraction + pc.zero_fraction > 1.0)
+          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.zero_fraction", at, w),
+                         fmt::format("at most 1 - shared_fraction ({})", 1.0 - pc.shared_fraction),
+                         fmt::format("{}", pc.zero_fraction));
+        if (pc.working_set > pc.pages)
+          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.working_set", at, w),
+                         fmt::format("at most pages ({})", pc.pages), std::to_string(pc.working_set));
+      }
       if (vm.workloads[w].type == "trace") {
         std::string key = fmt::format("{}.workloads[{}].file", at, w);
         if (vm.workloads[w].trace.file.empty()) throw error_at(doc, key, "the path of a trace file", "nothing");

@@ -111,6 +111,9 @@ bool Hypervisor::wrmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t value) {
   if ((value & abi::steal_time::kMsrReserved) || gpa + abi::steal_time::kBytes > v.vm->memory ||
       !back_guest_page(c, *v.vm, gpa))
     return false;
+  // The hypervisor writes the record through its host-physical address:
+  // a merged page gets its own frame first (docs/memory.md, "Same-page merging").
+  if (m_ksm) ksm_unshare(c, *v.vm, gpa);
   v.steal.msr = value;
   v.steal.area = ept_translate(c, *v.vm, gpa);
   return true;

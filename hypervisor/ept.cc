@@ -132,6 +132,18 @@ bool Ept::protect(Core& c, std::uint64_t gpa, std::uint64_t perms) {
   return true;
 }
 
+bool Ept::remap(Core& c, std::uint64_t gpa, std::uint64_t hpa, std::uint64_t attrs) {
+  auto l = lookup(c, gpa);
+  if (!l) return false;
+  if (hpa & (l->size - 1))
+    throw std::invalid_argument(fmt::format("EPT remap: {:#x} is not aligned to {:#x}", hpa, l->size));
+  c.store(l->entry_pa, (hpa & ept::kAddrMask) | (attrs & kAttrMask) | (l->level > 1 ? ept::kLargePage : 0));
+  rmap_remove(l->hpa, l->gpa);
+  rmap_add(hpa, l->gpa);
+  flush(c);
+  return true;
+}
+
 bool Ept::split(Core& c, std::uint64_t gpa) {
   auto l = lookup(c, gpa);
   if (!l || l->level == 1) return false;

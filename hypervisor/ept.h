@@ -85,6 +85,13 @@ class Ept {
   /// stale, stricter entry only causes an EPT violation that finds the new
   /// one, 29.4.3.2). False if gpa is unmapped.
   bool protect(cpu::Core& c, std::uint64_t gpa, std::uint64_t perms);
+  /// Points the present leaf mapping gpa at another block `hpa` of the same
+  /// size with `attrs` (kAttrMask bits; A/D cleared), moving its
+  /// reverse-map entry, and invalidates: the old translation may be cached
+  /// anywhere (29.4.3.1). Same-page merging and its copy-on-write use it.
+  /// False if gpa is unmapped. The caller holds a reference to hpa and
+  /// releases the old block.
+  bool remap(cpu::Core& c, std::uint64_t gpa, std::uint64_t hpa, std::uint64_t attrs);
   /// Replaces the large leaf mapping gpa by a table of 512 leaves of the
   /// next size down, with the same attributes; invalidates. False if gpa is
   /// unmapped, already a 4 KiB leaf, or no table frame is free.

@@ -276,6 +276,8 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
                              v.index, gpa, vm.memory));
     return;
   }
+  // A write to a merged page (docs/memory.md, "Same-page merging").
+  if (m_ksm && ksm_write_fault(c, v, gpa)) return;
   // A not-present EPT entry is never cached, so no INVEPT is needed after
   // mapping it (SDM Vol. 3C, 29.4.3.2).
   if (!back_guest_page(c, vm, gpa))

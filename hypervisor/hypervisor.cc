@@ -46,6 +46,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   // Only with migration, so that the host-physical layout (and every cache
   // set the hypervisor's structures map to) stays that of earlier runs.
   if (m_p.migration) m_idle_map = alloc_host_frame();
+  ksm_init();
   for (unsigned i = 0; i < m_cores.size(); ++i) {
     auto pc = std::make_unique<PerCore>();
     pc->hv = this;
@@ -100,6 +101,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->mmu_lock = TicketLock(alloc_host_frame(&fresh), &m_mmu_lock_stats);
   vm->fresh_frames = vm->fresh_frames && fresh;
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
+  if (m_ksm) ksm_add_vm(*vm);
   vm->nic_type = spec.nic_type;
   vm->vf = spec.vf;
   vm->nic_window_gpa = spec.nic_window_gpa;

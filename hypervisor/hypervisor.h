@@ -23,6 +23,7 @@
 #include "hypervisor/exit_table.h"
 #include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
+#include "hypervisor/ksm.h"
 #include "hypervisor/scheduler.h"
 #include "hypervisor/spinlock.h"
 #include "sim/events.h"
@@ -156,6 +157,7 @@ struct HypervisorParams {
   std::string slice_timer;       // host | preemption
   HvCosts costs;
   HostNicParams host_nic;
+  KsmParams ksm;
 
   template <class V>
   void visit(V& v) {
@@ -216,6 +218,7 @@ struct HypervisorParams {
             "earlier results; KVM uses the preemption timer for its guests' LAPIC timers where it works).");
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
     v.section(host_nic, "host_nic", "The hypervisor's driver for the NIC's physical function (docs/io.md).");
+    v.section(ksm, "ksm", "Same-page merging, as Linux's KSM (docs/memory.md, \"Same-page merging\").");
   }
 };
 
@@ -442,6 +445,42 @@ class Hypervisor {
   void lock_mmu(cpu::Core& c, Vm& vm);
   void unlock_mmu(cpu::Core& c, Vm& vm);
 
+  // Same-page merging (ksm.cc, docs/memory.md "Same-page merging").
+  /// The scanner's batch on its core, when its time has come.
+  void ksm_run(PerCore& pc);
+  void ksm_scan_page(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa);
+  bool ksm_scannable(const Vm& vm) const;
+  /// Whether the hypervisor itself writes into the frame (the steal-time
+  /// record): never merged, as Linux does not merge a page with extra references.
+  bool ksm_pinned(const Vm& vm, std::uint64_t hpa) const;
+  /// Sign of memcmp of two frames' contents, read by loads (charged).
+  int ksm_compare(cpu::Core& c, std::uint64_t a, std::uint64_t b);
+  std::uint64_t ksm_checksum(cpu::Core& c, std::uint64_t hpa);
+  /// Maps gpa (now on frame hpa) to the merged frame kf if their contents
+  /// are equal; false if not merged.
+  bool ksm_merge_into(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t hpa, std::uint64_t kf);
+  /// Merges two pages found equal in the unstable tree: a's frame becomes
+  /// a merged frame and b is mapped to it.
+  bool ksm_merge_pair(cpu::Core& c, Vm& va, std::uint64_t gpa_a, std::uint64_t hpa_a, Vm& vb, std::uint64_t gpa_b,
+                      std::uint64_t hpa_b);
+  /// An EPT violation on a present, not writable page: copy-on-write of a
+  /// merged page (or restoring write access); false if not such a page.
+  bool ksm_write_fault(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  /// The same for any write the hypervisor is about to make to the page
+  /// (e.g. the steal-time record): afterwards it has a private, writable frame.
+  bool ksm_unshare(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  /// A mapping of the merged frame `frame` by vm has gone (its entry and
+  /// reverse-map entry already cleared): the bookkeeping; the caller then
+  /// drops the mapping's reference (the stable tree keeps its own until the
+  /// scanner prunes the frame).
+  void ksm_unmapped(Vm& vm, std::uint64_t frame);
+  void ksm_publish(bool unstable);
+  void ksm_prune(cpu::Core& c);
+  /// Creates the scanner's state if hypervisor.ksm.enabled (constructor).
+  void ksm_init();
+  /// Its per-VM records (add_vm, before the VM is in m_vms).
+  void ksm_add_vm(Vm& vm);
+
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.
   /// Programs the core's TSC-deadline timer for the earliest of its
@@ -561,6 +600,7 @@ class Hypervisor {
     void vm_exit(const events::VmExit&) override { ++exits; }
     stats::Counter& exits;
   } m_exit_total{m_totals.exits};
+  std::unique_ptr<KsmState> m_ksm;  // same-page merging (hypervisor.ksm.enabled)
   LockStats m_mmu_lock_stats{&m_stats, "mmu_lock", "the VMs' MMU locks (hypervisor/spinlock.h), all VMs together"};
 };
 

@@ -59,6 +59,7 @@ enum CodeOffset : std::uint64_t {
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
   kCodeVpmu = 0x13000,    // hypervisor/vpmu.cc
+  kCodeKsm = 0x14000,     // hypervisor/ksm.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {

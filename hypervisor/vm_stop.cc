@@ -53,6 +53,7 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
     // and its guest frame returned, every table freed, one INVEPT.
     lock_mmu(c, vm);
     vm.ept->destroy(c, [&](const Ept::Leaf& l) {
+      if (m_ksm) ksm_unmapped(vm, l.hpa);
       if (m_frames.allocated(l.hpa) && l.hpa >= m_p.reserved_memory) release(l.hpa);
     });
     if (vm.shadow) {

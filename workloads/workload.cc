@@ -543,6 +543,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "spinlock") return std::make_shared<Spinlock>(p.spinlock, parent, name);
   if (p.type == "profile") return create_profile(p.profile, parent, name);
   if (auto w = create_net(p, parent, name)) return w;
+  if (auto w = create_page_content(p, parent, name)) return w;
   throw std::invalid_argument("unknown workload type '" + p.type + "'");
 }
 

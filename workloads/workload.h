@@ -326,6 +326,45 @@ struct ProfileParams {
     v.param(pause, "pause", "0ps", Spec(Unit::Time),
             "Sleep after each round (0: none). A vCPU whose only thread sleeps halts, and a halted vCPU may "
             "later move to an idle core (hypervisor.migration).");
+// Controlled page contents (workloads/page_content.cc; docs/memory.md,
+// "Same-page merging"): pages identical across VMs, zero pages and private
+// pages, with writes over the shared ones and a moving read working set.
+struct PageContentParams {
+  std::uint64_t pages, content_seed, write_offset, working_set, accesses, instructions_per_access;
+  double shared_fraction, zero_fraction, write_rate;
+  std::string write_value;
+  std::uint64_t phase;
+  template <class V>
+  void visit(V& v) {
+    v.param(pages, "pages", "1024", Spec(Unit::Count).at_least(1).at_most(1u << 20),
+            "Pages of the program's region (each thread has its own), filled with stores before the measured "
+            "work.");
+    v.param(shared_fraction, "shared_fraction", "0.5", Spec(Unit::Ratio).at_least(0).at_most(1),
+            "Fraction of the pages whose contents derive from content_seed only: the same in every VM (and "
+            "thread) that runs the program with that seed, as the pages of a common binary or library.");
+    v.param(zero_fraction, "zero_fraction", "0.1", Spec(Unit::Ratio).at_least(0).at_most(1),
+            "Fraction of the pages left all zero (touched by REP STOSB of zeros, so that they are backed). "
+            "The rest are private: contents from the VM's own seed (the thread's random stream). "
+            "shared_fraction + zero_fraction must not exceed 1.");
+    v.param(content_seed, "content_seed", "1", Spec(),
+            "Seed of the shared pages' contents: VMs with the same seed have identical shared pages.");
+    v.param(write_rate, "write_rate", "0.0", Spec(Unit::Ratio).at_least(0),
+            "Writes per second of guest time to a random shared page (0: the shared pages are only read). "
+            "Each write stores one byte at write_offset, the rarely written byte of otherwise identical pages "
+            "(false sharing).");
+    v.param(write_value, "write_value", "same", Spec().one_of({"same", "private"}),
+            "same: the byte is rewritten with the value it holds (the page stays identical to its siblings, "
+            "as a flag set again or a counter put back); private: a value from the VM's random stream (the "
+            "page diverges from its siblings).");
+    v.param(write_offset, "write_offset", "2048", Spec(Unit::Bytes).at_most(4095),
+            "Offset in the page of the byte the writes store.");
+    v.param(working_set, "working_set", "0", Spec(Unit::Count),
+            "Pages of the region the read loop touches at a time (0: all of them).");
+    v.param(phase, "phase", "0ps", Spec(Unit::Time),
+            "Guest time after which the read working set moves on by working_set pages (0: it never moves).");
+    v.param(accesses, "accesses", "0", Spec(), "Read accesses of the measured loop (0: until the end of the run).");
+    v.param(instructions_per_access, "instructions_per_access", "20", Spec(Unit::Instructions),
+            "Instructions besides each read access (the program's work per access).");
   }
 };
 
@@ -357,6 +396,7 @@ struct WorkloadParams {
   PatternCheckParams pattern_check;
   ProtectionProbeParams protection_probe;
   ProfileParams profile;
+  PageContentParams page_content;
 
   template <class V>
   void visit(V& v) {
@@ -378,7 +418,7 @@ struct WorkloadParams {
               cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
               cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
-              cfg::alt("profile", profile));
+              cfg::alt("profile", profile), cfg::alt("page_content", page_content));
   }
 };
 
@@ -402,6 +442,9 @@ class Workload : public guest::Program {
   /// The profile workload (workloads/profile.cc).
   static std::shared_ptr<Workload> create_profile(const ProfileParams& p, stats::Group* parent,
                                                   const std::string& name);
+  /// page_content (workloads/page_content.cc); null for other types.
+  static std::shared_ptr<Workload> create_page_content(const WorkloadParams& p, stats::Group* parent,
+                                                       const std::string& name);
 
  protected:
   void started(guest::Thread& t);

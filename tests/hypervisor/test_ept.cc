@@ -164,6 +164,72 @@ TEST_CASE("EPT cursor: removing write permission invalidates, adding it back doe
   CHECK(r.h.platform().memory().read(frame + 8, 8) == 2);
 }
 
+TEST_CASE("EPT cursor: remap points two pages at one frame read-only, a write exits and gets a copy", "[ept][ksm]") {
+  // Same-page merging's use of the cursor: the page at kGpa + 4K is
+  // remapped to the frame of kGpa (read-only), its own frame released; a
+  // write to it then exits and the handler remaps it to a fresh copy.
+  EptRig r;
+  std::uint64_t a = 0, b = 0, copy = 0;
+  std::uint64_t before_read = 0, merged_read = 0, after_write = 0, other_after = 0;
+  unsigned violations = 0, invepts_after_merge = 0;
+  r.h.guest = [&](Core& c) {
+    before_read = c.load(kGpa + k4K + 0x20);  // b's own contents; TLB caches b's frame
+    c.vmcall(kStep);                           // root merges b into a
+    merged_read = c.load(kGpa + k4K + 0x20);   // must see a's frame now (INVEPT)
+    c.store(kGpa + k4K + 0x20, 0x7777);        // EPT violation (write): copy-on-write
+    after_write = c.load(kGpa + k4K + 0x20);
+    other_after = c.load(kGpa + 0x20);         // a's page unchanged
+  };
+  auto setup = r.h.setup;
+  r.h.setup = [&](Core& c) {
+    setup(c);
+    a = r.frames.alloc(r.guest, k4K);
+    b = r.frames.alloc(r.guest, k4K);
+    c.store(a + 0x20, 0xAAAA);
+    c.store(b + 0x20, 0xBBBB);
+    REQUIRE(r.ept->map(c, kGpa, a, k4K, Ept::kRwxWb));
+    REQUIRE(r.ept->map(c, kGpa + k4K, b, k4K, Ept::kRwxWb));
+  };
+  r.steps.push_back([&](Core& c) {
+    const std::uint64_t ro = Ept::kRwxWb & ~ept::kWrite;
+    REQUIRE(r.ept->protect(c, kGpa, ept::kRead | ept::kExecute));
+    r.frames.get(a);
+    REQUIRE(r.ept->remap(c, kGpa + k4K, a, ro));
+    CHECK(r.frames.mappings(b).empty());
+    CHECK(r.frames.put(b));  // the duplicate frame is free again
+    CHECK_FALSE(r.frames.allocated(b));
+    CHECK(r.frames.refcount(a) == 2);
+    REQUIRE(r.frames.mappings(a).size() == 2);
+    invepts_after_merge = r.invepts;
+  });
+  auto old_exit = r.h.on_exit;
+  r.h.on_exit = [&](Core& c, const Exit& e) {
+    if (e.reason == kEptViolation) {
+      ++violations;
+      CHECK((e.qualification & cpu::qual::kEptWrite));
+      CHECK(e.guest_physical == kGpa + k4K + 0x20);
+      copy = r.frames.alloc(r.guest, k4K);
+      c.rep_movs(copy, a, k4K);
+      REQUIRE(r.ept->remap(c, kGpa + k4K, copy, Ept::kRwxWb));
+      CHECK_FALSE(r.frames.put(a));  // a keeps its own mapping
+      return;
+    }
+    old_exit(c, e);
+  };
+  r.h.run();
+  require_clean(r.h);
+  CHECK(before_read == 0xBBBB);
+  CHECK(merged_read == 0xAAAA);
+  CHECK(after_write == 0x7777);
+  CHECK(other_after == 0xAAAA);
+  CHECK(violations == 1);
+  CHECK(invepts_after_merge == 2);  // protect and remap each invalidated
+  CHECK(r.invepts == 3);            // and the copy-on-write's remap
+  CHECK(r.frames.refcount(a) == 1);
+  REQUIRE(r.frames.mappings(copy).size() == 1);
+  CHECK(r.frames.mappings(copy)[0].gpa == kGpa + k4K);
+}
+
 TEST_CASE("EPT cursor: split a 2 MiB page into 512 leaves, unmap one, merge them back", "[ept]") {
   EptRig r;
   std::uint64_t big = 0;

@@ -162,3 +162,27 @@ vms:
   INFO(ok.err);
   CHECK(ok.exit_code == 0);
 }
+
+TEST_CASE("Same-page merging and page_content: inconsistent settings are config errors at their path",
+          "[config][cli][ksm]") {
+  expect_config_error(kTiny, {"--set", "hypervisor.ksm.enabled=true", "--set", "hypervisor.ept_page_size=2MiB"},
+                      "hypervisor.ksm.enabled", "ept_page_size is 4KiB");
+  expect_config_error(kTiny, {"--set", "hypervisor.ksm.enabled=true", "--set", "hypervisor.ksm.core=2"},
+                      "hypervisor.ksm.core", "a core below 2");
+  expect_config_error(kTiny, {"--set", "hypervisor.ksm.pages_to_scan=0"}, "hypervisor.ksm.pages_to_scan",
+                      "at least 1");
+  expect_config_error(kTiny, {"--set", "hypervisor.ksm.max_page_sharing=1"}, "hypervisor.ksm.max_page_sharing",
+                      "at least 2");
+  const std::string pc = R"(duration: 2ms
+platform: {cores: 2, memory: 512MiB}
+vms:
+  - workloads: [{type: page_content, pages: 64}]
+)";
+  expect_config_error(pc, {"--set", "vms[0].workloads[0].shared_fraction=0.7", "--set",
+                           "vms[0].workloads[0].zero_fraction=0.5"},
+                      "vms[0].workloads[0].page_content.zero_fraction", "at most 1 - shared_fraction");
+  expect_config_error(pc, {"--set", "vms[0].workloads[0].working_set=65"},
+                      "vms[0].workloads[0].page_content.working_set", "at most pages (64)");
+  expect_config_error(pc, {"--set", "vms[0].workloads[0].write_value=sometimes"},
+                      "vms[0].workloads[0].write_value", "same");
+}
