@@ -356,6 +356,7 @@ void Core::compute(std::uint64_t instructions) {
 void Core::update_context() {
   m_mmu.set_context(m_cr0, m_cr3, m_cr4, m_efer, m_cpl == 3, m_non_root && m_ept, m_eptp, m_non_root ? m_vpid : 0,
                     m_non_root);
+  m_mmu.set_pml(m_non_root && m_ept && (m_proc2 & proc2::kEnablePml));
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -376,6 +377,11 @@ bool Core::translation_fault(std::uint64_t va) {
     case mmu::WalkResult::Status::EptMisconfig:
       vm_exit(ExitReason::EptMisconfig, 0, 0, r.fault_gpa);
       break;
+    case mmu::WalkResult::Status::PmlFull:
+      // SDM Vol. 3C, 29.3.6: a page-modification log-full event exits
+      // before the access (exit qualification 0: no NMI unblocking).
+      vm_exit(ExitReason::PmlFull, 0, 0, 0);
+      break;
     case mmu::WalkResult::Status::Ok:
       break;
   }
@@ -392,6 +398,14 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
   if (!m_w.mem->contains(pa, 8)) return;
   cycles += m_w.caches->access(pa, models::AccessKind::Write);
   m_w.mem->write(pa, value, 8);
+}
+
+// SDM Vol. 3C, 29.3.6: the guest-physical address goes to PML address + 8 x
+// index, then the index is decremented (from 0 it wraps to 0xFFFF, out of
+// range: the next flag update is a log-full event).
+void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
+  write_entry(m_pml_addr + 8ull * m_pml_index, gpa, cycles);
+  --m_pml_index;
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
@@ -1330,6 +1344,12 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // SDM Vol. 3C, 27.2.1.1: "enable PML" needs "enable EPT", and the PML
+  // address must be 4 KiB aligned (and in memory).
+  if ((proc2_ctl & proc2::kEnablePml) &&
+      (!(proc2_ctl & proc2::kEnableEpt) || (v.get(field::kPmlAddress) & 0xFFF) ||
+       !m_w.mem->contains(v.get(field::kPmlAddress), 4096)))
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
   // APIC virtualization and posted interrupts (SDM Vol. 3C, 27.2.1.1).
   {
     const auto pin_ctl = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
@@ -1380,6 +1400,10 @@ VmExit Core::vm_entry(bool launch) {
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
   m_eptp = eptp;
+  if (m_proc2 & proc2::kEnablePml) {
+    m_pml_addr = v.get(field::kPmlAddress);
+    m_pml_index = static_cast<std::uint16_t>(v.get(field::kGuestPmlIndex));
+  }
   m_vid = m_proc2 & proc2::kVirtualInterruptDelivery;
   m_vapic = v.get(field::kVirtualApicPage);
   m_pi_desc = v.get(field::kPostedIntrDesc);
@@ -1482,6 +1506,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
     v.set(field::kPreemptionTimerValue, m_preempt_deadline > m_now ? m_preempt_deadline - m_now : 0);
   if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
   m_vid = false;
+  if (m_proc2 & proc2::kEnablePml) v.set(field::kGuestPmlIndex, m_pml_index);
 
   charge(m_p.vm_exit_latency);
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so

@@ -56,6 +56,8 @@ enum CodeOffset : std::uint64_t {
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
+  kCodeDirty = 0x13000,   // hypervisor/dirty_log.cc
+  kCodeSnapshot = 0x14000,  // hypervisor/snapshot.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -104,6 +106,8 @@ struct Hypervisor::Vm {
   std::uint64_t nic_window_gpa = 0;
   std::uint8_t nic_vector = 0;
   stats::Group* group = nullptr;
+  std::unique_ptr<DirtyLog> dirty;        // dirty tracking, once started (dirty_log.cc)
+  std::unique_ptr<Snapshot> snapshot;     // its snapshot, once taken (snapshot.cc)
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   // The emulated NIC, if any: the device, its interface to the hypervisor,
   // and with access: poll the core that polls it and the next poll (TSC).

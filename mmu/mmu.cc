@@ -65,7 +65,7 @@ void Mmu::tlb_missed(unsigned level, std::uint64_t va, AccessType type) {
     m_events->tlb_miss({va, static_cast<std::uint8_t>(level), type == AccessType::Execute, m_guest});
 }
 
-static_assert(static_cast<int>(events::WalkOutcome::EptMisconfig) == static_cast<int>(WalkResult::Status::EptMisconfig),
+static_assert(static_cast<int>(events::WalkOutcome::PmlFull) == static_cast<int>(WalkResult::Status::PmlFull),
               "events::WalkOutcome mirrors WalkResult::Status");
 
 void Mmu::walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t start) {
@@ -120,6 +120,7 @@ WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
   r.pge = m_cr4 & crbits::kCr4Pge;
   r.ept = m_ept;
   r.eptp = m_eptp;
+  r.pml = m_pml;
   r.ept_mode.levels = static_cast<std::uint8_t>(ept::eptp_levels(m_eptp));
   r.ept_mode.largest_leaf = 3;
   r.tag = m_tag;

@@ -68,6 +68,10 @@ class Mmu {
     m_tag.pcid = (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(cr3 & crbits::kCr3PcidMask) : 0;
     m_tag.ep4ta = ept ? (eptp & ept::kAddrMask) : 0;
   }
+  /// Page-modification logging on ("enable PML" in VMX non-root operation
+  /// with EPT, SDM Vol. 3C, 29.3.6): EPT walks log the dirty flags they set
+  /// through TableMemory::pml_log.
+  void set_pml(bool on) { m_pml = on; }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
   /// Where TLB misses (kTlbMiss) and completed walks (kWalk) are reported:
@@ -166,6 +170,7 @@ class Mmu {
   // The translation context (set_context).
   std::uint64_t m_cr0 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0, m_eptp = 0;
   bool m_user = false, m_ept = false;
+  bool m_pml = false;
   bool m_translate = false;  // paging or EPT is on
   TlbTag m_tag{};            // of new entries, and looked up
   bool m_guest = false;       // in VMX non-root operation
