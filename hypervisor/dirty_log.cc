@@ -154,6 +154,11 @@ void Hypervisor::dirty_log_start(Core& c, unsigned id, DirtyMode mode) {
   DirtyLog& d = *vm.dirty;
   if (d.on) throw std::logic_error("VM " + vm.name + ": dirty logging is on already");
   charge(c, m_p.dirty_log.start, kCodeDirty);
+  // The logs exist before any vCPU can be told to use them (the INVEPTs
+  // below let other cores run and enter).
+  if (mode == DirtyMode::Pml)
+    for (auto& pv : d.vcpus)
+      if (!pv.pml_page) pv.pml_page = alloc_host_frame();
   d.mode = mode;
   d.on = true;
   d.lazy_split = mode == DirtyMode::WriteProtect && m_p.dirty_log.split == "lazy";
@@ -168,8 +173,6 @@ void Hypervisor::dirty_log_start(Core& c, unsigned id, DirtyMode mode) {
     case DirtyMode::DirtyBits: dirty_scan(c, vm, false); break;
     case DirtyMode::Pml:
       dirty_scan(c, vm, false);
-      for (auto& pv : d.vcpus)
-        if (!pv.pml_page) pv.pml_page = alloc_host_frame();
       d.catchup = true;
       break;
   }

@@ -396,7 +396,7 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
           }
           pml_checked = true;
         }
-        if (level == leaf && (nv & ~value[level] & Fmt::kDirty)) log_dirty = true;
+        if (fmt.pml && level == leaf && (nv & ~value[level] & Fmt::kDirty)) log_dirty = true;
       }
       if (Stage2::active() && !(s2_at[level] & s2.write_right())) {
         // The flag update is a write to the entry's stage-2 address, checked

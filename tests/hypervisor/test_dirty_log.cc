@@ -222,3 +222,24 @@ TEST_CASE("for the same dirty set, PML takes far fewer exits than write protecti
   // write-protected VM include one per dirtied page.
   CHECK(counter(r.root, "vm.wp.vcpu0.exits") >= 1024 + 2048);  // + the 2048 backing faults
 }
+
+TEST_CASE("large EPT pages: write protection splits lazily at the first write, the dirty-flag modes eagerly",
+          "[hypervisor][dirty]") {
+  Rig r;
+  r.hp.ept_page_size = 2ull << 20;
+  r.hp.dirty_log.split = "lazy";
+  std::vector<std::uint64_t> writes;
+  for (std::uint64_t p : {3u, 700u, 701u, 2000u}) writes.push_back(p);  // in 2 MiB pages 0, 1 and 3
+  r.build(4096, {}, writes);  // backs all 8 large pages
+  r.start_at(1 * kMs);
+  sc_core::sc_start(sc_core::sc_time(40, sc_core::SC_MS));
+  REQUIRE(r.harvested);
+  for (unsigned i = 0; i < 3; ++i) {
+    INFO(Rig::kNames[i]);
+    CHECK(r.collected[i] == writes);  // 4 KiB granularity in every mode
+  }
+  CHECK(r.stat(0, "split_pages") == 3);  // only the large pages written
+  CHECK(r.stat(0, "wp_exits") == 4);
+  CHECK(r.stat(1, "split_pages") == 8);  // all of them when logging started
+  CHECK(r.stat(2, "split_pages") == 8);
+}
