@@ -372,6 +372,11 @@ bool Core::translation_fault(std::uint64_t va) {
       raise_exception(vec::kPageFault, r.error_code, true, va);
       break;
     case mmu::WalkResult::Status::EptViolation:
+      // SDM Vol. 3C, 29.4.3.1: the violation invalidates the cached mappings
+      // of the address. Only a present, stricter entry can be cached (a
+      // not-present one never is, 29.4.3.2), so only then is there work.
+      if (r.exit_qualification & (qual::kEptReadable | qual::kEptWritable | qual::kEptExecutable))
+        m_mmu.ept_violation(va, r.fault_gpa);
       vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
       break;
     case mmu::WalkResult::Status::EptMisconfig:

@@ -126,6 +126,11 @@ class Mmu {
   bool invept(unsigned type, std::uint64_t eptp);
   /// VM entry or exit without VPIDs (SDM Vol. 3C, 28.3.3.3): VPID 0 goes.
   void flush_vpid0();
+  /// An EPT violation (SDM Vol. 3C, 29.4.3.1) invalidates the guest-physical
+  /// mappings of the faulting guest-physical address and the combined
+  /// mappings of the linear address, so that a stale, stricter translation
+  /// is not used again once the hypervisor has raised the permission.
+  void ept_violation(std::uint64_t va, std::uint64_t gpa);
 
  private:
   /// A cached translation is used only when it certainly permits the
