@@ -30,7 +30,7 @@ S7 run(const std::string& name) {
   s.written_bytes = r.at("vm.writer.workload0.operations") * 8;  // one 8-byte store per operation
   s.copier_cycles = r.at("vm.writer.snapshot.copier_cycles");
   // The exits the snapshot caused are EPT violations of the vCPU.
-  CHECK(r.at("vm.writer.vcpu0.exit_reasons.EPT_VIOLATION.cycles.count") >= s.exits);
+  CHECK(r.at("system.cpu0.exit_reasons.EPT_VIOLATION") >= s.exits);  // the writer is pinned to core 0
   return s;
 }
 }  // namespace
