@@ -134,6 +134,7 @@ void Hypervisor::dirty_protect_all(Core& c, Vm& vm, const std::vector<std::uint6
 
 void Hypervisor::dirty_log_start(Core& c, unsigned id, DirtyMode mode) {
   Vm& vm = *m_vms.at(id);
+  if (vm.ended()) return;  // stopped: its EPT may be gone
   if (vm.shadow) throw std::invalid_argument("VM " + vm.name + ": dirty tracking needs EPT (not shadow paging)");
   if (mode != DirtyMode::WriteProtect && !ept::eptp_ad(vm.eptp))
     throw std::invalid_argument(fmt::format("VM {}: dirty tracking by {} needs EPT accessed and dirty flags "
@@ -187,7 +188,7 @@ void Hypervisor::dirty_log_start(Core& c, unsigned id, DirtyMode mode) {
 
 void Hypervisor::dirty_log_stop(Core& c, unsigned id) {
   Vm& vm = *m_vms.at(id);
-  if (!vm.dirty || !vm.dirty->on) return;
+  if (!vm.dirty || !vm.dirty->on || vm.ended()) return;
   DirtyLog& d = *vm.dirty;
   charge(c, m_p.dirty_log.start, kCodeDirty);
   d.on = false;
@@ -235,6 +236,7 @@ void Hypervisor::dirty_scan(Core& c, Vm& vm, bool mark) {
 
 std::vector<std::uint64_t> Hypervisor::dirty_log_collect(Core& c, unsigned id) {
   Vm& vm = *m_vms.at(id);
+  if (vm.ended()) return {};
   if (!vm.dirty || !vm.dirty->on) throw std::logic_error("VM " + vm.name + ": dirty logging is off");
   DirtyLog& d = *vm.dirty;
   charge(c, m_p.dirty_log.start, kCodeDirty);
