@@ -376,6 +376,7 @@ void Core::compute(std::uint64_t instructions) {
 void Core::update_context() {
   m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root);
   m_mmu.set_protection(m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute));
+  m_mmu.set_pml(m_non_root && m_ept && (m_proc2 & proc2::kEnablePml));
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -391,10 +392,20 @@ bool Core::translation_fault(std::uint64_t va) {
       raise_exception(vec::kPageFault, r.error_code, true, va);
       break;
     case mmu::WalkResult::Status::EptViolation:
+      // SDM Vol. 3C, 29.4.3.1: the violation invalidates the cached mappings
+      // of the address. Only a present, stricter entry can be cached (a
+      // not-present one never is, 29.4.3.2), so only then is there work.
+      if (r.exit_qualification & (qual::kEptReadable | qual::kEptWritable | qual::kEptExecutable))
+        m_mmu.ept_violation(va, r.fault_gpa);
       vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
       break;
     case mmu::WalkResult::Status::EptMisconfig:
       vm_exit(ExitReason::EptMisconfig, 0, 0, r.fault_gpa);
+      break;
+    case mmu::WalkResult::Status::PmlFull:
+      // SDM Vol. 3C, 29.3.6: a page-modification log-full event exits
+      // before the access (exit qualification 0: no NMI unblocking).
+      vm_exit(ExitReason::PmlFull, 0, 0, 0);
       break;
     case mmu::WalkResult::Status::Ok:
       break;
@@ -412,6 +423,14 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
   if (!m_w.mem->contains(pa, 8)) return;
   cycles += m_w.caches->access(pa, models::AccessKind::Write);
   m_w.mem->write(pa, value, 8);
+}
+
+// SDM Vol. 3C, 29.3.6: the guest-physical address goes to PML address + 8 x
+// index, then the index is decremented (from 0 it wraps to 0xFFFF, out of
+// range: the next flag update is a log-full event).
+void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
+  write_entry(m_pml_addr + 8ull * m_pml_index, gpa, cycles);
+  --m_pml_index;
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
@@ -1467,6 +1486,12 @@ VmExit Core::vm_entry(bool launch) {
   // "enable EPT".
   if ((proc2_ctl & proc2::kModeBasedExecute) && !(proc2_ctl & proc2::kEnableEpt))
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // SDM Vol. 3C, 27.2.1.1: "enable PML" needs "enable EPT", and the PML
+  // address must be 4 KiB aligned (and in memory).
+  if ((proc2_ctl & proc2::kEnablePml) &&
+      (!(proc2_ctl & proc2::kEnableEpt) || (v.get(field::kPmlAddress) & 0xFFF) ||
+       !m_w.mem->contains(v.get(field::kPmlAddress), 4096)))
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
   // APIC virtualization and posted interrupts (SDM Vol. 3C, 27.2.1.1).
   {
     const auto pin_ctl = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
@@ -1521,6 +1546,10 @@ VmExit Core::vm_entry(bool launch) {
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
   m_eptp = eptp;
+  if (m_proc2 & proc2::kEnablePml) {
+    m_pml_addr = v.get(field::kPmlAddress);
+    m_pml_index = static_cast<std::uint16_t>(v.get(field::kGuestPmlIndex));
+  }
   m_vid = m_proc2 & proc2::kVirtualInterruptDelivery;
   m_vapic = v.get(field::kVirtualApicPage);
   m_pi_desc = v.get(field::kPostedIntrDesc);
@@ -1629,6 +1658,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
     v.set(field::kPreemptionTimerValue, m_preempt_deadline > m_now ? m_preempt_deadline - m_now : 0);
   if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
   m_vid = false;
+  if (m_proc2 & proc2::kEnablePml) v.set(field::kGuestPmlIndex, m_pml_index);
 
   // The guest's counting ends with the exit: IA32_PERF_GLOBAL_CTRL is
   // saved and the host's loaded (SDM Vol. 3C, 28.3.1, 28.5.1) before the

@@ -376,6 +376,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
   void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) override;
+  bool pml_room() override { return m_pml_index < 512; }
+  void pml_log(std::uint64_t gpa, std::uint32_t& cycles) override;
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
   std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
@@ -506,6 +508,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint16_t m_vpid = 0;
   bool m_ept = false;
   std::uint64_t m_eptp = 0;
+  // Page-modification logging (SDM Vol. 3C, 29.3.6): the log's address and
+  // the PML index, loaded at VM entry and saved at VM exit.
+  std::uint64_t m_pml_addr = 0;
+  std::uint16_t m_pml_index = 0;
   std::uint32_t m_pending_injection = 0;  // VM-entry interruption information
   std::uint32_t m_pending_injection_error = 0;
   std::uint64_t m_preempt_deadline = UINT64_MAX;

@@ -13,7 +13,7 @@ std::bitset<512> make_supported() {
   std::bitset<512> s;
   using namespace field;
   for (std::uint32_t enc :
-       {kVpid, kPostedIntrNv, kGuestIntrStatus, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
+       {kVpid, kPostedIntrNv, kGuestIntrStatus, kGuestPmlIndex, kPmlAddress, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
         kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls,
         kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kGuestPerfGlobalCtrl, kHostPerfGlobalCtrl, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,
@@ -110,6 +110,7 @@ const char* exit_reason_name(unsigned reason) {
     case ExitReason::Invvpid: return "INVVPID";
     case ExitReason::Invpcid: return "INVPCID";
     case ExitReason::Vmfunc: return "VMFUNC";
+    case ExitReason::PmlFull: return "PML_FULL";
   }
   static thread_local char buf[24];
   unsigned n = reason;

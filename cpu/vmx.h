@@ -18,10 +18,12 @@ constexpr std::uint32_t kVpid = 0x0000;
 constexpr std::uint32_t kPostedIntrNv = 0x0002;
 // 16-bit guest state
 constexpr std::uint32_t kGuestIntrStatus = 0x0810;  // RVI in bits 7:0, SVI in bits 15:8
+constexpr std::uint32_t kGuestPmlIndex = 0x0812;    // next page-modification log entry (29.3.6)
 // 64-bit control
 constexpr std::uint32_t kIoBitmapA = 0x2000;
 constexpr std::uint32_t kIoBitmapB = 0x2002;
 constexpr std::uint32_t kMsrBitmap = 0x2004;
+constexpr std::uint32_t kPmlAddress = 0x200E;  // the 4 KiB page-modification log (25.6.18)
 constexpr std::uint32_t kTscOffset = 0x2010;
 constexpr std::uint32_t kVirtualApicPage = 0x2012;
 constexpr std::uint32_t kPostedIntrDesc = 0x2016;
@@ -200,6 +202,7 @@ enum class ExitReason : std::uint16_t {
   Invvpid = 53,
   Invpcid = 58,
   Vmfunc = 59,
+  PmlFull = 62,
 };
 constexpr unsigned kMaxExitReason = 70;
 /// The SDM's name of an exit reason ("EPT_VIOLATION"), or "REASON_<n>".

@@ -194,6 +194,29 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, at + (vm.edf_runtime != 0 ? ".edf_runtime" : ".edf_period"),
                      "0 unless hypervisor.scheduler is edf (only it has reservations)",
                      cfg::format_time_ps(vm.edf_runtime != 0 ? vm.edf_runtime : vm.edf_period));
+    if (vm.snapshot.at != 0 || vm.snapshot.restore_at != 0) {
+      // docs/memory.md, "Snapshots": EPT write protection, no device DMA.
+      if (vm.snapshot.at == 0)
+        throw error_at(doc, at + ".snapshot.at", "a time for the snapshot (restore_at needs one)", "0ps");
+      if (vm.snapshot.at >= p.duration)
+        throw error_at(doc, at + ".snapshot.at", "a time before duration (" + cfg::format_time_ps(p.duration) + ")",
+                       cfg::format_time_ps(vm.snapshot.at));
+      if (vm.snapshot.restore_at != 0 && vm.snapshot.restore_at <= vm.snapshot.at)
+        throw error_at(doc, at + ".snapshot.restore_at",
+                       "0 or a time after snapshot.at (" + cfg::format_time_ps(vm.snapshot.at) + ")",
+                       cfg::format_time_ps(vm.snapshot.restore_at));
+      if (vm.paging != "ept")
+        throw error_at(doc, at + ".snapshot.at", "a VM with paging ept (a snapshot write-protects its EPT)",
+                       "paging " + vm.paging);
+      if (vm.nic.type != "none")
+        throw error_at(doc, at + ".snapshot.at",
+                       "a VM without a network device (device DMA is not tracked by the snapshot)",
+                       "nic.type " + vm.nic.type);
+    }
+    if (p.hypervisor.snapshot.copier_core >= p.platform.cores * p.platform.smt)
+      throw error_at(doc, "hypervisor.snapshot.copier_core",
+                     fmt::format("a core below {} (the platform's)", p.platform.cores * p.platform.smt),
+                     std::to_string(p.hypervisor.snapshot.copier_core));
     if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
       throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
                      cfg::format_time_ps(vm.edf_period));

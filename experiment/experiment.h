@@ -49,6 +49,20 @@ struct VmNicParams {
   }
 };
 
+/// A snapshot of the VM taken while it runs, and its restore
+/// (docs/memory.md, "Snapshots").
+struct VmSnapshotParams {
+  std::uint64_t at, restore_at;  // ps
+  template <class V>
+  void visit(V& v) {
+    v.param(at, "at", "0ps", Spec(Unit::Time),
+            "When the snapshot is taken: the hypervisor write-protects the VM's EPT, copies each page on its "
+            "first write (copy-before-write) and the rest by a background copier (0: no snapshot).");
+    v.param(restore_at, "restore_at", "0ps", Spec(Unit::Time),
+            "When the VM's memory is restored to the snapshot, after `at` (0: never).");
+  }
+};
+
 /// Parses "aa:bb:cc:dd:ee:ff" into bytes 0-5 at bits 7:0 ... 47:40; false if malformed.
 bool parse_mac(const std::string& text, std::uint64_t& mac);
 
@@ -65,6 +79,7 @@ struct VmParams {
   std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
   VmNicParams nic;
+  VmSnapshotParams snapshot;
   std::vector<workloads::WorkloadParams> workloads;
 
   template <class V>
@@ -103,6 +118,7 @@ struct VmParams {
             "Period of the EDF reservation, also its relative deadline (0 with edf_runtime 0).");
     v.section(kernel, "kernel", "The guest kernel.");
     v.section(nic, "nic", "The VM's network device (docs/io.md, \"Guest networking\").");
+    v.section(snapshot, "snapshot", "A snapshot of the running VM and its restore (docs/memory.md, \"Snapshots\").");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }
 };

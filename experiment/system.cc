@@ -164,6 +164,9 @@ struct Session::System {
       spec.priority = static_cast<unsigned>(vp.priority);
       spec.edf_runtime = vp.edf_runtime;
       spec.edf_period = vp.edf_period;
+      spec.snapshot.enabled = vp.snapshot.at != 0;
+      spec.snapshot.at = vp.snapshot.at;
+      spec.snapshot.restore_at = vp.snapshot.restore_at;
       parse_core_list(vp.pin, pp.cores * pp.smt, spec.pin);  // validated by load()
       hypervisor->add_vm(spec);
       kernels.push_back(std::move(kernel));

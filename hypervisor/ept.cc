@@ -219,6 +219,18 @@ void Ept::for_each_leaf(Core& c, std::uint64_t lo, std::uint64_t hi, bool clear_
   if (any_ad) flush(c);
 }
 
+std::size_t Ept::clear_bits(Core& c, std::vector<Leaf>& leaves, std::uint64_t bits) {
+  std::size_t changed = 0;
+  for (Leaf& l : leaves) {
+    if (!(l.entry & bits)) continue;
+    // Present stays present: bits never holds all of R/W/X here.
+    l.entry = c.xchg(l.entry_pa, l.entry & ~bits);
+    ++changed;
+  }
+  if (changed) flush(c);
+  return changed;
+}
+
 void Ept::clear_table(Core& c, std::uint64_t table, unsigned level, std::uint64_t base,
                       const std::function<void(const Leaf&)>& fn) {
   const std::uint64_t size = level_size(level);

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <vector>
 
 #include "hypervisor/frames.h"
 #include "mmu/paging.h"
@@ -107,6 +108,14 @@ class Ept {
   /// (a cached translation would not set them again).
   void for_each_leaf(cpu::Core& c, std::uint64_t lo, std::uint64_t hi, bool clear_ad,
                      const std::function<void(const Leaf&)>& fn);
+  /// Clears `bits` (permissions, e.g. kWrite for write protection, or the
+  /// A/D flags) in each of `leaves` (as for_each_leaf gave them), each with
+  /// an atomic exchange of the entry so that a flag the hardware set since
+  /// the leaf was read is not lost: each leaf's `entry` becomes the value
+  /// the exchange found. One invalidation everywhere if any entry changed
+  /// (a removed permission, or a cleared flag a cached translation would
+  /// not set again, SDM Vol. 3C, 29.3.5, 29.4.3). Returns the entries changed.
+  std::size_t clear_bits(cpu::Core& c, std::vector<Leaf>& leaves, std::uint64_t bits);
   /// Tears the tables down: every leaf is cleared and passed to fn (which
   /// releases its frame), every table frame including the root goes back to
   /// env.frames, one invalidation. The Ept is unusable afterwards.

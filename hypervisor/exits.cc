@@ -1,6 +1,7 @@
 // Exit handlers by area: CPUID, VMCALL, port I/O, control registers, MSRs
 // and EPT violations of guest memory.
 #include "hypervisor/hypervisor_state.h"
+#include "hypervisor/dirty_state.h"
 
 #include <algorithm>
 #include <stdexcept>
@@ -52,6 +53,7 @@ void Hypervisor::register_exit_handlers() {
   m_exits.on(ExitReason::EptViolation, &Hypervisor::handle_ept_violation);
   m_exits.on(ExitReason::EptMisconfig, &Hypervisor::handle_ept_misconfig);
   m_exits.on(ExitReason::PreemptionTimer, &Hypervisor::handle_preemption_timer);
+  m_exits.on(ExitReason::PmlFull, &Hypervisor::handle_pml_full);  // dirty_log.cc
 
   // MSRs the hypervisor emulates (every MSR access exits: the MSR bitmap
   // is all ones). The x2APIC and TSC-deadline MSRs are the virtual LAPIC's
@@ -269,6 +271,7 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
     handle_nic_access(c, v);
     return;
   }
+  if (vm.dirty && dirty_wp_fault(pc, v, gpa)) return;  // dirty tracking, snapshots (dirty_log.cc)
   charge(c, m_p.costs.ept_violation, kCodeEpt);
   if (gpa >= vm.memory) {
     crash_vm(vm, fmt::format("vCPU {} accessed guest-physical {:#x}, beyond the VM's {} bytes of memory "
@@ -280,8 +283,13 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
   if (m_ksm && ksm_write_fault(c, v, gpa)) return;
   // A not-present EPT entry is never cached, so no INVEPT is needed after
   // mapping it (SDM Vol. 3C, 29.4.3.2).
-  if (!back_guest_page(c, vm, gpa))
+  const std::uint64_t backed_before = vm.backed;
+  if (!back_guest_page(c, vm, gpa)) {
     stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa, host_memory_note()));
+    return;
+  }
+  if (vm.dirty && vm.dirty->on && vm.backed != backed_before)
+    dirty_after_backing(c, vm, gpa & ~(m_p.ept_page_size - 1), vmr(c, field::kExitQualification) & cpu::qual::kEptWrite);
 }
 
 }  // namespace vmx::hv

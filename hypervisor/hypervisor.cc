@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/hypervisor_state.h"
+#include "hypervisor/dirty_state.h"
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
@@ -152,6 +153,20 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   if (spec.weight == 0) throw std::invalid_argument("VM " + spec.name + ": weight must be positive");
   if ((spec.edf_runtime == 0) != (spec.edf_period == 0) || spec.edf_runtime > spec.edf_period)
     throw std::invalid_argument("VM " + spec.name + ": an EDF reservation needs 0 < runtime <= period");
+  if (spec.snapshot.enabled) {
+    // Snapshots (snapshot.cc) write-protect the EPT; a device's DMA is not
+    // tracked, and shadow paging has no EPT to protect.
+    if (spec.shadow_paging || spec.virtio_net || spec.nic.enabled || spec.nic_type != "none")
+      throw std::invalid_argument("VM " + spec.name + ": a snapshot needs EPT paging and no network device");
+    if (m_p.snapshot.copier_core >= m_cores.size())
+      throw std::invalid_argument(fmt::format("hypervisor.snapshot.copier_core {} is not a core (the platform has {})",
+                                              m_p.snapshot.copier_core, m_cores.size()));
+    if (spec.snapshot.restore_at && spec.snapshot.restore_at <= spec.snapshot.at)
+      throw std::invalid_argument("VM " + spec.name + ": snapshot.restore_at must come after snapshot.at");
+    const unsigned id = vm->id, core = static_cast<unsigned>(m_p.snapshot.copier_core);
+    at(spec.snapshot.at, core, [this, id](Core& c) { snapshot_take(c, id); });
+    if (spec.snapshot.restore_at) at(spec.snapshot.restore_at, core, [this, id](Core& c) { snapshot_restore(c, id); });
+  }
   for (unsigned core : spec.pin)
     if (core >= m_cores.size())
       throw std::invalid_argument(fmt::format("VM {}: pin names core {}, but the platform has {} cores", spec.name,

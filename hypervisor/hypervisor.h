@@ -19,6 +19,7 @@
 
 #include "abi/boot.h"
 #include "cpu/core.h"
+#include "hypervisor/dirty_log.h"
 #include "hypervisor/emulated_nic.h"
 #include "hypervisor/exit_table.h"
 #include "hypervisor/frames.h"
@@ -158,6 +159,8 @@ struct HypervisorParams {
   HvCosts costs;
   HostNicParams host_nic;
   KsmParams ksm;
+  DirtyLogParams dirty_log;
+  SnapshotParams snapshot;
 
   template <class V>
   void visit(V& v) {
@@ -219,6 +222,8 @@ struct HypervisorParams {
     v.section(costs, "costs", "Software path lengths of the hypervisor.");
     v.section(host_nic, "host_nic", "The hypervisor's driver for the NIC's physical function (docs/io.md).");
     v.section(ksm, "ksm", "Same-page merging, as Linux's KSM (docs/memory.md, \"Same-page merging\").");
+    v.section(dirty_log, "dirty_log", "Dirty tracking: EPT write protection, EPT dirty flags, PML (docs/memory.md).");
+    v.section(snapshot, "snapshot", "VM snapshots by copy-before-write (docs/memory.md).");
   }
 };
 
@@ -247,6 +252,7 @@ struct VmSpec {
   // Virtual PMU (hypervisor/vpmu.cc, docs/pmu.md): "none", "emulated",
   // "mediated" or "passthrough".
   std::string pmu = "none";
+  SnapshotSpec snapshot = {};     // a snapshot taken (and restored) at set times (docs/memory.md)
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0
@@ -316,6 +322,29 @@ class Hypervisor {
   void drop_exit_handler(cpu::ExitReason r) { m_exits.off(r); }
   /// Whether exits of basic reason `reason` have a handler.
   bool handles_exit(unsigned reason) const { return m_exits.has(reason); }
+
+  // Dirty tracking and snapshots (dirty_log.cc, snapshot.cc; docs/memory.md).
+  // The operations run on core c in the hypervisor's context, e.g. in a job
+  // of at().
+  /// Runs fn on `core` in the hypervisor's context at simulated time `ps`
+  /// (at the core's first timer interrupt from then on). Before the run, or
+  /// from a core.
+  void at(std::uint64_t ps, unsigned core, std::function<void(cpu::Core&)> fn);
+  /// Starts dirty logging of VM vm by `mode` (DirtyBits and Pml need
+  /// hypervisor.ept_ad); every page counts as clean from now on.
+  void dirty_log_start(cpu::Core& c, unsigned vm, DirtyMode mode);
+  /// The guest page numbers written since the start or the previous call,
+  /// ascending; the next round starts (as KVM_GET_DIRTY_LOG with
+  /// write-protection of what it returns).
+  std::vector<std::uint64_t> dirty_log_collect(cpu::Core& c, unsigned vm);
+  /// Stops dirty logging: write permission back, large pages merged again,
+  /// PML off.
+  void dirty_log_stop(cpu::Core& c, unsigned vm);
+  bool dirty_logging(unsigned vm) const;
+  /// Takes a snapshot of the running VM (copy-before-write, a background
+  /// copier on hypervisor.snapshot.copier_core) and restores the VM to it.
+  void snapshot_take(cpu::Core& c, unsigned vm);
+  void snapshot_restore(cpu::Core& c, unsigned vm);
 
  private:
   // The hypervisor's rooms. Each group below is one file of hypervisor/
@@ -480,6 +509,35 @@ class Hypervisor {
   void ksm_init();
   /// Its per-VM records (add_vm, before the VM is in m_vms).
   void ksm_add_vm(Vm& vm);
+  // Dirty tracking (dirty_log.cc) and snapshots (snapshot.cc).
+  struct DirtyLog;
+  struct Snapshot;
+  struct HostJob {
+    std::uint64_t due = 0;  // TSC
+    unsigned core = 0;
+    std::function<void(cpu::Core&)> fn;
+  };
+  /// The earliest job's TSC on the core (0: none), and running those due.
+  std::uint64_t next_job(unsigned core) const;
+  void run_jobs(PerCore& pc, std::uint64_t now);
+  /// An EPT violation that dirty tracking or a snapshot handles (a write to
+  /// a write-protected page); false if it is not one.
+  bool dirty_wp_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa);
+  /// After lazily backing gpa while write protection tracks the VM.
+  void dirty_after_backing(cpu::Core& c, Vm& vm, std::uint64_t gpa, bool write);
+  /// At every exit of a logging VM: drain the vCPU's PML log.
+  void dirty_on_exit(cpu::Core& c, Vcpu& v);
+  /// Before entry: the vCPU's PML controls as its VM's logging wants them.
+  void dirty_before_entry(cpu::Core& c, Vcpu& v);
+  void handle_pml_full(PerCore& pc, Vcpu& v);
+  void dirty_mark(cpu::Core& c, Vm& vm, std::uint64_t gfn);
+  void dirty_scan(cpu::Core& c, Vm& vm, bool clear);
+  void dirty_split(cpu::Core& c, Vm& vm);
+  void dirty_protect_all(cpu::Core& c, Vm& vm, const std::vector<std::uint64_t>* gfns);
+  void snapshot_copier(cpu::Core& c, Vm& vm);
+  /// Copies guest page gfn into the snapshot store if it is not there yet.
+  bool snapshot_save(cpu::Core& c, Vm& vm, std::uint64_t gfn, std::uint64_t hpa);
+  std::vector<HostJob> m_jobs;
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.

@@ -60,6 +60,8 @@ enum CodeOffset : std::uint64_t {
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
   kCodeVpmu = 0x13000,    // hypervisor/vpmu.cc
   kCodeKsm = 0x14000,     // hypervisor/ksm.cc
+  kCodeDirty = 0x15000,   // hypervisor/dirty_log.cc
+  kCodeSnapshot = 0x16000,  // hypervisor/snapshot.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -114,6 +116,8 @@ struct Hypervisor::Vm {
   stats::Counter* vpmu_pmis = nullptr;
   stats::Counter* vpmu_filtered = nullptr;
   stats::Group* group = nullptr;
+  std::unique_ptr<DirtyLog> dirty;        // dirty tracking, once started (dirty_log.cc)
+  std::unique_ptr<Snapshot> snapshot;     // its snapshot, once taken (snapshot.cc)
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   // The emulated NIC, if any: the device, its interface to the hypervisor,
   // and with access: poll the core that polls it and the next poll (TSC).

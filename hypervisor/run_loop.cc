@@ -40,6 +40,7 @@ void Hypervisor::core_main(PerCore& pc) {
   }
   pc.sched->start(c.rdtsc());
   m_started = true;
+  if (next_job(pc.id)) program_timer(pc);  // jobs given before the run (at())
   Vcpu* last = nullptr;
   for (;;) {
     run_core_requests(pc);
@@ -222,6 +223,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   }
   publish_steal(c, v);
   if (v.vm->shadow) shadow_before_entry(c, v);
+  if (v.vm->dirty) dirty_before_entry(c, v);
   // The guest's CR2 is not part of the VMCS: it is restored if another
   // context changed it, and saved after the exit (KVM's vmx_vcpu_run).
   if (c.read_cr(2) != v.cr2) c.write_cr(2, v.cr2);
@@ -258,6 +260,7 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
+  if (v.vm->dirty) dirty_on_exit(c, v);  // the PML log is drained at every exit, as KVM does
   if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
   else unexpected_exit(v, reason);
 }

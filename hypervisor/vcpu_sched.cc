@@ -42,6 +42,7 @@ void Hypervisor::program_timer(PerCore& pc, bool idle) {
   // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
   // runs; the host timer keeps it only while the core halts.
   if (!m_preemption_slices || idle) consider(sched_deadline(pc));
+  consider(next_job(pc.id));  // timed jobs (dirty_log.cc)
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
 }
 

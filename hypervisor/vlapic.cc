@@ -33,6 +33,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
       vm->nic_next_poll = now + vm->nic_poll_ticks;
     }
   if (m_ksm && pc.id == m_ksm->p.core && now >= m_ksm->next_scan) ksm_run(pc);
+  run_jobs(pc, now);  // timed jobs (dirty_log.cc)
   pc.sched->tick(now);
   program_timer(pc);
 }

@@ -65,7 +65,7 @@ void Mmu::tlb_missed(unsigned level, std::uint64_t va, AccessType type) {
     m_events->tlb_miss({va, static_cast<std::uint8_t>(level), type == AccessType::Execute, m_guest});
 }
 
-static_assert(static_cast<int>(events::WalkOutcome::EptMisconfig) == static_cast<int>(WalkResult::Status::EptMisconfig),
+static_assert(static_cast<int>(events::WalkOutcome::PmlFull) == static_cast<int>(WalkResult::Status::PmlFull),
               "events::WalkOutcome mirrors WalkResult::Status");
 
 void Mmu::walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t start) {
@@ -124,6 +124,7 @@ WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
   r.ept = m_ept;
   const std::uint64_t eptp = *m_regs.eptp;
   r.eptp = eptp;
+  r.pml = m_pml;
   r.ept_mode.levels = static_cast<std::uint8_t>(ept::eptp_levels(eptp));
   r.ept_mode.largest_leaf = 3;
   r.tag = m_tag;
@@ -167,6 +168,16 @@ void Mmu::cr4_paging_change() {
 // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
 // PCID and global ones, and all paging-structure-cache entries of the
 // current PCID whatever linear address they are for.
+// Only the leaf-level caches are invalidated: the nested TLB's entries for
+// gpa, and as INVLPG does for the linear address, its TLB entries and the
+// PCID's guest paging-structure-cache entries (which hold the EPT rights of
+// the guest tables they lead to). The EPT paging-structure caches hold
+// non-leaf entries, which the hypervisor's EPT never restricts; they stay.
+void Mmu::ept_violation(std::uint64_t va, std::uint64_t gpa) {
+  m_nested_tlb.flush_gpa(gpa, m_tag.ep4ta);
+  invlpg(va);
+}
+
 void Mmu::invlpg(std::uint64_t va) {
   const std::uint16_t vpid = m_tag.vpid, pcid = m_tag.pcid;
   for_each_tlb([&](Tlb& t) { t.flush_invlpg(va, vpid, pcid); });

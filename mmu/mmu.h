@@ -86,6 +86,10 @@ class Mmu {
     m_mbec = mbec;
     update_checks();
   }
+  /// Page-modification logging on ("enable PML" in VMX non-root operation
+  /// with EPT, SDM Vol. 3C, 29.3.6): EPT walks log the dirty flags they set
+  /// through TableMemory::pml_log.
+  void set_pml(bool on) { m_pml = on; }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
   /// Where TLB misses (kTlbMiss) and completed walks (kWalk) are reported:
@@ -140,6 +144,11 @@ class Mmu {
   bool invept(unsigned type, std::uint64_t eptp);
   /// VM entry or exit without VPIDs (SDM Vol. 3C, 28.3.3.3): VPID 0 goes.
   void flush_vpid0();
+  /// An EPT violation (SDM Vol. 3C, 29.4.3.1) invalidates the guest-physical
+  /// mappings of the faulting guest-physical address and the combined
+  /// mappings of the linear address, so that a stale, stricter translation
+  /// is not used again once the hypervisor has raised the permission.
+  void ept_violation(std::uint64_t va, std::uint64_t gpa);
 
  private:
   /// A cached translation is used only when it certainly permits the
@@ -197,6 +206,7 @@ class Mmu {
   WalkRegs m_regs{&kZero, &kZero, &kZero};
   std::uint64_t m_cr0 = 0, m_cr4 = 0;
   bool m_user = false, m_ept = false;
+  bool m_pml = false;
   bool m_translate = false;  // paging or EPT is on
   bool m_ac = false, m_mbec = false;
   std::uint32_t m_pkru = 0;

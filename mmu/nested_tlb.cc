@@ -49,6 +49,12 @@ void NestedTlb::flush_ep4ta(std::uint64_t ep4ta) {
   m_stats.flushed_entries += m_array.invalidate_if([ep4ta](const NestedTlbEntry& e) { return e.ep4ta == ep4ta; });
 }
 
+void NestedTlb::flush_gpa(std::uint64_t gpa, std::uint64_t ep4ta) {
+  ++m_stats.flushes;
+  m_stats.flushed_entries += m_array.invalidate_if(
+      [gpa, ep4ta](const NestedTlbEntry& e) { return e.ep4ta == ep4ta && e.gfn == gpa >> e.shift; });
+}
+
 void NestedTlb::flush_all() {
   ++m_stats.flushes;
   m_stats.flushed_entries += m_array.invalidate_if([](const NestedTlbEntry&) { return true; });

@@ -83,6 +83,8 @@ class NestedTlb {
   void flush_ep4ta(std::uint64_t ep4ta);
   /// INVEPT all-context, and power-on.
   void flush_all();
+  /// The entries of ep4ta that translate gpa (an EPT violation, 29.4.3.1).
+  void flush_gpa(std::uint64_t gpa, std::uint64_t ep4ta);
 
   std::uint32_t occupancy() const { return m_array.occupancy(); }
   const NestedTlbStats& stats() const { return m_stats; }

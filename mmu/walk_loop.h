@@ -33,6 +33,13 @@ class TableMemory {
   virtual ~TableMemory() = default;
   virtual std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) = 0;
   virtual void write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) = 0;
+  /// Page-modification logging (SDM Vol. 3C, 29.3.6), asked only by a
+  /// format that logs (Fmt::kLogsDirty) with logging on: whether the PML
+  /// index is in range (0-511), and the logging of a guest-physical page
+  /// whose EPT dirty flag a walk set (the entry at the index is written,
+  /// the index decremented). Other memories never log.
+  virtual bool pml_room() { return true; }
+  virtual void pml_log(std::uint64_t, std::uint32_t&) {}
 };
 
 /// The bit a walk's rights carry above the format's rights (bits 2:0): the
@@ -52,6 +59,7 @@ struct WalkFault {
     NotPresent,  // an entry not present (IA-32e P = 0; EPT R = W = X = 0; VT-d SL R = W = 0)
     Permission,  // present entries that do not grant the access
     Reserved,    // a reserved bit or encoding (EPT: a misconfiguration)
+    LogFull,     // EPT: an accessed/dirty flag to set with the PML index out of range (29.3.6)
   };
   enum class Stage : std::uint8_t { One, Two };
   Kind kind = Kind::None;
@@ -109,6 +117,7 @@ struct Ia32eFormat {
   static constexpr std::uint64_t kAccessed = pte::kAccessed, kDirty = pte::kDirty;
   static constexpr std::uint8_t kAllRights = kWritable | kUser | kExecutable;
   static constexpr bool kFillAtLeaf = false;
+  static constexpr bool kLogsDirty = false;
   PagingMode mode{};
   bool nxe = true;  // IA32_EFER.NXE (always set for VT-d first level: XD is never reserved)
 
@@ -178,9 +187,12 @@ struct EptFormat {
   /// The EPT paging-structure caches are filled once the leaf is reached,
   /// before the permission check.
   static constexpr bool kFillAtLeaf = true;
+  /// Page-modification logging can be on (29.3.6).
+  static constexpr bool kLogsDirty = true;
   PagingMode mode{};
   bool ad_flags = false;  // EPTP bit 6 (29.3.5)
   bool mbec = false;      // "mode-based execute control for EPT"
+  bool pml = false;       // "enable PML" (with ad_flags)
 
   /// The right an access needs; a fetch from a user-mode linear address
   /// needs user-execute (29.3.3.2).
@@ -226,6 +238,7 @@ struct VtdSlFormat {
   static constexpr std::uint64_t kAccessed = ept::kAccessed, kDirty = ept::kDirty;
   static constexpr std::uint8_t kAllRights = ept::kRead | ept::kWrite;
   static constexpr bool kFillAtLeaf = false;
+  static constexpr bool kLogsDirty = false;
   PagingMode mode{};
   bool slade = false;
 
@@ -411,10 +424,29 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
 
   bool leaf_dirty = true;  // no flags: a write needs no update
   if (fmt.ad()) {
+    [[maybe_unused]] bool log_dirty = false;
+    [[maybe_unused]] bool pml_checked = false;
     for (unsigned level = start; level >= leaf; --level) {
       std::uint64_t nv = value[level] | Fmt::kAccessed;
       if (level == leaf && a.type == AccessType::Write) nv |= Fmt::kDirty;
       if (nv == value[level]) continue;
+      if constexpr (Fmt::kLogsDirty) {
+        // SDM Vol. 3C, 29.3.6: before setting an EPT accessed or dirty flag
+        // with PML on, the processor checks the PML index; out of range is a
+        // log-full event: no flag is set and the access does not occur.
+        if (fmt.pml && !pml_checked) {
+          if (!mem.pml_room()) {
+            f.kind = WalkFault::Kind::LogFull;
+            f.level = static_cast<std::uint8_t>(level);
+            f.access = a.type;
+            f.perms = acc;
+            f.address = addr;
+            return f;
+          }
+          pml_checked = true;
+        }
+        if (fmt.pml && level == leaf && (nv & ~value[level] & Fmt::kDirty)) log_dirty = true;
+      }
       if (Stage2::active() && !(s2_at[level] & s2.write_right())) {
         // The flag update is a write to the entry's stage-2 address, checked
         // against the rights of the translation made to read the entry.
@@ -432,6 +464,10 @@ WalkFault walk(TableMemory& mem, const Fmt& fmt, const PscSet& pscs, const TlbTa
       value[level] = nv;
     }
     leaf_dirty = (value[leaf] & Fmt::kDirty) != 0;
+    // A dirty flag set from 0 to 1 logs the 4 KiB-aligned guest-physical
+    // address of the access (29.3.6).
+    if constexpr (Fmt::kLogsDirty)
+      if (log_dirty) mem.pml_log(addr & ~0xFFFull, cycles);
   }
   out.rights = static_cast<std::uint8_t>(acc | (leaf_dirty ? kLeafDirty : 0));
   out.leaf_entry = value[leaf];

@@ -107,7 +107,8 @@ Stage2Step Walker::ept_translate(const WalkRequest& req, std::uint64_t gpa, Acce
 // walk, and this follows that).
 Stage2Step Walker::ept_walk(const WalkRequest& req, std::uint64_t gpa, AccessType type, bool user_page,
                             WalkResult& r) {
-  const EptFormat fmt{req.ept_mode, ept::eptp_ad(req.eptp), req.mbec};
+  const EptFormat fmt{req.ept_mode, ept::eptp_ad(req.eptp), req.mbec,
+                        req.pml && ept::eptp_ad(req.eptp)};
   WalkAccess a;
   a.type = type;
   a.user = user_page;
@@ -133,7 +134,9 @@ void Walker::fail(const WalkRequest& req, const WalkFault& f, WalkResult& r) {
   } else {
     r.fault_gpa = f.address;
     r.gpa = f.address;
-    if (f.kind == WalkFault::Kind::Reserved) {
+    if (f.kind == WalkFault::Kind::LogFull) {
+      r.status = WalkResult::Status::PmlFull;  // exit reason 62, counted by the core
+    } else if (f.kind == WalkFault::Kind::Reserved) {
       r.status = WalkResult::Status::EptMisconfig;
       ++m_stats.ept_misconfigs;
     } else {

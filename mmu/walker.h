@@ -90,6 +90,7 @@ struct WalkRequest {
   bool ept = false;                 // translate guest-physical through EPT
   std::uint64_t eptp = 0;
   PagingMode ept_mode{};
+  bool pml = false;                 // page-modification logging (SDM Vol. 3C, 29.3.6)
   TlbTag tag{};                     // context of the walk caches' entries (VPID, PCID, EP4TA)
 };
 
@@ -101,7 +102,7 @@ struct WalkCaches {
 };
 
 struct WalkResult {
-  enum class Status : std::uint8_t { Ok, PageFault, EptViolation, EptMisconfig };
+  enum class Status : std::uint8_t { Ok, PageFault, EptViolation, EptMisconfig, PmlFull };
   Status status = Status::Ok;
   std::uint8_t page_shift = 12;     // effective page size: the smaller of both dimensions
   std::uint8_t perms = 0;           // perm:: bits

@@ -73,7 +73,7 @@ struct TlbMiss {
 };
 
 /// Outcome of a walk, as the walker reports it.
-enum class WalkOutcome : std::uint8_t { Ok, PageFault, EptViolation, EptMisconfig };
+enum class WalkOutcome : std::uint8_t { Ok, PageFault, EptViolation, EptMisconfig, PmlFull };
 
 struct Walk {
   std::uint64_t la;
