@@ -326,6 +326,9 @@ struct ProfileParams {
     v.param(pause, "pause", "0ps", Spec(Unit::Time),
             "Sleep after each round (0: none). A vCPU whose only thread sleeps halts, and a halted vCPU may "
             "later move to an idle core (hypervisor.migration).");
+  }
+};
+
 // Controlled page contents (workloads/page_content.cc; docs/memory.md,
 // "Same-page merging"): pages identical across VMs, zero pages and private
 // pages, with writes over the shared ones and a moving read working set.
