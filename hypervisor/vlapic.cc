@@ -32,6 +32,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
       vm->nic->poll(c);
       vm->nic_next_poll = now + vm->nic_poll_ticks;
     }
+  if (m_storage) blk_complete(pc, now);
   pc.sched->tick(now);
   program_timer(pc);
 }
