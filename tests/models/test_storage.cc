@@ -44,7 +44,7 @@ TEST_CASE("storage: beyond the queue depth a request waits for a command slot", 
   CHECK(s.submit(0, 4096, false) == first + 78 * kUs);  // starts when the first completes
 }
 
-TEST_CASE("storage: a block reads back what was written; one never written reads as zeros", "[storage]") {
+TEST_CASE("storage: a block reads back what was written, one never written reads as zeros", "[storage]") {
   Storage s(params(1), nullptr);
   std::vector<std::uint64_t> in(Storage::kBlock / 8), out(Storage::kBlock / 8, 1);
   for (std::size_t i = 0; i < in.size(); ++i) in[i] = i * 0x9E3779B97F4A7C15ull;
