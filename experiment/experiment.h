@@ -66,6 +66,34 @@ struct VmSnapshotParams {
 /// Parses "aa:bb:cc:dd:ee:ff" into bytes 0-5 at bits 7:0 ... 47:40; false if malformed.
 bool parse_mac(const std::string& text, std::uint64_t& mac);
 
+/// One step of a balloon schedule (docs/memory.md, "Ballooning").
+struct BalloonStep {
+  std::uint64_t at;      // ps
+  std::uint64_t target;  // bytes
+  template <class V>
+  void visit(V& v) {
+    v.param(at, "at", "0ps", Spec(Unit::Time), "Simulated time from which this target holds.");
+    v.param(target, "target", "0B", Spec(Unit::Bytes), "Memory the balloon should hold from then on.");
+  }
+};
+
+/// A VM's virtio-balloon device (docs/memory.md, "Ballooning").
+struct VmBalloonParams {
+  bool enabled;
+  std::uint64_t target, max;
+  std::vector<BalloonStep> schedule;
+  template <class V>
+  void visit(V& v) {
+    v.param(enabled, "enabled", "false", Spec(Unit::Flag),
+            "Give the VM a virtio-balloon device; its guest runs the balloon driver in a kernel thread.");
+    v.param(target, "target", "0B", Spec(Unit::Bytes),
+            "Memory the balloon should hold from the start (until the first schedule step).");
+    v.param(max, "max", "0B", Spec(Unit::Bytes),
+            "The most the host policy (hypervisor.balloon_watermark) may ask the balloon to hold (0: none).");
+    v.list(schedule, "schedule", "Targets that take effect over time, in time order.");
+  }
+};
+
 struct VmParams {
   std::string name;
   std::uint64_t vcpus;
@@ -80,6 +108,8 @@ struct VmParams {
   guest::KernelParams kernel;
   VmNicParams nic;
   VmSnapshotParams snapshot;
+  std::uint64_t swap;
+  VmBalloonParams balloon;
   std::vector<workloads::WorkloadParams> workloads;
 
   template <class V>
@@ -119,6 +149,10 @@ struct VmParams {
     v.section(kernel, "kernel", "The guest kernel.");
     v.section(nic, "nic", "The VM's network device (docs/io.md, \"Guest networking\").");
     v.section(snapshot, "snapshot", "A snapshot of the running VM and its restore (docs/memory.md, \"Snapshots\").");
+    v.param(swap, "swap", "0B", Spec(Unit::Bytes),
+            "Size of a virtio-blk disk on the host storage device (hypervisor.storage) that the guest kernel swaps "
+            "to (docs/memory.md, \"Guest swap\"); 0: none, a guest out of memory kills the faulting thread.");
+    v.section(balloon, "balloon", "The VM's virtio-balloon device (docs/memory.md, \"Ballooning\").");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
   }
 };

@@ -125,6 +125,10 @@ struct Session::System {
         if (wl->finite()) monitor.expect(static_cast<unsigned>(i), wp.threads);
         kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
       }
+      // Memory overcommit devices (docs/memory.md); the balloon's kernel
+      // thread comes after the workloads' threads.
+      if (vp.swap) kernel->set_swap_disk();
+      if (vp.balloon.enabled) kernel->set_balloon();
       if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
         std::uint64_t mac = 0;
         parse_mac(vp.nic.mac, mac);  // validated by load()
@@ -152,6 +156,13 @@ struct Session::System {
         spec.nic.params = vp.nic.emulated;
         parse_mac(vp.nic.mac, spec.nic.mac);  // empty: the hypervisor's default
       }
+      spec.disk_bytes = vp.swap;
+      spec.balloon = vp.balloon.enabled;
+      spec.balloon_max = vp.balloon.max;
+      spec.balloon_schedule.emplace_back(0, vp.balloon.target);
+      for (const auto& step : vp.balloon.schedule) spec.balloon_schedule.emplace_back(step.at, step.target);
+      std::stable_sort(spec.balloon_schedule.begin(), spec.balloon_schedule.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first; });
       spec.name = vp.name;
       spec.vcpus = static_cast<unsigned>(vp.vcpus);
       spec.memory = vp.memory;

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "abi/steal_time.h"
+#include "guest/memory_state.h"
 #include "mmu/paging.h"
 #include "sim/event_trace.h"
 
@@ -192,6 +193,8 @@ void Kernel::boot(Core& c) {
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_pt.set_direct_map(kDirectMap);
   net_probe(c);
+  if (m_want_swap) swap_probe(c);
+  if (m_want_balloon) balloon_probe(c);
 
   // Processes: each gets a PML4 whose kernel half is the kernel's.
   for (auto& [proc, nthreads] : m_pending_processes) {
@@ -381,7 +384,13 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
     // Find the leaf entry through the direct map; absent tables mean the
     // page was never touched.
     const PageTables::Slot s = m_pt.walk(c, p.pml4, va, leaf);
-    if (!s.present) continue;
+    if (!s.present) {
+      if (m_swap && s.level == leaf && swp::is_entry(s.value)) {  // swapped out: release its slot
+        swap_free_entry(s.value);
+        PageTables::clear(c, s.entry);
+      }
+      continue;
+    }
     if (!alias) freed.push_back(s.value & pte::kAddrMask);
     charge(c, m_p.costs.unmap_page, kCodeSyscall);
     PageTables::clear(c, s.entry);
@@ -444,6 +453,16 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     c.store(lock, 0);
     return;
   }
+  if (m_swap && in_region && !(error_code & mmu::pfec::kPresent) && p.page_size == kPage) {
+    // A swap entry in the PTE: read the page back (guest/swap.cc).
+    if (const std::uint64_t entry = m_pt.leaf_entry(c, p.pml4, addr)) {
+      const std::uint64_t e = c.load(entry);
+      if (swp::is_entry(e)) {
+        swap_in(c, *t, p, addr & ~(kPage - 1), entry, e, exec);
+        return;
+      }
+    }
+  }
   if (!in_region || (error_code & mmu::pfec::kPresent)) {
     c.store(lock, 0);
     kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
@@ -471,6 +490,8 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   }
   if (!frame) {
     c.store(lock, 0);
+    // Reclaim or deflate the balloon, then retry by faulting again.
+    if (leaf == 1 && out_of_memory(c)) return;
     kill_current(c, "out of memory");
     return;
   }
@@ -478,6 +499,8 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   if (exec) flags &= ~pte::kNoExecute;
   if (!writable) flags &= ~pte::kWritable;
   m_pt.map(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
+  if (m_swap && leaf == 1) lru_add(p, addr & ~(page - 1));
+  if (m_mem_stats) ++m_mem_stats->minor_faults;
   c.store(lock, 0);
 }
 
@@ -583,6 +606,11 @@ void Kernel::child_main(Thread& t) {
 }
 
 void Kernel::reap(Core& c, Process& child) {
+  if (m_swap) {  // the reclaim clock forgets the child's pages
+    auto& lru = m_swap->lru;
+    lru.erase(std::remove_if(lru.begin(), lru.end(), [&child](const SwapState::Resident& r) { return r.p == &child; }),
+              lru.end());
+  }
   // Drop the child's references to its frames.
   for (const auto& r : child.regions) {
     for (std::uint64_t va = r.start; va < r.end; va += kPage) {
@@ -592,7 +620,10 @@ void Kernel::reap(Core& c, Process& child) {
         continue;
       }
       std::uint64_t e = c.load(entry);
-      if (!(e & pte::kPresent)) continue;
+      if (!(e & pte::kPresent)) {
+        if (m_swap && swp::is_entry(e)) swap_free_entry(e);
+        continue;
+      }
       charge(c, m_p.costs.unmap_page, kCodeSyscall);
       std::uint64_t frame = e & pte::kAddrMask;
       auto it = m_frame_refs.find(frame);
@@ -805,6 +836,10 @@ void Kernel::interrupt(Core& c, std::uint8_t vector) {
   }
   if (m_net && vector == m_net->vector()) {
     net_interrupt(c);
+    return;
+  }
+  if (m_swap && vector == VirtioBlkDriver::kVector) {
+    blk_interrupt(c);
     return;
   }
   if (vector == kWakeVector) {

@@ -72,6 +72,32 @@ struct KernelCosts {
   }
 };
 
+/// Memory overcommit in the guest (docs/memory.md, "Guest swap",
+/// "Ballooning"): reclaim to a swap disk and the balloon driver.
+struct MemoryParams {
+  std::uint64_t swap_cluster, balloon_interval, reclaim_page, swap_fault, balloon_page;
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(swap_cluster, "swap_cluster", "16", Spec(Unit::Count).at_least(1).at_most(256),
+            "Pages reclaim writes out at a time when an allocation finds no free frame (assumption; Linux's "
+            "SWAP_CLUSTER_MAX is 32); the disk driver keeps at most 21 requests in flight, its 64-entry queue.");
+    v.param(balloon_interval, "balloon_interval", "1ms", Spec(Unit::Time).at_least(1e6),
+            "How often the balloon driver reads the device's target and reports its statistics (assumption: "
+            "Linux reacts to a configuration-change interrupt and reports every 10 s by default; the model polls).");
+    v.param(reclaim_page, "reclaim_page", "600", Spec(Unit::Instructions),
+            "Reclaim work per page looked at besides its page-table traffic: LRU handling, unmapping, swap-slot "
+            "allocation (assumption, of the order of Linux's shrink_folio_list per page).");
+    v.param(swap_fault, "swap_fault", "1500", Spec(Unit::Instructions),
+            "A fault on a swapped-out page besides the page-fault path and the I/O: swap-cache look-up, slot "
+            "release, mapping (assumption, of the order of Linux's do_swap_page).");
+    v.param(balloon_page, "balloon_page", "100", Spec(Unit::Instructions),
+            "Balloon driver work per page inflated or deflated besides the page-number store (assumption, of "
+            "the order of Linux's balloon_page_alloc / balloon_page_enqueue).");
+  }
+};
+
 struct KernelParams {
   std::uint64_t tick;       // ps
   std::uint64_t timeslice;  // ps
@@ -82,6 +108,7 @@ struct KernelParams {
   KernelCosts costs;
   SchedParams sched;
   NetParams net;
+  MemoryParams memory;
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
@@ -108,6 +135,7 @@ struct KernelParams {
     v.section(costs, "costs", "Software path lengths of the guest kernel.");
     v.section(sched, "sched", "The thread scheduler (docs/scheduling.md, \"Guest scheduler\").");
     v.section(net, "net", "The network stack and driver (docs/io.md, \"Guest networking\").");
+    v.section(memory, "memory", "Swap and ballooning (docs/memory.md, \"Guest swap\", \"Ballooning\").");
   }
 };
 
@@ -268,6 +296,9 @@ class Thread {
   // Preempted inside an interrupt handler, whose frames belong to the core
   // of its vCPU: it must resume there (docs/scheduling.md).
   bool m_irq_preempted = false;
+  // Blocked on swap I/O inside its page-fault handler: the handler's frames
+  // are its vCPU's, so it is woken there (guest/swap.cc).
+  bool m_in_fault = false;
   std::function<void(Thread&)> m_child_body;  // what a forked child runs
   Thread* m_waiter = nullptr;                  // the parent waiting for this child
   std::unique_ptr<sim::Fiber> m_fiber;
@@ -318,6 +349,14 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   void sys_sleep_until(Thread& t, std::uint64_t tsc);
   std::uint64_t tsc_hz() const { return m_tsc_hz; }
   const std::string& panic_message() const { return m_panic; }
+
+  /// Memory overcommit (before the run; docs/memory.md): the VM has a
+  /// virtio-blk disk the kernel swaps to, and a virtio-balloon device whose
+  /// driver runs in a kernel thread.
+  void set_swap_disk();
+  void set_balloon();
+  /// The balloon kernel thread's body (guest/balloon.cc).
+  void balloon_main(Thread& t);
 
   /// Gives the VM a network driver (before the run); it is probed at boot.
   void set_net_driver(std::unique_ptr<NetDriver> driver);
@@ -464,6 +503,43 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// once the NIC's interrupt handler woke it.
   void net_wait(cpu::Core& c, Thread& t, std::vector<Thread*>& queue);
 
+  // Swap (guest/swap.cc).
+  struct SwapState;
+  struct MemStats;
+  void swap_probe(cpu::Core& c);
+  /// Writes out up to memory.swap_cluster pages chosen by a clock over the
+  /// LRU (second chance by the accessed bit); blocks the calling thread on
+  /// the I/O. False if nothing could be reclaimed.
+  bool reclaim(cpu::Core& c);
+  /// A fault on a not-present PTE holding a swap entry (the page-table lock
+  /// held; released here).
+  void swap_in(cpu::Core& c, Thread& t, Process& p, std::uint64_t addr, std::uint64_t entry, std::uint64_t pte, bool exec);
+  /// Waits (blocked on vCPU 0, polling elsewhere) until every request in `ids` is done.
+  void blk_wait(cpu::Core& c, Thread* t, const std::vector<int>& ids);
+  void blk_interrupt(cpu::Core& c);
+  void blk_lock(cpu::Core& c);
+  void blk_unlock(cpu::Core& c);
+  /// Releases a swap entry's slot (munmap, process exit, swap-in).
+  void swap_free_entry(std::uint64_t pte);
+  /// Remembers a freshly mapped anonymous 4 KiB page for reclaim.
+  void lru_add(Process& p, std::uint64_t va);
+  /// When no frame is free: reclaim, then deflate the balloon (deflate on
+  /// OOM); true if the fault should be retried.
+  bool out_of_memory(cpu::Core& c);
+  void publish_mem_stats();
+  // The balloon driver (guest/balloon.cc).
+  struct BalloonState;
+  void balloon_probe(cpu::Core& c);
+  /// One look at the target: inflate or deflate toward it, report statistics.
+  void balloon_work(cpu::Core& c);
+  /// Sends `pfns` on the inflate or deflate queue and waits for the device.
+  void balloon_tell(cpu::Core& c, unsigned queue, const std::vector<std::uint64_t>& frames);
+  /// Deflate on OOM: gives up to 256 ballooned pages back; how many.
+  std::uint64_t balloon_oom(cpu::Core& c);
+  /// A free 4 KiB frame without clearing it (for the balloon and swap-in);
+  /// 0 if none.
+  std::uint64_t take_frame(cpu::Core& c);
+
   std::uint64_t alloc_table(cpu::Core& c);   // from the page-table pool, cleared
   /// A cleared data frame of `size` bytes (4 KiB from the bottom of free
   /// memory, 2 MiB and 1 GiB from the top, aligned), mapped in the direct
@@ -517,6 +593,10 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   std::uint64_t m_io_next = kIoMap;
   std::unique_ptr<NetStats> m_net_stats;
   std::vector<Thread*> m_rx_waiters, m_tx_waiters;
+  bool m_want_swap = false, m_want_balloon = false;
+  std::unique_ptr<SwapState> m_swap;        // with a swap disk that probed
+  std::unique_ptr<BalloonState> m_balloon;  // with a balloon device that probed
+  std::unique_ptr<MemStats> m_mem_stats;    // with either
 };
 
 }  // namespace vmx::guest

@@ -227,6 +227,12 @@ void Kernel::wake_thread(Core& c, Vcpu& self, Thread& t) {
     }
     if (!target) target = &self;
   }
+  if (t.m_in_fault) {
+    // Blocked inside its page-fault handler (swap I/O): it resumes on its
+    // own vCPU and stays there, as a thread preempted in an interrupt.
+    target = m_vcpus[prev].get();
+    t.m_irq_preempted = true;
+  }
   Vcpu& from = *m_vcpus[prev];
   Vcpu& to = *target;
   // Virtual runtime relative to the new queue's minimum, and no more than

@@ -24,7 +24,8 @@ using abi::virtio::need_event;
 class DriverQueue {
  public:
   DriverQueue() = default;
-  DriverQueue(const Layout& l, bool event_idx) : m_l(l), m_event_idx(event_idx), m_heads(l.size, 0) {
+  DriverQueue(const Layout& l, bool event_idx)
+      : m_l(l), m_event_idx(event_idx), m_heads(l.size, 0), m_chain_len(l.size, 1), m_next(l.size) {
     m_free.reserve(l.size);
     for (unsigned i = l.size; i-- > 0;) m_free.push_back(static_cast<std::uint16_t>(i));
   }
@@ -63,6 +64,40 @@ class DriverQueue {
     m_heads[d] = token;
     return d;
   }
+  /// One buffer of a chain for add_chain.
+  struct Buf {
+    std::uint64_t addr = 0;
+    std::uint32_t len = 0;
+    bool write = false;  // device-writable
+  };
+  /// Writes a chain of `n` descriptors (VIRTQ_DESC_F_NEXT between them,
+  /// 2.6.5) and puts its head in the next available slot, unpublished.
+  /// Returns the head, or -1 if fewer than n descriptors are free.
+  template <class Mem>
+  int add_chain(Mem& m, const Buf* bufs, unsigned n, std::uint64_t token) {
+    if (n == 0 || m_free.size() < n) return -1;
+    std::uint16_t ids[8];
+    if (n > 8) return -1;
+    for (unsigned i = 0; i < n; ++i) {
+      ids[i] = m_free.back();
+      m_free.pop_back();
+    }
+    for (unsigned i = 0; i < n; ++i) {
+      std::uint64_t a = m_l.desc_at(ids[i]);
+      m.store(a, bufs[i].addr, 8);
+      m.store(a + 8, bufs[i].len, 4);
+      const std::uint16_t flags =
+          static_cast<std::uint16_t>((bufs[i].write ? kDescFWrite : 0) | (i + 1 < n ? abi::virtio::kDescFNext : 0));
+      m.store(a + 12, flags | (std::uint64_t{i + 1 < n ? ids[i + 1] : std::uint16_t{0}} << 16), 4);
+    }
+    m.store(m_l.avail_ring(m_avail_shadow), ids[0], 2);
+    ++m_avail_shadow;
+    ++m_added;
+    m_heads[ids[0]] = token;
+    m_chain_len[ids[0]] = static_cast<std::uint8_t>(n);
+    m_next[ids[0]].assign(ids + 1, ids + n);
+    return ids[0];
+  }
   /// Publishes the slots added since the last publish (2.7.13.3: the
   /// index update after the ring entries, a release store on x86) and says
   /// whether the device must be notified (2.7.13.4 / 2.7.10): with
@@ -92,6 +127,11 @@ class DriverQueue {
     std::uint16_t d = static_cast<std::uint16_t>(id & (m_l.size - 1));
     token = m_heads[d];
     m_free.push_back(d);
+    if (!m_chain_len.empty() && m_chain_len[d] > 1) {
+      for (std::uint16_t x : m_next[d]) m_free.push_back(x);
+      m_chain_len[d] = 1;
+      m_next[d].clear();
+    }
     return true;
   }
   /// Whether a used entry is pending (one load of used->idx).
@@ -127,6 +167,8 @@ class DriverQueue {
   bool m_cb_disabled = false;
   std::vector<std::uint16_t> m_free;
   std::vector<std::uint64_t> m_heads;  // token per head descriptor (Linux's desc_state[].data)
+  std::vector<std::uint8_t> m_chain_len;             // descriptors in the chain at each head
+  std::vector<std::vector<std::uint16_t>> m_next;    // the rest of each chain (freed with its head)
   std::uint16_t m_avail_shadow = 0, m_avail_pub = 0, m_last_used = 0;
   unsigned m_added = 0;
 };

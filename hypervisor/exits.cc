@@ -267,6 +267,7 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
   std::uint64_t gpa = vmr(c, field::kGuestPhysicalAddress);
   Vm& vm = *v.vm;
   if (vm.virtio && virtio_exit(c, v, gpa)) return;  // emulated MMIO (hypervisor/virtio_net.cc)
+  if ((vm.blk || vm.balloon) && overcommit_exit(c, v, gpa)) return;  // hypervisor/virtio_blk.cc
   if (vm.nic && vm.nic->contains(gpa)) {
     handle_nic_access(c, v);
     return;

@@ -132,6 +132,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     // Frames for its MAC come from the software switch, when there is one.
     if (m_host_nic) m_host_nic->attach(spec.virtio_mac, vm->virtio.get());
   }
+  add_overcommit_devices(*vm, spec);
   if (spec.nic.enabled) {
     if (!m_host_nic)
       throw std::invalid_argument("VM " + spec.name + ": an emulated NIC needs the platform's NIC (platform.nic.enabled)");

@@ -27,6 +27,7 @@
 #include "hypervisor/ksm.h"
 #include "hypervisor/scheduler.h"
 #include "hypervisor/spinlock.h"
+#include "models/storage.h"
 #include "sim/events.h"
 #include "sim/fiber.h"
 #include "sim/params.h"
@@ -42,7 +43,8 @@ struct HvCosts {
       interrupt_window, inject, post, schedule, migrate, preemption_timer, code_bytes, vcpu_state_lines,
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
-      switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free;
+      switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free, blk_request, blk_complete, balloon_message,
+      balloon_page;
 
   template <class V>
   void visit(V& v) {
@@ -134,6 +136,20 @@ struct HvCosts {
     v.param(frame_free, "frame_free", "50", Spec(Unit::Instructions),
             "Returning one block of host memory to the frame allocator (assumption, of the order of Linux's "
             "free_unref_page fast path).");
+    v.param(blk_request, "blk_request", "600", Spec(Unit::Instructions),
+            "virtio-blk: taking one request off the queue, checking it and submitting it to the host storage "
+            "device, besides the ring loads and the data copy (assumption, of the order of vhost-blk's / QEMU's "
+            "virtio_blk_handle_request plus a block-layer submission).");
+    v.param(blk_complete, "blk_complete", "300", Spec(Unit::Instructions),
+            "virtio-blk: completing one request (status byte, used entry, interrupt decision), besides the "
+            "memory traffic (assumption, of the order of virtio_blk_req_complete).");
+    v.param(balloon_message, "balloon_message", "400", Spec(Unit::Instructions),
+            "virtio-balloon: handling one inflate, deflate or statistics buffer, besides its loads and the "
+            "per-page work (assumption, of the order of QEMU's virtio_balloon_handle_output).");
+    v.param(balloon_page, "balloon_page", "150", Spec(Unit::Instructions),
+            "virtio-balloon: one page of an inflate or deflate message: the range check and bookkeeping, "
+            "besides the EPT unmap and frame_free (assumption, of the order of QEMU's balloon_inflate_page "
+            "without the madvise).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -161,6 +177,9 @@ struct HypervisorParams {
   KsmParams ksm;
   DirtyLogParams dirty_log;
   SnapshotParams snapshot;
+  models::StorageParams storage;
+  std::uint64_t balloon_watermark;  // bytes of free guest-zone memory the policy keeps (0: off)
+  std::uint64_t balloon_step;       // bytes the policy adds to a balloon's target per look
 
   template <class V>
   void visit(V& v) {
@@ -224,6 +243,16 @@ struct HypervisorParams {
     v.section(ksm, "ksm", "Same-page merging, as Linux's KSM (docs/memory.md, \"Same-page merging\").");
     v.section(dirty_log, "dirty_log", "Dirty tracking: EPT write protection, EPT dirty flags, PML (docs/memory.md).");
     v.section(snapshot, "snapshot", "VM snapshots by copy-before-write (docs/memory.md).");
+    v.section(storage, "storage",
+              "The host storage device behind the VMs' virtio-blk disks (docs/memory.md, \"Host storage\").");
+    v.param(balloon_watermark, "balloon_watermark", "0B", Spec(Unit::Bytes),
+            "Host balloon policy (docs/memory.md, \"Ballooning\"): while less than this much of the guest zone is "
+            "free, each look of a VM's balloon driver at its target finds it raised by balloon_step (up to the "
+            "VM's balloon.max); 0: no policy, only the configured targets (assumption: a simple watermark policy "
+            "in the manner of oVirt's MoM).");
+    v.param(balloon_step, "balloon_step", "1MiB", Spec(Unit::Bytes).at_least(4096),
+            "Bytes the host balloon policy adds to a VM's target at each look while the host is below "
+            "balloon_watermark (assumption).");
   }
 };
 
@@ -253,6 +282,15 @@ struct VmSpec {
   // "mediated" or "passthrough".
   std::string pmu = "none";
   SnapshotSpec snapshot = {};     // a snapshot taken (and restored) at set times (docs/memory.md)
+  // Memory overcommit (docs/memory.md): a virtio-blk disk of `disk_bytes`
+  // on the host storage device (0: none), and a virtio-balloon device
+  // whose target follows `balloon_schedule` ((time ps, target bytes) in
+  // time order; the target before the first entry is 0) and the host policy
+  // up to `balloon_max` bytes.
+  std::uint64_t disk_bytes = 0;
+  bool balloon = false;
+  std::vector<std::pair<std::uint64_t, std::uint64_t>> balloon_schedule = {};
+  std::uint64_t balloon_max = 0;
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0
@@ -589,6 +627,27 @@ class Hypervisor {
   /// A host vector of a remapped (not posted) VF interrupt: forward it to the guest.
   bool passthrough_interrupt(std::uint8_t vector);
 
+  // Memory overcommit devices (docs/memory.md): a VM's virtio-blk disk on
+  // the host storage (virtio_blk.cc) and its virtio-balloon (balloon.cc).
+  /// Guest-physical access for the back ends: through the VM's EPT, backing
+  /// a page on first touch, one translation cached per stream.
+  struct GuestMem;
+  /// An exiting access to the VM's virtio-blk or virtio-balloon register
+  /// page: emulated, the instruction completed; false if gpa is in neither.
+  bool overcommit_exit(cpu::Core& c, Vcpu& v, std::uint64_t gpa);
+  void blk_process(cpu::Core& c, Vm& vm, unsigned core);
+  /// Completes the requests of every VM whose time has come on core pc.
+  void blk_complete(PerCore& pc, std::uint64_t now);
+  /// The earliest completion core pc times (TSC, 0: none).
+  std::uint64_t blk_deadline(const PerCore& pc) const;
+  void balloon_process(cpu::Core& c, Vm& vm, unsigned queue);
+  /// The target (pages) the VM's balloon device announces now.
+  std::uint64_t balloon_target(cpu::Core& c, Vm& vm);
+  /// Gives a new VM the disk and balloon its spec asks for (balloon.cc).
+  void add_overcommit_devices(Vm& vm, const VmSpec& spec);
+  /// The host storage device, created with the first disk.
+  models::Storage& storage();
+
   // Shadow paging (shadow.cc).
   struct ShadowPage;
   struct ShadowMmu;
@@ -630,6 +689,8 @@ class Hypervisor {
   std::unique_ptr<HostNic> m_host_nic;
   IoPlatform m_io;
   std::unique_ptr<Passthrough> m_pt;
+  std::unique_ptr<models::Storage> m_storage;
+  std::uint64_t m_storage_next_block = 0;  // the next disk's first block
   ExitTable<ExitHandler> m_exits;
   MsrTableT m_msrs;
 

@@ -11,9 +11,11 @@
 
 #include <fmt/format.h>
 
+#include "hypervisor/balloon.h"
 #include "hypervisor/ept.h"
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/spinlock.h"
+#include "hypervisor/virtio_blk.h"
 #include "hypervisor/virtio_net.h"
 
 namespace vmx::hv {
@@ -62,6 +64,8 @@ enum CodeOffset : std::uint64_t {
   kCodeKsm = 0x14000,     // hypervisor/ksm.cc
   kCodeDirty = 0x15000,   // hypervisor/dirty_log.cc
   kCodeSnapshot = 0x16000,  // hypervisor/snapshot.cc
+  kCodeBlk = 0x17000,     // hypervisor/virtio_blk.cc
+  kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -105,6 +109,8 @@ struct Hypervisor::Vm {
   bool ended() const { return crashed || stopping; }
   std::unique_ptr<ShadowMmu> shadow;  // shadow paging instead of EPT
   std::unique_ptr<VirtioDev> virtio;  // virtio-net device (VmSpec::virtio_net)
+  std::unique_ptr<BlkDev> blk;          // virtio-blk disk (VmSpec::disk_bytes; virtio_blk.cc)
+  std::unique_ptr<BalloonDev> balloon;  // virtio-balloon (VmSpec::balloon; balloon.cc)
   std::string nic_type = "none";      // VmSpec::nic_type
   unsigned vf = 0;
   std::uint64_t nic_window_gpa = 0;
@@ -234,6 +240,36 @@ struct Hypervisor::VirtioDev final : VirtioNet::Host, SwitchPort {
   void charge(cpu::Core& c, std::uint64_t instructions) override;
   /// A frame from the software switch for the VM's MAC.
   void deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) override { dev->receive(c, hpa, len); }
+};
+
+/// Guest-physical loads and stores of the overcommit back ends (virtio-blk,
+/// virtio-balloon) through the VM's EPT, the page backed on first touch,
+/// one translation cached (vhost's memory-table look-up).
+struct Hypervisor::GuestMem {
+  Hypervisor& hv;
+  Vm& vm;
+  cpu::Core& c;
+  std::uint64_t page = ~0ull, hpa_page = 0;
+  /// Host-physical address of gpa; 0 if gpa is outside the VM's memory or
+  /// the host has no frame for it.
+  std::uint64_t hpa(std::uint64_t gpa) {
+    const std::uint64_t p = gpa & ~0xFFFull;
+    if (p != page) {
+      page = p;
+      hpa_page = gpa < vm.memory && hv.back_guest_page(c, vm, p) ? hv.ept_translate(c, vm, p) : 0;
+    }
+    return hpa_page ? hpa_page | (gpa & 0xFFF) : 0;
+  }
+  std::uint64_t load(std::uint64_t gpa, unsigned size) {
+    const std::uint64_t h = hpa(gpa);
+    if (!h) throw cpu::SimulationError(fmt::format("{}: virtqueue at guest-physical {:#x} is not backed", vm.name, gpa));
+    return c.load(h, size);
+  }
+  void store(std::uint64_t gpa, std::uint64_t v, unsigned size) {
+    const std::uint64_t h = hpa(gpa);
+    if (!h) throw cpu::SimulationError(fmt::format("{}: virtqueue at guest-physical {:#x} is not backed", vm.name, gpa));
+    c.store(h, v, size);
+  }
 };
 
 struct Hypervisor::PerCore : cpu::InterruptHandler {

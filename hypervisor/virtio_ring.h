@@ -27,6 +27,14 @@ struct Chain {
   std::uint32_t len = 0;   // total length of the chain
   bool write = false;      // first descriptor device-writable
   unsigned descriptors = 0;
+  /// The first kParts descriptors of the chain, in order (virtio-blk's
+  /// header, data and status, 5.2.6).
+  static constexpr unsigned kParts = 4;
+  struct Part {
+    std::uint64_t addr = 0;
+    std::uint32_t len = 0;
+    bool write = false;
+  } parts[kParts];
 };
 
 /// The device's side of one virtqueue (2.7.x from the device's view, as
@@ -67,6 +75,7 @@ class DeviceQueue {
         c.write = flags & kDescFWrite;
       }
       c.len += len;
+      if (c.descriptors < Chain::kParts) c.parts[c.descriptors] = {addr, len, (flags & kDescFWrite) != 0};
       if (++c.descriptors > m_l.size) return false;
       if (!(flags & kDescFNext)) break;
       d = static_cast<std::uint16_t>(fn >> 16);

@@ -34,6 +34,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
     }
   if (m_ksm && pc.id == m_ksm->p.core && now >= m_ksm->next_scan) ksm_run(pc);
   run_jobs(pc, now);  // timed jobs (dirty_log.cc)
+  if (m_storage) blk_complete(pc, now);
   pc.sched->tick(now);
   program_timer(pc);
 }
