@@ -20,6 +20,8 @@ namespace {
 constexpr std::uint64_t kLine = 64;
 constexpr std::uint64_t kRflagsIf = 1ull << 9;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
+constexpr std::uint64_t kRflagsCf = 1ull << 0;  // VMfailInvalid (SDM Vol. 3C, 31.2)
+constexpr std::uint64_t kRflagsZf = 1ull << 6;  // VMfailValid
 thread_local Core* t_current = nullptr;
 // PhysMem holds little-endian bytes: on a little-endian host an aligned-size
 // access inside one frame is a plain copy (the fast path of load and store).
@@ -1072,6 +1074,13 @@ VmxStatus Core::vm_fail_invalid() {
   return VmxStatus::FailInvalid;
 }
 
+VmxStatus Core::status_after_exit() {
+  const std::uint8_t f = current().m_vmx_flags;
+  if (f & kRflagsCf) return VmxStatus::FailInvalid;
+  if (f & kRflagsZf) return VmxStatus::FailValid;
+  return VmxStatus::Succeed;
+}
+
 VmxStatus Core::vm_fail(std::uint32_t error) {
   ++m_stats.vm_fails;
   if (!m_vmcs) return VmxStatus::FailInvalid;
@@ -1090,7 +1099,7 @@ VmxStatus Core::vmxon(std::uint64_t region_pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmxon, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // F3 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   if (!(m_cr4 & crb::kCr4Vmxe) || m_cpl != 0) {
     raise_exception(vec::kInvalidOpcode, 0, false);
@@ -1111,7 +1120,7 @@ VmxStatus Core::vmptrld(std::uint64_t pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmptrld, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1129,7 +1138,7 @@ VmxStatus Core::vmclear(std::uint64_t pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmclear, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // 66 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1153,8 +1162,9 @@ VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value, unsigned dst, un
     // reg2, the destination in reg1.
     m_regs[src] = enc;
     vmx_exit(ExitReason::Vmread, 0, insn::reg1(dst) | insn::reg2(src), 3 + (dst >= 8 || src >= 8));
-    value = m_regs[dst];
-    return VmxStatus::Succeed;
+    const VmxStatus st = status_after_exit();
+    if (st == VmxStatus::Succeed) value = current().m_regs[dst];
+    return st;
   }
   require_vmx_root();
   if (!m_vmcs) return vm_fail_invalid();
@@ -1172,7 +1182,7 @@ VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value, unsigned dst, un
     m_regs[dst] = enc;
     m_regs[src] = value;
     vmx_exit(ExitReason::Vmwrite, 0, insn::reg1(src) | insn::reg2(dst), 3 + (dst >= 8 || src >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmcs) return vm_fail_invalid();
@@ -1194,7 +1204,7 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp, unsigned type_reg, con
     m_regs[type_reg] = type;
     vmx_exit(ExitReason::Invept, m.qualification(), m.info() | insn::reg2(type_reg),
              4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1214,7 +1224,7 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la, uns
     m_regs[type_reg] = type;
     vmx_exit(ExitReason::Invvpid, m.qualification(), m.info() | insn::reg2(type_reg),
              4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1229,7 +1239,7 @@ VmxStatus Core::vmptrst(const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmptrst, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /7
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1244,7 +1254,7 @@ VmxStatus Core::vmxoff() {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmxoff, 0, 0, 3);  // 0F 01 C4
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1309,7 +1319,11 @@ VmExit Core::vm_entry(bool launch) {
   retire(1);
   if (m_non_root) {
     vmx_exit(launch ? ExitReason::Vmlaunch : ExitReason::Vmresume, 0, 0, 3);  // 0F 01 C2 / C3
-    return {};
+    // Resumed either after the instruction, which failed (VMfail in
+    // RFLAGS), or at the host RIP of the VMCS its VMM emulates, after an
+    // exit of that VMCS's guest (RFLAGS cleared by the exit, SDM 28.5.3).
+    const VmxStatus st = status_after_exit();
+    return {st, st == VmxStatus::Succeed ? VmExit::kReasonInVmcs : std::uint16_t{0}};
   }
   require_vmx_root();
   if (!m_vmxon || !m_vmcs) return {vm_fail_invalid(), 0};
@@ -1399,6 +1413,7 @@ VmExit Core::vm_entry(bool launch) {
   m_efer = v.get(field::kGuestIa32Efer);
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kGuestIdtrBase)));
   m_if = v.get(field::kGuestRflags) & kRflagsIf;
+  m_vmx_flags = static_cast<std::uint8_t>(v.get(field::kGuestRflags) & (kRflagsCf | kRflagsZf));
   m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
   m_non_root = true;
   m_op_done = (rip & (alignof(sim::Fiber) - 1)) != 0;
@@ -1475,7 +1490,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestCr4, m_cr4);
   v.set(field::kGuestIa32Efer, m_efer);
   v.set(field::kGuestIdtrBase, code_address(m_idt));
-  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0));
+  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0) | m_vmx_flags);
   v.set(field::kGuestSsAccessRights, (v.get(field::kGuestSsAccessRights) & ~0x60ull) | (std::uint64_t{m_cpl} << 5));
   v.set(field::kGuestRip, code_address(m_current));
   if (m_pin & pin::kPreemptionTimer)
@@ -1494,6 +1509,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kHostIdtrBase)));
   m_cpl = 0;
   m_if = false;
+  m_vmx_flags = 0;
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();

@@ -4,6 +4,7 @@
 
 #include <bitset>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -56,6 +57,7 @@ enum CodeOffset : std::uint64_t {
   kCodeNic = 0x10000,  // the emulated NIC (0xF000-0xFFFF: the PF driver, hypervisor/host_nic.cc)
   kCodeVirtio = 0x11000,  // hypervisor/virtio_net.cc
   kCodeVmStop = 0x12000,  // hypervisor/vm_stop.cc
+  kCodeNested = 0x13000,  // hypervisor/nested.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -111,6 +113,10 @@ struct Hypervisor::Vm {
   std::unique_ptr<EmulatedNic> nic;
   unsigned nic_core = 0;
   std::uint64_t nic_next_poll = 0, nic_poll_ticks = 0;
+  bool nested_vmx = false;                    // VmSpec::nested_vmx (nested.cc)
+  std::unique_ptr<NestedStats> nested_stats;
+  std::map<std::uint64_t, events::Listener*> nested_observers;  // L1's per-vCPU listeners by vmcs12
+  events::Listener* nested_exit_listener = nullptr;             // L1's exit total
 };
 
 struct Hypervisor::Vcpu : SchedEntity {
@@ -191,6 +197,8 @@ struct Hypervisor::Vcpu : SchedEntity {
     bool reload = false;  // the root was torn down: load a new one before the next entry
     PtWrite pt_write;
   } shadow;
+
+  std::unique_ptr<NestedVcpu> nested;  // nested VMX (nested.cc), once L1 used a VMX instruction
 
   bool sched_runnable() const override { return state == State::Runnable; }
 };

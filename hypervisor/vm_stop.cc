@@ -89,7 +89,7 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
     if (v.active_on < 0) {
       release(v.vmcs_pa);
     } else if (m_cores[static_cast<unsigned>(v.active_on)] == &c) {
-      c.vmclear(v.vmcs_pa);
+      c.vmclear(v.vmcs_pa, vmx_operand(c, v.vmcs_pa));
       release(v.vmcs_pa);
     } else {
       // Cleared (and freed) by the core where it is active.
