@@ -431,7 +431,8 @@ class Hypervisor {
   void nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason);
   void nested_vmexit(cpu::Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info);
   void nested_before_entry(PerCore& pc, Vcpu& v);
-  void nested_ept_violation(PerCore& pc, Vcpu& v);
+  /// Shadow EPT: true if the violation was reflected to L1.
+  bool nested_ept_violation(PerCore& pc, Vcpu& v);
   events::Listener* nested_listener(const Vm& vm, std::uint64_t vmcs12) const;
   /// As a guest VMM: the memory operand of a VMX instruction, stored in
   /// this core's operand slot ({} in VMX root operation, where the core

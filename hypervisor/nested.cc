@@ -437,6 +437,13 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   const std::uint64_t inj = vmcs12_read(c, n, field::kEntryIntrInfo);
   if (inj & cpu::intr::kValid) vmcs12_write(c, n, field::kEntryIntrInfo, inj & ~std::uint64_t{cpu::intr::kValid});
   ++v.vm->nested_stats->l2_entries;
+  if (n.pending_reason >= 0) {
+    NestedStats::Reason& rs = v.vm->nested_stats->reason(static_cast<unsigned>(n.pending_reason));
+    rs.l1_exits.sample(n.l1_exits);
+    rs.l1_cycles.sample(c.now() - n.reflected_at);
+    rs.cycles.sample(c.now() - n.l2_exit_at);
+    n.pending_reason = -1;
+  }
   if (events::Listener* l = nested_listener(*v.vm, n.current))
     l->vm_entry({n.current, c.now(), static_cast<std::uint16_t>(vmcs12_read(c, n, field::kVpid)), launch});
 }
@@ -541,9 +548,12 @@ void Hypervisor::nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason) {
     nested_vmexit(c, v, reason, true, 0);
     return;
   }
+  // EPT02's violations are L1's when EPT12 does not map the access.
+  if (static_cast<ExitReason>(reason) == ExitReason::EptViolation && v.nested->ept02 && nested_ept_violation(pc, v))
+    return;
   ++v.vm->nested_stats->l0_handled;
-  if (static_cast<ExitReason>(reason) == ExitReason::EptViolation && v.nested->ept02)
-    return nested_ept_violation(pc, v);
+  ++v.vm->nested_stats->reason(reason).l0_handled;
+  if (static_cast<ExitReason>(reason) == ExitReason::EptViolation && v.nested->ept02) return;
   if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
   else unexpected_exit(v, reason);
 }
@@ -574,6 +584,11 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   vmw(c, field::kGuestRflags, 0x2);
   vmw(c, field::kGuestSsAccessRights, 0);
   ++v.vm->nested_stats->reflected;
+  ++v.vm->nested_stats->reason(reason).reflected;
+  n.pending_reason = static_cast<int>(reason);
+  n.reflected_at = c.now();
+  n.l2_exit_at = hardware && n.obs02->pending ? n.obs02->pending_since : n.reflected_at;
+  n.l1_exits = 0;
   const events::VmExit ev{n.current, c.now(), vmcs12_read(c, n, field::kExitQualification),
                           static_cast<std::uint16_t>(reason), static_cast<std::uint16_t>(vmcs12_read(c, n, field::kVpid))};
   if (events::Listener* l = nested_listener(*v.vm, n.current)) l->vm_exit(ev);
@@ -603,7 +618,7 @@ void Hypervisor::nested_before_entry(PerCore& pc, Vcpu& v) {
 // Shadow EPT (KVM's nested EPT: ept_page_fault through the paging64 walker
 // in EPT mode, arch/x86/kvm/mmu/paging_tmpl.h).
 
-void Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
+bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   // An EPT violation of EPT02 at L2's guest-physical gpa2: walk EPT12 in
   // L1's memory (SDM Vol. 3C, 29.3.2). Not present or not permitting the
   // access: the violation is L1's, reflected with EPT12's permissions in
@@ -643,12 +658,12 @@ void Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
     nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0);
     const std::uint64_t q12 = (q & ~std::uint64_t{0x38}) | ((present ? perms : 0) << 3);
     vmcs12_write(c, n, field::kExitQualification, q12);
-    return;
+    return true;
   }
   const std::uint64_t hpa = l1_memory(c, vm, gpa1 & ~(kPage - 1));
   if (!hpa) {
     stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa1, host_memory_note()));
-    return;
+    return false;
   }
   lock_mmu(c, vm);
   const std::uint64_t page2 = gpa2 & ~(kPage - 1);
@@ -659,6 +674,7 @@ void Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
     throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT02 tables (raise hypervisor.reserved_memory)");
   unlock_mmu(c, vm);
   ++vm.nested_stats->ept02_fills;
+  return false;
 }
 
 void Hypervisor::nested_drop_ept02(Core& c, Vcpu& v) {

@@ -9,8 +9,10 @@
 // it, or handles it itself.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
+#include <string>
 
 #include "cpu/vcpu_observer.h"
 #include "hypervisor/ept.h"
@@ -74,6 +76,22 @@ constexpr std::uint32_t kProc2 = cpu::proc2::kEnableEpt | cpu::proc2::kEnableVpi
 
 /// Per-VM statistics of nested VMX (simulator observation).
 struct NestedStats : stats::Group {
+  /// What one L2 exit of a basic reason cost, by level (docs/nested.md).
+  struct Reason : stats::Group {
+    Reason(stats::Group* p, const std::string& n) : Group(p, n) {}
+    stats::Counter reflected{this, "reflected", "exits", "exits of L2 reflected to L1"};
+    stats::Counter l0_handled{this, "l0_handled", "exits", "exits of L2 L0 handled without L1"};
+    stats::Histogram l1_exits{this, "l1_exits", "exits",
+                              "exits of L1 to L0 while L1 handled one reflected exit (to its VM entry of L2)"};
+    stats::Histogram l1_cycles{this, "l1_cycles", "cycles",
+                               "cycles from L1 resuming with the reflected exit to its VM entry of L2 emulated"};
+    stats::Histogram cycles{this, "cycles", "cycles", "cycles from the exit of L2 to L2 running again (all levels)"};
+  };
+  Reason& reason(unsigned r) {
+    if (r >= m_reasons.size()) r = static_cast<unsigned>(m_reasons.size() - 1);
+    if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(cpu::exit_reason_name(r));
+    return *m_reasons[r];
+  }
   explicit NestedStats(stats::Group* p) : Group(p, "nested", "nested VMX: L1's VMX instructions and its guests' exits") {}
   stats::Counter emulated{this, "emulated", "instructions", "VMX instructions of L1 emulated by L0"};
   stats::Counter vmfails{this, "vmfails", "instructions", "of those, that ended in VMfailInvalid or VMfailValid"};
@@ -82,6 +100,10 @@ struct NestedStats : stats::Group {
   stats::Counter l0_handled{this, "l0_handled", "exits", "L2 exits L0 handled itself (L1 never saw them)"};
   stats::Counter ept02_fills{this, "ept02_fills", "entries", "shadow EPT: EPT02 entries built from EPT12 and EPT01"};
   stats::Counter ept02_drops{this, "ept02_drops", "events", "shadow EPT: EPT02 torn down (L1's INVEPT, a new EPTP12)"};
+
+ private:
+  stats::Group* m_by_reason = &subgroup("l2_exits", "L2 exits by basic exit reason, and what each cost at L1 and L0");
+  std::array<Reason*, cpu::kMaxExitReason + 1> m_reasons{};
 };
 
 /// The nested-VMX state of one vCPU of L1 (KVM's struct nested_vmx).
@@ -103,6 +125,10 @@ struct NestedVcpu {
   // L1's EPT12 (in L1's memory) composed with EPT01.
   std::unique_ptr<Ept> ept02;
   std::uint64_t eptp12 = 0;           // the EPT12 pointer EPT02 shadows
+  // The reflected exit being handled by L1 (statistics): its reason
+  // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
+  int pending_reason = -1;
+  std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0;
 };
 
 }  // namespace vmx::hv

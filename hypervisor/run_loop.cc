@@ -260,7 +260,10 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
-  if (v.nested && v.nested->guest_mode) return nested_l2_exit(pc, v, reason);  // nested.cc
+  if (v.nested) {  // nested.cc: an exit of L2, or of L1 (counted against the L2 exit it handles)
+    if (v.nested->guest_mode) return nested_l2_exit(pc, v, reason);
+    ++v.nested->l1_exits;
+  }
   if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
   else unexpected_exit(v, reason);
 }

@@ -1,0 +1,57 @@
+// S13, nested virtualization (docs/nested.md): the same CPUID loop in a VM of
+// the machine's hypervisor (L0) and in a VM of the same hypervisor running
+// as the guest of another VM (L1). One L2 exit costs many L0 exits, and the
+// loop runs many times slower one level down; each direction is asserted
+// from the statistics of configs/scenarios/s13_nested_cpuid.yaml.
+#include <catch2/catch.hpp>
+#include <fmt/format.h>
+
+#include <string>
+
+#include "system/cli_harness.h"
+
+using vmx::test::run_cli;
+
+namespace {
+const std::string kScenarios = std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/";
+}  // namespace
+
+TEST_CASE("S13: one CPUID of L2 costs many L0 exits, and the same loop runs many times slower than at L1") {
+  auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_cpuid.yaml"));
+  INFO(r.err << r.out);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("sim.finished") == 1);
+  // Both loops completed; L2's through the L1 hypervisor's CPUID handler.
+  CHECK(r.at("vm.flat.workload0.operations") == 2000);
+  CHECK(r.at("vm.l1.vm.l2.workload0.operations") == 2000);
+  const std::string l2 = "vm.l1.nested.l2_exits.CPUID.";
+  // Every CPUID of L2 went to L1 (vmcs12 cannot make CPUID not exit), seen
+  // by the hardware (L0's vmcs02), by L0's reflection and by L1's vCPU.
+  CHECK(r.at(l2 + "reflected") >= 2000);
+  CHECK(r.at(l2 + "l0_handled") == 0);
+  CHECK(r.at("vm.l1.vcpu0.l2.exit_reasons.CPUID.cycles.count") == r.at(l2 + "reflected"));
+  CHECK(r.at("vm.l1.vm.l2.vcpu0.exit_reasons.CPUID.cycles.count") == r.at(l2 + "reflected"));
+  // One L2 exit costs many L0 exits: the exit itself, then L1's VMREAD of
+  // the exit reason, its own CPUID and its VMRESUME, each an exit to L0.
+  const double per_exit = r.at(l2 + "l1_exits.mean");
+  INFO("L1 exits to L0 per L2 CPUID: " << per_exit);
+  CHECK(per_exit >= 3);
+  CHECK(1 + per_exit >= 4);
+  // A flat CPUID exit costs L0 only its own handling.
+  CHECK(r.at("vm.flat.vcpu0.exit_reasons.CPUID.cycles.count") == 2000);
+  // The same loop is several times slower at L2 than at L1 (per iteration).
+  auto per_iteration = [&](const std::string& vm) {
+    return (r.at(vm + ".workload0.end_cycle") - r.at(vm + ".workload0.start_cycle")) /
+           r.at(vm + ".workload0.operations");
+  };
+  const double flat = per_iteration("vm.flat"), nested = per_iteration("vm.l1.vm.l2");
+  INFO(fmt::format("cycles per CPUID: flat {:.0f}, nested {:.0f}", flat, nested));
+  CHECK(nested > 4 * flat);
+  // The round trip of one L2 CPUID at L0's level (exit to L2 running again)
+  // contains L1's handling of it.
+  CHECK(r.at(l2 + "cycles.mean") > r.at(l2 + "l1_cycles.mean"));
+  CHECK(r.at(l2 + "l1_cycles.mean") > r.at("vm.flat.vcpu0.exit_reasons.CPUID.cycles.mean"));
+  // L2's memory: EPT02 filled from EPT12, each new page first reflected to L1.
+  CHECK(r.at("vm.l1.nested.ept02_fills") >= r.at("vm.l1.nested.l2_exits.EPT_VIOLATION.reflected"));
+  CHECK(r.at("vm.l1.nested.l2_exits.EPT_VIOLATION.reflected") > 0);
+}
