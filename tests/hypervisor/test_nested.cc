@@ -328,7 +328,7 @@ struct MiniVmm {
 
 }  // namespace
 
-TEST_CASE("nested VMX: an L2 CPUID exits to L1, whose answer reaches L2; one L2 exit costs many L0 exits",
+TEST_CASE("nested VMX: an L2 CPUID exits to L1 and its answer reaches L2 at the cost of many L0 exits",
           "[nested]") {
   Machine m;
   L1 g;
@@ -399,7 +399,7 @@ struct CpuidGuest : vmx::abi::GuestImage, Handler {
 
 }  // namespace
 
-TEST_CASE("nested VMX: the same hypervisor runs as L1 and runs L2; an L2 CPUID costs many L0 exits", "[nested]") {
+TEST_CASE("nested VMX: the same hypervisor runs as L1 and runs L2 whose CPUIDs cost many L0 exits", "[nested]") {
   Machine m;
   HvImage image;
   vmx::hv::VmSpec l1spec{"l1", 1, 128ull << 20, &image};

@@ -16,7 +16,7 @@ namespace {
 const std::string kScenarios = std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/";
 }  // namespace
 
-TEST_CASE("S13: one CPUID of L2 costs many L0 exits, and the same loop runs many times slower than at L1") {
+TEST_CASE("S13: one CPUID of L2 costs many L0 exits and the same loop runs several times slower than at L1") {
   auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_cpuid.yaml"));
   INFO(r.err << r.out);
   REQUIRE(r.exit_code == 0);
