@@ -725,6 +725,13 @@ bool Core::io_exits(std::uint16_t port, unsigned size) {
   return false;
 }
 
+bool Core::shadowed(std::uint32_t bitmap_field, std::uint32_t enc) {
+  // 26.1.3: with "VMCS shadowing", VMREAD/VMWRITE exit if the encoding
+  // has bits above 14 set or its bit in the VMREAD/VMWRITE bitmap is 1.
+  if (!(m_proc2 & proc2::kVmcsShadowing) || enc > 0x7FFF) return false;
+  return !bitmap_bit(m_vmcs->get(bitmap_field), enc);
+}
+
 bool Core::bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit) {
   std::uint64_t pa = bitmap_pa + bit / 8;
   if (!m_w.mem->contains(pa)) return true;
@@ -1161,6 +1168,17 @@ VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value, unsigned dst, un
     // VMREAD dst, src (0F 78 /r, register form): the field encoding in
     // reg2, the destination in reg1.
     m_regs[src] = enc;
+    if (shadowed(field::kVmreadBitmap, enc)) {
+      // Read from the shadow VMCS without an exit (SDM Vol. 3C, 31.3 VMREAD).
+      charge(m_p.vmread_latency);
+      if (!m_shadow) return vm_fail_invalid();
+      if (m_shadow->read(enc, value) != Vmcs::Access::Ok) {
+        ++m_stats.vm_fails;
+        m_shadow->set(field::kVmInstructionError, vmerr::kUnsupportedVmcsComponent);
+        return VmxStatus::FailValid;
+      }
+      return VmxStatus::Succeed;
+    }
     vmx_exit(ExitReason::Vmread, 0, insn::reg1(dst) | insn::reg2(src), 3 + (dst >= 8 || src >= 8));
     const VmxStatus st = status_after_exit();
     if (st == VmxStatus::Succeed) value = current().m_regs[dst];
@@ -1179,6 +1197,17 @@ VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value, unsigned dst, un
   if (m_non_root) {
     // VMWRITE dst, src (0F 79 /r, register form): the field encoding in
     // reg2, the value in reg1.
+    if (shadowed(field::kVmwriteBitmap, enc)) {
+      // Write to the shadow VMCS without an exit (SDM Vol. 3C, 31.3 VMWRITE).
+      charge(m_p.vmwrite_latency);
+      if (!m_shadow) return vm_fail_invalid();
+      if (m_shadow->write(enc, value, true) != Vmcs::Access::Ok) {
+        ++m_stats.vm_fails;
+        m_shadow->set(field::kVmInstructionError, vmerr::kUnsupportedVmcsComponent);
+        return VmxStatus::FailValid;
+      }
+      return VmxStatus::Succeed;
+    }
     m_regs[dst] = enc;
     m_regs[src] = value;
     vmx_exit(ExitReason::Vmwrite, 0, insn::reg1(src) | insn::reg2(dst), 3 + (dst >= 8 || src >= 8));
@@ -1187,7 +1216,7 @@ VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value, unsigned dst, un
   require_vmx_root();
   if (!m_vmcs) return vm_fail_invalid();
   charge(m_p.vmwrite_latency);
-  switch (m_vmcs->write(enc, value)) {
+  switch (m_vmcs->write(enc, value, true)) {  // IA32_VMX_MISC[29]: read-only fields too
     case Vmcs::Access::Ok: return VmxStatus::Succeed;
     case Vmcs::Access::ReadOnly: return vm_fail(vmerr::kVmwriteReadOnly);
     case Vmcs::Access::Unsupported: return vm_fail(vmerr::kUnsupportedVmcsComponent);
@@ -1375,7 +1404,19 @@ VmExit Core::vm_entry(bool launch) {
   // injected.
   bool bad_injection = (inj_check & intr::kValid) && (inj_check & (7u << 8)) == intr::kTypeExternal &&
                        !(v.get(field::kGuestRflags) & kRflagsIf);
-  if (!guest || guest->finished() || bad_injection) {
+  // 27.3.1.5: with "VMCS shadowing" the VMCS link pointer is all ones or a
+  // shadow VMCS (aligned, in memory, the revision with the shadow indicator).
+  Vmcs* shadow = nullptr;
+  bool bad_link = false;
+  if (proc2_ctl & proc2::kVmcsShadowing) {
+    const std::uint64_t link = v.get(field::kVmcsLinkPointer);
+    if (link != ~0ull) {
+      bad_link = (link & 0xFFF) || !m_w.mem->contains(link, 4096) ||
+                 m_w.mem->read(link, 4) != (kVmcsRevision | kShadowVmcsIndicator);
+      if (!bad_link) shadow = &m_w.vmcs_store->at(link);
+    }
+  }
+  if (!guest || guest->finished() || bad_injection || bad_link) {
     // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
     v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
     return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};
@@ -1390,6 +1431,7 @@ VmExit Core::vm_entry(bool launch) {
   m_pin = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
   m_proc = proc_ctl;
   m_proc2 = proc2_ctl;
+  m_shadow = shadow;
   m_exc_bitmap = static_cast<std::uint32_t>(v.get(field::kExceptionBitmap));
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;

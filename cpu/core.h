@@ -406,6 +406,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// RFLAGS (SDM Vol. 3C, 31.2), read on the core the software resumed on.
   static VmxStatus status_after_exit();
   bool bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit);
+  /// VMCS shadowing (SDM Vol. 3C, 25.10, 26.1.3): whether a VMREAD or
+  /// VMWRITE (the bitmap field) of `enc` in non-root operation accesses the
+  /// shadow VMCS instead of exiting.
+  bool shadowed(std::uint32_t bitmap_field, std::uint32_t enc);
   bool io_exits(std::uint16_t port, unsigned size);
   void msr_root_write(std::uint32_t msr, std::uint64_t value);
   std::uint64_t msr_root_read(std::uint32_t msr, bool& ok);
@@ -480,6 +484,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t m_vmxon_region = 0;
   bool m_non_root = false;
   Vmcs* m_vmcs = nullptr;           // current VMCS
+  Vmcs* m_shadow = nullptr;         // the shadow VMCS (VMCS link pointer) in non-root operation, if valid
   std::uint64_t m_vmcs_pa = ~0ull;
   // VM-execution controls cached at VM entry.
   std::uint32_t m_pin = 0, m_proc = 0, m_proc2 = 0, m_exc_bitmap = 0;

@@ -165,6 +165,7 @@ struct HypervisorParams {
   bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
   bool migration;                // unpinned vCPUs may move to idle cores
   std::string slice_timer;       // host | preemption
+  bool nested_shadow_vmcs;       // VMCS shadowing for guests that run a hypervisor (docs/nested.md)
   HvCosts costs;
   HostNicParams host_nic;
 
@@ -220,6 +221,11 @@ struct HypervisorParams {
             "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
             "(SDM Vol. 3C, 25.11.1); see docs/scheduling.md. Default off (assumption: keeps the placement, "
             "and the results, of runs made before migration existed).");
+    v.param(nested_shadow_vmcs, "nested_shadow_vmcs", "true", Spec(Unit::Flag),
+            "Nested VMX: let a guest hypervisor's VMREAD and VMWRITE of the hot fields (exit information, guest "
+            "RIP/RSP/RFLAGS/CRs, injection) run without exits on a shadow VMCS (SDM Vol. 3C, 25.10), synced with "
+            "its vmcs12 on its VM entries and exits, as KVM does with enable_shadow_vmcs (its default where the "
+            "processor supports it); see docs/nested.md.");
     v.param(slice_timer, "slice_timer", "host", Spec().one_of({"host", "preemption"}),
             "What ends a running vCPU's slice: host (the core's LAPIC TSC-deadline timer, an external-interrupt "
             "exit, the interrupt's delivery and EOI) or preemption (the VMX-preemption timer in the VMCS, "
@@ -433,6 +439,16 @@ class Hypervisor {
   void nested_before_entry(PerCore& pc, Vcpu& v);
   /// Shadow EPT: true if the violation was reflected to L1.
   bool nested_ept_violation(PerCore& pc, Vcpu& v);
+  // VMCS shadowing for L1 (nested.cc): set up at VMXON, the shadow loaded
+  // from vmcs12 at VMPTRLD and after a reflected exit, written back to
+  // vmcs12 before L0 reads it (KVM's copy_vmcs12_to_shadow / copy_shadow_to_vmcs12).
+  void nested_shadow_enable(cpu::Core& c, Vcpu& v);
+  void nested_shadow_load(cpu::Core& c, Vcpu& v);
+  void nested_shadow_store(cpu::Core& c, Vcpu& v);
+  void nested_shadow_unlink(cpu::Core& c, Vcpu& v);
+  /// A stopping VM's vCPU: drops EPT02, VMCLEARs the VMCS that is not the
+  /// vCPU's now (vmcs01 or vmcs02) and returns it for release (0: none).
+  std::uint64_t nested_release(cpu::Core& c, Vcpu& v);
   events::Listener* nested_listener(const Vm& vm, std::uint64_t vmcs12) const;
   /// As a guest VMM: the memory operand of a VMX instruction, stored in
   /// this core's operand slot ({} in VMX root operation, where the core
@@ -598,6 +614,7 @@ class Hypervisor {
   // bytes per core) of its VMX instructions.
   std::unique_ptr<GuestLink> m_guest;
   std::uint64_t m_operand_slots = 0;
+  std::uint64_t m_vmread_bitmap = 0, m_vmwrite_bitmap = 0;  // VMCS shadowing for L1s (nested.cc)
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}

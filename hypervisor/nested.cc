@@ -52,6 +52,19 @@ constexpr std::uint32_t kExitInfo[] = {
     field::kIdtVectoringInfo,  field::kIdtVectoringErrorCode, field::kExitInstructionLength,
     field::kVmxInstructionInfo, field::kGuestPhysicalAddress, field::kGuestLinearAddress,
 };
+// VMCS shadowing (KVM's vmcs_shadow_fields.h): the fields L1's exit path
+// reads (read-only: L1 reads them, L0 writes them into the shadow) and
+// reads and writes; the rest still exit.
+constexpr std::uint32_t kShadowReadOnly[] = {
+    field::kExitReason,        field::kExitQualification,   field::kExitIntrInfo,       field::kExitIntrErrorCode,
+    field::kExitInstructionLength, field::kVmxInstructionInfo, field::kGuestPhysicalAddress, field::kGuestLinearAddress,
+    field::kIdtVectoringInfo,
+};
+constexpr std::uint32_t kShadowReadWrite[] = {
+    field::kGuestRip,       field::kGuestRsp,          field::kGuestRflags,     field::kGuestCr0,
+    field::kGuestCr3,       field::kGuestCr4,          field::kGuestInterruptibility, field::kProcBasedControls,
+    field::kEntryIntrInfo,  field::kEntryExceptionErrorCode, field::kPreemptionTimerValue, field::kGuestIa32Efer,
+};
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -178,6 +191,7 @@ void Hypervisor::handle_vmxon(PerCore& pc, Vcpu& v) {
   n.vmxon = true;
   n.vmxon_ptr = region;
   n.current = ~0ull;
+  if (m_p.nested_shadow_vmcs) nested_shadow_enable(c, v);
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
 
@@ -186,6 +200,7 @@ void Hypervisor::handle_vmxoff(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
   if (!nested_permitted(c, v, true)) return;
   NestedVcpu& n = *v.nested;
+  nested_shadow_unlink(c, v);
   n.vmxon = false;
   n.current = ~0ull;
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
@@ -203,8 +218,10 @@ void Hypervisor::handle_vmptrld(PerCore& pc, Vcpu& v) {
   if (addr == n.vmxon_ptr) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmptrldVmxonPointer);
   if ((c.load(hpa, 4) & 0x7FFFFFFF) != cpu::kVmcsRevision)
     return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmptrldWrongRevision);
+  nested_shadow_unlink(c, v);
   n.current = addr;
   n.current_hpa = hpa;
+  nested_shadow_load(c, v);
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
 
@@ -233,8 +250,11 @@ void Hypervisor::handle_vmclear(PerCore& pc, Vcpu& v) {
   if (addr == n.vmxon_ptr) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmclearVmxonPointer);
   // The launch state of the region becomes clear; a current VMCS stops
   // being current.
+  if (addr == n.current) {
+    nested_shadow_unlink(c, v);
+    n.current = ~0ull;
+  }
   c.store(hpa + vmcs12::kLaunchState, vmcs12::kClear, 4);
-  if (addr == n.current) n.current = ~0ull;
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
 
@@ -348,6 +368,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (!nested_permitted(c, v, true)) return;
   NestedVcpu& n = *v.nested;
   if (n.current == ~0ull) return nested_status(c, v, cpu::VmxStatus::FailInvalid, 0);
+  nested_shadow_store(c, v);  // what L1 wrote without exits, into vmcs12
   const bool launched = c.load(n.current_hpa + vmcs12::kLaunchState, 4) == vmcs12::kLaunched;
   if (launch && launched) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmlaunchNonClear);
   if (!launch && !launched) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmresumeNonLaunched);
@@ -446,6 +467,72 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   }
   if (events::Listener* l = nested_listener(*v.vm, n.current))
     l->vm_entry({n.current, c.now(), static_cast<std::uint16_t>(vmcs12_read(c, n, field::kVpid)), launch});
+}
+
+// ---------------------------------------------------------------------------
+// VMCS shadowing (SDM Vol. 3C, 25.10): L1's VMREAD/VMWRITE of the shadowed
+// fields read and write a shadow VMCS that vmcs01's link pointer names.
+
+void Hypervisor::nested_shadow_enable(Core& c, Vcpu& v) {
+  NestedVcpu& n = *v.nested;
+  if (!m_vmread_bitmap) {
+    // The bitmaps: every field exits (bit set) but the shadowed ones;
+    // bit i is the field whose encoding is i (bits 14:0).
+    m_vmread_bitmap = alloc_host_frame();
+    m_vmwrite_bitmap = alloc_host_frame();
+    c.rep_stos(m_vmread_bitmap, 0xFF, kPage);
+    c.rep_stos(m_vmwrite_bitmap, 0xFF, kPage);
+    auto clear = [&](std::uint64_t bitmap, std::uint32_t enc) {
+      const std::uint64_t byte = bitmap + enc / 8;
+      c.store(byte, c.load(byte, 1) & ~(1u << (enc % 8)), 1);
+    };
+    for (std::uint32_t f : kShadowReadOnly) clear(m_vmread_bitmap, f);
+    for (std::uint32_t f : kShadowReadWrite) {
+      clear(m_vmread_bitmap, f);
+      clear(m_vmwrite_bitmap, f);
+    }
+  }
+  if (!n.shadow_vmcs) {
+    n.shadow_vmcs = alloc_host_frame();
+    c.store(n.shadow_vmcs, cpu::kVmcsRevision | cpu::kShadowVmcsIndicator, 4);
+    c.vmclear(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs));
+  }
+  vmw(c, field::kSecondaryControls, vmr(c, field::kSecondaryControls) | proc2::kVmcsShadowing);
+  vmw(c, field::kVmreadBitmap, m_vmread_bitmap);
+  vmw(c, field::kVmwriteBitmap, m_vmwrite_bitmap);
+  vmw(c, field::kVmcsLinkPointer, ~0ull);
+}
+
+void Hypervisor::nested_shadow_load(Core& c, Vcpu& v) {
+  NestedVcpu& n = *v.nested;
+  if (!n.shadow_vmcs || n.current == ~0ull) return;
+  if (c.vmptrld(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
+  for (std::uint32_t f : kShadowReadOnly) vmw(c, f, vmcs12_read(c, n, f));  // IA32_VMX_MISC[29]
+  for (std::uint32_t f : kShadowReadWrite) vmw(c, f, vmcs12_read(c, n, f));
+  if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+  vmw(c, field::kVmcsLinkPointer, n.shadow_vmcs);
+}
+
+void Hypervisor::nested_shadow_store(Core& c, Vcpu& v) {
+  NestedVcpu& n = *v.nested;
+  if (!n.shadow_vmcs || n.current == ~0ull) return;
+  if (c.vmptrld(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
+  for (std::uint32_t f : kShadowReadWrite) vmcs12_write(c, n, f, vmr(c, f));
+  if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+}
+
+void Hypervisor::nested_shadow_unlink(Core& c, Vcpu& v) {
+  // vmcs12 stops being current: what L1 wrote into the shadow goes back,
+  // and L1's VMREAD/VMWRITE find no shadow (VMfailInvalid, as without a
+  // current VMCS).
+  NestedVcpu& n = *v.nested;
+  if (!n.shadow_vmcs || n.current == ~0ull) return;
+  nested_shadow_store(c, v);
+  vmw(c, field::kVmcsLinkPointer, ~0ull);
 }
 
 void Hypervisor::nested_switch(Core& c, Vcpu& v) {
@@ -583,6 +670,7 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
     vmw(c, to, vmcs12_read(c, n, from));
   vmw(c, field::kGuestRflags, 0x2);
   vmw(c, field::kGuestSsAccessRights, 0);
+  nested_shadow_load(c, v);  // the exit information L1 reads without exits
   ++v.vm->nested_stats->reflected;
   ++v.vm->nested_stats->reason(reason).reflected;
   n.pending_reason = static_cast<int>(reason);
@@ -675,6 +763,25 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   unlock_mmu(c, vm);
   ++vm.nested_stats->ept02_fills;
   return false;
+}
+
+std::uint64_t Hypervisor::nested_release(Core& c, Vcpu& v) {
+  NestedVcpu& n = *v.nested;
+  if (n.ept02) {
+    // The VM is being torn down and none of its vCPUs runs: no lock needed
+    // (its MMU lock's frame is already released).
+    n.ept02->destroy(c, [](const Ept::Leaf&) {});
+    n.ept02.reset();
+  }
+  if (n.shadow_vmcs) {
+    c.vmclear(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs));
+    m_frames.put(n.shadow_vmcs);
+    n.shadow_vmcs = 0;
+  }
+  const std::uint64_t other = n.other_vmcs;
+  if (other) c.vmclear(other, vmx_operand(c, other));
+  n.other_vmcs = 0;
+  return other;
 }
 
 void Hypervisor::nested_drop_ept02(Core& c, Vcpu& v) {

@@ -127,6 +127,7 @@ struct NestedVcpu {
   std::uint64_t eptp12 = 0;           // the EPT12 pointer EPT02 shadows
   // The reflected exit being handled by L1 (statistics): its reason
   // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
+  std::uint64_t shadow_vmcs = 0;      // VMCS shadowing: the shadow of vmcs12 (0: off)
   int pending_reason = -1;
   std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0;
 };

@@ -86,6 +86,8 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
       if (other->last_ran == &v) other->last_ran = nullptr;
     }
     if (devices) continue;
+    if (v.nested)  // nested.cc: EPT02 and the VMCS of the other level
+      if (std::uint64_t other = nested_release(c, v)) release(other);
     if (v.active_on < 0) {
       release(v.vmcs_pa);
     } else if (m_cores[static_cast<unsigned>(v.active_on)] == &c) {

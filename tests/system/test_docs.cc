@@ -78,7 +78,7 @@ TEST_CASE("docs/parameters.md is exactly the output of `vmxsim params`") {
 const char* const kStatsConfigs =
     "configs/quickstart.yaml configs/scenarios/s2_vf.yaml configs/scenarios/s2_virtio.yaml "
     "configs/scenarios/s2_emulated.yaml configs/scenarios/s9_shadow_vs_ept_churn.yaml "
-    "configs/scenarios/s15_steal_pv.yaml";
+    "configs/scenarios/s15_steal_pv.yaml configs/scenarios/s13_nested_cpuid.yaml";
 
 TEST_CASE("docs/stats.md is exactly the output of `vmxsim stats` over the reference configs") {
   int status = 0;
