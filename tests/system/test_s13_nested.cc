@@ -76,3 +76,35 @@ TEST_CASE("S13: VMCS shadowing cuts the L0 exits each L2 exit costs") {
   // And one L2 CPUID is cheaper end to end.
   CHECK(on.at(l2 + "cycles.mean") < off.at(l2 + "cycles.mean"));
 }
+
+TEST_CASE("nested configuration: what L0 and L1 cannot do under nesting is a config error naming the key") {
+  const std::string base = R"(duration: 1ms
+platform: {cores: 1, memory: 512MiB}
+vms:
+  - name: l1
+    memory: 128MiB
+    hypervisor:
+      reserved_memory: RESERVED
+      vms:
+        - name: l2
+          memory: 32MiB
+          NIC
+)";
+  auto with = [&](const std::string& reserved, const std::string& nic) {
+    std::string y = base;
+    y.replace(y.find("RESERVED"), 8, reserved);
+    y.replace(y.find("NIC"), 3, nic);
+    return y;
+  };
+  auto reserve = run_cli(with("128MiB", "vcpus: 1"));
+  CHECK(reserve.exit_code != 0);
+  CHECK(reserve.err.find("vms[0].hypervisor.reserved_memory") != std::string::npos);
+  auto posted = run_cli(with("32MiB", "vcpus: 1"), {"--set", "hypervisor.posted_interrupts=true"});
+  CHECK(posted.exit_code != 0);
+  CHECK(posted.err.find("hypervisor.posted_interrupts") != std::string::npos);
+  auto nested_key = run_cli(with("32MiB", "hypervisor: {vms: []}"));
+  CHECK(nested_key.exit_code != 0);
+  CHECK(nested_key.err.find("vms[0].hypervisor.vms[0]: unknown key 'hypervisor'") != std::string::npos);
+  auto ok = run_cli(with("32MiB", "vcpus: 1"));
+  CHECK(ok.exit_code == 0);
+}
