@@ -21,6 +21,8 @@ constexpr std::uint64_t kLine = 64;
 constexpr std::uint64_t kRflagsIf = 1ull << 9;
 constexpr std::uint64_t kRflagsAc = 1ull << 18;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
+constexpr std::uint64_t kRflagsCf = 1ull << 0;  // VMfailInvalid (SDM Vol. 3C, 31.2)
+constexpr std::uint64_t kRflagsZf = 1ull << 6;  // VMfailValid
 thread_local Core* t_current = nullptr;
 // PhysMem holds little-endian bytes: on a little-endian host an aligned-size
 // access inside one frame is a plain copy (the fast path of load and store).
@@ -764,6 +766,13 @@ bool Core::io_exits(std::uint16_t port, unsigned size) {
   return false;
 }
 
+bool Core::shadowed(std::uint32_t bitmap_field, std::uint32_t enc) {
+  // 26.1.3: with "VMCS shadowing", VMREAD/VMWRITE exit if the encoding
+  // has bits above 14 set or its bit in the VMREAD/VMWRITE bitmap is 1.
+  if (!(m_proc2 & proc2::kVmcsShadowing) || enc > 0x7FFF) return false;
+  return !bitmap_bit(m_vmcs->get(bitmap_field), enc);
+}
+
 bool Core::bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit) {
   std::uint64_t pa = bitmap_pa + bit / 8;
   if (!m_w.mem->contains(pa)) return true;
@@ -1224,6 +1233,13 @@ VmxStatus Core::vm_fail_invalid() {
   return VmxStatus::FailInvalid;
 }
 
+VmxStatus Core::status_after_exit() {
+  const std::uint8_t f = current().m_vmx_flags;
+  if (f & kRflagsCf) return VmxStatus::FailInvalid;
+  if (f & kRflagsZf) return VmxStatus::FailValid;
+  return VmxStatus::Succeed;
+}
+
 VmxStatus Core::vm_fail(std::uint32_t error) {
   ++m_stats.vm_fails;
   if (!m_vmcs) return VmxStatus::FailInvalid;
@@ -1242,7 +1258,7 @@ VmxStatus Core::vmxon(std::uint64_t region_pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmxon, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // F3 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   if (!(m_cr4 & crb::kCr4Vmxe) || m_cpl != 0) {
     raise_exception(vec::kInvalidOpcode, 0, false);
@@ -1263,7 +1279,7 @@ VmxStatus Core::vmptrld(std::uint64_t pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmptrld, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1281,7 +1297,7 @@ VmxStatus Core::vmclear(std::uint64_t pa, const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmclear, m.qualification(), m.info(), 3 + m.modrm_bytes() + m.rex());  // 66 0F C7 /6
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1304,9 +1320,21 @@ VmxStatus Core::vmread(std::uint32_t enc, std::uint64_t& value, unsigned dst, un
     // VMREAD dst, src (0F 78 /r, register form): the field encoding in
     // reg2, the destination in reg1.
     m_regs[src] = enc;
+    if (shadowed(field::kVmreadBitmap, enc)) {
+      // Read from the shadow VMCS without an exit (SDM Vol. 3C, 31.3 VMREAD).
+      charge(m_p.vmread_latency);
+      if (!m_shadow) return vm_fail_invalid();
+      if (m_shadow->read(enc, value) != Vmcs::Access::Ok) {
+        ++m_stats.vm_fails;
+        m_shadow->set(field::kVmInstructionError, vmerr::kUnsupportedVmcsComponent);
+        return VmxStatus::FailValid;
+      }
+      return VmxStatus::Succeed;
+    }
     vmx_exit(ExitReason::Vmread, 0, insn::reg1(dst) | insn::reg2(src), 3 + (dst >= 8 || src >= 8));
-    value = m_regs[dst];
-    return VmxStatus::Succeed;
+    const VmxStatus st = status_after_exit();
+    if (st == VmxStatus::Succeed) value = current().m_regs[dst];
+    return st;
   }
   require_vmx_root();
   if (!m_vmcs) return vm_fail_invalid();
@@ -1321,15 +1349,26 @@ VmxStatus Core::vmwrite(std::uint32_t enc, std::uint64_t value, unsigned dst, un
   if (m_non_root) {
     // VMWRITE dst, src (0F 79 /r, register form): the field encoding in
     // reg2, the value in reg1.
+    if (shadowed(field::kVmwriteBitmap, enc)) {
+      // Write to the shadow VMCS without an exit (SDM Vol. 3C, 31.3 VMWRITE).
+      charge(m_p.vmwrite_latency);
+      if (!m_shadow) return vm_fail_invalid();
+      if (m_shadow->write(enc, value, true) != Vmcs::Access::Ok) {
+        ++m_stats.vm_fails;
+        m_shadow->set(field::kVmInstructionError, vmerr::kUnsupportedVmcsComponent);
+        return VmxStatus::FailValid;
+      }
+      return VmxStatus::Succeed;
+    }
     m_regs[dst] = enc;
     m_regs[src] = value;
     vmx_exit(ExitReason::Vmwrite, 0, insn::reg1(src) | insn::reg2(dst), 3 + (dst >= 8 || src >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmcs) return vm_fail_invalid();
   charge(m_p.vmwrite_latency);
-  switch (m_vmcs->write(enc, value)) {
+  switch (m_vmcs->write(enc, value, true)) {  // IA32_VMX_MISC[29]: read-only fields too
     case Vmcs::Access::Ok: return VmxStatus::Succeed;
     case Vmcs::Access::ReadOnly: return vm_fail(vmerr::kVmwriteReadOnly);
     case Vmcs::Access::Unsupported: return vm_fail(vmerr::kUnsupportedVmcsComponent);
@@ -1346,7 +1385,7 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp, unsigned type_reg, con
     m_regs[type_reg] = type;
     vmx_exit(ExitReason::Invept, m.qualification(), m.info() | insn::reg2(type_reg),
              4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1366,7 +1405,7 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la, uns
     m_regs[type_reg] = type;
     vmx_exit(ExitReason::Invvpid, m.qualification(), m.info() | insn::reg2(type_reg),
              4 + m.modrm_bytes() + (m.rex() || type_reg >= 8));
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1381,7 +1420,7 @@ VmxStatus Core::vmptrst(const insn::MemOperand& m) {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmptrst, m.qualification(), m.info(), 2 + m.modrm_bytes() + m.rex());  // 0F C7 /7
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1396,7 +1435,7 @@ VmxStatus Core::vmxoff() {
   retire(1);
   if (m_non_root) {
     vmx_exit(ExitReason::Vmxoff, 0, 0, 3);  // 0F 01 C4
-    return VmxStatus::Succeed;
+    return status_after_exit();
   }
   require_vmx_root();
   if (!m_vmxon) return VmxStatus::FailInvalid;
@@ -1461,7 +1500,11 @@ VmExit Core::vm_entry(bool launch) {
   retire(1);
   if (m_non_root) {
     vmx_exit(launch ? ExitReason::Vmlaunch : ExitReason::Vmresume, 0, 0, 3);  // 0F 01 C2 / C3
-    return {};
+    // Resumed either after the instruction, which failed (VMfail in
+    // RFLAGS), or at the host RIP of the VMCS its VMM emulates, after an
+    // exit of that VMCS's guest (RFLAGS cleared by the exit, SDM 28.5.3).
+    const VmxStatus st = status_after_exit();
+    return {st, st == VmxStatus::Succeed ? VmExit::kReasonInVmcs : std::uint16_t{0}};
   }
   require_vmx_root();
   if (!m_vmxon || !m_vmcs) return {vm_fail_invalid(), 0};
@@ -1527,7 +1570,19 @@ VmExit Core::vm_entry(bool launch) {
   // clear (SDM Vol. 3C, 27.3.1.1).
   const bool load_perf = v.get(field::kEntryControls) & entryctl::kLoadPerfGlobalCtrl;
   if (load_perf && (v.get(field::kGuestPerfGlobalCtrl) & ~pmu::Pmu::kCounterBits)) bad_injection = true;
-  if (!guest || guest->finished() || bad_injection) {
+  // 27.3.1.5: with "VMCS shadowing" the VMCS link pointer is all ones or a
+  // shadow VMCS (aligned, in memory, the revision with the shadow indicator).
+  Vmcs* shadow = nullptr;
+  bool bad_link = false;
+  if (proc2_ctl & proc2::kVmcsShadowing) {
+    const std::uint64_t link = v.get(field::kVmcsLinkPointer);
+    if (link != ~0ull) {
+      bad_link = (link & 0xFFF) || !m_w.mem->contains(link, 4096) ||
+                 m_w.mem->read(link, 4) != (kVmcsRevision | kShadowVmcsIndicator);
+      if (!bad_link) shadow = &m_w.vmcs_store->at(link);
+    }
+  }
+  if (!guest || guest->finished() || bad_injection || bad_link) {
     // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
     v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
     return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};
@@ -1542,6 +1597,7 @@ VmExit Core::vm_entry(bool launch) {
   m_pin = static_cast<std::uint32_t>(v.get(field::kPinBasedControls));
   m_proc = proc_ctl;
   m_proc2 = proc2_ctl;
+  m_shadow = shadow;
   m_exc_bitmap = static_cast<std::uint32_t>(v.get(field::kExceptionBitmap));
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
@@ -1575,6 +1631,7 @@ VmExit Core::vm_entry(bool launch) {
   m_idt = reinterpret_cast<InterruptHandler*>(static_cast<std::uintptr_t>(v.get(field::kGuestIdtrBase)));
   m_if = v.get(field::kGuestRflags) & kRflagsIf;
   m_ac = v.get(field::kGuestRflags) & kRflagsAc;
+  m_vmx_flags = static_cast<std::uint8_t>(v.get(field::kGuestRflags) & (kRflagsCf | kRflagsZf));
   m_cpl = static_cast<std::uint8_t>((v.get(field::kGuestSsAccessRights) >> 5) & 3);
   m_non_root = true;
   m_op_done = (rip & (alignof(sim::Fiber) - 1)) != 0;
@@ -1651,7 +1708,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   v.set(field::kGuestCr4, m_cr4);
   v.set(field::kGuestIa32Efer, m_efer);
   v.set(field::kGuestIdtrBase, code_address(m_idt));
-  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0) | (m_ac ? kRflagsAc : 0));
+  v.set(field::kGuestRflags, kRflagsFixed | (m_if ? kRflagsIf : 0) | (m_ac ? kRflagsAc : 0) | m_vmx_flags);
   v.set(field::kGuestSsAccessRights, (v.get(field::kGuestSsAccessRights) & ~0x60ull) | (std::uint64_t{m_cpl} << 5));
   v.set(field::kGuestRip, code_address(m_current));
   if (m_pin & pin::kPreemptionTimer)
@@ -1685,6 +1742,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_cpl = 0;
   m_if = false;
   m_ac = false;
+  m_vmx_flags = 0;
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();

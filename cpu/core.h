@@ -71,6 +71,13 @@ enum class VmxStatus : std::uint8_t { Succeed, FailInvalid, FailValid };
 /// What VMLAUNCH / VMRESUME return to the hypervisor: whether the entry
 /// happened and, if so, the basic exit reason of the exit that ended it.
 struct VmExit {
+  /// The reason of an exit the core did not see: VMLAUNCH/VMRESUME executed
+  /// in VMX non-root operation succeeded in the eyes of the software that
+  /// executed it (its VMM emulated the entry, SDM Vol. 3C, 31.3), and that
+  /// software resumed at its host RIP after an exit only its VMM knows of.
+  /// The software reads the basic exit reason from its current VMCS with
+  /// VMREAD, as a real VMM does at its host RIP.
+  static constexpr std::uint16_t kReasonInVmcs = 0xFFFF;
   VmxStatus status = VmxStatus::Succeed;
   std::uint16_t reason = 0;
   bool entered() const { return status == VmxStatus::Succeed; }
@@ -427,7 +434,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// The linear address a memory operand form designates.
   std::uint64_t operand_address(const insn::MemOperand& m) const;
   VmxStatus vm_fail_invalid();
+  /// The outcome of a VMX instruction that exited in non-root operation and
+  /// was emulated by the VMM: its status is in RFLAGS.CF (VMfailInvalid)
+  /// and RFLAGS.ZF (VMfailValid) as the VMM left them in the guest-state
+  /// RFLAGS (SDM Vol. 3C, 31.2), read on the core the software resumed on.
+  static VmxStatus status_after_exit();
   bool bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit);
+  /// VMCS shadowing (SDM Vol. 3C, 25.10, 26.1.3): whether a VMREAD or
+  /// VMWRITE (the bitmap field) of `enc` in non-root operation accesses the
+  /// shadow VMCS instead of exiting.
+  bool shadowed(std::uint32_t bitmap_field, std::uint32_t enc);
   bool io_exits(std::uint16_t port, unsigned size);
   void msr_root_write(std::uint32_t msr, std::uint64_t value);
   std::uint64_t msr_root_read(std::uint32_t msr, bool& ok);
@@ -496,12 +512,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   bool m_if = false;
   bool m_ac = false;                // RFLAGS.AC
   std::uint32_t m_pkru = 0;
+  // RFLAGS.CF and ZF (bits 0 and 6): the only arithmetic flags the model
+  // keeps, as they carry the status of VMX instructions (SDM Vol. 3C, 31.2)
+  // between a VMM that emulates them and its guest.
+  std::uint8_t m_vmx_flags = 0;
   std::uint64_t m_cr0 = 0, m_cr2 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0;
   InterruptHandler* m_idt = nullptr;
   bool m_vmxon = false;
   std::uint64_t m_vmxon_region = 0;
   bool m_non_root = false;
   Vmcs* m_vmcs = nullptr;           // current VMCS
+  Vmcs* m_shadow = nullptr;         // the shadow VMCS (VMCS link pointer) in non-root operation, if valid
   std::uint64_t m_vmcs_pa = ~0ull;
   // VM-execution controls cached at VM entry.
   std::uint32_t m_pin = 0, m_proc = 0, m_proc2 = 0, m_exc_bitmap = 0;

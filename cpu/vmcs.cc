@@ -14,7 +14,7 @@ std::bitset<512> make_supported() {
   using namespace field;
   for (std::uint32_t enc :
        {kVpid, kPostedIntrNv, kGuestIntrStatus, kGuestPmlIndex, kPmlAddress, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
-        kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls,
+        kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls, kVmreadBitmap, kVmwriteBitmap,
         kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kGuestPerfGlobalCtrl, kHostPerfGlobalCtrl, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,
         kEntryControls, kEntryIntrInfo, kEntryExceptionErrorCode, kEntryInstructionLength,
@@ -59,9 +59,9 @@ Vmcs::Access Vmcs::read(std::uint32_t enc, std::uint64_t& value) const {
   return Access::Ok;
 }
 
-Vmcs::Access Vmcs::write(std::uint32_t enc, std::uint64_t value) {
+Vmcs::Access Vmcs::write(std::uint32_t enc, std::uint64_t value, bool any_field) {
   if (!supported(enc)) return Access::Unsupported;
-  if (read_only(enc)) return Access::ReadOnly;
+  if (read_only(enc) && !any_field) return Access::ReadOnly;
   std::uint64_t& f = m_fields[slot(enc)];
   if (enc & 1u) {
     f = (f & 0xFFFFFFFFull) | (value << 32);

@@ -37,9 +37,10 @@ class Vmcs {
 
   /// VMREAD semantics: unsupported encodings fail (VM-instruction error 12).
   Access read(std::uint32_t enc, std::uint64_t& value) const;
-  /// VMWRITE semantics: read-only fields fail (error 13) unless the
-  /// processor supports writing them, which this model does not.
-  Access write(std::uint32_t enc, std::uint64_t value);
+  /// VMWRITE semantics: read-only fields fail (error 13) unless
+  /// `any_field` (IA32_VMX_MISC bit 29, "VMWRITE to any supported field",
+  /// which the model's processor reports, SDM Vol. 3C, A.6).
+  Access write(std::uint32_t enc, std::uint64_t value, bool any_field = false);
 
   /// Processor-internal access by constant encoding (no checks).
   std::uint64_t get(std::uint32_t enc) const { return m_fields[slot(enc)]; }

@@ -30,6 +30,8 @@ constexpr std::uint32_t kPostedIntrDesc = 0x2016;
 constexpr std::uint32_t kEoiExitBitmap0 = 0x201C;  // vectors 0-63; 0x201E, 0x2020, 0x2022 the rest
 constexpr std::uint32_t kEptPointer = 0x201A;
 constexpr std::uint32_t kVmFunctionControls = 0x2018;
+constexpr std::uint32_t kVmreadBitmap = 0x2026;   // VMCS shadowing (25.6.15)
+constexpr std::uint32_t kVmwriteBitmap = 0x2028;
 // 64-bit read-only data
 constexpr std::uint32_t kGuestPhysicalAddress = 0x2400;
 // 64-bit guest state
@@ -128,6 +130,7 @@ constexpr std::uint32_t kApicRegisterVirtualization = 1u << 8;
 constexpr std::uint32_t kVirtualInterruptDelivery = 1u << 9;
 constexpr std::uint32_t kEnableInvpcid = 1u << 12;
 constexpr std::uint32_t kEnableVmFunctions = 1u << 13;
+constexpr std::uint32_t kVmcsShadowing = 1u << 14;
 constexpr std::uint32_t kEnablePml = 1u << 17;
 constexpr std::uint32_t kModeBasedExecute = 1u << 22;
 /// The controls the model implements (IA32_VMX_PROCBASED_CTLS2 allowed-1).
@@ -340,5 +343,8 @@ constexpr std::uint64_t reg(std::uint64_t base, unsigned vector) { return base +
 /// VMCS revision identifier reported in IA32_VMX_BASIC[30:0] and expected in
 /// the first dword of every VMXON and VMCS region (SDM Vol. 3C, 25.2, A.1).
 constexpr std::uint32_t kVmcsRevision = 0x12;
+/// Bit 31 of a VMCS region's first dword: the region is a shadow VMCS
+/// (SDM Vol. 3C, 25.2, 25.10).
+constexpr std::uint32_t kShadowVmcsIndicator = 1u << 31;
 
 }  // namespace vmx::cpu

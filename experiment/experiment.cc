@@ -1,6 +1,7 @@
 #include "experiment/experiment.h"
 
 #include <set>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -64,6 +65,160 @@ cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, con
   YAML::Node n = doc.find(path);
   return doc.error(n ? n.Mark() : YAML::Mark::null_mark(), path, "expected " + what, found);
 }
+template <class VP>
+void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::vector<VP>& vms, const std::string& prefix,
+               const hv::HypervisorParams& hp, std::uint64_t pin_cores) {
+  std::set<std::string> names;
+  const std::uint64_t ept_page = hp.ept_page_size;
+  for (std::size_t i = 0; i < vms.size(); ++i) {
+    const auto& vm = vms[i];
+    std::string at = fmt::format("{}vms[{}]", prefix, i);
+    if (vm.name.empty() || vm.name.find_first_of(". \t/") != std::string::npos)
+      throw error_at(doc, at + ".name", "a name without dots, spaces or slashes", vm.name);
+    if (!names.insert(vm.name).second)
+      throw error_at(doc, at + ".name", "a name no other VM has", vm.name);
+    if (vm.memory % ept_page)
+      throw error_at(doc, at + ".memory",
+                     "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
+                     cfg::format_bytes(vm.memory));
+    if (!vm.pin.empty()) {
+      // vms[i].pin: core indices within the platform.
+      std::vector<unsigned> cores;
+      std::string err = parse_core_list(vm.pin, pin_cores, cores);
+      if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
+    }
+    if (hp.scheduler != "realtime" && vm.priority != 0)
+      throw error_at(doc, at + ".priority",
+                     "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
+                     std::to_string(vm.priority));
+    if (hp.scheduler != "edf" && (vm.edf_runtime != 0 || vm.edf_period != 0))
+      throw error_at(doc, at + (vm.edf_runtime != 0 ? ".edf_runtime" : ".edf_period"),
+                     "0 unless hypervisor.scheduler is edf (only it has reservations)",
+                     cfg::format_time_ps(vm.edf_runtime != 0 ? vm.edf_runtime : vm.edf_period));
+    if (vm.snapshot.at != 0 || vm.snapshot.restore_at != 0) {
+      // docs/memory.md, "Snapshots": EPT write protection, no device DMA.
+      if (vm.snapshot.at == 0)
+        throw error_at(doc, at + ".snapshot.at", "a time for the snapshot (restore_at needs one)", "0ps");
+      if (vm.snapshot.at >= p.duration)
+        throw error_at(doc, at + ".snapshot.at", "a time before duration (" + cfg::format_time_ps(p.duration) + ")",
+                       cfg::format_time_ps(vm.snapshot.at));
+      if (vm.snapshot.restore_at != 0 && vm.snapshot.restore_at <= vm.snapshot.at)
+        throw error_at(doc, at + ".snapshot.restore_at",
+                       "0 or a time after snapshot.at (" + cfg::format_time_ps(vm.snapshot.at) + ")",
+                       cfg::format_time_ps(vm.snapshot.restore_at));
+      if (vm.paging != "ept")
+        throw error_at(doc, at + ".snapshot.at", "a VM with paging ept (a snapshot write-protects its EPT)",
+                       "paging " + vm.paging);
+      if (vm.nic.type != "none")
+        throw error_at(doc, at + ".snapshot.at",
+                       "a VM without a network device (device DMA is not tracked by the snapshot)",
+                       "nic.type " + vm.nic.type);
+    }
+    if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
+      throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
+                     cfg::format_time_ps(vm.edf_period));
+    if (vm.edf_runtime > vm.edf_period)
+      throw error_at(doc, at + ".edf_runtime", "at most edf_period (" + cfg::format_time_ps(vm.edf_period) + ")",
+                     cfg::format_time_ps(vm.edf_runtime));
+    if (hp.scheduler != "proportional") {
+      if (vm.weight != 256)
+        throw error_at(doc, at + ".weight",
+                       "the default 256 unless hypervisor.scheduler is proportional (round_robin ignores weights)",
+                       std::to_string(vm.weight));
+      if (vm.cap != 0)
+        throw error_at(doc, at + ".cap",
+                       "0 unless hypervisor.scheduler is proportional (round_robin does not cap)",
+                       std::to_string(vm.cap));
+    }
+    if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
+      throw error_at(doc, at + ".kernel.sched.pv",
+                     "false unless kernel.pv_steal is on (the pv scheduler reads the steal-time records)", "true");
+    if (vm.nic.type != "none" && !p.platform.nic.enabled)
+      throw error_at(doc, at + ".nic.type", "none unless platform.nic.enabled is true (there is no NIC)",
+                     vm.nic.type);
+    if (vm.nic.type == "vf") {
+      if (vm.nic.vf >= p.platform.nic.device.vfs)
+        throw error_at(doc, at + ".nic.vf",
+                       fmt::format("a VF index below platform.nic.vfs ({})", p.platform.nic.device.vfs),
+                       std::to_string(vm.nic.vf));
+      for (std::size_t j = 0; j < i; ++j)
+        if (vms[j].nic.type == "vf" && vms[j].nic.vf == vm.nic.vf)
+          throw error_at(doc, at + ".nic.vf", fmt::format("a VF no other VM has (vms[{}] has it)", j),
+                         std::to_string(vm.nic.vf));
+      if (vm.paging != "ept")
+        throw error_at(doc, at + ".paging", "ept for a VM with a passed-through VF (its IOMMU domain is the EPT)",
+                       vm.paging);
+    }
+    if (vm.nic.type == "emulated" && vm.nic.emulated.access == "poll" && hp.ept_page_size != (4ull << 10))
+      throw error_at(doc, at + ".nic.access",
+                     "trap unless hypervisor.ept_page_size is 4KiB (poll maps one register page into the guest)",
+                     vm.nic.emulated.access);
+    std::uint64_t mac = 0;
+    if (!vm.nic.mac.empty() && !parse_mac(vm.nic.mac, mac))
+      throw error_at(doc, at + ".nic.mac", "six hex bytes separated by colons, such as 02:00:00:00:01:00",
+                     vm.nic.mac);
+    if (vm.memory > guest::kNetWindowGpa && vm.nic.type != "none")
+      throw error_at(doc, at + ".memory",
+                     fmt::format("at most {:#x} for a VM with a network device (its registers sit there)",
+                                 guest::kNetWindowGpa),
+                     cfg::format_bytes(vm.memory));
+    for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
+      std::uint64_t ps = vm.workloads[w].page_size;
+      if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))
+        throw error_at(doc, fmt::format("{}.workloads[{}].page_size", at, w), "4KiB, 2MiB or 1GiB",
+                       cfg::format_bytes(ps));
+      if (vm.workloads[w].type == "page_content") {
+        const auto& pc = vm.workloads[w].page_content;
+        if (pc.shared_fraction + pc.zero_fraction > 1.0)
+          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.zero_fraction", at, w),
+                         fmt::format("at most 1 - shared_fraction ({})", 1.0 - pc.shared_fraction),
+                         fmt::format("{}", pc.zero_fraction));
+        if (pc.working_set > pc.pages)
+          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.working_set", at, w),
+                         fmt::format("at most pages ({})", pc.pages), std::to_string(pc.working_set));
+      }
+      if (vm.workloads[w].type == "trace") {
+        std::string key = fmt::format("{}.workloads[{}].file", at, w);
+        if (vm.workloads[w].trace.file.empty()) throw error_at(doc, key, "the path of a trace file", "nothing");
+        try {
+          workloads::TraceFile::load(vm.workloads[w].trace.file);
+        } catch (const workloads::TraceError& e) {
+          throw error_at(doc, key, "a readable vmxsim trace", e.what());
+        }
+      }
+    }
+      if (!prefix.empty() && vm.nic.type != "none")
+      throw error_at(doc, at + ".nic.type", "none for a VM of a nested hypervisor (devices are not modelled there)",
+                     vm.nic.type);
+    if constexpr (!std::is_same_v<std::decay_t<decltype(vm.hypervisor)>, GuestHypervisorParams<0>>) {
+      if (vm.hypervisor.enabled()) {
+        // Nested virtualization (docs/nested.md): what L0 needs of itself
+        // and what it offers the hypervisor in the VM.
+        const hv::HypervisorParams& l1 = vm.hypervisor.params;
+        if (hp.posted_interrupts || hp.migration || hp.slice_timer != "host")
+          throw error_at(doc, prefix.empty() ? "hypervisor.posted_interrupts" : prefix + "posted_interrupts",
+                         "posted_interrupts and migration off and slice_timer host under a VM that runs a hypervisor",
+                         "otherwise");
+        if (vm.paging != "ept" || vm.nic.type != "none")
+          throw error_at(doc, at + ".paging", "ept and no network device for a VM that runs a hypervisor",
+                         vm.paging + ", nic " + vm.nic.type);
+        if (l1.posted_interrupts || l1.migration || l1.slice_timer != "host" || l1.ept_levels != 4 || l1.ept_ad)
+          throw error_at(doc, at + ".hypervisor",
+                         "posted_interrupts, migration and ept_ad off, slice_timer host and ept_levels 4 (what the "
+                         "nested VMX of the hypervisor below offers)",
+                         "otherwise");
+        if (l1.reserved_memory >= vm.memory)
+          throw error_at(doc, at + ".hypervisor.reserved_memory",
+                         fmt::format("less than the VM's memory ({})", cfg::format_bytes(vm.memory)),
+                         cfg::format_bytes(l1.reserved_memory));
+        if (l1.ept_page_size != (4ull << 10) && l1.ept_page_size != (2ull << 20) && l1.ept_page_size != (1ull << 30))
+          throw error_at(doc, at + ".hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(l1.ept_page_size));
+        check_vms(doc, p, vm.hypervisor.vms, at + ".hypervisor.", l1, vm.vcpus);
+      }
+    }
+}
+}
+
 }  // namespace
 
 ExperimentParams load(const cfg::Document& doc) {
@@ -163,134 +318,16 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, "hypervisor.ksm.core", fmt::format("a core below {} (the platform's)", cores),
                      std::to_string(p.hypervisor.ksm.core));
   }
+  if (p.hypervisor.snapshot.copier_core >= p.platform.cores * p.platform.smt)
+    throw error_at(doc, "hypervisor.snapshot.copier_core",
+                   fmt::format("a core below {} (the platform's)", p.platform.cores * p.platform.smt),
+                   std::to_string(p.hypervisor.snapshot.copier_core));
   if (p.platform.quantum > p.duration)
     throw error_at(doc, "platform.quantum",
                    fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
                                cfg::format_time_ps(p.duration)),
                    cfg::format_time_ps(p.platform.quantum));
-  std::set<std::string> names;
-  for (std::size_t i = 0; i < p.vms.size(); ++i) {
-    const VmParams& vm = p.vms[i];
-    std::string at = fmt::format("vms[{}]", i);
-    if (vm.name.empty() || vm.name.find_first_of(". \t/") != std::string::npos)
-      throw error_at(doc, at + ".name", "a name without dots, spaces or slashes", vm.name);
-    if (!names.insert(vm.name).second)
-      throw error_at(doc, at + ".name", "a name no other VM has", vm.name);
-    if (vm.memory % ept_page)
-      throw error_at(doc, at + ".memory",
-                     "a multiple of hypervisor.ept_page_size (" + cfg::format_bytes(ept_page) + ")",
-                     cfg::format_bytes(vm.memory));
-    if (!vm.pin.empty()) {
-      // vms[i].pin: core indices within the platform.
-      std::vector<unsigned> cores;
-      std::string err = parse_core_list(vm.pin, p.platform.cores * p.platform.smt, cores);
-      if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
-    }
-    if (p.hypervisor.scheduler != "realtime" && vm.priority != 0)
-      throw error_at(doc, at + ".priority",
-                     "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
-                     std::to_string(vm.priority));
-    if (p.hypervisor.scheduler != "edf" && (vm.edf_runtime != 0 || vm.edf_period != 0))
-      throw error_at(doc, at + (vm.edf_runtime != 0 ? ".edf_runtime" : ".edf_period"),
-                     "0 unless hypervisor.scheduler is edf (only it has reservations)",
-                     cfg::format_time_ps(vm.edf_runtime != 0 ? vm.edf_runtime : vm.edf_period));
-    if (vm.snapshot.at != 0 || vm.snapshot.restore_at != 0) {
-      // docs/memory.md, "Snapshots": EPT write protection, no device DMA.
-      if (vm.snapshot.at == 0)
-        throw error_at(doc, at + ".snapshot.at", "a time for the snapshot (restore_at needs one)", "0ps");
-      if (vm.snapshot.at >= p.duration)
-        throw error_at(doc, at + ".snapshot.at", "a time before duration (" + cfg::format_time_ps(p.duration) + ")",
-                       cfg::format_time_ps(vm.snapshot.at));
-      if (vm.snapshot.restore_at != 0 && vm.snapshot.restore_at <= vm.snapshot.at)
-        throw error_at(doc, at + ".snapshot.restore_at",
-                       "0 or a time after snapshot.at (" + cfg::format_time_ps(vm.snapshot.at) + ")",
-                       cfg::format_time_ps(vm.snapshot.restore_at));
-      if (vm.paging != "ept")
-        throw error_at(doc, at + ".snapshot.at", "a VM with paging ept (a snapshot write-protects its EPT)",
-                       "paging " + vm.paging);
-      if (vm.nic.type != "none")
-        throw error_at(doc, at + ".snapshot.at",
-                       "a VM without a network device (device DMA is not tracked by the snapshot)",
-                       "nic.type " + vm.nic.type);
-    }
-    if (p.hypervisor.snapshot.copier_core >= p.platform.cores * p.platform.smt)
-      throw error_at(doc, "hypervisor.snapshot.copier_core",
-                     fmt::format("a core below {} (the platform's)", p.platform.cores * p.platform.smt),
-                     std::to_string(p.hypervisor.snapshot.copier_core));
-    if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
-      throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
-                     cfg::format_time_ps(vm.edf_period));
-    if (vm.edf_runtime > vm.edf_period)
-      throw error_at(doc, at + ".edf_runtime", "at most edf_period (" + cfg::format_time_ps(vm.edf_period) + ")",
-                     cfg::format_time_ps(vm.edf_runtime));
-    if (p.hypervisor.scheduler != "proportional") {
-      if (vm.weight != 256)
-        throw error_at(doc, at + ".weight",
-                       "the default 256 unless hypervisor.scheduler is proportional (round_robin ignores weights)",
-                       std::to_string(vm.weight));
-      if (vm.cap != 0)
-        throw error_at(doc, at + ".cap",
-                       "0 unless hypervisor.scheduler is proportional (round_robin does not cap)",
-                       std::to_string(vm.cap));
-    }
-    if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
-      throw error_at(doc, at + ".kernel.sched.pv",
-                     "false unless kernel.pv_steal is on (the pv scheduler reads the steal-time records)", "true");
-    if (vm.nic.type != "none" && !p.platform.nic.enabled)
-      throw error_at(doc, at + ".nic.type", "none unless platform.nic.enabled is true (there is no NIC)",
-                     vm.nic.type);
-    if (vm.nic.type == "vf") {
-      if (vm.nic.vf >= p.platform.nic.device.vfs)
-        throw error_at(doc, at + ".nic.vf",
-                       fmt::format("a VF index below platform.nic.vfs ({})", p.platform.nic.device.vfs),
-                       std::to_string(vm.nic.vf));
-      for (std::size_t j = 0; j < i; ++j)
-        if (p.vms[j].nic.type == "vf" && p.vms[j].nic.vf == vm.nic.vf)
-          throw error_at(doc, at + ".nic.vf", fmt::format("a VF no other VM has (vms[{}] has it)", j),
-                         std::to_string(vm.nic.vf));
-      if (vm.paging != "ept")
-        throw error_at(doc, at + ".paging", "ept for a VM with a passed-through VF (its IOMMU domain is the EPT)",
-                       vm.paging);
-    }
-    if (vm.nic.type == "emulated" && vm.nic.emulated.access == "poll" && p.hypervisor.ept_page_size != (4ull << 10))
-      throw error_at(doc, at + ".nic.access",
-                     "trap unless hypervisor.ept_page_size is 4KiB (poll maps one register page into the guest)",
-                     vm.nic.emulated.access);
-    std::uint64_t mac = 0;
-    if (!vm.nic.mac.empty() && !parse_mac(vm.nic.mac, mac))
-      throw error_at(doc, at + ".nic.mac", "six hex bytes separated by colons, such as 02:00:00:00:01:00",
-                     vm.nic.mac);
-    if (vm.memory > guest::kNetWindowGpa && vm.nic.type != "none")
-      throw error_at(doc, at + ".memory",
-                     fmt::format("at most {:#x} for a VM with a network device (its registers sit there)",
-                                 guest::kNetWindowGpa),
-                     cfg::format_bytes(vm.memory));
-    for (std::size_t w = 0; w < vm.workloads.size(); ++w) {
-      std::uint64_t ps = vm.workloads[w].page_size;
-      if (ps != (4ull << 10) && ps != (2ull << 20) && ps != (1ull << 30))
-        throw error_at(doc, fmt::format("{}.workloads[{}].page_size", at, w), "4KiB, 2MiB or 1GiB",
-                       cfg::format_bytes(ps));
-      if (vm.workloads[w].type == "page_content") {
-        const auto& pc = vm.workloads[w].page_content;
-        if (pc.shared_fraction + pc.zero_fraction > 1.0)
-          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.zero_fraction", at, w),
-                         fmt::format("at most 1 - shared_fraction ({})", 1.0 - pc.shared_fraction),
-                         fmt::format("{}", pc.zero_fraction));
-        if (pc.working_set > pc.pages)
-          throw error_at(doc, fmt::format("{}.workloads[{}].page_content.working_set", at, w),
-                         fmt::format("at most pages ({})", pc.pages), std::to_string(pc.working_set));
-      }
-      if (vm.workloads[w].type == "trace") {
-        std::string key = fmt::format("{}.workloads[{}].file", at, w);
-        if (vm.workloads[w].trace.file.empty()) throw error_at(doc, key, "the path of a trace file", "nothing");
-        try {
-          workloads::TraceFile::load(vm.workloads[w].trace.file);
-        } catch (const workloads::TraceError& e) {
-          throw error_at(doc, key, "a readable vmxsim trace", e.what());
-        }
-      }
-    }
-  }
+  check_vms(doc, p, p.vms, "", p.hypervisor, p.platform.cores * p.platform.smt);
   // The VMs' memory may add up to more than the host's (overcommit): guest
   // memory is backed on demand, and a VM that faults when no host frame is
   // free is stopped with a note (docs/memory.md, "Overcommit"). Only the

@@ -49,6 +49,9 @@ struct VmNicParams {
   }
 };
 
+/// Parses "aa:bb:cc:dd:ee:ff" into bytes 0-5 at bits 7:0 ... 47:40; false if malformed.
+bool parse_mac(const std::string& text, std::uint64_t& mac);
+
 /// A snapshot of the VM taken while it runs, and its restore
 /// (docs/memory.md, "Snapshots").
 struct VmSnapshotParams {
@@ -94,7 +97,34 @@ struct VmBalloonParams {
   }
 };
 
-struct VmParams {
+template <unsigned Depth>
+struct VmParamsT;
+
+/// vms[].hypervisor (docs/nested.md): the VM runs vmxsim's hypervisor (as
+/// L1, the same code as the one on the machine) with VMs of its own instead
+/// of a guest kernel, when `vms` lists any. Depth bounds the nesting the
+/// configuration can express (the VMs of L1's VMs cannot nest further).
+template <unsigned Depth>
+struct GuestHypervisorParams {
+  hv::HypervisorParams params;
+  std::vector<VmParamsT<Depth - 1>> vms;
+  bool enabled() const { return !vms.empty(); }
+  template <class V>
+  void visit(V& v) {
+    params.visit(v);
+    v.list(vms, "vms",
+           "The VMs this hypervisor runs (statistics vm.<name>.vm.<vm>...); empty: the VM runs a guest kernel.");
+  }
+};
+template <>
+struct GuestHypervisorParams<0> {
+  bool enabled() const { return false; }
+  template <class V>
+  void visit(V&) {}
+};
+
+template <unsigned Depth>
+struct VmParamsT {
   std::string name;
   std::uint64_t vcpus;
   std::uint64_t memory;
@@ -107,10 +137,11 @@ struct VmParams {
   std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
   VmNicParams nic;
+  std::vector<workloads::WorkloadParams> workloads;
   VmSnapshotParams snapshot;
   std::uint64_t swap;
   VmBalloonParams balloon;
-  std::vector<workloads::WorkloadParams> workloads;
+  GuestHypervisorParams<Depth> hypervisor;
 
   template <class V>
   void visit(V& v) {
@@ -154,8 +185,15 @@ struct VmParams {
             "to (docs/memory.md, \"Guest swap\"); 0: none, a guest out of memory kills the faulting thread.");
     v.section(balloon, "balloon", "The VM's virtio-balloon device (docs/memory.md, \"Ballooning\").");
     v.list(workloads, "workloads", "Programs the VM runs, one process each.");
+    if constexpr (Depth > 0)
+      v.section(hypervisor, "hypervisor",
+                "Nested virtualization (docs/nested.md): with `vms` the VM runs the hypervisor with these "
+                "parameters and VMs instead of a guest kernel (its kernel and workloads are then unused).");
   }
 };
+/// A VM of the machine's hypervisor, which may run a hypervisor (L1) with
+/// VMs of its own (L2).
+using VmParams = VmParamsT<1>;
 
 struct ExperimentParams {
   std::uint64_t seed;

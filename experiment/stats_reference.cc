@@ -22,9 +22,10 @@ std::string generalize_stat_path(const std::string& path) {
   for (std::size_t i = 0; i < parts.size(); ++i) {
     std::string p = parts[i];
     std::smatch m;
-    if (i == 1 && parts[0] == "vm")
+    // A VM's name: vm.<vm>, and a nested VM's, vm.<vm>.vm.<vm> (docs/nested.md).
+    if ((i == 1 && parts[0] == "vm") || (i >= 3 && parts[i - 1] == "vm" && parts[i - 3] == "vm"))
       p = "<vm>";
-    else if (i > 0 && parts[i - 1] == "exit_reasons")
+    else if (i > 0 && (parts[i - 1] == "exit_reasons" || parts[i - 1] == "l2_exits"))
       p = "<REASON>";
     else if (std::regex_match(p, m, instance))
       p = m[1].str() + "N" + m[2].str();

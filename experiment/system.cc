@@ -3,9 +3,11 @@
 #include <algorithm>
 #include <cstdlib>
 #include <fstream>
+#include <map>
 #include <deque>
 #include <memory>
 #include <stdexcept>
+#include <type_traits>
 
 #include <fmt/format.h>
 #include <systemc>
@@ -113,77 +115,10 @@ struct Session::System {
       hypervisor->attach_io(io);
     }
     stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
-    for (std::size_t i = 0; i < p.vms.size(); ++i) {
-      const VmParams& vp = p.vms[i];
-      stats::Group& vg = vm_root.subgroup(vp.name, "VM " + vp.name);
-      auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
-                                                    pp.frequency, p.seed * 1000003ull + i,
-                                                    monitor.control(static_cast<unsigned>(i)), &vg);
-      for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
-        const auto& wp = vp.workloads[w];
-        auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
-        if (wl->finite()) monitor.expect(static_cast<unsigned>(i), wp.threads);
-        kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
-      }
-      // Memory overcommit devices (docs/memory.md); the balloon's kernel
-      // thread comes after the workloads' threads.
-      if (vp.swap) kernel->set_swap_disk();
-      if (vp.balloon.enabled) kernel->set_balloon();
-      if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
-        std::uint64_t mac = 0;
-        parse_mac(vp.nic.mac, mac);  // validated by load()
-        kernel->set_net_driver(std::make_unique<guest::RingNetDriver>(vp.kernel.net, mac));
-      }
-      std::uint64_t virtio_mac = 0;
-      if (vp.nic.type == "virtio") {
-        parse_mac(vp.nic.mac, virtio_mac);
-        // Default MAC: 02:00:00:02:<id high>:<id low>, locally administered.
-        if (!virtio_mac) virtio_mac = 0x02 | (0x02ull << 24) | (((i >> 8) & 0xFF) << 32) | ((i & 0xFF) << 40);
-        auto drv = std::make_unique<guest::VirtioNetDriver>(guest::VirtioNetDriver::costs_from(vp.kernel.net), &vg);
-        kernel->set_net_driver(std::move(drv));
-      }
-      hv::VmSpec spec;
-      spec.nic_type = vp.nic.type;
-      spec.virtio_net = vp.nic.type == "virtio";
-      spec.virtio_mac = virtio_mac;
-      spec.vf = static_cast<unsigned>(vp.nic.vf);
-      spec.nic_window_gpa = guest::kNetWindowGpa;
-      spec.nic_vector = guest::kNetVector;
-      if (vp.nic.type == "emulated") {
-        spec.nic.enabled = true;
-        spec.nic.window = guest::kNetWindowGpa;
-        spec.nic.vector = guest::kNetVector;
-        spec.nic.params = vp.nic.emulated;
-        parse_mac(vp.nic.mac, spec.nic.mac);  // empty: the hypervisor's default
-      }
-      spec.disk_bytes = vp.swap;
-      spec.balloon = vp.balloon.enabled;
-      spec.balloon_max = vp.balloon.max;
-      spec.balloon_schedule.emplace_back(0, vp.balloon.target);
-      for (const auto& step : vp.balloon.schedule) spec.balloon_schedule.emplace_back(step.at, step.target);
-      std::stable_sort(spec.balloon_schedule.begin(), spec.balloon_schedule.end(),
-                       [](const auto& a, const auto& b) { return a.first < b.first; });
-      spec.name = vp.name;
-      spec.vcpus = static_cast<unsigned>(vp.vcpus);
-      spec.memory = vp.memory;
-      spec.image = kernel.get();
-      spec.weight = vp.weight;
-      spec.cap = vp.cap;
-      spec.shadow_paging = vp.paging == "shadow";
-      spec.pmu = vp.pmu;
-      spec.pin.clear();
-      spec.priority = static_cast<unsigned>(vp.priority);
-      spec.edf_runtime = vp.edf_runtime;
-      spec.edf_period = vp.edf_period;
-      spec.snapshot.enabled = vp.snapshot.at != 0;
-      spec.snapshot.at = vp.snapshot.at;
-      spec.snapshot.restore_at = vp.snapshot.restore_at;
-      parse_core_list(vp.pin, pp.cores * pp.smt, spec.pin);  // validated by load()
-      hypervisor->add_vm(spec);
-      kernels.push_back(std::move(kernel));
-    }
+    for (std::size_t i = 0; i < p.vms.size(); ++i) build_vm(*hypervisor, p.vms[i], vm_root, i, pp.cores * pp.smt);
     // A stopped VM's threads are no longer waited for (docs/memory.md).
-    hypervisor->on_vm_stopped([this](cpu::Core&, unsigned vm) { monitor.vm_stopped(vm); });
+    hypervisor->on_vm_stopped(
+        [this](cpu::Core&, unsigned vm) { monitor.vm_stopped(monitor_index[hypervisor.get()].at(vm)); });
     for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
     if (p.event_trace.enabled) {
       // The timeline's rows in a fixed order: cores, devices, then each VM's
@@ -209,13 +144,141 @@ struct Session::System {
     }
   }
 
+  /// A guest image that is a hypervisor: vCPU i starts in that hypervisor's
+  /// per-core loop for its core i (docs/nested.md).
+  struct HypervisorImage final : abi::GuestImage {
+    hv::Hypervisor* hv = nullptr;
+    std::uint64_t entry_point(unsigned i) override { return cpu::code_address(&hv->core_fiber(i)); }
+  };
+
+  /// Builds VM `vp` (with its guest kernel and workloads, or, with
+  /// vp.hypervisor, the hypervisor running as its guest and that
+  /// hypervisor's VMs) on hypervisor `hyp`; `seed_index` and the monitor's
+  /// index are the VM's place in the configuration.
+  template <class VP>
+  void build_vm(hv::Hypervisor& hyp, const VP& vp, stats::Group& vm_root, std::size_t i, std::uint64_t pin_cores) {
+    const PlatformParams& pp = params.platform;
+    stats::Group& vg = vm_root.subgroup(vp.name, "VM " + vp.name);
+    const unsigned mon = next_monitor_index++;
+    monitor_index[&hyp].push_back(mon);
+    hv::VmSpec spec;
+    spec.name = vp.name;
+    spec.vcpus = static_cast<unsigned>(vp.vcpus);
+    spec.memory = vp.memory;
+    spec.weight = vp.weight;
+    spec.cap = vp.cap;
+    spec.shadow_paging = vp.paging == "shadow";
+    spec.pin.clear();
+    spec.priority = static_cast<unsigned>(vp.priority);
+    spec.edf_runtime = vp.edf_runtime;
+    spec.edf_period = vp.edf_period;
+    spec.pmu = vp.pmu;
+    spec.snapshot.enabled = vp.snapshot.at != 0;
+    spec.snapshot.at = vp.snapshot.at;
+    spec.snapshot.restore_at = vp.snapshot.restore_at;
+    parse_core_list(vp.pin, pin_cores, spec.pin);  // validated by load()
+    if (vp.hypervisor.enabled()) {
+      if constexpr (!std::is_same_v<std::decay_t<decltype(vp.hypervisor)>, GuestHypervisorParams<0>>) {
+        // Nested virtualization: the hypervisor (the same code) as the VM's
+        // guest, on the cores the VM's vCPUs run on, in its guest-physical
+        // memory; its VMs' statistics under vm.<name>.vm.
+        auto image = std::make_unique<HypervisorImage>();
+        spec.image = image.get();
+        spec.nested_vmx = true;
+        hyp.add_vm(spec);
+        const unsigned index = hyp.vm_count() - 1;
+        std::vector<cpu::Core*> cores;
+        for (unsigned j = 0; j < spec.vcpus; ++j) cores.push_back(hyp.vcpu_core(index, j));
+        auto inner = std::make_unique<hv::Hypervisor>(vp.hypervisor.params, cores, vp.memory, pp.frequency, &vg);
+        image->hv = inner.get();
+        hv::Hypervisor::GuestLink link;
+        link.observe = [&hyp, index](cpu::Core&, std::uint64_t vmcs, events::Listener* l) {
+          hyp.nested_observe(index, vmcs, l);
+        };
+        link.exits = [&hyp, index](events::Listener* l) { hyp.nested_exits(index, l); };
+        inner->run_as_guest(std::move(link));
+        stats::Group& inner_root = vg.subgroup("vm", "the VMs of the VM's hypervisor");
+        for (std::size_t k = 0; k < vp.hypervisor.vms.size(); ++k)
+          build_vm(*inner, vp.hypervisor.vms[k], inner_root, i * 1000 + k + 1, vp.vcpus);
+        hv::Hypervisor* raw = inner.get();
+        inner->on_vm_stopped([this, raw](cpu::Core&, unsigned vm) { monitor.vm_stopped(monitor_index[raw].at(vm)); });
+        images.push_back(std::move(image));
+        guest_hypervisors.push_back(std::move(inner));
+        if (&hyp == hypervisor.get()) kernels.push_back(nullptr);
+        return;
+      }
+    }
+    auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
+                                                  pp.frequency, params.seed * 1000003ull + i, monitor.control(mon), &vg);
+    for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
+      const auto& wp = vp.workloads[w];
+      auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
+      if (wl->finite()) monitor.expect(mon, wp.threads);
+      kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
+    }
+    // Memory overcommit devices (docs/memory.md); the balloon's kernel
+    // thread comes after the workloads' threads.
+    if (vp.swap) kernel->set_swap_disk();
+    if (vp.balloon.enabled) kernel->set_balloon();
+    if (vp.nic.type == "vf" || vp.nic.type == "emulated") {
+      std::uint64_t mac = 0;
+      parse_mac(vp.nic.mac, mac);  // validated by load()
+      kernel->set_net_driver(std::make_unique<guest::RingNetDriver>(vp.kernel.net, mac));
+    }
+    std::uint64_t virtio_mac = 0;
+    if (vp.nic.type == "virtio") {
+      parse_mac(vp.nic.mac, virtio_mac);
+      // Default MAC: 02:00:00:02:<id high>:<id low>, locally administered.
+      if (!virtio_mac) virtio_mac = 0x02 | (0x02ull << 24) | (((i >> 8) & 0xFF) << 32) | ((i & 0xFF) << 40);
+      auto drv = std::make_unique<guest::VirtioNetDriver>(guest::VirtioNetDriver::costs_from(vp.kernel.net), &vg);
+      kernel->set_net_driver(std::move(drv));
+    }
+    spec.nic_type = vp.nic.type;
+    spec.virtio_net = vp.nic.type == "virtio";
+    spec.virtio_mac = virtio_mac;
+    spec.vf = static_cast<unsigned>(vp.nic.vf);
+    spec.nic_window_gpa = guest::kNetWindowGpa;
+    spec.nic_vector = guest::kNetVector;
+    if (vp.nic.type == "emulated") {
+      spec.nic.enabled = true;
+      spec.nic.window = guest::kNetWindowGpa;
+      spec.nic.vector = guest::kNetVector;
+      spec.nic.params = vp.nic.emulated;
+      parse_mac(vp.nic.mac, spec.nic.mac);  // empty: the hypervisor's default
+    }
+    spec.disk_bytes = vp.swap;
+    spec.balloon = vp.balloon.enabled;
+    spec.balloon_max = vp.balloon.max;
+    spec.balloon_schedule.emplace_back(0, vp.balloon.target);
+    for (const auto& step : vp.balloon.schedule) spec.balloon_schedule.emplace_back(step.at, step.target);
+    std::stable_sort(spec.balloon_schedule.begin(), spec.balloon_schedule.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    spec.image = kernel.get();
+    hyp.add_vm(spec);
+    if (&hyp == hypervisor.get()) kernels.push_back(std::move(kernel));
+    else nested_kernels.push_back(std::move(kernel));
+  }
+
+  /// Brings every hypervisor's time accounting up to date.
+  void flush_accounting() {
+    hypervisor->flush_accounting();
+    for (auto& h : guest_hypervisors) h->flush_accounting();
+  }
+
   const ExperimentParams& params;
   // Before the components: they record into it from their first event.
   trace::EventTrace trace;
   stats::Group root;
   models::Platform platform;
   std::unique_ptr<hv::Hypervisor> hypervisor;
-  std::vector<std::unique_ptr<guest::Kernel>> kernels;
+  std::vector<std::unique_ptr<guest::Kernel>> kernels;  // by VM of the machine's hypervisor (null: runs a hypervisor)
+  // Nested virtualization: the hypervisors running as guests, their images
+  // and their VMs' kernels.
+  std::vector<std::unique_ptr<hv::Hypervisor>> guest_hypervisors;
+  std::vector<std::unique_ptr<HypervisorImage>> images;
+  std::vector<std::unique_ptr<guest::Kernel>> nested_kernels;
+  unsigned next_monitor_index = 0;
+  std::map<const hv::Hypervisor*, std::vector<unsigned>> monitor_index;  // the monitor's index of each VM
   std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
   std::vector<std::unique_ptr<models::DeviceTrace>> device_traces;
   Monitor monitor;
@@ -267,7 +330,7 @@ void Session::run_until(std::uint64_t ps) {
 
 void Session::reset_stats() {
   // Time accounting up to now belongs to the phase that ends here.
-  m_sys->hypervisor->flush_accounting();
+  m_sys->flush_accounting();
   m_sys->root.reset();
 }
 std::uint64_t Session::now_ps() const { return sc_core::sc_time_stamp().value(); }
@@ -275,7 +338,7 @@ bool Session::finished() const { return m_sys->monitor.finished(); }
 const stats::Group& Session::stats() const { return m_sys->root; }
 
 void Session::update_gauges() {
-  m_sys->hypervisor->flush_accounting();
+  m_sys->flush_accounting();
   m_sys->sim_seconds.set(static_cast<double>(now_ps()) / 1e12);
   m_sys->sim_finished.set(finished() ? 1 : 0);
 }
@@ -298,8 +361,17 @@ std::vector<std::string> Session::notes() const {
     const std::string& name = m_sys->hypervisor->vm_name(i);
     if (!m_sys->hypervisor->vm_crash(i).empty()) out.push_back(name + ": crashed: " + m_sys->hypervisor->vm_crash(i));
     if (!m_sys->hypervisor->vm_stop_note(i).empty()) out.push_back(name + ": " + m_sys->hypervisor->vm_stop_note(i));
-    if (!m_sys->kernels[i]->panic_message().empty()) out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
+    if (m_sys->kernels[i] && !m_sys->kernels[i]->panic_message().empty())
+      out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
   }
+  for (const auto& h : m_sys->guest_hypervisors)
+    for (unsigned i = 0; i < h->vm_count(); ++i) {
+      const std::string& name = h->vm_name(i);
+      if (!h->vm_crash(i).empty()) out.push_back(name + " (nested): crashed: " + h->vm_crash(i));
+      if (!h->vm_stop_note(i).empty()) out.push_back(name + " (nested): " + h->vm_stop_note(i));
+    }
+  for (const auto& k : m_sys->nested_kernels)
+    if (!k->panic_message().empty()) out.push_back(k->panic_message());
   for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
   if (m_sys->trace.dropped())
     out.push_back(fmt::format("event trace: {} events kept, {} dropped beyond event_trace.max_events",

@@ -44,6 +44,7 @@ void Hypervisor::register_exit_handlers() {
                        ExitReason::Vmread, ExitReason::Vmresume, ExitReason::Vmwrite, ExitReason::Vmxoff,
                        ExitReason::Vmxon, ExitReason::Invept, ExitReason::Invvpid})
     m_exits.on(r, &Hypervisor::handle_vmx_instruction);
+  register_nested_exit_handlers();  // nested.cc: the same reasons, for VMs with nested_vmx
   m_exits.on(ExitReason::CrAccess, &Hypervisor::handle_cr);
   m_exits.on(ExitReason::IoInstruction, &Hypervisor::handle_io);
   m_exits.on(ExitReason::Rdmsr, &Hypervisor::handle_rdmsr);
@@ -81,7 +82,8 @@ void Hypervisor::handle_cpuid(PerCore& pc, Vcpu& v) {
     // Start from the host's answer; hide VMX and announce a hypervisor
     // (CPUID.1:ECX bit 31), as KVM does.
     r = c.cpuid(leaf, static_cast<std::uint32_t>(v.regs[Regs::rcx]));
-    if (leaf == 1) r.ecx = (r.ecx & ~(1u << 5)) | (1u << 31);
+    // With nested VMX (docs/nested.md) the guest sees VMX.
+    if (leaf == 1) r.ecx = (r.ecx & ~(v.vm->nested_vmx ? 0u : 1u << 5)) | (1u << 31);
     vpmu_cpuid(v, leaf, r);
   }
   v.regs[Regs::rax] = r.eax;
@@ -133,12 +135,15 @@ void Hypervisor::handle_cr(PerCore& pc, Vcpu& v) {
     v.regs[gpr] = vmr(c, field::kGuestCr3);
   } else if (cr == 3 && type == cpu::qual::kCrMovTo) {
     vmw(c, field::kGuestCr3, v.regs[gpr]);
-    if (v.vpid) c.invvpid(3, v.vpid);
+    if (v.vpid) c.invvpid(3, v.vpid, 0, Regs::rcx, vmx_operand(c, v.vpid));
   } else if (cr == 4 && type == cpu::qual::kCrMovTo) {
-    if (v.regs[gpr] & mmu::crbits::kCr4Vmxe) {
+    if ((v.regs[gpr] & mmu::crbits::kCr4Vmxe) && !v.vm->nested_vmx) {
       inject_exception(c, cpu::vec::kGeneralProtection, true, 0);  // no nested VMX here
       return;
     }
+    // With nested VMX, L0 keeps owning VMXE (its mask bit) and shows the
+    // guest its own setting in the read shadow (nested.cc).
+    if (v.vm->nested_vmx) vmw(c, field::kCr4ReadShadow, v.regs[gpr] & mmu::crbits::kCr4Vmxe);
     vmw(c, field::kGuestCr4, v.regs[gpr]);
   } else if (cr == 0 && type == cpu::qual::kCrMovTo) {
     vmw(c, field::kGuestCr0, v.regs[gpr]);

@@ -66,6 +66,38 @@ Hypervisor::~Hypervisor() {
   for (Core* c : m_cores) c->events().detach(m_exit_total);
 }
 
+void Hypervisor::run_as_guest(GuestLink link) {
+  if (!m_vms.empty()) throw std::logic_error("Hypervisor::run_as_guest after add_vm");
+  // The exits of the cores are the VMM's below; this one's exits are those
+  // the VMM below reflects to it.
+  for (Core* c : m_cores) c->events().detach(m_exit_total);
+  if (link.exits) link.exits(&m_exit_total);
+  m_guest = std::make_unique<GuestLink>(std::move(link));
+  m_operand_slots = alloc_host_frame();
+}
+
+cpu::Core* Hypervisor::vcpu_core(unsigned vm, unsigned vcpu) const {
+  return m_cores.at(m_vms.at(vm)->vcpus.at(vcpu)->core);
+}
+
+cpu::insn::MemOperand Hypervisor::vmx_operand(Core& c, std::uint64_t lo, std::uint64_t hi) {
+  if (!m_guest) return {};
+  unsigned i = 0;
+  while (i + 1 < m_percore.size() && m_percore[i]->core != &c) ++i;
+  const std::uint64_t slot = m_operand_slots + 64 * i;
+  c.store(slot, lo);
+  c.store(slot + 8, hi);
+  return {cpu::insn::kNoReg, cpu::insn::kNoReg, 0, static_cast<std::int32_t>(slot)};
+}
+
+void Hypervisor::observe(Core& c, std::uint64_t vmcs, events::Listener* l) {
+  if (m_guest) {
+    if (m_guest->observe) m_guest->observe(c, vmcs, l);
+  } else {
+    c.observe_vmcs(vmcs, l);
+  }
+}
+
 sim::Fiber& Hypervisor::core_fiber(unsigned core) { return *m_percore.at(core)->fiber; }
 
 unsigned Hypervisor::vm_count() const { return static_cast<unsigned>(m_vms.size()); }
@@ -116,6 +148,13 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     vm->vpmu_pmis = &g.make<stats::Counter>("pmis", "interrupts", "virtual PMIs raised for the guest");
     vm->vpmu_filtered = &g.make<stats::Counter>("filtered", "writes",
                                                 "event-select writes whose event the filter kept from counting");
+  }
+  if (spec.nested_vmx) {
+    if (spec.shadow_paging || m_p.posted_interrupts || m_p.migration || m_preemption_slices)
+      throw std::invalid_argument("VM " + spec.name + ": nested VMX needs EPT paging, and hypervisor.posted_interrupts "
+                                  "and hypervisor.migration off and hypervisor.slice_timer host (docs/nested.md)");
+    vm->nested_vmx = true;
+    vm->nested_stats = std::make_unique<NestedStats>(vm->group);
   }
   if (spec.nic_type == "vf" && (!m_io.vtd_regs || spec.shadow_paging))
     throw std::invalid_argument("VM " + spec.name + ": a passed-through VF needs the platform NIC and IOMMU "

@@ -25,6 +25,7 @@
 #include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
 #include "hypervisor/ksm.h"
+#include "hypervisor/nested.h"
 #include "hypervisor/scheduler.h"
 #include "hypervisor/spinlock.h"
 #include "models/storage.h"
@@ -44,7 +45,7 @@ struct HvCosts {
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
       switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free, blk_request, blk_complete, balloon_message,
-      balloon_page;
+      balloon_page, nested_vmx, nested_entry, nested_exit;
 
   template <class V>
   void visit(V& v) {
@@ -150,6 +151,16 @@ struct HvCosts {
             "virtio-balloon: one page of an inflate or deflate message: the range check and bookkeeping, "
             "besides the EPT unmap and frame_free (assumption, of the order of QEMU's balloon_inflate_page "
             "without the madvise).");
+    v.param(nested_vmx, "nested_vmx", "200", Spec(Unit::Instructions),
+            "Nested VMX: emulating one VMX instruction of a guest VMM (decoding, checks, the vmcs12 access), "
+            "besides its VMREADs, VMWRITEs, loads and stores (assumption, of the order of KVM's handle_vmread "
+            "path in arch/x86/kvm/vmx/nested.c).");
+    v.param(nested_entry, "nested_entry", "1000", Spec(Unit::Instructions),
+            "Nested VMX: a guest VMM's VM entry, the control checks and merging vmcs12 into vmcs02, besides the "
+            "vmcs12 loads and the VMWRITEs (assumption, of the order of KVM's nested_vmx_run and prepare_vmcs02).");
+    v.param(nested_exit, "nested_exit", "800", Spec(Unit::Instructions),
+            "Nested VMX: reflecting an exit of L2 into the guest VMM, besides the VMREADs, the vmcs12 stores and "
+            "the VMWRITEs of its host state (assumption, of the order of KVM's nested_vmx_vmexit).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -172,6 +183,7 @@ struct HypervisorParams {
   bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
   bool migration;                // unpinned vCPUs may move to idle cores
   std::string slice_timer;       // host | preemption
+  bool nested_shadow_vmcs;       // VMCS shadowing for guests that run a hypervisor (docs/nested.md)
   HvCosts costs;
   HostNicParams host_nic;
   KsmParams ksm;
@@ -233,6 +245,11 @@ struct HypervisorParams {
             "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
             "(SDM Vol. 3C, 25.11.1); see docs/scheduling.md. Default off (assumption: keeps the placement, "
             "and the results, of runs made before migration existed).");
+    v.param(nested_shadow_vmcs, "nested_shadow_vmcs", "true", Spec(Unit::Flag),
+            "Nested VMX: let a guest hypervisor's VMREAD and VMWRITE of the hot fields (exit information, guest "
+            "RIP/RSP/RFLAGS/CRs, injection) run without exits on a shadow VMCS (SDM Vol. 3C, 25.10), synced with "
+            "its vmcs12 on its VM entries and exits, as KVM does with enable_shadow_vmcs (its default where the "
+            "processor supports it); see docs/nested.md.");
     v.param(slice_timer, "slice_timer", "host", Spec().one_of({"host", "preemption"}),
             "What ends a running vCPU's slice: host (the core's LAPIC TSC-deadline timer, an external-interrupt "
             "exit, the interrupt's delivery and EOI) or preemption (the VMX-preemption timer in the VMCS, "
@@ -291,6 +308,9 @@ struct VmSpec {
   bool balloon = false;
   std::vector<std::pair<std::uint64_t, std::uint64_t>> balloon_schedule = {};
   std::uint64_t balloon_max = 0;
+  // Nested VMX (docs/nested.md): the VM sees VMX and may run its own VMs;
+  // its VMX instructions are emulated (hypervisor/nested.cc).
+  bool nested_vmx = false;
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0
@@ -383,6 +403,30 @@ class Hypervisor {
   /// copier on hypervisor.snapshot.copier_core) and restores the VM to it.
   void snapshot_take(cpu::Core& c, unsigned vm);
   void snapshot_restore(cpu::Core& c, unsigned vm);
+  // ---- Nested virtualization (docs/nested.md) ---------------------------
+  /// What a hypervisor running as a guest VMM (L1) asks of the hypervisor
+  /// below it, besides the machine: simulator annotations only (no cost,
+  /// no architectural effect), as Core::observe_vmcs is for L0.
+  struct GuestLink {
+    /// The listener for the vCPU whose VMCS region is at guest-physical
+    /// `vmcs` (the per-vCPU statistics of L1's VMs).
+    std::function<void(cpu::Core&, std::uint64_t vmcs, events::Listener*)> observe;
+    /// The listener for all exits of L1's VMs (L1's totals.exits).
+    std::function<void(events::Listener*)> exits;
+  };
+  /// Makes this hypervisor a guest VMM: call before add_vm. Its cores are
+  /// the ones its VM's vCPUs run on (vcpu_core of the hypervisor below),
+  /// its memory that VM's guest-physical memory; it reaches them through
+  /// the same core operations, which in VMX non-root operation exit to the
+  /// hypervisor below. Its VMX instructions keep their memory operands in
+  /// memory (the VMM below reads them there, SDM Vol. 3C, 28.2.5).
+  void run_as_guest(GuestLink link);
+  /// The core vCPU `vcpu` of VM `vm` runs on (nested VMX keeps it there).
+  cpu::Core* vcpu_core(unsigned vm, unsigned vcpu) const;
+  /// L0's side of GuestLink for VM `vm`: listeners of its VMCSs (by region,
+  /// guest-physical), told of the entries and exits L0 emulates for them.
+  void nested_observe(unsigned vm, std::uint64_t vmcs12, events::Listener* l);
+  void nested_exits(unsigned vm, events::Listener* l);
 
  private:
   // The hypervisor's rooms. Each group below is one file of hypervisor/
@@ -437,6 +481,54 @@ class Hypervisor {
   void handle_ept_violation(PerCore& pc, Vcpu& v);
   void handle_ept_misconfig(PerCore& pc, Vcpu& v);
   void handle_preemption_timer(PerCore& pc, Vcpu& v);
+  // Nested VMX (nested.cc, docs/nested.md): L1's VMX instructions, L1's VM
+  // entry into vmcs02, L2's exits reflected into L1 or handled here.
+  void register_nested_exit_handlers();
+  void handle_vmxon(PerCore& pc, Vcpu& v);
+  void handle_vmxoff(PerCore& pc, Vcpu& v);
+  void handle_vmptrld(PerCore& pc, Vcpu& v);
+  void handle_vmptrst(PerCore& pc, Vcpu& v);
+  void handle_vmclear(PerCore& pc, Vcpu& v);
+  void handle_vmread(PerCore& pc, Vcpu& v);
+  void handle_vmwrite(PerCore& pc, Vcpu& v);
+  void handle_vmlaunch(PerCore& pc, Vcpu& v);
+  void handle_vmresume(PerCore& pc, Vcpu& v);
+  void handle_invept(PerCore& pc, Vcpu& v);
+  void handle_invvpid(PerCore& pc, Vcpu& v);
+  NestedVcpu& nested_state(Vcpu& v);
+  /// Host-physical address of L1's guest-physical gpa (backed on demand), 0 beyond its memory.
+  std::uint64_t l1_memory(cpu::Core& c, Vm& vm, std::uint64_t gpa);
+  std::uint64_t nested_operand_address(cpu::Core& c, Vcpu& v);
+  bool nested_permitted(cpu::Core& c, Vcpu& v, bool needs_vmxon);
+  void nested_status(cpu::Core& c, Vcpu& v, cpu::VmxStatus s, std::uint32_t error);
+  std::uint64_t vmcs12_read(cpu::Core& c, const NestedVcpu& n, std::uint32_t enc);
+  void vmcs12_write(cpu::Core& c, const NestedVcpu& n, std::uint32_t enc, std::uint64_t value);
+  void nested_run(PerCore& pc, Vcpu& v, bool launch);
+  void nested_switch(cpu::Core& c, Vcpu& v);
+  bool nested_l1_wants(cpu::Core& c, Vcpu& v, unsigned reason);
+  void nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason);
+  void nested_vmexit(cpu::Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info);
+  void nested_before_entry(PerCore& pc, Vcpu& v);
+  /// Shadow EPT: true if the violation was reflected to L1.
+  bool nested_ept_violation(PerCore& pc, Vcpu& v);
+  // VMCS shadowing for L1 (nested.cc): set up at VMXON, the shadow loaded
+  // from vmcs12 at VMPTRLD and after a reflected exit, written back to
+  // vmcs12 before L0 reads it (KVM's copy_vmcs12_to_shadow / copy_shadow_to_vmcs12).
+  void nested_shadow_enable(cpu::Core& c, Vcpu& v);
+  void nested_shadow_load(cpu::Core& c, Vcpu& v);
+  void nested_shadow_store(cpu::Core& c, Vcpu& v);
+  void nested_shadow_unlink(cpu::Core& c, Vcpu& v);
+  /// A stopping VM's vCPU: drops EPT02, VMCLEARs the VMCS that is not the
+  /// vCPU's now (vmcs01 or vmcs02) and returns it for release (0: none).
+  std::uint64_t nested_release(cpu::Core& c, Vcpu& v);
+  events::Listener* nested_listener(const Vm& vm, std::uint64_t vmcs12) const;
+  /// As a guest VMM: the memory operand of a VMX instruction, stored in
+  /// this core's operand slot ({} in VMX root operation, where the core
+  /// takes the value itself).
+  cpu::insn::MemOperand vmx_operand(cpu::Core& c, std::uint64_t lo, std::uint64_t hi = 0);
+  /// Core::observe_vmcs, or the link's observe as a guest VMM.
+  void observe(cpu::Core& c, std::uint64_t vmcs, events::Listener* l);
+  void nested_drop_ept02(cpu::Core& c, Vcpu& v);
   bool rdmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t& value);
   bool wrmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t value);
   bool rdmsr_tsc(PerCore& pc, Vcpu& v, std::uint64_t& value);
@@ -693,6 +785,11 @@ class Hypervisor {
   std::uint64_t m_storage_next_block = 0;  // the next disk's first block
   ExitTable<ExitHandler> m_exits;
   MsrTableT m_msrs;
+  // As a guest VMM (run_as_guest): the link and the operand slots (64
+  // bytes per core) of its VMX instructions.
+  std::unique_ptr<GuestLink> m_guest;
+  std::uint64_t m_operand_slots = 0;
+  std::uint64_t m_vmread_bitmap = 0, m_vmwrite_bitmap = 0;  // VMCS shadowing for L1s (nested.cc)
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}

@@ -5,6 +5,7 @@
 #include <array>
 #include <bitset>
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -66,6 +67,7 @@ enum CodeOffset : std::uint64_t {
   kCodeSnapshot = 0x16000,  // hypervisor/snapshot.cc
   kCodeBlk = 0x17000,     // hypervisor/virtio_blk.cc
   kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
+  kCodeNested = 0x19000,  // hypervisor/nested.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -131,6 +133,10 @@ struct Hypervisor::Vm {
   std::unique_ptr<EmulatedNic> nic;
   unsigned nic_core = 0;
   std::uint64_t nic_next_poll = 0, nic_poll_ticks = 0;
+  bool nested_vmx = false;                    // VmSpec::nested_vmx (nested.cc)
+  std::unique_ptr<NestedStats> nested_stats;
+  std::map<std::uint64_t, events::Listener*> nested_observers;  // L1's per-vCPU listeners by vmcs12
+  events::Listener* nested_exit_listener = nullptr;             // L1's exit total
 };
 
 struct Hypervisor::Vcpu : SchedEntity {
@@ -223,6 +229,8 @@ struct Hypervisor::Vcpu : SchedEntity {
     bool reload = false;  // the root was torn down: load a new one before the next entry
     PtWrite pt_write;
   } shadow;
+
+  std::unique_ptr<NestedVcpu> nested;  // nested VMX (nested.cc), once L1 used a VMX instruction
 
   bool sched_runnable() const override { return state == State::Runnable; }
 };

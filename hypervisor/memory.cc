@@ -57,7 +57,7 @@ void Hypervisor::flush_ept(Core& c, Vm& vm) {
   for (unsigned k = 0; k < m_cores.size(); ++k) {
     if (!vm.ran_on[k]) continue;
     if (m_cores[k] == &c) {
-      if (c.invept(1, vm.eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+      if (c.invept(1, vm.eptp, Regs::rcx, vmx_operand(c, vm.eptp)) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
       continue;
     }
     auto& pending = m_percore[k]->pending_invept;
@@ -76,11 +76,11 @@ void Hypervisor::run_core_requests(PerCore& pc) {
   invepts.swap(pc.pending_invept);
   vmclears.swap(pc.pending_vmclear);
   for (std::uint64_t eptp : invepts)
-    if (c.invept(1, eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+    if (c.invept(1, eptp, Regs::rcx, vmx_operand(c, eptp)) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
   for (std::uint64_t vmcs : vmclears) {
     // SDM Vol. 3C, 25.11.1: a VMCS is cleared on the processor where it is
     // active before its region is used for anything else.
-    c.vmclear(vmcs);
+    c.vmclear(vmcs, vmx_operand(c, vmcs));
     charge(c, m_p.costs.frame_free, kCodeVmStop);
     m_frames.put(vmcs);
   }

@@ -22,7 +22,7 @@ void Hypervisor::core_main(PerCore& pc) {
   // the revision identifier, VMXON.
   c.write_cr(4, c.read_cr(4) | mmu::crbits::kCr4Vmxe);
   c.store(pc.vmxon_region, cpu::kVmcsRevision, 4);
-  if (c.vmxon(pc.vmxon_region) != cpu::VmxStatus::Succeed)
+  if (c.vmxon(pc.vmxon_region, vmx_operand(c, pc.vmxon_region)) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError(fmt::format("{}: VMXON failed", c.name()));
   c.lidt(&pc);
   if (pc.id == 0) {
@@ -96,8 +96,8 @@ void Hypervisor::core_main(PerCore& pc) {
 void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   // A fresh VMCS (SDM Vol. 3C, 25.11.3): revision identifier, VMCLEAR, VMPTRLD.
   c.store(v.vmcs_pa, cpu::kVmcsRevision, 4);
-  c.vmclear(v.vmcs_pa);
-  if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+  c.vmclear(v.vmcs_pa, vmx_operand(c, v.vmcs_pa));
+  if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError("hypervisor: VMPTRLD of a new VMCS failed");
   using namespace cpu;
   const bool posted = m_p.posted_interrupts;
@@ -138,7 +138,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
   if (v.vm->shadow) shadow_setup_vmcs(c, v);
   if (v.vm->pmu != Vm::Pmu::None) vpmu_setup_vmcs(c, v);
-  c.observe_vmcs(v.vmcs_pa, v.obs.get());
+  observe(c, v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
   if (v.index == 0 && v.vm->nic) nic_setup(c, v);
@@ -175,7 +175,7 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
       throw cpu::SimulationError(fmt::format("hypervisor: vCPU {} of VM {} loaded on core {} while its VMCS is "
                                              "active on core {} (missing VMCLEAR)",
                                              v.index, v.vm->name, pc.id, v.active_on));
-    if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+    if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
       throw cpu::SimulationError("hypervisor: VMPTRLD failed");
     pc.loaded = &v;
     if (v.active_on < 0) {
@@ -187,10 +187,11 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
       // requests a TLB flush on every pCPU change for the same reason).
       vmw(c, field::kHostRip, cpu::code_address(pc.fiber.get()));
       vmw(c, field::kHostIdtrBase, cpu::code_address(&pc));
-      if (v.vpid) c.invvpid(1, v.vpid);
+      if (v.vpid) c.invvpid(1, v.vpid, 0, Regs::rcx, vmx_operand(c, v.vpid));
       v.active_on = static_cast<int>(pc.id);
     }
   }
+  if (v.nested) nested_before_entry(pc, v);  // nested.cc: an interrupt for L1 while L2 runs
   // Virtual interrupt delivery: inject when the guest can take it, else ask
   // for an interrupt-window exit (SDM Vol. 3C, 26.6, 25.6.2).
   if (v.apic.virr.any()) {
@@ -247,7 +248,10 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   v.regs = c.regs();
   v.cr2 = c.read_cr(2);
   for (unsigned i = 0; i < kSavedGprs; ++i) c.store(v.save_area + 8 * i, v.regs[i]);
-  handle_exit(pc, v, ex.reason);
+  // Running as a guest VMM (docs/nested.md) the entry's exit reason is read
+  // from the VMCS, as at a real host RIP.
+  const unsigned reason = ex.reason == cpu::VmExit::kReasonInVmcs ? vmr(c, field::kExitReason) & 0xFFFF : ex.reason;
+  handle_exit(pc, v, reason);
 }
 
 // Dispatch by the basic exit reason through the exit table (exits.cc
@@ -261,6 +265,10 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
   if (v.vm->dirty) dirty_on_exit(c, v);  // the PML log is drained at every exit, as KVM does
+  if (v.nested) {  // nested.cc: an exit of L2, or of L1 (counted against the L2 exit it handles)
+    if (v.nested->guest_mode) return nested_l2_exit(pc, v, reason);
+    ++v.nested->l1_exits;
+  }
   if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
   else unexpected_exit(v, reason);
 }

@@ -89,7 +89,7 @@ void Hypervisor::shadow_before_entry(Core& c, Vcpu& v) {
   if (v.shadow.flush) {
     v.shadow.flush = false;
     // Without VPIDs every entry flushes anyway (SDM Vol. 3C, 28.3.3.3).
-    if (v.vpid) c.invvpid(1, v.vpid);
+    if (v.vpid) c.invvpid(1, v.vpid, 0, Regs::rcx, vmx_operand(c, v.vpid));
   }
 }
 
@@ -500,7 +500,7 @@ void Hypervisor::handle_shadow_mtf(Core& c, Vcpu& v) {
     std::uint64_t e = c.load(spte);
     if ((e & pte::kPresent) && (e & pte::kWritable) && sm.write_protected(w.gfn)) c.store(spte, e & ~pte::kWritable);
   }
-  if (v.vpid) c.invvpid(0, v.vpid, w.la);
+  if (v.vpid) c.invvpid(0, v.vpid, w.la, Regs::rcx, vmx_operand(c, v.vpid, w.la));
   auto m = sm.mirrors.find(w.gfn);
   if (m != sm.mirrors.end()) {
     std::vector<std::uint64_t> keys;
@@ -527,7 +527,7 @@ void Hypervisor::handle_shadow_invlpg(Core& c, Vcpu& v) {
     shadow_unlink_entry(c, vm, *sp, static_cast<unsigned>((spte & (kPage - 1)) / 8));
   }
   unlock_mmu(c, vm);
-  if (v.vpid) c.invvpid(0, v.vpid, la);
+  if (v.vpid) c.invvpid(0, v.vpid, la, Regs::rcx, vmx_operand(c, v.vpid, la));
 }
 
 void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, unsigned gpr) {
@@ -549,7 +549,7 @@ void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, 
       shadow_load_root(c, v);
       unlock_mmu(c, vm);
     }
-    if (v.vpid) c.invvpid(3, v.vpid);
+    if (v.vpid) c.invvpid(3, v.vpid, 0, Regs::rcx, vmx_operand(c, v.vpid));
     return;
   }
   if (type != kCrMovTo || (cr != 0 && cr != 4)) {
@@ -578,7 +578,7 @@ void Hypervisor::handle_shadow_cr(Core& c, Vcpu& v, unsigned cr, unsigned type, 
     shadow_load_root(c, v);
     unlock_mmu(c, vm);
   }
-  if (v.vpid) c.invvpid(2, 0);
+  if (v.vpid) c.invvpid(2, 0, 0, Regs::rcx, vmx_operand(c, 0));
 }
 
 }  // namespace vmx::hv

@@ -119,7 +119,7 @@ void Hypervisor::migrate(PerCore& from, Vcpu& v, PerCore& to) {
     from.last_ran = nullptr;
   }
   if (v.active_on == static_cast<int>(from.id)) {
-    if (c.vmclear(v.vmcs_pa) != cpu::VmxStatus::Succeed)
+    if (c.vmclear(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
       throw cpu::SimulationError("hypervisor: VMCLEAR for a migration failed");
     if (from.loaded == &v) from.loaded = nullptr;
     v.active_on = -1;

@@ -87,10 +87,12 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
       if (other->last_ran == &v) other->last_ran = nullptr;
     }
     if (devices) continue;
+    if (v.nested)  // nested.cc: EPT02 and the VMCS of the other level
+      if (std::uint64_t other = nested_release(c, v)) release(other);
     if (v.active_on < 0) {
       release(v.vmcs_pa);
     } else if (m_cores[static_cast<unsigned>(v.active_on)] == &c) {
-      c.vmclear(v.vmcs_pa);
+      c.vmclear(v.vmcs_pa, vmx_operand(c, v.vmcs_pa));
       release(v.vmcs_pa);
     } else {
       // Cleared (and freed) by the core where it is active.

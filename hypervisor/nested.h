@@ -1,0 +1,135 @@
+// Nested VMX (docs/nested.md): the hypervisor emulates VMX for a guest that
+// is itself a VMM (L1), as KVM's nested VMX does (arch/x86/kvm/vmx/nested.c).
+// L1's VMX instructions exit to this hypervisor (L0), which emulates them
+// with the SDM's semantics on a VMCS L1 keeps in its own memory (vmcs12, in
+// the layout below, which is L0's choice: SDM Vol. 3C, 25.2 leaves the
+// region's format to the implementation). On L1's VM entry L0 merges vmcs12
+// with its own controls into the VMCS the core runs for L2 (vmcs02); an exit
+// of L2 goes to L0, which reflects it into L1 when vmcs12's controls ask for
+// it, or handles it itself.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "cpu/vcpu_observer.h"
+#include "hypervisor/ept.h"
+#include "cpu/vmx.h"
+#include "sim/stats.h"
+
+namespace vmx::hv {
+
+/// vmcs12: the VMCS region of a guest VMM, in its guest-physical memory.
+/// The first 8 bytes are architectural (revision identifier, VMX-abort
+/// indicator, SDM Vol. 3C, 25.2); the rest is this hypervisor's format:
+/// the launch state, then each supported field (cpu::Vmcs::supported) at a
+/// fixed offset by width, type and index of its encoding (25.11.2), 2, 8,
+/// 4 or 8 bytes wide for 16-bit, 64-bit, 32-bit and natural-width fields.
+namespace vmcs12 {
+constexpr std::uint64_t kRevision = 0;
+constexpr std::uint64_t kAbort = 4;
+constexpr std::uint64_t kLaunchState = 8;  // 4 bytes: 0 clear, 1 launched
+constexpr std::uint64_t kFields = 64;
+constexpr std::uint32_t kClear = 0, kLaunched = 1;
+/// Bytes of a field of this encoding (the "high" half of a 64-bit field,
+/// bit 0 of the encoding, is 4 bytes at offset + 4).
+constexpr unsigned size(std::uint32_t enc) {
+  const unsigned w = (enc >> 13) & 3u;
+  if (enc & 1u) return 4;
+  return w == 0 ? 2 : w == 2 ? 4 : 8;
+}
+constexpr std::uint64_t offset(std::uint32_t enc) {
+  const unsigned w = (enc >> 13) & 3u;
+  const unsigned i = (((enc >> 10) & 3u) << 5) | ((enc >> 1) & 31u);  // type and index: 0..127
+  constexpr std::uint64_t base16 = kFields, base64 = base16 + 128 * 2, base32 = base64 + 128 * 8,
+                          basenat = base32 + 128 * 4;
+  switch (w) {
+    case 0: return base16 + 2 * i;
+    case 1: return base64 + 8 * i + ((enc & 1u) ? 4 : 0);
+    case 2: return base32 + 4 * i;
+    default: return basenat + 8 * i;
+  }
+}
+constexpr std::uint64_t kSize = kFields + 128 * (2 + 8 + 4 + 8);  // 2880 bytes, within the 4 KiB region
+static_assert(kSize <= 4096);
+}  // namespace vmcs12
+
+/// The VMX controls L0 offers L1 (what its VMX capability MSRs would
+/// report): a VM entry of L1 with any other control set fails with
+/// VM-instruction error 7 (SDM Vol. 3C, 27.2.1.1). Not offered yet: EPT for
+/// L2 (L2 runs in L1's guest-physical space), APIC virtualization, posted
+/// interrupts, VMCS shadowing, VM functions, PML (docs/nested.md).
+namespace nested_allowed {
+constexpr std::uint32_t kPin = cpu::pin::kExternalInterruptExiting | cpu::pin::kNmiExiting |
+                               cpu::pin::kVirtualNmis | cpu::pin::kPreemptionTimer;
+constexpr std::uint32_t kProc = cpu::proc::kInterruptWindowExiting | cpu::proc::kUseTscOffsetting |
+                                cpu::proc::kHltExiting | cpu::proc::kInvlpgExiting | cpu::proc::kMwaitExiting |
+                                cpu::proc::kRdpmcExiting | cpu::proc::kRdtscExiting | cpu::proc::kCr3LoadExiting |
+                                cpu::proc::kCr3StoreExiting | cpu::proc::kMonitorTrapFlag |
+                                cpu::proc::kUnconditionalIoExiting | cpu::proc::kUseIoBitmaps |
+                                cpu::proc::kUseMsrBitmaps | cpu::proc::kActivateSecondaryControls;
+constexpr std::uint32_t kProc2 = cpu::proc2::kEnableEpt | cpu::proc2::kEnableVpid | cpu::proc2::kEnableRdtscp |
+                                 cpu::proc2::kEnableInvpcid;
+}  // namespace nested_allowed
+
+/// Per-VM statistics of nested VMX (simulator observation).
+struct NestedStats : stats::Group {
+  /// What one L2 exit of a basic reason cost, by level (docs/nested.md).
+  struct Reason : stats::Group {
+    Reason(stats::Group* p, const std::string& n) : Group(p, n) {}
+    stats::Counter reflected{this, "reflected", "exits", "exits of L2 reflected to L1"};
+    stats::Counter l0_handled{this, "l0_handled", "exits", "exits of L2 L0 handled without L1"};
+    stats::Histogram l1_exits{this, "l1_exits", "exits",
+                              "exits of L1 to L0 while L1 handled one reflected exit (to its VM entry of L2)"};
+    stats::Histogram l1_cycles{this, "l1_cycles", "cycles",
+                               "cycles from L1 resuming with the reflected exit to its VM entry of L2 emulated"};
+    stats::Histogram cycles{this, "cycles", "cycles", "cycles from the exit of L2 to L2 running again (all levels)"};
+  };
+  Reason& reason(unsigned r) {
+    if (r >= m_reasons.size()) r = static_cast<unsigned>(m_reasons.size() - 1);
+    if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(cpu::exit_reason_name(r));
+    return *m_reasons[r];
+  }
+  explicit NestedStats(stats::Group* p) : Group(p, "nested", "nested VMX: L1's VMX instructions and its guests' exits") {}
+  stats::Counter emulated{this, "emulated", "instructions", "VMX instructions of L1 emulated by L0"};
+  stats::Counter vmfails{this, "vmfails", "instructions", "of those, that ended in VMfailInvalid or VMfailValid"};
+  stats::Counter l2_entries{this, "l2_entries", "entries", "VM entries of L1 emulated (L2 entered)"};
+  stats::Counter reflected{this, "reflected", "exits", "L2 exits reflected to L1 (synthesized exits into L1)"};
+  stats::Counter l0_handled{this, "l0_handled", "exits", "L2 exits L0 handled itself (L1 never saw them)"};
+  stats::Counter ept02_fills{this, "ept02_fills", "entries", "shadow EPT: EPT02 entries built from EPT12 and EPT01"};
+  stats::Counter ept02_drops{this, "ept02_drops", "events", "shadow EPT: EPT02 torn down (L1's INVEPT, a new EPTP12)"};
+
+ private:
+  stats::Group* m_by_reason = &subgroup("l2_exits", "L2 exits by basic exit reason, and what each cost at L1 and L0");
+  std::array<Reason*, cpu::kMaxExitReason + 1> m_reasons{};
+};
+
+/// The nested-VMX state of one vCPU of L1 (KVM's struct nested_vmx).
+struct NestedVcpu {
+  bool vmxon = false;                 // L1 is in VMX operation
+  std::uint64_t vmxon_ptr = 0;        // L1's VMXON region (guest-physical)
+  std::uint64_t current = ~0ull;      // current-VMCS pointer of L1 (guest-physical, ~0: none)
+  std::uint64_t current_hpa = 0;      // where vmcs12 lies in host memory
+  bool guest_mode = false;            // L2 runs (vmcs02 is the vCPU's VMCS)
+  // vmcs02 and vmcs01: while in guest mode Vcpu::vmcs_pa and launched name
+  // vmcs02 and these vmcs01, and the other way round in L1.
+  std::uint64_t other_vmcs = 0;
+  bool other_launched = false;
+  bool vmcs02_ready = false;          // its constant fields written
+  std::uint16_t vpid02 = 0;
+  std::unique_ptr<cpu::VcpuObserver> obs02;  // L2's exits, as the core reports them
+  // Shadow EPT (KVM's nested EPT MMU): EPT02 maps L2's guest-physical
+  // addresses to host-physical ones, built on L2's EPT violations from
+  // L1's EPT12 (in L1's memory) composed with EPT01.
+  std::unique_ptr<Ept> ept02;
+  std::uint64_t eptp12 = 0;           // the EPT12 pointer EPT02 shadows
+  // The reflected exit being handled by L1 (statistics): its reason
+  // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
+  std::uint64_t shadow_vmcs = 0;      // VMCS shadowing: the shadow of vmcs12 (0: off)
+  int pending_reason = -1;
+  std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0;
+};
+
+}  // namespace vmx::hv
