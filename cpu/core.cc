@@ -624,12 +624,14 @@ std::uint64_t Core::read_cr(unsigned cr) {
   VMX_ON_EXECUTING_CORE(read_cr(cr));
   boundary();
   retire(1);
+  // An instruction that exits does not execute (SDM Vol. 3C, 26.1): its
+  // native latency is charged only when it runs.
+  if (m_non_root && cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
+    vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
+    return m_regs[Regs::rax];
+  }
   charge(m_p.cr_latency);
   if (m_non_root) {
-    if (cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
-      vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
-      return m_regs[Regs::rax];
-    }
     // Bits owned by the host read from the read shadow (SDM Vol. 3C, 25.6.6).
     if (cr == 0) {
       std::uint64_t mask = m_vmcs->get(field::kCr0GuestHostMask);
@@ -653,7 +655,6 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(write_cr(cr, value));
   boundary();
   retire(1);
-  charge(m_p.cr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -674,6 +675,8 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       return;
     }
   }
+  // Charged only when the instruction executes (no fault, no exit).
+  charge(m_p.cr_latency);
   // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
   // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
   value = (value & ~host_owned) | ((cr == 0 ? m_cr0 : m_cr4) & host_owned);
@@ -773,7 +776,6 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
   VMX_ON_EXECUTING_CORE(rdmsr(msr));
   boundary();
   retire(1);
-  charge(m_p.msr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return 0;
@@ -792,6 +794,9 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
       return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
     }
   }
+  // The exit (or the #GP above) happens instead of the instruction (SDM
+  // Vol. 3C, 26.1): the native latency is charged only when it executes.
+  charge(m_p.msr_latency);
   bool ok = false;
   std::uint64_t v = msr_root_read(msr, ok);
   if (!ok) raise_exception(vec::kGeneralProtection, 0, true);
@@ -802,7 +807,6 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
   boundary();
   retire(1);
-  charge(m_p.msr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -822,6 +826,9 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
       vm_exit(ExitReason::Wrmsr, 0);
       return;
     }
+  }
+  charge(m_p.msr_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
+  if (m_non_root) {
     // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
     // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
     // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
@@ -892,7 +899,6 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
   VMX_ON_EXECUTING_CORE(in(port, size));
   boundary();
   retire(1);
-  charge(m_p.io_latency);
   if (m_non_root) {
     if (io_exits(port, size)) {
       vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
@@ -900,6 +906,7 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
       return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
     }
   }
+  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   std::uint32_t v = m_w.io->in(port, size, cycles);
   charge(cycles);
@@ -910,7 +917,6 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
   VMX_ON_EXECUTING_CORE(out(port, value, size));
   boundary();
   retire(1);
-  charge(m_p.io_latency);
   if (m_non_root) {
     if (io_exits(port, size)) {
       m_regs[Regs::rax] = value;
@@ -918,6 +924,7 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
       return;
     }
   }
+  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   m_w.io->out(port, value, size, cycles);
   charge(cycles);
@@ -981,7 +988,6 @@ void Core::invlpg(std::uint64_t va) {
   VMX_ON_EXECUTING_CORE(invlpg(va));
   boundary();
   retire(1);
-  charge(m_p.invlpg_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -990,6 +996,7 @@ void Core::invlpg(std::uint64_t va) {
     vm_exit(ExitReason::Invlpg, va);
     return;
   }
+  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
   // PCID and global ones, and all paging-structure-cache entries of the
   // current PCID whatever linear address they are for.
@@ -1000,7 +1007,6 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
   VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
   boundary();
   retire(1);
-  charge(m_p.invlpg_latency);
   // In VMX non-root operation with "enable INVPCID" clear, INVPCID is #UD
   // (SDM Vol. 3C, 25.6.2); #UD and the CPL check come before the VM exit
   // (26.1.1), the other checks after it.
@@ -1034,6 +1040,7 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
   }
+  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
   m_mmu.invpcid(type, pcid, la);
 }
@@ -1042,12 +1049,12 @@ std::uint64_t Core::rdtsc() {
   VMX_ON_EXECUTING_CORE(rdtsc());
   boundary();
   retire(1);
-  charge(m_p.rdtsc_latency);
+  if (m_non_root && (m_proc & proc::kRdtscExiting)) {
+    vm_exit(ExitReason::Rdtsc, 0);
+    return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+  }
+  charge(m_p.rdtsc_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   if (m_non_root) {
-    if (m_proc & proc::kRdtscExiting) {
-      vm_exit(ExitReason::Rdtsc, 0);
-      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
-    }
     if (m_proc & proc::kUseTscOffsetting) return m_now + m_vmcs->get(field::kTscOffset);
   }
   return m_now;
