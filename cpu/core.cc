@@ -98,6 +98,7 @@ void Core::run() {
     // SMT siblings share their private caches: the hierarchy reports to the
     // thread that executes.
     if (m_sibling) m_w.caches->set_events(&m_events);
+    m_w.caches->set_clock(&m_now);  // DRAM requests carry the executing thread's time
     sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
     if (m_current->finished()) {
       if (m_current->error()) std::rethrow_exception(m_current->error());
@@ -384,13 +385,19 @@ bool Core::translation_fault(std::uint64_t va) {
 
 std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
   if (!m_w.mem->contains(pa, 8)) return 0;  // beyond memory: reads as not present
+  // The walk's earlier references have not been charged yet: DRAM sees this
+  // one after them.
+  m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Walk);
+  m_w.caches->set_time_bias(0);
   return m_w.mem->read(pa, 8);
 }
 
 void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) {
   if (!m_w.mem->contains(pa, 8)) return;
+  m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Write);
+  m_w.caches->set_time_bias(0);
   m_w.mem->write(pa, value, 8);
 }
 
