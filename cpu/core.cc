@@ -271,6 +271,7 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
     throw SimulationError(fmt::format("{}: {} {} in VMX root operation with no handler installed", name(),
                                       exception ? "exception" : "interrupt", vector));
   }
+  drain_stores();  // event delivery and IRET serialize (SDM Vol. 3A, 8.3)
   charge(m_p.exception_latency);
   if (exception) ++m_stats.exceptions;
   else {
@@ -451,7 +452,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     mmio_write(pa, value, size);
     return;
   }
-  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  charge_store(m_w.caches->access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
     std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
     return;
@@ -476,6 +477,7 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
 // by the device (models/mmio.h). Reached only after the RAM check fails.
 std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
+  drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint64_t v = 0;
   std::uint32_t cycles = 0;
   if (!m_w.mmio || !m_w.mmio->read(pa, size, v, cycles))
@@ -485,6 +487,7 @@ std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
 }
 
 void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint32_t cycles = 0;
   if (!m_w.mmio || !m_w.mmio->write(pa, value, size, cycles))
     throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory, and no device claims it", name(), pa));
@@ -513,6 +516,7 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedO
   while (!translate(va, AccessType::Write, pa)) boundary();
   if ((va & 7) || !m_w.mem->contains(pa, 8))
     throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
+  drain_stores();  // a locked instruction drains the store buffer first (SDM Vol. 3A, 8.2.5)
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   const std::uint64_t old = m_w.mem->read(pa, 8);
   m_w.mem->write(pa, op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value, 8);
@@ -524,6 +528,51 @@ void Core::pause() {
   boundary();
   retire(1);
   charge(m_p.pause_latency);
+}
+
+void Core::mfence() {
+  VMX_ON_EXECUTING_CORE(mfence());
+  boundary();
+  retire(1);
+  drain_stores();
+}
+
+// Store buffer (x86-TSO, SDM Vol. 3A, 8.2.2): a store retires into the
+// buffer at once; its line's request starts when a fill buffer is free (the
+// fill_buffers-th younger store before it has finished) and the entries
+// finish in program order. Functionally the store is already in memory (the
+// model's data path is sequentially consistent, a stronger order than TSO);
+// only its timing is deferred. The core waits only when the buffer is full,
+// or at a drain (drain_stores).
+void Core::store_retire(std::uint32_t cycles) {
+  constexpr std::uint32_t kMask = kMaxStoreBuffer - 1;
+  static_assert((kMaxStoreBuffer & kMask) == 0, "the ring's size is a power of two");
+  while (m_sb_count && m_sb_done[m_sb_head] <= m_now) {
+    m_sb_head = (m_sb_head + 1) & kMask;
+    --m_sb_count;
+  }
+  if (m_sb_count == m_p.store_buffer) {
+    const std::uint64_t wait = m_sb_done[m_sb_head] - m_now;
+    m_stats.sb_full_cycles += wait;
+    charge(wait);
+    m_sb_head = (m_sb_head + 1) & kMask;
+    --m_sb_count;
+  }
+  std::uint64_t start = m_now;
+  if (m_sb_count >= m_p.fill_buffers)
+    start = std::max(start, m_sb_done[(m_sb_head + m_sb_count - m_p.fill_buffers) & kMask]);
+  m_sb_last = std::max(m_sb_last, start + cycles);
+  m_sb_done[(m_sb_head + m_sb_count) & kMask] = m_sb_last;
+  ++m_sb_count;
+}
+
+void Core::drain_stores_slow() {
+  if (m_sb_last > m_now) {
+    m_stats.sb_drain_cycles += m_sb_last - m_now;
+    charge(m_sb_last - m_now);
+  }
+  m_sb_count = 0;
+  m_sb_head = 0;
 }
 
 // An access that crosses a page boundary: both pages are translated (and may
@@ -541,8 +590,13 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
     boundary();
   }
   auto kind = write ? models::AccessKind::Write : models::AccessKind::Read;
-  charge(m_w.caches->access(pa1, kind));
-  charge(m_w.caches->access(pa2, kind));
+  if (write) {
+    charge_store(m_w.caches->access(pa1, kind));
+    charge_store(m_w.caches->access(pa2, kind));
+  } else {
+    charge(m_w.caches->access(pa1, kind));
+    charge(m_w.caches->access(pa2, kind));
+  }
   std::uint8_t bytes[8] = {};
   if (write) {
     std::memcpy(bytes, &value, 8);
@@ -584,7 +638,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
     while (!translate(va, AccessType::Write, pa)) boundary();
     if (!m_w.mem->contains(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
     for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-      charge(m_w.caches->access(line, models::AccessKind::Write));
+      charge_store(m_w.caches->access(line, models::AccessKind::Write));  // streams through the store buffer
       retire(1);
     }
     std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
@@ -611,7 +665,7 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
     for (std::uint64_t off = 0; off < chunk; off += kLine) {
       charge(m_w.caches->access(spa + off, models::AccessKind::Read));
-      charge(m_w.caches->access(dpa + off, models::AccessKind::Write));
+      charge_store(m_w.caches->access(dpa + off, models::AccessKind::Write));
       retire(1);
     }
     std::uint8_t buf[4096];
@@ -682,7 +736,9 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       return;
     }
   }
-  // Charged only when the instruction executes (no fault, no exit).
+  // Charged only when the instruction executes (no fault, no exit); MOV to
+  // CR is serializing (SDM Vol. 3A, 8.3).
+  drain_stores();
   charge(m_p.cr_latency);
   // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
   // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
@@ -834,6 +890,7 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
       return;
     }
   }
+  drain_stores();  // WRMSR is serializing (SDM Vol. 3A, 8.3)
   charge(m_p.msr_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   if (m_non_root) {
     // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
@@ -861,6 +918,7 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
     return {static_cast<std::uint32_t>(m_regs[Regs::rax]), static_cast<std::uint32_t>(m_regs[Regs::rbx]),
             static_cast<std::uint32_t>(m_regs[Regs::rcx]), static_cast<std::uint32_t>(m_regs[Regs::rdx])};
   }
+  drain_stores();  // CPUID is serializing (SDM Vol. 3A, 8.3)
   charge(m_p.cpuid_latency);
   CpuidResult r;
   switch (leaf) {
@@ -913,6 +971,7 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
       return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
     }
   }
+  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
   charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   std::uint32_t v = m_w.io->in(port, size, cycles);
@@ -931,6 +990,7 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
       return;
     }
   }
+  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
   charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   m_w.io->out(port, value, size, cycles);
@@ -949,6 +1009,7 @@ void Core::hlt() {
     vm_exit(ExitReason::Hlt, 0);
     return;
   }
+  drain_stores();  // a halted core has nothing left in flight
   // Halt until an interrupt is requested; then it is taken (if enabled) at
   // this boundary and execution continues after HLT.
   yield(Yield::Halt);
@@ -1003,6 +1064,7 @@ void Core::invlpg(std::uint64_t va) {
     vm_exit(ExitReason::Invlpg, va);
     return;
   }
+  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
   charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
   // PCID and global ones, and all paging-structure-cache entries of the
@@ -1047,6 +1109,7 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
   }
+  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
   charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
   m_mmu.invpcid(type, pcid, la);
@@ -1381,6 +1444,7 @@ VmExit Core::vm_entry(bool launch) {
     return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};
   }
 
+  drain_stores();  // VM entries serialize (SDM Vol. 3A, 8.3)
   charge(m_p.vm_entry_latency);
   // Save the host state this model switches and load the guest's.
   v.set(field::kHostCr0, m_cr0);
@@ -1497,6 +1561,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   if (m_vid) v.set(field::kGuestIntrStatus, m_rvi | (std::uint64_t{m_svi} << 8));
   m_vid = false;
 
+  drain_stores();  // VM exits serialize (SDM Vol. 3A, 8.3)
   charge(m_p.vm_exit_latency);
   // Host state (SDM Vol. 3C, 28.5): RFLAGS is cleared but for bit 1, so
   // interrupts are off in the hypervisor until it enables them.

@@ -79,6 +79,9 @@ struct CpuidResult {
   std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
 };
 
+/// Largest store buffer the model keeps (entries).
+inline constexpr std::uint32_t kMaxStoreBuffer = 128;
+
 /// Core timing parameters. Latencies are in core cycles.
 struct CoreParams {
   double cpi;
@@ -86,6 +89,7 @@ struct CoreParams {
       exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
+  std::uint32_t store_buffer, fill_buffers;
   mmu::DtlbParams dtlb;
   mmu::Dtlb2mParams dtlb_2m;
   mmu::Dtlb1gParams dtlb_1g;
@@ -130,6 +134,15 @@ struct CoreParams {
             "VMPTRLD, including loading the VMCS into the processor (assumption).");
     v.param(vmxon_latency, "vmxon_latency", "1000", Spec(Unit::Cycles), "VMXON (assumption).");
     v.param(invept_latency, "invept_latency", "200", Spec(Unit::Cycles), "INVEPT / INVVPID (assumption).");
+    v.param(store_buffer, "store_buffer", "0", Spec().at_most(kMaxStoreBuffer),
+            "Store-buffer entries (x86-TSO, docs/model.md 'Store buffer'); 0 turns it off: every store then "
+            "pays its cache latency as it retires. Skylake has 56 (Intel Optimization Reference Manual, "
+            "Skylake microarchitecture: 56-entry store buffer). Default 0 until the figures docs/ and labs/ "
+            "quote are re-measured with it.");
+    v.param(fill_buffers, "fill_buffers", "10", Spec().at_least(1).at_most(64),
+            "L1D fill buffers: misses (here: store-buffer drains) that can be outstanding at once. Default 10 "
+            "(Intel Optimization Reference Manual: 10 line fill buffers per core since Sandy Bridge; "
+            "assumption for later cores).");
     v.section(dtlb, "dtlb", "First-level data TLB for 4 KiB pages.");
     v.section(dtlb_2m, "dtlb_2m", "First-level data TLB for 2 MiB pages.");
     v.section(dtlb_1g, "dtlb_1g", "First-level data TLB for 1 GiB pages.");
@@ -197,6 +210,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint64_t lock_xadd(std::uint64_t va, std::uint64_t addend);
   /// PAUSE: a spin-wait hint; costs pause_latency cycles.
   void pause();
+  /// MFENCE (SDM Vol. 2B; Vol. 3A, 8.2.5): waits until every buffered store
+  /// has drained.
+  void mfence();
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
@@ -327,6 +343,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
                                      "cycles run while the SMT sibling thread was executing (CPI x smt_contention)"};
     stats::Counter smt_shared_instructions{this, "smt_shared_instructions", "instructions",
                                            "instructions retired while the SMT sibling thread was executing"};
+    stats::Counter sb_full_cycles{this, "store_buffer_full_cycles", "cycles",
+                                  "cycles a store waited for a free store-buffer entry"};
+    stats::Counter sb_drain_cycles{this, "store_buffer_drain_cycles", "cycles",
+                                   "cycles fences, locked and serializing instructions, I/O and VM transitions "
+                                   "waited for the store buffer to drain"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -348,6 +369,19 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   /// the sibling's current state (slow path only).
   void smt_update();
   void charge(std::uint64_t cycles) { m_now += cycles; }
+  /// A store's cache access of `cycles`: paid now without a store buffer;
+  /// with one, the store retires into it and drains later (store_retire).
+  void charge_store(std::uint32_t cycles) {
+    if (m_p.store_buffer == 0) charge(cycles);
+    else store_retire(cycles);
+  }
+  void store_retire(std::uint32_t cycles);
+  /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and
+  /// serializing instructions, I/O instructions, fences; VM exits/entries).
+  void drain_stores() {
+    if (m_sb_count) drain_stores_slow();
+  }
+  void drain_stores_slow();
 
   // Translation and memory.
   /// The MMU's translation; a fault is raised here (#PF, or an EPT
@@ -479,6 +513,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::uint8_t m_pi_nv = 0;        // posted-interrupt notification vector
   std::uint64_t m_vapic = 0;       // virtual-APIC page (host-physical)
   std::uint64_t m_pi_desc = 0;     // posted-interrupt descriptor (host-physical)
+
+  // Store buffer (cpu/core.cc, store_retire): when each buffered store
+  // finishes draining, oldest first, in a ring of kMaxStoreBuffer.
+  std::array<std::uint64_t, kMaxStoreBuffer> m_sb_done{};
+  std::uint32_t m_sb_head = 0, m_sb_count = 0;
+  std::uint64_t m_sb_last = 0;  // when the youngest buffered store finishes
 
   // Statistics and translation structures.
   Stats m_stats;
