@@ -404,6 +404,17 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   VMX_ON_EXECUTING_CORE(load(va, size));
+  return load_impl<false>(va, size);
+}
+
+std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
+  VMX_ON_EXECUTING_CORE(load_independent(va, size));
+  if (m_p.mshrs == 0) return load_impl<false>(va, size);
+  return load_impl<true>(va, size);
+}
+
+template <bool kIndependent>
+std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -416,7 +427,10 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
       boundary();
     }
   if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
-  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  if constexpr (kIndependent)
+    load_overlap(m_w.caches->access(pa, models::AccessKind::Read));
+  else
+    charge(m_w.caches->access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
     const std::uint8_t* f = m_w.mem->frame_if_present(pa);
@@ -566,8 +580,54 @@ void Core::store_retire(std::uint32_t cycles) {
   ++m_sb_count;
 }
 
+// Memory-level parallelism, an interval model in the spirit of Sniper's
+// (Genbrugge, Eyerman, Eeckhout, HPCA 2010): an independent load that
+// misses the L1 issues as soon as an MSHR is free and the core goes on; the
+// core stalls only when all `mshrs` are busy (until the oldest returns) or
+// when it has retired `rob` instructions past the oldest outstanding miss
+// (the ROB is full behind it). A hit costs its latency as always; a
+// dependent load (load()) blocks for its own latency as before.
+void Core::load_overlap(std::uint32_t cycles) {
+  constexpr std::uint32_t kMask = kMaxMshrs - 1;
+  static_assert((kMaxMshrs & kMask) == 0, "the ring's size is a power of two");
+  const std::uint32_t hit = m_w.caches->l1d().latency();
+  if (cycles <= hit) {
+    charge(cycles);
+    return;
+  }
+  while (m_mshr_count && m_mshr_done[m_mshr_head] <= m_now) {
+    m_mshr_head = (m_mshr_head + 1) & kMask;
+    --m_mshr_count;
+  }
+  const std::uint64_t retired = m_stats.instructions.value();
+  while (m_mshr_count &&
+         (m_mshr_count >= m_p.mshrs || m_mshr_instr[m_mshr_head] + m_p.rob <= retired)) {
+    const std::uint64_t done = m_mshr_done[m_mshr_head];
+    if (done > m_now) {
+      m_stats.mlp_stall_cycles += done - m_now;
+      charge(done - m_now);
+    }
+    m_mshr_head = (m_mshr_head + 1) & kMask;
+    --m_mshr_count;
+  }
+  const std::uint32_t slot = (m_mshr_head + m_mshr_count) & kMask;
+  m_mshr_done[slot] = m_now + cycles;
+  m_mshr_instr[slot] = retired;
+  ++m_mshr_count;
+  ++m_stats.overlapped_misses;
+  charge(hit);  // issue: the load's own pipeline slot
+}
+
 void Core::drain_stores_slow() {
-  if (m_sb_last > m_now) {
+  for (; m_mshr_count; --m_mshr_count, m_mshr_head = (m_mshr_head + 1) & (kMaxMshrs - 1)) {
+    const std::uint64_t done = m_mshr_done[m_mshr_head];
+    if (done > m_now) {
+      m_stats.mlp_stall_cycles += done - m_now;
+      charge(done - m_now);
+    }
+  }
+  m_mshr_head = 0;
+  if (m_sb_count && m_sb_last > m_now) {
     m_stats.sb_drain_cycles += m_sb_last - m_now;
     charge(m_sb_last - m_now);
   }

@@ -81,6 +81,8 @@ struct CpuidResult {
 
 /// Largest store buffer the model keeps (entries).
 inline constexpr std::uint32_t kMaxStoreBuffer = 128;
+/// Largest number of outstanding load misses the model keeps.
+inline constexpr std::uint32_t kMaxMshrs = 64;
 
 /// Core timing parameters. Latencies are in core cycles.
 struct CoreParams {
@@ -89,7 +91,7 @@ struct CoreParams {
       exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
-  std::uint32_t store_buffer, fill_buffers;
+  std::uint32_t store_buffer, fill_buffers, mshrs, rob;
   mmu::DtlbParams dtlb;
   mmu::Dtlb2mParams dtlb_2m;
   mmu::Dtlb1gParams dtlb_1g;
@@ -143,6 +145,15 @@ struct CoreParams {
             "L1D fill buffers: misses (here: store-buffer drains) that can be outstanding at once. Default 10 "
             "(Intel Optimization Reference Manual: 10 line fill buffers per core since Sandy Bridge; "
             "assumption for later cores).");
+    v.param(mshrs, "mshrs", "0", Spec().at_most(kMaxMshrs),
+            "Outstanding load misses (L1D miss-status holding registers / fill buffers) that overlap when "
+            "loads are independent (Core::load_independent; docs/model.md 'Memory-level parallelism'); 0 "
+            "turns overlap off (every load blocks until its data returns). Skylake: 10-12 L1D fill "
+            "buffers (Intel Optimization Reference Manual). Default 0 until the figures docs/ and labs/ "
+            "quote are re-measured with it.");
+    v.param(rob, "rob", "224", Spec(Unit::Instructions).at_least(1).at_most(4096),
+            "Reorder-buffer entries: how many instructions the core may retire past the oldest outstanding "
+            "load miss before it stalls for it. Default: 224, Skylake (Intel Optimization Reference Manual).");
     v.section(dtlb, "dtlb", "First-level data TLB for 4 KiB pages.");
     v.section(dtlb_2m, "dtlb_2m", "First-level data TLB for 2 MiB pages.");
     v.section(dtlb_1g, "dtlb_1g", "First-level data TLB for 1 GiB pages.");
@@ -195,6 +206,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
   std::uint64_t load(std::uint64_t va, unsigned size = 8);
+  /// A load whose address does not depend on an outstanding load's data
+  /// (software declares it; the model has no dataflow of its own): with
+  /// platform.cpu.mshrs > 0 its miss overlaps with other independent misses
+  /// instead of blocking the core (docs/model.md, "Memory-level
+  /// parallelism"). Architecturally identical to load().
+  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8);
   void store(std::uint64_t va, std::uint64_t value, unsigned size = 8);
   /// XCHG with memory: atomically swaps `value` with the 8 bytes at va and
   /// returns what was there (implicitly locked, SDM Vol. 3A, 9.1.2.1). No
@@ -343,6 +360,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
                                      "cycles run while the SMT sibling thread was executing (CPI x smt_contention)"};
     stats::Counter smt_shared_instructions{this, "smt_shared_instructions", "instructions",
                                            "instructions retired while the SMT sibling thread was executing"};
+    stats::Counter overlapped_misses{this, "overlapped_misses", "loads",
+                                     "independent load misses that overlapped with others (mshrs > 0)"};
+    stats::Counter mlp_stall_cycles{this, "mlp_stall_cycles", "cycles",
+                                    "cycles independent loads waited for a free MSHR or the ROB window"};
     stats::Counter sb_full_cycles{this, "store_buffer_full_cycles", "cycles",
                                   "cycles a store waited for a free store-buffer entry"};
     stats::Counter sb_drain_cycles{this, "store_buffer_drain_cycles", "cycles",
@@ -376,10 +397,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
     else store_retire(cycles);
   }
   void store_retire(std::uint32_t cycles);
+  /// The timing of an independent load whose access took `cycles`.
+  void load_overlap(std::uint32_t cycles);
+  template <bool kIndependent>
+  std::uint64_t load_impl(std::uint64_t va, unsigned size);
   /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and
   /// serializing instructions, I/O instructions, fences; VM exits/entries).
+  /// Also waits for outstanding independent load misses (a fence or a
+  /// serializing instruction completes every earlier instruction).
   void drain_stores() {
-    if (m_sb_count) drain_stores_slow();
+    if (m_sb_count | m_mshr_count) drain_stores_slow();
   }
   void drain_stores_slow();
 
@@ -519,6 +546,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory {
   std::array<std::uint64_t, kMaxStoreBuffer> m_sb_done{};
   std::uint32_t m_sb_head = 0, m_sb_count = 0;
   std::uint64_t m_sb_last = 0;  // when the youngest buffered store finishes
+  // Outstanding independent load misses, oldest first: when each returns,
+  // and the instruction count when it issued (for the ROB window).
+  std::array<std::uint64_t, kMaxMshrs> m_mshr_done{}, m_mshr_instr{};
+  std::uint32_t m_mshr_head = 0, m_mshr_count = 0;
 
   // Statistics and translation structures.
   Stats m_stats;
