@@ -102,6 +102,7 @@ void Core::run() {
     // SMT siblings share their private caches: the hierarchy reports to the
     // thread that executes.
     if (m_sibling) m_w.caches->set_events(&m_events);
+    m_w.caches->set_clock(&m_now);  // DRAM requests carry the executing thread's time
     sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
     if (m_current->finished()) {
       if (m_current->error()) std::rethrow_exception(m_current->error());
@@ -283,6 +284,7 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
     throw SimulationError(fmt::format("{}: {} {} in VMX root operation with no handler installed", name(),
                                       exception ? "exception" : "interrupt", vector));
   }
+  drain_stores();  // event delivery and IRET serialize (SDM Vol. 3A, 8.3)
   charge(m_p.exception_latency);
   if (exception) ++m_stats.exceptions;
   else {
@@ -417,13 +419,19 @@ bool Core::translation_fault(std::uint64_t va) {
 
 std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
   if (!m_w.mem->contains(pa, 8)) return 0;  // beyond memory: reads as not present
+  // The walk's earlier references have not been charged yet: DRAM sees this
+  // one after them.
+  m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Walk);
+  m_w.caches->set_time_bias(0);
   return m_w.mem->read(pa, 8);
 }
 
 void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) {
   if (!m_w.mem->contains(pa, 8)) return;
+  m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Write);
+  m_w.caches->set_time_bias(0);
   m_w.mem->write(pa, value, 8);
 }
 
@@ -437,6 +445,17 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   VMX_ON_EXECUTING_CORE(load(va, size));
+  return load_impl<false>(va, size);
+}
+
+std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
+  VMX_ON_EXECUTING_CORE(load_independent(va, size));
+  if (m_p.mshrs == 0) return load_impl<false>(va, size);
+  return load_impl<true>(va, size);
+}
+
+template <bool kIndependent>
+std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
   boundary();
   retire(1);
   ++m_stats.loads;
@@ -449,7 +468,10 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
       boundary();
     }
   if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
-  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  if constexpr (kIndependent)
+    load_overlap(m_w.caches->access(pa, models::AccessKind::Read));
+  else
+    charge(m_w.caches->access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
     const std::uint8_t* f = m_w.mem->frame_if_present(pa);
@@ -485,7 +507,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     mmio_write(pa, value, size);
     return;
   }
-  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  charge_store(m_w.caches->access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
     std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
     return;
@@ -510,6 +532,7 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
 // by the device (models/mmio.h). Reached only after the RAM check fails.
 std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
+  drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint64_t v = 0;
   std::uint32_t cycles = 0;
   if (!m_w.mmio || !m_w.mmio->read(pa, size, v, cycles))
@@ -519,6 +542,7 @@ std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
 }
 
 void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint32_t cycles = 0;
   if (!m_w.mmio || !m_w.mmio->write(pa, value, size, cycles))
     throw SimulationError(fmt::format("{}: store to physical {:#x} beyond memory, and no device claims it", name(), pa));
@@ -547,6 +571,7 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedO
   while (!translate(va, AccessType::Write, pa)) boundary();
   if ((va & 7) || !m_w.mem->contains(pa, 8))
     throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
+  drain_stores();  // a locked instruction drains the store buffer first (SDM Vol. 3A, 8.2.5)
   charge(m_w.caches->access(pa, models::AccessKind::Write));
   const std::uint64_t old = m_w.mem->read(pa, 8);
   m_w.mem->write(pa, op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value, 8);
@@ -558,6 +583,97 @@ void Core::pause() {
   boundary();
   retire(1);
   charge(m_p.pause_latency);
+}
+
+void Core::mfence() {
+  VMX_ON_EXECUTING_CORE(mfence());
+  boundary();
+  retire(1);
+  drain_stores();
+}
+
+// Store buffer (x86-TSO, SDM Vol. 3A, 8.2.2): a store retires into the
+// buffer at once; its line's request starts when a fill buffer is free (the
+// fill_buffers-th younger store before it has finished) and the entries
+// finish in program order. Functionally the store is already in memory (the
+// model's data path is sequentially consistent, a stronger order than TSO);
+// only its timing is deferred. The core waits only when the buffer is full,
+// or at a drain (drain_stores).
+void Core::store_retire(std::uint32_t cycles) {
+  constexpr std::uint32_t kMask = kMaxStoreBuffer - 1;
+  static_assert((kMaxStoreBuffer & kMask) == 0, "the ring's size is a power of two");
+  while (m_sb_count && m_sb_done[m_sb_head] <= m_now) {
+    m_sb_head = (m_sb_head + 1) & kMask;
+    --m_sb_count;
+  }
+  if (m_sb_count == m_p.store_buffer) {
+    const std::uint64_t wait = m_sb_done[m_sb_head] - m_now;
+    m_stats.sb_full_cycles += wait;
+    charge(wait);
+    m_sb_head = (m_sb_head + 1) & kMask;
+    --m_sb_count;
+  }
+  std::uint64_t start = m_now;
+  if (m_sb_count >= m_p.fill_buffers)
+    start = std::max(start, m_sb_done[(m_sb_head + m_sb_count - m_p.fill_buffers) & kMask]);
+  m_sb_last = std::max(m_sb_last, start + cycles);
+  m_sb_done[(m_sb_head + m_sb_count) & kMask] = m_sb_last;
+  ++m_sb_count;
+}
+
+// Memory-level parallelism, an interval model in the spirit of Sniper's
+// (Genbrugge, Eyerman, Eeckhout, HPCA 2010): an independent load that
+// misses the L1 issues as soon as an MSHR is free and the core goes on; the
+// core stalls only when all `mshrs` are busy (until the oldest returns) or
+// when it has retired `rob` instructions past the oldest outstanding miss
+// (the ROB is full behind it). A hit costs its latency as always; a
+// dependent load (load()) blocks for its own latency as before.
+void Core::load_overlap(std::uint32_t cycles) {
+  constexpr std::uint32_t kMask = kMaxMshrs - 1;
+  static_assert((kMaxMshrs & kMask) == 0, "the ring's size is a power of two");
+  const std::uint32_t hit = m_w.caches->l1d().latency();
+  if (cycles <= hit) {
+    charge(cycles);
+    return;
+  }
+  while (m_mshr_count && m_mshr_done[m_mshr_head] <= m_now) {
+    m_mshr_head = (m_mshr_head + 1) & kMask;
+    --m_mshr_count;
+  }
+  const std::uint64_t retired = m_stats.instructions.value();
+  while (m_mshr_count &&
+         (m_mshr_count >= m_p.mshrs || m_mshr_instr[m_mshr_head] + m_p.rob <= retired)) {
+    const std::uint64_t done = m_mshr_done[m_mshr_head];
+    if (done > m_now) {
+      m_stats.mlp_stall_cycles += done - m_now;
+      charge(done - m_now);
+    }
+    m_mshr_head = (m_mshr_head + 1) & kMask;
+    --m_mshr_count;
+  }
+  const std::uint32_t slot = (m_mshr_head + m_mshr_count) & kMask;
+  m_mshr_done[slot] = m_now + cycles;
+  m_mshr_instr[slot] = retired;
+  ++m_mshr_count;
+  ++m_stats.overlapped_misses;
+  charge(hit);  // issue: the load's own pipeline slot
+}
+
+void Core::drain_stores_slow() {
+  for (; m_mshr_count; --m_mshr_count, m_mshr_head = (m_mshr_head + 1) & (kMaxMshrs - 1)) {
+    const std::uint64_t done = m_mshr_done[m_mshr_head];
+    if (done > m_now) {
+      m_stats.mlp_stall_cycles += done - m_now;
+      charge(done - m_now);
+    }
+  }
+  m_mshr_head = 0;
+  if (m_sb_count && m_sb_last > m_now) {
+    m_stats.sb_drain_cycles += m_sb_last - m_now;
+    charge(m_sb_last - m_now);
+  }
+  m_sb_count = 0;
+  m_sb_head = 0;
 }
 
 // An access that crosses a page boundary: both pages are translated (and may
@@ -575,8 +691,13 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
     boundary();
   }
   auto kind = write ? models::AccessKind::Write : models::AccessKind::Read;
-  charge(m_w.caches->access(pa1, kind));
-  charge(m_w.caches->access(pa2, kind));
+  if (write) {
+    charge_store(m_w.caches->access(pa1, kind));
+    charge_store(m_w.caches->access(pa2, kind));
+  } else {
+    charge(m_w.caches->access(pa1, kind));
+    charge(m_w.caches->access(pa2, kind));
+  }
   std::uint8_t bytes[8] = {};
   if (write) {
     std::memcpy(bytes, &value, 8);
@@ -618,7 +739,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
     while (!translate(va, AccessType::Write, pa)) boundary();
     if (!m_w.mem->contains(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
     for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-      charge(m_w.caches->access(line, models::AccessKind::Write));
+      charge_store(m_w.caches->access(line, models::AccessKind::Write));  // streams through the store buffer
       retire(1);
     }
     // A frame never written reads as zeros (PhysMem): zeroing it needs no
@@ -647,7 +768,7 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
     for (std::uint64_t off = 0; off < chunk; off += kLine) {
       charge(m_w.caches->access(spa + off, models::AccessKind::Read));
-      charge(m_w.caches->access(dpa + off, models::AccessKind::Write));
+      charge_store(m_w.caches->access(dpa + off, models::AccessKind::Write));
       retire(1);
     }
     std::uint8_t buf[4096];
@@ -667,12 +788,14 @@ std::uint64_t Core::read_cr(unsigned cr) {
   VMX_ON_EXECUTING_CORE(read_cr(cr));
   boundary();
   retire(1);
+  // An instruction that exits does not execute (SDM Vol. 3C, 26.1): its
+  // native latency is charged only when it runs.
+  if (m_non_root && cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
+    vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
+    return m_regs[Regs::rax];
+  }
   charge(m_p.cr_latency);
   if (m_non_root) {
-    if (cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
-      vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
-      return m_regs[Regs::rax];
-    }
     // Bits owned by the host read from the read shadow (SDM Vol. 3C, 25.6.6).
     if (cr == 0) {
       std::uint64_t mask = m_vmcs->get(field::kCr0GuestHostMask);
@@ -696,7 +819,6 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(write_cr(cr, value));
   boundary();
   retire(1);
-  charge(m_p.cr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -717,6 +839,10 @@ void Core::write_cr(unsigned cr, std::uint64_t value) {
       return;
     }
   }
+  // Charged only when the instruction executes (no fault, no exit); MOV to
+  // CR is serializing (SDM Vol. 3A, 8.3).
+  drain_stores();
+  charge(m_p.cr_latency);
   // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
   // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
   value = (value & ~host_owned) | ((cr == 0 ? m_cr0 : m_cr4) & host_owned);
@@ -873,7 +999,6 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
   VMX_ON_EXECUTING_CORE(rdmsr(msr));
   boundary();
   retire(1);
-  charge(m_p.msr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return 0;
@@ -892,6 +1017,9 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
       return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
     }
   }
+  // The exit (or the #GP above) happens instead of the instruction (SDM
+  // Vol. 3C, 26.1): the native latency is charged only when it executes.
+  charge(m_p.msr_latency);
   bool ok = false;
   std::uint64_t v = msr_root_read(msr, ok);
   if (!ok) raise_exception(vec::kGeneralProtection, 0, true);
@@ -902,7 +1030,6 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
   VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
   boundary();
   retire(1);
-  charge(m_p.msr_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -922,6 +1049,10 @@ void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
       vm_exit(ExitReason::Wrmsr, 0);
       return;
     }
+  }
+  drain_stores();  // WRMSR is serializing (SDM Vol. 3A, 8.3)
+  charge(m_p.msr_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
+  if (m_non_root) {
     // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
     // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
     // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
@@ -947,6 +1078,7 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
     return {static_cast<std::uint32_t>(m_regs[Regs::rax]), static_cast<std::uint32_t>(m_regs[Regs::rbx]),
             static_cast<std::uint32_t>(m_regs[Regs::rcx]), static_cast<std::uint32_t>(m_regs[Regs::rdx])};
   }
+  drain_stores();  // CPUID is serializing (SDM Vol. 3A, 8.3)
   charge(m_p.cpuid_latency);
   CpuidResult r;
   switch (leaf) {
@@ -1004,7 +1136,6 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
   VMX_ON_EXECUTING_CORE(in(port, size));
   boundary();
   retire(1);
-  charge(m_p.io_latency);
   if (m_non_root) {
     if (io_exits(port, size)) {
       vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
@@ -1012,6 +1143,8 @@ std::uint32_t Core::in(std::uint16_t port, unsigned size) {
       return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
     }
   }
+  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
+  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   std::uint32_t v = m_w.io->in(port, size, cycles);
   charge(cycles);
@@ -1022,7 +1155,6 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
   VMX_ON_EXECUTING_CORE(out(port, value, size));
   boundary();
   retire(1);
-  charge(m_p.io_latency);
   if (m_non_root) {
     if (io_exits(port, size)) {
       m_regs[Regs::rax] = value;
@@ -1030,6 +1162,8 @@ void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
       return;
     }
   }
+  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
+  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   std::uint32_t cycles = 0;
   m_w.io->out(port, value, size, cycles);
   charge(cycles);
@@ -1047,6 +1181,7 @@ void Core::hlt() {
     vm_exit(ExitReason::Hlt, 0);
     return;
   }
+  drain_stores();  // a halted core has nothing left in flight
   // Halt until an interrupt is requested; then it is taken (if enabled) at
   // this boundary and execution continues after HLT.
   yield(Yield::Halt);
@@ -1142,7 +1277,6 @@ void Core::invlpg(std::uint64_t va) {
   VMX_ON_EXECUTING_CORE(invlpg(va));
   boundary();
   retire(1);
-  charge(m_p.invlpg_latency);
   if (m_cpl != 0) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
@@ -1151,6 +1285,8 @@ void Core::invlpg(std::uint64_t va) {
     vm_exit(ExitReason::Invlpg, va);
     return;
   }
+  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
+  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
   // PCID and global ones, and all paging-structure-cache entries of the
   // current PCID whatever linear address they are for.
@@ -1161,7 +1297,6 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
   VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
   boundary();
   retire(1);
-  charge(m_p.invlpg_latency);
   // In VMX non-root operation with "enable INVPCID" clear, INVPCID is #UD
   // (SDM Vol. 3C, 25.6.2); #UD and the CPL check come before the VM exit
   // (26.1.1), the other checks after it.
@@ -1195,6 +1330,8 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return;
   }
+  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
+  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
   m_mmu.invpcid(type, pcid, la);
 }
@@ -1203,12 +1340,12 @@ std::uint64_t Core::rdtsc() {
   VMX_ON_EXECUTING_CORE(rdtsc());
   boundary();
   retire(1);
-  charge(m_p.rdtsc_latency);
+  if (m_non_root && (m_proc & proc::kRdtscExiting)) {
+    vm_exit(ExitReason::Rdtsc, 0);
+    return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+  }
+  charge(m_p.rdtsc_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
   if (m_non_root) {
-    if (m_proc & proc::kRdtscExiting) {
-      vm_exit(ExitReason::Rdtsc, 0);
-      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
-    }
     if (m_proc & proc::kUseTscOffsetting) return m_now + m_vmcs->get(field::kTscOffset);
   }
   return m_now;
@@ -1588,6 +1725,7 @@ VmExit Core::vm_entry(bool launch) {
     return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailGuestState)};
   }
 
+  drain_stores();  // VM entries serialize (SDM Vol. 3A, 8.3)
   charge(m_p.vm_entry_latency);
   // Save the host state this model switches and load the guest's.
   v.set(field::kHostCr0, m_cr0);
@@ -1717,6 +1855,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_vid = false;
   if (m_proc2 & proc2::kEnablePml) v.set(field::kGuestPmlIndex, m_pml_index);
 
+  drain_stores();  // VM exits serialize (SDM Vol. 3A, 8.3)
   // The guest's counting ends with the exit: IA32_PERF_GLOBAL_CTRL is
   // saved and the host's loaded (SDM Vol. 3C, 28.3.1, 28.5.1) before the
   // exit's own cycles.

@@ -87,6 +87,11 @@ struct CpuidResult {
   std::uint32_t eax = 0, ebx = 0, ecx = 0, edx = 0;
 };
 
+/// Largest store buffer the model keeps (entries).
+inline constexpr std::uint32_t kMaxStoreBuffer = 128;
+/// Largest number of outstanding load misses the model keeps.
+inline constexpr std::uint32_t kMaxMshrs = 64;
+
 /// Core timing parameters. Latencies are in core cycles.
 struct CoreParams {
   double cpi;
@@ -94,6 +99,7 @@ struct CoreParams {
       pause_latency, exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
+  std::uint32_t store_buffer, fill_buffers, mshrs, rob;
   mmu::DtlbParams dtlb;
   mmu::Dtlb2mParams dtlb_2m;
   mmu::Dtlb1gParams dtlb_1g;
@@ -140,6 +146,24 @@ struct CoreParams {
             "VMPTRLD, including loading the VMCS into the processor (assumption).");
     v.param(vmxon_latency, "vmxon_latency", "1000", Spec(Unit::Cycles), "VMXON (assumption).");
     v.param(invept_latency, "invept_latency", "200", Spec(Unit::Cycles), "INVEPT / INVVPID (assumption).");
+    v.param(store_buffer, "store_buffer", "0", Spec().at_most(kMaxStoreBuffer),
+            "Store-buffer entries (x86-TSO, docs/model.md 'Store buffer'); 0 turns it off: every store then "
+            "pays its cache latency as it retires. Skylake has 56 (Intel Optimization Reference Manual, "
+            "Skylake microarchitecture: 56-entry store buffer). Default 0 until the figures docs/ and labs/ "
+            "quote are re-measured with it.");
+    v.param(fill_buffers, "fill_buffers", "10", Spec().at_least(1).at_most(64),
+            "L1D fill buffers: misses (here: store-buffer drains) that can be outstanding at once. Default 10 "
+            "(Intel Optimization Reference Manual: 10 line fill buffers per core since Sandy Bridge; "
+            "assumption for later cores).");
+    v.param(mshrs, "mshrs", "0", Spec().at_most(kMaxMshrs),
+            "Outstanding load misses (L1D miss-status holding registers / fill buffers) that overlap when "
+            "loads are independent (Core::load_independent; docs/model.md 'Memory-level parallelism'); 0 "
+            "turns overlap off (every load blocks until its data returns). Skylake: 10-12 L1D fill "
+            "buffers (Intel Optimization Reference Manual). Default 0 until the figures docs/ and labs/ "
+            "quote are re-measured with it.");
+    v.param(rob, "rob", "224", Spec(Unit::Instructions).at_least(1).at_most(4096),
+            "Reorder-buffer entries: how many instructions the core may retire past the oldest outstanding "
+            "load miss before it stalls for it. Default: 224, Skylake (Intel Optimization Reference Manual).");
     v.section(dtlb, "dtlb", "First-level data TLB for 4 KiB pages.");
     v.section(dtlb_2m, "dtlb_2m", "First-level data TLB for 2 MiB pages.");
     v.section(dtlb_1g, "dtlb_1g", "First-level data TLB for 1 GiB pages.");
@@ -192,6 +216,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
   std::uint64_t load(std::uint64_t va, unsigned size = 8);
+  /// A load whose address does not depend on an outstanding load's data
+  /// (software declares it; the model has no dataflow of its own): with
+  /// platform.cpu.mshrs > 0 its miss overlaps with other independent misses
+  /// instead of blocking the core (docs/model.md, "Memory-level
+  /// parallelism"). Architecturally identical to load().
+  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8);
   void store(std::uint64_t va, std::uint64_t value, unsigned size = 8);
   /// XCHG with memory: atomically swaps `value` with the 8 bytes at va and
   /// returns what was there (implicitly locked, SDM Vol. 3A, 9.1.2.1). No
@@ -207,6 +237,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint64_t lock_xadd(std::uint64_t va, std::uint64_t addend);
   /// PAUSE: a spin-wait hint; costs pause_latency cycles.
   void pause();
+  /// MFENCE (SDM Vol. 2B; Vol. 3A, 8.2.5): waits until every buffered store
+  /// has drained.
+  void mfence();
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
@@ -353,6 +386,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
                                      "cycles run while the SMT sibling thread was executing (CPI x smt_contention)"};
     stats::Counter smt_shared_instructions{this, "smt_shared_instructions", "instructions",
                                            "instructions retired while the SMT sibling thread was executing"};
+    stats::Counter overlapped_misses{this, "overlapped_misses", "loads",
+                                     "independent load misses that overlapped with others (mshrs > 0)"};
+    stats::Counter mlp_stall_cycles{this, "mlp_stall_cycles", "cycles",
+                                    "cycles independent loads waited for a free MSHR or the ROB window"};
+    stats::Counter sb_full_cycles{this, "store_buffer_full_cycles", "cycles",
+                                  "cycles a store waited for a free store-buffer entry"};
+    stats::Counter sb_drain_cycles{this, "store_buffer_drain_cycles", "cycles",
+                                   "cycles fences, locked and serializing instructions, I/O and VM transitions "
+                                   "waited for the store buffer to drain"};
   };
   const Stats& stats() const { return m_stats; }
 
@@ -374,6 +416,25 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// the sibling's current state (slow path only).
   void smt_update();
   void charge(std::uint64_t cycles) { m_now += cycles; }
+  /// A store's cache access of `cycles`: paid now without a store buffer;
+  /// with one, the store retires into it and drains later (store_retire).
+  void charge_store(std::uint32_t cycles) {
+    if (m_p.store_buffer == 0) charge(cycles);
+    else store_retire(cycles);
+  }
+  void store_retire(std::uint32_t cycles);
+  /// The timing of an independent load whose access took `cycles`.
+  void load_overlap(std::uint32_t cycles);
+  template <bool kIndependent>
+  std::uint64_t load_impl(std::uint64_t va, unsigned size);
+  /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and
+  /// serializing instructions, I/O instructions, fences; VM exits/entries).
+  /// Also waits for outstanding independent load misses (a fence or a
+  /// serializing instruction completes every earlier instruction).
+  void drain_stores() {
+    if (m_sb_count | m_mshr_count) drain_stores_slow();
+  }
+  void drain_stores_slow();
 
   // Translation and memory.
   /// The MMU's translation; a fault is raised here (#PF, or an EPT
@@ -542,6 +603,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint8_t m_pi_nv = 0;        // posted-interrupt notification vector
   std::uint64_t m_vapic = 0;       // virtual-APIC page (host-physical)
   std::uint64_t m_pi_desc = 0;     // posted-interrupt descriptor (host-physical)
+
+  // Store buffer (cpu/core.cc, store_retire): when each buffered store
+  // finishes draining, oldest first, in a ring of kMaxStoreBuffer.
+  std::array<std::uint64_t, kMaxStoreBuffer> m_sb_done{};
+  std::uint32_t m_sb_head = 0, m_sb_count = 0;
+  std::uint64_t m_sb_last = 0;  // when the youngest buffered store finishes
+  // Outstanding independent load misses, oldest first: when each returns,
+  // and the instruction count when it issued (for the ROB window).
+  std::array<std::uint64_t, kMaxMshrs> m_mshr_done{}, m_mshr_instr{};
+  std::uint32_t m_mshr_head = 0, m_mshr_count = 0;
 
   // Statistics and translation structures.
   Stats m_stats;

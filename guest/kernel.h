@@ -169,6 +169,8 @@ class Thread {
  public:
   cpu::Core& cpu() const { return cpu::Core::current(); }
   std::uint64_t load(std::uint64_t va, unsigned size = 8) { return cpu().load(va, size); }
+  /// A load whose address depends on no outstanding load (cpu::Core::load_independent).
+  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8) { return cpu().load_independent(va, size); }
   void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) { cpu().store(va, value, size); }
   void compute(std::uint64_t instructions) { cpu().compute(instructions); }
   /// mmap(2) of anonymous memory: returns the address of a fresh region,

@@ -149,6 +149,7 @@ void Walker::fail(const WalkRequest& req, const WalkFault& f, WalkResult& r) {
 }
 
 void Walker::finish(WalkResult& r) {
+  ++m_stats.walks_all;
   m_stats.refs += r.refs;
   m_stats.cycles.sample(r.cycles);
   m_stats.refs_per_walk.sample(r.refs);

@@ -70,7 +70,12 @@ struct WalkStats : stats::Group {
                           "paging-structure-cache hits, both dimensions (per cache: psc.<dimension>.<level>.hits)"};
   stats::Counter nested_tlb_hits{this, "nested_tlb_hits", "lookups",
                                  "guest-physical addresses translated by the nested TLB instead of an EPT walk"};
-  stats::Ratio mean_refs{this, "mean_refs", "references", "mean references per walk", refs, walks};
+  /// Every walk counted once, with or without guest paging: the walks that
+  /// refs and the refs_per_walk histogram cover.
+  stats::Counter walks_all{this, "walks_all", "walks", "walks of either kind: walks + ept_only_walks"};
+  /// refs / walks_all, the mean of refs_per_walk (refs includes the
+  /// references of EPT-only walks, so dividing by walks alone overstated it).
+  stats::Ratio mean_refs{this, "mean_refs", "references", "mean references per walk (both kinds)", refs, walks_all};
 };
 
 /// What the core asks of the walker.

@@ -47,7 +47,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     const bool llc_hit = m_llc->access(pa, false, &wb3);
     hit_level = llc_hit ? 3 : 4;
     bool dram = !llc_hit;
-    cycles = llc_hit ? m_llc->latency() : m_llc->latency() + m_dram_latency;
+    cycles = m_llc->latency();  // DRAM's part is added below once no peer supplies the line
     const PeerState peers = m_has_peers ? m_coherence->snoop(*this, pa, write) : PeerState::None;
     if (peers != PeerState::None) {
       // Another core holds the line: it, not DRAM, supplies what the LLC
@@ -70,7 +70,10 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
       }
       if (waited) m_coh_stats->cycles += cycles;
     }
-    if (dram) ++m_stats.dram_accesses;
+    if (dram) {
+      ++m_stats.dram_accesses;
+      cycles += dram_read(pa);
+    }
     m_l2.fill(pa, state, &wb2);
   }
   l1.fill(pa, write ? state | Cache::kDirty : state, &wb1);
@@ -78,7 +81,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     report(pa, kind, hit_level);
   if (wb1 != Cache::kNoWriteback) writeback_to_l2(wb1);
   if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
-  if (wb3 != Cache::kNoWriteback) ++m_stats.dram_writebacks;
+  if (wb3 != Cache::kNoWriteback) dram_write(wb3);
   return cycles;
 }
 
@@ -124,7 +127,33 @@ void MemHierarchy::writeback_to_l2(std::uint64_t line_pa) {
 void MemHierarchy::writeback_to_llc(std::uint64_t line_pa) {
   std::uint64_t victim;
   m_llc->receive_writeback(line_pa, &victim);
-  if (victim != Cache::kNoWriteback) ++m_stats.dram_writebacks;
+  if (victim != Cache::kNoWriteback) dram_write(victim);
+}
+
+// ---- DRAM (models/dram.h); kept apart from the miss path above ----------
+
+void MemHierarchy::attach_dram(Dram* dram, unsigned requester, std::uint64_t core_hz) {
+  m_dram = dram;
+  m_dram_requester = requester;
+  m_core_hz = core_hz;
+}
+
+std::uint64_t MemHierarchy::dram_time_ps(std::uint32_t extra_cycles) const {
+  const std::uint64_t cycles = (m_clock ? *m_clock : 0) + m_time_bias + extra_cycles;
+  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(cycles) * 1'000'000'000'000ull / m_core_hz);
+}
+
+std::uint32_t MemHierarchy::dram_read(std::uint64_t pa) {
+  if (!m_dram) return m_dram_latency;
+  // The request reaches the controller after the LLC lookup missed.
+  const std::uint64_t ps = m_dram->access(pa, false, m_dram_requester, dram_time_ps(m_llc->latency()));
+  return static_cast<std::uint32_t>(
+      (static_cast<unsigned __int128>(ps) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
+}
+
+void MemHierarchy::dram_write(std::uint64_t line_pa) {
+  ++m_stats.dram_writebacks;
+  if (m_dram) m_dram->access(line_pa, true, m_dram_requester, dram_time_ps(m_llc->latency()));
 }
 
 void MemHierarchy::report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const {

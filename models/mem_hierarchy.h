@@ -9,6 +9,7 @@
 
 #include "models/cache.h"
 #include "models/coherence.h"
+#include "models/dram.h"
 #include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -134,6 +135,19 @@ class MemHierarchy {
   /// serves. Null: nobody listens.
   void set_events(const events::Dispatcher* d) { m_events = d ? d : &events::Dispatcher::none(); }
 
+  // DRAM timing (models/dram.h). Without attach_dram, an LLC miss costs the
+  // fixed dram_latency. With it, each LLC miss and each dirty line written
+  // back from the LLC is a request to the shared DRAM at the core's current
+  // time: *clock (the core's cycle count) plus the time bias the core sets
+  // for references inside a walk, whose cycles it has not charged yet.
+  /// `requester` is this hierarchy's index from Dram::add_requester;
+  /// core_hz converts the core's cycles to the DRAM's picoseconds.
+  void attach_dram(Dram* dram, unsigned requester, std::uint64_t core_hz);
+  /// The clock of the core that executes (SMT siblings share a hierarchy;
+  /// each sets its own when it runs).
+  void set_clock(const std::uint64_t* clock) { m_clock = clock; }
+  void set_time_bias(std::uint64_t cycles) { m_time_bias = cycles; }
+
  private:
   std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
   std::uint32_t gain_ownership(std::uint64_t pa);
@@ -142,6 +156,11 @@ class MemHierarchy {
   /// Reports the levels an access looked up: every level above `hit_level`
   /// missed, `hit_level` hit (4: none did, DRAM served it).
   void report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const;
+  /// What an LLC miss adds to the LLC latency (fixed, or the DRAM model's
+  /// answer for a read at this time), and a writeback from the LLC to DRAM.
+  std::uint32_t dram_read(std::uint64_t pa);
+  void dram_write(std::uint64_t line_pa);
+  std::uint64_t dram_time_ps(std::uint32_t extra_cycles) const;
 
   MemHierarchyStats m_stats;
   Cache m_l1i;
@@ -153,6 +172,11 @@ class MemHierarchy {
   bool m_has_peers = false;                        // other cores joined the directory
   std::unique_ptr<CoherenceStats> m_coh_stats;     // exists once coherent
   const events::Dispatcher* m_events = &events::Dispatcher::none();
+  Dram* m_dram = nullptr;                          // null: the fixed dram_latency
+  unsigned m_dram_requester = 0;
+  std::uint64_t m_core_hz = 0;
+  const std::uint64_t* m_clock = nullptr;
+  std::uint64_t m_time_bias = 0;
 };
 
 }  // namespace vmx::models

@@ -1,5 +1,6 @@
 #include "models/root_complex.h"
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <stdexcept>
@@ -124,6 +125,24 @@ bool RootComplex::llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write) {
   return miss;
 }
 
+// The DRAM model's counterpart of llc_lookup (kept apart from it): lines are
+// sent to DRAM together, as a DMA engine pipelines them, so the transaction
+// waits for the slowest.
+std::uint64_t RootComplex::llc_dram_lookup(std::uint64_t hpa, std::uint64_t len, bool write, std::uint64_t at_ps) {
+  std::uint64_t worst = 0;
+  for (std::uint64_t line = hpa & ~(kLine - 1); line < hpa + len; line += kLine) {
+    std::uint64_t victim = Cache::kNoWriteback;
+    if (m_llc->access(line, write, &victim)) {
+      ++m_stats.llc_hits;
+    } else {
+      ++m_stats.llc_misses;
+      if (!write) worst = std::max(worst, m_dram->access(line, false, m_dram_requester, at_ps));
+    }
+    if (victim != Cache::kNoWriteback) m_dram->access(victim, true, m_dram_requester, at_ps);
+  }
+  return worst;
+}
+
 void RootComplex::snoop_cores(std::uint64_t hpa, std::uint64_t len, bool write) {
   // DMA is snooped on x86: a write invalidates the cores' copies of each
   // line it touches (its data replaces theirs in memory), a read takes the
@@ -221,6 +240,8 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
   // hits it, else the LLC's plus memory's; memory's alone without an LLC),
   // then the bytes stream at bytes_per_cycle.
   bool miss = m_llc == nullptr;
+  std::uint64_t dram_ps = 0;  // with the DRAM model: the slowest line's DRAM latency
+  const std::uint64_t at_ps = (sc_core::sc_time_stamp() + delay).value();  // resolution: 1 ps
   std::uint8_t* data = trans.get_data_ptr();
   for (std::size_t i = 0; i < pieces; ++i) {
     if (write)
@@ -229,10 +250,16 @@ void RootComplex::b_transport(tlm::tlm_generic_payload& trans, sc_core::sc_time&
       m_mem.read_bytes(hpa[i], data, size[i]);
     data += size[i];
     if (m_coherence) snoop_cores(hpa[i], size[i], write);
-    if (m_llc && llc_lookup(hpa[i], size[i], write)) miss = true;
+    if (m_dram && m_llc)
+      dram_ps = std::max(dram_ps, llc_dram_lookup(hpa[i], size[i], write, at_ps));
+    else if (m_llc && llc_lookup(hpa[i], size[i], write))
+      miss = true;
   }
   std::uint32_t mcycles = m_llc ? m_params.llc_latency : 0;
   if (miss) mcycles += m_params.memory_latency;
+  if (dram_ps)
+    mcycles += static_cast<std::uint32_t>(
+        (static_cast<unsigned __int128>(dram_ps) * m_params.frequency + cfg::kPsPerSecond - 1) / cfg::kPsPerSecond);
   mcycles += static_cast<std::uint32_t>((len + m_params.bytes_per_cycle - 1) / m_params.bytes_per_cycle);
   m_stats.pages += pieces;
   m_stats.memory_cycles += mcycles;

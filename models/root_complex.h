@@ -34,6 +34,7 @@
 #include "iommu/iommu.h"
 #include "mmu/walker.h"
 #include "models/dma.h"
+#include "models/dram.h"
 #include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -151,6 +152,13 @@ class RootComplex : public sc_core::sc_module {
   /// Makes DMA coherent with the cores' caches (models/coherence.h): a DMA
   /// write invalidates the cores' copies of every line it writes.
   void attach_coherence(Coherence* c) { m_coherence = c; }
+  /// Times DMA lines that miss the LLC on the DRAM model (models/dram.h)
+  /// instead of memory_latency: a read miss reads DRAM, a write allocates in
+  /// the LLC (DDIO) and a dirty line it evicts is written to DRAM.
+  void attach_dram(Dram* dram, unsigned requester) {
+    m_dram = dram;
+    m_dram_requester = requester;
+  }
 
   /// CPU-side MMIO: forwards the transaction to the device on mmio_out.
   void mmio(tlm::tlm_generic_payload& trans, sc_core::sc_time& delay);
@@ -174,6 +182,10 @@ class RootComplex : public sc_core::sc_module {
   iommu::TranslateResult translate(const DmaContext& ctx, std::uint64_t addr, bool write, std::uint64_t& hpa,
                                    std::uint32_t& cycles);
   bool llc_lookup(std::uint64_t hpa, std::uint64_t len, bool write);
+  /// With the DRAM model: the lines of one piece, looked up in the LLC and
+  /// sent to DRAM at `at_ps`; returns the latest DRAM latency (ps) among them,
+  /// 0 when every line hit.
+  std::uint64_t llc_dram_lookup(std::uint64_t hpa, std::uint64_t len, bool write, std::uint64_t at_ps);
   void snoop_cores(std::uint64_t hpa, std::uint64_t len, bool write);
 
   RootComplexParams m_params;
@@ -181,6 +193,8 @@ class RootComplex : public sc_core::sc_module {
   iommu::Iommu* m_iommu;
   Cache* m_llc;
   Coherence* m_coherence = nullptr;
+  Dram* m_dram = nullptr;
+  unsigned m_dram_requester = 0;
   MsiSink* m_msi = nullptr;
   RootComplexStats m_stats;
   std::unordered_map<std::uint16_t, RequesterStats*> m_requesters;

@@ -133,12 +133,17 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       static_cast<std::uint64_t>(static_cast<unsigned __int128>(p.quantum) * p.frequency / cfg::kPsPerSecond);
   if (quantum_cycles == 0) quantum_cycles = 1;
   const unsigned threads = static_cast<unsigned>(p.smt);
+  if (p.dram.model == "dram") m_dram = std::make_unique<Dram>(p.dram, &m_stats, "dram");
   for (unsigned i = 0; i < p.cores * threads; ++i) {
     auto name = fmt::format("cpu{}", i);
     // SMT siblings (threads of one physical core) share its private caches.
     if (i % threads == 0)
       m_caches.push_back(std::make_unique<MemHierarchy>(
           p.caches, &m_llc, &m_stats, threads == 1 ? name + "_mem" : fmt::format("core{}_mem", i / threads)));
+    if (m_dram && i % threads == 0)
+      m_caches.back()->attach_dram(m_dram.get(),
+                                   m_dram->add_requester(threads == 1 ? name : fmt::format("core{}", i / threads)),
+                                   p.frequency);
     cpu::CoreWiring w;
     w.mem = &m_mem;
     w.caches = m_caches.back().get();
@@ -182,6 +187,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       m_iommu_mem->attach_coherence(m_coherence.get());
       m_rc->attach_coherence(m_coherence.get());
     }
+    if (m_dram) m_rc->attach_dram(m_dram.get(), m_dram->add_requester("dma"));
     // Device MSIs go to the interrupt fabric (through interrupt remapping
     // when software enables it).
     m_rc->bind_msi_sink(&m_irq);

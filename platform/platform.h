@@ -56,6 +56,7 @@ struct PlatformParams {
   cpu::CoreParams cpu;
   MemHierarchyParams caches;
   LlcParams llc;
+  DramParams dram;
   std::uint64_t debugcon_latency;
   RootComplexParams root_complex;
   iommu::IommuParams iommu;
@@ -86,6 +87,7 @@ struct PlatformParams {
     v.section(cpu, "cpu", "Core timing and translation caches (the same for every core).");
     v.section(caches, "caches", "Private caches of each core and DRAM latency.");
     v.section(llc, "llc", "Last-level cache shared by all cores.");
+    v.section(dram, "dram", "Main memory: fixed latency, or the DDR4 model with banks and bandwidth (models/dram.h).");
     v.param(debugcon_latency, "debugcon_latency", "100", Spec(Unit::Cycles),
             "Latency of the debug console on port 0xE9 (assumption).");
     v.section(root_complex, "root_complex", "PCIe root complex: device DMA timing, the IOMMU's clock.");
@@ -116,6 +118,8 @@ class Platform {
   DebugConsole& debugcon() { return m_debugcon; }
   /// The directory keeping the private caches coherent (null when off).
   Coherence* coherence() { return m_coherence.get(); }
+  /// The DDR4 model shared by the cores and DMA (null with dram.model fixed).
+  Dram* dram() { return m_dram.get(); }
   /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
   /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
   /// its root table and enables it. CPU MMIO to the NIC's windows goes
@@ -161,6 +165,7 @@ class Platform {
   InterruptFabric m_irq;
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
+  std::unique_ptr<Dram> m_dram;                          // null with dram.model fixed
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;  // one per physical core
   std::unique_ptr<Coherence> m_coherence;               // null when caches.coherence.enabled is false
   std::vector<std::unique_ptr<cpu::Core>> m_cores;

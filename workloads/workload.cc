@@ -57,7 +57,7 @@ class Stream final : public Workload {
     repeat(m_p.passes, [&] {
       for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += m_p.stride) {
         if (m_p.write) t.store(base + off, off);
-        else t.load(base + off);
+        else t.load_independent(base + off);  // addresses from the loop counter, not from loaded data
         t.compute(m_p.instructions_per_access);
         ++m_stats.operations;
       }
@@ -80,7 +80,9 @@ class RandomAccess final : public Workload {
     repeat(m_p.updates, [&] {
       std::uint64_t r = t.random();
       std::uint64_t va = base + (r % words) * 8;
-      t.store(va, t.load(va) ^ r);
+      // The address comes from the generator, not from memory: independent
+      // of earlier loads (GUPS-style updates overlap their misses).
+      t.store(va, t.load_independent(va) ^ r);
       t.compute(m_p.instructions_per_update);
       ++m_stats.operations;
     });
@@ -118,7 +120,7 @@ class PointerChase final : public Workload {
     started(t);
     std::uint64_t p = base;
     repeat(m_p.steps, [&] {
-      p = t.load(p);
+      p = t.load(p);  // each address is the previous load's data: dependent
       ++m_stats.operations;
     });
     finished(t);

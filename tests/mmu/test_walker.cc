@@ -182,6 +182,26 @@ TEST_CASE("guest paging off with EPT: only the EPT walk", "[walker]") {
   CHECK(h.stats.ad_updates.value() == 0);
 }
 
+TEST_CASE("mean_refs is the mean of refs_per_walk, EPT-only walks included", "[walker][stats]") {
+  Harness h(4, true, 4);
+  map_data_4k(h);
+  WalkRequest q = h.request(kLa4);
+  REQUIRE(h.walk(q).refs == 24);  // 2D walk with guest paging
+  q = h.request(kDataGpa + kDataOff);
+  q.paging = false;
+  REQUIRE(h.walk(q).refs == 4);   // EPT-only walk (guest paging off)
+  const auto& s = h.stats;
+  CHECK(s.walks.value() == 1);
+  CHECK(s.ept_only_walks.value() == 1);
+  CHECK(s.walks_all.value() == 2);
+  CHECK(s.refs.value() == 28);
+  // Before the fix this was refs / walks = 28, above the structural maximum
+  // of 24 references for a 4-level guest over a 4-level EPT.
+  CHECK(s.mean_refs.value() == 14.0);
+  CHECK(s.mean_refs.value() == s.refs_per_walk.mean());
+  CHECK(s.refs_per_walk.count() == s.walks_all.value());
+}
+
 TEST_CASE("paging off and no EPT: identity, no references", "[walker]") {
   Harness h(4, false);
   WalkRequest q = h.request(0x1234'5678);
