@@ -378,9 +378,9 @@ void Core::compute(std::uint64_t instructions) {
 }
 
 void Core::update_context() {
-  m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root);
-  m_mmu.set_protection(m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute));
-  m_mmu.set_pml(m_non_root && m_ept && (m_proc2 & proc2::kEnablePml));
+  m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root,
+                    {m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute),
+                     m_non_root && m_ept && (m_proc2 & proc2::kEnablePml)});
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {

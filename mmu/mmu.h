@@ -57,18 +57,36 @@ class Mmu {
   };
   void wire(const WalkRegs& regs) { m_regs = regs; }
 
+  /// The protection side of the context (SDM Vol. 3A, 4.6; Vol. 3C,
+  /// 29.3): RFLAGS.AC (lifts SMAP for explicit supervisor accesses), PKRU,
+  /// EPT mode-based execute control (secondary control 22) and
+  /// page-modification logging ("enable PML" with EPT, 29.3.6: EPT walks log
+  /// the dirty flags they set through TableMemory::pml_log).
+  struct Protection {
+    bool ac = false;
+    std::uint32_t pkru = 0;
+    bool mbec = false;
+    bool pml = false;
+  };
+
   /// The translation context, given whenever one of its inputs changes:
   /// CR0, CR4, CPL 3, EPT in use (VMX non-root with "enable EPT"), the VPID
-  /// of new entries (0 in root operation), and CR3 or the EPTP (wired
-  /// above, read here for the tag). Only the tag and the hit-check masks
-  /// are derived here; a walk derives the rest (walk_request).
-  /// guest: in VMX non-root operation (as the events report it).
-  void set_context(std::uint64_t cr0, std::uint64_t cr4, bool user, bool ept, std::uint16_t vpid, bool guest) {
+  /// of new entries (0 in root operation), the protection side above, and
+  /// CR3 or the EPTP (wired above, read here for the tag). Only the tag and
+  /// the hit-check masks are derived here; a walk derives the rest
+  /// (walk_request). guest: in VMX non-root operation (as the events report
+  /// it). Every VM exit and entry changes it: one call, one derivation.
+  void set_context(std::uint64_t cr0, std::uint64_t cr4, bool user, bool ept, std::uint16_t vpid, bool guest,
+                   const Protection& prot) {
     m_guest = guest;
     m_cr0 = cr0;
     m_cr4 = cr4;
     m_user = user;
     m_ept = ept;
+    m_ac = prot.ac;
+    m_pkru = prot.pkru;
+    m_mbec = prot.mbec;
+    m_pml = prot.pml;
     const bool paging = cr0 & crbits::kCr0Pg;
     m_translate = paging || ept;
     m_tag.vpid = vpid;
@@ -77,19 +95,6 @@ class Mmu {
     m_tag.ep4ta = ept ? (*m_regs.eptp & ept::kAddrMask) : 0;
     update_checks();
   }
-  /// The rest of the protection context (SDM Vol. 3A, 4.6): RFLAGS.AC (lifts
-  /// SMAP for explicit supervisor accesses), PKRU, and EPT mode-based
-  /// execute control (secondary control 22). Given whenever one changes.
-  void set_protection(bool ac, std::uint32_t pkru, bool mbec) {
-    m_ac = ac;
-    m_pkru = pkru;
-    m_mbec = mbec;
-    update_checks();
-  }
-  /// Page-modification logging on ("enable PML" in VMX non-root operation
-  /// with EPT, SDM Vol. 3C, 29.3.6): EPT walks log the dirty flags they set
-  /// through TableMemory::pml_log.
-  void set_pml(bool on) { m_pml = on; }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
   /// Where TLB misses (kTlbMiss) and completed walks (kWalk) are reported:

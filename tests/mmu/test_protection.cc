@@ -56,8 +56,7 @@ struct Machine {
     efer = crb::kEferLme | (e.nxe ? crb::kEferNxe : 0);
     eptp = h.eptp;
     mmu.wire({&cr3, &efer, &eptp});
-    mmu.set_context(cr0, cr4, e.user, h.use_ept, 1, h.use_ept);
-    mmu.set_protection(e.ac, e.pkru, mbec);
+    mmu.set_context(cr0, cr4, e.user, h.use_ept, 1, h.use_ept, {e.ac, e.pkru, mbec, false});
   }
   /// One translation under e; false: faulted (fault() says how).
   bool access(const Env& e, std::uint64_t va, std::uint64_t& pa, bool mbec = false) {
