@@ -430,12 +430,12 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     const bool fetch = error_code & mmu::pfec::kFetch;
     if (fetch && m_p.smep) {
       ++*m_smep_oopses;
-      kill_current(c, fmt::format("oops: kernel fetch from user address {:#x} (SMEP)", addr));
+      kill_current(c, "oops: kernel fetch from user address {:#x} (SMEP)", addr);
       return;
     }
     if (!fetch && m_p.smap && !c.alignment_check_flag()) {
       ++*m_smap_oopses;
-      kill_current(c, fmt::format("oops: kernel access to user address {:#x} outside STAC/CLAC (SMAP)", addr));
+      kill_current(c, "oops: kernel access to user address {:#x} outside STAC/CLAC (SMAP)", addr);
       return;
     }
   }
@@ -465,7 +465,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
   }
   if (!in_region || (error_code & mmu::pfec::kPresent)) {
     c.store(lock, 0);
-    kill_current(c, fmt::format("segmentation fault at {:#x} (error code {:#x})", addr, error_code));
+    kill_current(c, "segmentation fault at {:#x} (error code {:#x})", addr, error_code);
     return;
   }
   const std::uint64_t page = p.page_size;
@@ -481,7 +481,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     const std::uint64_t e = src_entry ? c.load(src_entry) : 0;
     if (!(e & pte::kPresent)) {
       c.store(lock, 0);
-      kill_current(c, fmt::format("bus error at {:#x}: the aliased page is not populated", addr));
+      kill_current(c, "bus error at {:#x}: the aliased page is not populated", addr);
       return;
     }
     frame = e & pte::kAddrMask;
@@ -696,10 +696,10 @@ void Kernel::thread_main(Thread& t) {
   throw cpu::SimulationError("an exited guest thread was resumed");
 }
 
-void Kernel::kill_current(Core& c, const std::string& why) {
+void Kernel::kill_current_thread(Core& c) {
   auto* t = static_cast<Thread*>(sim::Fiber::running()->user());
-  if (!t) panic(c, why);
-  m_panic = fmt::format("thread {} killed: {}", t->m_fiber->name(), why);
+  if (!t) panic(c, m_kill_reason);
+  m_panic = fmt::format("thread {} killed: {}", t->m_fiber->name(), m_kill_reason);
   if (t->m_finite && m_control) m_control->thread_finished();
   t->m_dead = true;
   // A forked child's parent waits in waitpid: it returns (as for a child
@@ -896,7 +896,7 @@ void Kernel::exception(Core& c, std::uint8_t vector, std::uint32_t error_code) {
     return;
   }
   if (static_cast<Thread*>(sim::Fiber::running()->user()))
-    kill_current(c, fmt::format("exception {} (error code {:#x})", vector, error_code));
+    kill_current(c, "exception {} (error code {:#x})", vector, error_code);
   else
     panic(c, fmt::format("exception {} in the kernel (error code {:#x})", vector, error_code));
 }

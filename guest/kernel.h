@@ -17,6 +17,8 @@
 #include <string>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "abi/boot.h"
 #include "cpu/core.h"
 #include "guest/net.h"
@@ -486,7 +488,16 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// the vCPU has work, or stops the tick if it has none.
   void program_timer(cpu::Core& c, Vcpu& v, bool restart_tick);
   void page_fault(cpu::Core& c, std::uint32_t error_code);
-  void kill_current(cpu::Core& c, const std::string& why);
+  /// Kills the running thread with a reason, formatted here: the thread's
+  /// fiber never resumes, so nothing on its stack is destroyed, and the
+  /// reason must not be a heap string in the caller's frame.
+  template <class... A>
+  [[noreturn]] void kill_current(cpu::Core& c, fmt::format_string<A...> f, A&&... a) {
+    m_kill_reason = fmt::format(f, std::forward<A>(a)...);
+    kill_current_thread(c);
+  }
+  [[noreturn]] void kill_current_thread(cpu::Core& c);
+  std::string m_kill_reason;  // of the thread kill_current is killing
   [[noreturn]] void panic(cpu::Core& c, const std::string& why);
   Vcpu& this_vcpu();
   void charge(cpu::Core& c, std::uint64_t instructions, std::uint64_t code_offset);
