@@ -290,6 +290,10 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   Vcpu* loaded = nullptr;   // whose VMCS is current
   Vcpu* last_ran = nullptr; // the vCPU this core ran last
   Vcpu* pmu_owner = nullptr; // whose guest counters the core's PMU holds (vpmu.cc)
+  // The scheduler's deadline as the core's timer last took it (0: none),
+  // so that a slice end that appears without a timer event (a second vCPU
+  // became runnable) is armed before the next VM entry (vcpu_sched.cc).
+  std::uint64_t sched_armed = 0;
   std::uint64_t vmxon_region = 0;
   // Asked of this core by others (run_core_requests): INVEPT single-context
   // of these EPTPs, VMCLEAR (then free) of these VMCS regions.

@@ -42,7 +42,10 @@ void Hypervisor::program_timer(PerCore& pc, bool idle) {
   if (m_storage) consider(blk_deadline(pc));  // virtio-blk completions timed here (virtio_blk.cc)
   // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
   // runs; the host timer keeps it only while the core halts.
-  if (!m_preemption_slices || idle) consider(sched_deadline(pc));
+  if (!m_preemption_slices || idle) {
+    pc.sched_armed = sched_deadline(pc);
+    consider(pc.sched_armed);
+  }
   consider(next_job(pc.id));  // timed jobs (dirty_log.cc)
   c.wrmsr(cpu::msr::kIa32TscDeadline, next);
 }

@@ -23,10 +23,9 @@ struct Busy : vmx::abi::GuestImage, vmx::cpu::InterruptHandler {
   vmx::sim::Fiber fiber{"busy", [this] {
                           Core& c = Core::current();
                           c.lidt(this);
-                          // As a guest kernel arming its timer: the exit
-                          // programs the host timer, which (round robin)
-                          // is otherwise armed only by a timer or a HLT.
-                          c.wrmsr(vmx::cpu::msr::kIa32TscDeadline, 0);
+                          // Never exits on its own: only the slice timer
+                          // the hypervisor arms before entering it can
+                          // take the core back.
                           for (;;) c.compute(1000);
                         }};
   std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
