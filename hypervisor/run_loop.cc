@@ -80,12 +80,13 @@ void Hypervisor::core_main(PerCore& pc) {
       if (m_p.migration) set_idle(pc, false);
       continue;
     }
-    // The host timer ends the slice: reprogram it after a pick that moves
-    // the deadline, and whenever the scheduler's deadline is no longer the
-    // one armed (round robin's appears when a second vCPU becomes runnable,
-    // with no timer event to arm it; a vCPU that never exits would
-    // otherwise never be preempted).
-    if (!m_preemption_slices && ((picking && s.timer_after_pick()) || sched_deadline(pc) != pc.sched_armed))
+    // The host timer ends the slice: reprogram it after a pick where the
+    // deadline depends on the pick, and otherwise whenever the scheduler's
+    // deadline is no longer the one armed (round robin's slice end appears
+    // when a second vCPU becomes runnable, with no timer event to arm it:
+    // a vCPU that never exits would never be preempted).
+    if (!m_preemption_slices &&
+        (s.timer_after_pick() ? picking : sched_deadline(pc) != pc.sched_armed))
       program_timer(pc);
     last = next;
     run_vcpu(pc, *next);

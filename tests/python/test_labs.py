@@ -36,10 +36,35 @@ def test_lab_has_the_sections_and_commands(lab):
     assert len(commands(lab)) >= 3
 
 
+def quoted_figures(path):
+    """The exact figures a lab quotes as results: comma-grouped integers in
+    "What you should have found" not introduced as approximate ("about",
+    "~", "≈", "some") — each must be a value the lab's commands produce."""
+    text = path.read_text(encoding="utf-8")
+    found = text.split("## What you should have found", 1)[1].split("## Going further", 1)[0]
+    figures = set()
+    for m in re.finditer(r"\b\d{1,3}(?:,\d{3})+\b", found):
+        before = found[max(0, m.start() - 8):m.start()]
+        if not re.search(r"(about|~|≈|some)\s*$", before, re.I):
+            figures.add(m.group(0))
+    return figures
+
+
 @pytest.mark.parametrize("lab", LABS, ids=lambda p: p.stem)
 def test_every_command_of_the_lab_runs(lab, tmp_path):
     env = dict(os.environ, VMXSIM_BUILD_DIR=str(BUILD))
+    printed = ""
     for line in commands(lab):
         args = [str(tmp_path / a) if a.startswith("out/") else a for a in shlex.split(line)]
         r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, f"{lab.name}: `{line}` failed:\n{r.stderr[-2000:]}"
+        printed += r.stdout
+    # The figures the lab quotes are today's: every exact one appears among
+    # the numbers its commands print or write (statistics, tables, summaries).
+    for f in tmp_path.rglob("*"):
+        if f.is_file() and f.suffix in (".json", ".csv", ".txt", ".md", ".yaml"):
+            printed += f.read_text(encoding="utf-8", errors="replace")
+    produced = set(re.findall(r"\d+", printed))
+    stale = sorted(q for q in quoted_figures(lab) if q.replace(",", "") not in produced)
+    assert not stale, (f"{lab.name} quotes figures its commands no longer produce: {', '.join(stale)} "
+                       "(refresh them, or say \"about\" where a figure is derived)")
