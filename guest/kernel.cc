@@ -142,7 +142,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     // Application processors wait, halted, for the bootstrap processor's
     // wake-up IPI and then turn on paging with the kernel's tables.
     c.sti();
-    while (c.load(kImageBase + 0x1000) != kApGo) c.hlt();
+    while (c.load(kImageBase + 0x1000) != ap_go()) c.hlt();
     c.cli();
     c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
     c.write_cr(4, boot_cr4());
@@ -231,7 +231,7 @@ void Kernel::boot(Core& c) {
   m_pending_processes.clear();
 
   // Release the other vCPUs.
-  c.store(kDirectMap + kImageBase + 0x1000, kApGo);
+  c.store(kDirectMap + kImageBase + 0x1000, ap_go());
   for (unsigned i = 1; i < m_vcpus.size(); ++i)
     c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{i} << 32) | kWakeVector);
   m_booted = true;

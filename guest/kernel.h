@@ -445,10 +445,11 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// Guest-physical address of vCPU i's steal-time record (in the kernel image).
   static std::uint64_t steal_record(unsigned i) { return kImageBase + 0x4000 + 64ull * i; }
   static constexpr std::uint64_t steal_page() { return kImageBase + 0x4000; }
-  /// What the bootstrap processor writes to release the others (a value,
-  /// not just non-zero: unwritten memory of an encrypted VM reads as
-  /// garbage, never as zero).
+  /// What the bootstrap processor writes to release the others: 1, or in
+  /// a kernel built for encryption a magic value (unwritten memory of an
+  /// encrypted VM reads as garbage, never as zero).
   static constexpr std::uint64_t kApGo = 0x474F2121;  // "!!OG"
+  std::uint64_t ap_go() const { return m_want_sev ? kApGo : 1; }
   void sev_probe(cpu::Core& c);
   /// Guest-virtual address of vCPU i's run queue (struct rq: two lines in the
   /// kernel image: lock, nr_running, load, min_vruntime, curr, prev_steal).
