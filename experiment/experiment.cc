@@ -145,6 +145,14 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
       else if (vm.swap || vm.balloon.enabled) need = "false for a VM with a swap disk or a balloon (virtio devices)";
       else if (vm.hypervisor.enabled() || !prefix.empty()) need = "false for a VM running or run by a nested hypervisor";
       if (need) throw error_at(doc, at + ".encrypted", need, got);
+      // The C-bit must lie above every guest-physical address the VM uses
+      // (its memory and the device windows below 4 GiB).
+      const unsigned c_bit = p.platform.memory_encryption.c_bit;
+      if (c_bit < 32 || vm.memory > (std::uint64_t{1} << c_bit))
+        throw error_at(doc, "platform.memory_encryption.c_bit",
+                       fmt::format("a C-bit above the guest-physical addresses of the encrypted VM {} (at least 32, "
+                                   "and 2^c_bit at least its memory)", vm.name),
+                       std::to_string(c_bit));
       if (++encrypted_vms > p.platform.memory_encryption.key_ids)
         throw error_at(doc, at + ".encrypted",
                        fmt::format("at most platform.memory_encryption.key_ids ({}) encrypted VMs",

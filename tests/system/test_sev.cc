@@ -50,6 +50,10 @@ TEST_CASE("S11: an encrypted VM needs the platform's encryption engine (config e
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("vms[1].encrypted") != std::string::npos);
   CHECK(r.err.find("memory_encryption.enabled") != std::string::npos);
+  // A C-bit inside the guest-physical addresses the VM uses is refused too.
+  const auto low = run_cli(scenario("s11_memory_bound.yaml"), {"--set", "platform.memory_encryption.c_bit=24"});
+  CHECK(low.exit_code == 2);
+  CHECK(low.err.find("platform.memory_encryption.c_bit") != std::string::npos);
 }
 
 TEST_CASE("S11 over virtio-net: the encrypted VM's driver bounces every frame through shared buffers, and the copies show") {
