@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "models/io_bus.h"
+#include "models/mem_crypt.h"
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
 #include "models/phys_mem.h"
@@ -380,7 +381,8 @@ void Core::compute(std::uint64_t instructions) {
 void Core::update_context() {
   m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root,
                     {m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute),
-                     m_non_root && m_ept && (m_proc2 & proc2::kEnablePml)});
+                     m_non_root && m_ept && (m_proc2 & proc2::kEnablePml), m_non_root ? m_crypt_key : 0,
+                     m_non_root ? m_c_bit : 0});
 }
 
 bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
@@ -417,22 +419,68 @@ bool Core::translation_fault(std::uint64_t va) {
   return false;
 }
 
+// An encrypted guest's own page tables are private (AMD64 APM Vol. 2,
+// 15.34.5: guest page-table walks always use the guest's key): the walker
+// hands their entries' addresses over with the key ID, and they are
+// decrypted here like any private line.
 std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
-  if (!m_w.mem->contains(pa, 8)) return 0;  // beyond memory: reads as not present
+  const bool plain = m_w.mem->contains(pa, 8);
+  if (!plain && !in_ram(pa, 8)) return 0;  // beyond memory: reads as not present
   // The walk's earlier references have not been charged yet: DRAM sees this
   // one after them.
   m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Walk);
   m_w.caches->set_time_bias(0);
-  return m_w.mem->read(pa, 8);
+  if (plain) [[likely]]
+    return m_w.mem->read(pa, 8);
+  std::uint64_t v = 0;
+  mem_read_bytes(pa, &v, 8);
+  return v;
 }
 
 void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cycles) {
-  if (!m_w.mem->contains(pa, 8)) return;
+  const bool plain = m_w.mem->contains(pa, 8);
+  if (!plain && !in_ram(pa, 8)) return;
   m_w.caches->set_time_bias(cycles);
   cycles += m_w.caches->access(pa, models::AccessKind::Write);
   m_w.caches->set_time_bias(0);
-  m_w.mem->write(pa, value, 8);
+  if (plain) [[likely]]
+    m_w.mem->write(pa, value, 8);
+  else
+    mem_write_bytes(pa, &value, 8);
+}
+
+bool Core::in_ram(std::uint64_t pa, std::uint64_t len) const {
+  return m_w.mem->contains(models::strip_key(pa), len) && (models::key_id_of(pa) == 0 || m_w.crypt);
+}
+
+// A private access of an encrypted guest: the line is cached under its key
+// ID (the hierarchy charges the engine on a DRAM fill), and the engine
+// decrypts or re-encrypts the bytes in memory.
+std::uint64_t Core::encrypted_read(std::uint64_t pa, unsigned size) {
+  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  std::uint64_t v = 0;
+  m_w.crypt->read(pa, &v, size);
+  return v;
+}
+
+void Core::encrypted_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  charge_store(m_w.caches->access(pa, models::AccessKind::Write));
+  m_w.crypt->write(pa, &value, size);
+}
+
+void Core::mem_read_bytes(std::uint64_t pa, void* dst, std::uint64_t len) {
+  if (models::key_id_of(pa)) [[unlikely]]
+    m_w.crypt->read(pa, dst, len);
+  else
+    m_w.mem->read_bytes(pa, dst, len);
+}
+
+void Core::mem_write_bytes(std::uint64_t pa, const void* src, std::uint64_t len) {
+  if (models::key_id_of(pa)) [[unlikely]]
+    m_w.crypt->write(pa, src, len);
+  else
+    m_w.mem->write_bytes(pa, src, len);
 }
 
 // SDM Vol. 3C, 29.3.6: the guest-physical address goes to PML address + 8 x
@@ -532,6 +580,7 @@ std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
 // by the device (models/mmio.h). Reached only after the RAM check fails.
 std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
+  if (models::key_id_of(pa) && in_ram(pa, size)) return encrypted_read(pa, size);
   drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint64_t v = 0;
   std::uint32_t cycles = 0;
@@ -542,6 +591,10 @@ std::uint64_t Core::mmio_read(std::uint64_t pa, unsigned size) {
 }
 
 void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
+  if (models::key_id_of(pa) && in_ram(pa, size)) {
+    encrypted_write(pa, value, size);
+    return;
+  }
   drain_stores();  // UC accesses are not reordered with buffered stores (SDM Vol. 3A, 11.3)
   std::uint32_t cycles = 0;
   if (!m_w.mmio || !m_w.mmio->write(pa, value, size, cycles))
@@ -569,12 +622,14 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedO
   ++m_stats.stores;
   std::uint64_t pa;
   while (!translate(va, AccessType::Write, pa)) boundary();
-  if ((va & 7) || !m_w.mem->contains(pa, 8))
+  if ((va & 7) || !in_ram(pa, 8))
     throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
   drain_stores();  // a locked instruction drains the store buffer first (SDM Vol. 3A, 8.2.5)
   charge(m_w.caches->access(pa, models::AccessKind::Write));
-  const std::uint64_t old = m_w.mem->read(pa, 8);
-  m_w.mem->write(pa, op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value, 8);
+  std::uint64_t old = 0;
+  mem_read_bytes(pa, &old, 8);
+  const std::uint64_t nv = op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value;
+  mem_write_bytes(pa, &nv, 8);
   return old;
 }
 
@@ -701,12 +756,12 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
   std::uint8_t bytes[8] = {};
   if (write) {
     std::memcpy(bytes, &value, 8);
-    m_w.mem->write_bytes(pa1, bytes, first_len);
-    m_w.mem->write_bytes(pa2, bytes + first_len, size - first_len);
+    mem_write_bytes(pa1, bytes, first_len);
+    mem_write_bytes(pa2, bytes + first_len, size - first_len);
     return 0;
   }
-  m_w.mem->read_bytes(pa1, bytes, first_len);
-  m_w.mem->read_bytes(pa2, bytes + first_len, size - first_len);
+  mem_read_bytes(pa1, bytes, first_len);
+  mem_read_bytes(pa2, bytes + first_len, size - first_len);
   std::uint64_t v = 0;
   std::memcpy(&v, bytes, 8);
   return size == 8 ? v : v & ((1ull << (8 * size)) - 1);
@@ -737,14 +792,18 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
     std::uint64_t chunk = std::min(end, (va | 0xFFF) + 1) - va;
     std::uint64_t pa;
     while (!translate(va, AccessType::Write, pa)) boundary();
-    if (!m_w.mem->contains(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
+    if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
     for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
       charge_store(m_w.caches->access(line, models::AccessKind::Write));  // streams through the store buffer
       retire(1);
     }
     // A frame never written reads as zeros (PhysMem): zeroing it needs no
     // host frame, so clearing a fresh page costs no host memory or memset.
-    if (value != 0 || m_w.mem->frame_if_present(pa)) std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
+    // Through a key the engine writes the ciphertext of the value.
+    if (models::key_id_of(pa)) [[unlikely]]
+      m_w.crypt->fill(pa, value, chunk);
+    else if (value != 0 || m_w.mem->frame_if_present(pa))
+      std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
     m_stats.stores += (chunk + kLine - 1) / kLine;
     va += chunk;
     if (va < end) boundary();
@@ -764,7 +823,7 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       if (translate(s, AccessType::Read, spa) && translate(d, AccessType::Write, dpa)) break;
       boundary();
     }
-    if (!m_w.mem->contains(spa, chunk) || !m_w.mem->contains(dpa, chunk))
+    if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
       throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
     for (std::uint64_t off = 0; off < chunk; off += kLine) {
       charge(m_w.caches->access(spa + off, models::AccessKind::Read));
@@ -772,8 +831,8 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       retire(1);
     }
     std::uint8_t buf[4096];
-    m_w.mem->read_bytes(spa, buf, chunk);
-    m_w.mem->write_bytes(dpa, buf, chunk);
+    mem_read_bytes(spa, buf, chunk);
+    mem_write_bytes(dpa, buf, chunk);
     m_stats.loads += (chunk + kLine - 1) / kLine;
     m_stats.stores += (chunk + kLine - 1) / kLine;
     done += chunk;
@@ -1003,6 +1062,12 @@ std::uint64_t Core::rdmsr(std::uint32_t msr) {
     raise_exception(vec::kGeneralProtection, 0, true);
     return 0;
   }
+  if (msr == msr::kSevStatus && m_w.crypt) {
+    // Answered by the hardware from the VM's key ID (no exit): what the
+    // guest needs to know before it sets any C-bit.
+    charge(m_p.msr_latency);
+    return (m_non_root && m_crypt_key) ? 1 : 0;
+  }
   if (m_non_root) {
     // MSR bitmaps, SDM Vol. 3C, 25.6.9: read-low at 0, read-high at 1024.
     bool exits = true;
@@ -1125,6 +1190,17 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
       // and maximum MHz (one fixed frequency), bus (reference) 100 MHz.
       r = {static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000), static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000),
            100, 0};
+      break;
+    case 0x80000000:
+      // Highest extended leaf: 8000_001FH when memory encryption exists.
+      if (m_w.crypt) r = {0x8000001F, 0, 0, 0};
+      break;
+    case 0x8000001F:
+      // AMD memory-encryption capabilities (AMD64 APM Vol. 3, CPUID Fn8000_001F):
+      // EAX bit 1 SEV; EBX[5:0] the C-bit position, EBX[11:6] the physical-
+      // address reduction (0: the key ID sits above MAXPHYADDR here); ECX the
+      // number of encrypted guests at once (key IDs).
+      if (m_w.crypt) r = {1u << 1, m_w.crypt->params().c_bit, m_w.crypt->params().key_ids, 0};
       break;
     default:
       break;
@@ -1662,6 +1738,12 @@ VmExit Core::vm_entry(bool launch) {
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
   if ((proc2_ctl & proc2::kEnableVpid) && v.get(field::kVpid) == 0)
     return {vm_fail(vmerr::kEntryInvalidControls), 0};
+  // An encryption key ID needs the engine to hold that key, and EPT: the
+  // C-bit is taken out of guest-physical addresses before EPT translates
+  // them (as SEV requires nested paging, AMD64 APM Vol. 2, 15.34.3).
+  const std::uint64_t key_id = v.get(field::kEncryptionKeyId);
+  if (key_id && (!m_w.crypt || key_id > m_w.crypt->params().key_ids || !(proc2_ctl & proc2::kEnableEpt)))
+    return {vm_fail(vmerr::kEntryInvalidControls), 0};
   // SDM Vol. 3C, 27.2.1.1: "mode-based execute control for EPT" requires
   // "enable EPT".
   if ((proc2_ctl & proc2::kModeBasedExecute) && !(proc2_ctl & proc2::kEnableEpt))
@@ -1740,6 +1822,8 @@ VmExit Core::vm_entry(bool launch) {
   m_vpid = (m_proc2 & proc2::kEnableVpid) ? static_cast<std::uint16_t>(v.get(field::kVpid)) : 0;
   m_ept = m_proc2 & proc2::kEnableEpt;
   m_eptp = eptp;
+  m_crypt_key = models::key_bits(static_cast<unsigned>(key_id));
+  m_c_bit = key_id ? std::uint64_t{1} << m_w.crypt->params().c_bit : 0;
   if (m_proc2 & proc2::kEnablePml) {
     m_pml_addr = v.get(field::kPmlAddress);
     m_pml_index = static_cast<std::uint16_t>(v.get(field::kGuestPmlIndex));

@@ -35,6 +35,7 @@ class PhysMem;
 class MemHierarchy;
 class IoBus;
 class MmioBus;
+class MemoryEncryption;
 }  // namespace vmx::models
 
 namespace vmx::cpu {
@@ -185,6 +186,9 @@ struct CoreWiring {
   /// Devices' MMIO ranges, looked up only for physical addresses outside
   /// RAM (optional: without it such an access is a simulator error).
   models::MmioBus* mmio = nullptr;
+  /// The memory controller's encryption engine (models/mem_crypt.h); null
+  /// when the platform has none: then no VM entry may select a key ID.
+  models::MemoryEncryption* crypt = nullptr;
   VmcsStore* vmcs_store = nullptr;
   std::uint64_t frequency_hz = 0;
   std::uint64_t quantum_cycles = 0;
@@ -449,6 +453,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint64_t access_slow(std::uint64_t va, unsigned size, bool write, std::uint64_t value);
   std::uint64_t mmio_read(std::uint64_t pa, unsigned size);
   void mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size);
+  // Memory through an address that may carry a key ID (models/mem_crypt.h):
+  // such an address is outside RAM for PhysMem, so the plain paths reach
+  // these only after their RAM check failed, and the unencrypted hot path
+  // pays nothing for them.
+  /// pa (key ID stripped) lies in RAM.
+  bool in_ram(std::uint64_t pa, std::uint64_t len) const;
+  std::uint64_t encrypted_read(std::uint64_t pa, unsigned size);
+  void encrypted_write(std::uint64_t pa, std::uint64_t value, unsigned size);
+  void mem_read_bytes(std::uint64_t pa, void* dst, std::uint64_t len);
+  void mem_write_bytes(std::uint64_t pa, const void* src, std::uint64_t len);
   void update_context();         // hand the MMU the translation context
 
   // Performance monitoring (pmu/pmu.h): the PMU's view of this CPU, and the
@@ -588,6 +602,11 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   // VM-execution controls cached at VM entry.
   std::uint32_t m_pin = 0, m_proc = 0, m_proc2 = 0, m_exc_bitmap = 0;
   std::uint16_t m_vpid = 0;
+  // Memory encryption of the guest, loaded at VM entry: the key-ID bits of
+  // its private accesses and the C-bit of its page-table entries (both 0:
+  // not encrypted).
+  std::uint64_t m_crypt_key = 0;
+  std::uint64_t m_c_bit = 0;
   bool m_ept = false;
   std::uint64_t m_eptp = 0;
   // Page-modification logging (SDM Vol. 3C, 29.3.6): the log's address and

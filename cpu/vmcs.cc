@@ -13,7 +13,7 @@ std::bitset<512> make_supported() {
   std::bitset<512> s;
   using namespace field;
   for (std::uint32_t enc :
-       {kVpid, kPostedIntrNv, kGuestIntrStatus, kGuestPmlIndex, kPmlAddress, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
+       {kVpid, kPostedIntrNv, kEncryptionKeyId, kGuestIntrStatus, kGuestPmlIndex, kPmlAddress, kVirtualApicPage, kPostedIntrDesc, kEoiExitBitmap0,
         kEoiExitBitmap0 + 2, kEoiExitBitmap0 + 4, kEoiExitBitmap0 + 6, kIoBitmapA, kIoBitmapB, kMsrBitmap, kTscOffset, kEptPointer, kVmFunctionControls, kVmreadBitmap, kVmwriteBitmap,
         kGuestPhysicalAddress, kVmcsLinkPointer, kGuestIa32Efer, kGuestPerfGlobalCtrl, kHostPerfGlobalCtrl, kPinBasedControls, kProcBasedControls,
         kExceptionBitmap, kPfErrorCodeMask, kPfErrorCodeMatch, kCr3TargetCount, kExitControls,

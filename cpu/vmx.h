@@ -16,6 +16,12 @@ namespace field {
 // 16-bit control
 constexpr std::uint32_t kVpid = 0x0000;
 constexpr std::uint32_t kPostedIntrNv = 0x0002;
+/// Memory-encryption key ID of the guest (SEV-like confidential VMs,
+/// models/mem_crypt.h): 0 runs the guest unencrypted; 1..key_ids encrypts
+/// its private pages with that key. Not an SDM field: vmxsim's stand-in
+/// for the ASID and SEV enable of AMD's VMCB (AMD64 APM Vol. 2, 15.34.3),
+/// in an encoding the SDM leaves unassigned.
+constexpr std::uint32_t kEncryptionKeyId = 0x0016;
 // 16-bit guest state
 constexpr std::uint32_t kGuestIntrStatus = 0x0810;  // RVI in bits 7:0, SVI in bits 15:8
 constexpr std::uint32_t kGuestPmlIndex = 0x0812;    // next page-modification log entry (29.3.6)
@@ -327,6 +333,10 @@ constexpr std::uint32_t kX2ApicEoi = 0x80B;
 constexpr std::uint32_t kX2ApicIcr = 0x830;
 constexpr std::uint32_t kX2ApicLvtTimer = 0x832;
 constexpr std::uint32_t kX2ApicLvtPmc = 0x834;  // LVT performance-monitoring counters
+/// SEV_STATUS (AMD64 APM Vol. 2, 15.34.10): bit 0, the guest runs with
+/// memory encryption (SEV) active. Read-only; answered by the hardware from
+/// the VM's key ID, without an exit.
+constexpr std::uint32_t kSevStatus = 0xC0010131;
 }  // namespace msr
 
 // --- Virtual-APIC page (SDM Vol. 3C, 30.1): register offsets. ISR, TMR and

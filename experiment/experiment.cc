@@ -70,6 +70,7 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
                const hv::HypervisorParams& hp, std::uint64_t pin_cores) {
   std::set<std::string> names;
   const std::uint64_t ept_page = hp.ept_page_size;
+  std::uint64_t encrypted_vms = 0;
   for (std::size_t i = 0; i < vms.size(); ++i) {
     const auto& vm = vms[i];
     std::string at = fmt::format("{}vms[{}]", prefix, i);
@@ -129,6 +130,34 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
         throw error_at(doc, at + ".cap",
                        "0 unless hypervisor.scheduler is proportional (round_robin does not cap)",
                        std::to_string(vm.cap));
+    }
+    if (vm.encrypted) {
+      // Only the virtio-net driver bounces its buffers through shared pages
+      // (Linux's swiotlb); the ring NIC drivers, the swap disk and the
+      // balloon would hand the device private pages.
+      const char* need = nullptr;
+      std::string got = "true";
+      if (!p.platform.memory_encryption.enabled) need = "false unless platform.memory_encryption.enabled is true";
+      else if (vm.paging != "ept") need = "false unless paging is ept (the C-bit is stripped before EPT)", got = "paging " + vm.paging;
+      else if (vm.nic.type != "none" && vm.nic.type != "virtio")
+        need = "false for a VM with a network device other than virtio (its DMA buffers would be private)",
+        got = "nic.type " + vm.nic.type;
+      else if (vm.swap || vm.balloon.enabled) need = "false for a VM with a swap disk or a balloon (virtio devices)";
+      else if (vm.hypervisor.enabled() || !prefix.empty()) need = "false for a VM running or run by a nested hypervisor";
+      if (need) throw error_at(doc, at + ".encrypted", need, got);
+      // The C-bit must lie above every guest-physical address the VM uses
+      // (its memory and the device windows below 4 GiB).
+      const unsigned c_bit = p.platform.memory_encryption.c_bit;
+      if (c_bit < 32 || vm.memory > (std::uint64_t{1} << c_bit))
+        throw error_at(doc, "platform.memory_encryption.c_bit",
+                       fmt::format("a C-bit above the guest-physical addresses of the encrypted VM {} (at least 32, "
+                                   "and 2^c_bit at least its memory)", vm.name),
+                       std::to_string(c_bit));
+      if (++encrypted_vms > p.platform.memory_encryption.key_ids)
+        throw error_at(doc, at + ".encrypted",
+                       fmt::format("at most platform.memory_encryption.key_ids ({}) encrypted VMs",
+                                   p.platform.memory_encryption.key_ids),
+                       fmt::format("encrypted VM number {}", encrypted_vms));
     }
     if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
       throw error_at(doc, at + ".kernel.sched.pv",

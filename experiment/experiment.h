@@ -131,6 +131,7 @@ struct VmParamsT {
   std::uint64_t weight;
   std::uint64_t cap;
   std::string paging;
+  bool encrypted;
   std::string pmu;
   std::string pin;          // comma-separated core indices ("" = unpinned)
   std::uint64_t priority;
@@ -158,6 +159,12 @@ struct VmParamsT {
             "How the hypervisor virtualizes the VM's memory: ept (two-dimensional walks through the VM's EPT) "
             "or shadow (the hypervisor keeps shadow page tables that the hardware walks in one dimension; "
             "guest page-table writes, CR3 loads, INVLPG and page faults exit; see docs/mmu.md).");
+    v.param(encrypted, "encrypted", "false", Spec(Unit::Flag),
+            "Run the VM with its memory encrypted under a key of its own (SEV-like, docs/protection.md 'S11'): "
+            "the hypervisor selects a key ID, the guest kernel sets the C-bit in its mappings, and the "
+            "hypervisor and devices see only ciphertext of its private pages. Needs "
+            "platform.memory_encryption.enabled and paging ept; of the devices only a virtio-net NIC (whose driver then "
+            "bounces every frame through shared buffers, as Linux's swiotlb does), no swap disk or balloon.");
     v.param(pmu, "pmu", "none", Spec().one_of({"none", "emulated", "mediated", "passthrough"}),
             "The VM's virtual PMU (docs/pmu.md): none (CPUID leaf 0AH reports no performance monitoring, counter "
             "MSRs are #GP), emulated (every counter MSR access and RDPMC exits; the hypervisor backs each guest "

@@ -253,6 +253,11 @@ struct Session::System {
     for (const auto& step : vp.balloon.schedule) spec.balloon_schedule.emplace_back(step.at, step.target);
     std::stable_sort(spec.balloon_schedule.begin(), spec.balloon_schedule.end(),
                      [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (vp.encrypted) {
+      // Key IDs in configuration order (load() checked there are enough).
+      spec.key_id = ++encrypted_vms;
+      kernel->set_memory_encryption();
+    }
     spec.image = kernel.get();
     hyp.add_vm(spec);
     if (&hyp == hypervisor.get()) kernels.push_back(std::move(kernel));
@@ -266,6 +271,7 @@ struct Session::System {
   }
 
   const ExperimentParams& params;
+  unsigned encrypted_vms = 0;
   // Before the components: they record into it from their first event.
   trace::EventTrace trace;
   stats::Group root;

@@ -142,7 +142,7 @@ void Kernel::vcpu_main(Vcpu& v) {
     // Application processors wait, halted, for the bootstrap processor's
     // wake-up IPI and then turn on paging with the kernel's tables.
     c.sti();
-    while (c.load(kImageBase + 0x1000) == 0) c.hlt();
+    while (c.load(kImageBase + 0x1000) != ap_go()) c.hlt();
     c.cli();
     c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
     c.write_cr(4, boot_cr4());
@@ -178,13 +178,18 @@ void Kernel::boot(Core& c) {
   m_large_low = m_memory & ~((2ull << 20) - 1);
   c.rep_stos(m_pool_next, 0, m_pool_end - m_pool_next);
   count_free_frames();
+  if (m_want_sev) sev_probe(c);
 
   m_kernel_pml4 = alloc_table(c);
   for (std::uint64_t off = 0; off < kImageSize; off += kPage) {
-    m_pt.map(c, m_kernel_pml4, kKernelText + off, kImageBase + off, kTextPage);
-    m_pt.map(c, m_kernel_pml4, kDirectMap + kImageBase + off, kImageBase + off, kKernelPage);
+    // The page of steal-time records is shared with the hypervisor, which
+    // writes it: mapped without the C-bit (Linux's __bss_decrypted).
+    const std::uint64_t c_bit = (kImageBase + off == steal_page()) ? 0 : m_c_bit;
+    m_pt.map(c, m_kernel_pml4, kKernelText + off, kImageBase + off, kTextPage | m_c_bit);
+    m_pt.map(c, m_kernel_pml4, kDirectMap + kImageBase + off, kImageBase + off, kKernelPage | c_bit);
   }
-  for (std::uint64_t a = kPoolBase; a < m_pool_end; a += kPage) m_pt.map(c, m_kernel_pml4, kDirectMap + a, a, kKernelPage);
+  for (std::uint64_t a = kPoolBase; a < m_pool_end; a += kPage)
+    m_pt.map(c, m_kernel_pml4, kDirectMap + a, a, kKernelPage | m_c_bit);
 
   // Long mode with paging (SDM Vol. 3A, 10.8.5).
   c.wrmsr(cpu::msr::kIa32Efer, crb::kEferLme | crb::kEferNxe);
@@ -192,6 +197,9 @@ void Kernel::boot(Core& c) {
   c.write_cr(3, m_kernel_pml4);
   c.write_cr(0, crb::kCr0Pe | crb::kCr0Pg | crb::kCr0Wp);
   m_pt.set_direct_map(kDirectMap);
+  // Cleared through its shared mapping: the boot's clear above wrote it
+  // encrypted, which the hypervisor would read as garbage.
+  if (m_c_bit) c.rep_stos(kDirectMap + steal_page(), 0, kPage);
   net_probe(c);
   if (m_want_swap) swap_probe(c);
   if (m_want_balloon) balloon_probe(c);
@@ -223,10 +231,23 @@ void Kernel::boot(Core& c) {
   m_pending_processes.clear();
 
   // Release the other vCPUs.
-  c.store(kDirectMap + kImageBase + 0x1000, 1);
+  c.store(kDirectMap + kImageBase + 0x1000, ap_go());
   for (unsigned i = 1; i < m_vcpus.size(); ++i)
     c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{i} << 32) | kWakeVector);
   m_booted = true;
+}
+
+// Memory encryption (AMD64 APM Vol. 2, 15.34.10, as Linux's sme_enable):
+// the processor reports SEV and the C-bit position in CPUID 8000_001FH, and
+// SEV_STATUS says whether this guest runs encrypted. From then on every
+// mapping the kernel makes carries the C-bit, and the address bits of an
+// entry exclude it.
+void Kernel::sev_probe(Core& c) {
+  if (c.cpuid(0x80000000).eax < 0x8000001F) return;
+  const cpu::CpuidResult r = c.cpuid(0x8000001F);
+  if (!(r.eax & (1u << 1)) || !(c.rdmsr(cpu::msr::kSevStatus) & 1)) return;
+  m_c_bit = std::uint64_t{1} << (r.ebx & 63);
+  m_pt.set_addr_mask(pte::kAddrMask & ~m_c_bit);
 }
 
 // ---------------------------------------------------------------------------
@@ -254,7 +275,7 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     if (m_frame_next + kPage > m_large_low) return 0;
     f = m_frame_next;
     m_frame_next += kPage;
-    m_pt.map(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage);
+    m_pt.map(c, m_kernel_pml4, kDirectMap + f, f, kKernelPage | m_c_bit);
   } else {
     // Large frames come from the top, aligned, never sharing a 2 MiB block
     // with 4 KiB frames; the direct map covers them with 2 MiB pages.
@@ -263,7 +284,7 @@ std::uint64_t Kernel::alloc_frame(Core& c, std::uint64_t size) {
     if (f < ((m_frame_next + (2ull << 20) - 1) & ~((2ull << 20) - 1))) return 0;
     m_large_low = f;
     for (std::uint64_t off = 0; off < size; off += 2ull << 20)
-      m_pt.map(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize, 2);
+      m_pt.map(c, m_kernel_pml4, kDirectMap + f + off, f + off, kKernelPage | pte::kPageSize | m_c_bit, 2);
   }
   count_free_frames();
   // clear_page through the direct map.
@@ -391,7 +412,7 @@ bool Kernel::sys_munmap(Thread& t, std::uint64_t start) {
       }
       continue;
     }
-    if (!alias) freed.push_back(s.value & pte::kAddrMask);
+    if (!alias) freed.push_back(s.value & m_pt.addr_mask());
     charge(c, m_p.costs.unmap_page, kCodeSyscall);
     PageTables::clear(c, s.entry);
     c.invlpg(va);
@@ -484,7 +505,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
       kill_current(c, "bus error at {:#x}: the aliased page is not populated", addr);
       return;
     }
-    frame = e & pte::kAddrMask;
+    frame = e & m_pt.addr_mask();
   } else {
     frame = alloc_frame(c, page);
   }
@@ -495,7 +516,7 @@ void Kernel::page_fault(Core& c, std::uint32_t error_code) {
     kill_current(c, "out of memory");
     return;
   }
-  std::uint64_t flags = kUserPage | (leaf > 1 ? pte::kPageSize : 0);
+  std::uint64_t flags = kUserPage | m_c_bit | (leaf > 1 ? pte::kPageSize : 0);
   if (exec) flags &= ~pte::kNoExecute;
   if (!writable) flags &= ~pte::kWritable;
   m_pt.map(c, p.pml4, addr & ~(page - 1), frame, flags, leaf);
@@ -547,8 +568,8 @@ bool Kernel::sys_fork_wait(Thread& t, const std::function<void(Thread&)>& body) 
       if (!(e & pte::kPresent)) continue;
       charge(c, m_p.costs.fork_page, kCodeFork);
       if (e & pte::kWritable) c.store(entry, e & ~pte::kWritable);
-      std::uint64_t frame = e & pte::kAddrMask;
-      m_pt.map(c, child->pml4, va, frame, (e & ~pte::kWritable) & ~pte::kAddrMask & ~(pte::kAccessed | pte::kDirty));
+      std::uint64_t frame = e & m_pt.addr_mask();
+      m_pt.map(c, child->pml4, va, frame, (e & ~pte::kWritable) & ~m_pt.addr_mask() & ~(pte::kAccessed | pte::kDirty));
       auto [it, inserted] = m_frame_refs.try_emplace(frame, 1);
       ++it->second;
     }
@@ -625,7 +646,7 @@ void Kernel::reap(Core& c, Process& child) {
         continue;
       }
       charge(c, m_p.costs.unmap_page, kCodeSyscall);
-      std::uint64_t frame = e & pte::kAddrMask;
+      std::uint64_t frame = e & m_pt.addr_mask();
       auto it = m_frame_refs.find(frame);
       if (it == m_frame_refs.end()) {
         m_free_frames[0].push_back(frame);
@@ -659,9 +680,9 @@ bool Kernel::cow_fault(Core& c, Process& p, std::uint64_t addr) {
   std::uint64_t e = c.load(entry);
   if (!(e & pte::kPresent) || (e & pte::kWritable)) return false;
   charge(c, m_p.costs.cow_fault, kCodeFault);
-  std::uint64_t frame = e & pte::kAddrMask;
+  std::uint64_t frame = e & m_pt.addr_mask();
   auto it = m_frame_refs.find(frame);
-  std::uint64_t flags = (e & ~pte::kAddrMask) | pte::kWritable;
+  std::uint64_t flags = (e & ~m_pt.addr_mask()) | pte::kWritable;
   if (it == m_frame_refs.end()) {
     c.store(entry, e | pte::kWritable);  // the last user: keep the frame
   } else {

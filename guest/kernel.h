@@ -359,6 +359,13 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// driver runs in a kernel thread.
   void set_swap_disk();
   void set_balloon();
+  /// The VM is encrypted (SEV-like, docs/protection.md "S11"; before the
+  /// run): the kernel, built with memory-encryption support, finds the
+  /// C-bit at boot (CPUID 8000_001FH, SEV_STATUS) and sets it in every
+  /// mapping but the page it shares with the hypervisor.
+  void set_memory_encryption() { m_want_sev = true; }
+  /// The C-bit the kernel sets (0: not encrypted).
+  std::uint64_t c_bit() const { return m_c_bit; }
   /// The balloon kernel thread's body (guest/balloon.cc).
   void balloon_main(Thread& t);
 
@@ -383,6 +390,8 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   // NetEnv.
   std::uint64_t net_alloc_page(cpu::Core& c) override;
   std::uint64_t net_alloc_contiguous(cpu::Core& c, std::uint64_t pages) override;
+  std::uint64_t net_alloc_shared_page(cpu::Core& c) override;
+  bool net_bounce() const override { return m_c_bit != 0; }
   std::uint64_t net_phys_to_virt(std::uint64_t gpa) const override { return kDirectMap + gpa; }
   std::uint64_t net_map_io(cpu::Core& c, std::uint64_t gpa, std::uint64_t bytes) override;
   void net_charge(cpu::Core& c, std::uint64_t instructions) override;
@@ -435,6 +444,13 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   };
   /// Guest-physical address of vCPU i's steal-time record (in the kernel image).
   static std::uint64_t steal_record(unsigned i) { return kImageBase + 0x4000 + 64ull * i; }
+  static constexpr std::uint64_t steal_page() { return kImageBase + 0x4000; }
+  /// What the bootstrap processor writes to release the others: 1, or in
+  /// a kernel built for encryption a magic value (unwritten memory of an
+  /// encrypted VM reads as garbage, never as zero).
+  static constexpr std::uint64_t kApGo = 0x474F2121;  // "!!OG"
+  std::uint64_t ap_go() const { return m_want_sev ? kApGo : 1; }
+  void sev_probe(cpu::Core& c);
   /// Guest-virtual address of vCPU i's run queue (struct rq: two lines in the
   /// kernel image: lock, nr_running, load, min_vruntime, curr, prev_steal).
   static std::uint64_t rq_va(unsigned i) { return kDirectMap + kImageBase + 0x8000 + 128ull * i; }
@@ -607,6 +623,8 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   std::unique_ptr<NetStats> m_net_stats;
   std::vector<Thread*> m_rx_waiters, m_tx_waiters;
   bool m_want_swap = false, m_want_balloon = false;
+  bool m_want_sev = false;
+  std::uint64_t m_c_bit = 0;
   std::unique_ptr<SwapState> m_swap;        // with a swap disk that probed
   std::unique_ptr<BalloonState> m_balloon;  // with a balloon device that probed
   std::unique_ptr<MemStats> m_mem_stats;    // with either

@@ -53,6 +53,20 @@ void Kernel::set_net_driver(std::unique_ptr<NetDriver> driver) {
 
 std::uint64_t Kernel::net_alloc_page(Core& c) { return alloc_frame(c, kPage); }
 
+// set_memory_decrypted: the frame's direct-map entry loses the C-bit (one
+// store and an INVLPG), and the page is cleared again through the shared
+// mapping (its earlier clearing was encrypted).
+std::uint64_t Kernel::net_alloc_shared_page(Core& c) {
+  const std::uint64_t f = alloc_frame(c, kPage);
+  if (!f || !m_c_bit) return f;
+  const std::uint64_t entry = m_pt.leaf_entry(c, m_kernel_pml4, kDirectMap + f);
+  if (!entry) return f;
+  c.store(entry, c.load(entry) & ~m_c_bit);
+  c.invlpg(kDirectMap + f);
+  c.rep_stos(kDirectMap + f, 0, kPage);
+  return f;
+}
+
 std::uint64_t Kernel::net_alloc_contiguous(Core& c, std::uint64_t pages) {
   // Frames one after another, checked: a gap gives the frames back.
   std::vector<std::uint64_t> got;

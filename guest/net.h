@@ -92,6 +92,14 @@ class NetEnv {
   /// `pages` cleared, physically consecutive 4 KiB frames (for a descriptor
   /// ring); the first one's guest-physical address, 0 if there are none.
   virtual std::uint64_t net_alloc_contiguous(cpu::Core& c, std::uint64_t pages) = 0;
+  /// A cleared page the device may read and write: in an encrypted VM
+  /// (docs/protection.md "S11") mapped shared, without the C-bit (Linux's
+  /// dma_alloc_coherent under SEV, set_memory_decrypted); else as
+  /// net_alloc_page.
+  virtual std::uint64_t net_alloc_shared_page(cpu::Core& c) { return net_alloc_page(c); }
+  /// Whether DMA buffers must be bounced through shared pages (Linux's
+  /// swiotlb, forced on in an SEV guest): the device cannot read private pages.
+  virtual bool net_bounce() const { return false; }
   /// Kernel virtual address of a page net_alloc_page returned (direct map).
   virtual std::uint64_t net_phys_to_virt(std::uint64_t gpa) const = 0;
   /// Maps `bytes` of device registers at gpa uncached (PCD, PWT) into the

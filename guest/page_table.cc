@@ -18,9 +18,9 @@ void PageTables::map(Core& c, std::uint64_t root, std::uint64_t va, std::uint64_
       e = m_alloc(c) | m_table_flags;
       c.store(entry, e);
     }
-    table = e & pte::kAddrMask;
+    table = e & m_addr_mask;
   }
-  c.store(entry_va(table, mmu::table_index(va, leaf_level)), (gpa & pte::kAddrMask) | flags);
+  c.store(entry_va(table, mmu::table_index(va, leaf_level)), (gpa & m_addr_mask) | flags);
 }
 
 PageTables::Slot PageTables::walk(Core& c, std::uint64_t root, std::uint64_t va, unsigned leaf_level) const {
@@ -35,7 +35,7 @@ PageTables::Slot PageTables::walk(Core& c, std::uint64_t root, std::uint64_t va,
       s.present = true;
       return s;
     }
-    table = s.value & pte::kAddrMask;
+    table = s.value & m_addr_mask;
   }
   return s;
 }
@@ -45,7 +45,7 @@ std::uint64_t PageTables::leaf_entry(Core& c, std::uint64_t root, std::uint64_t 
   for (unsigned level = m_levels; level > 1; --level) {
     std::uint64_t e = c.load(entry_va(table, mmu::table_index(va, level)));
     if (!(e & pte::kPresent)) return 0;
-    table = e & pte::kAddrMask;
+    table = e & m_addr_mask;
   }
   return entry_va(table, mmu::table_index(va, 1));
 }
@@ -58,9 +58,9 @@ std::uint64_t PageTables::translate(Core& c, std::uint64_t root, std::uint64_t v
     // A PS bit ends the walk at levels 3 and 2 (SDM Vol. 3A, 4.5.4).
     if (level == 1 || (level <= 3 && (e & pte::kPageSize))) {
       const std::uint64_t span = 1ull << mmu::level_shift(level);
-      return ((e & pte::kAddrMask) & ~(span - 1)) | (va & (span - 1));
+      return ((e & m_addr_mask) & ~(span - 1)) | (va & (span - 1));
     }
-    table = e & pte::kAddrMask;
+    table = e & m_addr_mask;
   }
   return 0;
 }
@@ -78,7 +78,7 @@ void PageTables::release_below(Core& c, std::uint64_t table, unsigned level, uns
                                const std::function<void(std::uint64_t)>& freed) const {
   for (unsigned i = first; i < last; ++i) {
     std::uint64_t e = c.load(entry_va(table, i));
-    if ((e & pte::kPresent) && !(e & pte::kPageSize)) release(c, e & pte::kAddrMask, level - 1, freed);
+    if ((e & pte::kPresent) && !(e & pte::kPageSize)) release(c, e & m_addr_mask, level - 1, freed);
   }
 }
 

@@ -35,6 +35,11 @@ class PageTables {
   /// The address of entry `index` of table page `gpa`.
   std::uint64_t entry_va(std::uint64_t gpa, unsigned index) const { return table_va(gpa) + 8ull * index; }
   unsigned levels() const { return m_levels; }
+  /// The address bits of an entry: pte::kAddrMask without the C-bit of
+  /// an encrypted guest (set_addr_mask at boot), which marks a page
+  /// private and is no part of the guest-physical address it maps.
+  std::uint64_t addr_mask() const { return m_addr_mask; }
+  void set_addr_mask(std::uint64_t mask) { m_addr_mask = mask; }
 
   /// Maps va -> gpa with a leaf at `leaf_level` (1: 4 KiB, 2: 2 MiB, 3:
   /// 1 GiB) and `flags`: one load per level above the leaf, a store of a
@@ -79,6 +84,7 @@ class PageTables {
   std::uint64_t m_table_flags;
   AllocTable m_alloc;
   std::uint64_t m_offset = 0;
+  std::uint64_t m_addr_mask = 0x000FFFFFFFFFF000ull;  // pte::kAddrMask
 };
 
 }  // namespace vmx::guest

@@ -55,6 +55,11 @@ std::uint64_t VirtioNetDriver::alloc_page(Core& c) {
   return p;
 }
 
+std::uint64_t VirtioNetDriver::alloc_shared_page(Core& c) {
+  if (m_env) return m_env->net_alloc_shared_page(c);
+  return alloc_page(c);
+}
+
 void VirtioNetDriver::reg_write(Core& c, std::uint64_t offset, std::uint64_t value, unsigned size) {
   c.store(m_window + offset, value, size);
 }
@@ -65,9 +70,9 @@ std::uint64_t VirtioNetDriver::reg_read(Core& c, std::uint64_t offset, unsigned 
 vq::Layout VirtioNetDriver::setup_queue(Core& c, unsigned index) {
   vq::Layout l;
   l.size = m_qsize;
-  l.desc = alloc_page(c);
+  l.desc = alloc_shared_page(c);
   l.avail = l.desc + vq::Layout::desc_bytes(m_qsize);  // fits the page for sizes up to 128
-  l.used = alloc_page(c);
+  l.used = alloc_shared_page(c);
   reg_write(c, reg::kQueueSel, index);
   reg_write(c, reg::kQueueSize, m_qsize);
   reg_write(c, reg::kQueueDesc, l.desc, 8);
@@ -79,6 +84,10 @@ vq::Layout VirtioNetDriver::setup_queue(Core& c, unsigned index) {
 bool VirtioNetDriver::probe(Core& c, NetEnv& env, NetStats& stats, std::string& why) {
   m_env = &env;
   m_net_stats = &stats;
+  m_bounce = env.net_bounce();
+  if (m_bounce && !m_bounced_bytes)
+    m_bounced_bytes = &m_stats.make<stats::Counter>(
+        "bounced_bytes", "bytes", "bytes copied between private buffers and shared bounce buffers (encrypted VM)");
   m_mem.va_offset = env.net_phys_to_virt(0);
   m_window = env.net_map_io(c, reg::kWindow, reg::kPageBytes);
   if (!probe(c)) {
@@ -114,7 +123,10 @@ bool VirtioNetDriver::probe(Core& c) {
   reg_write(c, reg::kQueueReady, 1);
   reg_write(c, reg::kVector, m_vector);
   m_buffer_pages.clear();
-  for (unsigned i = 0; i < m_qsize; ++i) m_buffer_pages.push_back(alloc_page(c));
+  m_private_pages.clear();
+  for (unsigned i = 0; i < m_qsize; ++i) m_buffer_pages.push_back(alloc_shared_page(c));
+  if (m_bounce)
+    for (unsigned i = 0; i < m_qsize; ++i) m_private_pages.push_back(alloc_page(c));
   // Post every RX buffer (add_recvbuf_small), then tell the device once.
   for (unsigned i = 0; i < m_qsize; ++i) m_rx.add(m, buffer_gpa(i), kBufferBytes, true, i);
   if (m_rx.publish(m)) reg_write(c, reg::kQueueNotify, reg::kRxQueue);
@@ -152,7 +164,15 @@ bool VirtioNetDriver::transmit(Core& c, std::uint64_t src_va, std::uint32_t len)
   // struct virtio_net_hdr: no offloads (5.1.6.2).
   m.store(buf, 0, 8);
   m.store(buf + 8, 0, 4);
-  c.rep_movs(buf + m_mem.va_offset + vq::kNetHdrBytes, src_va, len);
+  if (m_bounce) {
+    // The frame is built in private memory, then bounced to the shared slot.
+    const std::uint64_t priv = private_gpa(slot) + m_mem.va_offset + vq::kNetHdrBytes;
+    c.rep_movs(priv, src_va, len);
+    c.rep_movs(buf + m_mem.va_offset + vq::kNetHdrBytes, priv, len);
+    *m_bounced_bytes += len;
+  } else {
+    c.rep_movs(buf + m_mem.va_offset + vq::kNetHdrBytes, src_va, len);
+  }
   m_tx.add(m, buf, vq::kNetHdrBytes + len, false, slot);
   ++m_stats.tx_frames;
   return true;
@@ -210,7 +230,15 @@ std::uint32_t VirtioNetDriver::receive(Core& c, std::uint64_t dst_va, std::uint3
   std::uint32_t n = len > vq::kNetHdrBytes ? len - vq::kNetHdrBytes : 0;
   if (n > max) n = max;
   m.load(buf, 8);  // the header (no offloads negotiated)
-  if (n) c.rep_movs(dst_va, buf + m_mem.va_offset + vq::kNetHdrBytes, n);
+  if (n && m_bounce) {
+    // Bounced from the shared slot into private memory first.
+    const std::uint64_t priv = private_gpa(static_cast<unsigned>(slot)) + m_mem.va_offset + vq::kNetHdrBytes;
+    c.rep_movs(priv, buf + m_mem.va_offset + vq::kNetHdrBytes, n);
+    c.rep_movs(dst_va, priv, n);
+    *m_bounced_bytes += n;
+  } else if (n) {
+    c.rep_movs(dst_va, buf + m_mem.va_offset + vq::kNetHdrBytes, n);
+  }
   // Re-post the buffer; the device is told only if it asked (event index).
   m_rx.add(m, buf, kBufferBytes, true, slot);
   if (m_rx.publish(m)) reg_write(c, reg::kQueueNotify, reg::kRxQueue);

@@ -130,6 +130,9 @@ class VirtioNetDriver final : public NetDriver {
   std::uint64_t reg_read(cpu::Core& c, std::uint64_t offset, unsigned size = 4);
   abi::virtio::Layout setup_queue(cpu::Core& c, unsigned index);
   std::uint64_t alloc_page(cpu::Core& c);
+  /// A page the device reaches (rings, bounce buffers): shared in an
+  /// encrypted VM (NetEnv::net_alloc_shared_page).
+  std::uint64_t alloc_shared_page(cpu::Core& c);
   void reap_tx(cpu::Core& c);
   /// Buffer slot i: RX slots [0, qsize), TX slots [qsize, 2 qsize), two per page.
   std::uint64_t buffer_gpa(unsigned slot) const { return m_buffer_pages[slot / 2] + std::uint64_t{kBufferBytes} * (slot % 2); }
@@ -143,7 +146,17 @@ class VirtioNetDriver final : public NetDriver {
   std::uint64_t m_next_page = 0;  // stand-alone: next page of the region
   NetEnv* m_env = nullptr;
   NetStats* m_net_stats = nullptr;
-  std::vector<std::uint64_t> m_buffer_pages;
+  std::vector<std::uint64_t> m_buffer_pages;  // what the descriptors point to (shared)
+  // Bounce buffering (NetEnv::net_bounce, an encrypted VM): each buffer
+  // slot has a private twin (the skb's data) that the frame is built in or
+  // copied to, and the device sees only the shared slot, as Linux's swiotlb
+  // bounces each DMA mapping. bounced_bytes counts the extra copies.
+  bool m_bounce = false;
+  std::vector<std::uint64_t> m_private_pages;
+  stats::Counter* m_bounced_bytes = nullptr;
+  std::uint64_t private_gpa(unsigned slot) const {
+    return m_private_pages[slot / 2] + std::uint64_t{kBufferBytes} * (slot % 2);
+  }
   virtio::DriverQueue m_rx, m_tx;
   std::vector<unsigned> m_tx_free;  // free TX buffer slots
   Stats m_stats;

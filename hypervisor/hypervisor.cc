@@ -156,6 +156,9 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     vm->nested_vmx = true;
     vm->nested_stats = std::make_unique<NestedStats>(vm->group);
   }
+  if (spec.key_id && (spec.shadow_paging || spec.nested_vmx))
+    throw std::invalid_argument("VM " + spec.name + ": an encrypted VM needs EPT paging and no nested VMX");
+  vm->key_id = spec.key_id;
   if (spec.nic_type == "vf" && (!m_io.vtd_regs || spec.shadow_paging))
     throw std::invalid_argument("VM " + spec.name + ": a passed-through VF needs the platform NIC and IOMMU "
                                 "(attach_io) and EPT paging");

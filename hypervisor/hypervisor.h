@@ -311,6 +311,10 @@ struct VmSpec {
   // Nested VMX (docs/nested.md): the VM sees VMX and may run its own VMs;
   // its VMX instructions are emulated (hypervisor/nested.cc).
   bool nested_vmx = false;
+  // Memory encryption (SEV-like, docs/protection.md "S11"): the key ID the
+  // VM runs with (0: unencrypted). The hypervisor only selects it in the
+  // VMCS; the key stays in the memory controller. Needs EPT paging.
+  unsigned key_id = 0;
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0

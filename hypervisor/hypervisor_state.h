@@ -134,6 +134,7 @@ struct Hypervisor::Vm {
   unsigned nic_core = 0;
   std::uint64_t nic_next_poll = 0, nic_poll_ticks = 0;
   bool nested_vmx = false;                    // VmSpec::nested_vmx (nested.cc)
+  unsigned key_id = 0;                        // VmSpec::key_id: memory-encryption key (0: none)
   std::unique_ptr<NestedStats> nested_stats;
   std::map<std::uint64_t, events::Listener*> nested_observers;  // L1's per-vCPU listeners by vmcs12
   events::Listener* nested_exit_listener = nullptr;             // L1's exit total

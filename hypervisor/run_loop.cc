@@ -129,6 +129,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kExceptionBitmap, 0);
   vmw(c, field::kEptPointer, v.vm->eptp);
   vmw(c, field::kVpid, v.vpid);
+  if (v.vm->key_id) vmw(c, field::kEncryptionKeyId, v.vm->key_id);
   vmw(c, field::kMsrBitmap, m_msr_bitmap);
   vmw(c, field::kIoBitmapA, m_io_bitmap_a);
   vmw(c, field::kIoBitmapB, m_io_bitmap_b);

@@ -125,6 +125,8 @@ WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
   const std::uint64_t eptp = *m_regs.eptp;
   r.eptp = eptp;
   r.pml = m_pml;
+  r.crypt_key = m_crypt_key;
+  r.c_bit = m_c_bit;
   r.ept_mode.levels = static_cast<std::uint8_t>(ept::eptp_levels(eptp));
   r.ept_mode.largest_leaf = 3;
   r.tag = m_tag;

@@ -62,11 +62,16 @@ class Mmu {
   /// EPT mode-based execute control (secondary control 22) and
   /// page-modification logging ("enable PML" with EPT, 29.3.6: EPT walks log
   /// the dirty flags they set through TableMemory::pml_log).
+  /// Memory encryption (models/mem_crypt.h) travels here too: the key-ID
+  /// bits of the guest's private accesses and the C-bit of its page-table
+  /// entries (both 0: not an encrypted guest).
   struct Protection {
     bool ac = false;
     std::uint32_t pkru = 0;
     bool mbec = false;
     bool pml = false;
+    std::uint64_t crypt_key = 0;
+    std::uint64_t c_bit = 0;
   };
 
   /// The translation context, given whenever one of its inputs changes:
@@ -87,6 +92,8 @@ class Mmu {
     m_pkru = prot.pkru;
     m_mbec = prot.mbec;
     m_pml = prot.pml;
+    m_crypt_key = prot.crypt_key;
+    m_c_bit = prot.c_bit;
     const bool paging = cr0 & crbits::kCr0Pg;
     m_translate = paging || ept;
     m_tag.vpid = vpid;
@@ -212,6 +219,7 @@ class Mmu {
   std::uint64_t m_cr0 = 0, m_cr4 = 0;
   bool m_user = false, m_ept = false;
   bool m_pml = false;
+  std::uint64_t m_crypt_key = 0, m_c_bit = 0;
   bool m_translate = false;  // paging or EPT is on
   bool m_ac = false, m_mbec = false;
   std::uint32_t m_pkru = 0;

@@ -64,11 +64,19 @@ struct Walker::EptStage2 {
   static constexpr bool active() { return true; }
   std::uint8_t table_need() const { return table_access == AccessType::Write ? ept::kWrite : ept::kRead; }
   std::uint8_t write_right() const { return ept::kWrite; }
-  Stage2Step table(std::uint64_t gpa, std::uint32_t&) { return w.ept_translate(req, gpa, table_access, false, r); }
+  /// Guest tables of an encrypted guest are always private. EPT's rights
+  /// are checked by this translation, before any line is decrypted.
+  Stage2Step table(std::uint64_t gpa, std::uint32_t&) {
+    Stage2Step s = w.ept_translate(req, gpa & ~req.c_bit, table_access, false, r);
+    s.hpa |= req.crypt_key;
+    return s;
+  }
   /// The guest page's U/S (the AND over the guest levels) says whether the
   /// linear address is user-mode, which picks EPT's execute right with MBEC.
   Stage2Step final(std::uint64_t gpa, AccessType type, std::uint8_t s1_rights, std::uint32_t&) {
-    return w.ept_translate(req, gpa, type, (s1_rights & perm::kUser) != 0, r);
+    Stage2Step s = w.ept_translate(req, gpa & ~req.c_bit, type, (s1_rights & perm::kUser) != 0, r);
+    if (gpa & req.c_bit) s.hpa |= req.crypt_key;
+    return s;
   }
 };
 
@@ -132,8 +140,8 @@ void Walker::fail(const WalkRequest& req, const WalkFault& f, WalkResult& r) {
     r.error_code = pf_error_code(f, req.user, req.nxe, req.smep);
     ++m_stats.page_faults;
   } else {
-    r.fault_gpa = f.address;
-    r.gpa = f.address;
+    r.fault_gpa = f.address & ~req.c_bit;  // the C-bit is no part of the guest-physical address
+    r.gpa = r.fault_gpa;
     if (f.kind == WalkFault::Kind::LogFull) {
       r.status = WalkResult::Status::PmlFull;  // exit reason 62, counted by the core
     } else if (f.kind == WalkFault::Kind::Reserved) {
@@ -180,7 +188,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
         fail(req, f, r);
         return r;
       }
-      hpa = e.hpa;
+      hpa = e.hpa | req.crypt_key;  // paging off: every access of an encrypted guest is private
       ept_perms = static_cast<std::uint8_t>((e.perms & (7 | kEptLeafDirty)) << 4);
       shift = e.shift;
     }
@@ -229,7 +237,7 @@ WalkResult Walker::translate(const WalkRequest& req) {
                                          : static_cast<std::uint8_t>(perm::kAllEpt | perm::kEptDirty);
   r.page_shift = o.shift;
   r.perms = static_cast<std::uint8_t>((o.rights & kAllGuest) | ept_perms);
-  r.gpa = o.out;
+  r.gpa = o.out & ~req.c_bit;
   r.pa = o.hpa;
   finish(r);
   return r;

@@ -96,6 +96,13 @@ struct WalkRequest {
   std::uint64_t eptp = 0;
   PagingMode ept_mode{};
   bool pml = false;                 // page-modification logging (SDM Vol. 3C, 29.3.6)
+  // Memory encryption (models/mem_crypt.h), with EPT only: the C-bit is
+  // taken out of every guest-physical address before EPT translates it; a
+  // guest table, a guest-physical address reached with paging off, and a
+  // page whose leaf has the C-bit set are private, and their host-physical
+  // address carries crypt_key (AMD64 APM Vol. 2, 15.34.5).
+  std::uint64_t crypt_key = 0;      // key-ID bits (0: not an encrypted guest)
+  std::uint64_t c_bit = 0;          // the C-bit as a mask
   TlbTag tag{};                     // context of the walk caches' entries (VPID, PCID, EP4TA)
 };
 

@@ -228,7 +228,9 @@ class Cache {
   // marks an empty way, and empty ways always sit after the valid ones. A
   // word matches line address a when (word | 3) == (a << 2 | 3), one compare
   // for valid and tag (kInvalid cannot match: physical addresses are below
-  // 2^52, MAXPHYADDR, so a line address has at most 52 significant bits).
+  // 2^58, MAXPHYADDR 52 plus the key ID of models/mem_crypt.h in bits
+  // 57:52, so a word has at most 54 significant bits). The key ID is part of
+  // the tag: the same line under two keys is two lines.
   static constexpr std::uint64_t kInvalid = ~0ull;
   static constexpr std::uint64_t kStateBits = kDirty | kOwned;
 

@@ -73,6 +73,12 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     if (dram) {
       ++m_stats.dram_accesses;
       cycles += dram_read(pa);
+      if (pa & kKeyIdMask) [[unlikely]] {
+        // The engine decrypts the line on its way in (XTS: not before it arrives).
+        cycles += m_crypt_cycles;
+        ++m_crypt_stats->fills;
+        m_crypt_stats->cycles += m_crypt_cycles;
+      }
     }
     m_l2.fill(pa, state, &wb2);
   }
@@ -146,14 +152,24 @@ std::uint64_t MemHierarchy::dram_time_ps(std::uint32_t extra_cycles) const {
 std::uint32_t MemHierarchy::dram_read(std::uint64_t pa) {
   if (!m_dram) return m_dram_latency;
   // The request reaches the controller after the LLC lookup missed.
-  const std::uint64_t ps = m_dram->access(pa, false, m_dram_requester, dram_time_ps(m_llc->latency()));
+  const std::uint64_t ps = m_dram->access(strip_key(pa), false, m_dram_requester, dram_time_ps(m_llc->latency()));
   return static_cast<std::uint32_t>(
       (static_cast<unsigned __int128>(ps) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
 }
 
 void MemHierarchy::dram_write(std::uint64_t line_pa) {
   ++m_stats.dram_writebacks;
-  if (m_dram) m_dram->access(line_pa, true, m_dram_requester, dram_time_ps(m_llc->latency()));
+  std::uint32_t engine = 0;
+  if (line_pa & kKeyIdMask) [[unlikely]] {
+    ++m_crypt_stats->writebacks;
+    engine = m_crypt_cycles;  // encrypted before it leaves for DRAM
+  }
+  if (m_dram) m_dram->access(strip_key(line_pa), true, m_dram_requester, dram_time_ps(m_llc->latency() + engine));
+}
+
+void MemHierarchy::attach_crypt(std::uint32_t line_cycles) {
+  m_crypt_cycles = line_cycles;
+  if (!m_crypt_stats) m_crypt_stats = std::make_unique<CryptStats>(&m_stats);
 }
 
 void MemHierarchy::report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const {

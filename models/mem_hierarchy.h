@@ -10,6 +10,7 @@
 #include "models/cache.h"
 #include "models/coherence.h"
 #include "models/dram.h"
+#include "models/mem_crypt.h"
 #include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -54,6 +55,17 @@ struct MemHierarchyStats : stats::Group {
   stats::Counter dram_accesses{this, "dram_accesses", "accesses", "demand accesses that missed every cache level"};
   stats::Counter dram_writebacks{this, "dram_writebacks", "lines", "dirty lines written back from the LLC to DRAM"};
   stats::Counter cycles{this, "cycles", "cycles", "total latency returned by access()"};
+};
+
+/// The memory-encryption engine's work for this core (attach_crypt; the
+/// group exists only on a platform with memory encryption).
+struct CryptStats : stats::Group {
+  explicit CryptStats(stats::Group* parent)
+      : stats::Group(parent, "crypt", "the memory controller's encryption engine, for this core's requests") {}
+  stats::Counter fills{this, "fills", "lines", "encrypted lines filled from DRAM (each decrypted by the engine)"};
+  stats::Counter writebacks{this, "writebacks", "lines",
+                            "encrypted lines written back to DRAM (each encrypted by the engine)"};
+  stats::Counter cycles{this, "cycles", "cycles", "engine latency added to demand fills (line_latency per fill)"};
 };
 
 class MemHierarchy {
@@ -148,6 +160,15 @@ class MemHierarchy {
   void set_clock(const std::uint64_t* clock) { m_clock = clock; }
   void set_time_bias(std::uint64_t cycles) { m_time_bias = cycles; }
 
+  // Memory encryption (models/mem_crypt.h). Addresses carry the key ID in
+  // bits above MAXPHYADDR, so each cache tags its lines with it. A line
+  // with a key ID filled from DRAM waits line_cycles more for the engine to
+  // decrypt it; one written back to DRAM is encrypted first (the write
+  // reaches DRAM line_cycles later; writebacks add no latency to the core).
+  /// Called by the platform when it has the engine; creates the "crypt" stats.
+  void attach_crypt(std::uint32_t line_cycles);
+  const CryptStats* crypt_stats() const { return m_crypt_stats.get(); }
+
  private:
   std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
   std::uint32_t gain_ownership(std::uint64_t pa);
@@ -177,6 +198,8 @@ class MemHierarchy {
   std::uint64_t m_core_hz = 0;
   const std::uint64_t* m_clock = nullptr;
   std::uint64_t m_time_bias = 0;
+  std::uint32_t m_crypt_cycles = 0;
+  std::unique_ptr<CryptStats> m_crypt_stats;  // exists once attach_crypt ran
 };
 
 }  // namespace vmx::models

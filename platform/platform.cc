@@ -134,6 +134,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
   if (quantum_cycles == 0) quantum_cycles = 1;
   const unsigned threads = static_cast<unsigned>(p.smt);
   if (p.dram.model == "dram") m_dram = std::make_unique<Dram>(p.dram, &m_stats, "dram");
+  if (p.memory_encryption.enabled) m_crypt = std::make_unique<MemoryEncryption>(p.memory_encryption, m_mem);
   for (unsigned i = 0; i < p.cores * threads; ++i) {
     auto name = fmt::format("cpu{}", i);
     // SMT siblings (threads of one physical core) share its private caches.
@@ -144,8 +145,10 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
       m_caches.back()->attach_dram(m_dram.get(),
                                    m_dram->add_requester(threads == 1 ? name : fmt::format("core{}", i / threads)),
                                    p.frequency);
+    if (m_crypt && i % threads == 0) m_caches.back()->attach_crypt(p.memory_encryption.line_latency);
     cpu::CoreWiring w;
     w.mem = &m_mem;
+    w.crypt = m_crypt.get();
     w.caches = m_caches.back().get();
     w.io = &m_io;
     w.mmio = &m_mmio;

@@ -62,6 +62,7 @@ struct PlatformParams {
   iommu::IommuParams iommu;
   PlatformNicParams nic;
   iommu::InterruptRemapParams interrupt_remapping;
+  MemCryptParams memory_encryption;
 
   template <class V>
   void visit(V& v) {
@@ -95,6 +96,9 @@ struct PlatformParams {
     v.section(nic, "nic", "SR-IOV NIC, link and network peer (docs/io.md).");
     v.section(interrupt_remapping, "interrupt_remapping",
               "VT-d interrupt remapping and posting unit; software enables it (docs/io.md, Interrupts).");
+    v.section(memory_encryption, "memory_encryption",
+              "Memory-encryption engine of the memory controller, one key per encrypted VM (SEV-like, "
+              "docs/protection.md 'S11').");
   }
 };
 
@@ -116,6 +120,9 @@ class Platform {
   /// The VT-d interrupt-remapping unit in front of the fabric.
   iommu::InterruptRemap& interrupt_remap() { return m_ir; }
   DebugConsole& debugcon() { return m_debugcon; }
+  /// The memory controller's encryption engine (null unless
+  /// memory_encryption.enabled).
+  MemoryEncryption* memory_encryption() { return m_crypt.get(); }
   /// The directory keeping the private caches coherent (null when off).
   Coherence* coherence() { return m_coherence.get(); }
   /// The DDR4 model shared by the cores and DMA (null with dram.model fixed).
@@ -146,6 +153,7 @@ class Platform {
   PlatformParams m_params;
   stats::Group m_stats;
   PhysMem m_mem;
+  std::unique_ptr<MemoryEncryption> m_crypt;  // memory_encryption.enabled
   Cache m_llc;
   IoBus m_io;
   MmioBus m_mmio;
