@@ -62,6 +62,7 @@ struct PlatformParams {
   iommu::IommuParams iommu;
   PlatformNicParams nic;
   iommu::InterruptRemapParams interrupt_remapping;
+  RdtParams rdt;
 
   template <class V>
   void visit(V& v) {
@@ -95,6 +96,7 @@ struct PlatformParams {
     v.section(nic, "nic", "SR-IOV NIC, link and network peer (docs/io.md).");
     v.section(interrupt_remapping, "interrupt_remapping",
               "VT-d interrupt remapping and posting unit; software enables it (docs/io.md, Interrupts).");
+    v.section(rdt, "rdt", "Cache and memory-bandwidth allocation, as Intel RDT's CAT and MBA (models/rdt.h).");
   }
 };
 
@@ -120,6 +122,8 @@ class Platform {
   Coherence* coherence() { return m_coherence.get(); }
   /// The DDR4 model shared by the cores and DMA (null with dram.model fixed).
   Dram* dram() { return m_dram.get(); }
+  /// Cache and bandwidth allocation; null unless rdt.enabled.
+  Rdt* rdt() { return m_rdt.get(); }
   /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
   /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
   /// its root table and enables it. CPU MMIO to the NIC's windows goes
@@ -166,6 +170,7 @@ class Platform {
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::unique_ptr<Dram> m_dram;                          // null with dram.model fixed
+  std::unique_ptr<Rdt> m_rdt;                            // null unless rdt.enabled
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;  // one per physical core
   std::unique_ptr<Coherence> m_coherence;               // null when caches.coherence.enabled is false
   std::vector<std::unique_ptr<cpu::Core>> m_cores;
