@@ -23,6 +23,8 @@ namespace rmsr = vmx::models::rdt_msr;
 constexpr unsigned kExceptionOrNmi = 0, kVmcall = 18, kEntryFailMsrLoading = 34;
 constexpr std::uint64_t kLists = 0x106000;  // the MSR-load lists (inside the identity-mapped 16 MiB)
 
+namespace proc = vmx::cpu::proc;
+
 vmx::models::PlatformParams rdt_platform() {
   auto p = VmxHarness::small_platform();
   p.rdt.enabled = true;
@@ -30,6 +32,7 @@ vmx::models::PlatformParams rdt_platform() {
 }
 
 void require_clean(const VmxHarness& h) {
+  for (const auto& e : h.setup_errors) UNSCOPED_INFO(e);
   REQUIRE(h.setup_errors.empty());
   REQUIRE(h.done);
   REQUIRE_FALSE(h.runaway);
@@ -40,6 +43,7 @@ void require_clean(const VmxHarness& h) {
 TEST_CASE("RDT: a guest's non-contiguous or out-of-range mask and a bad CLOS are #GP; valid ones load",
           "[rdt][vmx]") {
   VmxHarness h(rdt_platform());
+  h.config.proc = proc::kUseMsrBitmaps;  // the harness's bitmap is all zeros: MSR accesses run
   h.config.exception_bitmap = 1u << 13;  // #GP exits
   std::vector<std::uint64_t> leaf10;
   std::uint64_t mask_after = 0, pqr_after = 0;
@@ -78,9 +82,10 @@ TEST_CASE("RDT: a guest's non-contiguous or out-of-range mask and a bad CLOS are
   CHECK(h.platform().rdt()->mask(2) == 0x0FF0);
 }
 
-TEST_CASE("RDT: the VM-entry MSR-load list switches IA32_PQR_ASSOC to the guest's class, the exit list back",
+TEST_CASE("RDT: the VM-entry MSR-load list switches IA32_PQR_ASSOC to the guest's class and the exit list back",
           "[rdt][vmx]") {
   VmxHarness h(rdt_platform());
+  h.config.proc = proc::kUseMsrBitmaps;
   std::uint64_t guest_pqr = 0, root_pqr_at_exit = ~0ull;
   h.setup = [&](Core& c) {
     c.store(kLists, rmsr::kPqrAssoc, 8);
@@ -112,6 +117,7 @@ TEST_CASE("RDT: a VM-entry MSR-load list naming an invalid class fails the entry
   };
   h.guest = [&](Core&) {};
   h.run();
+  REQUIRE(h.setup_errors.empty());
   CHECK(h.entry_failed);
   REQUIRE_FALSE(h.exits.empty());
   CHECK(h.exits[0].reason == kEntryFailMsrLoading);
