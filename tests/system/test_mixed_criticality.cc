@@ -95,3 +95,28 @@ TEST_CASE("S12: without IOMMU partitioning (both NICs emulated over the shared P
   CHECK(l.worst_us > kDeadlineUs);
   CHECK(l.misses > 0);
 }
+
+TEST_CASE("S12: bad cache and bandwidth settings are config errors naming the key", "[s12][system][config]") {
+  struct Bad {
+    std::vector<std::string> sets;
+    std::string key;
+  };
+  const std::vector<Bad> bad = {
+      {{"vms[0].cache_ways=0x0F0F"}, "vms[0].cache_ways"},        // not contiguous
+      {{"vms[1].cache_ways=0x10000"}, "vms[1].cache_ways"},       // beyond the 16 ways
+      {{"vms[1].mba_delay=95"}, "vms[1].mba_delay"},              // above rdt.mba_max
+      {{"platform.rdt.enabled=false"}, "vms[0].cache_ways"},      // no RDT on the platform
+      {{"platform.rdt.classes=2"}, "vms[1].cache_ways"},          // class 0 + one VM only
+  };
+  for (const Bad& b : bad) {
+    std::vector<std::string> args;
+    for (const auto& s : b.sets) {
+      args.push_back("--set");
+      args.push_back(s);
+    }
+    const CliRun r = run_cli(scenario("s12_isolated.yaml"), args);
+    INFO(b.sets[0] << ": " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find(b.key) != std::string::npos);
+  }
+}
