@@ -47,18 +47,16 @@ constexpr double kDeadlineUs = 1000;  // the configs' 1 ms deadline
 TEST_CASE("S12: sharing cache and bandwidth, the critical loop's worst case rises with the infotainment load",
           "[s12][system]") {
   // The infotainment stream's working set per thread: cache-resident
-  // (64 KiB, within its L2), then 1 MiB and 4 MiB (four threads: the LLC and
-  // four times it).
+  // (64 KiB, within its L2) against 4 MiB (four threads: four times the
+  // LLC). labs/lab8_isolation.md adds 1 MiB between them.
   const Loop light = run_loop("s12_shared.yaml", {"vms[1].workloads[0].working_set=64KiB"});
-  const Loop medium = run_loop("s12_shared.yaml", {"vms[1].workloads[0].working_set=1MiB"});
   const Loop heavy = run_loop("s12_shared.yaml");
   REQUIRE(light.jobs >= 10);
   REQUIRE(heavy.jobs >= 10);
   CHECK(light.worst_us < kDeadlineUs);
   CHECK(light.misses == 0);
-  CHECK(medium.worst_us > light.worst_us);
-  CHECK(heavy.worst_us > medium.worst_us);
   CHECK(heavy.worst_us > 2 * light.worst_us);
+  CHECK(heavy.mean_us > 2 * light.mean_us);
   CHECK(heavy.misses > 0);
 }
 
