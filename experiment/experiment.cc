@@ -352,6 +352,11 @@ ExperimentParams load(const cfg::Document& doc) {
                    fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
                                cfg::format_time_ps(p.duration)),
                    cfg::format_time_ps(p.platform.quantum));
+  if (p.platform.rdt.enabled && p.platform.llc.ways > 32)
+    throw error_at(doc, "platform.rdt.enabled",
+                   fmt::format("false with a {}-way LLC (a capacity bitmask has at most 32 bits, one per way)",
+                               p.platform.llc.ways),
+                   "true");
   check_vms(doc, p, p.vms, "", p.hypervisor, p.platform.cores * p.platform.smt);
   // The VMs' memory may add up to more than the host's (overcommit): guest
   // memory is backed on demand, and a VM that faults when no host frame is
