@@ -105,6 +105,7 @@ TEST_CASE("S12: bad cache and bandwidth settings are config errors naming the ke
       {{"vms[1].mba_delay=95"}, "vms[1].mba_delay"},              // above rdt.mba_max
       {{"platform.rdt.enabled=false"}, "vms[0].cache_ways"},      // no RDT on the platform
       {{"platform.rdt.classes=2"}, "vms[1].cache_ways"},          // class 0 + one VM only
+      {{"platform.llc.ways=64"}, "platform.rdt.enabled"},         // masks have at most 32 bits
   };
   for (const Bad& b : bad) {
     std::vector<std::string> args;
