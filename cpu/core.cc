@@ -104,6 +104,7 @@ void Core::run() {
     // thread that executes.
     if (m_sibling) m_w.caches->set_events(&m_events);
     m_w.caches->set_clock(&m_now);  // DRAM requests carry the executing thread's time
+    if (m_w.rdt) m_w.caches->set_clos(static_cast<unsigned>(m_pqr >> 32));  // and its class of service
     sim::Fiber::switch_to(*m_kernel_fiber, *m_current);
     if (m_current->finished()) {
       if (m_current->error()) std::rethrow_exception(m_current->error());
@@ -979,6 +980,11 @@ std::uint64_t Core::msr_root_read(std::uint32_t msr, bool& ok) {
     case msr::kX2ApicLvtPmc: return m_lapic.lvt_pmc();
     default: {
       std::uint64_t v = 0;
+      if (m_w.rdt && m_w.rdt->owns(msr)) {
+        if (msr == models::rdt_msr::kPqrAssoc) return m_pqr;
+        ok = m_w.rdt->read(msr, v);
+        return v;
+      }
       ok = pmu::Pmu::owns(msr) && m_pmu.read(msr, v);
       return v;
     }
@@ -1014,8 +1020,39 @@ void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
         pmu_rearm();
         return;
       }
+      if (rdt_write(msr, value)) return;
       raise_exception(vec::kGeneralProtection, 0, true);
   }
+}
+
+// Cache and bandwidth allocation (SDM Vol. 3B, 19.19): IA32_PQR_ASSOC is the
+// logical processor's; the masks and delays are the package's.
+bool Core::rdt_write(std::uint32_t msr, std::uint64_t value) {
+  if (!m_w.rdt || !m_w.rdt->owns(msr)) return false;
+  if (msr == models::rdt_msr::kPqrAssoc) {
+    if (!m_w.rdt->valid_pqr(value)) return false;
+    m_pqr = value;
+    m_w.caches->set_clos(static_cast<unsigned>(value >> 32));
+    return true;
+  }
+  return m_w.rdt->write(msr, value);
+}
+
+std::uint32_t Core::msr_load_list(std::uint64_t addr, std::uint32_t count, bool apply) {
+  for (std::uint32_t i = 0; i < count; ++i) {
+    const std::uint64_t pa = addr + 16ull * i;
+    // Bits 3:0 of the address must be clear, and the list in memory (27.2.1.2).
+    if ((addr & 0xF) || !m_w.mem->contains(pa, 16)) return i + 1;
+    charge(m_w.caches->access(pa, models::AccessKind::Read));
+    const auto index = static_cast<std::uint32_t>(m_w.mem->read(pa, 4));
+    const std::uint64_t value = m_w.mem->read(pa + 8, 8);
+    if (!m_w.rdt || index != models::rdt_msr::kPqrAssoc || !m_w.rdt->valid_pqr(value)) return i + 1;
+    if (apply) {
+      charge(m_p.msr_latency);
+      rdt_write(index, value);
+    }
+  }
+  return 0;
 }
 
 void Core::pmu_rearm() {
@@ -1159,8 +1196,17 @@ CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
     case 7:
       // Structured extended features, subleaf 0 (SDM Vol. 2A, CPUID leaf
       // 07H): EBX SMEP (bit 7), SMAP (20); ECX PKU (3) and OSPKE (4, CR4.PKE).
+      // EBX bit 15 (PQE): resource director technology allocation.
       if (subleaf == 0)
-        r = {0, (1u << 7) | (1u << 20), (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
+        r = {0, (1u << 7) | (1u << 20) | (m_w.rdt ? 1u << 15 : 0u),
+             (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
+      break;
+    case 0x10:
+      // RDT allocation enumeration (SDM Vol. 2A, CPUID leaf 10H).
+      if (m_w.rdt) {
+        const models::RdtCpuid q = m_w.rdt->cpuid(subleaf);
+        r = {q.eax, q.ebx, q.ecx, q.edx};
+      }
       break;
     case 0xA: {
       // Architectural performance monitoring (pmu/pmu.h).
@@ -1801,6 +1847,17 @@ VmExit Core::vm_entry(bool launch) {
       if (!bad_link) shadow = &m_w.vmcs_store->at(link);
     }
   }
+  // The VM-entry MSR-load list, checked here and loaded after the guest
+  // state (SDM Vol. 3C, 27.4); a bad entry fails the entry with exit reason
+  // 34 and the entry's 1-based index as qualification.
+  const auto entry_msrs = static_cast<std::uint32_t>(v.get(field::kEntryMsrLoadCount));
+  if (entry_msrs) {
+    if (const std::uint32_t bad = msr_load_list(v.get(field::kEntryMsrLoadAddr), entry_msrs, false)) {
+      v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailMsrLoading));
+      v.set(field::kExitQualification, bad);
+      return {VmxStatus::Succeed, static_cast<std::uint16_t>(ExitReason::EntryFailMsrLoading)};
+    }
+  }
   if (!guest || guest->finished() || bad_injection || bad_link) {
     // Invalid guest state is a VM-entry failure reported as an exit (reason 33 with bit 31 set).
     v.set(field::kExitReason, (1u << 31) | static_cast<std::uint32_t>(ExitReason::EntryFailGuestState));
@@ -1858,6 +1915,7 @@ VmExit Core::vm_entry(bool launch) {
   m_non_root = true;
   m_op_done = (rip & (alignof(sim::Fiber) - 1)) != 0;
   update_context();
+  if (entry_msrs) msr_load_list(v.get(field::kEntryMsrLoadAddr), entry_msrs, true);
   if (launch) v.set_launched(true);
 
   std::uint32_t inj = static_cast<std::uint32_t>(v.get(field::kEntryIntrInfo));
@@ -1969,6 +2027,11 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   m_preempt_deadline = UINT64_MAX;
   m_mtf_boundaries = -1;
   update_context();
+  // The VM-exit MSR-load list (SDM Vol. 3C, 28.6); a bad entry is a VMX
+  // abort (28.7), which the model reports as a simulator error.
+  if (const auto exit_msrs = static_cast<std::uint32_t>(v.get(field::kExitMsrLoadCount)))
+    if (const std::uint32_t bad = msr_load_list(v.get(field::kExitMsrLoadAddr), exit_msrs, true))
+      throw SimulationError(fmt::format("{}: VMX abort: VM-exit MSR-load entry {} cannot be loaded", name(), bad));
   recompute_next_event();
 
   auto* host = reinterpret_cast<sim::Fiber*>(static_cast<std::uintptr_t>(v.get(field::kHostRip)));

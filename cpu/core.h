@@ -33,6 +33,7 @@
 namespace vmx::models {
 class PhysMem;
 class MemHierarchy;
+class Rdt;
 class IoBus;
 class MmioBus;
 class MemoryEncryption;
@@ -196,6 +197,9 @@ struct CoreWiring {
   std::function<void(std::uint32_t dest, std::uint8_t vector)> send_ipi;
   /// SMT: CPI multiplier while the sibling thread executes (set_sibling).
   double smt_contention = 1.0;
+  /// The package's cache and bandwidth allocation (models/rdt.h); null: no
+  /// RDT, its MSRs are #GP and CPUID does not report it.
+  models::Rdt* rdt = nullptr;
 };
 
 class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::Host {
@@ -522,6 +526,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   bool io_exits(std::uint16_t port, unsigned size);
   void msr_root_write(std::uint32_t msr, std::uint64_t value);
   std::uint64_t msr_root_read(std::uint32_t msr, bool& ok);
+  /// RDT MSRs (models/rdt.h): false when `msr` is not one or the write is
+  /// invalid (the caller's #GP).
+  bool rdt_write(std::uint32_t msr, std::uint64_t value);
+  /// The VM-entry or VM-exit MSR-load list (SDM Vol. 3C, 27.4, 28.6):
+  /// reads its `count` 16-byte entries at `addr` through the caches. With
+  /// `apply` false only checks them; returns 0 when every entry is
+  /// loadable, else the 1-based index of the first that is not. The model
+  /// loads IA32_PQR_ASSOC through the lists (as ACRN switches a vCPU's class
+  /// of service); other MSRs fail the entry.
+  std::uint32_t msr_load_list(std::uint64_t addr, std::uint32_t count, bool apply);
   void require_vmx_root();
   void flush_vpid_on_transition();
 
@@ -592,6 +606,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   // between a VMM that emulates them and its guest.
   std::uint8_t m_vmx_flags = 0;
   std::uint64_t m_cr0 = 0, m_cr2 = 0, m_cr3 = 0, m_cr4 = 0, m_efer = 0;
+  std::uint64_t m_pqr = 0;  // IA32_PQR_ASSOC of this logical processor (RDT)
   InterruptHandler* m_idt = nullptr;
   bool m_vmxon = false;
   std::uint64_t m_vmxon_region = 0;

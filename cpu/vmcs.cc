@@ -23,7 +23,8 @@ std::bitset<512> make_supported() {
         kGuestSsAccessRights, kGuestInterruptibility, kGuestActivityState, kPreemptionTimerValue, kCr0GuestHostMask,
         kCr4GuestHostMask, kCr0ReadShadow, kCr4ReadShadow, kExitQualification, kGuestLinearAddress,
         kGuestCr0, kGuestCr3, kGuestCr4, kGuestIdtrBase, kGuestRsp, kGuestRip, kGuestRflags, kHostCr0,
-        kHostCr3, kHostCr4, kHostIdtrBase, kHostRsp, kHostRip})
+        kHostCr3, kHostCr4, kHostIdtrBase, kHostRsp, kHostRip, kExitMsrLoadAddr, kEntryMsrLoadAddr,
+        kExitMsrLoadCount, kEntryMsrLoadCount})
     s.set(Vmcs::slot(enc));
   return s;
 }
@@ -101,6 +102,7 @@ const char* exit_reason_name(unsigned reason) {
     case ExitReason::Rdmsr: return "MSR_READ";
     case ExitReason::Wrmsr: return "MSR_WRITE";
     case ExitReason::EntryFailGuestState: return "INVALID_GUEST_STATE";
+    case ExitReason::EntryFailMsrLoading: return "MSR_LOAD_FAIL";
     case ExitReason::MonitorTrapFlag: return "MONITOR_TRAP_FLAG";
     case ExitReason::VirtualizedEoi: return "VIRTUALIZED_EOI";
     case ExitReason::EptViolation: return "EPT_VIOLATION";

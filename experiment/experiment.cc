@@ -88,6 +88,31 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
       std::string err = parse_core_list(vm.pin, pin_cores, cores);
       if (!err.empty()) throw error_at(doc, at + ".pin", err, vm.pin);
     }
+    if (vm.cache_ways || vm.mba_delay) {
+      // Cache and bandwidth allocation (docs/protection.md): the machine's
+      // hypervisor gives the VM a class of service of its own.
+      const auto& rdt = p.platform.rdt;
+      const std::string key = at + (vm.cache_ways ? ".cache_ways" : ".mba_delay");
+      const std::string found = vm.cache_ways ? fmt::format("{:#x}", vm.cache_ways) : std::to_string(vm.mba_delay);
+      if (!prefix.empty()) throw error_at(doc, key, "0 in a nested VM (only the machine's hypervisor uses RDT)", found);
+      if (!rdt.enabled) throw error_at(doc, key, "0 unless platform.rdt.enabled is true", found);
+      if (vm.cache_ways &&
+          (!models::Rdt::contiguous(vm.cache_ways) || p.platform.llc.ways > 32 ||
+           (vm.cache_ways >> p.platform.llc.ways) != 0))
+        throw error_at(doc, at + ".cache_ways",
+                       fmt::format("a non-zero contiguous run of ones within platform.llc.ways ({}) bits",
+                                   p.platform.llc.ways),
+                       found);
+      if (vm.mba_delay > rdt.mba_max)
+        throw error_at(doc, at + ".mba_delay", fmt::format("at most platform.rdt.mba_max ({})", rdt.mba_max),
+                       std::to_string(vm.mba_delay));
+      unsigned used = 1;  // class 0 is the hypervisor's
+      for (std::size_t j = 0; j <= i; ++j) used += (vms[j].cache_ways || vms[j].mba_delay) ? 1 : 0;
+      if (used > rdt.classes)
+        throw error_at(doc, key, fmt::format("at most {} VMs with cache_ways or mba_delay (platform.rdt.classes "
+                                             "less the hypervisor's class 0)", rdt.classes - 1),
+                       found);
+    }
     if (hp.scheduler != "realtime" && vm.priority != 0)
       throw error_at(doc, at + ".priority",
                      "0 unless hypervisor.scheduler is realtime (the other schedulers have no priorities)",
@@ -356,6 +381,11 @@ ExperimentParams load(const cfg::Document& doc) {
                    fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
                                cfg::format_time_ps(p.duration)),
                    cfg::format_time_ps(p.platform.quantum));
+  if (p.platform.rdt.enabled && p.platform.llc.ways > 32)
+    throw error_at(doc, "platform.rdt.enabled",
+                   fmt::format("false with a {}-way LLC (a capacity bitmask has at most 32 bits, one per way)",
+                               p.platform.llc.ways),
+                   "true");
   check_vms(doc, p, p.vms, "", p.hypervisor, p.platform.cores * p.platform.smt);
   // The VMs' memory may add up to more than the host's (overcommit): guest
   // memory is backed on demand, and a VM that faults when no host frame is

@@ -134,6 +134,7 @@ struct VmParamsT {
   bool encrypted;
   std::string pmu;
   std::string pin;          // comma-separated core indices ("" = unpinned)
+  std::uint64_t cache_ways, mba_delay;
   std::uint64_t priority;
   std::uint64_t edf_runtime, edf_period;  // ps
   guest::KernelParams kernel;
@@ -176,6 +177,14 @@ struct VmParamsT {
             "Cores the VM's vCPUs are pinned to, as comma-separated core indices (\"2\" or \"0,1\"): vCPU i "
             "runs only on core pin[i % n]. Empty: unpinned, vCPUs are placed round robin over the cores in order "
             "of creation (docs/scheduling.md).");
+    v.param(cache_ways, "cache_ways", "0", Spec(),
+            "LLC capacity bitmask of the VM's class of service (bit w: way w; contiguous and within "
+            "platform.llc.ways bits, as cache allocation requires), loaded into IA32_PQR_ASSOC on every VM entry. "
+            "0 with mba_delay 0: the VM shares class 0 with the hypervisor (every way). Needs platform.rdt.enabled "
+            "(docs/protection.md, \"Cache and bandwidth partitioning\").");
+    v.param(mba_delay, "mba_delay", "0", Spec().at_most(99),
+            "MBA delay value of the VM's class of service (0: no throttling; at most platform.rdt.mba_max). "
+            "Needs platform.rdt.enabled.");
     v.param(priority, "priority", "0", Spec().at_most(99),
             "Fixed priority of the VM's vCPUs under hypervisor.scheduler=realtime, higher runs first (0-99 as "
             "Linux SCHED_FIFO's range; default 0, the background level).");

@@ -172,6 +172,8 @@ struct Session::System {
     spec.priority = static_cast<unsigned>(vp.priority);
     spec.edf_runtime = vp.edf_runtime;
     spec.edf_period = vp.edf_period;
+    spec.cache_ways = vp.cache_ways;
+    spec.mba_delay = static_cast<unsigned>(vp.mba_delay);
     spec.pmu = vp.pmu;
     spec.snapshot.enabled = vp.snapshot.at != 0;
     spec.snapshot.at = vp.snapshot.at;

@@ -84,6 +84,11 @@ void Hypervisor::handle_cpuid(PerCore& pc, Vcpu& v) {
     r = c.cpuid(leaf, static_cast<std::uint32_t>(v.regs[Regs::rcx]));
     // With nested VMX (docs/nested.md) the guest sees VMX.
     if (leaf == 1) r.ecx = (r.ecx & ~(v.vm->nested_vmx ? 0u : 1u << 5)) | (1u << 31);
+    // Cache and bandwidth allocation belong to the hypervisor (rdt.cc): the
+    // guest sees no RDT allocation (CPUID.7.0:EBX bit 15, leaf 10H), as
+    // under ACRN without virtual CAT; its MSR writes are #GP below.
+    if (leaf == 7) r.ebx &= ~(1u << 15);
+    if (leaf == 0x10) r = {0, 0, 0, 0};
     vpmu_cpuid(v, leaf, r);
   }
   v.regs[Regs::rax] = r.eax;

@@ -139,6 +139,11 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->vf = spec.vf;
   vm->nic_window_gpa = spec.nic_window_gpa;
   vm->nic_vector = spec.nic_vector;
+  if (spec.cache_ways || spec.mba_delay) {
+    vm->clos = m_next_clos++;
+    vm->cache_ways = spec.cache_ways;
+    vm->mba_delay = spec.mba_delay;
+  }
   if (spec.pmu == "emulated") vm->pmu = Vm::Pmu::Emulated;
   else if (spec.pmu == "mediated") vm->pmu = Vm::Pmu::Mediated;
   else if (spec.pmu == "passthrough") vm->pmu = Vm::Pmu::Passthrough;

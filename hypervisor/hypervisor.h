@@ -45,7 +45,7 @@ struct HvCosts {
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
       switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free, blk_request, blk_complete, balloon_message,
-      balloon_page, nested_vmx, nested_entry, nested_exit;
+      balloon_page, nested_vmx, nested_entry, nested_exit, rdt_setup;
 
   template <class V>
   void visit(V& v) {
@@ -161,6 +161,9 @@ struct HvCosts {
     v.param(nested_exit, "nested_exit", "800", Spec(Unit::Instructions),
             "Nested VMX: reflecting an exit of L2 into the guest VMM, besides the VMREADs, the vmcs12 stores and "
             "the VMWRITEs of its host state (assumption, of the order of KVM's nested_vmx_vmexit).");
+    v.param(rdt_setup, "rdt_setup", "300", Spec(Unit::Instructions),
+            "Giving a VM its class of service (cache ways, MBA delay) besides the WRMSRs and the MSR-load list "
+            "stores (assumption, of the order of ACRN's RDT setup per VM).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
     v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
@@ -282,6 +285,11 @@ struct VmSpec {
   std::uint64_t cap = 0;       // percent of one core per vCPU (0: uncapped)
   bool shadow_paging = false;  // shadow page tables instead of EPT
   std::vector<unsigned> pin = {};  // vCPU i runs only on core pin[i % size] (empty: unpinned)
+  // Cache and bandwidth allocation (rdt.cc): the VM's LLC capacity bitmask
+  // and MBA delay value; either non-zero gives it a class of service of its
+  // own (needs platform RDT).
+  std::uint64_t cache_ways = 0;
+  unsigned mba_delay = 0;
   unsigned priority = 0;       // realtime scheduler: higher runs first
   std::uint64_t edf_runtime = 0;  // edf scheduler: reserved time per period, ps (0: no reservation)
   std::uint64_t edf_period = 0;   // ps
@@ -543,6 +551,11 @@ class Hypervisor {
   // between vCPUs on a core, and the host PMI.
   void register_vpmu_handlers();
   void vpmu_setup_vmcs(cpu::Core& c, Vcpu& v);
+  // Cache and bandwidth allocation (rdt.cc): programs the VM's class of
+  // service the first time one of its vCPUs is set up, and points the
+  // vCPU's VM-entry and VM-exit MSR-load lists at it.
+  void rdt_setup_vmcs(cpu::Core& c, Vcpu& v);
+  unsigned m_next_clos = 1;  // class 0 is the hypervisor's
   void vpmu_before_entry(PerCore& pc, Vcpu& v);
   void vpmu_interrupt(PerCore& pc);
   void vpmu_cpuid(const Vcpu& v, std::uint32_t leaf, cpu::CpuidResult& r) const;

@@ -68,6 +68,7 @@ enum CodeOffset : std::uint64_t {
   kCodeBlk = 0x17000,     // hypervisor/virtio_blk.cc
   kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
   kCodeNested = 0x19000,  // hypervisor/nested.cc
+  kCodeRdt = 0x1D000,     // hypervisor/rdt.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -121,6 +122,13 @@ struct Hypervisor::Vm {
   /// VM's own MSR bitmap (0: the hypervisor's, where every MSR exits).
   enum class Pmu : std::uint8_t { None, Emulated, Mediated, Passthrough } pmu = Pmu::None;
   std::uint64_t msr_bitmap = 0;
+  /// Cache and bandwidth allocation (rdt.cc): its class of service (0: the
+  /// hypervisor's, every way, no throttling), what the class gets, and the
+  /// page with the VM-entry (offset 0) and VM-exit (16) MSR-load lists.
+  unsigned clos = 0;
+  std::uint64_t cache_ways = 0;
+  unsigned mba_delay = 0;
+  std::uint64_t rdt_lists = 0;
   stats::Counter* vpmu_pmis = nullptr;
   stats::Counter* vpmu_filtered = nullptr;
   stats::Group* group = nullptr;

@@ -146,6 +146,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   vmw(c, field::kHostIdtrBase, code_address(m_percore[v.core].get()));
   if (v.vm->shadow) shadow_setup_vmcs(c, v);
   if (v.vm->pmu != Vm::Pmu::None) vpmu_setup_vmcs(c, v);
+  if (v.vm->clos) rdt_setup_vmcs(c, v);
   observe(c, v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);

@@ -28,32 +28,82 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
   m_set_mask = sets - 1;
   // Start the first set on a 64-byte host line so that a 16-way set spans
   // exactly two of them (the extra words are padding).
-  m_store.assign(static_cast<std::size_t>(sets * params.ways) + 8, kInvalid);
+  m_store.assign(static_cast<std::size_t>(sets * params.ways) + 8, empty_word(0));
   const auto addr = reinterpret_cast<std::uintptr_t>(m_store.data());
   m_base = ((64 - addr % 64) % 64) / sizeof(std::uint64_t);
+  m_all_ways = params.ways >= 64 ? ~0ull : (1ull << params.ways) - 1;
+  invalidate_all();
 }
 
 const std::uint64_t* Cache::find(std::uint64_t line_addr) const {
   const std::uint64_t* set = set_of(line_addr);
-  const std::uint64_t key = (line_addr << 2) | kStateBits;
+  const std::uint64_t key = (line_addr << 2) | kIgnoreBits;
   for (std::uint32_t w = 0; w < m_params.ways; ++w)
-    if ((set[w] | kStateBits) == key) return &set[w];
+    if ((set[w] | kIgnoreBits) == key) return &set[w];
   return nullptr;
+}
+
+void Cache::evicted(std::uint64_t victim, std::uint64_t* writeback) {
+  if (writeback) *writeback = kNoWriteback;
+  if (victim < kValidLimit) {
+    ++m_stats.evictions;
+    if (victim & kDirty) {
+      ++m_stats.writebacks;
+      if (writeback) *writeback = ((victim & ~kWayBits) >> 2) << m_line_shift;
+    }
+  }
 }
 
 void Cache::insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback) {
   const std::uint32_t ways = m_params.ways;
   const std::uint64_t victim = set[ways - 1];
   for (std::uint32_t w = ways - 1; w > 0; --w) set[w] = set[w - 1];
-  set[0] = word;
-  if (writeback) *writeback = kNoWriteback;
-  if (victim != kInvalid) {
-    ++m_stats.evictions;
-    if (victim & kDirty) {
-      ++m_stats.writebacks;
-      if (writeback) *writeback = (victim >> 2) << m_line_shift;
-    }
+  set[0] = word | (victim & kWayBits);  // the line takes over its victim's way
+  evicted(victim, writeback);
+}
+
+// Cache allocation (SDM Vol. 3B, 19.19.4): a fill may only replace a way
+// of the class's bitmask; lookups still hit in every way. The victim is the
+// least recently used of those ways (an empty one first: empty ways are the
+// least recent).
+void Cache::insert_masked(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback,
+                          std::uint64_t way_mask) {
+  const std::uint32_t ways = m_params.ways;
+  way_mask &= m_all_ways;
+  if (way_mask == m_all_ways || way_mask == 0) return insert_mru(set, word, writeback);
+  std::uint32_t v = ways - 1;
+  while (v > 0 && !((way_mask >> way_bits(set[v])) & 1)) --v;
+  const std::uint64_t victim = set[v];
+  for (std::uint32_t w = v; w > 0; --w) set[w] = set[w - 1];
+  set[0] = word | (victim & kWayBits);
+  evicted(victim, writeback);
+}
+
+bool Cache::access_masked(std::uint64_t pa, bool write, std::uint64_t* writeback, std::uint64_t way_mask) {
+  const std::uint64_t bits = write ? kDirty | kOwned : 0;
+  if (lookup(pa, bits) != kMiss) {
+    if (writeback) *writeback = kNoWriteback;
+    return true;
   }
+  const std::uint64_t line_addr = pa >> m_line_shift;
+  insert_masked(set_of(line_addr), (line_addr << 2) | kOwned | bits, writeback, way_mask);
+  return false;
+}
+
+void Cache::receive_writeback_masked(std::uint64_t pa, std::uint64_t* writeback, std::uint64_t way_mask) {
+  const std::uint64_t line_addr = pa >> m_line_shift;
+  ++m_stats.writebacks_received;
+  if (std::uint64_t* word = find(line_addr)) {
+    *word |= kDirty | kOwned;
+    if (writeback) *writeback = kNoWriteback;
+    return;
+  }
+  insert_masked(set_of(line_addr), (line_addr << 2) | kDirty | kOwned, writeback, way_mask);
+}
+
+int Cache::way_of(std::uint64_t pa) const {
+  const std::uint64_t* word = find(pa >> m_line_shift);
+  return word ? static_cast<int>(way_bits(*word)) : -1;
 }
 
 bool Cache::access(std::uint64_t pa, bool write, std::uint64_t* writeback) {
@@ -106,11 +156,17 @@ std::uint64_t Cache::invalidate(std::uint64_t pa) {
   const std::uint64_t before = kPresent | (*word & kStateBits);
   // The less recently used ways move up one, keeping empty ways last.
   std::uint64_t* set = set_of(line_addr);
+  const std::uint32_t way = way_bits(*word);
   for (std::uint64_t* w = word; w + 1 < set + m_params.ways; ++w) *w = *(w + 1);
-  set[m_params.ways - 1] = kInvalid;
+  set[m_params.ways - 1] = empty_word(way);  // the way it held is empty now
   return before;
 }
 
-void Cache::invalidate_all() { std::fill(m_store.begin(), m_store.end(), kInvalid); }
+void Cache::invalidate_all() {
+  for (std::uint32_t s = 0; s < m_sets; ++s) {
+    std::uint64_t* set = m_store.data() + m_base + std::size_t{s} * m_params.ways;
+    for (std::uint32_t w = 0; w < m_params.ways; ++w) set[w] = empty_word(w);
+  }
+}
 
 }  // namespace vmx::models

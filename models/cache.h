@@ -42,6 +42,7 @@ struct CacheParams {
   cfg::Problem check() const {
     const std::uint64_t way_bytes = std::uint64_t(ways) * line;
     if (way_bytes == 0) return {"ways", "at least 1", "0"};
+    if (ways > 256) return {"ways", "at most 256", std::to_string(ways)};
     if (size == 0 || size % way_bytes != 0)
       return {"size", "a non-zero multiple of ways x line (" + std::to_string(way_bytes) + " bytes)",
               std::to_string(size)};
@@ -150,6 +151,11 @@ class Cache {
   /// the same access split in two, for a caller that decides the new line's
   /// state in between.
   bool access(std::uint64_t pa, bool write, std::uint64_t* writeback = nullptr);
+  /// access() whose fill may replace only a way of `way_mask` (bit w: way
+  /// w), as cache allocation confines a class of service (models/rdt.h).
+  /// A hit finds the line in any way. A mask covering every way (or 0) is
+  /// access().
+  bool access_masked(std::uint64_t pa, bool write, std::uint64_t* writeback, std::uint64_t way_mask);
 
   /// The lookup half of a demand access: counts it, and on a hit makes the
   /// line most recently used and ors set_bits (kDirty, kOwned) into its
@@ -160,11 +166,11 @@ class Cache {
     const std::uint64_t line_addr = pa >> m_line_shift;
     ++m_stats.accesses;
     std::uint64_t* set = set_of(line_addr);
-    const std::uint64_t key = (line_addr << 2) | kStateBits;
+    const std::uint64_t key = (line_addr << 2) | kIgnoreBits;
     const std::uint32_t ways = m_params.ways;
     for (std::uint32_t w = 0; w < ways; ++w) {
       const std::uint64_t word = set[w];
-      if ((word | kStateBits) == key) {
+      if ((word | kIgnoreBits) == key) {
         ++m_stats.hits;
         // Becomes most recently used: the more recent ways move down one.
         for (std::uint32_t v = w; v > 0; --v) set[v] = set[v - 1];
@@ -189,6 +195,11 @@ class Cache {
   /// core did not use it), else allocates it dirty, which may evict a line
   /// as access does.
   void receive_writeback(std::uint64_t pa, std::uint64_t* writeback = nullptr);
+  /// receive_writeback() whose allocation is confined to `way_mask` as in
+  /// access_masked().
+  void receive_writeback_masked(std::uint64_t pa, std::uint64_t* writeback, std::uint64_t way_mask);
+  /// The physical way that holds pa's line, or -1 when it is absent.
+  int way_of(std::uint64_t pa) const;
 
   /// True if the line holding pa is present. Changes nothing.
   bool probe(std::uint64_t pa) const;
@@ -224,15 +235,28 @@ class Cache {
  private:
   // Each set is a contiguous row of `ways` 64-bit words kept in recency
   // order, most recently used first: true LRU without stamps, the victim is
-  // the last word. A word holds (line address << 2) | state bits; kInvalid
-  // marks an empty way, and empty ways always sit after the valid ones. A
-  // word matches line address a when (word | 3) == (a << 2 | 3), one compare
-  // for valid and tag (kInvalid cannot match: physical addresses are below
-  // 2^58, MAXPHYADDR 52 plus the key ID of models/mem_crypt.h in bits
-  // 57:52, so a word has at most 54 significant bits). The key ID is part of
-  // the tag: the same line under two keys is two lines.
-  static constexpr std::uint64_t kInvalid = ~0ull;
+  // the last word. A word holds (line address << 2) | state bits, and in
+  // bits 61:54 the physical way the line occupies (what cache allocation
+  // masks select; a fill takes over its victim's way). An empty way's word
+  // has bits 63:62 set (and its way number); empty ways always sit after
+  // the valid ones. A word matches line address a when (word | ignore) ==
+  // (a << 2 | ignore), ignore covering the state and way bits: one compare
+  // for valid and tag. An empty way cannot match: physical addresses are
+  // below 2^58 (MAXPHYADDR 52 plus the key ID of models/mem_crypt.h in bits
+  // 57:52), so a line address has at most 52 significant bits and bits 63:54
+  // of (a << 2) are clear. The key ID is part of the tag: the same line
+  // under two keys is two lines.
   static constexpr std::uint64_t kStateBits = kDirty | kOwned;
+  static constexpr unsigned kWayShift = 54;
+  static constexpr std::uint64_t kWayBits = 0xFFull << kWayShift;
+  static constexpr std::uint64_t kIgnoreBits = kStateBits | kWayBits;
+  static constexpr std::uint64_t kValidLimit = 1ull << 62;  // valid words are below
+  static constexpr std::uint64_t empty_word(std::uint32_t way) {
+    return ~kWayBits | (std::uint64_t{way} << kWayShift);
+  }
+  static constexpr std::uint32_t way_bits(std::uint64_t word) {
+    return static_cast<std::uint32_t>((word >> kWayShift) & 0xFF);
+  }
 
   std::uint64_t* set_of(std::uint64_t line_addr) {
     return m_store.data() + m_base + (line_addr & m_set_mask) * m_params.ways;
@@ -248,6 +272,11 @@ class Cache {
   /// Inserts word as the most recently used line of set, dropping the least
   /// recently used way; counts and reports its eviction (writeback).
   void insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback);
+  /// insert_mru() whose victim is the least recently used line (or empty
+  /// way) among the ways of `way_mask`.
+  void insert_masked(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback, std::uint64_t way_mask);
+  /// Counts and reports the eviction of `victim`.
+  void evicted(std::uint64_t victim, std::uint64_t* writeback);
 
   CacheParams m_params;
   CacheStats m_stats;
@@ -256,6 +285,7 @@ class Cache {
   std::uint32_t m_set_bytes = 0;
   std::uint64_t m_set_mask = 0;
   std::size_t m_base = 0;              // words before the first set: aligns sets to host cache lines
+  std::uint64_t m_all_ways = 0;        // a way mask with every way
   std::vector<std::uint64_t> m_store;  // sets x ways words, allocated once
 };
 

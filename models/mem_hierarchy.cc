@@ -1,5 +1,6 @@
 #include "models/mem_hierarchy.h"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace vmx::models {
@@ -44,7 +45,9 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
         state = 0;
     }
   } else {
-    const bool llc_hit = m_llc->access(pa, false, &wb3);
+    // The L2 miss leaves the core: MBA's rate controller may hold it back.
+    const std::uint32_t mba = m_rdt ? mba_delay() : 0;
+    const bool llc_hit = m_rdt ? m_llc->access_masked(pa, false, &wb3, llc_mask()) : m_llc->access(pa, false, &wb3);
     hit_level = llc_hit ? 3 : 4;
     bool dram = !llc_hit;
     cycles = m_llc->latency();  // DRAM's part is added below once no peer supplies the line
@@ -72,7 +75,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     }
     if (dram) {
       ++m_stats.dram_accesses;
-      cycles += dram_read(pa);
+      cycles += dram_read(pa, mba);
       if (pa & kKeyIdMask) [[unlikely]] {
         // The engine decrypts the line on its way in (XTS: not before it arrives).
         cycles += m_crypt_cycles;
@@ -80,6 +83,7 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
         m_crypt_stats->cycles += m_crypt_cycles;
       }
     }
+    cycles += mba;
     m_l2.fill(pa, state, &wb2);
   }
   l1.fill(pa, write ? state | Cache::kDirty : state, &wb1);
@@ -132,7 +136,8 @@ void MemHierarchy::writeback_to_l2(std::uint64_t line_pa) {
 
 void MemHierarchy::writeback_to_llc(std::uint64_t line_pa) {
   std::uint64_t victim;
-  m_llc->receive_writeback(line_pa, &victim);
+  if (m_rdt) m_llc->receive_writeback_masked(line_pa, &victim, llc_mask());
+  else m_llc->receive_writeback(line_pa, &victim);
   if (victim != Cache::kNoWriteback) dram_write(victim);
 }
 
@@ -149,10 +154,12 @@ std::uint64_t MemHierarchy::dram_time_ps(std::uint32_t extra_cycles) const {
   return static_cast<std::uint64_t>(static_cast<unsigned __int128>(cycles) * 1'000'000'000'000ull / m_core_hz);
 }
 
-std::uint32_t MemHierarchy::dram_read(std::uint64_t pa) {
+std::uint32_t MemHierarchy::dram_read(std::uint64_t pa, std::uint32_t delay) {
   if (!m_dram) return m_dram_latency;
-  // The request reaches the controller after the LLC lookup missed.
-  const std::uint64_t ps = m_dram->access(strip_key(pa), false, m_dram_requester, dram_time_ps(m_llc->latency()));
+  // The request reaches the controller after the LLC lookup missed (and
+  // after any MBA pacing before it).
+  const std::uint64_t ps =
+      m_dram->access(strip_key(pa), false, m_dram_requester, dram_time_ps(m_llc->latency() + delay));
   return static_cast<std::uint32_t>(
       (static_cast<unsigned __int128>(ps) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
 }
@@ -170,6 +177,35 @@ void MemHierarchy::dram_write(std::uint64_t line_pa) {
 void MemHierarchy::attach_crypt(std::uint32_t line_cycles) {
   m_crypt_cycles = line_cycles;
   if (!m_crypt_stats) m_crypt_stats = std::make_unique<CryptStats>(&m_stats);
+}
+
+// ---- Cache allocation and MBA (models/rdt.h) ------------------------------
+
+MemQosStats::MemQosStats(stats::Group* parent)
+    : stats::Group(parent, "qos", "cache allocation and memory-bandwidth allocation (models/rdt.h)") {}
+
+void MemHierarchy::attach_rdt(const Rdt* rdt, std::uint64_t core_hz) {
+  m_rdt = rdt;
+  m_core_hz = core_hz;
+  if (!m_qos_stats) m_qos_stats = std::make_unique<MemQosStats>(&m_stats);
+}
+
+// MBA (Intel RDT): a rate controller between the core's L2 and the
+// interconnect delays the core's L2 miss requests. Modelled as pacing: with
+// the class's delay value, consecutive requests leave at least
+// Rdt::mba_gap_ps apart; a request that finds the controller busy waits.
+std::uint32_t MemHierarchy::mba_delay() {
+  const std::uint64_t gap = m_rdt->mba_gap_ps(m_clos);
+  if (gap == 0) return 0;
+  const std::uint64_t now = dram_time_ps(0);
+  const std::uint64_t issue = std::max(now, m_mba_next_ps);
+  m_mba_next_ps = issue + gap;
+  if (issue == now) return 0;
+  const auto cycles = static_cast<std::uint32_t>(
+      (static_cast<unsigned __int128>(issue - now) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
+  ++m_qos_stats->mba_delayed;
+  m_qos_stats->mba_cycles += cycles;
+  return cycles;
 }
 
 void MemHierarchy::report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const {

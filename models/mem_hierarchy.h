@@ -11,6 +11,7 @@
 #include "models/coherence.h"
 #include "models/dram.h"
 #include "models/mem_crypt.h"
+#include "models/rdt.h"
 #include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -44,6 +45,13 @@ struct MemHierarchyParams {
             "measures Skylake i7-6700 RAM latency as 42 cycles + 51 ns, and 51 ns at its 4 GHz is 204 cycles.");
     v.section(coherence, "coherence", "Coherence of the cores' private caches: a MESI directory at the LLC.");
   }
+};
+
+/// Cache allocation and MBA as seen by one hierarchy (models/rdt.h).
+struct MemQosStats : stats::Group {
+  explicit MemQosStats(stats::Group* parent);
+  stats::Counter mba_delayed{this, "mba_delayed", "accesses", "L2 misses the MBA rate controller held back"};
+  stats::Counter mba_cycles{this, "mba_cycles", "cycles", "cycles L2 misses waited in the MBA rate controller"};
 };
 
 struct MemHierarchyStats : stats::Group {
@@ -168,6 +176,17 @@ class MemHierarchy {
   /// Called by the platform when it has the engine; creates the "crypt" stats.
   void attach_crypt(std::uint32_t line_cycles);
   const CryptStats* crypt_stats() const { return m_crypt_stats.get(); }
+  // Cache allocation and bandwidth throttling (models/rdt.h). Attached, the
+  // LLC fills and the writebacks into the LLC of this hierarchy take only
+  // the ways of the executing thread's class of service, and each L2 miss
+  // waits for the class's MBA pacing before it goes to the LLC.
+  /// core_hz converts the core's cycles to picoseconds (as attach_dram).
+  void attach_rdt(const Rdt* rdt, std::uint64_t core_hz);
+  /// The class of service of the thread that executes (IA32_PQR_ASSOC).
+  void set_clos(unsigned clos) { m_clos = clos; }
+  unsigned clos() const { return m_clos; }
+  /// The RDT group of the statistics, or null when not attached.
+  const MemQosStats* qos_stats() const { return m_qos_stats.get(); }
 
  private:
   std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
@@ -179,7 +198,10 @@ class MemHierarchy {
   void report(std::uint64_t pa, AccessKind kind, unsigned hit_level) const;
   /// What an LLC miss adds to the LLC latency (fixed, or the DRAM model's
   /// answer for a read at this time), and a writeback from the LLC to DRAM.
-  std::uint32_t dram_read(std::uint64_t pa);
+  std::uint32_t dram_read(std::uint64_t pa, std::uint32_t delay);
+  /// The MBA pacing of an L2 miss leaving now, in core cycles.
+  std::uint32_t mba_delay();
+  std::uint64_t llc_mask() const { return m_rdt ? m_rdt->mask(m_clos) : 0; }
   void dram_write(std::uint64_t line_pa);
   std::uint64_t dram_time_ps(std::uint32_t extra_cycles) const;
 
@@ -200,6 +222,10 @@ class MemHierarchy {
   std::uint64_t m_time_bias = 0;
   std::uint32_t m_crypt_cycles = 0;
   std::unique_ptr<CryptStats> m_crypt_stats;  // exists once attach_crypt ran
+  const Rdt* m_rdt = nullptr;                      // null: no cache allocation, no MBA
+  unsigned m_clos = 0;
+  std::uint64_t m_mba_next_ps = 0;                 // earliest issue of the next paced L2 miss
+  std::unique_ptr<MemQosStats> m_qos_stats;        // exists once RDT is attached
 };
 
 }  // namespace vmx::models

@@ -135,6 +135,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
   const unsigned threads = static_cast<unsigned>(p.smt);
   if (p.dram.model == "dram") m_dram = std::make_unique<Dram>(p.dram, &m_stats, "dram");
   if (p.memory_encryption.enabled) m_crypt = std::make_unique<MemoryEncryption>(p.memory_encryption, m_mem);
+  if (p.rdt.enabled) m_rdt = std::make_unique<Rdt>(p.rdt, p.llc.ways);
   for (unsigned i = 0; i < p.cores * threads; ++i) {
     auto name = fmt::format("cpu{}", i);
     // SMT siblings (threads of one physical core) share its private caches.
@@ -146,6 +147,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
                                    m_dram->add_requester(threads == 1 ? name : fmt::format("core{}", i / threads)),
                                    p.frequency);
     if (m_crypt && i % threads == 0) m_caches.back()->attach_crypt(p.memory_encryption.line_latency);
+    if (m_rdt && i % threads == 0) m_caches.back()->attach_rdt(m_rdt.get(), p.frequency);
     cpu::CoreWiring w;
     w.mem = &m_mem;
     w.crypt = m_crypt.get();
@@ -156,6 +158,7 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     w.frequency_hz = p.frequency;
     w.quantum_cycles = quantum_cycles;
     w.smt_contention = p.smt_contention;
+    w.rdt = m_rdt.get();
     w.send_ipi = [this, i](std::uint32_t dest, std::uint8_t vector) { m_irq.ipi(i, dest, vector); };
     m_cores.push_back(std::make_unique<cpu::Core>(name.c_str(), i, p.cpu, w, &m_stats));
   }

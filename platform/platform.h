@@ -63,6 +63,7 @@ struct PlatformParams {
   PlatformNicParams nic;
   iommu::InterruptRemapParams interrupt_remapping;
   MemCryptParams memory_encryption;
+  RdtParams rdt;
 
   template <class V>
   void visit(V& v) {
@@ -99,6 +100,7 @@ struct PlatformParams {
     v.section(memory_encryption, "memory_encryption",
               "Memory-encryption engine of the memory controller, one key per encrypted VM (SEV-like, "
               "docs/protection.md 'S11').");
+    v.section(rdt, "rdt", "Cache and memory-bandwidth allocation, as Intel RDT's CAT and MBA (models/rdt.h).");
   }
 };
 
@@ -127,6 +129,8 @@ class Platform {
   Coherence* coherence() { return m_coherence.get(); }
   /// The DDR4 model shared by the cores and DMA (null with dram.model fixed).
   Dram* dram() { return m_dram.get(); }
+  /// Cache and bandwidth allocation; null unless rdt.enabled.
+  Rdt* rdt() { return m_rdt.get(); }
   /// The I/O blocks, built when nic.enabled (null otherwise). The IOMMU
   /// starts disabled (GCMD.TE = 0): whoever plays the hypervisor programs
   /// its root table and enables it. CPU MMIO to the NIC's windows goes
@@ -174,6 +178,7 @@ class Platform {
   DebugConsole m_debugcon;
   cpu::VmcsStore m_vmcs;
   std::unique_ptr<Dram> m_dram;                          // null with dram.model fixed
+  std::unique_ptr<Rdt> m_rdt;                            // null unless rdt.enabled
   std::vector<std::unique_ptr<MemHierarchy>> m_caches;  // one per physical core
   std::unique_ptr<Coherence> m_coherence;               // null when caches.coherence.enabled is false
   std::vector<std::unique_ptr<cpu::Core>> m_cores;

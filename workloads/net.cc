@@ -470,6 +470,94 @@ class PatternCheck final : public Workload {
   stats::Counter m_mismatches{&m_stats, "mismatches", "quadwords", "quadwords that no longer held the pattern"};
 };
 
+// The critical VM's periodic control loop (docs/protection.md, "Mixed
+// criticality"): each job, released at absolute times every period, reads
+// its sensor through the VM's network device (a request, whose echo from the
+// network peer is the reading), reads a slice of fresh sensor data and walks
+// its control state (dependent loads), computes, and sends the actuation
+// frame. It measures its own response time, release to actuation, with
+// RDTSC, as a real-time program does.
+class ControlLoop final : public Workload {
+ public:
+  ControlLoop(const ControlLoopParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.iterations != 0; }
+  void run(guest::Thread& t) override {
+    const std::uint64_t hz = t.tsc_hz();
+    const std::uint64_t period = ps_to_cycles(m_p.period, hz);
+    const std::uint64_t deadline = ps_to_cycles(m_p.deadline ? m_p.deadline : m_p.period, hz);
+    const bool net = t.net_up();
+    const auto frame = static_cast<std::uint32_t>(m_p.frame);
+    const std::uint64_t pool_bytes = std::max(m_p.input_pool, m_p.input);
+    const std::uint64_t io = t.mmap(8192), rx = io + 4096;
+    const std::uint64_t state = t.mmap(m_p.state);
+    const std::uint64_t pool = m_p.input ? t.mmap(pool_bytes) : 0;
+    if (!io || !state || (m_p.input && !pool)) {
+      ++m_no_memory;
+      return;
+    }
+    const std::uint64_t mac = net ? t.net_mac() : 0;
+    // Initialization, before the first release: the state and the sensor
+    // buffers are written once (and so backed).
+    for (std::uint64_t off = 0; off < m_p.state; off += 64) t.store(state + off, off);
+    for (std::uint64_t off = 0; off < m_p.input; off += 4096) t.store(pool + off, off);
+    for (std::uint64_t off = m_p.input; off < pool_bytes; off += 4096) t.store(pool + off, off);
+    started(t);
+    std::uint64_t release = t.cpu().rdtsc() + period;
+    std::uint64_t seq = 0, slice = 0, acc = 0;
+    auto job = [&] {
+      t.sleep_until(release);
+      const std::uint64_t start = t.cpu().rdtsc();
+      m_wakeup.sample(start > release ? start - release : 0);
+      // Read the sensor: a request, and its echo as the reading.
+      if (net) {
+        write_header(t, io, mac, seq);
+        t.net_send(io, frame);
+        for (;;) {
+          const std::uint32_t len = t.net_recv(rx, 4096);
+          if (len >= 30 && t.load(rx + kSeqOffset) == seq) break;
+          ++m_stray;  // the echo of an earlier actuation frame
+        }
+        acc += t.load(rx + 30);
+        ++seq;
+      } else {
+        ++m_no_device;
+      }
+      // The sensor's data, then the control state, as dependent loads (a
+      // plain load waits for the one before; cpu::Core::load).
+      for (std::uint64_t off = 0; off < m_p.input; off += 64) acc += t.load(pool + (slice + off) % pool_bytes);
+      slice = (slice + m_p.input) % pool_bytes;
+      for (std::uint64_t off = 0; off < m_p.state; off += 64) acc += t.load(state + off);
+      t.compute(m_p.work);
+      // Actuate.
+      if (net) {
+        write_header(t, io, mac, seq++);
+        t.store(io + 30, acc, 8);
+        t.net_send(io, frame);
+      }
+      const std::uint64_t end = t.cpu().rdtsc();
+      m_response.sample(end - release);
+      m_response_us.sample((end - release) * 1'000'000 / hz);
+      if (end - release > deadline) ++m_misses;
+      ++m_stats.operations;
+      release += period;
+    };
+    if (m_p.iterations == 0)
+      for (;;) job();
+    for (std::uint64_t i = 0; i < m_p.iterations; ++i) job();
+    finished(t);
+  }
+
+ private:
+  ControlLoopParams m_p;
+  stats::Histogram m_wakeup{&m_stats, "wakeup_latency", "cycles", "release to start of each job (guest TSC)"};
+  stats::Histogram m_response{&m_stats, "response", "cycles", "release to actuation of each job (guest TSC)"};
+  stats::Histogram m_response_us{&m_stats, "response_us", "us", "the same in microseconds"};
+  stats::Counter m_misses{&m_stats, "deadline_misses", "jobs", "jobs that actuated after their deadline"};
+  stats::Counter m_stray{&m_stats, "stray_frames", "frames", "frames received that were not the awaited reading"};
+  stats::Counter m_no_device{&m_stats, "no_device", "jobs", "jobs without a network device to read the sensor"};
+  stats::Counter m_no_memory{&m_stats, "no_memory", "threads", "threads that could not map their memory"};
+};
+
 }  // namespace
 
 std::shared_ptr<Workload> Workload::create_net(const WorkloadParams& p, stats::Group* parent, const std::string& name) {
@@ -478,6 +566,7 @@ std::shared_ptr<Workload> Workload::create_net(const WorkloadParams& p, stats::G
   if (p.type == "net_rx") return std::make_shared<NetRx>(p.net_rx, parent, name);
   if (p.type == "dma_rogue") return std::make_shared<DmaRogue>(p.dma_rogue, parent, name);
   if (p.type == "pattern_check") return std::make_shared<PatternCheck>(p.pattern_check, parent, name);
+  if (p.type == "control_loop") return std::make_shared<ControlLoop>(p.control_loop, parent, name);
   return nullptr;
 }
 

@@ -164,6 +164,31 @@ struct PeriodicParams {
   }
 };
 
+/// The critical VM's periodic control loop (workloads/net.cc; docs/
+/// protection.md, "Mixed criticality").
+struct ControlLoopParams {
+  std::uint64_t period, deadline, iterations, state, input, input_pool, work, frame;
+  template <class V>
+  void visit(V& v) {
+    v.param(period, "period", "2ms", Spec(Unit::Time).at_least(1e3), "Release period of the loop.");
+    v.param(deadline, "deadline", "0ps", Spec(Unit::Time),
+            "Relative deadline of each job, release to actuation (0: the period).");
+    v.param(iterations, "iterations", "0", Spec(), "Jobs (0: until the end of the run).");
+    v.param(state, "state", "1MiB", Spec(Unit::Bytes).at_least(64),
+            "Control state (tables, model) each job walks once, one dependent load per 64-byte line: the data "
+            "the loop keeps reusing, which an LLC partition protects.");
+    v.param(input, "input", "256KiB", Spec(Unit::Bytes),
+            "Sensor data each job reads, one dependent load per line, from the next slice of input_pool: fresh "
+            "lines that come from DRAM (0: none).");
+    v.param(input_pool, "input_pool", "16MiB", Spec(Unit::Bytes).at_least(4096),
+            "Memory the input slices rotate through (at least input).");
+    v.param(work, "work", "20000", Spec(Unit::Instructions), "Instructions of computation per job.");
+    v.param(frame, "frame", "64", Spec(Unit::Bytes).at_least(38).at_most(1514),
+            "Size of the sensor request and of the actuation frame, sent through the VM's network device; the "
+            "network peer's echo of the request is the sensor's reading.");
+  }
+};
+
 struct RequestServerParams {
   double rate;
   std::uint64_t service, requests;
@@ -390,6 +415,7 @@ struct WorkloadParams {
   MmapChurnParams mmap_churn;
   ForkChurnParams fork_churn;
   PeriodicParams periodic;
+  ControlLoopParams control_loop;
   RequestServerParams request_server;
   SpinlockParams spinlock;
   NetPingpongParams net_pingpong;
@@ -421,7 +447,8 @@ struct WorkloadParams {
               cfg::alt("spinlock", spinlock), cfg::alt("net_pingpong", net_pingpong),
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
               cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
-              cfg::alt("profile", profile), cfg::alt("page_content", page_content));
+              cfg::alt("profile", profile), cfg::alt("page_content", page_content),
+              cfg::alt("control_loop", control_loop));
   }
 };
 
