@@ -116,7 +116,7 @@ TEST_CASE("S21: sampling shows the interpreter's cycles across its stages and it
 
   auto misses = scenario("s21_interpreter", {"--set", "vms[0].workloads[0].perf=sample", "--set",
                                              "vms[0].workloads[0].event=0x08D1", "--set",
-                                             "vms[0].workloads[0].sample_period=64"});
+                                             "vms[0].workloads[0].sample_period=16"});
   const double me = misses.at(kW + "execute_samples");
   const double mi = me + misses.at(kW + "fetch_samples") + misses.at(kW + "decode_samples") +
                     misses.at(kW + "dispatch_samples");
@@ -169,8 +169,16 @@ TEST_CASE("S21: nested inside a VM's VM the interpreter computes the same checks
   CHECK(r.at(flat + "interpreted_instructions") == listing_count(4096, 2));
   CHECK(r.at(l2 + "interpreted_instructions") == listing_count(4096, 2));
   CHECK(r.at(l2 + "simulated_instructions") == r.at(flat + "simulated_instructions"));
-  INFO(fmt::format("interpreted cycles: flat {}, L2 {}; slowdown flat {:.2f}, L2 {:.2f}",
-                   r.at(flat + "interpreted_cycles"), r.at(l2 + "interpreted_cycles"), r.at(flat + "slowdown"),
-                   r.at(l2 + "slowdown")));
-  CHECK(r.at(l2 + "interpreted_cycles") > r.at(flat + "interpreted_cycles"));
+  INFO(fmt::format("interpreted cycles: flat {}, L2 {}; set-up cycles: flat {}, L2 {}",
+                   r.at(flat + "interpreted_cycles"), r.at(l2 + "interpreted_cycles"), r.at(flat + "setup_cycles"),
+                   r.at(l2 + "setup_cycles")));
+  // Once its memory is mapped the interpreter makes no exits: it runs as
+  // fast two levels down as at one (within the timer ticks that land in
+  // the run), so its slowdown is the same.
+  CHECK(r.at(l2 + "interpreted_cycles") >= r.at(flat + "interpreted_cycles"));
+  CHECK(r.at(l2 + "interpreted_cycles") < 1.01 * r.at(flat + "interpreted_cycles"));
+  CHECK(r.at(l2 + "slowdown") == Approx(r.at(flat + "slowdown")).epsilon(0.01));
+  // Nesting costs where the machine is involved: the first touch of each
+  // page, an EPT violation reflected to L1 and an EPT02 fill.
+  CHECK(r.at(l2 + "setup_cycles") > 1.5 * r.at(flat + "setup_cycles"));
 }
