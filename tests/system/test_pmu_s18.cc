@@ -129,6 +129,13 @@ TEST_CASE("S18: a vCPU migrated to another core shows a burst of cache misses ri
   CHECK(moved_later >= 0.9 * lines * moved.at("vm.prof.vcpu0.migrations"));
   // The burst is one round's worth: the round after the move.
   CHECK(moved.at("vm.prof.workload0.max_round_events") >= 0.9 * lines);
+  // ... and only that round: the misses after the first round sit in one
+  // round per migration (the first the vCPU runs on its new core, after
+  // the pause in which it moved), while at least 90% of the rounds miss
+  // (almost) nothing, the working set staying in the L2 before and after.
+  CHECK(moved_later <= moved.at("vm.prof.workload0.max_round_events") * moved.at("vm.prof.vcpu0.migrations") +
+                           0.02 * lines);
+  CHECK(moved.at("vm.prof.workload0.round_events.p90") < 0.02 * lines);
 }
 
 TEST_CASE("the mediated vPMU's event filter keeps EPT.WALK_PENDING from counting while naive pass-through counts it",
