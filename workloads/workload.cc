@@ -544,6 +544,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "request_server") return std::make_shared<RequestServer>(p.request_server, parent, name);
   if (p.type == "spinlock") return std::make_shared<Spinlock>(p.spinlock, parent, name);
   if (p.type == "profile") return create_profile(p.profile, parent, name);
+  if (p.type == "interpreter") return create_interpreter(p.interpreter, parent, name);
   if (auto w = create_net(p, parent, name)) return w;
   if (auto w = create_page_content(p, parent, name)) return w;
   throw std::invalid_argument("unknown workload type '" + p.type + "'");

@@ -396,6 +396,42 @@ struct PageContentParams {
   }
 };
 
+/// An interpreter of RV32I machine code (workloads/interpreter.cc; docs/pmu.md,
+/// "S21: an interpreter"): the program image, the interpreted machine's
+/// memory and the interpreter's register file and dispatch table live in
+/// guest memory and are reached with the core's loads and stores.
+struct InterpreterParams {
+  std::string program, perf;
+  std::uint64_t elements, passes, data_seed, max_steps, event, sample_period;
+  template <class V>
+  void visit(V& v) {
+    v.param(program, "program", "checksum", Spec().one_of({"checksum", "illegal", "out_of_range"}),
+            "The interpreted program (assembled into RV32I machine words by workloads/rv32i.h). checksum: fills "
+            "an array of `elements` words with a xorshift32 sequence, then sums it `passes` times (two running "
+            "sums, Fletcher-style) and ends with ECALL, a0 holding the checksum. illegal: the same with an "
+            "undefined instruction word after the fill; out_of_range: the same with a load from outside the "
+            "interpreted memory after the fill (both end the interpreted run there, with that reason).");
+    v.param(elements, "elements", "4096", Spec(Unit::Count).at_least(1).at_most(1u << 24),
+            "32-bit words of the program's array (the interpreted machine's memory is 4 KiB of code and "
+            "result plus the array).");
+    v.param(passes, "passes", "4", Spec(Unit::Count).at_least(1).at_most(1u << 20),
+            "Checksum passes over the array.");
+    v.param(data_seed, "data_seed", "0x2545F491", Spec().at_least(1).at_most(0xFFFFFFFF),
+            "Nonzero seed of the program's xorshift32 sequence.");
+    v.param(max_steps, "max_steps", "0", Spec(Unit::Instructions),
+            "Interpreted instructions after which the interpreter stops the program (0: no limit).");
+    v.param(perf, "perf", "none", Spec().one_of({"none", "count", "sample"}),
+            "none: no counters. count: the guest's perf facility counts instructions, cycles and `event` around "
+            "each run (interpreted and native). sample: PMC0 interrupts every sample_period `event`s and each "
+            "sample goes to the interpreter's stage (fetch, decode, dispatch, execute) or to the native run.");
+    v.param(event, "event", "0x003C", Spec().at_most(0xFFFF),
+            "Event of IA32_PMC0 (event number in bits 7:0, unit mask in 15:8; 0x003C core cycles, 0x08D1 L1 "
+            "load misses; docs/pmu.md lists the events).");
+    v.param(sample_period, "sample_period", "20000", Spec().at_least(1).at_most(0x7FFFFFFF),
+            "sample: events between two samples.");
+  }
+};
+
 struct WorkloadParams {
   std::string type;
   std::uint64_t threads;
@@ -426,6 +462,7 @@ struct WorkloadParams {
   ProtectionProbeParams protection_probe;
   ProfileParams profile;
   PageContentParams page_content;
+  InterpreterParams interpreter;
 
   template <class V>
   void visit(V& v) {
@@ -448,7 +485,8 @@ struct WorkloadParams {
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
               cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
               cfg::alt("profile", profile), cfg::alt("page_content", page_content),
-              cfg::alt("control_loop", control_loop));
+              cfg::alt("control_loop", control_loop),
+              cfg::alt("interpreter", interpreter));
   }
 };
 
@@ -472,6 +510,9 @@ class Workload : public guest::Program {
   /// The profile workload (workloads/profile.cc).
   static std::shared_ptr<Workload> create_profile(const ProfileParams& p, stats::Group* parent,
                                                   const std::string& name);
+  /// The RV32I interpreter (workloads/interpreter.cc).
+  static std::shared_ptr<Workload> create_interpreter(const InterpreterParams& p, stats::Group* parent,
+                                                      const std::string& name);
   /// page_content (workloads/page_content.cc); null for other types.
   static std::shared_ptr<Workload> create_page_content(const WorkloadParams& p, stats::Group* parent,
                                                        const std::string& name);
