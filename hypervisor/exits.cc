@@ -4,6 +4,7 @@
 #include "hypervisor/dirty_state.h"
 
 #include <algorithm>
+#include <iterator>
 #include <stdexcept>
 
 #include <fmt/format.h>
@@ -70,37 +71,96 @@ void Hypervisor::register_exit_handlers() {
 }
 
 
+// KVM answers CPUID from the vCPU's CPUID table, which its VMM filled once
+// (KVM_SET_CPUID2), and never executes CPUID on the host at an exit. The
+// table here is filled the same way when the vCPU's VMCS is set up: the
+// host's answers (native CPUIDs), with VMX hidden unless the VM runs a
+// hypervisor, "hypervisor present" set (CPUID.1:ECX bit 31), the vCPU's
+// initial APIC ID in leaf 1, the PMU leaves as the VM's PMU mode has them,
+// the vendor leaf 0x40000000 ("vmxsimHV    ") and the extended leaves a
+// guest kernel reads for memory encryption (0x80000000, 0x8000001F).
+namespace {
+struct TableLeaf {
+  std::uint32_t leaf;
+  bool indexed;  // KVM_CPUID_FLAG_SIGNIFCANT_INDEX: the subleaf must match too
+};
+constexpr TableLeaf kTableLeaves[] = {{0, false},    {1, false},    {7, true},
+                                      {0xA, false},  {0x15, false}, {0x16, false},
+                                      {0x40000000u, false}, {0x80000000u, false}, {0x8000001Fu, false}};
+constexpr unsigned kOsPke = 1u << 4;  // CPUID.(7,0):ECX.OSPKE mirrors CR4.PKE
+}  // namespace
+
+void Hypervisor::fill_cpuid_table(Core& c, Vcpu& v) {
+  std::uint64_t e = v.save_area + kCpuidTableOffset;
+  for (const TableLeaf& l : kTableLeaves) {
+    cpu::CpuidResult r{0x40000001u, 0x73786d76, 0x56486d69, 0x20202020};
+    if (l.leaf != 0x40000000u) {
+      r = c.cpuid(l.leaf, 0);
+      if (l.leaf == 1) {
+        r.ebx = (r.ebx & 0x00FFFFFFu) | (v.index << 24);
+        r.ecx = (r.ecx & ~(v.vm->nested_vmx ? 0u : 1u << 5)) | (1u << 31);
+      }
+      if (l.leaf == 7) r.ecx &= ~kOsPke;  // follows the guest's CR4 (handle_cpuid)
+      // Cache and bandwidth allocation belong to the hypervisor (rdt.cc):
+      // the guest sees no RDT allocation (CPUID.7.0:EBX bit 15; leaf 10H is
+      // not in the table, so it reads as zeros), as under ACRN without
+      // virtual CAT; its MSR writes are #GP.
+      if (l.leaf == 7) r.ebx &= ~(1u << 15);
+      vpmu_cpuid(v, l.leaf, r);
+    }
+    c.store(e, l.leaf);  // function, index 0
+    c.store(e + 8, l.indexed ? 1 : 0, 4);
+    c.store(e + 12, r.eax, 4);
+    c.store(e + 16, r.ebx, 4);
+    c.store(e + 20, r.ecx, 4);
+    c.store(e + 24, r.edx, 4);
+    e += kCpuidEntryBytes;
+  }
+}
+
 void Hypervisor::handle_cpuid(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
   charge(c, m_p.costs.cpuid, kCodeCpuid);
-  std::uint32_t leaf = static_cast<std::uint32_t>(v.regs[Regs::rax]);
-  cpu::CpuidResult r;
-  if (leaf == 0x40000000u) {
-    // Hypervisor vendor leaf: "vmxsimHV    ".
-    r = {0x40000001u, 0x73786d76, 0x56486d69, 0x20202020};
-  } else {
-    // Start from the host's answer; hide VMX and announce a hypervisor
-    // (CPUID.1:ECX bit 31), as KVM does.
-    r = c.cpuid(leaf, static_cast<std::uint32_t>(v.regs[Regs::rcx]));
-    // With nested VMX (docs/nested.md) the guest sees VMX.
-    if (leaf == 1) r.ecx = (r.ecx & ~(v.vm->nested_vmx ? 0u : 1u << 5)) | (1u << 31);
-    // Cache and bandwidth allocation belong to the hypervisor (rdt.cc): the
-    // guest sees no RDT allocation (CPUID.7.0:EBX bit 15, leaf 10H), as
-    // under ACRN without virtual CAT; its MSR writes are #GP below.
-    if (leaf == 7) r.ebx &= ~(1u << 15);
-    if (leaf == 0x10) r = {0, 0, 0, 0};
-    vpmu_cpuid(v, leaf, r);
+  const auto leaf = static_cast<std::uint32_t>(v.regs[Regs::rax]);
+  const auto subleaf = static_cast<std::uint32_t>(v.regs[Regs::rcx]);
+  // kvm_find_cpuid_entry: a linear search of the table; a leaf it does not
+  // hold reads as zeros, as the core answers leaves it does not implement.
+  cpu::CpuidResult r{};
+  std::uint64_t e = v.save_area + kCpuidTableOffset;
+  for (unsigned i = 0; i < std::size(kTableLeaves); ++i, e += kCpuidEntryBytes) {
+    const std::uint64_t id = c.load(e);
+    if (static_cast<std::uint32_t>(id) != leaf) continue;
+    if (c.load(e + 8, 4) && static_cast<std::uint32_t>(id >> 32) != subleaf) continue;
+    r = {static_cast<std::uint32_t>(c.load(e + 12, 4)), static_cast<std::uint32_t>(c.load(e + 16, 4)),
+         static_cast<std::uint32_t>(c.load(e + 20, 4)), static_cast<std::uint32_t>(c.load(e + 24, 4))};
+    break;
   }
+  // OSPKE is the guest's CR4.PKE (KVM updates the entry when CR4 changes).
+  if (leaf == 7 && subleaf == 0 && (vmr(c, field::kGuestCr4) & mmu::crbits::kCr4Pke)) r.ecx |= kOsPke;
   v.regs[Regs::rax] = r.eax;
   v.regs[Regs::rbx] = r.ebx;
   v.regs[Regs::rcx] = r.ecx;
   v.regs[Regs::rdx] = r.edx;
 }
 
+// KVM's kvm_emulate_hypercall: the number and four arguments come from the
+// saved registers, the argument width from the guest's mode (EFER.LMA and
+// CS.L; the model's VMCS has EFER), and a hypercall from CPL > 0 fails with
+// -KVM_EPERM before any dispatch; the result goes back to the saved RAX
+// and the vCPU's hypercall counter is incremented.
 void Hypervisor::handle_vmcall(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
   charge(c, m_p.costs.vmcall, kCodeVmcall);
-  v.regs[Regs::rax] = v.regs[Regs::rax] == abi::hypercall::kNop ? 0 : abi::hypercall::kUnknownResult;
+  const std::uint64_t nr = c.load(v.save_area + 8 * Regs::rax);
+  for (unsigned r : {Regs::rbx, Regs::rcx, Regs::rdx, Regs::rsi}) c.load(v.save_area + 8 * r);
+  vmr(c, field::kGuestIa32Efer);
+  const unsigned cpl = (vmr(c, field::kGuestSsAccessRights) >> 5) & 3;
+  const std::uint64_t ret = cpl ? abi::hypercall::kPermResult
+                                : nr == abi::hypercall::kNop ? 0 : abi::hypercall::kUnknownResult;
+  v.regs[Regs::rax] = ret;
+  c.store(v.save_area + 8 * Regs::rax, ret);
+  const std::uint64_t stat = v.save_area + 2 * kLine;  // vcpu->stat.hypercalls, in a per-vCPU state line
+  c.store(stat, c.load(stat) + 1);
 }
 
 void Hypervisor::handle_io(PerCore& pc, Vcpu& v) {
@@ -241,11 +301,12 @@ void Hypervisor::handle_external_interrupt(PerCore& pc, Vcpu&) {
   if (info & cpu::intr::kValid) host_interrupt(pc, static_cast<std::uint8_t>(info & 0xFF));
 }
 
-void Hypervisor::handle_interrupt_window(PerCore& pc, Vcpu&) {
+void Hypervisor::handle_interrupt_window(PerCore& pc, Vcpu& v) {
   Core& c = *pc.core;
   charge(c, m_p.costs.interrupt_window, kCodeWindow);
   std::uint64_t procctl = vmr(c, field::kProcBasedControls);
   vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);
+  vlapic_request(c, v);  // KVM's handle_interrupt_window: KVM_REQ_EVENT
 }
 
 // The slice ended (slice_timer=preemption).

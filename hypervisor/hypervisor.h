@@ -45,7 +45,7 @@ struct HvCosts {
       shadow_fault, shadow_cr3, shadow_invlpg, shadow_pt_write, shadow_zap, virtio_mmio, virtio_notify,
       virtio_tx_frame, virtio_rx_frame, pf_tx, pf_rx, pf_interrupt,
       switch_frame, emu_access, emu_frame, emu_poll, vm_stop, frame_free, blk_request, blk_complete, balloon_message,
-      balloon_page, nested_vmx, nested_entry, nested_exit, rdt_setup;
+      balloon_page, nested_vmx, nested_entry, nested_exit, rdt_setup, apic_ipi, apic_timer;
 
   template <class V>
   void visit(V& v) {
@@ -56,10 +56,21 @@ struct HvCosts {
             "KVM's vmx_handle_exit path).");
     v.param(cpuid, "cpuid", "120", Spec(Unit::Instructions), "CPUID emulation (assumption).");
     v.param(hlt, "hlt", "250", Spec(Unit::Instructions), "HLT: blocking the vCPU (assumption).");
-    v.param(vmcall, "vmcall", "100", Spec(Unit::Instructions), "Hypercall dispatch (assumption).");
+    v.param(vmcall, "vmcall", "120", Spec(Unit::Instructions),
+            "Hypercall dispatch, besides the charged register loads, VMREADs and result store (assumption: the "
+            "length of the CPUID handler, as KVM's kvm_emulate_hypercall and kvm_emulate_cpuid are of a size).");
     v.param(io, "io", "400", Spec(Unit::Instructions), "Port-I/O emulation (assumption).");
     v.param(cr_access, "cr_access", "200", Spec(Unit::Instructions), "Control-register access emulation (assumption).");
     v.param(msr, "msr", "150", Spec(Unit::Instructions), "RDMSR/WRMSR emulation (assumption).");
+    v.param(apic_ipi, "apic_ipi", "150", Spec(Unit::Instructions),
+            "x2APIC ICR write: decoding the command and finding the destination vCPU, besides the charged "
+            "IRR and request updates (assumption, of the order of KVM's kvm_apic_send_ipi and "
+            "kvm_irq_delivery_to_apic_fast).");
+    v.param(apic_timer, "apic_timer", "300", Spec(Unit::Instructions),
+            "IA32_TSC_DEADLINE write: cancelling and re-arming the vCPU's timer (converting the guest deadline, "
+            "the host timer queue), besides the charged RDTSC, LAPIC-register traffic and host timer WRMSR "
+            "(assumption, of the order of KVM's kvm_set_lapic_tscdeadline_msr with hrtimer_cancel and "
+            "hrtimer_start).");
     v.param(ept_violation, "ept_violation", "1500", Spec(Unit::Instructions),
             "EPT violation: finding the backing page and updating EPT, besides the charged memory "
             "traffic of zeroing and table writes (assumption).");
@@ -166,8 +177,9 @@ struct HvCosts {
             "stores (assumption, of the order of ACRN's RDT setup per VM).");
     v.param(code_bytes, "code_bytes", "512", Spec(Unit::Bytes).at_most(1 << 20),
             "Code fetched per handler, modelling its instruction-cache footprint (assumption).");
-    v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count),
-            "Cache lines of per-vCPU state each exit touches besides the register save area (assumption).");
+    v.param(vcpu_state_lines, "vcpu_state_lines", "4", Spec(Unit::Count).at_most(14),
+            "Cache lines of per-vCPU state each exit touches besides the register save area (assumption; at "
+            "most 14, the room between the saved registers and the CPUID table in the save-area frame).");
   }
 };
 
@@ -479,6 +491,7 @@ class Hypervisor {
   void handle_triple_fault(PerCore& pc, Vcpu& v);
   void handle_interrupt_window(PerCore& pc, Vcpu& v);
   void handle_cpuid(PerCore& pc, Vcpu& v);
+  void fill_cpuid_table(cpu::Core& c, Vcpu& v);
   void handle_hlt(PerCore& pc, Vcpu& v);
   void handle_invlpg(PerCore& pc, Vcpu& v);
   void handle_vmcall(PerCore& pc, Vcpu& v);
@@ -572,6 +585,9 @@ class Hypervisor {
   /// Requests virtual interrupt `vector` for vCPU t: by injection at its
   /// next entry, or by posting (posted_interrupts).
   void raise_virtual(Vcpu& t, std::uint8_t vector);
+  void vlapic_accept(cpu::Core& c, Vcpu& t, std::uint8_t vector);
+  int vlapic_highest(cpu::Core& c, std::uint64_t regs);
+  void vlapic_request(cpu::Core& c, Vcpu& t);
   /// Whether a posted interrupt awaits a vCPU blocked in HLT (ON set, or a
   /// recognizable RVI).
   bool posted_pending(cpu::Core& c, Vcpu& v);

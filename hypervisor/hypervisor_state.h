@@ -37,6 +37,24 @@ constexpr std::uint64_t kPidControl = 32;
 constexpr std::uint64_t kPidOn = 1;
 constexpr std::uint64_t kPidNvByte = kPidControl + 2;  // NV, bits 279:272
 constexpr std::uint64_t kPidOffset = 0x800;  // in the vCPU's save-area frame, 64-byte aligned
+// The rest of the vCPU's save-area frame (docs/hypervisor.md, "What KVM does
+// per exit"): the GPRs and vcpu_state_lines of per-vCPU state fill
+// 0x000-0x3FF; KVM's per-vCPU CPUID table (vcpu->arch.cpuid_entries,
+// struct kvm_cpuid_entry2: function, index, flags, EAX-EDX, padding: 40
+// bytes) at 0x400; the posted-interrupt descriptor at 0x800; and the
+// software local APIC's registers that KVM's handlers touch, as its
+// apic->regs page holds them (ISR and IRR, eight 32-bit registers 16 bytes
+// apart each, SDM Vol. 3A, 11.8.4), the timer's LVT entry and deadline, and
+// the vCPU's request bits (KVM_REQ_EVENT), at 0xC00.
+constexpr std::uint64_t kCpuidTableOffset = 0x400;
+constexpr std::uint64_t kCpuidEntryBytes = 40;
+constexpr std::uint64_t kVlapicOffset = 0xC00;
+constexpr std::uint64_t kVlapicIsr = 0x000;        // ISR bits 32i..32i+31 at 16i
+constexpr std::uint64_t kVlapicIrr = 0x080;        // IRR likewise
+constexpr std::uint64_t kVlapicLvtTimer = 0x100;
+constexpr std::uint64_t kVlapicTscDeadline = 0x108;
+constexpr std::uint64_t kVlapicRequests = 0x140;   // its own line, as vcpu->requests
+constexpr std::uint64_t kReqEvent = 1;             // KVM_REQ_EVENT: re-evaluate pending interrupts
 constexpr unsigned kSavedGprs = 15;               // all but RSP, as KVM's __vmx_vcpu_run
 constexpr std::uint16_t kPm1aControlPort = 0x604;  // PM1a_CNT_BLK of QEMU's machines (their FADT)
 constexpr std::uint64_t kPm1SlpEn = 1u << 13;      // PM1 control: SLP_EN (ACPI 6.x, 4.8.3.2.1)

@@ -147,6 +147,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   if (v.vm->shadow) shadow_setup_vmcs(c, v);
   if (v.vm->pmu != Vm::Pmu::None) vpmu_setup_vmcs(c, v);
   if (v.vm->clos) rdt_setup_vmcs(c, v);
+  fill_cpuid_table(c, v);
   observe(c, v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
@@ -201,6 +202,14 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
     }
   }
   if (v.nested) nested_before_entry(pc, v);  // nested.cc: an interrupt for L1 while L2 runs
+  // KVM's vcpu_enter_guest looks at the vCPU's requests on every entry; a
+  // KVM_REQ_EVENT (an interrupt accepted, an EOI, an interrupt window)
+  // makes it look for an injectable interrupt in the IRR.
+  const std::uint64_t lapic = v.save_area + kVlapicOffset;
+  if (c.load(lapic + kVlapicRequests) & kReqEvent) {
+    c.store(lapic + kVlapicRequests, 0);
+    if (!m_p.posted_interrupts) vlapic_highest(c, lapic + kVlapicIrr);
+  }
   // Virtual interrupt delivery: inject when the guest can take it, else ask
   // for an interrupt-window exit (SDM Vol. 3C, 26.6, 25.6.2).
   if (v.apic.virr.any()) {
@@ -212,6 +221,10 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
     if (rflags & (1u << 9)) {
       vmw(c, field::kEntryIntrInfo, cpu::intr::info(static_cast<std::uint8_t>(vec), cpu::intr::kTypeExternal));
       v.apic.virr.reset(static_cast<std::size_t>(vec));
+      // kvm_get_apic_interrupt: the vector moves from the IRR to the ISR.
+      const std::uint64_t irr = lapic + kVlapicIrr + 16 * static_cast<unsigned>(vec / 32);
+      c.store(irr, c.load(irr, 4) & ~(1ull << (vec % 32)), 4);
+      c.lock_or(lapic + kVlapicIsr + 16 * static_cast<unsigned>(vec / 32), 1ull << (vec % 32));
       ++m_totals.injections;
       if (procctl & cpu::proc::kInterruptWindowExiting)
         vmw(c, field::kProcBasedControls, procctl & ~cpu::proc::kInterruptWindowExiting);

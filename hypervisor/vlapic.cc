@@ -65,6 +65,8 @@ void Hypervisor::wake(Vcpu& v) {
 // interrupt at its next entry; so does a runnable one that is not running.
 void Hypervisor::raise_virtual(Vcpu& t, std::uint8_t vector) {
   if (!m_p.posted_interrupts) {
+    if (t.state == Vcpu::State::Dead) return;  // its frames may be released (vm_stop.cc)
+    vlapic_accept(Core::current(), t, vector);
     t.apic.virr.set(vector);
     wake(t);
     return;
@@ -84,6 +86,33 @@ void Hypervisor::raise_virtual(Vcpu& t, std::uint8_t vector) {
     return;
   }
   wake(t);
+}
+
+// The software local APIC's registers in memory (hypervisor_state.h,
+// kVlapicOffset), touched where KVM's lapic.c touches them. `virr` stays
+// the hypervisor's working copy of the IRR (as KVM keeps irr_pending and
+// highest_isr_cache beside apic->regs); these are the accesses KVM's paths
+// make, with the values they would find.
+
+// __apic_accept_irq: the vector's IRR bit set with a locked operation
+// (kvm_lapic_set_vector), then KVM_REQ_EVENT for the target vCPU.
+void Hypervisor::vlapic_accept(Core& c, Vcpu& t, std::uint8_t vector) {
+  c.lock_or(t.save_area + kVlapicOffset + kVlapicIrr + 16 * (vector / 32), 1ull << (vector % 32));
+  vlapic_request(c, t);
+}
+
+void Hypervisor::vlapic_request(Core& c, Vcpu& t) {
+  c.lock_or(t.save_area + kVlapicOffset + kVlapicRequests, kReqEvent);
+}
+
+// find_highest_vector: the eight 32-bit registers of an ISR or IRR image,
+// from the top; the highest vector set, or -1.
+int Hypervisor::vlapic_highest(Core& c, std::uint64_t regs) {
+  for (int i = 7; i >= 0; --i) {
+    const auto w = static_cast<std::uint32_t>(c.load(regs + 16 * static_cast<unsigned>(i), 4));
+    if (w) return 32 * i + 31 - __builtin_clz(w);
+  }
+  return -1;
 }
 
 std::uint64_t Hypervisor::posted_descriptor(unsigned vm, unsigned vcpu) const {
@@ -107,8 +136,26 @@ bool Hypervisor::rdmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t& value) {
   value = v.apic.vtimer_deadline;
   return true;
 }
-bool Hypervisor::wrmsr_tsc_deadline(PerCore&, Vcpu& v, std::uint64_t value) {
+// KVM's kvm_set_lapic_tscdeadline_msr: the timer mode from the LVT entry,
+// the deadline stored, the old timer cancelled and the new one armed
+// against the guest's TSC (start_sw_tscdeadline, one RDTSC: the model runs
+// guests without a TSC offset). A deadline already passed expires at once,
+// in this exit (apic_timer_expired), instead of through a host timer
+// interrupt; the host timer is reprogrammed either way (hrtimer_cancel,
+// hrtimer_start).
+bool Hypervisor::wrmsr_tsc_deadline(PerCore& pc, Vcpu& v, std::uint64_t value) {
+  Core& c = *pc.core;
+  charge(c, m_p.costs.apic_timer, kCodeMsr + 0x400);
+  const std::uint64_t lapic = v.save_area + kVlapicOffset;
+  c.load(lapic + kVlapicLvtTimer, 4);
+  c.store(lapic + kVlapicTscDeadline, value);
   v.apic.vtimer_deadline = value;
+  if (value && value <= c.rdtsc()) {
+    v.apic.vtimer_deadline = 0;
+    if (!(v.apic.vlvt_timer & models::Lapic::kLvtMasked))
+      raise_virtual(v, static_cast<std::uint8_t>(v.apic.vlvt_timer & 0xFF));
+    else wake(v);
+  }
   program_timer(*m_percore[v.core]);
   return true;
 }
@@ -116,21 +163,37 @@ bool Hypervisor::rdmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t& value) {
   value = 0;
   return true;
 }
-bool Hypervisor::wrmsr_x2apic_eoi(PerCore&, Vcpu&, std::uint64_t) { return true; }
+// KVM's apic_set_eoi: the highest in-service vector is done (its ISR bit
+// cleared), and apic_update_ppr looks in the IRR for an interrupt the new
+// priority lets through, requesting KVM_REQ_EVENT if there is one.
+bool Hypervisor::wrmsr_x2apic_eoi(PerCore& pc, Vcpu& v, std::uint64_t) {
+  Core& c = *pc.core;
+  const std::uint64_t lapic = v.save_area + kVlapicOffset;
+  const int vec = vlapic_highest(c, lapic + kVlapicIsr);
+  if (vec < 0) return true;
+  const std::uint64_t isr = lapic + kVlapicIsr + 16 * static_cast<unsigned>(vec / 32);
+  c.store(isr, c.load(isr, 4) & ~(1ull << (vec % 32)), 4);
+  if (vlapic_highest(c, lapic + kVlapicIrr) >= 0) vlapic_request(c, v);
+  return true;
+}
 bool Hypervisor::rdmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t& value) {
   value = v.apic.vlvt_timer;
   return true;
 }
-bool Hypervisor::wrmsr_lvt_timer(PerCore&, Vcpu& v, std::uint64_t value) {
+bool Hypervisor::wrmsr_lvt_timer(PerCore& pc, Vcpu& v, std::uint64_t value) {
   v.apic.vlvt_timer = static_cast<std::uint32_t>(value);
+  pc.core->store(v.save_area + kVlapicOffset + kVlapicLvtTimer, v.apic.vlvt_timer, 4);
   return true;
 }
 bool Hypervisor::rdmsr_x2apic_id(PerCore&, Vcpu& v, std::uint64_t& value) {
   value = v.index;
   return true;
 }
-// A virtual IPI to another vCPU of the same VM (fixed delivery).
-bool Hypervisor::wrmsr_x2apic_icr(PerCore&, Vcpu& v, std::uint64_t value) {
+// A virtual IPI to a vCPU of the same VM (fixed delivery, physical
+// destination): KVM's kvm_apic_send_ipi, the destination found through
+// the VM's APIC map, then __apic_accept_irq (raise_virtual).
+bool Hypervisor::wrmsr_x2apic_icr(PerCore& pc, Vcpu& v, std::uint64_t value) {
+  charge(*pc.core, m_p.costs.apic_ipi, kCodeMsr + 0x200);
   auto dest = static_cast<std::uint32_t>(value >> 32);
   if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
   return true;

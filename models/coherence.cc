@@ -20,6 +20,12 @@ void Coherence::join(MemHierarchy& h) {
     for (MemHierarchy* m : m_members) m->set_has_peers();
 }
 
+bool Coherence::held_elsewhere(const MemHierarchy& requester, std::uint64_t pa) const {
+  for (const MemHierarchy* h : m_members)
+    if (h != &requester && h->line_state(pa)) return true;
+  return false;
+}
+
 PeerState Coherence::snoop(MemHierarchy& requester, std::uint64_t pa, bool write) {
   PeerState most = PeerState::None;
   for (MemHierarchy* h : m_members) {

@@ -124,6 +124,10 @@ class Coherence {
   /// caller writes it back to the LLC). Returns what they held before.
   PeerState snoop(MemHierarchy& requester, std::uint64_t pa, bool write);
 
+  /// Whether a core other than `requester` holds pa's line (changes nothing;
+  /// the L2 prefetcher does not prefetch such lines).
+  bool held_elsewhere(const MemHierarchy& requester, std::uint64_t pa) const;
+
   /// A device writes pa's line: every core's copy is invalidated.
   void dma_write(std::uint64_t pa);
   /// A device reads pa's line: the cores keep their copies; counted when one

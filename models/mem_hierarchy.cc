@@ -22,7 +22,12 @@ MemHierarchy::MemHierarchy(const MemHierarchyParams& params, Cache* llc, stats::
       m_l1d(params.l1d, &m_stats, "l1d"),
       m_l2(params.l2, &m_stats, "l2"),
       m_llc(require_llc(llc, name)),
-      m_dram_latency(params.dram_latency) {}
+      m_dram_latency(params.dram_latency) {
+  if (params.l2_prefetch.enabled()) {
+    m_prefetch = std::make_unique<L2Prefetcher>(params.l2_prefetch, &m_stats);
+    m_prefetch_lines.reserve(2 * params.l2_prefetch.degree);
+  }
+}
 
 // The L1 missed: the L2, then the LLC, the other cores (when coherent) and
 // DRAM. The L1 and L2 lines are filled once the line's state is known.
@@ -86,6 +91,8 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     cycles += mba;
     m_l2.fill(pa, state, &wb2);
   }
+  if (m_prefetch) [[unlikely]]
+    prefetch_after(pa, hit_level == 2, cycles);
   l1.fill(pa, write ? state | Cache::kDirty : state, &wb1);
   if (m_events->wants_any(events::bit(events::kCacheAccess) | events::bit(events::kCacheMiss))) [[unlikely]]
     report(pa, kind, hit_level);
@@ -104,6 +111,51 @@ std::uint32_t MemHierarchy::gain_ownership(std::uint64_t pa) {
   ++m_coh_stats->upgrades;
   m_coh_stats->cycles += cycles;
   return cycles;
+}
+
+// The L2 prefetcher (models/prefetcher.h). A demand access that found a
+// prefetched line uses it (late if the line is still on its way: the access
+// waits for it); a miss, or the first use of a prefetched line, trains the
+// prefetcher, and each line it proposes that the L2 lacks and no other core
+// holds is fetched from the LLC or DRAM (a DRAM read at this time, taking
+// its share of the bandwidth) and filled into the L2 and the LLC. A
+// prefetch is not a demand access: the caches' and DRAM's demand counters
+// do not count it.
+void MemHierarchy::prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& cycles) {
+  L2Prefetcher& pf = *m_prefetch;
+  L2PrefetchStats& st = pf.stats();
+  const unsigned shift = 6;  // 64-byte lines (every level's default; prefetches address lines)
+  const std::uint64_t line = pa >> shift;
+  const std::uint64_t now = (m_clock ? *m_clock : 0) + m_time_bias;
+  if (l2_hit) {
+    const L2Prefetcher::Record* r = pf.claim(line);
+    if (!r) return;  // an ordinary L2 hit: no training
+    ++st.useful;
+    if (r->ready > now + cycles) {
+      ++st.late;
+      cycles = static_cast<std::uint32_t>(r->ready - now);
+    }
+  }
+  pf.train(line, m_prefetch_lines);
+  for (std::uint64_t l : m_prefetch_lines) {
+    const std::uint64_t lpa = l << shift;
+    if (m_l2.state(lpa) || (m_has_peers && m_coherence->held_elsewhere(*this, lpa))) {
+      ++st.dropped;
+      continue;
+    }
+    std::uint32_t latency = m_llc->latency();
+    std::uint64_t wb = Cache::kNoWriteback;
+    if (!m_llc->state(lpa)) {
+      m_llc->fill(lpa, Cache::kOwned, &wb);
+      if (wb != Cache::kNoWriteback) dram_write(wb);
+      latency += dram_read(lpa);
+    }
+    std::uint64_t wb2 = Cache::kNoWriteback;
+    m_l2.fill(lpa, Cache::kOwned, &wb2);
+    if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
+    ++st.issued;
+    if (!pf.remember(l, now + latency).used) ++st.useless;
+  }
 }
 
 void MemHierarchy::attach_coherence(Coherence* c) {

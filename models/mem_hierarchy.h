@@ -6,12 +6,14 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "models/cache.h"
 #include "models/coherence.h"
 #include "models/dram.h"
 #include "models/mem_crypt.h"
 #include "models/rdt.h"
+#include "models/prefetcher.h"
 #include "sim/events.h"
 #include "sim/params.h"
 #include "sim/stats.h"
@@ -34,6 +36,7 @@ struct MemHierarchyParams {
   L2Params l2;
   std::uint32_t dram_latency;  // core cycles beyond the LLC's latency
   CoherenceParams coherence;
+  L2PrefetchParams l2_prefetch;
 
   template <class V>
   void visit(V& v) {
@@ -44,6 +47,7 @@ struct MemHierarchyParams {
             "Core cycles a DRAM access adds to the LLC's load-to-use latency. Default: 204; 7-cpu.com "
             "measures Skylake i7-6700 RAM latency as 42 cycles + 51 ns, and 51 ns at its 4 GHz is 204 cycles.");
     v.section(coherence, "coherence", "Coherence of the cores' private caches: a MESI directory at the LLC.");
+    v.section(l2_prefetch, "l2_prefetch", "The L2 hardware prefetcher (next-line and stride), off by default.");
   }
 };
 
@@ -134,6 +138,9 @@ class MemHierarchy {
   /// Drops the contents of the private caches (the shared LLC is untouched).
   void invalidate_private();
 
+  /// The prefetcher's statistics, or null when it is off.
+  const L2PrefetchStats* prefetch_stats() const { return m_prefetch ? &m_prefetch->stats() : nullptr; }
+
   /// The coherence group of the statistics, or null when not coherent.
   const CoherenceStats* coherence_stats() const { return m_coh_stats.get(); }
 
@@ -191,6 +198,10 @@ class MemHierarchy {
  private:
   std::uint32_t miss(std::uint64_t pa, AccessKind kind, Cache& l1);
   std::uint32_t gain_ownership(std::uint64_t pa);
+  /// The L2 prefetcher after a demand access to pa's line reached the L2;
+  /// `cycles` is the access's latency so far, raised when it caught up with
+  /// an in-flight prefetch of the line.
+  void prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& cycles);
   void writeback_to_l2(std::uint64_t line_pa);
   void writeback_to_llc(std::uint64_t line_pa);
   /// Reports the levels an access looked up: every level above `hit_level`
@@ -226,6 +237,8 @@ class MemHierarchy {
   unsigned m_clos = 0;
   std::uint64_t m_mba_next_ps = 0;                 // earliest issue of the next paced L2 miss
   std::unique_ptr<MemQosStats> m_qos_stats;        // exists once RDT is attached
+  std::unique_ptr<L2Prefetcher> m_prefetch;        // null: no prefetcher
+  std::vector<std::uint64_t> m_prefetch_lines;     // scratch, kept to avoid allocating per miss
 };
 
 }  // namespace vmx::models

@@ -301,11 +301,14 @@ TEST_CASE("a trace of a real program replays end to end in a guest") {
   CHECK(r.at("system.cpu0_mem.fetches") > r.at("vm.t.workload0.instructions"));
   // The replay's figures as they were before the set-up became one streaming
   // pass (issue 18): the same records, the same regions mapped, hence the
-  // same first touches. They move only if the trace or the memory model does.
+  // same first touches. They move only if the trace or the memory model does,
+  // or, for the core's totals, the hypervisor's paths (issue 12: the exit
+  // handlers' KVM work, the software LAPIC and the CPUID table, moved them
+  // from 168722 fetches, 45954 loads and 74878 stores).
   CHECK(r.at("vm.t.workload0.instructions") == 158160);
-  CHECK(r.at("system.cpu0_mem.fetches") == 168722);
-  CHECK(r.at("system.cpu0.loads") == 45954);
-  CHECK(r.at("system.cpu0.stores") == 74878);
+  CHECK(r.at("system.cpu0_mem.fetches") == 168738);
+  CHECK(r.at("system.cpu0.loads") == 46377);
+  CHECK(r.at("system.cpu0.stores") == 74922);
   CHECK(r.at("vm.t.kernel.page_faults") == 96);
   CHECK(r.at("system.cpu0.exit_reasons.EPT_VIOLATION") == 416);
 
