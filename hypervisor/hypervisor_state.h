@@ -68,6 +68,7 @@ enum CodeOffset : std::uint64_t {
   kCodeBlk = 0x17000,     // hypervisor/virtio_blk.cc
   kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
   kCodeNested = 0x19000,  // hypervisor/nested.cc
+  kCodeHostSwap = 0x1E000,  // hypervisor/host_swap.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
