@@ -146,12 +146,14 @@ vms:
   auto r = run_cli(cfg);
   INFO(r.err << r.out);
   REQUIRE(r.exit_code == 0);
+  // The policy raised the target a step at a time, up to the VM's max, and
+  // the guest inflated toward it (its free pages, never touched, held no
+  // host frame: frames_freed counts only backed ones).
   CHECK(r.at("vm.g.balloon.policy_raises") > 0);
+  CHECK(r.at("vm.g.balloon.target_pages") == r.at("vm.g.balloon.policy_raises") * 256);
+  CHECK(r.at("vm.g.balloon.target_pages") <= 16 * 256);
   CHECK(r.at("vm.g.balloon.inflated_pages") >= 256);
-  CHECK(r.at("vm.g.balloon.frames_freed") > 0);
-  CHECK(r.at("vm.g.balloon.target_pages") > 0);
-  // The host ends with more free memory than it had at the low point.
-  CHECK(r.at("hypervisor.frames.frees") >= r.at("vm.g.balloon.frames_freed"));
+  CHECK(r.at("vm.g.balloon.ballooned_pages") == r.at("vm.g.balloon.inflated_pages"));
 
   auto off = run_cli(cfg, {"--set", "hypervisor.balloon_watermark=0B"});
   INFO(off.err << off.out);
