@@ -75,6 +75,7 @@ duration: 300ms
 platform:
   cores: 2
   memory: 64MiB
+  quantum: 1us
 hypervisor:
   reserved_memory: 32MiB
   ept_ad: true
