@@ -306,7 +306,8 @@ class Session {
   /// Every statistic's kind, unit and description, by path (units.json).
   std::string units_json() const;
   std::string summary();
-  /// Samples the series statistics now (series.interval; run() calls it).
+  /// Samples the series statistics now (series.interval; run_until calls
+  /// it at every sample time).
   void sample_series();
   /// The event trace so far as Chrome trace-event JSON; empty when
   /// event_trace.enabled is off.
@@ -320,6 +321,7 @@ class Session {
  private:
   struct System;
   void update_gauges();
+  void advance_to(std::uint64_t ps);
   ExperimentParams m_params;
   std::string m_resolved;
   System* m_sys;  // deliberately never destroyed: see the destructor

@@ -292,6 +292,7 @@ struct Session::System {
     std::vector<std::string> names;
     std::map<std::string, std::vector<double>> values;
     int track = -1;
+    std::uint64_t next_ps = 0;  // the next sample time
   } series;
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};
@@ -330,6 +331,21 @@ std::string Session::events_json() const {
 }
 
 void Session::run_until(std::uint64_t ps) {
+  // With series.interval the simulation stops at every sample time (from 0)
+  // to sample; stopping changes no statistic.
+  if (const std::uint64_t interval = m_params.series.interval) {
+    auto& sd = m_sys->series;
+    while (sd.next_ps <= ps && !(m_params.stop_when_done && m_sys->monitor.finished())) {
+      advance_to(sd.next_ps);
+      if (now_ps() < sd.next_ps) break;  // finished before the sample time
+      sample_series();
+      sd.next_ps += interval;
+    }
+  }
+  advance_to(ps);
+}
+
+void Session::advance_to(std::uint64_t ps) {
   sc_core::sc_time target = time_ps(ps);
   if (sc_core::sc_time_stamp() >= target || (m_params.stop_when_done && m_sys->monitor.finished())) return;
   try {
@@ -525,21 +541,10 @@ std::vector<std::string> Session::notes() const {
 RunResult run(const ExperimentParams& params, const std::string& resolved_yaml, const Progress& progress) {
   Session s(params, resolved_yaml);
   const std::uint64_t step = progress ? std::max<std::uint64_t>(params.duration / 200, 1) : params.duration;
-  // With series.interval the run stops at every sample time (from 0).
-  const std::uint64_t interval = params.series.interval;
-  std::uint64_t next_sample = interval ? 0 : UINT64_MAX;
   auto advance_to = [&](std::uint64_t end) {
     while (s.now_ps() < end && !(params.stop_when_done && s.finished())) {
-      if (next_sample <= s.now_ps()) {
-        s.sample_series();
-        next_sample += interval;
-      }
-      s.run_until(std::min({end, s.now_ps() + step, next_sample}));
+      s.run_until(std::min(end, s.now_ps() + step));
       if (progress) progress(s.now_ps(), params.duration);
-    }
-    if (next_sample <= s.now_ps()) {  // the sample at the end
-      s.sample_series();
-      next_sample += interval;
     }
   };
   if (params.warmup > 0 && params.warmup < params.duration) {
