@@ -372,6 +372,22 @@ ExperimentParams load(const cfg::Document& doc) {
       throw error_at(doc, "hypervisor.ksm.core", fmt::format("a core below {} (the platform's)", cores),
                      std::to_string(p.hypervisor.ksm.core));
   }
+  if (p.hypervisor.host_swap.enabled) {
+    const auto& hs = p.hypervisor.host_swap;
+    if (p.hypervisor.ept_page_size != (4ull << 10))
+      throw error_at(doc, "hypervisor.host_swap.enabled", "false unless hypervisor.ept_page_size is 4KiB (pages go "
+                     "out 4 KiB at a time)", "true");
+    if (!p.hypervisor.ept_ad)
+      throw error_at(doc, "hypervisor.host_swap.enabled", "false unless hypervisor.ept_ad is true (the clock reads "
+                     "EPT accessed flags)", "true");
+    const std::uint64_t cores = p.platform.cores * p.platform.smt;
+    if (hs.core >= cores)
+      throw error_at(doc, "hypervisor.host_swap.core", fmt::format("a core below {} (the platform's)", cores),
+                     std::to_string(hs.core));
+    if (hs.high_watermark < hs.low_watermark)
+      throw error_at(doc, "hypervisor.host_swap.high_watermark",
+                     fmt::format("at least low_watermark ({} bytes)", hs.low_watermark), std::to_string(hs.high_watermark));
+  }
   if (p.hypervisor.snapshot.copier_core >= p.platform.cores * p.platform.smt)
     throw error_at(doc, "hypervisor.snapshot.copier_core",
                    fmt::format("a core below {} (the platform's)", p.platform.cores * p.platform.smt),

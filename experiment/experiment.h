@@ -211,6 +211,34 @@ struct VmParamsT {
 /// VMs of its own (L2).
 using VmParams = VmParamsT<1>;
 
+/// Statistics sampled over time (docs/memory.md, "Memory over time"): every
+/// `interval` of simulated time, the counters and gauges whose paths match
+/// `stats` are read and kept; stats.json gets them under "series" and the
+/// event trace as counter tracks.
+struct SeriesParams {
+  std::uint64_t interval;  // ps, 0: off
+  std::string stats;
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(interval, "interval", "0ps", Spec(Unit::Time),
+            "Sample the statistics named by `stats` every this much simulated time, from 0 (0: no series). "
+            "stats.json gets them under \"series\", the event trace as counter tracks; ./vmxsim plot DIR draws them.");
+    v.param(stats, "stats",
+            "hypervisor.frames.frames_free,hypervisor.frames.frames_used,hypervisor.ksm.pages_shared,"
+            "hypervisor.ksm.pages_sharing,hypervisor.host_swap.pages_out,hypervisor.host_swap.pages_in,"
+            "hypervisor.storage.read_bytes,hypervisor.storage.write_bytes,vm.*.resident_pages,"
+            "vm.*.balloon.ballooned_pages,vm.*.ksm.shared_pages,vm.*.host_swap.swapped,vm.*.host_swap.major_faults,"
+            "vm.*.kernel.frames_free,vm.*.kernel.memory.major_faults",
+            Spec(),
+            "Comma-separated statistic paths to sample; * stands for one path component (a VM's name). Counters "
+            "and gauges only; a path nothing matches yet is sampled once it exists. vm.<vm>.resident_pages (the "
+            "4 KiB pages of host memory backing the VM) is sampled from the hypervisor, it is no statistic of its own.");
+  }
+};
+
 struct ExperimentParams {
   std::uint64_t seed;
   std::uint64_t duration;  // ps
@@ -221,6 +249,7 @@ struct ExperimentParams {
   hv::HypervisorParams hypervisor;
   std::vector<VmParams> vms;
   trace::EventTraceParams event_trace;
+  SeriesParams series;
 
   template <class V>
   void visit(V& v) {
@@ -239,6 +268,7 @@ struct ExperimentParams {
     v.list(vms, "vms", "Virtual machines.", 1);
     v.section(event_trace, "event_trace",
               "The optional timeline of events (docs/event_trace.md), written as events.json.");
+    v.section(series, "series", "Statistics sampled over time (docs/memory.md, \"Memory over time\").");
   }
 };
 
@@ -292,6 +322,9 @@ class Session {
   /// Every statistic's kind, unit and description, by path (units.json).
   std::string units_json() const;
   std::string summary();
+  /// Samples the series statistics now (series.interval; run_until calls
+  /// it at every sample time).
+  void sample_series();
   /// The event trace so far as Chrome trace-event JSON; empty when
   /// event_trace.enabled is off.
   std::string events_json() const;
@@ -304,6 +337,7 @@ class Session {
  private:
   struct System;
   void update_gauges();
+  void advance_to(std::uint64_t ps);
   ExperimentParams m_params;
   std::string m_resolved;
   System* m_sys;  // deliberately never destroyed: see the destructor

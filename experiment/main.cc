@@ -240,6 +240,7 @@ int main(int argc, char** argv) {
       "Also, through the ./vmxsim wrapper (Python, Debian's /usr/bin/python3):\n"
       "  sweep CONFIG [-j N] [--out DIR]         run every point of a config's sweep: block (docs/sweeps.md)\n"
       "  plot SWEEP_DIR [-y STAT] [-x PARAM]     plot a statistic of a sweep against a parameter\n"
+      "  plot RUN_DIR [-y STAT]                  plot a run's series (series.interval) over time\n"
       "Run 'vmxsim COMMAND --help' for a command's options; docs/ describes the model.");
 
   RunOptions ro;

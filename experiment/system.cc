@@ -1,6 +1,9 @@
 // Assembles the platform, the hypervisor and the VMs from an experiment and
 // runs it under SystemC.
 #include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string_view>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -290,6 +293,15 @@ struct Session::System {
   std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
   std::vector<std::unique_ptr<models::DeviceTrace>> device_traces;
   Monitor monitor;
+  // Sampled statistics (series.interval): sample times, then each path's
+  // values in the order the paths first matched (NaN before a path existed).
+  struct Series {
+    std::vector<std::uint64_t> time_ps;
+    std::vector<std::string> names;
+    std::map<std::string, std::vector<double>> values;
+    int track = -1;
+    std::uint64_t next_ps = 0;  // the next sample time
+  } series;
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};
   stats::Gauge sim_finished{&sim, "finished", "flag", "1 if every finite workload completed"};
@@ -327,6 +339,21 @@ std::string Session::events_json() const {
 }
 
 void Session::run_until(std::uint64_t ps) {
+  // With series.interval the simulation stops at every sample time (from 0)
+  // to sample; stopping changes no statistic.
+  if (const std::uint64_t interval = m_params.series.interval) {
+    auto& sd = m_sys->series;
+    while (sd.next_ps <= ps && !(m_params.stop_when_done && m_sys->monitor.finished())) {
+      advance_to(sd.next_ps);
+      if (now_ps() < sd.next_ps) break;  // finished before the sample time
+      sample_series();
+      sd.next_ps += interval;
+    }
+  }
+  advance_to(ps);
+}
+
+void Session::advance_to(std::uint64_t ps) {
   sc_core::sc_time target = time_ps(ps);
   if (sc_core::sc_time_stamp() >= target || (m_params.stop_when_done && m_sys->monitor.finished())) return;
   try {
@@ -351,9 +378,133 @@ void Session::update_gauges() {
   m_sys->sim_finished.set(finished() ? 1 : 0);
 }
 
+namespace {
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t pos = 0;
+  while (pos <= text.size()) {
+    std::size_t comma = text.find(',', pos);
+    if (comma == std::string::npos) comma = text.size();
+    std::string item = text.substr(pos, comma - pos);
+    const auto b = item.find_first_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, item.find_last_not_of(" \t") - b + 1));
+    pos = comma + 1;
+  }
+  return out;
+}
+
+// A dotted path against a pattern whose "*" components stand for any one component.
+bool path_matches(const std::string& pattern, const std::string& path) {
+  std::size_t i = 0, j = 0;
+  for (;;) {
+    const std::size_t pe = pattern.find('.', i), qe = path.find('.', j);
+    const std::string_view pc(pattern.data() + i, (pe == std::string::npos ? pattern.size() : pe) - i);
+    const std::string_view qc(path.data() + j, (qe == std::string::npos ? path.size() : qe) - j);
+    if (pc != "*" && pc != qc) return false;
+    if (pe == std::string::npos || qe == std::string::npos) return pe == qe;
+    i = pe + 1;
+    j = qe + 1;
+  }
+}
+
+// Counters and gauges whose paths match one of the patterns.
+class SeriesCollector final : public stats::Visitor {
+ public:
+  SeriesCollector(const std::vector<std::string>& patterns, std::vector<std::pair<std::string, double>>& out)
+      : m_patterns(patterns), m_out(out) {}
+  void begin_group(const stats::Group& g) override { m_prefix.push_back(g.path()); }
+  void end_group(const stats::Group&) override { m_prefix.pop_back(); }
+  void counter(const stats::Counter& c) override { add(c.name(), static_cast<double>(c.value())); }
+  void gauge(const stats::Gauge& g) override { add(g.name(), g.value()); }
+  void ratio(const stats::Ratio&) override {}
+  void histogram(const stats::Histogram&) override {}
+
+ private:
+  void add(const std::string& name, double v) {
+    const std::string& prefix = m_prefix.back();
+    const std::string path = prefix.empty() ? name : prefix + "." + name;
+    for (const auto& p : m_patterns)
+      if (path_matches(p, path)) {
+        m_out.emplace_back(path, v);
+        return;
+      }
+  }
+  const std::vector<std::string>& m_patterns;
+  std::vector<std::pair<std::string, double>>& m_out;
+  std::vector<std::string> m_prefix;
+};
+
+}  // namespace
+
+void Session::sample_series() {
+  if (!m_params.series.interval) return;
+  update_gauges();
+  auto& sd = m_sys->series;
+  const std::vector<std::string> patterns = split_list(m_params.series.stats);
+  std::vector<std::pair<std::string, double>> now;
+  SeriesCollector collect(patterns, now);
+  m_sys->root.accept(collect);
+  // Simulator observation of the hypervisor's state (no statistic of its own).
+  const hv::Hypervisor& h = *m_sys->hypervisor;
+  for (unsigned i = 0; i < h.vm_count(); ++i) {
+    const std::string path = "vm." + h.vm_name(i) + ".resident_pages";
+    for (const auto& p : patterns)
+      if (path_matches(p, path)) {
+        now.emplace_back(path, static_cast<double>(h.vm_resident_bytes(i) / 4096));
+        break;
+      }
+  }
+  const std::size_t k = sd.time_ps.size();
+  const std::uint64_t t = now_ps();
+  sd.time_ps.push_back(t);
+  for (const auto& [name, v] : now) {
+    auto it = sd.values.find(name);
+    if (it == sd.values.end()) {
+      sd.names.push_back(name);
+      it = sd.values.emplace(name, std::vector<double>(k, std::numeric_limits<double>::quiet_NaN())).first;
+    }
+    if (it->second.size() == k) it->second.push_back(v);
+  }
+  for (auto& [name, vals] : sd.values)
+    if (vals.size() == k) vals.push_back(std::numeric_limits<double>::quiet_NaN());
+  if (m_params.event_trace.enabled) {
+    if (sd.track < 0) sd.track = static_cast<int>(m_sys->trace.track("series", "statistics"));
+    for (const auto& [name, v] : now)
+      m_sys->trace.counter(static_cast<unsigned>(sd.track), name, t, static_cast<std::uint64_t>(std::llround(std::max(v, 0.0))));
+  }
+}
+
 std::string Session::stats_json() {
   update_gauges();
-  return stats::to_json(m_sys->root);
+  std::string json = stats::to_json(m_sys->root);
+  const auto& sd = m_sys->series;
+  if (!m_params.series.interval || sd.time_ps.empty()) return json;
+  // The samples go after the statistics, as one more top-level object.
+  const std::size_t close = json.rfind('}');
+  std::string out = json.substr(0, close);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  auto put = [&out](double v) {
+    if (std::isfinite(v)) fmt::format_to(std::back_inserter(out), "{}", v);
+    else out += "null";
+  };
+  fmt::format_to(std::back_inserter(out), ",\n  \"series\": {{\n    \"interval_ps\": {},\n    \"time_ps\": [",
+                 m_params.series.interval);
+  for (std::size_t i = 0; i < sd.time_ps.size(); ++i) fmt::format_to(std::back_inserter(out), "{}{}", i ? ", " : "", sd.time_ps[i]);
+  out += "],\n    \"stats\": {";
+  for (std::size_t n = 0; n < sd.names.size(); ++n) {
+    out += n ? ",\n      " : "\n      ";
+    stats::append_json_string(out, sd.names[n]);
+    out += ": [";
+    const auto& vals = sd.values.at(sd.names[n]);
+    for (std::size_t i = 0; i < vals.size(); ++i) {
+      if (i) out += ", ";
+      put(vals[i]);
+    }
+    out += "]";
+  }
+  out += "\n    }\n  }\n}\n";
+  return out;
 }
 
 std::string Session::units_json() const { return stats::describe_json(m_sys->root); }

@@ -111,6 +111,7 @@ void Hypervisor::balloon_process(Core& c, Vm& vm, unsigned queue) {
           vm.backed -= leaf->size;
           ++b.stats.frames_freed;
         }
+        if (m_swap) swap_forget(c, vm, gpa / kPage);  // a page the host had swapped out
         unlock_mmu(c, vm);
       }
       q.push_used(m, ch.head, 0);

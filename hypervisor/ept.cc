@@ -219,7 +219,7 @@ void Ept::for_each_leaf(Core& c, std::uint64_t lo, std::uint64_t hi, bool clear_
   if (any_ad) flush(c);
 }
 
-std::size_t Ept::clear_bits(Core& c, std::vector<Leaf>& leaves, std::uint64_t bits) {
+std::size_t Ept::clear_bits(Core& c, std::vector<Leaf>& leaves, std::uint64_t bits, bool invalidate) {
   std::size_t changed = 0;
   for (Leaf& l : leaves) {
     if (!(l.entry & bits)) continue;
@@ -227,7 +227,7 @@ std::size_t Ept::clear_bits(Core& c, std::vector<Leaf>& leaves, std::uint64_t bi
     l.entry = c.xchg(l.entry_pa, l.entry & ~bits);
     ++changed;
   }
-  if (changed) flush(c);
+  if (changed && invalidate) flush(c);
   return changed;
 }
 

@@ -115,7 +115,10 @@ class Ept {
   /// the exchange found. One invalidation everywhere if any entry changed
   /// (a removed permission, or a cleared flag a cached translation would
   /// not set again, SDM Vol. 3C, 29.3.5, 29.4.3). Returns the entries changed.
-  std::size_t clear_bits(cpu::Core& c, std::vector<Leaf>& leaves, std::uint64_t bits);
+  /// invalidate = false skips the invalidation: only for clearing accessed
+  /// flags as an age hint (KVM's clear_young), where a stale cached
+  /// translation costs accuracy, never correctness.
+  std::size_t clear_bits(cpu::Core& c, std::vector<Leaf>& leaves, std::uint64_t bits, bool invalidate = true);
   /// Tears the tables down: every leaf is cleared and passed to fn (which
   /// releases its frame), every table frame including the root goes back to
   /// env.frames, one invalidation. The Ept is unusable afterwards.

@@ -176,4 +176,11 @@ void FrameAllocator::publish() {
   m_stats->frames_peak.set(static_cast<double>(m_peak_frames));
 }
 
+std::uint64_t FrameAllocator::next_allocated(unsigned zone, std::uint64_t from) const {
+  const Zone& z = m_zones.at(zone);
+  for (auto it = m_used.lower_bound(std::max(from, z.base)); it != m_used.end() && it->first < z.end; ++it)
+    if (it->second.zone == zone) return it->first;
+  return 0;
+}
+
 }  // namespace vmx::hv

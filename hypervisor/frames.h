@@ -74,6 +74,9 @@ class FrameAllocator {
   bool put(std::uint64_t frame);
 
   bool allocated(std::uint64_t frame) const { return m_used.count(frame) != 0; }
+  /// The lowest allocated block of the zone at or above `from` (its base),
+  /// 0 if there is none: a clock over the zone's frames (host swap).
+  std::uint64_t next_allocated(unsigned zone, std::uint64_t from) const;
   unsigned refcount(std::uint64_t frame) const;
   std::uint64_t block_size(std::uint64_t frame) const;
 

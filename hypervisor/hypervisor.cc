@@ -48,6 +48,7 @@ Hypervisor::Hypervisor(const HypervisorParams& params, std::vector<Core*> cores,
   // set the hypervisor's structures map to) stays that of earlier runs.
   if (m_p.migration) m_idle_map = alloc_host_frame();
   ksm_init();
+  swap_init();
   for (unsigned i = 0; i < m_cores.size(); ++i) {
     auto pc = std::make_unique<PerCore>();
     pc->hv = this;
@@ -106,6 +107,8 @@ const std::string& Hypervisor::vm_name(unsigned i) const { return m_vms.at(i)->n
 
 const std::string& Hypervisor::vm_crash(unsigned i) const { return m_vms.at(i)->crash; }
 
+std::uint64_t Hypervisor::vm_resident_bytes(unsigned i) const { return m_vms.at(i)->backed; }
+
 std::uint64_t Hypervisor::ps_to_tsc(std::uint64_t ps) const {
   return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ps) * m_tsc_hz / cfg::kPsPerSecond);
 }
@@ -135,6 +138,7 @@ void Hypervisor::add_vm(const VmSpec& spec) {
   vm->fresh_frames = vm->fresh_frames && fresh;
   vm->group = &m_stats.parent()->subgroup("vm").subgroup(spec.name, "VM " + spec.name);
   if (m_ksm) ksm_add_vm(*vm);
+  if (m_swap) swap_add_vm(*vm);
   vm->nic_type = spec.nic_type;
   vm->vf = spec.vf;
   vm->nic_window_gpa = spec.nic_window_gpa;

@@ -24,6 +24,7 @@
 #include "hypervisor/exit_table.h"
 #include "hypervisor/frames.h"
 #include "hypervisor/host_nic.h"
+#include "hypervisor/host_swap.h"
 #include "hypervisor/ksm.h"
 #include "hypervisor/nested.h"
 #include "hypervisor/scheduler.h"
@@ -205,6 +206,7 @@ struct HypervisorParams {
   DirtyLogParams dirty_log;
   SnapshotParams snapshot;
   models::StorageParams storage;
+  HostSwapParams host_swap;
   std::uint64_t balloon_watermark;  // bytes of free guest-zone memory the policy keeps (0: off)
   std::uint64_t balloon_step;       // bytes the policy adds to a balloon's target per look
 
@@ -277,6 +279,7 @@ struct HypervisorParams {
     v.section(snapshot, "snapshot", "VM snapshots by copy-before-write (docs/memory.md).");
     v.section(storage, "storage",
               "The host storage device behind the VMs' virtio-blk disks (docs/memory.md, \"Host storage\").");
+    v.section(host_swap, "host_swap", "Host swap: guest pages written to the host storage device (docs/memory.md).");
     v.param(balloon_watermark, "balloon_watermark", "0B", Spec(Unit::Bytes),
             "Host balloon policy (docs/memory.md, \"Ballooning\"): while less than this much of the guest zone is "
             "free, each look of a VM's balloon driver at its target finds it raised by balloon_step (up to the "
@@ -381,6 +384,9 @@ class Hypervisor {
   /// The VM by index: its name and whether it has crashed (and why).
   const std::string& vm_name(unsigned i) const;
   const std::string& vm_crash(unsigned i) const;
+  /// Bytes of host memory backing VM i's guest memory now (simulator
+  /// observation, for the series of docs/memory.md).
+  std::uint64_t vm_resident_bytes(unsigned i) const;
   /// Where interrupts for a vCPU can be posted (posted_interrupts on): the
   /// host-physical address of its posted-interrupt descriptor, for the
   /// posted-format IRTEs of devices assigned to its VM (VT-d 9.11). 0 if
@@ -672,6 +678,35 @@ class Hypervisor {
   void ksm_init();
   /// Its per-VM records (add_vm, before the VM is in m_vms).
   void ksm_add_vm(Vm& vm);
+  // Host swap (host_swap.cc, docs/memory.md "Host swap").
+  void swap_init();
+  void swap_add_vm(Vm& vm);
+  bool swap_eligible(const Vm& vm) const;
+  unsigned core_index(const cpu::Core& c) const;
+  /// The INVEPTs other cores asked of this one (core index `self`), at once.
+  void swap_own_invepts(cpu::Core& c, unsigned self);
+  /// Waits until no core runs a vCPU of vm with the VM's EPT invalidation
+  /// still pending (after an unmap).
+  void swap_wait_acks(cpu::Core& c, Vm& vm);
+  /// Writes gpa (mapped to frame) out if its accessed flag is clear (else
+  /// clears it); true if the frame was freed.
+  bool swap_page_out(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t frame);
+  /// Runs the clock until `want` frames are freed or two turns are done;
+  /// returns the frames freed.
+  std::uint64_t swap_reclaim(cpu::Core& c, std::uint64_t want);
+  /// A fault found no free frame: reclaim a cluster; false if nothing could go.
+  bool swap_direct_reclaim(cpu::Core& c);
+  /// The reclaim thread's run on its core, when its time has come.
+  void swap_run(PerCore& pc);
+  /// With the MMU lock held, gpa not mapped: if the page is swapped
+  /// (*swapped), maps it again (reading it back if it was written) and
+  /// returns its frame; 0 if there was no free frame.
+  std::uint64_t swap_in_locked(cpu::Core& c, Vm& vm, std::uint64_t gpa, bool& swapped);
+  /// Waits for the swap-in read this core issued, if any.
+  void swap_io_wait(cpu::Core& c);
+  /// The guest page is gone (balloon): its swap slot or held frame is released.
+  void swap_forget(cpu::Core& c, Vm& vm, std::uint64_t gfn);
+  void swap_publish();
   // Dirty tracking (dirty_log.cc) and snapshots (snapshot.cc).
   struct DirtyLog;
   struct Snapshot;
@@ -850,6 +885,7 @@ class Hypervisor {
     stats::Counter& exits;
   } m_exit_total{m_totals.exits};
   std::unique_ptr<KsmState> m_ksm;  // same-page merging (hypervisor.ksm.enabled)
+  std::unique_ptr<HostSwapState> m_swap;  // host swap (hypervisor.host_swap.enabled)
   LockStats m_mmu_lock_stats{&m_stats, "mmu_lock", "the VMs' MMU locks (hypervisor/spinlock.h), all VMs together"};
 };
 

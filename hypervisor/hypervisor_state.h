@@ -87,6 +87,7 @@ enum CodeOffset : std::uint64_t {
   kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
   kCodeNested = 0x19000,  // hypervisor/nested.cc
   kCodeRdt = 0x1D000,     // hypervisor/rdt.cc
+  kCodeHostSwap = 0x1E000,  // hypervisor/host_swap.cc
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {

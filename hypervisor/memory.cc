@@ -100,9 +100,16 @@ void Hypervisor::lock_mmu(Core& c, Vm& vm) { vm.mmu_lock.lock(c); }
 void Hypervisor::unlock_mmu(Core& c, Vm& vm) { vm.mmu_lock.unlock(c); }
 
 bool Hypervisor::back_guest_page(Core& c, Vm& vm, std::uint64_t gpa) {
-  lock_mmu(c, vm);
-  bool ok = back_guest_page_locked(c, vm, gpa) != 0;
-  unlock_mmu(c, vm);
+  bool ok = false;
+  for (;;) {
+    lock_mmu(c, vm);
+    ok = back_guest_page_locked(c, vm, gpa) != 0;
+    unlock_mmu(c, vm);
+    // With host swap, no free frame means reclaim first (Linux's direct
+    // reclaim), with no lock held, then try again.
+    if (ok || !m_swap || vm.ended() || !swap_direct_reclaim(c)) break;
+  }
+  if (m_swap) swap_io_wait(c);  // a page read back from the swap area (host_swap.cc)
   return ok;
 }
 
@@ -113,6 +120,11 @@ std::uint64_t Hypervisor::back_guest_page_locked(Core& c, Vm& vm, std::uint64_t 
   // Already backed (another vCPU got there first, or eager population)?
   // Then the violation was spurious, as KVM finds under its MMU lock.
   if (std::uint64_t hpa = ept_translate(c, vm, gpa)) return hpa + offset;
+  if (m_swap) {  // a page host swap took away comes back (host_swap.cc)
+    bool swapped = false;
+    const std::uint64_t frame = swap_in_locked(c, vm, gpa, swapped);
+    if (swapped) return frame ? frame + offset : 0;
+  }
   std::uint64_t hpa = alloc_guest_page();
   if (!hpa) return 0;
   if (m_p.zero_pages) c.rep_stos(hpa, 0, size);

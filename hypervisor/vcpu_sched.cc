@@ -39,6 +39,7 @@ void Hypervisor::program_timer(PerCore& pc, bool idle) {
   for (auto& vm : m_vms)  // emulated NICs polled from this core
     if (vm->nic_next_poll && vm->nic_core == pc.id && !vm->ended()) consider(vm->nic_next_poll);
   if (m_ksm && pc.id == m_ksm->p.core) consider(m_ksm->next_scan);  // the same-page merging scanner
+  if (m_swap && pc.id == m_swap->p.core) consider(m_swap->next_run);  // the host-swap reclaim thread
   if (m_storage) consider(blk_deadline(pc));  // virtio-blk completions timed here (virtio_blk.cc)
   // With slice_timer=preemption the slice is timed by the VMCS while a vCPU
   // runs; the host timer keeps it only while the core halts.

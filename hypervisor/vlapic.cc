@@ -33,6 +33,7 @@ void Hypervisor::handle_timer(PerCore& pc) {
       vm->nic_next_poll = now + vm->nic_poll_ticks;
     }
   if (m_ksm && pc.id == m_ksm->p.core && now >= m_ksm->next_scan) ksm_run(pc);
+  if (m_swap && pc.id == m_swap->p.core && now >= m_swap->next_run) swap_run(pc);  // host_swap.cc
   run_jobs(pc, now);  // timed jobs (dirty_log.cc)
   if (m_storage) blk_complete(pc, now);
   pc.sched->tick(now);

@@ -40,6 +40,7 @@ Row vcpu_threads_row(const std::string& vm, unsigned vcpu) {
 const char* category_name(Category c) {
   for (const Name& n : kNames)
     if (n.bit == c) return n.text;
+  if (c == kSeries) return "series";
   return "other";
 }
 
@@ -73,6 +74,7 @@ EventTrace::EventTrace(const EventTraceParams& params)
   if (params.enabled && !parse_categories(params.categories, m_mask, why))
     throw std::invalid_argument("event_trace.categories: expected " + why);
   if (!params.enabled) m_mask = 0;
+  m_enabled = params.enabled;
   m_events.reserve(static_cast<std::size_t>(std::min<std::uint64_t>(m_max, 1u << 16)));
 }
 
@@ -114,6 +116,17 @@ void EventTrace::instant(Category cat, unsigned track, const char* name, std::ui
   m_events.push_back({name, at_ps, at_ps, cat, track, true, {a, b, c}});
 }
 
+void EventTrace::counter(unsigned track, const std::string& name, std::uint64_t at_ps, std::uint64_t value) {
+  if (!m_enabled || !keep(at_ps, at_ps)) return;
+  const char* stored = nullptr;
+  for (const std::string& n : m_counter_names)
+    if (n == name) stored = n.c_str();
+  if (!stored) stored = m_counter_names.emplace_back(name).c_str();
+  Event e{stored, at_ps, at_ps, kSeries, track, true, {Arg{"value", value, false}, {}, {}}};
+  e.counter = true;
+  m_events.push_back(e);
+}
+
 std::string EventTrace::json() const {
   std::string out;
   out.reserve(256 + m_events.size() * 110);
@@ -145,10 +158,12 @@ std::string EventTrace::json() const {
   for (const Event& e : m_events) {
     const Track& t = m_tracks[e.track];
     sep();
-    fmt::format_to(std::back_inserter(out), "{{\"ph\":\"{}\",\"pid\":{},\"tid\":{},\"ts\":", e.instant ? "i" : "X", t.pid,
-                   t.tid);
+    fmt::format_to(std::back_inserter(out), "{{\"ph\":\"{}\",\"pid\":{},\"tid\":{},\"ts\":",
+                   e.counter ? "C" : e.instant ? "i" : "X", t.pid, t.tid);
     put_us(out, e.begin);
-    if (e.instant) {
+    if (e.counter) {
+      // a counter sample has no duration or scope
+    } else if (e.instant) {
       out += ",\"s\":\"t\"";
     } else {
       out += ",\"dur\":";

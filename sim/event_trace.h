@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,7 @@ enum Category : std::uint32_t {
   kDma = 1u << 3,    // DMA blocked by the IOMMU
   kWalks = 1u << 4,  // page walks of the cores (many: off by default)
   kGuest = 1u << 5,  // guest kernels' thread switches, per vCPU
+  kSeries = 1u << 6,  // sampled statistics (series.interval): counter tracks, always on with the trace
 };
 
 struct EventTraceParams {
@@ -103,6 +105,10 @@ class EventTrace {
   /// A point event on a track.
   void instant(Category cat, unsigned track, const char* name, std::uint64_t at_ps, Arg a = {}, Arg b = {},
                Arg c = {});
+  /// A sample of a counter track (Chrome's "C" event): the viewer draws
+  /// `name` of the track's process as a step plot of `value` over time.
+  /// Recorded whenever the trace is enabled; the name is copied.
+  void counter(unsigned track, const std::string& name, std::uint64_t at_ps, std::uint64_t value);
 
   std::uint64_t recorded() const { return m_events.size(); }
   std::uint64_t dropped() const { return m_dropped; }
@@ -118,6 +124,7 @@ class EventTrace {
     unsigned track;
     bool instant;
     Arg args[3];
+    bool counter = false;
   };
   struct Track {
     std::string process, thread;
@@ -132,6 +139,8 @@ class EventTrace {
   std::vector<Track> m_tracks;
   std::vector<std::string> m_processes;  // pid - 1 -> name
   std::vector<Event> m_events;
+  std::deque<std::string> m_counter_names;  // stable storage for counter() names
+  bool m_enabled = false;
 };
 
 }  // namespace vmx::trace

@@ -442,23 +442,27 @@ class PatternCheck final : public Workload {
   void run(guest::Thread& t) override {
     const std::uint64_t base = t.mmap(m_p.working_set);
     started(t);
-    std::uint64_t expected = 0;
-    for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += 8) {
-      const std::uint64_t v = pattern(off);
-      t.store(base + off, v);
-      expected = expected * 31 + v;
+    for (std::uint64_t pass = 0; pass < m_p.passes; ++pass) {
+      // Pass 0 with salt 0 is the pattern of earlier versions.
+      const std::uint64_t key = m_p.salt ^ (pass * 0xD1B54A32D192ED03ull);
+      std::uint64_t expected = 0;
+      for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += 8) {
+        const std::uint64_t v = pattern(off) ^ key;
+        t.store(base + off, v);
+        expected = expected * 31 + v;
+      }
+      m_expected.set(static_cast<double>(expected >> 11));
+      if (m_p.hold) t.sleep(m_p.hold);
+      std::uint64_t sum = 0;
+      for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += 8) {
+        const std::uint64_t v = t.load(base + off);
+        if (v != (pattern(off) ^ key)) ++m_mismatches;
+        sum = sum * 31 + v;
+      }
+      // A gauge holds a double: the top 53 bits of the 64-bit checksum.
+      m_checksum.set(static_cast<double>(sum >> 11));
+      ++m_stats.operations;
     }
-    m_expected.set(static_cast<double>(expected >> 11));
-    if (m_p.hold) t.sleep(m_p.hold);
-    std::uint64_t sum = 0;
-    for (std::uint64_t off = 0; off + 8 <= m_p.working_set; off += 8) {
-      const std::uint64_t v = t.load(base + off);
-      if (v != pattern(off)) ++m_mismatches;
-      sum = sum * 31 + v;
-    }
-    // A gauge holds a double: the top 53 bits of the 64-bit checksum.
-    m_checksum.set(static_cast<double>(sum >> 11));
-    ++m_stats.operations;
     finished(t);
   }
 

@@ -317,12 +317,17 @@ struct DmaRogueParams {
 };
 
 struct PatternCheckParams {
-  std::uint64_t working_set, hold;
+  std::uint64_t working_set, hold, salt, passes;
   template <class V>
   void visit(V& v) {
     v.param(working_set, "working_set", "4MiB", Spec(Unit::Bytes).at_least(4096),
             "Memory filled with a known pattern (one distinct quadword per 8 bytes).");
     v.param(hold, "hold", "2ms", Spec(Unit::Time), "Time between filling and checking the memory.");
+    v.param(salt, "salt", "0", Spec(),
+            "XORed into every quadword of the pattern: VMs with different salts hold different contents, so a "
+            "page of one VM showing up in another is caught.");
+    v.param(passes, "passes", "1", Spec(Unit::Count).at_least(1).at_most(1000),
+            "Fill-hold-check rounds, each with its own pattern (every page rewritten each round).");
   }
 };
 

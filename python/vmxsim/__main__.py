@@ -74,10 +74,18 @@ def _sweep(args):
 
 
 def _plot(args):
-    from .plot import plot_sweep
+    from .plot import plot_series, plot_sweep
 
+    # A run's directory (or its stats.json) with sampled statistics: memory
+    # over time; a sweep's directory (or results.csv): a sweep's figures.
+    is_run = (args.sweep.endswith("stats.json") or
+              (os.path.isdir(args.sweep) and os.path.exists(os.path.join(args.sweep, "stats.json"))
+               and not os.path.exists(os.path.join(args.sweep, "results.csv"))))
     try:
-        files = plot_sweep(args.sweep, y=args.y or None, x=args.x, by=args.by, out=args.out, fmt=args.format)
+        if is_run:
+            files = [plot_series(args.sweep, y=args.y or None, out=args.out, fmt=args.format)]
+        else:
+            files = plot_sweep(args.sweep, y=args.y or None, x=args.x, by=args.by, out=args.out, fmt=args.format)
     except (ValueError, OSError) as e:
         print(f"vmxsim plot: {e}", file=sys.stderr)
         return 2
@@ -103,10 +111,11 @@ def main(argv=None):
                    help="override a value of the base config, as for vmxsim run")
     s.add_argument("--no-resume", action="store_true", help="run every point again, even those already done")
 
-    p = sub.add_parser("plot", help="draw a sweep's figures",
+    p = sub.add_parser("plot", help="draw a sweep's figures, or a run's statistics over time",
                        description="Plots statistics of a sweep against a parameter, one line per value of "
-                                   "another, into PNG or PDF files.")
-    p.add_argument("sweep", help="sweep directory (or its results.csv)")
+                                   "another, into PNG or PDF files; or, given a run's directory (or stats.json) "
+                                   "made with series.interval, its sampled statistics over time (DIR/series.png).")
+    p.add_argument("sweep", help="sweep directory (or its results.csv), or a run directory (or its stats.json)")
     p.add_argument("-y", "--y", action="append", metavar="STAT", help="statistic to plot (default: all collected)")
     p.add_argument("-x", "--x", metavar="PARAM", help="parameter on the x axis (default: the first)")
     p.add_argument("--by", metavar="PARAM", help="parameter with one line per value (default: the second)")

@@ -187,3 +187,64 @@ def plot_sweep(path, y=None, x=None, by=None, out=None, fmt="png"):
         plt.close(fig)
         written.append(target)
     return written
+
+
+def read_series(path):
+    """The "series" block of a run's stats.json (a file, or a run directory
+    holding one): {"interval_ps", "time_ps": [...], "stats": {path: [...]}}."""
+    import json
+
+    stats_path = os.path.join(path, "stats.json") if os.path.isdir(path) else path
+    with open(stats_path, encoding="utf-8") as f:
+        tree = json.load(f)
+    series = tree.get("series")
+    if not series:
+        raise ValueError(f"{stats_path} has no series: run with series.interval set (docs/memory.md, "
+                         "\"Memory over time\")")
+    return series
+
+
+def plot_series(path, y=None, out=None, fmt="png"):
+    """Draws statistics sampled over time (series.interval) against simulated
+    time, one panel per kind of statistic (the path without its VM name),
+    one line per VM; returns the file written. `y`: the paths or patterns
+    (fnmatch, e.g. "vm.*.resident_pages") to draw, default all."""
+    import fnmatch
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = read_series(path)
+    t_ms = [t / 1e9 for t in series["time_ps"]]
+    names = list(series["stats"])
+    if y:
+        names = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in y)]
+        if not names:
+            raise ValueError(f"no sampled statistic matches {', '.join(y)}")
+    # One panel per statistic kind: vm.<name>.rest -> vm.*.rest.
+    panels = {}
+    for n in names:
+        parts = n.split(".")
+        key = ".".join(["vm", "*"] + parts[2:]) if parts[0] == "vm" and len(parts) > 2 else n
+        panels.setdefault(key, []).append(n)
+    rows = len(panels)
+    fig, axes = plt.subplots(rows, 1, figsize=(7, 2.2 * rows + 0.6), sharex=True, squeeze=False)
+    for ax, (key, members) in zip(axes[:, 0], panels.items()):
+        for n in members:
+            values = [float("nan") if v is None else v for v in series["stats"][n]]
+            label = n.split(".")[1] if key.startswith("vm.*.") else None
+            ax.step(t_ms, values, where="post", label=label)
+        ax.set_ylabel(key.rsplit(".", 1)[-1].replace("_", " "), fontsize=8)
+        ax.set_title(key, fontsize=8)
+        ax.grid(True, alpha=0.3)
+        if key.startswith("vm.*."):
+            ax.legend(fontsize=7, loc="best")
+    axes[-1, 0].set_xlabel("simulated time (ms)")
+    fig.tight_layout()
+    directory = path if os.path.isdir(path) else os.path.dirname(path) or "."
+    target = out or os.path.join(directory, f"series.{fmt}")
+    fig.savefig(target)
+    plt.close(fig)
+    return target

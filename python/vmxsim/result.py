@@ -9,6 +9,7 @@ import yaml
 # The scalar fields of a histogram in the statistics JSON (docs/model.md).
 # The head of stats.json that records where it came from (not a statistic).
 PROVENANCE = "provenance"
+SERIES = "series"
 
 HISTOGRAM_FIELDS = ("count", "sum", "mean", "min", "max", "p50", "p90", "p99", "p999")
 
@@ -100,7 +101,7 @@ def flatten(tree, prefix=""):
     buckets). The provenance block is not a statistic and is left out."""
     out = {}
     for key, value in tree.items():
-        if not prefix and key == PROVENANCE:
+        if not prefix and key in (PROVENANCE, SERIES):
             continue
         path = f"{prefix}.{key}" if prefix else key
         if _is_histogram(value):
@@ -130,6 +131,8 @@ class Result:
       ``unit(path)`` one statistic's unit
     - ``provenance``: where the result came from (version, commit, dirty,
       command, seed, host, date), the head of stats.json; not a statistic
+    - ``series``: with ``series.interval``, the sampled statistics:
+      {"interval_ps", "time_ps": [...], "stats": {path: [...]}}, else None
     - ``events_json``: the event trace (Chrome trace-event JSON, see
       docs/event_trace.md) when ``event_trace.enabled`` was set, else None;
       ``events``: the same parsed, a dict with ``traceEvents``
@@ -147,6 +150,8 @@ class Result:
         self.finished = finished
         self._tree = json.loads(stats_json)
         self.provenance = self._tree.pop(PROVENANCE, None)
+        # Statistics sampled over time (series.interval), not statistics themselves.
+        self.series = self._tree.pop(SERIES, None)
         self.stats = StatGroup("", self._tree)
         self.flat = flatten(self._tree)
         self.config = yaml.safe_load(config_yaml)

@@ -145,3 +145,25 @@ def test_event_trace_in_the_result_and_saved_like_the_command_line(tiny_yaml, tm
     # Off (the default): no trace.
     plain = vmxsim.run(tiny_yaml)
     assert plain.events_json is None and plain.events is None
+
+
+def test_series_in_the_result_and_plotted(tiny_dict, tmp_path):
+    # series.interval samples statistics over time (docs/memory.md, "Memory
+    # over time"): Result.series, not among the statistics; statistics
+    # unchanged by the sampling; ./vmxsim plot draws it.
+    plain = vmxsim.run(tiny_dict, overrides={"stop_when_done": False})
+    r = vmxsim.run(tiny_dict, overrides={"stop_when_done": False, "series.interval": "1ms",
+                                         "series.stats": "vm.*.resident_pages,hypervisor.frames.frames_used"})
+    assert r.flat == plain.flat
+    assert len(r.series["time_ps"]) == 6  # 0 to 5 ms
+    s = r.series
+    assert s["interval_ps"] == 10**9
+    assert s["time_ps"][:2] == [0, 10**9]
+    used = s["stats"]["hypervisor.frames.frames_used"]
+    resident = s["stats"]["vm.web.resident_pages"]
+    assert len(used) == len(resident) == len(s["time_ps"])
+    assert resident[0] == 0 and max(resident) > 0
+    r.save(tmp_path / "run")
+    from vmxsim.plot import plot_series
+    target = plot_series(str(tmp_path / "run"))
+    assert (tmp_path / "run" / "series.png").exists() and target.endswith("series.png")
