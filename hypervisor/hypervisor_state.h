@@ -68,6 +68,7 @@ enum CodeOffset : std::uint64_t {
   kCodeBlk = 0x17000,     // hypervisor/virtio_blk.cc
   kCodeBalloon = 0x18000,  // hypervisor/balloon.cc
   kCodeNested = 0x19000,  // hypervisor/nested.cc
+  kCodeNested2 = 0x1F000,  // hypervisor/nested.cc: EPT12 write protection
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -137,6 +138,11 @@ struct Hypervisor::Vm {
   std::unique_ptr<NestedStats> nested_stats;
   std::map<std::uint64_t, events::Listener*> nested_observers;  // L1's per-vCPU listeners by vmcs12
   events::Listener* nested_exit_listener = nullptr;             // L1's exit total
+  // Shadow EPT (nested.cc): the EPT12 table pages EPT02 was built from,
+  // write-protected in EPT01, by L1 guest-physical page: the level of the
+  // table and the first L2 guest-physical address it maps.
+  struct Ept12Table { unsigned level; std::uint64_t base; };
+  std::map<std::uint64_t, Ept12Table> ept12_tables;
 };
 
 struct Hypervisor::Vcpu : SchedEntity {

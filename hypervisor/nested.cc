@@ -461,7 +461,10 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (n.pending_reason >= 0) {
     NestedStats::Reason& rs = v.vm->nested_stats->reason(static_cast<unsigned>(n.pending_reason));
     rs.l1_exits.sample(n.l1_exits);
+    rs.l0_exits.sample(n.l1_exits + 1);  // + the exit of L2 that started it (counted in l0_exits)
+    rs.vmrw_exits.sample(n.vmrw_exits);
     rs.l1_cycles.sample(c.now() - n.reflected_at);
+    rs.l0_cycles.sample(n.l0_cycles + (c.now() - n.root_since));
     rs.cycles.sample(c.now() - n.l2_exit_at);
     n.pending_reason = -1;
   }
@@ -676,7 +679,7 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   n.pending_reason = static_cast<int>(reason);
   n.reflected_at = c.now();
   n.l2_exit_at = hardware && n.obs02->pending ? n.obs02->pending_since : n.reflected_at;
-  n.l1_exits = 0;
+  n.l1_exits = n.vmrw_exits = n.l0_cycles = 0;
   const events::VmExit ev{n.current, c.now(), vmcs12_read(c, n, field::kExitQualification),
                           static_cast<std::uint16_t>(reason), static_cast<std::uint16_t>(vmcs12_read(c, n, field::kVpid))};
   if (events::Listener* l = nested_listener(*v.vm, n.current)) l->vm_exit(ev);
@@ -723,8 +726,10 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   std::uint64_t perms = mmu::ept::kPermMask;
   std::uint64_t gpa1 = 0;
   bool present = true;
+  std::array<std::uint64_t, 4> tables{};  // the EPT12 table walked at each level (index level - 1)
   for (unsigned level = 4; level >= 1; --level) {
     const unsigned shift = 12 + 9 * (level - 1);
+    tables[level - 1] = table;
     const std::uint64_t hpa = l1_memory(c, vm, table + ((gpa2 >> shift) & 511) * 8);
     const std::uint64_t e = hpa ? c.load(hpa) : 0;
     if (!(e & mmu::ept::kPermMask)) {
@@ -760,9 +765,76 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   if (n.ept02->lookup(c, page2)) n.ept02->protect(c, page2, perms);
   else if (!n.ept02->map(c, page2, hpa, kPage, perms | mmu::ept::kMemTypeWb))
     throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT02 tables (raise hypervisor.reserved_memory)");
+  // The EPT12 tables this leaf derives from are write-protected in EPT01,
+  // so that L1 changing one of their entries drops what EPT02 built from it
+  // (KVM's shadow MMU write-protects the guest tables it shadows).
+  for (unsigned level = 4; level >= 1; --level) {
+    if (!tables[level - 1]) break;
+    const std::uint64_t span = std::uint64_t{1} << (12 + 9 * level);  // what the whole table maps
+    nested_protect_ept12(c, vm, tables[level - 1], level, level == 4 ? 0 : gpa2 & ~(span - 1));
+  }
   unlock_mmu(c, vm);
   ++vm.nested_stats->ept02_fills;
   return false;
+}
+
+void Hypervisor::nested_protect_ept12(Core& c, Vm& vm, std::uint64_t page, unsigned level, std::uint64_t base) {
+  // Called with the VM's MMU lock held. A page EPT01 maps with a large
+  // leaf is split first, so that only the table page loses write access.
+  auto [it, fresh] = vm.ept12_tables.try_emplace(page, Vm::Ept12Table{level, base});
+  if (!fresh) return;
+  for (auto leaf = vm.ept->lookup(c, page); leaf && leaf->size > kPage; leaf = vm.ept->lookup(c, page))
+    if (!vm.ept->split(c, page)) break;
+  vm.ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
+}
+
+bool Hypervisor::nested_ept12_write(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
+  // L1 wrote to an EPT12 table EPT02 was built from (an EPT violation of
+  // EPT01 while L1 runs). Every EPT02 leaf derived from the entry written
+  // is dropped; the page becomes writable for the one write, which runs
+  // under the monitor trap flag, and is protected again after it
+  // (handle_nested_mtf), as shadow paging single-steps a guest page-table
+  // write (shadow.cc). KVM emulates the write instead.
+  Core& c = *pc.core;
+  Vm& vm = *v.vm;
+  const std::uint64_t page = gpa & ~(kPage - 1);
+  auto it = vm.ept12_tables.find(page);
+  if (it == vm.ept12_tables.end() || (v.nested && v.nested->guest_mode) ||
+      !(vmr(c, field::kExitQualification) & cpu::qual::kEptWrite))
+    return false;
+  charge(c, m_p.costs.ept_violation, kCodeNested2);
+  const Vm::Ept12Table t = it->second;
+  const std::uint64_t span = std::uint64_t{1} << (12 + 9 * (t.level - 1));  // what one entry maps
+  const std::uint64_t lo = t.base + ((gpa & (kPage - 1)) / 8) * span;
+  lock_mmu(c, vm);
+  for (auto& other : vm.vcpus) {
+    NestedVcpu* n = other->nested.get();
+    if (!n || !n->ept02) continue;
+    std::vector<std::uint64_t> leaves;
+    n->ept02->for_each_leaf(c, lo, lo + span, false, [&](const Ept::Leaf& l) { leaves.push_back(l.gpa); });
+    for (std::uint64_t g : leaves) n->ept02->unmap(c, g);
+    vm.nested_stats->ept02_zaps += leaves.size();
+  }
+  vm.ept->protect(c, page, mmu::ept::kPermMask);
+  unlock_mmu(c, vm);
+  ++vm.nested_stats->ept12_writes;
+  nested_state(v).ept12_unprotected = page;
+  vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) | proc::kMonitorTrapFlag);
+  return true;
+}
+
+void Hypervisor::handle_nested_mtf(PerCore& pc, Vcpu& v) {
+  // L1's write to an EPT12 table is done: protect the page again. An entry
+  // it made present is filled into EPT02 at L2's next violation.
+  Core& c = *pc.core;
+  charge(c, m_p.costs.shadow_pt_write, kCodeNested2 + 0x400);
+  vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) & ~proc::kMonitorTrapFlag);
+  NestedVcpu& n = *v.nested;
+  const std::uint64_t page = n.ept12_unprotected;
+  n.ept12_unprotected = 0;
+  lock_mmu(c, *v.vm);
+  v.vm->ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
+  unlock_mmu(c, *v.vm);
 }
 
 std::uint64_t Hypervisor::nested_release(Core& c, Vcpu& v) {
