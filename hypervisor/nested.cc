@@ -343,8 +343,8 @@ void Hypervisor::handle_invvpid(PerCore& pc, Vcpu& v) {
     return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kInvalidOperandInvept);
   NestedVcpu& n = *v.nested;
   if (n.vpid02) {
-    if (type == 0) c.invvpid(0, n.vpid02, la);
-    else c.invvpid(1, n.vpid02);
+    if (type == 0) c.invvpid(0, n.vpid02, la, Regs::rcx, vmx_operand(c, n.vpid02, la));
+    else c.invvpid(1, n.vpid02, 0, Regs::rcx, vmx_operand(c, n.vpid02));
   }
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
@@ -405,7 +405,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (!n.other_vmcs) {
     n.other_vmcs = alloc_host_frame();
     c.store(n.other_vmcs, cpu::kVmcsRevision, 4);
-    c.vmclear(n.other_vmcs);
+    c.vmclear(n.other_vmcs, vmx_operand(c, n.other_vmcs));
   }
   nested_switch(c, v);
   if (!n.vmcs02_ready) {
@@ -416,7 +416,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
     vmw(c, field::kVpid, n.vpid02);
     vmw(c, field::kHostRip, cpu::code_address(pc.fiber.get()));
     vmw(c, field::kHostIdtrBase, cpu::code_address(&pc));
-    c.observe_vmcs(v.vmcs_pa, n.obs02.get());
+    observe(c, v.vmcs_pa, n.obs02.get());
     n.vmcs02_ready = true;
   }
   // L2's guest-physical space: L1's own (EPT01) when L1 does not use EPT,
@@ -434,8 +434,9 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
       env.on_table = [this] { ++m_totals.ept_tables; };
       // One vCPU's EPT02 is used on the core the vCPU runs on (nested VMX
       // keeps vCPUs on their cores): INVEPT there.
-      env.flush = [](Core& core, std::uint64_t eptp) {
-        if (core.invept(1, eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+      env.flush = [this](Core& core, std::uint64_t eptp) {
+        if (core.invept(1, eptp, Regs::rcx, vmx_operand(core, eptp)) != cpu::VmxStatus::Succeed)
+          throw cpu::SimulationError("hypervisor: INVEPT failed");
       };
       n.ept02 = std::make_unique<Ept>(std::move(env), root, 4, false);
     }
@@ -545,7 +546,8 @@ void Hypervisor::nested_switch(Core& c, Vcpu& v) {
   std::swap(v.vmcs_pa, n.other_vmcs);
   std::swap(v.launched, n.other_launched);
   n.guest_mode = !n.guest_mode;
-  if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+  if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD failed");
 }
 
 // ---------------------------------------------------------------------------

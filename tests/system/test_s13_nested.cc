@@ -203,3 +203,26 @@ TEST_CASE("S13: shadow EPT makes a page fault of L2 dearer than the same fault o
   CHECK(nested > 1.3 * flat);
   CHECK(r.at(ev + "cycles.mean") > r.at("vm.flat.vcpu0.exit_reasons.EPT_VIOLATION.cycles.mean"));
 }
+
+TEST_CASE("S13: three levels, the hypervisor running in a VM of itself running in a VM of itself, run to completion") {
+  auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_l3.yaml"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("sim.finished") == 1);
+  CHECK(r.at("vm.flat.workload0.operations") == 100);
+  CHECK(r.at("vm.l1.vm.l2.vm.l3.workload0.operations") == 100);
+  // Statistics by level: L0's view of L1 (vm.l1.nested), L1's view of L2
+  // (vm.l1.vm.l2.nested). Each CPUID of L3 is reflected by L1 to L2...
+  CHECK(r.at("vm.l1.vm.l2.nested.l2_exits.CPUID.reflected") >= 100);
+  // ... after L0 reflected it to L1; L0 also reflects L2's own CPUID (its
+  // handler's) and every VMX instruction of L2 to L1.
+  CHECK(r.at("vm.l1.nested.l2_exits.CPUID.reflected") >= 200);
+  CHECK(r.at("vm.l1.nested.l2_exits.VMREAD.reflected") > 0);
+  CHECK(r.at("vm.l1.nested.l2_exits.VMRESUME.reflected") >= 100);
+  // One L3 CPUID, end to end, costs more than L1's handling of one exit of
+  // its guest, and the loop is far slower than in a VM of L0.
+  CHECK(r.at("vm.l1.vm.l2.nested.l2_exits.CPUID.cycles.mean") > r.at("vm.l1.nested.l2_exits.CPUID.cycles.mean"));
+  const double flat = per_operation(r, "vm.flat"), l3 = per_operation(r, "vm.l1.vm.l2.vm.l3");
+  INFO(fmt::format("cycles per CPUID: flat {:.0f}, L3 {:.0f}", flat, l3));
+  CHECK(l3 > 20 * flat);
+}
