@@ -80,7 +80,7 @@ const char* const kStatsConfigs =
     "configs/scenarios/s2_emulated.yaml configs/scenarios/s9_shadow_vs_ept_churn.yaml "
     "configs/scenarios/s15_steal_pv.yaml configs/scenarios/s10_smep_smap.yaml configs/scenarios/s18_sampling.yaml "
     "configs/scenarios/s6_ksm_false_sharing.yaml configs/scenarios/s7_sequential.yaml configs/scenarios/s5_balloon_knee.yaml "
-    "configs/scenarios/s13_nested_cpuid.yaml";
+    "configs/scenarios/s13_nested_cpuid.yaml configs/scenarios/s13_nested_l3.yaml";
 
 TEST_CASE("docs/stats.md is exactly the output of `vmxsim stats` over the reference configs") {
   int status = 0;
