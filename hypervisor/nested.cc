@@ -805,6 +805,10 @@ bool Hypervisor::nested_ept12_write(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
       !(vmr(c, field::kExitQualification) & cpu::qual::kEptWrite))
     return false;
   charge(c, m_p.costs.ept_violation, kCodeNested2);
+  // Dirty tracking by write protection (dirty_log.cc: snapshots of the VM)
+  // sees the write as well; with EPT dirty flags or PML the hardware logs it
+  // when it goes through below.
+  if (vm.dirty) dirty_wp_fault(pc, v, gpa);
   const Vm::Ept12Table t = it->second;
   const std::uint64_t span = std::uint64_t{1} << (12 + 9 * (t.level - 1));  // what one entry maps
   const std::uint64_t lo = t.base + ((gpa & (kPage - 1)) / 8) * span;

@@ -226,3 +226,26 @@ TEST_CASE("S13: three levels, the hypervisor running in a VM of itself running i
   INFO(fmt::format("cycles per CPUID: flat {:.0f}, L3 {:.0f}", flat, l3));
   CHECK(l3 > 20 * flat);
 }
+
+TEST_CASE("S13: L1 using shadow paging for L2 instead of EPT takes L2's page faults itself, dearer still") {
+  auto ept = run_cli(vmx::test::read_text(kScenarios + "s13_nested_faults.yaml"));
+  auto shadow = run_cli(vmx::test::read_text(kScenarios + "s13_nested_faults.yaml"),
+                        {"--set", "vms[1].hypervisor.vms[0].paging=shadow"});
+  INFO(ept.err << shadow.err);
+  REQUIRE(ept.exit_code == 0);
+  REQUIRE(shadow.exit_code == 0);
+  CHECK(shadow.at("vm.l1.vm.l2.workload0.operations") == 1000);
+  // No EPT in vmcs12: L2 runs on EPT01 with L1's shadow tables, L0 builds
+  // no EPT02 and L2's EPT violations are gone...
+  CHECK(shadow.at("vm.l1.nested.ept02_fills") == 0);
+  CHECK(shadow.at_or_zero("vm.l1.nested.l2_exits.EPT_VIOLATION.reflected") == 0);
+  // ... while each first touch is a page fault of L2 that L1's exception
+  // bitmap takes (reflected), and L1 single-steps L2's page-table writes
+  // with the monitor trap flag, which vmcs02 carries and L0 reflects.
+  CHECK(shadow.at("vm.l1.nested.l2_exits.EXCEPTION_NMI.reflected") >= 1000);
+  CHECK(shadow.at("vm.l1.nested.l2_exits.MONITOR_TRAP_FLAG.reflected") > 0);
+  const double with_ept = per_operation(ept, "vm.l1.vm.l2"), with_shadow = per_operation(shadow, "vm.l1.vm.l2");
+  INFO(fmt::format("cycles per first touch at L2: shadow EPT {:.0f}, L1's shadow paging {:.0f}", with_ept,
+                   with_shadow));
+  CHECK(with_shadow > with_ept);
+}
