@@ -140,8 +140,9 @@ struct Hypervisor::Vm {
   events::Listener* nested_exit_listener = nullptr;             // L1's exit total
   // Shadow EPT (nested.cc): the EPT12 table pages EPT02 was built from,
   // write-protected in EPT01, by L1 guest-physical page: the level of the
-  // table and the first L2 guest-physical address it maps.
-  struct Ept12Table { unsigned level; std::uint64_t base; };
+  // table, the first L2 guest-physical address it maps, and whether it is
+  // writable for a write of L1 under the monitor trap flag.
+  struct Ept12Table { unsigned level; std::uint64_t base; bool writable = false; };
   std::map<std::uint64_t, Ept12Table> ept12_tables;
 };
 

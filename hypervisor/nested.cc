@@ -822,25 +822,31 @@ bool Hypervisor::nested_ept12_write(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
     vm.nested_stats->ept02_zaps += leaves.size();
   }
   vm.ept->protect(c, page, mmu::ept::kPermMask);
+  it->second.writable = true;
   unlock_mmu(c, vm);
   ++vm.nested_stats->ept12_writes;
-  nested_state(v).ept12_unprotected = page;
+  nested_state(v).ept12_unprotected = 1;
   vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) | proc::kMonitorTrapFlag);
   return true;
 }
 
 void Hypervisor::handle_nested_mtf(PerCore& pc, Vcpu& v) {
-  // L1's write to an EPT12 table is done: protect the page again. An entry
-  // it made present is filled into EPT02 at L2's next violation.
+  // L1's write to an EPT12 table is done: protect the page again (and any
+  // other the same instruction needed, e.g. a string store across two
+  // tables). An entry it made present is filled into EPT02 at L2's next
+  // violation.
   Core& c = *pc.core;
   charge(c, m_p.costs.shadow_pt_write, kCodeNested2 + 0x400);
   vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) & ~proc::kMonitorTrapFlag);
-  NestedVcpu& n = *v.nested;
-  const std::uint64_t page = n.ept12_unprotected;
-  n.ept12_unprotected = 0;
-  lock_mmu(c, *v.vm);
-  v.vm->ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
-  unlock_mmu(c, *v.vm);
+  v.nested->ept12_unprotected = 0;
+  Vm& vm = *v.vm;
+  lock_mmu(c, vm);
+  for (auto& [page, t] : vm.ept12_tables) {
+    if (!t.writable) continue;
+    vm.ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
+    t.writable = false;
+  }
+  unlock_mmu(c, vm);
 }
 
 std::uint64_t Hypervisor::nested_release(Core& c, Vcpu& v) {

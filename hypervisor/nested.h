@@ -141,7 +141,7 @@ struct NestedVcpu {
   // The reflected exit being handled by L1 (statistics): its reason
   // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
   std::uint64_t shadow_vmcs = 0;      // VMCS shadowing: the shadow of vmcs12 (0: off)
-  std::uint64_t ept12_unprotected = 0;  // EPT12 page L1 writes under the monitor trap flag (0: none)
+  std::uint64_t ept12_unprotected = 0;  // 1: L1 writes an EPT12 table under the monitor trap flag
   int pending_reason = -1;
   std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0, vmrw_exits = 0;
   std::uint64_t l0_cycles = 0, root_since = 0;  // root-operation cycles for it; when the last exit returned
