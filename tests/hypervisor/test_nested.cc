@@ -708,8 +708,8 @@ namespace {
 // a round trip of a shadowed field through VMCLEAR and VMPTRLD.
 struct ShadowProbe {
   static constexpr unsigned kShadowedReads = 6, kOtherReads = 3, kShadowedWrites = 4, kOtherWrites = 2;
-  std::uint64_t rip_back = 0, cr3_back = 0, tsc_back = 0;
-  VmxStatus ro_write = VmxStatus::Succeed;
+  std::uint64_t rip_back = 0, cr3_back = 0, tsc_back = 0, unsupported_error = 0;
+  VmxStatus ro_write = VmxStatus::Succeed, unsupported = VmxStatus::Succeed;
   void run(Core& c) {
     enter_vmx(c);
     c.store(kVmcsA, vmx::cpu::kVmcsRevision, 4);
@@ -738,6 +738,11 @@ struct ShadowProbe {
     REQUIRE(c.vmread(field::kGuestRip, rip_back) == VmxStatus::Succeed);
     REQUIRE(c.vmread(field::kGuestCr3, cr3_back) == VmxStatus::Succeed);
     REQUIRE(c.vmread(field::kTscOffset, tsc_back) == VmxStatus::Succeed);
+    // An unsupported component (the HLAT pointer): its bit is set, so the
+    // VMREAD exits and L0 fails it with error 12, shadowing or not; reading
+    // the error field exits too.
+    unsupported = c.vmread(0x2040, x);
+    unsupported_error = error_of(c);
   }
 };
 
@@ -753,13 +758,16 @@ void shadow_probe(bool shadow) {
   CHECK(probe.cr3_back == 0x5000);
   CHECK(probe.tsc_back == 77);
   CHECK(probe.ro_write == VmxStatus::FailValid);
+  CHECK(probe.unsupported == VmxStatus::FailValid);
+  CHECK(probe.unsupported_error == vmerr::kUnsupportedVmcsComponent);
   // Exactly the accesses whose bitmap bit is set exit: with shadowing the
   // 6 + 2 reads of shadowed fields and the 4 writes of shadowed fields run
-  // without an exit.
-  const std::uint64_t reads = ShadowProbe::kShadowedReads + ShadowProbe::kOtherReads + 3;
+  // without an exit (the last two reads, of the unsupported field and of
+  // the error, exit either way).
+  const std::uint64_t reads = ShadowProbe::kShadowedReads + ShadowProbe::kOtherReads + 3 + 2;
   const std::uint64_t writes = ShadowProbe::kShadowedWrites + ShadowProbe::kOtherWrites + 1;
   if (shadow) {
-    CHECK(m.exits("vcpu0", "VMREAD") == ShadowProbe::kOtherReads + 1);  // + the TSC offset read back
+    CHECK(m.exits("vcpu0", "VMREAD") == ShadowProbe::kOtherReads + 1 + 2);  // + the TSC offset read back
     CHECK(m.exits("vcpu0", "VMWRITE") == ShadowProbe::kOtherWrites + 1);  // + the read-only field
   } else {
     CHECK(m.exits("vcpu0", "VMREAD") == reads);
