@@ -261,6 +261,11 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
                          "posted_interrupts, migration and ept_ad off, slice_timer host and ept_levels 4 (what the "
                          "nested VMX of the hypervisor below offers)",
                          "otherwise");
+        if (!prefix.empty() && hp.nested_shadow_vmcs)
+          throw error_at(doc, prefix + "nested_shadow_vmcs",
+                         "false in a hypervisor whose VM runs a hypervisor (VMCS shadowing is not offered to a "
+                         "nested hypervisor, docs/nested.md)",
+                         "true");
         if (l1.reserved_memory >= vm.memory)
           throw error_at(doc, at + ".hypervisor.reserved_memory",
                          fmt::format("less than the VM's memory ({})", cfg::format_bytes(vm.memory)),

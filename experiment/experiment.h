@@ -208,8 +208,8 @@ struct VmParamsT {
   }
 };
 /// A VM of the machine's hypervisor, which may run a hypervisor (L1) with
-/// VMs of its own (L2).
-using VmParams = VmParamsT<1>;
+/// VMs of its own (L2), which may run one more (L3, docs/nested.md).
+using VmParams = VmParamsT<2>;
 
 /// Statistics sampled over time (docs/memory.md, "Memory over time"): every
 /// `interval` of simulated time, the counters and gauges whose paths match

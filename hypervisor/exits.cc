@@ -292,6 +292,7 @@ void Hypervisor::handle_invlpg(PerCore& pc, Vcpu& v) {
 
 void Hypervisor::handle_mtf(PerCore& pc, Vcpu& v) {
   if (v.vm->shadow) handle_shadow_mtf(*pc.core, v);
+  if (v.nested && v.nested->ept12_unprotected) handle_nested_mtf(pc, v);  // nested.cc
 }
 
 void Hypervisor::handle_external_interrupt(PerCore& pc, Vcpu&) {
@@ -343,6 +344,7 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
     handle_nic_access(c, v);
     return;
   }
+  if (!vm.ept12_tables.empty() && nested_ept12_write(pc, v, gpa)) return;  // shadow EPT (nested.cc)
   if (vm.dirty && dirty_wp_fault(pc, v, gpa)) return;  // dirty tracking, snapshots (dirty_log.cc)
   charge(c, m_p.costs.ept_violation, kCodeEpt);
   if (gpa >= vm.memory) {

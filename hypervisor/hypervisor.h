@@ -542,6 +542,11 @@ class Hypervisor {
   void nested_before_entry(PerCore& pc, Vcpu& v);
   /// Shadow EPT: true if the violation was reflected to L1.
   bool nested_ept_violation(PerCore& pc, Vcpu& v);
+  // EPT12 write protection (nested.cc): L1's write to an EPT12 table EPT02
+  // was built from drops what EPT02 derived from the entry written.
+  void nested_protect_ept12(cpu::Core& c, Vm& vm, std::uint64_t page, unsigned level, std::uint64_t base);
+  bool nested_ept12_write(PerCore& pc, Vcpu& v, std::uint64_t gpa);
+  void handle_nested_mtf(PerCore& pc, Vcpu& v);
   // VMCS shadowing for L1 (nested.cc): set up at VMXON, the shadow loaded
   // from vmcs12 at VMPTRLD and after a reflected exit, written back to
   // vmcs12 before L0 reads it (KVM's copy_vmcs12_to_shadow / copy_shadow_to_vmcs12).

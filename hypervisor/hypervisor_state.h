@@ -88,6 +88,7 @@ enum CodeOffset : std::uint64_t {
   kCodeNested = 0x19000,  // hypervisor/nested.cc
   kCodeRdt = 0x1D000,     // hypervisor/rdt.cc
   kCodeHostSwap = 0x1E000,  // hypervisor/host_swap.cc
+  kCodeNested2 = 0x1F000,  // hypervisor/nested.cc: EPT12 write protection
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -165,6 +166,12 @@ struct Hypervisor::Vm {
   std::unique_ptr<NestedStats> nested_stats;
   std::map<std::uint64_t, events::Listener*> nested_observers;  // L1's per-vCPU listeners by vmcs12
   events::Listener* nested_exit_listener = nullptr;             // L1's exit total
+  // Shadow EPT (nested.cc): the EPT12 table pages EPT02 was built from,
+  // write-protected in EPT01, by L1 guest-physical page: the level of the
+  // table, the first L2 guest-physical address it maps, and whether it is
+  // writable for a write of L1 under the monitor trap flag.
+  struct Ept12Table { unsigned level; std::uint64_t base; bool writable = false; };
+  std::map<std::uint64_t, Ept12Table> ept12_tables;
 };
 
 struct Hypervisor::Vcpu : SchedEntity {

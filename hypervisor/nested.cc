@@ -343,8 +343,8 @@ void Hypervisor::handle_invvpid(PerCore& pc, Vcpu& v) {
     return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kInvalidOperandInvept);
   NestedVcpu& n = *v.nested;
   if (n.vpid02) {
-    if (type == 0) c.invvpid(0, n.vpid02, la);
-    else c.invvpid(1, n.vpid02);
+    if (type == 0) c.invvpid(0, n.vpid02, la, Regs::rcx, vmx_operand(c, n.vpid02, la));
+    else c.invvpid(1, n.vpid02, 0, Regs::rcx, vmx_operand(c, n.vpid02));
   }
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
@@ -405,7 +405,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (!n.other_vmcs) {
     n.other_vmcs = alloc_host_frame();
     c.store(n.other_vmcs, cpu::kVmcsRevision, 4);
-    c.vmclear(n.other_vmcs);
+    c.vmclear(n.other_vmcs, vmx_operand(c, n.other_vmcs));
   }
   nested_switch(c, v);
   if (!n.vmcs02_ready) {
@@ -416,7 +416,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
     vmw(c, field::kVpid, n.vpid02);
     vmw(c, field::kHostRip, cpu::code_address(pc.fiber.get()));
     vmw(c, field::kHostIdtrBase, cpu::code_address(&pc));
-    c.observe_vmcs(v.vmcs_pa, n.obs02.get());
+    observe(c, v.vmcs_pa, n.obs02.get());
     n.vmcs02_ready = true;
   }
   // L2's guest-physical space: L1's own (EPT01) when L1 does not use EPT,
@@ -434,8 +434,9 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
       env.on_table = [this] { ++m_totals.ept_tables; };
       // One vCPU's EPT02 is used on the core the vCPU runs on (nested VMX
       // keeps vCPUs on their cores): INVEPT there.
-      env.flush = [](Core& core, std::uint64_t eptp) {
-        if (core.invept(1, eptp) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: INVEPT failed");
+      env.flush = [this](Core& core, std::uint64_t eptp) {
+        if (core.invept(1, eptp, Regs::rcx, vmx_operand(core, eptp)) != cpu::VmxStatus::Succeed)
+          throw cpu::SimulationError("hypervisor: INVEPT failed");
       };
       n.ept02 = std::make_unique<Ept>(std::move(env), root, 4, false);
     }
@@ -461,7 +462,10 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (n.pending_reason >= 0) {
     NestedStats::Reason& rs = v.vm->nested_stats->reason(static_cast<unsigned>(n.pending_reason));
     rs.l1_exits.sample(n.l1_exits);
+    rs.l0_exits.sample(n.l1_exits + 1);  // + the exit of L2 that started it (counted in l0_exits)
+    rs.vmrw_exits.sample(n.vmrw_exits);
     rs.l1_cycles.sample(c.now() - n.reflected_at);
+    rs.l0_cycles.sample(n.l0_cycles + (c.now() - n.root_since));
     rs.cycles.sample(c.now() - n.l2_exit_at);
     n.pending_reason = -1;
   }
@@ -542,7 +546,8 @@ void Hypervisor::nested_switch(Core& c, Vcpu& v) {
   std::swap(v.vmcs_pa, n.other_vmcs);
   std::swap(v.launched, n.other_launched);
   n.guest_mode = !n.guest_mode;
-  if (c.vmptrld(v.vmcs_pa) != cpu::VmxStatus::Succeed) throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+  if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+    throw cpu::SimulationError("hypervisor: VMPTRLD failed");
 }
 
 // ---------------------------------------------------------------------------
@@ -676,7 +681,7 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   n.pending_reason = static_cast<int>(reason);
   n.reflected_at = c.now();
   n.l2_exit_at = hardware && n.obs02->pending ? n.obs02->pending_since : n.reflected_at;
-  n.l1_exits = 0;
+  n.l1_exits = n.vmrw_exits = n.l0_cycles = 0;
   const events::VmExit ev{n.current, c.now(), vmcs12_read(c, n, field::kExitQualification),
                           static_cast<std::uint16_t>(reason), static_cast<std::uint16_t>(vmcs12_read(c, n, field::kVpid))};
   if (events::Listener* l = nested_listener(*v.vm, n.current)) l->vm_exit(ev);
@@ -723,8 +728,10 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   std::uint64_t perms = mmu::ept::kPermMask;
   std::uint64_t gpa1 = 0;
   bool present = true;
+  std::array<std::uint64_t, 4> tables{};  // the EPT12 table walked at each level (index level - 1)
   for (unsigned level = 4; level >= 1; --level) {
     const unsigned shift = 12 + 9 * (level - 1);
+    tables[level - 1] = table;
     const std::uint64_t hpa = l1_memory(c, vm, table + ((gpa2 >> shift) & 511) * 8);
     const std::uint64_t e = hpa ? c.load(hpa) : 0;
     if (!(e & mmu::ept::kPermMask)) {
@@ -760,9 +767,86 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   if (n.ept02->lookup(c, page2)) n.ept02->protect(c, page2, perms);
   else if (!n.ept02->map(c, page2, hpa, kPage, perms | mmu::ept::kMemTypeWb))
     throw cpu::SimulationError("hypervisor: reserved_memory exhausted by EPT02 tables (raise hypervisor.reserved_memory)");
+  // The EPT12 tables this leaf derives from are write-protected in EPT01,
+  // so that L1 changing one of their entries drops what EPT02 built from it
+  // (KVM's shadow MMU write-protects the guest tables it shadows).
+  for (unsigned level = 4; level >= 1; --level) {
+    if (!tables[level - 1]) break;
+    const std::uint64_t span = std::uint64_t{1} << (12 + 9 * level);  // what the whole table maps
+    nested_protect_ept12(c, vm, tables[level - 1], level, level == 4 ? 0 : gpa2 & ~(span - 1));
+  }
   unlock_mmu(c, vm);
   ++vm.nested_stats->ept02_fills;
   return false;
+}
+
+void Hypervisor::nested_protect_ept12(Core& c, Vm& vm, std::uint64_t page, unsigned level, std::uint64_t base) {
+  // Called with the VM's MMU lock held. A page EPT01 maps with a large
+  // leaf is split first, so that only the table page loses write access.
+  auto [it, fresh] = vm.ept12_tables.try_emplace(page, Vm::Ept12Table{level, base});
+  if (!fresh) return;
+  for (auto leaf = vm.ept->lookup(c, page); leaf && leaf->size > kPage; leaf = vm.ept->lookup(c, page))
+    if (!vm.ept->split(c, page)) break;
+  vm.ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
+}
+
+bool Hypervisor::nested_ept12_write(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
+  // L1 wrote to an EPT12 table EPT02 was built from (an EPT violation of
+  // EPT01 while L1 runs). Every EPT02 leaf derived from the entry written
+  // is dropped; the page becomes writable for the one write, which runs
+  // under the monitor trap flag, and is protected again after it
+  // (handle_nested_mtf), as shadow paging single-steps a guest page-table
+  // write (shadow.cc). KVM emulates the write instead.
+  Core& c = *pc.core;
+  Vm& vm = *v.vm;
+  const std::uint64_t page = gpa & ~(kPage - 1);
+  auto it = vm.ept12_tables.find(page);
+  if (it == vm.ept12_tables.end() || (v.nested && v.nested->guest_mode) ||
+      !(vmr(c, field::kExitQualification) & cpu::qual::kEptWrite))
+    return false;
+  charge(c, m_p.costs.ept_violation, kCodeNested2);
+  // Dirty tracking by write protection (dirty_log.cc: snapshots of the VM)
+  // sees the write as well; with EPT dirty flags or PML the hardware logs it
+  // when it goes through below.
+  if (vm.dirty) dirty_wp_fault(pc, v, gpa);
+  const Vm::Ept12Table t = it->second;
+  const std::uint64_t span = std::uint64_t{1} << (12 + 9 * (t.level - 1));  // what one entry maps
+  const std::uint64_t lo = t.base + ((gpa & (kPage - 1)) / 8) * span;
+  lock_mmu(c, vm);
+  for (auto& other : vm.vcpus) {
+    NestedVcpu* n = other->nested.get();
+    if (!n || !n->ept02) continue;
+    std::vector<std::uint64_t> leaves;
+    n->ept02->for_each_leaf(c, lo, lo + span, false, [&](const Ept::Leaf& l) { leaves.push_back(l.gpa); });
+    for (std::uint64_t g : leaves) n->ept02->unmap(c, g);
+    vm.nested_stats->ept02_zaps += leaves.size();
+  }
+  vm.ept->protect(c, page, mmu::ept::kPermMask);
+  it->second.writable = true;
+  unlock_mmu(c, vm);
+  ++vm.nested_stats->ept12_writes;
+  nested_state(v).ept12_unprotected = 1;
+  vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) | proc::kMonitorTrapFlag);
+  return true;
+}
+
+void Hypervisor::handle_nested_mtf(PerCore& pc, Vcpu& v) {
+  // L1's write to an EPT12 table is done: protect the page again (and any
+  // other the same instruction needed, e.g. a string store across two
+  // tables). An entry it made present is filled into EPT02 at L2's next
+  // violation.
+  Core& c = *pc.core;
+  charge(c, m_p.costs.shadow_pt_write, kCodeNested2 + 0x400);
+  vmw(c, field::kProcBasedControls, vmr(c, field::kProcBasedControls) & ~proc::kMonitorTrapFlag);
+  v.nested->ept12_unprotected = 0;
+  Vm& vm = *v.vm;
+  lock_mmu(c, vm);
+  for (auto& [page, t] : vm.ept12_tables) {
+    if (!t.writable) continue;
+    vm.ept->protect(c, page, mmu::ept::kRead | mmu::ept::kExecute);
+    t.writable = false;
+  }
+  unlock_mmu(c, vm);
 }
 
 std::uint64_t Hypervisor::nested_release(Core& c, Vcpu& v) {

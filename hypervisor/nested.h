@@ -83,6 +83,12 @@ struct NestedStats : stats::Group {
     stats::Counter l0_handled{this, "l0_handled", "exits", "exits of L2 L0 handled without L1"};
     stats::Histogram l1_exits{this, "l1_exits", "exits",
                               "exits of L1 to L0 while L1 handled one reflected exit (to its VM entry of L2)"};
+    stats::Histogram l0_exits{this, "l0_exits", "exits",
+                              "exits L0 took for one reflected exit of L2: the exit itself and L1's, to L2 running again"};
+    stats::Histogram vmrw_exits{this, "vmrw_exits", "exits",
+                                "of l1_exits, L1's VMREADs and VMWRITEs (what VMCS shadowing removes)"};
+    stats::Histogram l0_cycles{this, "l0_cycles", "cycles",
+                               "cycles L0 spent in root operation for one reflected exit (exit to next entry, summed)"};
     stats::Histogram l1_cycles{this, "l1_cycles", "cycles",
                                "cycles from L1 resuming with the reflected exit to its VM entry of L2 emulated"};
     stats::Histogram cycles{this, "cycles", "cycles", "cycles from the exit of L2 to L2 running again (all levels)"};
@@ -100,6 +106,13 @@ struct NestedStats : stats::Group {
   stats::Counter l0_handled{this, "l0_handled", "exits", "L2 exits L0 handled itself (L1 never saw them)"};
   stats::Counter ept02_fills{this, "ept02_fills", "entries", "shadow EPT: EPT02 entries built from EPT12 and EPT01"};
   stats::Counter ept02_drops{this, "ept02_drops", "events", "shadow EPT: EPT02 torn down (L1's INVEPT, a new EPTP12)"};
+  stats::Counter ept12_writes{this, "ept12_writes", "exits",
+                              "shadow EPT: L1's writes to write-protected EPT12 tables (EPT02 entries dropped)"};
+  stats::Counter ept02_zaps{this, "ept02_zaps", "entries", "shadow EPT: EPT02 leaves dropped for EPT12 writes"};
+  stats::Counter l0_exits{this, "l0_exits", "exits", "exits L0 took from this VM, L1's and L2's"};
+  stats::Counter vmrw_exits{this, "vmrw_exits", "exits", "of those, L1's VMREADs and VMWRITEs that exited"};
+  stats::Ratio vmrw_share{this, "vmrw_share", "ratio", "vmrw_exits / l0_exits: the share VMCS shadowing acts on",
+                          vmrw_exits, l0_exits};
 
  private:
   stats::Group* m_by_reason = &subgroup("l2_exits", "L2 exits by basic exit reason, and what each cost at L1 and L0");
@@ -128,8 +141,10 @@ struct NestedVcpu {
   // The reflected exit being handled by L1 (statistics): its reason
   // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
   std::uint64_t shadow_vmcs = 0;      // VMCS shadowing: the shadow of vmcs12 (0: off)
+  std::uint64_t ept12_unprotected = 0;  // 1: L1 writes an EPT12 table under the monitor trap flag
   int pending_reason = -1;
-  std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0;
+  std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0, vmrw_exits = 0;
+  std::uint64_t l0_cycles = 0, root_since = 0;  // root-operation cycles for it; when the last exit returned
 };
 
 }  // namespace vmx::hv

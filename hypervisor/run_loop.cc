@@ -258,7 +258,11 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
   for (unsigned i = 0; i < kSavedGprs; ++i) c.load(v.save_area + 8 * i);
   c.regs() = v.regs;
 
+  // Nested VMX (nested.cc): the root-operation time of L0 spent for a
+  // reflected exit of L2 that L1 is handling.
+  if (v.nested && v.nested->pending_reason >= 0) v.nested->l0_cycles += c.now() - v.nested->root_since;
   cpu::VmExit ex = v.launched ? c.vmresume() : c.vmlaunch();
+  if (v.nested) v.nested->root_since = c.now();
   if (!ex.entered()) {
     std::uint64_t err = 0;
     c.vmread(field::kVmInstructionError, err);
@@ -287,9 +291,18 @@ void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
   if (v.vm->dirty) dirty_on_exit(c, v);  // the PML log is drained at every exit, as KVM does
-  if (v.nested) {  // nested.cc: an exit of L2, or of L1 (counted against the L2 exit it handles)
-    if (v.nested->guest_mode) return nested_l2_exit(pc, v, reason);
-    ++v.nested->l1_exits;
+  if (NestedStats* ns = v.vm->nested_stats.get()) {
+    // nested.cc: an exit of L2, or of L1 (counted against the L2 exit it
+    // handles); L1's VMREADs and VMWRITEs apart, the exits VMCS shadowing acts on.
+    ++ns->l0_exits;
+    if (v.nested && v.nested->guest_mode) return nested_l2_exit(pc, v, reason);
+    const bool vmrw = static_cast<ExitReason>(reason) == ExitReason::Vmread ||
+                      static_cast<ExitReason>(reason) == ExitReason::Vmwrite;
+    if (vmrw) ++ns->vmrw_exits;
+    if (v.nested) {
+      ++v.nested->l1_exits;
+      if (vmrw) ++v.nested->vmrw_exits;
+    }
   }
   if (ExitHandler h = m_exits.find(reason)) (this->*h)(pc, v);
   else unexpected_exit(v, reason);

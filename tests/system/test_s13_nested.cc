@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <string>
+#include <tuple>
 
 #include "system/cli_harness.h"
 
@@ -102,9 +103,149 @@ vms:
   auto posted = run_cli(with("32MiB", "vcpus: 1"), {"--set", "hypervisor.posted_interrupts=true"});
   CHECK(posted.exit_code != 0);
   CHECK(posted.err.find("hypervisor.posted_interrupts") != std::string::npos);
-  auto nested_key = run_cli(with("32MiB", "hypervisor: {vms: []}"));
+  // Three levels of hypervisors (L0, L1, L2) and their VMs at most; a
+  // nested hypervisor's own hypervisor offers it no VMCS shadowing.
+  auto nested_key = run_cli(with("32MiB", "hypervisor: {nested_shadow_vmcs: false, reserved_memory: 8MiB, vms: "
+                                          "[{name: l3, memory: 16MiB, hypervisor: {vms: []}}]}"),
+                            {"--set", "vms[0].hypervisor.nested_shadow_vmcs=false"});
   CHECK(nested_key.exit_code != 0);
-  CHECK(nested_key.err.find("vms[0].hypervisor.vms[0]: unknown key 'hypervisor'") != std::string::npos);
+  CHECK(nested_key.err.find("vms[0].hypervisor.vms[0].hypervisor.vms[0]: unknown key 'hypervisor'") !=
+        std::string::npos);
+  auto shadow = run_cli(with("32MiB", "hypervisor: {reserved_memory: 8MiB, vms: [{name: l3, memory: 16MiB}]}"));
+  CHECK(shadow.exit_code != 0);
+  CHECK(shadow.err.find("vms[0].hypervisor.nested_shadow_vmcs") != std::string::npos);
   auto ok = run_cli(with("32MiB", "vcpus: 1"));
   CHECK(ok.exit_code == 0);
+}
+
+namespace {
+double per_operation(const vmx::test::CliRun& r, const std::string& vm) {
+  return (r.at(vm + ".workload0.end_cycle") - r.at(vm + ".workload0.start_cycle")) / r.at(vm + ".workload0.operations");
+}
+}  // namespace
+
+TEST_CASE("S13: the VMCALL and I/O loops at L2 cost several L0 exits per exit, with the cycles at each level") {
+  for (auto [config, reason, flat_reason] :
+       {std::tuple{"s13_nested_vmcall.yaml", "VMCALL", "VMCALL"},
+        std::tuple{"s13_nested_io.yaml", "IO_INSTRUCTION", "IO_INSTRUCTION"}}) {
+    auto r = run_cli(vmx::test::read_text(kScenarios + config));
+    INFO(config << ": " << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.at("vm.flat.workload0.operations") == 2000);
+    CHECK(r.at("vm.l1.vm.l2.workload0.operations") == 2000);
+    const std::string l2 = std::string("vm.l1.nested.l2_exits.") + reason + ".";
+    // Every hypercall and every port access of L2 went to L1: VMCALL exits
+    // unconditionally, and the L1 hypervisor's I/O bitmaps take every port.
+    CHECK(r.at(l2 + "reflected") >= 2000);
+    CHECK(r.at(l2 + "l0_handled") == 0);
+    CHECK(r.at("vm.l1.vm.l2.vcpu0.exit_reasons." + std::string(reason) + ".cycles.count") == r.at(l2 + "reflected"));
+    // One L1 exit (the reflected one) per L2 exit, and at least two L0
+    // exits: the L2 exit itself and L1's VMRESUME.
+    INFO(fmt::format("{}: L0 exits per L2 exit {:.2f}, cycles L0 {:.0f}, L1 {:.0f}, all {:.0f}", reason,
+                     r.at(l2 + "l0_exits.mean"), r.at(l2 + "l0_cycles.mean"), r.at(l2 + "l1_cycles.mean"),
+                     r.at(l2 + "cycles.mean")));
+    CHECK(r.at(l2 + "l0_exits.mean") >= 2);
+    CHECK(r.at(l2 + "l0_exits.min") >= 2);
+    // Cycles at each level: L0's root-mode time and L1's handling are each
+    // part of the round trip, and L0's share alone exceeds what L0 spends
+    // on the same exit of a flat VM.
+    CHECK(r.at(l2 + "cycles.mean") > r.at(l2 + "l0_cycles.mean"));
+    CHECK(r.at(l2 + "cycles.mean") > r.at(l2 + "l1_cycles.mean"));
+    CHECK(r.at(l2 + "l0_cycles.mean") >
+          r.at("vm.flat.vcpu0.exit_reasons." + std::string(flat_reason) + ".cycles.mean"));
+    // The same loop is several times slower one level down.
+    const double flat = per_operation(r, "vm.flat"), nested = per_operation(r, "vm.l1.vm.l2");
+    INFO(fmt::format("cycles per iteration: flat {:.0f}, nested {:.0f}", flat, nested));
+    CHECK(nested > 3 * flat);
+  }
+}
+
+TEST_CASE("S13: L1's VMREADs and VMWRITEs are a share of L0's exits that VMCS shadowing cuts") {
+  auto on = run_cli(vmx::test::read_text(kScenarios + "s13_nested_cpuid.yaml"));
+  auto off = run_cli(vmx::test::read_text(kScenarios + "s13_nested_cpuid.yaml"),
+                     {"--set", "hypervisor.nested_shadow_vmcs=false"});
+  REQUIRE(on.exit_code == 0);
+  REQUIRE(off.exit_code == 0);
+  const double share_on = on.at("vm.l1.nested.vmrw_share"), share_off = off.at("vm.l1.nested.vmrw_share");
+  INFO(fmt::format("share of L0 exits that are L1's VMREAD/VMWRITE: {:.3f} with shadowing, {:.3f} without",
+                   share_on, share_off));
+  // The share is counted, not computed: the exits L0 took from the VM and
+  // those of them that were L1's VMREADs and VMWRITEs.
+  CHECK(on.at("vm.l1.nested.vmrw_exits") <= on.at("vm.l1.nested.l0_exits"));
+  CHECK(share_off > 0.2);
+  CHECK(share_on < share_off / 2);
+  // Per L2 CPUID: without shadowing each one costs L1 VMREADs or VMWRITEs
+  // that exit; with it, next to none.
+  const std::string l2 = "vm.l1.nested.l2_exits.CPUID.";
+  CHECK(off.at(l2 + "vmrw_exits.mean") >= 1);
+  CHECK(on.at(l2 + "vmrw_exits.mean") < 0.1);
+  CHECK(off.at(l2 + "l0_exits.mean") - on.at(l2 + "l0_exits.mean") >= off.at(l2 + "vmrw_exits.mean") - 0.1);
+}
+
+TEST_CASE("S13: shadow EPT makes a page fault of L2 dearer than the same fault of a VM of L0") {
+  auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_faults.yaml"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("vm.flat.workload0.operations") == 1000);
+  CHECK(r.at("vm.l1.vm.l2.workload0.operations") == 1000);
+  // Each fresh page of L2: an EPT02 violation L0 reflects (EPT12 does not
+  // map it yet), then one L0 fills from EPT12 and EPT01.
+  const std::string ev = "vm.l1.nested.l2_exits.EPT_VIOLATION.";
+  CHECK(r.at(ev + "reflected") >= 1000);
+  CHECK(r.at(ev + "l0_handled") >= 1000);
+  CHECK(r.at("vm.l1.nested.ept02_fills") >= 1000);
+  // L1 extends EPT12 tables EPT02 already shadows: those writes are caught.
+  CHECK(r.at("vm.l1.nested.ept12_writes") > 0);
+  const double flat = per_operation(r, "vm.flat"), nested = per_operation(r, "vm.l1.vm.l2");
+  INFO(fmt::format("cycles per first touch: flat {:.0f}, nested {:.0f}; EPT violation: flat {:.0f}, L2 {:.0f}",
+                   flat, nested, r.at("vm.flat.vcpu0.exit_reasons.EPT_VIOLATION.cycles.mean"),
+                   r.at(ev + "cycles.mean")));
+  CHECK(nested > 1.3 * flat);
+  CHECK(r.at(ev + "cycles.mean") > r.at("vm.flat.vcpu0.exit_reasons.EPT_VIOLATION.cycles.mean"));
+}
+
+TEST_CASE("S13: three levels, the hypervisor running in a VM of itself running in a VM of itself, run to completion") {
+  auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_l3.yaml"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  CHECK(r.at("sim.finished") == 1);
+  CHECK(r.at("vm.flat.workload0.operations") == 100);
+  CHECK(r.at("vm.l1.vm.l2.vm.l3.workload0.operations") == 100);
+  // Statistics by level: L0's view of L1 (vm.l1.nested), L1's view of L2
+  // (vm.l1.vm.l2.nested). Each CPUID of L3 is reflected by L1 to L2...
+  CHECK(r.at("vm.l1.vm.l2.nested.l2_exits.CPUID.reflected") >= 100);
+  // ... after L0 reflected it to L1; L0 also reflects L2's own CPUID (its
+  // handler's) and every VMX instruction of L2 to L1.
+  CHECK(r.at("vm.l1.nested.l2_exits.CPUID.reflected") >= 200);
+  CHECK(r.at("vm.l1.nested.l2_exits.VMREAD.reflected") > 0);
+  CHECK(r.at("vm.l1.nested.l2_exits.VMRESUME.reflected") >= 100);
+  // One L3 CPUID, end to end, costs more than L1's handling of one exit of
+  // its guest, and the loop is far slower than in a VM of L0.
+  CHECK(r.at("vm.l1.vm.l2.nested.l2_exits.CPUID.cycles.mean") > r.at("vm.l1.nested.l2_exits.CPUID.cycles.mean"));
+  const double flat = per_operation(r, "vm.flat"), l3 = per_operation(r, "vm.l1.vm.l2.vm.l3");
+  INFO(fmt::format("cycles per CPUID: flat {:.0f}, L3 {:.0f}", flat, l3));
+  CHECK(l3 > 20 * flat);
+}
+
+TEST_CASE("S13: L1 using shadow paging for L2 instead of EPT takes L2's page faults itself, dearer still") {
+  auto ept = run_cli(vmx::test::read_text(kScenarios + "s13_nested_faults.yaml"));
+  auto shadow = run_cli(vmx::test::read_text(kScenarios + "s13_nested_faults.yaml"),
+                        {"--set", "vms[1].hypervisor.vms[0].paging=shadow"});
+  INFO(ept.err << shadow.err);
+  REQUIRE(ept.exit_code == 0);
+  REQUIRE(shadow.exit_code == 0);
+  CHECK(shadow.at("vm.l1.vm.l2.workload0.operations") == 1000);
+  // No EPT in vmcs12: L2 runs on EPT01 with L1's shadow tables, L0 builds
+  // no EPT02 and L2's EPT violations are gone...
+  CHECK(shadow.at("vm.l1.nested.ept02_fills") == 0);
+  CHECK(shadow.at_or_zero("vm.l1.nested.l2_exits.EPT_VIOLATION.reflected") == 0);
+  // ... while each first touch is a page fault of L2 that L1's exception
+  // bitmap takes (reflected), and L1 single-steps L2's page-table writes
+  // with the monitor trap flag, which vmcs02 carries and L0 reflects.
+  CHECK(shadow.at("vm.l1.nested.l2_exits.EXCEPTION_NMI.reflected") >= 1000);
+  CHECK(shadow.at("vm.l1.nested.l2_exits.MONITOR_TRAP_FLAG.reflected") > 0);
+  const double with_ept = per_operation(ept, "vm.l1.vm.l2"), with_shadow = per_operation(shadow, "vm.l1.vm.l2");
+  INFO(fmt::format("cycles per first touch at L2: shadow EPT {:.0f}, L1's shadow paging {:.0f}", with_ept,
+                   with_shadow));
+  CHECK(with_shadow > with_ept);
 }
