@@ -41,7 +41,9 @@ def quoted_figures(path):
     "What you should have found" not introduced as approximate ("about",
     "~", "≈", "some") — each must be a value the lab's commands produce."""
     text = path.read_text(encoding="utf-8")
-    found = text.split("## What you should have found", 1)[1].split("## Going further", 1)[0]
+    # Every "What you should have found" section (a lab's, or a part's under
+    # a ### heading), each up to the next heading.
+    found = "".join(re.findall(r"^#{2,3} What you should have found[^\n]*\n(.*?)(?=^#{1,3} |\Z)", text, re.S | re.M))
     figures = set()
     for m in re.finditer(r"\b\d{1,3}(?:,\d{3})+\b", found):
         before = found[max(0, m.start() - 8):m.start()]
