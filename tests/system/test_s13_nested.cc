@@ -32,13 +32,16 @@ TEST_CASE("S13: one CPUID of L2 costs many L0 exits and the same loop runs sever
   CHECK(r.at(l2 + "l0_handled") == 0);
   CHECK(r.at("vm.l1.vcpu0.l2.exit_reasons.CPUID.cycles.count") == r.at(l2 + "reflected"));
   CHECK(r.at("vm.l1.vm.l2.vcpu0.exit_reasons.CPUID.cycles.count") == r.at(l2 + "reflected"));
-  // One L2 exit costs several L0 exits: the exit itself, then L1's own
-  // CPUID and its VMRESUME, each an exit to L0 (its VMREAD of the exit
-  // reason runs on the shadow VMCS, hypervisor.nested_shadow_vmcs).
+  // One L2 exit costs L0 more exits than its own: L1's VMRESUME is an exit
+  // to L0 (its VMREAD of the exit reason runs on the shadow VMCS,
+  // hypervisor.nested_shadow_vmcs). L1's CPUID handler answers from its
+  // vCPU's CPUID table, as KVM's does, with no CPUID of its own (issue 12;
+  // before, it executed one and this was 2 exits of L1 per L2 CPUID).
   const double per_exit = r.at(l2 + "l1_exits.mean");
   INFO("L1 exits to L0 per L2 CPUID: " << per_exit);
-  CHECK(per_exit >= 2);
-  CHECK(1 + per_exit >= 3);
+  CHECK(per_exit >= 1);
+  CHECK(per_exit < 2);
+  CHECK(1 + per_exit >= 2);
   // A flat CPUID exit costs L0 only its own handling.
   CHECK(r.at("vm.flat.vcpu0.exit_reasons.CPUID.cycles.count") == 2000);
   // The same loop is several times slower at L2 than at L1 (per iteration).
