@@ -148,7 +148,7 @@ void MemHierarchy::prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& 
     if (!m_llc->state(lpa)) {
       m_llc->fill(lpa, Cache::kOwned, &wb);
       if (wb != Cache::kNoWriteback) dram_write(wb);
-      latency += dram_read(lpa);
+      latency += dram_read(lpa, 0);  // prefetches are not paced by MBA here (docs/partitioning.md)
     }
     std::uint64_t wb2 = Cache::kNoWriteback;
     m_l2.fill(lpa, Cache::kOwned, &wb2);
