@@ -79,3 +79,30 @@ TEST_CASE("fast_forward must end before the run and before warmup") {
   CHECK(warm.exit_code == 2);
   CHECK(warm.err.find("warmup") != std::string::npos);
 }
+
+TEST_CASE("fast-forwarded copy-on-write, unmapping and updates on two vCPUs keep their results") {
+  // The functional translation cache must drop what the guest kernel
+  // invalidates (fork's write protection, munmap) on both cores.
+  const std::string cfg = R"(seed: 3
+duration: 400ms
+platform: {cores: 2, memory: 512MiB}
+vms:
+  - name: t
+    vcpus: 2
+    memory: 64MiB
+    workloads:
+      - {type: fork_churn, iterations: 40}
+      - {type: mmap_churn, iterations: 50}
+      - {type: random_access, working_set: 1MiB, updates: 50000, checksum: true}
+)";
+  auto detailed = run_cli(cfg);
+  auto ff = run_cli("fast_forward: 399ms\n" + cfg);
+  INFO(detailed.err << ff.err);
+  REQUIRE(detailed.exit_code == 0);
+  REQUIRE(ff.exit_code == 0);
+  REQUIRE(ff.at("sim.finished") == 1);
+  CHECK(ff.at("vm.t.workload0.corrupt_pages") == 0);
+  CHECK(ff.at("vm.t.workload0.operations") == 40);
+  CHECK(ff.at("vm.t.workload1.operations") == 50);
+  CHECK(ff.at("vm.t.workload2.checksum") == detailed.at("vm.t.workload2.checksum"));
+}
