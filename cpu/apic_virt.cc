@@ -16,14 +16,14 @@ namespace vmx::cpu {
 std::uint64_t Core::phys_read(std::uint64_t pa, unsigned size) {
   if (!m_w.mem->contains(pa, size))
     throw SimulationError(fmt::format("{}: VMX structure at physical {:#x} beyond memory", name(), pa));
-  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  charge(cache_access(pa, models::AccessKind::Read));
   return m_w.mem->read(pa, size);
 }
 
 void Core::phys_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
   if (!m_w.mem->contains(pa, size))
     throw SimulationError(fmt::format("{}: VMX structure at physical {:#x} beyond memory", name(), pa));
-  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  charge(cache_access(pa, models::AccessKind::Write));
   m_w.mem->write(pa, value, size);
 }
 

@@ -347,6 +347,15 @@ void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool h
 // ---------------------------------------------------------------------------
 // Compute, memory and translation.
 
+// Fast-forward (set_functional): the access keeps its architectural effect,
+// done by the caller on PhysMem; the cache hierarchy is neither timed nor
+// touched.
+std::uint32_t Core::cache_access(std::uint64_t pa, models::AccessKind kind) {
+  if (m_functional) [[unlikely]]
+    return 0;
+  return m_w.caches->access(pa, kind);
+}
+
 void Core::retire(std::uint64_t n) {
   std::uint64_t q = n * m_cpi_q8 + m_cpi_frac;
   m_now += q >> 8;
@@ -380,16 +389,32 @@ void Core::compute(std::uint64_t instructions) {
 }
 
 void Core::update_context() {
+  ftlb_flush();
   m_mmu.set_context(m_cr0, m_cr4, m_cpl == 3, m_non_root && m_ept, m_non_root ? m_vpid : 0, m_non_root,
                     {m_ac, m_pkru, m_non_root && (m_proc2 & proc2::kModeBasedExecute),
                      m_non_root && m_ept && (m_proc2 & proc2::kEnablePml), m_non_root ? m_crypt_key : 0,
                      m_non_root ? m_c_bit : 0});
 }
 
-bool Core::translate(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  if (m_mmu.translate(va, type, pa, m_now)) [[likely]]
+void Core::set_functional(bool on) {
+  m_functional = on;
+  if (on && !m_ftlb) m_ftlb = std::make_unique<std::array<FtlbEntry, 3 * kFtlbEntries>>();
+  ftlb_flush();
+}
+
+// A hit needs the same page, type and generation: the MMU made this very
+// translation (rights checked, flags set) since the last context change or
+// invalidation. A miss asks the MMU (TLBs, walk) and keeps what it gives.
+bool Core::translate_functional(std::uint64_t va, AccessType type, std::uint64_t& pa) {
+  const std::uint64_t page = va >> 12;
+  FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
+  if (e.gen == m_ftlb_gen && e.page == page) {
+    pa = e.pa_page | (va & 0xFFF);
     return true;
-  return translation_fault(va);
+  }
+  if (!m_mmu.translate(va, type, pa, m_now)) return translation_fault(va);
+  e = {page, pa & ~0xFFFull, m_ftlb_gen};
+  return true;
 }
 
 bool Core::translation_fault(std::uint64_t va) {
@@ -403,7 +428,10 @@ bool Core::translation_fault(std::uint64_t va) {
       // of the address. Only a present, stricter entry can be cached (a
       // not-present one never is, 29.4.3.2), so only then is there work.
       if (r.exit_qualification & (qual::kEptReadable | qual::kEptWritable | qual::kEptExecutable))
+        {
         m_mmu.ept_violation(va, r.fault_gpa);
+        ftlb_flush();
+      }
       vm_exit(ExitReason::EptViolation, r.exit_qualification, va, r.fault_gpa);
       break;
     case mmu::WalkResult::Status::EptMisconfig:
@@ -430,7 +458,7 @@ std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
   // The walk's earlier references have not been charged yet: DRAM sees this
   // one after them.
   m_w.caches->set_time_bias(cycles);
-  cycles += m_w.caches->access(pa, models::AccessKind::Walk);
+  cycles += cache_access(pa, models::AccessKind::Walk);
   m_w.caches->set_time_bias(0);
   if (plain) [[likely]]
     return m_w.mem->read(pa, 8);
@@ -443,7 +471,7 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
   const bool plain = m_w.mem->contains(pa, 8);
   if (!plain && !in_ram(pa, 8)) return;
   m_w.caches->set_time_bias(cycles);
-  cycles += m_w.caches->access(pa, models::AccessKind::Write);
+  cycles += cache_access(pa, models::AccessKind::Write);
   m_w.caches->set_time_bias(0);
   if (plain) [[likely]]
     m_w.mem->write(pa, value, 8);
@@ -459,14 +487,14 @@ bool Core::in_ram(std::uint64_t pa, std::uint64_t len) const {
 // ID (the hierarchy charges the engine on a DRAM fill), and the engine
 // decrypts or re-encrypts the bytes in memory.
 std::uint64_t Core::encrypted_read(std::uint64_t pa, unsigned size) {
-  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  charge(cache_access(pa, models::AccessKind::Read));
   std::uint64_t v = 0;
   m_w.crypt->read(pa, &v, size);
   return v;
 }
 
 void Core::encrypted_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
-  charge_store(m_w.caches->access(pa, models::AccessKind::Write));
+  charge_store(cache_access(pa, models::AccessKind::Write));
   m_w.crypt->write(pa, &value, size);
 }
 
@@ -518,9 +546,9 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
     }
   if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
   if constexpr (kIndependent)
-    load_overlap(m_w.caches->access(pa, models::AccessKind::Read));
+    load_overlap(cache_access(pa, models::AccessKind::Read));
   else
-    charge(m_w.caches->access(pa, models::AccessKind::Read));
+    charge(cache_access(pa, models::AccessKind::Read));
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
     const std::uint8_t* f = m_w.mem->frame_if_present(pa);
@@ -556,7 +584,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     mmio_write(pa, value, size);
     return;
   }
-  charge_store(m_w.caches->access(pa, models::AccessKind::Write));
+  charge_store(cache_access(pa, models::AccessKind::Write));
   if (kHostLittleEndian && size == 8) {
     std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
     return;
@@ -626,7 +654,7 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedO
   if ((va & 7) || !in_ram(pa, 8))
     throw SimulationError(fmt::format("{}: {} at {:#x} must be 8-byte aligned and inside memory", name(), what, va));
   drain_stores();  // a locked instruction drains the store buffer first (SDM Vol. 3A, 8.2.5)
-  charge(m_w.caches->access(pa, models::AccessKind::Write));
+  charge(cache_access(pa, models::AccessKind::Write));
   std::uint64_t old = 0;
   mem_read_bytes(pa, &old, 8);
   const std::uint64_t nv = op == LockedOp::Or ? old | value : op == LockedOp::Add ? old + value : value;
@@ -748,11 +776,11 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
   }
   auto kind = write ? models::AccessKind::Write : models::AccessKind::Read;
   if (write) {
-    charge_store(m_w.caches->access(pa1, kind));
-    charge_store(m_w.caches->access(pa2, kind));
+    charge_store(cache_access(pa1, kind));
+    charge_store(cache_access(pa2, kind));
   } else {
-    charge(m_w.caches->access(pa1, kind));
-    charge(m_w.caches->access(pa2, kind));
+    charge(cache_access(pa1, kind));
+    charge(cache_access(pa2, kind));
   }
   std::uint8_t bytes[8] = {};
   if (write) {
@@ -777,7 +805,7 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
     if (m_mmu.translating())
       while (!translate(line, AccessType::Execute, pa)) boundary();
     ++m_stats.fetch_lines;
-    charge(m_w.caches->access(pa, models::AccessKind::Fetch));
+    charge(cache_access(pa, models::AccessKind::Fetch));
   }
 }
 
@@ -795,7 +823,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
     while (!translate(va, AccessType::Write, pa)) boundary();
     if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
     for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-      charge_store(m_w.caches->access(line, models::AccessKind::Write));  // streams through the store buffer
+      charge_store(cache_access(line, models::AccessKind::Write));  // streams through the store buffer
       retire(1);
     }
     // A frame never written reads as zeros (PhysMem): zeroing it needs no
@@ -827,8 +855,8 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
     if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
       throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
     for (std::uint64_t off = 0; off < chunk; off += kLine) {
-      charge(m_w.caches->access(spa + off, models::AccessKind::Read));
-      charge_store(m_w.caches->access(dpa + off, models::AccessKind::Write));
+      charge(cache_access(spa + off, models::AccessKind::Read));
+      charge_store(cache_access(dpa + off, models::AccessKind::Write));
       retire(1);
     }
     std::uint8_t buf[4096];
@@ -962,7 +990,7 @@ bool Core::shadowed(std::uint32_t bitmap_field, std::uint32_t enc) {
 bool Core::bitmap_bit(std::uint64_t bitmap_pa, std::uint64_t bit) {
   std::uint64_t pa = bitmap_pa + bit / 8;
   if (!m_w.mem->contains(pa)) return true;
-  charge(m_w.caches->access(pa, models::AccessKind::Read));
+  charge(cache_access(pa, models::AccessKind::Read));
   return (m_w.mem->read(pa, 1) >> (bit % 8)) & 1;
 }
 
@@ -1043,7 +1071,7 @@ std::uint32_t Core::msr_load_list(std::uint64_t addr, std::uint32_t count, bool 
     const std::uint64_t pa = addr + 16ull * i;
     // Bits 3:0 of the address must be clear, and the list in memory (27.2.1.2).
     if ((addr & 0xF) || !m_w.mem->contains(pa, 16)) return i + 1;
-    charge(m_w.caches->access(pa, models::AccessKind::Read));
+    charge(cache_access(pa, models::AccessKind::Read));
     const auto index = static_cast<std::uint32_t>(m_w.mem->read(pa, 4));
     const std::uint64_t value = m_w.mem->read(pa + 8, 8);
     if (!m_w.rdt || index != models::rdt_msr::kPqrAssoc || !m_w.rdt->valid_pqr(value)) return i + 1;
@@ -1413,6 +1441,7 @@ void Core::invlpg(std::uint64_t va) {
   // PCID and global ones, and all paging-structure-cache entries of the
   // current PCID whatever linear address they are for.
   m_mmu.invlpg(va);
+  ftlb_flush();
 }
 
 void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
@@ -1456,6 +1485,7 @@ void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
   charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
   // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
   m_mmu.invpcid(type, pcid, la);
+  ftlb_flush();
 }
 
 std::uint64_t Core::rdtsc() {
@@ -1650,6 +1680,7 @@ VmxStatus Core::invept(unsigned type, std::uint64_t eptp, unsigned type_reg, con
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.invept_latency);
   // SDM Vol. 3C, 29.4.3.1 (mmu::Mmu::invept).
+  ftlb_flush();
   if (!m_mmu.invept(type, eptp)) return vm_fail(vmerr::kInvalidOperandInvept);
   return VmxStatus::Succeed;
 }
@@ -1670,6 +1701,7 @@ VmxStatus Core::invvpid(unsigned type, std::uint16_t vpid, std::uint64_t la, uns
   if (!m_vmxon) return VmxStatus::FailInvalid;
   charge(m_p.invept_latency);
   // SDM Vol. 3C, 31.3 INVVPID (mmu::Mmu::invvpid).
+  ftlb_flush();
   if (!m_mmu.invvpid(type, vpid, la)) return vm_fail(vmerr::kInvalidOperandInvept);
   return VmxStatus::Succeed;
 }
@@ -1751,6 +1783,7 @@ void Core::flush_vpid_on_transition() {
   // VPID 0 (SDM Vol. 3C, 28.3.3.3).
   if (!(m_proc2 & proc2::kEnableVpid) || !(m_proc & proc::kActivateSecondaryControls)) {
     m_mmu.flush_vpid0();
+    ftlb_flush();
   }
 }
 

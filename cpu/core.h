@@ -34,6 +34,7 @@ namespace vmx::models {
 class PhysMem;
 class MemHierarchy;
 class Rdt;
+enum class AccessKind : std::uint8_t;
 class IoBus;
 class MmioBus;
 class MemoryEncryption;
@@ -220,6 +221,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// thread cost wiring.smt_contention times the CPI. Checked at slow
   /// boundaries (at least once per quantum), not per operation.
   void set_sibling(Core* sibling) { m_sibling = sibling; }
+  /// Fast-forward (docs/model.md, "Fast-forward"): in functional mode every
+  /// operation keeps its architectural effect (memory contents, translation
+  /// and its faults, exits, interrupts) but memory accesses and page walks
+  /// skip the cache hierarchy: they cost no cycles beyond the instruction's
+  /// CPI and leave the caches' contents and statistics untouched. The TLBs
+  /// and paging-structure caches are filled on their misses (they are part
+  /// of translation), so they are warm when detailed timing resumes; in
+  /// front of them a functional translation cache (ftlb_lookup) serves
+  /// repeated translations without the TLB model.
+  void set_functional(bool on);
+  bool functional() const { return m_functional; }
 
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
@@ -424,6 +436,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// the sibling's current state (slow path only).
   void smt_update();
   void charge(std::uint64_t cycles) { m_now += cycles; }
+  /// A memory access through the cache hierarchy and its latency; nothing
+  /// (0 cycles) in functional mode.
+  std::uint32_t cache_access(std::uint64_t pa, models::AccessKind kind);
   /// A store's cache access of `cycles`: paid now without a store buffer;
   /// with one, the store retires into it and drains later (store_retire).
   void charge_store(std::uint32_t cycles) {
@@ -447,7 +462,24 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   // Translation and memory.
   /// The MMU's translation; a fault is raised here (#PF, or an EPT
   /// violation/misconfiguration exit) and false returned.
-  bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  bool translate(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa) {
+    if (m_functional) [[unlikely]]
+      return translate_functional(va, type, pa);
+    if (m_mmu.translate(va, type, pa, m_now)) [[likely]]
+      return true;
+    return translation_fault(va);
+  }
+  bool translate_functional(std::uint64_t va, mmu::AccessType type, std::uint64_t& pa);
+  /// Functional translation cache (fast-forward only): 4 KiB pages by
+  /// access type, filled by translations the MMU made (so accessed and
+  /// dirty flags are already set), direct mapped, all dropped at once by
+  /// bumping the generation whenever the MMU's context changes or any TLB
+  /// invalidation happens, so it never holds what the TLBs could not.
+  struct FtlbEntry {
+    std::uint64_t page = 0, pa_page = 0, gen = 0;
+  };
+  static constexpr unsigned kFtlbEntries = 2048;
+  void ftlb_flush() { ++m_ftlb_gen; }
   bool translation_fault(std::uint64_t va);
   // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
@@ -553,6 +585,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint32_t m_cpi_shared_q8; // x smt_contention, while the sibling executes
   Core* m_sibling = nullptr;
   bool m_executing = false;      // has software and is not halted (read by the sibling)
+  bool m_functional = false;     // fast-forward: no cache hierarchy (set_functional)
+  std::unique_ptr<std::array<FtlbEntry, 3 * kFtlbEntries>> m_ftlb;  // by AccessType, then page
+  std::uint64_t m_ftlb_gen = 1;
   bool m_smt_shared = false;     // the sibling executed at the last check
   std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;
 

@@ -422,6 +422,14 @@ ExperimentParams load(const cfg::Document& doc) {
   if (p.warmup >= p.duration && p.warmup != 0)
     throw error_at(doc, "warmup", "less than duration (" + cfg::format_time_ps(p.duration) + ")",
                    cfg::format_time_ps(p.warmup));
+  if (p.fast_forward >= p.duration && p.fast_forward != 0)
+    throw error_at(doc, "fast_forward", "less than duration (" + cfg::format_time_ps(p.duration) + ")",
+                   cfg::format_time_ps(p.fast_forward));
+  if (p.fast_forward != 0 && p.warmup != 0 && p.warmup <= p.fast_forward)
+    throw error_at(doc, "warmup",
+                   "0 or later than fast_forward (" + cfg::format_time_ps(p.fast_forward) +
+                       "), which resets the statistics itself",
+                   cfg::format_time_ps(p.warmup));
   return p;
 }
 

@@ -243,6 +243,7 @@ struct ExperimentParams {
   std::uint64_t seed;
   std::uint64_t duration;  // ps
   std::uint64_t warmup;    // ps
+  std::uint64_t fast_forward;  // ps
   bool stop_when_done;
   std::uint64_t host_memory_limit;  // bytes, 0: automatic
   PlatformParams platform;
@@ -257,6 +258,11 @@ struct ExperimentParams {
     v.param(duration, "duration", "100ms", Spec(Unit::Time).at_least(1e3), "Simulated time to run at most.");
     v.param(warmup, "warmup", "0ps", Spec(Unit::Time),
             "Statistics are reset at this simulated time (0: never), so they cover [warmup, end).");
+    v.param(fast_forward, "fast_forward", "0ps", Spec(Unit::Time),
+            "Run functionally until this simulated time, then switch every core to full timing and reset the "
+            "statistics (docs/model.md, \"Fast-forward\"). Functional: memory contents, translation, faults, "
+            "exits and interrupts as always, but memory accesses and page walks bypass the caches and cost "
+            "nothing beyond the CPI. 0: off (full timing throughout).");
     v.param(stop_when_done, "stop_when_done", "true", Spec(Unit::Flag),
             "End the run early once every workload with a finite amount of work has finished.");
     v.param(host_memory_limit, "host_memory_limit", "0B", Spec(Unit::Bytes),
@@ -308,7 +314,9 @@ class Session {
   Session& operator=(const Session&) = delete;
 
   /// Simulates until time `ps`, or until every finite workload is done when
-  /// stop_when_done is set, whichever comes first. Throws
+  /// stop_when_done is set, whichever comes first. With fast_forward set, a
+  /// run past that time switches to full timing there and resets the
+  /// statistics (docs/model.md, "Fast-forward"). Throws
   /// cpu::SimulationError if the simulator or its hypervisor fails.
   void run_until(std::uint64_t ps);
   void run_for(std::uint64_t ps) { run_until(now_ps() + ps); }
@@ -337,7 +345,11 @@ class Session {
  private:
   struct System;
   void update_gauges();
+  /// Simulates until `ps`, sampling the series on the way (run_until
+  /// without the fast-forward switch).
+  void advance(std::uint64_t ps);
   void advance_to(std::uint64_t ps);
+  void switch_to_detailed();
   ExperimentParams m_params;
   std::string m_resolved;
   System* m_sys;  // deliberately never destroyed: see the destructor

@@ -305,6 +305,21 @@ struct Session::System {
   stats::Group sim;
   stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};
   stats::Gauge sim_finished{&sim, "finished", "flag", "1 if every finite workload completed"};
+  // Fast-forward (fast_forward > 0): where the functional phase ended. The
+  // group exists only then, so runs without it keep their statistics.
+  struct FastForward {
+    explicit FastForward(stats::Group& sim)
+        : group(sim.subgroup("fast_forward", "the functional phase before full timing (docs/model.md)")),
+          switch_seconds(group.make<stats::Gauge>("switch_seconds", "s",
+                                                  "simulated time at which full timing began (0: never reached)")),
+          instructions(group.make<stats::Gauge>("instructions", "instructions",
+                                                "instructions every core retired functionally before the switch")) {}
+    stats::Group& group;
+    stats::Gauge& switch_seconds;
+    stats::Gauge& instructions;
+    bool pending = true;  // the cores are still functional
+  };
+  std::unique_ptr<FastForward> fast_forward;
 };
 
 namespace {
@@ -323,6 +338,10 @@ Session::Session(const ExperimentParams& params, std::string resolved_yaml)
   // The trace is active before the system is built and stays so for the
   // process's one simulation (the system is never destroyed).
   m_sys = new System(m_params);
+  if (m_params.fast_forward) {
+    m_sys->fast_forward = std::make_unique<System::FastForward>(m_sys->sim);
+    for (cpu::Core* c : m_sys->platform.cores()) c->set_functional(true);
+  }
 }
 
 // The SystemC kernel cannot be restarted and fibers suspended in the middle
@@ -339,6 +358,32 @@ std::string Session::events_json() const {
 }
 
 void Session::run_until(std::uint64_t ps) {
+  System::FastForward* ff = m_sys->fast_forward.get();
+  if (ff && ff->pending && ps > m_params.fast_forward) {
+    advance(m_params.fast_forward);
+    if (now_ps() >= m_params.fast_forward) switch_to_detailed();
+  }
+  advance(ps);
+}
+
+// The end of fast-forward: every core goes to full timing, and the
+// statistics restart from here (as at a warm-up boundary), with the switch
+// point recorded. Cores stand at their synchronization points here (SystemC
+// is paused), each at most a quantum past the switch time.
+void Session::switch_to_detailed() {
+  System::FastForward& ff = *m_sys->fast_forward;
+  double instructions = 0;
+  for (cpu::Core* c : m_sys->platform.cores()) {
+    instructions += static_cast<double>(c->stats().instructions.value());
+    c->set_functional(false);
+  }
+  ff.pending = false;
+  reset_stats();
+  ff.switch_seconds.set(static_cast<double>(now_ps()) / 1e12);
+  ff.instructions.set(instructions);
+}
+
+void Session::advance(std::uint64_t ps) {
   // With series.interval the simulation stops at every sample time (from 0)
   // to sample; stopping changes no statistic.
   if (const std::uint64_t interval = m_params.series.interval) {

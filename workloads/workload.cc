@@ -71,7 +71,11 @@ class Stream final : public Workload {
 
 class RandomAccess final : public Workload {
  public:
-  RandomAccess(const RandomAccessParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  RandomAccess(const RandomAccessParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {
+    if (p.checksum)
+      m_checksum = &m_stats.make<stats::Gauge>("checksum", "value",
+                                               "checksum of the table after the last update (checksum: true)");
+  }
   bool finite() const override { return m_p.updates != 0; }
   void run(guest::Thread& t) override {
     std::uint64_t words = m_p.working_set / 8;
@@ -86,11 +90,24 @@ class RandomAccess final : public Workload {
       t.compute(m_p.instructions_per_update);
       ++m_stats.operations;
     });
+    if (m_checksum) {
+      // Read back through the program's own loads: 32-bit FNV-1a over the
+      // words in order (exact in a statistic).
+      std::uint32_t sum = 2166136261u;
+      for (std::uint64_t i = 0; i < words; ++i) {
+        const std::uint64_t w = t.load_independent(base + i * 8);
+        sum = (sum ^ static_cast<std::uint32_t>(w)) * 16777619u;
+        sum = (sum ^ static_cast<std::uint32_t>(w >> 32)) * 16777619u;
+        t.compute(2);
+      }
+      m_checksum->set(sum);
+    }
     finished(t);
   }
 
  private:
   RandomAccessParams m_p;
+  stats::Gauge* m_checksum = nullptr;
 };
 
 class PointerChase final : public Workload {

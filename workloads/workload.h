@@ -42,12 +42,16 @@ struct StreamParams {
 
 struct RandomAccessParams {
   std::uint64_t working_set, updates, instructions_per_update;
+  bool checksum;
   template <class V>
   void visit(V& v) {
     v.param(working_set, "working_set", "64MiB", Spec(Unit::Bytes).at_least(4096), "Table size (GUPS-style).");
     v.param(updates, "updates", "0", Spec(), "Read-modify-write updates of random words (0: until the end).");
     v.param(instructions_per_update, "instructions_per_update", "4", Spec(Unit::Instructions),
             "Instructions besides the load and store of an update (index generation).");
+    v.param(checksum, "checksum", "false", Spec(Unit::Flag),
+            "After the updates, the program reads its whole table back and reports a checksum of it (the "
+            "statistic checksum): a guest-visible result that depends on every update, for comparing runs.");
   }
 };
 
