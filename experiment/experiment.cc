@@ -352,11 +352,12 @@ ExperimentParams load(const cfg::Document& doc) {
     if (p.vms.empty()) throw error_at(doc, "vms", "at least 1 item (a VM, or `hosts` with the machines)", "nothing");
     check_host(doc, p, p.platform, p.hypervisor, p.vms, "");
   } else {
-    // Several hosts (docs/migration.md): the machines are the hosts', so
-    // the single-host keys are not given.
-    for (const char* key : {"platform", "hypervisor", "vms"})
-      if (doc.find(key)) throw error_at(doc, key, "no top-level " + std::string(key) + " when `hosts` is given (each "
-                                        "host has its own)", "one");
+    // Several hosts (docs/migration.md): the VMs are the hosts'. (The
+    // top-level platform and hypervisor, which a resolved config.yaml
+    // repeats with their defaults, are unused.)
+    if (!p.vms.empty())
+      throw error_at(doc, "vms", "no top-level VMs when `hosts` is given (each host lists its own)",
+                     std::to_string(p.vms.size()) + " VMs");
     if (p.hosts.size() != 2)
       throw error_at(doc, "hosts", "exactly two hosts (one direct link joins them)", std::to_string(p.hosts.size()));
     if (p.event_trace.enabled)

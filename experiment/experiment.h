@@ -289,7 +289,7 @@ struct ExperimentParams {
               "The optional timeline of events (docs/event_trace.md), written as events.json.");
     v.list(hosts, "hosts",
            "Several hosts in one simulation (docs/migration.md): exactly two, each with its platform, hypervisor "
-           "and VMs, linked by `network.link`; the top-level platform, hypervisor and vms are then not given. "
+           "and VMs, linked by `network.link`; the top-level vms are then empty (platform and hypervisor unused). "
            "Empty: one host described by the top-level keys.");
     v.section(network, "network", "The link between the hosts (with `hosts`).");
     v.list(migrations, "migrations", "Live migrations between the hosts (docs/migration.md).");
