@@ -162,13 +162,17 @@ void Core::switch_context(sim::Fiber& to) {
 }
 
 void Core::set_user_mode(bool user) {
-  VMX_ON_EXECUTING_CORE(set_user_mode(user));
-  pmu_sync();
-  m_cpl = user ? 3 : 0;
-  // The entry of a system call clears RFLAGS.AC (SYSCALL masks RFLAGS with
-  // IA32_FMASK, in which Linux sets AC).
-  if (!user) m_ac = false;
-  update_context();
+  try {
+    VMX_ON_EXECUTING_CORE(set_user_mode(user));
+    pmu_sync();
+    m_cpl = user ? 3 : 0;
+    // The entry of a system call clears RFLAGS.AC (SYSCALL masks RFLAGS with
+    // IA32_FMASK, in which Linux sets AC).
+    if (!user) m_ac = false;
+    update_context();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->set_user_mode(user);
+  }
 }
 
 bool Core::interrupts_enabled() const { return t_current && t_current != this ? t_current->m_if : m_if; }
@@ -383,9 +387,13 @@ void Core::smt_update() {
 }
 
 void Core::compute(std::uint64_t instructions) {
-  VMX_ON_EXECUTING_CORE(compute(instructions));
-  boundary();
-  retire(instructions);
+  try {
+    VMX_ON_EXECUTING_CORE(compute(instructions));
+    boundary();
+    retire(instructions);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->compute(instructions);
+  }
 }
 
 void Core::update_context() {
@@ -521,14 +529,22 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
-  VMX_ON_EXECUTING_CORE(load(va, size));
-  return load_impl<false>(va, size);
+  try {
+    VMX_ON_EXECUTING_CORE(load(va, size));
+    return load_impl<false>(va, size);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->load(va, size);
+  }
 }
 
 std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
-  VMX_ON_EXECUTING_CORE(load_independent(va, size));
-  if (m_p.mshrs == 0) return load_impl<false>(va, size);
-  return load_impl<true>(va, size);
+  try {
+    VMX_ON_EXECUTING_CORE(load_independent(va, size));
+    if (m_p.mshrs == 0) return load_impl<false>(va, size);
+    return load_impl<true>(va, size);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->load_independent(va, size);
+  }
 }
 
 template <bool kIndependent>
@@ -561,35 +577,39 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
-  VMX_ON_EXECUTING_CORE(store(va, value, size));
-  boundary();
-  retire(1);
-  ++m_stats.stores;
-  if (((va & 0xFFF) + size) > 0x1000) {
-    access_slow(va, size, true, value);
-    return;
-  }
-  std::uint64_t pa = va;
-  m_op_size = size | kOpWrite;
-  m_op_value = value;
-  if (m_mmu.translating())
-    while (!translate(va, AccessType::Write, pa)) {
-      if (m_op_done) {
-        emulated_result();
-        return;
-      }
-      boundary();
+  try {
+    VMX_ON_EXECUTING_CORE(store(va, value, size));
+    boundary();
+    retire(1);
+    ++m_stats.stores;
+    if (((va & 0xFFF) + size) > 0x1000) {
+      access_slow(va, size, true, value);
+      return;
     }
-  if (!m_w.mem->contains(pa, size)) {
-    mmio_write(pa, value, size);
-    return;
+    std::uint64_t pa = va;
+    m_op_size = size | kOpWrite;
+    m_op_value = value;
+    if (m_mmu.translating())
+      while (!translate(va, AccessType::Write, pa)) {
+        if (m_op_done) {
+          emulated_result();
+          return;
+        }
+        boundary();
+      }
+    if (!m_w.mem->contains(pa, size)) {
+      mmio_write(pa, value, size);
+      return;
+    }
+    charge_store(cache_access(pa, models::AccessKind::Write));
+    if (kHostLittleEndian && size == 8) {
+      std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
+      return;
+    }
+    m_w.mem->write(pa, value, size);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->store(va, value, size);
   }
-  charge_store(cache_access(pa, models::AccessKind::Write));
-  if (kHostLittleEndian && size == 8) {
-    std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
-    return;
-  }
-  m_w.mem->write(pa, value, size);
 }
 
 // Completes a memory operation the hypervisor emulated: a load returns RAX
@@ -602,8 +622,12 @@ std::uint64_t Core::emulated_result() {
 }
 
 std::uint64_t Core::xchg(std::uint64_t va, std::uint64_t value) {
-  VMX_ON_EXECUTING_CORE(xchg(va, value));
-  return locked_update(va, value, LockedOp::Swap, "XCHG");
+  try {
+    VMX_ON_EXECUTING_CORE(xchg(va, value));
+    return locked_update(va, value, LockedOp::Swap, "XCHG");
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->xchg(va, value);
+  }
 }
 
 // Outside RAM: a device's MMIO range, uncacheable (no cache access), timed
@@ -632,13 +656,21 @@ void Core::mmio_write(std::uint64_t pa, std::uint64_t value, unsigned size) {
 }
 
 std::uint64_t Core::lock_or(std::uint64_t va, std::uint64_t bits) {
-  VMX_ON_EXECUTING_CORE(lock_or(va, bits));
-  return locked_update(va, bits, LockedOp::Or, "LOCK OR");
+  try {
+    VMX_ON_EXECUTING_CORE(lock_or(va, bits));
+    return locked_update(va, bits, LockedOp::Or, "LOCK OR");
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->lock_or(va, bits);
+  }
 }
 
 std::uint64_t Core::lock_xadd(std::uint64_t va, std::uint64_t addend) {
-  VMX_ON_EXECUTING_CORE(lock_xadd(va, addend));
-  return locked_update(va, addend, LockedOp::Add, "LOCK XADD");
+  try {
+    VMX_ON_EXECUTING_CORE(lock_xadd(va, addend));
+    return locked_update(va, addend, LockedOp::Add, "LOCK XADD");
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->lock_xadd(va, addend);
+  }
 }
 
 // A locked read-modify-write of an aligned quadword (XCHG, LOCK OR or LOCK
@@ -663,17 +695,25 @@ std::uint64_t Core::locked_update(std::uint64_t va, std::uint64_t value, LockedO
 }
 
 void Core::pause() {
-  VMX_ON_EXECUTING_CORE(pause());
-  boundary();
-  retire(1);
-  charge(m_p.pause_latency);
+  try {
+    VMX_ON_EXECUTING_CORE(pause());
+    boundary();
+    retire(1);
+    charge(m_p.pause_latency);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->pause();
+  }
 }
 
 void Core::mfence() {
-  VMX_ON_EXECUTING_CORE(mfence());
-  boundary();
-  retire(1);
-  drain_stores();
+  try {
+    VMX_ON_EXECUTING_CORE(mfence());
+    boundary();
+    retire(1);
+    drain_stores();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->mfence();
+  }
 }
 
 // Store buffer (x86-TSO, SDM Vol. 3A, 8.2.2): a store retires into the
@@ -797,15 +837,19 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
 }
 
 void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
-  VMX_ON_EXECUTING_CORE(fetch(va, bytes));
-  boundary();
-  std::uint64_t end = va + bytes;
-  for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
-    std::uint64_t pa = line;
-    if (m_mmu.translating())
-      while (!translate(line, AccessType::Execute, pa)) boundary();
-    ++m_stats.fetch_lines;
-    charge(cache_access(pa, models::AccessKind::Fetch));
+  try {
+    VMX_ON_EXECUTING_CORE(fetch(va, bytes));
+    boundary();
+    std::uint64_t end = va + bytes;
+    for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
+      std::uint64_t pa = line;
+      if (m_mmu.translating())
+        while (!translate(line, AccessType::Execute, pa)) boundary();
+      ++m_stats.fetch_lines;
+      charge(cache_access(pa, models::AccessKind::Fetch));
+    }
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->fetch(va, bytes);
   }
 }
 
@@ -813,59 +857,67 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
 // moves a cache line per step, retiring one instruction per line, and lets
 // interrupts in between pages, as the architecture allows between iterations.
 void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
-  VMX_ON_EXECUTING_CORE(rep_stos(va, value, bytes));
-  boundary();
-  retire(1);
-  std::uint64_t end = va + bytes;
-  while (va < end) {
-    std::uint64_t chunk = std::min(end, (va | 0xFFF) + 1) - va;
-    std::uint64_t pa;
-    while (!translate(va, AccessType::Write, pa)) boundary();
-    if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
-    for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-      charge_store(cache_access(line, models::AccessKind::Write));  // streams through the store buffer
-      retire(1);
+  try {
+    VMX_ON_EXECUTING_CORE(rep_stos(va, value, bytes));
+    boundary();
+    retire(1);
+    std::uint64_t end = va + bytes;
+    while (va < end) {
+      std::uint64_t chunk = std::min(end, (va | 0xFFF) + 1) - va;
+      std::uint64_t pa;
+      while (!translate(va, AccessType::Write, pa)) boundary();
+      if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
+      for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
+        charge_store(cache_access(line, models::AccessKind::Write));  // streams through the store buffer
+        retire(1);
+      }
+      // A frame never written reads as zeros (PhysMem): zeroing it needs no
+      // host frame, so clearing a fresh page costs no host memory or memset.
+      // Through a key the engine writes the ciphertext of the value.
+      if (models::key_id_of(pa)) [[unlikely]]
+        m_w.crypt->fill(pa, value, chunk);
+      else if (value != 0 || m_w.mem->frame_if_present(pa))
+        std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
+      m_stats.stores += (chunk + kLine - 1) / kLine;
+      va += chunk;
+      if (va < end) boundary();
     }
-    // A frame never written reads as zeros (PhysMem): zeroing it needs no
-    // host frame, so clearing a fresh page costs no host memory or memset.
-    // Through a key the engine writes the ciphertext of the value.
-    if (models::key_id_of(pa)) [[unlikely]]
-      m_w.crypt->fill(pa, value, chunk);
-    else if (value != 0 || m_w.mem->frame_if_present(pa))
-      std::memset(m_w.mem->frame(pa) + (pa & 0xFFF), value, chunk);
-    m_stats.stores += (chunk + kLine - 1) / kLine;
-    va += chunk;
-    if (va < end) boundary();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rep_stos(va, value, bytes);
   }
 }
 
 void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
-  VMX_ON_EXECUTING_CORE(rep_movs(dst, src, bytes));
-  boundary();
-  retire(1);
-  std::uint64_t done = 0;
-  while (done < bytes) {
-    std::uint64_t s = src + done, d = dst + done;
-    std::uint64_t chunk = std::min({bytes - done, (s | 0xFFF) + 1 - s, (d | 0xFFF) + 1 - d});
-    std::uint64_t spa, dpa;
-    for (;;) {
-      if (translate(s, AccessType::Read, spa) && translate(d, AccessType::Write, dpa)) break;
-      boundary();
+  try {
+    VMX_ON_EXECUTING_CORE(rep_movs(dst, src, bytes));
+    boundary();
+    retire(1);
+    std::uint64_t done = 0;
+    while (done < bytes) {
+      std::uint64_t s = src + done, d = dst + done;
+      std::uint64_t chunk = std::min({bytes - done, (s | 0xFFF) + 1 - s, (d | 0xFFF) + 1 - d});
+      std::uint64_t spa, dpa;
+      for (;;) {
+        if (translate(s, AccessType::Read, spa) && translate(d, AccessType::Write, dpa)) break;
+        boundary();
+      }
+      if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
+        throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
+      for (std::uint64_t off = 0; off < chunk; off += kLine) {
+        charge(cache_access(spa + off, models::AccessKind::Read));
+        charge_store(cache_access(dpa + off, models::AccessKind::Write));
+        retire(1);
+      }
+      std::uint8_t buf[4096];
+      mem_read_bytes(spa, buf, chunk);
+      mem_write_bytes(dpa, buf, chunk);
+      m_stats.loads += (chunk + kLine - 1) / kLine;
+      m_stats.stores += (chunk + kLine - 1) / kLine;
+      done += chunk;
+      if (done < bytes) boundary();
     }
-    if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
-      throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
-    for (std::uint64_t off = 0; off < chunk; off += kLine) {
-      charge(cache_access(spa + off, models::AccessKind::Read));
-      charge_store(cache_access(dpa + off, models::AccessKind::Write));
-      retire(1);
-    }
-    std::uint8_t buf[4096];
-    mem_read_bytes(spa, buf, chunk);
-    mem_write_bytes(dpa, buf, chunk);
-    m_stats.loads += (chunk + kLine - 1) / kLine;
-    m_stats.stores += (chunk + kLine - 1) / kLine;
-    done += chunk;
-    if (done < bytes) boundary();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rep_movs(dst, src, bytes);
   }
 }
 
@@ -873,97 +925,105 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
 // Control registers, MSRs, CPUID, I/O, HLT.
 
 std::uint64_t Core::read_cr(unsigned cr) {
-  VMX_ON_EXECUTING_CORE(read_cr(cr));
-  boundary();
-  retire(1);
-  // An instruction that exits does not execute (SDM Vol. 3C, 26.1): its
-  // native latency is charged only when it runs.
-  if (m_non_root && cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
-    vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
-    return m_regs[Regs::rax];
-  }
-  charge(m_p.cr_latency);
-  if (m_non_root) {
-    // Bits owned by the host read from the read shadow (SDM Vol. 3C, 25.6.6).
-    if (cr == 0) {
-      std::uint64_t mask = m_vmcs->get(field::kCr0GuestHostMask);
-      return (m_cr0 & ~mask) | (m_vmcs->get(field::kCr0ReadShadow) & mask);
+  try {
+    VMX_ON_EXECUTING_CORE(read_cr(cr));
+    boundary();
+    retire(1);
+    // An instruction that exits does not execute (SDM Vol. 3C, 26.1): its
+    // native latency is charged only when it runs.
+    if (m_non_root && cr == 3 && (m_proc & proc::kCr3StoreExiting)) {
+      vm_exit(ExitReason::CrAccess, qual::cr_access(3, qual::kCrMovFrom, Regs::rax));
+      return m_regs[Regs::rax];
     }
-    if (cr == 4) {
-      std::uint64_t mask = m_vmcs->get(field::kCr4GuestHostMask);
-      return (m_cr4 & ~mask) | (m_vmcs->get(field::kCr4ReadShadow) & mask);
+    charge(m_p.cr_latency);
+    if (m_non_root) {
+      // Bits owned by the host read from the read shadow (SDM Vol. 3C, 25.6.6).
+      if (cr == 0) {
+        std::uint64_t mask = m_vmcs->get(field::kCr0GuestHostMask);
+        return (m_cr0 & ~mask) | (m_vmcs->get(field::kCr0ReadShadow) & mask);
+      }
+      if (cr == 4) {
+        std::uint64_t mask = m_vmcs->get(field::kCr4GuestHostMask);
+        return (m_cr4 & ~mask) | (m_vmcs->get(field::kCr4ReadShadow) & mask);
+      }
     }
-  }
-  switch (cr) {
-    case 0: return m_cr0;
-    case 2: return m_cr2;
-    case 3: return m_cr3;
-    case 4: return m_cr4;
-    default: raise_exception(vec::kInvalidOpcode, 0, false); return 0;
+    switch (cr) {
+      case 0: return m_cr0;
+      case 2: return m_cr2;
+      case 3: return m_cr3;
+      case 4: return m_cr4;
+      default: raise_exception(vec::kInvalidOpcode, 0, false); return 0;
+    }
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->read_cr(cr);
   }
 }
 
 void Core::write_cr(unsigned cr, std::uint64_t value) {
-  VMX_ON_EXECUTING_CORE(write_cr(cr, value));
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
-  }
-  // Bits set in the guest/host mask are owned by the host.
-  std::uint64_t host_owned = 0;
-  if (m_non_root) {
-    bool exits = false;
-    if (cr == 3) exits = m_proc & proc::kCr3LoadExiting;
-    if (cr == 0 || cr == 4) {
-      host_owned = m_vmcs->get(cr == 0 ? field::kCr0GuestHostMask : field::kCr4GuestHostMask);
-      std::uint64_t shadow = m_vmcs->get(cr == 0 ? field::kCr0ReadShadow : field::kCr4ReadShadow);
-      exits = ((value ^ shadow) & host_owned) != 0;
-    }
-    if (exits) {
-      m_regs[Regs::rax] = value;
-      vm_exit(ExitReason::CrAccess, qual::cr_access(cr, qual::kCrMovTo, Regs::rax));
+  try {
+    VMX_ON_EXECUTING_CORE(write_cr(cr, value));
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
       return;
     }
-  }
-  // Charged only when the instruction executes (no fault, no exit); MOV to
-  // CR is serializing (SDM Vol. 3A, 8.3).
-  drain_stores();
-  charge(m_p.cr_latency);
-  // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
-  // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
-  value = (value & ~host_owned) | ((cr == 0 ? m_cr0 : m_cr4) & host_owned);
-  switch (cr) {
-    case 0:
-      m_cr0 = value;
-      break;
-    case 2:
-      m_cr2 = value;
-      break;
-    case 3: {
-      // MOV to CR3 (SDM Vol. 3A, 4.10.4.1): without PCIDs, or with bit 63
-      // clear, non-global translations of the current (VPID, PCID) go.
-      bool pcide = m_cr4 & crb::kCr4Pcide;
-      bool keep = pcide && (value & crb::kCr3NoFlush);
-      m_cr3 = value & ~crb::kCr3NoFlush;
-      update_context();
-      if (!keep) m_mmu.mov_to_cr3(pcide);  // ... and the PCID's paging-structure-cache entries
-      break;
+    // Bits set in the guest/host mask are owned by the host.
+    std::uint64_t host_owned = 0;
+    if (m_non_root) {
+      bool exits = false;
+      if (cr == 3) exits = m_proc & proc::kCr3LoadExiting;
+      if (cr == 0 || cr == 4) {
+        host_owned = m_vmcs->get(cr == 0 ? field::kCr0GuestHostMask : field::kCr4GuestHostMask);
+        std::uint64_t shadow = m_vmcs->get(cr == 0 ? field::kCr0ReadShadow : field::kCr4ReadShadow);
+        exits = ((value ^ shadow) & host_owned) != 0;
+      }
+      if (exits) {
+        m_regs[Regs::rax] = value;
+        vm_exit(ExitReason::CrAccess, qual::cr_access(cr, qual::kCrMovTo, Regs::rax));
+        return;
+      }
     }
-    case 4: {
-      bool flush = ((m_cr4 ^ value) & (crb::kCr4Pge | crb::kCr4Pcide | crb::kCr4Smep | crb::kCr4La57)) != 0;
-      m_cr4 = value;
-      // All TLB entries, global ones included, and all paging-structure-
-      // cache entries of the current VPID (SDM Vol. 3A, 4.10.4.1).
-      if (flush) m_mmu.cr4_paging_change();
-      break;
+    // Charged only when the instruction executes (no fault, no exit); MOV to
+    // CR is serializing (SDM Vol. 3A, 8.3).
+    drain_stores();
+    charge(m_p.cr_latency);
+    // A MOV to CR0/CR4 that does not exit leaves the host-owned bits of the
+    // register unmodified (SDM Vol. 3C, 26.3, "MOV to CR0", "MOV to CR4").
+    value = (value & ~host_owned) | ((cr == 0 ? m_cr0 : m_cr4) & host_owned);
+    switch (cr) {
+      case 0:
+        m_cr0 = value;
+        break;
+      case 2:
+        m_cr2 = value;
+        break;
+      case 3: {
+        // MOV to CR3 (SDM Vol. 3A, 4.10.4.1): without PCIDs, or with bit 63
+        // clear, non-global translations of the current (VPID, PCID) go.
+        bool pcide = m_cr4 & crb::kCr4Pcide;
+        bool keep = pcide && (value & crb::kCr3NoFlush);
+        m_cr3 = value & ~crb::kCr3NoFlush;
+        update_context();
+        if (!keep) m_mmu.mov_to_cr3(pcide);  // ... and the PCID's paging-structure-cache entries
+        break;
+      }
+      case 4: {
+        bool flush = ((m_cr4 ^ value) & (crb::kCr4Pge | crb::kCr4Pcide | crb::kCr4Smep | crb::kCr4La57)) != 0;
+        m_cr4 = value;
+        // All TLB entries, global ones included, and all paging-structure-
+        // cache entries of the current VPID (SDM Vol. 3A, 4.10.4.1).
+        if (flush) m_mmu.cr4_paging_change();
+        break;
+      }
+      default:
+        raise_exception(vec::kInvalidOpcode, 0, false);
+        return;
     }
-    default:
-      raise_exception(vec::kInvalidOpcode, 0, false);
-      return;
+    update_context();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->write_cr(cr, value);
   }
-  update_context();
 }
 
 // I/O exiting (SDM Vol. 3C, 26.1.3): with I/O bitmaps, an access exits if the
@@ -1096,422 +1156,494 @@ void Core::pmu_interrupt() {
 }
 
 std::uint64_t Core::rdpmc(std::uint32_t ecx) {
-  VMX_ON_EXECUTING_CORE(rdpmc(ecx));
-  boundary();
-  retire(1);
-  charge(m_p.rdpmc_latency);
-  // The CPL check (CR4.PCE) is a privilege fault and comes before the VM
-  // exit (SDM Vol. 3C, 26.1.1); an invalid index is #GP(0) too.
-  if (m_cpl != 0 && !(m_cr4 & crb::kCr4Pce)) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return 0;
+  try {
+    VMX_ON_EXECUTING_CORE(rdpmc(ecx));
+    boundary();
+    retire(1);
+    charge(m_p.rdpmc_latency);
+    // The CPL check (CR4.PCE) is a privilege fault and comes before the VM
+    // exit (SDM Vol. 3C, 26.1.1); an invalid index is #GP(0) too.
+    if (m_cpl != 0 && !(m_cr4 & crb::kCr4Pce)) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return 0;
+    }
+    if (m_non_root && (m_proc & proc::kRdpmcExiting)) {
+      m_regs[Regs::rcx] = ecx;
+      vm_exit(ExitReason::Rdpmc, 0);
+      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+    }
+    std::uint64_t v = 0;
+    if (!m_pmu.rdpmc(ecx, v)) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return 0;
+    }
+    return v;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rdpmc(ecx);
   }
-  if (m_non_root && (m_proc & proc::kRdpmcExiting)) {
-    m_regs[Regs::rcx] = ecx;
-    vm_exit(ExitReason::Rdpmc, 0);
-    return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
-  }
-  std::uint64_t v = 0;
-  if (!m_pmu.rdpmc(ecx, v)) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return 0;
-  }
-  return v;
 }
 
 std::uint64_t Core::rdmsr(std::uint32_t msr) {
-  VMX_ON_EXECUTING_CORE(rdmsr(msr));
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return 0;
-  }
-  if (msr == msr::kSevStatus && m_w.crypt) {
-    // Answered by the hardware from the VM's key ID (no exit): what the
-    // guest needs to know before it sets any C-bit.
+  try {
+    VMX_ON_EXECUTING_CORE(rdmsr(msr));
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return 0;
+    }
+    if (msr == msr::kSevStatus && m_w.crypt) {
+      // Answered by the hardware from the VM's key ID (no exit): what the
+      // guest needs to know before it sets any C-bit.
+      charge(m_p.msr_latency);
+      return (m_non_root && m_crypt_key) ? 1 : 0;
+    }
+    if (m_non_root) {
+      // MSR bitmaps, SDM Vol. 3C, 25.6.9: read-low at 0, read-high at 1024.
+      bool exits = true;
+      if (m_proc & proc::kUseMsrBitmaps) {
+        std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
+        if (msr <= 0x1FFF) exits = bitmap_bit(bm, msr);
+        else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 1024 * 8 + (msr - 0xC0000000u));
+      }
+      if (exits) {
+        m_regs[Regs::rcx] = msr;
+        vm_exit(ExitReason::Rdmsr, 0);
+        return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+      }
+    }
+    // The exit (or the #GP above) happens instead of the instruction (SDM
+    // Vol. 3C, 26.1): the native latency is charged only when it executes.
     charge(m_p.msr_latency);
-    return (m_non_root && m_crypt_key) ? 1 : 0;
+    bool ok = false;
+    std::uint64_t v = msr_root_read(msr, ok);
+    if (!ok) raise_exception(vec::kGeneralProtection, 0, true);
+    return v;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rdmsr(msr);
   }
-  if (m_non_root) {
-    // MSR bitmaps, SDM Vol. 3C, 25.6.9: read-low at 0, read-high at 1024.
-    bool exits = true;
-    if (m_proc & proc::kUseMsrBitmaps) {
-      std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
-      if (msr <= 0x1FFF) exits = bitmap_bit(bm, msr);
-      else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 1024 * 8 + (msr - 0xC0000000u));
-    }
-    if (exits) {
-      m_regs[Regs::rcx] = msr;
-      vm_exit(ExitReason::Rdmsr, 0);
-      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
-    }
-  }
-  // The exit (or the #GP above) happens instead of the instruction (SDM
-  // Vol. 3C, 26.1): the native latency is charged only when it executes.
-  charge(m_p.msr_latency);
-  bool ok = false;
-  std::uint64_t v = msr_root_read(msr, ok);
-  if (!ok) raise_exception(vec::kGeneralProtection, 0, true);
-  return v;
 }
 
 void Core::wrmsr(std::uint32_t msr, std::uint64_t value) {
-  VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
-  }
-  if (m_non_root) {
-    // Write-low bitmap at 2048, write-high at 3072.
-    bool exits = true;
-    if (m_proc & proc::kUseMsrBitmaps) {
-      std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
-      if (msr <= 0x1FFF) exits = bitmap_bit(bm, 2048 * 8 + msr);
-      else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 3072 * 8 + (msr - 0xC0000000u));
-    }
-    if (exits) {
-      m_regs[Regs::rcx] = msr;
-      m_regs[Regs::rax] = value & 0xFFFFFFFF;
-      m_regs[Regs::rdx] = value >> 32;
-      vm_exit(ExitReason::Wrmsr, 0);
+  try {
+    VMX_ON_EXECUTING_CORE(wrmsr(msr, value));
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
       return;
     }
-  }
-  drain_stores();  // WRMSR is serializing (SDM Vol. 3A, 8.3)
-  charge(m_p.msr_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
-  if (m_non_root) {
-    // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
-    // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
-    // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
-    // reach the local APIC (TPR and self-IPI virtualization are not modelled).
-    if ((m_proc2 & proc2::kVirtualizeX2apic) && m_vid && msr == msr::kX2ApicEoi) {
-      if (value != 0) raise_exception(vec::kGeneralProtection, 0, true);
-      else virtualize_eoi();
-      return;
+    if (m_non_root) {
+      // Write-low bitmap at 2048, write-high at 3072.
+      bool exits = true;
+      if (m_proc & proc::kUseMsrBitmaps) {
+        std::uint64_t bm = m_vmcs->get(field::kMsrBitmap);
+        if (msr <= 0x1FFF) exits = bitmap_bit(bm, 2048 * 8 + msr);
+        else if (msr >= 0xC0000000u && msr <= 0xC0001FFFu) exits = bitmap_bit(bm, 3072 * 8 + (msr - 0xC0000000u));
+      }
+      if (exits) {
+        m_regs[Regs::rcx] = msr;
+        m_regs[Regs::rax] = value & 0xFFFFFFFF;
+        m_regs[Regs::rdx] = value >> 32;
+        vm_exit(ExitReason::Wrmsr, 0);
+        return;
+      }
     }
+    drain_stores();  // WRMSR is serializing (SDM Vol. 3A, 8.3)
+    charge(m_p.msr_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
+    if (m_non_root) {
+      // Virtualized x2APIC accesses (SDM Vol. 3C, 30.5): with "virtualize
+      // x2APIC mode" and virtual-interrupt delivery, WRMSR to the EOI register
+      // is EOI virtualization (a nonzero value is #GP). Other x2APIC MSRs
+      // reach the local APIC (TPR and self-IPI virtualization are not modelled).
+      if ((m_proc2 & proc2::kVirtualizeX2apic) && m_vid && msr == msr::kX2ApicEoi) {
+        if (value != 0) raise_exception(vec::kGeneralProtection, 0, true);
+        else virtualize_eoi();
+        return;
+      }
+    }
+    msr_root_write(msr, value);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->wrmsr(msr, value);
   }
-  msr_root_write(msr, value);
 }
 
 CpuidResult Core::cpuid(std::uint32_t leaf, std::uint32_t subleaf) {
-  VMX_ON_EXECUTING_CORE(cpuid(leaf, subleaf));
-  boundary();
-  retire(1);
-  if (m_non_root) {
-    // CPUID always exits in VMX non-root operation (SDM Vol. 3C, 26.1.2).
-    m_regs[Regs::rax] = leaf;
-    m_regs[Regs::rcx] = subleaf;
-    vm_exit(ExitReason::Cpuid, 0);
-    return {static_cast<std::uint32_t>(m_regs[Regs::rax]), static_cast<std::uint32_t>(m_regs[Regs::rbx]),
-            static_cast<std::uint32_t>(m_regs[Regs::rcx]), static_cast<std::uint32_t>(m_regs[Regs::rdx])};
-  }
-  drain_stores();  // CPUID is serializing (SDM Vol. 3A, 8.3)
-  charge(m_p.cpuid_latency);
-  CpuidResult r;
-  switch (leaf) {
-    case 0:  // highest leaf and vendor "vmxsimCPU..."
-      r = {0x16, 0x73786d76, 0x2e2e2e55, 0x436d6973};
-      break;
-    case 1:
-      // Family 6; ECX: VMX (bit 5), PDCM (15, IA32_PERF_CAPABILITIES), x2APIC (21), TSC-deadline (24);
-      // EDX: TSC (4), MSR (5), PAE (6), APIC (9), PGE (13).
-      r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 15) | (1u << 21) | (1u << 24),
-           (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
-      break;
-    case 7:
-      // Structured extended features, subleaf 0 (SDM Vol. 2A, CPUID leaf
-      // 07H): EBX SMEP (bit 7), SMAP (20); ECX PKU (3) and OSPKE (4, CR4.PKE).
-      // EBX bit 15 (PQE): resource director technology allocation.
-      if (subleaf == 0)
-        r = {0, (1u << 7) | (1u << 20) | (m_w.rdt ? 1u << 15 : 0u),
-             (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
-      break;
-    case 0x10:
-      // RDT allocation enumeration (SDM Vol. 2A, CPUID leaf 10H).
-      if (m_w.rdt) {
-        const models::RdtCpuid q = m_w.rdt->cpuid(subleaf);
-        r = {q.eax, q.ebx, q.ecx, q.edx};
-      }
-      break;
-    case 0xA: {
-      // Architectural performance monitoring (pmu/pmu.h).
-      const pmu::Cpuid0A a = pmu::Pmu::cpuid();
-      r = {a.eax, a.ebx, a.ecx, a.edx};
-      break;
+  try {
+    VMX_ON_EXECUTING_CORE(cpuid(leaf, subleaf));
+    boundary();
+    retire(1);
+    if (m_non_root) {
+      // CPUID always exits in VMX non-root operation (SDM Vol. 3C, 26.1.2).
+      m_regs[Regs::rax] = leaf;
+      m_regs[Regs::rcx] = subleaf;
+      vm_exit(ExitReason::Cpuid, 0);
+      return {static_cast<std::uint32_t>(m_regs[Regs::rax]), static_cast<std::uint32_t>(m_regs[Regs::rbx]),
+              static_cast<std::uint32_t>(m_regs[Regs::rcx]), static_cast<std::uint32_t>(m_regs[Regs::rdx])};
     }
-    case 0x15: {
-      // Time Stamp Counter and core crystal clock (SDM Vol. 2A, CPUID leaf
-      // 15H; Vol. 3B, 19.7.3): TSC Hz = ECX x EBX / EAX, with a 25 MHz
-      // crystal (assumption: Intel server parts since Skylake-SP) and the
-      // ratio reduced so that it is exact for any configured frequency.
-      constexpr std::uint64_t kCrystalHz = 25'000'000;
-      const std::uint64_t f = m_w.frequency_hz;
-      std::uint64_t a = f, b = kCrystalHz;
-      while (b) {
-        const std::uint64_t t = a % b;
-        a = b;
-        b = t;
+    drain_stores();  // CPUID is serializing (SDM Vol. 3A, 8.3)
+    charge(m_p.cpuid_latency);
+    CpuidResult r;
+    switch (leaf) {
+      case 0:  // highest leaf and vendor "vmxsimCPU..."
+        r = {0x16, 0x73786d76, 0x2e2e2e55, 0x436d6973};
+        break;
+      case 1:
+        // Family 6; ECX: VMX (bit 5), PDCM (15, IA32_PERF_CAPABILITIES), x2APIC (21), TSC-deadline (24);
+        // EDX: TSC (4), MSR (5), PAE (6), APIC (9), PGE (13).
+        r = {0x000906E0, m_id << 24, (1u << 5) | (1u << 15) | (1u << 21) | (1u << 24),
+             (1u << 4) | (1u << 5) | (1u << 6) | (1u << 9) | (1u << 13)};
+        break;
+      case 7:
+        // Structured extended features, subleaf 0 (SDM Vol. 2A, CPUID leaf
+        // 07H): EBX SMEP (bit 7), SMAP (20); ECX PKU (3) and OSPKE (4, CR4.PKE).
+        // EBX bit 15 (PQE): resource director technology allocation.
+        if (subleaf == 0)
+          r = {0, (1u << 7) | (1u << 20) | (m_w.rdt ? 1u << 15 : 0u),
+               (1u << 3) | ((m_cr4 & crb::kCr4Pke) ? 1u << 4 : 0u), 0};
+        break;
+      case 0x10:
+        // RDT allocation enumeration (SDM Vol. 2A, CPUID leaf 10H).
+        if (m_w.rdt) {
+          const models::RdtCpuid q = m_w.rdt->cpuid(subleaf);
+          r = {q.eax, q.ebx, q.ecx, q.edx};
+        }
+        break;
+      case 0xA: {
+        // Architectural performance monitoring (pmu/pmu.h).
+        const pmu::Cpuid0A a = pmu::Pmu::cpuid();
+        r = {a.eax, a.ebx, a.ecx, a.edx};
+        break;
       }
-      r = {static_cast<std::uint32_t>(kCrystalHz / a), static_cast<std::uint32_t>(f / a),
-           static_cast<std::uint32_t>(kCrystalHz), 0};
-      break;
+      case 0x15: {
+        // Time Stamp Counter and core crystal clock (SDM Vol. 2A, CPUID leaf
+        // 15H; Vol. 3B, 19.7.3): TSC Hz = ECX x EBX / EAX, with a 25 MHz
+        // crystal (assumption: Intel server parts since Skylake-SP) and the
+        // ratio reduced so that it is exact for any configured frequency.
+        constexpr std::uint64_t kCrystalHz = 25'000'000;
+        const std::uint64_t f = m_w.frequency_hz;
+        std::uint64_t a = f, b = kCrystalHz;
+        while (b) {
+          const std::uint64_t t = a % b;
+          a = b;
+          b = t;
+        }
+        r = {static_cast<std::uint32_t>(kCrystalHz / a), static_cast<std::uint32_t>(f / a),
+             static_cast<std::uint32_t>(kCrystalHz), 0};
+        break;
+      }
+      case 0x16:
+        // Processor frequency information (SDM Vol. 2A, CPUID leaf 16H): base
+        // and maximum MHz (one fixed frequency), bus (reference) 100 MHz.
+        r = {static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000), static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000),
+             100, 0};
+        break;
+      case 0x80000000:
+        // Highest extended leaf: 8000_001FH when memory encryption exists.
+        if (m_w.crypt) r = {0x8000001F, 0, 0, 0};
+        break;
+      case 0x8000001F:
+        // AMD memory-encryption capabilities (AMD64 APM Vol. 3, CPUID Fn8000_001F):
+        // EAX bit 1 SEV; EBX[5:0] the C-bit position, EBX[11:6] the physical-
+        // address reduction (0: the key ID sits above MAXPHYADDR here); ECX the
+        // number of encrypted guests at once (key IDs).
+        if (m_w.crypt) r = {1u << 1, m_w.crypt->params().c_bit, m_w.crypt->params().key_ids, 0};
+        break;
+      default:
+        break;
     }
-    case 0x16:
-      // Processor frequency information (SDM Vol. 2A, CPUID leaf 16H): base
-      // and maximum MHz (one fixed frequency), bus (reference) 100 MHz.
-      r = {static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000), static_cast<std::uint32_t>(m_w.frequency_hz / 1'000'000),
-           100, 0};
-      break;
-    case 0x80000000:
-      // Highest extended leaf: 8000_001FH when memory encryption exists.
-      if (m_w.crypt) r = {0x8000001F, 0, 0, 0};
-      break;
-    case 0x8000001F:
-      // AMD memory-encryption capabilities (AMD64 APM Vol. 3, CPUID Fn8000_001F):
-      // EAX bit 1 SEV; EBX[5:0] the C-bit position, EBX[11:6] the physical-
-      // address reduction (0: the key ID sits above MAXPHYADDR here); ECX the
-      // number of encrypted guests at once (key IDs).
-      if (m_w.crypt) r = {1u << 1, m_w.crypt->params().c_bit, m_w.crypt->params().key_ids, 0};
-      break;
-    default:
-      break;
+    return r;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->cpuid(leaf, subleaf);
   }
-  return r;
 }
 
 std::uint32_t Core::in(std::uint16_t port, unsigned size) {
-  VMX_ON_EXECUTING_CORE(in(port, size));
-  boundary();
-  retire(1);
-  if (m_non_root) {
-    if (io_exits(port, size)) {
-      vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
-      std::uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
-      return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
+  try {
+    VMX_ON_EXECUTING_CORE(in(port, size));
+    boundary();
+    retire(1);
+    if (m_non_root) {
+      if (io_exits(port, size)) {
+        vm_exit(ExitReason::IoInstruction, qual::io(size, true, port));
+        std::uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
+        return static_cast<std::uint32_t>(m_regs[Regs::rax] & mask);
+      }
     }
+    drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
+    charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
+    std::uint32_t cycles = 0;
+    std::uint32_t v = m_w.io->in(port, size, cycles);
+    charge(cycles);
+    return v;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->in(port, size);
   }
-  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
-  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
-  std::uint32_t cycles = 0;
-  std::uint32_t v = m_w.io->in(port, size, cycles);
-  charge(cycles);
-  return v;
 }
 
 void Core::out(std::uint16_t port, std::uint32_t value, unsigned size) {
-  VMX_ON_EXECUTING_CORE(out(port, value, size));
-  boundary();
-  retire(1);
-  if (m_non_root) {
-    if (io_exits(port, size)) {
-      m_regs[Regs::rax] = value;
-      vm_exit(ExitReason::IoInstruction, qual::io(size, false, port));
-      return;
+  try {
+    VMX_ON_EXECUTING_CORE(out(port, value, size));
+    boundary();
+    retire(1);
+    if (m_non_root) {
+      if (io_exits(port, size)) {
+        m_regs[Regs::rax] = value;
+        vm_exit(ExitReason::IoInstruction, qual::io(size, false, port));
+        return;
+      }
     }
+    drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
+    charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
+    std::uint32_t cycles = 0;
+    m_w.io->out(port, value, size, cycles);
+    charge(cycles);
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->out(port, value, size);
   }
-  drain_stores();  // I/O instructions wait for buffered stores (SDM Vol. 3A, 8.2.5)
-  charge(m_p.io_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
-  std::uint32_t cycles = 0;
-  m_w.io->out(port, value, size, cycles);
-  charge(cycles);
 }
 
 void Core::hlt() {
-  VMX_ON_EXECUTING_CORE(hlt());
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(hlt());
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return;
+    }
+    if (m_non_root && (m_proc & proc::kHltExiting)) {
+      vm_exit(ExitReason::Hlt, 0);
+      return;
+    }
+    drain_stores();  // a halted core has nothing left in flight
+    // Halt until an interrupt is requested; then it is taken (if enabled) at
+    // this boundary and execution continues after HLT.
+    yield(Yield::Halt);
+    slow_boundary();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->hlt();
   }
-  if (m_non_root && (m_proc & proc::kHltExiting)) {
-    vm_exit(ExitReason::Hlt, 0);
-    return;
-  }
-  drain_stores();  // a halted core has nothing left in flight
-  // Halt until an interrupt is requested; then it is taken (if enabled) at
-  // this boundary and execution continues after HLT.
-  yield(Yield::Halt);
-  slow_boundary();
 }
 
 void Core::sti() {
-  VMX_ON_EXECUTING_CORE(sti());
-  boundary();
-  retire(1);
-  if (!m_if) m_sti_shadow = true;
-  m_if = true;
-  m_next_event = 0;
+  try {
+    VMX_ON_EXECUTING_CORE(sti());
+    boundary();
+    retire(1);
+    if (!m_if) m_sti_shadow = true;
+    m_if = true;
+    m_next_event = 0;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->sti();
+  }
 }
 
 void Core::stac() {
-  VMX_ON_EXECUTING_CORE(stac());
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kInvalidOpcode, 0, false);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(stac());
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+    }
+    m_ac = true;
+    update_context();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->stac();
   }
-  m_ac = true;
-  update_context();
 }
 
 void Core::clac() {
-  VMX_ON_EXECUTING_CORE(clac());
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kInvalidOpcode, 0, false);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(clac());
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+    }
+    m_ac = false;
+    update_context();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->clac();
   }
-  m_ac = false;
-  update_context();
 }
 
 std::uint32_t Core::rdpkru() {
-  VMX_ON_EXECUTING_CORE(rdpkru());
-  boundary();
-  retire(1);
-  if (!(m_cr4 & crb::kCr4Pke)) {
-    raise_exception(vec::kInvalidOpcode, 0, false);
-    return 0;
+  try {
+    VMX_ON_EXECUTING_CORE(rdpkru());
+    boundary();
+    retire(1);
+    if (!(m_cr4 & crb::kCr4Pke)) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return 0;
+    }
+    return m_pkru;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rdpkru();
   }
-  return m_pkru;
 }
 
 void Core::wrpkru(std::uint32_t value) {
-  VMX_ON_EXECUTING_CORE(wrpkru(value));
-  boundary();
-  retire(1);
-  if (!(m_cr4 & crb::kCr4Pke)) {
-    raise_exception(vec::kInvalidOpcode, 0, false);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(wrpkru(value));
+    boundary();
+    retire(1);
+    if (!(m_cr4 & crb::kCr4Pke)) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+    }
+    // No TLB invalidation: cached translations keep their key and PKRU is
+    // checked on every access (SDM Vol. 3A, 4.10.2.2).
+    m_pkru = value;
+    update_context();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->wrpkru(value);
   }
-  // No TLB invalidation: cached translations keep their key and PKRU is
-  // checked on every access (SDM Vol. 3A, 4.10.2.2).
-  m_pkru = value;
-  update_context();
 }
 
 void Core::cli() {
-  VMX_ON_EXECUTING_CORE(cli());
-  boundary();
-  retire(1);
-  m_if = false;
+  try {
+    VMX_ON_EXECUTING_CORE(cli());
+    boundary();
+    retire(1);
+    m_if = false;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->cli();
+  }
 }
 
 std::uint64_t Core::vmcall(std::uint64_t nr, std::uint64_t a0, std::uint64_t a1, std::uint64_t a2) {
-  VMX_ON_EXECUTING_CORE(vmcall(nr, a0, a1, a2));
-  boundary();
-  retire(1);
-  if (!m_non_root) {
-    // Outside VMX operation VMCALL is #UD; in VMX root operation without the
-    // dual-monitor treatment (not modelled) it is VMfail with error 1
-    // (SDM Vol. 3C, 31.3): VMfailValid when a VMCS is current.
-    if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
-    else vm_fail(vmerr::kVmcallInVmxRoot);
-    return 0;
+  try {
+    VMX_ON_EXECUTING_CORE(vmcall(nr, a0, a1, a2));
+    boundary();
+    retire(1);
+    if (!m_non_root) {
+      // Outside VMX operation VMCALL is #UD; in VMX root operation without the
+      // dual-monitor treatment (not modelled) it is VMfail with error 1
+      // (SDM Vol. 3C, 31.3): VMfailValid when a VMCS is current.
+      if (!m_vmxon) raise_exception(vec::kInvalidOpcode, 0, false);
+      else vm_fail(vmerr::kVmcallInVmxRoot);
+      return 0;
+    }
+    m_regs[Regs::rax] = nr;
+    m_regs[Regs::rbx] = a0;
+    m_regs[Regs::rcx] = a1;
+    m_regs[Regs::rdx] = a2;
+    vmx_exit(ExitReason::Vmcall, 0, 0, 3);  // 0F 01 C1
+    return m_regs[Regs::rax];
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->vmcall(nr, a0, a1, a2);
   }
-  m_regs[Regs::rax] = nr;
-  m_regs[Regs::rbx] = a0;
-  m_regs[Regs::rcx] = a1;
-  m_regs[Regs::rdx] = a2;
-  vmx_exit(ExitReason::Vmcall, 0, 0, 3);  // 0F 01 C1
-  return m_regs[Regs::rax];
 }
 
 void Core::invlpg(std::uint64_t va) {
-  VMX_ON_EXECUTING_CORE(invlpg(va));
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(invlpg(va));
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return;
+    }
+    if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
+      vm_exit(ExitReason::Invlpg, va);
+      return;
+    }
+    drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
+    charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
+    // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
+    // PCID and global ones, and all paging-structure-cache entries of the
+    // current PCID whatever linear address they are for.
+    m_mmu.invlpg(va);
+    ftlb_flush();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->invlpg(va);
   }
-  if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
-    vm_exit(ExitReason::Invlpg, va);
-    return;
-  }
-  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
-  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
-  // INVLPG (SDM Vol. 3A, 4.10.4.1): the page's translations for the current
-  // PCID and global ones, and all paging-structure-cache entries of the
-  // current PCID whatever linear address they are for.
-  m_mmu.invlpg(va);
-  ftlb_flush();
 }
 
 void Core::invpcid(unsigned type, std::uint16_t pcid, std::uint64_t la) {
-  VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
-  boundary();
-  retire(1);
-  // In VMX non-root operation with "enable INVPCID" clear, INVPCID is #UD
-  // (SDM Vol. 3C, 25.6.2); #UD and the CPL check come before the VM exit
-  // (26.1.1), the other checks after it.
-  if (m_non_root && !(m_proc2 & proc2::kEnableInvpcid)) {
-    raise_exception(vec::kInvalidOpcode, 0, false);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(invpcid(type, pcid, la));
+    boundary();
+    retire(1);
+    // In VMX non-root operation with "enable INVPCID" clear, INVPCID is #UD
+    // (SDM Vol. 3C, 25.6.2); #UD and the CPL check come before the VM exit
+    // (26.1.1), the other checks after it.
+    if (m_non_root && !(m_proc2 & proc2::kEnableInvpcid)) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+    }
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return;
+    }
+    if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
+      // SDM Vol. 3C, 26.1.3. The qualification is the memory operand's
+      // displacement (28.2.1), 0 here; the operands are in registers: the type
+      // in RAX, and the descriptor (which the model does not put in memory)
+      // as its PCID in RCX and its linear address in RDX.
+      m_regs[Regs::rax] = type;
+      m_regs[Regs::rcx] = pcid;
+      m_regs[Regs::rdx] = la;
+      vm_exit(ExitReason::Invpcid, 0);
+      return;
+    }
+    // #GP(0) (SDM Vol. 2, INVPCID, exceptions): type > 3; descriptor bits
+    // 63:12 set; with CR4.PCIDE = 0, types 0 and 1 for a PCID other than 0;
+    // type 0 for a non-canonical linear address.
+    const bool pcide = m_cr4 & crb::kCr4Pcide;
+    const unsigned va_bits = (m_cr4 & crb::kCr4La57) ? 57 : 48;
+    const bool canonical = static_cast<std::uint64_t>(static_cast<std::int64_t>(la << (64 - va_bits)) >>
+                                                      (64 - va_bits)) == la;
+    if (type > 3 || pcid > crb::kCr3PcidMask || (type <= 1 && !pcide && pcid != 0) || (type == 0 && !canonical)) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return;
+    }
+    drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
+    charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
+    // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
+    m_mmu.invpcid(type, pcid, la);
+    ftlb_flush();
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->invpcid(type, pcid, la);
   }
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
-  }
-  if (m_non_root && (m_proc & proc::kInvlpgExiting)) {
-    // SDM Vol. 3C, 26.1.3. The qualification is the memory operand's
-    // displacement (28.2.1), 0 here; the operands are in registers: the type
-    // in RAX, and the descriptor (which the model does not put in memory)
-    // as its PCID in RCX and its linear address in RDX.
-    m_regs[Regs::rax] = type;
-    m_regs[Regs::rcx] = pcid;
-    m_regs[Regs::rdx] = la;
-    vm_exit(ExitReason::Invpcid, 0);
-    return;
-  }
-  // #GP(0) (SDM Vol. 2, INVPCID, exceptions): type > 3; descriptor bits
-  // 63:12 set; with CR4.PCIDE = 0, types 0 and 1 for a PCID other than 0;
-  // type 0 for a non-canonical linear address.
-  const bool pcide = m_cr4 & crb::kCr4Pcide;
-  const unsigned va_bits = (m_cr4 & crb::kCr4La57) ? 57 : 48;
-  const bool canonical = static_cast<std::uint64_t>(static_cast<std::int64_t>(la << (64 - va_bits)) >>
-                                                    (64 - va_bits)) == la;
-  if (type > 3 || pcid > crb::kCr3PcidMask || (type <= 1 && !pcide && pcid != 0) || (type == 0 && !canonical)) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
-  }
-  drain_stores();  // INVLPG/INVPCID are serializing (SDM Vol. 3A, 8.3)
-  charge(m_p.invlpg_latency);  // executes: no fault, no exit (SDM Vol. 3C, 26.1)
-  // Scopes: SDM Vol. 3A, 4.10.4.1 (mmu::Mmu::invpcid).
-  m_mmu.invpcid(type, pcid, la);
-  ftlb_flush();
 }
 
 std::uint64_t Core::rdtsc() {
-  VMX_ON_EXECUTING_CORE(rdtsc());
-  boundary();
-  retire(1);
-  if (m_non_root && (m_proc & proc::kRdtscExiting)) {
-    vm_exit(ExitReason::Rdtsc, 0);
-    return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+  try {
+    VMX_ON_EXECUTING_CORE(rdtsc());
+    boundary();
+    retire(1);
+    if (m_non_root && (m_proc & proc::kRdtscExiting)) {
+      vm_exit(ExitReason::Rdtsc, 0);
+      return (m_regs[Regs::rdx] << 32) | (m_regs[Regs::rax] & 0xFFFFFFFF);
+    }
+    charge(m_p.rdtsc_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
+    if (m_non_root) {
+      if (m_proc & proc::kUseTscOffsetting) return m_now + m_vmcs->get(field::kTscOffset);
+    }
+    return m_now;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->rdtsc();
   }
-  charge(m_p.rdtsc_latency);  // executes: no exit (SDM Vol. 3C, 26.1)
-  if (m_non_root) {
-    if (m_proc & proc::kUseTscOffsetting) return m_now + m_vmcs->get(field::kTscOffset);
-  }
-  return m_now;
 }
 
 void Core::lidt(InterruptHandler* handler) {
-  VMX_ON_EXECUTING_CORE(lidt(handler));
-  boundary();
-  retire(1);
-  if (m_cpl != 0) {
-    raise_exception(vec::kGeneralProtection, 0, true);
-    return;
+  try {
+    VMX_ON_EXECUTING_CORE(lidt(handler));
+    boundary();
+    retire(1);
+    if (m_cpl != 0) {
+      raise_exception(vec::kGeneralProtection, 0, true);
+      return;
+    }
+    m_idt = handler;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->lidt(handler);
   }
-  m_idt = handler;
 }
 
 // ---------------------------------------------------------------------------
@@ -1740,26 +1872,30 @@ VmxStatus Core::vmxoff() {
 }
 
 void Core::vmfunc(std::uint32_t function, std::uint32_t index) {
-  VMX_ON_EXECUTING_CORE(vmfunc(function, index));
-  boundary();
-  retire(1);
-  // SDM Vol. 3C, 26.5.6: #UD outside non-root operation or without
-  // "enable VM functions"; otherwise a VM function that is not enabled
-  // (EAX >= 64 or its VM-function-controls bit clear) exits with reason
-  // 59. No VM function is implemented, so an enabled one is #UD too.
-  const bool enabled = m_non_root && (m_proc & proc::kActivateSecondaryControls) && (m_proc2 & proc2::kEnableVmFunctions);
-  if (!enabled) {
+  try {
+    VMX_ON_EXECUTING_CORE(vmfunc(function, index));
+    boundary();
+    retire(1);
+    // SDM Vol. 3C, 26.5.6: #UD outside non-root operation or without
+    // "enable VM functions"; otherwise a VM function that is not enabled
+    // (EAX >= 64 or its VM-function-controls bit clear) exits with reason
+    // 59. No VM function is implemented, so an enabled one is #UD too.
+    const bool enabled = m_non_root && (m_proc & proc::kActivateSecondaryControls) && (m_proc2 & proc2::kEnableVmFunctions);
+    if (!enabled) {
+      raise_exception(vec::kInvalidOpcode, 0, false);
+      return;
+    }
+    const std::uint64_t controls = m_vmcs->get(field::kVmFunctionControls);
+    if (function >= 64 || !((controls >> function) & 1)) {
+      m_regs[Regs::rax] = function;
+      m_regs[Regs::rcx] = index;
+      vmx_exit(ExitReason::Vmfunc, 0, 0, 3);  // 0F 01 D4
+      return;
+    }
     raise_exception(vec::kInvalidOpcode, 0, false);
-    return;
+  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
+    return t_current->vmfunc(function, index);
   }
-  const std::uint64_t controls = m_vmcs->get(field::kVmFunctionControls);
-  if (function >= 64 || !((controls >> function) & 1)) {
-    m_regs[Regs::rax] = function;
-    m_regs[Regs::rcx] = index;
-    vmx_exit(ExitReason::Vmfunc, 0, 0, 3);  // 0F 01 D4
-    return;
-  }
-  raise_exception(vec::kInvalidOpcode, 0, false);
 }
 
 std::uint64_t Core::operand_address(const insn::MemOperand& m) const {
@@ -1992,6 +2128,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   }
 
   v.set_exited_at_boundary(m_boundary_exit);
+  const bool retry_elsewhere = m_boundary_exit || reason == ExitReason::EptViolation;
   m_boundary_exit = false;
   // Exit information (SDM Vol. 3C, 28.2).
   v.set(field::kExitReason, r);
@@ -2075,6 +2212,11 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   Core& now = current();
   now.m_sti_shadow = false;
   now.deliver_injected_event();
+  // Resumed on another core with the exiting operation not completed (an
+  // exit at an operation boundary, or an EPT violation to retry): it starts
+  // over on the executing core (caught by the operation's entry point),
+  // where its translation and memory are. Nothing of it took effect here.
+  if (&now != this && !now.m_op_done && retry_elsewhere) throw CoreMoved{};
   // With virtual-interrupt delivery, a notification requested while the
   // vCPU was out (posted-interrupt processing) and a virtual interrupt
   // recognized at entry (SDM Vol. 3C, 30.2.1) are taken before the guest's

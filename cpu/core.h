@@ -55,6 +55,12 @@ class InterruptHandler {
   virtual void exception(Core& cpu, std::uint8_t vector, std::uint32_t error_code) = 0;
 };
 
+/// Thrown inside a software context that a VM entry resumed on another core
+/// than the one whose operation it exited from, with that operation not
+/// completed: the operation's entry point starts it over on the executing
+/// core (cpu/core.cc). Never escapes an operation.
+struct CoreMoved {};
+
 /// Encodes a fiber or handler as the "address" software writes into RIP or
 /// IDTR fields of the VMCS.
 inline std::uint64_t code_address(const void* p) { return reinterpret_cast<std::uintptr_t>(p); }

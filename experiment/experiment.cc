@@ -66,8 +66,11 @@ cfg::ConfigError error_at(const cfg::Document& doc, const std::string& path, con
   return doc.error(n ? n.Mark() : YAML::Mark::null_mark(), path, "expected " + what, found);
 }
 template <class VP>
-void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::vector<VP>& vms, const std::string& prefix,
-               const hv::HypervisorParams& hp, std::uint64_t pin_cores) {
+void check_vms(const cfg::Document& doc, const ExperimentParams& p, const PlatformParams& pp, const std::vector<VP>& vms,
+               const std::string& prefix, const hv::HypervisorParams& hp, std::uint64_t pin_cores) {
+  // VMs of a nested hypervisor have `vms[i].hypervisor.` in their prefix;
+  // a host's VMs have "" or "hosts[i].".
+  const bool nested = prefix.find(".hypervisor.") != std::string::npos;
   std::set<std::string> names;
   const std::uint64_t ept_page = hp.ept_page_size;
   std::uint64_t encrypted_vms = 0;
@@ -187,13 +190,13 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
     if (vm.kernel.sched.pv && !vm.kernel.pv_steal)
       throw error_at(doc, at + ".kernel.sched.pv",
                      "false unless kernel.pv_steal is on (the pv scheduler reads the steal-time records)", "true");
-    if (vm.nic.type != "none" && !p.platform.nic.enabled)
+    if (vm.nic.type != "none" && !pp.nic.enabled)
       throw error_at(doc, at + ".nic.type", "none unless platform.nic.enabled is true (there is no NIC)",
                      vm.nic.type);
     if (vm.nic.type == "vf") {
-      if (vm.nic.vf >= p.platform.nic.device.vfs)
+      if (vm.nic.vf >= pp.nic.device.vfs)
         throw error_at(doc, at + ".nic.vf",
-                       fmt::format("a VF index below platform.nic.vfs ({})", p.platform.nic.device.vfs),
+                       fmt::format("a VF index below platform.nic.vfs ({})", pp.nic.device.vfs),
                        std::to_string(vm.nic.vf));
       for (std::size_t j = 0; j < i; ++j)
         if (vms[j].nic.type == "vf" && vms[j].nic.vf == vm.nic.vf)
@@ -241,7 +244,7 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
         }
       }
     }
-      if (!prefix.empty() && vm.nic.type != "none")
+      if (nested && vm.nic.type != "none")
       throw error_at(doc, at + ".nic.type", "none for a VM of a nested hypervisor (devices are not modelled there)",
                      vm.nic.type);
     if constexpr (!std::is_same_v<std::decay_t<decltype(vm.hypervisor)>, GuestHypervisorParams<0>>) {
@@ -250,7 +253,7 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
         // and what it offers the hypervisor in the VM.
         const hv::HypervisorParams& l1 = vm.hypervisor.params;
         if (hp.posted_interrupts || hp.migration || hp.slice_timer != "host")
-          throw error_at(doc, prefix.empty() ? "hypervisor.posted_interrupts" : prefix + "posted_interrupts",
+          throw error_at(doc, !nested ? prefix + "hypervisor.posted_interrupts" : prefix + "posted_interrupts",
                          "posted_interrupts and migration off and slice_timer host under a VM that runs a hypervisor",
                          "otherwise");
         if (vm.paging != "ept" || vm.nic.type != "none")
@@ -272,34 +275,23 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const std::v
                          cfg::format_bytes(l1.reserved_memory));
         if (l1.ept_page_size != (4ull << 10) && l1.ept_page_size != (2ull << 20) && l1.ept_page_size != (1ull << 30))
           throw error_at(doc, at + ".hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(l1.ept_page_size));
-        check_vms(doc, p, vm.hypervisor.vms, at + ".hypervisor.", l1, vm.vcpus);
+        check_vms(doc, p, pp, vm.hypervisor.vms, at + ".hypervisor.", l1, vm.vcpus);
       }
     }
 }
 }
 
-}  // namespace
-
-ExperimentParams load(const cfg::Document& doc) {
-  auto p = cfg::read<ExperimentParams>(doc);
-  // Rules that span several values.
-  const std::uint64_t ept_page = p.hypervisor.ept_page_size;
+/// The rules of one host: its platform, its hypervisor and its VMs; paths
+/// start with `prefix` ("" for the single host, "hosts[i]." otherwise).
+void check_host(const cfg::Document& doc, const ExperimentParams& p, const PlatformParams& pp,
+                const hv::HypervisorParams& hp, const std::vector<VmParams>& vms, const std::string& prefix) {
+  const std::uint64_t ept_page = hp.ept_page_size;
   if (ept_page != (4ull << 10) && ept_page != (2ull << 20) && ept_page != (1ull << 30))
-    throw error_at(doc, "hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(ept_page));
-  {
-    // Checked whether or not the trace is on: a typo waits for no one.
-    std::uint32_t mask = 0;
-    std::string why;
-    if (!trace::parse_categories(p.event_trace.categories, mask, why))
-      throw error_at(doc, "event_trace.categories", why, p.event_trace.categories);
-    if (p.event_trace.stop && p.event_trace.stop <= p.event_trace.start)
-      throw error_at(doc, "event_trace.stop", "a time after event_trace.start (or 0 for the end of the run)",
-                     cfg::format_time_ps(p.event_trace.stop));
-  }
-  if (p.platform.nic.enabled) {
-    const auto& nic = p.platform.nic.device;
+    throw error_at(doc, prefix + "hypervisor.ept_page_size", "4KiB, 2MiB or 1GiB", cfg::format_bytes(ept_page));
+  if (pp.nic.enabled) {
+    const auto& nic = pp.nic.device;
     if (nic.mmio_base % nic.mmio_stride)
-      throw error_at(doc, "platform.nic.mmio_base",
+      throw error_at(doc, prefix + "platform.nic.mmio_base",
                      fmt::format("a multiple of platform.nic.mmio_stride ({}): BARs are naturally aligned",
                                  cfg::format_bytes(nic.mmio_stride)),
                      fmt::format("{:#x}", nic.mmio_base));
@@ -311,8 +303,8 @@ ExperimentParams load(const cfg::Document& doc) {
       const std::uint64_t last = pf_rid + nic.first_vf_offset + std::uint64_t(nic.vfs - 1) * nic.vf_stride;
       if (last > 0xFFFF) {
         // Blame what the user set; the stride when both or neither were.
-        const bool stride = doc.find("platform.nic.vf_stride") || !doc.find("platform.nic.first_vf_offset");
-        throw error_at(doc, stride ? "platform.nic.vf_stride" : "platform.nic.first_vf_offset",
+        const bool stride = doc.find(prefix + "platform.nic.vf_stride") || !doc.find(prefix + "platform.nic.first_vf_offset");
+        throw error_at(doc, prefix + (stride ? "platform.nic.vf_stride" : "platform.nic.first_vf_offset"),
                        fmt::format("requester IDs within 16 bits: with platform.nic.first_vf_offset {} and "
                                    "platform.nic.vf_stride {}, VF {} of platform.nic.vfs {} would be {:#x} (PF {:02x}:{:02x}.0), "
                                    "which wraps onto other functions",
@@ -327,98 +319,193 @@ ExperimentParams load(const cfg::Document& doc) {
                                   static_cast<unsigned __int128>(nic.vfs + 1) * nic.mmio_stride;
     constexpr std::uint64_t kMaxPhys = 1ull << 52, kApicLo = 0xFEC00000, kApicHi = 0xFF000000;
     if (end > kMaxPhys)
-      throw error_at(doc, "platform.nic.mmio_base",
+      throw error_at(doc, prefix + "platform.nic.mmio_base",
                      fmt::format("register windows (platform.nic.vfs + 1 = {} of platform.nic.mmio_stride {}) that end "
                                  "below the 52-bit physical address width",
                                  nic.vfs + 1, cfg::format_bytes(nic.mmio_stride)),
                      fmt::format("{:#x}", nic.mmio_base));
     if (nic.mmio_base < kApicHi && end > kApicLo)
-      throw error_at(doc, "platform.nic.mmio_base",
+      throw error_at(doc, prefix + "platform.nic.mmio_base",
                      fmt::format("register windows clear of the APIC and MSI region {:#x}-{:#x} (they span "
                                  "{:#x}-{:#x})",
                                  kApicLo, kApicHi - 1, nic.mmio_base, static_cast<std::uint64_t>(end) - 1),
                      fmt::format("{:#x}", nic.mmio_base));
-    if (nic.mmio_base < p.platform.memory) {
+    if (nic.mmio_base < pp.memory) {
       // Blame what the user set: the memory if the window is where it always is.
-      if (!doc.find("platform.nic.mmio_base"))
-        throw error_at(doc, "platform.memory",
+      if (!doc.find(prefix + "platform.nic.mmio_base"))
+        throw error_at(doc, prefix + "platform.memory",
                        fmt::format("at most {} with a NIC: its register window is at platform.nic.mmio_base "
                                    "({:#x}), and the platform has no memory hole (or move mmio_base above the "
                                    "memory)",
-                                   cfg::format_bytes(p.platform.nic.device.mmio_base),
-                                   p.platform.nic.device.mmio_base),
-                       cfg::format_bytes(p.platform.memory));
-      throw error_at(doc, "platform.nic.mmio_base",
+                                   cfg::format_bytes(pp.nic.device.mmio_base),
+                                   pp.nic.device.mmio_base),
+                       cfg::format_bytes(pp.memory));
+      throw error_at(doc, prefix + "platform.nic.mmio_base",
                      fmt::format("an address above platform.memory ({}), where the NIC's registers do not "
                                  "overlap RAM",
-                                 cfg::format_bytes(p.platform.memory)),
-                     fmt::format("{:#x}", p.platform.nic.device.mmio_base));
+                                 cfg::format_bytes(pp.memory)),
+                     fmt::format("{:#x}", pp.nic.device.mmio_base));
     }
     // The PF driver's rings are contiguous in hypervisor memory: one within
     // a page, or whole pages.
-    const std::uint64_t ring_bytes = p.hypervisor.host_nic.ring_size * models::nicdesc::kSize;
+    const std::uint64_t ring_bytes = hp.host_nic.ring_size * models::nicdesc::kSize;
     if (ring_bytes > 4096 && ring_bytes % 4096)
-      throw error_at(doc, "hypervisor.host_nic.ring_size",
+      throw error_at(doc, prefix + "hypervisor.host_nic.ring_size",
                      fmt::format("a ring that fits in one page ({} descriptors of {} bytes) or fills whole pages "
                                  "(a multiple of {})",
                                  4096 / models::nicdesc::kSize, models::nicdesc::kSize, 4096 / models::nicdesc::kSize),
-                     std::to_string(p.hypervisor.host_nic.ring_size));
-    const std::uint64_t cores = p.platform.cores * p.platform.smt;
-    if (p.hypervisor.host_nic.core >= cores)
-      throw error_at(doc, "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),
-                     std::to_string(p.hypervisor.host_nic.core));
+                     std::to_string(hp.host_nic.ring_size));
+    const std::uint64_t cores = pp.cores * pp.smt;
+    if (hp.host_nic.core >= cores)
+      throw error_at(doc, prefix + "hypervisor.host_nic.core", fmt::format("a core below {} (the platform's)", cores),
+                     std::to_string(hp.host_nic.core));
   }
-  if (p.hypervisor.ksm.enabled) {
-    if (p.hypervisor.ept_page_size != (4ull << 10))
-      throw error_at(doc, "hypervisor.ksm.enabled", "false unless hypervisor.ept_page_size is 4KiB (merging works "
+  if (hp.ksm.enabled) {
+    if (hp.ept_page_size != (4ull << 10))
+      throw error_at(doc, prefix + "hypervisor.ksm.enabled", "false unless hypervisor.ept_page_size is 4KiB (merging works "
                      "on 4 KiB pages)", "true");
-    const std::uint64_t cores = p.platform.cores * p.platform.smt;
-    if (p.hypervisor.ksm.core >= cores)
-      throw error_at(doc, "hypervisor.ksm.core", fmt::format("a core below {} (the platform's)", cores),
-                     std::to_string(p.hypervisor.ksm.core));
+    const std::uint64_t cores = pp.cores * pp.smt;
+    if (hp.ksm.core >= cores)
+      throw error_at(doc, prefix + "hypervisor.ksm.core", fmt::format("a core below {} (the platform's)", cores),
+                     std::to_string(hp.ksm.core));
   }
-  if (p.hypervisor.host_swap.enabled) {
-    const auto& hs = p.hypervisor.host_swap;
-    if (p.hypervisor.ept_page_size != (4ull << 10))
-      throw error_at(doc, "hypervisor.host_swap.enabled", "false unless hypervisor.ept_page_size is 4KiB (pages go "
-                     "out 4 KiB at a time)", "true");
-    if (!p.hypervisor.ept_ad)
-      throw error_at(doc, "hypervisor.host_swap.enabled", "false unless hypervisor.ept_ad is true (the clock reads "
-                     "EPT accessed flags)", "true");
-    const std::uint64_t cores = p.platform.cores * p.platform.smt;
+  if (hp.host_swap.enabled) {
+    const auto& hs = hp.host_swap;
+    if (hp.ept_page_size != (4ull << 10))
+      throw error_at(doc, prefix + "hypervisor.host_swap.enabled", "false unless hypervisor.ept_page_size is 4KiB "
+                     "(pages go out 4 KiB at a time)", "true");
+    if (!hp.ept_ad)
+      throw error_at(doc, prefix + "hypervisor.host_swap.enabled", "false unless hypervisor.ept_ad is true (the "
+                     "clock reads EPT accessed flags)", "true");
+    const std::uint64_t cores = pp.cores * pp.smt;
     if (hs.core >= cores)
-      throw error_at(doc, "hypervisor.host_swap.core", fmt::format("a core below {} (the platform's)", cores),
+      throw error_at(doc, prefix + "hypervisor.host_swap.core", fmt::format("a core below {} (the platform's)", cores),
                      std::to_string(hs.core));
     if (hs.high_watermark < hs.low_watermark)
-      throw error_at(doc, "hypervisor.host_swap.high_watermark",
+      throw error_at(doc, prefix + "hypervisor.host_swap.high_watermark",
                      fmt::format("at least low_watermark ({} bytes)", hs.low_watermark), std::to_string(hs.high_watermark));
   }
-  if (p.hypervisor.snapshot.copier_core >= p.platform.cores * p.platform.smt)
-    throw error_at(doc, "hypervisor.snapshot.copier_core",
-                   fmt::format("a core below {} (the platform's)", p.platform.cores * p.platform.smt),
-                   std::to_string(p.hypervisor.snapshot.copier_core));
-  if (p.platform.quantum > p.duration)
-    throw error_at(doc, "platform.quantum",
+  if (hp.snapshot.copier_core >= pp.cores * pp.smt)
+    throw error_at(doc, prefix + "hypervisor.snapshot.copier_core",
+                   fmt::format("a core below {} (the platform's)", pp.cores * pp.smt),
+                   std::to_string(hp.snapshot.copier_core));
+  if (pp.quantum > p.duration)
+    throw error_at(doc, prefix + "platform.quantum",
                    fmt::format("at most duration ({}): a core runs up to a quantum ahead of the others",
                                cfg::format_time_ps(p.duration)),
-                   cfg::format_time_ps(p.platform.quantum));
-  if (p.platform.rdt.enabled && p.platform.llc.ways > 32)
-    throw error_at(doc, "platform.rdt.enabled",
+                   cfg::format_time_ps(pp.quantum));
+  if (pp.rdt.enabled && pp.llc.ways > 32)
+    throw error_at(doc, prefix + "platform.rdt.enabled",
                    fmt::format("false with a {}-way LLC (a capacity bitmask has at most 32 bits, one per way)",
-                               p.platform.llc.ways),
+                               pp.llc.ways),
                    "true");
-  check_vms(doc, p, p.vms, "", p.hypervisor, p.platform.cores * p.platform.smt);
+  check_vms(doc, p, pp, vms, prefix, hp, pp.cores * pp.smt);
   // The VMs' memory may add up to more than the host's (overcommit): guest
   // memory is backed on demand, and a VM that faults when no host frame is
   // free is stopped with a note (docs/memory.md, "Overcommit"). Only the
   // hypervisor's own reserve must fit.
-  if (p.hypervisor.reserved_memory >= p.platform.memory)
-    throw error_at(doc, "platform.memory",
+  if (hp.reserved_memory >= pp.memory)
+    throw error_at(doc, prefix + "platform.memory",
                    fmt::format("more than hypervisor.reserved_memory ({}): the rest backs guest memory",
-                               cfg::format_bytes(p.hypervisor.reserved_memory)),
-                   cfg::format_bytes(p.platform.memory));
-  if (p.platform.memory % 4096)
-    throw error_at(doc, "platform.memory", "a multiple of 4KiB", cfg::format_bytes(p.platform.memory));
+                               cfg::format_bytes(hp.reserved_memory)),
+                   cfg::format_bytes(pp.memory));
+  if (pp.memory % 4096)
+    throw error_at(doc, prefix + "platform.memory", "a multiple of 4KiB", cfg::format_bytes(pp.memory));
+}
+
+}  // namespace
+
+ExperimentParams load(const cfg::Document& doc) {
+  auto p = cfg::read<ExperimentParams>(doc);
+  // Rules that span several values.
+  {
+    // Checked whether or not the trace is on: a typo waits for no one.
+    std::uint32_t mask = 0;
+    std::string why;
+    if (!trace::parse_categories(p.event_trace.categories, mask, why))
+      throw error_at(doc, "event_trace.categories", why, p.event_trace.categories);
+    if (p.event_trace.stop && p.event_trace.stop <= p.event_trace.start)
+      throw error_at(doc, "event_trace.stop", "a time after event_trace.start (or 0 for the end of the run)",
+                     cfg::format_time_ps(p.event_trace.stop));
+  }
+  if (p.hosts.empty()) {
+    if (p.vms.empty()) throw error_at(doc, "vms", "at least 1 item (a VM, or `hosts` with the machines)", "nothing");
+    check_host(doc, p, p.platform, p.hypervisor, p.vms, "");
+  } else {
+    // Several hosts (docs/migration.md): the VMs are the hosts'. (The
+    // top-level platform and hypervisor, which a resolved config.yaml
+    // repeats with their defaults, are unused.)
+    if (!p.vms.empty())
+      throw error_at(doc, "vms", "no top-level VMs when `hosts` is given (each host lists its own)",
+                     std::to_string(p.vms.size()) + " VMs");
+    if (p.hosts.size() != 2)
+      throw error_at(doc, "hosts", "exactly two hosts (one direct link joins them)", std::to_string(p.hosts.size()));
+    if (p.event_trace.enabled)
+      throw error_at(doc, "event_trace.enabled", "false with `hosts` (the trace has one row set per machine)", "true");
+    std::set<std::string> names;
+    for (std::size_t h = 0; h < p.hosts.size(); ++h) {
+      const HostParams& hp = p.hosts[h];
+      const std::string at = fmt::format("hosts[{}].", h);
+      if (hp.name.empty() || hp.name.find_first_of(". \t/") != std::string::npos)
+        throw error_at(doc, at + "name", "a name without dots, spaces or slashes", hp.name);
+      if (!names.insert(hp.name).second) throw error_at(doc, at + "name", "a name no other host has", hp.name);
+      if (!hp.platform.nic.enabled)
+        throw error_at(doc, at + "platform.nic.enabled", "true (the hosts are linked through their NICs)", "false");
+      if (hp.platform.frequency != p.hosts[0].platform.frequency)
+        throw error_at(doc, at + "platform.frequency",
+                       fmt::format("the frequency of hosts[0] ({} Hz): a migrated guest keeps reading its TSC",
+                                   p.hosts[0].platform.frequency),
+                       fmt::format("{} Hz", hp.platform.frequency));
+      check_host(doc, p, hp.platform, hp.hypervisor, hp.vms, at);
+    }
+  }
+  // Migrations (docs/migration.md): what the model moves.
+  std::set<std::string> moved;
+  for (std::size_t m = 0; m < p.migrations.size(); ++m) {
+    const MigrationParams& mp = p.migrations[m];
+    const std::string at = fmt::format("migrations[{}].", m);
+    if (p.hosts.empty()) throw error_at(doc, at + "from", "`hosts` describing two hosts to migrate between", "none");
+    const HostParams* from = nullptr;
+    const HostParams* to = nullptr;
+    for (const HostParams& hp : p.hosts) {
+      if (hp.name == mp.from) from = &hp;
+      if (hp.name == mp.to) to = &hp;
+    }
+    if (!from) throw error_at(doc, at + "from", "the name of a host", mp.from);
+    if (!to || to == from) throw error_at(doc, at + "to", "the name of another host", mp.to);
+    const VmParams* vm = nullptr;
+    for (const VmParams& v : from->vms)
+      if (v.name == mp.vm) vm = &v;
+    if (!vm) throw error_at(doc, at + "vm", "the name of a VM of host " + mp.from, mp.vm);
+    if (!moved.insert(mp.vm).second) throw error_at(doc, at + "vm", "a VM no other migration moves", mp.vm);
+    for (const VmParams& v : to->vms)
+      if (v.name == mp.vm) throw error_at(doc, at + "vm", "a VM name host " + mp.to + " does not have already", mp.vm);
+    {
+      std::vector<unsigned> pins;
+      if (!parse_core_list(vm->pin, to->platform.cores * to->platform.smt, pins).empty())
+        throw error_at(doc, at + "vm", fmt::format("a VM whose pin names cores host {} has too", mp.to), vm->pin);
+    }
+    if (mp.at >= p.duration)
+      throw error_at(doc, at + "at", "a time before duration (" + cfg::format_time_ps(p.duration) + ")",
+                     cfg::format_time_ps(mp.at));
+    if (mp.core >= from->platform.cores * from->platform.smt)
+      throw error_at(doc, at + "core", fmt::format("a core of host {} (below {})", mp.from,
+                                                   from->platform.cores * from->platform.smt),
+                     std::to_string(mp.core));
+    if (mp.tracking != "write_protect" && !from->hypervisor.ept_ad)
+      throw error_at(doc, at + "tracking", "write_protect unless host " + mp.from + "'s hypervisor.ept_ad is on",
+                     mp.tracking);
+    if (vm->paging != "ept" || vm->nic.type != "none" || vm->snapshot.at || vm->swap || vm->balloon.enabled ||
+        vm->hypervisor.enabled() || vm->pmu != "none")
+      throw error_at(doc, at + "vm",
+                     "a VM with paging ept and no network device, snapshot, swap, balloon, nested hypervisor, "
+                     "virtual PMU (what migration moves, docs/migration.md)",
+                     mp.vm);
+    for (const HostParams* hp : {from, to})
+      if (hp->hypervisor.posted_interrupts || hp->hypervisor.ksm.enabled)
+        throw error_at(doc, fmt::format("hosts[{}].hypervisor.posted_interrupts", hp == &p.hosts[0] ? 0 : 1),
+                       "posted_interrupts and ksm off on both hosts of a migration (not migrated)", "on");
+  }
   if (p.warmup >= p.duration && p.warmup != 0)
     throw error_at(doc, "warmup", "less than duration (" + cfg::format_time_ps(p.duration) + ")",
                    cfg::format_time_ps(p.warmup));

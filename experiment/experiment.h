@@ -11,6 +11,7 @@
 #include "cpu/core.h"
 #include "guest/kernel.h"
 #include "hypervisor/hypervisor.h"
+#include "hypervisor/migration.h"
 #include "models/cache.h"
 #include "models/mem_hierarchy.h"
 #include "platform/platform.h"
@@ -239,6 +240,66 @@ struct SeriesParams {
   }
 };
 
+/// One host of a multi-host experiment (docs/migration.md, "Several hosts"):
+/// a platform with its own hypervisor and VMs. Statistics under host.<name>.
+struct HostParams {
+  std::string name;
+  PlatformParams platform;
+  hv::HypervisorParams hypervisor;
+  std::vector<VmParams> vms;
+  template <class V>
+  void visit(V& v) {
+    v.param(name, "name", "host", Spec(Unit::Text), "Name, used in statistics paths (host.<name>...).");
+    v.section(platform, "platform", "The host's machine (as the top-level platform of a single-host experiment).");
+    v.section(hypervisor, "hypervisor", "The hypervisor running on the host.");
+    v.list(vms, "vms", "The host's virtual machines (may be empty: a migration target).");
+  }
+};
+
+/// What connects the hosts: one full-duplex Ethernet link between the NICs
+/// of the two hosts (their platform.nic.link and peer are then unused).
+struct NetworkParams {
+  models::EthLinkParams link;
+  template <class V>
+  void visit(V& v) {
+    v.section(link, "link", "The Ethernet link between the two hosts' NICs.");
+  }
+};
+
+/// One live migration (docs/migration.md), started at a set time.
+struct MigrationParams {
+  std::string vm, from, to;
+  std::uint64_t at;  // ps
+  std::uint64_t core;
+  std::string tracking;
+  std::uint64_t max_bandwidth;   // bytes per second
+  std::uint64_t downtime_limit;  // ps
+  std::uint64_t max_rounds;
+  template <class V>
+  void visit(V& v) {
+    v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
+    v.param(from, "from", "", Spec(Unit::Text), "The source host's name.");
+    v.param(to, "to", "", Spec(Unit::Text), "The destination host's name.");
+    v.param(at, "at", "1ms", Spec(Unit::Time).at_least(1), "When the source's migration thread starts.");
+    v.param(core, "core", "0", Spec(),
+            "The source core the migration thread runs on (its work takes that core from the vCPUs there).");
+    v.param(tracking, "tracking", "pml", Spec().one_of({"write_protect", "dirty_bits", "pml"}),
+            "Dirty tracking during pre-copy (docs/memory.md, \"Dirty tracking\"): write_protect (EPT write "
+            "protection, an exit per page and round), dirty_bits (EPT dirty flags scanned and cleared) or pml "
+            "(page-modification logging, as KVM where the processor has it). dirty_bits and pml need the source "
+            "hypervisor's ept_ad.");
+    v.param(max_bandwidth, "max_bandwidth", "128MiB", Spec(Unit::Bytes),
+            "Bytes per second the migration stream may use (QEMU's max-bandwidth, default MAX_THROTTLE = 128 MiB/s "
+            "in migration/options.c); 0: as fast as the PF and link allow.");
+    v.param(downtime_limit, "downtime_limit", "300ms", Spec(Unit::Time).at_least(1),
+            "Switch over to stop-and-copy once what remains dirty fits in the measured bandwidth times this "
+            "(QEMU's downtime-limit, default 300 ms).");
+    v.param(max_rounds, "max_rounds", "30", Spec().at_least(1),
+            "Pre-copy rounds after which the migration switches over whatever remains (assumption; QEMU has no "
+            "such cap, libvirt-style policies add one).");
+  }
+};
+
 struct ExperimentParams {
   std::uint64_t seed;
   std::uint64_t duration;  // ps
@@ -251,6 +312,9 @@ struct ExperimentParams {
   std::vector<VmParams> vms;
   trace::EventTraceParams event_trace;
   SeriesParams series;
+  std::vector<HostParams> hosts;
+  NetworkParams network;
+  std::vector<MigrationParams> migrations;
 
   template <class V>
   void visit(V& v) {
@@ -271,10 +335,16 @@ struct ExperimentParams {
             "available memory when the run starts (MemAvailable in /proc/meminfo). Never changes a statistic.");
     v.section(platform, "platform", "The machine.");
     v.section(hypervisor, "hypervisor", "The hypervisor running on the machine.");
-    v.list(vms, "vms", "Virtual machines.", 1);
+    v.list(vms, "vms", "Virtual machines (at least one, unless `hosts` describes the machines).");
     v.section(event_trace, "event_trace",
               "The optional timeline of events (docs/event_trace.md), written as events.json.");
     v.section(series, "series", "Statistics sampled over time (docs/memory.md, \"Memory over time\").");
+    v.list(hosts, "hosts",
+           "Several hosts in one simulation (docs/migration.md): exactly two, each with its platform, hypervisor "
+           "and VMs, linked by `network.link`; the top-level vms are then empty (platform and hypervisor unused). "
+           "Empty: one host described by the top-level keys.");
+    v.section(network, "network", "The link between the hosts (with `hosts`).");
+    v.list(migrations, "migrations", "Live migrations between the hosts (docs/migration.md).");
   }
 };
 

@@ -50,15 +50,13 @@ std::string network_summary(const stats::Group& root, const ExperimentParams& pa
 }
 }  // namespace
 
-std::string summary(const stats::Group& root, const ExperimentParams& params) {
+namespace {
+/// The VMs of one host, their statistics under `prefix` ("" or "host.<name>.").
+std::string vm_summary(const stats::Group& root, const std::string& prefix, const std::vector<VmParams>& vms,
+                       const PlatformParams& platform) {
   std::string out;
-  double seconds = 0;
-  if (auto* g = dynamic_cast<const stats::Gauge*>(root.find("sim.seconds"))) seconds = g->value();
-  out += fmt::format("simulated {:.6f} s on {} cores{} at {:.2f} GHz\n", seconds, params.platform.cores,
-                     params.platform.smt > 1 ? fmt::format(" x {} threads", params.platform.smt) : std::string(),
-                     static_cast<double>(params.platform.frequency) / 1e9);
-  for (const auto& vm : params.vms) {
-    const stats::Group* vg = root.find_group("vm." + vm.name);
+  for (const auto& vm : vms) {
+    const stats::Group* vg = root.find_group(prefix + "vm." + vm.name);
     if (!vg) continue;
     out += fmt::format("\nVM {} ({} vCPUs, {} memory)\n", vm.name, vm.vcpus, cfg::format_bytes(vm.memory));
     for (unsigned i = 0; i < vm.vcpus; ++i) {
@@ -82,7 +80,7 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
       if (total > 0)
         out += fmt::format("    time: guest {:.1f}%, hypervisor {:.1f}%, steal {:.1f}%, idle {:.1f}% of {:.3f} ms\n",
                            100.0 * tg / total, 100.0 * th / total, 100.0 * ts / total, 100.0 * ti / total,
-                           total / static_cast<double>(params.platform.frequency) * 1e3);
+                           total / static_cast<double>(platform.frequency) * 1e3);
       std::uint64_t walks = counter(*v, "walks");
       out += fmt::format("    page walks: {}, mean {:.1f} references and {:.1f} cycles per walk\n", walks,
                          ratio(*v, "mean_walk_refs"), ratio(*v, "mean_walk_cycles"));
@@ -97,6 +95,31 @@ std::string summary(const stats::Group& root, const ExperimentParams& params) {
       if (auto* h = dynamic_cast<const stats::Histogram*>(wg->find("rtt_ns")); h && h->count())
         out += fmt::format(", round trip p50 {} ns, p99 {} ns", h->percentile(50), h->percentile(99));
       out += "\n";
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::string summary(const stats::Group& root, const ExperimentParams& params) {
+  std::string out;
+  double seconds = 0;
+  if (auto* g = dynamic_cast<const stats::Gauge*>(root.find("sim.seconds"))) seconds = g->value();
+  out += fmt::format("simulated {:.6f} s on {} cores{} at {:.2f} GHz\n", seconds, params.platform.cores,
+                     params.platform.smt > 1 ? fmt::format(" x {} threads", params.platform.smt) : std::string(),
+                     static_cast<double>(params.platform.frequency) / 1e9);
+  if (params.hosts.empty()) {
+    out += vm_summary(root, "", params.vms, params.platform);
+  } else {
+    for (const HostParams& h : params.hosts) {
+      out += fmt::format("\nhost {}\n", h.name);
+      std::vector<VmParams> vms = h.vms;
+      for (const MigrationParams& m : params.migrations)  // VMs that arrive by migration
+        if (m.to == h.name)
+          for (const HostParams& from : params.hosts)
+            for (const VmParams& v : from.vms)
+              if (from.name == m.from && v.name == m.vm) vms.push_back(v);
+      out += vm_summary(root, "host." + h.name + ".", vms, h.platform);
     }
   }
   out += network_summary(root, params, seconds);

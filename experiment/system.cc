@@ -6,6 +6,7 @@
 #include <string_view>
 #include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <deque>
 #include <memory>
@@ -101,29 +102,76 @@ static std::uint64_t default_host_memory_limit() {
   return 0;
 }
 
+/// Gives the SystemC objects of one host (cores, NIC, link...) names of their
+/// own: built inside this module's constructor, they become its children
+/// ("host_a.cpu0"), so two hosts' objects do not collide.
+class HostScope : public sc_core::sc_module {
+ public:
+  HostScope(sc_core::sc_module_name n, const std::function<void()>& build) : sc_module(n) { build(); }
+};
+
 struct Session::System {
-  explicit System(const ExperimentParams& p)
-      : params(p), trace(p.event_trace), platform(p.platform, &root), monitor("monitor", p.stop_when_done), sim(&root, "sim", "the run itself") {
+  /// One machine with its hypervisor and VMs. The single-host experiment has
+  /// one, whose statistics sit at the root (system..., vm...).
+  struct Host {
+    std::string name;
+    stats::Group* group = nullptr;
+    const PlatformParams* pp = nullptr;
+    const hv::HypervisorParams* hp = nullptr;
+    const std::vector<VmParams>* vms = nullptr;
+    std::unique_ptr<HostScope> scope;
+    std::unique_ptr<models::Platform> platform;
+    std::unique_ptr<hv::Hypervisor> hypervisor;
+    std::vector<std::unique_ptr<guest::Kernel>> kernels;  // by VM of its hypervisor (null: runs a hypervisor)
+  };
+
+  explicit System(const ExperimentParams& p) : params(p), trace(p.event_trace) {
     if (p.event_trace.enabled) trace::EventTrace::set_active(&trace);
-    platform.memory().set_host_limit(p.host_memory_limit ? p.host_memory_limit : default_host_memory_limit());
-    const PlatformParams& pp = p.platform;
-    hypervisor = std::make_unique<hv::Hypervisor>(p.hypervisor, platform.cores(), pp.memory, pp.frequency, &root);
-    // The hypervisor drives the NIC's physical function (PF driver and switch).
-    if (platform.nic()) hypervisor->attach_nic(platform.nic()->window(0));
-    if (pp.nic.enabled) {
-      hv::IoPlatform io;
-      io.vtd_regs = platform.vtd() ? models::Platform::kVtdBase : 0;
-      io.nic_mmio_base = pp.nic.device.mmio_base;
-      io.nic_mmio_stride = pp.nic.device.mmio_stride;
-      hypervisor->attach_io(io);
+    // The platforms first, then the monitor and the run's own statistics,
+    // then the software: the order in which the statistics and SystemC
+    // processes of a single-host run have always been made.
+    if (p.hosts.empty()) {
+      auto h = std::make_unique<Host>();
+      h->group = &root;
+      h->pp = &p.platform;
+      h->hp = &p.hypervisor;
+      h->vms = &p.vms;
+      h->platform = std::make_unique<models::Platform>(p.platform, &root);
+      hosts.push_back(std::move(h));
+    } else {
+      stats::Group& hg = root.subgroup("host", "the hosts (docs/migration.md)");
+      for (const HostParams& hp : p.hosts) {
+        auto h = std::make_unique<Host>();
+        h->name = hp.name;
+        h->group = &hg.subgroup(hp.name, "host " + hp.name);
+        h->pp = &hp.platform;
+        h->hp = &hp.hypervisor;
+        h->vms = &hp.vms;
+        Host* raw = h.get();
+        h->scope = std::make_unique<HostScope>(("host_" + hp.name).c_str(), [raw, &hp] {
+          raw->platform = std::make_unique<models::Platform>(hp.platform, raw->group, false);
+        });
+        hosts.push_back(std::move(h));
+      }
+      // The link between the two hosts' NICs (their own links and peers
+      // are not built).
+      link = std::make_unique<models::EthLink>("link", p.network.link,
+                                               &root.subgroup("network", "between the hosts"));
+      models::Nic& a = *hosts[0]->platform->nic();
+      models::Nic& b = *hosts[1]->platform->nic();
+      a.attach_link(*link);
+      b.attach_link(*link);
+      link->bind(a, hosts[0]->name, b, hosts[1]->name);
     }
-    stats::Group& vm_root = root.subgroup("vm", "per-VM statistics");
-    for (std::size_t i = 0; i < p.vms.size(); ++i) build_vm(*hypervisor, p.vms[i], vm_root, i, pp.cores * pp.smt);
-    // A stopped VM's threads are no longer waited for (docs/memory.md).
-    hypervisor->on_vm_stopped(
-        [this](cpu::Core&, unsigned vm) { monitor.vm_stopped(monitor_index[hypervisor.get()].at(vm)); });
-    for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hypervisor->core_fiber(i));
+    monitor = std::make_unique<Monitor>("monitor", p.stop_when_done);
+    sim = std::make_unique<stats::Group>(&root, "sim", "the run itself");
+    sim_seconds = std::make_unique<stats::Gauge>(sim.get(), "seconds", "s", "simulated time at the end of the run");
+    sim_finished = std::make_unique<stats::Gauge>(sim.get(), "finished", "flag", "1 if every finite workload completed");
+    for (auto& h : hosts) build_host(*h);
+    if (!p.migrations.empty()) build_migrations();
     if (p.event_trace.enabled) {
+      models::Platform& platform = *hosts[0]->platform;
+      const PlatformParams& pp = p.platform;
       // The timeline's rows in a fixed order: cores, devices, then each VM's
       // vCPUs (a row exists from here on even if nothing happens on it).
       for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i));
@@ -147,6 +195,126 @@ struct Session::System {
     }
   }
 
+  /// The host's hypervisor and VMs.
+  void build_host(Host& h) {
+    models::Platform& platform = *h.platform;
+    const PlatformParams& pp = *h.pp;
+    platform.memory().set_host_limit(params.host_memory_limit ? params.host_memory_limit : default_host_memory_limit());
+    h.hypervisor = std::make_unique<hv::Hypervisor>(*h.hp, platform.cores(), pp.memory, pp.frequency, h.group);
+    hv::Hypervisor* hyp = h.hypervisor.get();
+    // The hypervisor drives the NIC's physical function (PF driver and switch).
+    if (platform.nic()) hyp->attach_nic(platform.nic()->window(0));
+    if (pp.nic.enabled) {
+      hv::IoPlatform io;
+      io.vtd_regs = platform.vtd() ? models::Platform::kVtdBase : 0;
+      io.nic_mmio_base = pp.nic.device.mmio_base;
+      io.nic_mmio_stride = pp.nic.device.mmio_stride;
+      hyp->attach_io(io);
+    }
+    current = &h;
+    stats::Group& vm_root = h.group->subgroup("vm", "per-VM statistics");
+    for (std::size_t i = 0; i < h.vms->size(); ++i) build_vm(*hyp, (*h.vms)[i], vm_root, i, pp.cores * pp.smt);
+    // A stopped VM's threads are no longer waited for (docs/memory.md).
+    hyp->on_vm_stopped([this, hyp](cpu::Core&, unsigned vm) { monitor->vm_stopped(monitor_index[hyp].at(vm)); });
+    for (unsigned i = 0; i < platform.core_count(); ++i) platform.core(i).set_reset_fiber(&hyp->core_fiber(i));
+  }
+
+  /// Each migration: the incoming VM on the destination (the same guest
+  /// kernel, its vCPUs off until the stream has arrived), its migration
+  /// port there, and the migration thread on the source (docs/migration.md).
+  void build_migrations() {
+    auto find = [&](const std::string& name) -> Host& {
+      for (auto& h : hosts)
+        if (h->name == name) return *h;
+      throw std::logic_error("no host " + name);  // validated by load()
+    };
+    for (std::size_t m = 0; m < params.migrations.size(); ++m) {
+      const MigrationParams& mp = params.migrations[m];
+      Host& src = find(mp.from);
+      Host& dst = find(mp.to);
+      unsigned index = 0;
+      while (src.hypervisor->vm_name(index) != mp.vm) ++index;
+      const VmParams* vp = nullptr;
+      for (const VmParams& v : *src.vms)
+        if (v.name == mp.vm) vp = &v;
+      hv::VmSpec spec;
+      spec.name = vp->name;
+      spec.vcpus = static_cast<unsigned>(vp->vcpus);
+      spec.memory = vp->memory;
+      spec.weight = vp->weight;
+      spec.cap = vp->cap;
+      spec.priority = static_cast<unsigned>(vp->priority);
+      spec.edf_runtime = vp->edf_runtime;
+      spec.edf_period = vp->edf_period;
+      parse_core_list(vp->pin, dst.pp->cores * dst.pp->smt, spec.pin);  // validated by load()
+      spec.image = src.kernels.at(index).get();
+      spec.incoming = true;
+      dst.hypervisor->add_vm(spec);
+      const unsigned dst_index = dst.hypervisor->vm_count() - 1;
+      monitor_index[dst.hypervisor.get()].push_back(monitor_index[src.hypervisor.get()].at(index));
+      dst.kernels.push_back(nullptr);  // the kernel is the source's
+      // Migration ports: locally administered MACs 02:00:00:4d:<m>:<end>.
+      const std::uint64_t base = 0x02 | (0x4Dull << 24) | (std::uint64_t(m & 0xFF) << 32);
+      const std::uint64_t dst_mac = base | (1ull << 40), src_mac = base | (2ull << 40);
+      dst.hypervisor->migrate_in(dst_index, dst_mac);
+      hv::MigrationSpec ms;
+      ms.vm = index;
+      ms.at = mp.at;
+      ms.core = static_cast<unsigned>(mp.core);
+      ms.mode = mp.tracking == "write_protect" ? hv::DirtyMode::WriteProtect
+                : mp.tracking == "dirty_bits"  ? hv::DirtyMode::DirtyBits
+                                               : hv::DirtyMode::Pml;
+      ms.max_bandwidth = mp.max_bandwidth;
+      ms.downtime_limit = mp.downtime_limit;
+      ms.max_rounds = mp.max_rounds;
+      ms.dst_mac = dst_mac;
+      ms.src_mac = src_mac;
+      src.hypervisor->migrate_out(ms);
+      // The check (simulator observation, no cost): page checksums at the
+      // source when its memory is final, compared with the destination's
+      // when the VM resumes there.
+      auto check = std::make_shared<MigrationCheck>(root.subgroup("migration_check").subgroup(mp.vm, "VM " + mp.vm));
+      models::PhysMem* smem = &src.platform->memory();
+      models::PhysMem* dmem = &dst.platform->memory();
+      const unsigned src_vm = index;
+      src.hypervisor->on_migration_memory([check, smem, src_vm](unsigned vm, const auto& pages) {
+        if (vm != src_vm) return;
+        for (const auto& [gfn, hpa] : pages) check->source[gfn] = page_checksum(*smem, hpa);
+      });
+      dst.hypervisor->on_migration_memory([check, dmem, dst_index](unsigned vm, const auto& pages) {
+        if (vm != dst_index) return;
+        std::map<std::uint64_t, std::uint64_t> dest;
+        for (const auto& [gfn, hpa] : pages) dest[gfn] = page_checksum(*dmem, hpa);
+        for (const auto& [gfn, sum] : check->source) {
+          ++check->pages;
+          auto it = dest.find(gfn);
+          // A page the destination lacks reads as zeros there.
+          if ((it == dest.end() ? zero_checksum() : it->second) != sum) ++check->mismatched;
+        }
+      });
+      checks.push_back(check);
+    }
+  }
+
+  /// Checksums of a migrated VM's pages (experiment-side observation).
+  struct MigrationCheck {
+    explicit MigrationCheck(stats::Group& g)
+        : pages(&g, "pages", "pages", "source pages compared with the destination at resumption"),
+          mismatched(&g, "mismatched", "pages", "pages whose content differs at the destination (corruption)") {}
+    stats::Counter pages, mismatched;
+    std::map<std::uint64_t, std::uint64_t> source;
+  };
+  static std::uint64_t page_checksum(models::PhysMem& mem, std::uint64_t hpa) {
+    std::uint64_t h = 1469598103934665603ull;  // FNV-1a over the page's 8-byte words
+    for (std::uint64_t o = 0; o < 4096; o += 8) h = (h ^ mem.read(hpa + o, 8)) * 1099511628211ull;
+    return h;
+  }
+  static std::uint64_t zero_checksum() {
+    std::uint64_t h = 1469598103934665603ull;
+    for (std::uint64_t o = 0; o < 4096; o += 8) h = h * 1099511628211ull;
+    return h;
+  }
+
   /// A guest image that is a hypervisor: vCPU i starts in that hypervisor's
   /// per-core loop for its core i (docs/nested.md).
   struct HypervisorImage final : abi::GuestImage {
@@ -160,7 +328,7 @@ struct Session::System {
   /// index are the VM's place in the configuration.
   template <class VP>
   void build_vm(hv::Hypervisor& hyp, const VP& vp, stats::Group& vm_root, std::size_t i, std::uint64_t pin_cores) {
-    const PlatformParams& pp = params.platform;
+    const PlatformParams& pp = *current->pp;
     stats::Group& vg = vm_root.subgroup(vp.name, "VM " + vp.name);
     const unsigned mon = next_monitor_index++;
     monitor_index[&hyp].push_back(mon);
@@ -206,19 +374,19 @@ struct Session::System {
         for (std::size_t k = 0; k < vp.hypervisor.vms.size(); ++k)
           build_vm(*inner, vp.hypervisor.vms[k], inner_root, i * 1000 + k + 1, vp.vcpus);
         hv::Hypervisor* raw = inner.get();
-        inner->on_vm_stopped([this, raw](cpu::Core&, unsigned vm) { monitor.vm_stopped(monitor_index[raw].at(vm)); });
+        inner->on_vm_stopped([this, raw](cpu::Core&, unsigned vm) { monitor->vm_stopped(monitor_index[raw].at(vm)); });
         images.push_back(std::move(image));
         guest_hypervisors.push_back(std::move(inner));
-        if (&hyp == hypervisor.get()) kernels.push_back(nullptr);
+        if (&hyp == current->hypervisor.get()) current->kernels.push_back(nullptr);
         return;
       }
     }
     auto kernel = std::make_unique<guest::Kernel>(vp.kernel, vp.name, static_cast<unsigned>(vp.vcpus), vp.memory,
-                                                  pp.frequency, params.seed * 1000003ull + i, monitor.control(mon), &vg);
+                                                  pp.frequency, params.seed * 1000003ull + i, monitor->control(mon), &vg);
     for (std::size_t w = 0; w < vp.workloads.size(); ++w) {
       const auto& wp = vp.workloads[w];
       auto wl = workloads::Workload::create(wp, &vg, fmt::format("workload{}", w));
-      if (wl->finite()) monitor.expect(mon, wp.threads);
+      if (wl->finite()) monitor->expect(mon, wp.threads);
       kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
     }
     // Memory overcommit devices (docs/memory.md); the balloon's kernel
@@ -265,13 +433,13 @@ struct Session::System {
     }
     spec.image = kernel.get();
     hyp.add_vm(spec);
-    if (&hyp == hypervisor.get()) kernels.push_back(std::move(kernel));
+    if (&hyp == current->hypervisor.get()) current->kernels.push_back(std::move(kernel));
     else nested_kernels.push_back(std::move(kernel));
   }
 
   /// Brings every hypervisor's time accounting up to date.
   void flush_accounting() {
-    hypervisor->flush_accounting();
+    for (auto& h : hosts) h->hypervisor->flush_accounting();
     for (auto& h : guest_hypervisors) h->flush_accounting();
   }
 
@@ -280,9 +448,10 @@ struct Session::System {
   // Before the components: they record into it from their first event.
   trace::EventTrace trace;
   stats::Group root;
-  models::Platform platform;
-  std::unique_ptr<hv::Hypervisor> hypervisor;
-  std::vector<std::unique_ptr<guest::Kernel>> kernels;  // by VM of the machine's hypervisor (null: runs a hypervisor)
+  std::vector<std::unique_ptr<Host>> hosts;
+  Host* current = nullptr;                  // the host whose VMs are being built
+  std::unique_ptr<models::EthLink> link;    // between the hosts (with `hosts`)
+  std::vector<std::shared_ptr<MigrationCheck>> checks;
   // Nested virtualization: the hypervisors running as guests, their images
   // and their VMs' kernels.
   std::vector<std::unique_ptr<hv::Hypervisor>> guest_hypervisors;
@@ -292,7 +461,9 @@ struct Session::System {
   std::map<const hv::Hypervisor*, std::vector<unsigned>> monitor_index;  // the monitor's index of each VM
   std::vector<std::unique_ptr<cpu::CoreTrace>> core_traces;
   std::vector<std::unique_ptr<models::DeviceTrace>> device_traces;
-  Monitor monitor;
+  std::unique_ptr<Monitor> monitor;
+  std::unique_ptr<stats::Group> sim;
+  std::unique_ptr<stats::Gauge> sim_seconds, sim_finished;
   // Sampled statistics (series.interval): sample times, then each path's
   // values in the order the paths first matched (NaN before a path existed).
   struct Series {
@@ -302,9 +473,6 @@ struct Session::System {
     int track = -1;
     std::uint64_t next_ps = 0;  // the next sample time
   } series;
-  stats::Group sim;
-  stats::Gauge sim_seconds{&sim, "seconds", "s", "simulated time at the end of the run"};
-  stats::Gauge sim_finished{&sim, "finished", "flag", "1 if every finite workload completed"};
   // Fast-forward (fast_forward > 0): where the functional phase ended. The
   // group exists only then, so runs without it keep their statistics.
   struct FastForward {
@@ -339,7 +507,7 @@ Session::Session(const ExperimentParams& params, std::string resolved_yaml)
   // process's one simulation (the system is never destroyed).
   m_sys = new System(m_params);
   if (m_params.fast_forward) {
-    m_sys->fast_forward = std::make_unique<System::FastForward>(m_sys->sim);
+    m_sys->fast_forward = std::make_unique<System::FastForward>(*m_sys->sim);
     for (cpu::Core* c : m_sys->platform.cores()) c->set_functional(true);
   }
 }
@@ -388,7 +556,7 @@ void Session::advance(std::uint64_t ps) {
   // to sample; stopping changes no statistic.
   if (const std::uint64_t interval = m_params.series.interval) {
     auto& sd = m_sys->series;
-    while (sd.next_ps <= ps && !(m_params.stop_when_done && m_sys->monitor.finished())) {
+    while (sd.next_ps <= ps && !(m_params.stop_when_done && m_sys->monitor->finished())) {
       advance_to(sd.next_ps);
       if (now_ps() < sd.next_ps) break;  // finished before the sample time
       sample_series();
@@ -400,7 +568,7 @@ void Session::advance(std::uint64_t ps) {
 
 void Session::advance_to(std::uint64_t ps) {
   sc_core::sc_time target = time_ps(ps);
-  if (sc_core::sc_time_stamp() >= target || (m_params.stop_when_done && m_sys->monitor.finished())) return;
+  if (sc_core::sc_time_stamp() >= target || (m_params.stop_when_done && m_sys->monitor->finished())) return;
   try {
     sc_core::sc_start(target - sc_core::sc_time_stamp());
   } catch (const sc_core::sc_report& r) {
@@ -414,13 +582,13 @@ void Session::reset_stats() {
   m_sys->root.reset();
 }
 std::uint64_t Session::now_ps() const { return sc_core::sc_time_stamp().value(); }
-bool Session::finished() const { return m_sys->monitor.finished(); }
+bool Session::finished() const { return m_sys->monitor->finished(); }
 const stats::Group& Session::stats() const { return m_sys->root; }
 
 void Session::update_gauges() {
   m_sys->flush_accounting();
-  m_sys->sim_seconds.set(static_cast<double>(now_ps()) / 1e12);
-  m_sys->sim_finished.set(finished() ? 1 : 0);
+  m_sys->sim_seconds->set(static_cast<double>(now_ps()) / 1e12);
+  m_sys->sim_finished->set(finished() ? 1 : 0);
 }
 
 namespace {
@@ -561,12 +729,16 @@ std::string Session::summary() {
 
 std::vector<std::string> Session::notes() const {
   std::vector<std::string> out;
-  for (unsigned i = 0; i < m_sys->hypervisor->vm_count(); ++i) {
-    const std::string& name = m_sys->hypervisor->vm_name(i);
-    if (!m_sys->hypervisor->vm_crash(i).empty()) out.push_back(name + ": crashed: " + m_sys->hypervisor->vm_crash(i));
-    if (!m_sys->hypervisor->vm_stop_note(i).empty()) out.push_back(name + ": " + m_sys->hypervisor->vm_stop_note(i));
-    if (m_sys->kernels[i] && !m_sys->kernels[i]->panic_message().empty())
-      out.push_back(name + ": " + m_sys->kernels[i]->panic_message());
+  for (const auto& host : m_sys->hosts) {
+    const hv::Hypervisor& hyp = *host->hypervisor;
+    const std::string where = host->name.empty() ? "" : " (host " + host->name + ")";
+    for (unsigned i = 0; i < hyp.vm_count(); ++i) {
+      const std::string& name = hyp.vm_name(i);
+      if (!hyp.vm_crash(i).empty()) out.push_back(name + where + ": crashed: " + hyp.vm_crash(i));
+      if (!hyp.vm_stop_note(i).empty()) out.push_back(name + where + ": " + hyp.vm_stop_note(i));
+      if (i < host->kernels.size() && host->kernels[i] && !host->kernels[i]->panic_message().empty())
+        out.push_back(name + where + ": " + host->kernels[i]->panic_message());
+    }
   }
   for (const auto& h : m_sys->guest_hypervisors)
     for (unsigned i = 0; i < h->vm_count(); ++i) {
@@ -576,13 +748,15 @@ std::vector<std::string> Session::notes() const {
     }
   for (const auto& k : m_sys->nested_kernels)
     if (!k->panic_message().empty()) out.push_back(k->panic_message());
-  for (const auto& line : m_sys->platform.debugcon().lines()) out.push_back("debug console: " + line);
+  for (const auto& host : m_sys->hosts)
+    for (const auto& line : host->platform->debugcon().lines()) out.push_back("debug console: " + line);
   if (m_sys->trace.dropped())
     out.push_back(fmt::format("event trace: {} events kept, {} dropped beyond event_trace.max_events",
                               m_sys->trace.recorded(), m_sys->trace.dropped()));
   // The IOMMU's fault log (VT-d 7.2 primary fault records), as software
   // reading the fault-recording registers would see it.
-  if (const iommu::Iommu* mmu = m_sys->platform.iommu())
+  for (const auto& host : m_sys->hosts)
+    if (const iommu::Iommu* mmu = host->platform->iommu())
     for (const auto& f : mmu->fault_log())
       out.push_back(fmt::format("iommu fault: requester {:02x}:{:02x}.{:x} address {:#x} {} reason {:#x}",
                                 f.requester_id >> 8, (f.requester_id >> 3) & 0x1F, f.requester_id & 7, f.address,

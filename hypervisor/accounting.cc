@@ -1,6 +1,7 @@
 // Per-vCPU time accounting and the event trace's vCPU slices (simulator
 // observation, no cost), and the paravirtual steal-time record (guest-visible,
 // charged as stores).
+#include "hypervisor/dirty_state.h"
 #include "hypervisor/hypervisor_state.h"
 
 #include <algorithm>
@@ -71,11 +72,22 @@ void Hypervisor::publish_steal(Core& c, Vcpu& v) {
   c.store(a + st::kSteal, ns);
   c.store(a + st::kPreempted, 0, 1);
   c.store(a + st::kVersion, version + 2, 4);
+  steal_dirty(c, v);
+}
+
+// The record is written through its host-physical address, past EPT: a
+// migration's dirty log must learn of it from the writer, as KVM's
+// kvm_steal_time_set_preempted and record_steal_time mark the page dirty.
+void Hypervisor::steal_dirty(Core& c, Vcpu& v) {
+  if (v.vm->mig_out && v.vm->dirty && v.vm->dirty->on)
+    dirty_mark(c, *v.vm, (v.steal.msr & abi::steal_time::kMsrAddressMask) / 4096);
 }
 
 void Hypervisor::mark_preempted(Core& c, Vcpu& v) {
-  if (v.steal.area && v.state == Vcpu::State::Runnable)
+  if (v.steal.area && v.state == Vcpu::State::Runnable) {
     c.store(v.steal.area + abi::steal_time::kPreempted, abi::steal_time::kVcpuPreempted, 1);
+    steal_dirty(c, v);
+  }
 }
 
 void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {

@@ -102,6 +102,15 @@ void HostNic::reap(cpu::Core& c) {
   }
 }
 
+unsigned HostNic::tx_free(cpu::Core& c) {
+  if (!m_ready) return 0;
+  m_tx_lock.lock(c);
+  reap(c);
+  const unsigned used = static_cast<unsigned>((m_tx_tail + m_p.ring_size - m_tx_clean) % m_p.ring_size);
+  m_tx_lock.unlock(c);
+  return static_cast<unsigned>(m_p.ring_size) - 1 - used;  // one slot stays empty
+}
+
 bool HostNic::transmit(cpu::Core& c, const Segment* segs, unsigned n) {
   using models::nicdesc::kSize;
   std::uint64_t len = 0;

@@ -109,6 +109,9 @@ class HostNic {
     Segment s{hpa, len};
     return transmit(c, &s, 1);
   }
+  /// Free TX descriptors now, after reaping completed ones (a sender that
+  /// must not lose frames checks before it transmits).
+  unsigned tx_free(cpu::Core& c);
   /// The PF's interrupt (on core(), from the hypervisor's host_interrupt):
   /// acknowledges the cause, receives and switches every completed RX
   /// descriptor, hands the buffers back.

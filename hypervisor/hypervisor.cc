@@ -9,6 +9,7 @@
 
 #include "hypervisor/hypervisor_state.h"
 #include "hypervisor/dirty_state.h"
+#include "hypervisor/migration_state.h"
 #include "hypervisor/passthrough.h"
 #include "hypervisor/shadow.h"
 #include "mmu/paging.h"
@@ -246,6 +247,10 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     v->obs = std::make_unique<cpu::VcpuObserver>(vm->group, fmt::format("vcpu{}", i));
     v->time.stats = std::make_unique<Vcpu::TimeStats>(v->obs.get());
     v->migrations = &v->obs->make<stats::Counter>("migrations", "events", "times the vCPU moved to another core");
+    if (spec.incoming) {  // migration.cc: off until the migration resumes it here
+      v->state = Vcpu::State::Dead;
+      v->time.off = Vcpu::Off::Stopped;
+    }
     PerCore& pc = *m_percore[v->core];
     pc.assigned.push_back(v.get());
     if (m_started) v->time.since = v->time.trace_since = m_cores[v->core]->now();  // added at run time

@@ -26,6 +26,7 @@
 #include "hypervisor/host_nic.h"
 #include "hypervisor/host_swap.h"
 #include "hypervisor/ksm.h"
+#include "hypervisor/migration.h"
 #include "hypervisor/nested.h"
 #include "hypervisor/scheduler.h"
 #include "hypervisor/spinlock.h"
@@ -205,6 +206,7 @@ struct HypervisorParams {
   KsmParams ksm;
   DirtyLogParams dirty_log;
   SnapshotParams snapshot;
+  LiveMigrationParams live_migration;
   models::StorageParams storage;
   HostSwapParams host_swap;
   std::uint64_t balloon_watermark;  // bytes of free guest-zone memory the policy keeps (0: off)
@@ -277,6 +279,7 @@ struct HypervisorParams {
     v.section(ksm, "ksm", "Same-page merging, as Linux's KSM (docs/memory.md, \"Same-page merging\").");
     v.section(dirty_log, "dirty_log", "Dirty tracking: EPT write protection, EPT dirty flags, PML (docs/memory.md).");
     v.section(snapshot, "snapshot", "VM snapshots by copy-before-write (docs/memory.md).");
+    v.section(live_migration, "live_migration", "Live migration's sender and receiver (docs/migration.md).");
     v.section(storage, "storage",
               "The host storage device behind the VMs' virtio-blk disks (docs/memory.md, \"Host storage\").");
     v.section(host_swap, "host_swap", "Host swap: guest pages written to the host storage device (docs/memory.md).");
@@ -338,6 +341,9 @@ struct VmSpec {
   // VM runs with (0: unencrypted). The hypervisor only selects it in the
   // VMCS; the key stays in the memory controller. Needs EPT paging.
   unsigned key_id = 0;
+  // Live migration (docs/migration.md): the VM is the target of an incoming
+  // migration; its vCPUs stay off until the stream has arrived.
+  bool incoming = false;
 };
 
 /// The I/O blocks the hypervisor programs for device assignment (null/0
@@ -433,6 +439,20 @@ class Hypervisor {
   /// copier on hypervisor.snapshot.copier_core) and restores the VM to it.
   void snapshot_take(cpu::Core& c, unsigned vm);
   void snapshot_restore(cpu::Core& c, unsigned vm);
+  // ---- Live migration (migration.cc, docs/migration.md) -----------------
+  /// Schedules the migration of VM spec.vm: at spec.at a migration thread
+  /// on spec.core sends its memory, then its vCPU state, through the PF to
+  /// the destination's migration port spec.dst_mac. Before the run.
+  void migrate_out(const MigrationSpec& spec);
+  /// Makes VM `vm` (added with VmSpec::incoming) the target of a migration
+  /// whose stream arrives at the PF for `mac`. Before the run.
+  void migrate_in(unsigned vm, std::uint64_t mac);
+  /// Simulator observation for checks (no cost): called on the source when
+  /// the migrated VM's memory is final (vCPUs paused, before its frames are
+  /// freed), and on the destination when the VM resumes, with the VM's
+  /// index and its guest pages as (guest page number, host-physical address).
+  using MemoryProbe = std::function<void(unsigned vm, const std::vector<std::pair<std::uint64_t, std::uint64_t>>&)>;
+  void on_migration_memory(MemoryProbe probe) { m_mig_probe = std::move(probe); }
   // ---- Nested virtualization (docs/nested.md) ---------------------------
   /// What a hypervisor running as a guest VMM (L1) asks of the hypervisor
   /// below it, besides the machine: simulator annotations only (no cost,
@@ -741,6 +761,28 @@ class Hypervisor {
   /// Copies guest page gfn into the snapshot store if it is not there yet.
   bool snapshot_save(cpu::Core& c, Vm& vm, std::uint64_t gfn, std::uint64_t hpa);
   std::vector<HostJob> m_jobs;
+  // Live migration (migration.cc).
+  struct MigrationOut;
+  struct MigrationIn;
+  /// One run of the source's migration thread.
+  void mig_step(cpu::Core& c, Vm& vm);
+  /// Sends guest page gfn (skipped if unmapped); false if the PF's TX ring
+  /// has no room for it now.
+  bool mig_send_page(cpu::Core& c, Vm& vm, std::uint64_t gfn);
+  /// Sends one stream frame: header (type, addr) and `len` bytes at hpa.
+  void mig_send(cpu::Core& c, Vm& vm, std::uint32_t type, std::uint64_t addr, std::uint64_t hpa, std::uint32_t len);
+  /// Saves a pausing vCPU's state into its record and clears its VMCS,
+  /// on the core where the VMCS is active (or any, if none).
+  void mig_park(PerCore& pc, Vcpu& v);
+  /// Asks the vCPUs of a pausing VM off their cores; true once all are parked.
+  bool mig_pause(cpu::Core& c, Vm& vm);
+  /// A stream frame at the destination (the PF's receive path).
+  void mig_receive(cpu::Core& c, Vm& vm, std::uint64_t hpa, unsigned len);
+  void mig_resume(cpu::Core& c, Vm& vm, std::uint64_t pause_tsc);
+  /// At a destination vCPU's VMCS set-up: its migrated guest state.
+  void mig_load_vmcs(cpu::Core& c, Vcpu& v);
+  void mig_probe(cpu::Core& c, Vm& vm);
+  MemoryProbe m_mig_probe;
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.
@@ -772,6 +814,8 @@ class Hypervisor {
   bool rdmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t& value);
   bool wrmsr_steal_time(PerCore& pc, Vcpu& v, std::uint64_t value);
   void mark_preempted(cpu::Core& c, Vcpu& v);
+  /// Marks the steal-time record's page dirty for a migrating VM.
+  void steal_dirty(cpu::Core& c, Vcpu& v);
 
   // Devices. virtio-net (virtio_net.cc): an EPT violation in the VM's
   // virtio-net register page emulates the access and completes the

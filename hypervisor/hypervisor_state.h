@@ -89,6 +89,8 @@ enum CodeOffset : std::uint64_t {
   kCodeRdt = 0x1D000,     // hypervisor/rdt.cc
   kCodeHostSwap = 0x1E000,  // hypervisor/host_swap.cc
   kCodeNested2 = 0x1F000,  // hypervisor/nested.cc: EPT12 write protection
+  kCodeMigrateSrc = 0x1A000,  // hypervisor/migration.cc: the source's migration thread
+  kCodeMigrateDst = 0x1B000,  // hypervisor/migration.cc: the destination's receive path
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -154,6 +156,11 @@ struct Hypervisor::Vm {
   stats::Group* group = nullptr;
   std::unique_ptr<DirtyLog> dirty;        // dirty tracking, once started (dirty_log.cc)
   std::unique_ptr<Snapshot> snapshot;     // its snapshot, once taken (snapshot.cc)
+  // Live migration (migration.cc): the outgoing migration (source), the
+  // incoming one (destination); pausing: its vCPUs are being parked.
+  std::unique_ptr<MigrationOut> mig_out;
+  std::unique_ptr<MigrationIn> mig_in;
+  bool mig_pausing = false, migrated_out = false;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   // The emulated NIC, if any: the device, its interface to the hypervisor,
   // and with access: poll the core that polls it and the next poll (TSC).
@@ -266,6 +273,11 @@ struct Hypervisor::Vcpu : SchedEntity {
   } shadow;
 
   std::unique_ptr<NestedVcpu> nested;  // nested VMX (nested.cc), once L1 used a VMX instruction
+  // Live migration (migration.cc): its state record (a frame of hypervisor
+  // memory) and whether it is parked there.
+  std::uint64_t mig_record = 0;
+  bool mig_parked = false, mig_park_asked = false;
+  bool mig_safe = true;  // its last exit leaves nothing of the exiting operation to the core (run_loop.cc)
 
   bool sched_runnable() const override { return state == State::Runnable; }
 };
@@ -333,6 +345,7 @@ struct Hypervisor::PerCore : cpu::InterruptHandler {
   // Asked of this core by others (run_core_requests): INVEPT single-context
   // of these EPTPs, VMCLEAR (then free) of these VMCS regions.
   std::vector<std::uint64_t> pending_invept, pending_vmclear;
+  std::vector<Vcpu*> pending_park;  // migration: vCPUs whose VMCS is active here, to park (migration.cc)
 
   void interrupt(cpu::Core&, std::uint8_t vector) override { hv->host_interrupt(*this, vector); }
   void exception(cpu::Core& c, std::uint8_t vector, std::uint32_t error_code) override {

@@ -69,6 +69,11 @@ void Hypervisor::flush_ept(Core& c, Vm& vm) {
 }
 
 void Hypervisor::run_core_requests(PerCore& pc) {
+  if (!pc.pending_park.empty()) {  // migration.cc: vCPUs of a pausing VM whose VMCS is active here
+    std::vector<Vcpu*> park;
+    park.swap(pc.pending_park);
+    for (Vcpu* v : park) mig_park(pc, *v);
+  }
   if (pc.pending_invept.empty() && pc.pending_vmclear.empty()) return;
   Core& c = *pc.core;
   // Swapped out first: the operations below may let other cores add more.

@@ -90,6 +90,12 @@ void Hypervisor::core_main(PerCore& pc) {
       program_timer(pc);
     last = next;
     run_vcpu(pc, *next);
+    if (next->vm->mig_pausing) {  // migration.cc: its VM is being paused for stop-and-copy
+      if (!next->mig_parked && next->mig_safe && next->active_on == static_cast<int>(pc.id)) mig_park(pc, *next);
+      next->claimed = false;
+      last = nullptr;
+      continue;
+    }
     if (next->vm->stopping) {
       next->claimed = false;
       last = nullptr;
@@ -148,6 +154,7 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   if (v.vm->pmu != Vm::Pmu::None) vpmu_setup_vmcs(c, v);
   if (v.vm->clos) rdt_setup_vmcs(c, v);
   fill_cpuid_table(c, v);
+  if (v.mig_record) mig_load_vmcs(c, v);  // migration.cc: the state it had on the source
   observe(c, v.vmcs_pa, v.obs.get());
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
@@ -156,6 +163,9 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
 }
 
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
+  // A VM being paused for migration: its vCPUs are parked, not run
+  // (checked before the vCPU counts as on the core, with no operation between).
+  if (v.vm->mig_pausing && v.mig_safe) return;
   Core& c = *pc.core;
   if (pc.last_ran && pc.last_ran != &v) mark_preempted(c, *pc.last_ran);
   trace_state(c, v, c.now(), pc.last_ran != &v);
@@ -288,6 +298,18 @@ void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {
 void Hypervisor::handle_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   Core& c = *pc.core;
   v.movable = static_cast<ExitReason>(reason) == ExitReason::Hlt;
+  // Where a vCPU may be parked for a migration to another host (migration.cc):
+  // after an exit whose operation is complete (HLT) or will start over on the
+  // core that resumes it (boundary exits, EPT violations; cpu::CoreMoved).
+  switch (static_cast<ExitReason>(reason)) {
+    case ExitReason::Hlt:
+    case ExitReason::ExternalInterrupt:
+    case ExitReason::InterruptWindow:
+    case ExitReason::PreemptionTimer:
+    case ExitReason::MonitorTrapFlag:
+    case ExitReason::EptViolation: v.mig_safe = true; break;
+    default: v.mig_safe = false; break;
+  }
   charge(c, m_p.costs.exit_dispatch, kCodeDispatch);
   touch_vcpu_state(c, v);
   if (v.vm->dirty) dirty_on_exit(c, v);  // the PML log is drained at every exit, as KVM does

@@ -102,9 +102,12 @@ void Hypervisor::maybe_teardown(Core& c, Vm& vm) {
     v.active_on = -1;
     release(v.save_area);
     if (v.apic.vapic) release(v.apic.vapic);
+    if (v.mig_record) release(v.mig_record);
+    v.mig_record = 0;
     v.steal.area = 0;
   }
-  if (m_on_stopped) m_on_stopped(c, vm.id);
+  // A VM that moved to another host runs on there: not a stop for the run.
+  if (m_on_stopped && !vm.migrated_out) m_on_stopped(c, vm.id);
 }
 
 }  // namespace vmx::hv

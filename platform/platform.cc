@@ -117,7 +117,7 @@ class VtdMmio final : public sc_core::sc_module, public MmioDevice {
 };
 }  // namespace
 
-Platform::Platform(const PlatformParams& p, stats::Group* parent)
+Platform::Platform(const PlatformParams& p, stats::Group* parent, bool own_link)
     : m_params(p),
       m_stats(parent, "system", "the machine"),
       m_mem(p.memory),
@@ -198,13 +198,15 @@ Platform::Platform(const PlatformParams& p, stats::Group* parent)
     // when software enables it).
     m_rc->bind_msi_sink(&m_irq);
     m_nic = std::make_unique<Nic>("nic", p.nic.device, &m_stats);
-    m_link = std::make_unique<EthLink>("link", p.nic.link, &m_stats);
-    m_peer = std::make_unique<NetPeer>("peer", p.nic.peer, &m_stats);
     m_nic->dma.bind(m_rc->dma);
     m_rc->mmio_out.bind(m_nic->mmio);
-    m_nic->attach_link(*m_link);
-    m_peer->attach_link(*m_link);
-    m_link->bind(*m_nic, "nic", *m_peer, "peer");
+    if (own_link) {
+      m_link = std::make_unique<EthLink>("link", p.nic.link, &m_stats);
+      m_peer = std::make_unique<NetPeer>("peer", p.nic.peer, &m_stats);
+      m_nic->attach_link(*m_link);
+      m_peer->attach_link(*m_link);
+      m_link->bind(*m_nic, "nic", *m_peer, "peer");
+    }
     const std::uint64_t windows = (p.nic.device.vfs + 1) * p.nic.device.mmio_stride;
     m_nic_mmio = std::make_unique<RootComplexMmio>(*m_rc, p.nic.device.mmio_base, p.root_complex, p.frequency);
     m_mmio.attach(p.nic.device.mmio_base, windows, m_nic_mmio.get(), "nic");

@@ -106,8 +106,10 @@ struct PlatformParams {
 
 class Platform {
  public:
-  /// Statistics go under `parent` as "system".
-  Platform(const PlatformParams& params, stats::Group* parent);
+  /// Statistics go under `parent` as "system". Without `own_link` the NIC
+  /// gets no link and peer of its own: whoever builds the platform attaches
+  /// its port to a link shared with another host (docs/migration.md).
+  Platform(const PlatformParams& params, stats::Group* parent, bool own_link = true);
   ~Platform();
 
   cpu::Core& core(unsigned i) { return *m_cores.at(i); }

@@ -1,0 +1,64 @@
+// Live migration of a VM between two hosts by iterative pre-copy
+// (docs/migration.md): the parameters of the hypervisor's migration code and
+// of one migration. The mechanism is hypervisor/migration.cc, a client of
+// dirty tracking (dirty_log.h), the EPT cursor, the frame allocator and the
+// PF driver (host_nic.h).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "hypervisor/dirty_log.h"
+#include "sim/params.h"
+
+namespace vmx::hv {
+
+/// Path lengths and framing of the hypervisor's migration code
+/// (hypervisor.live_migration).
+struct LiveMigrationParams {
+  std::uint64_t send_page;     // instructions
+  std::uint64_t receive_frame; // instructions
+  std::uint64_t vcpu_state;    // instructions
+  std::uint64_t payload;       // bytes of page data per frame
+  std::uint64_t batch_pages;   // pages per run of the sender
+  std::uint64_t poll;          // ps
+
+  template <class V>
+  void visit(V& v) {
+    using cfg::Spec;
+    using cfg::Unit;
+    v.param(send_page, "send_page", "800", Spec(Unit::Instructions),
+            "Sender: the fixed part of sending one guest page (bitmap walk, EPT look-up, stream header, "
+            "accounting), besides the EPT loads and the PF driver's per-frame work and copies (assumption, of "
+            "the order of QEMU's ram_save_target_page without compression).");
+    v.param(receive_frame, "receive_frame", "300", Spec(Unit::Instructions),
+            "Receiver: decoding one stream frame and placing its data, besides the copy into guest memory and "
+            "the PF driver's receive (assumption, of the order of QEMU's ram_load_precopy per chunk).");
+    v.param(vcpu_state, "vcpu_state", "2000", Spec(Unit::Instructions),
+            "Saving or loading one vCPU's state (registers, VMCS guest state, LAPIC), besides its VMREADs, "
+            "VMWRITEs, loads and stores (assumption, of the order of QEMU's kvm_arch_get_registers).");
+    v.param(payload, "payload", "1448", Spec(Unit::Bytes).at_least(64).at_most(4000),
+            "Page bytes per Ethernet frame: a 4 KiB page travels in ceil(4096 / payload) frames (default 1448: "
+            "the TCP payload of a 1500-byte MTU with timestamps, as a QEMU migration stream over TCP).");
+    v.param(batch_pages, "batch_pages", "64", Spec(Unit::Count).at_least(1),
+            "Sender: pages sent per run of the migration thread before it yields its core (assumption).");
+    v.param(poll, "poll", "20us", Spec(Unit::Time).at_least(1e6),
+            "Sender: how long the migration thread sleeps when the PF's TX ring is full or it waits for the "
+            "vCPUs to stop (assumption).");
+  }
+};
+
+/// One migration as the source hypervisor runs it (migrations[]).
+struct MigrationSpec {
+  unsigned vm = 0;                  // the VM's index on the source hypervisor
+  std::uint64_t at = 0;             // ps: when the migration thread starts
+  unsigned core = 0;                // the source core the migration thread runs on
+  DirtyMode mode = DirtyMode::Pml;  // dirty tracking
+  std::uint64_t max_bandwidth = 0;  // bytes per second (0: unlimited)
+  std::uint64_t downtime_limit = 0; // ps
+  std::uint64_t max_rounds = 0;     // pre-copy rounds before a forced switchover
+  std::uint64_t dst_mac = 0;        // the destination's migration port
+  std::uint64_t src_mac = 0;
+};
+
+}  // namespace vmx::hv
