@@ -508,7 +508,8 @@ Session::Session(const ExperimentParams& params, std::string resolved_yaml)
   m_sys = new System(m_params);
   if (m_params.fast_forward) {
     m_sys->fast_forward = std::make_unique<System::FastForward>(*m_sys->sim);
-    for (cpu::Core* c : m_sys->platform.cores()) c->set_functional(true);
+    for (const auto& host : m_sys->hosts)
+      for (cpu::Core* c : host->platform->cores()) c->set_functional(true);
   }
 }
 
@@ -541,10 +542,11 @@ void Session::run_until(std::uint64_t ps) {
 void Session::switch_to_detailed() {
   System::FastForward& ff = *m_sys->fast_forward;
   double instructions = 0;
-  for (cpu::Core* c : m_sys->platform.cores()) {
-    instructions += static_cast<double>(c->stats().instructions.value());
-    c->set_functional(false);
-  }
+  for (const auto& host : m_sys->hosts)
+    for (cpu::Core* c : host->platform->cores()) {
+      instructions += static_cast<double>(c->stats().instructions.value());
+      c->set_functional(false);
+    }
   ff.pending = false;
   reset_stats();
   ff.switch_seconds.set(static_cast<double>(now_ps()) / 1e12);
@@ -659,14 +661,17 @@ void Session::sample_series() {
   SeriesCollector collect(patterns, now);
   m_sys->root.accept(collect);
   // Simulator observation of the hypervisor's state (no statistic of its own).
-  const hv::Hypervisor& h = *m_sys->hypervisor;
-  for (unsigned i = 0; i < h.vm_count(); ++i) {
-    const std::string path = "vm." + h.vm_name(i) + ".resident_pages";
-    for (const auto& p : patterns)
-      if (path_matches(p, path)) {
-        now.emplace_back(path, static_cast<double>(h.vm_resident_bytes(i) / 4096));
-        break;
-      }
+  for (const auto& host : m_sys->hosts) {
+    const hv::Hypervisor& h = *host->hypervisor;
+    const std::string prefix = host->name.empty() ? "" : "host." + host->name + ".";
+    for (unsigned i = 0; i < h.vm_count(); ++i) {
+      const std::string path = prefix + "vm." + h.vm_name(i) + ".resident_pages";
+      for (const auto& p : patterns)
+        if (path_matches(p, path)) {
+          now.emplace_back(path, static_cast<double>(h.vm_resident_bytes(i) / 4096));
+          break;
+        }
+    }
   }
   const std::size_t k = sd.time_ps.size();
   const std::uint64_t t = now_ps();
