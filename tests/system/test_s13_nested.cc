@@ -217,9 +217,10 @@ TEST_CASE("S13: three levels, the hypervisor running in a VM of itself running i
   // Statistics by level: L0's view of L1 (vm.l1.nested), L1's view of L2
   // (vm.l1.vm.l2.nested). Each CPUID of L3 is reflected by L1 to L2...
   CHECK(r.at("vm.l1.vm.l2.nested.l2_exits.CPUID.reflected") >= 100);
-  // ... after L0 reflected it to L1; L0 also reflects L2's own CPUID (its
-  // handler's) and every VMX instruction of L2 to L1.
-  CHECK(r.at("vm.l1.nested.l2_exits.CPUID.reflected") >= 200);
+  // ... after L0 reflected it to L1 (L2's handler answers from its CPUID
+  // table without a CPUID of its own, as KVM does); L0 also reflects every
+  // VMX instruction of L2 to L1.
+  CHECK(r.at("vm.l1.nested.l2_exits.CPUID.reflected") >= 100);
   CHECK(r.at("vm.l1.nested.l2_exits.VMREAD.reflected") > 0);
   CHECK(r.at("vm.l1.nested.l2_exits.VMRESUME.reflected") >= 100);
   // One L3 CPUID, end to end, costs more than L1's handling of one exit of
