@@ -46,7 +46,7 @@ def quoted_figures(path):
     found = "".join(re.findall(r"^#{2,3} What you should have found[^\n]*\n(.*?)(?=^#{1,3} |\Z)", text, re.S | re.M))
     figures = set()
     for m in re.finditer(r"\b\d{1,3}(?:,\d{3})+\b", found):
-        before = found[max(0, m.start() - 8):m.start()]
+        before = found[max(0, m.start() - 16):m.start()]
         if not re.search(r"(about|~|≈|some)\s*$", before, re.I):
             figures.add(m.group(0))
     return figures
