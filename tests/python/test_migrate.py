@@ -12,8 +12,8 @@ IN = "host.b.vm.web.migration_in."
 
 
 def s8_without_migration():
-    """S8 converging, its migration left to the caller."""
-    return {"migrations": [], "duration": "40ms"}
+    """S8 converging (90 ms), its migration left to the caller."""
+    return {"migrations": []}
 
 
 def test_migrate_between_steps_moves_the_vm():
@@ -30,8 +30,9 @@ def test_migrate_between_steps_moves_the_vm():
     assert s[OUT + "rounds"] >= 2 and s[OUT + "converged"] == 1
     # The guest ran on at the destination after the move.
     assert s["host.b.vm.web.vcpu0.instructions"] > 1e6
-    # Started at 5 ms, it was done well before the end (40 ms).
-    assert 0 < s[IN + "total_ns"] < 35e6
+    # Started at 5 ms (the experiment's record of it), done before the end.
+    assert s["migration_trigger.web.fired_ns"] == 5e6
+    assert 0 < s[IN + "total_ns"] < 85e6
 
 
 def test_migrate_options_are_validated_like_the_config():
