@@ -13,15 +13,15 @@ events::Mask CoreTrace::kinds_for(const trace::EventTrace& t) {
   return m;
 }
 
-CoreTrace::CoreTrace(Core& core, trace::EventTrace& trace)
-    : events::Listener(kinds_for(trace)), m_core(core), m_trace(trace) {
+CoreTrace::CoreTrace(Core& core, trace::EventTrace& trace, std::string host)
+    : events::Listener(kinds_for(trace)), m_core(core), m_trace(trace), m_host(std::move(host)) {
   if (kinds()) m_core.events().attach(*this);
 }
 
 CoreTrace::~CoreTrace() { m_core.events().detach(*this); }
 
 unsigned CoreTrace::row() {
-  if (m_track < 0) m_track = static_cast<int>(m_trace.track(trace::core_row(m_core.id())));
+  if (m_track < 0) m_track = static_cast<int>(m_trace.track(trace::core_row(m_core.id(), m_host)));
   return static_cast<unsigned>(m_track);
 }
 

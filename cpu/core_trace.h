@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "sim/event_trace.h"
 #include "sim/events.h"
@@ -18,8 +19,9 @@ class Core;
 class CoreTrace final : public events::Listener {
  public:
   /// Attaches itself to `core` for the kinds the trace's categories record
-  /// (none: it stays detached). Detaches itself when destroyed.
-  CoreTrace(Core& core, trace::EventTrace& trace);
+  /// (none: it stays detached). Detaches itself when destroyed. `host`
+  /// names the core's host when there are several (trace::core_row).
+  CoreTrace(Core& core, trace::EventTrace& trace, std::string host = {});
   ~CoreTrace() override;
   CoreTrace(const CoreTrace&) = delete;
   CoreTrace& operator=(const CoreTrace&) = delete;
@@ -35,6 +37,7 @@ class CoreTrace final : public events::Listener {
 
   Core& m_core;
   trace::EventTrace& m_trace;
+  std::string m_host;
   int m_track = -1;
   std::uint64_t m_since_ps = 0;        // start of the open slice
   const char* m_exit_name = nullptr;   // the exit being handled (null: none)

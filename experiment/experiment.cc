@@ -440,8 +440,6 @@ ExperimentParams load(const cfg::Document& doc) {
                      std::to_string(p.vms.size()) + " VMs");
     if (p.hosts.size() != 2)
       throw error_at(doc, "hosts", "exactly two hosts (one direct link joins them)", std::to_string(p.hosts.size()));
-    if (p.event_trace.enabled)
-      throw error_at(doc, "event_trace.enabled", "false with `hosts` (the trace has one row set per machine)", "true");
     std::set<std::string> names;
     for (std::size_t h = 0; h < p.hosts.size(); ++h) {
       const HostParams& hp = p.hosts[h];

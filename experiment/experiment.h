@@ -267,6 +267,25 @@ struct NetworkParams {
 };
 
 /// One live migration (docs/migration.md), started at a set time.
+/// A condition that starts a migration (migrations[].when): checked by the
+/// experiment every `every` from the migration's `at` on.
+struct MigrationWhenParams {
+  std::string stat;
+  double at_least;
+  std::uint64_t every;  // ps
+  template <class V>
+  void visit(V& v) {
+    v.param(stat, "stat", "", Spec(Unit::Text),
+            "Start the migration once this statistic (a counter or gauge by its full path, e.g. "
+            "host.a.vm.web.workload0.operations) reaches at_least, checked every `every` from `at` on (the "
+            "migration's `at` is then the earliest start). Empty: start at `at`.");
+    v.param(at_least, "at_least", "1.0", Spec(Unit::Ratio), "The value the statistic must reach.");
+    v.param(every, "every", "100us", Spec(Unit::Time).at_least(1e6),
+            "How often the condition is checked, in simulated time (assumption: a management agent polling a "
+            "guest or host metric; 100 us keeps the start within a tenth of a millisecond of the condition).");
+  }
+};
+
 struct MigrationParams {
   std::string vm, from, to;
   std::uint64_t at;  // ps
@@ -275,6 +294,7 @@ struct MigrationParams {
   std::uint64_t max_bandwidth;   // bytes per second
   std::uint64_t downtime_limit;  // ps
   std::uint64_t max_rounds;
+  MigrationWhenParams when;
   template <class V>
   void visit(V& v) {
     v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
@@ -297,6 +317,7 @@ struct MigrationParams {
     v.param(max_rounds, "max_rounds", "30", Spec().at_least(1),
             "Pre-copy rounds after which the migration switches over whatever remains (assumption; QEMU has no "
             "such cap, libvirt-style policies add one).");
+    v.section(when, "when", "A condition that starts the migration (docs/migration.md, \"Triggers\").");
   }
 };
 
@@ -392,6 +413,11 @@ class Session {
   void run_for(std::uint64_t ps) { run_until(now_ps() + ps); }
   /// Resets every statistic (a phase or warm-up boundary).
   void reset_stats();
+  /// Starts a live migration now, between steps (docs/migration.md,
+  /// "Triggers"): `mp` as validated by load() among the run's migrations
+  /// (its `at` and `when` are not used). The destination sets it up and the
+  /// source's migration thread starts within the next microseconds.
+  void migrate(const MigrationParams& mp);
 
   std::uint64_t now_ps() const;
   /// Every finite workload has completed.

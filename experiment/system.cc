@@ -123,6 +123,7 @@ struct Session::System {
     std::unique_ptr<models::Platform> platform;
     std::unique_ptr<hv::Hypervisor> hypervisor;
     std::vector<std::unique_ptr<guest::Kernel>> kernels;  // by VM of its hypervisor (null: runs a hypervisor)
+    std::vector<std::pair<std::string, unsigned>> incoming;  // migrations' incoming VMs: name, vCPUs
   };
 
   explicit System(const ExperimentParams& p) : params(p), trace(p.event_trace) {
@@ -169,30 +170,40 @@ struct Session::System {
     sim_finished = std::make_unique<stats::Gauge>(sim.get(), "finished", "flag", "1 if every finite workload completed");
     for (auto& h : hosts) build_host(*h);
     if (!p.migrations.empty()) build_migrations();
-    if (p.event_trace.enabled) {
-      models::Platform& platform = *hosts[0]->platform;
-      const PlatformParams& pp = p.platform;
-      // The timeline's rows in a fixed order: cores, devices, then each VM's
-      // vCPUs (a row exists from here on even if nothing happens on it).
-      for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i));
-      // Each core reports its entries, exits, interrupts and walks to the
-      // trace through a listener (sim/events.h).
-      for (unsigned i = 0; i < platform.core_count(); ++i)
-        core_traces.push_back(std::make_unique<cpu::CoreTrace>(platform.core(i), trace));
-      // The devices report interrupt messages and blocked DMA the same way.
-      device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.interrupts().events(), trace));
-      if (platform.root_complex())
-        device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.root_complex()->events(), trace));
-      if (pp.nic.enabled) {
-        trace.track(trace::msi_row());
-        trace.track(trace::iommu_row());
-      }
-      for (const VmParams& vp : p.vms)
-        for (unsigned j = 0; j < vp.vcpus; ++j) {
-          trace.track(trace::vcpu_row(vp.name, j));
-          if (trace.on(trace::kGuest)) trace.track(trace::vcpu_threads_row(vp.name, j));
-        }
+    if (p.event_trace.enabled)
+      for (auto& h : hosts) trace_host(*h);
+  }
+
+  /// The host's rows of the event trace and its listeners: with several
+  /// hosts each is one process of the trace ("host <name>"), with the rows
+  /// a single host has in processes of their own (trace::core_row).
+  void trace_host(Host& h) {
+    models::Platform& platform = *h.platform;
+    const PlatformParams& pp = *h.pp;
+    // The timeline's rows in a fixed order: cores, devices, then each VM's
+    // vCPUs (a row exists from here on even if nothing happens on it).
+    for (unsigned i = 0; i < platform.core_count(); ++i) trace.track(trace::core_row(i, h.name));
+    // Each core reports its entries, exits, interrupts and walks to the
+    // trace through a listener (sim/events.h).
+    for (unsigned i = 0; i < platform.core_count(); ++i)
+      core_traces.push_back(std::make_unique<cpu::CoreTrace>(platform.core(i), trace, h.name));
+    // The devices report interrupt messages and blocked DMA the same way.
+    device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.interrupts().events(), trace, h.name));
+    if (platform.root_complex())
+      device_traces.push_back(std::make_unique<models::DeviceTrace>(platform.root_complex()->events(), trace, h.name));
+    if (pp.nic.enabled) {
+      trace.track(trace::msi_row(h.name));
+      trace.track(trace::iommu_row(h.name));
     }
+    for (const VmParams& vp : *h.vms)
+      for (unsigned j = 0; j < vp.vcpus; ++j) {
+        trace.track(trace::vcpu_row(vp.name, j, h.name));
+        if (trace.on(trace::kGuest)) trace.track(trace::vcpu_threads_row(vp.name, j, h.name));
+      }
+    // Incoming VMs: their vCPUs run here after the migration; their guest
+    // kernel's rows stay on the host the VM was created on.
+    for (const auto& [name, vcpus] : h.incoming)
+      for (unsigned j = 0; j < vcpus; ++j) trace.track(trace::vcpu_row(name, j, h.name));
   }
 
   /// The host's hypervisor and VMs.
@@ -202,6 +213,7 @@ struct Session::System {
     platform.memory().set_host_limit(params.host_memory_limit ? params.host_memory_limit : default_host_memory_limit());
     h.hypervisor = std::make_unique<hv::Hypervisor>(*h.hp, platform.cores(), pp.memory, pp.frequency, h.group);
     hv::Hypervisor* hyp = h.hypervisor.get();
+    hyp->set_trace_host(h.name);
     // The hypervisor drives the NIC's physical function (PF driver and switch).
     if (platform.nic()) hyp->attach_nic(platform.nic()->window(0));
     if (pp.nic.enabled) {
@@ -222,16 +234,36 @@ struct Session::System {
   /// Each migration: the incoming VM on the destination (the same guest
   /// kernel, its vCPUs off until the stream has arrived), its migration
   /// port there, and the migration thread on the source (docs/migration.md).
+  /// A migration with `when` is set up here too, and started by its
+  /// trigger (check_triggers).
   void build_migrations() {
-    auto find = [&](const std::string& name) -> Host& {
-      for (auto& h : hosts)
-        if (h->name == name) return *h;
-      throw std::logic_error("no host " + name);  // validated by load()
-    };
     for (std::size_t m = 0; m < params.migrations.size(); ++m) {
       const MigrationParams& mp = params.migrations[m];
-      Host& src = find(mp.from);
-      Host& dst = find(mp.to);
+      const unsigned vm = setup_migration(mp, m, !mp.when.stat.empty());
+      if (mp.when.stat.empty()) continue;
+      double value = 0;
+      if (!stat_value(mp.when.stat, value))
+        throw cfg::ConfigError("", 0, fmt::format("migrations[{}].when.stat", m),
+                               "the path of a counter or gauge of this run's statistics", mp.when.stat);
+      triggers.push_back({&mp, &find_host(mp.from), vm, mp.at, &trigger_stats(mp.vm)});
+    }
+  }
+
+  Host& find_host(const std::string& name) {
+    for (auto& h : hosts)
+      if (h->name == name) return *h;
+    throw std::logic_error("no host " + name);  // validated by load()
+  }
+
+  /// Migration `m` (its index among the run's migrations): the incoming VM
+  /// and port on the destination, the migration on the source, started at
+  /// mp.at or, `deferred`, by migrate_start. Before the run, or on a core of
+  /// the destination (a migration asked for while the run goes on). Returns
+  /// the VM's index on the source.
+  unsigned setup_migration(const MigrationParams& mp, std::size_t m, bool deferred) {
+    {
+      Host& src = find_host(mp.from);
+      Host& dst = find_host(mp.to);
       unsigned index = 0;
       while (src.hypervisor->vm_name(index) != mp.vm) ++index;
       const VmParams* vp = nullptr;
@@ -253,6 +285,7 @@ struct Session::System {
       const unsigned dst_index = dst.hypervisor->vm_count() - 1;
       monitor_index[dst.hypervisor.get()].push_back(monitor_index[src.hypervisor.get()].at(index));
       dst.kernels.push_back(nullptr);  // the kernel is the source's
+      dst.incoming.emplace_back(spec.name, spec.vcpus);
       // Migration ports: locally administered MACs 02:00:00:4d:<m>:<end>.
       const std::uint64_t base = 0x02 | (0x4Dull << 24) | (std::uint64_t(m & 0xFF) << 32);
       const std::uint64_t dst_mac = base | (1ull << 40), src_mac = base | (2ull << 40);
@@ -269,6 +302,7 @@ struct Session::System {
       ms.max_rounds = mp.max_rounds;
       ms.dst_mac = dst_mac;
       ms.src_mac = src_mac;
+      ms.deferred = deferred;
       src.hypervisor->migrate_out(ms);
       // The check (simulator observation, no cost): page checksums at the
       // source when its memory is final, compared with the destination's
@@ -293,8 +327,78 @@ struct Session::System {
         }
       });
       checks.push_back(check);
+      return index;
     }
   }
+
+  /// A migration started now, while the run goes on (Session::migrate): a
+  /// command to the destination's core 0 sets it up there, then starts the
+  /// source's migration thread at once (docs/migration.md, "Triggers").
+  void migrate_now(const MigrationParams& mp, std::uint64_t now) {
+    runtime_migrations.push_back(mp);
+    const MigrationParams* keep = &runtime_migrations.back();
+    const std::size_t m = params.migrations.size() + runtime_migrations.size() - 1;
+    Host& dst = find_host(mp.to);
+    Host& src = find_host(mp.from);
+    trigger_stats(mp.vm).fired_ns.set(static_cast<double>(now / 1000));
+    const std::uint8_t vec = dst.hypervisor->command(now, 0, [this, keep, m, &src](cpu::Core& c) {
+      const unsigned vm = setup_migration(*keep, m, true);
+      start_migration(src, vm, c.now_ps());
+    });
+    dst.platform->interrupts().ipi(0, 0, vec);
+  }
+
+  /// The source's migration thread starts (a command on its core).
+  static void start_migration(Host& src, unsigned vm, std::uint64_t now) {
+    const auto [core, vec] = src.hypervisor->migrate_start(vm, now);
+    src.platform->interrupts().ipi(core, core, vec);
+  }
+
+  /// When a migration not started at its `at` was started (experiment-side:
+  /// the trigger is outside the machine), under migration_trigger.<vm>.
+  struct TriggerStats {
+    explicit TriggerStats(stats::Group& g)
+        : checks(&g, "checks", "checks", "times the migration's `when` condition was checked"),
+          fired_ns(&g, "fired_ns", "ns", "simulated time at which the migration was started (condition or Python)") {}
+    stats::Counter checks;
+    stats::Gauge fired_ns;
+  };
+  TriggerStats& trigger_stats(const std::string& vm) {
+    auto& slot = trigger_groups[vm];
+    if (!slot) slot = std::make_unique<TriggerStats>(root.subgroup("migration_trigger").subgroup(vm, "VM " + vm));
+    return *slot;
+  }
+  /// Migrations waiting for their `when` condition.
+  struct Trigger {
+    const MigrationParams* mp;
+    Host* src;
+    unsigned vm;
+    std::uint64_t next_ps;  // the next check (UINT64_MAX: started)
+    TriggerStats* stats;
+  };
+  std::uint64_t next_check() const {
+    std::uint64_t next = UINT64_MAX;
+    for (const Trigger& t : triggers) next = std::min(next, t.next_ps);
+    return next;
+  }
+  /// Checks the conditions due at `now` (statistics up to date); a
+  /// migration whose condition holds starts now.
+  void check_triggers(std::uint64_t now) {
+    for (Trigger& t : triggers) {
+      if (t.next_ps > now) continue;
+      double value = 0;
+      ++t.stats->checks;
+      if (stat_value(t.mp->when.stat, value) && value >= t.mp->when.at_least) {
+        t.stats->fired_ns.set(static_cast<double>(now / 1000));
+        start_migration(*t.src, t.vm, now);
+        t.next_ps = UINT64_MAX;
+      } else {
+        t.next_ps += t.mp->when.every;
+      }
+    }
+  }
+  /// The value of the counter or gauge at `path`; false if there is none.
+  bool stat_value(const std::string& path, double& out) const;
 
   /// Checksums of a migrated VM's pages (experiment-side observation).
   struct MigrationCheck {
@@ -389,6 +493,7 @@ struct Session::System {
       if (wl->finite()) monitor->expect(mon, wp.threads);
       kernel->add_process(wl, static_cast<unsigned>(wp.threads), wp.page_size, wp.nice);
     }
+    kernel->set_trace_host(current->name);
     // Memory overcommit devices (docs/memory.md); the balloon's kernel
     // thread comes after the workloads' threads.
     if (vp.swap) kernel->set_swap_disk();
@@ -452,6 +557,9 @@ struct Session::System {
   Host* current = nullptr;                  // the host whose VMs are being built
   std::unique_ptr<models::EthLink> link;    // between the hosts (with `hosts`)
   std::vector<std::shared_ptr<MigrationCheck>> checks;
+  std::vector<Trigger> triggers;
+  std::map<std::string, std::unique_ptr<TriggerStats>> trigger_groups;
+  std::deque<MigrationParams> runtime_migrations;  // Session::migrate's, kept for the run
   // Nested virtualization: the hypervisors running as guests, their images
   // and their VMs' kernels.
   std::vector<std::unique_ptr<hv::Hypervisor>> guest_hypervisors;
@@ -555,18 +663,31 @@ void Session::switch_to_detailed() {
 
 void Session::advance(std::uint64_t ps) {
   // With series.interval the simulation stops at every sample time (from 0)
-  // to sample; stopping changes no statistic.
-  if (const std::uint64_t interval = m_params.series.interval) {
-    auto& sd = m_sys->series;
-    while (sd.next_ps <= ps && !(m_params.stop_when_done && m_sys->monitor->finished())) {
-      advance_to(sd.next_ps);
-      if (now_ps() < sd.next_ps) break;  // finished before the sample time
+  // to sample, and with migrations[].when at every check of a condition;
+  // stopping changes no statistic.
+  const std::uint64_t interval = m_params.series.interval;
+  auto& sd = m_sys->series;
+  for (;;) {
+    if (m_params.stop_when_done && m_sys->monitor->finished()) break;
+    const std::uint64_t sample = interval && sd.next_ps <= ps ? sd.next_ps : UINT64_MAX;
+    const std::uint64_t check = m_sys->next_check() <= ps ? m_sys->next_check() : UINT64_MAX;
+    const std::uint64_t next = std::min(sample, check);
+    if (next == UINT64_MAX) break;
+    advance_to(next);
+    if (now_ps() < next) break;  // finished before
+    if (next == check) {
+      update_gauges();
+      m_sys->check_triggers(now_ps());
+    }
+    if (next == sample) {
       sample_series();
       sd.next_ps += interval;
     }
   }
   advance_to(ps);
 }
+
+void Session::migrate(const MigrationParams& mp) { m_sys->migrate_now(mp, std::max<std::uint64_t>(1, now_ps())); }
 
 void Session::advance_to(std::uint64_t ps) {
   sc_core::sc_time target = time_ps(ps);
@@ -651,6 +772,19 @@ class SeriesCollector final : public stats::Visitor {
 };
 
 }  // namespace
+
+bool Session::System::stat_value(const std::string& path, double& out) const {
+  std::vector<std::pair<std::string, double>> found;
+  const std::vector<std::string> patterns{path};
+  SeriesCollector collect(patterns, found);
+  root.accept(collect);
+  for (const auto& [name, v] : found)
+    if (name == path) {
+      out = v;
+      return true;
+    }
+  return false;
+}
 
 void Session::sample_series() {
   if (!m_params.series.interval) return;

@@ -784,7 +784,7 @@ void Kernel::trace_switch(Core& c, Vcpu& v, const Thread* prev) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t->on(trace::kGuest)) return;
   if (v.trace_track < 0)
-    v.trace_track = static_cast<int>(t->track(trace::vcpu_threads_row(m_vm, v.index)));
+    v.trace_track = static_cast<int>(t->track(trace::vcpu_threads_row(m_vm, v.index, m_trace_host)));
   const std::uint64_t now = c.now_ps();
   if (prev)
     t->slice(trace::kGuest, static_cast<unsigned>(v.trace_track), "thread", v.trace_since_ps, now, {"pcid", prev->m_process->pcid},

@@ -357,6 +357,9 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
   /// Memory overcommit (before the run; docs/memory.md): the VM has a
   /// virtio-blk disk the kernel swaps to, and a virtio-balloon device whose
   /// driver runs in a kernel thread.
+  /// With several hosts: the host the VM was created on, whose process of
+  /// the event trace holds the kernel's thread rows (before the run).
+  void set_trace_host(std::string host) { m_trace_host = std::move(host); }
   void set_swap_disk();
   void set_balloon();
   /// The VM is encrypted (SEV-like, docs/protection.md "S11"; before the
@@ -579,6 +582,7 @@ class Kernel final : public abi::GuestImage, public cpu::InterruptHandler, publi
 
   KernelParams m_p;
   std::string m_vm;
+  std::string m_trace_host;  // set_trace_host
   std::uint64_t m_memory;
   std::uint64_t m_tsc_hz, m_tick_cycles, m_slice_cycles;
   std::uint64_t m_seed;

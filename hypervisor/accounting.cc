@@ -94,7 +94,7 @@ void Hypervisor::trace_state(Core& c, Vcpu& v, std::uint64_t now, bool stolen) {
   trace::EventTrace* t = trace::EventTrace::active();
   if (!t || !t->on(trace::kSched)) return;
   if (v.time.trace_track < 0)
-    v.time.trace_track = static_cast<int>(t->track(trace::vcpu_row(v.vm->name, v.index)));
+    v.time.trace_track = static_cast<int>(t->track(trace::vcpu_row(v.vm->name, v.index, m_trace_host)));
   const char* name = v.time.off == Vcpu::Off::OnCpu      ? "running"
                      : v.time.off == Vcpu::Off::Halted   ? "halted"
                      : v.time.off == Vcpu::Off::Runnable ? (stolen ? "runnable (stolen)" : "runnable (hypervisor)")

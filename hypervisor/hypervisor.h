@@ -15,6 +15,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "abi/boot.h"
@@ -375,6 +376,9 @@ class Hypervisor {
   void add_vm(const VmSpec& spec);
   /// Called on a core when a VM has stopped and been torn down (its index).
   void on_vm_stopped(std::function<void(cpu::Core&, unsigned vm)> fn) { m_on_stopped = std::move(fn); }
+  /// With several hosts: this hypervisor's host, whose process of the
+  /// event trace holds its vCPUs' rows (trace::vcpu_row). Before the run.
+  void set_trace_host(std::string host) { m_trace_host = std::move(host); }
   /// Why VM i stopped, with the simulated time ("" while it runs).
   const std::string& vm_stop_note(unsigned i) const;
   /// The host frame allocator (docs/memory.md).
@@ -447,6 +451,17 @@ class Hypervisor {
   /// Makes VM `vm` (added with VmSpec::incoming) the target of a migration
   /// whose stream arrives at the PF for `mac`. Before the run.
   void migrate_in(unsigned vm, std::uint64_t mac);
+  /// A management command from outside the simulated machine (the
+  /// experiment: a migration trigger, or Python between steps;
+  /// docs/migration.md, "Triggers"): `fn` runs as a timed job on `core`
+  /// from simulated time `ps` on. The caller raises the returned vector at
+  /// that core (the command's arrival); its handler re-arms the core's
+  /// timer, which runs the job. Between simulation steps or from a core.
+  std::uint8_t command(std::uint64_t ps, unsigned core, std::function<void(cpu::Core&)> fn);
+  /// Starts the migration of VM `vm` set up with MigrationSpec::deferred:
+  /// its thread's first run, as a command at `ps`. Returns the thread's
+  /// core and the vector to raise there; throws if it already started.
+  std::pair<unsigned, std::uint8_t> migrate_start(unsigned vm, std::uint64_t ps);
   /// Simulator observation for checks (no cost): called on the source when
   /// the migrated VM's memory is final (vCPUs paused, before its frames are
   /// freed), and on the destination when the VM resumes, with the VM's
@@ -783,6 +798,7 @@ class Hypervisor {
   void mig_load_vmcs(cpu::Core& c, Vcpu& v);
   void mig_probe(cpu::Core& c, Vm& vm);
   MemoryProbe m_mig_probe;
+  std::string m_trace_host;  // set_trace_host
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.

@@ -80,6 +80,8 @@ void Hypervisor::migrate_out(const MigrationSpec& spec) {
     throw std::invalid_argument("VM " + vm.name + ": migration needs EPT paging and no device, nesting or vPMU");
   vm.mig_out = std::make_unique<MigrationOut>();
   vm.mig_out->spec = spec;
+  if (spec.deferred) return;  // migrate_start (below)
+  vm.mig_out->triggered = true;
   Vm* p = &vm;
   at(spec.at, spec.core, [this, p](Core& c) { mig_step(c, *p); });
 }
@@ -450,6 +452,26 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
 void Hypervisor::mig_load_vmcs(Core& c, Vcpu& v) {
   charge(c, m_p.live_migration.vcpu_state, kCodeMigrateDst);
   for (unsigned i = 0; i < std::size(kFields); ++i) vmw(c, kFields[i], c.load(v.mig_record + 8 * (kSlotFields + i)));
+}
+
+// --- Starting on a trigger (docs/migration.md, "Triggers") -------------------
+
+std::uint8_t Hypervisor::command(std::uint64_t ps, unsigned core, std::function<void(Core&)> fn) {
+  if (core >= m_cores.size())
+    throw std::invalid_argument(fmt::format("hypervisor: a command for core {}, but the platform has {} cores", core,
+                                            m_cores.size()));
+  m_jobs.push_back({std::max<std::uint64_t>(1, ps_to_tsc(ps)), core, std::move(fn)});
+  return kRescheduleVector;  // host_interrupt: program_timer takes the job into account
+}
+
+std::pair<unsigned, std::uint8_t> Hypervisor::migrate_start(unsigned id, std::uint64_t ps) {
+  Vm& vm = *m_vms.at(id);
+  if (!vm.mig_out || vm.mig_out->triggered)
+    throw std::logic_error("hypervisor: VM " + vm.name + " has no migration waiting for its start");
+  vm.mig_out->triggered = true;
+  const unsigned core = vm.mig_out->spec.core;
+  Vm* p = &vm;
+  return {core, command(ps, core, [this, p](Core& c) { mig_step(c, *p); })};
 }
 
 }  // namespace vmx::hv

@@ -58,6 +58,7 @@ struct MigrationSpec {
   std::uint64_t downtime_limit = 0; // ps
   std::uint64_t max_rounds = 0;     // pre-copy rounds before a forced switchover
   std::uint64_t dst_mac = 0;        // the destination's migration port
+  bool deferred = false;            // started by Hypervisor::migrate_start, not at `at`
   std::uint64_t src_mac = 0;
 };
 

@@ -25,6 +25,7 @@ struct Hypervisor::MigrationOut {
   std::uint64_t frames = 0;     // stream frames sent
   std::uint64_t started = 0, pause_tsc = 0;
   unsigned frames_per_page = 1;
+  bool triggered = false;  // its first run is scheduled (at `at`, or by migrate_start)
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "migration", "live migration out of this host (migration.cc)") {}

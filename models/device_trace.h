@@ -5,6 +5,8 @@
 // themselves know nothing of the trace.
 #pragma once
 
+#include <string>
+
 #include "sim/event_trace.h"
 #include "sim/events.h"
 
@@ -13,8 +15,9 @@ namespace vmx::models {
 class DeviceTrace final : public events::Listener {
  public:
   /// Attaches itself to `d` (a device's events) for the kinds the trace's
-  /// categories record; detaches itself when destroyed.
-  DeviceTrace(events::Dispatcher& d, trace::EventTrace& trace);
+  /// categories record; detaches itself when destroyed. `host` names the
+  /// device's host when there are several (trace::msi_row).
+  DeviceTrace(events::Dispatcher& d, trace::EventTrace& trace, std::string host = {});
   ~DeviceTrace() override;
   DeviceTrace(const DeviceTrace&) = delete;
   DeviceTrace& operator=(const DeviceTrace&) = delete;
@@ -26,6 +29,7 @@ class DeviceTrace final : public events::Listener {
   static events::Mask kinds_for(const trace::EventTrace& t);
   events::Dispatcher& m_source;
   trace::EventTrace& m_trace;
+  std::string m_host;
   int m_msi_track = -1, m_iommu_track = -1;  // created on first use
 };
 

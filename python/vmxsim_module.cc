@@ -13,6 +13,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -138,8 +139,30 @@ class PySession {
   bool stop_when_done() const { return m_session->params().stop_when_done; }
   std::uint64_t seed() const { return m_session->params().seed; }
 
+  /// Simulation.migrate (docs/migration.md, "Triggers"): `options` as one
+  /// more migrations[] entry (from: the host that has the VM; at: now),
+  /// validated with the run's configuration and earlier such migrations,
+  /// then started.
+  void migrate(const py::dict& options) {
+    YAML::Node entry = to_node(options, "migrate", "");
+    YAML::Node root = YAML::Load(m_session->resolved_yaml());
+    if (!entry["from"] && entry["vm"] && root["hosts"])
+      for (const auto& h : root["hosts"])
+        for (const auto& v : h["vms"])
+          if (v["name"] && entry["vm"].IsScalar() && v["name"].as<std::string>() == entry["vm"].as<std::string>())
+            entry["from"] = h["name"].as<std::string>();
+    entry["at"] = std::to_string(std::max<std::uint64_t>(1, m_session->now_ps())) + "ps";
+    YAML::Node list = root["migrations"];
+    for (const auto& e : m_migrations) list.push_back(e);
+    list.push_back(entry);
+    const experiment::ExperimentParams params = experiment::load(cfg::Document::from_node(root, "migrate"));
+    m_session->migrate(params.migrations.back());
+    m_migrations.push_back(entry);
+  }
+
  private:
   std::unique_ptr<experiment::Session> m_session;
+  std::vector<YAML::Node> m_migrations;  // migrate()'s entries so far
 };
 
 void raise_config_error(const cfg::ConfigError& e) {
@@ -223,6 +246,7 @@ PYBIND11_MODULE(_vmxsim, m) {
       .def(py::init<const PyDocument&>(), py::arg("document"))
       .def("run_until", &PySession::run_until, py::arg("ps"))
       .def("reset_stats", &PySession::reset_stats)
+      .def("migrate", &PySession::migrate, py::arg("options"))
       .def_property_readonly("now_ps", &PySession::now_ps)
       .def_property_readonly("finished", &PySession::finished)
       .def("stats_json", &PySession::stats_json)

@@ -29,12 +29,22 @@ void put_us(std::string& out, std::uint64_t ps) { fmt::format_to(std::back_inser
 
 }  // namespace
 
-Row core_row(unsigned core) { return {"cores", fmt::format("cpu{}", core)}; }
-Row msi_row() { return {"devices", "interrupt messages"}; }
-Row iommu_row() { return {"devices", "iommu"}; }
-Row vcpu_row(const std::string& vm, unsigned vcpu) { return {"vm " + vm, fmt::format("vcpu{}", vcpu)}; }
-Row vcpu_threads_row(const std::string& vm, unsigned vcpu) {
-  return {"vm " + vm, fmt::format("vcpu{} threads", vcpu)};
+namespace {
+// A single-host row, or its place in the process of host `host`.
+Row on_host(Row r, const std::string& host) {
+  if (host.empty()) return r;
+  return {"host " + host, r.process + " " + r.thread};
+}
+}  // namespace
+
+Row core_row(unsigned core, const std::string& host) { return on_host({"cores", fmt::format("cpu{}", core)}, host); }
+Row msi_row(const std::string& host) { return on_host({"devices", "interrupt messages"}, host); }
+Row iommu_row(const std::string& host) { return on_host({"devices", "iommu"}, host); }
+Row vcpu_row(const std::string& vm, unsigned vcpu, const std::string& host) {
+  return on_host({"vm " + vm, fmt::format("vcpu{}", vcpu)}, host);
+}
+Row vcpu_threads_row(const std::string& vm, unsigned vcpu, const std::string& host) {
+  return on_host({"vm " + vm, fmt::format("vcpu{} threads", vcpu)}, host);
 }
 
 const char* category_name(Category c) {

@@ -55,15 +55,19 @@ struct EventTraceParams {
 
 /// The timeline's rows, named in one place (process, thread): the
 /// components that record and the experiment that lays the rows out in
-/// order (cores, devices, VMs) both use these.
+/// order (cores, devices, VMs) both use these. With several hosts
+/// (docs/migration.md) each host is one process, "host <name>", and the
+/// single-host process name leads the row's name ("cores cpu0",
+/// "vm web vcpu0"); `host` empty gives the single-host rows.
 struct Row {
   std::string process, thread;
 };
-Row core_row(unsigned core);
-Row msi_row();    // device interrupt messages
-Row iommu_row();  // DMA the IOMMU blocked
-Row vcpu_row(const std::string& vm, unsigned vcpu);
-Row vcpu_threads_row(const std::string& vm, unsigned vcpu);  // the guest's own thread switches
+Row core_row(unsigned core, const std::string& host = {});
+Row msi_row(const std::string& host = {});    // device interrupt messages
+Row iommu_row(const std::string& host = {});  // DMA the IOMMU blocked
+Row vcpu_row(const std::string& vm, unsigned vcpu, const std::string& host = {});
+/// The guest's own thread switches.
+Row vcpu_threads_row(const std::string& vm, unsigned vcpu, const std::string& host = {});
 
 /// The name of a category as the categories list and the "cat" field spell it.
 const char* category_name(Category c);

@@ -413,6 +413,58 @@ class Periodic final : public Workload {
   stats::Counter m_misses{&m_stats, "deadline_misses", "jobs", "jobs completed after their deadline"};
 };
 
+// A heartbeat (docs/migration.md, "What the guest felt"): a thread wakes
+// every `interval` by its TSC and records the time since its previous
+// wake-up. While its VM is paused (a migration's downtime) or descheduled
+// it cannot run, so the longest gap bounds that stop from above, as the
+// longest silence of a ping through the VM would. A wake-up one interval or
+// more behind its due time skips the beats it missed (counted as missed,
+// like pings that got no reply) and keeps to the original schedule.
+class Heartbeat final : public Workload {
+ public:
+  Heartbeat(const HeartbeatParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.beats != 0; }
+  void run(guest::Thread& t) override {
+    const std::uint64_t hz = t.tsc_hz();
+    const std::uint64_t interval = ps_to_cycles(m_p.interval, hz);
+    const std::uint64_t late = m_p.late ? ps_to_cycles(m_p.late, hz) : interval;
+    auto ns = [hz](std::uint64_t cycles) {
+      return static_cast<std::uint64_t>(static_cast<unsigned __int128>(cycles) * 1'000'000'000ull / hz);
+    };
+    started(t);
+    std::uint64_t last = t.cpu().rdtsc();
+    std::uint64_t due = last + interval;
+    repeat(m_p.beats, [&] {
+      t.sleep_until(due);
+      const std::uint64_t now = t.cpu().rdtsc();
+      const std::uint64_t gap = ns(now - last);
+      m_gap.sample(gap);
+      if (gap > static_cast<std::uint64_t>(m_max_gap.value())) {
+        m_max_gap.set(static_cast<double>(gap));
+        m_max_gap_at.set(static_cast<double>(ns(last)));
+      }
+      if (now - due > late) ++m_late;
+      if (now >= due + interval) {
+        const std::uint64_t skipped = (now - due) / interval;
+        m_missed += skipped;
+        due += skipped * interval;
+      }
+      ++m_stats.operations;
+      last = now;
+      due += interval;
+    });
+    finished(t);
+  }
+
+ private:
+  HeartbeatParams m_p;
+  stats::Histogram m_gap{&m_stats, "gap_ns", "ns", "time between consecutive beats (guest TSC)"};
+  stats::Gauge m_max_gap{&m_stats, "max_gap_ns", "ns", "the longest time between two beats"};
+  stats::Gauge m_max_gap_at{&m_stats, "max_gap_from_ns", "ns", "guest TSC (in ns) of the beat that began the longest gap"};
+  stats::Counter m_late{&m_stats, "late", "beats", "beats taken more than `late` after they were due"};
+  stats::Counter m_missed{&m_stats, "missed", "beats", "beats skipped because the thread could not run when due"};
+};
+
 // A server with Poisson arrivals: requests arrive at random (seeded) times,
 // are served in order, and the program records each one's response time.
 class RequestServer final : public Workload {
@@ -558,6 +610,7 @@ std::shared_ptr<Workload> Workload::create(const WorkloadParams& p, stats::Group
   if (p.type == "fork_churn") return std::make_shared<ForkChurn>(p.fork_churn, parent, name);
   if (p.type == "protection_probe") return std::make_shared<ProtectionProbe>(p.protection_probe, parent, name);
   if (p.type == "periodic") return std::make_shared<Periodic>(p.periodic, parent, name);
+  if (p.type == "heartbeat") return std::make_shared<Heartbeat>(p.heartbeat, parent, name);
   if (p.type == "request_server") return std::make_shared<RequestServer>(p.request_server, parent, name);
   if (p.type == "spinlock") return std::make_shared<Spinlock>(p.spinlock, parent, name);
   if (p.type == "profile") return create_profile(p.profile, parent, name);

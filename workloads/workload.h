@@ -168,6 +168,21 @@ struct PeriodicParams {
   }
 };
 
+/// A heartbeat: the guest's own view of how long it was stopped (docs/
+/// migration.md, "What the guest felt").
+struct HeartbeatParams {
+  std::uint64_t interval, late, beats;
+  template <class V>
+  void visit(V& v) {
+    v.param(interval, "interval", "100us", Spec(Unit::Time).at_least(1e6),
+            "Time between beats: the thread sleeps until each beat is due, then notes it (as ping's default "
+            "interval scaled to a simulation: assumption).");
+    v.param(late, "late", "0ps", Spec(Unit::Time),
+            "A beat taken more than this after it was due counts as late (0: one interval).");
+    v.param(beats, "beats", "0", Spec(), "Beats (0: until the end of the run).");
+  }
+};
+
 /// The critical VM's periodic control loop (workloads/net.cc; docs/
 /// protection.md, "Mixed criticality").
 struct ControlLoopParams {
@@ -460,6 +475,7 @@ struct WorkloadParams {
   MmapChurnParams mmap_churn;
   ForkChurnParams fork_churn;
   PeriodicParams periodic;
+  HeartbeatParams heartbeat;
   ControlLoopParams control_loop;
   RequestServerParams request_server;
   SpinlockParams spinlock;
@@ -494,7 +510,7 @@ struct WorkloadParams {
               cfg::alt("net_stream", net_stream), cfg::alt("net_rx", net_rx), cfg::alt("dma_rogue", dma_rogue),
               cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
               cfg::alt("profile", profile), cfg::alt("page_content", page_content),
-              cfg::alt("control_loop", control_loop),
+              cfg::alt("control_loop", control_loop), cfg::alt("heartbeat", heartbeat),
               cfg::alt("interpreter", interpreter));
   }
 };

@@ -7,7 +7,7 @@ was started with; fd 1 itself is pointed at stderr so that anything the
 simulator prints cannot corrupt the replies.
 
 Frames are an 8-byte little-endian length and a pickle (_protocol.py).
-Requests are tuples ("open", resolved_yaml, name, command), ("run_until", ps), ("reset",),
+Requests are tuples ("open", resolved_yaml, name, command), ("run_until", ps), ("reset",), ("migrate", options),
 ("snapshot",), ("close",); replies are ("ok", value) or ("error", kind, message, attrs).
 Snapshots carry stats.json (and the event trace) with their provenance: the
 build's version and commit, ``command`` (what the parent ran), the seed, the
@@ -50,6 +50,9 @@ def _serve(requests, replies):
                          **_state(session)}
             elif op == "run_until":
                 session.run_until(req[1])
+                value = _state(session)
+            elif op == "migrate":
+                session.migrate(req[1])
                 value = _state(session)
             elif op == "reset":
                 session.reset_stats()

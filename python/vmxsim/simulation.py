@@ -203,6 +203,22 @@ class Simulation:
                 progress.close()
         return self
 
+    def migrate(self, vm, to, **options):
+        """Starts a live migration of VM ``vm`` to host ``to`` now, between
+        steps (docs/migration.md, "Triggers"). ``options`` are the keys of a
+        ``migrations[]`` entry (``tracking``, ``max_bandwidth``,
+        ``downtime_limit``, ``max_rounds``, ``core``, ``from``); ``from``
+        defaults to the host the VM is on and the start is the current
+        simulated time. Raises ConfigError for an option the config would
+        refuse. The migration then runs as the simulation goes on
+        (``run()``); its statistics are the same as a configured one's.
+        """
+        if "from_" in options:
+            options["from"] = options.pop("from_")
+        entry = {"vm": vm, "to": to, **options}
+        self._state = self._call("migrate", entry)
+        return self
+
     def reset(self):
         """Resets every statistic (a phase boundary)."""
         self._state = self._call("reset")
