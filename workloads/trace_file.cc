@@ -114,12 +114,14 @@ std::size_t TraceFile::Cursor::next_batch(TraceRecord* out, std::size_t max) {
   while (n < max) {
     if (m_end - m_pos < kMaxRecordBytes && !m_eof) refill();
     std::size_t pos = m_pos;
-    const std::size_t end = m_end;
-    std::uint64_t prev0 = m_prev[0], prev1 = m_prev[1];
-    const std::uint8_t* const data = m_data;
-    static_assert(kMaxRecordBytes >= kFastBytes, "the fast path reads within a record's worth of bytes");
     // Up to the last record's worth of the data, where next() refills.
-    while (n < max && end - pos >= kMaxRecordBytes) {
+    static_assert(kMaxRecordBytes >= kFastBytes, "the fast path reads within a record's worth of bytes");
+    const std::size_t stop = m_end >= kMaxRecordBytes ? m_end - kMaxRecordBytes + 1 : 0;
+    std::uint64_t prev[2] = {m_prev[0], m_prev[1]};
+    const std::uint8_t* const data = m_data;
+    TraceRecord* o = out + n;
+    TraceRecord* const o_end = out + max;
+    while (o < o_end && pos < stop) {
       const std::uint8_t tag = data[pos];
       std::uint64_t w;
       std::memcpy(&w, data + pos + 1, 8);
@@ -145,21 +147,22 @@ std::size_t TraceFile::Cursor::next_batch(TraceRecord* out, std::size_t max) {
         v = (v & 0x00003FFF00003FFFull) | ((v & 0x3FFF00003FFF0000ull) >> 2);
         v = (v & 0x000000000FFFFFFFull) | ((v & 0x0FFFFFFF00000000ull) >> 4);
       }
-      const auto kind = static_cast<TraceRecord::Kind>(tag & 3);
-      const auto size = static_cast<std::uint8_t>((tag >> 3) + 1);
-      const bool fetch = kind == TraceRecord::Fetch;
-      const std::uint64_t address = (fetch ? prev0 : prev1) + ((v >> 1) ^ (~(v & 1) + 1));  // zigzag
-      if (address < kLowestAddress || address > kAddressLimit - size) break;
-      (fetch ? prev0 : prev1) = address;
-      out[n].address = address;
-      out[n].kind = kind;
-      out[n].size = size;
-      ++n;
+      const unsigned size = (tag >> 3) + 1u;
+      const unsigned stream = (tag & 3) != TraceRecord::Fetch;
+      const std::uint64_t address = prev[stream] + ((v >> 1) ^ (0 - (v & 1)));  // zigzag
+      // kLowestAddress <= address <= kAddressLimit - size, in one compare.
+      if (address - kLowestAddress > kAddressLimit - kLowestAddress - size) break;
+      prev[stream] = address;
+      o->address = address;
+      o->kind = static_cast<TraceRecord::Kind>(tag & 3);
+      o->size = static_cast<std::uint8_t>(size);
+      ++o;
       pos += 1 + len;
     }
+    n = static_cast<std::size_t>(o - out);
     m_pos = pos;
-    m_prev[0] = prev0;
-    m_prev[1] = prev1;
+    m_prev[0] = prev[0];
+    m_prev[1] = prev[1];
     if (n == max) break;
     if (m_end - m_pos < kMaxRecordBytes && !m_eof) continue;  // refill, then on
     // The record at m_pos needs the checked path: one of the last bytes of
