@@ -174,6 +174,18 @@ Outcome run_one(const std::string& target, const std::string& input) {
       while (c.next(r)) ++n;
       if (n != t.records()) throw std::logic_error("trace: decoded " + std::to_string(n) + " records, parse counted " +
                                                    std::to_string(t.records()));
+      // Batches of an odd size decode the records one by one gives.
+      auto one = t.cursor();
+      auto batched = t.cursor();
+      vmx::workloads::TraceRecord batch[7];
+      std::uint64_t m = 0;
+      while (const std::size_t k = batched.next_batch(batch, 7)) {
+        for (std::size_t i = 0; i < k; ++i, ++m) {
+          if (!one.next(r) || r.address != batch[i].address || r.kind != batch[i].kind || r.size != batch[i].size)
+            throw std::logic_error("trace: record " + std::to_string(m) + " decodes differently in a batch");
+        }
+      }
+      if (m != n) throw std::logic_error("trace: batches gave " + std::to_string(m) + " records of " + std::to_string(n));
     }
     return Outcome::Accepted;
   } catch (const vmx::cfg::ConfigError&) {

@@ -70,6 +70,13 @@ class TraceFile {
   /// record (a file changed since load(), or a pass of load() itself).
   class Cursor {
    public:
+    /// Decodes up to `max` records into `out` and returns how many (0 at the
+    /// end of the trace): the records next() would give, with the same
+    /// checks. A malformed record ends the batch before it; the next call
+    /// throws its TraceError, so every record before it is returned first.
+    /// Records whose address fits in eight LEB128 bytes and which lie away
+    /// from the end of the buffered data decode without a branch per byte.
+    std::size_t next_batch(TraceRecord* out, std::size_t max);
     bool next(TraceRecord& r) {
       if (m_end - m_pos < kMaxRecordBytes && !m_eof) refill();
       if (m_pos >= m_end) return false;

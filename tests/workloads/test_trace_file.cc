@@ -194,6 +194,27 @@ TEST_CASE("a trace streams through its buffer: long files decode as in memory, e
   }
   CHECK_FALSE(c.next(rc));
   CHECK(same == records);
+  // Batches give the records one by one would, whatever their size, from
+  // the file (across refills) and from memory.
+  for (const std::size_t max : {std::size_t{1}, std::size_t{7}, std::size_t{256}, std::size_t{100000}}) {
+    auto one = mem.cursor();
+    auto bf = file.cursor();
+    auto bm = mem.cursor();
+    std::vector<TraceRecord> got_file(max), got_mem(max);
+    std::uint64_t n_file = 0, n_mem = 0, agree = 0;
+    while (const std::size_t n = bf.next_batch(got_file.data(), max)) {
+      for (std::size_t i = 0; i < n; ++i, ++n_file) {
+        REQUIRE(one.next(ra));
+        const TraceRecord& r = got_file[i];
+        if (ra.address == r.address && ra.kind == r.kind && ra.size == r.size) ++agree;
+      }
+    }
+    while (const std::size_t n = bm.next_batch(got_mem.data(), max)) n_mem += n;
+    CHECK_FALSE(one.next(ra));
+    CHECK(n_file == records);
+    CHECK(n_mem == records);
+    CHECK(agree == records);
+  }
   // The regions are the sorted distinct pages merged across small gaps.
   std::sort(pages.begin(), pages.end());
   pages.erase(std::unique(pages.begin(), pages.end()), pages.end());
@@ -225,6 +246,40 @@ TEST_CASE("a trace streams through its buffer: long files decode as in memory, e
   }
   CHECK(err == path + ": byte " + std::to_string(at) + ": record tag " + fmt::format("{:#04x}", b[at]) +
                    " has the reserved bit set");
+  std::remove(path.c_str());
+}
+
+TEST_CASE("a batch ends before a malformed record, whose error follows with its file offset") {
+  // A file that changes under a loaded trace: the replay's batches hand out
+  // every record before the bad one, then the error names its byte.
+  auto b = header();
+  record(b, 1, 8, 0x10000000);
+  for (int i = 0; i < 1000; ++i) record(b, 1 + i % 3, 4, (i % 2) ? 0x20 : -0x1C);
+  const std::string path = "/tmp/vmxsim-test-batch-" + std::to_string(::getpid()) + ".vmxtrace";
+  auto write = [&] {
+    std::ofstream f(path, std::ios::binary | std::ios::trunc);
+    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
+  };
+  write();
+  TraceFile t = TraceFile::load(path);
+  REQUIRE(t.records() == 1001);
+  // Record 600 (counting from 0) gets the reserved bit: the first record
+  // takes six bytes, every other one a tag and a one-byte varint.
+  const std::size_t at = 16 + 6 + 2 * 599;
+  REQUIRE((b[at] & 0x4) == 0);
+  b[at] |= 0x4;
+  write();
+  auto c = t.cursor();
+  std::vector<TraceRecord> batch(256);
+  std::uint64_t before = 0;
+  std::string err;
+  try {
+    while (const std::size_t n = c.next_batch(batch.data(), batch.size())) before += n;
+  } catch (const TraceError& e) {
+    err = e.what();
+  }
+  CHECK(before == 600);
+  CHECK(err == fmt::format("{}: byte {}: record tag {:#04x} has the reserved bit set", path, at, b[at]));
   std::remove(path.c_str());
 }
 
