@@ -501,8 +501,6 @@ ExperimentParams load(const cfg::Document& doc) {
                      "a VM with paging ept and no network device, snapshot, swap, balloon, nested hypervisor, "
                      "virtual PMU (what migration moves, docs/migration.md)",
                      mp.vm);
-    if (mp.mode != "postcopy" && mp.postcopy_after)
-      throw error_at(doc, at + "postcopy_after", "0 unless mode is postcopy", std::to_string(mp.postcopy_after));
     if (mp.mode == "postcopy" && mp.postcopy_after > mp.max_rounds)
       throw error_at(doc, at + "postcopy_after", fmt::format("at most max_rounds ({})", mp.max_rounds),
                      std::to_string(mp.postcopy_after));

@@ -794,7 +794,8 @@ class Hypervisor {
   struct PostcopyOut;
   struct PostcopyIn;
   /// At the migration's start: sets up auto-converge and post-copy; true if
-  /// post-copy starts at once (the VM is then being paused).
+  /// the VM is to be paused at once (never, for now: post-copy follows at
+  /// least one pre-copy round).
   bool mig_options_start(cpu::Core& c, Vm& vm);
   /// At the end of a pre-copy round that dirtied `dirtied` pages:
   /// auto-converge's decision, and whether post-copy is due now.

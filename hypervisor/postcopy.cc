@@ -13,8 +13,7 @@
 // on its core at the end of the sleep, as QEMU's throttle makes the vCPU
 // thread sleep. The held time shows as the vCPU's stolen time.
 //
-// Post-copy (QEMU's postcopy-ram): after postcopy_after pre-copy rounds (0:
-// at once) the vCPUs are parked as for stop-and-copy; the source tells the
+// Post-copy (QEMU's postcopy-ram): after postcopy_after pre-copy rounds the vCPUs are parked as for stop-and-copy; the source tells the
 // destination which pre-copied pages were dirtied since (DISCARD), sends the
 // pages holding records the destination hypervisor writes itself (steal
 // time) and the vCPU state, then RUN: the VM resumes at the destination with
@@ -66,13 +65,8 @@ bool Hypervisor::mig_options_start(Core& c, Vm& vm) {
   p.stats = std::make_unique<PostcopyOut::Stats>(m.stats.get());
   p.scratch = alloc_host_frame();
   m_host_nic->attach(m.spec.src_mac, &p);  // the return path: the destination's requests
-  if (m.spec.postcopy_after) return false;
-  // Post-copy at once: no pre-copy round, the VM is paused now.
-  p.on = true;
-  m.phase = MigrationOut::Phase::Pausing;
-  m.pause_tsc = c.rdtsc();
-  vm.mig_pausing = true;
-  return true;
+  (void)c;
+  return false;  // post-copy follows at least one pre-copy round (postcopy_after >= 1)
 }
 
 bool Hypervisor::mig_round_end(Core& c, Vm& vm, std::uint64_t dirtied) {

@@ -92,28 +92,12 @@ TEST_CASE("S8: post-copy moves the diverging VM, its missing pages fetched on re
   CHECK(r.at(kIn + "downtime_ns") * 5 < d.at(kIn + "downtime_ns"));
 }
 
-TEST_CASE("S8: post-copy at once moves every page after the resumption", "[s8][migration][postcopy]") {
-  std::string yaml = read_text(kScenarios + "s8_postcopy.yaml");
-  const std::string key = "postcopy_after: 1";
-  const auto at = yaml.find(key);
-  REQUIRE(at != std::string::npos);
-  yaml.replace(at, key.size(), "postcopy_after: 0");
-  const CliRun r = run(yaml);
-  const std::string po = kOut + "postcopy.", pi = kIn + "postcopy.";
-  CHECK(r.at(kOut + "rounds") == 0);
-  CHECK(r.at(po + "discards") == 0);  // nothing was pre-copied
-  CHECK(r.at(pi + "remote_faults") > 0);
-  // Every page the guest had at the source crossed after the resumption.
-  CHECK(r.at(pi + "pages") >= r.at("migration_check.web.pages"));
-  CHECK(r.at(kIn + "pages") == r.at(pi + "pages"));
-  check_moved(r);
-}
-
 TEST_CASE("S8: auto-converge and post-copy options are validated at load", "[s8][migration][config]") {
   const std::string two = "duration: 10ms\nhosts:\n  - name: a\n    platform: {memory: 256MiB, nic: {enabled: true}}\n"
                           "    vms: [{name: v, memory: 16MiB}]\n"
                           "  - name: b\n    platform: {memory: 256MiB, nic: {enabled: true}}\n";
-  auto r = run_cli(two + "migrations: [{vm: v, from: a, to: b, tracking: write_protect, postcopy_after: 2}]\n");
+  auto r = run_cli(two + "migrations: [{vm: v, from: a, to: b, tracking: write_protect, mode: postcopy, "
+                         "postcopy_after: 0}]\n");
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("migrations[0].postcopy_after") != std::string::npos);
   r = run_cli(two + "migrations: [{vm: v, from: a, to: b, tracking: write_protect, mode: postcopy, "
