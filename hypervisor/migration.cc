@@ -229,7 +229,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
         for (std::uint64_t g = l.gpa; g < l.gpa + l.size; g += kPage) m.list.push_back(g / kPage);
       });
       unlock_mmu(c, vm);
-      if (mig_options_start(c, vm)) return again(m.pause_tsc);  // postcopy.cc: post-copy at once
+      if (mig_options_start(c, vm)) return again(m.pause_tsc);  // postcopy.cc: auto-converge, post-copy set-up
       m.phase = MigrationOut::Phase::Rounds;
       m.round_start = c.rdtsc();
       m.rounds.push_back(std::make_unique<MigrationOut::Round>(m.stats.get(), 0));
