@@ -47,6 +47,27 @@ constexpr std::uint32_t kPageData = 2;
 constexpr std::uint64_t kCodePostcopyDst = kCodePostcopy + 0x800;  // the destination's half of the region
 
 std::uint64_t mac_at(Core& c, std::uint64_t a) { return c.load(a, 4) | (c.load(a + 4, 2) << 32); }
+
+/// Destination: a return-path frame to the source (a page request, or the
+/// ACK of DONE), built in its 64-byte slot of the request frame `req` (slot
+/// 0: the receive path's, the others a vCPU's) and sent through the PF;
+/// `spin` charges the wait for room in the TX ring.
+template <class Spin>
+void return_frame(Core& c, HostNic& nic, std::uint64_t req, unsigned slot, std::uint64_t to, std::uint64_t from,
+                  std::uint32_t type, std::uint64_t addr, Spin spin) {
+  const std::uint64_t h = req + 64 * slot;
+  c.store(h, to & 0xFFFFFFFF, 4);
+  c.store(h + 4, ((to >> 32) & 0xFFFF) | ((from & 0xFFFF) << 16), 4);
+  c.store(h + 8, (from >> 16) & 0xFFFFFFFF, 4);
+  c.store(h + 12, (kEtherType >> 8) | ((kEtherType & 0xFF) << 8), 2);  // network byte order
+  c.store(h + 16, type, 4);
+  c.store(h + 20, 0, 4);
+  c.store(h + 24, addr);
+  while (nic.tx_free(c) < 1) spin();
+  HostNic::Segment seg{h, kHeader};
+  if (!nic.transmit(c, &seg, 1))
+    throw cpu::SimulationError("hypervisor: post-copy frame refused by the PF driver after its ring had room");
+}
 }  // namespace
 
 // --- Options at the start, at round ends, at the switchover ----------------------
@@ -231,7 +252,7 @@ bool Hypervisor::mig_postcopy_send(Core& c, Vm& vm, std::uint64_t gfn) {
 void Hypervisor::mig_postcopy_step(Core& c, Vm& vm, bool urgent_only) {
   MigrationOut& m = *vm.mig_out;
   PostcopyOut& p = *m.post;
-  if (p.finished) return;
+  if (p.released || (p.finished && !urgent_only)) return;
   const LiveMigrationParams& lp = m_p.live_migration;
   const std::uint64_t t0 = c.now();
   Vm* pv = &vm;
@@ -243,17 +264,23 @@ void Hypervisor::mig_postcopy_step(Core& c, Vm& vm, bool urgent_only) {
   const std::uint64_t poll =
       static_cast<std::uint64_t>(static_cast<unsigned __int128>(lp.poll) * m_tsc_hz / cfg::kPsPerSecond);
   // Requested pages first, at once (QEMU sends them ahead of the stream).
+  // A page sent before is sent again: the stream has no retransmission,
+  // and the destination asks only for what it lacks (a frame may have been
+  // lost); a duplicate is dropped there.
   while (!p.urgent.empty()) {
     const std::uint64_t gfn = p.urgent.front();
-    if (!p.sent[gfn]) {
-      if (!mig_postcopy_send(c, vm, gfn)) {
-        ++m.stats->ring_full;
-        if (urgent_only) m.stats->thread_cycles += c.now() - t0;  // the push's run takes the rest
-        else again(c.rdtsc() + poll);
-        return;
+    if (!mig_postcopy_send(c, vm, gfn)) {
+      ++m.stats->ring_full;
+      if (urgent_only && p.finished) {  // no push run left to take them: try again
+        const auto ps = static_cast<std::uint64_t>(static_cast<unsigned __int128>(c.rdtsc() + poll) *
+                                                   cfg::kPsPerSecond / m_tsc_hz);
+        at(std::max(ps, c.now_ps() + 1), m.spec.core, [this, pv](Core& cc) { mig_postcopy_step(cc, *pv, true); });
       }
-      ++p.stats->requested_sent;
+      else if (urgent_only) m.stats->thread_cycles += c.now() - t0;  // the push's run takes the rest
+      else again(c.rdtsc() + poll);
+      return;
     }
+    ++p.stats->requested_sent;
     p.urgent.pop_front();
   }
   if (urgent_only) {
@@ -295,16 +322,31 @@ void Hypervisor::mig_postcopy_request(Core& c, Vm& vm, std::uint64_t buf, unsign
   MigrationOut& m = *vm.mig_out;
   PostcopyOut& p = *m.post;
   charge(c, m_p.live_migration.page_request, kCodePostcopy);
-  if (len < kHeader || p.finished || !p.on) return;
-  if (c.load(buf + 16, 4) != kPcRequest) return;
+  if (len < kHeader || p.released || !p.on) return;
+  const auto type = static_cast<std::uint32_t>(c.load(buf + 16, 4));
+  Vm* pv = &vm;
+  if (type == kPcAck && p.finished) {
+    // QEMU's source waits for the return path to close before cleaning up.
+    p.released = true;
+    at(c.now_ps() + 1, m.spec.core, [this, pv](Core& cc) {
+      MigrationOut& mo = *pv->mig_out;
+      mo.phase = MigrationOut::Phase::Done;
+      // The VM runs at the destination with all its memory: torn down here.
+      pv->migrated_out = true;
+      stop_vm(cc, *pv, "migrated to another host (post-copy)");
+      m_frames.put(mo.header);
+      m_frames.put(mo.post->scratch);
+      maybe_teardown(cc, *pv);
+    });
+    return;
+  }
+  if (type != kPcRequest) return;
   const std::uint64_t gfn = c.load(buf + 24) / kPage;
   if (gfn >= p.sent.size()) return;
   ++p.stats->requests;
-  if (p.sent[gfn]) return;  // on its way already
   p.urgent.push_back(gfn);
   if (p.urgent_job) return;
   p.urgent_job = true;
-  Vm* pv = &vm;
   at(c.now_ps() + 1, m.spec.core, [this, pv](Core& cc) {
     pv->mig_out->post->urgent_job = false;
     mig_postcopy_step(cc, *pv, true);
@@ -320,13 +362,8 @@ void Hypervisor::mig_postcopy_finish(Core& c, Vm& vm) {
   p.finished = true;
   p.stats->push_cycles += c.rdtsc() - p.switch_tsc;
   m.stats->total_cycles += c.rdtsc() - m.started;
-  m.phase = MigrationOut::Phase::Done;
-  // The VM runs at the destination with all its memory: torn down here.
-  vm.migrated_out = true;
-  stop_vm(c, vm, "migrated to another host (post-copy)");
-  m_frames.put(m.header);
-  m_frames.put(p.scratch);
-  maybe_teardown(c, vm);
+  // The source keeps the VM's memory, serving requests, until the
+  // destination acknowledges DONE with every frame received.
 }
 
 // --- Post-copy, destination ----------------------------------------------------------
@@ -398,7 +435,15 @@ bool Hypervisor::mig_postcopy_frame(Core& c, Vm& vm, std::uint32_t type, std::ui
     }
     case kPcDone: {
       const std::uint64_t sent = c.load(buf + kHeader);
-      if (sent > m.frames) m.stats->lost_frames += sent - m.frames;
+      if (sent > m.frames) {
+        // Frames were lost (the PF's receive ring overflowed): pages this
+        // side lacks may be among them, so it goes on asking for what it
+        // faults on, and the source keeps the VM to answer.
+        m.stats->lost_frames += sent - m.frames;
+        return true;
+      }
+      return_frame(c, *m_host_nic, p.req, 0, p.src_mac, p.own_mac, kPcAck, 0,
+                   [&] { charge(c, 100, kCodePostcopyDst); });
       p.complete = true;
       // Requests still in flight were for pages the source sent as the
       // stream ended, or never had: those read as zeros.
@@ -474,20 +519,8 @@ bool Hypervisor::mig_remote_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
     return true;
   }
   ++p.stats->remote_faults;
-  // The request frame (QEMU's return-path REQ_PAGES), built in this vCPU's
-  // slot of the request frame.
-  const std::uint64_t h = p.req + 64 * (v.index % 64);
-  c.store(h, p.src_mac & 0xFFFFFFFF, 4);
-  c.store(h + 4, ((p.src_mac >> 32) & 0xFFFF) | ((p.own_mac & 0xFFFF) << 16), 4);
-  c.store(h + 8, (p.own_mac >> 16) & 0xFFFFFFFF, 4);
-  c.store(h + 12, (kEtherType >> 8) | ((kEtherType & 0xFF) << 8), 2);  // network byte order
-  c.store(h + 16, kPcRequest, 4);
-  c.store(h + 20, 0, 4);
-  c.store(h + 24, page);
-  while (m_host_nic->tx_free(c) < 1) charge(c, 100, kCodePostcopyDst);
-  HostNic::Segment seg{h, kHeader};
-  if (!m_host_nic->transmit(c, &seg, 1))
-    throw cpu::SimulationError("hypervisor: post-copy request refused by the PF driver after its ring had room");
+  return_frame(c, *m_host_nic, p.req, 1 + v.index % 63, p.src_mac, p.own_mac, kPcRequest, page,  // REQ_PAGES
+               [&] { charge(c, 100, kCodePostcopyDst); });
   return true;
 }
 

@@ -25,6 +25,7 @@ enum PostcopyFrame : std::uint32_t {
   kPcZero = 0x102,     // address: a guest page the source never backed (it reads as zeros)
   kPcRequest = 0x103,  // destination to source, address: a guest page a vCPU waits for
   kPcDone = 0x104,     // payload: frames the source sent; every page has been sent
+  kPcAck = 0x105,      // destination to source: DONE arrived with no frame lost; the source may free the VM
 };
 
 /// Auto-converge on the source (QEMU's cpu-throttle): the throttle in force
@@ -52,7 +53,8 @@ struct Hypervisor::PostcopyOut final : SwitchPort {
   Hypervisor* hv = nullptr;
   Vm* vm = nullptr;
   bool on = false;                  // post-copy goes ahead at the switchover
-  bool finished = false;
+  bool finished = false;             // every page sent, DONE too
+  bool released = false;             // the destination acknowledged: the VM is freed here
   std::uint64_t scratch = 0;        // a frame of hypervisor memory: discard lists, the DONE record
   std::vector<bool> sent;           // by guest page number: sent since the switch
   std::vector<std::uint64_t> push;  // guest page numbers the background push sends, ascending
