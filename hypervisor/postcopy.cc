@@ -23,8 +23,9 @@
 // placed whole (received into a staging frame, copied into a fresh frame,
 // then mapped: as UFFDIO_COPY) and the waiting vCPUs are woken. The source
 // serves requests ahead of a background push of every remaining page,
-// paced to postcopy_bandwidth; DONE follows the last page, and the source
-// frees the VM. Every step is charged as the operations of the core doing it.
+// paced to postcopy_bandwidth; DONE follows the last page, and once the
+// destination acknowledges it (ACK: no frame lost) the source frees the VM.
+// Every step is charged as the operations of the core doing it.
 #include "hypervisor/migration_state.h"
 
 #include <algorithm>
