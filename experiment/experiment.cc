@@ -499,6 +499,16 @@ ExperimentParams load(const cfg::Document& doc) {
                      "a VM with paging ept and no network device, snapshot, swap, balloon, nested hypervisor, "
                      "virtual PMU (what migration moves, docs/migration.md)",
                      mp.vm);
+    if (mp.mode == "postcopy" && mp.postcopy_after > mp.max_rounds)
+      throw error_at(doc, at + "postcopy_after", fmt::format("at most max_rounds ({})", mp.max_rounds),
+                     std::to_string(mp.postcopy_after));
+    if (mp.mode == "postcopy" && to->hypervisor.ept_page_size != (4ull << 10))
+      throw error_at(doc, at + "mode",
+                     "precopy unless host " + mp.to + "'s hypervisor.ept_page_size is 4KiB (post-copy places pages "
+                     "one by one)", mp.mode);
+    if (mp.auto_converge && mp.throttle_initial > mp.throttle_max)
+      throw error_at(doc, at + "throttle_initial", fmt::format("at most throttle_max ({})", mp.throttle_max),
+                     std::to_string(mp.throttle_initial));
     for (const HostParams* hp : {from, to})
       if (hp->hypervisor.posted_interrupts || hp->hypervisor.ksm.enabled)
         throw error_at(doc, fmt::format("hosts[{}].hypervisor.posted_interrupts", hp == &p.hosts[0] ? 0 : 1),

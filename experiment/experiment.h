@@ -295,6 +295,12 @@ struct MigrationParams {
   std::uint64_t downtime_limit;  // ps
   std::uint64_t max_rounds;
   MigrationWhenParams when;
+  // Auto-converge and post-copy (hypervisor/postcopy.cc).
+  bool auto_converge;
+  std::uint64_t throttle_initial, throttle_increment, throttle_max, throttle_trigger;  // percent
+  std::string mode;
+  std::uint64_t postcopy_after;
+  std::uint64_t postcopy_bandwidth;  // bytes per second
   template <class V>
   void visit(V& v) {
     v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
@@ -318,6 +324,32 @@ struct MigrationParams {
             "Pre-copy rounds after which the migration switches over whatever remains (assumption; QEMU has no "
             "such cap, libvirt-style policies add one).");
     v.section(when, "when", "A condition that starts the migration (docs/migration.md, \"Triggers\").");
+    v.param(auto_converge, "auto_converge", "false", Spec(Unit::Flag),
+            "Throttle the vCPUs when pre-copy rounds do not shrink (QEMU's auto-converge capability, off by "
+            "default): after every second round whose dirtied bytes exceed throttle_trigger percent of the bytes "
+            "it sent, the throttle starts at throttle_initial and grows by throttle_increment up to throttle_max.");
+    v.param(throttle_initial, "throttle_initial", "20", Spec().at_least(1).at_most(99),
+            "Auto-converge: the first throttle, percent of each vCPU's time spent asleep (QEMU's "
+            "cpu-throttle-initial, default 20, migration/options.c).");
+    v.param(throttle_increment, "throttle_increment", "10", Spec().at_least(1).at_most(99),
+            "Auto-converge: the throttle's step (QEMU's cpu-throttle-increment, default 10).");
+    v.param(throttle_max, "throttle_max", "99", Spec().at_least(1).at_most(99),
+            "Auto-converge: the highest throttle (QEMU's max-cpu-throttle, default 99).");
+    v.param(throttle_trigger, "throttle_trigger", "50", Spec().at_least(1).at_most(100),
+            "Auto-converge: a round counts as not shrinking when the bytes dirtied during it exceed this percent "
+            "of the bytes it sent (QEMU's throttle-trigger-threshold, default 50).");
+    v.param(mode, "mode", "precopy", Spec().one_of({"precopy", "postcopy"}),
+            "precopy: iterative pre-copy, then stop-and-copy; postcopy: after postcopy_after pre-copy rounds the "
+            "VM resumes at the destination with only its vCPU state, and the pages it lacks are fetched on its "
+            "EPT violations while the source pushes the rest (QEMU's postcopy-ram).");
+    v.param(postcopy_after, "postcopy_after", "1", Spec().at_least(1),
+            "With mode postcopy: pre-copy rounds before switching to post-copy (as QEMU's migrate-start-postcopy "
+            "issued after that many passes; assumption: after the first, which sends every page). If a round "
+            "converges by the downtime rule first, the migration ends as pre-copy. (0, post-copy at once, is not "
+            "offered: docs/migration.md, \"Not modelled\".)");
+    v.param(postcopy_bandwidth, "postcopy_bandwidth", "0", Spec(Unit::Bytes),
+            "With mode postcopy: bytes per second of the source's background push (QEMU's "
+            "max-postcopy-bandwidth, default 0: unlimited); pages a fault requests are sent at once.");
   }
 };
 

@@ -303,6 +303,14 @@ struct Session::System {
       ms.dst_mac = dst_mac;
       ms.src_mac = src_mac;
       ms.deferred = deferred;
+      ms.auto_converge = mp.auto_converge;
+      ms.throttle_initial = static_cast<unsigned>(mp.throttle_initial);
+      ms.throttle_increment = static_cast<unsigned>(mp.throttle_increment);
+      ms.throttle_max = static_cast<unsigned>(mp.throttle_max);
+      ms.throttle_trigger = static_cast<unsigned>(mp.throttle_trigger);
+      ms.postcopy = mp.mode == "postcopy";
+      ms.postcopy_after = mp.postcopy_after;
+      ms.postcopy_bandwidth = mp.postcopy_bandwidth;
       src.hypervisor->migrate_out(ms);
       // The check (simulator observation, no cost): page checksums at the
       // source when its memory is final, compared with the destination's
@@ -315,16 +323,27 @@ struct Session::System {
         if (vm != src_vm) return;
         for (const auto& [gfn, hpa] : pages) check->source[gfn] = page_checksum(*smem, hpa);
       });
-      dst.hypervisor->on_migration_memory([check, dmem, dst_index](unsigned vm, const auto& pages) {
-        if (vm != dst_index) return;
-        std::map<std::uint64_t, std::uint64_t> dest;
-        for (const auto& [gfn, hpa] : pages) dest[gfn] = page_checksum(*dmem, hpa);
+      // Pre-copy: every page at once, when the VM resumes. Post-copy
+      // (hypervisor/postcopy.cc): the pages present at the resumption, then
+      // each page as it is placed (before the guest can touch it), then the
+      // comparison when the last has arrived.
+      auto compare = [check] {
         for (const auto& [gfn, sum] : check->source) {
           ++check->pages;
-          auto it = dest.find(gfn);
+          auto it = check->dest.find(gfn);
           // A page the destination lacks reads as zeros there.
-          if ((it == dest.end() ? zero_checksum() : it->second) != sum) ++check->mismatched;
+          if ((it == check->dest.end() ? zero_checksum() : it->second) != sum) ++check->mismatched;
         }
+      };
+      dst.hypervisor->on_migration_memory([check, dmem, dst_index, compare](unsigned vm, const auto& pages) {
+        if (vm != dst_index) return;
+        for (const auto& [gfn, hpa] : pages) check->dest[gfn] = page_checksum(*dmem, hpa);
+        compare();
+      });
+      dst.hypervisor->on_postcopy_memory([check, dmem, dst_index, compare](unsigned vm, const auto& pages, bool done) {
+        if (vm != dst_index) return;
+        for (const auto& [gfn, hpa] : pages) check->dest.emplace(gfn, page_checksum(*dmem, hpa));
+        if (done) compare();
       });
       checks.push_back(check);
       return index;
@@ -406,7 +425,7 @@ struct Session::System {
         : pages(&g, "pages", "pages", "source pages compared with the destination at resumption"),
           mismatched(&g, "mismatched", "pages", "pages whose content differs at the destination (corruption)") {}
     stats::Counter pages, mismatched;
-    std::map<std::uint64_t, std::uint64_t> source;
+    std::map<std::uint64_t, std::uint64_t> source, dest;
   };
   static std::uint64_t page_checksum(models::PhysMem& mem, std::uint64_t hpa) {
     std::uint64_t h = 1469598103934665603ull;  // FNV-1a over the page's 8-byte words

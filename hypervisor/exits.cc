@@ -353,6 +353,8 @@ void Hypervisor::handle_ept_violation(PerCore& pc, Vcpu& v) {
                              v.index, gpa, vm.memory));
     return;
   }
+  // A page a post-copy migration has not brought here yet (postcopy.cc).
+  if (vm.mig_in && mig_remote_fault(pc, v, gpa)) return;
   // A write to a merged page (docs/memory.md, "Same-page merging").
   if (m_ksm && ksm_write_fault(c, v, gpa)) return;
   // A not-present EPT entry is never cached, so no INVEPT is needed after

@@ -468,6 +468,12 @@ class Hypervisor {
   /// index and its guest pages as (guest page number, host-physical address).
   using MemoryProbe = std::function<void(unsigned vm, const std::vector<std::pair<std::uint64_t, std::uint64_t>>&)>;
   void on_migration_memory(MemoryProbe probe) { m_mig_probe = std::move(probe); }
+  /// Post-copy (postcopy.cc): on the destination, the pages present when
+  /// the VM resumes and each page as it is placed afterwards (before the
+  /// guest can touch it), then, with done, once the last has arrived.
+  using PostcopyProbe =
+      std::function<void(unsigned vm, const std::vector<std::pair<std::uint64_t, std::uint64_t>>&, bool done)>;
+  void on_postcopy_memory(PostcopyProbe probe) { m_pc_probe = std::move(probe); }
   // ---- Nested virtualization (docs/nested.md) ---------------------------
   /// What a hypervisor running as a guest VMM (L1) asks of the hypervisor
   /// below it, besides the machine: simulator annotations only (no cost,
@@ -799,6 +805,44 @@ class Hypervisor {
   void mig_probe(cpu::Core& c, Vm& vm);
   MemoryProbe m_mig_probe;
   std::string m_trace_host;  // set_trace_host
+  // Auto-converge and post-copy (postcopy.cc), called from migration.cc.
+  struct Throttle;
+  struct PostcopyOut;
+  struct PostcopyIn;
+  /// At the migration's start: sets up auto-converge and post-copy; true if
+  /// the VM is to be paused at once (never, for now: post-copy follows at
+  /// least one pre-copy round).
+  bool mig_options_start(cpu::Core& c, Vm& vm);
+  /// At the end of a pre-copy round that dirtied `dirtied` pages:
+  /// auto-converge's decision, and whether post-copy is due now.
+  bool mig_round_end(cpu::Core& c, Vm& vm, std::uint64_t dirtied);
+  /// At the switchover: throttling ends; post-copy goes ahead unless the
+  /// rounds converged.
+  void mig_switchover(cpu::Core& c, Vm& vm, bool converged);
+  /// The vCPUs are parked and post-copy is on: the last dirty pages are
+  /// discarded at the destination, the vCPU state sent, the VM resumed
+  /// there, and the background push started.
+  void mig_postcopy_switch(cpu::Core& c, Vm& vm);
+  /// One run of the post-copy sender: requested pages first, then (unless
+  /// urgent_only) the background push, paced.
+  void mig_postcopy_step(cpu::Core& c, Vm& vm, bool urgent_only);
+  void mig_postcopy_request(cpu::Core& c, Vm& vm, std::uint64_t buf, unsigned len);
+  /// Sends guest page gfn as data (or a zero-page record if the source never
+  /// backed it); false if the PF's TX ring has no room.
+  bool mig_postcopy_send(cpu::Core& c, Vm& vm, std::uint64_t gfn);
+  void mig_postcopy_finish(cpu::Core& c, Vm& vm);
+  /// Sends the parked vCPUs' state records (migration.cc).
+  void mig_send_records(cpu::Core& c, Vm& vm);
+  void mig_throttle_tick(cpu::Core& c, Vm& vm);
+  void mig_throttle_release(cpu::Core& c, Vcpu& v, std::uint64_t until);
+  /// Destination: a frame of the post-copy protocol (true if handled).
+  bool mig_postcopy_frame(cpu::Core& c, Vm& vm, std::uint32_t type, std::uint64_t addr, std::uint64_t buf,
+                          std::uint32_t size);
+  void mig_postcopy_place(cpu::Core& c, Vm& vm, std::uint64_t gpa, std::uint64_t src);
+  /// Destination: an EPT violation on a page not received yet (true: the
+  /// vCPU waits for it).
+  bool mig_remote_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa);
+  PostcopyProbe m_pc_probe;
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The
   // policies are in scheduler.h.

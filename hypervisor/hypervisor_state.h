@@ -91,6 +91,7 @@ enum CodeOffset : std::uint64_t {
   kCodeNested2 = 0x1F000,  // hypervisor/nested.cc: EPT12 write protection
   kCodeMigrateSrc = 0x1A000,  // hypervisor/migration.cc: the source's migration thread
   kCodeMigrateDst = 0x1B000,  // hypervisor/migration.cc: the destination's receive path
+  kCodePostcopy = 0x20000,    // hypervisor/postcopy.cc: auto-converge and post-copy
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -278,8 +279,12 @@ struct Hypervisor::Vcpu : SchedEntity {
   std::uint64_t mig_record = 0;
   bool mig_parked = false, mig_park_asked = false;
   bool mig_safe = true;  // its last exit leaves nothing of the exiting operation to the core (run_loop.cc)
+  // Held off the core by the hypervisor (postcopy.cc): an auto-converge
+  // sleep until held_until (TSC), or waiting for a post-copy page.
+  bool held = false;
+  std::uint64_t held_until = 0;
 
-  bool sched_runnable() const override { return state == State::Runnable; }
+  bool sched_runnable() const override { return state == State::Runnable && !held; }
 };
 
 /// A VM's virtio-net device and what the hypervisor gives it

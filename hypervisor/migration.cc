@@ -231,6 +231,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
         for (std::uint64_t g = l.gpa; g < l.gpa + l.size; g += kPage) m.list.push_back(g / kPage);
       });
       unlock_mmu(c, vm);
+      if (mig_options_start(c, vm)) return again(m.pause_tsc);  // postcopy.cc: auto-converge, post-copy set-up
       m.phase = MigrationOut::Phase::Rounds;
       m.round_start = c.rdtsc();
       m.rounds.push_back(std::make_unique<MigrationOut::Round>(m.stats.get(), 0));
@@ -240,6 +241,10 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     case MigrationOut::Phase::Pausing:
       if (!mig_pause(c, vm)) return again(c.rdtsc() + poll);
       m.stats->pause_cycles += c.rdtsc() - m.pause_tsc;
+      if (m.post && m.post->on) {  // postcopy.cc: the VM resumes at the destination before its pages
+        m.stats->thread_cycles += c.now() - t0;
+        return mig_postcopy_switch(c, vm);
+      }
       // The vCPUs' PML logs were drained at their last exits: the final
       // harvest has every page written since the last round.
       {
@@ -282,7 +287,9 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     const unsigned __int128 fits = static_cast<unsigned __int128>(bw) * m.spec.downtime_limit / cfg::kPsPerSecond;
     const unsigned __int128 left = static_cast<unsigned __int128>(dirty.size()) * kPage;
     const bool converged = left <= fits;
-    if (converged || m.round + 1 >= m.spec.max_rounds) {
+    const bool postcopy_due = mig_round_end(c, vm, dirty.size());  // postcopy.cc: auto-converge, post-copy
+    if (converged || postcopy_due || m.round + 1 >= m.spec.max_rounds) {
+      mig_switchover(c, vm, converged);
       m.stats->converged.set(converged ? 1 : 0);
       m.stats->switchover_pages += dirty.size();
       m.list = std::move(dirty);  // sent after the pause, with what is dirtied until then
@@ -364,6 +371,10 @@ void Hypervisor::mig_receive(Core& c, Vm& vm, std::uint64_t buf, unsigned len) {
   const auto type = static_cast<std::uint32_t>(c.load(buf + 16, 4));
   const auto size = static_cast<std::uint32_t>(std::min<std::uint64_t>(c.load(buf + 20, 4), len - kHeader));
   const std::uint64_t addr = c.load(buf + 24);
+  if ((type >= kPostcopyFrames || m.post) && mig_postcopy_frame(c, vm, type, addr, buf, size)) {  // postcopy.cc
+    m.stats->receive_cycles += c.now() - t0;
+    return;
+  }
   switch (type) {
     case kStart: m.start_tsc = addr; break;
     case kPageData: {
@@ -433,7 +444,7 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
   m.stats->downtime_ns += ns(now > pause_tsc ? now - pause_tsc : 0);
   m.stats->total_ns += ns(now > m.start_tsc ? now - m.start_tsc : 0);
   m.stats->resumed += 1;
-  if (m_mig_probe) {
+  if (m_mig_probe && !m.post) {  // post-copy: its pages are checked as they arrive (postcopy.cc)
     std::vector<std::pair<std::uint64_t, std::uint64_t>> pages;
     lock_mmu(c, vm);
     vm.ept->for_each_leaf(c, 0, vm.memory, false, [&](const Ept::Leaf& l) {
@@ -446,6 +457,16 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     if (!kick[k]) continue;
     if (m_cores[k] == &c) program_timer(here);
     else c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{k} << 32) | kRescheduleVector);
+  }
+}
+
+void Hypervisor::mig_send_records(Core& c, Vm& vm) {
+  MigrationOut& m = *vm.mig_out;
+  for (auto& v : vm.vcpus) {
+    while (m_host_nic->tx_free(c) < 2) charge(c, 100, kCodeMigrateSrc);  // the ring drains at line rate
+    charge(c, m_p.live_migration.vcpu_state, kCodeMigrateSrc);
+    mig_send(c, vm, kState, v->index, v->mig_record, kRecordBytes);
+    ++m.stats->vcpus;
   }
 }
 

@@ -22,6 +22,10 @@ struct LiveMigrationParams {
   std::uint64_t payload;       // bytes of page data per frame
   std::uint64_t batch_pages;   // pages per run of the sender
   std::uint64_t poll;          // ps
+  // Auto-converge and post-copy (postcopy.cc).
+  std::uint64_t throttle_timeslice;  // ps
+  std::uint64_t remote_fault;        // instructions
+  std::uint64_t page_request;        // instructions
 
   template <class V>
   void visit(V& v) {
@@ -45,6 +49,16 @@ struct LiveMigrationParams {
     v.param(poll, "poll", "20us", Spec(Unit::Time).at_least(1e6),
             "Sender: how long the migration thread sleeps when the PF's TX ring is full or it waits for the "
             "vCPUs to stop (assumption).");
+    v.param(throttle_timeslice, "throttle_timeslice", "10ms", Spec(Unit::Time).at_least(1e6),
+            "Auto-converge: a throttled vCPU runs this long between two sleeps of throttle/(1 - throttle) times "
+            "it (QEMU's CPU_THROTTLE_TIMESLICE_NS, 10 ms, system/cpu-throttle.c).");
+    v.param(remote_fault, "remote_fault", "1500", Spec(Unit::Instructions),
+            "Post-copy destination: handling an EPT violation on a page not yet received (received-bitmap "
+            "look-up, waiter queued, request frame built), besides the PF driver's transmit (assumption, of the "
+            "order of a userfaultfd wake-up plus QEMU's postcopy fault thread and migrate_send_rp_req_pages).");
+    v.param(page_request, "page_request", "500", Spec(Unit::Instructions),
+            "Post-copy source: taking a page request off the return path and queueing it ahead of the background "
+            "push (assumption, of the order of QEMU's ram_save_queue_pages).");
   }
 };
 
@@ -60,6 +74,14 @@ struct MigrationSpec {
   std::uint64_t dst_mac = 0;        // the destination's migration port
   bool deferred = false;            // started by Hypervisor::migrate_start, not at `at`
   std::uint64_t src_mac = 0;
+  // Auto-converge (postcopy.cc; QEMU's auto-converge capability).
+  bool auto_converge = false;
+  unsigned throttle_initial = 20, throttle_increment = 10, throttle_max = 99;  // percent
+  unsigned throttle_trigger = 50;  // percent of the round's stream bytes
+  // Post-copy (postcopy.cc): after postcopy_after pre-copy rounds (0: at once).
+  bool postcopy = false;
+  std::uint64_t postcopy_after = 0;
+  std::uint64_t postcopy_bandwidth = 0;  // bytes per second of the background push (0: unlimited)
 };
 
 }  // namespace vmx::hv

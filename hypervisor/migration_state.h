@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 
 #include "hypervisor/dirty_state.h"
+#include "hypervisor/postcopy_state.h"
 
 namespace vmx::hv {
 
@@ -55,6 +56,8 @@ struct Hypervisor::MigrationOut {
     stats::Counter cycles{this, "cycles", "cycles", "duration of the round"};
   };
   std::vector<std::unique_ptr<Round>> rounds;
+  std::unique_ptr<Throttle> throttle;  // auto-converge (postcopy.cc)
+  std::unique_ptr<PostcopyOut> post;   // post-copy (postcopy.cc)
 };
 
 struct Hypervisor::MigrationIn final : SwitchPort {
@@ -64,6 +67,7 @@ struct Hypervisor::MigrationIn final : SwitchPort {
   std::uint64_t start_tsc = 0, frames = 0;
   bool done = false;
   void deliver(cpu::Core& c, std::uint64_t buf, unsigned len) override { hv->mig_receive(c, *vm, buf, len); }
+  std::unique_ptr<PostcopyIn> post;  // post-copy (postcopy.cc), once the VM resumed here before its pages
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "migration_in", "live migration into this host (migration.cc)") {}
