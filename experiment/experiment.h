@@ -275,6 +275,7 @@ struct MigrationParams {
   std::uint64_t max_bandwidth;   // bytes per second
   std::uint64_t downtime_limit;  // ps
   std::uint64_t max_rounds;
+  bool vf_handshake;
   template <class V>
   void visit(V& v) {
     v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
@@ -297,6 +298,11 @@ struct MigrationParams {
     v.param(max_rounds, "max_rounds", "30", Spec().at_least(1),
             "Pre-copy rounds after which the migration switches over whatever remains (assumption; QEMU has no "
             "such cap, libvirt-style policies add one).");
+    v.param(vf_handshake, "vf_handshake", "true", Spec(Unit::Flag),
+            "A VM with an SR-IOV VF: move the VF through VFIO migration v2's states (PRE_COPY, the quiesce state "
+            "PRE_COPY_P2P, STOP_COPY; RESUMING on the destination) and track its DMA by the IOMMU's second-level "
+            "dirty flags (needs hypervisor.iommu_mode scalable on the source). false: read its registers while it "
+            "runs and track no DMA, as for a device without migration support (docs/migration.md, S17).");
   }
 };
 

@@ -59,6 +59,7 @@ struct MigrationSpec {
   std::uint64_t max_rounds = 0;     // pre-copy rounds before a forced switchover
   std::uint64_t dst_mac = 0;        // the destination's migration port
   std::uint64_t src_mac = 0;
+  bool vf_handshake = true;         // an assigned VF: quiesce it and track its DMA (vf_migration.cc)
 };
 
 }  // namespace vmx::hv
