@@ -804,8 +804,8 @@ class Hypervisor {
   void vf_mig_release(cpu::Core& c, Vm& vm);
   /// Destination: the VF state frame arrived.
   void vf_mig_receive(cpu::Core& c, Vm& vm, std::uint64_t buf, std::uint32_t len);
-  /// Destination, after assign_vf at the first entry: restores the state
-  /// (STOP -> RESUMING, registers, -> RUNNING).
+  /// Destination, when DONE arrives: assigns the VF and restores its state
+  /// (STOP -> RESUMING, registers, -> RUNNING) before the vCPUs run.
   void vf_mig_resume(cpu::Core& c, Vm& vm);
   /// At a destination vCPU's VMCS set-up: its migrated guest state.
   void mig_load_vmcs(cpu::Core& c, Vcpu& v);

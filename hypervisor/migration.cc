@@ -217,6 +217,11 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
   if (vm.ended() && m.phase != MigrationOut::Phase::Done) return;  // stopped meanwhile: nothing to move
   switch (m.phase) {
     case MigrationOut::Phase::Start: {
+      if (vm.nic_type == "vf" && !vm.vf_rid) {  // its VF not assigned yet (first entry): wait for it
+        Vm* p = &vm;
+        at(c.now_ps() + lp.poll, m.spec.core, [this, p](Core& cc) { mig_step(cc, *p); });
+        return;
+      }
       m.stats = std::make_unique<MigrationOut::Stats>(vm.group);
       m.header = alloc_host_frame();
       m.frames_per_page = static_cast<unsigned>((kPage + lp.payload - 1) / lp.payload);
@@ -448,6 +453,7 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     unlock_mmu(c, vm);
     m_mig_probe(vm.id, pages);
   }
+  if (vm.vf_mig) vf_mig_resume(c, vm);  // its VF, before the vCPUs run (vf_migration.cc)
   for (unsigned k = 0; k < m_cores.size(); ++k) {
     if (!kick[k]) continue;
     if (m_cores[k] == &c) program_timer(here);

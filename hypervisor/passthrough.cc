@@ -139,7 +139,6 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
     for (unsigned w = 0; w < 4; ++w) c.store(entry + 8 * w, ce.w[w]);
   };
   program(rid, vm.ept->root(), did, false);
-  vm.vf_rid = rid;
   if (!pt.driver.up()) {
     // The PF stays the host's: a pass-through context entry (TT 2, as
     // Linux's iommu=pt identity domain; in scalable mode a pass-through
@@ -184,6 +183,7 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   c.store(window + models::nicreg::kMsixAddrHi, msi >> 32, 4);
   c.store(window + models::nicreg::kMsixData, 0, 4);
   c.store(window + models::nicreg::kMsixCtrl, 0, 4);  // unmask
+  vm.vf_rid = rid;  // assigned: the VF works for the VM from here
 }
 
 bool Hypervisor::passthrough_interrupt(std::uint8_t vector) {

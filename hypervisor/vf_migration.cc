@@ -12,16 +12,19 @@
 //   - after each dirty harvest the migration thread reads the second-level
 //     leaves, clears those found dirty (atomic exchanges, as the EPT cursor
 //     does), invalidates the IOTLB again, and sends those pages too;
-//   - with the vCPUs parked: PRE_COPY -> PRE_COPY_P2P (the quiesce state:
-//     the VF starts no new descriptor), polling its status until the
-//     descriptor in flight has completed all its DMA, then -> STOP_COPY, and
-//     its registers (ring bases, sizes, head and tail positions, MAC,
-//     interrupt enables, moderation, control) are read into a record that
-//     travels after the vCPU records; the last harvest comes after the
-//     quiesce, so what the drain wrote is sent;
+//   - with the vCPUs parked: PRE_COPY -> PRE_COPY_P2P (the P2P quiescent
+//     state; every device of the VM gets there before any stops, so none
+//     DMAs into a stopped peer) -> STOP_COPY: the VF starts no new
+//     descriptor; the driver polls its status until the descriptor in flight
+//     has completed all its DMA (the drain), then reads its registers (ring
+//     bases, sizes, head and tail positions, MAC, interrupt enables,
+//     moderation, control) into a record that travels after the vCPU
+//     records; the last harvest comes after the drain, so what it wrote is
+//     sent;
 //   - after the switchover the VF is stopped and reset.
-// Destination: at the first entry of vCPU 0 the VF is assigned as at boot
-// (assign_vf: EPT window, context and PASID entries, IRTE, MSI-X), taken
+// Destination: when DONE arrives, before the vCPUs are made runnable, the VF
+// is assigned as at boot (assign_vf: guest memory backed, EPT window,
+// context and PASID entries, IRTE, MSI-X), taken
 // RUNNING -> RUNNING_P2P -> STOP -> RESUMING, the record written into its
 // registers (the head registers are writable only then), and RESUMING ->
 // STOP -> RUNNING_P2P -> RUNNING: the guest's driver goes on where it was.
@@ -81,14 +84,14 @@ bool Hypervisor::vf_mig_stop(Core& c, Vm& vm) {
   if (m.handshake) {
     if (m.step == VfMigration::Step::Running) {
       charge(c, m_p.live_migration.vcpu_state, kCodeVfMig);
-      c.store(w + reg::kMigState, reg::kMigPreCopyP2p, 4);  // quiesce
+      c.store(w + reg::kMigState, reg::kMigPreCopyP2p, 4);  // P2P quiescent
+      c.store(w + reg::kMigState, reg::kMigStopCopy, 4);    // no new descriptor: the drain
       m.quiesce_tsc = c.rdtsc();
       m.step = VfMigration::Step::Quiescing;
     }
     ++m.stats->quiesce_polls;
     if (!(c.load(w + reg::kMigStatus, 4) & reg::kMigQuiesced)) return false;
     m.stats->quiesce_cycles += c.rdtsc() - m.quiesce_tsc;
-    c.store(w + reg::kMigState, reg::kMigStopCopy, 4);
   }
   // The device state: its registers, read over MMIO into the record.
   charge(c, m_p.live_migration.vcpu_state, kCodeVfMig);
@@ -161,6 +164,7 @@ void Hypervisor::vf_mig_receive(Core& c, Vm& vm, std::uint64_t buf, std::uint32_
 void Hypervisor::vf_mig_resume(Core& c, Vm& vm) {
   if (!vm.vf_mig || !vm.vf_mig->received || vm.vf_mig->stats->restored.value()) return;
   VfMigration& m = *vm.vf_mig;
+  assign_vf(c, vm);
   const std::uint64_t w = m_io.nic_mmio_base + (1ull + vm.vf) * m_io.nic_mmio_stride;
   charge(c, m_p.live_migration.vcpu_state, kCodeVfMig);
   for (std::uint32_t s : {reg::kMigRunningP2p, reg::kMigStop, reg::kMigResuming}) c.store(w + reg::kMigState, s, 4);

@@ -29,8 +29,8 @@ struct Hypervisor::VfMigration {
                                          "pages DMA-dirtied per harvest (pre-copy rounds and the final one)"};
     stats::Counter harvests{this, "harvests", "harvests", "second-level dirty-flag harvests (scan, clear, IOTLB flush)"};
     stats::Counter harvest_cycles{this, "harvest_cycles", "cycles", "core cycles the harvests took"};
-    stats::Counter quiesce_polls{this, "quiesce_polls", "polls", "reads of the VF's migration status before it quiesced"};
-    stats::Counter quiesce_cycles{this, "quiesce_cycles", "cycles", "from RUNNING_P2P requested to quiesced"};
+    stats::Counter quiesce_polls{this, "quiesce_polls", "polls", "reads of the VF's migration status until it had drained"};
+    stats::Counter quiesce_cycles{this, "quiesce_cycles", "cycles", "from STOP_COPY requested to the VF drained (TSC ticks)"};
     stats::Counter state_bytes{this, "state_bytes", "bytes", "VF device state sent (source) or restored (destination)"};
     stats::Gauge tx_head{this, "tx_head", "descriptors", "the saved TX ring position"};
     stats::Gauge tx_tail{this, "tx_tail", "descriptors", "the saved TX doorbell"};

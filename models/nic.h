@@ -70,7 +70,7 @@ constexpr std::uint32_t kMsixCtrl = 0x07C;   // RW: bit 0 vector mask (reset 1, 
 // kWindow only.
 constexpr std::uint32_t kWindow = 0x080;     // ring registers end here
 constexpr std::uint32_t kMigState = 0x080;   // RW: device migration state (kMig* below); an undefined arc gives kMigError
-constexpr std::uint32_t kMigStatus = 0x084;  // RO: bit 0 quiesced (not running and no descriptor in flight)
+constexpr std::uint32_t kMigStatus = 0x084;  // RO: bit 0 quiesced (stopped and no descriptor in flight: drained)
 
 constexpr std::uint32_t kCtrlTxEn = 1u << 0, kCtrlRxEn = 1u << 1, kCtrlReset = 1u << 31;
 // Unicast promiscuous (the 82599's FCTRL.UPE): frames whose destination MAC
@@ -81,11 +81,14 @@ constexpr std::uint32_t kStatusTxErr = 1u << 0, kStatusRxErr = 1u << 1, kStatusL
 constexpr std::uint32_t kCauseTx = 1u << 0, kCauseRx = 1u << 1, kCauseErr = 1u << 2, kCauseAll = 7;
 constexpr std::uint64_t kItrUnitPs = 256'000;
 // Migration states, numbered as Linux's enum vfio_device_mig_state
-// (include/uapi/linux/vfio.h). RUNNING and PRE_COPY: the function works as
-// usual. RUNNING_P2P and PRE_COPY_P2P: the quiesce states; it fetches no new
-// descriptor and accepts no frame (the one in flight completes). STOP,
-// STOP_COPY, RESUMING: no DMA and no interrupt message; in RESUMING the head
-// registers are writable, so the saved ring positions can be restored.
+// (include/uapi/linux/vfio.h), with VFIO migration v2's meanings. RUNNING,
+// PRE_COPY: the function works as usual. RUNNING_P2P, PRE_COPY_P2P: the P2P
+// quiescent state, no new peer-to-peer DMA; this NIC issues none, so it works
+// as usual there too. STOP, STOP_COPY, RESUMING: no DMA and no interrupt
+// message; on entering one the function starts no new descriptor, and the
+// one in flight completes its DMA (the drain; kMigStatus says when). In
+// RESUMING the head registers are writable, so saved ring positions can be
+// restored.
 constexpr std::uint32_t kMigError = 0, kMigStop = 1, kMigRunning = 2, kMigStopCopy = 3, kMigResuming = 4,
                         kMigRunningP2p = 5, kMigPreCopy = 6, kMigPreCopyP2p = 7;
 constexpr std::uint32_t kMigQuiesced = 1u << 0;
@@ -205,8 +208,12 @@ struct NicFunction {
 
   /// Register values at reset (and after CTRL.RST).
   void reset();
-  /// The function may start DMA for a new descriptor (RUNNING or PRE_COPY).
-  bool dma_allowed() const { return mig_state == nicreg::kMigRunning || mig_state == nicreg::kMigPreCopy; }
+  /// The function may start DMA for a new descriptor (a running state; the
+  /// P2P quiescent states stop only peer-to-peer DMA, which it has none of).
+  bool dma_allowed() const {
+    return mig_state == nicreg::kMigRunning || mig_state == nicreg::kMigPreCopy ||
+           mig_state == nicreg::kMigRunningP2p || mig_state == nicreg::kMigPreCopyP2p;
+  }
   bool quiesced() const { return !dma_allowed() && !tx_busy && !rx_busy; }
   bool tx_ready() const {
     return dma_allowed() && (ctrl & nicreg::kCtrlTxEn) && !(status & nicreg::kStatusTxErr) && tx_size && tx_head != tx_tail;
