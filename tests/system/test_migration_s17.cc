@@ -75,3 +75,15 @@ TEST_CASE("S17: without the handshake in-flight DMA lands after its page was sen
   CHECK(vf_frames(r) > r.at("host.a.vm.web.workload0.frames"));
   check_link(r);
 }
+
+TEST_CASE("S17: the handshake without the IOMMU's dirty flags is refused at load, naming the key",
+          "[s17][migration][config]") {
+  std::string yaml = read_text(kScenarios + "s17_vf_migration.yaml");
+  const std::string key = "iommu_mode: scalable";
+  const auto at = yaml.find(key);
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, key.size(), "iommu_mode: legacy");
+  const CliRun r = run_cli(yaml);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("migrations[0].vf_handshake") != std::string::npos);
+}
