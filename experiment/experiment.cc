@@ -493,11 +493,19 @@ ExperimentParams load(const cfg::Document& doc) {
     if (mp.tracking != "write_protect" && !from->hypervisor.ept_ad)
       throw error_at(doc, at + "tracking", "write_protect unless host " + mp.from + "'s hypervisor.ept_ad is on",
                      mp.tracking);
-    if (vm->paging != "ept" || vm->nic.type != "none" || vm->snapshot.at || vm->swap || vm->balloon.enabled ||
+    if (vm->nic.type == "vf" && mp.vf_handshake && from->hypervisor.iommu_mode != "scalable")
+      throw error_at(doc, at + "vf_handshake",
+                     "false unless host " + mp.from + "'s hypervisor.iommu_mode is scalable (DMA dirty tracking "
+                     "needs the IOMMU's second-level dirty flags)",
+                     "true");
+    if (vm->nic.type == "vf" && vm->nic.vf >= to->platform.nic.device.vfs)
+      throw error_at(doc, at + "vm", fmt::format("a VM whose VF index host {} has too", mp.to),
+                     std::to_string(vm->nic.vf));
+    if (vm->paging != "ept" || (vm->nic.type != "none" && vm->nic.type != "vf") || vm->snapshot.at || vm->swap || vm->balloon.enabled ||
         vm->hypervisor.enabled() || vm->pmu != "none")
       throw error_at(doc, at + "vm",
-                     "a VM with paging ept and no network device, snapshot, swap, balloon, nested hypervisor, "
-                     "virtual PMU (what migration moves, docs/migration.md)",
+                     "a VM with paging ept and no network device but a VF, no snapshot, swap, balloon, nested "
+                     "hypervisor, virtual PMU (what migration moves, docs/migration.md)",
                      mp.vm);
     if (mp.mode == "postcopy" && mp.postcopy_after > mp.max_rounds)
       throw error_at(doc, at + "postcopy_after", fmt::format("at most max_rounds ({})", mp.max_rounds),

@@ -301,6 +301,7 @@ struct MigrationParams {
   std::string mode;
   std::uint64_t postcopy_after;
   std::uint64_t postcopy_bandwidth;  // bytes per second
+  bool vf_handshake;
   template <class V>
   void visit(V& v) {
     v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
@@ -350,6 +351,11 @@ struct MigrationParams {
     v.param(postcopy_bandwidth, "postcopy_bandwidth", "0", Spec(Unit::Bytes),
             "With mode postcopy: bytes per second of the source's background push (QEMU's "
             "max-postcopy-bandwidth, default 0: unlimited); pages a fault requests are sent at once.");
+    v.param(vf_handshake, "vf_handshake", "true", Spec(Unit::Flag),
+            "A VM with an SR-IOV VF: move the VF through VFIO migration v2's states (PRE_COPY, the quiesce state "
+            "PRE_COPY_P2P, STOP_COPY; RESUMING on the destination) and track its DMA by the IOMMU's second-level "
+            "dirty flags (needs hypervisor.iommu_mode scalable on the source). false: read its registers while it "
+            "runs and track no DMA, as for a device without migration support (docs/migration.md, S17).");
   }
 };
 

@@ -281,6 +281,12 @@ struct Session::System {
       parse_core_list(vp->pin, dst.pp->cores * dst.pp->smt, spec.pin);  // validated by load()
       spec.image = src.kernels.at(index).get();
       spec.incoming = true;
+      if (vp->nic.type == "vf") {  // the same VF index on the destination's NIC (docs/migration.md, S17)
+        spec.nic_type = "vf";
+        spec.vf = static_cast<unsigned>(vp->nic.vf);
+        spec.nic_window_gpa = guest::kNetWindowGpa;
+        spec.nic_vector = guest::kNetVector;
+      }
       dst.hypervisor->add_vm(spec);
       const unsigned dst_index = dst.hypervisor->vm_count() - 1;
       monitor_index[dst.hypervisor.get()].push_back(monitor_index[src.hypervisor.get()].at(index));
@@ -300,6 +306,7 @@ struct Session::System {
       ms.max_bandwidth = mp.max_bandwidth;
       ms.downtime_limit = mp.downtime_limit;
       ms.max_rounds = mp.max_rounds;
+      ms.vf_handshake = mp.vf_handshake;
       ms.dst_mac = dst_mac;
       ms.src_mac = src_mac;
       ms.deferred = deferred;

@@ -199,6 +199,7 @@ struct HypervisorParams {
   bool ept_ad;                   // EPTP bit 6: EPT accessed and dirty flags
   std::uint64_t shadow_pages_permille;
   bool posted_interrupts;        // virtual interrupts by posting, virtual-interrupt delivery
+  std::string iommu_mode;        // legacy | scalable: the VT-d translation table mode of passthrough
   bool migration;                // unpinned vCPUs may move to idle cores
   std::string slice_timer;       // host | preemption
   bool nested_shadow_vmcs;       // VMCS shadowing for guests that run a hypervisor (docs/nested.md)
@@ -260,6 +261,13 @@ struct HypervisorParams {
             "posted-interrupt descriptor, with virtual-interrupt delivery and virtualized x2APIC EOI (SDM Vol. 3C, "
             "30.2, 30.6), as KVM with APICv: no injection, no interrupt-window or EOI exits, and a running vCPU "
             "gets the interrupt without a VM exit. Default off (keeps the results of event injection).");
+    v.param(iommu_mode, "iommu_mode", "legacy", Spec().one_of({"legacy", "scalable"}),
+            "VT-d translation table mode the hypervisor programs for passthrough (RTADDR_REG.TTM, VT-d 3.4): "
+            "legacy (root and context entries pointing at the VM's EPT) or scalable (scalable-mode context "
+            "entries, a PASID directory and table per device, the RID_PASID entry second-level only over the "
+            "VM's EPT with SLADE set, so the IOMMU sets dirty flags on DMA writes, VT-d 3.6, 9.6; what migrating "
+            "a VM with a VF tracks DMA with). Default legacy (keeps earlier results; Linux uses scalable mode "
+            "where ECAP.SMTS is set).");
     v.param(migration, "migration", "false", Spec(Unit::Flag),
             "Let a runnable unpinned vCPU that waits for its busy core move to an idle core: the old core "
             "VMCLEARs its VMCS, the new one VMPTRLDs it, rewrites the per-core host state and VMLAUNCHes "
@@ -800,6 +808,26 @@ class Hypervisor {
   /// A stream frame at the destination (the PF's receive path).
   void mig_receive(cpu::Core& c, Vm& vm, std::uint64_t hpa, unsigned len);
   void mig_resume(cpu::Core& c, Vm& vm, std::uint64_t pause_tsc);
+  // Moving an assigned VF with its VM (vf_migration.cc).
+  struct VfMigration;
+  /// Source, at migration start: the VF's migration state (RUNNING -> PRE_COPY).
+  void vf_mig_start(cpu::Core& c, Vm& vm, bool handshake);
+  /// Source, with the vCPUs parked: quiesce (RUNNING_P2P), wait for the
+  /// descriptor in flight, stop and save the VF's state; false while it
+  /// has not quiesced. Without the handshake: the registers as they read now.
+  bool vf_mig_stop(cpu::Core& c, Vm& vm);
+  /// Source, after each dirty harvest: adds the pages DMA dirtied (the
+  /// IOMMU's second-level dirty flags, read and cleared) to `gfns` (sorted).
+  void vf_mig_dma_dirty(cpu::Core& c, Vm& vm, std::vector<std::uint64_t>& gfns);
+  /// Source, stop-and-copy: sends the saved VF state as a stream frame.
+  void vf_mig_send_state(cpu::Core& c, Vm& vm);
+  /// Source, after the switchover: the VF is released (function reset).
+  void vf_mig_release(cpu::Core& c, Vm& vm);
+  /// Destination: the VF state frame arrived.
+  void vf_mig_receive(cpu::Core& c, Vm& vm, std::uint64_t buf, std::uint32_t len);
+  /// Destination, when DONE arrives: assigns the VF and restores its state
+  /// (STOP -> RESUMING, registers, -> RUNNING) before the vCPUs run.
+  void vf_mig_resume(cpu::Core& c, Vm& vm);
   /// At a destination vCPU's VMCS set-up: its migrated guest state.
   void mig_load_vmcs(cpu::Core& c, Vcpu& v);
   void mig_probe(cpu::Core& c, Vm& vm);

@@ -92,6 +92,7 @@ enum CodeOffset : std::uint64_t {
   kCodeMigrateSrc = 0x1A000,  // hypervisor/migration.cc: the source's migration thread
   kCodeMigrateDst = 0x1B000,  // hypervisor/migration.cc: the destination's receive path
   kCodePostcopy = 0x20000,    // hypervisor/postcopy.cc: auto-converge and post-copy
+  kCodeVfMig = 0x21000,   // hypervisor/vf_migration.cc: moving an assigned VF
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {
@@ -139,6 +140,8 @@ struct Hypervisor::Vm {
   std::unique_ptr<BalloonDev> balloon;  // virtio-balloon (VmSpec::balloon; balloon.cc)
   std::string nic_type = "none";      // VmSpec::nic_type
   unsigned vf = 0;
+  std::uint16_t vf_rid = 0;             // the assigned VF's requester ID (passthrough.cc)
+  std::unique_ptr<VfMigration> vf_mig;  // moving the VF with the VM (vf_migration.cc)
   std::uint64_t nic_window_gpa = 0;
   std::uint8_t nic_vector = 0;
   /// Virtual PMU mode (vpmu.cc) and, for mediated and passthrough, the

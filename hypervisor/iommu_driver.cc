@@ -46,7 +46,7 @@ void IommuDriver::command(cpu::Core& c, std::uint32_t cmd, std::uint32_t status,
   }
 }
 
-void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw) {
+void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw, bool scalable) {
   if (m_up) return;
   const std::uint64_t cap = read(c, vtd::kCap, 8);
   const std::uint64_t ecap = read(c, vtd::kEcap, 8);
@@ -57,6 +57,10 @@ void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw) 
   if (!((vtd::cap::sagaw(cap) >> aw) & 1))
     throw cpu::SimulationError(fmt::format("iommu driver: SAGAW {:#x} lacks the {}-bit address width", vtd::cap::sagaw(cap),
                                            iommu::ctx::aw_bits(aw)));
+  if (scalable && !((ecap & vtd::ecap::kSmts) && (ecap & vtd::ecap::kSlads)))
+    throw cpu::SimulationError("iommu driver: the remapping unit has no scalable mode with second-level "
+                               "accessed/dirty flags (ECAP.SMTS, ECAP.SLADS)");
+  m_scalable = scalable;
   m_queue = m_alloc();
   m_status = m_alloc();
   m_lock = TicketLock(m_status + 64, &m_lock_stats);  // its own cache line
@@ -67,11 +71,12 @@ void IommuDriver::bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw) 
   m_tail = 0;
   command(c, gcmd::kQie, gcmd::kQie, true);
   // The root table (11.4.5, 6.5: software invalidates after SRTP).
-  write(c, vtd::kRtaddr, iommu::rtaddr::make(root_table, iommu::rtaddr::kTtmLegacy), 8);
+  write(c, vtd::kRtaddr, iommu::rtaddr::make(root_table, scalable ? iommu::rtaddr::kTtmScalable : iommu::rtaddr::kTtmLegacy), 8);
   command(c, gcmd::kSrtp, gcmd::kSrtp, true);  // GSTS.RTPS
-  const std::uint64_t global[2][2] = {{qi::context_cache(1).w[0], qi::context_cache(1).w[1]},
-                                      {qi::iotlb(1).w[0], qi::iotlb(1).w[1]}};
-  submit(c, global, 2);
+  const std::uint64_t global[3][2] = {{qi::context_cache(1).w[0], qi::context_cache(1).w[1]},
+                                      {qi::iotlb(1).w[0], qi::iotlb(1).w[1]},
+                                      {qi::pasid_cache(3).w[0], qi::pasid_cache(3).w[1]}};
+  submit(c, global, scalable ? 3 : 2);
   command(c, gcmd::kTe, gcmd::kTe, true);
   m_up = true;
 }
@@ -86,9 +91,24 @@ void IommuDriver::enable_interrupt_remapping(cpu::Core& c, std::uint64_t irt, un
 }
 
 void IommuDriver::flush_device(cpu::Core& c, std::uint16_t sid, std::uint16_t did) {
+  if (m_scalable) {
+    // Scalable mode (VT-d 6.5.3.3): the context entry, the domain's PASID
+    // entries, then its translations of RID_PASID 0.
+    const qi::Descriptor128 cc = qi::context_cache(3, did, sid), pc = qi::pasid_cache(0, did),
+                            tlb = qi::pasid_iotlb(2, did, 0);
+    const std::uint64_t d[3][2] = {{cc.w[0], cc.w[1]}, {pc.w[0], pc.w[1]}, {tlb.w[0], tlb.w[1]}};
+    submit(c, d, 3);
+    return;
+  }
   const qi::Descriptor128 cc = qi::context_cache(3, did, sid), tlb = qi::iotlb(2, did);
   const std::uint64_t d[2][2] = {{cc.w[0], cc.w[1]}, {tlb.w[0], tlb.w[1]}};
   submit(c, d, 2);
+}
+
+void IommuDriver::flush_pasid_iotlb(cpu::Core& c, std::uint16_t did, std::uint32_t pasid) {
+  const qi::Descriptor128 t = qi::pasid_iotlb(2, did, pasid);
+  const std::uint64_t d[1][2] = {{t.w[0], t.w[1]}};
+  submit(c, d, 1);
 }
 
 void IommuDriver::flush_irte(cpu::Core& c, std::uint16_t index) {

@@ -42,7 +42,10 @@ class IommuDriver {
   /// table at `root_table`; `aw` is the second-level address width the
   /// caller's context entries use (SAGAW must offer it). Throws
   /// cpu::SimulationError naming what the unit lacks.
-  void bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw);
+  /// With `scalable`, the root table is in scalable-mode format (TTM 01b;
+  /// the unit must offer ECAP.SMTS and, for dirty tracking, ECAP.SLADS).
+  void bring_up(cpu::Core& c, std::uint64_t root_table, unsigned aw, bool scalable = false);
+  bool scalable() const { return m_scalable; }
   /// Interrupt remapping with the table at `irt` (2^(size_code + 1)
   /// entries, x2APIC destinations when `eime`).
   void enable_interrupt_remapping(cpu::Core& c, std::uint64_t irt, unsigned size_code, bool eime);
@@ -55,6 +58,11 @@ class IommuDriver {
   /// After IRTE `index` changed: index-selective interrupt-entry-cache
   /// invalidation, then a wait.
   void flush_irte(cpu::Core& c, std::uint16_t index);
+  /// Scalable mode: PASID-selective IOTLB invalidation of (did, pasid)
+  /// (VT-d 6.5.2.4), then a wait: after second-level dirty flags were
+  /// cleared, the unit's cached translations (which remember the flag as
+  /// set) go, so the next DMA write sets it again.
+  void flush_pasid_iotlb(cpu::Core& c, std::uint16_t did, std::uint32_t pasid);
 
  private:
   std::uint64_t read(cpu::Core& c, std::uint64_t offset, unsigned size);
@@ -68,6 +76,7 @@ class IommuDriver {
   std::uint64_t m_regs;
   std::function<std::uint64_t()> m_alloc;
   bool m_up = false;
+  bool m_scalable = false;
   std::uint32_t m_gcmd = 0;      // enables kept (Linux: iommu->gcmd)
   std::uint64_t m_queue = 0;     // the invalidation queue: one page, 256 128-bit descriptors
   std::uint64_t m_tail = 0;      // next free descriptor, byte offset

@@ -44,7 +44,7 @@ namespace {
 // header: type (4 bytes), length (4), address (8); payload from byte 32.
 constexpr std::uint64_t kEtherType = 0x88B5;
 constexpr std::uint32_t kHeader = 32;
-enum FrameType : std::uint32_t { kStart = 1, kPageData = 2, kState = 3, kDone = 4 };
+enum FrameType : std::uint32_t { kStart = 1, kPageData = 2, kState = 3, kDone = 4, kVfState = 5 };
 
 // The vCPU state record (one page of hypervisor memory), in 8-byte slots.
 enum Slot : unsigned {
@@ -76,7 +76,8 @@ void Hypervisor::migrate_out(const MigrationSpec& spec) {
   if (!m_host_nic) throw std::invalid_argument("VM " + vm.name + ": migration needs the platform's NIC");
   if (spec.core >= m_cores.size())
     throw std::invalid_argument(fmt::format("VM {}: migration core {} is not a core", vm.name, spec.core));
-  if (vm.shadow || vm.virtio || vm.nic || vm.nic_type != "none" || vm.nested_vmx || vm.pmu != Vm::Pmu::None)
+  if (vm.shadow || vm.virtio || vm.nic || (vm.nic_type != "none" && vm.nic_type != "vf") || vm.nested_vmx ||
+      vm.pmu != Vm::Pmu::None)
     throw std::invalid_argument("VM " + vm.name + ": migration needs EPT paging and no device, nesting or vPMU");
   vm.mig_out = std::make_unique<MigrationOut>();
   vm.mig_out->spec = spec;
@@ -218,6 +219,11 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
   if (vm.ended() && m.phase != MigrationOut::Phase::Done) return;  // stopped meanwhile: nothing to move
   switch (m.phase) {
     case MigrationOut::Phase::Start: {
+      if (vm.nic_type == "vf" && !vm.vf_rid) {  // its VF not assigned yet (first entry): wait for it
+        Vm* p = &vm;
+        at(c.now_ps() + lp.poll, m.spec.core, [this, p](Core& cc) { mig_step(cc, *p); });
+        return;
+      }
       m.stats = std::make_unique<MigrationOut::Stats>(vm.group);
       m.header = alloc_host_frame();
       m.frames_per_page = static_cast<unsigned>((kPage + lp.payload - 1) / lp.payload);
@@ -225,6 +231,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
       for (auto& v : vm.vcpus) v->mig_record = alloc_host_frame();
       mig_send(c, vm, kStart, m.started, 0, 0);
       dirty_log_start(c, vm.id, m.spec.mode);
+      if (vm.nic_type == "vf") vf_mig_start(c, vm, m.spec.vf_handshake);  // vf_migration.cc
       // Round 0: every page mapped now.
       lock_mmu(c, vm);
       vm.ept->for_each_leaf(c, 0, vm.memory, false, [&](const Ept::Leaf& l) {
@@ -240,6 +247,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     }
     case MigrationOut::Phase::Pausing:
       if (!mig_pause(c, vm)) return again(c.rdtsc() + poll);
+      if (vm.vf_mig && !vf_mig_stop(c, vm)) return again(c.rdtsc() + poll);  // the VF quiesces
       m.stats->pause_cycles += c.rdtsc() - m.pause_tsc;
       if (m.post && m.post->on) {  // postcopy.cc: the VM resumes at the destination before its pages
         m.stats->thread_cycles += c.now() - t0;
@@ -248,7 +256,8 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
       // The vCPUs' PML logs were drained at their last exits: the final
       // harvest has every page written since the last round.
       {
-        const std::vector<std::uint64_t> more = dirty_log_collect(c, vm.id);
+        std::vector<std::uint64_t> more = dirty_log_collect(c, vm.id);
+        vf_mig_dma_dirty(c, vm, more);
         std::vector<std::uint64_t> all;
         std::set_union(m.list.begin(), m.list.end(), more.begin(), more.end(), std::back_inserter(all));
         m.list = std::move(all);
@@ -281,6 +290,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     const auto bw = static_cast<std::uint64_t>(static_cast<unsigned __int128>(m.round_bytes) * m_tsc_hz / ticks);
     m.rounds.back()->cycles += ticks;
     std::vector<std::uint64_t> dirty = dirty_log_collect(c, vm.id);
+    vf_mig_dma_dirty(c, vm, dirty);
     m.rounds.back()->pages_dirtied += dirty.size();
     m.stats->pages_dirtied += dirty.size();
     m.stats->bandwidth.set(static_cast<double>(bw));
@@ -319,12 +329,14 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     mig_send(c, vm, kState, v->index, v->mig_record, kRecordBytes);
     ++m.stats->vcpus;
   }
+  if (vm.vf_mig) vf_mig_send_state(c, vm);
   while (m_host_nic->tx_free(c) < 1) charge(c, 100, kCodeMigrateSrc);
   c.store(m.header + 2048, m.pause_tsc);
   c.store(m.header + 2056, m.frames + 1);
   mig_send(c, vm, kDone, 0, m.header + 2048, 16);
   m.stats->total_cycles += c.rdtsc() - m.started;
   mig_probe(c, vm);
+  if (vm.vf_mig) vf_mig_release(c, vm);
   dirty_log_stop(c, vm.id);
   m.phase = MigrationOut::Phase::Done;
   m.stats->thread_cycles += c.now() - t0;
@@ -396,6 +408,7 @@ void Hypervisor::mig_receive(Core& c, Vm& vm, std::uint64_t buf, unsigned len) {
     case kState:
       if (addr < vm.vcpus.size()) c.rep_movs(vm.vcpus[addr]->mig_record, buf + kHeader, std::min(size, kRecordBytes));
       break;
+    case kVfState: vf_mig_receive(c, vm, buf + kHeader, size); break;
     case kDone: {
       const std::uint64_t pause = c.load(buf + kHeader);
       const std::uint64_t sent = c.load(buf + kHeader + 8);
@@ -453,6 +466,7 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     unlock_mmu(c, vm);
     m_mig_probe(vm.id, pages);
   }
+  if (vm.vf_mig) vf_mig_resume(c, vm);  // its VF, before the vCPUs run (vf_migration.cc)
   for (unsigned k = 0; k < m_cores.size(); ++k) {
     if (!kick[k]) continue;
     if (m_cores[k] == &c) program_timer(here);

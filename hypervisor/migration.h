@@ -82,6 +82,7 @@ struct MigrationSpec {
   bool postcopy = false;
   std::uint64_t postcopy_after = 0;
   std::uint64_t postcopy_bandwidth = 0;  // bytes per second of the background push (0: unlimited)
+  bool vf_handshake = true;         // an assigned VF: quiesce it and track its DMA (vf_migration.cc)
 };
 
 }  // namespace vmx::hv

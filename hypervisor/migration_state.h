@@ -85,3 +85,4 @@ struct Hypervisor::MigrationIn final : SwitchPort {
 };
 
 }  // namespace vmx::hv
+#include "hypervisor/vf_migration_state.h"

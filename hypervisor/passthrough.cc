@@ -87,37 +87,69 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   const auto rid = static_cast<std::uint16_t>(id >> 16);
 
   // 3. DMA remapping: root entry for the bus, context entry for devfn
-  //    pointing at the VM's EPT (legacy mode, VT-d 9.1, 9.3).
+  //    pointing at the VM's EPT (legacy mode, VT-d 9.1, 9.3), or in scalable
+  //    mode (VT-d 9.2, 9.4 to 9.6) a context entry with a PASID directory
+  //    whose RID_PASID (0) entry translates second-level only over the EPT,
+  //    with SLADE so that the unit sets dirty flags on DMA writes.
+  const bool sm = m_p.iommu_mode == "scalable";
   if (!pt.root_table) pt.root_table = alloc_host_frame();
-  auto context_table = [&](unsigned bus) {
-    auto [it, fresh] = pt.context_tables.try_emplace(bus, 0);
+  auto context_table = [&](unsigned bus, unsigned devfn) {
+    // Scalable mode: two context tables per bus, devfn 0-127 and 128-255.
+    const unsigned half = sm ? devfn / iommu::smctx::kEntriesPerTable : 0;
+    auto [it, fresh] = pt.context_tables.try_emplace(bus * 2 + half, 0);
     if (fresh) {
       it->second = alloc_host_frame();
-      c.store(pt.root_table + bus * iommu::root::kEntrySize, iommu::root::lo(it->second));
-      c.store(pt.root_table + bus * iommu::root::kEntrySize + 8, 0);
+      if (sm) {
+        c.store(pt.root_table + bus * iommu::root::kEntrySize + 8 * half,
+                (it->second & iommu::smroot::kCtpMask) | iommu::smroot::kPresent);
+      } else {
+        c.store(pt.root_table + bus * iommu::root::kEntrySize, iommu::root::lo(it->second));
+        c.store(pt.root_table + bus * iommu::root::kEntrySize + 8, 0);
+      }
     }
     return it->second;
   };
   const auto did = static_cast<std::uint16_t>(vm.id + 1);
   const unsigned aw = m_p.ept_levels == 5 ? 3 : 2;  // 57- or 48-bit, the EPT's levels
-  const iommu::ContextEntry ce = iommu::ctx::make(vm.ept->root(), did, aw);
-  const std::uint64_t entry = context_table(iommu::rid_bus(rid)) + iommu::rid_devfn(rid) * iommu::ctx::kEntrySize;
-  c.store(entry, ce.lo);
-  c.store(entry + 8, ce.hi);
+  auto program = [&](std::uint16_t sid, std::uint64_t slptptr, std::uint16_t domain, bool pass) {
+    const unsigned bus = iommu::rid_bus(sid), devfn = iommu::rid_devfn(sid);
+    if (!sm) {
+      const iommu::ContextEntry ce =
+          iommu::ctx::make(slptptr, domain, aw, pass ? iommu::ctx::kTtPassThrough : iommu::ctx::kTtUntranslated);
+      const std::uint64_t entry = context_table(bus, devfn) + devfn * iommu::ctx::kEntrySize;
+      c.store(entry, ce.lo);
+      c.store(entry + 8, ce.hi);
+      return;
+    }
+    // One PASID directory (PDTS 0: 128 entries) and one PASID table per
+    // function; only PASID 0 (RID_PASID) is used.
+    const std::uint64_t dir = alloc_host_frame(), table = alloc_host_frame();
+    c.store(dir, iommu::pasid_dir::make(table));
+    iommu::pasid_entry::Fields f;
+    f.pgtt = pass ? iommu::pasid_entry::kPgttPassThrough : iommu::pasid_entry::kPgttSecondLevel;
+    f.did = domain;
+    f.slptptr = slptptr;
+    f.aw = aw;
+    f.slade = !pass;
+    const iommu::PasidEntry pe = iommu::pasid_entry::make(f);
+    for (unsigned w = 0; w < 8; ++w) c.store(table + 8 * w, pe.w[w]);
+    const iommu::SmContextEntry ce = iommu::smctx::make(dir, 0, 0, /*paside=*/false);
+    const std::uint64_t entry =
+        context_table(bus, devfn) + (devfn % iommu::smctx::kEntriesPerTable) * iommu::smctx::kEntrySize;
+    for (unsigned w = 0; w < 4; ++w) c.store(entry + 8 * w, ce.w[w]);
+  };
+  program(rid, vm.ept->root(), did, false);
   if (!pt.driver.up()) {
     // The PF stays the host's: a pass-through context entry (TT 2, as
-    // Linux's iommu=pt identity domain), so the hypervisor's own PF driver
-    // keeps using host-physical addresses once translation is on.
+    // Linux's iommu=pt identity domain; in scalable mode a pass-through
+    // PASID entry), so the hypervisor's own PF driver keeps using
+    // host-physical addresses once translation is on.
     const auto pf_rid =
         static_cast<std::uint16_t>(static_cast<std::uint32_t>(c.load(m_io.nic_mmio_base + models::nicreg::kId, 4)) >> 16);
-    const iommu::ContextEntry pf = iommu::ctx::make(0, kHostDomain, aw, iommu::ctx::kTtPassThrough);
-    const std::uint64_t pf_entry =
-        context_table(iommu::rid_bus(pf_rid)) + iommu::rid_devfn(pf_rid) * iommu::ctx::kEntrySize;
-    c.store(pf_entry, pf.lo);
-    c.store(pf_entry + 8, pf.hi);
+    program(pf_rid, 0, kHostDomain, true);
     // The driver brings the unit up the first time a device is assigned:
     // queued invalidation, SRTP, global invalidations, then TE.
-    pt.driver.bring_up(c, pt.root_table, aw);
+    pt.driver.bring_up(c, pt.root_table, aw, sm);
   }
   // A context entry that was not present may still be cached as such:
   // device-selective context invalidation, then the domain's IOTLB (VT-d
@@ -151,6 +183,7 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
   c.store(window + models::nicreg::kMsixAddrHi, msi >> 32, 4);
   c.store(window + models::nicreg::kMsixData, 0, 4);
   c.store(window + models::nicreg::kMsixCtrl, 0, 4);  // unmask
+  vm.vf_rid = rid;  // assigned: the VF works for the VM from here
 }
 
 bool Hypervisor::passthrough_interrupt(std::uint8_t vector) {

@@ -159,7 +159,8 @@ void Hypervisor::setup_vmcs(Core& c, Vcpu& v) {
   v.vmcs_ready = true;
   if (v.index == 0 && m_p.ept_populate == "eager") populate(c, *v.vm);
   if (v.index == 0 && v.vm->nic) nic_setup(c, v);
-  if (v.index == 0 && v.vm->nic_type == "vf") assign_vf(c, *v.vm);
+  // (A VM that arrived by migration has its VF already: vf_migration.cc.)
+  if (v.index == 0 && v.vm->nic_type == "vf" && !v.vm->vf_rid) assign_vf(c, *v.vm);
 }
 
 void Hypervisor::run_vcpu(PerCore& pc, Vcpu& v) {

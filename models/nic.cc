@@ -29,6 +29,7 @@ void NicFunction::reset() {
   tx_size = tx_head = tx_tail = rx_size = rx_head = rx_tail = 0;
   itr = 0;
   pending = msi_due = throttled = sent_any = false;
+  mig_state = nicreg::kMigRunning;
 }
 
 Nic::Nic(sc_core::sc_module_name name, const NicParams& params, stats::Group* parent)
@@ -118,6 +119,8 @@ std::uint32_t Nic::reg_read(NicFunction& f, std::uint32_t off) {
     case kMsixAddrHi: return static_cast<std::uint32_t>(f.msix_addr >> 32);
     case kMsixData: return f.msix_data;
     case kMsixCtrl: return f.msix_ctrl;
+    case kMigState: return f.mig_state;
+    case kMigStatus: return f.quiesced() ? kMigQuiesced : 0;
     default: return 0;  // reserved: reads as zero
   }
 }
@@ -144,6 +147,24 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
     case kTxSize:
       f.tx_size = v & 0xFFFF;
       f.tx_head = f.tx_tail = 0;
+      break;
+    case kTxHead:  // writable only while resuming (restoring the saved ring position)
+      if (f.mig_state == kMigResuming && v < f.tx_size) f.tx_head = v;
+      break;
+    case kRxHead:
+      if (f.mig_state == kMigResuming && v < f.rx_size) f.rx_head = v;
+      break;
+    case kMigState:
+      // VFIO migration v2: a defined arc is taken; any other request puts
+      // the device in ERROR (left by a function reset).
+      f.mig_state = mig_arc(f.mig_state, v) ? v : kMigError;
+      if (f.dma_allowed()) {
+        m_tx_kick.notify(sc_core::SC_ZERO_TIME);
+        if (f.pending && !(f.msix_ctrl & 1)) {  // held while stopped
+          f.msi_due = true;
+          m_msi_kick.notify(sc_core::SC_ZERO_TIME);
+        }
+      }
       break;
     case kTxTail:
       if (v < f.tx_size) {  // out-of-range tails are ignored
@@ -225,7 +246,7 @@ void Nic::send_msi(NicFunction& f) {
 void Nic::raise(NicFunction& f, std::uint32_t cause) {
   f.cause |= cause;
   if (!(f.enable & cause)) return;
-  if (f.msix_ctrl & 1) {
+  if ((f.msix_ctrl & 1) || !f.dma_allowed()) {  // masked, or stopped for migration (no message DMA)
     f.pending = true;
     ++f.stats->interrupts_deferred;
     return;
@@ -295,7 +316,9 @@ void Nic::tx_thread() {
       NicFunction& f = m_fn[(m_tx_next + k) % n];
       if (!f.tx_ready()) continue;
       m_tx_next = (f.index + 1) % n;
+      f.tx_busy = true;
       transmit_one(f);
+      f.tx_busy = false;
       sent = true;
     }
     if (!sent) sc_core::wait(m_tx_kick);
@@ -379,6 +402,14 @@ void Nic::receive_one(Packet& p) {
     ++f->stats->rx_drops;
     return;
   }
+  f->rx_busy = true;
+  receive_into(*f, p);
+  f->rx_busy = false;
+}
+
+void Nic::receive_into(NicFunction& fn, Packet& p) {
+  using namespace nicreg;
+  NicFunction* f = &fn;
   const std::uint64_t da = f->rx_base + std::uint64_t(f->rx_head) * nicdesc::kSize;
   std::uint8_t raw[nicdesc::kSize];
   if (!dma_access(*f, false, da, raw, sizeof raw)) return dma_fault(*f, kStatusRxErr);

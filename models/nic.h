@@ -63,7 +63,14 @@ constexpr std::uint32_t kMsixAddrLo = 0x070; // RW: MSI-X table entry 0 message 
 constexpr std::uint32_t kMsixAddrHi = 0x074; // RW: message upper address
 constexpr std::uint32_t kMsixData = 0x078;   // RW: message data
 constexpr std::uint32_t kMsixCtrl = 0x07C;   // RW: bit 0 vector mask (reset 1, PCIe 5.0 7.7.2.7)
-constexpr std::uint32_t kWindow = 0x080;     // registers end here; the rest of the window is reserved
+// Live migration (VFIO migration v2 device states, docs/migration.md "A VM
+// with an SR-IOV VF"): the device state the host's driver moves the function
+// through, and whether it has quiesced.
+// The emulated NIC (hypervisor/emulated_nic.h) has the registers below
+// kWindow only.
+constexpr std::uint32_t kWindow = 0x080;     // ring registers end here
+constexpr std::uint32_t kMigState = 0x080;   // RW: device migration state (kMig* below); an undefined arc gives kMigError
+constexpr std::uint32_t kMigStatus = 0x084;  // RO: bit 0 quiesced (stopped and no descriptor in flight: drained)
 
 constexpr std::uint32_t kCtrlTxEn = 1u << 0, kCtrlRxEn = 1u << 1, kCtrlReset = 1u << 31;
 // Unicast promiscuous (the 82599's FCTRL.UPE): frames whose destination MAC
@@ -72,7 +79,32 @@ constexpr std::uint32_t kCtrlTxEn = 1u << 0, kCtrlRxEn = 1u << 1, kCtrlReset = 1
 constexpr std::uint32_t kCtrlUpe = 1u << 2;
 constexpr std::uint32_t kStatusTxErr = 1u << 0, kStatusRxErr = 1u << 1, kStatusLinkUp = 1u << 2;
 constexpr std::uint32_t kCauseTx = 1u << 0, kCauseRx = 1u << 1, kCauseErr = 1u << 2, kCauseAll = 7;
-constexpr std::uint64_t kItrUnitPs = 256'000;  // the ITR granule, as the 8254x ITR register (256 ns)
+constexpr std::uint64_t kItrUnitPs = 256'000;
+// Migration states, numbered as Linux's enum vfio_device_mig_state
+// (include/uapi/linux/vfio.h), with VFIO migration v2's meanings. RUNNING,
+// PRE_COPY: the function works as usual. RUNNING_P2P, PRE_COPY_P2P: the P2P
+// quiescent state, no new peer-to-peer DMA; this NIC issues none, so it works
+// as usual there too. STOP, STOP_COPY, RESUMING: no DMA and no interrupt
+// message; on entering one the function starts no new descriptor, and the
+// one in flight completes its DMA (the drain; kMigStatus says when). In
+// RESUMING the head registers are writable, so saved ring positions can be
+// restored.
+constexpr std::uint32_t kMigError = 0, kMigStop = 1, kMigRunning = 2, kMigStopCopy = 3, kMigResuming = 4,
+                        kMigRunningP2p = 5, kMigPreCopy = 6, kMigPreCopyP2p = 7;
+constexpr std::uint32_t kMigQuiesced = 1u << 0;
+/// The arcs a device takes on its own (VFIO migration v2's FSM, single steps).
+constexpr bool mig_arc(std::uint32_t from, std::uint32_t to) {
+  switch (from) {
+    case kMigRunning: return to == kMigRunningP2p || to == kMigPreCopy;
+    case kMigPreCopy: return to == kMigRunning || to == kMigPreCopyP2p;
+    case kMigPreCopyP2p: return to == kMigPreCopy || to == kMigRunningP2p || to == kMigStopCopy;
+    case kMigRunningP2p: return to == kMigRunning || to == kMigStop || to == kMigPreCopyP2p;
+    case kMigStop: return to == kMigRunningP2p || to == kMigStopCopy || to == kMigResuming;
+    case kMigStopCopy: return to == kMigStop;
+    case kMigResuming: return to == kMigStop;
+    default: return false;  // ERROR leaves only by a function reset
+  }
+}  // the ITR granule, as the 8254x ITR register (256 ns)
 }  // namespace nicreg
 
 /// A transmit or receive descriptor (16 bytes, little-endian, in memory).
@@ -170,14 +202,23 @@ struct NicFunction {
   bool throttled = false;  // a message is held back until last_msi + ITR interval
   bool pending = false;  // MSI-X pending bit
   bool msi_due = false;  // unmasked with the pending bit set: send from the NIC's thread
+  std::uint32_t mig_state = nicreg::kMigRunning;  // VFIO migration v2 device state
+  bool tx_busy = false, rx_busy = false;           // a descriptor in flight (its DMAs not all done)
   std::unique_ptr<NicFunctionStats> stats;
 
   /// Register values at reset (and after CTRL.RST).
   void reset();
-  bool tx_ready() const {
-    return (ctrl & nicreg::kCtrlTxEn) && !(status & nicreg::kStatusTxErr) && tx_size && tx_head != tx_tail;
+  /// The function may start DMA for a new descriptor (a running state; the
+  /// P2P quiescent states stop only peer-to-peer DMA, which it has none of).
+  bool dma_allowed() const {
+    return mig_state == nicreg::kMigRunning || mig_state == nicreg::kMigPreCopy ||
+           mig_state == nicreg::kMigRunningP2p || mig_state == nicreg::kMigPreCopyP2p;
   }
-  bool rx_usable() const { return (ctrl & nicreg::kCtrlRxEn) && !(status & nicreg::kStatusRxErr) && rx_size; }
+  bool quiesced() const { return !dma_allowed() && !tx_busy && !rx_busy; }
+  bool tx_ready() const {
+    return dma_allowed() && (ctrl & nicreg::kCtrlTxEn) && !(status & nicreg::kStatusTxErr) && tx_size && tx_head != tx_tail;
+  }
+  bool rx_usable() const { return dma_allowed() && (ctrl & nicreg::kCtrlRxEn) && !(status & nicreg::kStatusRxErr) && rx_size; }
   bool rx_free() const { return rx_head != rx_tail; }
 };
 
@@ -215,6 +256,8 @@ class Nic : public sc_core::sc_module, public PacketEndpoint {
   void rx_thread();
   void transmit_one(NicFunction& f);
   void receive_one(Packet& p);
+  /// The DMAs of one received frame into f's next descriptor.
+  void receive_into(NicFunction& f, Packet& p);
   /// One DMA for function f; waits its delay. False if refused.
   bool dma_access(NicFunction& f, bool write, std::uint64_t addr, void* data, unsigned len);
   /// Sets an interrupt cause; sends the MSI-X message if the cause is

@@ -21,8 +21,9 @@ std::uint64_t ps_to_cycles(std::uint64_t ps, std::uint64_t hz) {
 
 /// Writes the Ethernet header (dst, src, EtherType 0x88B5) and the peer's
 /// timed header (magic, flags 0, sequence number, no timestamp) at va.
-void write_header(guest::Thread& t, std::uint64_t va, std::uint64_t src_mac, std::uint64_t seq) {
-  for (unsigned i = 0; i < 6; ++i) t.store(va + i, (kPeerMac >> (8 * i)) & 0xFF, 1);
+void write_header(guest::Thread& t, std::uint64_t va, std::uint64_t src_mac, std::uint64_t seq,
+                  std::uint64_t dst_mac = kPeerMac) {
+  for (unsigned i = 0; i < 6; ++i) t.store(va + i, (dst_mac >> (8 * i)) & 0xFF, 1);
   for (unsigned i = 0; i < 6; ++i) t.store(va + 6 + i, (src_mac >> (8 * i)) & 0xFF, 1);
   t.store(va + 12, kEtherType >> 8, 1);  // network byte order
   t.store(va + 13, kEtherType & 0xFF, 1);
@@ -149,9 +150,10 @@ class NetStream final : public Workload {
     if (!m_t0) m_t0 = t.cpu().rdtsc();
     for (std::uint64_t i = 0; m_p.frames == 0 || i < m_p.frames; ++i) {
       const std::uint64_t va = buf + (i % slots) * m_p.size;
-      write_header(t, va, mac, i);
+      write_header(t, va, mac, i, m_p.to == "self" ? mac : kPeerMac);
       t.net_send(va, size, last_of_batch(i));
       sent(t, size);
+      if (m_p.gap && last_of_batch(i)) t.sleep(m_p.gap);
     }
     finished(t);
   }

@@ -267,8 +267,8 @@ void visit_pmd_ring(V& v, std::uint64_t& ring, std::uint64_t& pmd_instructions, 
 }
 
 struct NetStreamParams {
-  std::uint64_t size, frames, batch, buffer, ring, pmd_instructions;
-  std::string driver;
+  std::uint64_t size, frames, batch, buffer, ring, pmd_instructions, gap;
+  std::string driver, to;
   template <class V>
   void visit(V& v) {
     v.param(size, "size", "1514", Spec(Unit::Bytes).at_least(38).at_most(4096),
@@ -276,6 +276,13 @@ struct NetStreamParams {
     v.param(frames, "frames", "10000", Spec(), "Frames to send (0: until the end).");
     v.param(batch, "batch", "1", Spec().at_least(1).at_most(4096),
             "Frames queued per doorbell (the device is notified once per batch).");
+    v.param(gap, "gap", "0s", Spec(Unit::Time),
+            "kernel driver: the program sleeps this long (nanosleep) after each batch, for a stream below line "
+            "rate (0: none).");
+    v.param(to, "to", "peer", Spec().one_of({"peer", "self"}),
+            "kernel driver: the frames' destination MAC: the network peer's, or the device's own (frames that "
+            "the far end's NIC steers to its function of that MAC, e.g. the same VF of another host, which drops "
+            "them in hardware when it is not enabled: a stream no software receives).");
     v.param(buffer, "buffer", "1MiB", Spec(Unit::Bytes).at_least(4096),
             "The program's send buffer: frames are taken from successive offsets of it. With the pmd "
             "driver it is the pool of packet buffers the device reads (each frame in a slot of the next "
