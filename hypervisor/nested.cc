@@ -696,7 +696,8 @@ void Hypervisor::nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   else unexpected_exit(v, reason);
 }
 
-void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info) {
+void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info,
+                               std::uint64_t qualification) {
   // KVM's nested_vmx_vmexit: exit information and L2's state into vmcs12
   // (SDM Vol. 3C, 28.2-28.3), then L1 resumes at vmcs12's host RIP with its
   // host state (28.5): CR0, CR3, CR4, IDTR, RSP, RFLAGS with only bit 1 set,
@@ -708,6 +709,9 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   vmcs12_write(c, n, field::kExitReason, full);
   for (std::uint32_t f : kExitInfo) vmcs12_write(c, n, f, hardware ? vmr(c, f) : 0);
   if (!hardware) vmcs12_write(c, n, field::kExitIntrInfo, intr_info);
+  // A qualification of L0's making (EPT12's permissions), before the shadow
+  // VMCS is loaded from vmcs12 below.
+  if (qualification != ~0ull) vmcs12_write(c, n, field::kExitQualification, qualification);
   for (std::uint32_t f : kGuestState) vmcs12_write(c, n, f, vmr(c, f));
   if (n.vid12) vmcs12_write(c, n, field::kGuestIntrStatus, vmr(c, field::kGuestIntrStatus));  // RVI, SVI of L2
   if (vmcs12_read(c, n, field::kPinBasedControls) & pin::kPreemptionTimer)
@@ -817,9 +821,8 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
                        !((q & cpu::qual::kEptWrite) && !(perms & mmu::ept::kWrite)) &&
                        !((q & cpu::qual::kEptFetch) && !(perms & mmu::ept::kExecute));
   if (!allowed || gpa1 >= vm.memory) {
-    nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0);
     const std::uint64_t q12 = (q & ~std::uint64_t{0x38}) | ((present ? perms : 0) << 3);
-    vmcs12_write(c, n, field::kExitQualification, q12);
+    nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0, q12);
     return true;
   }
   const std::uint64_t hpa = l1_memory(c, vm, gpa1 & ~(kPage - 1));
