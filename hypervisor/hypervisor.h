@@ -565,8 +565,7 @@ class Hypervisor {
   void nested_switch(cpu::Core& c, Vcpu& v);
   bool nested_l1_wants(cpu::Core& c, Vcpu& v, unsigned reason);
   void nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason);
-  void nested_vmexit(cpu::Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info,
-                     std::uint64_t qualification = ~0ull);
+  void nested_vmexit(cpu::Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info);
   void nested_before_entry(PerCore& pc, Vcpu& v);
   /// Shadow EPT: true if the violation was reflected to L1.
   bool nested_ept_violation(PerCore& pc, Vcpu& v);

@@ -305,7 +305,17 @@ void Hypervisor::handle_vmwrite(PerCore& pc, Vcpu& v) {
   // An L1 that turns on virtual-interrupt delivery keeps L2's guest
   // interrupt status in the shadow VMCS from now on (the shadow's copy is
   // loaded from vmcs12 at the next reflected exit; L1 writes it first).
-  if (enc == field::kSecondaryControls && (value & proc2::kVirtualInterruptDelivery)) n.sync_gis = true;
+  if (enc == field::kSecondaryControls && (value & proc2::kVirtualInterruptDelivery) && !n.sync_gis) {
+    // L2's guest interrupt status, which an L1 with virtual-interrupt
+    // delivery reads at each HLT of L2 (KVM shadows it read-write too),
+    // becomes a shadowed field (an L1 without it never touches the field).
+    n.sync_gis = true;
+    if (m_vmread_bitmap) {
+      constexpr std::uint32_t f = field::kGuestIntrStatus;
+      for (std::uint64_t bitmap : {m_vmread_bitmap, m_vmwrite_bitmap})
+        if ((c.load(bitmap + f / 8, 1) >> (f % 8)) & 1) c.store(bitmap + f / 8, c.load(bitmap + f / 8, 1) & ~(1u << (f % 8)), 1);
+    }
+  }
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
 
@@ -534,11 +544,7 @@ void Hypervisor::nested_shadow_enable(Core& c, Vcpu& v) {
       clear(m_vmread_bitmap, f);
       clear(m_vmwrite_bitmap, f);
     }
-    // L2's guest interrupt status, which an L1 with virtual-interrupt
-    // delivery reads at each HLT of L2 (KVM shadows it read-write too); kept
-    // in step only for such an L1 (NestedVcpu::sync_gis).
-    clear(m_vmread_bitmap, field::kGuestIntrStatus);
-    clear(m_vmwrite_bitmap, field::kGuestIntrStatus);
+
   }
   if (!n.shadow_vmcs) {
     n.shadow_vmcs = alloc_host_frame();
@@ -696,8 +702,7 @@ void Hypervisor::nested_l2_exit(PerCore& pc, Vcpu& v, unsigned reason) {
   else unexpected_exit(v, reason);
 }
 
-void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info,
-                               std::uint64_t qualification) {
+void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware, std::uint32_t intr_info) {
   // KVM's nested_vmx_vmexit: exit information and L2's state into vmcs12
   // (SDM Vol. 3C, 28.2-28.3), then L1 resumes at vmcs12's host RIP with its
   // host state (28.5): CR0, CR3, CR4, IDTR, RSP, RFLAGS with only bit 1 set,
@@ -709,9 +714,6 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   vmcs12_write(c, n, field::kExitReason, full);
   for (std::uint32_t f : kExitInfo) vmcs12_write(c, n, f, hardware ? vmr(c, f) : 0);
   if (!hardware) vmcs12_write(c, n, field::kExitIntrInfo, intr_info);
-  // A qualification of L0's making (EPT12's permissions), before the shadow
-  // VMCS is loaded from vmcs12 below.
-  if (qualification != ~0ull) vmcs12_write(c, n, field::kExitQualification, qualification);
   for (std::uint32_t f : kGuestState) vmcs12_write(c, n, f, vmr(c, f));
   if (n.vid12) vmcs12_write(c, n, field::kGuestIntrStatus, vmr(c, field::kGuestIntrStatus));  // RVI, SVI of L2
   if (vmcs12_read(c, n, field::kPinBasedControls) & pin::kPreemptionTimer)
@@ -821,8 +823,19 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
                        !((q & cpu::qual::kEptWrite) && !(perms & mmu::ept::kWrite)) &&
                        !((q & cpu::qual::kEptFetch) && !(perms & mmu::ept::kExecute));
   if (!allowed || gpa1 >= vm.memory) {
+    nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0);
     const std::uint64_t q12 = (q & ~std::uint64_t{0x38}) | ((present ? perms : 0) << 3);
-    nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0, q12);
+    vmcs12_write(c, n, field::kExitQualification, q12);
+    if (q12 != q && n.shadow_vmcs && n.current != ~0ull) {
+      // The shadow VMCS L1 reads the qualification from has the
+      // hardware's: EPT12's permissions go there too (a present EPT12
+      // entry that forbids the access, e.g. L1's write protection).
+      if (c.vmptrld(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs)) != cpu::VmxStatus::Succeed)
+        throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
+      vmw(c, field::kExitQualification, q12);
+      if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+        throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+    }
     return true;
   }
   const std::uint64_t hpa = l1_memory(c, vm, gpa1 & ~(kPage - 1));
