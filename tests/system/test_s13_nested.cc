@@ -318,4 +318,10 @@ TEST_CASE("S13: L1's PML log of L2 holds exactly the pages L2 wrote, and PML-ful
   INFO(fmt::format("exits of L2 reflected to L1 per page logged: PML {:.2f}, write protection {:.2f}", pml_cost,
                    wp_cost));
   CHECK(pml_cost < wp_cost);
+  // PML needs EPT12 with dirty flags: without ept_ad in L1's parameters the
+  // config names the key.
+  auto no_ad = run_cli(vmx::test::read_text(kScenarios + "s13_nested_pml.yaml"),
+                       {"--set", "vms[0].hypervisor.ept_ad=false"});
+  CHECK(no_ad.exit_code == 2);
+  CHECK(no_ad.err.find("vms[0].hypervisor.vms[0].dirty_log.mode") != std::string::npos);
 }
