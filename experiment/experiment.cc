@@ -143,6 +143,17 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const Platfo
                        "a VM without a network device (device DMA is not tracked by the snapshot)",
                        "nic.type " + vm.nic.type);
     }
+    if (vm.dirty_log.mode != "none") {
+      // Dirty logging on its own (docs/memory.md, "Dirty tracking").
+      const std::string key = at + ".dirty_log.mode";
+      if (vm.paging != "ept" || vm.nic.type != "none" || vm.snapshot.at != 0 || vm.hypervisor.enabled())
+        throw error_at(doc, key,
+                       "none for a VM with shadow paging, a network device, a snapshot or a nested hypervisor "
+                       "(dirty logging tracks the VM's own writes through its EPT)",
+                       vm.dirty_log.mode);
+      if (vm.dirty_log.mode != "write_protect" && !hp.ept_ad)
+        throw error_at(doc, key, "write_protect unless the VM's hypervisor has ept_ad on", vm.dirty_log.mode);
+    }
     if ((vm.edf_runtime == 0) != (vm.edf_period == 0))
       throw error_at(doc, at + ".edf_period", "a period together with edf_runtime (both or neither)",
                      cfg::format_time_ps(vm.edf_period));
@@ -259,10 +270,10 @@ void check_vms(const cfg::Document& doc, const ExperimentParams& p, const Platfo
         if (vm.paging != "ept" || vm.nic.type != "none")
           throw error_at(doc, at + ".paging", "ept and no network device for a VM that runs a hypervisor",
                          vm.paging + ", nic " + vm.nic.type);
-        if (l1.posted_interrupts || l1.migration || l1.slice_timer != "host" || l1.ept_levels != 4 || l1.ept_ad)
+        if (l1.migration || l1.slice_timer != "host" || l1.ept_levels != 4)
           throw error_at(doc, at + ".hypervisor",
-                         "posted_interrupts, migration and ept_ad off, slice_timer host and ept_levels 4 (what the "
-                         "nested VMX of the hypervisor below offers)",
+                         "migration off, slice_timer host and ept_levels 4 (what the nested VMX of the hypervisor "
+                         "below offers)",
                          "otherwise");
         if (!prefix.empty() && hp.nested_shadow_vmcs)
           throw error_at(doc, prefix + "nested_shadow_vmcs",

@@ -67,6 +67,23 @@ struct VmSnapshotParams {
   }
 };
 
+/// Dirty logging of the VM by its hypervisor on its own, without a
+/// migration (docs/memory.md, "Dirty tracking"; docs/nested.md, "Nested PML").
+struct VmDirtyLogParams {
+  std::string mode;
+  std::uint64_t start, interval;  // ps
+  template <class V>
+  void visit(V& v) {
+    v.param(mode, "mode", "none", Spec().one_of({"none", "write_protect", "dirty_bits", "pml"}),
+            "How the hypervisor tracks the pages the VM writes (none: no dirty logging; dirty_bits and pml need "
+            "the hypervisor's ept_ad).");
+    v.param(start, "start", "1ms", Spec(Unit::Time).at_least(1),
+            "When logging starts (a timed job of the hypervisor on the core of the VM's vCPU 0).");
+    v.param(interval, "interval", "1ms", Spec(Unit::Time).at_least(1e6),
+            "Time between harvests of the dirty log (get-and-clear, as a VMM's KVM_GET_DIRTY_LOG loop).");
+  }
+};
+
 /// Parses "aa:bb:cc:dd:ee:ff" into bytes 0-5 at bits 7:0 ... 47:40; false if malformed.
 bool parse_mac(const std::string& text, std::uint64_t& mac);
 
@@ -142,6 +159,7 @@ struct VmParamsT {
   VmNicParams nic;
   std::vector<workloads::WorkloadParams> workloads;
   VmSnapshotParams snapshot;
+  VmDirtyLogParams dirty_log;
   std::uint64_t swap;
   VmBalloonParams balloon;
   GuestHypervisorParams<Depth> hypervisor;
@@ -197,6 +215,8 @@ struct VmParamsT {
     v.section(kernel, "kernel", "The guest kernel.");
     v.section(nic, "nic", "The VM's network device (docs/io.md, \"Guest networking\").");
     v.section(snapshot, "snapshot", "A snapshot of the running VM and its restore (docs/memory.md, \"Snapshots\").");
+    v.section(dirty_log, "dirty_log", "Dirty logging of the VM by its hypervisor, harvested at an interval "
+              "(docs/memory.md, \"Dirty tracking\").");
     v.param(swap, "swap", "0B", Spec(Unit::Bytes),
             "Size of a virtio-blk disk on the host storage device (hypervisor.storage) that the guest kernel swaps "
             "to (docs/memory.md, \"Guest swap\"); 0: none, a guest out of memory kills the faulting thread.");

@@ -479,6 +479,14 @@ struct Session::System {
     spec.snapshot.enabled = vp.snapshot.at != 0;
     spec.snapshot.at = vp.snapshot.at;
     spec.snapshot.restore_at = vp.snapshot.restore_at;
+    if (vp.dirty_log.mode != "none") {
+      spec.dirty_log = true;
+      spec.dirty_log_mode = vp.dirty_log.mode == "pml"          ? hv::DirtyMode::Pml
+                            : vp.dirty_log.mode == "dirty_bits" ? hv::DirtyMode::DirtyBits
+                                                                : hv::DirtyMode::WriteProtect;
+      spec.dirty_log_start = vp.dirty_log.start;
+      spec.dirty_log_interval = vp.dirty_log.interval;
+    }
     parse_core_list(vp.pin, pin_cores, spec.pin);  // validated by load()
     if (vp.hypervisor.enabled()) {
       if constexpr (!std::is_same_v<std::decay_t<decltype(vp.hypervisor)>, GuestHypervisorParams<0>>) {

@@ -289,6 +289,12 @@ std::vector<std::uint64_t> Hypervisor::dirty_log_collect(Core& c, unsigned id) {
   return gfns;
 }
 
+void Hypervisor::dirty_log_round(Core& c, unsigned id, unsigned core, std::uint64_t interval_ps) {
+  if (m_vms.at(id)->ended()) return;
+  dirty_log_collect(c, id);
+  at(c.now_ps() + interval_ps, core, [this, id, core, interval_ps](Core& cc) { dirty_log_round(cc, id, core, interval_ps); });
+}
+
 // --- Exits and entries -------------------------------------------------------------
 
 // A write to a page whose EPT leaf is readable but not writable (exit

@@ -258,6 +258,23 @@ void Hypervisor::add_vm(const VmSpec& spec) {
     vm->vcpus.push_back(std::move(v));
   }
   Vm& added = *vm;
+  if (spec.dirty_log) {
+    // Dirty logging on its own (dirty_log.cc): a timed job on vCPU 0's core
+    // starts it, another harvests every interval.
+    if (spec.shadow_paging || spec.snapshot.enabled || spec.nested_vmx || spec.nic.enabled || spec.virtio_net ||
+        spec.nic_type != "none" || spec.dirty_log_interval == 0)
+      throw std::invalid_argument("VM " + spec.name + ": dirty logging needs EPT paging, a harvest interval, and no "
+                                  "snapshot, nested hypervisor or network device");
+    if (spec.dirty_log_mode != DirtyMode::WriteProtect && !m_p.ept_ad)
+      throw std::invalid_argument("VM " + spec.name + ": dirty logging by dirty flags or PML needs hypervisor.ept_ad");
+    const unsigned id = added.id, core = added.vcpus.front()->core;
+    const std::uint64_t interval = spec.dirty_log_interval;
+    const DirtyMode mode = spec.dirty_log_mode;
+    at(spec.dirty_log_start, core, [this, id, core, mode, interval](Core& c) {
+      dirty_log_start(c, id, mode);
+      at(c.now_ps() + interval, core, [this, id, core, interval](Core& cc) { dirty_log_round(cc, id, core, interval); });
+    });
+  }
   m_vms.push_back(std::move(vm));
   if (m_started) {
     Core& c = Core::current();

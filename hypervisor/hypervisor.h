@@ -334,6 +334,11 @@ struct VmSpec {
   // "mediated" or "passthrough".
   std::string pmu = "none";
   SnapshotSpec snapshot = {};     // a snapshot taken (and restored) at set times (docs/memory.md)
+  // Dirty logging on its own (dirty_log.cc): started at dirty_log_start ps
+  // by `dirty_log_mode`, harvested every dirty_log_interval ps.
+  bool dirty_log = false;
+  DirtyMode dirty_log_mode = DirtyMode::WriteProtect;
+  std::uint64_t dirty_log_start = 0, dirty_log_interval = 0;
   // Memory overcommit (docs/memory.md): a virtio-blk disk of `disk_bytes`
   // on the host storage device (0: none), and a virtio-balloon device
   // whose target follows `balloon_schedule` ((time ps, target bytes) in
@@ -443,6 +448,8 @@ class Hypervisor {
   /// ascending; the next round starts (as KVM_GET_DIRTY_LOG with
   /// write-protection of what it returns).
   std::vector<std::uint64_t> dirty_log_collect(cpu::Core& c, unsigned vm);
+  /// One harvest of a VM's own dirty logging (VmSpec::dirty_log), and the next one scheduled.
+  void dirty_log_round(cpu::Core& c, unsigned vm, unsigned core, std::uint64_t interval_ps);
   /// Stops dirty logging: write permission back, large pages merged again,
   /// PML off.
   void dirty_log_stop(cpu::Core& c, unsigned vm);
@@ -614,6 +621,16 @@ class Hypervisor {
   /// Core::observe_vmcs, or the link's observe as a guest VMM.
   void observe(cpu::Core& c, std::uint64_t vmcs, events::Listener* l);
   void nested_drop_ept02(cpu::Core& c, Vcpu& v);
+  // Posted interrupts for L2 (nested.cc, KVM's vmx_deliver_nested_posted_interrupt
+  // and vmx_complete_nested_posted_interrupt): L1's notification for a vCPU
+  // in guest mode, and the descriptor processed in software at entry.
+  void nested_apic_controls(cpu::Core& c, Vcpu& v, std::uint32_t proc2_12, std::uint64_t vapic12,
+                            std::uint64_t pi_desc12);
+  bool nested_posted_notify(cpu::Core& c, Vcpu& t, std::uint8_t vector);
+  void nested_complete_posted(cpu::Core& c, Vcpu& v);
+  // Nested PML (nested.cc, KVM's nested_vmx_write_pml_buffer): L2's write
+  // that sets a dirty flag in EPT12 is logged into L1's PML buffer.
+  bool nested_pml_log(cpu::Core& c, Vcpu& v, std::uint64_t gpa2);
   bool rdmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t& value);
   bool wrmsr_efer(PerCore& pc, Vcpu& v, std::uint64_t value);
   bool rdmsr_tsc(PerCore& pc, Vcpu& v, std::uint64_t& value);
@@ -995,6 +1012,7 @@ class Hypervisor {
   std::unique_ptr<GuestLink> m_guest;
   std::uint64_t m_operand_slots = 0;
   std::uint64_t m_vmread_bitmap = 0, m_vmwrite_bitmap = 0;  // VMCS shadowing for L1s (nested.cc)
+  std::uint64_t m_msr_bitmap_x2apic = 0;  // vmcs02's MSR bitmap when L1 virtualizes x2APIC EOI (nested.cc)
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "totals") {}

@@ -30,6 +30,10 @@ constexpr std::uint8_t kRescheduleVector = 0xFD;  // Linux's RESCHEDULE_VECTOR
 constexpr std::uint8_t kPostedVector = 0xF2;      // Linux's POSTED_INTR_VECTOR
 constexpr std::uint8_t kPostedWakeupVector = 0xF1;  // Linux's POSTED_INTR_WAKEUP_VECTOR
 constexpr std::uint8_t kHostPmiVector = 0xF0;     // the host LVT performance-counter entry (vpmu.cc)
+// The notification vector of vmcs02 when L1 uses posted interrupts for L2
+// (Linux's POSTED_INTR_NESTED_VECTOR, 0xF0 there, is the PMI here; 0xF3 is
+// above the range host_nic.vector may take).
+constexpr std::uint8_t kPostedNestedVector = 0xF3;
 // Posted-interrupt descriptor (SDM Vol. 3C, 30.6; VT-d 9.12): PIR at 0,
 // ON (bit 0), SN (bit 1), NV (bits 23:16) and NDST (bits 63:32) in the
 // quadword at 32.
@@ -89,6 +93,7 @@ enum CodeOffset : std::uint64_t {
   kCodeRdt = 0x1D000,     // hypervisor/rdt.cc
   kCodeHostSwap = 0x1E000,  // hypervisor/host_swap.cc
   kCodeNested2 = 0x1F000,  // hypervisor/nested.cc: EPT12 write protection
+  kCodeNested3 = 0x23000,  // hypervisor/nested.cc: posted interrupts and PML for L2
   kCodeMigrateSrc = 0x1A000,  // hypervisor/migration.cc: the source's migration thread
   kCodeMigrateDst = 0x1B000,  // hypervisor/migration.cc: the destination's receive path
   kCodePostcopy = 0x20000,    // hypervisor/postcopy.cc: auto-converge and post-copy

@@ -5,7 +5,7 @@
 // (arch/x86/kvm/vmx/nested.c): handle_vmxon ... handle_invvpid,
 // nested_vmx_run / prepare_vmcs02, nested_vmx_reflect_vmexit /
 // nested_vmx_l1_wants_exit, nested_vmx_vmexit / load_vmcs12_host_state.
-#include "hypervisor/hypervisor_state.h"
+#include "hypervisor/dirty_state.h"
 
 #include <fmt/format.h>
 
@@ -302,6 +302,20 @@ void Hypervisor::handle_vmwrite(PerCore& pc, Vcpu& v) {
   // Read-only fields: error 13 (IA32_VMX_MISC bit 29, writing them, is not offered).
   if (cpu::Vmcs::read_only(enc)) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kVmwriteReadOnly);
   vmcs12_write(c, n, enc, value);
+  // An L1 that turns on virtual-interrupt delivery keeps L2's guest
+  // interrupt status in the shadow VMCS from now on (the shadow's copy is
+  // loaded from vmcs12 at the next reflected exit; L1 writes it first).
+  if (enc == field::kSecondaryControls && (value & proc2::kVirtualInterruptDelivery) && !n.sync_gis) {
+    // L2's guest interrupt status, which an L1 with virtual-interrupt
+    // delivery reads at each HLT of L2 (KVM shadows it read-write too),
+    // becomes a shadowed field (an L1 without it never touches the field).
+    n.sync_gis = true;
+    if (m_vmread_bitmap) {
+      constexpr std::uint32_t f = field::kGuestIntrStatus;
+      for (std::uint64_t bitmap : {m_vmread_bitmap, m_vmwrite_bitmap})
+        if ((c.load(bitmap + f / 8, 1) >> (f % 8)) & 1) c.store(bitmap + f / 8, c.load(bitmap + f / 8, 1) & ~(1u << (f % 8)), 1);
+    }
+  }
   nested_status(c, v, cpu::VmxStatus::Succeed, 0);
 }
 
@@ -386,6 +400,30 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
       ((eptp12 & 7) != mmu::ept::kEptpWb || mmu::ept::eptp_levels(eptp12) != 4 ||
        (eptp12 & mmu::ept::kAddrMask) >= v.vm->memory))
     return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kEntryInvalidControls);
+  // APIC virtualization, posted interrupts and PML (27.2.1.1), on vmcs12:
+  // the virtual-APIC page, the descriptor and the log inside L1's memory.
+  const bool tpr12 = proc12 & proc::kUseTprShadow;
+  const std::uint64_t vapic12 = tpr12 ? vmcs12_read(c, n, field::kVirtualApicPage) : 0;
+  std::uint64_t pi_desc12 = 0, pi_nv12 = 0;
+  {
+    bool bad = false;
+    if (tpr12 && ((vapic12 & 0xFFF) || vapic12 >= v.vm->memory)) bad = true;
+    if (!tpr12 && (proc2_12 & (proc2::kVirtualizeX2apic | proc2::kVirtualInterruptDelivery))) bad = true;
+    if ((proc2_12 & proc2::kVirtualInterruptDelivery) && !(pin12 & pin::kExternalInterruptExiting)) bad = true;
+    if (pin12 & pin::kPostedInterrupts) {
+      pi_desc12 = vmcs12_read(c, n, field::kPostedIntrDesc);
+      pi_nv12 = vmcs12_read(c, n, field::kPostedIntrNv);
+      if (!(proc2_12 & proc2::kVirtualInterruptDelivery) ||
+          !(vmcs12_read(c, n, field::kExitControls) & cpu::exitctl::kAckInterruptOnExit) || (pi_nv12 & 0xFF00) ||
+          (pi_desc12 & 0x3F) || pi_desc12 >= v.vm->memory)
+        bad = true;
+    }
+    if (proc2_12 & proc2::kEnablePml) {
+      const std::uint64_t pml12 = vmcs12_read(c, n, field::kPmlAddress);
+      if (!(proc2_12 & proc2::kEnableEpt) || (pml12 & 0xFFF) || pml12 >= v.vm->memory) bad = true;
+    }
+    if (bad) return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kEntryInvalidControls);
+  }
   if (!vmcs12_read(c, n, field::kHostRip))
     return nested_status(c, v, cpu::VmxStatus::FailValid, vmerr::kEntryInvalidHostState);
   charge(c, m_p.costs.nested_entry, kCodeNested + 0x400);
@@ -411,6 +449,7 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   if (!n.vmcs02_ready) {
     vmw(c, field::kExitControls, cpu::exitctl::kHostAddressSpaceSize | cpu::exitctl::kAckInterruptOnExit);
     vmw(c, field::kMsrBitmap, m_msr_bitmap);
+    n.msr_bitmap02 = m_msr_bitmap;
     vmw(c, field::kIoBitmapA, m_io_bitmap_a);
     vmw(c, field::kIoBitmapB, m_io_bitmap_b);
     vmw(c, field::kVpid, n.vpid02);
@@ -448,8 +487,18 @@ void Hypervisor::nested_run(PerCore& pc, Vcpu& v, bool launch) {
   vmw(c, field::kPinBasedControls, pin12 | pin::kExternalInterruptExiting);
   vmw(c, field::kProcBasedControls, (proc12 & ~proc::kUnconditionalIoExiting) | proc::kHltExiting |
                                         proc::kUseIoBitmaps | proc::kUseMsrBitmaps | proc::kActivateSecondaryControls);
-  vmw(c, field::kSecondaryControls,
-      (proc2_12 & ~proc2::kEnableVpid) | proc2::kEnableEpt | (n.vpid02 ? proc2::kEnableVpid : 0));
+  // PML of vmcs12 is emulated (nested_pml_log): the core logs nothing for L2.
+  vmw(c, field::kSecondaryControls, (proc2_12 & ~(proc2::kEnableVpid | proc2::kEnablePml)) | proc2::kEnableEpt |
+                                        (n.vpid02 ? proc2::kEnableVpid : 0));
+  n.pml12 = proc2_12 & proc2::kEnablePml;
+  n.vid12 = proc2_12 & proc2::kVirtualInterruptDelivery;
+  n.pi_nv12 = (pin12 & pin::kPostedInterrupts) ? static_cast<int>(pi_nv12) : -1;
+  if (n.pi_nv12 < 0) n.pi_pending = false;
+  if (tpr12) nested_apic_controls(c, v, proc2_12, vapic12, pi_desc12);
+  else if (n.msr_bitmap02 != m_msr_bitmap) {
+    vmw(c, field::kMsrBitmap, m_msr_bitmap);
+    n.msr_bitmap02 = m_msr_bitmap;
+  }
   vmw(c, field::kCr0GuestHostMask, vmcs12_read(c, n, field::kCr0GuestHostMask));
   vmw(c, field::kCr4GuestHostMask, vmcs12_read(c, n, field::kCr4GuestHostMask) | mmu::crbits::kCr4Vmxe);
   for (std::uint32_t f : kCopiedControls) vmw(c, f, vmcs12_read(c, n, f));
@@ -495,6 +544,7 @@ void Hypervisor::nested_shadow_enable(Core& c, Vcpu& v) {
       clear(m_vmread_bitmap, f);
       clear(m_vmwrite_bitmap, f);
     }
+
   }
   if (!n.shadow_vmcs) {
     n.shadow_vmcs = alloc_host_frame();
@@ -514,6 +564,7 @@ void Hypervisor::nested_shadow_load(Core& c, Vcpu& v) {
     throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
   for (std::uint32_t f : kShadowReadOnly) vmw(c, f, vmcs12_read(c, n, f));  // IA32_VMX_MISC[29]
   for (std::uint32_t f : kShadowReadWrite) vmw(c, f, vmcs12_read(c, n, f));
+  if (n.sync_gis) vmw(c, field::kGuestIntrStatus, vmcs12_read(c, n, field::kGuestIntrStatus));
   if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError("hypervisor: VMPTRLD failed");
   vmw(c, field::kVmcsLinkPointer, n.shadow_vmcs);
@@ -525,6 +576,7 @@ void Hypervisor::nested_shadow_store(Core& c, Vcpu& v) {
   if (c.vmptrld(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs)) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
   for (std::uint32_t f : kShadowReadWrite) vmcs12_write(c, n, f, vmr(c, f));
+  if (n.sync_gis) vmcs12_write(c, n, field::kGuestIntrStatus, vmr(c, field::kGuestIntrStatus));
   if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
     throw cpu::SimulationError("hypervisor: VMPTRLD failed");
 }
@@ -663,6 +715,7 @@ void Hypervisor::nested_vmexit(Core& c, Vcpu& v, unsigned reason, bool hardware,
   for (std::uint32_t f : kExitInfo) vmcs12_write(c, n, f, hardware ? vmr(c, f) : 0);
   if (!hardware) vmcs12_write(c, n, field::kExitIntrInfo, intr_info);
   for (std::uint32_t f : kGuestState) vmcs12_write(c, n, f, vmr(c, f));
+  if (n.vid12) vmcs12_write(c, n, field::kGuestIntrStatus, vmr(c, field::kGuestIntrStatus));  // RVI, SVI of L2
   if (vmcs12_read(c, n, field::kPinBasedControls) & pin::kPreemptionTimer)
     vmcs12_write(c, n, field::kPreemptionTimerValue, vmr(c, field::kPreemptionTimerValue));
   const std::uint64_t inj = vmcs12_read(c, n, field::kEntryIntrInfo);
@@ -694,7 +747,22 @@ void Hypervisor::nested_before_entry(PerCore& pc, Vcpu& v) {
   // exit-interruption information when vmcs12 asks for that (25.7.1);
   // otherwise L0 injects it into L2, which receives L1's interrupts directly.
   NestedVcpu& n = *v.nested;
-  if (!n.guest_mode || !v.apic.virr.any()) return;
+  if (!n.guest_mode) return;
+  if (n.pi_nv12 >= 0 && v.apic.virr.test(static_cast<std::size_t>(n.pi_nv12))) {
+    // L1's own notification vector, pending for L1 as L2 is entered (L1
+    // sent it to itself, or L2 was not running when it came): posted-
+    // interrupt processing for L2 instead of an exit to L1, as the
+    // processor would do when the interrupt arrived (KVM's
+    // vmx_check_nested_events). The vector leaves L1's IRR.
+    Core& c = *pc.core;
+    const auto nv = static_cast<unsigned>(n.pi_nv12);
+    v.apic.virr.reset(nv);
+    const std::uint64_t irr = v.save_area + kVlapicOffset + kVlapicIrr + 16 * (nv / 32);
+    c.store(irr, c.load(irr, 4) & ~(1ull << (nv % 32)), 4);
+    n.pi_pending = true;
+  }
+  if (n.pi_pending) nested_complete_posted(*pc.core, v);
+  if (!v.apic.virr.any()) return;
   Core& c = *pc.core;
   if (!(vmcs12_read(c, n, field::kPinBasedControls) & pin::kExternalInterruptExiting)) return;
   std::uint32_t info = 0;
@@ -729,6 +797,9 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
   std::uint64_t gpa1 = 0;
   bool present = true;
   std::array<std::uint64_t, 4> tables{};  // the EPT12 table walked at each level (index level - 1)
+  std::array<std::uint64_t, 4> entries{};  // where each entry walked lies in host memory (A/D flags)
+  std::uint64_t leaf = 0;
+  unsigned depth = 0;
   for (unsigned level = 4; level >= 1; --level) {
     const unsigned shift = 12 + 9 * (level - 1);
     tables[level - 1] = table;
@@ -738,6 +809,8 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
       present = false;
       break;
     }
+    entries[depth++] = hpa;
+    leaf = e;
     perms &= e & mmu::ept::kPermMask;
     if (level == 1 || (level <= 3 && (e & mmu::ept::kLargePage))) {
       const std::uint64_t size = 1ull << shift;
@@ -753,12 +826,47 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
     nested_vmexit(c, v, static_cast<unsigned>(ExitReason::EptViolation), true, 0);
     const std::uint64_t q12 = (q & ~std::uint64_t{0x38}) | ((present ? perms : 0) << 3);
     vmcs12_write(c, n, field::kExitQualification, q12);
+    if (q12 != q && n.shadow_vmcs && n.current != ~0ull) {
+      // The shadow VMCS L1 reads the qualification from has the
+      // hardware's: EPT12's permissions go there too (a present EPT12
+      // entry that forbids the access, e.g. L1's write protection).
+      if (c.vmptrld(n.shadow_vmcs, vmx_operand(c, n.shadow_vmcs)) != cpu::VmxStatus::Succeed)
+        throw cpu::SimulationError("hypervisor: VMPTRLD of a shadow VMCS failed");
+      vmw(c, field::kExitQualification, q12);
+      if (c.vmptrld(v.vmcs_pa, vmx_operand(c, v.vmcs_pa)) != cpu::VmxStatus::Succeed)
+        throw cpu::SimulationError("hypervisor: VMPTRLD failed");
+    }
     return true;
   }
   const std::uint64_t hpa = l1_memory(c, vm, gpa1 & ~(kPage - 1));
   if (!hpa) {
     stop_vm(c, vm, fmt::format("host memory exhausted backing guest-physical {:#x} ({})", gpa1, host_memory_note()));
     return false;
+  }
+  if (mmu::ept::eptp_ad(n.eptp12)) {
+    // EPT12 with accessed and dirty flags (SDM Vol. 3C, 29.3.5), set by L0
+    // as the processor would: accessed in every entry walked, dirty in the
+    // leaf on a write, after logging the page into L1's PML when vmcs12
+    // enables it (a full log is a PML-full exit to L1, no flag set). Until
+    // the leaf is dirty, EPT02 maps the page without write permission, so
+    // that L2's first write comes back here (KVM's shadow MMU does the same
+    // for a guest EPT with A/D flags).
+    const bool write = q & cpu::qual::kEptWrite;
+    if (write && !(leaf & mmu::ept::kDirty)) {
+      if (n.pml12 && !nested_pml_log(c, v, gpa2)) {
+        ++vm.nested_stats->pml().full_exits;
+        nested_vmexit(c, v, static_cast<unsigned>(ExitReason::PmlFull), false, 0);
+        return true;
+      }
+      ++vm.nested_stats->pml().dirty_set;
+    }
+    for (unsigned i = 0; i < depth; ++i) {
+      const bool last = i + 1 == depth;
+      const std::uint64_t want = mmu::ept::kAccessed | (last && write ? mmu::ept::kDirty : 0);
+      const std::uint64_t e = last ? leaf : c.load(entries[i]);
+      if ((e & want) != want) c.lock_or(entries[i], want);
+    }
+    if (!write && !(leaf & mmu::ept::kDirty)) perms &= ~std::uint64_t{mmu::ept::kWrite};
   }
   lock_mmu(c, vm);
   const std::uint64_t page2 = gpa2 & ~(kPage - 1);
@@ -776,6 +884,10 @@ bool Hypervisor::nested_ept_violation(PerCore& pc, Vcpu& v) {
     nested_protect_ept12(c, vm, tables[level - 1], level, level == 4 ? 0 : gpa2 & ~(span - 1));
   }
   unlock_mmu(c, vm);
+  // L0's own dirty tracking of the VM (a snapshot of L1): L2's writes go
+  // through EPT02, not EPT01, so a page EPT02 lets L2 write is dirty for L0
+  // as it is mapped.
+  if (vm.dirty && vm.dirty->on && (perms & mmu::ept::kWrite)) dirty_mark(c, vm, gpa1 / kPage);
   ++vm.nested_stats->ept02_fills;
   return false;
 }
@@ -866,6 +978,131 @@ std::uint64_t Hypervisor::nested_release(Core& c, Vcpu& v) {
   if (other) c.vmclear(other, vmx_operand(c, other));
   n.other_vmcs = 0;
   return other;
+}
+
+// ---------------------------------------------------------------------------
+// Posted interrupts for L2 (KVM: prepare_vmcs02's posted-interrupt fields,
+// vmx_deliver_nested_posted_interrupt, vmx_complete_nested_posted_interrupt).
+// L1 posts into a descriptor in its memory and sends vmcs12's notification
+// vector to the vCPU running L2. vmcs02 names the same descriptor (its host
+// address, through EPT01) with L0's own notification vector, so that the
+// core processes it into L2's virtual-APIC page (L1's page, through EPT01)
+// with no exit when L2 runs; otherwise L0 processes it at L2's next entry.
+
+void Hypervisor::nested_apic_controls(Core& c, Vcpu& v, std::uint32_t proc2_12, std::uint64_t vapic12,
+                                      std::uint64_t pi_desc12) {
+  NestedVcpu& n = *v.nested;
+  Vm& vm = *v.vm;
+  charge(c, m_p.costs.post, kCodeNested3);
+  n.vapic_hpa = l1_memory(c, vm, vapic12);
+  if (!n.vapic_hpa) {
+    stop_vm(c, vm, fmt::format("host memory exhausted backing L2's virtual-APIC page {:#x} ({})", vapic12,
+                               host_memory_note()));
+    return;
+  }
+  vmw(c, field::kVirtualApicPage, n.vapic_hpa);
+  if (n.vid12) {
+    vmw(c, field::kGuestIntrStatus, vmcs12_read(c, n, field::kGuestIntrStatus));
+    for (unsigned i = 0; i < 4; ++i)
+      vmw(c, field::kEoiExitBitmap0 + 2 * i, vmcs12_read(c, n, field::kEoiExitBitmap0 + 2 * i));
+  }
+  if (n.pi_nv12 >= 0) {
+    const std::uint64_t page = l1_memory(c, vm, pi_desc12 & ~(kPage - 1));
+    n.pi_desc_hpa = page ? page + (pi_desc12 & (kPage - 1)) : 0;
+    vmw(c, field::kPostedIntrNv, kPostedNestedVector);
+    vmw(c, field::kPostedIntrDesc, n.pi_desc_hpa);
+  }
+  // L2's x2APIC EOI writes are virtualized when L1 lets them through its
+  // MSR bitmap (KVM's nested_vmx_prepare_msr_bitmap merges the x2APIC
+  // range): vmcs02's bitmap then has that bit clear too.
+  std::uint64_t bitmap = m_msr_bitmap;
+  if ((proc2_12 & proc2::kVirtualizeX2apic) && n.vid12 &&
+      (vmcs12_read(c, n, field::kProcBasedControls) & proc::kUseMsrBitmaps)) {
+    const std::uint64_t byte = l1_memory(c, vm, vmcs12_read(c, n, field::kMsrBitmap) + 2048 + cpu::msr::kX2ApicEoi / 8);
+    if (byte && !((c.load(byte, 1) >> (cpu::msr::kX2ApicEoi % 8)) & 1)) {
+      if (!m_msr_bitmap_x2apic) {
+        m_msr_bitmap_x2apic = alloc_host_frame();
+        c.rep_stos(m_msr_bitmap_x2apic, 0xFF, kPage);
+        const std::uint64_t b = m_msr_bitmap_x2apic + 2048 + cpu::msr::kX2ApicEoi / 8;
+        c.store(b, c.load(b, 1) & ~(1u << (cpu::msr::kX2ApicEoi % 8)), 1);
+      }
+      bitmap = m_msr_bitmap_x2apic;
+    }
+  }
+  if (bitmap != n.msr_bitmap02) {
+    vmw(c, field::kMsrBitmap, bitmap);
+    n.msr_bitmap02 = bitmap;
+  }
+}
+
+bool Hypervisor::nested_posted_notify(Core& c, Vcpu& t, std::uint8_t vector) {
+  // L1 sent `vector` to vCPU t: vmcs12's notification vector while t is in
+  // guest mode is a notification for L2 (L1 set PIR and ON already).
+  NestedVcpu* n = t.nested.get();
+  if (!n || !n->guest_mode || n->pi_nv12 != vector || t.state == Vcpu::State::Dead) return false;
+  charge(c, m_p.costs.post, kCodeNested3 + 0x200);
+  n->pi_pending = true;
+  NestedStats::Posted& ps = t.vm->nested_stats->posted();
+  if (t.time.off == Vcpu::Off::OnCpu && t.state == Vcpu::State::Runnable && m_percore[t.core]->core != &c) {
+    // Running on another core: L0's nested notification vector, which the
+    // core takes as a posted-interrupt notification while L2 runs (and as
+    // an interrupt of L0, which then does it at entry, otherwise).
+    ++ps.notifications;
+    c.wrmsr(cpu::msr::kX2ApicIcr, (std::uint64_t{t.core} << 32) | kPostedNestedVector);
+    return true;
+  }
+  ++ps.pending;
+  wake(t);
+  return true;
+}
+
+void Hypervisor::nested_complete_posted(Core& c, Vcpu& v) {
+  // ON test-and-clear, PIR into the virtual-APIC page's IRR, RVI raised to
+  // the highest vector found (SDM Vol. 3C, 30.6, done in software).
+  NestedVcpu& n = *v.nested;
+  n.pi_pending = false;
+  if (!n.pi_desc_hpa) return;
+  charge(c, m_p.costs.post, kCodeNested3 + 0x400);
+  const std::uint64_t ctl = n.pi_desc_hpa + kPidControl;
+  const std::uint64_t old = c.load(ctl);
+  if (!(old & kPidOn)) return;
+  c.store(ctl, old & ~kPidOn);
+  int highest = -1;
+  for (unsigned q = 0; q < 4; ++q) {
+    if (!c.load(n.pi_desc_hpa + 8 * q)) continue;
+    const std::uint64_t bits = c.xchg(n.pi_desc_hpa + 8 * q, 0);
+    for (unsigned half = 0; half < 2; ++half) {
+      const auto part = static_cast<std::uint32_t>(bits >> (32 * half));
+      if (!part) continue;
+      const std::uint64_t irr = n.vapic_hpa + cpu::vapic::reg(cpu::vapic::kIrr, 64 * q + 32 * half);
+      c.store(irr, c.load(irr, 4) | part, 4);
+    }
+    if (bits) highest = static_cast<int>(64 * q + 63) - __builtin_clzll(bits);
+  }
+  ++v.vm->nested_stats->posted().at_entry;
+  if (highest < 0) return;
+  const std::uint64_t gis = vmr(c, field::kGuestIntrStatus);
+  if (static_cast<std::uint64_t>(highest) > (gis & 0xFF))
+    vmw(c, field::kGuestIntrStatus, (gis & ~std::uint64_t{0xFF}) | static_cast<std::uint64_t>(highest));
+}
+
+// ---------------------------------------------------------------------------
+// Nested PML (KVM's nested_vmx_write_pml_buffer): with PML in vmcs12, L0
+// logs the L2 guest-physical page of every EPT12 dirty flag it sets into
+// L1's log (vmcs12's PML address, the index in vmcs12 counting down from
+// 511); an index out of range is a log-full event: no flag is set and a
+// PML-full exit goes to L1 (SDM Vol. 3C, 29.3.6).
+
+bool Hypervisor::nested_pml_log(Core& c, Vcpu& v, std::uint64_t gpa2) {
+  NestedVcpu& n = *v.nested;
+  const auto index = static_cast<std::uint16_t>(vmcs12_read(c, n, field::kGuestPmlIndex));
+  if (index >= 512) return false;
+  charge(c, m_p.dirty_log.pml_entry, kCodeNested3 + 0x600);
+  const std::uint64_t entry = l1_memory(c, *v.vm, vmcs12_read(c, n, field::kPmlAddress) + 8ull * index);
+  if (entry) c.store(entry, gpa2 & ~(kPage - 1));
+  vmcs12_write(c, n, field::kGuestPmlIndex, static_cast<std::uint16_t>(index - 1));
+  ++v.vm->nested_stats->pml().logged;
+  return true;
 }
 
 void Hypervisor::nested_drop_ept02(Core& c, Vcpu& v) {

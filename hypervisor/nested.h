@@ -58,20 +58,23 @@ static_assert(kSize <= 4096);
 
 /// The VMX controls L0 offers L1 (what its VMX capability MSRs would
 /// report): a VM entry of L1 with any other control set fails with
-/// VM-instruction error 7 (SDM Vol. 3C, 27.2.1.1). Not offered yet: EPT for
-/// L2 (L2 runs in L1's guest-physical space), APIC virtualization, posted
-/// interrupts, VMCS shadowing, VM functions, PML (docs/nested.md).
+/// VM-instruction error 7 (SDM Vol. 3C, 27.2.1.1). Not offered yet: APIC
+/// access virtualization, APIC-register virtualization, VMCS shadowing, VM
+/// functions (docs/nested.md). Posted interrupts need the TPR shadow,
+/// virtualized x2APIC mode and virtual-interrupt delivery with them; PML
+/// needs EPT (27.2.1.1, checked on vmcs12 at L1's entry).
 namespace nested_allowed {
 constexpr std::uint32_t kPin = cpu::pin::kExternalInterruptExiting | cpu::pin::kNmiExiting |
-                               cpu::pin::kVirtualNmis | cpu::pin::kPreemptionTimer;
+                               cpu::pin::kVirtualNmis | cpu::pin::kPreemptionTimer | cpu::pin::kPostedInterrupts;
 constexpr std::uint32_t kProc = cpu::proc::kInterruptWindowExiting | cpu::proc::kUseTscOffsetting |
                                 cpu::proc::kHltExiting | cpu::proc::kInvlpgExiting | cpu::proc::kMwaitExiting |
                                 cpu::proc::kRdpmcExiting | cpu::proc::kRdtscExiting | cpu::proc::kCr3LoadExiting |
-                                cpu::proc::kCr3StoreExiting | cpu::proc::kMonitorTrapFlag |
+                                cpu::proc::kCr3StoreExiting | cpu::proc::kUseTprShadow | cpu::proc::kMonitorTrapFlag |
                                 cpu::proc::kUnconditionalIoExiting | cpu::proc::kUseIoBitmaps |
                                 cpu::proc::kUseMsrBitmaps | cpu::proc::kActivateSecondaryControls;
 constexpr std::uint32_t kProc2 = cpu::proc2::kEnableEpt | cpu::proc2::kEnableVpid | cpu::proc2::kEnableRdtscp |
-                                 cpu::proc2::kEnableInvpcid;
+                                 cpu::proc2::kEnableInvpcid | cpu::proc2::kVirtualizeX2apic |
+                                 cpu::proc2::kVirtualInterruptDelivery | cpu::proc2::kEnablePml;
 }  // namespace nested_allowed
 
 /// Per-VM statistics of nested VMX (simulator observation).
@@ -93,6 +96,33 @@ struct NestedStats : stats::Group {
                                "cycles from L1 resuming with the reflected exit to its VM entry of L2 emulated"};
     stats::Histogram cycles{this, "cycles", "cycles", "cycles from the exit of L2 to L2 running again (all levels)"};
   };
+  /// Posted interrupts for L2 (created at first use, docs/nested.md).
+  struct Posted : stats::Group {
+    explicit Posted(stats::Group* p) : Group(p, "posted", "L1's posted interrupts for L2") {}
+    stats::Counter notifications{this, "notifications", "interrupts",
+                                 "L1's notification vectors for a vCPU running L2, forwarded to its core as vmcs02's "
+                                 "notification vector (the core processes L1's descriptor, no exit)"};
+    stats::Counter pending{this, "pending", "interrupts",
+                           "L1's notification vectors for a vCPU in guest mode not running L2 at the time "
+                           "(its descriptor processed at the next entry of L2)"};
+    stats::Counter at_entry{this, "at_entry", "descriptors",
+                            "L1's descriptors L0 processed into L2's virtual-APIC page at an entry of L2 (ON found set)"};
+  };
+  Posted& posted() {
+    if (!m_posted) m_posted = &make_group<Posted>();
+    return *m_posted;
+  }
+  /// Nested PML (created at first use, docs/nested.md).
+  struct Pml : stats::Group {
+    explicit Pml(stats::Group* p) : Group(p, "pml", "L1's page-modification logging of L2, emulated by L0") {}
+    stats::Counter logged{this, "logged", "entries", "L2 guest-physical pages L0 wrote into L1's PML buffer"};
+    stats::Counter full_exits{this, "full_exits", "exits", "PML-full exits synthesized into L1 (reason 62)"};
+    stats::Counter dirty_set{this, "dirty_set", "entries", "EPT12 dirty flags L0 set for L2's writes"};
+  };
+  Pml& pml() {
+    if (!m_pml) m_pml = &make_group<Pml>();
+    return *m_pml;
+  }
   Reason& reason(unsigned r) {
     if (r >= m_reasons.size()) r = static_cast<unsigned>(m_reasons.size() - 1);
     if (!m_reasons[r]) m_reasons[r] = &m_by_reason->make_group<Reason>(cpu::exit_reason_name(r));
@@ -117,6 +147,8 @@ struct NestedStats : stats::Group {
  private:
   stats::Group* m_by_reason = &subgroup("l2_exits", "L2 exits by basic exit reason, and what each cost at L1 and L0");
   std::array<Reason*, cpu::kMaxExitReason + 1> m_reasons{};
+  Posted* m_posted = nullptr;
+  Pml* m_pml = nullptr;
 };
 
 /// The nested-VMX state of one vCPU of L1 (KVM's struct nested_vmx).
@@ -142,6 +174,16 @@ struct NestedVcpu {
   // (-1: none), when L2 exited, when L1 resumed, and L1's exits since.
   std::uint64_t shadow_vmcs = 0;      // VMCS shadowing: the shadow of vmcs12 (0: off)
   std::uint64_t ept12_unprotected = 0;  // 1: L1 writes an EPT12 table under the monitor trap flag
+  // Posted interrupts for L2 (KVM's nested.posted_intr_nv, pi_pending):
+  // vmcs12's notification vector (-1: vmcs12 does not process posted
+  // interrupts), L1's descriptor and L2's virtual-APIC page in host memory.
+  int pi_nv12 = -1;
+  bool pi_pending = false;
+  bool sync_gis = false;              // VMCS shadowing: L2's guest interrupt status is kept in the shadow
+  bool vid12 = false;                 // vmcs12 has virtual-interrupt delivery (guest interrupt status is L2's)
+  std::uint64_t pi_desc_hpa = 0, vapic_hpa = 0;
+  std::uint64_t msr_bitmap02 = 0;     // the MSR bitmap vmcs02 has
+  bool pml12 = false;                 // vmcs12 enables PML (L0 logs L2's writes into L1's buffer)
   int pending_reason = -1;
   std::uint64_t l2_exit_at = 0, reflected_at = 0, l1_exits = 0, vmrw_exits = 0;
   std::uint64_t l0_cycles = 0, root_since = 0;  // root-operation cycles for it; when the last exit returned

@@ -349,6 +349,9 @@ void Hypervisor::host_interrupt(PerCore& pc, std::uint8_t vector) {
     program_timer(pc);
   } else if (vector == kHostPmiVector) {
     vpmu_interrupt(pc);
+  } else if (vector == kPostedNestedVector) {
+    // A notification for L2 that found its vCPU out of L2 (nested.cc): the
+    // descriptor is processed at L2's next entry (pi_pending).
   } else if (vector == kPostedWakeupVector) {
     // A device posted to a vCPU blocked on this core: wake those with ON set.
     for (Vcpu* v : pc.assigned)

@@ -196,7 +196,12 @@ bool Hypervisor::rdmsr_x2apic_id(PerCore&, Vcpu& v, std::uint64_t& value) {
 bool Hypervisor::wrmsr_x2apic_icr(PerCore& pc, Vcpu& v, std::uint64_t value) {
   charge(*pc.core, m_p.costs.apic_ipi, kCodeMsr + 0x200);
   auto dest = static_cast<std::uint32_t>(value >> 32);
-  if (dest < v.vm->vcpus.size()) raise_virtual(*v.vm->vcpus[dest], static_cast<std::uint8_t>(value & 0xFF));
+  if (dest >= v.vm->vcpus.size()) return true;
+  Vcpu& t = *v.vm->vcpus[dest];
+  const auto vector = static_cast<std::uint8_t>(value & 0xFF);
+  // A guest VMM's notification for its guest (nested.cc: posted interrupts for L2).
+  if (v.vm->nested_vmx && nested_posted_notify(*pc.core, t, vector)) return true;
+  raise_virtual(t, vector);
   return true;
 }
 

@@ -253,3 +253,75 @@ TEST_CASE("S13: L1 using shadow paging for L2 instead of EPT takes L2's page fau
                    with_shadow));
   CHECK(with_shadow > with_ept);
 }
+
+TEST_CASE("S13: L1's posted interrupts reach L2 with fewer L1 and L0 exits per interrupt than injection") {
+  auto on = run_cli(vmx::test::read_text(kScenarios + "s13_nested_posted.yaml"));
+  auto off = run_cli(vmx::test::read_text(kScenarios + "s13_nested_posted.yaml"),
+                     {"--set", "vms[0].hypervisor.posted_interrupts=false"});
+  INFO(on.err << off.err);
+  REQUIRE(on.exit_code == 0);
+  REQUIRE(off.exit_code == 0);
+  // Every wake-up of L2 is a timer interrupt L1 delivers; both runs finish.
+  const double wakeups = on.at("vm.l1.vm.l2.workload0.operations");
+  CHECK(wakeups == 60);
+  CHECK(off.at("vm.l1.vm.l2.workload0.operations") == 60);
+  // With posted interrupts the interrupt reaches L2 through L1's descriptor,
+  // processed by L0 into L2's virtual-APIC page, and the core's
+  // virtual-interrupt delivery; L2's EOI is virtualized, no exit.
+  CHECK(on.at("vm.l1.nested.posted.at_entry") >= wakeups);
+  CHECK(on.at("system.cpu0.virtual_interrupts") >= wakeups);
+  CHECK(on.at("system.cpu0.virtual_eois") >= wakeups);
+  CHECK(off.at("system.cpu0.virtual_interrupts") == 0);
+  // Without them L1 injects and intercepts L2's EOI: one more L2 exit
+  // reaching L1 per interrupt, and more L0 exits in all.
+  const double l1_on = on.at("vm.l1.vm.l2.vcpu0.exits"), l1_off = off.at("vm.l1.vm.l2.vcpu0.exits");
+  const double l0_on = on.at("vm.l1.nested.l0_exits"), l0_off = off.at("vm.l1.nested.l0_exits");
+  INFO(fmt::format("per L2 interrupt: L1 exits {:.2f} -> {:.2f}, L0 exits {:.2f} -> {:.2f}", l1_off / wakeups,
+                   l1_on / wakeups, l0_off / wakeups, l0_on / wakeups));
+  CHECK(l1_off - l1_on >= 0.9 * wakeups);
+  CHECK(l0_on < l0_off);
+}
+
+TEST_CASE("S13: L1's PML log of L2 holds exactly the pages L2 wrote, and PML-full exits reach L1") {
+  auto r = run_cli(vmx::test::read_text(kScenarios + "s13_nested_pml.yaml"));
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const std::string log = "vm.l1.vm.l2.dirty_log.";
+  // Each round L2 writes its whole 4 MiB working set (1,024 pages) and a
+  // page or two of its kernel (stack, scheduler state); L1's harvest has
+  // exactly that many pages every round.
+  REQUIRE(r.at(log + "rounds") >= 2);
+  CHECK(r.at(log + "pages_per_round.min") == r.at(log + "pages_per_round.max"));
+  CHECK(r.at(log + "pages_per_round.min") >= 1024);
+  CHECK(r.at(log + "pages_per_round.min") <= 1024 + 4);
+  // Every entry L1 drained from its log was written there by L0 (the rest
+  // are still in the log at the end), for a dirty flag L0 set in EPT12.
+  CHECK(r.at(log + "pml_entries") <= r.at("vm.l1.nested.pml.logged"));
+  CHECK(r.at("vm.l1.nested.pml.logged") >= r.at(log + "pages_dirty"));
+  CHECK(r.at("vm.l1.nested.pml.dirty_set") >= r.at("vm.l1.nested.pml.logged"));
+  // 1,024 pages a round fill the 512-entry log: PML-full exits, each
+  // synthesized by L0 and handled by L1.
+  CHECK(r.at("vm.l1.nested.pml.full_exits") > 0);
+  CHECK(r.at(log + "pml_full_exits") == r.at("vm.l1.nested.pml.full_exits"));
+  CHECK(r.at("vm.l1.vm.l2.vcpu0.exit_reasons.PML_FULL.cycles.count") == r.at(log + "pml_full_exits"));
+  // By write protection of EPT12 instead, every first write of a round is
+  // an EPT violation reflected to L1: more exits reach L1 per page logged.
+  auto wp = run_cli(vmx::test::read_text(kScenarios + "s13_nested_pml.yaml"),
+                    {"--set", "vms[0].hypervisor.vms[0].dirty_log.mode=write_protect"});
+  INFO(wp.err);
+  REQUIRE(wp.exit_code == 0);
+  CHECK(wp.at(log + "pages_dirty") > 0);
+  CHECK(wp.at(log + "wp_exits") >= wp.at(log + "pages_dirty"));
+  CHECK(wp.at_or_zero("vm.l1.nested.pml.logged") == 0);
+  const double pml_cost = r.at("vm.l1.nested.reflected") / r.at(log + "pages_dirty");
+  const double wp_cost = wp.at("vm.l1.nested.reflected") / wp.at(log + "pages_dirty");
+  INFO(fmt::format("exits of L2 reflected to L1 per page logged: PML {:.2f}, write protection {:.2f}", pml_cost,
+                   wp_cost));
+  CHECK(pml_cost < wp_cost);
+  // PML needs EPT12 with dirty flags: without ept_ad in L1's parameters the
+  // config names the key.
+  auto no_ad = run_cli(vmx::test::read_text(kScenarios + "s13_nested_pml.yaml"),
+                       {"--set", "vms[0].hypervisor.ept_ad=false"});
+  CHECK(no_ad.exit_code == 2);
+  CHECK(no_ad.err.find("vms[0].hypervisor.vms[0].dirty_log.mode") != std::string::npos);
+}
