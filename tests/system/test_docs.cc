@@ -82,7 +82,7 @@ const char* const kStatsConfigs =
     "configs/scenarios/s6_ksm_false_sharing.yaml configs/scenarios/s7_sequential.yaml configs/scenarios/s5_balloon_knee.yaml "
     "configs/scenarios/s13_nested_cpuid.yaml configs/scenarios/s11_cache_resident.yaml configs/scenarios/s11_virtio.yaml "
     "configs/scenarios/s12_isolated.yaml configs/scenarios/s21_interpreter.yaml "
-    "configs/scenarios/s5_host_swap.yaml configs/scenarios/s13_nested_l3.yaml";
+    "configs/scenarios/s5_host_swap.yaml configs/scenarios/s13_nested_l3.yaml configs/bench/loaded_latency.yaml";
 
 TEST_CASE("docs/stats.md is exactly the output of `vmxsim stats` over the reference configs") {
   int status = 0;
