@@ -568,7 +568,7 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
       first = false;
     }
     if constexpr (kIndependent) {
-      overlapped_walk = first && m_mmu.walks_started() != walks && m_mmu.page_walkers();
+      overlapped_walk = first && m_mmu.walks_started() != walks && m_mmu.page_walkers() && !m_functional;
       walk_start = m_mmu.last_walk_start();
     }
   }
