@@ -61,7 +61,7 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
       m_cpi_shared_q8(static_cast<std::uint32_t>(params.cpi * wiring.smt_contention * 256.0 + 0.5)),
       m_stats(stats_parent, std::string(basename())),
       m_mmu(mmu::MmuParams{params.dtlb, params.dtlb_2m, params.dtlb_1g, params.itlb, params.itlb_2m, params.stlb,
-                           params.stlb_1g, params.psc, params.nested_tlb},
+                           params.stlb_1g, params.psc, params.nested_tlb, params.page_walkers},
             *this, &m_stats),
       m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
   if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
@@ -555,16 +555,34 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
   if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
   std::uint64_t pa = va;
   m_op_size = size;
-  if (m_mmu.translating())  // translate() itself passes va through when this is off
+  // An independent load whose walk (translated at the first attempt) ran
+  // on a page walker: the core goes on from the walk's start.
+  [[maybe_unused]] std::uint64_t walk_start = 0;
+  [[maybe_unused]] bool overlapped_walk = false;
+  if (m_mmu.translating()) {  // translate() itself passes va through when this is off
+    [[maybe_unused]] const std::uint64_t walks = m_mmu.walks_started();
+    [[maybe_unused]] bool first = true;
     while (!translate(va, AccessType::Read, pa)) {
       if (m_op_done) return emulated_result();
       boundary();
+      first = false;
     }
+    if constexpr (kIndependent) {
+      overlapped_walk = first && m_mmu.walks_started() != walks && m_mmu.page_walkers() && !m_functional;
+      walk_start = m_mmu.last_walk_start();
+    }
+  }
   if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
-  if constexpr (kIndependent)
-    load_overlap(cache_access(pa, models::AccessKind::Read));
-  else
+  if constexpr (kIndependent) {
+    const std::uint32_t cycles = cache_access(pa, models::AccessKind::Read);
+    if (overlapped_walk) [[unlikely]] {
+      load_after_walk(walk_start, cycles);
+    } else {
+      load_overlap(cycles);
+    }
+  } else {
     charge(cache_access(pa, models::AccessKind::Read));
+  }
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
     const std::uint8_t* f = m_w.mem->frame_if_present(pa);
@@ -781,6 +799,17 @@ void Core::load_overlap(std::uint32_t cycles) {
   ++m_mshr_count;
   ++m_stats.overlapped_misses;
   charge(hit);  // issue: the load's own pipeline slot
+}
+
+// Concurrent page walkers (docs/model.md): the load's walk started at
+// `walk_start` on a walker and ended at the core's clock now, where its
+// data access (of `cycles`) was timed. The core itself went on from the
+// walk's start: it takes its clock back there, and the load is outstanding
+// until its data returns, holding an MSHR like any independent miss.
+void Core::load_after_walk(std::uint64_t walk_start, std::uint32_t cycles) {
+  const std::uint64_t done = m_now + cycles;
+  m_now = walk_start;
+  load_overlap(static_cast<std::uint32_t>(done - walk_start));
 }
 
 void Core::drain_stores_slow() {

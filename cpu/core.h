@@ -108,7 +108,7 @@ struct CoreParams {
       pause_latency, exception_latency;
   std::uint32_t vm_exit_latency, vm_entry_latency, vmread_latency, vmwrite_latency, vmptrld_latency,
       vmxon_latency, invept_latency;
-  std::uint32_t store_buffer, fill_buffers, mshrs, rob;
+  std::uint32_t store_buffer, fill_buffers, mshrs, rob, page_walkers;
   mmu::DtlbParams dtlb;
   mmu::Dtlb2mParams dtlb_2m;
   mmu::Dtlb1gParams dtlb_1g;
@@ -173,6 +173,14 @@ struct CoreParams {
     v.param(rob, "rob", "224", Spec(Unit::Instructions).at_least(1).at_most(4096),
             "Reorder-buffer entries: how many instructions the core may retire past the oldest outstanding "
             "load miss before it stalls for it. Default: 224, Skylake (Intel Optimization Reference Manual).");
+    v.param(page_walkers, "page_walkers", "0", Spec().at_most(mmu::kMaxPageWalkers),
+            "Page walkers (page-miss handlers): walks in progress at once. With mshrs > 0 an independent "
+            "load's walk overlaps the core's other work and other walks, and only the load waits for it "
+            "(docs/model.md 'Concurrent page walkers'); 0 charges every walk in line to the core, as one "
+            "blocking walker. Broadwell and Skylake handle two walks at once (Intel Optimization Reference "
+            "Manual, Broadwell microarchitecture: a second page-miss handler; Skylake's "
+            "DTLB_LOAD_MISSES.WALK_PENDING counts the walks in progress each cycle). Default 0 until the "
+            "figures docs/ and labs/ quote are re-measured with it.");
     v.section(dtlb, "dtlb", "First-level data TLB for 4 KiB pages.");
     v.section(dtlb_2m, "dtlb_2m", "First-level data TLB for 2 MiB pages.");
     v.section(dtlb_1g, "dtlb_1g", "First-level data TLB for 1 GiB pages.");
@@ -454,6 +462,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   void store_retire(std::uint32_t cycles);
   /// The timing of an independent load whose access took `cycles`.
   void load_overlap(std::uint32_t cycles);
+  /// The timing of an independent load whose walk overlapped (page walkers).
+  void load_after_walk(std::uint64_t walk_start, std::uint32_t cycles);
   template <bool kIndependent>
   std::uint64_t load_impl(std::uint64_t va, unsigned size);
   /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and

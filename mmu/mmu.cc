@@ -28,7 +28,8 @@ Mmu::Mmu(const MmuParams& p, TableMemory& mem, stats::Group* core_stats)
       m_stlb(p.stlb, {12, 21}, &m_tlb_group, "stlb"),
       m_stlb_1g(p.stlb_1g, 30, &m_tlb_group, "stlb_1g"),
       m_stlb_latency(std::max(p.stlb.latency, p.stlb_1g.latency)),
-      m_tlbs{&m_dtlb, &m_dtlb_2m, &m_dtlb_1g, &m_itlb, &m_itlb_2m, &m_stlb, &m_stlb_1g} {}
+      m_tlbs{&m_dtlb, &m_dtlb_2m, &m_dtlb_1g, &m_itlb, &m_itlb_2m, &m_stlb, &m_stlb_1g},
+      m_pool(p.page_walkers, core_stats) {}
 
 WalkCaches Mmu::walk_caches() {
   WalkCaches c;
@@ -133,10 +134,18 @@ WalkRequest Mmu::walk_request(std::uint64_t va, AccessType type) const {
   return r;
 }
 
+// With page walkers, the walk starts when one is free (the access waits
+// until then; `now` is the core's clock, which the walk's references are
+// timed from) and keeps it busy for its cycles.
 bool Mmu::walk_and_fill(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
+  if (m_pool.walkers()) now = m_pool.begin(now);
+  const std::uint64_t start = now;
   const WalkResult r = m_walker.translate(walk_request(va, type));
-  walk_completed(va, r, now);
+  walk_completed(va, r, start);
   now += r.cycles;
+  if (m_pool.walkers()) m_pool.end(start, now);
+  ++m_walks_started;
+  m_last_walk_start = start;
   if (r.status != WalkResult::Status::Ok) {
     m_fault = r;
     return false;

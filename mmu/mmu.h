@@ -20,6 +20,7 @@
 #include "mmu/psc.h"
 #include "mmu/tlb.h"
 #include "mmu/walker.h"
+#include "mmu/walker_pool.h"
 #include "sim/events.h"
 #include "sim/stats.h"
 
@@ -37,12 +38,15 @@ struct MmuParams {
   Stlb1gParams stlb_1g;
   PscParamsAll psc;
   NestedTlbParams nested_tlb;
+  /// Concurrent page walkers (mmu/walker_pool.h); 0: walks in line.
+  unsigned page_walkers = 0;
 };
 
 class Mmu {
  public:
   /// Registers the statistics "walker" (with walker.psc and
-  /// walker.nested_tlb) and "tlb" under core_stats, in that order.
+  /// walker.nested_tlb), "tlb" and, with page walkers, "page_walkers"
+  /// under core_stats, in that order.
   Mmu(const MmuParams& p, TableMemory& mem, stats::Group* core_stats);
   Mmu(const Mmu&) = delete;
   Mmu& operator=(const Mmu&) = delete;
@@ -140,6 +144,12 @@ class Mmu {
   }
   /// The last walk that faulted.
   const WalkResult& fault() const { return m_fault; }
+  /// Walks started so far, and when the latest one started (after waiting
+  /// for a page walker): the core lets an independent load's walk overlap
+  /// its other work from that time on.
+  std::uint64_t walks_started() const { return m_walks_started; }
+  std::uint64_t last_walk_start() const { return m_last_walk_start; }
+  unsigned page_walkers() const { return m_pool.walkers(); }
 
   // Invalidations (SDM Vol. 3A, 4.10.4; Vol. 3C, 29.4.3), with the tag of
   // the current context where the instruction means "current".
@@ -249,6 +259,8 @@ class Mmu {
   Tlb m_dtlb, m_dtlb_2m, m_dtlb_1g, m_itlb, m_itlb_2m, m_stlb, m_stlb_1g;
   std::uint32_t m_stlb_latency;  // stlb and stlb_1g are looked up in parallel
   std::array<Tlb*, 7> m_tlbs;
+  WalkerPool m_pool;
+  std::uint64_t m_walks_started = 0, m_last_walk_start = 0;
 };
 
 }  // namespace vmx::mmu
