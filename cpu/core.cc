@@ -558,31 +558,31 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
     load_overlap(cache_access_inline(pa, models::AccessKind::Read));
   else
     charge(cache_access_inline(pa, models::AccessKind::Read));
-  if (kHostLittleEndian && (size == 8 || size == 4 || size == 2 || size == 1)) {
-    // The access does not cross a page, so it stays in pa's frame; the
-    // bytes are little-endian as PhysMem::read assembles them.
+  if (kHostLittleEndian && size == 8) {
+    // The access does not cross a page, so it stays in pa's frame.
     const std::uint8_t* f = m_w.mem->frame_if_present(pa);
     if (!f) return 0;  // never written: reads as zero, as PhysMem::read
+    std::uint64_t v;
+    std::memcpy(&v, f + (pa & kFrameOffset), 8);
+    return v;
+  }
+  if (kHostLittleEndian && (size == 4 || size == 2 || size == 1)) {
+    // The same for the smaller sizes, little-endian as PhysMem::read
+    // assembles them.
+    const std::uint8_t* f = m_w.mem->frame_if_present(pa);
+    if (!f) return 0;
     f += pa & kFrameOffset;
-    switch (size) {
-      case 8: {
-        std::uint64_t v;
-        std::memcpy(&v, f, 8);
-        return v;
-      }
-      case 4: {
-        std::uint32_t v;
-        std::memcpy(&v, f, 4);
-        return v;
-      }
-      case 2: {
-        std::uint16_t v;
-        std::memcpy(&v, f, 2);
-        return v;
-      }
-      default:
-        return *f;
+    if (size == 4) {
+      std::uint32_t v;
+      std::memcpy(&v, f, 4);
+      return v;
     }
+    if (size == 2) {
+      std::uint16_t v;
+      std::memcpy(&v, f, 2);
+      return v;
+    }
+    return *f;
   }
   return m_w.mem->read(pa, size);
 }
