@@ -20,6 +20,12 @@
 //   bench_core fastforward [N]    a random_access workload of N updates run
 //                            fast-forwarded (functional) from start to end
 //   bench_core fastforward-detailed [N]  the same with full timing
+//   bench_core mips CONFIG        runs a whole config (YAML file) and prints
+//                            guest and all instructions per host second
+//
+// With VMXSIM_BENCH_TIMING=1 every mode runs with the optional timing
+// features on (platform.cpu.store_buffer 56, platform.cpu.mshrs 10,
+// platform.dram.model dram): the hot paths must stay as fast with them.
 //
 // SystemC elaborates one design per process, so each mode is its own process
 // (scripts/bench runs all three). Host time is std::chrono::steady_clock.
@@ -57,10 +63,15 @@ namespace crb = vmx::mmu::crbits;
 namespace field = vmx::cpu::field;
 
 constexpr std::uint64_t kPage = 4096;
-// Targets from the issue that asked for this benchmark.
-constexpr double kLoadTargetPerSec = 20e6;
+// Targets. Issue 18: loads on the L1 DTLB / L1D hit path at least 100 M
+// per host second, full 2D walks with the walk caches on at least 5 M, a
+// CPUID round trip through the full hypervisor at least 2.5 M (scripts/bench
+// checks that one on its marginal figure). The minimal root loop keeps the
+// target of the issue that asked for this benchmark.
+constexpr double kLoadTargetPerSec = 100e6;
 constexpr double kExitTargetPerSec = 1e6;
-constexpr double kWalkTargetPerSec = 3e6;
+constexpr double kHvExitTargetPerSec = 2.5e6;
+constexpr double kWalkTargetPerSec = 5e6;
 // Issue 18: first touch of a guest page, at most 2 us of host time.
 constexpr double kFirstTouchTargetNs = 2000;
 
@@ -86,11 +97,61 @@ void print_rate(const char* mode, const char* unit, std::uint64_t n, double host
   std::_Exit(0);
 }
 
+// VMXSIM_BENCH_TIMING=1: the optional timing features on
+// (apply_timing_features).
+bool timing_features() {
+  const char* v = std::getenv("VMXSIM_BENCH_TIMING");
+  return v && *v && std::string(v) != "0";
+}
+
+void apply_timing_features(vmx::models::PlatformParams& p);
+
 vmx::models::PlatformParams one_core_platform() {
   auto p = vmx::cfg::defaults<vmx::models::PlatformParams>();
   p.cores = 1;
   p.memory = 64ull << 20;
+  apply_timing_features(p);
   return p;
+}
+
+void apply_timing_features(vmx::models::PlatformParams& p) {
+  if (!timing_features()) return;
+  p.cpu.store_buffer = 56;  // Skylake (the parameter's description)
+  p.cpu.mshrs = 10;
+  p.dram.model = "dram";
+}
+
+// A whole run through the real experiment path (hypervisor, guest kernel,
+// workloads), timed on the host: building the system, booting the guest
+// and the workloads all count (scripts/bench subtracts a tiny run where it
+// wants a marginal figure).
+struct TimedRun {
+  vmx::experiment::RunResult result;
+  YAML::Node stats;  // stats.json
+  double host_s = 0;
+};
+
+// Runs the config `doc` (text: its YAML, recorded with the results) and
+// times it. False, with the reason on stderr, when a workload did not
+// finish.
+bool run_timed(const char* mode, const vmx::cfg::Document& doc, const std::string& text, TimedRun& out) {
+  auto params = vmx::experiment::load(doc);
+  apply_timing_features(params.platform);
+  const auto t0 = Clock::now();
+  out.result = vmx::experiment::run(params, text);
+  out.host_s = seconds(Clock::now() - t0);
+  if (!out.result.finished) {
+    std::fprintf(stderr, "bench_core %s: the workload did not finish\n", mode);
+    for (const auto& note : out.result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
+    return false;
+  }
+  out.stats = YAML::Load(out.result.stats_json);
+  return true;
+}
+
+// The same for a config given as YAML text (the embedded ones below).
+bool run_yaml(const char* mode, const std::string& yaml, TimedRun& out) {
+  return run_timed(mode, vmx::cfg::Document::from_string(yaml, std::string("bench_core ") + mode), yaml, out);
 }
 
 // Root-mode set-up shared by the VMX modes: an identity EPT over
@@ -412,17 +473,9 @@ int bench_hv_exit(std::uint64_t n) {
                            "    workloads:\n"
                            "      - type: cpuid_loop\n"
                            "        iterations: " + std::to_string(n) + "\n";
-  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core hv-exit");
-  auto params = vmx::experiment::load(doc);
-  const auto t0 = Clock::now();
-  auto result = vmx::experiment::run(params, yaml);
-  const auto t1 = Clock::now();
-  if (!result.finished) {
-    std::fprintf(stderr, "bench_core hv-exit: the workload did not finish\n");
-    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
-    return 1;
-  }
-  YAML::Node s = YAML::Load(result.stats_json);
+  TimedRun run;
+  if (!run_yaml("hv-exit", yaml, run)) return 1;
+  const YAML::Node& s = run.stats;
   const auto cpuid_exits = s["system"]["cpu0"]["exit_reasons"]["CPUID"].as<std::uint64_t>(0);
   const auto all_exits = s["system"]["cpu0"]["vm_exits"].as<std::uint64_t>(0);
   const double cycles_mean = s["vm"]["bench"]["vcpu0"]["exit_reasons"]["CPUID"]["cycles"]["mean"].as<double>(0);
@@ -430,16 +483,18 @@ int bench_hv_exit(std::uint64_t n) {
     std::fprintf(stderr, "bench_core hv-exit: no CPUID exits counted\n");
     return 1;
   }
-  const double host_s = seconds(t1 - t0);
+  const double host_s = run.host_s;
   // Host time covers the whole run (building the system, booting the guest,
   // the loop); with n large the loop dominates. scripts/bench also reports
-  // the marginal figure from a second, tiny run.
-  print_rate("hv-exit", "round_trip", cpuid_exits, host_s, kExitTargetPerSec);
+  // the marginal figure from a second, tiny run, against the issue-18
+  // target (hv-exit.target_per_second).
+  print_rate("hv-exit", "round_trip", cpuid_exits, host_s, 0);
   std::printf("hv-exit.cpuid_exits: %llu\n", static_cast<unsigned long long>(cpuid_exits));
   std::printf("hv-exit.all_exits: %llu\n", static_cast<unsigned long long>(all_exits));
   std::printf("hv-exit.host_ns_per_exit_any_reason: %.2f\n", host_s * 1e9 / static_cast<double>(all_exits));
   std::printf("hv-exit.simulated_cycles_per_cpuid_round_trip: %.3f\n", cycles_mean);
-  std::printf("hv-exit.simulated_seconds: %.6f\n", static_cast<double>(result.simulated_ps) / 1e12);
+  std::printf("hv-exit.simulated_seconds: %.6f\n", static_cast<double>(run.result.simulated_ps) / 1e12);
+  std::printf("hv-exit.target_per_second: %.0f\n", kHvExitTargetPerSec);
   std::fflush(stdout);
   return 0;
 }
@@ -461,20 +516,12 @@ int bench_firsttouch(std::uint64_t n) {
                            "    workloads:\n"
                            "      - type: touch_pages\n"
                            "        pages: " + std::to_string(n) + "\n";
-  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core firsttouch");
-  auto params = vmx::experiment::load(doc);
-  const auto t0 = Clock::now();
-  auto result = vmx::experiment::run(params, yaml);
-  const auto t1 = Clock::now();
-  if (!result.finished) {
-    std::fprintf(stderr, "bench_core firsttouch: the workload did not finish\n");
-    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
-    return 1;
-  }
-  YAML::Node s = YAML::Load(result.stats_json);
+  TimedRun run;
+  if (!run_yaml("firsttouch", yaml, run)) return 1;
+  const YAML::Node& s = run.stats;
   const auto violations = s["system"]["cpu0"]["exit_reasons"]["EPT_VIOLATION"].as<std::uint64_t>(0);
   const auto faults = s["vm"]["bench"]["kernel"]["page_faults"].as<std::uint64_t>(0);
-  const double host_s = seconds(t1 - t0);
+  const double host_s = run.host_s;
   // The whole run: building the system, booting the guest, then the
   // touches; scripts/bench subtracts a run of one page for the marginal cost.
   std::printf("firsttouch.host_seconds: %.6f\n", host_s);
@@ -508,28 +555,55 @@ int bench_fastforward(std::uint64_t n, bool functional) {
                            "        working_set: 4MiB\n"
                            "        checksum: true\n"
                            "        updates: " + std::to_string(n) + "\n";
-  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core fastforward");
-  auto params = vmx::experiment::load(doc);
-  const auto t0 = Clock::now();
-  auto result = vmx::experiment::run(params, yaml);
-  const auto t1 = Clock::now();
   const char* mode = functional ? "fastforward" : "fastforward-detailed";
-  if (!result.finished) {
-    std::fprintf(stderr, "bench_core %s: the workload did not finish\n", mode);
-    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
-    return 1;
-  }
-  YAML::Node s = YAML::Load(result.stats_json);
-  const auto instructions = s["system"]["cpu0"]["instructions"].as<double>(0);
-  const auto checksum = s["vm"]["bench"]["workload0"]["checksum"].as<double>(-1);
-  const double host_s = seconds(t1 - t0);
+  TimedRun run;
+  if (!run_yaml(mode, yaml, run)) return 1;
+  const auto instructions = run.stats["system"]["cpu0"]["instructions"].as<double>(0);
+  const auto checksum = run.stats["vm"]["bench"]["workload0"]["checksum"].as<double>(-1);
+  const double host_s = run.host_s;
   // The whole run (building the system, booting the guest, the updates, the
   // read-back); scripts/bench subtracts a run of one update for the marginal.
   std::printf("%s.host_seconds: %.6f\n", mode, host_s);
   std::printf("%s.updates: %llu\n", mode, static_cast<unsigned long long>(n));
   std::printf("%s.instructions: %.0f\n", mode, instructions);
   std::printf("%s.checksum: %.0f\n", mode, checksum);
-  std::printf("%s.simulated_seconds: %.6f\n", mode, static_cast<double>(result.simulated_ps) / 1e12);
+  std::printf("%s.simulated_seconds: %.6f\n", mode, static_cast<double>(run.result.simulated_ps) / 1e12);
+  std::fflush(stdout);
+  return 0;
+}
+
+// ---------------------------------------------------------------------------
+// mips: a whole config from a file, as `vmxsim run` would run it: simulated
+// instructions (every logical CPU's, and the guests' part) per host second
+// of the whole run.
+
+int bench_mips(const std::string& path) {
+  std::string text;
+  {
+    std::FILE* f = std::fopen(path.c_str(), "rb");
+    if (!f) {
+      std::fprintf(stderr, "bench_core mips: cannot open config '%s'\n", path.c_str());
+      return 2;
+    }
+    char buf[4096];
+    for (std::size_t got; (got = std::fread(buf, 1, sizeof buf, f)) > 0;) text.append(buf, got);
+    std::fclose(f);
+  }
+  TimedRun run;
+  if (!run_timed("mips", vmx::cfg::Document::from_string(text, path), text, run)) return 1;
+  double all = 0, guest = 0;
+  for (const auto& kv : run.stats["system"]) {
+    if (kv.first.as<std::string>().rfind("cpu", 0) != 0 || !kv.second.IsMap()) continue;
+    all += kv.second["instructions"].as<double>(0);
+    guest += kv.second["guest_instructions"].as<double>(0);
+  }
+  std::printf("mips.config: %s\n", path.c_str());
+  std::printf("mips.host_seconds: %.6f\n", run.host_s);
+  std::printf("mips.instructions: %.0f\n", all);
+  std::printf("mips.guest_instructions: %.0f\n", guest);
+  std::printf("mips.mips: %.2f\n", all / run.host_s / 1e6);
+  std::printf("mips.guest_mips: %.2f\n", guest / run.host_s / 1e6);
+  std::printf("mips.simulated_seconds: %.6f\n", static_cast<double>(run.result.simulated_ps) / 1e12);
   std::fflush(stdout);
   return 0;
 }
@@ -545,7 +619,9 @@ int usage() {
                "       bench_core walk-nocache [N]  the same with every walk cache off\n"
                "       bench_core firsttouch [N]  host time of N first touches of guest pages (default 32768)\n"
                "       bench_core fastforward [N]  N random updates over 4 MiB, fast-forwarded (default 2000000)\n"
-               "       bench_core fastforward-detailed [N]  the same with full timing\n");
+               "       bench_core fastforward-detailed [N]  the same with full timing\n"
+               "       bench_core mips CONFIG   instructions per host second of a whole config (a YAML file)\n"
+               "VMXSIM_BENCH_TIMING=1 turns on the store buffer, MSHRs and the DRAM model in every mode.\n");
   return 2;
 }
 
@@ -554,13 +630,25 @@ int usage() {
 int main(int argc, char** argv) {
   if (argc < 2 || argc > 3) return usage();
   const std::string mode = argv[1];
+  setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
+  if (mode == "mips") {
+    if (argc != 3) return usage();
+    try {
+      return bench_mips(argv[2]);
+    } catch (const vmx::cfg::ConfigError& e) {
+      std::fprintf(stderr, "bench_core mips: %s\n", e.what());
+      return 2;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_core mips: %s\n", e.what());
+      return 1;
+    }
+  }
   std::uint64_t n = 0;
   if (argc == 3) {
     char* end = nullptr;
     n = std::strtoull(argv[2], &end, 10);
     if (!end || *end || n == 0) return usage();
   }
-  setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
   try {
     if (mode == "load") return bench_load(n ? n : 20'000'000, false);
     if (mode == "store") return bench_load(n ? n : 20'000'000, true);

@@ -354,20 +354,13 @@ void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool h
 // Fast-forward (set_functional): the access keeps its architectural effect,
 // done by the caller on PhysMem; the cache hierarchy is neither timed nor
 // touched.
-std::uint32_t Core::cache_access(std::uint64_t pa, models::AccessKind kind) {
+inline std::uint32_t Core::cache_access_inline(std::uint64_t pa, models::AccessKind kind) {
   if (m_functional) [[unlikely]]
     return 0;
   return m_w.caches->access(pa, kind);
 }
 
-void Core::retire(std::uint64_t n) {
-  std::uint64_t q = n * m_cpi_q8 + m_cpi_frac;
-  m_now += q >> 8;
-  m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
-  m_stats.instructions += n;
-  if (m_non_root) m_stats.guest_instructions += n;
-  if (m_events.wants(events::kRetired)) [[unlikely]] m_events.retired({n, m_non_root});
-}
+std::uint32_t Core::cache_access(std::uint64_t pa, models::AccessKind kind) { return cache_access_inline(pa, kind); }
 
 // SMT issue contention: while the sibling thread executes, both threads
 // share the physical core's issue slots, modelled as this thread's CPI
@@ -574,14 +567,14 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
   }
   if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
   if constexpr (kIndependent) {
-    const std::uint32_t cycles = cache_access(pa, models::AccessKind::Read);
+    const std::uint32_t cycles = cache_access_inline(pa, models::AccessKind::Read);
     if (overlapped_walk) [[unlikely]] {
       load_after_walk(walk_start, cycles);
     } else {
       load_overlap(cycles);
     }
   } else {
-    charge(cache_access(pa, models::AccessKind::Read));
+    charge(cache_access_inline(pa, models::AccessKind::Read));
   }
   if (kHostLittleEndian && size == 8) {
     // The access does not cross a page, so it stays in pa's frame.
@@ -590,6 +583,24 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
     std::uint64_t v;
     std::memcpy(&v, f + (pa & kFrameOffset), 8);
     return v;
+  }
+  if (kHostLittleEndian && (size == 4 || size == 2 || size == 1)) {
+    // The same for the smaller sizes, little-endian as PhysMem::read
+    // assembles them.
+    const std::uint8_t* f = m_w.mem->frame_if_present(pa);
+    if (!f) return 0;
+    f += pa & kFrameOffset;
+    if (size == 4) {
+      std::uint32_t v;
+      std::memcpy(&v, f, 4);
+      return v;
+    }
+    if (size == 2) {
+      std::uint16_t v;
+      std::memcpy(&v, f, 2);
+      return v;
+    }
+    return *f;
   }
   return m_w.mem->read(pa, size);
 }
@@ -619,7 +630,7 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
       mmio_write(pa, value, size);
       return;
     }
-    charge_store(cache_access(pa, models::AccessKind::Write));
+    charge_store(cache_access_inline(pa, models::AccessKind::Write));
     if (kHostLittleEndian && size == 8) {
       std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
       return;

@@ -445,7 +445,14 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   enum class LockedOp : std::uint8_t { Swap, Or, Add };
   std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what);
   void recompute_next_event();
-  void retire(std::uint64_t instructions);
+  void retire(std::uint64_t instructions) {
+    std::uint64_t q = instructions * m_cpi_q8 + m_cpi_frac;
+    m_now += q >> 8;
+    m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
+    m_stats.instructions += instructions;
+    if (m_non_root) m_stats.guest_instructions += instructions;
+    if (m_events.wants(events::kRetired)) [[unlikely]] m_events.retired({instructions, m_non_root});
+  }
   /// SMT: closes the interval since the last check and picks the CPI for
   /// the sibling's current state (slow path only).
   void smt_update();
@@ -453,6 +460,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// A memory access through the cache hierarchy and its latency; nothing
   /// (0 cycles) in functional mode.
   std::uint32_t cache_access(std::uint64_t pa, models::AccessKind kind);
+  /// cache_access() inlined into the loads and stores of cpu/core.cc.
+  [[gnu::always_inline]] inline std::uint32_t cache_access_inline(std::uint64_t pa, models::AccessKind kind);
   /// A store's cache access of `cycles`: paid now without a store buffer;
   /// with one, the store retires into it and drains later (store_retire).
   void charge_store(std::uint32_t cycles) {

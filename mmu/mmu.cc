@@ -75,6 +75,29 @@ void Mmu::walk_completed(std::uint64_t va, const WalkResult& r, std::uint64_t st
                     static_cast<events::WalkOutcome>(r.status), m_guest});
 }
 
+bool Mmu::translate_searching(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now,
+                              HitMemo& m) {
+  const bool fetch = type == AccessType::Execute;
+  Tlb& l1 = fetch ? m_itlb : m_dtlb;
+  if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(*e, type)) {
+    m = {va >> 12, l1.epoch(), l1.index_of(e)};
+    pa = Tlb::translate(*e, va);
+    return true;
+  }
+  Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
+  if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(*e, type)) {
+    pa = Tlb::translate(*e, va);
+    return true;
+  }
+  if (!fetch) {
+    if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(*e, type)) {
+      pa = Tlb::translate(*e, va);
+      return true;
+    }
+  }
+  return translate_l2(va, type, pa, now);
+}
+
 bool Mmu::translate_l2(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
   tlb_missed(1, va, type);
   now += m_stlb_latency;

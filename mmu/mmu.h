@@ -105,6 +105,9 @@ class Mmu {
         (paging && (cr4 & crbits::kCr4Pcide)) ? static_cast<std::uint16_t>(*m_regs.cr3 & crbits::kCr3PcidMask) : 0;
     m_tag.ep4ta = ept ? (*m_regs.eptp & ept::kAddrMask) : 0;
     update_checks();
+    // What a hit is checked against has changed: the hit memo starts over.
+    m_dtlb.new_epoch();
+    m_itlb.new_epoch();
   }
   bool translating() const { return m_translate; }
   const TlbTag& tag() const { return m_tag; }
@@ -117,7 +120,7 @@ class Mmu {
   /// up in parallel (one latency); a miss in all of them looks up the STLB
   /// arrays (4 KiB + 2 MiB, and 1 GiB), and a miss there walks. False: the
   /// walk faulted, and fault() says how (#PF or EPT violation/misconfig).
-  bool translate(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
+  [[gnu::always_inline]] bool translate(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now) {
     if (!m_translate) {
       pa = va;
       return true;
@@ -125,22 +128,18 @@ class Mmu {
     const bool fetch = type == AccessType::Execute;
     Tlb& l1 = fetch ? m_itlb : m_dtlb;
     now += l1.latency();
-    if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(*e, type)) {
-      pa = Tlb::translate(*e, va);
+    // The hit memo first: the 4 KiB L1 array's way that the last lookup of
+    // this page and access type found (and permitted) in this epoch. Nothing
+    // has been inserted or flushed since and the context is the same, so
+    // the search would find that way again and permit the access; hit_at
+    // counts and ages exactly as that search does.
+    const std::uint64_t vpn = va >> 12;
+    HitMemo& m = m_memo[static_cast<unsigned>(type) * kMemoEntries + (vpn & (kMemoEntries - 1))];
+    if (m.vpn == vpn && m.epoch == l1.epoch()) [[likely]] {
+      pa = (l1.hit_at(m.index).pfn << 12) | (va & 0xFFF);
       return true;
     }
-    Tlb& l1_2m = fetch ? m_itlb_2m : m_dtlb_2m;
-    if (const TlbEntry* e = l1_2m.lookup(va, m_tag); e && permits(*e, type)) {
-      pa = Tlb::translate(*e, va);
-      return true;
-    }
-    if (!fetch) {
-      if (const TlbEntry* e = m_dtlb_1g.lookup(va, m_tag); e && permits(*e, type)) {
-        pa = Tlb::translate(*e, va);
-        return true;
-      }
-    }
-    return translate_l2(va, type, pa, now);
+    return translate_searching(va, type, pa, now, m);
   }
   /// The last walk that faulted.
   const WalkResult& fault() const { return m_fault; }
@@ -261,6 +260,19 @@ class Mmu {
   std::array<Tlb*, 7> m_tlbs;
   WalkerPool m_pool;
   std::uint64_t m_walks_started = 0, m_last_walk_start = 0;
+  // Hit memo of the 4 KiB L1 DTLB and ITLB (translate): by access type,
+  // direct mapped by page number; an entry holds while its TLB's epoch is
+  // the one it was made in.
+  struct HitMemo {
+    std::uint64_t vpn = 0;
+    std::uint64_t epoch = 0;  // 0: never valid (epochs start at 1)
+    std::uint32_t index = 0;  // of the entry in the TLB's array
+  };
+  static constexpr unsigned kMemoEntries = 16;
+  std::array<HitMemo, 3 * kMemoEntries> m_memo{};
+  /// translate() past its memo: the L1 arrays searched (a hit in the 4 KiB
+  /// one is remembered in m), then the STLB and the walk.
+  bool translate_searching(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now, HitMemo& m);
 };
 
 }  // namespace vmx::mmu

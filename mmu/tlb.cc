@@ -65,6 +65,7 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
   const std::uint64_t key = key_of(vpn, shift);
   const std::size_t base = set_base(vpn);
   ++m_stats.insertions;
+  ++m_epoch;
   // One pass over the set: a translation that would hit is replaced in
   // place (no duplicates); else the first invalid way; else the least
   // recently used (the first of equal stamps).
@@ -109,6 +110,7 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
 template <class Pred>
 void Tlb::flush_if(Pred pred) {
   ++m_stats.flushes;
+  ++m_epoch;
   for (std::size_t i = 0; i < m_entries.size(); ++i) {
     TlbEntry& e = m_entries[i];
     if (e.valid && pred(e)) {
@@ -122,6 +124,7 @@ void Tlb::flush_if(Pred pred) {
 template <class Pred>
 void Tlb::flush_page_if(std::uint64_t va, Pred pred) {
   ++m_stats.flushes;
+  ++m_epoch;
   for (unsigned s = 0; s < m_nshifts; ++s) {
     const unsigned shift = m_shifts[s];
     const std::uint64_t vpn = va >> shift;

@@ -165,6 +165,26 @@ class Tlb {
   void insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool global, const TlbTag& tag,
               unsigned page_shift = 0, std::uint8_t pkey = 0);
 
+  /// Changes whenever what lookup() returns for some (va, tag) may have
+  /// changed: every insert and every flush, and whenever the owner calls
+  /// new_epoch() (a context change that alters what it accepts of a hit).
+  /// The owner's hit memo (Mmu) is valid only within one epoch.
+  std::uint64_t epoch() const { return m_epoch; }
+  void new_epoch() { ++m_epoch; }
+  /// Index of entry e in the array (e from lookup()).
+  std::uint32_t index_of(const TlbEntry* e) const { return static_cast<std::uint32_t>(e - m_entries.data()); }
+  /// A hit on the entry at `index`, without the search: counts the lookup
+  /// and the hit and makes the entry most recently used, exactly as the
+  /// lookup() that found it there would. Only for an index that lookup()
+  /// returned for the same (va, tag) within the current epoch (nothing was
+  /// inserted or flushed since, so the search would find it again).
+  const TlbEntry& hit_at(std::uint32_t index) {
+    ++m_stats.lookups;
+    ++m_stats.hits;
+    m_stamp[index] = ++m_clock;
+    return m_entries[index];
+  }
+
   /// Host-physical address of va through entry e.
   static std::uint64_t translate(const TlbEntry& e, std::uint64_t va) {
     return (e.pfn << e.shift) | (va & ((1ull << e.shift) - 1));
@@ -243,6 +263,7 @@ class Tlb {
   std::uint32_t m_sets = 0;
   std::uint64_t m_set_mask = 0;
   std::uint64_t m_clock = 0;
+  std::uint64_t m_epoch = 1;           // see epoch(); a memo entry of epoch 0 is never valid
   std::vector<TlbEntry> m_entries;     // sets x ways, allocated once
   std::vector<std::uint64_t> m_keys;   // per way: key_of(vpn, shift), kNoKey when invalid
   std::uint8_t m_present = 0;          // size_bit of every size inserted since the last flush_all

@@ -101,7 +101,7 @@ class MemHierarchy {
   /// Joined to a coherence directory, an access that involves another core
   /// costs what models/coherence.h lists instead.
   /// Inline: the L1 hit is the hot path; a miss goes out of line.
-  std::uint32_t access(std::uint64_t pa, AccessKind kind) {
+  [[gnu::always_inline]] std::uint32_t access(std::uint64_t pa, AccessKind kind) {
     Cache* l1 = &m_l1d;
     switch (kind) {
       case AccessKind::Fetch: ++m_stats.fetches; l1 = &m_l1i; break;
