@@ -20,6 +20,9 @@
 //   bench_core fastforward [N]    a random_access workload of N updates run
 //                            fast-forwarded (functional) from start to end
 //   bench_core fastforward-detailed [N]  the same with full timing
+//   bench_core scaling C [N] C cores and a VM of C vCPUs, each running N random
+//                            updates over its own 128 KiB: host CPU time per
+//                            simulated operation against the core count
 //
 // SystemC elaborates one design per process, so each mode is its own process
 // (scripts/bench runs all three). Host time is std::chrono::steady_clock.
@@ -36,6 +39,8 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+
+#include <time.h>
 
 #include <systemc>
 #include <yaml-cpp/yaml.h>
@@ -534,6 +539,58 @@ int bench_fastforward(std::uint64_t n, bool functional) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------
+// scaling: host cost per simulated operation against the number of simulated
+// cores. C cores, one VM of C vCPUs, a random_access workload of C threads
+// (one per vCPU), each doing N updates over its own 128 KiB table (it fits
+// each core's L2, so each core's simulated work is the same at every C).
+// The host time is the process's CPU time (steadier than wall time on a
+// loaded host); scripts/bench subtracts a short run for the marginal cost.
+
+int bench_scaling(unsigned cores, std::uint64_t n) {
+  const std::string c = std::to_string(cores);
+  const std::string yaml = "seed: 1\n"
+                           "duration: 1000s\n"
+                           "platform:\n"
+                           "  cores: " + c + "\n"
+                           "  memory: 2GiB\n"
+                           "vms:\n"
+                           "  - name: bench\n"
+                           "    vcpus: " + c + "\n"
+                           "    memory: 512MiB\n"
+                           "    workloads:\n"
+                           "      - type: random_access\n"
+                           "        threads: " + c + "\n"
+                           "        working_set: 128KiB\n"
+                           "        updates: " + std::to_string(n) + "\n";
+  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core scaling");
+  auto params = vmx::experiment::load(doc);
+  timespec t0{}, t1{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+  auto result = vmx::experiment::run(params, yaml);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+  if (!result.finished) {
+    std::fprintf(stderr, "bench_core scaling: the workload did not finish\n");
+    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
+    return 1;
+  }
+  YAML::Node s = YAML::Load(result.stats_json);
+  double instructions = 0, memops = 0;
+  for (unsigned i = 0; i < cores; ++i) {
+    const YAML::Node cpu = s["system"]["cpu" + std::to_string(i)];
+    instructions += cpu["instructions"].as<double>(0);
+    memops += cpu["loads"].as<double>(0) + cpu["stores"].as<double>(0);
+  }
+  const double cpu_s = static_cast<double>(t1.tv_sec - t0.tv_sec) + static_cast<double>(t1.tv_nsec - t0.tv_nsec) / 1e9;
+  std::printf("scaling.cores: %u\n", cores);
+  std::printf("scaling.host_cpu_seconds: %.6f\n", cpu_s);
+  std::printf("scaling.updates: %llu\n", static_cast<unsigned long long>(n * cores));
+  std::printf("scaling.instructions: %.0f\n", instructions);
+  std::printf("scaling.memory_operations: %.0f\n", memops);
+  std::fflush(stdout);
+  return 0;
+}
+
 int usage() {
   std::fprintf(stderr,
                "usage: bench_core load [N]      host ns per load on the TLB-hit path (default N 20000000)\n"
@@ -545,13 +602,33 @@ int usage() {
                "       bench_core walk-nocache [N]  the same with every walk cache off\n"
                "       bench_core firsttouch [N]  host time of N first touches of guest pages (default 32768)\n"
                "       bench_core fastforward [N]  N random updates over 4 MiB, fast-forwarded (default 2000000)\n"
-               "       bench_core fastforward-detailed [N]  the same with full timing\n");
+               "       bench_core fastforward-detailed [N]  the same with full timing\n"
+               "       bench_core scaling C [N]  C cores, C vCPUs, N random updates over 128 KiB on each (default 200000)\n");
   return 2;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[1]) == "scaling") {
+    // scaling C [N]
+    if (argc > 4) return usage();
+    char* end = nullptr;
+    const unsigned long cores = std::strtoul(argv[2], &end, 10);
+    if (!end || *end || cores == 0 || cores > 64) return usage();
+    std::uint64_t n = 200'000;
+    if (argc == 4) {
+      n = std::strtoull(argv[3], &end, 10);
+      if (!end || *end || n == 0) return usage();
+    }
+    setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
+    try {
+      return bench_scaling(static_cast<unsigned>(cores), n);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_core scaling: %s\n", e.what());
+      return 1;
+    }
+  }
   if (argc < 2 || argc > 3) return usage();
   const std::string mode = argv[1];
   std::uint64_t n = 0;
