@@ -20,9 +20,10 @@
 //   bench_core fastforward [N]    a random_access workload of N updates run
 //                            fast-forwarded (functional) from start to end
 //   bench_core fastforward-detailed [N]  the same with full timing
-//   bench_core scaling C [N] C cores and a VM of C vCPUs, each running N random
-//                            updates over its own 128 KiB: host CPU time per
-//                            simulated operation against the core count
+//   bench_core scaling C [N [KIB]]  C cores and a VM of C vCPUs, each
+//                            running N random updates over its own KIB KiB
+//                            (default 128): host CPU time per simulated
+//                            operation against the core count
 //
 // SystemC elaborates one design per process, so each mode is its own process
 // (scripts/bench runs all three). Host time is std::chrono::steady_clock.
@@ -547,7 +548,7 @@ int bench_fastforward(std::uint64_t n, bool functional) {
 // The host time is the process's CPU time (steadier than wall time on a
 // loaded host); scripts/bench subtracts a short run for the marginal cost.
 
-int bench_scaling(unsigned cores, std::uint64_t n) {
+int bench_scaling(unsigned cores, std::uint64_t n, std::uint64_t kib) {
   const std::string c = std::to_string(cores);
   const std::string yaml = "seed: 1\n"
                            "duration: 1000s\n"
@@ -561,7 +562,7 @@ int bench_scaling(unsigned cores, std::uint64_t n) {
                            "    workloads:\n"
                            "      - type: random_access\n"
                            "        threads: " + c + "\n"
-                           "        working_set: 128KiB\n"
+                           "        working_set: " + std::to_string(kib) + "KiB\n"
                            "        updates: " + std::to_string(n) + "\n";
   auto doc = vmx::cfg::Document::from_string(yaml, "bench_core scaling");
   auto params = vmx::experiment::load(doc);
@@ -603,7 +604,8 @@ int usage() {
                "       bench_core firsttouch [N]  host time of N first touches of guest pages (default 32768)\n"
                "       bench_core fastforward [N]  N random updates over 4 MiB, fast-forwarded (default 2000000)\n"
                "       bench_core fastforward-detailed [N]  the same with full timing\n"
-               "       bench_core scaling C [N]  C cores, C vCPUs, N random updates over 128 KiB on each (default 200000)\n");
+               "       bench_core scaling C [N [KIB]]  C cores, C vCPUs, N random updates over KIB KiB on each\n"
+               "                                   (default 200000 over 128)\n");
   return 2;
 }
 
@@ -612,18 +614,23 @@ int usage() {
 int main(int argc, char** argv) {
   if (argc >= 3 && std::string(argv[1]) == "scaling") {
     // scaling C [N]
-    if (argc > 4) return usage();
+    if (argc > 5) return usage();
     char* end = nullptr;
     const unsigned long cores = std::strtoul(argv[2], &end, 10);
     if (!end || *end || cores == 0 || cores > 64) return usage();
     std::uint64_t n = 200'000;
-    if (argc == 4) {
+    if (argc >= 4) {
       n = std::strtoull(argv[3], &end, 10);
       if (!end || *end || n == 0) return usage();
     }
+    std::uint64_t kib = 128;
+    if (argc == 5) {
+      kib = std::strtoull(argv[4], &end, 10);
+      if (!end || *end || kib < 4 || kib > (1u << 20)) return usage();
+    }
     setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
     try {
-      return bench_scaling(static_cast<unsigned>(cores), n);
+      return bench_scaling(static_cast<unsigned>(cores), n, kib);
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench_core scaling: %s\n", e.what());
       return 1;

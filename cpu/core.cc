@@ -596,13 +596,6 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
   boundary();
   retire(1);
   ++m_stats.loads;
-  if (m_functional) [[unlikely]]
-    if (const std::uint8_t* h = ftlb_host(va, size, AccessType::Read)) {
-      std::uint64_t v = 0;
-      if (size == 8) std::memcpy(&v, h, 8);  // little-endian host (ftlb_frame)
-      else std::memcpy(&v, h, size);
-      return v;
-    }
   if (((va & 0xFFF) + size) > 0x1000) return access_slow(va, size, false, 0);
   std::uint64_t pa = va;
   m_op_size = size;
@@ -641,12 +634,6 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
     boundary();
     retire(1);
     ++m_stats.stores;
-    if (m_functional) [[unlikely]]
-      if (std::uint8_t* h = ftlb_host(va, size, AccessType::Write)) {
-        if (size == 8) std::memcpy(h, &value, 8);  // little-endian host (ftlb_frame)
-        else std::memcpy(h, &value, size);
-        return;
-      }
     if (((va & 0xFFF) + size) > 0x1000) {
       access_slow(va, size, true, value);
       return;
