@@ -37,14 +37,14 @@ constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a s
 // another core): the architectural operations act on the core that is
 // executing the context now, as a real vCPU's instructions execute on
 // whichever processor runs it. (The hypervisor's own contexts never move.)
-// Fast-forward (set_functional) with this core executing and no boundary
-// due: the direct paths of compute, load and store may serve the operation.
-#define VMX_FF_DIRECT() (m_functional && t_current == this && m_now < m_next_event)
-
 #define VMX_ON_EXECUTING_CORE(call)                                           \
   do {                                                                        \
     if (t_current && t_current != this) return t_current->call;               \
   } while (0)
+
+// Fast-forward (set_functional) with this core executing and no boundary
+// due: the direct paths of compute, load and store may serve the operation.
+#define VMX_FF_DIRECT() (m_functional && t_current == this && m_now < m_next_event)
 
 Core& Core::current() {
   if (!t_current) throw SimulationError("no core is executing software");
