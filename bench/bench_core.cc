@@ -26,6 +26,10 @@
 // With VMXSIM_BENCH_TIMING=1 every mode runs with the optional timing
 // features on (platform.cpu.store_buffer 56, platform.cpu.mshrs 10,
 // platform.dram.model dram): the hot paths must stay as fast with them.
+//   bench_core scaling C [N [KIB]]  C cores and a VM of C vCPUs, each
+//                            running N random updates over its own KIB KiB
+//                            (default 128): host CPU time per simulated
+//                            operation against the core count
 //
 // SystemC elaborates one design per process, so each mode is its own process
 // (scripts/bench runs all three). Host time is std::chrono::steady_clock.
@@ -608,6 +612,57 @@ int bench_mips(const std::string& path) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------
+// scaling: host cost per simulated operation against the number of simulated
+// cores. C cores, one VM of C vCPUs, a random_access workload of C threads
+// (one per vCPU), each doing N updates over its own 128 KiB table (it fits
+// each core's L2, so each core's simulated work is the same at every C).
+// Host time is wall-clock, as in the other modes (the process's CPU time
+// reads several times too low on the machine this was written on);
+// scripts/bench subtracts a short run for the marginal cost.
+
+int bench_scaling(unsigned cores, std::uint64_t n, std::uint64_t kib) {
+  const std::string c = std::to_string(cores);
+  const std::string yaml = "seed: 1\n"
+                           "duration: 1000s\n"
+                           "platform:\n"
+                           "  cores: " + c + "\n"
+                           "  memory: 2GiB\n"
+                           "vms:\n"
+                           "  - name: bench\n"
+                           "    vcpus: " + c + "\n"
+                           "    memory: 512MiB\n"
+                           "    workloads:\n"
+                           "      - type: random_access\n"
+                           "        threads: " + c + "\n"
+                           "        working_set: " + std::to_string(kib) + "KiB\n"
+                           "        updates: " + std::to_string(n) + "\n";
+  auto doc = vmx::cfg::Document::from_string(yaml, "bench_core scaling");
+  auto params = vmx::experiment::load(doc);
+  const auto t0 = Clock::now();
+  auto result = vmx::experiment::run(params, yaml);
+  const auto t1 = Clock::now();
+  if (!result.finished) {
+    std::fprintf(stderr, "bench_core scaling: the workload did not finish\n");
+    for (const auto& note : result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
+    return 1;
+  }
+  YAML::Node s = YAML::Load(result.stats_json);
+  double instructions = 0, memops = 0;
+  for (unsigned i = 0; i < cores; ++i) {
+    const YAML::Node cpu = s["system"]["cpu" + std::to_string(i)];
+    instructions += cpu["instructions"].as<double>(0);
+    memops += cpu["loads"].as<double>(0) + cpu["stores"].as<double>(0);
+  }
+  std::printf("scaling.cores: %u\n", cores);
+  std::printf("scaling.host_seconds: %.6f\n", seconds(t1 - t0));
+  std::printf("scaling.updates: %llu\n", static_cast<unsigned long long>(n * cores));
+  std::printf("scaling.instructions: %.0f\n", instructions);
+  std::printf("scaling.memory_operations: %.0f\n", memops);
+  std::fflush(stdout);
+  return 0;
+}
+
 int usage() {
   std::fprintf(stderr,
                "usage: bench_core load [N]      host ns per load on the TLB-hit path (default N 20000000)\n"
@@ -621,6 +676,8 @@ int usage() {
                "       bench_core fastforward [N]  N random updates over 4 MiB, fast-forwarded (default 2000000)\n"
                "       bench_core fastforward-detailed [N]  the same with full timing\n"
                "       bench_core mips CONFIG   instructions per host second of a whole config (a YAML file)\n"
+               "       bench_core scaling C [N [KIB]]  C cores, C vCPUs, N random updates over KIB KiB on each\n"
+               "                                   (default 200000 over 128)\n"
                "VMXSIM_BENCH_TIMING=1 turns on the store buffer, MSHRs and the DRAM model in every mode.\n");
   return 2;
 }
@@ -628,6 +685,30 @@ int usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (argc >= 3 && std::string(argv[1]) == "scaling") {
+    // scaling C [N]
+    if (argc > 5) return usage();
+    char* end = nullptr;
+    const unsigned long cores = std::strtoul(argv[2], &end, 10);
+    if (!end || *end || cores == 0 || cores > 64) return usage();
+    std::uint64_t n = 200'000;
+    if (argc >= 4) {
+      n = std::strtoull(argv[3], &end, 10);
+      if (!end || *end || n == 0) return usage();
+    }
+    std::uint64_t kib = 128;
+    if (argc == 5) {
+      kib = std::strtoull(argv[4], &end, 10);
+      if (!end || *end || kib < 4 || kib > (1u << 20)) return usage();
+    }
+    setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);
+    try {
+      return bench_scaling(static_cast<unsigned>(cores), n, kib);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench_core scaling: %s\n", e.what());
+      return 1;
+    }
+  }
   if (argc < 2 || argc > 3) return usage();
   const std::string mode = argv[1];
   setenv("SYSTEMC_DISABLE_COPYRIGHT_MESSAGE", "1", 0);

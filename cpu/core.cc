@@ -42,6 +42,10 @@ constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a s
     if (t_current && t_current != this) return t_current->call;               \
   } while (0)
 
+// Fast-forward (set_functional) with this core executing and no boundary
+// due: the direct paths of compute, load and store may serve the operation.
+#define VMX_FF_DIRECT() (m_functional && t_current == this && m_now < m_next_event)
+
 Core& Core::current() {
   if (!t_current) throw SimulationError("no core is executing software");
   return *t_current;
@@ -144,6 +148,7 @@ void Core::run() {
 }
 
 void Core::yield(Yield why) {
+  flush_retired();
   m_yield = why;
   sim::Fiber::switch_to(*m_current, *m_kernel_fiber);
 }
@@ -380,6 +385,10 @@ void Core::smt_update() {
 }
 
 void Core::compute(std::uint64_t instructions) {
+  if (VMX_FF_DIRECT()) [[unlikely]] {
+    retire(instructions);  // what boundary() and retire() do when no boundary is due
+    return;
+  }
   try {
     VMX_ON_EXECUTING_CORE(compute(instructions));
     boundary();
@@ -398,9 +407,11 @@ void Core::update_context() {
 }
 
 void Core::set_functional(bool on) {
+  flush_retired();
   m_functional = on;
   if (on && !m_ftlb) m_ftlb = std::make_unique<std::array<FtlbEntry, 3 * kFtlbEntries>>();
   ftlb_flush();
+  update_retire_batch();
 }
 
 // A hit needs the same page, type and generation: the MMU made this very
@@ -411,11 +422,21 @@ bool Core::translate_functional(std::uint64_t va, AccessType type, std::uint64_t
   FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
   if (e.gen == m_ftlb_gen && e.page == page) {
     pa = e.pa_page | (va & 0xFFF);
+    if (!e.host) e.host = ftlb_frame(e.pa_page);  // written since (by this access, at the latest the next)
     return true;
   }
   if (!m_mmu.translate(va, type, pa, m_now)) return translation_fault(va);
-  e = {page, pa & ~0xFFFull, m_ftlb_gen};
+  e = {page, pa & ~0xFFFull, m_ftlb_gen, ftlb_frame(pa & ~0xFFFull)};
   return true;
+}
+
+// Frames are never freed (models/phys_mem.h), so the pointer stays valid
+// for as long as the entry does. An address with a key ID is outside RAM
+// here: encrypted accesses keep their own path.
+std::uint8_t* Core::ftlb_frame(std::uint64_t pa_page) const {
+  if (!kHostLittleEndian || !m_w.mem->contains(pa_page, 0x1000) || !m_w.mem->frame_if_present(pa_page))
+    return nullptr;
+  return m_w.mem->frame(pa_page);
 }
 
 bool Core::translation_fault(std::uint64_t va) {
@@ -521,7 +542,23 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
   --m_pml_index;
 }
 
+// Fast-forward's direct load and store (VMX_FF_DIRECT, ftlb_host): what
+// the full path does for a RAM access the functional translation cache
+// holds when no boundary is due (boundary() does nothing; retire, the
+// statistic, the bytes), without its calls.
+#define VMX_FF_LOAD(h, size)                                         \
+  do {                                                               \
+    retire(1);                                                       \
+    ++m_stats.loads;                                                 \
+    std::uint64_t v = 0;                                             \
+    if ((size) == 8) std::memcpy(&v, (h), 8); /* little-endian host */ \
+    else std::memcpy(&v, (h), (size));                               \
+    return v;                                                        \
+  } while (0)
+
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
+  if (VMX_FF_DIRECT()) [[unlikely]]
+    if (const std::uint8_t* h = ftlb_host(va, size, AccessType::Read)) VMX_FF_LOAD(h, size);
   try {
     VMX_ON_EXECUTING_CORE(load(va, size));
     return load_impl<false>(va, size);
@@ -531,6 +568,8 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
 }
 
 std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
+  if (VMX_FF_DIRECT()) [[unlikely]]  // functional: no MSHRs, no overlap to model
+    if (const std::uint8_t* h = ftlb_host(va, size, AccessType::Read)) VMX_FF_LOAD(h, size);
   try {
     VMX_ON_EXECUTING_CORE(load_independent(va, size));
     if (m_p.mshrs == 0) return load_impl<false>(va, size);
@@ -606,6 +645,14 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
+  if (VMX_FF_DIRECT()) [[unlikely]]
+    if (std::uint8_t* h = ftlb_host(va, size, AccessType::Write)) {
+      retire(1);
+      ++m_stats.stores;
+      if (size == 8) std::memcpy(h, &value, 8);  // little-endian host (ftlb_frame)
+      else std::memcpy(h, &value, size);
+      return;
+    }
   try {
     VMX_ON_EXECUTING_CORE(store(va, value, size));
     boundary();
@@ -1144,8 +1191,10 @@ void Core::msr_root_write(std::uint32_t msr, std::uint64_t value) {
       if (m_w.send_ipi) m_w.send_ipi(static_cast<std::uint32_t>(value >> 32), static_cast<std::uint8_t>(value & 0xFF));
       return;
     default:
+      flush_retired();  // what retired before the write is not the PMU's new counting
       if (pmu::Pmu::owns(msr) && m_pmu.write(msr, value)) {
         pmu_rearm();
+        update_retire_batch();
         return;
       }
       if (rdt_write(msr, value)) return;
@@ -2143,6 +2192,7 @@ VmExit Core::vm_entry(bool launch) {
   m_mtf_boundaries = (m_proc & proc::kMonitorTrapFlag) ? (!launch && v.exited_at_boundary() ? 1 : 0) : -1;
   ++m_stats.vm_entries;
   if ((m_vcpu_listener = v.observer())) m_events.attach(*m_vcpu_listener);
+  update_retire_batch();
   if (m_events.wants(events::kVmEntry)) [[unlikely]] m_events.vm_entry({m_vmcs_pa, m_now, m_vpid, launch});
   recompute_next_event();
 
@@ -2156,6 +2206,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
                    std::uint32_t intr_info, std::uint32_t intr_error) {
   Vmcs& v = *m_vmcs;
   auto r = static_cast<unsigned>(reason);
+  flush_retired();  // the guest's instructions, before the observer detaches
+  m_retire_batch = false;
   ++m_stats.vm_exits;
   if (!m_exit_counters[r])
     m_exit_counters[r] = &m_exit_group->make<stats::Counter>(exit_reason_name(r), "exits", "VM exits for this reason");

@@ -246,6 +246,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// repeated translations without the TLB model.
   void set_functional(bool on);
   bool functional() const { return m_functional; }
+  /// Fast-forward: hands the listeners the instructions retired since the
+  /// last report (see retire); the experiment calls it before it reads or
+  /// resets statistics. Nothing in full timing, where nothing is held back.
+  void flush_retired() {
+    if (m_retired_pending) {
+      m_events.retired({m_retired_pending, true});
+      m_retired_pending = 0;
+    }
+  }
 
   // ---- Architectural operations ------------------------------------------
   void compute(std::uint64_t instructions);
@@ -451,7 +460,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
     m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
     m_stats.instructions += instructions;
     if (m_non_root) m_stats.guest_instructions += instructions;
-    if (m_events.wants(events::kRetired)) [[unlikely]] m_events.retired({instructions, m_non_root});
+    if (m_events.wants(events::kRetired)) [[unlikely]] {
+      if (m_retire_batch) m_retired_pending += instructions;  // fast-forward (flush_retired)
+      else m_events.retired({instructions, m_non_root});
+    }
   }
   /// SMT: closes the interval since the last check and picks the CPI for
   /// the sibling's current state (slow path only).
@@ -500,11 +512,32 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// dirty flags are already set), direct mapped, all dropped at once by
   /// bumping the generation whenever the MMU's context changes or any TLB
   /// invalidation happens, so it never holds what the TLBs could not.
+  /// `host` is the page's host bytes when it is RAM whose frame exists
+  /// (null otherwise, and then filled once the frame exists): fast-forward's
+  /// loads and stores go straight there (ftlb_host).
   struct FtlbEntry {
     std::uint64_t page = 0, pa_page = 0, gen = 0;
+    std::uint8_t* host = nullptr;
   };
   static constexpr unsigned kFtlbEntries = 2048;
   void ftlb_flush() { ++m_ftlb_gen; }
+  /// The host frame behind the RAM page at pa_page, or null (not RAM, or
+  /// never written).
+  std::uint8_t* ftlb_frame(std::uint64_t pa_page) const;
+  /// Fast-forward's direct path for a load or store of `size` bytes at va:
+  /// the host bytes when the functional translation cache holds the page
+  /// for `type` with its frame, else null (and the ordinary path serves the
+  /// access: translation, MMIO, a page crossed, a frame not yet written).
+  /// What the ordinary path would do in functional mode, minus its checks:
+  /// the entry was made by a successful translation of a RAM page, and a
+  /// functional access costs nothing beyond its CPI.
+  std::uint8_t* ftlb_host(std::uint64_t va, unsigned size, mmu::AccessType type) const {
+    if (((va & 0xFFF) + size) > 0x1000) return nullptr;
+    const std::uint64_t page = va >> 12;
+    const FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
+    if (e.gen != m_ftlb_gen || e.page != page || !e.host) return nullptr;
+    return e.host + (va & 0xFFF);
+  }
   bool translation_fault(std::uint64_t va);
   // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
@@ -613,6 +646,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   bool m_functional = false;     // fast-forward: no cache hierarchy (set_functional)
   std::unique_ptr<std::array<FtlbEntry, 3 * kFtlbEntries>> m_ftlb;  // by AccessType, then page
   std::uint64_t m_ftlb_gen = 1;
+  // Fast-forward in the guest with the vCPU's observer as the only listener
+  // to retired instructions (it only sums them): retire() adds them up here
+  // instead of reporting each operation, and flush_retired() reports the
+  // sum at the next VM exit, yield to SystemC, PMU change or statistics read.
+  bool m_retire_batch = false;
+  std::uint64_t m_retired_pending = 0;
+  void update_retire_batch() {
+    m_retire_batch = m_functional && m_non_root && m_vcpu_listener && m_events.listening(events::kRetired) == 1;
+  }
   bool m_smt_shared = false;     // the sibling executed at the last check
   std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;
 

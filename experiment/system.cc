@@ -578,6 +578,8 @@ struct Session::System {
 
   /// Brings every hypervisor's time accounting up to date.
   void flush_accounting() {
+    for (auto& h : hosts)
+      for (cpu::Core* c : h->platform->cores()) c->flush_retired();  // fast-forward holds some back
     for (auto& h : hosts) h->hypervisor->flush_accounting();
     for (auto& h : guest_hypervisors) h->flush_accounting();
   }

@@ -185,6 +185,12 @@ class Dispatcher {
   /// The hot-path test: does anyone listen to `k`?
   bool wants(Kind k) const { return (m_any & bit(k)) != 0; }
   bool wants_any(Mask m) const { return (m_any & m) != 0; }
+  /// How many attached listeners want `k` (not for hot paths).
+  unsigned listening(Kind k) const {
+    unsigned n = 0;
+    each(bit(k), [&](Listener&) { ++n; });
+    return n;
+  }
 
   // Dispatch, out of line: a source's fast path keeps only the wants()
   // test, and its call here is a tail call (payloads go by value).

@@ -66,6 +66,11 @@ TEST_CASE("a fast-forwarded run computes what a run with full timing computes") 
   CHECK(all.at("system.cpu0_mem.reads") == 0);
   CHECK(all.at("system.cpu0_mem.writes") == 0);
   CHECK(all.at("vm.t.workload0.operations") == 60000);
+  // The vCPU's observer receives the guest's instructions in sums (at exits
+  // and synchronizations) while fast-forwarding: none is lost or counted
+  // twice, as with full timing, where each operation reports its own.
+  CHECK(all.at("vm.t.vcpu0.instructions") == all.at("system.cpu0.guest_instructions"));
+  CHECK(detailed.at("vm.t.vcpu0.instructions") == detailed.at("system.cpu0.guest_instructions"));
   // Loads and stores cost only their CPI: the same work takes less
   // simulated time than with full timing.
   CHECK(all.at("sim.seconds") < detailed.at("sim.seconds"));
@@ -105,4 +110,6 @@ vms:
   CHECK(ff.at("vm.t.workload0.operations") == 40);
   CHECK(ff.at("vm.t.workload1.operations") == 50);
   CHECK(ff.at("vm.t.workload2.checksum") == detailed.at("vm.t.workload2.checksum"));
+  CHECK(ff.at("vm.t.vcpu0.instructions") + ff.at("vm.t.vcpu1.instructions") ==
+        ff.at("system.cpu0.guest_instructions") + ff.at("system.cpu1.guest_instructions"));
 }
