@@ -87,3 +87,9 @@ TEST_CASE("S17: the handshake without the IOMMU's dirty flags is refused at load
   CHECK(r.exit_code == 2);
   CHECK(r.err.find("migrations[0].vf_handshake") != std::string::npos);
 }
+
+TEST_CASE("S17: post-copy of a VM with a VF is refused at load, naming the key", "[s17][migration][config]") {
+  const CliRun r = run_cli(read_text(kScenarios + "s17_vf_migration.yaml"), {"--set", "migrations[0].mode=postcopy"});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("migrations[0].mode") != std::string::npos);
+}
