@@ -250,13 +250,13 @@ void Core::slow_boundary() {
 
 // Event injection (SDM Vol. 3C, 26.6): the event is delivered through the
 // guest IDT before the guest executes anything after VM entry.
-void Core::deliver_injected_event() {
+void Core::deliver_injected_event(bool skips_op) {
   if (!m_non_root || !m_pending_injection) return;
   std::uint32_t info = m_pending_injection;
   std::uint32_t err = m_pending_injection_error;
   m_pending_injection = 0;
   std::uint32_t type = info & (7u << 8);
-  deliver(m_idt, type == intr::kTypeHardwareException, static_cast<std::uint8_t>(info & 0xFF), err);
+  deliver(m_idt, type == intr::kTypeHardwareException, static_cast<std::uint8_t>(info & 0xFF), err, skips_op);
 }
 
 void Core::take_pending_interrupt() {
@@ -284,7 +284,8 @@ void Core::take_pending_interrupt() {
   deliver(m_idt, false, static_cast<std::uint8_t>(v), 0);
 }
 
-void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code) {
+void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code,
+                   bool skips_op) {
   if (!h) {
     if (m_non_root) {
       // No IDT: the guest cannot deliver the event; a real processor would
@@ -319,14 +320,24 @@ void Core::deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std
   update_context();
   if (exception) h->exception(*this, vector, error_code);
   else h->interrupt(*this, vector);
-  pmu_sync();
-  m_regs = saved_regs;
-  m_cpl = saved_cpl;
-  m_if = saved_if;
-  m_ac = saved_ac;  // IRET reloads RFLAGS; delivery itself leaves AC (a handler clears it, as Linux's do)
-  m_op_done = op_done;
-  update_context();
-  recompute_next_event();
+  // IRET, by the core that executes the fiber now. A vCPU may have left
+  // this core inside the handler (one of the handler's operations exited,
+  // and a VM entry on another core, or another host, resumed it there:
+  // CoreMoved restarted that operation there). The interrupted context is
+  // then restored there, and the interrupted operation, whose frames below
+  // belong to this core, starts over there too: nothing of it took effect
+  // here (an interrupt is taken at a boundary, before the operation; a #PF
+  // leaves the access to be retried).
+  Core& now = current();
+  now.pmu_sync();
+  now.m_regs = saved_regs;
+  now.m_cpl = saved_cpl;
+  now.m_if = saved_if;
+  now.m_ac = saved_ac;  // IRET reloads RFLAGS; delivery itself leaves AC (a handler clears it, as Linux's do)
+  now.m_op_done = op_done;
+  now.update_context();
+  now.recompute_next_event();
+  if (&now != this && !skips_op && !op_done) throw CoreMoved{};
 }
 
 void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error,
@@ -350,7 +361,9 @@ void Core::raise_exception(std::uint8_t vector, std::uint32_t error_code, bool h
     }
   }
   if (vector == vec::kPageFault) m_cr2 = fault_address;
-  deliver(m_idt, true, vector, error_code);
+  // After a #PF the access is retried; after the others the operation
+  // returns without its effect (the handler dealt with it).
+  deliver(m_idt, true, vector, error_code, vector != vec::kPageFault);
 }
 
 // ---------------------------------------------------------------------------
@@ -2303,7 +2316,7 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
   // operation completes or retries.
   Core& now = current();
   now.m_sti_shadow = false;
-  now.deliver_injected_event();
+  now.deliver_injected_event(/*skips_op=*/!retry_elsewhere);
   // Resumed on another core with the exiting operation not completed (an
   // exit at an operation boundary, or an EPT violation to retry): it starts
   // over on the executing core (caught by the operation's entry point),

@@ -576,9 +576,17 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// `fault_address` is the linear address of a #PF (CR2 when delivered).
   void raise_exception(std::uint8_t vector, std::uint32_t error_code, bool has_error,
                        std::uint64_t fault_address = 0);
-  void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code);
+  /// Runs the handler `h` on the interrupted fiber, then returns from it
+  /// (IRET) on the core executing by then. A handler whose own operation
+  /// exited and was resumed on another core (a vCPU moved, cpu::CoreMoved)
+  /// returns there: the interrupted operation starts over on that core
+  /// (CoreMoved again) unless `skips_op`, an exception after which the
+  /// faulting operation does not go on (it returns at once).
+  void deliver(InterruptHandler* h, bool exception, std::uint8_t vector, std::uint32_t error_code,
+               bool skips_op = false);
   void take_pending_interrupt();
-  void deliver_injected_event();
+  /// `skips_op` as for deliver(): the interrupted operation is complete.
+  void deliver_injected_event(bool skips_op = false);
   // Posted interrupts and virtual-interrupt delivery (SDM Vol. 3C, 30.2, 30.6).
   bool virtual_interrupt_recognized() const {
     // Evaluation of pending virtual interrupts (30.2.1) with VTPR taken as

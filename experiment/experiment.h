@@ -363,11 +363,11 @@ struct MigrationParams {
             "precopy: iterative pre-copy, then stop-and-copy; postcopy: after postcopy_after pre-copy rounds the "
             "VM resumes at the destination with only its vCPU state, and the pages it lacks are fetched on its "
             "EPT violations while the source pushes the rest (QEMU's postcopy-ram).");
-    v.param(postcopy_after, "postcopy_after", "1", Spec().at_least(1),
+    v.param(postcopy_after, "postcopy_after", "1", Spec(),
             "With mode postcopy: pre-copy rounds before switching to post-copy (as QEMU's migrate-start-postcopy "
-            "issued after that many passes; assumption: after the first, which sends every page). If a round "
-            "converges by the downtime rule first, the migration ends as pre-copy. (0, post-copy at once, is not "
-            "offered: docs/migration.md, \"Not modelled\".)");
+            "issued after that many passes; assumption: after the first, which sends every page). 0: post-copy "
+            "at once, every page travels after the VM resumes. If a round converges by the downtime rule first, "
+            "the migration ends as pre-copy.");
     v.param(postcopy_bandwidth, "postcopy_bandwidth", "0", Spec(Unit::Bytes),
             "With mode postcopy: bytes per second of the source's background push (QEMU's "
             "max-postcopy-bandwidth, default 0: unlimited); pages a fault requests are sent at once.");

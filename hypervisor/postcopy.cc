@@ -87,8 +87,13 @@ bool Hypervisor::mig_options_start(Core& c, Vm& vm) {
   p.stats = std::make_unique<PostcopyOut::Stats>(m.stats.get());
   p.scratch = alloc_host_frame();
   m_host_nic->attach(m.spec.src_mac, &p);  // the return path: the destination's requests
-  (void)c;
-  return false;  // post-copy follows at least one pre-copy round (postcopy_after >= 1)
+  if (m.spec.postcopy_after) return false;
+  // Post-copy at once: no pre-copy round, the VM is paused now.
+  p.on = true;
+  m.phase = MigrationOut::Phase::Pausing;
+  m.pause_tsc = c.rdtsc();
+  vm.mig_pausing = true;
+  return true;
 }
 
 bool Hypervisor::mig_round_end(Core& c, Vm& vm, std::uint64_t dirtied) {
