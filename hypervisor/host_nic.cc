@@ -80,14 +80,34 @@ void HostNic::init(cpu::Core& c) {
   // MSI-X entry 0: fixed delivery, physical destination = the APIC ID of
   // host_nic.core (address bits 19:12), vector in data bits 7:0 (SDM Vol.
   // 3A, 11.11.1-2); only receive interrupts, TX completions are reaped.
-  mmio_write(c, reg::kMsixAddrLo, static_cast<std::uint32_t>(kMsiBase | (m_p.core << 12)));
-  mmio_write(c, reg::kMsixAddrHi, 0);
-  mmio_write(c, reg::kMsixData, static_cast<std::uint32_t>(m_p.vector));
+  // (Or the remappable-format message set_msi gave, when the hypervisor
+  // turned interrupt remapping on before this.)
+  if (!m_msi_address) {
+    m_msi_address = kMsiBase | (m_p.core << 12);
+    m_msi_data = static_cast<std::uint32_t>(m_p.vector);
+  }
+  mmio_write(c, reg::kMsixAddrLo, static_cast<std::uint32_t>(m_msi_address));
+  mmio_write(c, reg::kMsixAddrHi, static_cast<std::uint32_t>(m_msi_address >> 32));
+  mmio_write(c, reg::kMsixData, m_msi_data);
   mmio_write(c, reg::kIntEnable, reg::kCauseRx);
   mmio_write(c, reg::kMsixCtrl, 0);
   mmio_write(c, reg::kCtrl, reg::kCtrlTxEn | reg::kCtrlRxEn | reg::kCtrlUpe);
   m_tx_tail = m_tx_clean = m_rx_next = 0;
   m_ready = true;
+}
+
+void HostNic::mask_msi(cpu::Core& c) {
+  if (m_ready) mmio_write(c, reg::kMsixCtrl, 1);
+}
+
+void HostNic::set_msi(cpu::Core& c, std::uint64_t address, std::uint32_t data) {
+  m_msi_address = address;
+  m_msi_data = data;
+  if (!m_ready) return;
+  mmio_write(c, reg::kMsixAddrLo, static_cast<std::uint32_t>(address));
+  mmio_write(c, reg::kMsixAddrHi, static_cast<std::uint32_t>(address >> 32));
+  mmio_write(c, reg::kMsixData, data);
+  mmio_write(c, reg::kMsixCtrl, 0);
 }
 
 // Completed TX descriptors: the NIC writes DD back in order (docs/io.md).

@@ -112,6 +112,16 @@ class HostNic {
   /// Free TX descriptors now, after reaping completed ones (a sender that
   /// must not lose frames checks before it transmits).
   unsigned tx_free(cpu::Core& c);
+  /// Moving the PF's interrupt to another message format while the PF runs
+  /// (interrupt remapping turned on: VT-d 5.1, a compatibility-format
+  /// message is then blocked). mask_msi sets the MSI-X entry's mask bit, so
+  /// that an interrupt meanwhile waits in its pending bit; set_msi writes
+  /// the new address and data and clears the mask, which sends a pending
+  /// message in the new format (PCIe 5.0, 6.1.4.5). Before init, set_msi
+  /// only keeps the message for init to program.
+  void mask_msi(cpu::Core& c);
+  void set_msi(cpu::Core& c, std::uint64_t address, std::uint32_t data);
+
   /// The PF's interrupt (on core(), from the hypervisor's host_interrupt):
   /// acknowledges the cause, receives and switches every completed RX
   /// descriptor, hands the buffers back.
@@ -147,6 +157,9 @@ class HostNic {
   LockStats m_tx_lock_stats{&m_stats, "tx_lock", "the TX lock (hypervisor/spinlock.h)"};
   bool m_ready = false;
   std::uint64_t m_mac = 0;
+  // The MSI-X message; 0: init's compatibility-format message to core().
+  std::uint64_t m_msi_address = 0;
+  std::uint32_t m_msi_data = 0;
   std::uint64_t m_tx_ring = 0, m_rx_ring = 0, m_tx_bufs = 0, m_rx_bufs = 0;
   TicketLock m_tx_lock;  // serializes transmitters (word in hypervisor memory)
   std::uint32_t m_tx_tail = 0, m_tx_clean = 0, m_rx_next = 0;

@@ -43,6 +43,9 @@ constexpr std::uint8_t kVfHostVectorBase = 0x60;
 constexpr unsigned kIrtSizeCode = 7;
 /// Domain ID of the host's pass-through context entries (VMs use index + 1).
 constexpr std::uint16_t kHostDomain = 0;
+/// IRTE of the PF's own interrupt (the hypervisor's PF driver); VF i uses
+/// entry i, and VF indices stop at 254.
+constexpr std::uint16_t kPfIrte = 0xFF;
 }  // namespace
 
 void Hypervisor::attach_io(const IoPlatform& io) {
@@ -174,9 +177,27 @@ void Hypervisor::assign_vf(Core& c, Vm& vm) {
     c.store(irte, iommu::irte::remapped_lo(target.core, host_vector));
     ++pt.stats.remapped_irtes;
   }
-  if (!pt.driver.interrupt_remapping())
+  if (!pt.driver.interrupt_remapping()) {
+    // Once remapping is on, the unit blocks compatibility-format messages
+    // (VT-d 5.1.2.1; CFI stays off, as Linux leaves it in x2APIC mode), so
+    // the PF's own interrupt, which the hypervisor's PF driver programmed
+    // in that format, moves to an IRTE of its own (remapped to the same
+    // vector and core), as every MSI goes through the remapping domain in
+    // Linux. Masked across the switch: an interrupt meanwhile waits in the
+    // PF's pending bit and is sent in the new format at the unmask.
+    std::uint64_t pf_msi = 0;
+    if (m_host_nic) {
+      const auto pf_rid =
+          static_cast<std::uint16_t>(static_cast<std::uint32_t>(c.load(m_io.nic_mmio_base + models::nicreg::kId, 4)) >> 16);
+      const std::uint64_t e = pt.irt + 16ull * kPfIrte;
+      c.store(e + 8, iommu::irte::hi_sid(pf_rid));
+      c.store(e, iommu::irte::remapped_lo(m_host_nic->core(), m_host_nic->vector()));
+      m_host_nic->mask_msi(c);
+      pf_msi = iommu::irte::msi_address(kPfIrte);
+    }
     pt.driver.enable_interrupt_remapping(c, pt.irt, kIrtSizeCode, /*eime=*/true);
-  else
+    if (m_host_nic) m_host_nic->set_msi(c, pf_msi, 0);
+  } else
     pt.driver.flush_irte(c, static_cast<std::uint16_t>(vm.vf & 0xFF));
   const std::uint64_t msi = iommu::irte::msi_address(static_cast<std::uint16_t>(vm.vf & 0xFF));
   c.store(window + models::nicreg::kMsixAddrLo, msi & 0xFFFFFFFFu, 4);
