@@ -855,8 +855,7 @@ class Hypervisor {
   struct PostcopyOut;
   struct PostcopyIn;
   /// At the migration's start: sets up auto-converge and post-copy; true if
-  /// the VM is to be paused at once (never, for now: post-copy follows at
-  /// least one pre-copy round).
+  /// the VM is being paused at once (post-copy with postcopy_after 0).
   bool mig_options_start(cpu::Core& c, Vm& vm);
   /// At the end of a pre-copy round that dirtied `dirtied` pages:
   /// auto-converge's decision, and whether post-copy is due now.
