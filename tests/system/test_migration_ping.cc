@@ -1,0 +1,102 @@
+// S8 with a network (docs/migration.md, "A switch between the hosts", "The
+// network peer's ping", "Self-announce"): three hosts and the network peer
+// on one switch; the peer pings a VM (a net_echo program behind its VF)
+// while it moves from host a to host b. The peer's longest gap without a
+// reply covers the hypervisors' downtime; the replies come back from host
+// b's VF once the destination's self-announce has moved the VM's MAC in the
+// switch's table. Without the announcement the requests keep going to host
+// a until the VM itself sends a frame from host b.
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "system/cli_harness.h"
+
+using vmx::test::read_text;
+using vmx::test::run_cli;
+using vmx::test::CliRun;
+
+namespace {
+const std::string kConfig = std::string(VMXSIM_SOURCE_DIR) + "/configs/scenarios/s8_ping.yaml";
+const std::string kPing = "network.peer.ping.";
+const std::string kIn = "host.b.vm.web.migration_in.";
+
+CliRun run(const std::vector<std::string>& sets = {}) {
+  std::vector<std::string> args;
+  for (const std::string& s : sets) {
+    args.push_back("--set");
+    args.push_back(s);
+  }
+  auto r = run_cli(read_text(kConfig), args);
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  return r;
+}
+constexpr double kIntervalNs = 100'000;  // network.peer.interval
+}  // namespace
+
+TEST_CASE("S8 ping: the peer's gap covers the downtime and the replies resume from host b after the announcement",
+          "[s8][migration][network]") {
+  const CliRun r = run();
+  REQUIRE(r.at(kIn + "resumed") == 1);
+  const double downtime = r.at(kIn + "downtime_ns");
+  const double gap = r.at(kPing + "max_gap_ns");
+  INFO("downtime " << downtime << " ns, gap " << gap << " ns, from " << r.at(kPing + "max_gap_from_ns"));
+  // The VM answered before and after the migration.
+  CHECK(r.at(kPing + "replies") > 50);
+  CHECK(r.at("host.a.system.nic.vf0.tx_packets") > 0);
+  // The guest-visible gap: at least the downtime, at most the downtime and
+  // a few ping intervals (a request due just after the pause, the
+  // announcement, the guest's first run on host b).
+  CHECK(gap >= downtime);
+  CHECK(gap <= downtime + 3 * kIntervalNs);
+  // The replies after the migration come from host b's VF: its NIC counts
+  // the requests received and the replies sent, and they continue to the
+  // end of the run.
+  CHECK(r.at("host.b.system.nic.vf0.rx_packets") > 20);
+  CHECK(r.at("host.b.system.nic.vf0.tx_packets") > 20);
+  CHECK(r.at(kPing + "last_reply_ns") > r.at("sim.seconds") * 1e9 - 2 * kIntervalNs);
+  // The announcement moved the VM's MAC to host b's port of the switch.
+  CHECK(r.at("host.b.vm.web.announce.frames") >= 1);
+  CHECK(r.at("network.switch.moves") == 1);
+  CHECK(r.at("network.switch.port.b.learned") >= 1);
+  // Requests lost: those sent during the gap, no more.
+  CHECK(r.at(kPing + "lost") >= 1);
+  CHECK(r.at(kPing + "lost") <= gap / kIntervalNs + 1);
+  CHECK(r.at("migration_check.web.mismatched") == 0);
+}
+
+TEST_CASE("S8 ping: without the announcement the replies stop until the VM itself sends from host b",
+          "[s8][migration][network]") {
+  SECTION("the VM only answers: no reply after the migration") {
+    const CliRun r = run({"migrations[0].announce=false"});
+    REQUIRE(r.at(kIn + "resumed") == 1);
+    // The switch still sends the requests to host a, whose VF 0 is no
+    // longer the VM's: it drops them in hardware.
+    CHECK(r.at("network.switch.moves") == 0);
+    CHECK(r.at("host.b.system.nic.vf0.rx_packets") == 0);
+    CHECK(r.at("host.b.system.nic.vf0.tx_packets") == 0);
+    CHECK(r.at("host.a.system.nic.vf0.rx_discards") > 20);
+    CHECK(r.at(kPing + "last_reply_ns") < r.at(kIn + "total_ns") + 4e6);  // before the migration's end
+    CHECK(r.at(kPing + "lost") > 40);
+  }
+  SECTION("a frame of the VM's own, every 1 ms, teaches the switch") {
+    const CliRun with = run();
+    const CliRun r =
+        run({"migrations[0].announce=false",
+             "hosts[0].vms[0].workloads[1]={type: net_stream, size: 64, frames: 0, gap: 1ms, to: peer}"});
+    REQUIRE(r.at(kIn + "resumed") == 1);
+    CHECK(r.at("network.switch.moves") == 1);
+    CHECK(r.at("host.b.system.nic.vf0.rx_packets") > 0);
+    // The gap now lasts until the VM's first frame from host b: longer than
+    // with the announcement, at most a stream period more than the downtime
+    // and the ping's slack.
+    const double downtime = r.at(kIn + "downtime_ns");
+    const double gap = r.at(kPing + "max_gap_ns");
+    INFO("downtime " << downtime << " ns, gap " << gap << " ns, with the announcement "
+                     << with.at(kPing + "max_gap_ns"));
+    CHECK(gap > with.at(kPing + "max_gap_ns"));
+    CHECK(gap >= downtime);
+    CHECK(gap <= downtime + 1e6 + 3 * kIntervalNs);
+  }
+}
