@@ -71,7 +71,10 @@ void EthSwitch::ingress(Port& in, Packet&& p) {
   if (!group_address(src)) {
     auto [it, fresh] = m_table.try_emplace(src, in.index);
     if (fresh || it->second != in.index) {
-      if (!fresh) ++m_stats.moves;
+      if (!fresh) {
+        ++m_stats.moves;
+        m_stats.last_move_ns.set(static_cast<double>(sc_core::sc_time_stamp().value() / 1000));
+      }
       it->second = in.index;
       ++in.stats->learned;
       m_stats.table_entries.set(static_cast<double>(m_table.size()));

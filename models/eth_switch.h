@@ -75,6 +75,7 @@ struct SwitchStats : stats::Group {
   stats::Counter filtered{this, "filtered", "frames", "frames whose destination was learned on their own port"};
   stats::Counter moves{this, "moves", "events", "learned MACs seen again on another port (the table entry moved)"};
   stats::Gauge table_entries{this, "table_entries", "entries", "MAC addresses in the table"};
+  stats::Gauge last_move_ns{this, "last_move_ns", "ns", "simulated time at which a MAC last moved to another port"};
 };
 
 class EthSwitch : public sc_core::sc_module {
