@@ -113,3 +113,31 @@ TEST_CASE("S8 ping: without the announcement the replies stop until the VM itsel
     CHECK(gap > r.at(kIn + "downtime_ns") + 3 * kIntervalNs);
   }
 }
+
+TEST_CASE("S8 ping: a switch, peer or announcement the topology cannot have is a config error naming the key",
+          "[s8][migration][network][config]") {
+  auto expect = [](const std::vector<std::string>& sets, const std::string& path, const std::string& words) {
+    std::vector<std::string> args;
+    for (const std::string& s : sets) {
+      args.push_back("--set");
+      args.push_back(s);
+    }
+    const auto r = run_cli(read_text(kConfig), args);
+    INFO(r.err);
+    CHECK(r.exit_code == 2);
+    CHECK(r.err.find("config error") != std::string::npos);
+    CHECK(r.err.find(path) != std::string::npos);
+    CHECK(r.err.find(words) != std::string::npos);
+  };
+  // Three hosts need the switch; the peer needs it too.
+  expect({"network.switch.enabled=false", "network.peer.enabled=false"}, "hosts", "network.switch.enabled");
+  expect({"network.switch.enabled=false", "migrations=[]",
+          "hosts=[{name: a, platform: {memory: 256MiB, nic: {enabled: true}}}, "
+          "{name: b, platform: {memory: 256MiB, nic: {enabled: true}}}]"},
+         "network.peer.enabled", "switch");
+  // The announcement is sent from a VF's MAC.
+  expect({"hosts[0].vms[0].nic={type: none}", "hosts[0].vms[0].workloads=[{type: compute}]"},
+         "migrations[0].announce", "VF");
+  // The ping mode's interval has its bound in its unit.
+  expect({"network.peer.interval=1ns"}, "network.peer.interval", "at least");
+}
