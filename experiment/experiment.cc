@@ -449,8 +449,12 @@ ExperimentParams load(const cfg::Document& doc) {
     if (!p.vms.empty())
       throw error_at(doc, "vms", "no top-level VMs when `hosts` is given (each host lists its own)",
                      std::to_string(p.vms.size()) + " VMs");
-    if (p.hosts.size() != 2)
-      throw error_at(doc, "hosts", "exactly two hosts (one direct link joins them)", std::to_string(p.hosts.size()));
+    if (p.network.eth_switch.enabled ? p.hosts.size() < 2 : p.hosts.size() != 2)
+      throw error_at(doc, "hosts",
+                     p.network.eth_switch.enabled ? "at least two hosts on the switch"
+                                                  : "exactly two hosts (one direct link joins them; more need "
+                                                    "network.switch.enabled)",
+                     std::to_string(p.hosts.size()));
     std::set<std::string> names;
     for (std::size_t h = 0; h < p.hosts.size(); ++h) {
       const HostParams& hp = p.hosts[h];
@@ -468,6 +472,9 @@ ExperimentParams load(const cfg::Document& doc) {
       check_host(doc, p, hp.platform, hp.hypervisor, hp.vms, at);
     }
   }
+  if (p.network.peer.enabled && (p.hosts.empty() || !p.network.eth_switch.enabled))
+    throw error_at(doc, "network.peer.enabled",
+                   "false unless `hosts` are joined by network.switch (the peer has a port of the switch)", "true");
   // Migrations (docs/migration.md): what the model moves.
   std::set<std::string> moved;
   for (std::size_t m = 0; m < p.migrations.size(); ++m) {
@@ -530,12 +537,15 @@ ExperimentParams load(const cfg::Document& doc) {
                      "precopy for a VM with a VF (its state moves at stop-and-copy; post-copy of a VM with an "
                      "assigned device is not modelled, docs/migration.md)",
                      mp.mode);
+    if (mp.announce && vm->nic.type != "vf")
+      throw error_at(doc, at + "announce",
+                     "false for a VM without a VF (the announcement is sent from the VF's MAC)", "true");
     if (mp.auto_converge && mp.throttle_initial > mp.throttle_max)
       throw error_at(doc, at + "throttle_initial", fmt::format("at most throttle_max ({})", mp.throttle_max),
                      std::to_string(mp.throttle_initial));
     for (const HostParams* hp : {from, to})
       if (hp->hypervisor.posted_interrupts || hp->hypervisor.ksm.enabled)
-        throw error_at(doc, fmt::format("hosts[{}].hypervisor.posted_interrupts", hp == &p.hosts[0] ? 0 : 1),
+        throw error_at(doc, fmt::format("hosts[{}].hypervisor.posted_interrupts", hp - p.hosts.data()),
                        "posted_interrupts and ksm off on both hosts of a migration (not migrated)", "on");
   }
   if (p.warmup >= p.duration && p.warmup != 0)

@@ -13,6 +13,7 @@
 #include "hypervisor/hypervisor.h"
 #include "hypervisor/migration.h"
 #include "models/cache.h"
+#include "models/eth_switch.h"
 #include "models/mem_hierarchy.h"
 #include "platform/platform.h"
 #include "sim/config.h"
@@ -276,13 +277,34 @@ struct HostParams {
   }
 };
 
-/// What connects the hosts: one full-duplex Ethernet link between the NICs
-/// of the two hosts (their platform.nic.link and peer are then unused).
-struct NetworkParams {
-  models::EthLinkParams link;
+/// The network peer of a multi-host experiment (docs/migration.md, "The
+/// network peer's ping"): the peer of models/net_peer.h on a port of the
+/// switch.
+struct NetworkPeerParams {
+  bool enabled;
+  models::NetPeerParams peer;
   template <class V>
   void visit(V& v) {
-    v.section(link, "link", "The Ethernet link between the two hosts' NICs.");
+    v.param(enabled, "enabled", "false", Spec(Unit::Flag),
+            "Build a network peer on its own port of the switch (network.switch.enabled must be on).");
+    peer.visit(v);  // the peer's parameters sit beside `enabled`
+  }
+};
+
+/// What connects the hosts: one full-duplex Ethernet link between the NICs
+/// of two hosts, or a switch with a link to each host's NIC and to the
+/// network peer (the hosts' platform.nic.link and peer are then unused).
+struct NetworkParams {
+  models::EthLinkParams link;
+  models::EthSwitchParams eth_switch;
+  NetworkPeerParams peer;
+  template <class V>
+  void visit(V& v) {
+    v.section(link, "link",
+              "The Ethernet link between the two hosts' NICs; with the switch, each port's link (NIC or peer to "
+              "the switch).");
+    v.section(eth_switch, "switch", "An Ethernet switch joining the hosts (docs/migration.md, \"A switch\").");
+    v.section(peer, "peer", "The network peer on the switch (docs/migration.md, \"The network peer's ping\").");
   }
 };
 
@@ -322,6 +344,9 @@ struct MigrationParams {
   std::uint64_t postcopy_after;
   std::uint64_t postcopy_bandwidth;  // bytes per second
   bool vf_handshake;
+  bool announce;
+  std::uint64_t announce_rounds;
+  std::uint64_t announce_initial, announce_step, announce_max;  // ps
   template <class V>
   void visit(V& v) {
     v.param(vm, "vm", "", Spec(Unit::Text), "The VM to move (a VM of host `from`).");
@@ -376,6 +401,20 @@ struct MigrationParams {
             "PRE_COPY_P2P, STOP_COPY; RESUMING on the destination) and track its DMA by the IOMMU's second-level "
             "dirty flags (needs hypervisor.iommu_mode scalable on the source). false: read its registers while it "
             "runs and track no DMA, as for a device without migration support (docs/migration.md, S17).");
+    v.param(announce, "announce", "false", Spec(Unit::Flag),
+            "After the VM resumes, the destination's hypervisor sends self-announce frames (a RARP broadcast from "
+            "the VF's MAC, as QEMU's qemu_announce_self, net/announce.c) through its PF, so that a switch learns "
+            "where the VM's MAC now is (docs/migration.md, \"Self-announce\"). QEMU announces by default; off "
+            "here so that earlier configurations keep their statistics.");
+    v.param(announce_rounds, "announce_rounds", "5", Spec().at_least(1).at_most(1000),
+            "Self-announce: frames sent per VF (QEMU's announce-rounds, default 5, migration/options.c).");
+    v.param(announce_initial, "announce_initial", "50ms", Spec(Unit::Time).at_least(1),
+            "Self-announce: the delay after the first frame (the first goes at the resumption; QEMU's "
+            "announce-initial, default 50 ms).");
+    v.param(announce_step, "announce_step", "100ms", Spec(Unit::Time),
+            "Self-announce: each later delay grows by this (QEMU's announce-step, default 100 ms).");
+    v.param(announce_max, "announce_max", "550ms", Spec(Unit::Time).at_least(1),
+            "Self-announce: the longest delay between two frames (QEMU's announce-max, default 550 ms).");
   }
 };
 
@@ -419,10 +458,10 @@ struct ExperimentParams {
               "The optional timeline of events (docs/event_trace.md), written as events.json.");
     v.section(series, "series", "Statistics sampled over time (docs/memory.md, \"Memory over time\").");
     v.list(hosts, "hosts",
-           "Several hosts in one simulation (docs/migration.md): exactly two, each with its platform, hypervisor "
-           "and VMs, linked by `network.link`; the top-level vms are then empty (platform and hypervisor unused). "
+           "Several hosts in one simulation (docs/migration.md): two linked by `network.link`, or two or more on "
+           "`network.switch`, each with its platform, hypervisor and VMs; the top-level vms are then empty (platform and hypervisor unused). "
            "Empty: one host described by the top-level keys.");
-    v.section(network, "network", "The link between the hosts (with `hosts`).");
+    v.section(network, "network", "The link or switch between the hosts, and the network peer (with `hosts`).");
     v.list(migrations, "migrations", "Live migrations between the hosts (docs/migration.md).");
   }
 };

@@ -154,15 +154,35 @@ struct Session::System {
         });
         hosts.push_back(std::move(h));
       }
-      // The link between the two hosts' NICs (their own links and peers
-      // are not built).
-      link = std::make_unique<models::EthLink>("link", p.network.link,
-                                               &root.subgroup("network", "between the hosts"));
-      models::Nic& a = *hosts[0]->platform->nic();
-      models::Nic& b = *hosts[1]->platform->nic();
-      a.attach_link(*link);
-      b.attach_link(*link);
-      link->bind(a, hosts[0]->name, b, hosts[1]->name);
+      stats::Group& net = root.subgroup("network", "between the hosts");
+      if (!p.network.eth_switch.enabled) {
+        // The link between the two hosts' NICs (their own links and peers
+        // are not built).
+        link = std::make_unique<models::EthLink>("link", p.network.link, &net);
+        models::Nic& a = *hosts[0]->platform->nic();
+        models::Nic& b = *hosts[1]->platform->nic();
+        a.attach_link(*link);
+        b.attach_link(*link);
+        link->bind(a, hosts[0]->name, b, hosts[1]->name);
+      } else {
+        // The switch, one port per host's NIC and one for the peer, each
+        // with a link of network.link's parameters (docs/migration.md).
+        eth_switch = std::make_unique<models::EthSwitch>("switch", p.network.eth_switch, &net);
+        for (auto& h : hosts) {
+          port_links.push_back(std::make_unique<models::EthLink>(("link_" + h->name).c_str(), p.network.link, &net));
+          models::EthLink& l = *port_links.back();
+          models::Nic& nic = *h->platform->nic();
+          nic.attach_link(l);
+          l.bind(nic, h->name, eth_switch->add_port(h->name, l), "switch");
+        }
+        if (p.network.peer.enabled) {
+          port_links.push_back(std::make_unique<models::EthLink>("link_peer", p.network.link, &net));
+          models::EthLink& l = *port_links.back();
+          peer = std::make_unique<models::NetPeer>("peer", p.network.peer.peer, &net);
+          peer->attach_link(l);
+          l.bind(*peer, "peer", eth_switch->add_port("peer", l), "switch");
+        }
+      }
     }
     monitor = std::make_unique<Monitor>("monitor", p.stop_when_done);
     sim = std::make_unique<stats::Group>(&root, "sim", "the run itself");
@@ -307,6 +327,14 @@ struct Session::System {
       ms.downtime_limit = mp.downtime_limit;
       ms.max_rounds = mp.max_rounds;
       ms.vf_handshake = mp.vf_handshake;
+      if (mp.announce) {
+        hv::AnnounceSpec a;
+        a.rounds = mp.announce_rounds;
+        a.initial = mp.announce_initial;
+        a.step = mp.announce_step;
+        a.max = mp.announce_max;
+        dst.hypervisor->migrate_announce(dst_index, a);
+      }
       ms.dst_mac = dst_mac;
       ms.src_mac = src_mac;
       ms.deferred = deferred;
@@ -592,6 +620,9 @@ struct Session::System {
   std::vector<std::unique_ptr<Host>> hosts;
   Host* current = nullptr;                  // the host whose VMs are being built
   std::unique_ptr<models::EthLink> link;    // between the hosts (with `hosts`)
+  std::unique_ptr<models::EthSwitch> eth_switch;             // or the switch between them,
+  std::vector<std::unique_ptr<models::EthLink>> port_links;  // its ports' links,
+  std::unique_ptr<models::NetPeer> peer;                     // and the peer on it
   std::vector<std::shared_ptr<MigrationCheck>> checks;
   std::vector<Trigger> triggers;
   std::map<std::string, std::unique_ptr<TriggerStats>> trigger_groups;

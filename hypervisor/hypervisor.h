@@ -466,6 +466,9 @@ class Hypervisor {
   /// Makes VM `vm` (added with VmSpec::incoming) the target of a migration
   /// whose stream arrives at the PF for `mac`. Before the run.
   void migrate_in(unsigned vm, std::uint64_t mac);
+  /// After migrate_in: once VM `vm` resumes here, send self-announce frames
+  /// from its VF's MAC through the PF (announce.cc). Before the run.
+  void migrate_announce(unsigned vm, const AnnounceSpec& spec);
   /// A management command from outside the simulated machine (the
   /// experiment: a migration trigger, or Python between steps;
   /// docs/migration.md, "Triggers"): `fn` runs as a timed job on `core`
@@ -845,6 +848,9 @@ class Hypervisor {
   /// Destination, when DONE arrives: assigns the VF and restores its state
   /// (STOP -> RESUMING, registers, -> RUNNING) before the vCPUs run.
   void vf_mig_resume(cpu::Core& c, Vm& vm);
+  /// Destination, after the resumption: one self-announce frame, and the
+  /// next one's timer (announce.cc).
+  void mig_announce(cpu::Core& c, Vm& vm);
   /// At a destination vCPU's VMCS set-up: its migrated guest state.
   void mig_load_vmcs(cpu::Core& c, Vcpu& v);
   void mig_probe(cpu::Core& c, Vm& vm);

@@ -98,6 +98,7 @@ enum CodeOffset : std::uint64_t {
   kCodeMigrateDst = 0x1B000,  // hypervisor/migration.cc: the destination's receive path
   kCodePostcopy = 0x20000,    // hypervisor/postcopy.cc: auto-converge and post-copy
   kCodeVfMig = 0x21000,   // hypervisor/vf_migration.cc: moving an assigned VF
+  kCodeAnnounce = 0x25000,  // hypervisor/announce.cc: the destination's self-announce
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {

@@ -467,6 +467,7 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     m_mig_probe(vm.id, pages);
   }
   if (vm.vf_mig) vf_mig_resume(c, vm);  // its VF, before the vCPUs run (vf_migration.cc)
+  if (m.announce) mig_announce(c, vm);   // the first self-announce frame at once (announce.cc)
   for (unsigned k = 0; k < m_cores.size(); ++k) {
     if (!kick[k]) continue;
     if (m_cores[k] == &c) program_timer(here);

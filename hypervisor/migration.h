@@ -26,6 +26,7 @@ struct LiveMigrationParams {
   std::uint64_t throttle_timeslice;  // ps
   std::uint64_t remote_fault;        // instructions
   std::uint64_t page_request;        // instructions
+  std::uint64_t announce;            // instructions
 
   template <class V>
   void visit(V& v) {
@@ -59,7 +60,19 @@ struct LiveMigrationParams {
     v.param(page_request, "page_request", "500", Spec(Unit::Instructions),
             "Post-copy source: taking a page request off the return path and queueing it ahead of the background "
             "push (assumption, of the order of QEMU's ram_save_queue_pages).");
+    v.param(announce, "announce", "400", Spec(Unit::Instructions),
+            "Destination: building and sending one self-announce frame (migrations[].announce), besides its "
+            "stores, the VF's MAC read over MMIO and the PF driver's transmit (assumption, of the order of QEMU's "
+            "qemu_announce_self_iter).");
   }
+};
+
+/// The destination's self-announce after the resumption (migrations[].announce,
+/// QEMU's announce parameters): `rounds` frames, the first at once, then
+/// after initial, initial + step, ... (each at most max).
+struct AnnounceSpec {
+  std::uint64_t rounds = 5;
+  std::uint64_t initial = 0, step = 0, max = 0;  // ps
 };
 
 /// One migration as the source hypervisor runs it (migrations[]).

@@ -68,6 +68,21 @@ struct Hypervisor::MigrationIn final : SwitchPort {
   bool done = false;
   void deliver(cpu::Core& c, std::uint64_t buf, unsigned len) override { hv->mig_receive(c, *vm, buf, len); }
   std::unique_ptr<PostcopyIn> post;  // post-copy (postcopy.cc), once the VM resumed here before its pages
+  // Self-announce after the resumption (announce.cc; migrations[].announce).
+  struct Announce {
+    AnnounceSpec spec;
+    std::uint64_t left = 0;   // frames still to send
+    std::uint64_t frame = 0;  // hypervisor memory where the frame is built
+    struct Stats : stats::Group {
+      explicit Stats(stats::Group* p) : Group(p, "announce", "self-announce after the resumption (announce.cc)") {}
+      stats::Counter frames{this, "frames", "frames", "self-announce frames handed to the PF"};
+      stats::Counter failed{this, "failed", "frames", "frames the PF driver could not send (TX ring full)"};
+      stats::Gauge first_ns{this, "first_ns", "ns", "simulated time of the first frame"};
+      stats::Counter cycles{this, "cycles", "cycles", "core cycles building and sending the frames"};
+    };
+    std::unique_ptr<Stats> stats;
+  };
+  std::unique_ptr<Announce> announce;
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "migration_in", "live migration into this host (migration.cc)") {}

@@ -1,5 +1,6 @@
 #include "models/net_peer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -49,20 +50,31 @@ bool read(const std::uint8_t* frame, std::size_t len, PeerHeader& out) {
 NetPeerStats::NetPeerStats(stats::Group* parent, const std::string& name)
     : Group(parent, name, "network peer at the far end of the NIC's link") {}
 
+PingStats::PingStats(stats::Group* parent) : Group(parent, "ping", "ping mode: echo requests and their replies") {}
+
 NetPeer::NetPeer(sc_core::sc_module_name name, const NetPeerParams& params, stats::Group* parent)
     : sc_module(name),
       m_params(params),
-      m_mode(params.mode == "echo" ? Mode::Echo : params.mode == "sink" ? Mode::Sink : Mode::Generate),
+      m_mode(params.mode == "echo"   ? Mode::Echo
+             : params.mode == "sink" ? Mode::Sink
+             : params.mode == "ping" ? Mode::Ping
+                                     : Mode::Generate),
       m_stats(parent, basename()),
       m_rng(params.seed) {
-  if (params.mode != "echo" && params.mode != "sink" && params.mode != "generate")
-    throw std::invalid_argument(std::string(basename()) + ": mode must be echo, sink or generate (got '" +
+  if (params.mode != "echo" && params.mode != "sink" && params.mode != "generate" && params.mode != "ping")
+    throw std::invalid_argument(std::string(basename()) + ": mode must be echo, sink, generate or ping (got '" +
                                 params.mode + "')");
+  if (m_mode == Mode::Ping && !(params.interval > 0 && params.timeout > 0))
+    throw std::invalid_argument(std::string(basename()) + ": interval and timeout must be positive");
   if (m_mode == Mode::Generate && !(params.rate > 0))
     throw std::invalid_argument(std::string(basename()) + ": rate must be positive");
   SC_HAS_PROCESS(NetPeer);
   if (m_mode == Mode::Echo) SC_THREAD(echo_thread);
   if (m_mode == Mode::Generate) SC_THREAD(generate_thread);
+  if (m_mode == Mode::Ping) {
+    m_ping = std::make_unique<PingStats>(&m_stats);
+    SC_THREAD(ping_thread);
+  }
 }
 
 void NetPeer::send(Packet p) {
@@ -96,6 +108,7 @@ void NetPeer::receive(Packet&& p) {
     else
       m_stats.one_way_ns.sample(ns);
   }
+  if (m_ping && headed && (h.flags & peerhdr::kFromPeer)) ping_reply(h, now.value());
   if (m_mode != Mode::Echo || p.bytes.size() < 12) return;
   // The reply goes back to the sender: swap the MAC addresses.
   std::uint8_t src[6];
@@ -155,6 +168,62 @@ void NetPeer::generate_thread() {
     send(std::move(p));
     sc_core::wait(sc_core::sc_time::from_value(next_gap()));
   }
+}
+
+// Ping mode: an echo request every `interval` (a timed frame, as the
+// generator's) to the function's MAC; software in the VM sends it back. The
+// peer remembers each request until its reply or its timeout.
+void NetPeer::ping_thread() {
+  sc_core::wait(sc_core::sc_time::from_value(m_params.start));
+  const std::uint64_t dst = nic_default_mac(m_params.dest_function);
+  for (std::uint64_t n = 0; m_params.count == 0 || n < m_params.count; ++n) {
+    const std::uint64_t now = sc_core::sc_time_stamp().value();
+    // Requests whose timeout has passed are lost (a reply may still come: late).
+    while (!m_unanswered.empty() && m_unanswered.begin()->second + m_params.timeout <= now) {
+      m_expired.insert(m_unanswered.begin()->first);
+      m_unanswered.erase(m_unanswered.begin());
+      ++m_ping->lost;
+    }
+    // A gap still open (no reply since the last one) counts as it stands.
+    if (n > 0) note_gap(m_replied ? m_last_reply_ps : m_first_sent_ps, now);
+    Packet p;
+    p.bytes.assign(std::max<std::uint64_t>(m_params.packet_size, peerhdr::kMinFrame), 0);
+    PeerHeader h{peerhdr::kMagic, peerhdr::kFromPeer | peerhdr::kStamped, m_sequence++, now};
+    peerhdr::write(p.bytes.data(), dst, peerhdr::kPeerMac, h);
+    if (n == 0) m_first_sent_ps = now;
+    m_unanswered.emplace(h.sequence, now);
+    ++m_ping->sent;
+    m_ping->outstanding.set(static_cast<double>(m_unanswered.size()));
+    send(std::move(p));
+    sc_core::wait(sc_core::sc_time::from_value(m_params.interval));
+  }
+}
+
+void NetPeer::note_gap(std::uint64_t from_ps, std::uint64_t to_ps) {
+  const auto ns = static_cast<double>((to_ps - from_ps) / 1000);
+  if (ns > m_ping->max_gap_ns.value()) {
+    m_ping->max_gap_ns.set(ns);
+    m_ping->max_gap_from_ns.set(static_cast<double>(from_ps / 1000));
+  }
+}
+
+void NetPeer::ping_reply(const PeerHeader& h, std::uint64_t now_ps) {
+  auto it = m_unanswered.find(h.sequence);
+  if (it == m_unanswered.end()) {
+    if (m_expired.erase(h.sequence)) ++m_ping->late;
+    return;  // a duplicate, or a late reply
+  }
+  m_unanswered.erase(it);
+  ++m_ping->replies;
+  m_ping->outstanding.set(static_cast<double>(m_unanswered.size()));
+  const std::uint64_t since = m_replied ? m_last_reply_ps : m_first_sent_ps;
+  const std::uint64_t gap = now_ps - since;
+  if (m_replied) m_ping->gap_ns.sample(gap / 1000);
+  else m_ping->first_reply_ns.set(static_cast<double>(now_ps / 1000));
+  note_gap(since, now_ps);
+  m_replied = true;
+  m_last_reply_ps = now_ps;
+  m_ping->last_reply_ns.set(static_cast<double>(now_ps / 1000));
 }
 
 }  // namespace vmx::models

@@ -14,6 +14,9 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <memory>
+#include <set>
 #include <random>
 #include <string>
 #include <unordered_map>
@@ -59,14 +62,18 @@ struct NetPeerParams {
   std::uint64_t start;  // ps
   std::uint32_t dest_function;
   std::uint64_t seed;
+  std::uint64_t interval;  // ps
+  std::uint64_t timeout;   // ps
 
   template <class V>
   void visit(V& v) {
     using cfg::Spec;
     using cfg::Unit;
-    v.param(mode, "mode", "echo", Spec().one_of({"echo", "sink", "generate"}),
+    v.param(mode, "mode", "echo", Spec().one_of({"echo", "sink", "generate", "ping"}),
             "echo: send each frame back to its sender after processing_delay; sink: count and discard; "
-            "generate: send frames at `rate` to `dest_function`.");
+            "generate: send frames at `rate` to `dest_function`; ping: an echo request to `dest_function` every "
+            "`interval`, whose replies (a net_echo program in the VM) are timed (docs/migration.md, \"The "
+            "network peer's ping\").");
     v.param(processing_delay, "processing_delay", "2us", Spec(Unit::Time),
             "Echo mode: time from a frame's arrival to its reply entering the link. Default: 2 us "
             "(assumption: a kernel-bypass echo server on the peer host).");
@@ -83,6 +90,12 @@ struct NetPeerParams {
     v.param(dest_function, "dest_function", "0", Spec().at_most(255),
             "Generate mode: the NIC function addressed (0 = PF, 1 + i = VF i), by its reset MAC address.");
     v.param(seed, "seed", "1", Spec(), "Generate mode: seed of the arrival process.");
+    v.param(interval, "interval", "100us", Spec(Unit::Time).at_least(1e6),
+            "Ping mode: time between echo requests. Default: 100 us (assumption: ping's 1 s interval scaled to "
+            "a simulation of milliseconds, as the heartbeat workload's).");
+    v.param(timeout, "timeout", "1ms", Spec(Unit::Time).at_least(1e6),
+            "Ping mode: a request without a reply this long after it was sent counts as lost; a reply after "
+            "that counts as late. Default: 1 ms (assumption: ten intervals, far beyond a round trip).");
   }
 };
 
@@ -103,6 +116,23 @@ struct NetPeerStats : stats::Group {
   stats::Histogram one_way_ns{this, "one_way_ns", "ns", "one-way latency of frames stamped by their sender"};
 };
 
+/// Ping mode (docs/migration.md, "The network peer's ping").
+struct PingStats : stats::Group {
+  explicit PingStats(stats::Group* parent);
+  stats::Counter sent{this, "sent", "frames", "echo requests sent"};
+  stats::Counter replies{this, "replies", "frames", "replies received within the timeout"};
+  stats::Counter lost{this, "lost", "frames", "requests without a reply within the timeout"};
+  stats::Counter late{this, "late", "frames", "replies that came after their request was counted lost"};
+  stats::Gauge outstanding{this, "outstanding", "frames", "requests sent, not answered, not yet timed out"};
+  stats::Histogram gap_ns{this, "gap_ns", "ns", "time between two consecutive replies"};
+  stats::Gauge max_gap_ns{this, "max_gap_ns", "ns",
+                          "longest time without a reply: between two consecutive replies, from the first "
+                          "request to the first reply, or from the last reply to the last request sent"};
+  stats::Gauge max_gap_from_ns{this, "max_gap_from_ns", "ns", "simulated time at which the longest gap began"};
+  stats::Gauge first_reply_ns{this, "first_reply_ns", "ns", "simulated time of the first reply"};
+  stats::Gauge last_reply_ns{this, "last_reply_ns", "ns", "simulated time of the last reply"};
+};
+
 class NetPeer : public sc_core::sc_module, public PacketEndpoint {
  public:
   NetPeer(sc_core::sc_module_name name, const NetPeerParams& params, stats::Group* parent);
@@ -114,9 +144,13 @@ class NetPeer : public sc_core::sc_module, public PacketEndpoint {
   const NetPeerParams& params() const { return m_params; }
 
  private:
-  enum class Mode : std::uint8_t { Echo, Sink, Generate };
+  enum class Mode : std::uint8_t { Echo, Sink, Generate, Ping };
   void echo_thread();
   void generate_thread();
+  void ping_thread();
+  void ping_reply(const PeerHeader& h, std::uint64_t now_ps);
+  /// A time without a reply from `from_ps` to `to_ps`: the longest so far?
+  void note_gap(std::uint64_t from_ps, std::uint64_t to_ps);
   /// Gap to the next generated frame, in ps.
   std::uint64_t next_gap();
   void send(Packet p);
@@ -130,6 +164,13 @@ class NetPeer : public sc_core::sc_module, public PacketEndpoint {
   std::mt19937_64 m_rng;
   std::uint64_t m_sequence = 0;
   std::unordered_map<std::uint64_t, std::uint64_t> m_next_sequence;  // by source MAC: the number expected next
+  // Ping mode: its statistics, the requests not yet answered (sequence ->
+  // time sent, ps) and those counted lost, and the time of the last reply.
+  std::unique_ptr<PingStats> m_ping;
+  std::map<std::uint64_t, std::uint64_t> m_unanswered;
+  std::set<std::uint64_t> m_expired;
+  std::uint64_t m_last_reply_ps = 0, m_first_sent_ps = 0;
+  bool m_replied = false;
 };
 
 }  // namespace vmx::models

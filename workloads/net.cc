@@ -384,6 +384,49 @@ class NetRx final : public Workload {
   stats::Counter m_empty_polls{&m_stats, "empty_polls", "polls", "pmd: polls that found no new frame"};
 };
 
+// The guest side of the network peer's ping: every frame received through
+// the kernel goes back to its sender, the MAC addresses swapped and the rest
+// unchanged (the peer's header with its sequence number and timestamp), as
+// a kernel answers an ICMP echo request.
+class NetEcho final : public Workload {
+ public:
+  NetEcho(const NetEchoParams& p, stats::Group* g, const std::string& n) : Workload(g, n), m_p(p) {}
+  bool finite() const override { return m_p.frames != 0; }
+  void run(guest::Thread& t) override {
+    if (!t.net_up()) {
+      ++m_no_device;
+      return;
+    }
+    const std::uint64_t buf = t.mmap(4096);
+    const std::uint64_t mac = t.net_mac();
+    started(t);
+    for (std::uint64_t i = 0; m_p.frames == 0 || i < m_p.frames;) {
+      const std::uint32_t len = t.net_recv(buf, 4096);
+      if (len < 14 || (t.load(buf, 8) & 0xFFFFFFFFFFFFull) != mac) {
+        ++m_ignored;  // too short, or not for this VM (a broadcast)
+        continue;
+      }
+      const std::uint64_t src = t.load(buf + 6, 8) & 0xFFFFFFFFFFFFull;
+      for (unsigned b = 0; b < 6; ++b) {
+        t.store(buf + b, (src >> (8 * b)) & 0xFF, 1);
+        t.store(buf + 6 + b, (mac >> (8 * b)) & 0xFF, 1);
+      }
+      t.compute(m_p.instructions);
+      t.net_send(buf, len);
+      ++m_replies;
+      ++m_stats.operations;
+      ++i;
+    }
+    finished(t);
+  }
+
+ private:
+  NetEchoParams m_p;
+  stats::Counter m_replies{&m_stats, "replies", "frames", "frames sent back to their sender"};
+  stats::Counter m_ignored{&m_stats, "ignored", "frames", "frames received that were not addressed to this VM"};
+  stats::Counter m_no_device{&m_stats, "no_device", "threads", "threads that found no network device"};
+};
+
 // A rogue driver: points its device's DMA at addresses outside its memory
 // and looks at what the device reports. Device writes: for each target, the
 // next receive descriptor gets the target as its buffer, the device's error
@@ -570,6 +613,7 @@ std::shared_ptr<Workload> Workload::create_net(const WorkloadParams& p, stats::G
   if (p.type == "net_pingpong") return std::make_shared<NetPingpong>(p.net_pingpong, parent, name);
   if (p.type == "net_stream") return std::make_shared<NetStream>(p.net_stream, parent, name);
   if (p.type == "net_rx") return std::make_shared<NetRx>(p.net_rx, parent, name);
+  if (p.type == "net_echo") return std::make_shared<NetEcho>(p.net_echo, parent, name);
   if (p.type == "dma_rogue") return std::make_shared<DmaRogue>(p.dma_rogue, parent, name);
   if (p.type == "pattern_check") return std::make_shared<PatternCheck>(p.pattern_check, parent, name);
   if (p.type == "control_loop") return std::make_shared<ControlLoop>(p.control_loop, parent, name);

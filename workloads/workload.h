@@ -301,6 +301,19 @@ struct NetStreamParams {
   }
 };
 
+/// Answers every frame it receives by sending it back to its sender (the
+/// guest side of the network peer's ping, docs/migration.md).
+struct NetEchoParams {
+  std::uint64_t frames, instructions;
+  template <class V>
+  void visit(V& v) {
+    v.param(frames, "frames", "0", Spec(), "Frames to answer (0: until the end).");
+    v.param(instructions, "instructions", "200", Spec(Unit::Instructions),
+            "Instructions per frame besides its loads, stores and the kernel's calls (assumption, of the order "
+            "of an ICMP echo reply in a kernel's receive path).");
+  }
+};
+
 struct NetRxParams {
   std::uint64_t frames, batch, buffer, ring, pmd_instructions;
   std::string driver;
@@ -489,6 +502,7 @@ struct WorkloadParams {
   NetPingpongParams net_pingpong;
   NetStreamParams net_stream;
   NetRxParams net_rx;
+  NetEchoParams net_echo;
   DmaRogueParams dma_rogue;
   PatternCheckParams pattern_check;
   ProtectionProbeParams protection_probe;
@@ -518,7 +532,7 @@ struct WorkloadParams {
               cfg::alt("pattern_check", pattern_check), cfg::alt("protection_probe", protection_probe),
               cfg::alt("profile", profile), cfg::alt("page_content", page_content),
               cfg::alt("control_loop", control_loop), cfg::alt("heartbeat", heartbeat),
-              cfg::alt("interpreter", interpreter));
+              cfg::alt("interpreter", interpreter), cfg::alt("net_echo", net_echo));
   }
 };
 

@@ -83,7 +83,8 @@ const char* const kStatsConfigs =
     "configs/scenarios/s13_nested_cpuid.yaml configs/scenarios/s11_cache_resident.yaml configs/scenarios/s11_virtio.yaml "
     "configs/scenarios/s12_isolated.yaml configs/scenarios/s21_interpreter.yaml "
     "configs/scenarios/s5_host_swap.yaml configs/scenarios/s13_nested_l3.yaml labs/lab5_migration/felt.yaml "
-    "configs/scenarios/s13_nested_posted.yaml configs/scenarios/s13_nested_pml.yaml configs/bench/loaded_latency.yaml";
+    "configs/scenarios/s13_nested_posted.yaml configs/scenarios/s13_nested_pml.yaml configs/bench/loaded_latency.yaml "
+    "configs/scenarios/s8_ping.yaml";
 
 TEST_CASE("docs/stats.md is exactly the output of `vmxsim stats` over the reference configs") {
   int status = 0;
