@@ -24,7 +24,7 @@ constexpr std::uint64_t kRflagsAc = 1ull << 18;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
 constexpr std::uint64_t kRflagsCf = 1ull << 0;  // VMfailInvalid (SDM Vol. 3C, 31.2)
 constexpr std::uint64_t kRflagsZf = 1ull << 6;  // VMfailValid
-thread_local Core* t_current = nullptr;
+using detail::t_current;
 // PhysMem holds little-endian bytes: on a little-endian host an aligned-size
 // access inside one frame is a plain copy (the fast path of load and store).
 constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
@@ -46,10 +46,7 @@ constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a s
 // due: the direct paths of compute, load and store may serve the operation.
 #define VMX_FF_DIRECT() (m_functional && t_current == this && m_now < m_next_event)
 
-Core& Core::current() {
-  if (!t_current) throw SimulationError("no core is executing software");
-  return *t_current;
-}
+void Core::no_current() { throw SimulationError("no core is executing software"); }
 
 // ---------------------------------------------------------------------------
 // Construction and the SystemC thread.
@@ -933,7 +930,7 @@ void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
       if (m_mmu.translating())
         while (!translate(line, AccessType::Execute, pa)) boundary();
       ++m_stats.fetch_lines;
-      charge(cache_access(pa, models::AccessKind::Fetch));
+      charge(cache_access_inline(pa, models::AccessKind::Fetch));
     }
   } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
     return t_current->fetch(va, bytes);

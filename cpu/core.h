@@ -44,6 +44,13 @@ namespace vmx::cpu {
 
 class Core;
 
+namespace detail {
+/// The core executing software on this host thread (Core::current): set
+/// when a core switches to a software fiber. Defined here, constant-
+/// initialized, so that reading it is one thread-local load.
+inline thread_local Core* t_current = nullptr;
+}  // namespace detail
+
 /// What IDTR designates: the software that receives interrupts and
 /// exceptions on this core in the current mode. Handlers run on the
 /// interrupted fiber with interrupts disabled and CPL 0; returning from the
@@ -227,7 +234,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   unsigned id() const { return m_id; }
   /// The core whose software is executing now (software that can move
   /// between cores, such as a guest thread on a vCPU, asks each time).
-  static Core& current();
+  /// Inline: every operation of a guest program asks.
+  static Core& current() {
+    if (!detail::t_current) [[unlikely]]
+      no_current();
+    return *detail::t_current;
+  }
   /// The fiber that runs when the core comes out of reset.
   void set_reset_fiber(sim::Fiber* f) { m_reset_fiber = f; }
   /// SMT: the other hardware thread of the same physical core. While it
@@ -246,9 +258,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// repeated translations without the TLB model.
   void set_functional(bool on);
   bool functional() const { return m_functional; }
-  /// Fast-forward: hands the listeners the instructions retired since the
-  /// last report (see retire); the experiment calls it before it reads or
-  /// resets statistics. Nothing in full timing, where nothing is held back.
+  /// Hands the listeners the instructions retired since the last report
+  /// (see retire and m_retire_batch); the experiment calls it before it
+  /// reads or resets statistics.
   void flush_retired() {
     if (m_retired_pending) {
       m_events.retired({m_retired_pending, true});
@@ -444,6 +456,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
  private:
   enum class Yield : std::uint8_t { Sync, Halt };
 
+  [[noreturn]] static void no_current();  // current() with no core executing
   void run();                    // the SystemC thread
   void yield(Yield why);         // from a software fiber back to run()
   void boundary() {
@@ -461,7 +474,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
     m_stats.instructions += instructions;
     if (m_non_root) m_stats.guest_instructions += instructions;
     if (m_events.wants(events::kRetired)) [[unlikely]] {
-      if (m_retire_batch) m_retired_pending += instructions;  // fast-forward (flush_retired)
+      if (m_retire_batch) m_retired_pending += instructions;  // the vCPU observer alone (flush_retired)
       else m_events.retired({instructions, m_non_root});
     }
   }
@@ -646,14 +659,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   bool m_functional = false;     // fast-forward: no cache hierarchy (set_functional)
   std::unique_ptr<std::array<FtlbEntry, 3 * kFtlbEntries>> m_ftlb;  // by AccessType, then page
   std::uint64_t m_ftlb_gen = 1;
-  // Fast-forward in the guest with the vCPU's observer as the only listener
-  // to retired instructions (it only sums them): retire() adds them up here
-  // instead of reporting each operation, and flush_retired() reports the
-  // sum at the next VM exit, yield to SystemC, PMU change or statistics read.
+  // In the guest with the vCPU's observer as the only listener to retired
+  // instructions (it only sums them, and only its statistic reads the sum):
+  // retire() adds them up here instead of reporting each operation, and
+  // flush_retired() reports the sum at the next VM exit, yield to SystemC,
+  // PMU change or statistics read. Fast-forward and full timing alike: the
+  // sum the statistic shows is the same, a virtual call per operation less.
   bool m_retire_batch = false;
   std::uint64_t m_retired_pending = 0;
   void update_retire_batch() {
-    m_retire_batch = m_functional && m_non_root && m_vcpu_listener && m_events.listening(events::kRetired) == 1;
+    m_retire_batch = m_non_root && m_vcpu_listener && m_events.listening(events::kRetired) == 1;
   }
   bool m_smt_shared = false;     // the sibling executed at the last check
   std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;
