@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -298,6 +299,46 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
+  /// One instruction of `bytes` at `va`: fetch(va, bytes) then compute(1),
+  /// in one call (a trace replay's instruction records).
+  void fetch_instruction(std::uint64_t va, std::uint64_t bytes);
+
+  // Fast-forward's direct paths (set_functional): a load, store or compute
+  // that the functional translation cache serves from the host frame while
+  // this core executes and no boundary is due, done in line by the caller
+  // (guest::Thread) before it calls the operation; load, store and compute
+  // take the same paths first. What the full path does for such an access
+  // (boundary() does nothing; retire, the statistic, the bytes), without
+  // its calls. False: nothing was done, the operation itself must run.
+  [[gnu::always_inline]] bool ff_load(std::uint64_t va, unsigned size, std::uint64_t& value) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    const std::uint8_t* h = ftlb_host(va, size, mmu::AccessType::Read);
+    if (!h) return false;
+    retire(1);
+    ++m_stats.loads;
+    value = 0;
+    if (size == 8) std::memcpy(&value, h, 8);  // little-endian host (ftlb_frame)
+    else std::memcpy(&value, h, size);
+    return true;
+  }
+  [[gnu::always_inline]] bool ff_store(std::uint64_t va, std::uint64_t value, unsigned size) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    std::uint8_t* h = ftlb_host(va, size, mmu::AccessType::Write);
+    if (!h) return false;
+    retire(1);
+    ++m_stats.stores;
+    if (size == 8) std::memcpy(h, &value, 8);
+    else std::memcpy(h, &value, size);
+    return true;
+  }
+  [[gnu::always_inline]] bool ff_compute(std::uint64_t instructions) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    retire(instructions);
+    return true;
+  }
   /// REP STOSB: sets `bytes` bytes at va to `value`. Interruptible between
   /// pages; each cache line written is one write access.
   void rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes);
@@ -457,17 +498,22 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   enum class Yield : std::uint8_t { Sync, Halt };
 
   [[noreturn]] static void no_current();  // current() with no core executing
+  /// fetch() past its boundary: each line translated and looked up.
+  [[gnu::always_inline]] inline void fetch_lines(std::uint64_t va, std::uint64_t bytes);
   void run();                    // the SystemC thread
   void yield(Yield why);         // from a software fiber back to run()
   void boundary() {
     if (m_now >= m_next_event) slow_boundary();
   }
+  /// Fast-forward with this core executing and no boundary due: the direct
+  /// paths (ff_load, ff_store, ff_compute) may serve the operation.
+  bool ff_direct() const { return m_functional && detail::t_current == this && m_now < m_next_event; }
   void slow_boundary();
   std::uint64_t emulated_result();
   enum class LockedOp : std::uint8_t { Swap, Or, Add };
   std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what);
   void recompute_next_event();
-  void retire(std::uint64_t instructions) {
+  [[gnu::always_inline]] void retire(std::uint64_t instructions) {
     std::uint64_t q = instructions * m_cpi_q8 + m_cpi_frac;
     m_now += q >> 8;
     m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
