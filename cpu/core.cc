@@ -24,7 +24,7 @@ constexpr std::uint64_t kRflagsAc = 1ull << 18;
 constexpr std::uint64_t kRflagsFixed = 1ull << 1;
 constexpr std::uint64_t kRflagsCf = 1ull << 0;  // VMfailInvalid (SDM Vol. 3C, 31.2)
 constexpr std::uint64_t kRflagsZf = 1ull << 6;  // VMfailValid
-thread_local Core* t_current = nullptr;
+using detail::t_current;
 // PhysMem holds little-endian bytes: on a little-endian host an aligned-size
 // access inside one frame is a plain copy (the fast path of load and store).
 constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
@@ -42,14 +42,8 @@ constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a s
     if (t_current && t_current != this) return t_current->call;               \
   } while (0)
 
-// Fast-forward (set_functional) with this core executing and no boundary
-// due: the direct paths of compute, load and store may serve the operation.
-#define VMX_FF_DIRECT() (m_functional && t_current == this && m_now < m_next_event)
 
-Core& Core::current() {
-  if (!t_current) throw SimulationError("no core is executing software");
-  return *t_current;
-}
+void Core::no_current() { throw SimulationError("no core is executing software"); }
 
 // ---------------------------------------------------------------------------
 // Construction and the SystemC thread.
@@ -398,10 +392,8 @@ void Core::smt_update() {
 }
 
 void Core::compute(std::uint64_t instructions) {
-  if (VMX_FF_DIRECT()) [[unlikely]] {
-    retire(instructions);  // what boundary() and retire() do when no boundary is due
-    return;
-  }
+  if (ff_compute(instructions)) [[unlikely]]
+    return;  // what boundary() and retire() do when no boundary is due
   try {
     VMX_ON_EXECUTING_CORE(compute(instructions));
     boundary();
@@ -555,23 +547,9 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
   --m_pml_index;
 }
 
-// Fast-forward's direct load and store (VMX_FF_DIRECT, ftlb_host): what
-// the full path does for a RAM access the functional translation cache
-// holds when no boundary is due (boundary() does nothing; retire, the
-// statistic, the bytes), without its calls.
-#define VMX_FF_LOAD(h, size)                                         \
-  do {                                                               \
-    retire(1);                                                       \
-    ++m_stats.loads;                                                 \
-    std::uint64_t v = 0;                                             \
-    if ((size) == 8) std::memcpy(&v, (h), 8); /* little-endian host */ \
-    else std::memcpy(&v, (h), (size));                               \
-    return v;                                                        \
-  } while (0)
-
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
-  if (VMX_FF_DIRECT()) [[unlikely]]
-    if (const std::uint8_t* h = ftlb_host(va, size, AccessType::Read)) VMX_FF_LOAD(h, size);
+  if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]
+    return v;
   try {
     VMX_ON_EXECUTING_CORE(load(va, size));
     return load_impl<false>(va, size);
@@ -581,8 +559,8 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
 }
 
 std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
-  if (VMX_FF_DIRECT()) [[unlikely]]  // functional: no MSHRs, no overlap to model
-    if (const std::uint8_t* h = ftlb_host(va, size, AccessType::Read)) VMX_FF_LOAD(h, size);
+  if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]  // functional: no MSHRs, no overlap to model
+    return v;
   try {
     VMX_ON_EXECUTING_CORE(load_independent(va, size));
     if (m_p.mshrs == 0) return load_impl<false>(va, size);
@@ -658,14 +636,8 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
-  if (VMX_FF_DIRECT()) [[unlikely]]
-    if (std::uint8_t* h = ftlb_host(va, size, AccessType::Write)) {
-      retire(1);
-      ++m_stats.stores;
-      if (size == 8) std::memcpy(h, &value, 8);  // little-endian host (ftlb_frame)
-      else std::memcpy(h, &value, size);
-      return;
-    }
+  if (ff_store(va, value, size)) [[unlikely]]
+    return;
   try {
     VMX_ON_EXECUTING_CORE(store(va, value, size));
     boundary();
@@ -936,20 +908,45 @@ std::uint64_t Core::access_slow(std::uint64_t va, unsigned size, bool write, std
   return size == 8 ? v : v & ((1ull << (8 * size)) - 1);
 }
 
+inline void Core::fetch_lines(std::uint64_t va, std::uint64_t bytes) {
+  std::uint64_t end = va + bytes;
+  for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
+    std::uint64_t pa = line;
+    if (m_mmu.translating())
+      while (!translate(line, AccessType::Execute, pa)) boundary();
+    ++m_stats.fetch_lines;
+    charge(cache_access_inline(pa, models::AccessKind::Fetch));
+  }
+}
+
 void Core::fetch(std::uint64_t va, std::uint64_t bytes) {
   try {
     VMX_ON_EXECUTING_CORE(fetch(va, bytes));
     boundary();
-    std::uint64_t end = va + bytes;
-    for (std::uint64_t line = va & ~(kLine - 1); line < end; line += kLine) {
-      std::uint64_t pa = line;
-      if (m_mmu.translating())
-        while (!translate(line, AccessType::Execute, pa)) boundary();
-      ++m_stats.fetch_lines;
-      charge(cache_access(pa, models::AccessKind::Fetch));
-    }
+    fetch_lines(va, bytes);
   } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
     return t_current->fetch(va, bytes);
+  }
+}
+
+// fetch() then compute(1), each part as those do it: a move to another core
+// during the fetch starts the fetch over there, one during the retirement
+// only the retirement. (compute's fast-forward path is boundary() and
+// retire() when no boundary is due, so it needs no case of its own.)
+void Core::fetch_instruction(std::uint64_t va, std::uint64_t bytes) {
+  try {
+    VMX_ON_EXECUTING_CORE(fetch_instruction(va, bytes));
+    boundary();
+    fetch_lines(va, bytes);
+  } catch (const CoreMoved&) {
+    t_current->fetch(va, bytes);
+    return t_current->compute(1);
+  }
+  try {
+    boundary();
+    retire(1);
+  } catch (const CoreMoved&) {
+    return t_current->compute(1);
   }
 }
 
@@ -968,7 +965,7 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
       while (!translate(va, AccessType::Write, pa)) boundary();
       if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
       for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-        charge_store(cache_access(line, models::AccessKind::Write));  // streams through the store buffer
+        charge_store(cache_access_inline(line, models::AccessKind::Write));  // streams through the store buffer
         retire(1);
       }
       // A frame never written reads as zeros (PhysMem): zeroing it needs no

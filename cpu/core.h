@@ -13,6 +13,7 @@
 
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <string>
@@ -43,6 +44,13 @@ class MemoryEncryption;
 namespace vmx::cpu {
 
 class Core;
+
+namespace detail {
+/// The core executing software on this host thread (Core::current): set
+/// when a core switches to a software fiber. Defined here, constant-
+/// initialized, so that reading it is one thread-local load.
+inline thread_local Core* t_current = nullptr;
+}  // namespace detail
 
 /// What IDTR designates: the software that receives interrupts and
 /// exceptions on this core in the current mode. Handlers run on the
@@ -227,7 +235,12 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   unsigned id() const { return m_id; }
   /// The core whose software is executing now (software that can move
   /// between cores, such as a guest thread on a vCPU, asks each time).
-  static Core& current();
+  /// Inline: every operation of a guest program asks.
+  static Core& current() {
+    if (!detail::t_current) [[unlikely]]
+      no_current();
+    return *detail::t_current;
+  }
   /// The fiber that runs when the core comes out of reset.
   void set_reset_fiber(sim::Fiber* f) { m_reset_fiber = f; }
   /// SMT: the other hardware thread of the same physical core. While it
@@ -246,9 +259,9 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// repeated translations without the TLB model.
   void set_functional(bool on);
   bool functional() const { return m_functional; }
-  /// Fast-forward: hands the listeners the instructions retired since the
-  /// last report (see retire); the experiment calls it before it reads or
-  /// resets statistics. Nothing in full timing, where nothing is held back.
+  /// Hands the listeners the instructions retired since the last report
+  /// (see retire and m_retire_batch); the experiment calls it before it
+  /// reads or resets statistics.
   void flush_retired() {
     if (m_retired_pending) {
       m_events.retired({m_retired_pending, true});
@@ -286,6 +299,46 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// Instruction fetch of `bytes` of code at `va` (the code footprint of a
   /// software path); the instructions themselves are charged by compute.
   void fetch(std::uint64_t va, std::uint64_t bytes);
+  /// One instruction of `bytes` at `va`: fetch(va, bytes) then compute(1),
+  /// in one call (a trace replay's instruction records).
+  void fetch_instruction(std::uint64_t va, std::uint64_t bytes);
+
+  // Fast-forward's direct paths (set_functional): a load, store or compute
+  // that the functional translation cache serves from the host frame while
+  // this core executes and no boundary is due, done in line by the caller
+  // (guest::Thread) before it calls the operation; load, store and compute
+  // take the same paths first. What the full path does for such an access
+  // (boundary() does nothing; retire, the statistic, the bytes), without
+  // its calls. False: nothing was done, the operation itself must run.
+  [[gnu::always_inline]] bool ff_load(std::uint64_t va, unsigned size, std::uint64_t& value) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    const std::uint8_t* h = ftlb_host(va, size, mmu::AccessType::Read);
+    if (!h) return false;
+    retire(1);
+    ++m_stats.loads;
+    value = 0;
+    if (size == 8) std::memcpy(&value, h, 8);  // little-endian host (ftlb_frame)
+    else std::memcpy(&value, h, size);
+    return true;
+  }
+  [[gnu::always_inline]] bool ff_store(std::uint64_t va, std::uint64_t value, unsigned size) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    std::uint8_t* h = ftlb_host(va, size, mmu::AccessType::Write);
+    if (!h) return false;
+    retire(1);
+    ++m_stats.stores;
+    if (size == 8) std::memcpy(h, &value, 8);
+    else std::memcpy(h, &value, size);
+    return true;
+  }
+  [[gnu::always_inline]] bool ff_compute(std::uint64_t instructions) {
+    if (!ff_direct()) [[likely]]
+      return false;
+    retire(instructions);
+    return true;
+  }
   /// REP STOSB: sets `bytes` bytes at va to `value`. Interruptible between
   /// pages; each cache line written is one write access.
   void rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes);
@@ -444,24 +497,30 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
  private:
   enum class Yield : std::uint8_t { Sync, Halt };
 
+  [[noreturn]] static void no_current();  // current() with no core executing
+  /// fetch() past its boundary: each line translated and looked up.
+  [[gnu::always_inline]] inline void fetch_lines(std::uint64_t va, std::uint64_t bytes);
   void run();                    // the SystemC thread
   void yield(Yield why);         // from a software fiber back to run()
   void boundary() {
     if (m_now >= m_next_event) slow_boundary();
   }
+  /// Fast-forward with this core executing and no boundary due: the direct
+  /// paths (ff_load, ff_store, ff_compute) may serve the operation.
+  bool ff_direct() const { return m_functional && detail::t_current == this && m_now < m_next_event; }
   void slow_boundary();
   std::uint64_t emulated_result();
   enum class LockedOp : std::uint8_t { Swap, Or, Add };
   std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what);
   void recompute_next_event();
-  void retire(std::uint64_t instructions) {
+  [[gnu::always_inline]] void retire(std::uint64_t instructions) {
     std::uint64_t q = instructions * m_cpi_q8 + m_cpi_frac;
     m_now += q >> 8;
     m_cpi_frac = static_cast<std::uint32_t>(q & 0xFF);
     m_stats.instructions += instructions;
     if (m_non_root) m_stats.guest_instructions += instructions;
     if (m_events.wants(events::kRetired)) [[unlikely]] {
-      if (m_retire_batch) m_retired_pending += instructions;  // fast-forward (flush_retired)
+      if (m_retire_batch) m_retired_pending += instructions;  // the vCPU observer alone (flush_retired)
       else m_events.retired({instructions, m_non_root});
     }
   }
@@ -654,14 +713,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   bool m_functional = false;     // fast-forward: no cache hierarchy (set_functional)
   std::unique_ptr<std::array<FtlbEntry, 3 * kFtlbEntries>> m_ftlb;  // by AccessType, then page
   std::uint64_t m_ftlb_gen = 1;
-  // Fast-forward in the guest with the vCPU's observer as the only listener
-  // to retired instructions (it only sums them): retire() adds them up here
-  // instead of reporting each operation, and flush_retired() reports the
-  // sum at the next VM exit, yield to SystemC, PMU change or statistics read.
+  // In the guest with the vCPU's observer as the only listener to retired
+  // instructions (it only sums them, and only its statistic reads the sum):
+  // retire() adds them up here instead of reporting each operation, and
+  // flush_retired() reports the sum at the next VM exit, yield to SystemC,
+  // PMU change or statistics read. Fast-forward and full timing alike: the
+  // sum the statistic shows is the same, a virtual call per operation less.
   bool m_retire_batch = false;
   std::uint64_t m_retired_pending = 0;
   void update_retire_batch() {
-    m_retire_batch = m_functional && m_non_root && m_vcpu_listener && m_events.listening(events::kRetired) == 1;
+    m_retire_batch = m_non_root && m_vcpu_listener && m_events.listening(events::kRetired) == 1;
   }
   bool m_smt_shared = false;     // the sibling executed at the last check
   std::uint64_t m_smt_mark = 0, m_smt_mark_instr = 0;

@@ -170,11 +170,31 @@ class Program {
 class Thread {
  public:
   cpu::Core& cpu() const { return cpu::Core::current(); }
-  std::uint64_t load(std::uint64_t va, unsigned size = 8) { return cpu().load(va, size); }
+  // Each operation tries fast-forward's direct path in line first
+  // (cpu::Core::ff_load etc.; nothing in full timing but one test).
+  std::uint64_t load(std::uint64_t va, unsigned size = 8) {
+    cpu::Core& c = cpu();
+    if (std::uint64_t v; c.ff_load(va, size, v)) [[unlikely]]
+      return v;
+    return c.load(va, size);
+  }
   /// A load whose address depends on no outstanding load (cpu::Core::load_independent).
-  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8) { return cpu().load_independent(va, size); }
-  void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) { cpu().store(va, value, size); }
-  void compute(std::uint64_t instructions) { cpu().compute(instructions); }
+  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8) {
+    cpu::Core& c = cpu();
+    if (std::uint64_t v; c.ff_load(va, size, v)) [[unlikely]]
+      return v;
+    return c.load_independent(va, size);
+  }
+  void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) {
+    cpu::Core& c = cpu();
+    if (!c.ff_store(va, value, size)) [[likely]]
+      c.store(va, value, size);
+  }
+  void compute(std::uint64_t instructions) {
+    cpu::Core& c = cpu();
+    if (!c.ff_compute(instructions)) [[likely]]
+      c.compute(instructions);
+  }
   /// mmap(2) of anonymous memory: returns the address of a fresh region,
   /// populated on first touch. 0 when the address space is exhausted.
   std::uint64_t mmap(std::uint64_t bytes);

@@ -161,8 +161,9 @@ class Cache {
   /// line most recently used and ors set_bits (kDirty, kOwned) into its
   /// state. Returns kHitShared when the line was there without kOwned
   /// before set_bits were applied.
-  /// Inline: every load, store and walk reference starts here.
-  Lookup lookup(std::uint64_t pa, std::uint64_t set_bits) {
+  /// Inline (always: the compiler's unit-growth limits once left it out of
+  /// line in cpu/core.cc): every load, store and walk reference starts here.
+  [[gnu::always_inline]] Lookup lookup(std::uint64_t pa, std::uint64_t set_bits) {
     const std::uint64_t line_addr = pa >> m_line_shift;
     ++m_stats.accesses;
     std::uint64_t* set = set_of(line_addr);

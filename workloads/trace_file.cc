@@ -121,43 +121,62 @@ std::size_t TraceFile::Cursor::next_batch(TraceRecord* out, std::size_t max) {
     const std::uint8_t* const data = m_data;
     TraceRecord* o = out + n;
     TraceRecord* const o_end = out + max;
-    while (o < o_end && pos < stop) {
-      const std::uint8_t tag = data[pos];
-      std::uint64_t w;
-      std::memcpy(&w, data + pos + 1, 8);
+    // A fast-path record takes at most kFastBytes, so the next k records all
+    // start before `stop`: one bound to check per record instead of two.
+    bool slow = false;
+    while (!slow && pos < stop && o < o_end) {
+      const std::size_t k = std::min<std::size_t>(static_cast<std::size_t>(o_end - o),
+                                                  (stop - pos + kFastBytes - 1) / kFastBytes);
+      for (TraceRecord* const block_end = o + k; o < block_end;) {
+        const std::uint8_t tag = data[pos];
+        std::uint64_t w;
+        std::memcpy(&w, data + pos + 1, 8);
 #if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-      w = __builtin_bswap64(w);
+        w = __builtin_bswap64(w);
 #endif
-      if (tag & 0x4) break;
-      std::uint64_t v;
-      unsigned len;
-      if (!(w & 0x80)) {
-        // Most records (about 80% of sort's) step by less than 64 bytes: one
-        // byte, and a branch the host predicts.
-        v = w & 0x7F;
-        len = 1;
-      } else {
-        const std::uint64_t stops = ~w & kStops;
-        if (stops == 0) break;
-        len = (static_cast<unsigned>(__builtin_ctzll(stops)) >> 3) + 1;
-        // A zero final byte after continuation bytes is not the shortest form.
-        if (((w >> (8 * (len - 1))) & 0xFF) == 0) break;
-        v = w & (stops ^ (stops - 1)) & 0x7F7F7F7F7F7F7F7Full;
-        v = (v & 0x007F007F007F007Full) | ((v & 0x7F007F007F007F00ull) >> 1);
-        v = (v & 0x00003FFF00003FFFull) | ((v & 0x3FFF00003FFF0000ull) >> 2);
-        v = (v & 0x000000000FFFFFFFull) | ((v & 0x0FFFFFFF00000000ull) >> 4);
+        if (tag & 0x4) {
+          slow = true;
+          break;
+        }
+        std::uint64_t v;
+        unsigned len;
+        if (!(w & 0x80)) {
+          // Most records (about 80% of sort's) step by less than 64 bytes: one
+          // byte, and a branch the host predicts.
+          v = w & 0x7F;
+          len = 1;
+        } else {
+          const std::uint64_t stops = ~w & kStops;
+          len = stops ? (static_cast<unsigned>(__builtin_ctzll(stops)) >> 3) + 1 : 0;
+          // Longer than eight bytes, or a zero final byte after continuation
+          // bytes (not the shortest form): the checked path.
+          if (stops == 0 || ((w >> (8 * (len - 1))) & 0xFF) == 0) {
+            slow = true;
+            break;
+          }
+          v = w & (stops ^ (stops - 1)) & 0x7F7F7F7F7F7F7F7Full;
+          v = (v & 0x007F007F007F007Full) | ((v & 0x7F007F007F007F00ull) >> 1);
+          v = (v & 0x00003FFF00003FFFull) | ((v & 0x3FFF00003FFF0000ull) >> 2);
+          v = (v & 0x000000000FFFFFFFull) | ((v & 0x0FFFFFFF00000000ull) >> 4);
+        }
+        const unsigned size = (tag >> 3) + 1u;
+        const unsigned stream = (tag & 3) != TraceRecord::Fetch;
+        const std::uint64_t address = prev[stream] + ((v >> 1) ^ (0 - (v & 1)));  // zigzag
+        // kLowestAddress <= address <= kAddressLimit - size, in one compare
+        // against the bound of the largest size first (sizes are 1..32).
+        if (address - kLowestAddress > kAddressLimit - kLowestAddress - 32) [[unlikely]] {
+          if (address - kLowestAddress > kAddressLimit - kLowestAddress - size) {
+            slow = true;
+            break;
+          }
+        }
+        prev[stream] = address;
+        o->address = address;
+        o->kind = static_cast<TraceRecord::Kind>(tag & 3);
+        o->size = static_cast<std::uint8_t>(size);
+        ++o;
+        pos += 1 + len;
       }
-      const unsigned size = (tag >> 3) + 1u;
-      const unsigned stream = (tag & 3) != TraceRecord::Fetch;
-      const std::uint64_t address = prev[stream] + ((v >> 1) ^ (0 - (v & 1)));  // zigzag
-      // kLowestAddress <= address <= kAddressLimit - size, in one compare.
-      if (address - kLowestAddress > kAddressLimit - kLowestAddress - size) break;
-      prev[stream] = address;
-      o->address = address;
-      o->kind = static_cast<TraceRecord::Kind>(tag & 3);
-      o->size = static_cast<std::uint8_t>(size);
-      ++o;
-      pos += 1 + len;
     }
     n = static_cast<std::size_t>(o - out);
     m_pos = pos;

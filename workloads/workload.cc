@@ -561,8 +561,7 @@ class Trace final : public Workload {
           unsigned size = std::min<unsigned>(r.size, 8);
           switch (r.kind) {
             case TraceRecord::Fetch:
-              c.fetch(r.address, r.size);
-              c.compute(1);
+              c.fetch_instruction(r.address, r.size);  // fetch(), then compute(1)
               ++m_instructions;
               break;
             case TraceRecord::Load: c.load(r.address, size); break;

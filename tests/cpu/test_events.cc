@@ -90,6 +90,50 @@ TEST_CASE("events: a compute operation of N instructions is reported once as N r
   CHECK(core_after - core_before == sum);
 }
 
+TEST_CASE("events: fetch_instruction counts what fetch then compute(1) count, the observer summing them",
+          "[events][cpu]") {
+  VmxHarness h;
+  vmx::stats::Group group(nullptr, "vm");
+  vmx::cpu::VcpuObserver obs(&group, "vcpu0");
+  Recorder fetches(ev::bit(ev::kCacheAccess));  // the observer stays the only listener to retired instructions
+  h.setup = [&](Core& c) {
+    c.observe_vmcs(VmxHarness::kVmcs, &obs);
+    c.events().attach(fetches);
+  };
+  struct Counts {
+    std::uint64_t lines, instructions, l1i_acc, l1i_miss, events;
+  };
+  auto read = [&] {
+    return Counts{h.counter("system.cpu0.fetch_lines"), h.counter("system.cpu0.guest_instructions"),
+                  h.counter("system.cpu0_mem.l1i.accesses"), h.counter("system.cpu0_mem.l1i.misses"),
+                  fetches.fetch_hits + fetches.fetch_misses};
+  };
+  Counts c0{}, c1{}, c2{};
+  h.guest = [&](Core& c) {
+    // The same code shape at two places: 12 instructions of 24 bytes, some
+    // crossing a line, fresh lines at first.
+    c0 = read();
+    for (std::uint64_t i = 0; i < 12; ++i) {
+      c.fetch(0x300000 + i * 24, 24);
+      c.compute(1);
+    }
+    c1 = read();
+    for (std::uint64_t i = 0; i < 12; ++i) c.fetch_instruction(0x310000 + i * 24, 24);
+    c2 = read();
+  };
+  h.run();
+  require_clean(h);
+  CHECK(c1.lines - c0.lines == 15);  // each instruction its lines: three of the twelve cross one
+  CHECK(c2.lines - c1.lines == c1.lines - c0.lines);
+  CHECK(c1.instructions - c0.instructions == 12);
+  CHECK(c2.instructions - c1.instructions == 12);
+  CHECK(c2.l1i_acc - c1.l1i_acc == c1.l1i_acc - c0.l1i_acc);
+  CHECK(c2.l1i_miss - c1.l1i_miss == c1.l1i_miss - c0.l1i_miss);
+  CHECK(c2.events - c1.events == c1.events - c0.events);
+  // Summed while the guest ran, reported by the VM exit that ended it.
+  CHECK(obs.guest_instructions.value() == h.counter("system.cpu0.guest_instructions"));
+}
+
 TEST_CASE("events: one VM-exit event per exit with its reason, and the per-vCPU observer counts them once",
           "[events][cpu][vmx]") {
   VmxHarness h;
