@@ -25,7 +25,9 @@
 //
 // With VMXSIM_BENCH_TIMING=1 every mode runs with the optional timing
 // features on (platform.cpu.store_buffer 56, platform.cpu.mshrs 10,
-// platform.dram.model dram): the hot paths must stay as fast with them.
+// platform.cpu.page_walkers 2, platform.dram.model dram,
+// platform.caches.l2_prefetch.stride true): the hot paths must stay as fast
+// with them.
 //   bench_core scaling C [N [KIB]]  C cores and a VM of C vCPUs, each
 //                            running N random updates over its own KIB KiB
 //                            (default 128): host CPU time per simulated
@@ -122,7 +124,9 @@ void apply_timing_features(vmx::models::PlatformParams& p) {
   if (!timing_features()) return;
   p.cpu.store_buffer = 56;  // Skylake (the parameter's description)
   p.cpu.mshrs = 10;
+  p.cpu.page_walkers = 2;
   p.dram.model = "dram";
+  p.caches.l2_prefetch.stride = true;
 }
 
 // A whole run through the real experiment path (hypervisor, guest kernel,
@@ -678,7 +682,8 @@ int usage() {
                "       bench_core mips CONFIG   instructions per host second of a whole config (a YAML file)\n"
                "       bench_core scaling C [N [KIB]]  C cores, C vCPUs, N random updates over KIB KiB on each\n"
                "                                   (default 200000 over 128)\n"
-               "VMXSIM_BENCH_TIMING=1 turns on the store buffer, MSHRs and the DRAM model in every mode.\n");
+               "VMXSIM_BENCH_TIMING=1 turns on the store buffer, MSHRs, page walkers, the DRAM model and the L2\n"
+               "stride prefetcher in every mode.\n");
   return 2;
 }
 
