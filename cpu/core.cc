@@ -30,6 +30,24 @@ using detail::t_current;
 constexpr bool kHostLittleEndian = __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__;
 constexpr std::uint64_t kFrameOffset = models::PhysMem::kFrameSize - 1;
 constexpr std::uint32_t kOpWrite = 0x100;  // in m_op_size: the operation is a store
+// Host bytes of an access of 1, 2, 4 or 8 bytes inside one frame (the hit
+// path, kHostLittleEndian): fixed-size copies, no call.
+std::uint64_t read_host(const std::uint8_t* h, unsigned size) {
+  switch (size) {
+    case 8: { std::uint64_t v; std::memcpy(&v, h, 8); return v; }
+    case 4: { std::uint32_t v; std::memcpy(&v, h, 4); return v; }
+    case 2: { std::uint16_t v; std::memcpy(&v, h, 2); return v; }
+    default: return *h;
+  }
+}
+void write_host(std::uint8_t* h, std::uint64_t value, unsigned size) {
+  switch (size) {
+    case 8: std::memcpy(h, &value, 8); break;
+    case 4: { const auto v = static_cast<std::uint32_t>(value); std::memcpy(h, &v, 4); break; }
+    case 2: { const auto v = static_cast<std::uint16_t>(value); std::memcpy(h, &v, 2); break; }
+    default: *h = static_cast<std::uint8_t>(value);
+  }
+}
 }  // namespace
 
 // A software context may hold a reference to the core it ran on and go on
@@ -547,7 +565,46 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
   --m_pml_index;
 }
 
+inline std::uint8_t* Core::hit_probe(std::uint64_t va, unsigned size, AccessType type,
+                                     const mmu::Mmu::HitMemo*& memo, std::uint64_t& pa) {
+  if (!kHostLittleEndian || m_functional || t_current != this || m_now >= m_next_event) return nullptr;
+  // Bit n: n bytes are an access size (1, 2, 4, 8).
+  constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
+  if (((va & 0xFFF) + size) > 0x1000 || size > 8 || !((kSizes >> size) & 1)) return nullptr;
+  memo = nullptr;
+  pa = va;
+  if (m_mmu.translating()) {
+    memo = m_mmu.memo_probe(va, type);
+    if (!memo) return nullptr;
+    pa = (memo->pfn << 12) | (va & 0xFFF);
+  }
+  HostFrame& f = m_host_frames[(pa >> 12) & (kHostFrames - 1)];
+  if (f.page != pa >> 12) [[unlikely]] {
+    const std::uint64_t page = pa & ~kFrameOffset;
+    if (!m_w.mem->contains(page, models::PhysMem::kFrameSize)) return nullptr;  // MMIO, or a key ID
+    const std::uint8_t* h = m_w.mem->frame_if_present(page);
+    if (!h) return nullptr;  // never written: the full path reads zeros, or allocates
+    f = {pa >> 12, const_cast<std::uint8_t*>(h)};
+  }
+  return f.host + (pa & kFrameOffset);
+}
+
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
+  const mmu::Mmu::HitMemo* memo;
+  std::uint64_t pa;
+  if (const std::uint8_t* h = hit_probe(va, size, AccessType::Read, memo, pa)) [[likely]] {
+    // load_impl<false> for this access: boundary() has nothing to do.
+    retire(1);
+    ++m_stats.loads;
+    m_op_size = size;
+    if (memo) m_mmu.memo_hit(*memo, AccessType::Read, va, m_now);
+    charge(m_w.caches->access(pa, models::AccessKind::Read));
+    return read_host(h, size);  // little-endian, as PhysMem::read assembles it
+  }
+  return load_slow(va, size);
+}
+
+std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {
   if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]
     return v;
   try {
@@ -636,6 +693,23 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
 }
 
 void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
+  const mmu::Mmu::HitMemo* memo;
+  std::uint64_t pa;
+  if (std::uint8_t* h = hit_probe(va, size, AccessType::Write, memo, pa)) [[likely]] {
+    // store_slow() for this access: boundary() has nothing to do.
+    retire(1);
+    ++m_stats.stores;
+    m_op_size = size | kOpWrite;
+    m_op_value = value;
+    if (memo) m_mmu.memo_hit(*memo, AccessType::Write, va, m_now);
+    charge_store(m_w.caches->access(pa, models::AccessKind::Write));
+    write_host(h, value, size);  // little-endian, as PhysMem::write lays it out
+    return;
+  }
+  store_slow(va, value, size);
+}
+
+void Core::store_slow(std::uint64_t va, std::uint64_t value, unsigned size) {
   if (ff_store(va, value, size)) [[unlikely]]
     return;
   try {

@@ -546,6 +546,21 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   void load_after_walk(std::uint64_t walk_start, std::uint32_t cycles);
   template <bool kIndependent>
   std::uint64_t load_impl(std::uint64_t va, unsigned size);
+  /// load() and store() past their hit path (hit_probe): out of line, so
+  /// that the hit path saves no registers for them.
+  [[gnu::noinline]] std::uint64_t load_slow(std::uint64_t va, unsigned size);
+  [[gnu::noinline]] void store_slow(std::uint64_t va, std::uint64_t value, unsigned size);
+  /// The hit path of load() and store() (docs/bench.md), its part before
+  /// any effect: the host bytes of va when this access of `size` bytes can
+  /// take it, else null and nothing changed. It can when this core
+  /// executes, not functionally, with no boundary due, the access inside
+  /// one page and of 1, 2, 4 or 8 bytes, translation off or its page in the
+  /// MMU's hit memo (`memo`, null with translation off), and its physical
+  /// page (`pa`) RAM whose host frame exists. The caller then does what the
+  /// full path does for such an access, in the same order: retiring, the
+  /// statistic, the memo hit, the cache access, the bytes.
+  [[gnu::always_inline]] inline std::uint8_t* hit_probe(std::uint64_t va, unsigned size, mmu::AccessType type,
+                                                        const mmu::Mmu::HitMemo*& memo, std::uint64_t& pa);
   /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and
   /// serializing instructions, I/O instructions, fences; VM exits/entries).
   /// Also waits for outstanding independent load misses (a fence or a
@@ -711,6 +726,16 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   Core* m_sibling = nullptr;
   bool m_executing = false;      // has software and is not halted (read by the sibling)
   bool m_functional = false;     // fast-forward: no cache hierarchy (set_functional)
+  // Host frames of recently accessed RAM pages, for the hit path
+  // (hit_probe): direct mapped by physical page number. A speed-only
+  // shortcut with no statistic: PhysMem never moves or frees a frame, so an
+  // entry never goes stale; only RAM pages whose frame exists enter.
+  struct HostFrame {
+    std::uint64_t page = ~0ull;  // physical page number (never ~0)
+    std::uint8_t* host = nullptr;
+  };
+  static constexpr unsigned kHostFrames = 64;
+  std::array<HostFrame, kHostFrames> m_host_frames{};
   std::unique_ptr<std::array<FtlbEntry, 3 * kFtlbEntries>> m_ftlb;  // by AccessType, then page
   std::uint64_t m_ftlb_gen = 1;
   // In the guest with the vCPU's observer as the only listener to retired

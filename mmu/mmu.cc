@@ -80,7 +80,7 @@ bool Mmu::translate_searching(std::uint64_t va, AccessType type, std::uint64_t& 
   const bool fetch = type == AccessType::Execute;
   Tlb& l1 = fetch ? m_itlb : m_dtlb;
   if (const TlbEntry* e = l1.lookup(va, m_tag); e && permits(*e, type)) {
-    m = {va >> 12, l1.epoch(), l1.index_of(e)};
+    m = {va >> 12, l1.epoch(), e->pfn, l1.index_of(e)};
     pa = Tlb::translate(*e, va);
     return true;
   }

@@ -125,21 +125,47 @@ class Mmu {
       pa = va;
       return true;
     }
-    const bool fetch = type == AccessType::Execute;
-    Tlb& l1 = fetch ? m_itlb : m_dtlb;
-    now += l1.latency();
+    Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
     // The hit memo first: the 4 KiB L1 array's way that the last lookup of
     // this page and access type found (and permitted) in this epoch. Nothing
     // has been inserted or flushed since and the context is the same, so
     // the search would find that way again and permit the access; hit_at
     // counts and ages exactly as that search does.
-    const std::uint64_t vpn = va >> 12;
-    HitMemo& m = m_memo[static_cast<unsigned>(type) * kMemoEntries + (vpn & (kMemoEntries - 1))];
-    if (m.vpn == vpn && m.epoch == l1.epoch()) [[likely]] {
-      pa = (l1.hit_at(m.index).pfn << 12) | (va & 0xFFF);
+    HitMemo& m = memo_of(va, type);
+    if (m.vpn == va >> 12 && m.epoch == l1.epoch()) [[likely]] {
+      pa = memo_hit(m, type, va, now);
       return true;
     }
+    now += l1.latency();
     return translate_searching(va, type, pa, now, m);
+  }
+
+  /// The hit memo's entry of one page (translate).
+  struct HitMemo {
+    std::uint64_t vpn = 0;
+    std::uint64_t epoch = 0;  // 0: never valid (epochs start at 1)
+    std::uint64_t pfn = 0;    // of the entry (a 4 KiB page), unchanged within the epoch
+    std::uint32_t index = 0;  // of the entry in the TLB's array
+  };
+  /// The memo entry that would serve translate(va, type) without a search,
+  /// or null (translation off, or the page not remembered in this epoch).
+  /// Changes nothing: a caller that goes on with the access then calls
+  /// memo_hit(), which does exactly what translate() does on that hit. For
+  /// the core's hit path, which decides before any effect whether the
+  /// whole access can take it.
+  const HitMemo* memo_probe(std::uint64_t va, AccessType type) {
+    const HitMemo& m = memo_of(va, type);
+    const Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+    return m_translate && m.vpn == va >> 12 && m.epoch == l1.epoch() ? &m : nullptr;
+  }
+  /// translate()'s hit on memo entry m (from memo_probe or translate): the
+  /// L1 lookup latency added to `now`, the hit counted and aged; returns
+  /// the physical address.
+  std::uint64_t memo_hit(const HitMemo& m, AccessType type, std::uint64_t va, std::uint64_t& now) {
+    Tlb& l1 = type == AccessType::Execute ? m_itlb : m_dtlb;
+    now += l1.latency();
+    l1.hit_at(m.index);
+    return (m.pfn << 12) | (va & 0xFFF);
   }
   /// The last walk that faulted.
   const WalkResult& fault() const { return m_fault; }
@@ -263,13 +289,11 @@ class Mmu {
   // Hit memo of the 4 KiB L1 DTLB and ITLB (translate): by access type,
   // direct mapped by page number; an entry holds while its TLB's epoch is
   // the one it was made in.
-  struct HitMemo {
-    std::uint64_t vpn = 0;
-    std::uint64_t epoch = 0;  // 0: never valid (epochs start at 1)
-    std::uint32_t index = 0;  // of the entry in the TLB's array
-  };
   static constexpr unsigned kMemoEntries = 16;
   std::array<HitMemo, 3 * kMemoEntries> m_memo{};
+  HitMemo& memo_of(std::uint64_t va, AccessType type) {
+    return m_memo[static_cast<unsigned>(type) * kMemoEntries + ((va >> 12) & (kMemoEntries - 1))];
+  }
   /// translate() past its memo: the L1 arrays searched (a hit in the 4 KiB
   /// one is remembered in m), then the STLB and the walk.
   bool translate_searching(std::uint64_t va, AccessType type, std::uint64_t& pa, std::uint64_t& now, HitMemo& m);

@@ -32,6 +32,7 @@ Cache::Cache(const CacheParams& params, stats::Group* parent, const std::string&
   m_store.assign(static_cast<std::size_t>(sets * params.ways) + 8, empty_word(0));
   const auto addr = reinterpret_cast<std::uintptr_t>(m_store.data());
   m_base = ((64 - addr % 64) % 64) / sizeof(std::uint64_t);
+  m_set0 = m_store.data() + m_base;
   m_all_ways = params.ways >= 64 ? ~0ull : (1ull << params.ways) - 1;
   invalidate_all();
 }
