@@ -450,14 +450,12 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     v.time.since = v.time.trace_since = m_cores[v.core]->now();
     kick[v.core] = true;
   }
-  const std::uint64_t now = c.rdtsc();
-  auto ns = [&](std::uint64_t ticks) {
-    return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ticks) * 1000000000ull / m_tsc_hz);
-  };
-  m.stats->downtime_ns += ns(now > pause_tsc ? now - pause_tsc : 0);
-  m.stats->total_ns += ns(now > m.start_tsc ? now - m.start_tsc : 0);
-  m.stats->resumed += 1;
+  // The page check (the simulator's probe) reads the EPT on this core; its
+  // time is the instrument's, not part of the downtime (measured on the
+  // core's clock, which is the host's TSC, without an instruction).
+  std::uint64_t probe_ticks = 0;
   if (m_mig_probe && !m.post) {  // post-copy: its pages are checked as they arrive (postcopy.cc)
+    const std::uint64_t probe_start = c.now();
     std::vector<std::pair<std::uint64_t, std::uint64_t>> pages;
     lock_mmu(c, vm);
     vm.ept->for_each_leaf(c, 0, vm.memory, false, [&](const Ept::Leaf& l) {
@@ -465,9 +463,20 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     });
     unlock_mmu(c, vm);
     m_mig_probe(vm.id, pages);
+    probe_ticks = c.now() - probe_start;
   }
   if (vm.vf_mig) vf_mig_resume(c, vm);  // its VF, before the vCPUs run (vf_migration.cc)
   if (m.announce) mig_announce(c, vm);   // the first self-announce frame at once (announce.cc)
+  // The downtime ends here, as the vCPUs are released: after the VF's state
+  // is restored and the first announcement sent, both with the VM stopped.
+  const std::uint64_t now = c.rdtsc();
+  auto ns = [&](std::uint64_t ticks) {
+    return static_cast<std::uint64_t>(static_cast<unsigned __int128>(ticks) * 1000000000ull / m_tsc_hz);
+  };
+  const std::uint64_t end = now - probe_ticks;
+  m.stats->downtime_ns += ns(end > pause_tsc ? end - pause_tsc : 0);
+  m.stats->total_ns += ns(end > m.start_tsc ? end - m.start_tsc : 0);
+  m.stats->resumed += 1;
   for (unsigned k = 0; k < m_cores.size(); ++k) {
     if (!kick[k]) continue;
     if (m_cores[k] == &c) program_timer(here);

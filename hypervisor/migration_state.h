@@ -92,7 +92,7 @@ struct Hypervisor::MigrationIn final : SwitchPort {
     stats::Counter lost_frames{this, "lost_frames", "frames", "frames the source sent that never arrived"};
     stats::Counter receive_cycles{this, "receive_cycles", "cycles", "core cycles the receive path took"};
     stats::Counter downtime_ns{this, "downtime_ns", "ns",
-                               "from the source pausing the vCPUs to their resumption here (TSC difference)"};
+                               "from the source pausing the vCPUs to their release here, VF restoration and first announcement included (TSC difference)"};
     stats::Counter total_ns{this, "total_ns", "ns", "from the migration's start to the resumption here"};
     stats::Counter resumed{this, "resumed", "flag", "1 once the VM runs here"};
   };
