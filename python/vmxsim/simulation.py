@@ -79,6 +79,7 @@ class Simulation:
         self.config_yaml = info["resolved_yaml"]
         self.duration_ps = info["duration_ps"]
         self.warmup_ps = info["warmup_ps"]
+        self._stop_when_done = bool(info["stop_when_done"])
         self._warm = self.warmup_ps == 0
         self._state = info
 
@@ -150,6 +151,10 @@ class Simulation:
         """Every workload with a finite amount of work has completed."""
         return self._state["finished"]
 
+    def _done(self):
+        # The run ends early only as `vmxsim run` ends it: with stop_when_done.
+        return self._stop_when_done and self.finished
+
     def run(self, for_=None, *, until=None, progress=None, progress_step=None):
         """Simulates on, for ``for_`` more (e.g. "10ms", or seconds as a
         number) or until simulated time ``until``; with neither, until the
@@ -184,13 +189,13 @@ class Simulation:
                 raise ValueError(f"progress_step: must be at least {shortest} for this run (at most "
                                  f"{MAX_PROGRESS_STEPS} steps; got {progress_step!r})")
         try:
-            while self.now_ps < target and not self.finished:
+            while self.now_ps < target and not self._done():
                 stop = min(target, self.now_ps + max(step, 1))
                 if not self._warm and stop >= self.warmup_ps:
                     self._state = self._call("run_until", self.warmup_ps)
                     self._state = self._call("reset")
                     self._warm = True
-                    if self.finished:
+                    if self._done():
                         break
                 self._state = self._call("run_until", stop)
                 if progress is not None:

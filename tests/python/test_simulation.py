@@ -51,6 +51,20 @@ def test_steps_without_reset_give_exactly_one_run(tiny_dict):
         assert statistics(sim.stats().stats_json) == statistics(whole.stats_json)
 
 
+def test_without_stop_when_done_steps_run_on_to_the_duration_as_the_cli_does(tiny_dict):
+    # The tiny run's work ends after about 2 ms; with stop_when_done false
+    # simulated time goes on to the 5 ms duration, step by step too.
+    tiny_dict["stop_when_done"] = False
+    whole = vmxsim.run(tiny_dict)
+    assert whole.simulated_s == pytest.approx(5e-3)
+    seen = []
+    with vmxsim.Simulation(tiny_dict) as sim:
+        sim.run(progress=lambda now, target: seen.append(now), progress_step="500us")
+        assert sim.finished and sim.now_s == pytest.approx(5e-3)
+        assert statistics(sim.stats().stats_json) == statistics(whole.stats_json)
+    assert seen == pytest.approx([i * 5e-4 for i in range(1, 11)])
+
+
 def test_warmup_resets_statistics_as_the_cli_does(tiny_dict):
     tiny_dict["warmup"] = "1ms"
     whole = vmxsim.run(tiny_dict)
