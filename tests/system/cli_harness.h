@@ -13,6 +13,8 @@
 #include <unistd.h>
 #include <yaml-cpp/yaml.h>
 
+#include <catch2/catch.hpp>
+
 namespace vmx::test {
 
 struct CliRun {
@@ -101,6 +103,15 @@ inline CliRun run_cli(const std::string& yaml, const std::vector<std::string>& a
       r.stats_text.erase(at, eol - at);
     }
   }
+  return r;
+}
+
+/// run_cli, and the run must succeed (its stderr and stdout shown if not).
+inline CliRun run_ok(const std::string& yaml, const std::vector<std::string>& args = {}) {
+  CliRun r = run_cli(yaml, args);
+  INFO(r.err);
+  INFO(r.out);
+  REQUIRE(r.exit_code == 0);
   return r;
 }
 

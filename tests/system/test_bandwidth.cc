@@ -11,6 +11,7 @@
 
 using vmx::test::CliRun;
 using vmx::test::run_cli;
+using vmx::test::run_ok;
 
 namespace {
 
@@ -46,13 +47,6 @@ std::string stream_vm(const std::string& name, unsigned cpu, unsigned instructio
          "      - type: stream\n"
          "        working_set: 6MiB\n"
          "        instructions_per_access: " + std::to_string(instructions_per_access) + "\n";
-}
-
-CliRun run_ok(const std::string& yaml) {
-  CliRun r = run_cli(yaml);
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  return r;
 }
 
 double gbps(const CliRun& r, const std::string& requester) {

@@ -68,20 +68,10 @@ std::string scenario(const std::string& name) {
 }
 
 CliRun run_yaml(const std::string& yaml, const std::vector<std::string>& args = {}) {
-  CliRun r = run_cli(yaml, args);
-  INFO(r.err);
-  INFO(r.out);
-  REQUIRE(r.exit_code == 0);
-  return r;
+  return vmx::test::run_ok(yaml, args);
 }
 
-CliRun run(const Setup& s) {
-  CliRun r = run_cli(config(s));
-  INFO(r.err);
-  INFO(r.out);
-  REQUIRE(r.exit_code == 0);
-  return r;
-}
+CliRun run(const Setup& s) { return vmx::test::run_ok(config(s)); }
 
 double sum_vms(const CliRun& r, unsigned vms, const std::string& stat) {
   double t = 0;

@@ -38,10 +38,7 @@ std::string s8_with_heartbeat(const std::string& extra = "", const std::string& 
 }
 
 CliRun run(const std::string& yaml, const std::vector<std::string>& args = {}) {
-  auto r = run_cli(yaml, args);
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  return r;
+  return vmx::test::run_ok(yaml, args);
 }
 }  // namespace
 
