@@ -503,10 +503,21 @@ std::uint64_t Core::read_entry(std::uint64_t pa, std::uint32_t& cycles) {
   // The walk's earlier references have not been charged yet: DRAM sees this
   // one after them.
   m_w.caches->set_time_bias(cycles);
-  cycles += cache_access(pa, models::AccessKind::Walk);
+  cycles += cache_access_inline(pa, models::AccessKind::Walk);
   m_w.caches->set_time_bias(0);
-  if (plain) [[likely]]
+  if (plain) [[likely]] {
+    // An entry is 8-byte aligned inside its table's frame: one copy out of
+    // the frame (what PhysMem::read assembles, little-endian), no frame
+    // crossing to handle.
+    if (kHostLittleEndian && (pa & 7) == 0) {
+      const std::uint8_t* f = m_w.mem->frame_if_present(pa);
+      if (!f) return 0;  // never written: reads as zero, as PhysMem::read
+      std::uint64_t v;
+      std::memcpy(&v, f + (pa & kFrameOffset), 8);
+      return v;
+    }
     return m_w.mem->read(pa, 8);
+  }
   std::uint64_t v = 0;
   mem_read_bytes(pa, &v, 8);
   return v;
@@ -516,11 +527,14 @@ void Core::write_entry(std::uint64_t pa, std::uint64_t value, std::uint32_t& cyc
   const bool plain = m_w.mem->contains(pa, 8);
   if (!plain && !in_ram(pa, 8)) return;
   m_w.caches->set_time_bias(cycles);
-  cycles += cache_access(pa, models::AccessKind::Write);
+  cycles += cache_access_inline(pa, models::AccessKind::Write);
   m_w.caches->set_time_bias(0);
-  if (plain) [[likely]]
-    m_w.mem->write(pa, value, 8);
-  else
+  if (plain) [[likely]] {
+    if (kHostLittleEndian && (pa & 7) == 0)
+      std::memcpy(m_w.mem->frame(pa) + (pa & kFrameOffset), &value, 8);
+    else
+      m_w.mem->write(pa, value, 8);
+  } else
     mem_write_bytes(pa, &value, 8);
 }
 
