@@ -25,6 +25,7 @@ Tlb::Tlb(const TlbParams& params, std::initializer_list<unsigned> page_shifts, s
     if (m_nshifts > 0 && page_shift <= m_shifts[m_nshifts - 1])
       throw bad("page_shift", "sizes must be listed smallest first, each once");
     m_shifts[m_nshifts++] = static_cast<std::uint8_t>(page_shift);
+    m_holds = static_cast<std::uint8_t>(m_holds | size_bit(page_shift));
   }
   check_geometry("TLB '" + name + "'", params.entries, params.ways);
   const std::uint32_t sets = params.entries / params.ways;
@@ -35,21 +36,34 @@ Tlb::Tlb(const TlbParams& params, std::initializer_list<unsigned> page_shifts, s
   m_stamp.assign(params.entries, 0);
 }
 
-const TlbEntry* Tlb::lookup(std::uint64_t va, const TlbTag& tag) {
+[[gnu::always_inline]] inline std::size_t Tlb::find_way(std::size_t base, std::uint64_t key, const TlbTag& tag) const {
+  const std::uint64_t* keys = m_keys.data() + base;
+  const std::size_t ways = m_params.ways;
+  std::size_t w = 0;
+  // Four ways a step, no loop test between them.
+  for (; w + 4 <= ways; w += 4) {
+    if (keys[w] == key && tag_matches(m_entries[base + w], tag)) return w;
+    if (keys[w + 1] == key && tag_matches(m_entries[base + w + 1], tag)) return w + 1;
+    if (keys[w + 2] == key && tag_matches(m_entries[base + w + 2], tag)) return w + 2;
+    if (keys[w + 3] == key && tag_matches(m_entries[base + w + 3], tag)) return w + 3;
+  }
+  for (; w < ways; ++w)
+    if (keys[w] == key && tag_matches(m_entries[base + w], tag)) return w;
+  return ways;
+}
+
+const TlbEntry* Tlb::lookup_present(std::uint64_t va, const TlbTag& tag) {
   ++m_stats.lookups;
   for (unsigned s = 0; s < m_nshifts; ++s) {
     const unsigned shift = m_shifts[s];
     if (!(m_present & size_bit(shift))) continue;  // no entry of this size: nothing to probe
     const std::uint64_t vpn = va >> shift;
-    const std::uint64_t key = key_of(vpn, shift);
     const std::size_t base = set_base(vpn);
-    const std::size_t end = base + m_params.ways;
-    for (std::size_t i = base; i < end; ++i) {
-      if (m_keys[i] == key && tag_matches(m_entries[i], tag)) {
-        ++m_stats.hits;
-        m_stamp[i] = ++m_clock;
-        return &m_entries[i];
-      }
+    const std::size_t w = find_way(base, key_of(vpn, shift), tag);
+    if (w != m_params.ways) {
+      ++m_stats.hits;
+      m_stamp[base + w] = ++m_clock;
+      return &m_entries[base + w];
     }
   }
   ++m_stats.misses;
@@ -66,32 +80,24 @@ void Tlb::insert(std::uint64_t va, std::uint64_t pa, std::uint8_t perms, bool gl
   const std::size_t base = set_base(vpn);
   ++m_stats.insertions;
   ++m_epoch;
-  // One pass over the set: a translation that would hit is replaced in
-  // place (no duplicates); else the first invalid way; else the least
-  // recently used (the first of equal stamps).
-  const std::uint64_t* keys = m_keys.data();
-  const std::uint64_t* stamps = m_stamp.data();
-  const std::size_t end = base + m_params.ways;
-  std::size_t way = end, invalid = end, lru = base;
-  for (std::size_t i = base; i < end; ++i) {
-    const std::uint64_t k = keys[i];
-    if (k == key && tag_matches(m_entries[i], tag)) {
-      way = i;
-      break;
+  // A translation that would hit is replaced in place (no duplicates);
+  // else the first invalid way; else the least recently used. Invalid ways
+  // have stamp 0 and valid ones unique stamps above 0 (m_stamp), so either
+  // is the first way of least stamp.
+  const std::size_t ways = m_params.ways;
+  std::size_t way = base + find_way(base, key, tag);
+  if (way == base + ways) {
+    const std::uint64_t* stamps = m_stamp.data() + base;
+    std::size_t lru = 0;
+    std::uint64_t least = stamps[0];
+    for (std::size_t i = 1; i < ways; ++i) {
+      if (stamps[i] < least) {
+        least = stamps[i];
+        lru = i;
+      }
     }
-    if (k == kNoKey) {
-      if (invalid == end) invalid = i;
-    } else if (stamps[i] < stamps[lru]) {
-      lru = i;
-    }
-  }
-  if (way == end) {
-    if (invalid != end) {
-      way = invalid;
-    } else {
-      way = lru;
-      ++m_stats.evictions;
-    }
+    way = base + lru;
+    if (least != 0) ++m_stats.evictions;
   }
   TlbEntry& e = m_entries[way];
   e.vpn = vpn;
@@ -116,6 +122,7 @@ void Tlb::flush_if(Pred pred) {
     if (e.valid && pred(e)) {
       e.valid = false;
       m_keys[i] = kNoKey;
+      m_stamp[i] = 0;  // invalid: stamp 0 (m_stamp)
       ++m_stats.flushed_entries;
     }
   }
@@ -134,6 +141,7 @@ void Tlb::flush_page_if(std::uint64_t va, Pred pred) {
       if (e.valid && e.shift == shift && e.vpn == vpn && pred(e)) {
         e.valid = false;
         m_keys[i] = kNoKey;
+        m_stamp[i] = 0;  // invalid: stamp 0 (m_stamp)
         ++m_stats.flushed_entries;
       }
     }

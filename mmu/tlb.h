@@ -155,7 +155,16 @@ class Tlb {
   /// flag or the same PCID (SDM Vol. 3A, 4.10.2.4; Vol. 3C, 28.3.1). A hit
   /// makes the entry most recently used. The pointer is valid until the next
   /// insert or invalidation.
-  const TlbEntry* lookup(std::uint64_t va, const TlbTag& tag);
+  /// Inline for the common case of a TLB that holds nothing (an array of
+  /// a page size the software does not use): counted as the search would.
+  const TlbEntry* lookup(std::uint64_t va, const TlbTag& tag) {
+    if (!m_present) {
+      ++m_stats.lookups;
+      ++m_stats.misses;
+      return nullptr;
+    }
+    return lookup_present(va, tag);
+  }
 
   /// Caches the translation of va's page to pa's frame. An entry that
   /// lookup(va, tag) would hit is overwritten (a re-walk, e.g. to set the
@@ -191,9 +200,7 @@ class Tlb {
   }
   /// Whether the TLB holds pages of this size.
   bool holds(unsigned page_shift) const {
-    for (unsigned i = 0; i < m_nshifts; ++i)
-      if (m_shifts[i] == page_shift) return true;
-    return false;
+    return (page_shift == 12 || page_shift == 21 || page_shift == 30) && (m_holds & size_bit(page_shift));
   }
 
   // Invalidations (SDM Vol. 3A, 4.10.4.1; Vol. 3C, 28.3.3). Each counts one
@@ -248,6 +255,11 @@ class Tlb {
     return e.tag.vpid == tag.vpid && e.tag.ep4ta == tag.ep4ta && (e.global || e.tag.pcid == tag.pcid);
   }
   static constexpr std::uint64_t kNoKey = ~0ull;  // the key of an invalid way
+  /// lookup() past its empty check: each size present probed in its set.
+  const TlbEntry* lookup_present(std::uint64_t va, const TlbTag& tag);
+  /// The way of [base, base + ways) whose key is `key` and whose tags
+  /// match, or `ways` (a host-speed scan: keys compared four a step).
+  std::size_t find_way(std::size_t base, std::uint64_t key, const TlbTag& tag) const;
   static std::uint64_t key_of(std::uint64_t vpn, unsigned shift) { return (vpn << 2) | ((shift - 12) / 9); }
   static unsigned size_bit(unsigned shift) { return 1u << ((shift - 12) / 9); }
   std::size_t set_base(std::uint64_t vpn) const { return static_cast<std::size_t>(vpn & m_set_mask) * m_params.ways; }
@@ -267,7 +279,12 @@ class Tlb {
   std::vector<TlbEntry> m_entries;     // sets x ways, allocated once
   std::vector<std::uint64_t> m_keys;   // per way: key_of(vpn, shift), kNoKey when invalid
   std::uint8_t m_present = 0;          // size_bit of every size inserted since the last flush_all
-  std::vector<std::uint64_t> m_stamp;  // last-use time per entry: true LRU
+  std::uint8_t m_holds = 0;            // size_bit of every size the TLB holds
+  // Last-use time per entry: true LRU. An invalid way's stamp is 0 and a
+  // valid one's is unique and above 0 (each use takes ++m_clock), so the
+  // first way of least stamp is the first invalid way, else the least
+  // recently used (insert).
+  std::vector<std::uint64_t> m_stamp;
 };
 
 }  // namespace vmx::mmu
