@@ -446,7 +446,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// The listeners of this core (sim/events.h): it reports retired
   /// instructions, VM entries and exits and interrupt deliveries, its MMU
   /// TLB misses and walks, and its cache hierarchy cache accesses, each once.
-  events::Dispatcher& events() { return m_events; }
+  /// A listener attached or detached through it sees exactly the operations
+  /// retired while it was attached: the vCPU observer's pending sum
+  /// (m_retire_batch) is reported first, and summing stops until the next VM
+  /// entry decides again whether the observer listens alone.
+  events::Dispatcher& events() {
+    flush_retired();
+    m_retire_batch = false;
+    return m_events;
+  }
   /// Cycles this core was not halted since reset (never reset): what an
   /// unhalted-core-cycles counter reads.
   std::uint64_t unhalted_cycles() const { return m_now - m_halted_total; }

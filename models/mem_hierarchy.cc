@@ -1,6 +1,7 @@
 #include "models/mem_hierarchy.h"
 
 #include <algorithm>
+#include <numeric>
 #include <stdexcept>
 
 namespace vmx::models {
@@ -198,12 +199,23 @@ void MemHierarchy::writeback_to_llc(std::uint64_t line_pa) {
 void MemHierarchy::attach_dram(Dram* dram, unsigned requester, std::uint64_t core_hz) {
   m_dram = dram;
   m_dram_requester = requester;
+  set_core_hz(core_hz);
+}
+
+void MemHierarchy::set_core_hz(std::uint64_t core_hz) {
+  constexpr std::uint64_t kPsPerSecond = 1'000'000'000'000ull;
   m_core_hz = core_hz;
+  const std::uint64_t g = std::gcd(kPsPerSecond, core_hz);
+  m_ps_num = kPsPerSecond / g;
+  m_ps_den = core_hz / g;
+  // Sums of (ps x den) and (num - 1) must fit too.
+  m_ps_fit = UINT64_MAX / m_ps_num;
+  m_cyc_fit = (UINT64_MAX - m_ps_num) / m_ps_den;
 }
 
 std::uint64_t MemHierarchy::dram_time_ps(std::uint32_t extra_cycles) const {
   const std::uint64_t cycles = (m_clock ? *m_clock : 0) + m_time_bias + extra_cycles;
-  return static_cast<std::uint64_t>(static_cast<unsigned __int128>(cycles) * 1'000'000'000'000ull / m_core_hz);
+  return ps_of_cycles(cycles);
 }
 
 std::uint32_t MemHierarchy::dram_read(std::uint64_t pa, std::uint32_t delay) {
@@ -212,8 +224,7 @@ std::uint32_t MemHierarchy::dram_read(std::uint64_t pa, std::uint32_t delay) {
   // after any MBA pacing before it).
   const std::uint64_t ps =
       m_dram->access(strip_key(pa), false, m_dram_requester, dram_time_ps(m_llc->latency() + delay));
-  return static_cast<std::uint32_t>(
-      (static_cast<unsigned __int128>(ps) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
+  return static_cast<std::uint32_t>(cycles_of_ps_ceil(ps));
 }
 
 void MemHierarchy::dram_write(std::uint64_t line_pa) {
@@ -238,7 +249,7 @@ MemQosStats::MemQosStats(stats::Group* parent)
 
 void MemHierarchy::attach_rdt(const Rdt* rdt, std::uint64_t core_hz) {
   m_rdt = rdt;
-  m_core_hz = core_hz;
+  set_core_hz(core_hz);
   if (!m_qos_stats) m_qos_stats = std::make_unique<MemQosStats>(&m_stats);
 }
 
@@ -253,8 +264,7 @@ std::uint32_t MemHierarchy::mba_delay() {
   const std::uint64_t issue = std::max(now, m_mba_next_ps);
   m_mba_next_ps = issue + gap;
   if (issue == now) return 0;
-  const auto cycles = static_cast<std::uint32_t>(
-      (static_cast<unsigned __int128>(issue - now) * m_core_hz + 999'999'999'999ull) / 1'000'000'000'000ull);
+  const auto cycles = static_cast<std::uint32_t>(cycles_of_ps_ceil(issue - now));
   ++m_qos_stats->mba_delayed;
   m_qos_stats->mba_cycles += cycles;
   return cycles;

@@ -215,6 +215,19 @@ class MemHierarchy {
   std::uint64_t llc_mask() const { return m_rdt ? m_rdt->mask(m_clos) : 0; }
   void dram_write(std::uint64_t line_pa);
   std::uint64_t dram_time_ps(std::uint32_t extra_cycles) const;
+  /// Sets m_core_hz and the reduced ratio of the conversions below.
+  void set_core_hz(std::uint64_t core_hz);
+  /// floor(cycles x 10^12 / core_hz) and ceil(ps x core_hz / 10^12), exact:
+  /// by the ratio reduced by gcd(10^12, core_hz) (1000/3 at 3 GHz), in 64
+  /// bits whenever the product fits (a 128-bit division otherwise).
+  std::uint64_t ps_of_cycles(std::uint64_t cycles) const {
+    if (cycles <= m_ps_fit) [[likely]] return cycles * m_ps_num / m_ps_den;
+    return static_cast<std::uint64_t>(static_cast<unsigned __int128>(cycles) * m_ps_num / m_ps_den);
+  }
+  std::uint64_t cycles_of_ps_ceil(std::uint64_t ps) const {
+    if (ps <= m_cyc_fit) [[likely]] return (ps * m_ps_den + m_ps_num - 1) / m_ps_num;
+    return static_cast<std::uint64_t>((static_cast<unsigned __int128>(ps) * m_ps_den + m_ps_num - 1) / m_ps_num);
+  }
 
   MemHierarchyStats m_stats;
   Cache m_l1i;
@@ -229,6 +242,8 @@ class MemHierarchy {
   Dram* m_dram = nullptr;                          // null: the fixed dram_latency
   unsigned m_dram_requester = 0;
   std::uint64_t m_core_hz = 0;
+  std::uint64_t m_ps_num = 0, m_ps_den = 1;  // 10^12 / core_hz, reduced (set_core_hz)
+  std::uint64_t m_ps_fit = 0, m_cyc_fit = 0;  // the largest operands whose products fit in 64 bits
   const std::uint64_t* m_clock = nullptr;
   std::uint64_t m_time_bias = 0;
   std::uint32_t m_crypt_cycles = 0;

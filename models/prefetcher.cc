@@ -9,7 +9,11 @@ constexpr unsigned kLinesPerPage = 64;  // 4 KiB pages of 64-byte lines: prefetc
 }
 
 L2Prefetcher::L2Prefetcher(const L2PrefetchParams& p, stats::Group* parent)
-    : m_p(p), m_stats(parent), m_streams(p.streams), m_records(p.tracked) {}
+    : m_p(p), m_stats(parent), m_streams(p.streams), m_records(p.tracked) {
+  // A size of 1 divides too (its mask would be 0): every slot is 0 anyway.
+  if ((p.streams & (p.streams - 1)) == 0) m_stream_mask = p.streams - 1;
+  if ((p.tracked & (p.tracked - 1)) == 0) m_record_mask = p.tracked - 1;
+}
 
 void L2Prefetcher::train(std::uint64_t line, std::vector<std::uint64_t>& out) {
   out.clear();
@@ -21,7 +25,7 @@ void L2Prefetcher::train(std::uint64_t line, std::vector<std::uint64_t>& out) {
   if (m_p.next_line)
     for (std::uint32_t k = 1; k <= m_p.degree; ++k) propose(line + k);
   if (m_p.stride) {
-    Stream& s = m_streams[page % m_streams.size()];
+    Stream& s = m_streams[stream_slot(page)];
     if (s.page != page) {
       s = Stream{page, line, 0, 0};
     } else if (line != s.last) {
@@ -41,14 +45,14 @@ void L2Prefetcher::train(std::uint64_t line, std::vector<std::uint64_t>& out) {
 }
 
 L2Prefetcher::Record L2Prefetcher::remember(std::uint64_t line, std::uint64_t ready) {
-  Record& r = m_records[line % m_records.size()];
+  Record& r = m_records[record_slot(line)];
   const Record old = r;
   r = Record{line, ready, false};
   return old;
 }
 
 const L2Prefetcher::Record* L2Prefetcher::claim(std::uint64_t line) {
-  Record& r = m_records[line % m_records.size()];
+  Record& r = m_records[record_slot(line)];
   if (r.line != line || r.used) return nullptr;
   r.used = true;
   return &r;

@@ -97,6 +97,15 @@ class L2Prefetcher {
   L2PrefetchStats m_stats;
   std::vector<Stream> m_streams;
   std::vector<Record> m_records;
+  // Host speed: the tables' slots by a mask when their sizes are powers of
+  // two (the defaults), by a division otherwise; the same slot either way.
+  std::uint64_t m_stream_mask = 0, m_record_mask = 0;  // size - 1, or 0: divide
+  std::size_t stream_slot(std::uint64_t page) const {
+    return m_stream_mask ? page & m_stream_mask : page % m_streams.size();
+  }
+  std::size_t record_slot(std::uint64_t line) const {
+    return m_record_mask ? line & m_record_mask : line % m_records.size();
+  }
 };
 
 }  // namespace vmx::models

@@ -134,6 +134,34 @@ TEST_CASE("events: fetch_instruction counts what fetch then compute(1) count, th
   CHECK(obs.guest_instructions.value() == h.counter("system.cpu0.guest_instructions"));
 }
 
+TEST_CASE("events: a listener attached while the vCPU observer sums retired instructions gets exactly its own",
+          "[events][cpu]") {
+  // The observer listens alone from the VM entry, so the core sums retired
+  // instructions for it; a listener attached inside the guest must get each
+  // later operation as it retires, none retired before it attached, and
+  // what retired while it was attached before it detaches.
+  VmxHarness h;
+  vmx::stats::Group group(nullptr, "vm");
+  vmx::cpu::VcpuObserver obs(&group, "vcpu0");
+  Recorder rec(ev::bit(ev::kRetired));
+  h.setup = [&](Core& c) { c.observe_vmcs(VmxHarness::kVmcs, &obs); };
+  h.guest = [&](Core& c) {
+    c.compute(77);  // summed for the observer alone
+    c.events().attach(rec);
+    c.compute(1000);
+    c.compute(234);
+    c.events().detach(rec);
+    c.compute(5);  // the observer alone again
+  };
+  h.run();
+  require_clean(h);
+  REQUIRE(rec.retired_events.size() == 2);
+  CHECK(rec.retired_events[0].instructions == 1000);
+  CHECK(rec.retired_events[1].instructions == 234);
+  // The observer missed nothing either way.
+  CHECK(obs.guest_instructions.value() == h.counter("system.cpu0.guest_instructions"));
+}
+
 TEST_CASE("events: one VM-exit event per exit with its reason, and the per-vCPU observer counts them once",
           "[events][cpu][vmx]") {
   VmxHarness h;
