@@ -206,6 +206,8 @@ void HostNic::interrupt(cpu::Core& c) {
   // next to be filled keeps the ring from looking empty when full.
   if (done)
     mmio_write(c, reg::kRxTail, static_cast<std::uint32_t>((m_rx_next + m_p.ring_size - 1) % m_p.ring_size));
+  if (done)
+    for (auto& p : m_ports) p.port->batch_end(c);
 }
 
 }  // namespace vmx::hv
