@@ -102,7 +102,6 @@ TEST_CASE("Transport: frames the destination's receive ring drops are retransmit
   CHECK(r.at(kTp + "retransmitted") > 0);
   CHECK(r.at(kTp + "fast_retransmits") + r.at(kTp + "timeouts") > 0);
   CHECK(r.at(kTp + "transmitted") == r.at(kOut + "frames") + r.at(kTp + "retransmitted"));
-  CHECK(r.at(kTp + "max_cwnd") <= 64);
 }
 
 TEST_CASE("Transport: frames lost on the wire are retransmitted, pre-copy and post-copy",
@@ -110,7 +109,7 @@ TEST_CASE("Transport: frames lost on the wire are retransmitted, pre-copy and po
   const std::string mode = GENERATE(std::string("precopy"), std::string("postcopy"));
   INFO(mode);
   // Every 40th frame in each direction lost: stream frames, ACKs, requests.
-  const CliRun r = run(churn("300MiB", mode), {"--set", "network.link.drop_every=40"});
+  const CliRun r = run(churn("1GiB", mode), {"--set", "network.link.drop_every=40"});
   check_moved(r);
   CHECK(r.at("network.link.a_to_b.dropped") > 0);
   CHECK(r.at("network.link.b_to_a.dropped") > 0);
@@ -120,18 +119,19 @@ TEST_CASE("Transport: frames lost on the wire are retransmitted, pre-copy and po
 
 TEST_CASE("Transport: a lost post-copy page request is sent again and the vCPU goes on",
           "[migration][transport][postcopy]") {
-  // Every 3rd frame from b to a lost: ACKs and page requests. Post-copy at
-  // once: every page the guest touches is a remote fault.
-  const CliRun r = run(churn("300MiB", "postcopy"),
-                       {"--set", "network.link.drop_every=3", "--set", "migrations[0].postcopy_after=0",
-                        "--set", "migrations[0].postcopy_bandwidth=20MiB"});
+  // Every 45th frame in each direction lost; from b to a, ACKs and page
+  // requests, one of which is among the lost.
+  const CliRun r = run(churn("1GiB", "postcopy"), {"--set", "network.link.drop_every=45"});
   const std::string pi = kIn + "postcopy.", po = kOut + "postcopy.";
   INFO("remote faults " << r.at(pi + "remote_faults") << ", retries " << r.at(pi + "request_retries")
                         << ", requests at source " << r.at(po + "requests"));
   check_moved(r);
   CHECK(r.at(pi + "remote_faults") > 0);
   CHECK(r.at(pi + "request_retries") > 0);
+  // Fewer requests arrived than were sent: one was lost, and its retry
+  // brought the page.
+  CHECK(r.at(po + "requests") < r.at(pi + "remote_faults") + r.at(pi + "request_retries"));
   CHECK(r.at(pi + "postcopy_ns") > 0);
   // Every fault was answered: as many latencies as faults.
-  CHECK(r.at(pi + "fault_latency_ns.count") >= r.at(pi + "remote_faults"));
+  CHECK(r.at(pi + "fault_latency_ns.count") == r.at(pi + "remote_faults") + r.at(pi + "fault_waits"));
 }
