@@ -815,10 +815,12 @@ class Hypervisor {
   struct MigrationIn;
   /// One run of the source's migration thread.
   void mig_step(cpu::Core& c, Vm& vm);
-  /// Sends guest page gfn (skipped if unmapped); false if the PF's TX ring
-  /// has no room for it now.
+  /// Sends guest page gfn (skipped if unmapped); false if the transport's
+  /// send buffer has no room for it now (mig_transport.cc).
   bool mig_send_page(cpu::Core& c, Vm& vm, std::uint64_t gfn);
-  /// Sends one stream frame: header (type, addr) and `len` bytes at hpa.
+  /// Writes one stream frame into the transport's send buffer (header: type,
+  /// addr, sequence number; `len` bytes at hpa) and transmits what the
+  /// window allows (mig_transport.cc); the caller checked mig_tp_room.
   void mig_send(cpu::Core& c, Vm& vm, std::uint32_t type, std::uint64_t addr, std::uint64_t hpa, std::uint32_t len);
   /// Saves a pausing vCPU's state into its record and clears its VMCS,
   /// on the core where the VMCS is active (or any, if none).
@@ -905,7 +907,8 @@ class Hypervisor {
   void mig_postcopy_step(cpu::Core& c, Vm& vm, bool urgent_only);
   void mig_postcopy_request(cpu::Core& c, Vm& vm, std::uint64_t buf, unsigned len);
   /// Sends guest page gfn as data (or a zero-page record if the source never
-  /// backed it); false if the PF's TX ring has no room.
+  /// backed it); false if the send buffer has no room (`bulk`: page data
+  /// of the push, held to notsent_lowat).
   bool mig_postcopy_send(cpu::Core& c, Vm& vm, std::uint64_t gfn, bool bulk);
   /// The switch's frames (DISCARD, early pages, records, RUN), resumed
   /// where the send buffer was full; true once all are written.

@@ -5,8 +5,10 @@
 //   - it starts dirty tracking (dirty_log.cc, by the chosen mode) and sends
 //     every guest page mapped then (round 0), then, round after round, the
 //     pages dirtied during the previous one (get-and-clear of the dirty log);
-//   - each page travels as ceil(4096 / payload) Ethernet frames through the
-//     PF driver (host_nic.cc), paced to max_bandwidth (bytes/s of stream);
+//   - each page travels as ceil(4096 / payload) Ethernet frames, written
+//     into the stream's transport (mig_transport.cc: sequence numbers, ACKs,
+//     retransmission) and sent through the PF driver (host_nic.cc), paced to
+//     max_bandwidth (bytes/s of stream);
 //   - after each round it measures the bandwidth it achieved (bytes / TSC
 //     time) and switches over when the pages left fit in bandwidth x
 //     downtime_limit (QEMU's rule in migration_iteration_run), or after
@@ -15,8 +17,9 @@
 //     core where its VMCS is active (VMREADs of the guest state into a record
 //     in hypervisor memory, VMCLEAR), the last dirty pages and the records
 //     are sent without the bandwidth cap (as QEMU's completion), then a DONE
-//     frame with the TSC at the pause; the VM is then torn down on the
-//     source and its frames go back to the allocator.
+//     frame with the TSC at the pause; once the destination has acknowledged
+//     every frame the VM is torn down on the source and its frames go back
+//     to the allocator.
 // Destination: the stream arrives at its PF for the migration port's MAC and
 // is handled on the PF's interrupt core: pages are backed in the incoming
 // VM's EPT (back_guest_page_locked) and copied there, the records stored; at
