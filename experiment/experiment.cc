@@ -534,8 +534,9 @@ ExperimentParams load(const cfg::Document& doc) {
                      "one by one)", mp.mode);
     if (mp.mode == "postcopy" && vm->nic.type == "vf")
       throw error_at(doc, at + "mode",
-                     "precopy for a VM with a VF (its state moves at stop-and-copy; post-copy of a VM with an "
-                     "assigned device is not modelled, docs/migration.md)",
+                     "precopy for a VM with a VF (the VF's DMA at the destination would reach pages not there yet, "
+                     "a DMA-remapping fault no software can resolve; QEMU blocks VFIO migration with postcopy-ram "
+                     "too, docs/migration.md)",
                      mp.mode);
     if (mp.announce && vm->nic.type != "vf")
       throw error_at(doc, at + "announce",

@@ -17,6 +17,7 @@ constexpr std::uint64_t kCodePfRx = 0xF800;
 constexpr std::uint64_t kMsiBase = 0xFEE00000;  // SDM Vol. 3A, 11.11.1
 constexpr std::uint64_t kBroadcast = 0xFFFFFFFFFFFFull;
 constexpr unsigned kTableEntry = 16;  // forwarding-table entry: MAC, port number
+constexpr unsigned kRxRefill = 16;    // RX buffers handed back per tail write (ixgbe's IXGBE_RX_BUFFER_WRITE)
 }  // namespace
 
 HostNic::HostNic(const HostNicParams& params, const HvCosts& costs, std::uint64_t pf_window, unsigned cores, Env env,
@@ -200,12 +201,18 @@ void HostNic::interrupt(cpu::Core& c) {
     // Hand the buffer back: room restored, DD cleared.
     c.store(d + 8, m_p.buffer_size & 0xFFFF, 4);
     m_rx_next = static_cast<std::uint32_t>((m_rx_next + 1) % m_p.ring_size);
-    ++done;
+    // Buffers go back to the PF every kRxRefill frames, not only at the end
+    // of a long interrupt (which would starve the ring while frames keep
+    // arriving), as ixgbe refills every IXGBE_RX_BUFFER_WRITE (16).
+    if (++done % kRxRefill == 0)
+      mmio_write(c, reg::kRxTail, static_cast<std::uint32_t>((m_rx_next + m_p.ring_size - 1) % m_p.ring_size));
   }
   // The new tail is one past the last free descriptor: the one before the
   // next to be filled keeps the ring from looking empty when full.
-  if (done)
+  if (done % kRxRefill)
     mmio_write(c, reg::kRxTail, static_cast<std::uint32_t>((m_rx_next + m_p.ring_size - 1) % m_p.ring_size));
+  if (done)
+    for (auto& p : m_ports) p.port->batch_end(c);
 }
 
 }  // namespace vmx::hv

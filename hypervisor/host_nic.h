@@ -65,6 +65,9 @@ class SwitchPort {
   /// A frame of `len` bytes at host-physical `hpa` (a PF RX buffer, valid
   /// during the call) for this port, on the core handling the PF's receive.
   virtual void deliver(cpu::Core& c, std::uint64_t hpa, unsigned len) = 0;
+  /// The end of a receive interrupt that delivered frames to some port (as
+  /// the end of a NAPI poll), on the same core.
+  virtual void batch_end(cpu::Core&) {}
 };
 
 class HostNic {

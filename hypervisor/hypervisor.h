@@ -815,10 +815,12 @@ class Hypervisor {
   struct MigrationIn;
   /// One run of the source's migration thread.
   void mig_step(cpu::Core& c, Vm& vm);
-  /// Sends guest page gfn (skipped if unmapped); false if the PF's TX ring
-  /// has no room for it now.
+  /// Sends guest page gfn (skipped if unmapped); false if the transport's
+  /// send buffer has no room for it now (mig_transport.cc).
   bool mig_send_page(cpu::Core& c, Vm& vm, std::uint64_t gfn);
-  /// Sends one stream frame: header (type, addr) and `len` bytes at hpa.
+  /// Writes one stream frame into the transport's send buffer (header: type,
+  /// addr, sequence number; `len` bytes at hpa) and transmits what the
+  /// window allows (mig_transport.cc); the caller checked mig_tp_room.
   void mig_send(cpu::Core& c, Vm& vm, std::uint32_t type, std::uint64_t addr, std::uint64_t hpa, std::uint32_t len);
   /// Saves a pausing vCPU's state into its record and clears its VMCS,
   /// on the core where the VMCS is active (or any, if none).
@@ -828,6 +830,33 @@ class Hypervisor {
   /// A stream frame at the destination (the PF's receive path).
   void mig_receive(cpu::Core& c, Vm& vm, std::uint64_t hpa, unsigned len);
   void mig_resume(cpu::Core& c, Vm& vm, std::uint64_t pause_tsc);
+  // The stream's transport (mig_transport.cc).
+  struct MigTransport;
+  /// Source, at the start: the send buffer, the window, the port for ACKs.
+  void mig_tp_start(cpu::Core& c, Vm& vm);
+  /// Frames the migration thread may write into the send buffer now: page
+  /// data (bulk) only while few frames wait for the window.
+  unsigned mig_tp_room(const Vm& vm, bool bulk) const;
+  /// Transmits written frames (new or going back after a loss) while the
+  /// window and the PF's TX ring allow; on any core.
+  void mig_tp_pump(cpu::Core& c, Vm& vm);
+  /// The migration thread cannot write: it sleeps until an ACK (or the
+  /// retransmission timer) makes room, or polls if nothing is in flight.
+  void mig_tp_wait(cpu::Core& c, Vm& vm);
+  /// A frame for the source's migration port: an ACK or a post-copy request.
+  void mig_tp_input(cpu::Core& c, Vm& vm, std::uint64_t buf, unsigned len);
+  void mig_tp_timer(cpu::Core& c, Vm& vm);
+  void mig_tp_arm(cpu::Core& c, Vm& vm);
+  /// Runs the source's migration thread on from where it waited.
+  void mig_thread(cpu::Core& c, Vm& vm);
+  /// Source: every frame written has been acknowledged (the VM is freed).
+  void mig_tp_finished(cpu::Core& c, Vm& vm);
+  /// Destination: the frame's sequence number against the next expected;
+  /// true if it is that one (to be processed), else dropped and answered by
+  /// an ACK at once.
+  bool mig_tp_receive(cpu::Core& c, Vm& vm, std::uint64_t buf, unsigned len);
+  void mig_tp_send_ack(cpu::Core& c, Vm& vm, bool dup);
+  void mig_tp_batch_end(cpu::Core& c, Vm& vm);
   // Moving an assigned VF with its VM (vf_migration.cc).
   struct VfMigration;
   /// Source, at migration start: the VF's migration state (RUNNING -> PRE_COPY).
@@ -878,8 +907,12 @@ class Hypervisor {
   void mig_postcopy_step(cpu::Core& c, Vm& vm, bool urgent_only);
   void mig_postcopy_request(cpu::Core& c, Vm& vm, std::uint64_t buf, unsigned len);
   /// Sends guest page gfn as data (or a zero-page record if the source never
-  /// backed it); false if the PF's TX ring has no room.
-  bool mig_postcopy_send(cpu::Core& c, Vm& vm, std::uint64_t gfn);
+  /// backed it); false if the send buffer has no room (`bulk`: page data
+  /// of the push, held to notsent_lowat).
+  bool mig_postcopy_send(cpu::Core& c, Vm& vm, std::uint64_t gfn, bool bulk);
+  /// The switch's frames (DISCARD, early pages, records, RUN), resumed
+  /// where the send buffer was full; true once all are written.
+  bool mig_postcopy_switch_frames(cpu::Core& c, Vm& vm);
   void mig_postcopy_finish(cpu::Core& c, Vm& vm);
   /// Sends the parked vCPUs' state records (migration.cc).
   void mig_send_records(cpu::Core& c, Vm& vm);
@@ -892,6 +925,9 @@ class Hypervisor {
   /// Destination: an EPT violation on a page not received yet (true: the
   /// vCPU waits for it).
   bool mig_remote_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa);
+  /// Destination: the request for `page` (first waiter's fault at `since`)
+  /// unanswered after request_timeout: sent again.
+  void mig_request_retry(cpu::Core& c, Vm& vm, std::uint64_t page, std::uint64_t since);
   PostcopyProbe m_pc_probe;
 
   // Scheduler glue (vcpu_sched.cc): the slice timer and migration. The

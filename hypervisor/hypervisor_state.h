@@ -99,6 +99,7 @@ enum CodeOffset : std::uint64_t {
   kCodePostcopy = 0x20000,    // hypervisor/postcopy.cc: auto-converge and post-copy
   kCodeVfMig = 0x21000,   // hypervisor/vf_migration.cc: moving an assigned VF
   kCodeAnnounce = 0x25000,  // hypervisor/announce.cc: the destination's self-announce
+  kCodeMigTransport = 0x26000,  // hypervisor/mig_transport.cc: the stream's transport (0x26800: receiver)
 };
 
 inline std::uint64_t guest_cycles_now(const cpu::VcpuObserver& o, std::uint64_t now) {

@@ -5,8 +5,10 @@
 //   - it starts dirty tracking (dirty_log.cc, by the chosen mode) and sends
 //     every guest page mapped then (round 0), then, round after round, the
 //     pages dirtied during the previous one (get-and-clear of the dirty log);
-//   - each page travels as ceil(4096 / payload) Ethernet frames through the
-//     PF driver (host_nic.cc), paced to max_bandwidth (bytes/s of stream);
+//   - each page travels as ceil(4096 / payload) Ethernet frames, written
+//     into the stream's transport (mig_transport.cc: sequence numbers, ACKs,
+//     retransmission) and sent through the PF driver (host_nic.cc), paced to
+//     max_bandwidth (bytes/s of stream);
 //   - after each round it measures the bandwidth it achieved (bytes / TSC
 //     time) and switches over when the pages left fit in bandwidth x
 //     downtime_limit (QEMU's rule in migration_iteration_run), or after
@@ -15,8 +17,9 @@
 //     core where its VMCS is active (VMREADs of the guest state into a record
 //     in hypervisor memory, VMCLEAR), the last dirty pages and the records
 //     are sent without the bandwidth cap (as QEMU's completion), then a DONE
-//     frame with the TSC at the pause; the VM is then torn down on the
-//     source and its frames go back to the allocator.
+//     frame with the TSC at the pause; once the destination has acknowledged
+//     every frame the VM is torn down on the source and its frames go back
+//     to the allocator.
 // Destination: the stream arrives at its PF for the migration port's MAC and
 // is handled on the PF's interrupt core: pages are backed in the incoming
 // VM's EPT (back_guest_page_locked) and copied there, the records stored; at
@@ -32,6 +35,7 @@
 
 #include <fmt/format.h>
 
+#include "hypervisor/mig_stream.h"
 #include "mmu/paging.h"
 
 namespace vmx::hv {
@@ -39,12 +43,7 @@ namespace vmx::hv {
 using namespace detail;
 
 namespace {
-// Stream frame: Ethernet header (destination, source, EtherType 0x88B5, the
-// IEEE 802 local experimental type), 2 bytes of padding, then the stream
-// header: type (4 bytes), length (4), address (8); payload from byte 32.
-constexpr std::uint64_t kEtherType = 0x88B5;
-constexpr std::uint32_t kHeader = 32;
-enum FrameType : std::uint32_t { kStart = 1, kPageData = 2, kState = 3, kDone = 4, kVfState = 5 };
+using namespace stream;  // the frame format (mig_stream.h)
 
 // The vCPU state record (one page of hypervisor memory), in 8-byte slots.
 enum Slot : unsigned {
@@ -87,36 +86,9 @@ void Hypervisor::migrate_out(const MigrationSpec& spec) {
   at(spec.at, spec.core, [this, p](Core& c) { mig_step(c, *p); });
 }
 
-void Hypervisor::mig_send(Core& c, Vm& vm, std::uint32_t type, std::uint64_t addr, std::uint64_t hpa,
-                          std::uint32_t len) {
-  MigrationOut& m = *vm.mig_out;
-  const std::uint64_t h = m.header;
-  c.store(h, m.spec.dst_mac & 0xFFFFFFFF, 4);
-  c.store(h + 4, ((m.spec.dst_mac >> 32) & 0xFFFF) | ((m.spec.src_mac & 0xFFFF) << 16), 4);
-  c.store(h + 8, (m.spec.src_mac >> 16) & 0xFFFFFFFF, 4);
-  c.store(h + 12, (kEtherType >> 8) | ((kEtherType & 0xFF) << 8), 2);  // network byte order
-  c.store(h + 16, type, 4);
-  c.store(h + 20, len, 4);
-  c.store(h + 24, addr);
-  HostNic::Segment segs[2] = {{h, kHeader}, {hpa, len}};
-  if (!m_host_nic->transmit(c, segs, len ? 2 : 1))
-    throw cpu::SimulationError("hypervisor: migration frame refused by the PF driver after its ring had room");
-  ++m.frames;
-  ++m.stats->frames;
-  m.stats->bytes += kHeader + len;
-  m.round_bytes += kHeader + len;
-  // Pacing to max_bandwidth (QEMU's rate limit), in TSC ticks per byte.
-  if (m.spec.max_bandwidth && m.phase == MigrationOut::Phase::Rounds) {
-    const std::uint64_t now = c.rdtsc();
-    const auto ticks = static_cast<std::uint64_t>(static_cast<unsigned __int128>(kHeader + len) * m_tsc_hz /
-                                                  m.spec.max_bandwidth);
-    m.next_tsc = std::max(m.next_tsc, now) + ticks;
-  }
-}
-
 bool Hypervisor::mig_send_page(Core& c, Vm& vm, std::uint64_t gfn) {
   MigrationOut& m = *vm.mig_out;
-  if (m_host_nic->tx_free(c) < m.frames_per_page) return false;
+  if (mig_tp_room(vm, true) < m.frames_per_page) return false;
   charge(c, m_p.live_migration.send_page, kCodeMigrateSrc);
   const std::uint64_t gpa = gfn * kPage;
   auto leaf = vm.ept->lookup(c, gpa);
@@ -229,6 +201,7 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
       m.frames_per_page = static_cast<unsigned>((kPage + lp.payload - 1) / lp.payload);
       m.started = c.rdtsc();
       for (auto& v : vm.vcpus) v->mig_record = alloc_host_frame();
+      mig_tp_start(c, vm);  // mig_transport.cc
       mig_send(c, vm, kStart, m.started, 0, 0);
       dirty_log_start(c, vm.id, m.spec.mode);
       if (vm.nic_type == "vf") vf_mig_start(c, vm, m.spec.vf_handshake);  // vf_migration.cc
@@ -274,9 +247,9 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
       ++m.stats->paced;
       return again(m.next_tsc);
     }
-    if (!mig_send_page(c, vm, m.list[m.next])) {
-      ++m.stats->ring_full;
-      return again(c.rdtsc() + poll);
+    if (!mig_send_page(c, vm, m.list[m.next])) {  // the send buffer is full: an ACK makes room
+      m.stats->thread_cycles += c.now() - t0;
+      return mig_tp_wait(c, vm);
     }
     ++m.next;
   }
@@ -318,19 +291,27 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
     m.rounds.push_back(std::make_unique<MigrationOut::Round>(m.stats.get(), m.round));
     return again(now);
   }
+  if (m.phase == MigrationOut::Phase::Draining) {  // waiting for the last ACK (mig_transport.cc)
+    m.stats->thread_cycles += c.now() - t0;
+    return;
+  }
   // Stop-and-copy done: the vCPU records, then DONE with the pause time and
   // the frame count (the destination checks it got them all).
+  const unsigned tail = static_cast<unsigned>(vm.vcpus.size()) + (vm.vf_mig ? 1 : 0) + 1;
+  if (tail > m.tp->slots)
+    throw cpu::SimulationError(fmt::format("hypervisor: the last {} migration frames exceed the send buffer ({} "
+                                           "frames: raise hypervisor.live_migration.window)",
+                                           tail, m.tp->slots));
+  if (mig_tp_room(vm, false) < tail) {
+    m.stats->thread_cycles += c.now() - t0;
+    return mig_tp_wait(c, vm);
+  }
   for (auto& v : vm.vcpus) {
-    while (m_host_nic->tx_free(c) < 2) {
-      // The ring drains at line rate; a short spin of reaps.
-      charge(c, 100, kCodeMigrateSrc);
-    }
     charge(c, lp.vcpu_state, kCodeMigrateSrc);
     mig_send(c, vm, kState, v->index, v->mig_record, kRecordBytes);
     ++m.stats->vcpus;
   }
   if (vm.vf_mig) vf_mig_send_state(c, vm);
-  while (m_host_nic->tx_free(c) < 1) charge(c, 100, kCodeMigrateSrc);
   c.store(m.header + 2048, m.pause_tsc);
   c.store(m.header + 2056, m.frames + 1);
   mig_send(c, vm, kDone, 0, m.header + 2048, 16);
@@ -338,14 +319,11 @@ void Hypervisor::mig_step(Core& c, Vm& vm) {
   mig_probe(c, vm);
   if (vm.vf_mig) vf_mig_release(c, vm);
   dirty_log_stop(c, vm.id);
-  m.phase = MigrationOut::Phase::Done;
+  // The source keeps the VM until the destination has acknowledged every
+  // frame (mig_tp_finished tears it down then).
+  m.phase = MigrationOut::Phase::Draining;
   m.stats->thread_cycles += c.now() - t0;
-  // The VM runs on at the destination: here it is torn down and its frames
-  // go back to the allocator (its vCPUs are all parked, off every core).
-  vm.migrated_out = true;
-  stop_vm(c, vm, "migrated to another host");
-  m_frames.put(m.header);
-  maybe_teardown(c, vm);
+  if (m.tp->una == m.tp->end) mig_tp_finished(c, vm);
 }
 
 void Hypervisor::mig_probe(Core& c, Vm& vm) {
@@ -376,13 +354,21 @@ void Hypervisor::mig_receive(Core& c, Vm& vm, std::uint64_t buf, unsigned len) {
   MigrationIn& m = *vm.mig_in;
   const std::uint64_t t0 = c.now();
   charge(c, m_p.live_migration.receive_frame, kCodeMigrateDst);
+  if (!mig_tp_receive(c, vm, buf, len)) {  // not the next in the stream (mig_transport.cc)
+    m.stats->receive_cycles += c.now() - t0;
+    return;
+  }
   ++m.frames;
   ++m.stats->frames;
   m.stats->bytes += len;
-  if (len < kHeader || m.done) return;
-  const auto type = static_cast<std::uint32_t>(c.load(buf + 16, 4));
-  const auto size = static_cast<std::uint32_t>(std::min<std::uint64_t>(c.load(buf + 20, 4), len - kHeader));
-  const std::uint64_t addr = c.load(buf + 24);
+  if (m.unacked >= m_p.live_migration.ack_every) mig_tp_send_ack(c, vm, false);
+  if (m.done) {
+    m.stats->receive_cycles += c.now() - t0;
+    return;
+  }
+  const auto type = static_cast<std::uint32_t>(c.load(buf + kOffType, 4));
+  const auto size = static_cast<std::uint32_t>(std::min<std::uint64_t>(c.load(buf + kOffLen, 4), len - kHeader));
+  const std::uint64_t addr = c.load(buf + kOffAddr);
   if ((type >= kPostcopyFrames || m.post) && mig_postcopy_frame(c, vm, type, addr, buf, size)) {  // postcopy.cc
     m.stats->receive_cycles += c.now() - t0;
     return;
@@ -487,7 +473,6 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
 void Hypervisor::mig_send_records(Core& c, Vm& vm) {
   MigrationOut& m = *vm.mig_out;
   for (auto& v : vm.vcpus) {
-    while (m_host_nic->tx_free(c) < 2) charge(c, 100, kCodeMigrateSrc);  // the ring drains at line rate
     charge(c, m_p.live_migration.vcpu_state, kCodeMigrateSrc);
     mig_send(c, vm, kState, v->index, v->mig_record, kRecordBytes);
     ++m.stats->vcpus;

@@ -27,6 +27,14 @@ struct LiveMigrationParams {
   std::uint64_t remote_fault;        // instructions
   std::uint64_t page_request;        // instructions
   std::uint64_t announce;            // instructions
+  // The stream's transport (mig_transport.cc).
+  std::uint64_t window;          // frames
+  std::uint64_t notsent_lowat;   // frames
+  std::uint64_t initial_window;  // frames
+  std::uint64_t ack_every;       // frames
+  std::uint64_t ack;             // instructions
+  std::uint64_t rto_min;         // ps
+  std::uint64_t request_timeout; // ps
 
   template <class V>
   void visit(V& v) {
@@ -64,6 +72,33 @@ struct LiveMigrationParams {
             "Destination: building and sending one self-announce frame (migrations[].announce), besides its "
             "stores, the VF's MAC read over MMIO and the PF driver's transmit (assumption, of the order of QEMU's "
             "qemu_announce_self_iter).");
+    v.param(window, "window", "64", Spec(Unit::Count).at_least(4).at_most(4096),
+            "Transport: the receive window the receiving side advertises, in stream frames (frames it can take "
+            "before acknowledging them); the sender never has more frames unacknowledged than the least of this, "
+            "its congestion window and its own `window` (assumption: about 90 KiB of 1448-byte segments, of the "
+            "order of the 64 KiB Linux advertises first from its 128 KiB default tcp_rmem).");
+    v.param(notsent_lowat, "notsent_lowat", "8", Spec(Unit::Count).at_least(1).at_most(4096),
+            "Transport: the migration thread writes page data into the send buffer only while fewer than this "
+            "many frames there wait for the window (as Linux's TCP_NOTSENT_LOWAT socket option), so that a "
+            "post-copy page request waits behind few frames (assumption; the send buffer holds window + this many "
+            "frames).");
+    v.param(initial_window, "initial_window", "10", Spec(Unit::Count).at_least(1).at_most(4096),
+            "Transport: the congestion window at the start, in frames (RFC 6928's initial window of 10 "
+            "segments, Linux's TCP_INIT_CWND).");
+    v.param(ack_every, "ack_every", "8", Spec(Unit::Count).at_least(1).at_most(4096),
+            "Transport: the receiver acknowledges after this many in-order frames, and at the end of each PF "
+            "receive interrupt that brought any (assumption: of the order of what GRO coalesces per ACK; RFC "
+            "5681 asks for at least every second full-sized segment).");
+    v.param(ack, "ack", "300", Spec(Unit::Instructions),
+            "Transport: building an acknowledgement (receiver) or processing one (sender: window, RTT estimate, "
+            "loss detection), besides the PF driver's work (assumption, of the order of Linux's tcp_ack).");
+    v.param(rto_min, "rto_min", "1ms", Spec(Unit::Time).at_least(1e6),
+            "Transport: the least and the first retransmission timeout (RFC 6298's estimate otherwise, doubled "
+            "per expiry up to 64 times this). Assumption: a data-centre route's rto_min; Linux's TCP_RTO_MIN "
+            "(200 ms) is longer than the simulated runs.");
+    v.param(request_timeout, "request_timeout", "1ms", Spec(Unit::Time).at_least(1e6),
+            "Post-copy destination: a page request not answered (page not placed) this long after it was sent is "
+            "sent again (assumption; QEMU's return path is a TCP stream, whose retransmission this stands for).");
   }
 };
 

@@ -24,7 +24,9 @@
 // then mapped: as UFFDIO_COPY) and the waiting vCPUs are woken. The source
 // serves requests ahead of a background push of every remaining page,
 // paced to postcopy_bandwidth; DONE follows the last page, and once the
-// destination acknowledges it (ACK: no frame lost) the source frees the VM.
+// transport has every frame acknowledged (mig_transport.cc) the source
+// frees the VM. A request (outside the stream) unanswered after
+// request_timeout is sent again.
 // Every step is charged as the operations of the core doing it.
 #include "hypervisor/migration_state.h"
 
@@ -34,36 +36,27 @@
 #include <fmt/format.h>
 
 #include "abi/steal_time.h"
+#include "hypervisor/mig_stream.h"
 
 namespace vmx::hv {
 
 using namespace detail;
 
 namespace {
-// The stream's frame layout and the types post-copy shares with pre-copy
-// (migration.cc): header of 32 bytes, page data as type 2.
-constexpr std::uint64_t kEtherType = 0x88B5;
-constexpr std::uint32_t kHeader = 32;
-constexpr std::uint32_t kPageData = 2;
+using namespace stream;  // the frame format (mig_stream.h)
 constexpr std::uint64_t kCodePostcopyDst = kCodePostcopy + 0x800;  // the destination's half of the region
 
 std::uint64_t mac_at(Core& c, std::uint64_t a) { return c.load(a, 4) | (c.load(a + 4, 2) << 32); }
 
-/// Destination: a return-path frame to the source (a page request, or the
-/// ACK of DONE), built in its 64-byte slot of the request frame `req` (slot
-/// 0: the receive path's, the others a vCPU's) and sent through the PF;
-/// `spin` charges the wait for room in the TX ring.
+/// Destination: a page request to the source, built in its 64-byte slot of
+/// the request frame `req` (a vCPU's) and sent through the PF; `spin`
+/// charges the wait for room in the TX ring. Outside the stream: a lost
+/// request is sent again after request_timeout (mig_request_retry).
 template <class Spin>
 void return_frame(Core& c, HostNic& nic, std::uint64_t req, unsigned slot, std::uint64_t to, std::uint64_t from,
                   std::uint32_t type, std::uint64_t addr, Spin spin) {
   const std::uint64_t h = req + 64 * slot;
-  c.store(h, to & 0xFFFFFFFF, 4);
-  c.store(h + 4, ((to >> 32) & 0xFFFF) | ((from & 0xFFFF) << 16), 4);
-  c.store(h + 8, (from >> 16) & 0xFFFFFFFF, 4);
-  c.store(h + 12, (kEtherType >> 8) | ((kEtherType & 0xFF) << 8), 2);  // network byte order
-  c.store(h + 16, type, 4);
-  c.store(h + 20, 0, 4);
-  c.store(h + 24, addr);
+  put_header(c, h, to, from, type, 0, addr, 0);
   while (nic.tx_free(c) < 1) spin();
   HostNic::Segment seg{h, kHeader};
   if (!nic.transmit(c, &seg, 1))
@@ -82,11 +75,8 @@ bool Hypervisor::mig_options_start(Core& c, Vm& vm) {
   if (!m.spec.postcopy) return false;
   m.post = std::make_unique<PostcopyOut>();
   PostcopyOut& p = *m.post;
-  p.hv = this;
-  p.vm = &vm;
   p.stats = std::make_unique<PostcopyOut::Stats>(m.stats.get());
   p.scratch = alloc_host_frame();
-  m_host_nic->attach(m.spec.src_mac, &p);  // the return path: the destination's requests
   if (m.spec.postcopy_after) return false;
   // Post-copy at once: no pre-copy round, the VM is paused now.
   p.on = true;
@@ -193,52 +183,67 @@ void Hypervisor::mig_postcopy_switch(Core& c, Vm& vm) {
   // Every page dirty since its last send (or never sent): the last round's
   // list and the final harvest. The source's memory is final now.
   const std::vector<std::uint64_t> more = dirty_log_collect(c, vm.id);
-  std::vector<std::uint64_t> left;
-  std::set_union(m.list.begin(), m.list.end(), more.begin(), more.end(), std::back_inserter(left));
+  std::set_union(m.list.begin(), m.list.end(), more.begin(), more.end(), std::back_inserter(p.left));
   dirty_log_stop(c, vm.id);
   mig_probe(c, vm);
-  m.stats->switchover_pages += left.size();
+  m.stats->switchover_pages += p.left.size();
   m.phase = MigrationOut::Phase::Final;
   p.sent.assign(vm.memory / kPage, false);
-  auto room = [&](unsigned frames) {
-    while (m_host_nic->tx_free(c) < frames) charge(c, 100, kCodePostcopy);  // the ring drains at line rate
-  };
-  // DISCARD: pre-copied pages dirtied since are stale at the destination
-  // (QEMU's postcopy discard of the dirty bitmap).
-  if (m.stats->rounds.value() > 0) {
-    const std::uint64_t per_frame = std::max<std::uint64_t>(1, m_p.live_migration.payload / 8);
-    for (std::size_t i = 0; i < left.size(); i += per_frame) {
-      const std::size_t n = std::min<std::size_t>(per_frame, left.size() - i);
-      for (std::size_t k = 0; k < n; ++k) c.store(p.scratch + 8 * k, left[i + k]);
-      room(1);
-      mig_send(c, vm, kPcDiscard, n, p.scratch, static_cast<std::uint32_t>(8 * n));
-      p.stats->discards += n;
-    }
-  }
-  // The pages the destination hypervisor writes through their host-physical
-  // address at the resumption (the steal-time records) go with the state.
-  for (auto& v : vm.vcpus) {
-    if (!(v->steal.msr & abi::steal_time::kMsrEnable)) continue;
-    const std::uint64_t gfn = (v->steal.msr & abi::steal_time::kMsrAddressMask) / kPage;
-    if (gfn >= p.sent.size() || p.sent[gfn]) continue;
-    room(m.frames_per_page);
-    mig_postcopy_send(c, vm, gfn);
-    ++p.stats->early_pages;
-  }
-  mig_send_records(c, vm);
-  room(1);
-  mig_send(c, vm, kPcRun, m.pause_tsc, 0, 0);
-  p.switch_tsc = c.rdtsc();
-  p.push = std::move(left);
-  p.next = 0;
+  p.stage = m.stats->rounds.value() > 0 ? 0 : 1;  // no pre-copy round: nothing to discard
+  p.idx = 0;
   m.stats->thread_cycles += c.now() - t0;
   mig_postcopy_step(c, vm, false);
 }
 
-bool Hypervisor::mig_postcopy_send(Core& c, Vm& vm, std::uint64_t gfn) {
+bool Hypervisor::mig_postcopy_switch_frames(Core& c, Vm& vm) {
   MigrationOut& m = *vm.mig_out;
   PostcopyOut& p = *m.post;
-  if (m_host_nic->tx_free(c) < m.frames_per_page) return false;
+  // DISCARD: pre-copied pages dirtied since are stale at the destination
+  // (QEMU's postcopy discard of the dirty bitmap).
+  const std::uint64_t per_frame = std::max<std::uint64_t>(1, m_p.live_migration.payload / 8);
+  for (; p.stage == 0 && p.idx < p.left.size(); p.idx += per_frame) {
+    if (!mig_tp_room(vm, false)) return false;
+    const std::size_t n = std::min<std::size_t>(per_frame, p.left.size() - p.idx);
+    for (std::size_t k = 0; k < n; ++k) c.store(p.scratch + 8 * k, p.left[p.idx + k]);
+    mig_send(c, vm, kPcDiscard, n, p.scratch, static_cast<std::uint32_t>(8 * n));
+    p.stats->discards += n;
+  }
+  if (p.stage == 0) p.stage = 1;
+  // The pages the destination hypervisor writes through their host-physical
+  // address at the resumption (the steal-time records) go with the state.
+  if (p.stage == 1) {
+    for (auto& v : vm.vcpus) {
+      if (!(v->steal.msr & abi::steal_time::kMsrEnable)) continue;
+      const std::uint64_t gfn = (v->steal.msr & abi::steal_time::kMsrAddressMask) / kPage;
+      if (gfn >= p.sent.size() || p.sent[gfn]) continue;
+      if (!mig_postcopy_send(c, vm, gfn, false)) return false;
+      ++p.stats->early_pages;
+    }
+    p.stage = 2;
+  }
+  if (p.stage == 2) {
+    if (mig_tp_room(vm, false) < vm.vcpus.size() + 1) {
+      if (vm.vcpus.size() + 1 > m.tp->slots)
+        throw cpu::SimulationError(fmt::format("hypervisor: {} vCPU records exceed the migration send buffer ({} "
+                                               "frames: raise hypervisor.live_migration.window)",
+                                               vm.vcpus.size(), m.tp->slots));
+      return false;
+    }
+    mig_send_records(c, vm);
+    mig_send(c, vm, kPcRun, m.pause_tsc, 0, 0);
+    p.stage = 3;
+  }
+  p.switched = true;
+  p.switch_tsc = c.rdtsc();
+  p.push = std::move(p.left);
+  p.next = 0;
+  return true;
+}
+
+bool Hypervisor::mig_postcopy_send(Core& c, Vm& vm, std::uint64_t gfn, bool bulk) {
+  MigrationOut& m = *vm.mig_out;
+  PostcopyOut& p = *m.post;
+  if (mig_tp_room(vm, bulk) < m.frames_per_page) return false;
   charge(c, m_p.live_migration.send_page, kCodePostcopy);
   const std::uint64_t gpa = gfn * kPage;
   if (auto leaf = vm.ept->lookup(c, gpa)) {
@@ -267,26 +272,26 @@ void Hypervisor::mig_postcopy_step(Core& c, Vm& vm, bool urgent_only) {
     const auto ps = static_cast<std::uint64_t>(static_cast<unsigned __int128>(tsc) * cfg::kPsPerSecond / m_tsc_hz);
     at(std::max(ps, c.now_ps() + 1), m.spec.core, [this, pv](Core& cc) { mig_postcopy_step(cc, *pv, false); });
   };
-  const std::uint64_t poll =
-      static_cast<std::uint64_t>(static_cast<unsigned __int128>(lp.poll) * m_tsc_hz / cfg::kPsPerSecond);
+  // The send buffer is full: the main run waits for an ACK (which resumes
+  // it, mig_transport.cc); a run for requests leaves them to the main run,
+  // which serves them first.
+  auto wait = [&] {
+    m.stats->thread_cycles += c.now() - t0;
+    if (!urgent_only) mig_tp_wait(c, vm);
+  };
+  if (!p.switched) {
+    if (urgent_only) return wait();
+    if (!mig_postcopy_switch_frames(c, vm)) return wait();
+  }
   // Requested pages first, at once (QEMU sends them ahead of the stream).
-  // A page sent before is sent again: the stream has no retransmission,
-  // and the destination asks only for what it lacks (a frame may have been
-  // lost); a duplicate is dropped there.
+  // A page already written into the stream is not sent again: the
+  // transport delivers it.
   while (!p.urgent.empty()) {
     const std::uint64_t gfn = p.urgent.front();
-    if (!mig_postcopy_send(c, vm, gfn)) {
-      ++m.stats->ring_full;
-      if (urgent_only && p.finished) {  // no push run left to take them: try again
-        const auto ps = static_cast<std::uint64_t>(static_cast<unsigned __int128>(c.rdtsc() + poll) *
-                                                   cfg::kPsPerSecond / m_tsc_hz);
-        at(std::max(ps, c.now_ps() + 1), m.spec.core, [this, pv](Core& cc) { mig_postcopy_step(cc, *pv, true); });
-      }
-      else if (urgent_only) m.stats->thread_cycles += c.now() - t0;  // the push's run takes the rest
-      else again(c.rdtsc() + poll);
-      return;
+    if (!p.sent[gfn]) {
+      if (!mig_postcopy_send(c, vm, gfn, false)) return wait();
+      ++p.stats->requested_sent;
     }
-    ++p.stats->requested_sent;
     p.urgent.pop_front();
   }
   if (urgent_only) {
@@ -305,10 +310,7 @@ void Hypervisor::mig_postcopy_step(Core& c, Vm& vm, bool urgent_only) {
       return again(p.next_tsc);
     }
     const std::uint64_t bytes_before = m.stats->bytes.value();
-    if (!mig_postcopy_send(c, vm, gfn)) {
-      ++m.stats->ring_full;
-      return again(now + poll);
-    }
+    if (!mig_postcopy_send(c, vm, gfn, true)) return wait();
     ++p.stats->pushed;
     ++p.next;
     ++n;
@@ -320,6 +322,7 @@ void Hypervisor::mig_postcopy_step(Core& c, Vm& vm, bool urgent_only) {
     }
   }
   if (p.next < p.push.size() || !p.urgent.empty()) return again(c.rdtsc());  // yield the core between batches
+  if (!mig_tp_room(vm, false)) return wait();
   m.stats->thread_cycles += c.now() - t0;
   mig_postcopy_finish(c, vm);
 }
@@ -328,31 +331,20 @@ void Hypervisor::mig_postcopy_request(Core& c, Vm& vm, std::uint64_t buf, unsign
   MigrationOut& m = *vm.mig_out;
   PostcopyOut& p = *m.post;
   charge(c, m_p.live_migration.page_request, kCodePostcopy);
-  if (len < kHeader || p.released || !p.on) return;
-  const auto type = static_cast<std::uint32_t>(c.load(buf + 16, 4));
-  Vm* pv = &vm;
-  if (type == kPcAck && p.finished) {
-    // QEMU's source waits for the return path to close before cleaning up.
-    p.released = true;
-    at(c.now_ps() + 1, m.spec.core, [this, pv](Core& cc) {
-      MigrationOut& mo = *pv->mig_out;
-      mo.phase = MigrationOut::Phase::Done;
-      // The VM runs at the destination with all its memory: torn down here.
-      pv->migrated_out = true;
-      stop_vm(cc, *pv, "migrated to another host (post-copy)");
-      m_frames.put(mo.header);
-      m_frames.put(mo.post->scratch);
-      maybe_teardown(cc, *pv);
-    });
-    return;
-  }
+  if (len < kHeader || p.released || !p.on || !p.switched) return;
+  const auto type = static_cast<std::uint32_t>(c.load(buf + kOffType, 4));
   if (type != kPcRequest) return;
-  const std::uint64_t gfn = c.load(buf + 24) / kPage;
+  const std::uint64_t gfn = c.load(buf + kOffAddr) / kPage;
   if (gfn >= p.sent.size()) return;
   ++p.stats->requests;
+  if (p.sent[gfn]) {  // in the stream already (the request was sent again, or crossed the page)
+    ++p.stats->requests_ignored;
+    return;
+  }
   p.urgent.push_back(gfn);
   if (p.urgent_job) return;
   p.urgent_job = true;
+  Vm* pv = &vm;
   at(c.now_ps() + 1, m.spec.core, [this, pv](Core& cc) {
     pv->mig_out->post->urgent_job = false;
     mig_postcopy_step(cc, *pv, true);
@@ -362,14 +354,14 @@ void Hypervisor::mig_postcopy_request(Core& c, Vm& vm, std::uint64_t buf, unsign
 void Hypervisor::mig_postcopy_finish(Core& c, Vm& vm) {
   MigrationOut& m = *vm.mig_out;
   PostcopyOut& p = *m.post;
-  while (m_host_nic->tx_free(c) < 1) charge(c, 100, kCodePostcopy);
   c.store(p.scratch, m.frames + 1);
   mig_send(c, vm, kPcDone, 0, p.scratch, 8);
   p.finished = true;
   p.stats->push_cycles += c.rdtsc() - p.switch_tsc;
   m.stats->total_cycles += c.rdtsc() - m.started;
-  // The source keeps the VM's memory, serving requests, until the
-  // destination acknowledges DONE with every frame received.
+  // The source keeps the VM's memory until the destination has
+  // acknowledged every frame (mig_tp_finished tears it down then).
+  if (m.tp->una == m.tp->end) mig_tp_finished(c, vm);
 }
 
 // --- Post-copy, destination ----------------------------------------------------------
@@ -442,14 +434,10 @@ bool Hypervisor::mig_postcopy_frame(Core& c, Vm& vm, std::uint32_t type, std::ui
     case kPcDone: {
       const std::uint64_t sent = c.load(buf + kHeader);
       if (sent > m.frames) {
-        // Frames were lost (the PF's receive ring overflowed): pages this
-        // side lacks may be among them, so it goes on asking for what it
-        // faults on, and the source keeps the VM to answer.
+        // Not expected: the transport delivers every frame in order.
         m.stats->lost_frames += sent - m.frames;
         return true;
       }
-      return_frame(c, *m_host_nic, p.req, 0, p.src_mac, p.own_mac, kPcAck, 0,
-                   [&] { charge(c, 100, kCodePostcopyDst); });
       p.complete = true;
       // Requests still in flight were for pages the source sent as the
       // stream ended, or never had: those read as zeros.
@@ -527,7 +515,26 @@ bool Hypervisor::mig_remote_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
   ++p.stats->remote_faults;
   return_frame(c, *m_host_nic, p.req, 1 + v.index % 63, p.src_mac, p.own_mac, kPcRequest, page,  // REQ_PAGES
                [&] { charge(c, 100, kCodePostcopyDst); });
+  const std::uint64_t since = it->second.front().second;
+  Vm* pv = &vm;
+  at(c.now_ps() + m_p.live_migration.request_timeout, c.id(),
+     [this, pv, page, since](Core& cc) { mig_request_retry(cc, *pv, page, since); });
   return true;
+}
+
+void Hypervisor::mig_request_retry(Core& c, Vm& vm, std::uint64_t page, std::uint64_t since) {
+  MigrationIn& m = *vm.mig_in;
+  if (!m.post || m.post->complete) return;
+  PostcopyIn& p = *m.post;
+  const auto it = p.waiting.find(page / kPage);
+  if (it == p.waiting.end() || it->second.empty() || it->second.front().second != since) return;  // placed
+  charge(c, m_p.live_migration.remote_fault, kCodePostcopyDst);
+  ++p.stats->request_retries;
+  return_frame(c, *m_host_nic, p.req, 1 + it->second.front().first->index % 63, p.src_mac, p.own_mac, kPcRequest,
+               page, [&] { charge(c, 100, kCodePostcopyDst); });
+  Vm* pv = &vm;
+  at(c.now_ps() + m_p.live_migration.request_timeout, c.id(),
+     [this, pv, page, since](Core& cc) { mig_request_retry(cc, *pv, page, since); });
 }
 
 }  // namespace vmx::hv

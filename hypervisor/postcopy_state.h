@@ -25,7 +25,6 @@ enum PostcopyFrame : std::uint32_t {
   kPcZero = 0x102,     // address: a guest page the source never backed (it reads as zeros)
   kPcRequest = 0x103,  // destination to source, address: a guest page a vCPU waits for
   kPcDone = 0x104,     // payload: frames the source sent; every page has been sent
-  kPcAck = 0x105,      // destination to source: DONE arrived with no frame lost; the source may free the VM
 };
 
 /// Auto-converge on the source (QEMU's cpu-throttle): the throttle in force
@@ -47,14 +46,18 @@ struct Hypervisor::Throttle {
 };
 
 /// Post-copy on the source: the pages still to send after the switch, the
-/// destination's requests (its return path is a port of the source's PF
-/// switch) and the background push.
-struct Hypervisor::PostcopyOut final : SwitchPort {
-  Hypervisor* hv = nullptr;
-  Vm* vm = nullptr;
+/// destination's requests (they arrive at the transport's port of the
+/// source's PF switch, mig_transport.cc) and the background push.
+struct Hypervisor::PostcopyOut {
   bool on = false;                  // post-copy goes ahead at the switchover
   bool finished = false;             // every page sent, DONE too
-  bool released = false;             // the destination acknowledged: the VM is freed here
+  bool released = false;             // every frame acknowledged: the VM is freed here
+  // The switch's frames, written as the send buffer has room: DISCARD lists
+  // (stage 0, from left[idx]), early pages (1), vCPU records (2), RUN (3).
+  unsigned stage = 0;
+  std::size_t idx = 0;
+  bool switched = false;
+  std::vector<std::uint64_t> left;
   std::uint64_t scratch = 0;        // a frame of hypervisor memory: discard lists, the DONE record
   std::vector<bool> sent;           // by guest page number: sent since the switch
   std::vector<std::uint64_t> push;  // guest page numbers the background push sends, ascending
@@ -63,11 +66,12 @@ struct Hypervisor::PostcopyOut final : SwitchPort {
   bool urgent_job = false;
   std::uint64_t next_tsc = 0;  // pacing of the background push
   std::uint64_t switch_tsc = 0;
-  void deliver(cpu::Core& c, std::uint64_t buf, unsigned len) override { hv->mig_postcopy_request(c, *vm, buf, len); }
 
   struct Stats : stats::Group {
     explicit Stats(stats::Group* p) : Group(p, "postcopy", "post-copy, source side (postcopy.cc)") {}
     stats::Counter requests{this, "requests", "frames", "page requests received from the destination"};
+    stats::Counter requests_ignored{this, "requests_ignored", "frames",
+                                    "requests for pages already in the stream (the transport delivers them)"};
     stats::Counter requested_sent{this, "requested_sent", "pages", "pages sent because the destination asked"};
     stats::Counter pushed{this, "pushed", "pages", "pages sent by the background push"};
     stats::Counter zero_pages{this, "zero_pages", "pages", "zero-page records for pages the source never backed"};
@@ -97,6 +101,8 @@ struct Hypervisor::PostcopyIn {
     explicit Stats(stats::Group* p) : Group(p, "postcopy", "post-copy, destination side (postcopy.cc)") {}
     stats::Counter remote_faults{this, "remote_faults", "faults",
                                  "EPT violations on pages not here yet that sent a request to the source"};
+    stats::Counter request_retries{this, "request_retries", "frames",
+                                   "page requests sent again after request_timeout without the page"};
     stats::Counter fault_waits{this, "fault_waits", "faults",
                                "EPT violations on pages already requested (no new request)"};
     stats::Histogram fault_latency_ns{this, "fault_latency_ns", "ns",

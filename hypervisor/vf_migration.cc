@@ -36,6 +36,7 @@
 // already sent (the page-checksum check finds them) and are sent again by
 // the destination's VF from the stale positions.
 #include "hypervisor/migration_state.h"
+#include "hypervisor/mig_stream.h"
 #include "hypervisor/passthrough.h"
 
 #include <algorithm>
@@ -59,7 +60,7 @@ constexpr std::uint32_t kSaved[] = {
     reg::kItr,    reg::kIntEnable, reg::kCtrl,
 };
 constexpr std::uint32_t kRecordBytes = sizeof(kSaved);
-constexpr std::uint32_t kFrameVfState = 5;  // stream frame type (migration.cc's numbering)
+constexpr std::uint32_t kFrameVfState = stream::kVfState;
 }  // namespace
 
 void Hypervisor::vf_mig_start(Core& c, Vm& vm, bool handshake) {
@@ -136,7 +137,6 @@ void Hypervisor::vf_mig_dma_dirty(Core& c, Vm& vm, std::vector<std::uint64_t>& g
 
 void Hypervisor::vf_mig_send_state(Core& c, Vm& vm) {
   VfMigration& m = *vm.vf_mig;
-  while (m_host_nic->tx_free(c) < 1) charge(c, 100, kCodeVfMig);
   mig_send(c, vm, kFrameVfState, 0, m.record, kRecordBytes);
   m.stats->state_bytes += kRecordBytes;
 }

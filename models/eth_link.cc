@@ -43,6 +43,10 @@ void EthLink::bind(PacketEndpoint& a, const std::string& a_name, PacketEndpoint&
   stats::Group& g = m_parent->subgroup(basename(), "Ethernet link");
   m_ab->stats = std::make_unique<LinkDirectionStats>(&g, a_name + "_to_" + b_name);
   m_ba->stats = std::make_unique<LinkDirectionStats>(&g, b_name + "_to_" + a_name);
+  if (m_params.drop_every)
+    for (Direction* d : {m_ab.get(), m_ba.get()})
+      d->stats->dropped = std::make_unique<stats::Counter>(d->stats.get(), "dropped", "frames",
+                                                           "frames lost on the wire (drop_every fault injection)");
 }
 
 EthLink::Direction& EthLink::dir(const PacketEndpoint& from) const {
@@ -77,6 +81,10 @@ sc_core::sc_time EthLink::send(const PacketEndpoint& from, Packet p) {
   d.stats->wire_bytes += std::max<std::uint64_t>(p.bytes.size(), m_params.min_frame) + m_params.frame_overhead;
   d.stats->busy_ps += ser.value();
   d.stats->queue_ns.sample((start - now).value() / 1000);
+  if (m_params.drop_every && d.stats->packets.value() % m_params.drop_every == 0) {
+    ++*d.stats->dropped;  // serialized, then lost: it never reaches the other end
+    return d.free;
+  }
   const sc_core::sc_time arrival = d.free + sc_core::sc_time::from_value(m_params.latency);
   d.queue.emplace_back(arrival, std::move(p));
   d.pushed.notify(sc_core::SC_ZERO_TIME);

@@ -39,6 +39,7 @@ struct EthLinkParams {
   std::uint64_t latency;  // ps
   std::uint32_t frame_overhead;
   std::uint32_t min_frame;
+  std::uint64_t drop_every;
 
   template <class V>
   void visit(V& v) {
@@ -55,6 +56,9 @@ struct EthLinkParams {
     v.param(min_frame, "min_frame", "60", Spec(Unit::Bytes),
             "Shorter frames are padded to this many bytes before the FCS (IEEE 802.3: 64-byte minimum "
             "frame including the 4-byte FCS).");
+    v.param(drop_every, "drop_every", "0", Spec(Unit::Count),
+            "Fault injection: every Nth frame sent in each direction is lost on the wire (as a frame whose FCS "
+            "fails at the receiver), counted in the direction's `dropped`; 0: none (default: a lossless link).");
   }
 };
 
@@ -65,6 +69,8 @@ struct LinkDirectionStats : stats::Group {
   stats::Counter wire_bytes{this, "wire_bytes", "bytes", "bytes on the wire, padding and overhead included"};
   stats::Counter busy_ps{this, "busy_ps", "ps", "time the wire spent serializing"};
   stats::Histogram queue_ns{this, "queue_ns", "ns", "time a frame waited for the wire to become free"};
+  /// Only with drop_every (so that a lossless link's statistics keep their keys).
+  std::unique_ptr<stats::Counter> dropped;
 };
 
 class EthLink : public sc_core::sc_module {
