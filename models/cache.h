@@ -201,6 +201,13 @@ class Cache {
     insert_mru(set_of(line_addr), (line_addr << 2) | (state & kStateBits), writeback);
   }
 
+  /// fill() whose allocation may replace only a way of `way_mask`, as in
+  /// access_masked() (a prefetch into a partitioned LLC).
+  void fill_masked(std::uint64_t pa, std::uint64_t state, std::uint64_t* writeback, std::uint64_t way_mask) {
+    const std::uint64_t line_addr = pa >> m_line_shift;
+    insert_masked(set_of(line_addr), (line_addr << 2) | (state & kStateBits), writeback, way_mask);
+  }
+
   /// A dirty line written back into this cache by the level above: marks the
   /// line dirty (and owned) if present (its LRU position is unchanged: the
   /// core did not use it), else allocates it dirty, which may evict a line

@@ -118,10 +118,14 @@ std::uint32_t MemHierarchy::gain_ownership(std::uint64_t pa) {
 // prefetched line uses it (late if the line is still on its way: the access
 // waits for it); a miss, or the first use of a prefetched line, trains the
 // prefetcher, and each line it proposes that the L2 lacks and no other core
-// holds is fetched from the LLC or DRAM (a DRAM read at this time, taking
-// its share of the bandwidth) and filled into the L2 and the LLC. A
-// prefetch is not a demand access: the caches' and DRAM's demand counters
-// do not count it.
+// holds is requested like an L2 miss: it leaves the core through the MBA
+// rate controller (MBA paces everything the L2 sends on, Intel RDT), is
+// fetched from the LLC or DRAM (a DRAM read at that time, taking its share
+// of the bandwidth; an encrypted line also through the memory-encryption
+// engine) and is filled into the L2 and, within the class's CAT ways, the
+// LLC. A prefetch is not a demand access: the caches' and DRAM's demand
+// counters do not count it; the PMU's L2_RQSTS events do (kCacheMiss with
+// `prefetch`), as Skylake's L2_RQSTS.MISS counts the L2 prefetcher's misses.
 void MemHierarchy::prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& cycles) {
   L2Prefetcher& pf = *m_prefetch;
   L2PrefetchStats& st = pf.stats();
@@ -144,18 +148,31 @@ void MemHierarchy::prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& 
       ++st.dropped;
       continue;
     }
-    std::uint32_t latency = m_llc->latency();
+    const std::uint32_t mba = m_rdt ? mba_delay() : 0;
+    std::uint32_t latency = mba + m_llc->latency();
     std::uint64_t wb = Cache::kNoWriteback;
     if (!m_llc->state(lpa)) {
-      m_llc->fill(lpa, Cache::kOwned, &wb);
+      if (m_rdt) m_llc->fill_masked(lpa, Cache::kOwned, &wb, llc_mask());
+      else m_llc->fill(lpa, Cache::kOwned, &wb);
       if (wb != Cache::kNoWriteback) dram_write(wb);
-      latency += dram_read(lpa, 0);  // prefetches are not paced by MBA here (docs/partitioning.md)
+      latency += dram_read(lpa, mba);
+      if (lpa & kKeyIdMask) [[unlikely]] {
+        // Decrypted on its way in, prefetched or not (XTS cannot start
+        // before the data arrives): ready only after the engine.
+        latency += m_crypt_cycles;
+        ++m_crypt_stats->fills;
+        m_crypt_stats->cycles += m_crypt_cycles;
+      }
     }
     std::uint64_t wb2 = Cache::kNoWriteback;
     m_l2.fill(lpa, Cache::kOwned, &wb2);
     if (wb2 != Cache::kNoWriteback) writeback_to_llc(wb2);
     ++st.issued;
     if (!pf.remember(l, now + latency).used) ++st.useless;
+    if (m_events->wants_any(events::bit(events::kCacheAccess) | events::bit(events::kCacheMiss))) [[unlikely]] {
+      const events::CacheAccess e{lpa, 2, false, false, false, false, true};
+      m_events->cache_access(e);
+    }
   }
 }
 

@@ -47,7 +47,7 @@ struct MemHierarchyParams {
             "Core cycles a DRAM access adds to the LLC's load-to-use latency. Default: 204; 7-cpu.com "
             "measures Skylake i7-6700 RAM latency as 42 cycles + 51 ns, and 51 ns at its 4 GHz is 204 cycles.");
     v.section(coherence, "coherence", "Coherence of the cores' private caches: a MESI directory at the LLC.");
-    v.section(l2_prefetch, "l2_prefetch", "The L2 hardware prefetcher (next-line and stride), off by default.");
+    v.section(l2_prefetch, "l2_prefetch", "The L2 hardware prefetcher (next-line and stride), on by default.");
   }
 };
 
@@ -74,10 +74,13 @@ struct MemHierarchyStats : stats::Group {
 struct CryptStats : stats::Group {
   explicit CryptStats(stats::Group* parent)
       : stats::Group(parent, "crypt", "the memory controller's encryption engine, for this core's requests") {}
-  stats::Counter fills{this, "fills", "lines", "encrypted lines filled from DRAM (each decrypted by the engine)"};
+  stats::Counter fills{this, "fills", "lines",
+                       "encrypted lines filled from DRAM, on demand or by the L2 prefetcher (each decrypted by "
+                       "the engine)"};
   stats::Counter writebacks{this, "writebacks", "lines",
                             "encrypted lines written back to DRAM (each encrypted by the engine)"};
-  stats::Counter cycles{this, "cycles", "cycles", "engine latency added to demand fills (line_latency per fill)"};
+  stats::Counter cycles{this, "cycles", "cycles",
+                        "engine latency of those fills (line_latency per fill, demand or L2 prefetch)"};
 };
 
 class MemHierarchy {

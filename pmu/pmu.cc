@@ -162,7 +162,10 @@ void Pmu::count(Source s, std::uint64_t n) {
 void Pmu::retired(const events::Retired& e) { count(Source::Instructions, e.instructions); }
 
 void Pmu::cache_access(const events::CacheAccess& e) {
-  const bool load = !e.fetch && !e.write && !e.walk;
+  // An L2 prefetch request (level 2 only) counts in L2_RQSTS (Skylake's
+  // L2_RQSTS.MISS includes PF_MISS, the L2 hardware prefetcher's misses),
+  // never as a retired load.
+  const bool load = !e.fetch && !e.write && !e.walk && !e.prefetch;
   switch (e.level) {
     case 1:
       if (e.fetch) return;  // the L1I

@@ -25,8 +25,8 @@ namespace vmx::events {
 /// What happened. The values index the bits of a Mask.
 enum Kind : std::uint8_t {
   kRetired,      // instructions retired (batched: a compute operation of N reports N once)
-  kCacheAccess,  // a demand access looked up one cache level (hit or miss)
-  kCacheMiss,    // a demand access missed one cache level
+  kCacheAccess,  // a demand access looked up one cache level (hit or miss), or an L2 prefetch request
+  kCacheMiss,    // a demand access missed one cache level, or the L2 prefetcher requested a line
   kTlbMiss,      // a translation missed one TLB level
   kWalk,         // a page walk completed (or faulted)
   kVmEntry,      // VMLAUNCH/VMRESUME entered VMX non-root operation
@@ -61,6 +61,7 @@ struct CacheAccess {
   bool write;
   bool walk;   // a page walker's paging-structure reference
   bool hit;
+  bool prefetch = false;  // the L2 prefetcher's request for a line the L2 lacks (level 2, a miss; not demand)
 };
 
 /// TLB levels: 1 is every first-level TLB of the access's kind (looked up in
