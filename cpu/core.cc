@@ -666,7 +666,18 @@ std::uint64_t Core::load_impl(std::uint64_t va, unsigned size) {
       walk_start = m_mmu.last_walk_start();
     }
   }
-  if (!m_w.mem->contains(pa, size)) return mmio_read(pa, size);
+  if (!m_w.mem->contains(pa, size)) [[unlikely]] {
+    // A keyed address is never inside PhysMem (models/mem_crypt.h). An
+    // independent load of encrypted RAM overlaps like any other: the
+    // engine's latency is part of its line fill, not a reason to block.
+    if (!(kIndependent && models::key_id_of(pa) && in_ram(pa, size))) return mmio_read(pa, size);
+    const std::uint32_t cycles = cache_access_inline(pa, models::AccessKind::Read);
+    if (overlapped_walk) load_after_walk(walk_start, cycles);
+    else load_overlap(cycles);
+    std::uint64_t v = 0;
+    m_w.crypt->read(pa, &v, size);
+    return v;
+  }
   if constexpr (kIndependent) {
     const std::uint32_t cycles = cache_access_inline(pa, models::AccessKind::Read);
     if (overlapped_walk) [[unlikely]] {
