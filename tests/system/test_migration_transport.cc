@@ -12,7 +12,7 @@
 #include "system/cli_harness.h"
 
 using vmx::test::read_text;
-using vmx::test::run_cli;
+using vmx::test::run_ok;
 using vmx::test::CliRun;
 
 namespace {
@@ -22,12 +22,6 @@ const std::string kTp = "host.a.vm.web.migration.transport.";
 const std::string kIn = "host.b.vm.web.migration_in.";
 const std::string kRx = "host.b.vm.web.migration_in.transport.";
 
-CliRun run(const std::string& yaml, const std::vector<std::string>& args = {}) {
-  CliRun r = run_cli(yaml, args);
-  INFO(r.err);
-  REQUIRE(r.exit_code == 0);
-  return r;
-}
 
 /// The VM runs at the destination with the source's memory, and its
 /// pattern check passed there.
@@ -64,7 +58,7 @@ std::string churn(const std::string& bandwidth, const std::string& mode = "preco
 }  // namespace
 
 TEST_CASE("Transport: a lossless stream retransmits nothing", "[migration][transport]") {
-  const CliRun r = run(read_text(kScenarios + "s8_converge.yaml"));
+  const CliRun r = run_ok(read_text(kScenarios + "s8_converge.yaml"));
   check_moved(r);
   CHECK(r.at(kTp + "retransmitted") == 0);
   CHECK(r.at(kTp + "timeouts") == 0);
@@ -78,7 +72,7 @@ TEST_CASE("Transport: a lossless stream retransmits nothing", "[migration][trans
 
 TEST_CASE("Transport: a stream at 1 GiB/s arrives whole, its window bounded by the receiver",
           "[migration][transport]") {
-  const CliRun r = run(churn("1GiB"));
+  const CliRun r = run_ok(churn("1GiB"));
   INFO("transmitted " << r.at(kTp + "transmitted") << ", retransmitted " << r.at(kTp + "retransmitted")
                       << ", window stalls " << r.at(kTp + "window_stalls") << ", goodput " << r.at(kTp + "goodput"));
   check_moved(r);
@@ -94,7 +88,7 @@ TEST_CASE("Transport: frames the destination's receive ring drops are retransmit
           "[migration][transport]") {
   // A receive ring of 16 descriptors on the destination, under a window of
   // 64 frames: the ring overflows and the NIC drops frames.
-  const CliRun r = run(churn("1GiB", "precopy", "{ept_ad: true, host_nic: {ring_size: 16}}"));
+  const CliRun r = run_ok(churn("1GiB", "precopy", "{ept_ad: true, host_nic: {ring_size: 16}}"));
   INFO("retransmitted " << r.at(kTp + "retransmitted") << ", fast " << r.at(kTp + "fast_retransmits")
                         << ", timeouts " << r.at(kTp + "timeouts"));
   check_moved(r);
@@ -109,7 +103,7 @@ TEST_CASE("Transport: frames lost on the wire are retransmitted, pre-copy and po
   const std::string mode = GENERATE(std::string("precopy"), std::string("postcopy"));
   INFO(mode);
   // Every 40th frame in each direction lost: stream frames, ACKs, requests.
-  const CliRun r = run(churn("1GiB", mode), {"--set", "network.link.drop_every=40"});
+  const CliRun r = run_ok(churn("1GiB", mode), {"--set", "network.link.drop_every=40"});
   check_moved(r);
   CHECK(r.at("network.link.a_to_b.dropped") > 0);
   CHECK(r.at("network.link.b_to_a.dropped") > 0);
@@ -121,7 +115,7 @@ TEST_CASE("Transport: a lost post-copy page request is sent again and the vCPU g
           "[migration][transport][postcopy]") {
   // Every 45th frame in each direction lost; from b to a, ACKs and page
   // requests, one of which is among the lost.
-  const CliRun r = run(churn("1GiB", "postcopy"), {"--set", "network.link.drop_every=45"});
+  const CliRun r = run_ok(churn("1GiB", "postcopy"), {"--set", "network.link.drop_every=45"});
   const std::string pi = kIn + "postcopy.", po = kOut + "postcopy.";
   INFO("remote faults " << r.at(pi + "remote_faults") << ", retries " << r.at(pi + "request_retries")
                         << ", requests at source " << r.at(po + "requests"));
