@@ -82,12 +82,8 @@ std::uint32_t MemHierarchy::miss(std::uint64_t pa, AccessKind kind, Cache& l1) {
     if (dram) {
       ++m_stats.dram_accesses;
       cycles += dram_read(pa, mba);
-      if (pa & kKeyIdMask) [[unlikely]] {
-        // The engine decrypts the line on its way in (XTS: not before it arrives).
-        cycles += m_crypt_cycles;
-        ++m_crypt_stats->fills;
-        m_crypt_stats->cycles += m_crypt_cycles;
-      }
+      if (pa & kKeyIdMask) [[unlikely]]
+        cycles += decrypt_fill();
     }
     cycles += mba;
     m_l2.fill(pa, state, &wb2);
@@ -156,13 +152,8 @@ void MemHierarchy::prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& 
       else m_llc->fill(lpa, Cache::kOwned, &wb);
       if (wb != Cache::kNoWriteback) dram_write(wb);
       latency += dram_read(lpa, mba);
-      if (lpa & kKeyIdMask) [[unlikely]] {
-        // Decrypted on its way in, prefetched or not (XTS cannot start
-        // before the data arrives): ready only after the engine.
-        latency += m_crypt_cycles;
-        ++m_crypt_stats->fills;
-        m_crypt_stats->cycles += m_crypt_cycles;
-      }
+      if (lpa & kKeyIdMask) [[unlikely]]
+        latency += decrypt_fill();  // prefetched or not, ready only after the engine
     }
     std::uint64_t wb2 = Cache::kNoWriteback;
     m_l2.fill(lpa, Cache::kOwned, &wb2);

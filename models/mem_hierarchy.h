@@ -205,6 +205,14 @@ class MemHierarchy {
   /// `cycles` is the access's latency so far, raised when it caught up with
   /// an in-flight prefetch of the line.
   void prefetch_after(std::uint64_t pa, bool l2_hit, std::uint32_t& cycles);
+  /// An encrypted line filled from DRAM (on demand or by the prefetcher):
+  /// the engine decrypts it on its way in (XTS cannot start before the data
+  /// arrives). Counts the fill; returns the engine's cycles.
+  std::uint32_t decrypt_fill() {
+    ++m_crypt_stats->fills;
+    m_crypt_stats->cycles += m_crypt_cycles;
+    return m_crypt_cycles;
+  }
   void writeback_to_l2(std::uint64_t line_pa);
   void writeback_to_llc(std::uint64_t line_pa);
   /// Reports the levels an access looked up: every level above `hit_level`
