@@ -434,6 +434,10 @@ void Hypervisor::mig_resume(Core& c, Vm& vm, std::uint64_t pause_tsc) {
     v.state = halted ? Vcpu::State::Blocked : Vcpu::State::Runnable;
     v.time.off = halted ? Vcpu::Off::Halted : Vcpu::Off::Runnable;
     v.time.since = v.time.trace_since = m_cores[v.core]->now();
+    // A running vCPU joins its core's run queue (as wake() puts a blocked
+    // one back): a core that picked while the VM was incoming dropped it.
+    PerCore& target = *m_percore[v.core];
+    if (!halted) target.sched->wake(v, true, target.sched->accounts_runtime() ? c.rdtsc() : 0);
     kick[v.core] = true;
   }
   // The page check (the simulator's probe) reads the EPT on this core; its

@@ -513,9 +513,11 @@ bool Hypervisor::mig_remote_fault(PerCore& pc, Vcpu& v, std::uint64_t gpa) {
     return true;
   }
   ++p.stats->remote_faults;
+  // Read before the request goes out: an interrupt taken while it is sent
+  // may place the page and drop its waiters' entry.
+  const std::uint64_t since = it->second.front().second;
   return_frame(c, *m_host_nic, p.req, 1 + v.index % 63, p.src_mac, p.own_mac, kPcRequest, page,  // REQ_PAGES
                [&] { charge(c, 100, kCodePostcopyDst); });
-  const std::uint64_t since = it->second.front().second;
   Vm* pv = &vm;
   at(c.now_ps() + m_p.live_migration.request_timeout, c.id(),
      [this, pv, page, since](Core& cc) { mig_request_retry(cc, *pv, page, since); });
@@ -528,9 +530,10 @@ void Hypervisor::mig_request_retry(Core& c, Vm& vm, std::uint64_t page, std::uin
   PostcopyIn& p = *m.post;
   const auto it = p.waiting.find(page / kPage);
   if (it == p.waiting.end() || it->second.empty() || it->second.front().second != since) return;  // placed
+  const unsigned index = it->second.front().first->index;  // `it` may go while the retry is sent
   charge(c, m_p.live_migration.remote_fault, kCodePostcopyDst);
   ++p.stats->request_retries;
-  return_frame(c, *m_host_nic, p.req, 1 + it->second.front().first->index % 63, p.src_mac, p.own_mac, kPcRequest,
+  return_frame(c, *m_host_nic, p.req, 1 + index % 63, p.src_mac, p.own_mac, kPcRequest,
                page, [&] { charge(c, 100, kCodePostcopyDst); });
   Vm* pv = &vm;
   at(c.now_ps() + m_p.live_migration.request_timeout, c.id(),
