@@ -11,6 +11,7 @@
 #include "models/mem_hierarchy.h"
 #include "models/mmio.h"
 #include "models/phys_mem.h"
+#include "sim/local_time.h"
 
 namespace vmx::cpu {
 
@@ -63,6 +64,13 @@ void write_host(std::uint8_t* h, std::uint64_t value, unsigned size) {
 
 void Core::no_current() { throw SimulationError("no core is executing software"); }
 
+sc_core::sc_time Core::local_offset_now() {
+  const Core* c = detail::t_current;
+  if (!c || sim::Fiber::running() != c->m_current) return sc_core::SC_ZERO_TIME;
+  const sc_core::sc_time local = c->time_of(c->m_now), now = sc_core::sc_time_stamp();
+  return local > now ? local - now : sc_core::SC_ZERO_TIME;
+}
+
 // ---------------------------------------------------------------------------
 // Construction and the SystemC thread.
 
@@ -80,6 +88,7 @@ Core::Core(sc_core::sc_module_name name, unsigned id, const CoreParams& params, 
                            params.stlb_1g, params.psc, params.nested_tlb, params.page_walkers},
             *this, &m_stats),
       m_exit_group(&m_stats.subgroup("exit_reasons", "VM exits by basic exit reason")) {
+  sim::g_local_offset = &Core::local_offset_now;
   if (!m_w.mem || !m_w.caches || !m_w.io || !m_w.vmcs_store || !m_w.frequency_hz || !m_w.quantum_cycles)
     throw std::invalid_argument("core " + std::to_string(id) + ": incomplete wiring");
   m_w.caches->set_events(&m_events);
@@ -149,6 +158,7 @@ void Core::run() {
         if (t > m_now) m_now = t;
         m_lapic.tick(m_now);
       }
+      if (m_interrupt_sent > m_now) m_now = m_interrupt_sent;  // sent by a core running ahead
       m_stats.halted_cycles += m_now - halted_from;
       m_halted_total += m_now - halted_from;
       m_executing = true;
@@ -195,7 +205,18 @@ void Core::set_user_mode(bool user) {
 bool Core::interrupts_enabled() const { return t_current && t_current != this ? t_current->m_if : m_if; }
 std::uint8_t Core::cpl() const { return t_current && t_current != this ? t_current->m_cpl : m_cpl; }
 
+// An interrupt is sent at the sender's time: the sending core's clock, which
+// runs up to a quantum ahead of SystemC's, or SystemC's for a device. It is
+// recognised at the first boundary at or after that time, never before
+// (a core behind the sender waits for it; a halted one wakes then), so that
+// no reply leaves before its request arrived.
 void Core::post_interrupt(std::uint8_t vector) {
+  // The sender is a core when its software runs now (t_current alone stays
+  // set while a device's SystemC process runs).
+  const Core* from = detail::t_current;
+  if (from && sim::Fiber::running() != from->m_current) from = nullptr;
+  const std::uint64_t sent = cycles_of(from ? from->time_of(from->m_now) : sc_core::sc_time_stamp());
+  if (sent > m_interrupt_sent) m_interrupt_sent = sent;
   m_lapic.raise(vector);
   m_next_event = 0;
   m_wake.notify(sc_core::SC_ZERO_TIME);
@@ -206,7 +227,8 @@ void Core::recompute_next_event() {
   if (m_lapic.deadline() < next) next = m_lapic.deadline();
   if (m_non_root && m_preempt_deadline < next) next = m_preempt_deadline;
   if (m_pmu_deadline < next) next = m_pmu_deadline;
-  if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0 || m_op_done) next = 0;
+  if (m_lapic.any_requested() && m_interrupt_sent < next) next = m_interrupt_sent;  // 0 when it has arrived
+  if (m_event_pending || m_mtf_boundaries >= 0 || m_op_done) next = 0;
   if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
   m_next_event = next;
 }
@@ -249,7 +271,7 @@ void Core::slow_boundary() {
     m_next_event = 0;  // deliver at the following boundary
     return;
   }
-  take_pending_interrupt();
+  if (m_now >= m_interrupt_sent) take_pending_interrupt();
   if (m_non_root && (m_proc & proc::kInterruptWindowExiting) && m_if) {
     m_boundary_exit = true;
     vm_exit(ExitReason::InterruptWindow, 0);
@@ -409,16 +431,46 @@ void Core::smt_update() {
   m_cpi_q8 = m_smt_shared ? m_cpi_shared_q8 : m_cpi_alone_q8;
 }
 
+// A compute of many instructions is many instruction boundaries: an interrupt,
+// a timer or the end of the quantum due before its last instruction is taken
+// between two of its instructions (SDM Vol. 3A, 6.9), not after all of them.
+// The compute retires up to the first instruction that reaches the next
+// event, runs the boundary, and goes on with the rest.
 void Core::compute(std::uint64_t instructions) {
   if (ff_compute(instructions)) [[unlikely]]
     return;  // what boundary() and retire() do when no boundary is due
+  std::uint64_t left = instructions;
   try {
     VMX_ON_EXECUTING_CORE(compute(instructions));
     boundary();
-    retire(instructions);
-  } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
-    return t_current->compute(instructions);
+    bool stepped = false;
+    for (;;) {
+      std::uint64_t fit = instructions_until(m_next_event);
+      // A boundary still due now (the instruction after STI, an interrupt
+      // masked by RFLAGS.IF): one instruction, then look once more; what is
+      // still due after it waits for the end of the compute. The monitor
+      // trap flag counts operations (slow_boundary): a compute is one.
+      if (fit == UINT64_MAX && m_next_event <= m_now && !stepped && m_mtf_boundaries < 0) {
+        fit = 1;
+        stepped = true;
+      }
+      if (fit >= left) break;
+      retire(fit);
+      left -= fit;
+      boundary();
+    }
+    retire(left);
+  } catch (const CoreMoved&) {  // resumed on another core: the rest of the compute runs there
+    return t_current->compute(left);
   }
+}
+
+std::uint64_t Core::instructions_until(std::uint64_t cycle) const {
+  // Nothing due later than now: compute() decides.
+  if (cycle <= m_now || cycle - m_now > (std::uint64_t{1} << 40)) return UINT64_MAX;
+  // The fewest n with m_now + (n * cpi_q8 + frac) / 256 >= cycle.
+  const std::uint64_t need = ((cycle - m_now) << 8) - m_cpi_frac;
+  return (need + m_cpi_q8 - 1) / m_cpi_q8;
 }
 
 void Core::update_context() {
@@ -2429,7 +2481,8 @@ void Core::vm_exit(ExitReason reason, std::uint64_t qualification, std::uint64_t
     // bound when every entry finds an interrupt pending (a vCPU whose cap
     // budget is shorter than an exit).
     const int v = now.m_lapic.deliverable();
-    if (v >= 0 && (now.m_pin & pin::kPostedInterrupts) && v == now.m_pi_nv) now.take_pending_interrupt();
+    if (v >= 0 && (now.m_pin & pin::kPostedInterrupts) && v == now.m_pi_nv && now.m_now >= now.m_interrupt_sent)
+      now.take_pending_interrupt();
     if (now.m_non_root && now.m_if && now.virtual_interrupt_recognized()) now.deliver_virtual_interrupt();
     now.recompute_next_event();
   }

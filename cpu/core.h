@@ -336,6 +336,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   [[gnu::always_inline]] bool ff_compute(std::uint64_t instructions) {
     if (!ff_direct()) [[likely]]
       return false;
+    if (instructions > 1 && instructions_until(m_next_event) < instructions) return false;  // a boundary inside
     retire(instructions);
     return true;
   }
@@ -506,6 +507,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   enum class Yield : std::uint8_t { Sync, Halt };
 
   [[noreturn]] static void no_current();  // current() with no core executing
+  /// How far the software executing now runs ahead of SystemC (sim/local_time.h).
+  static sc_core::sc_time local_offset_now();
   /// fetch() past its boundary: each line translated and looked up.
   [[gnu::always_inline]] inline void fetch_lines(std::uint64_t va, std::uint64_t bytes);
   void run();                    // the SystemC thread
@@ -521,6 +524,10 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   enum class LockedOp : std::uint8_t { Swap, Or, Add };
   std::uint64_t locked_update(std::uint64_t va, std::uint64_t value, LockedOp op, const char* what);
   void recompute_next_event();
+  /// How many instructions a compute retires before it reaches `cycle` (the
+  /// first that reaches it included); UINT64_MAX when no boundary is due
+  /// after now.
+  std::uint64_t instructions_until(std::uint64_t cycle) const;
   [[gnu::always_inline]] void retire(std::uint64_t instructions) {
     std::uint64_t q = instructions * m_cpi_q8 + m_cpi_frac;
     m_now += q >> 8;
@@ -773,6 +780,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   std::uint64_t m_next_event = 0;   // earliest cycle the slow boundary must run
   pmu::Pmu m_pmu{*this, m_events};
   std::uint64_t m_pmu_deadline = UINT64_MAX;  // a cycle counter may overflow from here on
+  std::uint64_t m_interrupt_sent = 0;  // latest send time of an interrupt posted to this core
   std::uint64_t m_sync_at = 0;      // next quantum end
   bool m_event_pending = false;     // an injected event or IPI awaits delivery
   bool m_sti_shadow = false;        // blocking by STI (SDM Vol. 3A, 6.8.3)

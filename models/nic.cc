@@ -1,4 +1,5 @@
 #include "models/nic.h"
+#include "sim/local_time.h"
 
 #include <cstring>
 #include <stdexcept>
@@ -125,6 +126,8 @@ std::uint32_t Nic::reg_read(NicFunction& f, std::uint32_t off) {
   }
 }
 
+// A register write comes from software at its core's time: what it starts
+// (a transmit, a held-back message) starts then (sim/local_time.h).
 void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
   using namespace nicreg;
   constexpr std::uint64_t kLo = 0xFFFF'FFFFull;
@@ -134,11 +137,11 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
         f.reset();  // function-level reset of the registers; statistics are kept
       else
         f.ctrl = v & (kCtrlTxEn | kCtrlRxEn | (f.index == 0 ? kCtrlUpe : 0));
-      m_tx_kick.notify(sc_core::SC_ZERO_TIME);
+      m_tx_kick.notify(sim::local_offset());
       break;
     case kStatus:
       f.status &= ~(v & (kStatusTxErr | kStatusRxErr));  // W1C
-      m_tx_kick.notify(sc_core::SC_ZERO_TIME);
+      m_tx_kick.notify(sim::local_offset());
       break;
     case kMacLo: f.mac = (f.mac & ~kLo) | v; break;
     case kMacHi: f.mac = (f.mac & kLo) | (std::uint64_t(v & 0xFFFF) << 32); break;
@@ -159,17 +162,17 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
       // the device in ERROR (left by a function reset).
       f.mig_state = mig_arc(f.mig_state, v) ? v : kMigError;
       if (f.dma_allowed()) {
-        m_tx_kick.notify(sc_core::SC_ZERO_TIME);
+        m_tx_kick.notify(sim::local_offset());
         if (f.pending && !(f.msix_ctrl & 1)) {  // held while stopped
           f.msi_due = true;
-          m_msi_kick.notify(sc_core::SC_ZERO_TIME);
+          m_msi_kick.notify(sim::local_offset());
         }
       }
       break;
     case kTxTail:
       if (v < f.tx_size) {  // out-of-range tails are ignored
         f.tx_tail = v;
-        m_tx_kick.notify(sc_core::SC_ZERO_TIME);
+        m_tx_kick.notify(sim::local_offset());
       }
       break;
     case kRxBaseLo: f.rx_base = (f.rx_base & ~kLo) | (v & ~0xFu); break;
@@ -194,7 +197,7 @@ void Nic::reg_write(NicFunction& f, std::uint32_t off, std::uint32_t v) {
       // (PCIe 5.0 6.1.4.5).
       if (was_masked && !(v & 1) && f.pending) {
         f.msi_due = true;
-        m_msi_kick.notify(sc_core::SC_ZERO_TIME);
+        m_msi_kick.notify(sim::local_offset());
       }
       break;
     }

@@ -40,13 +40,17 @@ struct Writer : vmx::abi::GuestImage {
   std::uint64_t backed = 0;
   std::vector<std::uint64_t> reads, writes;
   bool ready = false, go = false, done = false;
+  std::uint64_t go_at = 0;  // the job core's clock when it set `go`
   std::uint64_t written = 0;  // pages written so far
   std::uint64_t entry_point(unsigned) override { return vmx::cpu::code_address(&fiber); }
   void main() {
     Core& c = Core::current();
     for (std::uint64_t p = 0; p < backed; ++p) c.store(p * kPage, p);
     ready = true;
-    while (!go) c.compute(2000);
+    // `go` is a host variable, seen at once: the guest goes on only when its
+    // own clock has reached the time it was set (the cores' clocks differ by
+    // up to a quantum), as it would see a flag in memory.
+    while (!go || c.now() < go_at) c.compute(2000);
     for (std::uint64_t p : reads) c.load(p * kPage + 64);
     for (std::uint64_t p : writes) {
       c.store(p * kPage + 8, p + 1);
@@ -111,6 +115,7 @@ struct Rig {
         if (!g->ready) return start_at(ps + kMs);
       for (unsigned i = 0; i < 3; ++i) {
         hv->dirty_log_start(c, i, kModes[i]);
+        guests[i]->go_at = c.now();
         guests[i]->go = true;
       }
       collect_at(ps + kMs);
