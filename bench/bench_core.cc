@@ -155,6 +155,7 @@ struct TimedRun {
   vmx::experiment::RunResult result;
   YAML::Node stats;  // stats.json
   double host_s = 0;
+  double cpu_s = 0;  // the process's CPU time over the run (user + system)
 };
 
 // Runs the config `doc` (text: its YAML, recorded with the results) and
@@ -164,8 +165,10 @@ bool run_timed(const char* mode, const vmx::cfg::Document& doc, const std::strin
   auto params = vmx::experiment::load(doc);
   apply_timing_features(params.platform);
   const auto t0 = Clock::now();
+  const double cpu0 = cpu_seconds();
   out.result = vmx::experiment::run(params, text);
   out.host_s = seconds(Clock::now() - t0);
+  out.cpu_s = cpu_seconds() - cpu0;
   if (!out.result.finished) {
     std::fprintf(stderr, "bench_core %s: the workload did not finish\n", mode);
     for (const auto& note : out.result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
@@ -551,6 +554,7 @@ int bench_firsttouch(std::uint64_t n) {
   // The whole run: building the system, booting the guest, then the
   // touches; scripts/bench subtracts a run of one page for the marginal cost.
   std::printf("firsttouch.host_seconds: %.6f\n", host_s);
+  std::printf("firsttouch.cpu_seconds: %.6f\n", run.cpu_s);
   std::printf("firsttouch.pages: %llu\n", static_cast<unsigned long long>(n));
   std::printf("firsttouch.ept_violations: %llu\n", static_cast<unsigned long long>(violations));
   std::printf("firsttouch.guest_page_faults: %llu\n", static_cast<unsigned long long>(faults));
@@ -595,6 +599,7 @@ int bench_fastforward(std::uint64_t n, bool functional) {
   // The whole run (building the system, booting the guest, the updates, the
   // read-back); scripts/bench subtracts a run of one update for the marginal.
   std::printf("%s.host_seconds: %.6f\n", mode, host_s);
+  std::printf("%s.cpu_seconds: %.6f\n", mode, run.cpu_s);
   std::printf("%s.updates: %llu\n", mode, static_cast<unsigned long long>(n));
   std::printf("%s.instructions: %.0f\n", mode, instructions);
   std::printf("%s.checksum: %.0f\n", mode, checksum);

@@ -197,7 +197,7 @@ std::uint8_t Core::cpl() const { return t_current && t_current != this ? t_curre
 
 void Core::post_interrupt(std::uint8_t vector) {
   m_lapic.raise(vector);
-  m_next_event = 0;
+  set_next_event(0);
   m_wake.notify(sc_core::SC_ZERO_TIME);
 }
 
@@ -208,7 +208,7 @@ void Core::recompute_next_event() {
   if (m_pmu_deadline < next) next = m_pmu_deadline;
   if (m_event_pending || m_lapic.any_requested() || m_mtf_boundaries >= 0 || m_op_done) next = 0;
   if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
-  m_next_event = next;
+  set_next_event(next);
 }
 
 // Interrupts, injected events and timers are recognized here, between
@@ -246,7 +246,7 @@ void Core::slow_boundary() {
   // The instruction after STI runs before any interrupt is delivered.
   if (m_sti_shadow) {
     m_sti_shadow = false;
-    m_next_event = 0;  // deliver at the following boundary
+    set_next_event(0);  // deliver at the following boundary
     return;
   }
   take_pending_interrupt();
@@ -432,6 +432,7 @@ void Core::update_context() {
 void Core::set_functional(bool on) {
   flush_retired();
   m_functional = on;
+  set_next_event(m_next_event);
   if (on && !m_ftlb) m_ftlb = std::make_unique<std::array<FtlbEntry, 3 * kFtlbEntries>>();
   ftlb_flush();
   update_retire_batch();
@@ -441,16 +442,28 @@ void Core::set_functional(bool on) {
 // translation (rights checked, flags set) since the last context change or
 // invalidation. A miss asks the MMU (TLBs, walk) and keeps what it gives.
 bool Core::translate_functional(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  const std::uint64_t page = va >> 12;
-  FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
-  if (e.gen == m_ftlb_gen && e.page == page) {
+  FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + ((va >> 12) & (kFtlbEntries - 1))];
+  const std::uint64_t tag = ftlb_tag(va);
+  if (e.tag == tag) {
     pa = e.pa_page | (va & 0xFFF);
-    if (!e.host) e.host = ftlb_frame(e.pa_page);  // written since (by this access, at the latest the next)
+    if (!e.host) {  // written since (by this access, at the latest the next)
+      e.host = ftlb_frame(e.pa_page);
+      if (e.host) e.direct = tag;
+    }
     return true;
   }
   if (!m_mmu.translate(va, type, pa, m_now)) return translation_fault(va);
-  e = {page, pa & ~0xFFFull, m_ftlb_gen, ftlb_frame(pa & ~0xFFFull)};
+  std::uint8_t* host = ftlb_frame(pa & ~0xFFFull);
+  const std::uint64_t now_tag = ftlb_tag(va);  // the generation after the translation
+  e = {now_tag, pa & ~0xFFFull, host ? now_tag : 0, host};
   return true;
+}
+
+// The generations ran out: every entry goes (tags of the old generations
+// could otherwise come back), and the count starts over.
+void Core::ftlb_wrap() {
+  if (m_ftlb) m_ftlb->fill(FtlbEntry{});
+  m_ftlb_gen = 1;
 }
 
 // Frames are never freed (models/phys_mem.h), so the pointer stays valid
@@ -1350,7 +1363,7 @@ void Core::pmu_rearm() {
 // A counter overflowed with its interrupt enabled: the LVT entry requests
 // its vector, taken at the next operation boundary.
 void Core::pmu_interrupt() {
-  if (m_lapic.pmi()) m_next_event = 0;
+  if (m_lapic.pmi()) set_next_event(0);
 }
 
 std::uint64_t Core::rdpmc(std::uint32_t ecx) {
@@ -1631,7 +1644,7 @@ void Core::sti() {
     retire(1);
     if (!m_if) m_sti_shadow = true;
     m_if = true;
-    m_next_event = 0;
+    set_next_event(0);
   } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
     return t_current->sti();
   }
