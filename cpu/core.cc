@@ -631,9 +631,37 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   return load_slow(va, size);
 }
 
+// Fast-forward with translation off (root operation without paging): the
+// physical address is the linear one, and a RAM page whose host frame
+// exists is served from the core's frame table, as hit_probe serves full
+// timing's hits. What load_impl and store_slow do for such an access when
+// no boundary is due: retire, the statistic, the bytes (a functional access
+// costs no cycles beyond its CPI and leaves no mark in the store buffer).
+std::uint8_t* Core::ff_phys(std::uint64_t va, unsigned size) {
+  if (!kHostLittleEndian || !m_functional || m_mmu.translating() || t_current != this || m_now >= m_next_event)
+    return nullptr;
+  constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
+  if (((va & 0xFFF) + size) > 0x1000 || size > 8 || !((kSizes >> size) & 1)) return nullptr;
+  HostFrame& f = m_host_frames[(va >> 12) & (kHostFrames - 1)];
+  if (f.page != va >> 12) {
+    const std::uint64_t page = va & ~kFrameOffset;
+    if (!m_w.mem->contains(page, models::PhysMem::kFrameSize)) return nullptr;  // MMIO, or a key ID
+    const std::uint8_t* h = m_w.mem->frame_if_present(page);
+    if (!h) return nullptr;  // never written: the full path reads zeros, or allocates
+    f = {va >> 12, const_cast<std::uint8_t*>(h)};
+  }
+  return f.host + (va & kFrameOffset);
+}
+
 std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {
   if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]
     return v;
+  if (const std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.loads;
+    m_op_size = size;
+    return read_host(h, size);
+  }
   try {
     VMX_ON_EXECUTING_CORE(load(va, size));
     return load_impl<false>(va, size);
@@ -645,6 +673,12 @@ std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {
 std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
   if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]  // functional: no MSHRs, no overlap to model
     return v;
+  if (const std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.loads;
+    m_op_size = size;
+    return read_host(h, size);
+  }
   try {
     VMX_ON_EXECUTING_CORE(load_independent(va, size));
     if (m_p.mshrs == 0) return load_impl<false>(va, size);
@@ -750,6 +784,14 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
 void Core::store_slow(std::uint64_t va, std::uint64_t value, unsigned size) {
   if (ff_store(va, value, size)) [[unlikely]]
     return;
+  if (std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.stores;
+    m_op_size = size | kOpWrite;
+    m_op_value = value;
+    write_host(h, value, size);
+    return;
+  }
   try {
     VMX_ON_EXECUTING_CORE(store(va, value, size));
     boundary();
@@ -1076,9 +1118,16 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
       std::uint64_t pa;
       while (!translate(va, AccessType::Write, pa)) boundary();
       if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
-      for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-        charge_store(cache_access_inline(line, models::AccessKind::Write));  // streams through the store buffer
-        retire(1);
+      if (ff_batch_lines()) [[unlikely]] {
+        // Fast-forward: the lines' stores cost nothing beyond their CPI
+        // and leave no mark in the store buffer, so the lines retire in one
+        // sum (the same cycles and fraction as one at a time).
+        retire(((pa + chunk + kLine - 1) & ~(kLine - 1)) / kLine - pa / kLine);
+      } else {
+        for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
+          charge_store(cache_access_inline(line, models::AccessKind::Write));  // streams through the store buffer
+          retire(1);
+        }
       }
       // A frame never written reads as zeros (PhysMem): zeroing it needs no
       // host frame, so clearing a fresh page costs no host memory or memset.
@@ -1112,10 +1161,14 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       }
       if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
         throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
-      for (std::uint64_t off = 0; off < chunk; off += kLine) {
-        charge(cache_access(spa + off, models::AccessKind::Read));
-        charge_store(cache_access(dpa + off, models::AccessKind::Write));
-        retire(1);
+      if (ff_batch_lines()) [[unlikely]] {
+        retire((chunk + kLine - 1) / kLine);  // as in rep_stos
+      } else {
+        for (std::uint64_t off = 0; off < chunk; off += kLine) {
+          charge(cache_access(spa + off, models::AccessKind::Read));
+          charge_store(cache_access(dpa + off, models::AccessKind::Write));
+          retire(1);
+        }
       }
       std::uint8_t buf[4096];
       mem_read_bytes(spa, buf, chunk);

@@ -641,6 +641,13 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
     if (e.direct != ftlb_tag(va)) return nullptr;
     return e.host + (va & 0xFFF);
   }
+  /// Fast-forward's direct path with translation off (load_slow,
+  /// store_slow): the host bytes of the RAM frame at physical va, or null.
+  std::uint8_t* ff_phys(std::uint64_t va, unsigned size);
+  /// Fast-forward: the cache lines of a string operation retire in one sum
+  /// (rep_stos, rep_movs), unless a listener other than the vCPU observer's
+  /// sum receives each operation's retired instructions.
+  bool ff_batch_lines() const { return m_functional && (m_retire_batch || !m_events.wants(events::kRetired)); }
   bool translation_fault(std::uint64_t va);
   // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
