@@ -17,6 +17,7 @@
 //                            touch_pages workload writes N fresh pages once,
 //                            each a guest page fault and an EPT violation
 //                            that backs the page with a zeroed host frame
+//   bench_core firsttouch-ff [N]  the same fast-forwarded (functional)
 //   bench_core fastforward [N]    a random_access workload of N updates run
 //                            fast-forwarded (functional) from start to end
 //   bench_core fastforward-detailed [N]  the same with full timing
@@ -155,6 +156,7 @@ struct TimedRun {
   vmx::experiment::RunResult result;
   YAML::Node stats;  // stats.json
   double host_s = 0;
+  double cpu_s = 0;  // the process's CPU time over the run (user + system)
 };
 
 // Runs the config `doc` (text: its YAML, recorded with the results) and
@@ -164,8 +166,10 @@ bool run_timed(const char* mode, const vmx::cfg::Document& doc, const std::strin
   auto params = vmx::experiment::load(doc);
   apply_timing_features(params.platform);
   const auto t0 = Clock::now();
+  const double cpu0 = cpu_seconds();
   out.result = vmx::experiment::run(params, text);
   out.host_s = seconds(Clock::now() - t0);
+  out.cpu_s = cpu_seconds() - cpu0;
   if (!out.result.finished) {
     std::fprintf(stderr, "bench_core %s: the workload did not finish\n", mode);
     for (const auto& note : out.result.vm_notes) std::fprintf(stderr, "  %s\n", note.c_str());
@@ -528,10 +532,14 @@ int bench_hv_exit(std::uint64_t n) {
 // ---------------------------------------------------------------------------
 // firsttouch: first touches of guest pages through the real experiment path.
 
-int bench_firsttouch(std::uint64_t n) {
+// firsttouch-ff: the same fast-forwarded from start to end (functional
+// mode: the warm-up of a working set before the measurement).
+int bench_firsttouch(std::uint64_t n, bool functional) {
+  const char* mode = functional ? "firsttouch-ff" : "firsttouch";
   const std::uint64_t vm_mib = std::max<std::uint64_t>(64, (n * kPage >> 20) * 2);
   const std::string yaml = "seed: 1\n"
-                           "duration: 100s\n"
+                           "duration: 100s\n" +
+                           std::string(functional ? "fast_forward: 99s\n" : "") +
                            "platform:\n"
                            "  cores: 1\n"
                            "  memory: " + std::to_string(vm_mib + 256) + "MiB\n"
@@ -543,24 +551,25 @@ int bench_firsttouch(std::uint64_t n) {
                            "      - type: touch_pages\n"
                            "        pages: " + std::to_string(n) + "\n";
   TimedRun run;
-  if (!run_yaml("firsttouch", yaml, run)) return 1;
+  if (!run_yaml(mode, yaml, run)) return 1;
   const YAML::Node& s = run.stats;
   const auto violations = s["system"]["cpu0"]["exit_reasons"]["EPT_VIOLATION"].as<std::uint64_t>(0);
   const auto faults = s["vm"]["bench"]["kernel"]["page_faults"].as<std::uint64_t>(0);
   const double host_s = run.host_s;
   // The whole run: building the system, booting the guest, then the
   // touches; scripts/bench subtracts a run of one page for the marginal cost.
-  std::printf("firsttouch.host_seconds: %.6f\n", host_s);
-  std::printf("firsttouch.pages: %llu\n", static_cast<unsigned long long>(n));
-  std::printf("firsttouch.ept_violations: %llu\n", static_cast<unsigned long long>(violations));
-  std::printf("firsttouch.guest_page_faults: %llu\n", static_cast<unsigned long long>(faults));
-  std::printf("firsttouch.host_ns_per_page_whole_run: %.1f\n", host_s * 1e9 / static_cast<double>(n));
-  std::printf("firsttouch.target_ns: %.0f\n", kFirstTouchTargetNs);
+  std::printf("%s.host_seconds: %.6f\n", mode, host_s);
+  std::printf("%s.cpu_seconds: %.6f\n", mode, run.cpu_s);
+  std::printf("%s.pages: %llu\n", mode, static_cast<unsigned long long>(n));
+  std::printf("%s.ept_violations: %llu\n", mode, static_cast<unsigned long long>(violations));
+  std::printf("%s.guest_page_faults: %llu\n", mode, static_cast<unsigned long long>(faults));
+  std::printf("%s.host_ns_per_page_whole_run: %.1f\n", mode, host_s * 1e9 / static_cast<double>(n));
+  std::printf("%s.target_ns: %.0f\n", mode, kFirstTouchTargetNs);
   // Peak resident set of the process (the host's own accounting):
   // scripts/bench compares an N-page run's with a one-page run's against the
   // guest memory the N pages touched (issue 18: at most 1.1 x that plus a
   // fixed base).
-  std::printf("firsttouch.max_rss_kib: %ld\n", max_rss_kib());
+  std::printf("%s.max_rss_kib: %ld\n", mode, max_rss_kib());
   std::fflush(stdout);
   return 0;
 }
@@ -595,6 +604,7 @@ int bench_fastforward(std::uint64_t n, bool functional) {
   // The whole run (building the system, booting the guest, the updates, the
   // read-back); scripts/bench subtracts a run of one update for the marginal.
   std::printf("%s.host_seconds: %.6f\n", mode, host_s);
+  std::printf("%s.cpu_seconds: %.6f\n", mode, run.cpu_s);
   std::printf("%s.updates: %llu\n", mode, static_cast<unsigned long long>(n));
   std::printf("%s.instructions: %.0f\n", mode, instructions);
   std::printf("%s.checksum: %.0f\n", mode, checksum);
@@ -702,6 +712,7 @@ int usage() {
                "(default 5000000)\n"
                "       bench_core walk-nocache [N]  the same with every walk cache off\n"
                "       bench_core firsttouch [N]  host time of N first touches of guest pages (default 32768)\n"
+               "       bench_core firsttouch-ff [N]  the same fast-forwarded (functional)\n"
                "       bench_core fastforward [N]  N random updates over 4 MiB, fast-forwarded (default 2000000)\n"
                "       bench_core fastforward-detailed [N]  the same with full timing\n"
                "       bench_core mips CONFIG   instructions per host second of a whole config (a YAML file)\n"
@@ -767,7 +778,8 @@ int main(int argc, char** argv) {
     if (mode == "hv-exit") return bench_hv_exit(n ? n : 500'000);
     if (mode == "walk") return bench_walk(n ? n : 5'000'000, true);
     if (mode == "walk-nocache") return bench_walk(n ? n : 5'000'000, false);
-    if (mode == "firsttouch") return bench_firsttouch(n ? n : 32'768);
+    if (mode == "firsttouch") return bench_firsttouch(n ? n : 32'768, false);
+    if (mode == "firsttouch-ff") return bench_firsttouch(n ? n : 32'768, true);
     if (mode == "fastforward") return bench_fastforward(n ? n : 2'000'000, true);
     if (mode == "fastforward-detailed") return bench_fastforward(n ? n : 2'000'000, false);
   } catch (const std::exception& e) {

@@ -218,7 +218,7 @@ void Core::post_interrupt(std::uint8_t vector) {
   const std::uint64_t sent = cycles_of(from ? from->time_of(from->m_now) : sc_core::sc_time_stamp());
   if (sent > m_interrupt_sent) m_interrupt_sent = sent;
   m_lapic.raise(vector);
-  m_next_event = 0;
+  set_next_event(0);
   m_wake.notify(sc_core::SC_ZERO_TIME);
 }
 
@@ -230,7 +230,7 @@ void Core::recompute_next_event() {
   if (m_lapic.any_requested() && m_interrupt_sent < next) next = m_interrupt_sent;  // 0 when it has arrived
   if (m_event_pending || m_mtf_boundaries >= 0 || m_op_done) next = 0;
   if (m_non_root && m_if && virtual_interrupt_recognized()) next = 0;
-  m_next_event = next;
+  set_next_event(next);
 }
 
 // Interrupts, injected events and timers are recognized here, between
@@ -268,7 +268,7 @@ void Core::slow_boundary() {
   // The instruction after STI runs before any interrupt is delivered.
   if (m_sti_shadow) {
     m_sti_shadow = false;
-    m_next_event = 0;  // deliver at the following boundary
+    set_next_event(0);  // deliver at the following boundary
     return;
   }
   if (m_now >= m_interrupt_sent) take_pending_interrupt();
@@ -484,6 +484,7 @@ void Core::update_context() {
 void Core::set_functional(bool on) {
   flush_retired();
   m_functional = on;
+  set_next_event(m_next_event);
   if (on && !m_ftlb) m_ftlb = std::make_unique<std::array<FtlbEntry, 3 * kFtlbEntries>>();
   ftlb_flush();
   update_retire_batch();
@@ -493,16 +494,28 @@ void Core::set_functional(bool on) {
 // translation (rights checked, flags set) since the last context change or
 // invalidation. A miss asks the MMU (TLBs, walk) and keeps what it gives.
 bool Core::translate_functional(std::uint64_t va, AccessType type, std::uint64_t& pa) {
-  const std::uint64_t page = va >> 12;
-  FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
-  if (e.gen == m_ftlb_gen && e.page == page) {
+  FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + ((va >> 12) & (kFtlbEntries - 1))];
+  const std::uint64_t tag = ftlb_tag(va);
+  if (e.tag == tag) {
     pa = e.pa_page | (va & 0xFFF);
-    if (!e.host) e.host = ftlb_frame(e.pa_page);  // written since (by this access, at the latest the next)
+    if (!e.host) {  // written since (by this access, at the latest the next)
+      e.host = ftlb_frame(e.pa_page);
+      if (e.host) e.direct = tag;
+    }
     return true;
   }
   if (!m_mmu.translate(va, type, pa, m_now)) return translation_fault(va);
-  e = {page, pa & ~0xFFFull, m_ftlb_gen, ftlb_frame(pa & ~0xFFFull)};
+  std::uint8_t* host = ftlb_frame(pa & ~0xFFFull);
+  const std::uint64_t now_tag = ftlb_tag(va);  // the generation after the translation
+  e = {now_tag, pa & ~0xFFFull, host ? now_tag : 0, host};
   return true;
+}
+
+// The generations ran out: every entry goes (tags of the old generations
+// could otherwise come back), and the count starts over.
+void Core::ftlb_wrap() {
+  if (m_ftlb) m_ftlb->fill(FtlbEntry{});
+  m_ftlb_gen = 1;
 }
 
 // Frames are never freed (models/phys_mem.h), so the pointer stays valid
@@ -670,9 +683,37 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
   return load_slow(va, size);
 }
 
+// Fast-forward with translation off (root operation without paging): the
+// physical address is the linear one, and a RAM page whose host frame
+// exists is served from the core's frame table, as hit_probe serves full
+// timing's hits. What load_impl and store_slow do for such an access when
+// no boundary is due: retire, the statistic, the bytes (a functional access
+// costs no cycles beyond its CPI and leaves no mark in the store buffer).
+std::uint8_t* Core::ff_phys(std::uint64_t va, unsigned size) {
+  if (!kHostLittleEndian || !m_functional || m_mmu.translating() || t_current != this || m_now >= m_next_event)
+    return nullptr;
+  constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
+  if (((va & 0xFFF) + size) > 0x1000 || size > 8 || !((kSizes >> size) & 1)) return nullptr;
+  HostFrame& f = m_host_frames[(va >> 12) & (kHostFrames - 1)];
+  if (f.page != va >> 12) {
+    const std::uint64_t page = va & ~kFrameOffset;
+    if (!m_w.mem->contains(page, models::PhysMem::kFrameSize)) return nullptr;  // MMIO, or a key ID
+    const std::uint8_t* h = m_w.mem->frame_if_present(page);
+    if (!h) return nullptr;  // never written: the full path reads zeros, or allocates
+    f = {va >> 12, const_cast<std::uint8_t*>(h)};
+  }
+  return f.host + (va & kFrameOffset);
+}
+
 std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {
   if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]
     return v;
+  if (const std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.loads;
+    m_op_size = size;
+    return read_host(h, size);
+  }
   try {
     VMX_ON_EXECUTING_CORE(load(va, size));
     return load_impl<false>(va, size);
@@ -684,6 +725,12 @@ std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {
 std::uint64_t Core::load_independent(std::uint64_t va, unsigned size) {
   if (std::uint64_t v; ff_load(va, size, v)) [[unlikely]]  // functional: no MSHRs, no overlap to model
     return v;
+  if (const std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.loads;
+    m_op_size = size;
+    return read_host(h, size);
+  }
   try {
     VMX_ON_EXECUTING_CORE(load_independent(va, size));
     if (m_p.mshrs == 0) return load_impl<false>(va, size);
@@ -789,6 +836,14 @@ void Core::store(std::uint64_t va, std::uint64_t value, unsigned size) {
 void Core::store_slow(std::uint64_t va, std::uint64_t value, unsigned size) {
   if (ff_store(va, value, size)) [[unlikely]]
     return;
+  if (std::uint8_t* h = ff_phys(va, size)) [[unlikely]] {
+    retire(1);
+    ++m_stats.stores;
+    m_op_size = size | kOpWrite;
+    m_op_value = value;
+    write_host(h, value, size);
+    return;
+  }
   try {
     VMX_ON_EXECUTING_CORE(store(va, value, size));
     boundary();
@@ -1115,9 +1170,16 @@ void Core::rep_stos(std::uint64_t va, std::uint8_t value, std::uint64_t bytes) {
       std::uint64_t pa;
       while (!translate(va, AccessType::Write, pa)) boundary();
       if (!in_ram(pa, chunk)) throw SimulationError(fmt::format("{}: REP STOS to physical {:#x} beyond memory", name(), pa));
-      for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
-        charge_store(cache_access_inline(line, models::AccessKind::Write));  // streams through the store buffer
-        retire(1);
+      if (ff_batch_lines()) [[unlikely]] {
+        // Fast-forward: the lines' stores cost nothing beyond their CPI
+        // and leave no mark in the store buffer, so the lines retire in one
+        // sum (the same cycles and fraction as one at a time).
+        retire(((pa + chunk + kLine - 1) & ~(kLine - 1)) / kLine - pa / kLine);
+      } else {
+        for (std::uint64_t line = pa & ~(kLine - 1); line < pa + chunk; line += kLine) {
+          charge_store(cache_access_inline(line, models::AccessKind::Write));  // streams through the store buffer
+          retire(1);
+        }
       }
       // A frame never written reads as zeros (PhysMem): zeroing it needs no
       // host frame, so clearing a fresh page costs no host memory or memset.
@@ -1151,10 +1213,14 @@ void Core::rep_movs(std::uint64_t dst, std::uint64_t src, std::uint64_t bytes) {
       }
       if (!in_ram(spa, chunk) || !in_ram(dpa, chunk))
         throw SimulationError(fmt::format("{}: REP MOVS beyond memory", name()));
-      for (std::uint64_t off = 0; off < chunk; off += kLine) {
-        charge(cache_access(spa + off, models::AccessKind::Read));
-        charge_store(cache_access(dpa + off, models::AccessKind::Write));
-        retire(1);
+      if (ff_batch_lines()) [[unlikely]] {
+        retire((chunk + kLine - 1) / kLine);  // as in rep_stos
+      } else {
+        for (std::uint64_t off = 0; off < chunk; off += kLine) {
+          charge(cache_access(spa + off, models::AccessKind::Read));
+          charge_store(cache_access(dpa + off, models::AccessKind::Write));
+          retire(1);
+        }
       }
       std::uint8_t buf[4096];
       mem_read_bytes(spa, buf, chunk);
@@ -1402,7 +1468,7 @@ void Core::pmu_rearm() {
 // A counter overflowed with its interrupt enabled: the LVT entry requests
 // its vector, taken at the next operation boundary.
 void Core::pmu_interrupt() {
-  if (m_lapic.pmi()) m_next_event = 0;
+  if (m_lapic.pmi()) set_next_event(0);
 }
 
 std::uint64_t Core::rdpmc(std::uint32_t ecx) {
@@ -1683,7 +1749,7 @@ void Core::sti() {
     retire(1);
     if (!m_if) m_sti_shadow = true;
     m_if = true;
-    m_next_event = 0;
+    set_next_event(0);
   } catch (const CoreMoved&) {  // resumed on another core: the operation starts over there
     return t_current->sti();
   }

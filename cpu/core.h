@@ -518,7 +518,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   }
   /// Fast-forward with this core executing and no boundary due: the direct
   /// paths (ff_load, ff_store, ff_compute) may serve the operation.
-  bool ff_direct() const { return m_functional && detail::t_current == this && m_now < m_next_event; }
+  /// One compare: m_ff_until is m_next_event in functional mode and 0
+  /// otherwise (set_next_event, set_functional).
+  bool ff_direct() const { return detail::t_current == this && m_now < m_ff_until; }
+  /// Every write of m_next_event goes through here, so that m_ff_until
+  /// follows it.
+  void set_next_event(std::uint64_t cycle) {
+    m_next_event = cycle;
+    m_ff_until = m_functional ? cycle : 0;
+  }
   void slow_boundary();
   std::uint64_t emulated_result();
   enum class LockedOp : std::uint8_t { Swap, Or, Add };
@@ -604,12 +612,25 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// `host` is the page's host bytes when it is RAM whose frame exists
   /// (null otherwise, and then filled once the frame exists): fast-forward's
   /// loads and stores go straight there (ftlb_host).
+  ///
+  /// An entry's tag is its page's linear address with the generation in the
+  /// low 12 bits (ftlb_tag: one compare for page and generation); `direct`
+  /// is the same tag once `host` is known and 0 before, so that the direct
+  /// path checks page, generation and frame with one compare. Generations
+  /// run from 1 to 4095; when they wrap, every entry is cleared (a tag is
+  /// never 0, so a cleared entry matches nothing).
   struct FtlbEntry {
-    std::uint64_t page = 0, pa_page = 0, gen = 0;
+    std::uint64_t tag = 0, pa_page = 0, direct = 0;
     std::uint8_t* host = nullptr;
   };
   static constexpr unsigned kFtlbEntries = 2048;
-  void ftlb_flush() { ++m_ftlb_gen; }
+  static constexpr std::uint64_t kFtlbGenerations = 0x1000;
+  std::uint64_t ftlb_tag(std::uint64_t va) const { return (va & ~0xFFFull) | m_ftlb_gen; }
+  void ftlb_flush() {
+    if (++m_ftlb_gen == kFtlbGenerations) [[unlikely]]
+      ftlb_wrap();
+  }
+  void ftlb_wrap();
   /// The host frame behind the RAM page at pa_page, or null (not RAM, or
   /// never written).
   std::uint8_t* ftlb_frame(std::uint64_t pa_page) const;
@@ -622,11 +643,18 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// functional access costs nothing beyond its CPI.
   std::uint8_t* ftlb_host(std::uint64_t va, unsigned size, mmu::AccessType type) const {
     if (((va & 0xFFF) + size) > 0x1000) return nullptr;
-    const std::uint64_t page = va >> 12;
-    const FtlbEntry& e = (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + (page & (kFtlbEntries - 1))];
-    if (e.gen != m_ftlb_gen || e.page != page || !e.host) return nullptr;
+    const FtlbEntry& e =
+        (*m_ftlb)[static_cast<unsigned>(type) * kFtlbEntries + ((va >> 12) & (kFtlbEntries - 1))];
+    if (e.direct != ftlb_tag(va)) return nullptr;
     return e.host + (va & 0xFFF);
   }
+  /// Fast-forward's direct path with translation off (load_slow,
+  /// store_slow): the host bytes of the RAM frame at physical va, or null.
+  std::uint8_t* ff_phys(std::uint64_t va, unsigned size);
+  /// Fast-forward: the cache lines of a string operation retire in one sum
+  /// (rep_stos, rep_movs), unless a listener other than the vCPU observer's
+  /// sum receives each operation's retired instructions.
+  bool ff_batch_lines() const { return m_functional && (m_retire_batch || !m_events.wants(events::kRetired)); }
   bool translation_fault(std::uint64_t va);
   // The MMU's table memory (the cache hierarchy).
   std::uint64_t read_entry(std::uint64_t pa, std::uint32_t& cycles) override;
@@ -769,6 +797,7 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
 
   // Time.
   std::uint64_t m_now = 0;          // local clock, cycles since reset
+  std::uint64_t m_ff_until = 0;     // m_next_event in functional mode, else 0 (ff_direct)
   std::uint64_t m_halted_total = 0; // cycles halted since reset
   // Listeners (sim/events.h), and the one of the VMCS in non-root operation.
   events::Dispatcher m_events;

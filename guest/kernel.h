@@ -171,26 +171,27 @@ class Thread {
  public:
   cpu::Core& cpu() const { return cpu::Core::current(); }
   // Each operation tries fast-forward's direct path in line first
-  // (cpu::Core::ff_load etc.; nothing in full timing but one test).
-  std::uint64_t load(std::uint64_t va, unsigned size = 8) {
+  // (cpu::Core::ff_load etc.; nothing in full timing but one test), in
+  // line in the program's own loop (always_inline: no call to get there).
+  [[gnu::always_inline]] std::uint64_t load(std::uint64_t va, unsigned size = 8) {
     cpu::Core& c = cpu();
     if (std::uint64_t v; c.ff_load(va, size, v)) [[unlikely]]
       return v;
     return c.load(va, size);
   }
   /// A load whose address depends on no outstanding load (cpu::Core::load_independent).
-  std::uint64_t load_independent(std::uint64_t va, unsigned size = 8) {
+  [[gnu::always_inline]] std::uint64_t load_independent(std::uint64_t va, unsigned size = 8) {
     cpu::Core& c = cpu();
     if (std::uint64_t v; c.ff_load(va, size, v)) [[unlikely]]
       return v;
     return c.load_independent(va, size);
   }
-  void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) {
+  [[gnu::always_inline]] void store(std::uint64_t va, std::uint64_t value, unsigned size = 8) {
     cpu::Core& c = cpu();
     if (!c.ff_store(va, value, size)) [[likely]]
       c.store(va, value, size);
   }
-  void compute(std::uint64_t instructions) {
+  [[gnu::always_inline]] void compute(std::uint64_t instructions) {
     cpu::Core& c = cpu();
     if (!c.ff_compute(instructions)) [[likely]]
       c.compute(instructions);

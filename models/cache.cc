@@ -63,6 +63,7 @@ void Cache::insert_mru(std::uint64_t* set, std::uint64_t word, std::uint64_t* wr
   // overlapping copy, which the host does in a few vector moves.
   std::memmove(set + 1, set, (ways - 1) * sizeof *set);
   set[0] = word | (victim & kWayBits);  // the line takes over its victim's way
+  present_replace(victim, word);
   evicted(victim, writeback);
 }
 
@@ -80,6 +81,7 @@ void Cache::insert_masked(std::uint64_t* set, std::uint64_t word, std::uint64_t*
   const std::uint64_t victim = set[v];
   for (std::uint32_t w = v; w > 0; --w) set[w] = set[w - 1];
   set[0] = word | (victim & kWayBits);
+  present_replace(victim, word);
   evicted(victim, writeback);
 }
 
@@ -106,7 +108,7 @@ void Cache::receive_writeback_masked(std::uint64_t pa, std::uint64_t* writeback,
 }
 
 int Cache::way_of(std::uint64_t pa) const {
-  const std::uint64_t* word = find(pa >> m_line_shift);
+  const std::uint64_t* word = find_filtered(pa >> m_line_shift);
   return word ? static_cast<int>(way_bits(*word)) : -1;
 }
 
@@ -133,20 +135,20 @@ void Cache::receive_writeback(std::uint64_t pa, std::uint64_t* writeback) {
   insert_mru(set_of(line_addr), (line_addr << 2) | kDirty | kOwned, writeback);
 }
 
-bool Cache::probe(std::uint64_t pa) const { return find(pa >> m_line_shift) != nullptr; }
+bool Cache::probe(std::uint64_t pa) const { return find_filtered(pa >> m_line_shift) != nullptr; }
 
 bool Cache::probe_dirty(std::uint64_t pa) const {
-  const std::uint64_t* word = find(pa >> m_line_shift);
+  const std::uint64_t* word = find_filtered(pa >> m_line_shift);
   return word && (*word & kDirty);
 }
 
 std::uint64_t Cache::state(std::uint64_t pa) const {
-  const std::uint64_t* word = find(pa >> m_line_shift);
+  const std::uint64_t* word = find_filtered(pa >> m_line_shift);
   return word ? kPresent | (*word & kStateBits) : 0;
 }
 
 std::uint64_t Cache::downgrade(std::uint64_t pa, std::uint64_t bits) {
-  std::uint64_t* word = find(pa >> m_line_shift);
+  std::uint64_t* word = find_filtered(pa >> m_line_shift);
   if (!word) return 0;
   const std::uint64_t before = kPresent | (*word & kStateBits);
   *word &= ~(bits & kStateBits);
@@ -155,12 +157,13 @@ std::uint64_t Cache::downgrade(std::uint64_t pa, std::uint64_t bits) {
 
 std::uint64_t Cache::invalidate(std::uint64_t pa) {
   const std::uint64_t line_addr = pa >> m_line_shift;
-  std::uint64_t* word = find(line_addr);
+  std::uint64_t* word = find_filtered(line_addr);
   if (!word) return 0;
   const std::uint64_t before = kPresent | (*word & kStateBits);
   // The less recently used ways move up one, keeping empty ways last.
   std::uint64_t* set = set_of(line_addr);
   const std::uint32_t way = way_bits(*word);
+  if (m_pf) present_remove(*word);
   for (std::uint64_t* w = word; w + 1 < set + m_params.ways; ++w) *w = *(w + 1);
   set[m_params.ways - 1] = empty_word(way);  // the way it held is empty now
   return before;
@@ -170,6 +173,25 @@ void Cache::invalidate_all() {
   for (std::uint32_t s = 0; s < m_sets; ++s) {
     std::uint64_t* set = m_store.data() + m_base + std::size_t{s} * m_params.ways;
     for (std::uint32_t w = 0; w < m_params.ways; ++w) set[w] = empty_word(w);
+  }
+  std::fill(m_present.begin(), m_present.end(), std::uint16_t{0});
+}
+
+// Four counters a line the cache can hold (a power of two): with the cache
+// full, about one absent line in five finds its counter nonzero and is
+// searched as before. Counted from the lines present now, so it may be
+// turned on at any time.
+void Cache::keep_presence_filter() {
+  if (!m_present.empty()) return;
+  const std::uint64_t lines = std::uint64_t{m_sets} * m_params.ways;
+  unsigned bits = 2;
+  while ((1ull << bits) < 4 * lines) ++bits;
+  m_present_shift = 64 - bits;
+  m_present.assign(std::size_t{1} << bits, 0);
+  m_pf = m_present.data();
+  for (std::uint32_t s = 0; s < m_sets; ++s) {
+    const std::uint64_t* set = m_set0 + std::size_t{s} * m_params.ways;
+    for (std::uint32_t w = 0; w < m_params.ways; ++w) present_add(set[w]);
   }
 }
 

@@ -243,6 +243,19 @@ class Cache {
   std::uint32_t sets() const { return m_sets; }
   const CacheStats& stats() const { return m_stats; }
 
+  /// Host speed: keeps a presence filter from now on (an exact shortcut
+  /// for queries that miss: state(), probe(), probe_dirty(), downgrade(),
+  /// invalidate(), way_of()). Counters indexed by a hash of
+  /// the line address, each the number of valid lines with that hash: a
+  /// zero counter means the line is absent, so the set is not scanned. Kept
+  /// by every insertion, eviction and invalidation; a counter that reaches
+  /// its maximum stays there (it then never answers "absent"). Changes
+  /// nothing in the model. MemHierarchy turns it on for the L2 and the LLC
+  /// when the L2 prefetcher runs (its proposals query both, mostly for
+  /// absent lines).
+  void keep_presence_filter();
+  bool presence_filter() const { return !m_present.empty(); }
+
   /// Host-speed hint: asks the host to bring pa's set of tags into its
   /// caches ahead of an access. Changes nothing in the model.
   void host_prefetch(std::uint64_t pa) const {
@@ -321,6 +334,40 @@ class Cache {
   void insert_masked(std::uint64_t* set, std::uint64_t word, std::uint64_t* writeback, std::uint64_t way_mask);
   /// Counts and reports the eviction of `victim`.
   void evicted(std::uint64_t victim, std::uint64_t* writeback);
+
+  // The presence filter (keep_presence_filter): m_pf is null when off.
+  std::vector<std::uint16_t> m_present;
+  std::uint16_t* m_pf = nullptr;
+  unsigned m_present_shift = 64;
+  std::size_t present_slot(std::uint64_t line_addr) const {
+    return static_cast<std::size_t>((line_addr * 0x9E3779B97F4A7C15ull) >> m_present_shift);
+  }
+  /// A valid word's counter (an empty way's word is not counted).
+  std::uint16_t* present_counter(std::uint64_t word) {
+    return word < kValidLimit ? &m_pf[present_slot((word & ~kIgnoreBits) >> 2)] : nullptr;
+  }
+  void present_add(std::uint64_t word) {
+    if (std::uint16_t* c = present_counter(word); c && *c != UINT16_MAX) ++*c;
+  }
+  void present_remove(std::uint64_t word) {
+    if (std::uint16_t* c = present_counter(word); c && *c != UINT16_MAX) --*c;  // a saturated counter stays
+  }
+  /// `word` replaced `victim` (a fill).
+  void present_replace(std::uint64_t victim, std::uint64_t word) {
+    if (m_pf) [[unlikely]] {
+      present_remove(victim);
+      present_add(word);
+    }
+  }
+  bool surely_absent(std::uint64_t line_addr) const { return m_pf && m_pf[present_slot(line_addr)] == 0; }
+  /// find() that first asks the presence filter (the queries that mostly
+  /// miss; a write-back's search, which mostly finds its line, asks find()).
+  const std::uint64_t* find_filtered(std::uint64_t line_addr) const {
+    return surely_absent(line_addr) ? nullptr : find(line_addr);
+  }
+  std::uint64_t* find_filtered(std::uint64_t line_addr) {
+    return surely_absent(line_addr) ? nullptr : find(line_addr);
+  }
 
   CacheParams m_params;
   CacheStats m_stats;

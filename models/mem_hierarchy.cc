@@ -27,6 +27,10 @@ MemHierarchy::MemHierarchy(const MemHierarchyParams& params, Cache* llc, stats::
   if (params.l2_prefetch.enabled()) {
     m_prefetch = std::make_unique<L2Prefetcher>(params.l2_prefetch, &m_stats);
     m_prefetch_lines.reserve(2 * params.l2_prefetch.degree);
+    // Host speed: the proposals' state queries of the L2 and the LLC are
+    // mostly for absent lines (Cache::keep_presence_filter).
+    m_l2.keep_presence_filter();
+    m_llc->keep_presence_filter();
   }
 }
 

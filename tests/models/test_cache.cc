@@ -302,3 +302,72 @@ TEST_CASE("line states: lookup reports Shared lines, snoops downgrade and invali
   CHECK(c.probe(C));
   CHECK(c.stats().evictions.value() == 0);
 }
+
+TEST_CASE("the presence filter answers exactly what the full search answers", "[cache]") {
+  // Two caches fed the same operations, one keeping the presence filter
+  // (Cache::keep_presence_filter, turned on part way, with lines present):
+  // every query and every statistic must agree, whatever the mix of
+  // demand accesses, masked fills, write-backs, snoops and flushes.
+  CacheParams p{};
+  p.size = 64 * 64 * 4;  // 64 sets of 4 ways: the filter has 1024 counters
+  p.ways = 4;
+  p.line = 64;
+  p.latency = 3;
+  stats::Group root;
+  Cache plain(p, &root, "plain"), filtered(p, &root, "filtered");
+  std::uint64_t x = 12345;
+  auto next = [&] {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+  };
+  unsigned absent = 0, checked = 0;
+  for (int i = 0; i < 60000; ++i) {
+    if (i == 500) filtered.keep_presence_filter();
+    // 2,048 lines over 256 lines of capacity: hits, misses and evictions.
+    const std::uint64_t pa = (next() % 2048) * 64;
+    const unsigned op = static_cast<unsigned>(next() % 100);
+    std::uint64_t wb_a = 0, wb_b = 0;
+    if (op < 50) {
+      const bool write = op & 1;
+      REQUIRE(plain.access(pa, write, &wb_a) == filtered.access(pa, write, &wb_b));
+    } else if (op < 60) {
+      const std::uint64_t mask = 1 + next() % 15;
+      REQUIRE(plain.access_masked(pa, op & 1, &wb_a, mask) == filtered.access_masked(pa, op & 1, &wb_b, mask));
+    } else if (op < 70) {
+      if (plain.state(pa) == 0) {
+        plain.fill(pa, Cache::kOwned, &wb_a);
+        filtered.fill(pa, Cache::kOwned, &wb_b);
+      }
+    } else if (op < 80) {
+      plain.receive_writeback(pa, &wb_a);
+      filtered.receive_writeback(pa, &wb_b);
+    } else if (op < 85) {
+      const std::uint64_t mask = 1 + next() % 15;
+      plain.receive_writeback_masked(pa, &wb_a, mask);
+      filtered.receive_writeback_masked(pa, &wb_b, mask);
+    } else if (op < 93) {
+      REQUIRE(plain.invalidate(pa) == filtered.invalidate(pa));
+    } else if (op < 99) {
+      REQUIRE(plain.downgrade(pa, Cache::kOwned) == filtered.downgrade(pa, Cache::kOwned));
+    } else if (i % 7 == 0) {
+      plain.invalidate_all();
+      filtered.invalidate_all();
+    }
+    REQUIRE(wb_a == wb_b);
+    const std::uint64_t q = (next() % 2048) * 64;
+    ++checked;
+    if (plain.state(q) == 0) ++absent;
+    REQUIRE(plain.state(q) == filtered.state(q));
+    REQUIRE(plain.probe_dirty(q) == filtered.probe_dirty(q));
+    REQUIRE(plain.way_of(q) == filtered.way_of(q));
+  }
+  CHECK(filtered.presence_filter());
+  CHECK_FALSE(plain.presence_filter());
+  CHECK(absent > checked / 2);  // most queries were for absent lines: the filter's case
+  CHECK(plain.stats().hits.value() == filtered.stats().hits.value());
+  CHECK(plain.stats().misses.value() == filtered.stats().misses.value());
+  CHECK(plain.stats().evictions.value() == filtered.stats().evictions.value());
+  CHECK(plain.stats().writebacks.value() == filtered.stats().writebacks.value());
+}
