@@ -445,6 +445,10 @@ void Core::compute(std::uint64_t instructions) {
     boundary();
     bool stepped = false;
     for (;;) {
+      // Most computes end before the next event: no division for them.
+      if (m_next_event > m_now && left < (std::uint64_t{1} << 40) &&
+          ((left * m_cpi_q8 + m_cpi_frac) >> 8) < m_next_event - m_now)
+        break;
       std::uint64_t fit = instructions_until(m_next_event);
       // A boundary still due now (the instruction after STI, an interrupt
       // masked by RFLAGS.IF): one instruction, then look once more; what is
