@@ -270,6 +270,8 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   }
 
   // ---- Architectural operations ------------------------------------------
+  /// `instructions` instructions at the core's CPI; interrupts, timers and
+  /// the quantum's end are taken between them (docs/model.md, "Time").
   void compute(std::uint64_t instructions);
   std::uint64_t load(std::uint64_t va, unsigned size = 8);
   /// A load whose address does not depend on an outstanding load's data
