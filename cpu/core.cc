@@ -648,19 +648,7 @@ void Core::pml_log(std::uint64_t gpa, std::uint32_t& cycles) {
   --m_pml_index;
 }
 
-inline std::uint8_t* Core::hit_probe(std::uint64_t va, unsigned size, AccessType type,
-                                     const mmu::Mmu::HitMemo*& memo, std::uint64_t& pa) {
-  if (!kHostLittleEndian || m_functional || t_current != this || m_now >= m_next_event) return nullptr;
-  // Bit n: n bytes are an access size (1, 2, 4, 8).
-  constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
-  if (((va & 0xFFF) + size) > 0x1000 || size > 8 || !((kSizes >> size) & 1)) return nullptr;
-  memo = nullptr;
-  pa = va;
-  if (m_mmu.translating()) {
-    memo = m_mmu.memo_probe(va, type);
-    if (!memo) return nullptr;
-    pa = (memo->pfn << 12) | (va & 0xFFF);
-  }
+inline std::uint8_t* Core::host_bytes(std::uint64_t pa) {
   HostFrame& f = m_host_frames[(pa >> 12) & (kHostFrames - 1)];
   if (f.page != pa >> 12) [[unlikely]] {
     const std::uint64_t page = pa & ~kFrameOffset;
@@ -670,6 +658,21 @@ inline std::uint8_t* Core::hit_probe(std::uint64_t va, unsigned size, AccessType
     f = {pa >> 12, const_cast<std::uint8_t*>(h)};
   }
   return f.host + (pa & kFrameOffset);
+}
+
+inline std::uint8_t* Core::hit_probe(std::uint64_t va, unsigned size, AccessType type,
+                                     const mmu::Mmu::HitMemo*& memo, std::uint64_t& pa) {
+  if (!kHostLittleEndian || m_functional || t_current != this || m_now >= m_next_event) return nullptr;
+  // Bit n: n bytes are an access size (1, 2, 4, 8).
+  if (!direct_size(va, size)) return nullptr;
+  memo = nullptr;
+  pa = va;
+  if (m_mmu.translating()) {
+    memo = m_mmu.memo_probe(va, type);
+    if (!memo) return nullptr;
+    pa = (memo->pfn << 12) | (va & 0xFFF);
+  }
+  return host_bytes(pa);
 }
 
 std::uint64_t Core::load(std::uint64_t va, unsigned size) {
@@ -696,17 +699,8 @@ std::uint64_t Core::load(std::uint64_t va, unsigned size) {
 std::uint8_t* Core::ff_phys(std::uint64_t va, unsigned size) {
   if (!kHostLittleEndian || !m_functional || m_mmu.translating() || t_current != this || m_now >= m_next_event)
     return nullptr;
-  constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
-  if (((va & 0xFFF) + size) > 0x1000 || size > 8 || !((kSizes >> size) & 1)) return nullptr;
-  HostFrame& f = m_host_frames[(va >> 12) & (kHostFrames - 1)];
-  if (f.page != va >> 12) {
-    const std::uint64_t page = va & ~kFrameOffset;
-    if (!m_w.mem->contains(page, models::PhysMem::kFrameSize)) return nullptr;  // MMIO, or a key ID
-    const std::uint8_t* h = m_w.mem->frame_if_present(page);
-    if (!h) return nullptr;  // never written: the full path reads zeros, or allocates
-    f = {va >> 12, const_cast<std::uint8_t*>(h)};
-  }
-  return f.host + (va & kFrameOffset);
+  if (!direct_size(va, size)) return nullptr;
+  return host_bytes(va);
 }
 
 std::uint64_t Core::load_slow(std::uint64_t va, unsigned size) {

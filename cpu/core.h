@@ -586,6 +586,15 @@ class Core : public sc_core::sc_module, private mmu::TableMemory, private pmu::H
   /// statistic, the memo hit, the cache access, the bytes.
   [[gnu::always_inline]] inline std::uint8_t* hit_probe(std::uint64_t va, unsigned size, mmu::AccessType type,
                                                         const mmu::Mmu::HitMemo*& memo, std::uint64_t& pa);
+  /// Whether an access of `size` bytes at va can be served from a host
+  /// frame directly: 1, 2, 4 or 8 bytes inside one page.
+  static bool direct_size(std::uint64_t va, unsigned size) {
+    constexpr unsigned kSizes = (1u << 1) | (1u << 2) | (1u << 4) | (1u << 8);
+    return ((va & 0xFFF) + size) <= 0x1000 && size <= 8 && ((kSizes >> size) & 1);
+  }
+  /// The host bytes of RAM at pa through the frame table (m_host_frames),
+  /// or null for MMIO, a key ID or a frame never written.
+  [[gnu::always_inline]] inline std::uint8_t* host_bytes(std::uint64_t pa);
   /// Waits until the store buffer is empty (SDM Vol. 3A, 8.2.5: locked and
   /// serializing instructions, I/O instructions, fences; VM exits/entries).
   /// Also waits for outstanding independent load misses (a fence or a
